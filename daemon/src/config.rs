@@ -1,0 +1,65 @@
+//! Daemon configuration: flags and `SANDBAR_*` environment variables (names are a contract, see design.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sandbar-daemon", version, about = "sandbar's in-sandbox daemon (PID 1, toolbox API)")]
+pub struct Config {
+    /// Per-sandbox token every request must carry in `X-Sandbar-Daemon-Token` (required, never logged).
+    #[arg(long, env = "SANDBAR_DAEMON_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// The sandbox this daemon serves; a pooled sandbox gets it later through `POST /init`.
+    #[arg(long, env = "SANDBAR_SANDBOX_ID")]
+    pub sandbox_id: Option<String>,
+
+    /// Toolbox HTTP listener. Port 0 picks a free port (the ready line reports it).
+    #[arg(long, env = "SANDBAR_TOOLBOX_ADDR", default_value = "0.0.0.0:2280")]
+    pub toolbox_addr: SocketAddr,
+
+    /// Default working directory of commands (`GET /work-dir`). Default: the daemon's own working directory.
+    #[arg(long, env = "SANDBAR_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// Where session logs and FIFOs live. Default: `$TMPDIR/sandbar-daemon`.
+    #[arg(long, env = "SANDBAR_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Shell for commands. Default: the user's login shell from /etc/passwd if it exists, else bash, else sh.
+    #[arg(long, env = "SANDBAR_SHELL")]
+    pub shell: Option<PathBuf>,
+
+    /// Seconds to drain requests and stop child processes after SIGTERM/SIGINT (keep it below `docker stop -t`).
+    #[arg(long, env = "SANDBAR_SHUTDOWN_GRACE", default_value_t = 5)]
+    pub shutdown_grace_secs: u64,
+
+    /// Largest `result` `process/execute` returns, in bytes; output beyond it is drained and dropped.
+    #[arg(long, env = "SANDBAR_MAX_EXEC_OUTPUT", default_value_t = 64 << 20)]
+    pub max_exec_output: usize,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SANDBAR_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+
+    /// The image's entrypoint and arguments, run in the reserved session `entrypoint`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub entrypoint: Vec<String>,
+}
+
+impl Config {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.token.trim().is_empty() {
+            return Err("SANDBAR_DAEMON_TOKEN must not be empty".into());
+        }
+        Ok(())
+    }
+}

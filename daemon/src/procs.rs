@@ -1,0 +1,218 @@
+//! The process table: every child the daemon starts goes through it.
+//!
+//! As PID 1 the daemon must reap every zombie in the container, including orphans re-parented to it. Reaping
+//! with `waitpid(-1)` would steal the exit status of the daemon's own children from whoever waits for them, so
+//! the daemon never waits for a child anywhere else: this table reaps everything, hands the status of a child it
+//! spawned to that child's waiter, and drops the status of orphans. Spawning registers the pid while holding the
+//! same lock the reaper takes before it looks a pid up, so a child that dies at once is never mistaken for an
+//! orphan. Consequence: nothing in the daemon may use `std::process::Command::{output,status}` or
+//! `tokio::process`, which wait on their own.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// A spawned child: its pid (which is also its process group id) and its piped stdio, already non-blocking.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: i32,
+    pub stdin: Option<pipe::Sender>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+impl Child {
+    /// Waits for the child to end. Can be called from several places (each clones the watch).
+    pub async fn wait(&mut self) -> Exit {
+        wait_exit(&mut self.exit).await
+    }
+
+    pub fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit.clone()
+    }
+
+    /// Signals the child's whole process group. A group that is already gone is not an error.
+    pub fn kill_group(&self, signal: Signal) {
+        kill_group(self.pid, signal);
+    }
+}
+
+/// Waits on a child's exit watch.
+pub async fn wait_exit(exit: &mut watch::Receiver<Option<Exit>>) -> Exit {
+    loop {
+        if let Some(e) = *exit.borrow_and_update() {
+            return e;
+        }
+        if exit.changed().await.is_err() {
+            // The table went away (daemon shutting down); report the child as killed.
+            return (*exit.borrow()).unwrap_or(Exit::Signal(Signal::SIGKILL as i32));
+        }
+    }
+}
+
+pub fn kill_group(pgid: i32, signal: Signal) {
+    if pgid > 1 {
+        let _ = killpg(Pid::from_raw(pgid), signal);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    children: Mutex<HashMap<i32, watch::Sender<Option<Exit>>>>,
+    /// Sends when an orphan (a process the daemon did not start) is reaped; tests and metrics read it.
+    orphans_reaped: std::sync::atomic::AtomicU64,
+}
+
+impl ProcessTable {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, watch::Sender<Option<Exit>>>> {
+        self.children.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Spawns `cmd` in a new process group. Stdio set to `Stdio::piped()` comes back as async pipes.
+    pub fn spawn(&self, cmd: &mut Command) -> io::Result<Child> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let (tx, rx) = watch::channel(None);
+        let mut std_child = {
+            let mut children = self.lock();
+            let child = cmd.spawn()?;
+            let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
+            children.insert(pid, tx);
+            child
+        };
+        let pid = i32::try_from(std_child.id()).map_err(io::Error::other)?;
+        let stdin = match std_child.stdin.take() {
+            Some(s) => Some(pipe::Sender::from_owned_fd(OwnedFd::from(s))?),
+            None => None,
+        };
+        let stdout = match std_child.stdout.take() {
+            Some(s) => Some(pipe::Receiver::from_owned_fd(OwnedFd::from(s))?),
+            None => None,
+        };
+        let stderr = match std_child.stderr.take() {
+            Some(s) => Some(pipe::Receiver::from_owned_fd(OwnedFd::from(s))?),
+            None => None,
+        };
+        // Dropping a std Child neither waits nor kills: the table owns the reaping.
+        drop(std_child);
+        Ok(Child { pid, stdin, stdout, stderr, exit: rx })
+    }
+
+    /// Process groups of every live child the daemon started.
+    pub fn live_groups(&self) -> Vec<i32> {
+        self.lock().keys().copied().collect()
+    }
+
+    pub fn orphans_reaped(&self) -> u64 {
+        self.orphans_reaped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reaps every exited child until none is left to reap.
+    pub fn reap(&self) {
+        loop {
+            let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
+                Ok(WaitStatus::StillAlive) => return,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return, // ECHILD: no children at all
+            };
+            match self.lock().remove(&pid.as_raw()) {
+                Some(tx) => {
+                    let _ = tx.send(Some(exit));
+                }
+                None => {
+                    self.orphans_reaped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(pid = pid.as_raw(), ?exit, "reaped orphan");
+                }
+            }
+        }
+    }
+
+    /// Reaps on every SIGCHLD, and once a second in case a signal was coalesced away. Runs until the runtime stops.
+    pub async fn reap_forever(self: Arc<Self>) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigchld = match signal(SignalKind::child()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGCHLD; reaping once a second");
+                None
+            }
+        };
+        loop {
+            self.reap();
+            match sigchld.as_mut() {
+                Some(s) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), s.recv()).await;
+                }
+                None => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+
+    /// Sends `signal` to every live process group, waits up to `grace` for them to end, then kills what is left.
+    pub async fn stop_all(&self, grace: Duration) {
+        let groups = self.live_groups();
+        if groups.is_empty() {
+            return;
+        }
+        for g in &groups {
+            kill_group(*g, Signal::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            self.reap();
+            if self.lock().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for g in self.live_groups() {
+            kill_group(g, Signal::SIGKILL);
+        }
+        self.reap();
+    }
+}
+
+/// `Stdio` pair for merged stdout+stderr: both ends of one pipe, the read end returned async.
+pub fn merged_output_pipe() -> io::Result<(pipe::Receiver, Stdio, Stdio)> {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let write2 = write.try_clone()?;
+    let rx = pipe::Receiver::from_owned_fd(read)?;
+    Ok((rx, Stdio::from(write), Stdio::from(write2)))
+}

@@ -1,0 +1,79 @@
+//! The toolbox HTTP API: routes, the token check, and the JSON answers for unknown routes.
+
+pub mod files;
+pub mod git;
+pub mod info;
+pub mod process;
+pub mod session;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The whole toolbox API with its state applied.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(info::routes())
+        .merge(process::routes())
+        .merge(session::routes())
+        .merge(files::routes())
+        .merge(git::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// Every request but `GET /version` needs the daemon token, compared in constant time. Also opens the request's
+/// tracing span (never with the token or the body in it).
+async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %request_id,
+        sandbox_id = daemon.sandbox_id().as_deref().unwrap_or(""),
+    );
+    async move {
+        let open = req.method() == Method::GET && req.uri().path() == "/version";
+        if !open && !token_ok(req.headers(), &daemon.config.token) {
+            tracing::info!("rejected: missing or wrong daemon token");
+            return axum::response::IntoResponse::into_response(
+                ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid daemon token")
+                    .with_code("UNAUTHORIZED"),
+            );
+        }
+        let resp = next.run(req).await;
+        tracing::debug!(status = resp.status().as_u16(), "answered");
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+fn token_ok(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(sandbar_proto::DAEMON_TOKEN_HEADER)
+        .is_some_and(|v| bool::from(v.as_bytes().ct_eq(token.as_bytes())))
+}
