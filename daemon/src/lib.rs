@@ -159,11 +159,53 @@ fn default_shell() -> PathBuf {
     PathBuf::from("/bin/sh")
 }
 
-/// Serves the toolbox API on `listener` until `daemon.shutdown` is cancelled; in-flight requests then finish.
+/// Largest request head (request line + headers) accepted; a bigger one is answered 431.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// Serves the toolbox API on `listener` until `daemon.shutdown` is cancelled; in-flight requests then finish
+/// (the caller bounds how long it waits for that).
 pub async fn run(daemon: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+
     let app = toolbox::router(daemon.clone());
-    let shutdown = daemon.shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = daemon.shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(MAX_REQUEST_HEAD)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
+            .with_upgrades();
+        let shutdown = daemon.shutdown.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    // Finish the request in flight, then close instead of waiting for the next one.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }

@@ -40,6 +40,12 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
+    // Outside a container (not PID 1) become the subreaper, so orphans of our children still come to us.
+    if nix::unistd::getpid().as_raw() != 1 {
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(error = %e, "cannot become a child subreaper");
+        }
+    }
     let procs = ProcessTable::new();
     tokio::spawn(procs.clone().reap_forever());
     // Signal handlers first: as PID 1 an unhandled SIGTERM would be ignored, not fatal.

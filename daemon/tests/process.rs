@@ -98,7 +98,7 @@ async fn bad_requests_get_json_errors() {
     let b: serde_json::Value = r.json().await.unwrap();
     assert!(b["message"].is_string());
     let (s, _) = d.post("/process/execute", json!({"cwd": "/"})).await;
-    assert_eq!(s, 422, "missing field");
+    assert_eq!(s, 400, "missing field");
     let (s, b) = d.post("/process/execute", json!({"command": "true", "cwd": "/does/not/exist"})).await;
     assert_eq!(s, 404, "{b}");
     let (s, b) = d.get("/no/such/route").await;

@@ -53,7 +53,7 @@ async fn code_run(
                 ApiError::bad_request("python is not installed in this sandbox (no python3 or python on PATH)")
             })?;
             let mut c = d.command(py);
-            c.arg("-u").arg("-c").arg(&req.code).arg("sandbar-code-run");
+            c.arg("-u").arg("-c").arg(&req.code);
             c
         }
         "javascript" => {
