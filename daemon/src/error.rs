@@ -49,11 +49,11 @@ impl ApiError {
     /// Maps a filesystem error on `path` to the status and code the SDK understands.
     pub fn io(path: &str, err: &io::Error) -> Self {
         match err.kind() {
-            io::ErrorKind::NotFound => Self::not_found(format!("{path}: no such file or directory"))
-                .with_code("FILE_NOT_FOUND"),
+            io::ErrorKind::NotFound => {
+                Self::not_found(format!("{path}: no such file or directory")).with_code("FILE_NOT_FOUND")
+            }
             io::ErrorKind::PermissionDenied => {
-                Self::new(StatusCode::FORBIDDEN, format!("{path}: permission denied"))
-                    .with_code("FILE_ACCESS_DENIED")
+                Self::new(StatusCode::FORBIDDEN, format!("{path}: permission denied")).with_code("FILE_ACCESS_DENIED")
             }
             io::ErrorKind::AlreadyExists => Self::conflict(format!("{path}: already exists")),
             io::ErrorKind::NotADirectory => {
@@ -62,16 +62,16 @@ impl ApiError {
             io::ErrorKind::IsADirectory => {
                 Self::bad_request(format!("{path}: is a directory")).with_code("INVALID_FILE_PATH")
             }
-            io::ErrorKind::DirectoryNotEmpty => Self::bad_request(format!(
-                "{path}: directory not empty (set recursive=true to delete it)"
-            )),
+            io::ErrorKind::DirectoryNotEmpty => {
+                Self::bad_request(format!("{path}: directory not empty (set recursive=true to delete it)"))
+            }
             io::ErrorKind::InvalidInput | io::ErrorKind::InvalidFilename => {
                 Self::bad_request(format!("{path}: {err}")).with_code("INVALID_FILE_PATH")
             }
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, format!("{path}: no space left on device"))
             }
-            _ => Self::internal(&format!("{path}"), err),
+            _ => Self::internal(path, err),
         }
     }
 

@@ -51,10 +51,7 @@ impl Daemon {
             None => std::env::current_dir().unwrap_or_else(|_| home.clone()),
         };
         let shell = config.shell.clone().unwrap_or_else(default_shell);
-        let state_dir = config
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("sandbar-daemon"));
+        let state_dir = config.state_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("sandbar-daemon"));
         std::fs::create_dir_all(state_dir.join("sessions"))?;
         let sessions = toolbox::session::Sessions::new(state_dir.join("sessions"));
         Ok(Arc::new(Self {
@@ -103,8 +100,7 @@ impl Daemon {
                 None => out.remove(k),
             };
         }
-        out.entry("HOME".into())
-            .or_insert_with(|| self.home.to_string_lossy().into_owned());
+        out.entry("HOME".into()).or_insert_with(|| self.home.to_string_lossy().into_owned());
         out
     }
 

@@ -41,10 +41,10 @@ fn main() -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     // Outside a container (not PID 1) become the subreaper, so orphans of our children still come to us.
-    if nix::unistd::getpid().as_raw() != 1 {
-        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            tracing::warn!(error = %e, "cannot become a child subreaper");
-        }
+    if nix::unistd::getpid().as_raw() != 1
+        && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
+    {
+        tracing::warn!(error = %e, "cannot become a child subreaper");
     }
     let procs = ProcessTable::new();
     tokio::spawn(procs.clone().reap_forever());
@@ -68,10 +68,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(%toolbox_addr, sandbox_id = daemon.sandbox_id().as_deref().unwrap_or(""), "listening");
 
-    if !entrypoint.is_empty() {
-        if let Err(e) = daemon.sessions.start_entrypoint(&daemon, &entrypoint) {
-            tracing::error!(error = %e.message, "cannot start the entrypoint");
-        }
+    if !entrypoint.is_empty()
+        && let Err(e) = daemon.sessions.start_entrypoint(&daemon, &entrypoint)
+    {
+        tracing::error!(error = %e.message, "cannot start the entrypoint");
     }
 
     let forwarded = tokio::select! {

@@ -155,8 +155,7 @@ impl ProcessTable {
                     let _ = tx.send(Some(exit));
                 }
                 None => {
-                    self.orphans_reaped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.orphans_reaped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(pid = pid.as_raw(), ?exit, "reaped orphan");
                 }
             }
@@ -210,8 +209,7 @@ impl ProcessTable {
 
 /// `Stdio` pair for merged stdout+stderr: both ends of one pipe, the read end returned async.
 pub fn merged_output_pipe() -> io::Result<(pipe::Receiver, Stdio, Stdio)> {
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let write2 = write.try_clone()?;
     let rx = pipe::Receiver::from_owned_fd(read)?;
     Ok((rx, Stdio::from(write), Stdio::from(write2)))

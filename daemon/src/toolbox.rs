@@ -42,12 +42,8 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
 /// Every request but `GET /version` needs the daemon token, compared in constant time. Also opens the request's
 /// tracing span (never with the token or the body in it).
 async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) -> Response {
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_default();
+    let request_id =
+        req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default();
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
@@ -60,8 +56,7 @@ async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) 
         if !open && !token_ok(req.headers(), &daemon.config.token) {
             tracing::info!("rejected: missing or wrong daemon token");
             return axum::response::IntoResponse::into_response(
-                ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid daemon token")
-                    .with_code("UNAUTHORIZED"),
+                ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid daemon token").with_code("UNAUTHORIZED"),
             );
         }
         let resp = next.run(req).await;
@@ -73,7 +68,5 @@ async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) 
 }
 
 fn token_ok(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get(sandbar_proto::DAEMON_TOKEN_HEADER)
-        .is_some_and(|v| bool::from(v.as_bytes().ct_eq(token.as_bytes())))
+    headers.get(sandbar_proto::DAEMON_TOKEN_HEADER).is_some_and(|v| bool::from(v.as_bytes().ct_eq(token.as_bytes())))
 }

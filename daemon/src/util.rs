@@ -45,8 +45,7 @@ pub fn now_rfc3339() -> String {
 }
 
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// Quotes `s` for a POSIX shell: `'...'` with embedded quotes closed and escaped.

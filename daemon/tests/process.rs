@@ -1,5 +1,7 @@
 //! `/process/execute`, `/process/code-run`, the token check and the info endpoints, against the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::TestDaemon;
@@ -37,9 +39,8 @@ async fn execute_runs_through_the_shell_with_real_exit_codes() {
     let (code, out) = d.exec("definitely-not-a-command-xyz").await;
     assert_eq!(code, 127, "{out}");
 
-    let (s, b) = d
-        .post("/process/execute", json!({"command": "pwd; echo $FOO", "cwd": "/tmp", "envs": {"FOO": "bar"}}))
-        .await;
+    let (s, b) =
+        d.post("/process/execute", json!({"command": "pwd; echo $FOO", "cwd": "/tmp", "envs": {"FOO": "bar"}})).await;
     assert_eq!(s, 200);
     assert_eq!(b["result"], "/tmp\nbar\n");
     assert_eq!(b["exitCode"], 0);
@@ -54,10 +55,7 @@ async fn execute_timeout_answers_408_and_kills_the_process_group() {
     let d = TestDaemon::start();
     let marker = format!("sandbar-timeout-{}", std::process::id());
     let (s, b) = d
-        .post(
-            "/process/execute",
-            json!({"command": format!("sleep 30 & sleep 31; echo {marker}"), "timeout": 1}),
-        )
+        .post("/process/execute", json!({"command": format!("sleep 30 & sleep 31; echo {marker}"), "timeout": 1}))
         .await;
     assert_eq!(s, 408, "{b}");
     assert_eq!(b["code"], "PROCESS_EXECUTION_TIMEOUT");

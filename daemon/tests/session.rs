@@ -1,6 +1,8 @@
 //! Sessions, command logs (JSON and followed over WebSocket), input, the entrypoint session, reaping and
 //! draining on SIGTERM, against the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -135,9 +137,7 @@ async fn async_commands_follow_logs_and_take_input() {
     assert_eq!((out.as_str(), code), ("out1\nout2\nout3\n", 1000));
 
     // Input goes to the running command.
-    let (s, b) = d
-        .post("/process/session/a/exec", json!({"command": "read x; echo got-$x", "runAsync": true}))
-        .await;
+    let (s, b) = d.post("/process/session/a/exec", json!({"command": "read x; echo got-$x", "runAsync": true})).await;
     assert_eq!(s, 202);
     let cid = b["cmdId"].as_str().unwrap().to_owned();
     let mut status = 0;
@@ -179,9 +179,8 @@ async fn session_errors_and_deletion() {
 
     // Deleting a session with a running command kills it.
     d.post("/process/session", json!({"sessionId": "y"})).await;
-    let (s, b) = d
-        .post("/process/session/y/exec", json!({"command": "sleep 300 && echo never", "runAsync": true}))
-        .await;
+    let (s, b) =
+        d.post("/process/session/y/exec", json!({"command": "sleep 300 && echo never", "runAsync": true})).await;
     assert_eq!(s, 202);
     let cid = b["cmdId"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -243,9 +242,8 @@ async fn entrypoint_runs_in_its_session_and_gets_sigterm() {
 async fn sigterm_stops_children_that_ignore_it_after_the_grace_period() {
     let mut d = TestDaemon::start_with(&[("SANDBAR_SHUTDOWN_GRACE", "1")], &[]);
     d.post("/process/session", json!({"sessionId": "stubborn"})).await;
-    let (s, _) = d
-        .post("/process/session/stubborn/exec", json!({"command": "trap '' TERM; sleep 120", "runAsync": true}))
-        .await;
+    let (s, _) =
+        d.post("/process/session/stubborn/exec", json!({"command": "trap '' TERM; sleep 120", "runAsync": true})).await;
     assert_eq!(s, 202);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = d.pid();

@@ -54,10 +54,7 @@ async fn update_env(
     Ok(Json(d.effective_env()))
 }
 
-async fn init(
-    State(d): State<AppState>,
-    ApiJson(req): ApiJson<InitRequest>,
-) -> ApiResult<Json<InitResponse>> {
+async fn init(State(d): State<AppState>, ApiJson(req): ApiJson<InitRequest>) -> ApiResult<Json<InitResponse>> {
     if req.sandbox_id.trim().is_empty() {
         return Err(ApiError::bad_request("sandboxId must not be empty"));
     }

@@ -19,19 +19,14 @@ use crate::procs::{self, Exit};
 use crate::util::ApiJson;
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/process/execute", post(execute))
-        .route("/process/code-run", post(code_run))
+    Router::new().route("/process/execute", post(execute)).route("/process/code-run", post(code_run))
 }
 
 /// How long output may keep arriving after the command itself exited (a background job holding the pipe open
 /// must not hold the answer hostage).
 const OUTPUT_LINGER: Duration = Duration::from_millis(100);
 
-async fn execute(
-    State(d): State<AppState>,
-    ApiJson(req): ApiJson<ExecuteRequest>,
-) -> ApiResult<Json<ExecuteResponse>> {
+async fn execute(State(d): State<AppState>, ApiJson(req): ApiJson<ExecuteRequest>) -> ApiResult<Json<ExecuteResponse>> {
     if req.command.trim().is_empty() {
         return Err(ApiError::bad_request("command must not be empty"));
     }
@@ -138,14 +133,8 @@ fn apply_cwd_env(
 
 /// Runs `cmd` with stdout and stderr merged, up to `timeout` seconds. On timeout the whole process group is
 /// killed and the answer is 408 `PROCESS_EXECUTION_TIMEOUT`.
-async fn run_to_end(
-    d: &AppState,
-    mut cmd: Command,
-    timeout: Option<u64>,
-    what: &str,
-) -> ApiResult<(Exit, String)> {
-    let (mut out, w1, w2) =
-        procs::merged_output_pipe().map_err(|e| ApiError::internal("creating output pipe", e))?;
+async fn run_to_end(d: &AppState, mut cmd: Command, timeout: Option<u64>, what: &str) -> ApiResult<(Exit, String)> {
+    let (mut out, w1, w2) = procs::merged_output_pipe().map_err(|e| ApiError::internal("creating output pipe", e))?;
     cmd.stdout(w1).stderr(w2);
     let child = d.procs.spawn(&mut cmd).map_err(|e| spawn_error(&e))?;
     // The write ends live in `cmd` until it is dropped: drop it so EOF arrives when the child is done.

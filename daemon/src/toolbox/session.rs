@@ -31,11 +31,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use nix::sys::signal::Signal;
-use sandbar_proto::toolbox::{
-    CreateSessionRequest, STDERR_MARKER, STDOUT_MARKER, Session as SessionDto, SessionCommand,
-    SessionCommandLogs, SessionExecuteRequest, SessionExecuteResponse, SessionInputRequest,
-};
 use sandbar_proto::ENTRYPOINT_SESSION;
+use sandbar_proto::toolbox::{
+    CreateSessionRequest, STDERR_MARKER, STDOUT_MARKER, Session as SessionDto, SessionCommand, SessionCommandLogs,
+    SessionExecuteRequest, SessionExecuteResponse, SessionInputRequest,
+};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
@@ -106,11 +106,7 @@ struct Log {
 impl Log {
     fn create(path: PathBuf) -> std::io::Result<Arc<Self>> {
         let file = std::fs::File::create(&path)?;
-        Ok(Arc::new(Self {
-            path,
-            state: watch::channel(LogState::default()).0,
-            file: Mutex::new(Some(file)),
-        }))
+        Ok(Arc::new(Self { path, state: watch::channel(LogState::default()).0, file: Mutex::new(Some(file)) }))
     }
 
     fn append(&self, stream: u8, data: &[u8]) {
@@ -160,9 +156,8 @@ impl Log {
     async fn read_all(&self) -> std::io::Result<SessionCommandLogs> {
         let len = self.state.borrow().len;
         let path = self.path.clone();
-        let data = tokio::task::spawn_blocking(move || read_range(&path, 0, len))
-            .await
-            .map_err(std::io::Error::other)??;
+        let data =
+            tokio::task::spawn_blocking(move || read_range(&path, 0, len)).await.map_err(std::io::Error::other)??;
         let (mut out, mut so, mut se) = (Vec::new(), Vec::new(), Vec::new());
         for (stream, chunk) in frames(&data).0 {
             out.extend_from_slice(chunk);
@@ -207,23 +202,16 @@ fn frames(data: &[u8]) -> (Vec<(u8, &[u8])>, usize) {
 impl Session {
     fn dto(&self) -> SessionDto {
         let commands = self.commands.lock().unwrap_or_else(PoisonError::into_inner);
-        SessionDto {
-            session_id: self.id.clone(),
-            commands: commands.iter().map(|c| c.dto()).collect(),
-        }
+        SessionDto { session_id: self.id.clone(), commands: commands.iter().map(|c| c.dto()).collect() }
     }
 
     fn command(&self, cid: &str) -> ApiResult<Arc<Cmd>> {
-        self.commands
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|c| c.id == cid)
-            .cloned()
-            .ok_or_else(|| {
+        self.commands.lock().unwrap_or_else(PoisonError::into_inner).iter().find(|c| c.id == cid).cloned().ok_or_else(
+            || {
                 ApiError::not_found(format!("command {cid} not found in session {}", self.id))
                     .with_code("PROCESS_NOT_FOUND")
-            })
+            },
+        )
     }
 
     fn kill(&self, signal: Signal) {
@@ -288,10 +276,7 @@ impl Sessions {
             pgid: Mutex::new(None),
             ended: AtomicBool::new(false),
         });
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(ENTRYPOINT_SESSION.to_owned(), session.clone());
+        self.map.lock().unwrap_or_else(PoisonError::into_inner).insert(ENTRYPOINT_SESSION.to_owned(), session.clone());
         let Some((program, args)) = argv.split_first() else {
             return Err(ApiError::bad_request("empty entrypoint"));
         };
@@ -382,11 +367,7 @@ async fn sleep_opt(t: Option<tokio::time::Instant>) {
 }
 
 /// Runs the commands of one shell session in order until the session is deleted or its shell exits.
-async fn drive_shell(
-    session: Arc<Session>,
-    mut shell: procs::Child,
-    mut queue: mpsc::UnboundedReceiver<Arc<Cmd>>,
-) {
+async fn drive_shell(session: Arc<Session>, mut shell: procs::Child, mut queue: mpsc::UnboundedReceiver<Arc<Cmd>>) {
     let (Some(mut stdin), Some(stdout)) = (shell.stdin.take(), shell.stdout.take()) else {
         session.end();
         return;
@@ -586,12 +567,8 @@ async fn exec(
     let id = uuid::Uuid::new_v4().to_string();
     std::fs::create_dir_all(session.dir.join(&id)).map_err(|e| ApiError::internal("creating command dir", e))?;
     let log = Log::create(session.dir.join(&id).join("log")).map_err(|e| ApiError::internal("creating log", e))?;
-    let cmd = Arc::new(Cmd {
-        id: id.clone(),
-        command: req.command,
-        log: log.clone(),
-        input: tokio::sync::Mutex::new(None),
-    });
+    let cmd =
+        Arc::new(Cmd { id: id.clone(), command: req.command, log: log.clone(), input: tokio::sync::Mutex::new(None) });
     session.commands.lock().unwrap_or_else(PoisonError::into_inner).push(cmd.clone());
     if queue.send(cmd).is_err() {
         log.finish(-1);
@@ -695,10 +672,7 @@ async fn logs_response(
         return Ok(ws.on_upgrade(move |socket| follow(socket, log, shutdown)));
     }
     let logs = log.read_all().await.map_err(|e| ApiError::internal("reading command log", e))?;
-    let wants_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("json"));
+    let wants_json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("json"));
     if wants_json {
         Ok(Json(logs).into_response())
     } else {
@@ -751,9 +725,7 @@ async fn follow(mut socket: WebSocket, log: Arc<Log>, shutdown: tokio_util::sync
             continue;
         }
         if st.exit.is_some() {
-            let _ = socket
-                .send(Message::Close(Some(CloseFrame { code: 1000, reason: "command exited".into() })))
-                .await;
+            let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "command exited".into() }))).await;
             return;
         }
         tokio::select! {

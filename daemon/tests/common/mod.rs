@@ -1,6 +1,6 @@
 //! Test harness: starts the real `sandbar-daemon` binary on 127.0.0.1:0 with a temporary HOME, work dir and state
 //! dir, reads the ready line for the bound address, and kills the daemon (printing its log) when dropped.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
