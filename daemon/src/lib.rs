@@ -8,7 +8,9 @@
 pub mod config;
 pub mod error;
 pub mod procs;
+pub mod pty;
 pub mod toolbox;
+pub mod utf8;
 pub mod util;
 
 use std::collections::BTreeMap;
@@ -27,6 +29,7 @@ pub struct Daemon {
     pub config: Config,
     pub procs: Arc<ProcessTable>,
     pub sessions: toolbox::session::Sessions,
+    pub ptys: Arc<pty::Ptys>,
     /// Cancelled when the daemon starts to drain: long streams (log follow) end with close code 1001.
     pub shutdown: CancellationToken,
     pub home: PathBuf,
@@ -59,6 +62,7 @@ impl Daemon {
             config,
             procs,
             sessions,
+            ptys: Arc::new(pty::Ptys::new(state_dir.join("recordings"))),
             shutdown: CancellationToken::new(),
             home,
             work_dir,

@@ -82,6 +82,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + grace;
     daemon.sessions.signal_entrypoint(forwarded);
     daemon.shutdown.cancel();
+    // Interactive shells ignore SIGTERM: hang their terminals up, as closing a terminal window would.
+    daemon.ptys.hangup_all();
 
     // In-flight requests get the grace period; a second signal cuts it short.
     let drained = tokio::select! {

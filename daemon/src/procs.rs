@@ -130,6 +130,19 @@ impl ProcessTable {
         Ok(Child { pid, stdin, stdout, stderr, exit: rx })
     }
 
+    /// Registers a child that a library spawns itself (a PTY shell): `spawn` runs under the table's lock, so the
+    /// child cannot be reaped as an orphan before it is known. Returns `spawn`'s value and the child's exit watch.
+    pub fn register<T>(
+        &self,
+        spawn: impl FnOnce() -> io::Result<(T, i32)>,
+    ) -> io::Result<(T, i32, watch::Receiver<Option<Exit>>)> {
+        let (tx, rx) = watch::channel(None);
+        let mut children = self.lock();
+        let (value, pid) = spawn()?;
+        children.insert(pid, tx);
+        Ok((value, pid, rx))
+    }
+
     /// Process groups of every live child the daemon started.
     pub fn live_groups(&self) -> Vec<i32> {
         self.lock().keys().copied().collect()

@@ -4,6 +4,7 @@ pub mod files;
 pub mod git;
 pub mod info;
 pub mod process;
+pub mod pty;
 pub mod session;
 
 use axum::Router;
@@ -23,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .merge(info::routes())
         .merge(process::routes())
         .merge(session::routes())
+        .merge(pty::routes())
         .merge(files::routes())
         .merge(git::routes())
         .fallback(not_found)

@@ -1,0 +1,454 @@
+//! PTY sessions: a shell on a pseudo-terminal (portable-pty) that outlives the WebSockets attached to it.
+//!
+//! One reader thread per session copies output into a bounded scrollback ring, the optional asciicast recording
+//! and a broadcast channel that every attached client subscribes to. Attaching snapshots the ring and subscribes
+//! under the same lock the reader appends under, so a reattaching client sees every byte exactly once. The
+//! broadcast channel is bounded: a client that falls behind it is cut off (close 1008) instead of slowing the
+//! others or growing memory. Input goes through a bounded channel to a writer thread, since the PTY's file
+//! descriptors are blocking.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use portable_pty::{CommandBuilder, MasterPty, PtySize, native_pty_system};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::Daemon;
+use crate::procs::{self, Exit};
+use crate::utf8::Utf8Stream;
+
+/// Scrollback replayed to a client that (re)attaches.
+pub const SCROLLBACK_BYTES: usize = 256 * 1024;
+/// Output chunks a client may fall behind before it is cut off.
+const BROADCAST_CHUNKS: usize = 512;
+/// Largest terminal accepted.
+pub const MAX_COLS: u16 = 1000;
+pub const MAX_ROWS: u16 = 1000;
+/// How long a finished session stays listed (so a client that reattaches late still gets its exit code).
+const KEEP_FINISHED: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PtyError {
+    #[error("invalid terminal size {cols}x{rows}: columns and rows must be between 1 and {MAX_COLS}")]
+    BadSize { cols: u16, rows: u16 },
+    #[error("PTY session {0} already exists")]
+    Exists(String),
+    #[error("PTY session {0} not found")]
+    NotFound(String),
+    #[error("invalid PTY session id: use 1 to 128 letters, digits, '-', '_' or '.'")]
+    BadId,
+    #[error("cwd {0} is not a directory")]
+    BadCwd(String),
+    #[error("the PTY session has ended")]
+    Ended,
+    #[error("cannot start the shell: {0}")]
+    Spawn(String),
+}
+
+pub fn check_size(cols: u16, rows: u16) -> Result<(), PtyError> {
+    if cols == 0 || rows == 0 || cols > MAX_COLS || rows > MAX_ROWS {
+        return Err(PtyError::BadSize { cols, rows });
+    }
+    Ok(())
+}
+
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// What a PTY session is created with.
+#[derive(Debug, Clone)]
+pub struct PtyOptions {
+    pub id: String,
+    pub cwd: Option<String>,
+    pub envs: BTreeMap<String, String>,
+    pub cols: u16,
+    pub rows: u16,
+    pub lazy_start: bool,
+    pub record: bool,
+}
+
+#[derive(Debug)]
+pub struct PtySession {
+    pub id: String,
+    pub cwd: PathBuf,
+    pub envs: BTreeMap<String, String>,
+    pub created_at: String,
+    pub lazy_start: bool,
+    size: Mutex<(u16, u16)>,
+    running: Mutex<Option<Running>>,
+    out: Mutex<Output>,
+    tx: broadcast::Sender<Bytes>,
+    exit: watch::Sender<Option<Exit>>,
+    recording: Option<PathBuf>,
+    started: std::sync::atomic::AtomicBool,
+}
+
+struct Running {
+    master: Box<dyn MasterPty + Send>,
+    input: mpsc::Sender<Bytes>,
+    pid: i32,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("pid", &self.pid).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Output {
+    ring: VecDeque<u8>,
+    recorder: Option<Recorder>,
+}
+
+/// asciicast v2 writer: a header line, then `[seconds, "o", text]` and `[seconds, "r", "COLSxROWS"]` events.
+#[derive(Debug)]
+struct Recorder {
+    file: std::io::BufWriter<std::fs::File>,
+    start: Instant,
+    text: Utf8Stream,
+}
+
+impl Recorder {
+    fn create(path: &Path, cols: u16, rows: u16, shell: &str) -> std::io::Result<Self> {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let header = serde_json::json!({
+            "version": 2,
+            "width": cols,
+            "height": rows,
+            "timestamp": time::OffsetDateTime::now_utc().unix_timestamp(),
+            "env": {"TERM": "xterm-256color", "SHELL": shell},
+        });
+        writeln!(file, "{header}")?;
+        Ok(Self { file, start: Instant::now(), text: Utf8Stream::default() })
+    }
+
+    fn event(&mut self, kind: &str, data: &str) {
+        if data.is_empty() {
+            return;
+        }
+        let t = self.start.elapsed().as_secs_f64();
+        let line = serde_json::json!([t, kind, data]);
+        if writeln!(self.file, "{line}").and_then(|()| self.file.flush()).is_err() {
+            tracing::warn!("cannot write the PTY recording");
+        }
+    }
+
+    fn output(&mut self, data: &[u8]) {
+        let text = self.text.push(data);
+        self.event("o", &text);
+    }
+}
+
+/// A client's view of a session: the scrollback so far and the live output after it.
+#[derive(Debug)]
+pub struct Attachment {
+    pub replay: Bytes,
+    pub live: broadcast::Receiver<Bytes>,
+    pub exit: watch::Receiver<Option<Exit>>,
+}
+
+impl PtySession {
+    fn lock_out(&self) -> MutexGuard<'_, Output> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn size(&self) -> (u16, u16) {
+        *self.size.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn active(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::SeqCst) && self.exit.borrow().is_none()
+    }
+
+    pub fn exit(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    pub fn attach(&self) -> Attachment {
+        let out = self.lock_out();
+        let replay = Bytes::from(out.ring.iter().copied().collect::<Vec<u8>>());
+        let live = self.tx.subscribe();
+        drop(out);
+        Attachment { replay, live, exit: self.exit.subscribe() }
+    }
+
+    /// The input channel of the running shell.
+    pub fn input(&self) -> Option<mpsc::Sender<Bytes>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|r| r.input.clone())
+    }
+
+    pub fn resize(&self, cols: u16, rows: u16) -> Result<(), PtyError> {
+        check_size(cols, rows)?;
+        *self.size.lock().unwrap_or_else(PoisonError::into_inner) = (cols, rows);
+        if let Some(r) = self.running.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            let _ = r.master.resize(PtySize { rows, cols, pixel_width: 0, pixel_height: 0 });
+        }
+        if let Some(rec) = self.lock_out().recorder.as_mut() {
+            rec.event("r", &format!("{cols}x{rows}"));
+        }
+        Ok(())
+    }
+
+    /// Kills the shell's process group (the session's exit is reported by its waiter).
+    pub fn kill(&self, signal: nix::sys::signal::Signal) {
+        if let Some(r) = self.running.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            procs::kill_group(r.pid, signal);
+        }
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|r| r.pid)
+    }
+
+    /// Starts the shell (once). Called at creation, or on first attach for `lazyStart` sessions.
+    pub fn start(self: &Arc<Self>, d: &Daemon) -> Result<(), PtyError> {
+        use std::sync::atomic::Ordering;
+        if self.started.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (cols, rows) = self.size();
+        let pair = native_pty_system()
+            .openpty(PtySize { rows, cols, pixel_width: 0, pixel_height: 0 })
+            .map_err(|e| PtyError::Spawn(e.to_string()))?;
+        let shell = pty_shell(d);
+        let mut cmd = CommandBuilder::new(&shell);
+        cmd.env_clear();
+        for (k, v) in d.effective_env() {
+            cmd.env(k, v);
+        }
+        cmd.env("TERM", "xterm-256color");
+        cmd.env("SHELL", &shell);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd.cwd(&self.cwd);
+        let slave = pair.slave;
+        let (_child, pid, mut exit) = d
+            .procs
+            .register(|| {
+                let child = slave.spawn_command(cmd).map_err(std::io::Error::other)?;
+                let pid = child.process_id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+                Ok((child, pid))
+            })
+            .map_err(|e| PtyError::Spawn(e.to_string()))?;
+        // Reads end with EIO once the last holder of the slave side is gone: that must not be us.
+        drop(slave);
+        let reader = pair.master.try_clone_reader().map_err(|e| PtyError::Spawn(e.to_string()))?;
+        let writer = pair.master.take_writer().map_err(|e| PtyError::Spawn(e.to_string()))?;
+        let (input_tx, input_rx) = mpsc::channel::<Bytes>(256);
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Running { master: pair.master, input: input_tx, pid });
+        if let Some(path) = &self.recording {
+            match Recorder::create(path, cols, rows, &shell.to_string_lossy()) {
+                Ok(r) => self.lock_out().recorder = Some(r),
+                Err(e) => tracing::warn!(error = %e, "cannot create the PTY recording"),
+            }
+        }
+        tracing::info!(pty = %self.id, pid, "PTY shell started");
+
+        std::thread::Builder::new()
+            .name("pty-writer".into())
+            .spawn(move || write_input(writer, input_rx))
+            .map_err(|e| PtyError::Spawn(e.to_string()))?;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("pty-reader".into())
+            .spawn(move || {
+                me.read_output(reader);
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| PtyError::Spawn(e.to_string()))?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            let status = procs::wait_exit(&mut exit).await;
+            // Output the shell wrote before it exited is still in the PTY: let the reader finish it, but do not
+            // wait for background jobs that keep the terminal open.
+            if tokio::time::timeout(Duration::from_secs(1), done_rx).await.is_err() {
+                procs::kill_group(pid, nix::sys::signal::Signal::SIGHUP);
+            }
+            if let Some(rec) = me.lock_out().recorder.as_mut() {
+                let rest = rec.text.finish();
+                rec.event("o", &rest);
+            }
+            // Dropping the input sender ends the writer thread.
+            if let Some(r) = me.running.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                let (closed, _) = mpsc::channel(1);
+                r.input = closed;
+            }
+            tracing::info!(pty = %me.id, exit_code = status.code(), "PTY shell exited");
+            me.exit.send_replace(Some(status));
+        });
+        Ok(())
+    }
+
+    fn read_output(&self, mut reader: Box<dyn Read + Send>) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let chunk = buf.get(..n).unwrap_or_default();
+            let mut out = self.lock_out();
+            out.ring.extend(chunk.iter().copied());
+            let over = out.ring.len().saturating_sub(SCROLLBACK_BYTES);
+            out.ring.drain(..over);
+            if let Some(rec) = out.recorder.as_mut() {
+                rec.output(chunk);
+            }
+            let _ = self.tx.send(Bytes::copy_from_slice(chunk));
+        }
+    }
+}
+
+fn write_input(mut writer: Box<dyn Write + Send>, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(data) = rx.blocking_recv() {
+        if writer.write_all(&data).and_then(|()| writer.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+/// bash if present, else sh (a terminal wants a friendly shell even if the user's login shell is sh).
+fn pty_shell(d: &Daemon) -> PathBuf {
+    if d.config.shell.is_some() {
+        return d.shell.clone();
+    }
+    for s in ["/bin/bash", "/usr/bin/bash"] {
+        if Path::new(s).is_file() {
+            return PathBuf::from(s);
+        }
+    }
+    d.shell.clone()
+}
+
+/// Every PTY session of the toolbox API, by id.
+#[derive(Debug)]
+pub struct Ptys {
+    map: Mutex<HashMap<String, Arc<PtySession>>>,
+    pub recordings: PathBuf,
+}
+
+impl Ptys {
+    pub fn new(recordings: PathBuf) -> Self {
+        Self { map: Mutex::new(HashMap::new()), recordings }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<PtySession>>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<PtySession>, PtyError> {
+        self.lock().get(id).cloned().ok_or_else(|| PtyError::NotFound(id.to_owned()))
+    }
+
+    pub fn list(&self) -> Vec<Arc<PtySession>> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Arc<PtySession>> {
+        self.lock().remove(id)
+    }
+
+    /// Creates a session (registered under its id unless `detached`) and starts it unless it is lazy.
+    pub fn create(
+        self: &Arc<Self>,
+        d: &Arc<Daemon>,
+        opts: PtyOptions,
+        detached: bool,
+    ) -> Result<Arc<PtySession>, PtyError> {
+        if !valid_id(&opts.id) {
+            return Err(PtyError::BadId);
+        }
+        check_size(opts.cols, opts.rows)?;
+        let cwd = match opts.cwd.as_deref().filter(|c| !c.is_empty()) {
+            Some(c) => d.resolve(c),
+            None => d.home.clone(),
+        };
+        if !cwd.is_dir() {
+            return Err(PtyError::BadCwd(cwd.to_string_lossy().into_owned()));
+        }
+        let recording = opts.record.then(|| {
+            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+            self.recordings.join(format!("{}-{stamp}.cast", opts.id))
+        });
+        if recording.is_some() {
+            let _ = std::fs::create_dir_all(&self.recordings);
+        }
+        let session = Arc::new(PtySession {
+            id: opts.id.clone(),
+            cwd,
+            envs: opts.envs,
+            created_at: crate::util::now_rfc3339(),
+            lazy_start: opts.lazy_start,
+            size: Mutex::new((opts.cols, opts.rows)),
+            running: Mutex::new(None),
+            out: Mutex::new(Output { ring: VecDeque::new(), recorder: None }),
+            tx: broadcast::channel(BROADCAST_CHUNKS).0,
+            exit: watch::channel(None).0,
+            recording,
+            started: std::sync::atomic::AtomicBool::new(false),
+        });
+        if !detached {
+            let mut map = self.lock();
+            if map.contains_key(&opts.id) {
+                return Err(PtyError::Exists(opts.id));
+            }
+            map.insert(opts.id.clone(), session.clone());
+        }
+        if !opts.lazy_start
+            && let Err(e) = session.start(d)
+        {
+            self.lock().remove(&opts.id);
+            return Err(e);
+        }
+        if !detached {
+            // Forget the session a while after it ends.
+            let (ptys, s) = (Arc::downgrade(self), session.clone());
+            tokio::spawn(async move {
+                let mut exit = s.exit.subscribe();
+                while exit.borrow_and_update().is_none() {
+                    if exit.changed().await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(KEEP_FINISHED).await;
+                if let Some(ptys) = ptys.upgrade() {
+                    let mut map = ptys.lock();
+                    if map.get(&s.id).is_some_and(|cur| Arc::ptr_eq(cur, &s)) {
+                        map.remove(&s.id);
+                    }
+                }
+            });
+        }
+        Ok(session)
+    }
+
+    /// Hangs up every session (shutdown).
+    pub fn hangup_all(&self) {
+        for s in self.list() {
+            s.kill(nix::sys::signal::Signal::SIGHUP);
+        }
+    }
+}
+
+/// Daytona's exit reason for a non-zero exit.
+pub fn exit_reason(exit: Exit) -> Option<String> {
+    match exit {
+        Exit::Code(0) => None,
+        Exit::Code(_) => Some("non-zero exit".into()),
+        Exit::Signal(2) => Some("Ctrl+C".into()),
+        Exit::Signal(9) => Some("SIGKILL".into()),
+        Exit::Signal(15) => Some("SIGTERM".into()),
+        Exit::Signal(n) => Some(format!("signal {n}")),
+    }
+}
