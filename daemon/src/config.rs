@@ -21,6 +21,10 @@ pub struct Config {
     #[arg(long, env = "SANDBAR_TOOLBOX_ADDR", default_value = "0.0.0.0:2280")]
     pub toolbox_addr: SocketAddr,
 
+    /// Web terminal listener (page and WebSocket).
+    #[arg(long, env = "SANDBAR_TERMINAL_ADDR", default_value = "0.0.0.0:22222")]
+    pub terminal_addr: SocketAddr,
+
     /// Default working directory of commands (`GET /work-dir`). Default: the daemon's own working directory.
     #[arg(long, env = "SANDBAR_WORK_DIR")]
     pub work_dir: Option<PathBuf>,

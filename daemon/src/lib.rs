@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod procs;
 pub mod pty;
+pub mod terminal;
 pub mod toolbox;
 pub mod utf8;
 pub mod util;
@@ -165,10 +166,24 @@ const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// Serves the toolbox API on `listener` until `daemon.shutdown` is cancelled; in-flight requests then finish
 /// (the caller bounds how long it waits for that).
 pub async fn run(daemon: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    serve_http(listener, toolbox::router(daemon.clone()), daemon.shutdown.clone()).await
+}
+
+/// Serves the web terminal (page and WebSocket) on `listener` until `daemon.shutdown` is cancelled.
+pub async fn run_terminal(daemon: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    serve_http(listener, terminal::router(daemon.clone()), daemon.shutdown.clone()).await
+}
+
+/// HTTP/1.1 with upgrades, bounded request heads, and a graceful end: when `shutdown` is cancelled the listener
+/// closes and each connection finishes the request in flight.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
 
-    let app = toolbox::router(daemon.clone());
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -181,14 +196,14 @@ pub async fn run(daemon: AppState, listener: tokio::net::TcpListener) -> std::io
                     continue;
                 }
             },
-            _ = daemon.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
         let conn = hyper::server::conn::http1::Builder::new()
             .max_buf_size(MAX_REQUEST_HEAD)
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
             .with_upgrades();
-        let shutdown = daemon.shutdown.clone();
+        let shutdown = shutdown.clone();
         connections.spawn(async move {
             let mut conn = std::pin::pin!(conn);
             let result = tokio::select! {

@@ -58,15 +58,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the toolbox listener on {}", config.toolbox_addr))?;
     let toolbox_addr = listener.local_addr()?;
+    let terminal_listener = tokio::net::TcpListener::bind(config.terminal_addr)
+        .await
+        .with_context(|| format!("binding the terminal listener on {}", config.terminal_addr))?;
+    let terminal_addr = terminal_listener.local_addr()?;
     let daemon = Daemon::new(config, procs.clone()).context("creating the state directory")?;
 
     let server = tokio::spawn(sandbar_daemon::run(daemon.clone(), listener));
+    let terminal = tokio::spawn(sandbar_daemon::run_terminal(daemon.clone(), terminal_listener));
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{} toolbox={toolbox_addr}", sandbar_proto::DAEMON_READY_PREFIX)?;
+        writeln!(out, "{} toolbox={toolbox_addr} terminal={terminal_addr}", sandbar_proto::DAEMON_READY_PREFIX)?;
         out.flush()?;
     }
-    tracing::info!(%toolbox_addr, sandbox_id = daemon.sandbox_id().as_deref().unwrap_or(""), "listening");
+    tracing::info!(%toolbox_addr, %terminal_addr, sandbox_id = daemon.sandbox_id().as_deref().unwrap_or(""), "listening");
 
     if !entrypoint.is_empty()
         && let Err(e) = daemon.sessions.start_entrypoint(&daemon, &entrypoint)
@@ -87,7 +92,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     // In-flight requests get the grace period; a second signal cuts it short.
     let drained = tokio::select! {
-        r = tokio::time::timeout_at(deadline, server) => r.is_ok(),
+        r = tokio::time::timeout_at(deadline, async { let _ = tokio::join!(server, terminal); }) => r.is_ok(),
         _ = sigterm.recv() => false,
         _ = sigint.recv() => false,
     };

@@ -84,6 +84,26 @@ pub fn kill_group(pgid: i32, signal: Signal) {
     }
 }
 
+/// Signals every process of the session `sid` (a PTY shell is a session leader; job control puts its jobs in
+/// process groups of their own, so the shell's group alone would miss them).
+pub fn kill_session(sid: i32, signal: Signal) {
+    if sid <= 1 {
+        return;
+    }
+    kill_group(sid, signal);
+    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the parenthesised command name: state ppid pgrp session ...
+        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 1..)) else { continue };
+        let session = rest.split_whitespace().nth(3).and_then(|s| s.parse::<i32>().ok());
+        if session == Some(sid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ProcessTable {
     children: Mutex<HashMap<i32, watch::Sender<Option<Exit>>>>,

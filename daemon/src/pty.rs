@@ -195,10 +195,10 @@ impl PtySession {
         Ok(())
     }
 
-    /// Kills the shell's process group (the session's exit is reported by its waiter).
+    /// Signals every process of the shell's terminal session (the exit is reported by the shell's waiter).
     pub fn kill(&self, signal: nix::sys::signal::Signal) {
         if let Some(r) = self.running.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
-            procs::kill_group(r.pid, signal);
+            procs::kill_session(r.pid, signal);
         }
     }
 
@@ -271,7 +271,7 @@ impl PtySession {
             // Output the shell wrote before it exited is still in the PTY: let the reader finish it, but do not
             // wait for background jobs that keep the terminal open.
             if tokio::time::timeout(Duration::from_secs(1), done_rx).await.is_err() {
-                procs::kill_group(pid, nix::sys::signal::Signal::SIGHUP);
+                procs::kill_session(pid, nix::sys::signal::Signal::SIGHUP);
             }
             if let Some(rec) = me.lock_out().recorder.as_mut() {
                 let rest = rec.text.finish();

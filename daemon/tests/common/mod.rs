@@ -12,6 +12,8 @@ pub const TOKEN: &str = "test-token-0123456789";
 
 pub struct TestDaemon {
     pub base: String,
+    /// Base URL of the web terminal server.
+    pub terminal: String,
     pub token: String,
     pub home: PathBuf,
     pub work: PathBuf,
@@ -39,6 +41,7 @@ impl TestDaemon {
         cmd.env("SANDBAR_DAEMON_TOKEN", TOKEN)
             .env("SANDBAR_SANDBOX_ID", "sbx-test")
             .env("SANDBAR_TOOLBOX_ADDR", "127.0.0.1:0")
+            .env("SANDBAR_TERMINAL_ADDR", "127.0.0.1:0")
             .env("SANDBAR_WORK_DIR", &work)
             .env("SANDBAR_STATE_DIR", &state)
             .env("HOME", &home)
@@ -68,10 +71,14 @@ impl TestDaemon {
             let mut lines = BufReader::new(stdout).lines();
             let mut tx = Some(tx);
             while let Some(Ok(line)) = lines.next() {
-                if let Some(addr) = line.strip_prefix("sandbar-daemon ready toolbox=") {
-                    let addr = addr.split_whitespace().next().unwrap_or_default().to_owned();
+                if let Some(rest) = line.strip_prefix("sandbar-daemon ready ") {
+                    let field = |name: &str| {
+                        rest.split_whitespace()
+                            .find_map(|kv| kv.strip_prefix(name).map(str::to_owned))
+                            .unwrap_or_default()
+                    };
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
+                        let _ = tx.send((field("toolbox="), field("terminal=")));
                     }
                 } else {
                     let mut l = log3.lock().unwrap();
@@ -81,7 +88,7 @@ impl TestDaemon {
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+        let (addr, terminal) = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -96,7 +103,17 @@ impl TestDaemon {
             })
             .build()
             .unwrap();
-        TestDaemon { base: format!("http://{addr}"), token: TOKEN.into(), home, work, client, child, log, _tmp: tmp }
+        TestDaemon {
+            base: format!("http://{addr}"),
+            terminal: format!("http://{terminal}"),
+            token: TOKEN.into(),
+            home,
+            work,
+            client,
+            child,
+            log,
+            _tmp: tmp,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

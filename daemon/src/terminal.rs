@@ -1,0 +1,240 @@
+//! The web terminal server (port 22222): a page running xterm.js at `GET /` and the terminal WebSocket at
+//! `GET /ws`. Each socket gets its own shell on a PTY, ended (its whole process group) when the socket closes.
+//!
+//! Frames: a client text frame that parses as `{"rows":N,"cols":N}` resizes, anything else is input; output goes
+//! out as text frames cut on character boundaries (never half a UTF-8 sequence). The daemon token is required as
+//! on the toolbox, carried by the `X-Sandbar-Daemon-Token` header (what the proxy adds), the `token` query
+//! parameter or the cookie the page sets from it (browsers cannot set headers on a WebSocket).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use subtle::ConstantTimeEq;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::pty::{PtyOptions, PtySession};
+use crate::toolbox::pty::{MAX_INPUT_MESSAGE, PING_EVERY};
+use crate::utf8::Utf8Stream;
+
+mod assets {
+    include!(concat!(env!("OUT_DIR"), "/xterm_assets.rs"));
+}
+
+const TOKEN_COOKIE: &str = "sandbar_token";
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/xterm.js", get(|| asset(assets::XTERM_JS, "text/javascript")))
+        .route("/xterm.css", get(|| asset(assets::XTERM_CSS, "text/css")))
+        .route("/xterm-addon-fit.js", get(|| asset(assets::XTERM_FIT_JS, "text/javascript")))
+        .route("/ws", get(ws))
+        .fallback(|| async { ApiError::not_found("no such page") })
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "token").then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == TOKEN_COOKIE).then(|| v.to_owned())
+    })
+}
+
+async fn authenticate(State(d): State<AppState>, req: Request, next: Next) -> Response {
+    let ok = |t: &str| bool::from(t.as_bytes().ct_eq(d.config.token.as_bytes()));
+    let header_ok = req
+        .headers()
+        .get(sandbar_proto::DAEMON_TOKEN_HEADER)
+        .is_some_and(|v| bool::from(v.as_bytes().ct_eq(d.config.token.as_bytes())));
+    let query = query_token(req.uri());
+    let query_ok = query.as_deref().is_some_and(ok);
+    if !(header_ok || query_ok || cookie_token(req.headers()).as_deref().is_some_and(ok)) {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid daemon token").into_response();
+    }
+    let mut resp = next.run(req).await;
+    if query_ok
+        && let Ok(v) =
+            HeaderValue::from_str(&format!("{TOKEN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", d.config.token))
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+async fn asset(body: Option<&'static [u8]>, content_type: &'static str) -> Response {
+    match body {
+        Some(b) => {
+            ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "max-age=86400")], b).into_response()
+        }
+        None => {
+            ApiError::not_found("xterm.js is not in this build: run scripts/fetch-xterm, then rebuild sandbar-daemon")
+                .into_response()
+        }
+    }
+}
+
+async fn page() -> Html<&'static str> {
+    if assets::XTERM_JS.is_none() {
+        return Html(MISSING_PAGE);
+    }
+    Html(PAGE)
+}
+
+const MISSING_PAGE: &str = "<!doctype html><meta charset=utf-8><title>sandbar terminal</title>\
+<p>This sandbar-daemon was built without xterm.js. Run <code>scripts/fetch-xterm</code> (it takes xterm.js from \
+a package registry), then rebuild the daemon with <code>scripts/build-daemon</code>.</p>";
+
+const PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>sandbar terminal</title>
+<link rel="stylesheet" href="xterm.css">
+<style>html,body{margin:0;height:100%;background:#000}#term{position:absolute;inset:0}#status{position:absolute;right:8px;top:4px;color:#aaa;font:12px sans-serif;z-index:10}</style>
+</head><body><div id="status">connecting</div><div id="term"></div>
+<script src="xterm.js"></script><script src="xterm-addon-fit.js"></script>
+<script>
+"use strict";
+const term = new Terminal({cursorBlink: true, convertEol: false, scrollback: 5000});
+const fit = new FitAddon.FitAddon();
+term.loadAddon(fit);
+term.open(document.getElementById("term"));
+window.term = term;
+const status = document.getElementById("status");
+const url = new URL("ws" + location.search, location.href);
+url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+const ws = new WebSocket(url);
+function resize() { fit.fit(); if (ws.readyState === 1) ws.send(JSON.stringify({rows: term.rows, cols: term.cols})); }
+ws.onopen = () => { status.textContent = ""; resize(); term.focus(); };
+ws.onmessage = (e) => { if (typeof e.data === "string") term.write(e.data); };
+ws.onclose = (e) => { status.textContent = "disconnected (" + e.code + (e.reason ? ": " + e.reason : "") + ")"; window.sandbarClosed = e.code; };
+term.onData((d) => { if (ws.readyState === 1) ws.send(d); });
+window.addEventListener("resize", resize);
+</script></body></html>
+"#;
+
+type WsUpgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+
+async fn ws(State(d): State<AppState>, ws: WsUpgrade) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|_| ApiError::bad_request("/ws needs a WebSocket upgrade"))?;
+    let id = format!("web-{}", uuid::Uuid::new_v4().simple());
+    let opts =
+        PtyOptions { id, cwd: None, envs: BTreeMap::new(), cols: 80, rows: 24, lazy_start: false, record: false };
+    let session = d.ptys.create(&d, opts, true)?;
+    let shutdown = d.shutdown.clone();
+    Ok(ws.max_message_size(MAX_INPUT_MESSAGE).max_frame_size(MAX_INPUT_MESSAGE).on_upgrade(move |socket| async move {
+        serve(socket, session.clone(), shutdown).await;
+        end(&session).await;
+    }))
+}
+
+/// Hangs the shell up, as closing a terminal window does, and kills what ignores that.
+async fn end(s: &PtySession) {
+    if s.exit().is_some() {
+        return;
+    }
+    s.kill(nix::sys::signal::Signal::SIGHUP);
+    let mut exit = s.attach().exit;
+    let gone = tokio::time::timeout(Duration::from_secs(2), async {
+        while exit.borrow_and_update().is_none() {
+            if exit.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    if gone.is_err() {
+        s.kill(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Resize {
+    rows: u16,
+    cols: u16,
+}
+
+fn parse_resize(t: &str) -> Option<Result<Resize, ()>> {
+    let v: serde_json::Value = serde_json::from_str(t).ok()?;
+    let obj = v.as_object()?;
+    if obj.len() != 2 || !obj.contains_key("rows") || !obj.contains_key("cols") {
+        return None;
+    }
+    Some(serde_json::from_value(v).map_err(|_| ()))
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+}
+
+async fn serve(mut socket: WebSocket, s: Arc<PtySession>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut att = s.attach();
+    let input = s.input();
+    let mut text = Utf8Stream::default();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let exit = loop {
+        if let Some(e) = *att.exit.borrow_and_update() {
+            break e;
+        }
+        tokio::select! {
+            out = att.live.recv() => match out {
+                Ok(chunk) => {
+                    let t = text.push(&chunk);
+                    if !t.is_empty() && socket.send(Message::Text(t.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => return close(&mut socket, 1008, "client too slow: output dropped").await,
+                Err(RecvError::Closed) => return,
+            },
+            _ = att.exit.changed() => {}
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(t))) => match parse_resize(t.as_str()) {
+                    Some(Ok(r)) => if let Err(e) = s.resize(r.cols, r.rows) {
+                        return close(&mut socket, 1008, &e.to_string()).await;
+                    },
+                    Some(Err(())) => return close(&mut socket, 1008, "invalid resize message").await,
+                    None => if let Some(tx) = &input {
+                        let _ = tx.send(bytes::Bytes::from(t.as_str().to_owned())).await;
+                    },
+                },
+                Some(Ok(Message::Binary(b))) => if let Some(tx) = &input {
+                    let _ = tx.send(b).await;
+                },
+                Some(Ok(Message::Close(_))) | None => return,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return close(&mut socket, 1009, "message too big or malformed").await,
+            },
+            _ = ping.tick() => if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() { return },
+            _ = shutdown.cancelled() => return close(&mut socket, 1001, "sandbox shutting down").await,
+        }
+    };
+    while let Ok(chunk) = att.live.try_recv() {
+        let t = text.push(&chunk);
+        if !t.is_empty() && socket.send(Message::Text(t.into())).await.is_err() {
+            return;
+        }
+    }
+    let rest = text.finish();
+    if !rest.is_empty() {
+        let _ = socket.send(Message::Text(rest.into())).await;
+    }
+    let code = exit.code();
+    let reason = serde_json::json!({"exitCode": code}).to_string();
+    close(&mut socket, if code == 0 { 1000 } else { 1011 }, &reason).await;
+}

@@ -1,0 +1,136 @@
+//! The web terminal server: token rule, the page and its assets, the terminal WebSocket (resize, input, UTF-8
+//! safe text frames, exit), and that closing the socket ends the shell.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestDaemon;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(d: &TestDaemon) -> Ws {
+    let url = format!("ws://{}/ws", d.terminal.trim_start_matches("http://"));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("x-sandbar-daemon-token", d.token.parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+/// Reads text frames until `needle` appears. Binary frames are a protocol error here.
+async fn read_until(ws: &mut Ws, needle: &str) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !seen.contains(needle) {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => seen.push_str(&t),
+            Ok(Some(Ok(Message::Binary(_)))) => panic!("terminal output must be text frames"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("waiting for {needle:?}: {other:?}; seen: {seen:?}"),
+        }
+    }
+    seen
+}
+
+fn shells_of(pid: u32) -> usize {
+    let ps = std::process::Command::new("ps").args(["-eo", "ppid,args"]).output().unwrap();
+    let me = pid.to_string();
+    String::from_utf8_lossy(&ps.stdout).lines().filter(|l| l.split_whitespace().next() == Some(me.as_str())).count()
+}
+
+#[tokio::test]
+async fn token_rule_page_and_assets() {
+    let d = TestDaemon::start();
+    let anon = reqwest::Client::new();
+    assert_eq!(anon.get(format!("{}/", d.terminal)).send().await.unwrap().status(), 401);
+    assert_eq!(anon.get(format!("{}/?token=wrong", d.terminal)).send().await.unwrap().status(), 401);
+    let r = anon.get(format!("{}/?token={}", d.terminal, d.token)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("sandbar_token=") && cookie.contains("HttpOnly"), "{cookie}");
+    let page = r.text().await.unwrap();
+    assert!(page.contains("xterm.js") && page.contains("new Terminal"), "{page}");
+    // The cookie alone authorises the assets and the socket, as in a browser.
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    for asset in ["/xterm.js", "/xterm.css", "/xterm-addon-fit.js"] {
+        let r = anon.get(format!("{}{asset}", d.terminal)).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{asset}");
+        assert!(r.bytes().await.unwrap().len() > 500, "{asset} is the real file");
+    }
+    let url = format!("ws://{}/ws", d.terminal.trim_start_matches("http://"));
+    let mut req = url.clone().into_client_request().unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn resize_input_utf8_frames_and_exit() {
+    let d = TestDaemon::start();
+    let mut ws = open(&d).await;
+    ws.send(Message::Text(r#"{"rows":30,"cols":100}"#.into())).await.unwrap();
+    ws.send(Message::Text("stty size; echo $TERM\n".into())).await.unwrap();
+    let out = read_until(&mut ws, "xterm-256color").await;
+    assert!(out.contains("30 100"), "{out}");
+    // Input that merely looks like JSON is still input.
+    ws.send(Message::Text("echo '{\"rows\":1}' $((6*7))\n".into())).await.unwrap();
+    read_until(&mut ws, "{\"rows\":1} 42").await;
+    // Thousands of multi-byte characters arrive intact (tungstenite rejects a text frame that is not UTF-8).
+    ws.send(Message::Text("for i in $(seq 1 3000); do printf '€𝄞é'; done; echo; echo END\n".into())).await.unwrap();
+    let out = read_until(&mut ws, "\nEND").await;
+    assert!(out.matches("€𝄞é").count() >= 3000, "{}", out.len());
+    ws.send(Message::Text("exit 3\n".into())).await.unwrap();
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(f))) => break f.unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1011);
+    assert!(close.reason.contains("\"exitCode\":3"), "{}", close.reason);
+}
+
+#[tokio::test]
+async fn bad_resize_closes_and_closing_the_socket_ends_the_shell() {
+    let d = TestDaemon::start();
+    let mut ws = open(&d).await;
+    ws.send(Message::Text(r#"{"rows":0,"cols":0}"#.into())).await.unwrap();
+    let mut code = None;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        if let Ok(Message::Close(f)) = m {
+            code = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(1008));
+
+    let mut a = open(&d).await;
+    let mut b = open(&d).await;
+    a.send(Message::Text("echo a-$((1+1))\n".into())).await.unwrap();
+    read_until(&mut a, "a-2").await;
+    b.send(Message::Text("echo b-$((2+2))\n".into())).await.unwrap();
+    read_until(&mut b, "b-4").await;
+    // Each socket has its own shell; something that ignores SIGHUP in the shell's group goes too.
+    a.send(Message::Text("trap '' HUP; sleep 300\n".into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(shells_of(d.pid()) >= 2);
+    drop(a);
+    drop(b);
+    let mut left = usize::MAX;
+    for _ in 0..100 {
+        left = shells_of(d.pid());
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "shells left after their sockets closed");
+}
