@@ -9,6 +9,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use sandbar_proto::{DAEMON_ERROR_SOURCE, ErrorBody};
 
+/// Method and path of the request being answered, so every error body names them (the SDK's `ErrorResponse`
+/// requires `path`). Set by the toolbox middleware for the duration of the request.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    pub method: String,
+    pub path: String,
+}
+
+tokio::task_local! {
+    pub static REQUEST: RequestInfo;
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -76,13 +88,14 @@ impl ApiError {
     }
 
     pub fn body(&self) -> ErrorBody {
+        let req = REQUEST.try_with(Clone::clone).ok();
         ErrorBody {
             status_code: self.status.as_u16(),
             message: self.message.clone(),
             code: self.code.map(str::to_owned),
             source: Some(DAEMON_ERROR_SOURCE.to_owned()),
-            path: None,
-            method: None,
+            path: Some(req.as_ref().map(|r| r.path.clone()).unwrap_or_default()),
+            method: req.map(|r| r.method),
             timestamp: Some(crate::util::now_rfc3339()),
         }
     }

@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, REQUEST, RequestInfo};
 
 /// The whole toolbox API with its state applied.
 pub fn router(state: AppState) -> Router {
@@ -33,8 +33,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+async fn not_found(method: Method, uri: axum::http::Uri, body: axum::body::Body) -> ApiError {
+    drain(body).await;
     ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+/// Reads and drops up to 1 MiB of a request body that will not be used, within a second. A client still sending
+/// when the server answers and closes would otherwise see a connection reset instead of the answer.
+async fn drain(body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, 1 << 20);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), limited.collect()).await;
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
@@ -53,10 +62,13 @@ async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) 
         request_id = %request_id,
         sandbox_id = daemon.sandbox_id().as_deref().unwrap_or(""),
     );
-    async move {
+    let info = RequestInfo { method: req.method().to_string(), path: req.uri().path().to_owned() };
+    let handled = async move {
         let open = req.method() == Method::GET && req.uri().path() == "/version";
         if !open && !token_ok(req.headers(), &daemon.config.token) {
             tracing::info!("rejected: missing or wrong daemon token");
+            // Read (a bounded part of) what the client is sending, so it sees this answer rather than a reset.
+            drain(req.into_body()).await;
             return axum::response::IntoResponse::into_response(
                 ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid daemon token").with_code("UNAUTHORIZED"),
             );
@@ -65,8 +77,8 @@ async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) 
         tracing::debug!(status = resp.status().as_u16(), "answered");
         resp
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    REQUEST.scope(info, handled).await
 }
 
 fn token_ok(headers: &HeaderMap, token: &str) -> bool {
