@@ -122,7 +122,7 @@ async fn create(
     check_envs(&envs)?;
     let opts = PtyOptions {
         id: req.id,
-        cwd: req.cwd,
+        cwd: req.cwd.or_else(|| Some(d.work_dir.to_string_lossy().into_owned())),
         envs,
         cols: req.cols.unwrap_or(80),
         rows: req.rows.unwrap_or(24),
@@ -229,7 +229,7 @@ async fn create_connect(
     check_envs(&envs)?;
     let opts = PtyOptions {
         id: q.id,
-        cwd: q.cwd,
+        cwd: q.cwd.or_else(|| Some(d.work_dir.to_string_lossy().into_owned())),
         envs,
         cols: q.cols.unwrap_or(80),
         rows: q.rows.unwrap_or(24),
