@@ -1,6 +1,6 @@
 //! The toolbox HTTP API: routes, the token check, and the JSON answers for unknown routes.
 
-pub mod files;
+pub mod fs;
 pub mod git;
 pub mod info;
 pub mod process;
@@ -25,7 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(process::routes())
         .merge(session::routes())
         .merge(pty::routes())
-        .merge(files::routes())
+        .merge(fs::routes())
         .merge(git::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -35,6 +35,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // serde_urlencoded decodes invalid UTF-8 lossily; a path that is not UTF-8 must be refused, not mangled.
+        let raw = parts.uri.query().unwrap_or_default();
+        let valid = raw.split('&').all(|kv| {
+            let decoded = kv.replace('+', " ");
+            percent_encoding::percent_decode_str(&decoded).decode_utf8().is_ok()
+        });
+        if !valid {
+            return Err(ApiError::bad_request("query parameters must be valid UTF-8").with_code("INVALID_FILE_PATH"));
+        }
         let axum::extract::Query(v) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Self(v))
     }
