@@ -1,0 +1,137 @@
+//! The static daemon as PID 1 in a real container built locally (busybox-static; no registry): reached from the
+//! host, it runs commands, moves files, runs the image entrypoint in its session, reaps zombies, and ends
+//! cleanly with exit code 0 on `docker stop`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use sandbar_tests::{Container, docker, remove_stale_containers, static_daemon, test_image};
+use serde_json::json;
+
+const TOKEN: &str = "container-test-token-42";
+
+fn start() -> (Container, String, reqwest::Client) {
+    remove_stale_containers();
+    let daemon = static_daemon().unwrap();
+    let image = test_image().unwrap();
+    let mount = format!("{}:/usr/local/bin/sandbar-daemon:ro", daemon.display());
+    let c = Container::run(&[
+        "-v",
+        &mount,
+        "-e",
+        &format!("SANDBAR_DAEMON_TOKEN={TOKEN}"),
+        "-e",
+        "SANDBAR_SANDBOX_ID=sbx-container-test",
+        "--entrypoint",
+        "/usr/local/bin/sandbar-daemon",
+        &image,
+        "--",
+        "sh",
+        "-c",
+        "echo entry-started; exec sleep 1000",
+    ])
+    .unwrap();
+    let base = format!("http://{}:2280", c.ip().unwrap());
+    let client = reqwest::Client::builder()
+        .default_headers({
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("x-sandbar-daemon-token", TOKEN.parse().unwrap());
+            h
+        })
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    (c, base, client)
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{base}/version")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("daemon in the container did not answer");
+}
+
+async fn exec(client: &reqwest::Client, base: &str, command: &str) -> (i64, String) {
+    let r: serde_json::Value = client
+        .post(format!("{base}/process/execute"))
+        .json(&json!({ "command": command }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (r["exitCode"].as_i64().unwrap(), r["result"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn the_static_daemon_is_static() {
+    let bin = static_daemon().unwrap();
+    let out = std::process::Command::new("ldd").arg(&bin).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("not a dynamic executable") || text.contains("statically linked"), "{text}");
+}
+
+#[tokio::test]
+async fn pid1_in_a_container_serves_reaps_and_stops_cleanly() {
+    let (c, base, client) = start();
+    wait_ready(&client, &base).await;
+
+    // The token rule holds inside the container too.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/process/execute"))
+        .json(&json!({"command": "true"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    assert_eq!(exec(&client, &base, "echo hi").await, (0, "hi\n".into()));
+    let (_, pid1) = exec(&client, &base, "cat /proc/1/cmdline | tr '\\0' ' '").await;
+    assert!(pid1.starts_with("/usr/local/bin/sandbar-daemon"), "{pid1}");
+
+    // File round trip through the SDK's bulk endpoints.
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let form = reqwest::multipart::Form::new()
+        .text("files[0].path", "/tmp/round/trip.bin")
+        .part("files[0].file", reqwest::multipart::Part::bytes(data.clone()).file_name("trip.bin"));
+    let r = client.post(format!("{base}/files/bulk-upload")).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(exec(&client, &base, "wc -c < /tmp/round/trip.bin").await.1.trim(), "3000000");
+    let r = client.get(format!("{base}/files/download?path=/tmp/round/trip.bin")).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+
+    // The entrypoint runs in its session and its output is readable.
+    let logs: serde_json::Value = client
+        .get(format!("{base}/process/session/entrypoint/logs"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(logs["stdout"], "entry-started\n");
+    assert!(c.logs().contains("entry-started"), "entrypoint output reaches docker logs");
+
+    // Orphans re-parented to PID 1 are reaped: no zombie stays.
+    for _ in 0..5 {
+        assert_eq!(exec(&client, &base, "(sleep 0.2 &); exit 5").await.0, 5);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, states) = exec(&client, &base, "cat /proc/[0-9]*/stat | awk '{print $3}' | sort | uniq -c").await;
+    assert!(!states.contains(" Z"), "zombies in the container:\n{states}");
+
+    // docker stop: SIGTERM to PID 1, which drains and exits 0 within its grace period; had docker needed to
+    // SIGKILL it after its 10 s, the exit code would be 137.
+    docker(&["stop", "-t", "10", &c.id]).unwrap();
+    let code = docker(&["inspect", "-f", "{{.State.ExitCode}}", &c.id]).unwrap();
+    assert_eq!(code, "0", "exit code of PID 1; logs:\n{}", c.logs());
+    assert!(c.logs().contains("stopped"), "the daemon logged its drain");
+}
