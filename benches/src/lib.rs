@@ -1,1 +1,80 @@
-//! Benchmark helpers.
+//! Benchmark helpers: start the static daemon on loopback, read its ready line, sample its memory, and summarise
+//! latencies. Benchmarks print figures; they assert nothing about time.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const TOKEN: &str = "bench-token-0123456789";
+
+/// A daemon started for a benchmark; killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    pub toolbox: String,
+    pub terminal: String,
+    pub dir: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(bin: &Path) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("sandbar-bench-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("work"))?;
+        let mut child = Command::new(bin)
+            .env("SANDBAR_DAEMON_TOKEN", TOKEN)
+            .env("SANDBAR_TOOLBOX_ADDR", "127.0.0.1:0")
+            .env("SANDBAR_TERMINAL_ADDR", "127.0.0.1:0")
+            .env("SANDBAR_SSH_ADDR", "127.0.0.1:0")
+            .env("SANDBAR_WORK_DIR", dir.join("work"))
+            .env("SANDBAR_STATE_DIR", dir.join("state"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let field = |name: &str| {
+            line.split_whitespace().find_map(|kv| kv.strip_prefix(name)).map(str::to_owned).unwrap_or_default()
+        };
+        let (toolbox, terminal) = (field("toolbox="), field("terminal="));
+        anyhow::ensure!(!toolbox.is_empty(), "no ready line: {line:?}");
+        Ok(Self { child, toolbox, terminal, dir })
+    }
+
+    /// Resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// (median, p99) of a sample, in microseconds.
+pub fn median_p99(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(i).map(|d| d.as_secs_f64() * 1e6).unwrap_or(0.0)
+    };
+    (at(0.5), at(0.99))
+}
+
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("x-sandbar-daemon-token", TOKEN.parse()?);
+    Ok(reqwest::Client::builder().default_headers(h).build()?)
+}
