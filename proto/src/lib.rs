@@ -3,6 +3,7 @@
 //! and the CLI, so it depends on serde alone: no runtime, no framework.
 
 pub mod error;
+pub mod runner;
 pub mod toolbox;
 
 pub use error::ErrorBody;

@@ -1,0 +1,449 @@
+//! Messages between the control plane and a runner: the jobs the API hands out, what the runner answers, the
+//! sandbox states it reports, and the capacity it advertises. Both sides build against these types, so either can
+//! be built and tested first. JSON field names are camelCase like the rest of the Daytona-shaped wire.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Container label keys every runner-managed container carries. A restarted runner rebuilds its state from them.
+pub mod labels {
+    /// The sandbox ID (also the container name suffix).
+    pub const SANDBOX_ID: &str = "sandbar.sandbox.id";
+    /// The owning organization.
+    pub const ORG: &str = "sandbar.org";
+    /// The runner that owns the container; a runner only ever touches its own.
+    pub const RUNNER: &str = "sandbar.runner";
+    /// The sandbox's user-facing name.
+    pub const NAME: &str = "sandbar.name";
+    /// JSON of [`super::SandboxSpecLabel`]: what the runner must remember that Docker does not.
+    pub const SPEC: &str = "sandbar.spec";
+    /// Marks a warm-pool container that no sandbox has claimed yet.
+    pub const POOL: &str = "sandbar.pool";
+}
+
+/// Sandbox states, spelled as Daytona spells them (the SDK waits on these strings). A runner reports a subset
+/// (`creating`, `starting`, `started`, `stopping`, `stopped`, `destroying`, `destroyed`, `resizing`, `error`);
+/// the others belong to the control plane's state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    Creating,
+    Restoring,
+    Destroyed,
+    Destroying,
+    Started,
+    Stopped,
+    Starting,
+    Stopping,
+    Error,
+    BuildFailed,
+    PendingBuild,
+    BuildingSnapshot,
+    Unknown,
+    PullingSnapshot,
+    Archived,
+    Archiving,
+    Resizing,
+    Snapshotting,
+    Forking,
+    Pausing,
+    Paused,
+    Resuming,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Restoring => "restoring",
+            Self::Destroyed => "destroyed",
+            Self::Destroying => "destroying",
+            Self::Started => "started",
+            Self::Stopped => "stopped",
+            Self::Starting => "starting",
+            Self::Stopping => "stopping",
+            Self::Error => "error",
+            Self::BuildFailed => "build_failed",
+            Self::PendingBuild => "pending_build",
+            Self::BuildingSnapshot => "building_snapshot",
+            Self::Unknown => "unknown",
+            Self::PullingSnapshot => "pulling_snapshot",
+            Self::Archived => "archived",
+            Self::Archiving => "archiving",
+            Self::Resizing => "resizing",
+            Self::Snapshotting => "snapshotting",
+            Self::Forking => "forking",
+            Self::Pausing => "pausing",
+            Self::Paused => "paused",
+            Self::Resuming => "resuming",
+        }
+    }
+}
+
+impl fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Resources of one sandbox, in Daytona's units: whole cores and GiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    pub cpu: u32,
+    /// GiB.
+    pub memory: u32,
+    /// GiB.
+    pub disk: u32,
+}
+
+impl Default for Resources {
+    /// Daytona's default sandbox size: 1 core, 1 GiB memory, 3 GiB disk.
+    fn default() -> Self {
+        Self { cpu: 1, memory: 1, disk: 3 }
+    }
+}
+
+/// Lifecycle timers, in minutes. The runner carries them as data (on the container and in [`SandboxInfo`]); the
+/// control plane acts on them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoIntervals {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_stop_interval: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_archive_interval: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_delete_interval: Option<u32>,
+}
+
+/// Job: create (and start) a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSandbox {
+    /// Chosen by the control plane; names the container `sandbar-{id}`.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub organization_id: String,
+    /// A local image reference (no registry is consulted).
+    pub image: String,
+    /// User the daemon (and so every process it starts) runs as; default: the image's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resources: Resources,
+    /// Replaces the image's entrypoint + cmd as the daemon's child; `None` keeps the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, flatten)]
+    pub auto: AutoIntervals,
+}
+
+/// Job: stop a sandbox. Graceful sends SIGTERM to the daemon (which drains and stops its children) and kills
+/// after `timeoutSecs`; `force` kills at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopSandbox {
+    pub sandbox_id: String,
+    #[serde(default)]
+    pub force: bool,
+    /// Deadline of a graceful stop; the runner's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u32>,
+}
+
+/// Job: change a sandbox's resources. CPU and memory apply live; disk only where the storage driver enforces it,
+/// only while stopped and only upwards.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResizeSandbox {
+    pub sandbox_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<u32>,
+}
+
+/// What a runner is asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobKind {
+    CreateSandbox(CreateSandbox),
+    #[serde(rename_all = "camelCase")]
+    StartSandbox {
+        sandbox_id: String,
+    },
+    StopSandbox(StopSandbox),
+    #[serde(rename_all = "camelCase")]
+    DestroySandbox {
+        sandbox_id: String,
+    },
+    ResizeSandbox(ResizeSandbox),
+}
+
+impl JobKind {
+    /// The sandbox the job acts on.
+    pub fn sandbox_id(&self) -> &str {
+        match self {
+            Self::CreateSandbox(c) => &c.id,
+            Self::StartSandbox { sandbox_id } | Self::DestroySandbox { sandbox_id } => sandbox_id,
+            Self::StopSandbox(s) => &s.sandbox_id,
+            Self::ResizeSandbox(r) => &r.sandbox_id,
+        }
+    }
+}
+
+/// A job as the API hands it to a runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: String,
+    #[serde(flatten)]
+    pub kind: JobKind,
+}
+
+/// Why a job failed, as a stable code the API can branch on; the message is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobErrorCode {
+    /// Bad input: an impossible resource request, an empty ID, a disk shrink.
+    InvalidRequest,
+    /// The image is not on this host (there is no registry to pull from).
+    ImageNotFound,
+    /// The sandbox is not on this runner.
+    SandboxNotFound,
+    /// A sandbox with that ID already exists.
+    Conflict,
+    /// The operation does not fit the sandbox's state (resize disk while started...).
+    InvalidState,
+    /// More than the host has left.
+    InsufficientCapacity,
+    /// The daemon did not answer in time, or the container died while starting.
+    DaemonNotReady,
+    /// Docker refused or failed.
+    Docker,
+    Internal,
+}
+
+/// Outcome of one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobOutcome {
+    /// `sandbox` is the sandbox after the job (absent for destroy).
+    #[serde(rename_all = "camelCase")]
+    Succeeded {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sandbox: Option<Box<SandboxInfo>>,
+    },
+    Failed {
+        code: JobErrorCode,
+        message: String,
+    },
+}
+
+/// The runner's answer to a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResult {
+    pub job_id: String,
+    #[serde(flatten)]
+    pub outcome: JobOutcome,
+}
+
+/// A sandbox as a runner knows it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxInfo {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub organization_id: String,
+    pub runner_id: String,
+    pub container_id: String,
+    pub image: String,
+    pub state: SandboxState,
+    /// Why the sandbox is in `error` (or stopped on its own): exit code, signal, OOM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_reason: Option<String>,
+    pub resources: Resources,
+    /// False where the storage driver cannot cap a container's disk (overlay on anything but xfs with pquota,
+    /// fuse-overlayfs): `resources.disk` is then recorded, not enforced.
+    pub disk_enforced: bool,
+    /// `ip:port` of the daemon's toolbox API while the sandbox runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_addr: Option<String>,
+    /// The per-sandbox secret the daemon requires in `X-Sandbar-Daemon-Token`. Never logged (Debug redacts it).
+    pub daemon_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, flatten)]
+    pub auto: AutoIntervals,
+}
+
+impl fmt::Debug for SandboxInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxInfo")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("organization_id", &self.organization_id)
+            .field("runner_id", &self.runner_id)
+            .field("container_id", &self.container_id)
+            .field("image", &self.image)
+            .field("state", &self.state)
+            .field("error_reason", &self.error_reason)
+            .field("resources", &self.resources)
+            .field("disk_enforced", &self.disk_enforced)
+            .field("daemon_addr", &self.daemon_addr)
+            .field("daemon_token", &"<redacted>")
+            .field("user", &self.user)
+            .field("env_keys", &self.env.keys().collect::<Vec<_>>())
+            .field("labels", &self.labels)
+            .field("auto", &self.auto)
+            .finish()
+    }
+}
+
+/// What the runner stores in the [`labels::SPEC`] label: the parts of a [`CreateSandbox`] that Docker's own
+/// container config does not keep. Env, user and resources are read back from the container itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSpecLabel {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// GiB, as requested (enforced or not).
+    pub disk: u32,
+    #[serde(default, flatten)]
+    pub auto: AutoIntervals,
+    /// Names of the env variables the caller set (the container's env also holds the image's and ours).
+    #[serde(default)]
+    pub env_keys: Vec<String>,
+}
+
+/// A state change the runner reports without being asked: a container that died, was OOM-killed, or came back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateChange {
+    pub sandbox_id: String,
+    pub state: SandboxState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub oom_killed: bool,
+}
+
+/// What a runner offers and what it has handed out, for placement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    pub cpu: u32,
+    /// GiB.
+    pub memory: u32,
+    /// GiB.
+    pub disk: u32,
+}
+
+/// A runner's heartbeat: who it is, what it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerStatus {
+    pub runner_id: String,
+    pub version: String,
+    /// The host's CPUs and memory; disk is what the runner is configured to hand out.
+    pub capacity: Capacity,
+    /// Sum of the resources of sandboxes that are not destroyed.
+    pub allocated: Capacity,
+    pub sandboxes: u32,
+    pub started: u32,
+    pub storage_driver: String,
+    pub disk_enforced: bool,
+    /// `1` or `2`.
+    pub cgroup_version: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_wire_format() {
+        let job = Job {
+            id: "j1".into(),
+            kind: JobKind::StopSandbox(StopSandbox { sandbox_id: "s1".into(), force: true, timeout_secs: None }),
+        };
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v, serde_json::json!({"id": "j1", "type": "STOP_SANDBOX", "sandboxId": "s1", "force": true}));
+        assert_eq!(serde_json::from_value::<Job>(v).unwrap(), job);
+
+        let start: Job = serde_json::from_str(r#"{"id":"j2","type":"START_SANDBOX","sandboxId":"s2"}"#).unwrap();
+        assert_eq!(start.kind.sandbox_id(), "s2");
+    }
+
+    #[test]
+    fn create_defaults_and_flattened_intervals() {
+        let c: CreateSandbox =
+            serde_json::from_str(r#"{"id":"s","organizationId":"o","image":"img","autoStopInterval":15}"#).unwrap();
+        assert_eq!(c.resources, Resources { cpu: 1, memory: 1, disk: 3 });
+        assert_eq!(c.auto.auto_stop_interval, Some(15));
+        assert!(c.env.is_empty() && c.entrypoint.is_none());
+    }
+
+    #[test]
+    fn outcome_tags() {
+        let r = JobResult {
+            job_id: "j".into(),
+            outcome: JobOutcome::Failed { code: JobErrorCode::ImageNotFound, message: "no image x".into() },
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["status"], "FAILED");
+        assert_eq!(v["code"], "IMAGE_NOT_FOUND");
+        assert_eq!(serde_json::from_value::<JobResult>(v).unwrap(), r);
+    }
+
+    #[test]
+    fn states_use_daytona_names() {
+        assert_eq!(serde_json::to_string(&SandboxState::BuildFailed).unwrap(), "\"build_failed\"");
+        assert_eq!(SandboxState::Started.to_string(), "started");
+        let s: SandboxState = serde_json::from_str("\"pending_build\"").unwrap();
+        assert_eq!(s, SandboxState::PendingBuild);
+    }
+
+    #[test]
+    fn debug_redacts_the_daemon_token() {
+        let info = SandboxInfo {
+            id: "s".into(),
+            name: None,
+            organization_id: "o".into(),
+            runner_id: "r".into(),
+            container_id: "c".into(),
+            image: "i".into(),
+            state: SandboxState::Started,
+            error_reason: None,
+            resources: Resources::default(),
+            disk_enforced: false,
+            daemon_addr: None,
+            daemon_token: "supersecret".into(),
+            user: None,
+            env: BTreeMap::from([("K".into(), "hidden-value".into())]),
+            labels: BTreeMap::new(),
+            auto: AutoIntervals::default(),
+        };
+        let d = format!("{info:?}");
+        assert!(!d.contains("supersecret") && !d.contains("hidden-value"), "{d}");
+        assert!(serde_json::to_string(&info).unwrap().contains("supersecret"));
+    }
+}

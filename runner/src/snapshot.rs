@@ -1,0 +1,345 @@
+//! Snapshots: images made from a Dockerfile through Docker's build API (`FROM` a local image; the build log is
+//! streamed line by line as it runs) or by committing a sandbox's filesystem. Snapshots carry the label
+//! `sandbar.snapshot` and can be listed, inspected and removed. Nothing is pulled: every `FROM` image must already
+//! be on the host, which is checked before Docker sees the Dockerfile (Docker would otherwise try a registry).
+
+use std::collections::HashMap;
+
+use bollard::body_full;
+use bollard::models::ContainerConfig;
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CommitContainerOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
+};
+use futures_util::StreamExt;
+use sandbar_proto::runner::{SandboxState, labels};
+
+use crate::error::docker_status;
+use crate::image::{self, ImageInfo};
+use crate::runner::Runner;
+
+/// Label every snapshot image carries; its value is the snapshot's name.
+pub const SNAPSHOT_LABEL: &str = "sandbar.snapshot";
+/// Label naming the sandbox a committed snapshot came from.
+pub const SNAPSHOT_SOURCE_LABEL: &str = "sandbar.snapshot.source";
+
+/// Why a snapshot operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The name is not a usable image reference.
+    #[error("invalid snapshot name {0:?}: use lowercase [a-z0-9._-/] with an optional :tag")]
+    InvalidName(String),
+    /// The Dockerfile is unusable.
+    #[error("invalid Dockerfile: {0}")]
+    InvalidDockerfile(String),
+    /// A `FROM` image is not on this host.
+    #[error("base image {0:?} is not on this host (there is no registry to pull it from)")]
+    BaseImageNotFound(String),
+    /// The build ran and failed.
+    #[error("build failed: {0}")]
+    BuildFailed(String),
+    /// No such snapshot.
+    #[error("snapshot {0:?} not found")]
+    NotFound(String),
+    /// The snapshot is used by a container.
+    #[error("snapshot {0:?} is in use by a sandbox")]
+    InUse(String),
+    /// The sandbox cannot be committed.
+    #[error(transparent)]
+    Sandbox(#[from] crate::error::SandboxError),
+    /// Docker refused or failed.
+    #[error("Docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// `name` or `name:tag`, lowercase, as Docker accepts for local references.
+fn valid_reference(name: &str) -> bool {
+    let (repo, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, Some(t)),
+        _ => (name, None),
+    };
+    let repo_ok = !repo.is_empty()
+        && repo.len() <= 200
+        && repo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
+        && repo.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && !repo.contains("//");
+    let tag_ok = tag.is_none_or(|t| {
+        !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    });
+    repo_ok && tag_ok
+}
+
+/// The images a Dockerfile's `FROM` lines name, leaving out earlier stages referred to by name and `scratch`.
+pub(crate) fn base_images(dockerfile: &str) -> Result<Vec<String>, SnapshotError> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut bases = Vec::new();
+    // Line continuations do not matter for FROM lines in practice; join them anyway.
+    let joined = dockerfile.replace("\\\n", " ");
+    for line in joined.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if !first.eq_ignore_ascii_case("FROM") {
+            continue;
+        }
+        let mut rest: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
+        if rest.is_empty() {
+            return Err(SnapshotError::InvalidDockerfile(format!("FROM without an image: {line:?}")));
+        }
+        if let (Some(as_), Some(stage)) = (rest.get(1), rest.get(2))
+            && as_.eq_ignore_ascii_case("AS")
+        {
+            stages.push(stage.to_ascii_lowercase());
+        }
+        let image = rest.swap_remove(0);
+        if image.contains('$') {
+            return Err(SnapshotError::InvalidDockerfile(format!(
+                "FROM with a build argument is not supported: {line:?}"
+            )));
+        }
+        if image != "scratch" && !stages.iter().any(|s| s.eq_ignore_ascii_case(image)) {
+            bases.push(image.to_owned());
+        }
+    }
+    if bases.is_empty() && !joined.lines().any(|l| l.trim_start().to_ascii_uppercase().starts_with("FROM")) {
+        return Err(SnapshotError::InvalidDockerfile("no FROM line".into()));
+    }
+    Ok(bases)
+}
+
+/// Splits build output into lines for `on_log`, keeping the last ten for an error message.
+fn emit(text: &str, pending: &mut String, tail: &mut Vec<String>, on_log: &mut dyn FnMut(&str)) {
+    pending.push_str(text);
+    while let Some(nl) = pending.find('\n') {
+        let line: String = pending.drain(..=nl).collect();
+        let line = line.trim_end_matches(['\n', '\r']);
+        on_log(line);
+        if tail.len() == 10 {
+            tail.remove(0);
+        }
+        tail.push(line.to_owned());
+    }
+}
+
+/// A build context holding only the Dockerfile.
+fn context_tar(dockerfile: &str) -> Result<Vec<u8>, std::io::Error> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, "Dockerfile", dockerfile.as_bytes())?;
+    builder.into_inner()
+}
+
+impl Runner {
+    /// Builds snapshot `name` from a Dockerfile whose `FROM` images are local. `on_log` receives the build output
+    /// line by line while it runs.
+    pub async fn build_snapshot(
+        &self,
+        name: &str,
+        dockerfile: &str,
+        mut on_log: impl FnMut(&str) + Send,
+    ) -> Result<ImageInfo, SnapshotError> {
+        if !valid_reference(name) {
+            return Err(SnapshotError::InvalidName(name.into()));
+        }
+        for base in base_images(dockerfile)? {
+            if image::inspect(self.docker(), &base).await?.is_none() {
+                return Err(SnapshotError::BaseImageNotFound(base));
+            }
+        }
+        let context = context_tar(dockerfile).map_err(|e| SnapshotError::Internal(e.to_string()))?;
+        let build_labels = HashMap::from([(SNAPSHOT_LABEL, name)]);
+        let opts = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(name)
+            .rm(true)
+            .forcerm(true)
+            .labels(&build_labels)
+            .build();
+        let mut stream = self.docker().build_image(opts, None, Some(body_full(context.into())));
+        let mut pending = String::new();
+        let mut tail: Vec<String> = Vec::new();
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                // bollard turns the build's `errorDetail` into this: log it like any other line.
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    emit(&format!("{error}\n"), &mut pending, &mut tail, &mut on_log);
+                    return Err(SnapshotError::BuildFailed(tail.join("\n")));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(text) = info.stream.as_deref() {
+                emit(text, &mut pending, &mut tail, &mut on_log);
+            }
+            if let Some(status) = info.status.as_deref() {
+                emit(&format!("{status}\n"), &mut pending, &mut tail, &mut on_log);
+            }
+            if let Some(detail) = info.error_detail {
+                let message = detail.message.unwrap_or_default();
+                emit(&format!("{message}\n"), &mut pending, &mut tail, &mut on_log);
+                return Err(SnapshotError::BuildFailed(format!("{message}\n{}", tail.join("\n"))));
+            }
+        }
+        if !pending.is_empty() {
+            on_log(pending.trim_end());
+        }
+        image::inspect(self.docker(), name)
+            .await?
+            .ok_or_else(|| SnapshotError::BuildFailed(format!("the build ended but {name} is missing")))
+    }
+
+    /// Commits a sandbox's filesystem (memory is not part of it) as snapshot `name`. The snapshot keeps the
+    /// sandbox's image entrypoint and environment but none of the runner's identity: no daemon token, no sandbox
+    /// labels.
+    pub async fn commit_snapshot(&self, sandbox_id: &str, name: &str) -> Result<ImageInfo, SnapshotError> {
+        if !valid_reference(name) {
+            return Err(SnapshotError::InvalidName(name.into()));
+        }
+        let info = self.get(sandbox_id).ok_or_else(|| crate::SandboxError::NotFound(sandbox_id.into()))?;
+        if !matches!(info.state, SandboxState::Started | SandboxState::Stopped) {
+            return Err(crate::SandboxError::InvalidState {
+                id: sandbox_id.into(),
+                state: info.state,
+                action: "commit",
+            }
+            .into());
+        }
+        let container = self.docker().inspect_container(&info.container_id, None).await?;
+        let config = container.config.unwrap_or_default();
+        // The container runs [daemon, --, argv...]: the snapshot's entrypoint is argv.
+        let argv = crate::runner::strip_daemon(config.entrypoint.unwrap_or_default());
+        // Docker's commit merges the container's config back in for keys we do not set: blank ours explicitly.
+        let mut env: Vec<String> = config
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|kv| {
+                !crate::runner::RESERVED_ENV.iter().any(|k| kv.split_once('=').is_some_and(|(key, _)| key == *k))
+            })
+            .collect();
+        env.extend(crate::runner::RESERVED_ENV.iter().map(|k| format!("{k}=")));
+        let mut image_labels: HashMap<String, String> = config
+            .labels
+            .unwrap_or_default()
+            .into_keys()
+            .filter(|k| k.starts_with("sandbar."))
+            .map(|k| (k, String::new()))
+            .collect();
+        for k in [labels::SANDBOX_ID, labels::ORG, labels::RUNNER, labels::NAME, labels::SPEC, labels::POOL] {
+            image_labels.insert(k.into(), String::new());
+        }
+        image_labels.insert(SNAPSHOT_LABEL.into(), name.into());
+        image_labels.insert(SNAPSHOT_SOURCE_LABEL.into(), sandbox_id.into());
+        let (repo, tag) = match name.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, t),
+            _ => (name, "latest"),
+        };
+        let opts = CommitContainerOptionsBuilder::default()
+            .container(&info.container_id)
+            .repo(repo)
+            .tag(tag)
+            .comment(&format!("sandbar snapshot of sandbox {sandbox_id}"))
+            .pause(true)
+            .build();
+        let commit_config = ContainerConfig {
+            entrypoint: Some(argv),
+            cmd: Some(Vec::new()),
+            env: Some(env),
+            labels: Some(image_labels),
+            ..Default::default()
+        };
+        self.docker().commit_container(opts, commit_config).await?;
+        image::inspect(self.docker(), name)
+            .await?
+            .ok_or_else(|| SnapshotError::Internal(format!("committed {name} but cannot find it")))
+    }
+
+    /// Snapshots on this host (images labelled `sandbar.snapshot`), by name.
+    pub async fn list_snapshots(&self) -> Result<Vec<ImageInfo>, SnapshotError> {
+        let filters = HashMap::from([("label", vec![SNAPSHOT_LABEL])]);
+        let opts = ListImagesOptionsBuilder::default().filters(&filters).build();
+        let mut out = Vec::new();
+        for img in self.docker().list_images(Some(opts)).await? {
+            let Some(name) = img.labels.get(SNAPSHOT_LABEL).filter(|n| !n.is_empty()) else { continue };
+            if let Some(info) = image::inspect(self.docker(), name).await? {
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+
+    /// A snapshot by name; `None` if there is none (or the image is not a snapshot).
+    pub async fn inspect_snapshot(&self, name: &str) -> Result<Option<ImageInfo>, SnapshotError> {
+        if !valid_reference(name) {
+            return Err(SnapshotError::InvalidName(name.into()));
+        }
+        match self.docker().inspect_image(name).await {
+            Ok(img) => {
+                let is_snapshot =
+                    img.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(|l| l.get(SNAPSHOT_LABEL))
+                        == Some(&name.to_owned());
+                if !is_snapshot {
+                    return Ok(None);
+                }
+                Ok(image::inspect(self.docker(), name).await?)
+            }
+            Err(e) if docker_status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a snapshot; refuses while a container uses it.
+    pub async fn remove_snapshot(&self, name: &str) -> Result<(), SnapshotError> {
+        if self.inspect_snapshot(name).await?.is_none() {
+            return Err(SnapshotError::NotFound(name.into()));
+        }
+        let opts = RemoveImageOptionsBuilder::default().force(false).noprune(false).build();
+        match self.docker().remove_image(name, Some(opts), None).await {
+            Ok(_) => Ok(()),
+            Err(e) if docker_status(&e) == Some(409) => Err(SnapshotError::InUse(name.into())),
+            Err(e) if docker_status(&e) == Some(404) => Err(SnapshotError::NotFound(name.into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        for ok in ["snap", "team/snap:1.0", "a.b-c_d:latest", "x:Tag_1"] {
+            assert!(valid_reference(ok), "{ok}");
+        }
+        for bad in ["", "Snap", "snap:", "-x", "a//b", "snap:a/b", "sp ace", "x:é"] {
+            assert!(!valid_reference(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn from_lines() {
+        let df = "# c\nFROM --platform=linux/amd64 base:1 AS build\nRUN x\nfrom build\nFROM scratch\nFROM other\n";
+        assert_eq!(base_images(df).unwrap(), ["base:1", "other"]);
+        assert!(matches!(base_images("RUN x"), Err(SnapshotError::InvalidDockerfile(_))));
+        assert!(matches!(base_images("FROM $BASE"), Err(SnapshotError::InvalidDockerfile(_))));
+        assert!(base_images("FROM scratch\nCOPY a /").unwrap().is_empty());
+    }
+
+    #[test]
+    fn context_holds_the_dockerfile() {
+        let tar = context_tar("FROM x\n").unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut entries = archive.entries().unwrap();
+        let mut entry = entries.next().unwrap().unwrap();
+        assert_eq!(entry.path().unwrap().to_str(), Some("Dockerfile"));
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut entry, &mut s).unwrap();
+        assert_eq!(s, "FROM x\n");
+        assert!(entries.next().is_none());
+    }
+}
