@@ -1,11 +1,12 @@
 //! PTY sessions: a shell on a pseudo-terminal (portable-pty) that outlives the WebSockets attached to it.
 //!
 //! One reader thread per session copies output into a bounded scrollback ring, the optional asciicast recording
-//! and a broadcast channel that every attached client subscribes to. Attaching snapshots the ring and subscribes
-//! under the same lock the reader appends under, so a reattaching client sees every byte exactly once. The
-//! broadcast channel is bounded: a client that falls behind it is cut off (close 1008) instead of slowing the
-//! others or growing memory. Input goes through a bounded channel to a writer thread, since the PTY's file
-//! descriptors are blocking.
+//! and one bounded channel per attached client. Attaching snapshots the ring and registers the client under the
+//! same lock the reader appends under, so a reattaching client sees every byte exactly once. A client whose
+//! channel is full holds the reader back (so `cat` of a big file through a healthy connection loses nothing and
+//! simply runs at the client's pace), but only for `CLIENT_STALL`: then that client is dropped (close 1008) and
+//! the others go on. Memory stays bounded either way. Input goes through a bounded channel to a writer thread,
+//! since the PTY's file descriptors are blocking.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use portable_pty::{CommandBuilder, MasterPty, PtySize, native_pty_system};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::Daemon;
 use crate::procs::{self, Exit};
@@ -23,8 +24,10 @@ use crate::utf8::Utf8Stream;
 
 /// Scrollback replayed to a client that (re)attaches.
 pub const SCROLLBACK_BYTES: usize = 256 * 1024;
-/// Output chunks a client may fall behind before it is cut off.
-const BROADCAST_CHUNKS: usize = 512;
+/// Output chunks queued per client.
+const CLIENT_CHUNKS: usize = 256;
+/// How long a client with a full queue may hold the terminal's output back before it is dropped.
+const CLIENT_STALL: Duration = Duration::from_secs(2);
 /// Largest terminal accepted.
 pub const MAX_COLS: u16 = 1000;
 pub const MAX_ROWS: u16 = 1000;
@@ -82,7 +85,6 @@ pub struct PtySession {
     size: Mutex<(u16, u16)>,
     running: Mutex<Option<Running>>,
     out: Mutex<Output>,
-    tx: broadcast::Sender<Bytes>,
     exit: watch::Sender<Option<Exit>>,
     recording: Option<PathBuf>,
     started: std::sync::atomic::AtomicBool,
@@ -104,6 +106,7 @@ impl std::fmt::Debug for Running {
 struct Output {
     ring: VecDeque<u8>,
     recorder: Option<Recorder>,
+    clients: Vec<mpsc::Sender<Bytes>>,
 }
 
 /// asciicast v2 writer: a header line, then `[seconds, "o", text]` and `[seconds, "r", "COLSxROWS"]` events.
@@ -149,7 +152,8 @@ impl Recorder {
 #[derive(Debug)]
 pub struct Attachment {
     pub replay: Bytes,
-    pub live: broadcast::Receiver<Bytes>,
+    /// Ends (`None`) when the client was dropped for falling behind.
+    pub live: mpsc::Receiver<Bytes>,
     pub exit: watch::Receiver<Option<Exit>>,
 }
 
@@ -166,14 +170,20 @@ impl PtySession {
         self.started.load(std::sync::atomic::Ordering::SeqCst) && self.exit.borrow().is_none()
     }
 
+    pub fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit.subscribe()
+    }
+
     pub fn exit(&self) -> Option<Exit> {
         *self.exit.borrow()
     }
 
     pub fn attach(&self) -> Attachment {
-        let out = self.lock_out();
+        let mut out = self.lock_out();
         let replay = Bytes::from(out.ring.iter().copied().collect::<Vec<u8>>());
-        let live = self.tx.subscribe();
+        let (tx, live) = mpsc::channel(CLIENT_CHUNKS);
+        out.clients.retain(|c| !c.is_closed());
+        out.clients.push(tx);
         drop(out);
         Attachment { replay, live, exit: self.exit.subscribe() }
     }
@@ -258,10 +268,11 @@ impl PtySession {
             .map_err(|e| PtyError::Spawn(e.to_string()))?;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let me = self.clone();
+        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("pty-reader".into())
             .spawn(move || {
-                me.read_output(reader);
+                me.read_output(reader, &runtime);
                 let _ = done_tx.send(());
             })
             .map_err(|e| PtyError::Spawn(e.to_string()))?;
@@ -288,22 +299,44 @@ impl PtySession {
         Ok(())
     }
 
-    fn read_output(&self, mut reader: Box<dyn Read + Send>) {
+    fn read_output(&self, mut reader: Box<dyn Read + Send>, runtime: &tokio::runtime::Handle) {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let chunk = buf.get(..n).unwrap_or_default();
-            let mut out = self.lock_out();
-            out.ring.extend(chunk.iter().copied());
-            let over = out.ring.len().saturating_sub(SCROLLBACK_BYTES);
-            out.ring.drain(..over);
-            if let Some(rec) = out.recorder.as_mut() {
-                rec.output(chunk);
+            let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+            let clients = {
+                let mut out = self.lock_out();
+                out.ring.extend(chunk.iter().copied());
+                let over = out.ring.len().saturating_sub(SCROLLBACK_BYTES);
+                out.ring.drain(..over);
+                if let Some(rec) = out.recorder.as_mut() {
+                    rec.output(&chunk);
+                }
+                out.clients.clone()
+            };
+            let mut dropped = Vec::new();
+            for client in &clients {
+                let sent = match client.try_send(chunk.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    Err(mpsc::error::TrySendError::Full(c)) => {
+                        // Backpressure: wait for this client, but not forever.
+                        runtime.block_on(async {
+                            matches!(tokio::time::timeout(CLIENT_STALL, client.send(c)).await, Ok(Ok(())))
+                        })
+                    }
+                };
+                if !sent {
+                    dropped.push(client.clone());
+                }
             }
-            let _ = self.tx.send(Bytes::copy_from_slice(chunk));
+            if !dropped.is_empty() {
+                // Dropping the sender ends that client's stream; its socket is closed with 1008.
+                self.lock_out().clients.retain(|c| !dropped.iter().any(|d| d.same_channel(c)));
+            }
         }
     }
 }
@@ -392,8 +425,7 @@ impl Ptys {
             lazy_start: opts.lazy_start,
             size: Mutex::new((opts.cols, opts.rows)),
             running: Mutex::new(None),
-            out: Mutex::new(Output { ring: VecDeque::new(), recorder: None }),
-            tx: broadcast::channel(BROADCAST_CHUNKS).0,
+            out: Mutex::new(Output { ring: VecDeque::new(), recorder: None, clients: Vec::new() }),
             exit: watch::channel(None).0,
             recording,
             started: std::sync::atomic::AtomicBool::new(false),

@@ -18,7 +18,6 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use subtle::ConstantTimeEq;
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -149,7 +148,7 @@ async fn end(s: &PtySession) {
         return;
     }
     s.kill(nix::sys::signal::Signal::SIGHUP);
-    let mut exit = s.attach().exit;
+    let mut exit = s.exit_watch();
     let gone = tokio::time::timeout(Duration::from_secs(2), async {
         while exit.borrow_and_update().is_none() {
             if exit.changed().await.is_err() {
@@ -193,14 +192,14 @@ async fn serve(mut socket: WebSocket, s: Arc<PtySession>, shutdown: tokio_util::
         }
         tokio::select! {
             out = att.live.recv() => match out {
-                Ok(chunk) => {
+                Some(chunk) => {
+                    let chunk = crate::toolbox::pty::coalesce(chunk, &mut att.live);
                     let t = text.push(&chunk);
                     if !t.is_empty() && socket.send(Message::Text(t.into())).await.is_err() {
                         return;
                     }
                 }
-                Err(RecvError::Lagged(_)) => return close(&mut socket, 1008, "client too slow: output dropped").await,
-                Err(RecvError::Closed) => return,
+                None => return close(&mut socket, 1008, "client too slow: output dropped").await,
             },
             _ = att.exit.changed() => {}
             msg = socket.recv() => match msg {

@@ -95,8 +95,9 @@ async fn read_until(ws: &mut Ws, needle: &[u8]) -> anyhow::Result<u64> {
                 let keep = tail.len().saturating_sub(needle.len());
                 tail.drain(..keep);
             }
+            Some(Ok(Message::Close(f))) => anyhow::bail!("closed by the daemon: {f:?} after {total} bytes"),
             Some(Ok(_)) => {}
-            other => anyhow::bail!("stream ended: {other:?}"),
+            other => anyhow::bail!("stream ended: {other:?} after {total} bytes"),
         }
     }
 }
@@ -121,8 +122,10 @@ async fn pty_figures(d: &Daemon, c: &reqwest::Client, base: &str) -> anyhow::Res
     }
     let (med, p99) = median_p99(&mut samples);
     println!("PTY keystroke echo round trip: median {:.0} us, p99 {:.0} us (200 keys)", med, p99);
-    ws.send(Message::Binary(bytes::Bytes::from_static(&[3]))).await?; // Ctrl-C ends cat
-    ws.send(Message::Binary("stty sane\n".into())).await?;
+    drop(ws);
+    // A fresh session for throughput (the first one's terminal is raw, where Ctrl-C is just a byte).
+    c.post(format!("{base}/process/pty")).json(&serde_json::json!({"id": "bench-out"})).send().await?;
+    let mut ws = open(d, "/process/pty/bench-out/connect").await?;
 
     let file = d.dir.join("work/100m.txt");
     let line = format!("{}\n", "y".repeat(99));

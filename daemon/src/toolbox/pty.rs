@@ -14,7 +14,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -273,12 +272,14 @@ async fn serve(
         }
         tokio::select! {
             out = att.live.recv() => match out {
-                Ok(chunk) => if !send_timely(&mut socket, Message::Binary(chunk)).await { return },
-                Err(RecvError::Lagged(_)) => {
+                Some(chunk) => {
+                    let frame = coalesce(chunk, &mut att.live);
+                    if !send_timely(&mut socket, Message::Binary(frame)).await { return }
+                }
+                None => {
                     close(&mut socket, 1008, "client too slow: output dropped").await;
                     return;
                 }
-                Err(RecvError::Closed) => return,
             },
             _ = att.exit.changed() => {}
             msg = socket.recv() => match msg {
@@ -306,6 +307,22 @@ async fn serve(
         }
     }
     send_exit(&mut socket, exit, exit_control).await;
+}
+
+/// Largest output frame: chunks already waiting are sent together, which keeps a busy terminal's frame count (and
+/// so the chance of a reader falling behind) down.
+const MAX_FRAME: usize = 256 * 1024;
+
+/// `first` plus whatever output is already queued for this client, up to `MAX_FRAME`.
+pub fn coalesce(first: bytes::Bytes, live: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>) -> bytes::Bytes {
+    let mut buf: Option<bytes::BytesMut> = None;
+    while buf.as_ref().map_or(first.len(), |b| b.len()) < MAX_FRAME {
+        match live.try_recv() {
+            Ok(more) => buf.get_or_insert_with(|| bytes::BytesMut::from(&first[..])).extend_from_slice(&more),
+            Err(_) => break,
+        }
+    }
+    buf.map_or(first, bytes::BytesMut::freeze)
 }
 
 async fn send_timely(socket: &mut WebSocket, msg: Message) -> bool {
