@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
@@ -78,29 +78,20 @@ pub async fn wait_exit(exit: &mut watch::Receiver<Option<Exit>>) -> Exit {
     }
 }
 
+/// The daemon's one process table, for the free signalling functions below.
+static TABLE: std::sync::OnceLock<Arc<ProcessTable>> = std::sync::OnceLock::new();
+
+/// Signals a child's process group, if the child has not been reaped (see `ProcessTable::reap`).
 pub fn kill_group(pgid: i32, signal: Signal) {
-    if pgid > 1 {
-        let _ = killpg(Pid::from_raw(pgid), signal);
+    if let Some(t) = TABLE.get() {
+        t.signal_group(pgid, signal);
     }
 }
 
-/// Signals every process of the session `sid` (a PTY shell is a session leader; job control puts its jobs in
-/// process groups of their own, so the shell's group alone would miss them).
+/// Signals a child's whole terminal session, if the leader has not been reaped.
 pub fn kill_session(sid: i32, signal: Signal) {
-    if sid <= 1 {
-        return;
-    }
-    kill_group(sid, signal);
-    let Ok(dir) = std::fs::read_dir("/proc") else { return };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // Fields after the parenthesised command name: state ppid pgrp session ...
-        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 1..)) else { continue };
-        let session = rest.split_whitespace().nth(3).and_then(|s| s.parse::<i32>().ok());
-        if session == Some(sid) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
-        }
+    if let Some(t) = TABLE.get() {
+        t.signal_session(sid, signal);
     }
 }
 
@@ -112,8 +103,11 @@ pub struct ProcessTable {
 }
 
 impl ProcessTable {
+    /// The table; the first one made in a process also serves `kill_group` and `kill_session`.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        let table = Arc::new(Self::default());
+        let _ = TABLE.set(table.clone());
+        table
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<i32, watch::Sender<Option<Exit>>>> {
@@ -173,24 +167,65 @@ impl ProcessTable {
     }
 
     /// Reaps every exited child until none is left to reap.
+    ///
+    /// A zombie is found with `waitid(WNOWAIT)` (which leaves it in place) and reaped only while the table's lock
+    /// is held, so "registered in the table" always means "not reaped yet": its pid and process group number
+    /// cannot have been reused, and signalling them through the table can never hit an unrelated process.
     pub fn reap(&self) {
         loop {
-            let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
+            let peeked = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT) {
+                Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => pid,
                 Ok(WaitStatus::StillAlive) => return,
                 Ok(_) => continue,
                 Err(Errno::EINTR) => continue,
                 Err(_) => return, // ECHILD: no children at all
             };
-            match self.lock().remove(&pid.as_raw()) {
+            let mut children = self.lock();
+            let exit = match waitpid(peeked, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => Exit::Code(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => Exit::Signal(sig as i32),
+                _ => return, // not reapable after all: try again on the next tick
+            };
+            match children.remove(&peeked.as_raw()) {
                 Some(tx) => {
                     let _ = tx.send(Some(exit));
                 }
                 None => {
+                    drop(children);
                     self.orphans_reaped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(pid = pid.as_raw(), ?exit, "reaped orphan");
+                    tracing::debug!(pid = peeked.as_raw(), ?exit, "reaped orphan");
                 }
+            }
+        }
+    }
+
+    /// Signals the process group `pgid` if it is a child of ours that has not been reaped.
+    pub fn signal_group(&self, pgid: i32, signal: Signal) -> bool {
+        let children = self.lock();
+        if pgid > 1 && children.contains_key(&pgid) {
+            return killpg(Pid::from_raw(pgid), signal).is_ok();
+        }
+        false
+    }
+
+    /// Signals every process of the terminal session led by `sid` (a PTY shell is a session leader; job control
+    /// puts its jobs in process groups of their own, so the shell's group alone would miss them), if the leader
+    /// is a child of ours that has not been reaped.
+    pub fn signal_session(&self, sid: i32, signal: Signal) {
+        let children = self.lock();
+        if sid <= 1 || !children.contains_key(&sid) {
+            return;
+        }
+        let _ = killpg(Pid::from_raw(sid), signal);
+        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // Fields after the parenthesised command name: state ppid pgrp session ...
+            let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 1..)) else { continue };
+            let session = rest.split_whitespace().nth(3).and_then(|s| s.parse::<i32>().ok());
+            if session == Some(sid) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
             }
         }
     }
@@ -223,7 +258,7 @@ impl ProcessTable {
             return;
         }
         for g in &groups {
-            kill_group(*g, Signal::SIGTERM);
+            self.signal_group(*g, Signal::SIGTERM);
         }
         let deadline = tokio::time::Instant::now() + grace;
         while tokio::time::Instant::now() < deadline {
@@ -234,7 +269,7 @@ impl ProcessTable {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for g in self.live_groups() {
-            kill_group(g, Signal::SIGKILL);
+            self.signal_group(g, Signal::SIGKILL);
         }
         self.reap();
     }
