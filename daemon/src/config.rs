@@ -10,7 +10,9 @@ use clap::Parser;
 #[command(name = "sandbar-daemon", version, about = "sandbar's in-sandbox daemon (PID 1, toolbox API)")]
 pub struct Config {
     /// Per-sandbox token every request must carry in `X-Sandbar-Daemon-Token` (required, never logged).
-    #[arg(long, env = "SANDBAR_DAEMON_TOKEN", hide_env_values = true)]
+    /// (The daemon re-executes itself once to take it out of its own environment, so it never shows in
+    /// /proc/1/environ; it then arrives through a pipe named by SANDBAR_DAEMON_TOKEN_FD.)
+    #[arg(long, env = "SANDBAR_DAEMON_TOKEN", hide_env_values = true, default_value = "", hide_default_value = true)]
     pub token: String,
 
     /// The sandbox this daemon serves; a pooled sandbox gets it later through `POST /init`.

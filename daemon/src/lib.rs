@@ -45,7 +45,7 @@ pub struct Daemon {
 pub type AppState = Arc<Daemon>;
 
 /// Variables of the daemon's own environment that children must not inherit.
-const PRIVATE_ENV: &[&str] = &["SANDBAR_DAEMON_TOKEN"];
+const PRIVATE_ENV: &[&str] = &["SANDBAR_DAEMON_TOKEN", "SANDBAR_DAEMON_TOKEN_FD"];
 
 impl Daemon {
     pub fn new(config: Config, procs: Arc<ProcessTable>) -> std::io::Result<Arc<Self>> {

@@ -2,7 +2,7 @@
 //! SIGTERM/SIGINT, then drain within the grace period and exit 0.
 
 use std::io::Write;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use clap::Parser;
@@ -10,8 +10,25 @@ use sandbar_daemon::procs::ProcessTable;
 use sandbar_daemon::{Config, Daemon};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// Names the pipe that carries the token across the re-exec.
+const TOKEN_FD_ENV: &str = "SANDBAR_DAEMON_TOKEN_FD";
+const TOKEN_ENV: &str = "SANDBAR_DAEMON_TOKEN";
+
 fn main() -> ExitCode {
-    let config = Config::parse();
+    // /proc/1/environ is readable by processes of the daemon's own user: take the token out of it by executing
+    // ourselves again without it, handing it over through a pipe.
+    if std::env::var_os(TOKEN_ENV).is_some_and(|t| !t.is_empty()) && std::env::var_os(TOKEN_FD_ENV).is_none() {
+        let err = reexec_without_token();
+        eprintln!("sandbar-daemon: cannot hide the token from the environment ({err}); going on with it there");
+    }
+    let mut config = Config::parse();
+    if let Some(fd) = std::env::var(TOKEN_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) {
+        match std::fs::read_to_string(format!("/proc/self/fd/{fd}")) {
+            Ok(token) => config.token = token,
+            Err(e) => eprintln!("sandbar-daemon: cannot read the token from fd {fd}: {e}"),
+        }
+        let _ = nix::unistd::close(fd);
+    }
     init_tracing(config.log_json);
     if let Err(e) = config.validate() {
         eprintln!("sandbar-daemon: {e}");
@@ -104,6 +121,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     daemon.sessions.cleanup();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Replaces this process with itself minus the token in its environment; returns only on failure.
+fn reexec_without_token() -> std::io::Error {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let Some(token) = std::env::var_os(TOKEN_ENV) else { return std::io::Error::other("no token") };
+    // The read end has no close-on-exec flag, so it survives the exec; the write end is closed before it.
+    let (read, write) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => return e.into(),
+    };
+    let mut write = std::fs::File::from(write);
+    if let Err(e) = write.write_all(token.as_encoded_bytes()) {
+        return e;
+    }
+    drop(write);
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    // The resolved path (not /proc/self/exe) keeps the process name `sandbar-daemon` for ps and top.
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    Command::new(exe)
+        .arg0(argv0)
+        .args(args)
+        .env_remove(TOKEN_ENV)
+        .env(TOKEN_FD_ENV, read.as_raw_fd().to_string())
+        .exec()
 }
 
 fn init_tracing(json: bool) {

@@ -45,9 +45,13 @@ async fn execute_runs_through_the_shell_with_real_exit_codes() {
     assert_eq!(b["result"], "/tmp\nbar\n");
     assert_eq!(b["exitCode"], 0);
 
-    // Default cwd is the work dir; the daemon token is not passed on to children.
+    // Default cwd is the work dir; the daemon token is not passed on to children, and it is not in the daemon's
+    // own /proc/PID/environ either (the daemon re-executes itself without it).
     let (_, out) = d.exec("pwd; echo token=${SANDBAR_DAEMON_TOKEN:-none}").await;
     assert_eq!(out, format!("{}\ntoken=none\n", d.work.display()));
+    let environ = std::fs::read(format!("/proc/{}/environ", d.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains(&d.token), "token visible in the daemon's environ");
+    assert!(String::from_utf8_lossy(&environ).contains("SANDBAR_SANDBOX_ID=sbx-test"), "environ is readable");
 }
 
 #[tokio::test]

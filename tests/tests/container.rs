@@ -95,6 +95,9 @@ async fn pid1_in_a_container_serves_reaps_and_stops_cleanly() {
     assert_eq!(exec(&client, &base, "echo hi").await, (0, "hi\n".into()));
     let (_, pid1) = exec(&client, &base, "cat /proc/1/cmdline | tr '\\0' ' '").await;
     assert!(pid1.starts_with("/usr/local/bin/sandbar-daemon"), "{pid1}");
+    let (_, environ) = exec(&client, &base, "tr '\\0' '\\n' < /proc/1/environ").await;
+    assert!(environ.contains("SANDBAR_SANDBOX_ID=sbx-container-test"), "{environ}");
+    assert!(!environ.contains(TOKEN), "the token must not be in PID 1's environment");
 
     // File round trip through the SDK's bulk endpoints.
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
