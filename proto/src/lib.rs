@@ -2,6 +2,7 @@
 //! header names and port numbers. This crate is the contract between the daemon, the runner, the API, the proxy
 //! and the CLI, so it depends on serde alone: no runtime, no framework.
 
+pub mod api;
 pub mod error;
 pub mod runner;
 pub mod toolbox;
