@@ -7,15 +7,20 @@
 //! (`scripts/build-sandbox-image`), snapshots (Dockerfile builds through the build API, commits of sandboxes), and
 //! a warm pool of started sandboxes that a matching create claims through the daemon's `POST /init`.
 //!
-//! Not built yet (see the runner issue): the control-plane client (registration, heartbeats, job polling), the
-//! runner's own HTTP API and Prometheus metrics, archive/restore, fork, network isolation and egress rules.
+//! It works for the control plane through [`agent`] (heartbeats, job long-polls, results, state pushes) and serves
+//! its own small HTTP API ([`http`]: health, info, Prometheus metrics). [`service::run`] ties them together.
+//!
+//! Not built yet (see the runner issue): archive/restore, fork, network isolation and egress rules.
 
+pub mod agent;
 pub mod cgroup;
 pub mod config;
 mod daemon;
 pub mod error;
+pub mod http;
 pub mod image;
 mod runner;
+pub mod service;
 pub mod snapshot;
 
 pub use cgroup::CgroupLimits;

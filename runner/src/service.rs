@@ -1,0 +1,108 @@
+//! The runner as a service: its options (flags and `SANDBAR_*` environment), and [`run`], which connects to
+//! Docker, serves the runner's HTTP API, and works for the control plane until shut down. `sandbar-runner` is a
+//! thin `main` around it; `sandbar up` runs it in-process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use sandbar_proto::runner::Resources;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, ControlPlane};
+use crate::{Runner, RunnerConfig, WarmPoolConfig};
+
+/// Options of a runner process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunnerOptions {
+    /// This runner's id (written on its containers; a runner only touches its own).
+    #[arg(long, env = "SANDBAR_RUNNER_ID", default_value = "local")]
+    pub runner_id: String,
+    /// The control plane's base URL, with its `/api` prefix.
+    #[arg(long, env = "SANDBAR_API_URL", default_value = "http://127.0.0.1:3000/api")]
+    pub api_url: String,
+    /// Service token presented to the API and required by the runner's own HTTP API.
+    #[arg(long, env = "SANDBAR_RUNNER_TOKEN", hide_env_values = true, default_value = "")]
+    pub runner_token: String,
+    /// The static `sandbar-daemon` to mount into every sandbox.
+    #[arg(long, env = "SANDBAR_STATIC_DAEMON")]
+    pub daemon_binary: PathBuf,
+    /// Address of the runner's HTTP API (health, info, metrics); port 0 picks a free one.
+    #[arg(long = "runner-listen", env = "SANDBAR_RUNNER_ADDR", default_value = "127.0.0.1:3003")]
+    pub listen: SocketAddr,
+    /// Image of sandboxes created without one.
+    #[arg(long, env = "SANDBAR_DEFAULT_IMAGE", default_value = "sandbar-sandbox:default")]
+    pub default_image: String,
+    /// Script that builds the default image when it is missing.
+    #[arg(long, env = "SANDBAR_IMAGE_SCRIPT")]
+    pub image_script: Option<PathBuf>,
+    /// Started sandboxes of the default image and size kept ready (0 = no warm pool).
+    #[arg(long, env = "SANDBAR_WARM_POOL", default_value_t = 0)]
+    pub warm_pool: usize,
+    /// Where the runner keeps warm-pool claims.
+    #[arg(long = "runner-state-dir", env = "SANDBAR_RUNNER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Disk the runner advertises for placement, GiB.
+    #[arg(long, env = "SANDBAR_DISK_CAPACITY", default_value_t = 100)]
+    pub disk_capacity: u32,
+    /// Docker network of the sandboxes (default: Docker's default bridge).
+    #[arg(long, env = "SANDBAR_DOCKER_NETWORK")]
+    pub network: Option<String>,
+    /// Extra `key=value` label on every container this runner makes (tests mark theirs).
+    #[arg(long = "container-label", value_parser = parse_label)]
+    pub container_labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+impl RunnerOptions {
+    pub fn config(&self) -> RunnerConfig {
+        let mut c = RunnerConfig::new(&self.daemon_binary);
+        c.runner_id = self.runner_id.clone();
+        c.default_image = self.default_image.clone();
+        c.image_script = self.image_script.clone();
+        c.disk_capacity_gib = self.disk_capacity;
+        c.network = self.network.clone();
+        c.state_dir = self.state_dir.clone();
+        c.extra_labels = self.container_labels.iter().cloned().collect();
+        if self.warm_pool > 0 {
+            c.warm_pool = Some(WarmPoolConfig {
+                size: self.warm_pool,
+                image: self.default_image.clone(),
+                resources: Resources::default(),
+            });
+        }
+        c
+    }
+}
+
+/// Runs the runner until `shutdown`; `ready` gets the bound address of its HTTP API once it serves.
+pub async fn run(
+    opts: RunnerOptions,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(SocketAddr) + Send,
+) -> anyhow::Result<()> {
+    if opts.runner_token.is_empty() {
+        anyhow::bail!("the runner needs a service token (SANDBAR_RUNNER_TOKEN)");
+    }
+    let cp = ControlPlane::new(&opts.api_url, opts.runner_token.clone()).context("control plane client")?;
+    let runner = Runner::new(opts.config()).await.context("starting the runner")?;
+    let listener =
+        tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let app = crate::http::router(runner.clone(), &opts.runner_token);
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await
+    });
+    ready(addr);
+    agent::run(runner, cp, shutdown.clone()).await;
+    match tokio::time::timeout(Duration::from_secs(5), http).await {
+        Ok(Ok(Ok(()))) | Err(_) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e).context("runner HTTP API"),
+        Ok(Err(e)) => Err(e).context("runner HTTP API task"),
+    }
+}
