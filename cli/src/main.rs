@@ -1,0 +1,344 @@
+//! `sandbar`: runs the whole stack on one host (`sandbar up`) and drives it (create, list, exec, term, ssh, ...).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use reqwest::Method;
+use sandbar_cli::client::{self, Client, enc};
+use sandbar_cli::{demux, term, up, ws};
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(name = "sandbar", version, about = "Sandboxes for AI agents and the people beside them")]
+struct Cli {
+    /// Data directory of `sandbar up` (where the client finds the API URL and key when the environment has none).
+    #[arg(long, global = true, env = "SANDBAR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the API, a runner and the proxy on this host (builds what is missing on first run).
+    Up(up::UpArgs),
+    /// Create a sandbox and wait until it is started; prints its id.
+    Create {
+        /// Image (a local image or snapshot name); default: the stack's default image.
+        #[arg(long)]
+        image: Option<String>,
+        /// Snapshot name (same as --image).
+        #[arg(long, conflicts_with = "image")]
+        snapshot: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Cores.
+        #[arg(long)]
+        cpu: Option<u32>,
+        /// GiB.
+        #[arg(long)]
+        memory: Option<u32>,
+        /// GiB.
+        #[arg(long)]
+        disk: Option<u32>,
+        /// Environment variable, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_parser = parse_kv)]
+        env: Vec<(String, String)>,
+        /// Label, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_parser = parse_kv)]
+        labels: Vec<(String, String)>,
+        /// Preview URLs need no token.
+        #[arg(long)]
+        public: bool,
+        /// Return at once instead of waiting for `started`.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List sandboxes.
+    List {
+        /// Only sandboxes with this label, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_parser = parse_kv)]
+        labels: Vec<(String, String)>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one sandbox as JSON.
+    Info { id: String },
+    /// Run a command in a sandbox, streaming its output; exits with its exit code.
+    Exec {
+        id: String,
+        /// Working directory inside the sandbox.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Attach this terminal to a shell in the sandbox (detach with Ctrl-], the shell keeps running).
+    Term {
+        id: String,
+        /// Reattach to this PTY session instead of starting a new one.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Open an SSH session through the gateway with a fresh access token.
+    Ssh {
+        id: String,
+        /// Minutes the token stays valid.
+        #[arg(long, default_value_t = 60)]
+        expires: u32,
+        /// Extra arguments for ssh (after --).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Print the preview URL (and token) of a port of the sandbox.
+    Preview { id: String, port: u16 },
+    /// Stop a sandbox.
+    Stop {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Start a stopped sandbox and wait until it is started.
+    Start { id: String },
+    /// Delete a sandbox.
+    Rm { id: String },
+    /// Snapshot a sandbox's filesystem under a name.
+    Snapshot { id: String, name: String },
+    /// Print the output of the sandbox's entrypoint.
+    Logs {
+        id: String,
+        /// Keep following the output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sandbar: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dir = up::data_dir(cli.data_dir.as_deref());
+    if let Cmd::Up(mut args) = cli.command {
+        args.data_dir = Some(dir);
+        up::up(args).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (url, key) = client::credentials(&dir)?;
+    let c = Client::new(url, key)?;
+    let wait = Duration::from_secs(120);
+    match cli.command {
+        // Handled above.
+        Cmd::Up(_) => {}
+        Cmd::Create { image, snapshot, name, cpu, memory, disk, env, labels, public, no_wait } => {
+            let body = client::create_body(
+                image.as_deref(),
+                snapshot.as_deref(),
+                name.as_deref(),
+                cpu,
+                memory,
+                disk,
+                &env,
+                &labels,
+                public,
+            );
+            let sb = c.api(Method::POST, "/sandbox", Some(body)).await?;
+            let id = sb["id"].as_str().context("create answered without an id")?.to_owned();
+            if !no_wait {
+                c.wait_for(&id, &["started"], wait).await?;
+            }
+            println!("{id}");
+        }
+        Cmd::List { labels, json } => {
+            let mut all = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut q = vec![("limit".to_owned(), "100".to_owned())];
+                if !labels.is_empty() {
+                    let m: serde_json::Map<_, _> = labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                    q.push(("labels".into(), Value::Object(m).to_string()));
+                }
+                if let Some(cur) = &cursor {
+                    q.push(("cursor".into(), cur.clone()));
+                }
+                let qs: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect();
+                let page = c.api(Method::GET, &format!("/sandbox?{}", qs.join("&")), None).await?;
+                if let Some(items) = page["items"].as_array() {
+                    all.extend(items.iter().cloned());
+                }
+                match page["nextCursor"].as_str() {
+                    Some(n) if !n.is_empty() => cursor = Some(n.to_owned()),
+                    _ => break,
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                println!(
+                    "{:<38} {:<20} {:<10} {:>4} {:>7} {:>5}  IMAGE",
+                    "ID", "NAME", "STATE", "CPU", "MEM GiB", "DISK"
+                );
+                for s in &all {
+                    println!(
+                        "{:<38} {:<20} {:<10} {:>4} {:>7} {:>5}  {}",
+                        s["id"].as_str().unwrap_or(""),
+                        s["name"].as_str().unwrap_or(""),
+                        s["state"].as_str().unwrap_or(""),
+                        s["cpu"],
+                        s["memory"],
+                        s["disk"],
+                        s["snapshot"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Cmd::Info { id } => println!("{}", serde_json::to_string_pretty(&c.sandbox(&id).await?)?),
+        Cmd::Exec { id, cwd, command } => return exec(&c, &id, cwd.as_deref(), &command).await,
+        Cmd::Term { id, session } => {
+            let sb = c.sandbox(&id).await?;
+            let base = c.toolbox_base(&sb).await?;
+            return term::attach(&c, &base, session).await;
+        }
+        Cmd::Ssh { id, expires, args } => {
+            let v = c
+                .api(Method::POST, &format!("/sandbox/{}/ssh-access?expiresInMinutes={expires}", enc(&id)), None)
+                .await?;
+            let cmd = v["sshCommand"].as_str().context("ssh-access answered without sshCommand")?;
+            let mut words: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
+            if words.first().map(String::as_str) != Some("ssh") {
+                anyhow::bail!("unexpected sshCommand {cmd:?}");
+            }
+            words.remove(0);
+            let status = std::process::Command::new("ssh")
+                .args(["-o", "StrictHostKeyChecking=accept-new"])
+                .args(&words)
+                .args(&args)
+                .status()
+                .context("running ssh (install openssh-client)")?;
+            return Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(255)).unwrap_or(255)));
+        }
+        Cmd::Preview { id, port } => {
+            let v = c.api(Method::GET, &format!("/sandbox/{}/ports/{port}/preview-url", enc(&id)), None).await?;
+            println!("{}", v["url"].as_str().unwrap_or(""));
+            if let Some(t) = v["token"].as_str().filter(|t| !t.is_empty()) {
+                println!("token: {t}  (header X-Daytona-Preview-Token, or ?DAYTONA_SANDBOX_AUTH_KEY={t})");
+            }
+        }
+        Cmd::Stop { id, force } => {
+            c.api(Method::POST, &format!("/sandbox/{}/stop?force={force}", enc(&id)), None).await?;
+            c.wait_for(&id, &["stopped", "destroyed", "archived"], wait).await?;
+        }
+        Cmd::Start { id } => {
+            c.api(Method::POST, &format!("/sandbox/{}/start", enc(&id)), None).await?;
+            c.wait_for(&id, &["started"], wait).await?;
+        }
+        Cmd::Rm { id } => {
+            c.api(Method::DELETE, &format!("/sandbox/{}", enc(&id)), None).await?;
+        }
+        Cmd::Snapshot { id, name } => {
+            c.api(Method::POST, &format!("/sandbox/{}/snapshot", enc(&id)), Some(json!({"name": name}))).await?;
+            println!("{name}");
+        }
+        Cmd::Logs { id, follow } => {
+            let sb = c.sandbox(&id).await?;
+            let base = c.toolbox_base(&sb).await?;
+            if follow {
+                let mut socket =
+                    ws::connect(&format!("{base}/process/session/entrypoint/logs?follow=true"), c.key(), &[]).await?;
+                let mut d = demux::Demux::default();
+                while let Some(msg) = socket.next().await {
+                    match msg? {
+                        tokio_tungstenite::tungstenite::Message::Binary(b) => d.feed(&b, &mut demux::stdio()),
+                        tokio_tungstenite::tungstenite::Message::Text(t) => d.feed(t.as_bytes(), &mut demux::stdio()),
+                        tokio_tungstenite::tungstenite::Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+            } else {
+                let v = c.toolbox(&base, Method::GET, "/process/session/entrypoint/logs", None).await?;
+                print!("{}", v["stdout"].as_str().unwrap_or(""));
+                eprint!("{}", v["stderr"].as_str().unwrap_or(""));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `argv` in a session of its own and streams its stdout and stderr as they come.
+async fn exec(c: &Client, id: &str, cwd: Option<&str>, argv: &[String]) -> anyhow::Result<ExitCode> {
+    let sb = c.sandbox(id).await?;
+    let base = c.toolbox_base(&sb).await?;
+    let session = format!("sandbar-exec-{}", std::process::id());
+    c.toolbox(&base, Method::POST, "/process/session", Some(json!({"sessionId": session}))).await?;
+    let result = async {
+        let mut command = argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
+        if let Some(dir) = cwd {
+            command = format!("cd {} && {command}", shell_quote(dir));
+        }
+        let started = c
+            .toolbox(
+                &base,
+                Method::POST,
+                &format!("/process/session/{session}/exec"),
+                Some(json!({"command": command, "runAsync": true})),
+            )
+            .await?;
+        let cmd_id = started["cmdId"].as_str().context("exec answered without cmdId")?.to_owned();
+        let logs = format!("{base}/process/session/{session}/command/{cmd_id}/logs?follow=true");
+        let mut socket = ws::connect(&logs, c.key(), &[]).await?;
+        let mut d = demux::Demux::default();
+        while let Some(msg) = socket.next().await {
+            match msg? {
+                tokio_tungstenite::tungstenite::Message::Binary(b) => d.feed(&b, &mut demux::stdio()),
+                tokio_tungstenite::tungstenite::Message::Text(t) => d.feed(t.as_bytes(), &mut demux::stdio()),
+                tokio_tungstenite::tungstenite::Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        // The log stream ends when the command does; its exit code is then recorded.
+        let mut code = None;
+        for _ in 0..50 {
+            let v =
+                c.toolbox(&base, Method::GET, &format!("/process/session/{session}/command/{cmd_id}"), None).await?;
+            if let Some(n) = v["exitCode"].as_i64() {
+                code = Some(n);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(code.context("the command's exit code never arrived")?)
+    }
+    .await;
+    let _ = c.toolbox(&base, Method::DELETE, &format!("/process/session/{session}"), None).await;
+    let code = result?;
+    Ok(ExitCode::from(u8::try_from(code.rem_euclid(256)).unwrap_or(1)))
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}

@@ -1,0 +1,512 @@
+//! `sandbar up`: the whole stack on one host as one supervised process tree. The API, one runner and the proxy
+//! run as child processes of `sandbar` (the proxy's pingora server wants a process of its own; children also keep
+//! a crash contained and its log in one file). A child that exits stops the whole stack with a message naming it:
+//! never a half-working stack. SIGTERM or Ctrl-C drains every child within a deadline; sandboxes keep running in
+//! Docker and the next `sandbar up` finds them in the state they were in.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Flags of `sandbar up` (each also a `SANDBAR_*` environment variable).
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where the database, keys, certificates, logs and secrets live.
+    #[arg(long, env = "SANDBAR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// API port on 127.0.0.1 (0 = pick a free one).
+    #[arg(long, env = "SANDBAR_API_PORT", default_value_t = sandbar_proto::ports::API)]
+    pub api_port: u16,
+    /// Proxy HTTP port (0 = pick a free one).
+    #[arg(long, env = "SANDBAR_HTTP_PORT", default_value_t = sandbar_proto::ports::PROXY_HTTP)]
+    pub http_port: u16,
+    /// Proxy HTTPS port (0 = pick a free one).
+    #[arg(long, env = "SANDBAR_HTTPS_PORT", default_value_t = sandbar_proto::ports::PROXY_HTTPS)]
+    pub https_port: u16,
+    /// SSH gateway port (0 = pick a free one).
+    #[arg(long, env = "SANDBAR_SSH_PORT", default_value_t = sandbar_proto::ports::SSH_GATEWAY)]
+    pub ssh_port: u16,
+    /// Address the proxy and the SSH gateway listen on.
+    #[arg(long, env = "SANDBAR_BIND", default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Domain of preview URLs (`{port}-{sandboxId}.{domain}`).
+    #[arg(long, env = "SANDBAR_DOMAIN", default_value = "localhost")]
+    pub domain: String,
+    /// Image of sandboxes created without one (built from scripts/build-sandbox-image when it is the default).
+    #[arg(long, env = "SANDBAR_DEFAULT_IMAGE", default_value = "sandbar-sandbox:default")]
+    pub image: String,
+    /// Started sandboxes of the default image kept ready.
+    #[arg(long, env = "SANDBAR_WARM_POOL", default_value_t = 0)]
+    pub warm_pool: usize,
+    /// The runner's id.
+    #[arg(long, env = "SANDBAR_RUNNER_ID", default_value = "local")]
+    pub runner_id: String,
+    /// Extra `key=value` label on every container of this stack (tests mark theirs).
+    #[arg(long = "container-label")]
+    pub container_labels: Vec<String>,
+    /// Seconds the services get to drain on shutdown before they are killed.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace: u64,
+}
+
+/// The data directory: the flag, else `~/.local/share/sandbar`.
+pub fn data_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(d) = flag {
+        return d.to_owned();
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/sandbar")
+}
+
+/// The source tree `sandbar` was built from (its scripts build the daemon and the image).
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Directory of the service binaries: beside `sandbar` itself (cargo builds them into one directory).
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("SANDBAR_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe().context("locating the sandbar executable")?;
+    Ok(exe.parent().context("sandbar executable has no directory")?.to_owned())
+}
+
+fn spinner(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(msg.to_owned());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// Runs a set-up script with a spinner; its stderr goes to `log`; returns the last line of its stdout.
+async fn run_step(what: &str, script: &Path, env: &[(&str, &str)], log: &Path) -> anyhow::Result<String> {
+    let pb = spinner(what);
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let out = Command::new(script)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stderr(log_file)
+        .output()
+        .await
+        .with_context(|| format!("running {}", script.display()))?;
+    pb.finish_and_clear();
+    if !out.status.success() {
+        bail!("{what} failed ({}); see {}", out.status, log.display());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("").trim().to_owned();
+    eprintln!("  {what}: done");
+    Ok(last)
+}
+
+/// Secrets the services share, made on first run and kept (mode 0600).
+struct Secrets {
+    runner_token: String,
+    proxy_token: String,
+}
+
+fn random_token() -> anyhow::Result<String> {
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn load_secrets(dir: &Path) -> anyhow::Result<Secrets> {
+    let path = dir.join("secrets.env");
+    let mut map = BTreeMap::new();
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                map.insert(k.to_owned(), v.to_owned());
+            }
+        }
+    }
+    let mut changed = false;
+    for k in ["SANDBAR_RUNNER_TOKEN", "SANDBAR_PROXY_TOKEN"] {
+        if !map.contains_key(k) {
+            map.insert(k.to_owned(), random_token()?);
+            changed = true;
+        }
+    }
+    if changed {
+        let text: String = map.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        write_private(&path, &text)?;
+    }
+    Ok(Secrets { runner_token: map["SANDBAR_RUNNER_TOKEN"].clone(), proxy_token: map["SANDBAR_PROXY_TOKEN"].clone() })
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A free port for a service asked to use port 0 (the services need each other's addresses before they start).
+fn resolve_port(host: &str, port: u16) -> anyhow::Result<u16> {
+    if port != 0 {
+        return Ok(port);
+    }
+    let l = TcpListener::bind((host, 0)).with_context(|| format!("finding a free port on {host}"))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One supervised service.
+struct Service {
+    name: &'static str,
+    child: Child,
+}
+
+/// Starts a service binary with `args` and `env`, its stderr appended to `<logs>/<name>.log`, and waits for the
+/// line starting with `ready_prefix` on its stdout (returned). The rest of stdout goes to the log too.
+async fn start_service(
+    name: &'static str,
+    bin: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    logs: &Path,
+    ready_prefix: &str,
+    timeout: Duration,
+) -> anyhow::Result<(Service, String)> {
+    let log_path = logs.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let mut child = Command::new(bin)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log.try_clone()?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} (build it with `cargo build --workspace --bins`)", bin.display()))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let wait = async {
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with(ready_prefix) {
+                return Ok::<_, std::io::Error>(Some(line));
+            }
+        }
+        Ok(None)
+    };
+    let ready = match tokio::time::timeout(timeout, wait).await {
+        Ok(Ok(Some(line))) => line,
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            let status = child.wait().await.ok();
+            bail!(
+                "{name} exited before it was ready ({}); last lines of {}:\n{}",
+                status.map(|s| s.to_string()).unwrap_or_default(),
+                log_path.display(),
+                tail(&log_path, 15)
+            );
+        }
+        Err(_) => bail!("{name} was not ready within {}s; see {}", timeout.as_secs(), log_path.display()),
+    };
+    // Keep draining stdout into the log so the child never blocks on a full pipe.
+    let mut log_writer = tokio::fs::File::from_std(log);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log_writer.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    });
+    Ok((Service { name, child }, ready))
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<_> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The `key=value` fields of a ready line.
+fn fields(line: &str) -> BTreeMap<String, String> {
+    line.split_whitespace().filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let dir = data_dir(args.data_dir.as_deref());
+    std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let dir = std::fs::canonicalize(&dir)?;
+    let logs = dir.join("logs");
+    let bins = bin_dir()?;
+    let repo = repo_root();
+    eprintln!("sandbar: data directory {}", dir.display());
+
+    check_docker().await?;
+
+    // What is missing is made, with progress shown; a second run finds everything and starts in seconds.
+    let daemon = match std::env::var("SANDBAR_STATIC_DAEMON").ok().filter(|s| !s.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(
+            run_step("building the static daemon", &repo.join("scripts/build-daemon"), &[], &logs.join("build.log"))
+                .await?,
+        ),
+    };
+    if args.image == "sandbar-sandbox:default" {
+        run_step(
+            "building the default sandbox image (Debian root, first time about 90 s)",
+            &repo.join("scripts/build-sandbox-image"),
+            &[],
+            &logs.join("build.log"),
+        )
+        .await?;
+    }
+    let secrets = load_secrets(&dir)?;
+
+    let api_port = resolve_port("127.0.0.1", args.api_port)?;
+    let http_port = resolve_port(&args.bind, args.http_port)?;
+    let https_port = resolve_port(&args.bind, args.https_port)?;
+    let ssh_port = resolve_port(&args.bind, args.ssh_port)?;
+    let api_url = format!("http://127.0.0.1:{api_port}/api");
+    let proxy_http = format!("http://{}:{http_port}", display_host(&args.bind));
+    let proxy_https = format!("https://{}:{https_port}", display_host(&args.bind));
+    let ssh_host = display_host(&args.bind);
+
+    // First organization and API key, once.
+    let key = first_key(&bins, &dir, &logs).await?;
+
+    let common_env = vec![
+        ("SANDBAR_RUNNER_TOKEN".to_owned(), secrets.runner_token.clone()),
+        ("SANDBAR_PROXY_TOKEN".to_owned(), secrets.proxy_token.clone()),
+        ("RUST_LOG".to_owned(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
+    ];
+    let mut services = Vec::new();
+    let result = async {
+        let (api, _) = start_service(
+            "api",
+            &bins.join("sandbar-api"),
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{api_port}"),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--proxy-url".into(),
+                proxy_http.clone(),
+                "--ssh-gateway".into(),
+                format!("{ssh_host}:{ssh_port}"),
+                "--default-image".into(),
+                args.image.clone(),
+            ],
+            &common_env,
+            &logs,
+            "sandbar-api ready",
+            Duration::from_secs(60),
+        )
+        .await?;
+        services.push(api);
+
+        let mut runner_args = vec![
+            "--runner-id".into(),
+            args.runner_id.clone(),
+            "--api-url".into(),
+            api_url.clone(),
+            "--daemon-binary".into(),
+            daemon.display().to_string(),
+            "--runner-listen".into(),
+            "127.0.0.1:0".into(),
+            "--default-image".into(),
+            args.image.clone(),
+            "--warm-pool".into(),
+            args.warm_pool.to_string(),
+            "--runner-state-dir".into(),
+            dir.join("runner").display().to_string(),
+        ];
+        for l in &args.container_labels {
+            runner_args.push("--container-label".into());
+            runner_args.push(l.clone());
+        }
+        let (runner, _) = start_service(
+            "runner",
+            &bins.join("sandbar-runner"),
+            &runner_args,
+            &common_env,
+            &logs,
+            "sandbar-runner ready",
+            Duration::from_secs(120),
+        )
+        .await?;
+        services.push(runner);
+
+        let (proxy, ready) = start_service(
+            "proxy",
+            &bins.join("sandbar-proxy"),
+            &[
+                "--api-url".into(),
+                api_url.clone(),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--domain".into(),
+                args.domain.clone(),
+                "--http-addr".into(),
+                format!("{}:{http_port}", args.bind),
+                "--https-addr".into(),
+                format!("{}:{https_port}", args.bind),
+                "--ssh-addr".into(),
+                format!("{}:{ssh_port}", args.bind),
+            ],
+            &common_env,
+            &logs,
+            "sandbar-proxy ready",
+            Duration::from_secs(60),
+        )
+        .await?;
+        services.push(proxy);
+        anyhow::Ok(fields(&ready))
+    }
+    .await;
+    let proxy_fields = match result {
+        Ok(f) => f,
+        Err(e) => {
+            stop_all(&mut services, Duration::from_secs(args.shutdown_grace)).await;
+            return Err(e);
+        }
+    };
+
+    let env_text = format!("DAYTONA_API_URL={api_url}\nDAYTONA_API_KEY={key}\n");
+    write_private(&dir.join("env"), &env_text)?;
+    println!("DAYTONA_API_URL={api_url}");
+    println!("DAYTONA_API_KEY={key}");
+    println!("proxy http:  {}", proxy_fields.get("http").map(|a| format!("http://{a}")).unwrap_or(proxy_http));
+    println!("proxy https: {}", proxy_fields.get("https").map(|a| format!("https://{a}")).unwrap_or(proxy_https));
+    println!("ssh gateway: {}", proxy_fields.get("ssh").cloned().unwrap_or_else(|| format!("{ssh_host}:{ssh_port}")));
+    println!("certificate: {}", dir.join("tls").display());
+    println!("terminal:    sandbar term <sandbox-id>   (or `sandbar ssh <sandbox-id>`)");
+    println!("logs:        {}", logs.display());
+    println!("started in {:.1}s", started.elapsed().as_secs_f64());
+    println!("sandbar ready");
+
+    supervise(services, Duration::from_secs(args.shutdown_grace)).await
+}
+
+fn display_host(bind: &str) -> String {
+    if bind == "0.0.0.0" || bind == "::" { "127.0.0.1".into() } else { bind.to_owned() }
+}
+
+async fn check_docker() -> anyhow::Result<()> {
+    let docker = bollard_connect()?;
+    docker.ping().await.map_err(|e| {
+        anyhow::anyhow!("the Docker engine is not answering ({e}); start it (e.g. `dockerd &` as root) and retry")
+    })?;
+    Ok(())
+}
+
+fn bollard_connect() -> anyhow::Result<bollard::Docker> {
+    bollard::Docker::connect_with_defaults().context("connecting to Docker")
+}
+
+/// The first organization's API key: made once by `sandbar-api bootstrap`, then read from `<data-dir>/env`.
+async fn first_key(bins: &Path, dir: &Path, logs: &Path) -> anyhow::Result<String> {
+    if let Ok(text) = std::fs::read_to_string(dir.join("env"))
+        && let Some(k) = text.lines().find_map(|l| l.strip_prefix("DAYTONA_API_KEY="))
+        && !k.trim().is_empty()
+    {
+        return Ok(k.trim().to_owned());
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(logs.join("api.log"))?;
+    let out = Command::new(bins.join("sandbar-api"))
+        .args(["bootstrap", "--data-dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stderr(log)
+        .output()
+        .await
+        .context("running sandbar-api bootstrap")?;
+    if !out.status.success() {
+        bail!("creating the first organization failed ({}); see {}", out.status, logs.join("api.log").display());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let key = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("DAYTONA_API_KEY=").map(str::to_owned))
+        .or_else(|| stdout.lines().last().map(|l| l.trim().to_owned()))
+        .filter(|k| !k.is_empty())
+        .context("sandbar-api bootstrap printed no key")?;
+    Ok(key)
+}
+
+/// Waits for a signal or for a service to exit; either way stops every service within the grace period.
+async fn supervise(mut services: Vec<Service>, grace: Duration) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let exited = async {
+        loop {
+            for s in services.iter_mut() {
+                if let Ok(Some(status)) = s.child.try_wait() {
+                    return (s.name, status);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let outcome = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+        (name, status) = exited => Err(anyhow::anyhow!("{name} exited ({status}): stopping the stack; see its log")),
+    };
+    eprintln!("sandbar: stopping");
+    stop_all(&mut services, grace).await;
+    eprintln!("sandbar: stopped");
+    outcome
+}
+
+/// SIGTERM to every service (proxy first, so no new traffic arrives), then SIGKILL after `grace`.
+async fn stop_all(services: &mut [Service], grace: Duration) {
+    for s in services.iter_mut().rev() {
+        if let Some(pid) = s.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    for s in services.iter_mut().rev() {
+        match tokio::time::timeout_at(deadline, s.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("sandbar: {} did not stop within {}s; killing it", s.name, grace.as_secs());
+                let _ = s.child.kill().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_fields() {
+        let f = fields("sandbar-proxy ready http=127.0.0.1:1 https=127.0.0.1:2 ssh=127.0.0.1:3");
+        assert_eq!(f["http"], "127.0.0.1:1");
+        assert_eq!(f["ssh"], "127.0.0.1:3");
+    }
+
+    #[test]
+    fn secrets_are_made_once() {
+        let d = tempfile::tempdir().unwrap();
+        let a = load_secrets(d.path()).unwrap();
+        let b = load_secrets(d.path()).unwrap();
+        assert_eq!(a.runner_token, b.runner_token);
+        assert_ne!(a.runner_token, a.proxy_token);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.path().join("secrets.env")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
