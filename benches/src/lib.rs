@@ -14,11 +14,18 @@ pub struct Daemon {
     pub child: Child,
     pub toolbox: String,
     pub terminal: String,
+    /// Address of the SSH server.
+    pub ssh: String,
     pub dir: PathBuf,
 }
 
 impl Daemon {
     pub fn start(bin: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin, &[])
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with(bin: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("sandbar-bench-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("work"))?;
         let mut child = Command::new(bin)
@@ -29,6 +36,7 @@ impl Daemon {
             .env("SANDBAR_WORK_DIR", dir.join("work"))
             .env("SANDBAR_STATE_DIR", dir.join("state"))
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -38,9 +46,9 @@ impl Daemon {
         let field = |name: &str| {
             line.split_whitespace().find_map(|kv| kv.strip_prefix(name)).map(str::to_owned).unwrap_or_default()
         };
-        let (toolbox, terminal) = (field("toolbox="), field("terminal="));
+        let (toolbox, terminal, ssh) = (field("toolbox="), field("terminal="), field("ssh="));
         anyhow::ensure!(!toolbox.is_empty(), "no ready line: {line:?}");
-        Ok(Self { child, toolbox, terminal, dir })
+        Ok(Self { child, toolbox, terminal, ssh, dir })
     }
 
     /// Resident memory in KiB (VmRSS).

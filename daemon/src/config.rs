@@ -23,6 +23,15 @@ pub struct Config {
     #[arg(long, env = "SANDBAR_TOOLBOX_ADDR", default_value = "0.0.0.0:2280")]
     pub toolbox_addr: SocketAddr,
 
+    /// SSH server listener (password = the daemon token, or an authorized public key).
+    #[arg(long, env = "SANDBAR_SSH_ADDR", default_value = "0.0.0.0:22220")]
+    pub ssh_addr: SocketAddr,
+
+    /// Public keys (OpenSSH format, one a line) the SSH server accepts besides `~/.ssh/authorized_keys`;
+    /// handed over at creation. Kept out of every child's environment.
+    #[arg(long, env = "SANDBAR_SSH_AUTHORIZED_KEYS", hide_env_values = true)]
+    pub ssh_authorized_keys: Option<String>,
+
     /// Web terminal listener (page and WebSocket).
     #[arg(long, env = "SANDBAR_TERMINAL_ADDR", default_value = "0.0.0.0:22222")]
     pub terminal_addr: SocketAddr,

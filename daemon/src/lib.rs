@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod procs;
 pub mod pty;
+pub mod ssh;
 pub mod terminal;
 pub mod toolbox;
 pub mod utf8;
@@ -45,7 +46,8 @@ pub struct Daemon {
 pub type AppState = Arc<Daemon>;
 
 /// Variables of the daemon's own environment that children must not inherit.
-const PRIVATE_ENV: &[&str] = &["SANDBAR_DAEMON_TOKEN", "SANDBAR_DAEMON_TOKEN_FD"];
+pub(crate) const PRIVATE_ENV: &[&str] =
+    &["SANDBAR_DAEMON_TOKEN", "SANDBAR_DAEMON_TOKEN_FD", "SANDBAR_SSH_AUTHORIZED_KEYS"];
 
 impl Daemon {
     pub fn new(config: Config, procs: Arc<ProcessTable>) -> std::io::Result<Arc<Self>> {

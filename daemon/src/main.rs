@@ -79,16 +79,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the terminal listener on {}", config.terminal_addr))?;
     let terminal_addr = terminal_listener.local_addr()?;
+    let ssh_listener = tokio::net::TcpListener::bind(config.ssh_addr)
+        .await
+        .with_context(|| format!("binding the SSH listener on {}", config.ssh_addr))?;
+    let ssh_addr = ssh_listener.local_addr()?;
     let daemon = Daemon::new(config, procs.clone()).context("creating the state directory")?;
+    let ssh_server = sandbar_daemon::ssh::SshServer::new(&daemon).context("starting the SSH server")?;
 
     let server = tokio::spawn(sandbar_daemon::run(daemon.clone(), listener));
     let terminal = tokio::spawn(sandbar_daemon::run_terminal(daemon.clone(), terminal_listener));
+    let ssh = tokio::spawn(ssh_server.run(daemon.clone(), ssh_listener));
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{} toolbox={toolbox_addr} terminal={terminal_addr}", sandbar_proto::DAEMON_READY_PREFIX)?;
+        writeln!(
+            out,
+            "{} toolbox={toolbox_addr} ssh={ssh_addr} terminal={terminal_addr}",
+            sandbar_proto::DAEMON_READY_PREFIX
+        )?;
         out.flush()?;
     }
-    tracing::info!(%toolbox_addr, %terminal_addr, sandbox_id = daemon.sandbox_id().as_deref().unwrap_or(""), "listening");
+    tracing::info!(%toolbox_addr, %ssh_addr, %terminal_addr, sandbox_id = daemon.sandbox_id().as_deref().unwrap_or(""), "listening");
 
     if !entrypoint.is_empty()
         && let Err(e) = daemon.sessions.start_entrypoint(&daemon, &entrypoint)
@@ -109,7 +119,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     // In-flight requests get the grace period; a second signal cuts it short.
     let drained = tokio::select! {
-        r = tokio::time::timeout_at(deadline, async { let _ = tokio::join!(server, terminal); }) => r.is_ok(),
+        r = tokio::time::timeout_at(deadline, async { let _ = tokio::join!(server, terminal, ssh); }) => r.is_ok(),
         _ = sigterm.recv() => false,
         _ = sigint.recv() => false,
     };

@@ -138,3 +138,33 @@ async fn pid1_in_a_container_serves_reaps_and_stops_cleanly() {
     assert_eq!(code, "0", "exit code of PID 1; logs:\n{}", c.logs());
     assert!(c.logs().contains("stopped"), "the daemon logged its drain");
 }
+
+/// OpenSSH's client against the SSH server of the daemon as PID 1 in the container (port 22220), with the host
+/// key the daemon made in the container pinned in a known_hosts file.
+#[tokio::test]
+async fn ssh_into_the_container() {
+    let (c, base, client) = start();
+    wait_ready(&client, &base).await;
+    let ip = c.ip().unwrap();
+    let (code, public) = exec(&client, &base, "cat /tmp/sandbar-daemon/ssh_host_ed25519_key.pub").await;
+    assert_eq!(code, 0, "no host key in the container: {public}");
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    let mut parts = public.split_whitespace();
+    let (alg, key) = (parts.next().unwrap(), parts.next().unwrap());
+    std::fs::write(&known_hosts, format!("[{ip}]:22220 {alg} {key}\n")).unwrap();
+    let out = std::process::Command::new("sshpass")
+        .env("SSHPASS", TOKEN)
+        .args(["-e", "ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", "PubkeyAuthentication=no", "-o", "ConnectTimeout=10", "-p", "22220"])
+        .arg(format!("root@{ip}"))
+        .arg("echo hi; exit 3")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "ssh into the container: {stderr}\nlogs:\n{}", c.logs());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+}

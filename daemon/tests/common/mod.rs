@@ -14,6 +14,10 @@ pub struct TestDaemon {
     pub base: String,
     /// Base URL of the web terminal server.
     pub terminal: String,
+    /// Address of the SSH server (`127.0.0.1:PORT`).
+    pub ssh: String,
+    /// The daemon's state directory (the SSH host key lives there).
+    pub state: PathBuf,
     pub token: String,
     pub home: PathBuf,
     pub work: PathBuf,
@@ -42,6 +46,7 @@ impl TestDaemon {
             .env("SANDBAR_SANDBOX_ID", "sbx-test")
             .env("SANDBAR_TOOLBOX_ADDR", "127.0.0.1:0")
             .env("SANDBAR_TERMINAL_ADDR", "127.0.0.1:0")
+            .env("SANDBAR_SSH_ADDR", "127.0.0.1:0")
             .env("SANDBAR_WORK_DIR", &work)
             .env("SANDBAR_STATE_DIR", &state)
             .env("HOME", &home)
@@ -78,7 +83,7 @@ impl TestDaemon {
                             .unwrap_or_default()
                     };
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send((field("toolbox="), field("terminal=")));
+                        let _ = tx.send((field("toolbox="), field("terminal="), field("ssh=")));
                     }
                 } else {
                     let mut l = log3.lock().unwrap();
@@ -88,7 +93,7 @@ impl TestDaemon {
                 }
             }
         });
-        let (addr, terminal) = match rx.recv_timeout(Duration::from_secs(20)) {
+        let (addr, terminal, ssh) = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -106,6 +111,8 @@ impl TestDaemon {
         TestDaemon {
             base: format!("http://{addr}"),
             terminal: format!("http://{terminal}"),
+            ssh,
+            state,
             token: TOKEN.into(),
             home,
             work,
