@@ -56,6 +56,16 @@ pub struct Config {
     #[arg(long, env = "SANDBAR_MAX_EXEC_OUTPUT", default_value_t = 64 << 20)]
     pub max_exec_output: usize,
 
+    /// Language servers by language id, over the defaults (python=pylsp, typescript/javascript=
+    /// typescript-language-server --stdio, c/cpp=clangd, rust=rust-analyzer, go=gopls):
+    /// `python=pylsp;go=/opt/bin/gopls serve` (an empty command removes a language).
+    #[arg(long, env = "SANDBAR_LSP_SERVERS")]
+    pub lsp_servers: Option<String>,
+
+    /// Seconds the daemon waits for a language server's answer (`initialize` included).
+    #[arg(long, env = "SANDBAR_LSP_TIMEOUT", default_value_t = 30)]
+    pub lsp_timeout_secs: u64,
+
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SANDBAR_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -70,11 +80,16 @@ impl Config {
         Duration::from_secs(self.shutdown_grace_secs)
     }
 
+    pub fn lsp_timeout(&self) -> Duration {
+        Duration::from_secs(self.lsp_timeout_secs.max(1))
+    }
+
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.token.trim().is_empty() {
             return Err("SANDBAR_DAEMON_TOKEN must not be empty".into());
         }
+        crate::lsp::LspConfig::new(self.lsp_servers.as_deref(), self.lsp_timeout())?;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod error;
+pub mod lsp;
 pub mod procs;
 pub mod pty;
 pub mod ssh;
@@ -32,6 +33,8 @@ pub struct Daemon {
     pub procs: Arc<ProcessTable>,
     pub sessions: toolbox::session::Sessions,
     pub ptys: Arc<pty::Ptys>,
+    /// Language servers of the HTTP LSP endpoints (the IDE WebSocket starts its own).
+    pub lsp: lsp::Lsp,
     /// Cancelled when the daemon starts to drain: long streams (log follow) end with close code 1001.
     pub shutdown: CancellationToken,
     pub home: PathBuf,
@@ -60,12 +63,15 @@ impl Daemon {
         let state_dir = config.state_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("sandbar-daemon"));
         std::fs::create_dir_all(state_dir.join("sessions"))?;
         let sessions = toolbox::session::Sessions::new(state_dir.join("sessions"));
+        let lsp_config =
+            lsp::LspConfig::new(config.lsp_servers.as_deref(), config.lsp_timeout()).map_err(std::io::Error::other)?;
         Ok(Arc::new(Self {
             sandbox_id: RwLock::new(config.sandbox_id.clone()),
             config,
             procs,
             sessions,
             ptys: Arc::new(pty::Ptys::new(state_dir.join("recordings"))),
+            lsp: lsp::Lsp::new(lsp_config),
             shutdown: CancellationToken::new(),
             home,
             work_dir,

@@ -1,0 +1,609 @@
+//! LSP in the toolbox API: Daytona's HTTP endpoints (shared/daytona-compat.md §4.4) on the shared
+//! (language, project) servers of `crate::lsp`, and `GET /lsp/ws`, a WebSocket that bridges an IDE to a real
+//! language server.
+//!
+//! The WebSocket speaks JSON-RPC with one LSP message per frame (text from us; text or binary accepted), the
+//! framing of vscode-ws-jsonrpc / monaco-languageclient, and the daemon translates to the server's
+//! Content-Length framing. Each connection gets its own server process: the IDE's `initialize` (capabilities,
+//! initialization options, workspace folders), its document versions and its request ids then reach the real
+//! server unchanged. Sharing one server between IDEs would mean answering a second `initialize` from a cache
+//! with the first IDE's options, merging two sets of document versions for the same URI, and choosing which IDE
+//! answers the server's own requests: unsafe, so not done. Paths are the sandbox's own (the daemon and the
+//! server run inside it): `file:///home/daytona/app/x.py` is that file.
+//!
+//! Bad input on the socket gets a JSON-RPC error (parse error, invalid request, a request before `initialize`)
+//! or a close with a reason (1009 for an oversized message, 1011 when the server dies, 1001 when the sandbox
+//! stops). A request the server does not answer in time gets an error answer; the late answer is dropped.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower_lsp_server::jsonrpc::{self, ErrorCode};
+use tower_lsp_server::ls_types::{
+    CompletionResponse, CompletionTextEdit, DocumentSymbol, DocumentSymbolResponse, Documentation, InitializeParams,
+    Location, OneOf, Range, SymbolInformation, WorkspaceSymbolResponse,
+};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::lsp::{LspError, Server, has_workspace_symbols, path_to_uri};
+use crate::util::{ApiJson, ApiQuery};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/lsp/start", post(start))
+        .route("/lsp/stop", post(stop))
+        .route("/lsp/did-open", post(did_open))
+        .route("/lsp/did-close", post(did_close))
+        .route("/lsp/completions", post(completions))
+        .route("/lsp/document-symbols", get(document_symbols))
+        .route("/lsp/workspacesymbols", get(workspace_symbols))
+        .route("/lsp/ws", get(ws))
+}
+
+impl From<LspError> for ApiError {
+    fn from(e: LspError) -> Self {
+        let msg = e.to_string();
+        match e {
+            LspError::UnknownLanguage(..) | LspError::NotInstalled { .. } | LspError::BadRequest(_) => {
+                ApiError::bad_request(msg)
+            }
+            LspError::NotStarted { .. } => ApiError::bad_request(msg).with_code("LSP_SERVER_NOT_INITIALIZED"),
+            LspError::File { path, error } => ApiError::io(&path, &error),
+            LspError::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, msg),
+            LspError::Rpc { code, .. } if code == ErrorCode::InvalidParams.code() => ApiError::bad_request(msg),
+            LspError::Exited { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, format!("{msg}; the next request starts it again"))
+            }
+            LspError::Spawn { .. } | LspError::Rpc { .. } | LspError::BadAnswer(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, msg)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServerRequest {
+    language_id: String,
+    path_to_project: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DocumentRequest {
+    language_id: String,
+    path_to_project: String,
+    uri: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Position {
+    line: u32,
+    character: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CompletionRequest {
+    language_id: String,
+    path_to_project: String,
+    uri: String,
+    position: Position,
+    #[serde(default)]
+    context: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkspaceQuery {
+    #[serde(default)]
+    query: String,
+    language_id: String,
+    path_to_project: String,
+}
+
+/// Daytona's `CompletionList`: `documentation` must be an object (`MarkupContent`), never a plain string.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CompletionList {
+    is_incomplete: bool,
+    items: Vec<CompletionItem>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CompletionItem {
+    label: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    documentation: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sort_text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter_text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    insert_text: Option<String>,
+}
+
+/// Daytona's `LspSymbol`.
+#[derive(Debug, Serialize)]
+struct Symbol {
+    kind: i64,
+    name: String,
+    location: Location,
+}
+
+async fn start(State(d): State<AppState>, ApiJson(r): ApiJson<ServerRequest>) -> ApiResult<Json<Value>> {
+    d.lsp.start(&d, &r.language_id, &r.path_to_project).await?;
+    Ok(Json(json!({})))
+}
+
+async fn stop(State(d): State<AppState>, ApiJson(r): ApiJson<ServerRequest>) -> ApiResult<Json<Value>> {
+    d.lsp.stop(&d, &r.language_id, &r.path_to_project).await?;
+    Ok(Json(json!({})))
+}
+
+async fn did_open(State(d): State<AppState>, ApiJson(r): ApiJson<DocumentRequest>) -> ApiResult<Json<Value>> {
+    let shared = d.lsp.get(&d, &r.language_id, &r.path_to_project)?;
+    shared.sync(&d, &d.lsp.config, &r.uri).await?;
+    Ok(Json(json!({})))
+}
+
+async fn did_close(State(d): State<AppState>, ApiJson(r): ApiJson<DocumentRequest>) -> ApiResult<Json<Value>> {
+    let shared = d.lsp.get(&d, &r.language_id, &r.path_to_project)?;
+    shared.close(&d, &d.lsp.config, &r.uri).await?;
+    Ok(Json(json!({})))
+}
+
+async fn completions(
+    State(d): State<AppState>,
+    ApiJson(r): ApiJson<CompletionRequest>,
+) -> ApiResult<Json<CompletionList>> {
+    let shared = d.lsp.get(&d, &r.language_id, &r.path_to_project)?;
+    // The file may have changed on disk since did-open: the server sees it as it is now.
+    let (server, uri) = shared.sync(&d, &d.lsp.config, &r.uri).await?;
+    let mut params = json!({
+        "textDocument": {"uri": uri},
+        "position": {"line": r.position.line, "character": r.position.character},
+    });
+    if let (Some(ctx), Some(obj)) = (r.context.filter(Value::is_object), params.as_object_mut()) {
+        obj.insert("context".into(), ctx);
+    }
+    let result = server.request("textDocument/completion", params).await?;
+    let parsed: Option<CompletionResponse> =
+        serde_json::from_value(result).map_err(|_| LspError::BadAnswer("textDocument/completion".into()))?;
+    let (is_incomplete, items) = match parsed {
+        None => (false, Vec::new()),
+        Some(CompletionResponse::Array(items)) => (false, items),
+        Some(CompletionResponse::List(l)) => (l.is_incomplete, l.items),
+    };
+    let items = items
+        .into_iter()
+        .map(|i| CompletionItem {
+            kind: i.kind.and_then(|k| serde_json::to_value(k).ok()).and_then(|v| v.as_i64()),
+            documentation: i.documentation.map(|doc| match doc {
+                Documentation::String(s) => json!({"kind": "plaintext", "value": s}),
+                Documentation::MarkupContent(m) => serde_json::to_value(m).unwrap_or(Value::Null),
+            }),
+            insert_text: i.insert_text.or_else(|| {
+                i.text_edit.map(|e| match e {
+                    CompletionTextEdit::Edit(e) => e.new_text,
+                    CompletionTextEdit::InsertAndReplace(e) => e.new_text,
+                })
+            }),
+            label: i.label,
+            detail: i.detail,
+            sort_text: i.sort_text,
+            filter_text: i.filter_text,
+        })
+        .collect();
+    Ok(Json(CompletionList { is_incomplete, items }))
+}
+
+async fn document_symbols(
+    State(d): State<AppState>,
+    ApiQuery(r): ApiQuery<DocumentRequest>,
+) -> ApiResult<Json<Vec<Symbol>>> {
+    let shared = d.lsp.get(&d, &r.language_id, &r.path_to_project)?;
+    let (server, uri) = shared.sync(&d, &d.lsp.config, &r.uri).await?;
+    Ok(Json(symbols_of(&server, &uri).await?))
+}
+
+async fn symbols_of(server: &Server, uri: &str) -> Result<Vec<Symbol>, LspError> {
+    let result = server.request("textDocument/documentSymbol", json!({"textDocument": {"uri": uri}})).await?;
+    let parsed: Option<DocumentSymbolResponse> =
+        serde_json::from_value(result).map_err(|_| LspError::BadAnswer("textDocument/documentSymbol".into()))?;
+    Ok(match parsed {
+        None => Vec::new(),
+        Some(DocumentSymbolResponse::Flat(list)) => list.into_iter().map(flat_symbol).collect(),
+        Some(DocumentSymbolResponse::Nested(list)) => {
+            let uri = uri.parse().map_err(|_| LspError::BadAnswer("textDocument/documentSymbol".into()))?;
+            let mut out = Vec::new();
+            flatten(list, &uri, &mut out);
+            out
+        }
+    })
+}
+
+fn kind_number<T: Serialize>(k: T) -> i64 {
+    serde_json::to_value(k).ok().and_then(|v| v.as_i64()).unwrap_or(0)
+}
+
+fn flat_symbol(s: SymbolInformation) -> Symbol {
+    Symbol { kind: kind_number(s.kind), name: s.name, location: s.location }
+}
+
+fn flatten(list: Vec<DocumentSymbol>, uri: &tower_lsp_server::ls_types::Uri, out: &mut Vec<Symbol>) {
+    for s in list {
+        out.push(Symbol {
+            kind: kind_number(s.kind),
+            name: s.name,
+            location: Location { uri: uri.clone(), range: s.range },
+        });
+        if let Some(children) = s.children {
+            flatten(children, uri, out);
+        }
+    }
+}
+
+/// `workspace/symbol` when the server offers it. pylsp and a few others do not: then the daemon searches the
+/// document symbols of the files opened through the API (a case-insensitive substring match on the name).
+async fn workspace_symbols(
+    State(d): State<AppState>,
+    ApiQuery(r): ApiQuery<WorkspaceQuery>,
+) -> ApiResult<Json<Vec<Symbol>>> {
+    let shared = d.lsp.get(&d, &r.language_id, &r.path_to_project)?;
+    let (server, capabilities, open) = shared.live(&d, &d.lsp.config).await?;
+    if has_workspace_symbols(&capabilities) {
+        let result = server.request("workspace/symbol", json!({"query": r.query})).await?;
+        let parsed: Option<WorkspaceSymbolResponse> =
+            serde_json::from_value(result).map_err(|_| LspError::BadAnswer("workspace/symbol".into()))?;
+        let out = match parsed {
+            None => Vec::new(),
+            Some(WorkspaceSymbolResponse::Flat(list)) => list.into_iter().map(flat_symbol).collect(),
+            Some(WorkspaceSymbolResponse::Nested(list)) => list
+                .into_iter()
+                .map(|s| Symbol {
+                    kind: kind_number(s.kind),
+                    name: s.name,
+                    location: match s.location {
+                        OneOf::Left(l) => l,
+                        OneOf::Right(w) => Location { uri: w.uri, range: Range::default() },
+                    },
+                })
+                .collect(),
+        };
+        return Ok(Json(out));
+    }
+    let needle = r.query.to_lowercase();
+    let mut out = Vec::new();
+    for uri in open {
+        let (server, uri) = shared.sync(&d, &d.lsp.config, &uri).await?;
+        out.extend(symbols_of(&server, &uri).await?.into_iter().filter(|s| s.name.to_lowercase().contains(&needle)));
+    }
+    Ok(Json(out))
+}
+
+// ---- the IDE WebSocket ----------------------------------------------------------------------------------------
+
+/// Largest message an IDE may send (a `didOpen` of a big file); bigger ones close the socket with 1009.
+pub const MAX_WS_MESSAGE: usize = 16 << 20;
+/// Requests an IDE may have waiting on the server at once.
+const MAX_IN_FLIGHT: usize = 1024;
+/// A client that cannot take one frame in this long is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+/// Messages from the server waiting for a slow client; when full, the server's output waits (backpressure).
+const SERVER_QUEUE: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WsQuery {
+    language_id: String,
+    path_to_project: String,
+}
+
+type WsUpgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+
+/// `GET /lsp/ws?languageId=python&pathToProject=/abs/dir`. The server is started before the upgrade, so a missing
+/// program or a bad directory is a plain JSON error.
+async fn ws(State(d): State<AppState>, ApiQuery(q): ApiQuery<WsQuery>, ws: WsUpgrade) -> ApiResult<Response> {
+    let ws = ws.map_err(|e| ApiError::bad_request(format!("/lsp/ws is a WebSocket endpoint: {e}")))?;
+    let (language, root) = d.lsp.project(&d, &q.language_id, &q.path_to_project)?;
+    let argv = d.lsp.config.command(&language)?.to_vec();
+    let timeout = d.lsp.config.timeout;
+    let (tx, rx) = mpsc::channel(SERVER_QUEUE);
+    let server = Server::spawn(&d, &language, root.clone(), &argv, timeout, Some(tx))?;
+    let shutdown = d.shutdown.clone();
+    Ok(ws.max_message_size(MAX_WS_MESSAGE * 2).max_frame_size(MAX_WS_MESSAGE * 2).on_upgrade(
+        move |socket| async move {
+            let span = tracing::info_span!("lsp_ws", language = %language, pid = server.pid);
+            let bridge = Bridge { server, root, timeout, initialized: false, pending: HashMap::new() };
+            tracing::Instrument::instrument(bridge.run(socket, rx, shutdown), span).await;
+        },
+    ))
+}
+
+struct Bridge {
+    server: Arc<Server>,
+    root: PathBuf,
+    timeout: Duration,
+    /// Whether the IDE's `initialize` went to the server.
+    initialized: bool,
+    /// The IDE's requests waiting for the server: id (as JSON text) -> (id, deadline, method).
+    pending: HashMap<String, (Value, Instant, String)>,
+}
+
+/// What ends a bridge.
+enum End {
+    /// The client closed or vanished: nothing to send.
+    Client,
+    Close(u16, String),
+}
+
+impl Bridge {
+    async fn run(mut self, mut socket: WebSocket, mut from_server: mpsc::Receiver<Value>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            tokio::select! {
+                m = socket.recv() => match m {
+                    None | Some(Ok(Message::Close(_))) => break End::Client,
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        let code = if text.contains("too long") || text.contains("limit") { 1009 } else { 1002 };
+                        break End::Close(code, format!("bad WebSocket frame: {text}"));
+                    }
+                    Some(Ok(Message::Text(t))) => {
+                        if let Err(end) = self.on_client(&mut socket, t.as_bytes()).await { break end; }
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        if let Err(end) = self.on_client(&mut socket, &b).await { break end; }
+                    }
+                    Some(Ok(_)) => {}
+                },
+                m = from_server.recv() => match m {
+                    Some(msg) => {
+                        if let Err(end) = self.on_server(&mut socket, msg).await { break end; }
+                    }
+                    None => {
+                        let err = self.server.exited_error().await;
+                        self.fail_pending(&mut socket, &err.to_string()).await;
+                        break End::Close(1011, err.to_string());
+                    }
+                },
+                _ = tick.tick() => {
+                    if let Err(end) = self.expire(&mut socket).await { break end; }
+                }
+                _ = shutdown.cancelled() => break End::Close(1001, "sandbox shutting down".into()),
+            }
+        };
+        if let End::Close(code, reason) = end {
+            tracing::info!(code, reason = %reason, "closing LSP WebSocket");
+            let reason = truncate(&reason, 120);
+            let _ = tokio::time::timeout(
+                SEND_TIMEOUT,
+                socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))),
+            )
+            .await;
+        }
+        drop(socket);
+        self.server.shutdown().await;
+    }
+
+    async fn send(&self, socket: &mut WebSocket, msg: &Value) -> Result<(), End> {
+        let text = serde_json::to_string(msg).map_err(|e| End::Close(1011, e.to_string()))?;
+        match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Client),
+            Err(_) => Err(End::Close(1008, "client did not read its messages".into())),
+        }
+    }
+
+    async fn error(&self, socket: &mut WebSocket, id: Value, code: ErrorCode, message: String) -> Result<(), End> {
+        let err = jsonrpc::Error { code, message: message.into(), data: None };
+        self.send(socket, &json!({"jsonrpc": "2.0", "id": id, "error": err})).await
+    }
+
+    async fn on_client(&mut self, socket: &mut WebSocket, bytes: &[u8]) -> Result<(), End> {
+        if bytes.len() > MAX_WS_MESSAGE {
+            return Err(End::Close(
+                1009,
+                format!("message of {} bytes is over the {MAX_WS_MESSAGE}-byte limit", bytes.len()),
+            ));
+        }
+        let mut msg: Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => return self.error(socket, Value::Null, ErrorCode::ParseError, format!("parse error: {e}")).await,
+        };
+        let Some(obj) = msg.as_object() else {
+            let what = if msg.is_array() { "batches are not part of LSP" } else { "a message must be a JSON object" };
+            return self.error(socket, Value::Null, ErrorCode::InvalidRequest, what.into()).await;
+        };
+        let id = obj.get("id").cloned();
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return self
+                .error(socket, id.unwrap_or(Value::Null), ErrorCode::InvalidRequest, "jsonrpc must be \"2.0\"".into())
+                .await;
+        }
+        if let Some(id) = &id
+            && !(id.is_string() || id.is_i64() || id.is_u64())
+        {
+            return self
+                .error(socket, Value::Null, ErrorCode::InvalidRequest, "id must be a number or a string".into())
+                .await;
+        }
+        let method = match obj.get("method") {
+            None => None,
+            Some(Value::String(m)) => Some(m.clone()),
+            Some(_) => {
+                return self
+                    .error(
+                        socket,
+                        id.unwrap_or(Value::Null),
+                        ErrorCode::InvalidRequest,
+                        "method must be a string".into(),
+                    )
+                    .await;
+            }
+        };
+        match (method, id) {
+            // The IDE's answer to a request of the server.
+            (None, Some(_)) => {}
+            (None, None) => {
+                return self
+                    .error(
+                        socket,
+                        Value::Null,
+                        ErrorCode::InvalidRequest,
+                        "neither a request, a notification nor a response".into(),
+                    )
+                    .await;
+            }
+            (Some(method), Some(id)) => {
+                if id.as_str().is_some_and(|s| s.starts_with(crate::lsp::server::OWN_ID_PREFIX)) {
+                    return self
+                        .error(
+                            socket,
+                            id,
+                            ErrorCode::InvalidRequest,
+                            "ids starting with \"sandbar:\" are reserved".into(),
+                        )
+                        .await;
+                }
+                if method == "initialize" {
+                    if self.initialized {
+                        return self
+                            .error(socket, id, ErrorCode::InvalidRequest, "initialize was already sent".into())
+                            .await;
+                    }
+                    let params = msg.get("params").cloned().unwrap_or(Value::Null);
+                    if let Err(e) = serde_json::from_value::<InitializeParams>(params) {
+                        return self
+                            .error(socket, id, ErrorCode::InvalidParams, format!("invalid initialize params: {e}"))
+                            .await;
+                    }
+                    self.fill_root(&mut msg);
+                    self.initialized = true;
+                } else if !self.initialized {
+                    return self
+                        .error(
+                            socket,
+                            id,
+                            ErrorCode::ServerError(-32002),
+                            format!("server not initialized: send initialize before {method}"),
+                        )
+                        .await;
+                }
+                if self.pending.len() >= MAX_IN_FLIGHT {
+                    return self
+                        .error(
+                            socket,
+                            id,
+                            ErrorCode::InternalError,
+                            format!("more than {MAX_IN_FLIGHT} requests in flight"),
+                        )
+                        .await;
+                }
+                let key = id.to_string();
+                if self.pending.contains_key(&key) {
+                    return self
+                        .error(
+                            socket,
+                            id,
+                            ErrorCode::InvalidRequest,
+                            "a request with this id is already in flight".into(),
+                        )
+                        .await;
+                }
+                self.pending.insert(key, (id, Instant::now() + self.timeout, method));
+            }
+            // Notifications before initialize are dropped, as the protocol says (except exit).
+            (Some(method), None) if !self.initialized && method != "exit" => return Ok(()),
+            (Some(_), None) => {}
+        }
+        if let Err(e) = self.server.send(&msg).await {
+            return Err(End::Close(1011, e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// An IDE that names no workspace gets the project the socket was opened for.
+    fn fill_root(&self, msg: &mut Value) {
+        let uri = path_to_uri(&self.root);
+        let Some(params) = msg.get_mut("params").and_then(Value::as_object_mut) else { return };
+        let has_root = params.get("rootUri").is_some_and(|v| !v.is_null());
+        let has_folders = params.get("workspaceFolders").is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty()));
+        if !has_root && !has_folders {
+            params.insert("rootUri".into(), Value::String(uri));
+            params.insert("rootPath".into(), Value::String(self.root.display().to_string()));
+        }
+    }
+
+    async fn on_server(&mut self, socket: &mut WebSocket, msg: Value) -> Result<(), End> {
+        let is_response = msg.get("method").is_none();
+        if is_response && let Some(id) = msg.get("id") {
+            // An answer whose request already timed out was answered with an error: drop it.
+            if self.pending.remove(&id.to_string()).is_none() {
+                return Ok(());
+            }
+        }
+        self.send(socket, &msg).await
+    }
+
+    async fn expire(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+        let now = Instant::now();
+        let late: Vec<String> =
+            self.pending.iter().filter(|(_, (_, at, _))| *at <= now).map(|(k, _)| k.clone()).collect();
+        for key in late {
+            if let Some((id, _, method)) = self.pending.remove(&key) {
+                let _ = self.server.notify("$/cancelRequest", json!({"id": id})).await;
+                let secs = self.timeout.as_secs();
+                self.error(
+                    socket,
+                    id,
+                    ErrorCode::ServerError(-32803),
+                    format!("the language server did not answer {method} within {secs} s"),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_pending(&mut self, socket: &mut WebSocket, why: &str) {
+        let pending: Vec<(Value, Instant, String)> = self.pending.drain().map(|(_, v)| v).collect();
+        for (id, _, _) in pending {
+            if self.error(socket, id, ErrorCode::InternalError, why.to_owned()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_owned()
+}
