@@ -123,7 +123,9 @@ pub struct AutoIntervals {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateSandbox {
-    /// Chosen by the control plane; names the container `sandbar-{id}`.
+    /// Chosen by the control plane; names the container `sandbar-{id}`. On the wire `sandboxId` like every other
+    /// job kind: a [`Job`] flattens its kind next to its own `id`.
+    #[serde(rename = "sandboxId")]
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -394,9 +396,19 @@ mod tests {
     }
 
     #[test]
+    fn create_job_round_trips() {
+        let c: CreateSandbox = serde_json::from_str(r#"{"sandboxId":"s","organizationId":"o","image":"i"}"#).unwrap();
+        let job = Job { id: "j".into(), kind: JobKind::CreateSandbox(c) };
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!((v["id"].as_str(), v["sandboxId"].as_str()), (Some("j"), Some("s")));
+        assert_eq!(serde_json::from_value::<Job>(v).unwrap(), job);
+    }
+
+    #[test]
     fn create_defaults_and_flattened_intervals() {
         let c: CreateSandbox =
-            serde_json::from_str(r#"{"id":"s","organizationId":"o","image":"img","autoStopInterval":15}"#).unwrap();
+            serde_json::from_str(r#"{"sandboxId":"s","organizationId":"o","image":"img","autoStopInterval":15}"#)
+                .unwrap();
         assert_eq!(c.resources, Resources { cpu: 1, memory: 1, disk: 3 });
         assert_eq!(c.auto.auto_stop_interval, Some(15));
         assert!(c.env.is_empty() && c.entrypoint.is_none());

@@ -1,0 +1,226 @@
+//! Configuration: flags and `SANDBAR_*` environment, validated once at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use sandbar_proto::api::{PROXY_TOKEN_ENV, RUNNER_TOKEN_ENV};
+
+/// Everything `sandbar-api` (or `sandbar up`, in-process) needs. Every field documents its default.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long = "listen", env = "SANDBAR_API_ADDR", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded SQLite database (`<data-dir>/sandbar.db`).
+    #[arg(long, env = "SANDBAR_DATA_DIR", default_value = ".")]
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; default: the SQLite file in the data directory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Public base URL of the proxy: toolboxProxyUrl = this + `/toolbox`; preview URLs use its scheme and host.
+    #[arg(long, env = "SANDBAR_PROXY_URL", default_value = "http://localhost:4000")]
+    pub proxy_url: String,
+    /// `host:port` of the SSH gateway shown in sshCommand; default: the proxy's host and port 2222.
+    #[arg(long, env = "SANDBAR_SSH_GATEWAY")]
+    pub ssh_gateway: Option<String>,
+    /// Service token runners present.
+    #[arg(long, env = RUNNER_TOKEN_ENV, hide_env_values = true)]
+    pub runner_token: Option<String>,
+    /// Service token the proxy (and its SSH gateway) presents.
+    #[arg(long, env = PROXY_TOKEN_ENV, hide_env_values = true)]
+    pub proxy_token: Option<String>,
+    /// Image used when a create names neither a snapshot nor an image.
+    #[arg(long, env = "SANDBAR_DEFAULT_SNAPSHOT", default_value = "sandbar-sandbox:default")]
+    pub default_snapshot: String,
+    /// `target` reported on every sandbox when the caller names none.
+    #[arg(long, env = "SANDBAR_TARGET", default_value = "local")]
+    pub target: String,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Per-sandbox defaults and maxima (Daytona's: 1 vCPU, 1 GiB, 3 GiB; at most 4, 8, 10), the quotas a new
+/// organization gets, and how far placement may overcommit a runner.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Limits {
+    #[arg(long, env = "SANDBAR_DEFAULT_CPU", default_value_t = 1)]
+    pub default_cpu: i64,
+    #[arg(long, env = "SANDBAR_DEFAULT_MEMORY", default_value_t = 1)]
+    pub default_memory: i64,
+    #[arg(long, env = "SANDBAR_DEFAULT_DISK", default_value_t = 3)]
+    pub default_disk: i64,
+    #[arg(long, env = "SANDBAR_MAX_CPU", default_value_t = 4)]
+    pub max_cpu: i64,
+    #[arg(long, env = "SANDBAR_MAX_MEMORY", default_value_t = 8)]
+    pub max_memory: i64,
+    #[arg(long, env = "SANDBAR_MAX_DISK", default_value_t = 10)]
+    pub max_disk: i64,
+    /// Total vCPUs of an organization's running sandboxes.
+    #[arg(long, env = "SANDBAR_QUOTA_CPU", default_value_t = 64)]
+    pub quota_cpu: i64,
+    /// Total GiB of memory of an organization's running sandboxes.
+    #[arg(long, env = "SANDBAR_QUOTA_MEMORY", default_value_t = 128)]
+    pub quota_memory: i64,
+    /// Total GiB of disk of an organization's sandboxes (stopped ones included).
+    #[arg(long, env = "SANDBAR_QUOTA_DISK", default_value_t = 1024)]
+    pub quota_disk: i64,
+    /// Sandboxes an organization may hold (not destroyed).
+    #[arg(long, env = "SANDBAR_QUOTA_SANDBOXES", default_value_t = 200)]
+    pub quota_sandboxes: i64,
+    /// Placement hands out this many vCPUs per runner core.
+    #[arg(long, env = "SANDBAR_CPU_OVERCOMMIT", default_value_t = 8)]
+    pub cpu_overcommit: i64,
+    /// Placement hands out this many GiB per GiB of runner memory.
+    #[arg(long, env = "SANDBAR_MEMORY_OVERCOMMIT", default_value_t = 2)]
+    pub memory_overcommit: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            default_cpu: 1,
+            default_memory: 1,
+            default_disk: 3,
+            max_cpu: 4,
+            max_memory: 8,
+            max_disk: 10,
+            quota_cpu: 64,
+            quota_memory: 128,
+            quota_disk: 1024,
+            quota_sandboxes: 200,
+            cpu_overcommit: 8,
+            memory_overcommit: 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--proxy-url must be an http:// or https:// URL with a host, got {0:?}")]
+    ProxyUrl(String),
+    #[error("--ssh-gateway must be host:port, got {0:?}")]
+    SshGateway(String),
+    #[error("limits: {0}")]
+    Limits(String),
+    #[error("DATABASE_URL must start with sqlite: or postgres://, got a URL with scheme {0:?}")]
+    DatabaseUrl(String),
+}
+
+impl Config {
+    /// A configuration with every default, for tests and `sandbar up`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            data_dir: data_dir.into(),
+            database_url: None,
+            proxy_url: "http://localhost:4000".into(),
+            ssh_gateway: None,
+            runner_token: None,
+            proxy_token: None,
+            default_snapshot: "sandbar-sandbox:default".into(),
+            target: "local".into(),
+            limits: Limits::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.proxy_parts()?;
+        self.ssh_gateway_parts()?;
+        let l = &self.limits;
+        let positive = [
+            l.default_cpu,
+            l.default_memory,
+            l.default_disk,
+            l.max_cpu,
+            l.max_memory,
+            l.max_disk,
+            l.cpu_overcommit,
+            l.memory_overcommit,
+        ];
+        if positive.iter().any(|v| *v < 1) {
+            return Err(ConfigError::Limits("defaults, maxima and overcommit factors must be at least 1".into()));
+        }
+        if l.default_cpu > l.max_cpu || l.default_memory > l.max_memory || l.default_disk > l.max_disk {
+            return Err(ConfigError::Limits("a default exceeds its maximum".into()));
+        }
+        let url = self.database_url();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::DatabaseUrl(url.split(':').next().unwrap_or_default().to_owned()));
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) if !u.is_empty() => u.clone(),
+            _ => format!("sqlite://{}?mode=rwc", self.data_dir.join("sandbar.db").display()),
+        }
+    }
+
+    /// `(scheme, host[:port])` of the proxy URL.
+    pub fn proxy_parts(&self) -> Result<(&str, &str), ConfigError> {
+        let url = self.proxy_url.trim_end_matches('/');
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| ConfigError::ProxyUrl(self.proxy_url.clone()))?;
+        if !(scheme == "http" || scheme == "https") || rest.is_empty() || rest.contains('/') {
+            return Err(ConfigError::ProxyUrl(self.proxy_url.clone()));
+        }
+        Ok((scheme, rest))
+    }
+
+    /// `(host, port)` for sshCommand.
+    pub fn ssh_gateway_parts(&self) -> Result<(String, u16), ConfigError> {
+        match &self.ssh_gateway {
+            Some(gw) => {
+                let (host, port) = gw.rsplit_once(':').ok_or_else(|| ConfigError::SshGateway(gw.clone()))?;
+                let port = port.parse().map_err(|_| ConfigError::SshGateway(gw.clone()))?;
+                if host.is_empty() {
+                    return Err(ConfigError::SshGateway(gw.clone()));
+                }
+                Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+            }
+            None => {
+                let (_, hostport) = self.proxy_parts()?;
+                let host = match hostport.rsplit_once(':') {
+                    Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+                    _ => hostport,
+                };
+                Ok((host.to_owned(), 2222))
+            }
+        }
+    }
+
+    pub fn toolbox_proxy_url(&self) -> String {
+        format!("{}/toolbox", self.proxy_url.trim_end_matches('/'))
+    }
+
+    /// `http(s)://{port}-{sandboxId}.{proxy host}`.
+    pub fn preview_url(&self, sandbox_id: &str, port: u16) -> String {
+        let (scheme, host) = self.proxy_parts().unwrap_or(("http", "localhost"));
+        format!("{scheme}://{port}-{sandbox_id}.{host}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_from_the_proxy_base() {
+        let mut c = Config::new("/tmp");
+        c.proxy_url = "https://sb.example.com:4443/".into();
+        assert_eq!(c.toolbox_proxy_url(), "https://sb.example.com:4443/toolbox");
+        assert_eq!(c.preview_url("abc", 3000), "https://3000-abc.sb.example.com:4443");
+        assert_eq!(c.ssh_gateway_parts().unwrap(), ("sb.example.com".into(), 2222));
+        c.ssh_gateway = Some("gw.local:2200".into());
+        assert_eq!(c.ssh_gateway_parts().unwrap(), ("gw.local".into(), 2200));
+        c.proxy_url = "ftp://x".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn default_database_is_sqlite_in_the_data_dir() {
+        let c = Config::new("/var/lib/sb");
+        assert_eq!(c.database_url(), "sqlite:///var/lib/sb/sandbar.db?mode=rwc");
+        assert!(c.validate().is_ok());
+    }
+}

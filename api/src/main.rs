@@ -1,0 +1,106 @@
+//! `sandbar-api`: parse flags, install tracing, bind, serve until SIGTERM/SIGINT; or `bootstrap` the first
+//! organization and API key.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sandbar_api::Config;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "sandbar-api", about = "sandbar control plane (Daytona-compatible REST API)")]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    /// Log as JSON lines.
+    #[arg(long, env = "SANDBAR_LOG_JSON", global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Create the organization (if missing) and a new API key for it; prints the key once.
+    Bootstrap {
+        #[arg(long, default_value = "default")]
+        org: String,
+    },
+    /// Revoke an API key by its id.
+    RevokeKey { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sandbar-api: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(cli.config).await,
+            Command::Bootstrap { org } => {
+                let b = sandbar_api::bootstrap(&cli.config, &org).await?;
+                println!("organization_id={}", b.organization_id);
+                println!("key_id={}", b.key_id);
+                println!("api_key={}", b.api_key);
+                Ok(())
+            }
+            Command::RevokeKey { id } => {
+                cli.config.validate()?;
+                let db = sandbar_api::Db::open(&cli.config.database_url()).await?;
+                let now = sandbar_api::Clock::now_ms(&sandbar_api::SystemClock);
+                if sandbar_api::revoke_api_key(&db, &id, now).await? {
+                    println!("revoked {id}");
+                    Ok(())
+                } else {
+                    anyhow::bail!("no active key with id {id}")
+                }
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sandbar-api: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("bind {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down");
+        s.cancel();
+    });
+    sandbar_api::serve(config, listener, shutdown).await
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

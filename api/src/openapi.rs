@@ -1,0 +1,201 @@
+//! The OpenAPI 3.1 document, served at `/api/openapi.json`: component schemas are derived from the handler types
+//! with utoipa; the operations come from [`OPERATIONS`], which a test checks against the router (every entry is
+//! routed, so the document cannot list an endpoint that does not exist).
+
+use axum::Router;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem, PathsBuilder};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Ref, Required, ResponseBuilder,
+};
+
+use crate::App;
+use crate::sandbox::{
+    CreateSandboxBody, LabelsBody, ListSandboxesResponse, PortPreviewUrl, ResizeBody, SandboxDto, SignedPortPreviewUrl,
+    SshAccessDto, SshAccessValidationDto, ToolboxProxyUrl,
+};
+
+/// `(method, path under /api, operation id, request schema, success status, response schema, audience)`.
+pub type Operation =
+    (&'static str, &'static str, &'static str, Option<&'static str>, u16, Option<&'static str>, &'static str);
+
+pub const OPERATIONS: &[Operation] = &[
+    ("POST", "/sandbox", "createSandbox", Some("CreateSandboxBody"), 200, Some("SandboxDto"), "sandbox"),
+    ("GET", "/sandbox", "listSandboxes", None, 200, Some("ListSandboxesResponse"), "sandbox"),
+    ("GET", "/sandbox/{sandboxIdOrName}", "getSandbox", None, 200, Some("SandboxDto"), "sandbox"),
+    ("DELETE", "/sandbox/{sandboxIdOrName}", "deleteSandbox", None, 200, Some("SandboxDto"), "sandbox"),
+    ("POST", "/sandbox/{sandboxIdOrName}/start", "startSandbox", None, 200, Some("SandboxDto"), "sandbox"),
+    ("POST", "/sandbox/{sandboxIdOrName}/stop", "stopSandbox", None, 200, Some("SandboxDto"), "sandbox"),
+    ("POST", "/sandbox/{sandboxIdOrName}/archive", "archiveSandbox", None, 200, Some("SandboxDto"), "sandbox"),
+    ("POST", "/sandbox/{sandboxIdOrName}/recover", "recoverSandbox", None, 200, Some("SandboxDto"), "sandbox"),
+    (
+        "POST",
+        "/sandbox/{sandboxIdOrName}/resize",
+        "resizeSandbox",
+        Some("ResizeBody"),
+        200,
+        Some("SandboxDto"),
+        "sandbox",
+    ),
+    (
+        "PUT",
+        "/sandbox/{sandboxIdOrName}/labels",
+        "replaceLabels",
+        Some("LabelsBody"),
+        200,
+        Some("LabelsBody"),
+        "sandbox",
+    ),
+    (
+        "POST",
+        "/sandbox/{sandboxIdOrName}/public/{isPublic}",
+        "updatePublicStatus",
+        None,
+        200,
+        Some("SandboxDto"),
+        "sandbox",
+    ),
+    (
+        "POST",
+        "/sandbox/{sandboxIdOrName}/autostop/{interval}",
+        "setAutostopInterval",
+        None,
+        200,
+        Some("SandboxDto"),
+        "sandbox",
+    ),
+    (
+        "POST",
+        "/sandbox/{sandboxIdOrName}/autoarchive/{interval}",
+        "setAutoArchiveInterval",
+        None,
+        200,
+        Some("SandboxDto"),
+        "sandbox",
+    ),
+    (
+        "POST",
+        "/sandbox/{sandboxIdOrName}/autodelete/{interval}",
+        "setAutoDeleteInterval",
+        None,
+        200,
+        Some("SandboxDto"),
+        "sandbox",
+    ),
+    ("POST", "/sandbox/{sandboxIdOrName}/last-activity", "updateLastActivity", None, 201, None, "sandbox"),
+    (
+        "GET",
+        "/sandbox/{sandboxIdOrName}/ports/{port}/preview-url",
+        "getPortPreviewUrl",
+        None,
+        200,
+        Some("PortPreviewUrl"),
+        "sandbox",
+    ),
+    (
+        "GET",
+        "/sandbox/{sandboxIdOrName}/ports/{port}/signed-preview-url",
+        "getSignedPortPreviewUrl",
+        None,
+        200,
+        Some("SignedPortPreviewUrl"),
+        "sandbox",
+    ),
+    (
+        "POST",
+        "/sandbox/{sandboxIdOrName}/ports/{port}/signed-preview-url/{token}/expire",
+        "expireSignedPortPreviewUrl",
+        None,
+        200,
+        None,
+        "sandbox",
+    ),
+    ("POST", "/sandbox/{sandboxIdOrName}/ssh-access", "createSshAccess", None, 200, Some("SshAccessDto"), "sandbox"),
+    ("DELETE", "/sandbox/{sandboxIdOrName}/ssh-access", "revokeSshAccess", None, 200, Some("SandboxDto"), "sandbox"),
+    ("GET", "/sandbox/ssh-access/validate", "validateSshAccess", None, 200, Some("SshAccessValidationDto"), "sandbox"),
+    (
+        "GET",
+        "/sandbox/{sandboxIdOrName}/toolbox-proxy-url",
+        "getToolboxProxyUrl",
+        None,
+        200,
+        Some("ToolboxProxyUrl"),
+        "sandbox",
+    ),
+    ("POST", "/runners/{runnerId}/heartbeat", "runnerHeartbeat", None, 200, None, "runner"),
+    ("GET", "/runners/{runnerId}/jobs", "runnerPollJobs", None, 200, None, "runner"),
+    ("POST", "/runners/{runnerId}/jobs/{jobId}/result", "runnerJobResult", None, 204, None, "runner"),
+    ("POST", "/runners/{runnerId}/states", "runnerStateChanges", None, 204, None, "runner"),
+    ("POST", "/runners/{runnerId}/sandboxes", "runnerSandboxes", None, 204, None, "runner"),
+    ("GET", "/internal/routes/{sandboxId}", "proxyRoute", None, 200, None, "proxy"),
+    ("GET", "/internal/routes/changes", "proxyRouteChanges", None, 200, None, "proxy"),
+    ("POST", "/internal/authorize", "proxyAuthorize", None, 200, None, "proxy"),
+    ("POST", "/internal/ssh/resolve", "sshResolve", None, 200, None, "proxy"),
+    ("POST", "/internal/activity", "proxyActivity", None, 204, None, "proxy"),
+    ("GET", "/openapi.json", "openapi", None, 200, None, "meta"),
+];
+
+fn json_ref(schema: &str) -> utoipa::openapi::Content {
+    ContentBuilder::new().schema(Some(Ref::from_schema_name(schema))).build()
+}
+
+/// Builds the document.
+pub fn document() -> OpenApi {
+    let mut paths = PathsBuilder::new();
+    for (method, path, op_id, req, status, resp, audience) in OPERATIONS {
+        let method = match *method {
+            "GET" => HttpMethod::Get,
+            "POST" => HttpMethod::Post,
+            "PUT" => HttpMethod::Put,
+            _ => HttpMethod::Delete,
+        };
+        let mut op = OperationBuilder::new().operation_id(Some(*op_id)).tag(*audience);
+        for seg in path.split('/').filter(|s| s.starts_with('{')) {
+            let name = seg.trim_start_matches('{').trim_end_matches('}');
+            op = op.parameter(
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(ParameterIn::Path)
+                    .required(Required::True)
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+            );
+        }
+        if let Some(req) = req {
+            op = op.request_body(Some(RequestBodyBuilder::new().content("application/json", json_ref(req)).build()));
+        }
+        let mut ok = ResponseBuilder::new().description("success");
+        if let Some(resp) = resp {
+            ok = ok.content("application/json", json_ref(resp));
+        }
+        op = op
+            .response(status.to_string(), ok.build())
+            .response("400", ResponseBuilder::new().description("bad input (Daytona error body)").build())
+            .response("401", ResponseBuilder::new().description("missing or invalid credential").build())
+            .response("404", ResponseBuilder::new().description("unknown id (or another organization's)").build());
+        paths = paths.path(format!("/api{path}"), PathItem::new(method, op.build()));
+    }
+    let components = ComponentsBuilder::new()
+        .schema_from::<SandboxDto>()
+        .schema_from::<CreateSandboxBody>()
+        .schema_from::<ListSandboxesResponse>()
+        .schema_from::<ResizeBody>()
+        .schema_from::<LabelsBody>()
+        .schema_from::<PortPreviewUrl>()
+        .schema_from::<SignedPortPreviewUrl>()
+        .schema_from::<SshAccessDto>()
+        .schema_from::<SshAccessValidationDto>()
+        .schema_from::<ToolboxProxyUrl>()
+        .build();
+    OpenApiBuilder::new()
+        .info(InfoBuilder::new().title("sandbar API").version(env!("CARGO_PKG_VERSION")).build())
+        .paths(paths.build())
+        .components(Some(components))
+        .build()
+}
+
+pub fn routes() -> Router<App> {
+    Router::new().route("/openapi.json", get(|| async { axum::Json(document()).into_response() }))
+}

@@ -1,0 +1,177 @@
+//! The sandbox state machine, in one place: which user actions each Daytona state allows, what state and runner
+//! job they lead to, and how runner reports move a sandbox. Every handler asks [`plan`]; a refusal is a 400 whose
+//! message says why and what would work.
+
+use SandboxState as S;
+use sandbar_proto::runner::SandboxState;
+
+/// What a user (or a lifecycle timer) asks of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop {
+        force: bool,
+    },
+    Delete,
+    Archive,
+    Recover,
+    /// `disk` is true when the disk size changes.
+    Resize {
+        disk: bool,
+    },
+}
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Start => "started",
+            Self::Stop { .. } => "stopped",
+            Self::Delete => "deleted",
+            Self::Archive => "archived",
+            Self::Recover => "recovered",
+            Self::Resize { .. } => "resized",
+        }
+    }
+}
+
+/// The runner job an action needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobTag {
+    /// Recreate a sandbox whose creation failed (recover of a never-provisioned sandbox).
+    Create,
+    Start,
+    Stop {
+        force: bool,
+    },
+    Destroy,
+    Resize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Already there (or on the way): answer 200 with the sandbox as it is.
+    Noop,
+    /// Move to `next` with no runner work (archive).
+    Set(SandboxState),
+    /// Move to `next` and hand the runner `job`.
+    Job(SandboxState, JobTag),
+}
+
+/// Why an action is refused: the 400's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+fn refuse(state: SandboxState, action: Action, hint: &str) -> Result<Plan, Refusal> {
+    Err(Refusal(format!("Sandbox is {state} and cannot be {}: {hint}", action.verb())))
+}
+
+/// `provisioned`: a container was created at least once (recover then starts it instead of creating it).
+pub fn plan(state: SandboxState, action: Action, provisioned: bool) -> Result<Plan, Refusal> {
+    use Action as A;
+    if state == S::Unknown && action != A::Delete {
+        return refuse(state, action, "its runner is unreachable; retry when the runner is back, or delete it");
+    }
+    match action {
+        A::Start => match state {
+            S::Stopped => Ok(Plan::Job(S::Starting, JobTag::Start)),
+            S::Archived => Ok(Plan::Job(S::Restoring, JobTag::Start)),
+            S::Started | S::Starting | S::Restoring => Ok(Plan::Noop),
+            S::Error | S::BuildFailed => refuse(state, action, "recover it instead"),
+            S::Destroyed | S::Destroying => refuse(state, action, "it is deleted"),
+            _ => refuse(state, action, "wait until it is stopped"),
+        },
+        A::Stop { force } => match state {
+            S::Started => Ok(Plan::Job(S::Stopping, JobTag::Stop { force })),
+            S::Stopped => Ok(Plan::Noop),
+            S::Stopping if force => Ok(Plan::Job(S::Stopping, JobTag::Stop { force })),
+            S::Stopping => Ok(Plan::Noop),
+            S::Starting | S::Restoring | S::Resizing | S::Error if force => {
+                Ok(Plan::Job(S::Stopping, JobTag::Stop { force }))
+            }
+            S::Error => refuse(state, action, "use force=true to stop it anyway, or recover it"),
+            S::Archived => refuse(state, action, "an archived sandbox is not running"),
+            S::Destroyed | S::Destroying => refuse(state, action, "it is deleted"),
+            _ => refuse(state, action, "wait until it is started (or use force=true)"),
+        },
+        A::Delete => match state {
+            S::Destroyed | S::Destroying => Ok(Plan::Noop),
+            _ => Ok(Plan::Job(S::Destroying, JobTag::Destroy)),
+        },
+        A::Archive => match state {
+            S::Stopped => Ok(Plan::Set(S::Archived)),
+            S::Archived => Ok(Plan::Noop),
+            S::Destroyed | S::Destroying => refuse(state, action, "it is deleted"),
+            _ => refuse(state, action, "only a stopped sandbox can be archived; stop it first"),
+        },
+        A::Recover => match state {
+            S::Error | S::BuildFailed if provisioned => Ok(Plan::Job(S::Starting, JobTag::Start)),
+            S::Error | S::BuildFailed => Ok(Plan::Job(S::Creating, JobTag::Create)),
+            _ => refuse(state, action, "only a sandbox in error can be recovered"),
+        },
+        A::Resize { disk } => match state {
+            S::Stopped => Ok(Plan::Job(S::Resizing, JobTag::Resize)),
+            S::Started if disk => refuse(state, action, "disk can only be resized while the sandbox is stopped"),
+            S::Started => Ok(Plan::Job(S::Resizing, JobTag::Resize)),
+            S::Destroyed | S::Destroying => refuse(state, action, "it is deleted"),
+            _ => refuse(state, action, "resize a started or stopped sandbox"),
+        },
+    }
+}
+
+/// The state a runner's unrequested report moves a sandbox to, or `None` to ignore it. A deleted sandbox stays
+/// deleted; while a job is in flight the job's result decides (the report may predate the job).
+pub fn observe(current: SandboxState, reported: SandboxState, job_in_flight: bool) -> Option<SandboxState> {
+    if matches!(current, S::Destroyed) || job_in_flight || current == reported {
+        return None;
+    }
+    if current == S::Archived && reported == S::Stopped {
+        // An archived sandbox's container is stopped on the runner: that is what archived means here.
+        return None;
+    }
+    Some(reported)
+}
+
+/// States whose sandboxes hold CPU and memory (for quotas and placement).
+pub fn holds_compute(state: SandboxState) -> bool {
+    !matches!(state, S::Stopped | S::Archived | S::Destroyed | S::Error | S::BuildFailed)
+}
+
+/// SQL list of the states of [`holds_compute`]'s complement, for queries.
+pub const IDLE_STATES_SQL: &str = "('stopped','archived','destroyed','error','build_failed')";
+
+pub fn parse(s: &str) -> SandboxState {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(S::Unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_state_refuses_everything_but_delete() {
+        assert!(plan(S::Unknown, Action::Start, true).is_err());
+        assert_eq!(plan(S::Unknown, Action::Delete, true), Ok(Plan::Job(S::Destroying, JobTag::Destroy)));
+    }
+
+    #[test]
+    fn archive_refusal_names_the_state() {
+        let e = plan(S::Started, Action::Archive, true).unwrap_err();
+        assert!(e.0.contains("started") && e.0.contains("stop it first"), "{e}");
+    }
+
+    #[test]
+    fn idle_list_matches_holds_compute() {
+        for s in ["stopped", "archived", "destroyed", "error", "build_failed"] {
+            assert!(IDLE_STATES_SQL.contains(&format!("'{s}'")));
+            assert!(!holds_compute(parse(s)));
+        }
+        assert!(holds_compute(S::Started));
+    }
+
+    #[test]
+    fn parse_round_trips() {
+        assert_eq!(parse("pending_build"), S::PendingBuild);
+        assert_eq!(parse("nonsense"), S::Unknown);
+    }
+}

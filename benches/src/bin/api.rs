@@ -1,0 +1,199 @@
+//! Control-plane benchmark: create requests per second, p50/p99 of `GET /api/sandbox/{id}`, and listing 10,000
+//! sandboxes, on SQLite and (when reachable) PostgreSQL. The API runs in-process on 127.0.0.1:0; a heartbeat task
+//! plays a runner with room for everything (no jobs are carried out: the figures are the API's own).
+//!
+//! `cargo run --release -p sandbar-benches --bin api [-- CREATES]`; PostgreSQL from `SANDBAR_BENCH_DATABASE_URL`
+//! (an admin URL; a fresh database is created), default postgres://sandbar:sandbar@127.0.0.1:5432/sandbar_test.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sandbar_api::{App, Config, SystemClock};
+use sandbar_proto::runner::{Capacity, RunnerStatus};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const RUNNER_TOKEN: &str = "bench-runner-token";
+const CONCURRENCY: usize = 32;
+const LIST_TOTAL: usize = 10_000;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let creates: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let dir = tempfile::tempdir()?;
+    let sqlite = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
+    run("sqlite", &sqlite, creates).await?;
+    let admin = std::env::var("SANDBAR_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://sandbar:sandbar@127.0.0.1:5432/sandbar_test".into());
+    match fresh_pg(&admin).await {
+        Ok(url) => run("postgres", &url, creates).await?,
+        Err(e) => println!("postgres: skipped ({admin} not reachable: {e})"),
+    }
+    Ok(())
+}
+
+async fn fresh_pg(admin: &str) -> anyhow::Result<String> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(admin).await?;
+    let name = format!("sbbench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+    Ok(format!("{base}/{name}"))
+}
+
+async fn run(label: &str, url: &str, creates: usize) -> anyhow::Result<()> {
+    let mut config = Config::new("/nonexistent");
+    config.database_url = Some(url.to_owned());
+    config.runner_token = Some(RUNNER_TOKEN.into());
+    config.limits.quota_cpu = 1 << 40;
+    config.limits.quota_memory = 1 << 40;
+    config.limits.quota_disk = 1 << 40;
+    config.limits.quota_sandboxes = 1 << 40;
+    let app = App::open(config, Arc::new(SystemClock)).await?;
+    let boot = sandbar_api::auth::bootstrap(&app.db, "bench", &app.config.limits, app.now()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}/api", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn({
+        let (app, s) = (app.clone(), shutdown.clone());
+        async move { app.serve(listener, s).await }
+    });
+    let http = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY * 2).build()?;
+    let beat = tokio::spawn(heartbeats(http.clone(), base.clone(), shutdown.clone()));
+    heartbeat(&http, &base).await?;
+    let key = boot.api_key;
+
+    // Creates.
+    let t0 = Instant::now();
+    let ids = create_many(&http, &base, &key, creates).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!("{label}: create: {creates} requests, {CONCURRENCY} concurrent: {:.0} req/s", creates as f64 / secs);
+
+    // GET p50/p99.
+    let gets = 5000;
+    let mut lat = Vec::with_capacity(gets);
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let per = gets / 16;
+    for w in 0..16 {
+        let (http, base, key, ids) = (http.clone(), base.clone(), key.clone(), ids.clone());
+        tasks.spawn(async move {
+            let mut l = Vec::with_capacity(per);
+            for i in 0..per {
+                let id = &ids[(w * per + i) % ids.len()];
+                let t = Instant::now();
+                let r = http.get(format!("{base}/sandbox/{id}")).bearer_auth(&key).send().await?;
+                anyhow::ensure!(r.status().is_success(), "GET {}", r.status());
+                r.bytes().await?;
+                l.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(l)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        lat.extend(r??);
+    }
+    let total = t0.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "{label}: GET /api/sandbox/{{id}}: {} requests, 16 concurrent: p50 {:.2} ms, p99 {:.2} ms, {:.0} req/s",
+        lat.len(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        lat.len() as f64 / total
+    );
+
+    // List of 10,000.
+    if ids.len() < LIST_TOTAL {
+        create_many(&http, &base, &key, LIST_TOTAL - ids.len()).await?;
+    }
+    for limit in [1000usize, 100] {
+        let t0 = Instant::now();
+        let mut n = 0;
+        let mut pages = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{base}/sandbox?limit={limit}");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let v: Value = http.get(url).bearer_auth(&key).send().await?.error_for_status()?.json().await?;
+            n += v["items"].as_array().map(Vec::len).unwrap_or(0);
+            pages += 1;
+            match v["nextCursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        anyhow::ensure!(n == LIST_TOTAL, "listed {n}, expected {LIST_TOTAL}");
+        println!(
+            "{label}: list {n} sandboxes in {pages} pages of {limit}: {:.0} ms total, {:.1} ms per page",
+            t0.elapsed().as_secs_f64() * 1e3,
+            t0.elapsed().as_secs_f64() * 1e3 / pages as f64
+        );
+    }
+    shutdown.cancel();
+    let _ = beat.await;
+    server.await??;
+    Ok(())
+}
+
+async fn create_many(http: &reqwest::Client, base: &str, key: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (http, base, key, next) = (http.clone(), base.to_owned(), key.to_owned(), next.clone());
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let body = json!({"env": {}, "labels": {"code-toolbox-language": "python"}, "volumes": []});
+                let r = http.post(format!("{base}/sandbox")).bearer_auth(&key).json(&body).send().await?;
+                let status = r.status();
+                let v: Value = r.json().await?;
+                anyhow::ensure!(status.is_success(), "create: {status} {v}");
+                ids.push(v["id"].as_str().context("id")?.to_owned());
+            }
+            Ok::<_, anyhow::Error>(ids)
+        });
+    }
+    let mut ids = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        ids.extend(r??);
+    }
+    Ok(ids)
+}
+
+async fn heartbeat(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let status = RunnerStatus {
+        runner_id: "bench".into(),
+        version: "bench".into(),
+        capacity: Capacity { cpu: 1 << 20, memory: 1 << 20, disk: 1 << 24 },
+        allocated: Capacity::default(),
+        sandboxes: 0,
+        started: 0,
+        storage_driver: "none".into(),
+        disk_enforced: false,
+        cgroup_version: 2,
+    };
+    http.post(format!("{base}/runners/bench/heartbeat"))
+        .bearer_auth(RUNNER_TOKEN)
+        .json(&status)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+async fn heartbeats(http: reqwest::Client, base: String, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        if let Err(e) = heartbeat(&http, &base).await {
+            eprintln!("heartbeat: {e}");
+        }
+    }
+}
