@@ -23,7 +23,7 @@ async fn backend() -> u16 {
         up.on_upgrade(|mut s| async move {
             while let Some(Ok(m)) = s.recv().await {
                 if let AxMessage::Text(t) = m {
-                    if s.send(AxMessage::Text(format!("echo:{t}").into())).await.is_err() {
+                    if s.send(AxMessage::Text(format!("echo:{}", t.as_str()).into())).await.is_err() {
                         break;
                     }
                 }

@@ -103,6 +103,8 @@ pub struct Ctx {
     toolbox_prefix: Option<String>,
     set_cookie: Option<String>,
     upgraded: bool,
+    /// Counted in the in-flight gauge (so `logging` only undoes what `request_filter` did).
+    counted: bool,
 }
 
 /// An error response the proxy makes itself.
@@ -329,7 +331,8 @@ impl EdgeProxy {
                     return Err(Reject::new(502, "api-unavailable", format!("{e} while authorizing")));
                 }
             }
-            if from_request && preview_host && kind == CredentialKind::PreviewToken {
+            let cookie_safe = credential.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~+/=".contains(&b));
+            if from_request && preview_host && kind == CredentialKind::PreviewToken && cookie_safe {
                 let secure = if self.https { "; Secure" } else { "" };
                 ctx.set_cookie = Some(format!(
                     "{PREVIEW_COOKIE}={credential}; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400{secure}"
@@ -433,12 +436,14 @@ impl ProxyHttp for EdgeProxy {
             toolbox_prefix: None,
             set_cookie: None,
             upgraded: false,
+            counted: false,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.start = Instant::now();
         self.shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        ctx.counted = true;
         if session.is_upgrade_req() {
             // An upgraded connection lives as long as its two ends do; pings and traffic keep it, not a timer.
             session.set_read_timeout(None);
@@ -551,7 +556,9 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let m = &self.shared.metrics;
-        m.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if ctx.counted {
+            m.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
         if ctx.upgraded {
             m.open_websockets.fetch_sub(1, Ordering::Relaxed);
             if let Some(id) = &ctx.sandbox_id {

@@ -28,12 +28,16 @@ struct World {
 
 /// One started sandbox `sbx1` of org A on a real daemon, keys for orgs A and B, and the proxy.
 async fn world() -> World {
+    world_on("localhost").await
+}
+
+async fn world_on(domain: &str) -> World {
     let (api, api_url) = start_api().await;
     let daemon = Daemon::start("daemon-token-1");
     api.add_route(route("sbx1", "org-a", &daemon));
     api.keys.lock().unwrap().insert(KEY_A.into(), "org-a".into());
     api.keys.lock().unwrap().insert(KEY_B.into(), "org-b".into());
-    let proxy = Proxy::start(&api_url).await;
+    let proxy = Proxy::start_with(&api_url, |c| c.domain = domain.to_owned()).await;
     World { api, daemon, proxy, http: reqwest::Client::new() }
 }
 
@@ -204,6 +208,8 @@ async fn a_burst_makes_one_route_lookup() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
+    // Metrics are recorded when each request's logging phase ends, just after the response went out.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(w.api.route_lookups.load(Ordering::SeqCst) - before, 1);
     // Metrics show it.
     let text = reqwest::get(format!("http://{}/metrics", w.proxy.metrics)).await.unwrap().text().await.unwrap();
@@ -219,11 +225,12 @@ async fn a_burst_makes_one_route_lookup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn preview_urls_reach_a_server_in_the_sandbox() {
-    let w = world().await;
+    // Verifying clients accept a wildcard only with two labels after it: `*.sandbar.localhost`, not `*.localhost`.
+    let w = world_on("sandbar.localhost").await;
     let app = start_app().await;
     w.api.preview_tokens.lock().unwrap().insert("preview-tok".into(), "sbx1".into());
-    let host = format!("{app}-sbx1.localhost:{}", w.proxy.https.port());
-    let client = w.proxy.https_client(&[&format!("{app}-sbx1.localhost")]);
+    let host = format!("{app}-sbx1.sandbar.localhost:{}", w.proxy.https.port());
+    let client = w.proxy.https_client(&[&format!("{app}-sbx1.sandbar.localhost")]);
     let url = format!("https://{host}/hello?a=1");
     // Private sandbox: nothing -> 401; preview header -> 200 and nothing internal reaches the app.
     assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
@@ -249,14 +256,14 @@ async fn preview_urls_reach_a_server_in_the_sandbox() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = client.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let toolbox_host = format!("2280-sbx1.localhost:{}", w.proxy.http.port());
+    let toolbox_host = format!("2280-sbx1.sandbar.localhost:{}", w.proxy.http.port());
     let r = w.http.get(w.proxy.http_url("/work-dir")).header("host", &toolbox_host).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let r = w.http.get(w.proxy.http_url("/work-dir")).header("host", &toolbox_host).bearer_auth(KEY_A).send().await.unwrap();
     assert_eq!(r.status(), 200);
     // Nothing listening on a port: a 502 from the daemon naming the port.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let r = w.http.get(w.proxy.http_url("/")).header("host", format!("{closed}-sbx1.localhost")).send().await.unwrap();
+    let r = w.http.get(w.proxy.http_url("/")).header("host", format!("{closed}-sbx1.sandbar.localhost")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains(&format!("port {closed}")));
 }

@@ -329,7 +329,7 @@ pub async fn start_app() -> u16 {
         up.on_upgrade(|mut s| async move {
             while let Some(Ok(m)) = s.recv().await {
                 let reply = match m {
-                    Message::Text(t) => Message::Text(format!("echo:{t}").into()),
+                    Message::Text(t) => Message::Text(format!("echo:{}", t.as_str()).into()),
                     Message::Binary(b) => Message::Binary(b),
                     Message::Close(_) => break,
                     _ => continue,
