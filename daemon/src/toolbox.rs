@@ -4,6 +4,7 @@ pub mod fs;
 pub mod git;
 pub mod info;
 pub mod lsp;
+pub mod port_proxy;
 pub mod process;
 pub mod pty;
 pub mod session;
@@ -29,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .merge(fs::routes())
         .merge(git::routes())
         .merge(lsp::routes())
+        .merge(port_proxy::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))

@@ -1,4 +1,240 @@
-//! sandbar-proxy: the pingora edge. It will terminate TLS with rustls, route `/toolbox/{sandboxId}/...` and
-//! `{port}-{sandboxId}.{domain}` to the right daemon with the per-sandbox daemon token added, authenticate callers,
-//! pass WebSockets and long streams through, pool upstream connections, and run the SSH gateway on 2222.
-//! Not built yet: see the proxy issue.
+//! sandbar-proxy: the pingora edge. Terminates TLS with rustls (HTTP/1.1 and HTTP/2 to clients), routes
+//! `/toolbox/{sandboxId}/...` and `{port}-{sandboxId}.{domain}` to the right daemon with the per-sandbox daemon
+//! token added, authenticates callers through the API (cached), passes WebSockets and streams through, pools
+//! upstream connections, reports activity, and serves Prometheus metrics on an admin listener.
+//!
+//! [`run`] takes listeners the caller bound (so port 0 works and the real addresses are known before serving) and
+//! a shutdown watch; it runs pingora's services on the caller's tokio runtime, so the proxy can live in the
+//! `sandbar-proxy` binary or in-process.
+
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod edge;
+pub mod metrics;
+pub mod target;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{TlsAccept, TlsAcceptCallbacks};
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Fds, ListenFds, ShutdownWatch};
+use pingora::services::Service as _;
+use pingora::services::listening::Service;
+use thiserror::Error;
+
+pub use config::Config;
+
+use crate::api::ApiClient;
+use crate::cache::{AuthCache, RouteCache};
+use crate::edge::{Activity, EdgeProxy, Shared};
+use crate::metrics::Metrics;
+
+/// The line prefix printed once every listener is bound.
+pub const READY_PREFIX: &str = "sandbar-proxy ready";
+
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    /// a listener could not be bound or handed to pingora
+    #[error("binding {what}: {source}")]
+    Bind { what: &'static str, source: std::io::Error },
+    /// the TLS certificate could not be loaded or generated
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// the API client could not be built
+    #[error(transparent)]
+    Api(#[from] api::ApiCallError),
+    /// the configuration is not usable
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// The three sockets the proxy serves, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    pub http: std::net::TcpListener,
+    pub https: std::net::TcpListener,
+    pub metrics: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses (port 0 picks a free port).
+    pub fn bind(config: &Config) -> Result<Self, ProxyError> {
+        let bind = |addr: SocketAddr, what: &'static str| {
+            std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind { what, source })
+        };
+        Ok(Self {
+            http: bind(config.http_addr(), "the HTTP listener")?,
+            https: bind(config.https_addr(), "the HTTPS listener")?,
+            metrics: bind(config.metrics_addr, "the metrics listener")?,
+        })
+    }
+
+    /// `(http, https, metrics)` bound addresses.
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr, SocketAddr)> {
+        Ok((self.http.local_addr()?, self.https.local_addr()?, self.metrics.local_addr()?))
+    }
+
+    /// The ready line: `sandbar-proxy ready http=ADDR https=ADDR metrics=ADDR`.
+    pub fn ready_line(&self) -> std::io::Result<String> {
+        let (h, s, m) = self.addrs()?;
+        Ok(format!("{READY_PREFIX} http={h} https={s} metrics={m}"))
+    }
+}
+
+/// Hands a bound socket to pingora: it looks up listening sockets by address string in the `Fds` table before
+/// binding one itself (the mechanism of its zero-downtime upgrades), so the address we register is the real one.
+fn hand_over(fds: &mut Fds, listener: std::net::TcpListener, what: &'static str) -> Result<String, ProxyError> {
+    listener.set_nonblocking(true).map_err(|source| ProxyError::Bind { what, source })?;
+    let addr = listener.local_addr().map_err(|source| ProxyError::Bind { what, source })?.to_string();
+    fds.add(addr.clone(), listener.into_raw_fd());
+    Ok(addr)
+}
+
+struct NoCallbacks;
+
+#[async_trait]
+impl TlsAccept for NoCallbacks {}
+
+struct MetricsApp {
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path();
+        let (status, ctype, body) = match path {
+            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render().into_bytes()),
+            "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
+            _ => (404, "text/plain", b"not found: try /metrics\n".to_vec()),
+        };
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+        resp
+    }
+}
+
+/// Serves until `shutdown` turns true, then stops accepting, lets in-flight requests and open WebSockets finish
+/// for up to `config.shutdown_grace`, and returns.
+pub async fn run(config: Config, listeners: Listeners, shutdown: ShutdownWatch) -> Result<(), ProxyError> {
+    config.validate().map_err(ProxyError::Config)?;
+    let metrics = Arc::new(Metrics::default());
+    let api = ApiClient::new(&config.api_url, config.token.clone())?;
+    let routes = Arc::new(RouteCache::new(api.clone(), config.route_ttl, metrics.clone()));
+    let shared = Arc::new(Shared {
+        domain: config.domain.to_ascii_lowercase(),
+        routes: routes.clone(),
+        auth: AuthCache::new(api.clone(), metrics.clone()),
+        metrics: metrics.clone(),
+        activity: Activity::default(),
+    });
+
+    // Certificates: configured pairs first (chosen by SNI), the generated one as the fallback.
+    let mut pairs = Vec::new();
+    for (cert, key) in &config.tls {
+        pairs.push(tls::load_pair(cert, key)?);
+    }
+    let (gen_cert, gen_key) = tls::ensure_self_signed(&config.data_dir, &shared.domain)?;
+    pairs.push(tls::load_pair(&gen_cert, &gen_key)?);
+    let resolver = tls::SniResolver::new(pairs).ok_or_else(|| ProxyError::Config("no certificate".into()))?;
+
+    let mut fds = Fds::new();
+    let http_addr = hand_over(&mut fds, listeners.http, "the HTTP listener")?;
+    let https_addr = hand_over(&mut fds, listeners.https, "the HTTPS listener")?;
+    let metrics_addr = hand_over(&mut fds, listeners.metrics, "the metrics listener")?;
+    // `ListenFds` is `Arc<parking_lot::Mutex<Fds>>`; its `From` builds the mutex without a parking_lot dependency.
+    let fds: ListenFds = Arc::new(fds.into());
+
+    let mut conf = ServerConf::default();
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(config.shutdown_grace.as_secs());
+    conf.upstream_keepalive_pool_size = 256;
+    let conf = Arc::new(conf);
+
+    let mut http_svc = pingora::proxy::http_proxy_service_with_name(
+        &conf,
+        EdgeProxy { shared: shared.clone(), https: false },
+        "sandbar-proxy http",
+    );
+    http_svc.add_tcp(&http_addr);
+    let mut https_svc = pingora::proxy::http_proxy_service_with_name(
+        &conf,
+        EdgeProxy { shared: shared.clone(), https: true },
+        "sandbar-proxy https",
+    );
+    let callbacks: TlsAcceptCallbacks = Box::new(NoCallbacks);
+    let mut tls_settings = TlsSettings::with_callbacks(callbacks).map_err(|e| ProxyError::Config(e.to_string()))?;
+    tls_settings.set_cert_resolver(Arc::new(resolver));
+    tls_settings.enable_h2();
+    https_svc.add_tls_with_settings(&https_addr, None, tls_settings);
+    let mut metrics_svc = Service::new("sandbar-proxy metrics".to_owned(), MetricsApp { metrics: metrics.clone() });
+    metrics_svc.add_tcp(&metrics_addr);
+
+    let poller = tokio::spawn(routes.clone().follow_changes(config.changes_wait_secs));
+    let reporter = tokio::spawn(report_activity(shared.clone(), api, config.activity_interval));
+
+    let tasks = [
+        tokio::spawn({
+            let (fds, sd) = (fds.clone(), shutdown.clone());
+            async move { http_svc.start_service(Some(fds), sd, 1).await }
+        }),
+        tokio::spawn({
+            let (fds, sd) = (fds.clone(), shutdown.clone());
+            async move { https_svc.start_service(Some(fds), sd, 1).await }
+        }),
+        tokio::spawn({
+            let (fds, sd) = (fds.clone(), shutdown.clone());
+            async move { metrics_svc.start_service(Some(fds), sd, 1).await }
+        }),
+    ];
+    for t in tasks {
+        if let Err(e) = t.await {
+            tracing::error!(error = %e, "a listener task failed");
+        }
+    }
+
+    // The listeners are closed; connections finish on their own (pingora ends keep-alive on shutdown).
+    let deadline = Instant::now() + config.shutdown_grace;
+    while metrics.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = metrics.in_flight.load(Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(left, "shutdown grace over with requests still open");
+    }
+    poller.abort();
+    reporter.abort();
+    // One last report so the API sees the final activity.
+    flush_activity(&shared, &ApiClient::new(&config.api_url, config.token.clone())?).await;
+    Ok(())
+}
+
+async fn flush_activity(shared: &Shared, api: &ApiClient) {
+    let ids = shared.activity.drain();
+    if ids.is_empty() {
+        return;
+    }
+    if let Err(e) = api.activity(&sandbar_proto::api::ActivityReport { sandbox_ids: ids }).await {
+        tracing::warn!(error = %e, "activity report failed");
+    }
+}
+
+async fn report_activity(shared: Arc<Shared>, api: ApiClient, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        flush_activity(&shared, &api).await;
+    }
+}

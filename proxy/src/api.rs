@@ -1,0 +1,135 @@
+//! The proxy's side of the API's internal surface (proto/src/api.rs): route lookups, the route-changes long-poll,
+//! authorize, and activity reports, all with the proxy's service token.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use sandbar_proto::api::{ActivityReport, AuthorizeRequest, AuthorizeResponse, Route, RouteChanges};
+use thiserror::Error;
+
+/// How the API answered a question the proxy asked.
+#[derive(Debug, Error)]
+pub enum ApiCallError {
+    /// the API could not be reached or did not answer in time
+    #[error("the control plane (API) did not answer: {0}")]
+    Unreachable(String),
+    /// the API answered with a status the contract does not allow here
+    #[error("the control plane (API) answered {0}")]
+    Status(u16),
+    /// the API's answer was not the JSON the contract says
+    #[error("the control plane (API) sent an unreadable answer: {0}")]
+    Body(String),
+}
+
+/// The outcome of `POST /internal/authorize`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorization {
+    Allowed(AuthorizeResponse),
+    /// 401: the credential is unknown or expired.
+    Unauthorized,
+    /// 404: unknown sandbox or another organization's.
+    NotFound,
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    poll: reqwest::Client,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl ApiClient {
+    /// `api_url` is the API's base URL with or without the `/api` prefix.
+    pub fn new(api_url: &str, token: String) -> Result<Self, ApiCallError> {
+        let trimmed = api_url.trim_end_matches('/');
+        let base = if trimmed.ends_with("/api") { trimmed.to_owned() } else { format!("{trimmed}/api") };
+        let build = |timeout: Duration| {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(Duration::from_secs(3))
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| ApiCallError::Unreachable(e.to_string()))
+        };
+        Ok(Self { base, token, http: build(Duration::from_secs(10))?, poll: build(Duration::from_secs(60))? })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `GET /internal/routes/{id}`: `Ok(None)` for 404.
+    pub async fn route(&self, sandbox_id: &str) -> Result<Option<Route>, ApiCallError> {
+        let resp = self
+            .http
+            .get(self.url(&format!("/internal/routes/{sandbox_id}")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        match resp.status() {
+            StatusCode::OK => resp.json::<Route>().await.map(Some).map_err(|e| ApiCallError::Body(e.to_string())),
+            StatusCode::NOT_FOUND => Ok(None),
+            s => Err(ApiCallError::Status(s.as_u16())),
+        }
+    }
+
+    /// `GET /internal/routes/changes?since=SEQ&wait=SECS`.
+    pub async fn route_changes(&self, since: i64, wait_secs: u64) -> Result<RouteChanges, ApiCallError> {
+        let resp = self
+            .poll
+            .get(self.url("/internal/routes/changes"))
+            .query(&[("since", since.to_string()), ("wait", wait_secs.to_string())])
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        match resp.status() {
+            StatusCode::OK => resp.json::<RouteChanges>().await.map_err(|e| ApiCallError::Body(e.to_string())),
+            s => Err(ApiCallError::Status(s.as_u16())),
+        }
+    }
+
+    /// `POST /internal/authorize`.
+    pub async fn authorize(&self, req: &AuthorizeRequest) -> Result<Authorization, ApiCallError> {
+        let resp = self
+            .http
+            .post(self.url("/internal/authorize"))
+            .bearer_auth(&self.token)
+            .json(req)
+            .send()
+            .await
+            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        match resp.status() {
+            StatusCode::OK => resp
+                .json::<AuthorizeResponse>()
+                .await
+                .map(Authorization::Allowed)
+                .map_err(|e| ApiCallError::Body(e.to_string())),
+            StatusCode::UNAUTHORIZED => Ok(Authorization::Unauthorized),
+            StatusCode::NOT_FOUND => Ok(Authorization::NotFound),
+            s => Err(ApiCallError::Status(s.as_u16())),
+        }
+    }
+
+    /// `POST /internal/activity` -> 204.
+    pub async fn activity(&self, report: &ActivityReport) -> Result<(), ApiCallError> {
+        let resp = self
+            .http
+            .post(self.url("/internal/activity"))
+            .bearer_auth(&self.token)
+            .json(report)
+            .send()
+            .await
+            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        if resp.status().is_success() { Ok(()) } else { Err(ApiCallError::Status(resp.status().as_u16())) }
+    }
+}

@@ -1,0 +1,150 @@
+//! Configuration: flags and `SANDBAR_*` environment variables (clap), then [`Config::validate`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp")).join(".local/share/sandbar")
+}
+
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>().map(Duration::from_millis).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>().map(Duration::from_secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[derive(Clone, Parser)]
+#[command(name = "sandbar-proxy", version, about = "sandbar's edge proxy (pingora): TLS, routing by sandbox id, auth")]
+pub struct Config {
+    /// Base URL of the API (with or without the `/api` prefix).
+    #[arg(long, env = "SANDBAR_API_URL", default_value = "http://127.0.0.1:3000")]
+    pub api_url: String,
+    /// Service token presented to the API's internal endpoints.
+    #[arg(long = "proxy-token", env = "SANDBAR_PROXY_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Domain of preview hosts: `{port}-{sandboxId}.{domain}`.
+    #[arg(long, env = "SANDBAR_DOMAIN", default_value = "localhost")]
+    pub domain: String,
+    /// Data directory: the generated certificate lives in `<data-dir>/tls/`.
+    #[arg(long, env = "SANDBAR_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+    /// Address the HTTP and HTTPS listeners bind to.
+    #[arg(long, env = "SANDBAR_PROXY_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// HTTP port (0 = pick a free one).
+    #[arg(long, env = "SANDBAR_PROXY_HTTP_PORT", default_value_t = sandbar_proto::ports::PROXY_HTTP)]
+    pub http_port: u16,
+    /// HTTPS port (0 = pick a free one).
+    #[arg(long, env = "SANDBAR_PROXY_HTTPS_PORT", default_value_t = sandbar_proto::ports::PROXY_HTTPS)]
+    pub https_port: u16,
+    /// Admin listener for Prometheus `GET /metrics` and `GET /healthz`.
+    #[arg(long, env = "SANDBAR_PROXY_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+    /// PEM certificate chain (repeatable, paired in order with --tls-key); chosen by SNI, wildcards work.
+    #[arg(long = "tls-cert", env = "SANDBAR_PROXY_TLS_CERT")]
+    pub tls_certs: Vec<PathBuf>,
+    /// PEM private key of the --tls-cert at the same position.
+    #[arg(long = "tls-key", env = "SANDBAR_PROXY_TLS_KEY")]
+    pub tls_keys: Vec<PathBuf>,
+    /// How long a route is cached, in milliseconds (changes announced by the API drop it earlier).
+    #[arg(long = "route-ttl-ms", env = "SANDBAR_PROXY_ROUTE_TTL_MS", default_value = "5000", value_parser = parse_millis)]
+    pub route_ttl: Duration,
+    /// Seconds to let requests and WebSockets finish after SIGTERM.
+    #[arg(long = "shutdown-grace", env = "SANDBAR_PROXY_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_secs)]
+    pub shutdown_grace: Duration,
+    /// How often activity is reported to the API, in milliseconds.
+    #[arg(long = "activity-interval-ms", env = "SANDBAR_PROXY_ACTIVITY_MS", default_value = "1000", value_parser = parse_millis)]
+    pub activity_interval: Duration,
+    /// `wait` of the route-changes long-poll, in seconds.
+    #[arg(long = "changes-wait", env = "SANDBAR_PROXY_CHANGES_WAIT", default_value_t = 25)]
+    pub changes_wait_secs: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "SANDBAR_LOG_JSON")]
+    pub log_json: bool,
+    /// Certificate/key pairs, filled from `tls_certs`/`tls_keys` by `validate`.
+    #[arg(skip)]
+    pub tls: Vec<(PathBuf, PathBuf)>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("api_url", &self.api_url)
+            .field("token", &"<redacted>")
+            .field("domain", &self.domain)
+            .field("data_dir", &self.data_dir)
+            .field("http", &self.http_addr())
+            .field("https", &self.https_addr())
+            .field("metrics", &self.metrics_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.http_port)
+    }
+
+    pub fn https_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.https_port)
+    }
+
+    /// A configuration for tests and embedding: everything on loopback port 0.
+    pub fn local(api_url: impl Into<String>, token: impl Into<String>, data_dir: PathBuf) -> Self {
+        Self {
+            api_url: api_url.into(),
+            token: token.into(),
+            domain: "localhost".into(),
+            data_dir,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            http_port: 0,
+            https_port: 0,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_certs: Vec::new(),
+            tls_keys: Vec::new(),
+            route_ttl: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+            activity_interval: Duration::from_secs(1),
+            changes_wait_secs: 25,
+            log_json: false,
+            tls: Vec::new(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.token.trim().is_empty() {
+            return Err("SANDBAR_PROXY_TOKEN must not be empty".into());
+        }
+        if !self.api_url.starts_with("http://") && !self.api_url.starts_with("https://") {
+            return Err(format!("--api-url {:?} must be an http:// or https:// URL", self.api_url));
+        }
+        let domain = self.domain.trim_end_matches('.');
+        if domain.is_empty() || crate::target::host_name(domain).is_err() {
+            return Err(format!("--domain {:?} is not a host name", self.domain));
+        }
+        if self.tls_certs.len() != self.tls_keys.len() && self.tls.is_empty() {
+            return Err("every --tls-cert needs a --tls-key (same order)".into());
+        }
+        if self.changes_wait_secs == 0 || self.changes_wait_secs > sandbar_proto::api::MAX_POLL_WAIT_SECS {
+            return Err(format!("--changes-wait must be 1..={}", sandbar_proto::api::MAX_POLL_WAIT_SECS));
+        }
+        if self.activity_interval.is_zero() {
+            return Err("--activity-interval-ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Pairs `--tls-cert` with `--tls-key` and validates.
+    pub fn finish(mut self) -> Result<Self, String> {
+        self.validate()?;
+        if self.tls.is_empty() {
+            self.tls = self.tls_certs.iter().cloned().zip(self.tls_keys.iter().cloned()).collect();
+        }
+        Ok(self)
+    }
+}

@@ -1,0 +1,52 @@
+//! `sandbar-proxy`: parse the configuration, bind, print the ready line, serve until SIGTERM/SIGINT, drain.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Parser;
+use sandbar_proxy::{Config, Listeners};
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::parse().finish().map_err(|e| anyhow::anyhow!(e))?;
+    init_tracing(config.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sandbar-proxy").build()?;
+    runtime.block_on(async move {
+        let listeners = Listeners::bind(&config)?;
+        let ready = listeners.ready_line()?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut server = tokio::spawn(sandbar_proxy::run(config, listeners, rx));
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{ready}")?;
+            out.flush()?;
+        }
+        tracing::info!("{ready}");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+            r = &mut server => return r.context("proxy task")?.context("proxy"),
+        }
+        let _ = tx.send(true);
+        // `run` returns once connections drained or the grace period ended; a second signal cuts it short.
+        tokio::select! {
+            _ = term.recv() => tracing::warn!("second signal: exiting now"),
+            _ = int.recv() => tracing::warn!("second signal: exiting now"),
+            r = &mut server => r.context("proxy task")?.context("proxy")?,
+        }
+        Ok(())
+    })
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora=warn,pingora_core=warn,pingora_proxy=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics, kept in atomics and written in the text exposition format on the admin listener's
+//! `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Responses by status class: index 0 = no response (connection died), 1..=5 = 1xx..5xx.
+    pub responses: [AtomicU64; 6],
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+    pub open_websockets: AtomicI64,
+    pub in_flight: AtomicI64,
+    pub upstream_errors: AtomicU64,
+    pub api_errors: AtomicU64,
+    pub route_cache_hits: AtomicU64,
+    pub route_cache_misses: AtomicU64,
+    pub auth_cache_hits: AtomicU64,
+    pub auth_cache_misses: AtomicU64,
+}
+
+impl Metrics {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let class = usize::from(status / 100);
+        if let Some(c) = self.responses.get(if (1..=5).contains(&class) { class } else { 0 }) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let secs = elapsed.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.latency_buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        out.push_str("# HELP sandbar_proxy_requests_total Requests answered, by status class.\n");
+        out.push_str("# TYPE sandbar_proxy_requests_total counter\n");
+        for (i, c) in self.responses.iter().enumerate() {
+            let class = if i == 0 { "none".to_owned() } else { format!("{i}xx") };
+            let _ = writeln!(out, "sandbar_proxy_requests_total{{class=\"{class}\"}} {}", get(c));
+        }
+        out.push_str(
+            "# HELP sandbar_proxy_request_duration_seconds Time from request head to the end of the response.\n",
+        );
+        out.push_str("# TYPE sandbar_proxy_request_duration_seconds histogram\n");
+        for (bound, bucket) in BUCKETS.iter().zip(&self.latency_buckets) {
+            let _ = writeln!(out, "sandbar_proxy_request_duration_seconds_bucket{{le=\"{bound}\"}} {}", get(bucket));
+        }
+        let count = get(&self.latency_count);
+        let _ = writeln!(out, "sandbar_proxy_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ =
+            writeln!(out, "sandbar_proxy_request_duration_seconds_sum {}", get(&self.latency_sum_micros) as f64 / 1e6);
+        let _ = writeln!(out, "sandbar_proxy_request_duration_seconds_count {count}");
+        let gauges = [
+            (
+                "sandbar_proxy_open_websockets",
+                "Upgraded connections open now.",
+                self.open_websockets.load(Ordering::Relaxed),
+            ),
+            ("sandbar_proxy_requests_in_flight", "Requests being proxied now.", self.in_flight.load(Ordering::Relaxed)),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let counters = [
+            (
+                "sandbar_proxy_upstream_errors_total",
+                "Requests that failed on the daemon's side.",
+                &self.upstream_errors,
+            ),
+            ("sandbar_proxy_api_errors_total", "Route or authorize lookups the API did not answer.", &self.api_errors),
+            ("sandbar_proxy_route_cache_hits_total", "Route lookups answered from the cache.", &self.route_cache_hits),
+            ("sandbar_proxy_route_cache_misses_total", "Route lookups sent to the API.", &self.route_cache_misses),
+            ("sandbar_proxy_auth_cache_hits_total", "Authorizations answered from the cache.", &self.auth_cache_hits),
+            ("sandbar_proxy_auth_cache_misses_total", "Authorizations sent to the API.", &self.auth_cache_misses),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", get(c));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_and_classes() {
+        let m = Metrics::default();
+        m.record(200, Duration::from_micros(700));
+        m.record(502, Duration::from_millis(30));
+        m.record(0, Duration::from_secs(20));
+        let text = m.render();
+        assert!(text.contains("sandbar_proxy_requests_total{class=\"2xx\"} 1"), "{text}");
+        assert!(text.contains("sandbar_proxy_requests_total{class=\"5xx\"} 1"));
+        assert!(text.contains("sandbar_proxy_requests_total{class=\"none\"} 1"));
+        assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"0.0005\"} 0"));
+        assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"0.05\"} 2"));
+        assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 3"));
+    }
+}
