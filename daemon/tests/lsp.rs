@@ -385,7 +385,16 @@ async fn websocket_bridges_an_ide_to_pylsp_and_refuses_bad_input() {
     assert!(v["result"]["contents"].to_string().contains("greet"), "{v}");
     assert_eq!(children(d.pid(), "pylsp").len(), 1);
 
+    // shutdown + exit: the server ends and the socket closes normally.
+    ws.send(Message::text(json!({"jsonrpc": "2.0", "id": "s", "method": "shutdown"}).to_string())).await.unwrap();
+    answer(&mut ws, json!("s")).await;
+    ws.send(Message::text(json!({"jsonrpc": "2.0", "method": "exit"}).to_string())).await.unwrap();
+    assert_eq!(close_of(&mut ws).await.0, 1000);
+    wait_no_children(d.pid(), "pylsp").await;
+
     // An oversized message closes with 1009; the server goes with the connection.
+    let mut ws = ws_connect(&d, &root).await;
+    assert_eq!(children(d.pid(), "pylsp").len(), 1);
     ws.send(Message::text("x".repeat(17 << 20))).await.unwrap();
     assert_eq!(close_of(&mut ws).await.0, 1009);
     wait_no_children(d.pid(), "pylsp").await;

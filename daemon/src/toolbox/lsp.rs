@@ -334,7 +334,8 @@ async fn ws(State(d): State<AppState>, ApiQuery(q): ApiQuery<WsQuery>, ws: WsUpg
     Ok(ws.max_message_size(MAX_WS_MESSAGE * 2).max_frame_size(MAX_WS_MESSAGE * 2).on_upgrade(
         move |socket| async move {
             let span = tracing::info_span!("lsp_ws", language = %language, pid = server.pid);
-            let bridge = Bridge { server, root, timeout, initialized: false, pending: HashMap::new() };
+            let bridge =
+                Bridge { server, root, timeout, initialized: false, pending: HashMap::new(), exit_sent: false };
             tracing::Instrument::instrument(bridge.run(socket, rx, shutdown), span).await;
         },
     ))
@@ -348,6 +349,8 @@ struct Bridge {
     initialized: bool,
     /// The IDE's requests waiting for the server: id (as JSON text) -> (id, deadline, method).
     pending: HashMap<String, (Value, Instant, String)>,
+    /// Whether the IDE sent `exit`: the server's end is then the normal end of the session.
+    exit_sent: bool,
 }
 
 /// What ends a bridge.
@@ -385,7 +388,8 @@ impl Bridge {
                     None => {
                         let err = self.server.exited_error().await;
                         self.fail_pending(&mut socket, &err.to_string()).await;
-                        break End::Close(1011, err.to_string());
+                        let code = if self.exit_sent { 1000 } else { 1011 };
+                        break End::Close(code, err.to_string());
                     }
                 },
                 _ = tick.tick() => {
@@ -404,6 +408,8 @@ impl Bridge {
             .await;
         }
         drop(socket);
+        // Nobody reads the server's output any more: let it fail fast instead of filling the queue.
+        drop(from_server);
         self.server.shutdown().await;
     }
 
@@ -536,7 +542,7 @@ impl Bridge {
             }
             // Notifications before initialize are dropped, as the protocol says (except exit).
             (Some(method), None) if !self.initialized && method != "exit" => return Ok(()),
-            (Some(_), None) => {}
+            (Some(method), None) => self.exit_sent |= method == "exit",
         }
         if let Err(e) = self.server.send(&msg).await {
             return Err(End::Close(1011, e.to_string()));
