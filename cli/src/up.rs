@@ -278,8 +278,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let https_port = resolve_port(&args.bind, args.https_port)?;
     let ssh_port = resolve_port(&args.bind, args.ssh_port)?;
     let api_url = format!("http://127.0.0.1:{api_port}/api");
-    let proxy_http = format!("http://{}:{http_port}", display_host(&args.bind));
-    let proxy_https = format!("https://{}:{https_port}", display_host(&args.bind));
+    // `localhost` rather than an IP: preview hosts are `{port}-{id}.localhost`, derived from this URL.
+    let proxy_http = format!("http://{}:{http_port}", url_host(&args.bind));
+    let proxy_https = format!("https://{}:{https_port}", url_host(&args.bind));
     let ssh_host = display_host(&args.bind);
 
     // First organization and API key, once.
@@ -304,7 +305,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 proxy_http.clone(),
                 "--ssh-gateway".into(),
                 format!("{ssh_host}:{ssh_port}"),
-                "--default-image".into(),
+                "--default-snapshot".into(),
                 args.image.clone(),
             ],
             &common_env,
@@ -357,12 +358,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 dir.display().to_string(),
                 "--domain".into(),
                 args.domain.clone(),
-                "--http-addr".into(),
-                format!("{}:{http_port}", args.bind),
-                "--https-addr".into(),
-                format!("{}:{https_port}", args.bind),
-                "--ssh-addr".into(),
-                format!("{}:{ssh_port}", args.bind),
+                "--bind".into(),
+                args.bind.clone(),
+                "--http-port".into(),
+                http_port.to_string(),
+                "--https-port".into(),
+                https_port.to_string(),
+                "--ssh-port".into(),
+                ssh_port.to_string(),
+                "--metrics-addr".into(),
+                "127.0.0.1:0".into(),
             ],
             &common_env,
             &logs,
@@ -398,6 +403,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     supervise(services, Duration::from_secs(args.shutdown_grace)).await
 }
 
+fn url_host(bind: &str) -> String {
+    if matches!(bind, "0.0.0.0" | "::" | "127.0.0.1") { "localhost".into() } else { bind.to_owned() }
+}
+
 fn display_host(bind: &str) -> String {
     if bind == "0.0.0.0" || bind == "::" { "127.0.0.1".into() } else { bind.to_owned() }
 }
@@ -424,8 +433,9 @@ async fn first_key(bins: &Path, dir: &Path, logs: &Path) -> anyhow::Result<Strin
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(logs.join("api.log"))?;
     let out = Command::new(bins.join("sandbar-api"))
-        .args(["bootstrap", "--data-dir"])
+        .arg("--data-dir")
         .arg(dir)
+        .arg("bootstrap")
         .stdin(Stdio::null())
         .stderr(log)
         .output()
@@ -437,8 +447,7 @@ async fn first_key(bins: &Path, dir: &Path, logs: &Path) -> anyhow::Result<Strin
     let stdout = String::from_utf8_lossy(&out.stdout);
     let key = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("DAYTONA_API_KEY=").map(str::to_owned))
-        .or_else(|| stdout.lines().last().map(|l| l.trim().to_owned()))
+        .find_map(|l| l.strip_prefix("api_key=").map(|k| k.trim().to_owned()))
         .filter(|k| !k.is_empty())
         .context("sandbar-api bootstrap printed no key")?;
     Ok(key)

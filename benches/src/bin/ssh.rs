@@ -4,7 +4,7 @@
 //!
 //! Run as root: `cargo run --release -p sandbar-benches --bin ssh` (needs Debian's openssh-server for the peer;
 //! uses scripts/build-daemon's output or SANDBAR_STATIC_DAEMON). `SSH_BENCH_CIPHER` picks the cipher
-//! (default aes128-gcm@openssh.com), `SSH_BENCH_MIB` the file size (default 1024).
+//! (default aes256-gcm@openssh.com), `SSH_BENCH_MIB` the file size (default 1024).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -138,7 +138,7 @@ fn echo_latency(opts: &[String], port: &str) -> anyhow::Result<(f64, f64)> {
 fn main() -> anyhow::Result<()> {
     let bin = std::env::var("SANDBAR_STATIC_DAEMON")
         .unwrap_or_else(|_| "target/x86_64-unknown-linux-gnu/release/sandbar-daemon".into());
-    let cipher = std::env::var("SSH_BENCH_CIPHER").unwrap_or_else(|_| "aes128-gcm@openssh.com".into());
+    let cipher = std::env::var("SSH_BENCH_CIPHER").unwrap_or_else(|_| "aes256-gcm@openssh.com".into());
     let mib: u64 = std::env::var("SSH_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
     let dir = std::env::temp_dir().join(format!("sandbar-ssh-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
