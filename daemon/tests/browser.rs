@@ -25,7 +25,14 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", &format!("-{}", self.child.id())]).status();
+        // Chromium runs in a process group of its own (its pid). Signal it with killpg: `/usr/bin/kill -KILL -PID`
+        // parses a short negative pid such as `-11` as options and ends in kill(-1, SIGKILL), which kills every
+        // process the user may signal.
+        if let Ok(pgid) = i32::try_from(self.child.id())
+            && pgid > 1
+        {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
