@@ -133,3 +133,37 @@ impl ApiClient {
         if resp.status().is_success() { Ok(()) } else { Err(ApiCallError::Status(resp.status().as_u16())) }
     }
 }
+
+/// The outcome of `POST /internal/ssh/resolve`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SshResolution {
+    Target(sandbar_proto::api::SshResolveResponse),
+    /// 401 or 409: the message the API gave, for the SSH user.
+    Refused(String),
+}
+
+impl ApiClient {
+    /// `POST /internal/ssh/resolve`: where an SSH-access token leads, or why not.
+    pub async fn ssh_resolve(&self, token: &str) -> Result<SshResolution, ApiCallError> {
+        let req = sandbar_proto::api::SshResolveRequest { token: token.to_owned() };
+        let resp = self
+            .http
+            .post(self.url("/internal/ssh/resolve"))
+            .bearer_auth(&self.token)
+            .json(&req)
+            .send()
+            .await
+            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        match resp.status() {
+            StatusCode::OK => {
+                resp.json().await.map(SshResolution::Target).map_err(|e| ApiCallError::Body(e.to_string()))
+            }
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::CONFLICT | StatusCode::NOT_FOUND) => {
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                let message = body["message"].as_str().map(str::to_owned).unwrap_or_else(|| format!("refused ({s})"));
+                Ok(SshResolution::Refused(message))
+            }
+            s => Err(ApiCallError::Status(s.as_u16())),
+        }
+    }
+}

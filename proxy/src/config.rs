@@ -42,6 +42,9 @@ pub struct Config {
     /// HTTPS port (0 = pick a free one).
     #[arg(long, env = "SANDBAR_PROXY_HTTPS_PORT", default_value_t = sandbar_proto::ports::PROXY_HTTPS)]
     pub https_port: u16,
+    /// SSH gateway port (0 = pick a free one): `ssh -p PORT <ssh-access-token>@host`.
+    #[arg(long, env = "SANDBAR_PROXY_SSH_PORT", default_value_t = sandbar_proto::ports::SSH_GATEWAY)]
+    pub ssh_port: u16,
     /// Admin listener for Prometheus `GET /metrics` and `GET /healthz`.
     #[arg(long, env = "SANDBAR_PROXY_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
@@ -94,6 +97,10 @@ impl Config {
         SocketAddr::new(self.bind, self.https_port)
     }
 
+    pub fn ssh_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.ssh_port)
+    }
+
     /// A configuration for tests and embedding: everything on loopback port 0.
     pub fn local(api_url: impl Into<String>, token: impl Into<String>, data_dir: PathBuf) -> Self {
         Self {
@@ -104,6 +111,7 @@ impl Config {
             bind: IpAddr::from([127, 0, 0, 1]),
             http_port: 0,
             https_port: 0,
+            ssh_port: 0,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls_certs: Vec::new(),
             tls_keys: Vec::new(),

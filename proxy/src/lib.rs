@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod edge;
 pub mod metrics;
+pub mod ssh_api;
 pub mod ssh_gateway;
 pub mod target;
 pub mod tls;

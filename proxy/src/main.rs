@@ -1,10 +1,13 @@
-//! `sandbar-proxy`: parse the configuration, bind, print the ready line, serve until SIGTERM/SIGINT, drain.
+//! `sandbar-proxy`: parse the configuration, bind (HTTP, HTTPS, metrics and the SSH gateway), print the ready line
+//! `sandbar-proxy ready http=ADDR https=ADDR metrics=ADDR ssh=ADDR`, serve until SIGTERM/SIGINT, drain.
 
 use std::io::Write;
 
 use anyhow::Context;
 use clap::Parser;
-use sandbar_proxy::{Config, Listeners};
+use sandbar_proxy::api::ApiClient;
+use sandbar_proxy::ssh_api::ApiSshResolver;
+use sandbar_proxy::{Config, Listeners, ssh_gateway};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse().finish().map_err(|e| anyhow::anyhow!(e))?;
@@ -12,8 +15,26 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sandbar-proxy").build()?;
     runtime.block_on(async move {
         let listeners = Listeners::bind(&config)?;
-        let ready = listeners.ready_line()?;
+        // The SSH gateway runs beside the HTTP edge in this process.
+        let ssh_listener = tokio::net::TcpListener::bind(config.ssh_addr())
+            .await
+            .with_context(|| format!("binding the SSH gateway on {}", config.ssh_addr()))?;
+        let ready = format!("{} ssh={}", listeners.ready_line()?, ssh_listener.local_addr()?);
+        let host_key = ssh_gateway::load_or_create_host_key(&config.data_dir.join("ssh/gateway_host_ed25519_key"))?;
+        let api = ApiClient::new(&config.api_url, config.token.clone())?;
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let (resolver, flush) = ApiSshResolver::new(api, config.activity_interval, rx.clone());
+        tokio::spawn(flush);
+        let mut gateway_stop = rx.clone();
+        let gateway = tokio::spawn(ssh_gateway::run(
+            ssh_listener,
+            host_key,
+            ssh_gateway::SshGatewayConfig::default(),
+            resolver,
+            async move {
+                let _ = gateway_stop.wait_for(|stop| *stop).await;
+            },
+        ));
         let mut server = tokio::spawn(sandbar_proxy::run(config, listeners, rx));
         {
             let mut out = std::io::stdout().lock();
@@ -35,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             _ = int.recv() => tracing::warn!("second signal: exiting now"),
             r = &mut server => r.context("proxy task")?.context("proxy")?,
         }
+        gateway.abort();
         Ok(())
     })
 }

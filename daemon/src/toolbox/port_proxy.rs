@@ -80,8 +80,11 @@ async fn forward(port: &str, path: &str, mut req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;
     parts.version = axum::http::Version::HTTP_11;
-    // The daemon token is for the daemon alone: the sandbox's own servers never see it.
-    parts.headers.remove(sandbar_proto::DAEMON_TOKEN_HEADER);
+    // The daemon token is for the daemon alone: the sandbox's own servers never see it. The web terminal (22222)
+    // is the daemon's own server and needs it.
+    if port != sandbar_proto::ports::TERMINAL {
+        parts.headers.remove(sandbar_proto::DAEMON_TOKEN_HEADER);
+    }
     strip_hop_by_hop(&mut parts.headers);
     if let (true, Some(u)) = (upgrade, upgrade_value) {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
