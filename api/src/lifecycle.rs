@@ -36,7 +36,7 @@ pub async fn run(app: App, shutdown: CancellationToken) {
         if let Err(e) = tick(&app).await {
             tracing::warn!(error = %e, "lifecycle timers");
         }
-        if n % 60 == 0
+        if n.is_multiple_of(60)
             && let Err(e) = prune(&app).await
         {
             tracing::warn!(error = %e, "pruning");
