@@ -98,6 +98,12 @@ async fn long_poll_wakes_on_a_new_job_and_redelivers_unfinished_ones() {
         assert!(matches!(&jobs[..], [j] if j.kind.sandbox_id() == id));
         // Claimed, not completed: not handed out again right away ...
         assert!(r.poll(0).await.is_empty());
+        // ... but at once after the runner's full report (what it sends when it restarts) ...
+        assert_eq!(r.post("sandboxes", json!([])).await, StatusCode::NO_CONTENT);
+        let resumed = r.poll(0).await;
+        assert_eq!(resumed.iter().map(|j| &j.id).collect::<Vec<_>>(), vec![&jobs[0].id]);
+        assert_eq!(h.state(&id).await, "creating", "a sandbox with a job in flight is left alone by the report");
+        assert!(r.poll(0).await.is_empty());
         // ... but after the redelivery delay (a runner that restarted resumes it).
         h.clock.advance_secs(11);
         r.heartbeat(8, 16, 100).await;
