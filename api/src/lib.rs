@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod openapi;
 pub mod runners;
 pub mod sandbox;
+pub mod snapshots;
 pub mod state;
 
 use std::collections::HashMap;
@@ -98,6 +99,7 @@ impl App {
     pub fn router(&self) -> Router {
         let api = Router::new()
             .merge(sandbox::routes())
+            .merge(snapshots::routes())
             .merge(runners::routes())
             .merge(internal::routes())
             .merge(openapi::routes())

@@ -18,10 +18,16 @@ pub struct TickReport {
     pub archived: Vec<String>,
 }
 
-/// Runs the timers once a second until `shutdown`.
+/// Route changes older than this are dropped (a proxy away longer than that must rebuild its cache).
+pub const KEEP_ROUTE_CHANGES_MS: i64 = 24 * 3600 * 1000;
+/// Completed, failed and cancelled jobs are kept this long for inspection.
+pub const KEEP_JOBS_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Runs the timers once a second and pruning once a minute until `shutdown`.
 pub async fn run(app: App, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -30,7 +36,27 @@ pub async fn run(app: App, shutdown: CancellationToken) {
         if let Err(e) = tick(&app).await {
             tracing::warn!(error = %e, "lifecycle timers");
         }
+        if n.is_multiple_of(60)
+            && let Err(e) = prune(&app).await
+        {
+            tracing::warn!(error = %e, "pruning");
+        }
+        n += 1;
     }
+}
+
+/// Drops old route changes and old finished jobs; returns how many rows went.
+pub async fn prune(app: &App) -> Result<u64, sqlx::Error> {
+    let now = app.now();
+    let routes = sqlx::query("DELETE FROM route_changes WHERE at < $1")
+        .bind(now - KEEP_ROUTE_CHANGES_MS)
+        .execute(&app.db.pool)
+        .await?;
+    let jobs = sqlx::query("DELETE FROM jobs WHERE completed_at IS NOT NULL AND completed_at < $1")
+        .bind(now - KEEP_JOBS_MS)
+        .execute(&app.db.pool)
+        .await?;
+    Ok(routes.rows_affected() + jobs.rows_affected())
 }
 
 async fn due(app: &App, sql: &'static str) -> Result<Vec<String>, sqlx::Error> {

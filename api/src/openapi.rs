@@ -17,6 +17,7 @@ use crate::sandbox::{
     CreateSandboxBody, LabelsBody, ListSandboxesResponse, PortPreviewUrl, ResizeBody, SandboxDto, SignedPortPreviewUrl,
     SshAccessDto, SshAccessValidationDto, ToolboxProxyUrl,
 };
+use crate::snapshots::{CreateSnapshotBody, PaginatedSnapshots, SnapshotDto};
 
 /// `(method, path under /api, operation id, request schema, success status, response schema, audience)`.
 pub type Operation =
@@ -125,6 +126,11 @@ pub const OPERATIONS: &[Operation] = &[
         Some("ToolboxProxyUrl"),
         "sandbox",
     ),
+    ("GET", "/snapshots", "getAllSnapshots", None, 200, Some("PaginatedSnapshots"), "snapshots"),
+    ("POST", "/snapshots", "createSnapshot", Some("CreateSnapshotBody"), 200, Some("SnapshotDto"), "snapshots"),
+    ("GET", "/snapshots/{snapshotIdOrName}", "getSnapshot", None, 200, Some("SnapshotDto"), "snapshots"),
+    ("DELETE", "/snapshots/{snapshotIdOrName}", "removeSnapshot", None, 200, None, "snapshots"),
+    ("POST", "/snapshots/{snapshotIdOrName}/activate", "activateSnapshot", None, 200, Some("SnapshotDto"), "snapshots"),
     ("POST", "/runners/{runnerId}/heartbeat", "runnerHeartbeat", None, 200, None, "runner"),
     ("GET", "/runners/{runnerId}/jobs", "runnerPollJobs", None, 200, None, "runner"),
     ("POST", "/runners/{runnerId}/jobs/{jobId}/result", "runnerJobResult", None, 204, None, "runner"),
@@ -188,6 +194,9 @@ pub fn document() -> OpenApi {
         .schema_from::<SshAccessDto>()
         .schema_from::<SshAccessValidationDto>()
         .schema_from::<ToolboxProxyUrl>()
+        .schema_from::<SnapshotDto>()
+        .schema_from::<PaginatedSnapshots>()
+        .schema_from::<CreateSnapshotBody>()
         .build();
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("sandbar API").version(env!("CARGO_PKG_VERSION")).build())

@@ -24,7 +24,7 @@ use crate::sandbox::{self, Row};
 use crate::state::{self, IDLE_STATES_SQL};
 
 /// A job handed out and not completed is handed out again after this long (a runner that restarted resumes it;
-/// a live runner ignores a job it is still carrying out).
+/// a live runner ignores a job it is still carrying out). A full report (`POST .../sandboxes`) makes them due at once.
 pub const REDELIVER_AFTER_SECS: i64 = 10;
 
 pub fn unreachable_after_ms() -> i64 {
@@ -418,6 +418,12 @@ async fn reconcile(
 ) -> ApiResult<Response> {
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
+    // A full report is what a runner sends when it (re)starts: jobs it had claimed and not finished are handed
+    // out again on its next poll instead of after the redelivery delay (it ignores those it is still running).
+    sqlx::query("UPDATE jobs SET handed_at = 0 WHERE runner_id = $1 AND state = 'claimed'")
+        .bind(&runner_id)
+        .execute(&mut *tx)
+        .await?;
     let mut seen = HashSet::new();
     for info in &list {
         seen.insert(info.id.clone());
@@ -441,6 +447,7 @@ async fn reconcile(
     }
     tx.commit().await?;
     app.wake_routes();
+    app.wake_runner(&runner_id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -614,7 +614,7 @@ fn validate_resize(app: &App, row: &Row, r: &ResizeBody) -> ApiResult<(Option<i6
     Ok((r.cpu, r.memory, r.disk))
 }
 
-fn check_range(name: &str, v: Option<i64>, max: i64, unit: &str) -> ApiResult<()> {
+pub(crate) fn check_range(name: &str, v: Option<i64>, max: i64, unit: &str) -> ApiResult<()> {
     match v {
         Some(v) if v < 1 || v > max => {
             Err(ApiError::bad_request(format!("{name} must be between 1 and {max} {unit}, got {v}")))
@@ -630,7 +630,7 @@ fn ok(app: &App, row: &Row) -> Response {
 // ---------------------------------------------------------------------------------------------------------------
 // Handlers.
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -638,7 +638,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// The image a Dockerfile names when it is nothing but `FROM image` (what `Image.base("x")` sends).
-fn image_from_dockerfile(content: &str) -> ApiResult<String> {
+pub(crate) fn image_from_dockerfile(content: &str) -> ApiResult<String> {
     let lines: Vec<&str> = content.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     match lines.as_slice() {
         [from] => {
@@ -682,8 +682,20 @@ async fn create(
     if let Some(n) = body.auto_archive_interval.filter(|n| *n < 0) {
         return Err(ApiError::bad_request(format!("autoArchiveInterval must be 0 or more minutes, got {n}")));
     }
+    let mut snapshot_defaults = None;
     let image = match (&body.snapshot, &body.image, &body.build_info) {
-        (Some(s), _, _) if !s.trim().is_empty() => s.trim().to_owned(),
+        (Some(s), _, _) if !s.trim().is_empty() => {
+            let mut conn = app.db.pool.acquire().await?;
+            match crate::snapshots::find(&mut conn, &caller.organization_id, s.trim()).await? {
+                // A registered snapshot: its image and default resources.
+                Some(snap) => {
+                    snapshot_defaults = Some((snap.cpu, snap.memory, snap.disk));
+                    snap.image_name
+                }
+                // Otherwise the name of a local image.
+                None => s.trim().to_owned(),
+            }
+        }
         (_, Some(i), _) if !i.trim().is_empty() => i.trim().to_owned(),
         (_, _, Some(BuildInfo { dockerfile_content: Some(d), .. })) => image_from_dockerfile(d)?,
         _ => app.config.default_snapshot.clone(),
@@ -705,11 +717,8 @@ async fn create(
         return Err(ApiError::bad_request(format!("invalid environment variable name {k:?}")));
     }
     let labels = body.labels.unwrap_or_default();
-    let (cpu, memory, disk) = (
-        body.cpu.unwrap_or(l.default_cpu),
-        body.memory.unwrap_or(l.default_memory),
-        body.disk.unwrap_or(l.default_disk),
-    );
+    let (dcpu, dmem, ddisk) = snapshot_defaults.unwrap_or((l.default_cpu, l.default_memory, l.default_disk));
+    let (cpu, memory, disk) = (body.cpu.unwrap_or(dcpu), body.memory.unwrap_or(dmem), body.disk.unwrap_or(ddisk));
     let auto_delete =
         if body.ephemeral.unwrap_or(false) { 0 } else { body.auto_delete_interval.unwrap_or(DEFAULT_AUTO_DELETE) };
     let now = app.now();

@@ -98,6 +98,12 @@ async fn long_poll_wakes_on_a_new_job_and_redelivers_unfinished_ones() {
         assert!(matches!(&jobs[..], [j] if j.kind.sandbox_id() == id));
         // Claimed, not completed: not handed out again right away ...
         assert!(r.poll(0).await.is_empty());
+        // ... but at once after the runner's full report (what it sends when it restarts) ...
+        assert_eq!(r.post("sandboxes", json!([])).await, StatusCode::NO_CONTENT);
+        let resumed = r.poll(0).await;
+        assert_eq!(resumed.iter().map(|j| &j.id).collect::<Vec<_>>(), vec![&jobs[0].id]);
+        assert_eq!(h.state(&id).await, "creating", "a sandbox with a job in flight is left alone by the report");
+        assert!(r.poll(0).await.is_empty());
         // ... but after the redelivery delay (a runner that restarted resumes it).
         h.clock.advance_secs(11);
         r.heartbeat(8, 16, 100).await;
@@ -352,5 +358,50 @@ async fn proxy_routes_changes_authorize_and_ssh() {
         let kinds: HashSet<&str> = ["x"].into_iter().collect();
         let _ = (kinds, JobKind::DestroySandbox { sandbox_id: String::new() });
         h.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_api_instances_on_postgres_share_jobs_and_route_changes() {
+    for db in databases().await.into_iter().filter(|d| d.label == "postgres") {
+        let a = Harness::start(&db).await;
+        let b = Harness::start(&db).await;
+        assert_eq!(a.org, b.org, "one organization, a key from each instance");
+        let r = a.runner("r1");
+        r.heartbeat(8, 16, 100).await;
+        // A runner long-polls instance A; the sandbox is created through instance B.
+        let t0 = Instant::now();
+        let waiting = tokio::spawn({
+            let r = r.clone();
+            async move { r.poll(25).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let id = b.create(empty()).await["id"].as_str().unwrap().to_owned();
+        let jobs = waiting.await.unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(10), "picked up by the database poll, not the 25 s deadline");
+        assert!(matches!(&jobs[..], [j] if j.kind.sandbox_id() == id));
+        r.succeed(&jobs[0], &a.org).await;
+        assert_eq!(b.state(&id).await, "started");
+        // Route changes made through B reach a proxy long-polling A.
+        let (_, head) = proxy_get::<RouteChanges>(&a, "/internal/routes/changes?since=0").await;
+        let since = head.unwrap().seq;
+        let waiter = tokio::spawn({
+            let (http, base) = (a.http.clone(), a.base.clone());
+            async move {
+                http.get(format!("{base}/internal/routes/changes?since={since}&wait=25"))
+                    .bearer_auth(PROXY_TOKEN)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<RouteChanges>()
+                    .await
+                    .unwrap()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.call(Method::POST, &format!("/sandbox/{id}/public/true"), None).await;
+        assert_eq!(waiter.await.unwrap().sandbox_ids, vec![id]);
+        a.stop().await;
+        b.stop().await;
     }
 }

@@ -267,3 +267,21 @@ async fn timers_stop_archive_and_delete_with_a_fake_clock() {
         h.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_route_changes_and_finished_jobs_are_pruned() {
+    for db in databases().await {
+        let h = Harness::start(&db).await;
+        let r = h.runner("r1");
+        r.heartbeat(8, 16, 100).await;
+        let id = started_sandbox(&h, &r, empty()).await;
+        assert_eq!(sandbar_api::lifecycle::prune(&h.app).await.unwrap(), 0, "nothing is old yet");
+        h.clock.advance_secs(8 * 24 * 3600);
+        assert!(sandbar_api::lifecycle::prune(&h.app).await.unwrap() >= 2);
+        let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs").fetch_one(&h.app.db.pool).await.unwrap();
+        assert_eq!(jobs, 0);
+        r.heartbeat(8, 16, 100).await;
+        assert_eq!(h.state(&id).await, "started", "the sandbox itself stays");
+        h.stop().await;
+    }
+}

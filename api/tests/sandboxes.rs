@@ -362,3 +362,61 @@ async fn openapi_document_parses_and_lists_every_routed_path() {
     }
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshots_name_local_images_with_default_resources() {
+    for db in databases().await {
+        let h = Harness::start(&db).await;
+        let r = h.runner("r1");
+        r.heartbeat(8, 16, 100).await;
+        let (s, v) = h
+            .call(
+                Method::POST,
+                "/snapshots",
+                Some(json!({"name": "py", "imageName": "python:3.12", "cpu": 2, "disk": 5})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["state"], "active");
+        assert_eq!(
+            (v["cpu"].as_i64(), v["mem"].as_i64(), v["disk"].as_i64(), v["gpu"].as_i64()),
+            (Some(2), Some(1), Some(5), Some(0))
+        );
+        assert_eq!(v["general"], false);
+        let snap_id = v["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            h.call(Method::POST, "/snapshots", Some(json!({"name": "py", "imageName": "x"}))).await.0,
+            StatusCode::CONFLICT
+        );
+        assert_eq!(h.call(Method::POST, "/snapshots", Some(json!({"name": "nope"}))).await.0, StatusCode::BAD_REQUEST);
+        let (s, v) = h
+            .call(
+                Method::POST,
+                "/snapshots",
+                Some(json!({"name": "df", "buildInfo": {"dockerfileContent": "FROM a\nRUN b"}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(h.call(Method::GET, "/snapshots/py", None).await.1["id"], snap_id.as_str());
+        let (s, v) = h.call(Method::GET, "/snapshots?page=1&limit=10", None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!((v["total"].as_i64(), v["page"].as_i64(), v["totalPages"].as_i64()), (Some(1), Some(1), Some(1)));
+        assert_eq!(h.call(Method::POST, &format!("/snapshots/{snap_id}/activate"), None).await.0, StatusCode::OK);
+        // Another organization does not see it.
+        let (_, other) = h.new_org("other").await;
+        assert_eq!(h.req(Method::GET, "/snapshots/py", Some(&other), None).await.0, StatusCode::NOT_FOUND);
+        // A sandbox from the snapshot runs its image with its resources.
+        let sb = h.create(json!({"snapshot": "py"})).await;
+        assert_eq!(
+            (sb["snapshot"].as_str(), sb["cpu"].as_i64(), sb["disk"].as_i64()),
+            (Some("python:3.12"), Some(2), Some(5))
+        );
+        let jobs = r.poll(0).await;
+        assert!(
+            matches!(&jobs[..], [j] if matches!(&j.kind, sandbar_proto::runner::JobKind::CreateSandbox(c) if c.image == "python:3.12"))
+        );
+        assert_eq!(h.call(Method::DELETE, &format!("/snapshots/{snap_id}"), None).await.0, StatusCode::OK);
+        assert_eq!(h.call(Method::GET, "/snapshots/py", None).await.0, StatusCode::NOT_FOUND);
+        h.stop().await;
+    }
+}

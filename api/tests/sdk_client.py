@@ -4,6 +4,7 @@ and a fake runner, then runs this with DAYTONA_API_URL and DAYTONA_API_KEY set. 
 
 from daytona import (
     CreateSandboxFromSnapshotParams,
+    CreateSnapshotParams,
     Daytona,
     DaytonaError,
     DaytonaNotFoundError,
@@ -74,6 +75,19 @@ d.delete(sb, wait=True)
 try:
     gone = d.get(sb.id)
     assert gone.state == "destroyed", gone.state
+except DaytonaNotFoundError:
+    pass
+snap = d.snapshot.create(CreateSnapshotParams(name="sdk-snap", image="busybox:latest"))
+assert snap.state == "active", snap.state
+assert d.snapshot.get("sdk-snap").id == snap.id
+assert [s.name for s in d.snapshot.list().items] == ["sdk-snap"]
+from_snap = d.create(CreateSandboxFromSnapshotParams(snapshot="sdk-snap"), timeout=30)
+assert from_snap.snapshot == "busybox:latest", from_snap.snapshot
+d.delete(from_snap)
+d.snapshot.delete(snap)
+try:
+    d.snapshot.get("sdk-snap")
+    raise AssertionError("the snapshot must be gone")
 except DaytonaNotFoundError:
     pass
 print("OK")

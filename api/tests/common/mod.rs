@@ -49,10 +49,21 @@ pub async fn databases() -> Vec<TestDb> {
     dbs
 }
 
+/// A fresh database per test, named with its creation time; ones older than an hour (left by killed runs) are
+/// dropped on the way.
 async fn fresh_pg(admin_url: &str) -> Result<String, sqlx::Error> {
     use sqlx::Connection as _;
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    let name = format!("sbt_{}", uuid::Uuid::new_v4().simple());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let old: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'sbt\\_%'").fetch_all(&mut conn).await?;
+    for db in old {
+        let born = db.split('_').nth(1).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+        if born + 3600 < now {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}"))).execute(&mut conn).await;
+        }
+    }
+    let name = format!("sbt_{now}_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
     conn.close().await?;
     let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin_url);

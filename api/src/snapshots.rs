@@ -1,0 +1,220 @@
+//! Daytona's snapshot endpoints (`/api/snapshots`). A snapshot here is a name for a local image plus default
+//! resources: there is no registry, so creating one records it (`active` at once) and a sandbox created from it
+//! runs that image; a missing image shows up as the sandbox's `error` with the runner's reason. Dockerfile builds
+//! are refused with a 400 saying how to build the image locally.
+
+use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
+
+use crate::App;
+use crate::auth::Caller;
+use crate::clock::iso;
+use crate::error::{ApiError, ApiResult, Json, Path, QueryPairs};
+use crate::sandbox::{BuildInfo, check_range, image_from_dockerfile, valid_name};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub image_name: String,
+    pub entrypoint: Option<String>,
+    pub cpu: i64,
+    pub memory: i64,
+    pub disk: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// Daytona's `SnapshotDto` (required: id, general, name, state, cpu, gpu, mem, disk, createdAt, updatedAt).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotDto {
+    pub id: String,
+    pub organization_id: String,
+    pub general: bool,
+    pub name: String,
+    pub image_name: String,
+    pub state: String,
+    pub size: Option<f64>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cpu: i64,
+    pub gpu: i64,
+    pub mem: i64,
+    pub disk: i64,
+    pub error_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_used_at: Option<String>,
+    pub source_sandbox_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaginatedSnapshots {
+    pub items: Vec<SnapshotDto>,
+    pub total: i64,
+    pub page: i64,
+    pub total_pages: i64,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSnapshotBody {
+    pub name: String,
+    pub image_name: Option<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub build_info: Option<BuildInfo>,
+    pub cpu: Option<i64>,
+    pub gpu: Option<i64>,
+    pub memory: Option<i64>,
+    pub disk: Option<i64>,
+}
+
+const COLUMNS: &str = "id, organization_id, name, image_name, entrypoint, cpu, memory, disk, created_at, updated_at, \
+    last_used_at";
+
+impl SnapshotRow {
+    fn to_dto(&self) -> SnapshotDto {
+        SnapshotDto {
+            id: self.id.clone(),
+            organization_id: self.organization_id.clone(),
+            general: false,
+            name: self.name.clone(),
+            image_name: self.image_name.clone(),
+            state: "active".into(),
+            size: None,
+            entrypoint: self.entrypoint.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+            cpu: self.cpu,
+            gpu: 0,
+            mem: self.memory,
+            disk: self.disk,
+            error_reason: None,
+            created_at: iso(self.created_at),
+            updated_at: iso(self.updated_at),
+            last_used_at: self.last_used_at.map(iso),
+            source_sandbox_id: None,
+        }
+    }
+}
+
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/snapshots", get(list).post(create))
+        .route("/snapshots/{id}", get(get_one).delete(delete))
+        .route("/snapshots/{id}/activate", post(activate))
+}
+
+/// The snapshot `id_or_name` of `org`, if any (sandbox creation resolves `snapshot` through this).
+pub(crate) async fn find(
+    conn: &mut AnyConnection,
+    org: &str,
+    id_or_name: &str,
+) -> Result<Option<SnapshotRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM snapshots WHERE organization_id = $1 AND (id = $2 OR name = $2) LIMIT 1"
+    )))
+    .bind(org)
+    .bind(id_or_name)
+    .fetch_optional(conn)
+    .await
+}
+
+async fn find_or_404(app: &App, org: &str, id: &str) -> ApiResult<SnapshotRow> {
+    let mut conn = app.db.pool.acquire().await?;
+    find(&mut conn, org, id).await?.ok_or_else(|| ApiError::not_found(format!("Snapshot {id} not found")))
+}
+
+async fn create(
+    app: axum::extract::State<App>,
+    caller: Caller,
+    Json(body): Json<CreateSnapshotBody>,
+) -> ApiResult<Response> {
+    let name = body.name.trim();
+    if !valid_name(name) {
+        return Err(ApiError::bad_request(format!(
+            "invalid snapshot name {name:?}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )));
+    }
+    let l = app.config.limits;
+    check_range("cpu", body.cpu, l.max_cpu, "vCPU")?;
+    check_range("memory", body.memory, l.max_memory, "GiB")?;
+    check_range("disk", body.disk, l.max_disk, "GiB")?;
+    if body.gpu.unwrap_or(0) != 0 {
+        return Err(ApiError::bad_request("GPUs are not available on sandbar; omit gpu or set it to 0"));
+    }
+    let image = match (&body.image_name, &body.build_info) {
+        (Some(i), _) if !i.trim().is_empty() => i.trim().to_owned(),
+        (_, Some(BuildInfo { dockerfile_content: Some(d), .. })) => image_from_dockerfile(d)?,
+        _ => return Err(ApiError::bad_request("imageName is required (the name of an image present on the runners)")),
+    };
+    let entrypoint = match &body.entrypoint {
+        Some(e) if !e.is_empty() => Some(serde_json::to_string(e).map_err(|e| ApiError::internal("entrypoint", e))?),
+        _ => None,
+    };
+    let now = app.now();
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut conn = app.db.pool.acquire().await?;
+    if find(&mut conn, &caller.organization_id, name).await?.is_some() {
+        return Err(ApiError::conflict(format!("Snapshot with name {name} already exists")));
+    }
+    sqlx::query(
+        "INSERT INTO snapshots (id, organization_id, name, image_name, entrypoint, cpu, memory, disk, created_at, \
+         updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+    )
+    .bind(&id)
+    .bind(&caller.organization_id)
+    .bind(name)
+    .bind(&image)
+    .bind(entrypoint)
+    .bind(body.cpu.unwrap_or(l.default_cpu))
+    .bind(body.memory.unwrap_or(l.default_memory))
+    .bind(body.disk.unwrap_or(l.default_disk))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let row = find(&mut conn, &caller.organization_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::internal("snapshot", "row vanished"))?;
+    Ok(Json(row.to_dto()).into_response())
+}
+
+async fn list(app: axum::extract::State<App>, caller: Caller, q: QueryPairs) -> ApiResult<Response> {
+    let page = q.int("page")?.unwrap_or(1);
+    let limit = q.int("limit")?.unwrap_or(100);
+    if page < 1 || !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("page must be at least 1 and limit between 1 and 1000"));
+    }
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM snapshots WHERE organization_id = $1")
+        .bind(&caller.organization_id)
+        .fetch_one(&app.db.pool)
+        .await?;
+    let rows: Vec<SnapshotRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM snapshots WHERE organization_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+    )))
+    .bind(&caller.organization_id)
+    .bind(limit)
+    .bind((page - 1) * limit)
+    .fetch_all(&app.db.pool)
+    .await?;
+    let items = rows.iter().map(SnapshotRow::to_dto).collect();
+    Ok(Json(PaginatedSnapshots { items, total, page, total_pages: (total + limit - 1) / limit }).into_response())
+}
+
+async fn get_one(app: axum::extract::State<App>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(find_or_404(&app, &caller.organization_id, &id).await?.to_dto()).into_response())
+}
+
+async fn activate(app: axum::extract::State<App>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(find_or_404(&app, &caller.organization_id, &id).await?.to_dto()).into_response())
+}
+
+async fn delete(app: axum::extract::State<App>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let row = find_or_404(&app, &caller.organization_id, &id).await?;
+    sqlx::query("DELETE FROM snapshots WHERE id = $1").bind(&row.id).execute(&app.db.pool).await?;
+    Ok(Json(serde_json::json!({})).into_response())
+}
