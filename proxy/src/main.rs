@@ -12,6 +12,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sandbar-proxy").build()?;
     runtime.block_on(async move {
         let listeners = Listeners::bind(&config)?;
+        // The certificate exists before the ready line (run() loads it again, then reuses it).
+        sandbar_proxy::tls::ensure_self_signed(&config.data_dir, &config.domain.to_ascii_lowercase())?;
         let ready = listeners.ready_line()?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut server = tokio::spawn(sandbar_proxy::run(config, listeners, rx));

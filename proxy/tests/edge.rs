@@ -115,9 +115,13 @@ async fn authentication_failures_are_clear() {
     assert_eq!(s, 404, "{b}");
     assert_eq!(h["x-sandbar-error"], "sandbox-not-found");
     let (s2, b2, _) =
-        json_of(w.http.get(w.proxy.http_url("/toolbox/nosuch/work-dir")).bearer_auth(KEY_A).send().await.unwrap()).await;
+        json_of(w.http.get(w.proxy.http_url("/toolbox/nosuch/work-dir")).bearer_auth(KEY_A).send().await.unwrap())
+            .await;
     assert_eq!(s2, 404);
-    assert_eq!(b["message"].as_str().unwrap().replace("sbx1", "X"), b2["message"].as_str().unwrap().replace("nosuch", "X"));
+    assert_eq!(
+        b["message"].as_str().unwrap().replace("sbx1", "X"),
+        b2["message"].as_str().unwrap().replace("nosuch", "X")
+    );
     // The right key works, and a client-sent daemon token is replaced by the real one (a wrong one would 401).
     let r = w.http.get(&url).bearer_auth(KEY_A).header("x-sandbar-daemon-token", "forged").send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -259,11 +263,24 @@ async fn preview_urls_reach_a_server_in_the_sandbox() {
     let toolbox_host = format!("2280-sbx1.sandbar.localhost:{}", w.proxy.http.port());
     let r = w.http.get(w.proxy.http_url("/work-dir")).header("host", &toolbox_host).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = w.http.get(w.proxy.http_url("/work-dir")).header("host", &toolbox_host).bearer_auth(KEY_A).send().await.unwrap();
+    let r = w
+        .http
+        .get(w.proxy.http_url("/work-dir"))
+        .header("host", &toolbox_host)
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // Nothing listening on a port: a 502 from the daemon naming the port.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let r = w.http.get(w.proxy.http_url("/")).header("host", format!("{closed}-sbx1.sandbar.localhost")).send().await.unwrap();
+    let r = w
+        .http
+        .get(w.proxy.http_url("/"))
+        .header("host", format!("{closed}-sbx1.sandbar.localhost"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains(&format!("port {closed}")));
 }
@@ -348,7 +365,8 @@ async fn bad_input_gets_clear_4xx() {
         assert!(out.starts_with("HTTP/1.1 400"), "{host}: {out}");
         assert!(out.to_ascii_lowercase().contains("x-sandbar-error: bad-"), "{out}");
     }
-    let out = raw(w.proxy.http, "GET /toolbox/a%2F..%2Fb/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    let out =
+        raw(w.proxy.http, "GET /toolbox/a%2F..%2Fb/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400") && out.contains("malformed sandbox id"), "{out}");
     let out = raw(w.proxy.http, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
@@ -380,7 +398,15 @@ async fn shutdown_drains_and_returns() {
     // A slow request in flight finishes after shutdown starts.
     let (c, url) = (w.http.clone(), w.proxy.http_url("/toolbox/sbx1/process/execute"));
     let slow = tokio::spawn(async move {
-        c.post(url).bearer_auth(KEY_A).json(&json!({"command": "sleep 1; echo late"})).send().await.unwrap().text().await.unwrap()
+        c.post(url)
+            .bearer_auth(KEY_A)
+            .json(&json!({"command": "sleep 1; echo late"}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     w.proxy.shutdown.send(true).unwrap();

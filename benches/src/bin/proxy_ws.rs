@@ -22,7 +22,15 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { proxy: String::new(), key: String::new(), sandbox: String::new(), secs: 10, conns: 8, window: 32, size: 64 };
+    let mut a = Args {
+        proxy: String::new(),
+        key: String::new(),
+        sandbox: String::new(),
+        secs: 10,
+        conns: 8,
+        window: 32,
+        size: 64,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v = it.next().with_context(|| format!("{flag} needs a value"))?;

@@ -83,7 +83,8 @@ impl Daemon {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.strip_prefix("sandbar-daemon ready ") {
-                    let field = |n: &str| rest.split_whitespace().find_map(|kv| kv.strip_prefix(n)).unwrap_or("").to_owned();
+                    let field =
+                        |n: &str| rest.split_whitespace().find_map(|kv| kv.strip_prefix(n)).unwrap_or("").to_owned();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send((field("toolbox="), field("terminal=")));
                     }
@@ -284,7 +285,8 @@ impl Proxy {
         let task = tokio::spawn(sandbar_proxy::run(config, listeners, rx));
         // Ready when the certificate exists and the HTTP port answers.
         for _ in 0..200 {
-            if data_dir.path().join("tls/localhost.crt").exists() && tokio::net::TcpStream::connect(http).await.is_ok() {
+            if data_dir.path().join("tls/localhost.crt").exists() && tokio::net::TcpStream::connect(http).await.is_ok()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
