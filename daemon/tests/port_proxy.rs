@@ -22,10 +22,10 @@ async fn backend() -> u16 {
     async fn ws(up: WebSocketUpgrade) -> axum::response::Response {
         up.on_upgrade(|mut s| async move {
             while let Some(Ok(m)) = s.recv().await {
-                if let AxMessage::Text(t) = m {
-                    if s.send(AxMessage::Text(format!("echo:{}", t.as_str()).into())).await.is_err() {
-                        break;
-                    }
+                if let AxMessage::Text(t) = m
+                    && s.send(AxMessage::Text(format!("echo:{}", t.as_str()).into())).await.is_err()
+                {
+                    break;
                 }
             }
         })

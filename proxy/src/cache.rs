@@ -70,18 +70,18 @@ impl RouteCache {
         self.metrics.route_cache_misses.fetch_add(1, Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Acquire);
         let result = self.api.route(id).await;
-        if let Ok(route) = &result {
-            if self.generation.load(Ordering::Acquire) == generation {
-                let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if let Ok(route) = &result
+            && self.generation.load(Ordering::Acquire) == generation
+        {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            if entries.len() >= MAX_ENTRIES {
+                let ttl = self.ttl;
+                entries.retain(|_, e| e.at.elapsed() < ttl);
                 if entries.len() >= MAX_ENTRIES {
-                    let ttl = self.ttl;
-                    entries.retain(|_, e| e.at.elapsed() < ttl);
-                    if entries.len() >= MAX_ENTRIES {
-                        entries.clear();
-                    }
+                    entries.clear();
                 }
-                entries.insert(id.to_owned(), CachedRoute { route: route.clone().map(Arc::new), at: Instant::now() });
             }
+            entries.insert(id.to_owned(), CachedRoute { route: route.clone().map(Arc::new), at: Instant::now() });
         }
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -195,24 +195,24 @@ impl AuthCache {
             preview_token: (kind == CredentialKind::PreviewToken).then(|| credential.to_owned()),
         };
         let answer = self.api.authorize(&req).await?;
-        if let Authorization::Allowed(ok) = &answer {
-            if ok.ttl_secs > 0 {
-                let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if let Authorization::Allowed(ok) = &answer
+            && ok.ttl_secs > 0
+        {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            if entries.len() >= MAX_ENTRIES {
+                let now = Instant::now();
+                entries.retain(|_, e| e.until > now);
                 if entries.len() >= MAX_ENTRIES {
-                    let now = Instant::now();
-                    entries.retain(|_, e| e.until > now);
-                    if entries.len() >= MAX_ENTRIES {
-                        entries.clear();
-                    }
+                    entries.clear();
                 }
-                entries.insert(
-                    key,
-                    CachedAuth {
-                        organization_id: ok.organization_id.clone(),
-                        until: Instant::now() + Duration::from_secs(ok.ttl_secs.min(3600)),
-                    },
-                );
             }
+            entries.insert(
+                key,
+                CachedAuth {
+                    organization_id: ok.organization_id.clone(),
+                    until: Instant::now() + Duration::from_secs(ok.ttl_secs.min(3600)),
+                },
+            );
         }
         Ok(answer)
     }

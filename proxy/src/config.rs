@@ -66,6 +66,9 @@ pub struct Config {
     /// `wait` of the route-changes long-poll, in seconds.
     #[arg(long = "changes-wait", env = "SANDBAR_PROXY_CHANGES_WAIT", default_value_t = 25)]
     pub changes_wait_secs: u64,
+    /// Runtime worker threads (0 = one per core; 1 = a single-threaded runtime, fewest cross-thread wake-ups).
+    #[arg(long, env = "SANDBAR_PROXY_THREADS", default_value_t = 0)]
+    pub threads: usize,
     /// Log as JSON lines.
     #[arg(long, env = "SANDBAR_LOG_JSON")]
     pub log_json: bool,
@@ -119,6 +122,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             activity_interval: Duration::from_secs(1),
             changes_wait_secs: 25,
+            threads: 0,
             log_json: false,
             tls: Vec::new(),
         }

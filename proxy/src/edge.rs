@@ -173,14 +173,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            if let (Some(h), Some(l)) = (bytes.get(i + 1), bytes.get(i + 2)) {
-                if let (Some(h), Some(l)) = ((*h as char).to_digit(16), (*l as char).to_digit(16)) {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-            }
+        if b == b'%'
+            && let (Some(h), Some(l)) = (bytes.get(i + 1), bytes.get(i + 2))
+            && let (Some(h), Some(l)) = ((*h as char).to_digit(16), (*l as char).to_digit(16))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
         }
         out.push(if b == b'+' { b' ' } else { b });
         i += 1;
@@ -481,19 +480,19 @@ impl ProxyHttp for EdgeProxy {
                 self.shared.activity.open(id);
             }
         }
-        if let (Some(prefix), Some(addr)) = (&ctx.toolbox_prefix, &ctx.daemon_addr) {
-            if let Some(loc) = resp.headers.get("location").and_then(|v| v.to_str().ok()) {
-                let absolute = format!("http://{addr}");
-                let rewritten = if let Some(rest) = loc.strip_prefix(&absolute) {
-                    Some(format!("{prefix}{}", if rest.is_empty() { "/" } else { rest }))
-                } else if loc.starts_with('/') && !loc.starts_with("//") {
-                    Some(format!("{prefix}{loc}"))
-                } else {
-                    None
-                };
-                if let Some(new) = rewritten {
-                    resp.insert_header("location", new)?;
-                }
+        if let (Some(prefix), Some(addr)) = (&ctx.toolbox_prefix, &ctx.daemon_addr)
+            && let Some(loc) = resp.headers.get("location").and_then(|v| v.to_str().ok())
+        {
+            let absolute = format!("http://{addr}");
+            let rewritten = if let Some(rest) = loc.strip_prefix(&absolute) {
+                Some(format!("{prefix}{}", if rest.is_empty() { "/" } else { rest }))
+            } else if loc.starts_with('/') && !loc.starts_with("//") {
+                Some(format!("{prefix}{loc}"))
+            } else {
+                None
+            };
+            if let Some(new) = rewritten {
+                resp.insert_header("location", new)?;
             }
         }
         if let Some(cookie) = ctx.set_cookie.take() {
@@ -545,10 +544,10 @@ impl ProxyHttp for EdgeProxy {
         let mut code = 0;
         if let Some(r) = reject {
             code = r.status;
-            if session.response_written().is_none() {
-                if let Err(we) = self.send_reject(session, ctx, &r).await {
-                    tracing::debug!(error = %we, "could not send the error response");
-                }
+            if session.response_written().is_none()
+                && let Err(we) = self.send_reject(session, ctx, &r).await
+            {
+                tracing::debug!(error = %we, "could not send the error response");
             }
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }

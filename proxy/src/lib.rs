@@ -158,11 +158,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: ShutdownWatch) 
     // `ListenFds` is `Arc<parking_lot::Mutex<Fds>>`; its `From` builds the mutex without a parking_lot dependency.
     let fds: ListenFds = Arc::new(fds.into());
 
-    let mut conf = ServerConf::default();
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(config.shutdown_grace.as_secs());
-    conf.upstream_keepalive_pool_size = 256;
-    let conf = Arc::new(conf);
+    let conf = Arc::new(ServerConf {
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown_grace.as_secs()),
+        upstream_keepalive_pool_size: 256,
+        ..ServerConf::default()
+    });
 
     let mut http_svc = pingora::proxy::http_proxy_service_with_name(
         &conf,

@@ -12,9 +12,19 @@ use sandbar_proxy::{Config, Listeners, ssh_gateway};
 fn main() -> anyhow::Result<()> {
     let config = Config::parse().finish().map_err(|e| anyhow::anyhow!(e))?;
     init_tracing(config.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sandbar-proxy").build()?;
+    let runtime = match config.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sandbar-proxy").build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .thread_name("sandbar-proxy")
+            .build()?,
+    };
     runtime.block_on(async move {
         let listeners = Listeners::bind(&config)?;
+        // The certificate exists before the ready line (run() loads it again, then reuses it).
+        sandbar_proxy::tls::ensure_self_signed(&config.data_dir, &config.domain.to_ascii_lowercase())?;
         // The SSH gateway runs beside the HTTP edge in this process.
         let ssh_listener = tokio::net::TcpListener::bind(config.ssh_addr())
             .await

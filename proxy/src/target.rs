@@ -90,8 +90,9 @@ pub fn parse<'a>(host: &'a str, path_and_query: &'a str, domain: &str) -> Result
         return Err(TargetError::BadPath);
     }
     let name = host_name(host)?;
-    // Preview host: exactly one label in front of `.{domain}`, shaped `{port}-{sandboxId}`.
-    if let Some(label) = strip_domain(name, domain) {
+    // Preview host: exactly one label in front of `.{domain}`, shaped `{port}-{sandboxId}`. A label that does not
+    // start with a digit is another name of ours (`proxy.{domain}`) and takes toolbox paths.
+    if let Some(label) = strip_domain(name, domain).filter(|l| l.bytes().next().is_some_and(|b| b.is_ascii_digit())) {
         let (port, id) = label.split_once('-').ok_or(TargetError::BadPort)?;
         if !valid_port_digits(port) {
             return Err(TargetError::BadPort);
@@ -179,7 +180,8 @@ mod tests {
         );
         assert_eq!(parse("0-x.localhost", "/", "localhost"), Err(TargetError::BadPort));
         assert_eq!(parse("65536-x.localhost", "/", "localhost"), Err(TargetError::BadPort));
-        assert_eq!(parse("abc-x.localhost", "/", "localhost"), Err(TargetError::BadPort));
+        assert_eq!(parse("1abc-x.localhost", "/", "localhost"), Err(TargetError::BadPort));
+        assert_eq!(parse("abc-x.localhost", "/", "localhost"), Ok(Target::Other));
         assert_eq!(parse("3000.localhost", "/", "localhost"), Err(TargetError::BadPort));
         assert_eq!(parse("3000-.localhost", "/", "localhost"), Err(TargetError::BadSandboxId));
         // Two labels in front of the domain: not a preview host.

@@ -53,11 +53,14 @@ pub fn generated_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
 /// cover `domain`, so a changed domain gets a new certificate).
 pub fn ensure_self_signed(data_dir: &Path, domain: &str) -> Result<(PathBuf, PathBuf), TlsError> {
     let (cert_path, key_path) = generated_paths(data_dir);
-    if cert_path.exists() && key_path.exists() {
-        if let Ok(pair) = load_pair(&cert_path, &key_path) {
-            if covers(&pair, domain) && covers(&pair, &format!("x.{domain}")) {
-                return Ok((cert_path, key_path));
-            }
+    if cert_path.exists()
+        && key_path.exists()
+        && let Ok(pair) = load_pair(&cert_path, &key_path)
+    {
+        // webpki only honours wildcards with two labels after them, so `x.localhost` cannot be checked.
+        let wildcard_ok = !domain.contains('.') || covers(&pair, &format!("x.{domain}"));
+        if covers(&pair, domain) && wildcard_ok {
+            return Ok((cert_path, key_path));
         }
     }
     let dir = data_dir.join("tls");
@@ -113,10 +116,10 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(sni) = hello.server_name() {
-            if let Some(found) = self.pairs.iter().find(|p| covers(p, sni)) {
-                return Some(found.clone());
-            }
+        if let Some(sni) = hello.server_name()
+            && let Some(found) = self.pairs.iter().find(|p| covers(p, sni))
+        {
+            return Some(found.clone());
         }
         self.pairs.first().cloned()
     }

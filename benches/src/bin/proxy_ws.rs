@@ -116,9 +116,9 @@ async fn measure(a: &Args, url: &str, host: Option<&str>) -> anyhow::Result<f64>
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let port = echo_server().await?;
-    let direct = measure(&a, &format!("ws://127.0.0.1:{port}/"), None).await?;
+    let direct = measure(&a, &format!("ws://127.0.0.1:{port}/"), None).await.context("direct")?;
     let host = format!("{port}-{}.localhost", a.sandbox);
-    let proxied = measure(&a, &format!("ws://{}/", a.proxy), Some(&host)).await?;
+    let proxied = measure(&a, &format!("ws://{}/", a.proxy), Some(&host)).await.context("through the proxy")?;
     println!(
         "websocket echo ({} conns x {} in flight, {} B): direct {:.0} msg/s, through sandbar-proxy + daemon {:.0} msg/s",
         a.conns, a.window, a.size, direct, proxied

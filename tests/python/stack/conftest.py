@@ -70,7 +70,7 @@ def start_stack(data_dir: Path, runner_id: str, extra: list[str] | None = None, 
     args = [
         str(sandbar), "up", "--data-dir", str(data_dir),
         "--api-port", "0", "--http-port", "0", "--https-port", "0", "--ssh-port", "0",
-        "--runner-id", runner_id, "--container-label", "sandbar.test=1",
+        "--runner-id", runner_id, "--container-label", "sandbar-e2e=1",
         "--shutdown-grace", "10",
     ]
     image = os.environ.get("SANDBAR_STACK_IMAGE")
