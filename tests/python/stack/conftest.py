@@ -1,128 +1,17 @@
-"""The whole stack started the way a user starts it: ``sandbar up`` on port 0 with a temporary data directory.
-
-Tests here use only what ``sandbar up`` prints (``DAYTONA_API_URL``, ``DAYTONA_API_KEY``, the proxy and SSH
-addresses) and real clients: the Daytona SDK, OpenSSH, headless Chromium, curl. Every container the stack makes
-carries the runner id of this run; the fixture removes them at the end, even after a failure.
-
-Env: ``SANDBAR_BIN_DIR`` (default ``<repo>/target/debug``), ``SANDBAR_STATIC_DAEMON`` (else ``sandbar up`` builds it),
-``SANDBAR_STACK_IMAGE`` (default: the real default image, built by ``sandbar up`` when missing).
-"""
+"""Fixtures for the stack tests: one ``sandbar up`` for the session (see sandbar_stack.py), the SDK client, and a
+shared sandbox of the default image."""
 
 from __future__ import annotations
 
-import os
-import re
 import secrets
-import signal
-import subprocess
-import threading
-import time
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-BIN_DIR = Path(os.environ.get("SANDBAR_BIN_DIR", str(REPO / "target" / "debug")))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-@dataclass
-class Stack:
-    proc: subprocess.Popen
-    data_dir: Path
-    runner_id: str
-    api_url: str = ""
-    api_key: str = ""
-    proxy_http: str = ""
-    proxy_https: str = ""
-    ssh: str = ""
-    lines: list[str] = field(default_factory=list)
-    args: list[str] = field(default_factory=list)
-
-    def env(self) -> dict[str, str]:
-        e = dict(os.environ)
-        e["DAYTONA_API_URL"] = self.api_url
-        e["DAYTONA_API_KEY"] = self.api_key
-        return e
-
-    def log(self, name: str) -> str:
-        try:
-            return (self.data_dir / "logs" / f"{name}.log").read_text(errors="replace")[-4000:]
-        except OSError as e:
-            return f"<no {name} log: {e}>"
-
-    def stop(self, timeout: float = 30) -> int | None:
-        if self.proc.poll() is not None:
-            return self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-            return None
-
-
-def start_stack(data_dir: Path, runner_id: str, extra: list[str] | None = None, timeout: float = 600) -> Stack:
-    sandbar = BIN_DIR / "sandbar"
-    if not os.access(sandbar, os.X_OK):
-        pytest.fail(f"{sandbar} not found: run `cargo build --workspace --bins` or set SANDBAR_BIN_DIR")
-    args = [
-        str(sandbar), "up", "--data-dir", str(data_dir),
-        "--api-port", "0", "--http-port", "0", "--https-port", "0", "--ssh-port", "0",
-        "--runner-id", runner_id, "--container-label", "sandbar-e2e=1",
-        "--shutdown-grace", "10",
-    ]
-    image = os.environ.get("SANDBAR_STACK_IMAGE")
-    if image:
-        args += ["--image", image]
-    args += extra or []
-    env = dict(os.environ)
-    env.pop("DAYTONA_API_URL", None)
-    env.pop("DAYTONA_API_KEY", None)
-    env["SANDBAR_BIN_DIR"] = str(BIN_DIR)
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    stack = Stack(proc=proc, data_dir=data_dir, runner_id=runner_id, args=args)
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            stack.lines.append(line)
-            if m := re.match(r"^DAYTONA_API_URL=(\S+)", line):
-                stack.api_url = m.group(1)
-            elif m := re.match(r"^DAYTONA_API_KEY=(\S+)", line):
-                stack.api_key = m.group(1)
-            elif m := re.match(r"^proxy http:\s+(\S+)", line):
-                stack.proxy_http = m.group(1)
-            elif m := re.match(r"^proxy https:\s+(\S+)", line):
-                stack.proxy_https = m.group(1)
-            elif m := re.match(r"^ssh gateway:\s+(\S+)", line):
-                stack.ssh = m.group(1)
-            elif line == "sandbar ready":
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.time() + timeout
-    while not ready.wait(1):
-        if time.time() > deadline:
-            stack.stop()
-            pytest.fail("sandbar up was not ready in time:\n" + "\n".join(stack.lines[-30:]))
-    if proc.poll() is not None or not stack.api_key:
-        pytest.fail(f"sandbar up failed (exit {proc.poll()}):\n" + "\n".join(stack.lines[-40:]))
-    return stack
-
-
-def remove_containers(runner_id: str) -> None:
-    out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=sandbar.runner={runner_id}"],
-        capture_output=True, text=True, check=False,
-    ).stdout.split()
-    if out:
-        subprocess.run(["docker", "rm", "-f", *out], capture_output=True, check=False)
+from sandbar_stack import remove_containers, start_stack  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 
-from conftest import remove_containers, start_stack
+from sandbar_stack import remove_containers, start_stack
 from daytona import Daytona, DaytonaConfig
 
 

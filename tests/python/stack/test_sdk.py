@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.parse
 import uuid
@@ -42,7 +43,8 @@ def test_sessions_async_and_logs(sandbox):
             sid, SessionExecuteRequest(command="for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.2; done",
                                        run_async=True))
         out, err = [], []
-        sandbox.process.get_session_command_logs_async(sid, cmd.cmd_id, out.append, err.append)
+        asyncio.run(asyncio.wait_for(
+            sandbox.process.get_session_command_logs_async(sid, cmd.cmd_id, out.append, err.append), timeout=30))
         assert "".join(out).split() == ["out1", "out2", "out3"]
         assert "".join(err).split() == ["err1", "err2", "err3"]
         assert sandbox.process.get_session_command(sid, cmd.cmd_id).exit_code == 0
