@@ -35,6 +35,11 @@ pub struct Config {
     /// `target` reported on every sandbox when the caller names none.
     #[arg(long, env = "SANDBAR_TARGET", default_value = "local")]
     pub target: String,
+    /// How long `POST /sandbox` may wait for the runner to finish the create before answering `creating`, in
+    /// milliseconds. A create that completes in time (a warm-pool claim, a quick cold start) answers `started`, and
+    /// the SDK skips its polling, which steps at 1 s. 0 answers at once.
+    #[arg(long, env = "SANDBAR_CREATE_WAIT_MS", default_value_t = 0)]
+    pub create_wait_ms: u64,
     #[command(flatten)]
     pub limits: Limits,
 }
@@ -119,6 +124,7 @@ impl Config {
             proxy_token: None,
             default_snapshot: "sandbar-sandbox:default".into(),
             target: "local".into(),
+            create_wait_ms: 0,
             limits: Limits::default(),
         }
     }

@@ -782,7 +782,32 @@ async fn create(
     app.wake_runner(&runner);
     app.wake_routes();
     tracing::info!(sandbox_id = %id, runner_id = %runner, "sandbox created");
+    let row = wait_while_creating(&app, row).await?;
     Ok(ok(&app, &row))
+}
+
+/// Waits up to `create_wait_ms` for a new sandbox to leave `creating` (every job result wakes the route watchers),
+/// and returns the row as it then is.
+async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
+    if app.config.create_wait_ms == 0 {
+        return Ok(row);
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(app.config.create_wait_ms);
+    let mut row = row;
+    loop {
+        let notified = app.route_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let mut conn = app.db.pool.acquire().await?;
+        match load(app, &mut conn, None, &row.id, false).await? {
+            Some(r) => row = r,
+            None => return Ok(row),
+        }
+        drop(conn);
+        if row.state != SandboxState::Creating.as_str() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(row);
+        }
+    }
 }
 
 async fn write_labels(

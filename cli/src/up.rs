@@ -307,6 +307,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 format!("{ssh_host}:{ssh_port}"),
                 "--default-snapshot".into(),
                 args.image.clone(),
+                // A create answers `started` when the runner finishes within this (warm claims, quick starts).
+                "--create-wait-ms".into(),
+                "3000".into(),
             ],
             &common_env,
             &logs,
