@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod internal;
 pub mod lifecycle;
+pub mod network;
 pub mod openapi;
 pub mod runners;
 pub mod sandbox;

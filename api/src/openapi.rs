@@ -17,6 +17,7 @@ use crate::sandbox::{
     CreateSandboxBody, LabelsBody, ListSandboxesResponse, PortPreviewUrl, ResizeBody, SandboxDto, SignedPortPreviewUrl,
     SshAccessDto, SshAccessValidationDto, ToolboxProxyUrl,
 };
+use crate::network::NetworkSettingsBody;
 use crate::snapshots::{CreateSnapshotBody, PaginatedSnapshots, SnapshotDto};
 
 /// `(method, path under /api, operation id, request schema, success status, response schema, audience)`.
@@ -126,6 +127,15 @@ pub const OPERATIONS: &[Operation] = &[
         Some("ToolboxProxyUrl"),
         "sandbox",
     ),
+    (
+        "POST",
+        "/sandbox/{sandboxIdOrName}/network-settings",
+        "updateNetworkSettings",
+        Some("NetworkSettingsBody"),
+        200,
+        Some("SandboxDto"),
+        "sandbox",
+    ),
     ("GET", "/snapshots", "getAllSnapshots", None, 200, Some("PaginatedSnapshots"), "snapshots"),
     ("POST", "/snapshots", "createSnapshot", Some("CreateSnapshotBody"), 200, Some("SnapshotDto"), "snapshots"),
     ("GET", "/snapshots/{snapshotIdOrName}", "getSnapshot", None, 200, Some("SnapshotDto"), "snapshots"),
@@ -197,6 +207,7 @@ pub fn document() -> OpenApi {
         .schema_from::<SnapshotDto>()
         .schema_from::<PaginatedSnapshots>()
         .schema_from::<CreateSnapshotBody>()
+        .schema_from::<NetworkSettingsBody>()
         .build();
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("sandbar API").version(env!("CARGO_PKG_VERSION")).build())

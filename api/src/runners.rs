@@ -268,6 +268,16 @@ async fn result(
         let via = state::parse(&via);
         let in_step = current == via;
         match (&res.outcome, &kind) {
+            // A network change moves no state. A runner that no longer has the sandbox has nothing to apply (a
+            // re-created sandbox gets the stored settings); any other failure leaves a running sandbox without
+            // the settings the user asked for, which must show.
+            (JobOutcome::Failed { code, message }, JobKind::UpdateSandboxNetwork(_))
+                if *code != JobErrorCode::SandboxNotFound && current == SandboxState::Started =>
+            {
+                let reason = format!("network settings could not be applied ({code:?}): {message}");
+                sandbox::set_state(&mut tx, &row.id, SandboxState::Error, Some(&reason), now).await?;
+            }
+            (_, JobKind::UpdateSandboxNetwork(_)) => {}
             (JobOutcome::Succeeded { .. }, JobKind::DestroySandbox { .. })
             | (JobOutcome::Failed { code: JobErrorCode::SandboxNotFound, .. }, JobKind::DestroySandbox { .. })
                 if current != SandboxState::Destroyed =>

@@ -34,7 +34,7 @@ pub(crate) const COLUMNS: &str = "s.id, s.organization_id, s.name, s.runner_id, 
     s.error_reason, s.snapshot, s.os_user, s.env, s.labels, s.public, s.network_block_all, s.network_allow_list, \
     s.target, s.cpu, s.memory, s.disk, s.auto_stop, s.auto_archive, s.auto_delete, s.daemon_addr, s.ssh_addr, \
     s.daemon_token, s.preview_token, s.provisioned, s.created_at, s.updated_at, s.last_activity_at, s.state_at, \
-    s.version, r.last_heartbeat AS runner_seen";
+    s.version, r.last_heartbeat AS runner_seen, s.linked_sandbox_id";
 pub(crate) const FROM: &str = "FROM sandboxes s LEFT JOIN runners r ON r.id = s.runner_id";
 
 /// A sandbox row, with its runner's last heartbeat.
@@ -72,6 +72,7 @@ pub struct Row {
     pub state_at: i64,
     pub version: i64,
     pub runner_seen: Option<i64>,
+    pub linked_sandbox_id: Option<String>,
 }
 
 impl Row {
@@ -138,6 +139,7 @@ impl Row {
             auto_delete_interval: self.auto_delete,
             runner_id: self.runner_id.clone(),
             volumes: Vec::new(),
+            linked_sandbox_id: self.linked_sandbox_id.clone(),
         }
     }
 }
@@ -176,6 +178,7 @@ pub struct SandboxDto {
     pub auto_delete_interval: i64,
     pub runner_id: Option<String>,
     pub volumes: Vec<serde_json::Value>,
+    pub linked_sandbox_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -215,6 +218,8 @@ pub struct CreateSandboxBody {
     pub ephemeral: Option<bool>,
     pub network_block_all: Option<bool>,
     pub network_allow_list: Option<String>,
+    pub domain_allow_list: Option<String>,
+    pub linked_sandbox: Option<String>,
     pub kvm: Option<bool>,
     pub build_info: Option<BuildInfo>,
     pub volumes: Option<Vec<serde_json::Value>>,
@@ -295,6 +300,7 @@ pub fn routes() -> Router<App> {
         .route("/sandbox/{id}/ports/{port}/signed-preview-url/{token}/expire", post(expire_signed_preview_url))
         .route("/sandbox/{id}/ssh-access", post(create_ssh_access).delete(revoke_ssh_access))
         .route("/sandbox/{id}/toolbox-proxy-url", get(toolbox_proxy_url))
+        .route("/sandbox/{id}/network-settings", post(crate::network::update))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -396,6 +402,7 @@ pub(crate) async fn enqueue(
         JobKind::StopSandbox(_) => "STOP_SANDBOX",
         JobKind::DestroySandbox { .. } => "DESTROY_SANDBOX",
         JobKind::ResizeSandbox(_) => "RESIZE_SANDBOX",
+        JobKind::UpdateSandboxNetwork(_) => "UPDATE_SANDBOX_NETWORK",
     };
     sqlx::query(
         "INSERT INTO jobs (id, seq, runner_id, sandbox_id, kind, payload, prev_state, via_state, state, created_at) \
@@ -431,6 +438,8 @@ pub(crate) fn create_job(row: &Row) -> JobKind {
             auto_archive_interval: u32::try_from(row.auto_archive).ok(),
             auto_delete_interval: u32::try_from(row.auto_delete).ok(),
         },
+        network: crate::network::policy_of(row),
+        linked_sandbox: row.linked_sandbox_id.clone(),
     })
 }
 
@@ -682,6 +691,8 @@ async fn create(
     if let Some(n) = body.auto_archive_interval.filter(|n| *n < 0) {
         return Err(ApiError::bad_request(format!("autoArchiveInterval must be 0 or more minutes, got {n}")));
     }
+    crate::network::refuse_domains(body.domain_allow_list.as_deref())?;
+    let allow_list = body.network_allow_list.as_deref().map(crate::network::normalise_allow_list).transpose()?.flatten();
     let mut snapshot_defaults = None;
     let image = match (&body.snapshot, &body.image, &body.build_info) {
         (Some(s), _, _) if !s.trim().is_empty() => {
@@ -740,7 +751,14 @@ async fn create(
     if taken.is_some() {
         return Err(ApiError::conflict(format!("Sandbox with name {name} already exists")));
     }
-    let runner = runners::place(&app, &mut tx, cpu, memory, disk).await?;
+    let (linked, runner) = match body.linked_sandbox.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+        // A linked sandbox goes where its parent is, so the two share a network.
+        Some(l) => {
+            let (parent, runner) = crate::network::resolve_link(&app, &mut tx, &org, l, auto_delete).await?;
+            (Some(parent), runner)
+        }
+        None => (None, runners::place(&app, &mut tx, cpu, memory, disk).await?),
+    };
     let labels_json = serde_json::to_string(&labels).map_err(|e| ApiError::internal("labels", e))?;
     let env_json = serde_json::to_string(&env).map_err(|e| ApiError::internal("env", e))?;
     sqlx::query(
@@ -760,7 +778,7 @@ async fn create(
     .bind(labels_json)
     .bind(b(body.public.unwrap_or(false)))
     .bind(b(body.network_block_all.unwrap_or(false)))
-    .bind(body.network_allow_list.clone())
+    .bind(allow_list)
     .bind(body.target.clone().filter(|t| !t.is_empty()).unwrap_or_else(|| app.config.target.clone()))
     .bind(cpu)
     .bind(memory)
@@ -773,6 +791,13 @@ async fn create(
     .execute(&mut *tx)
     .await?;
     write_labels(&mut tx, &id, &labels).await?;
+    if let Some(parent) = &linked {
+        sqlx::query("UPDATE sandboxes SET linked_sandbox_id = $1 WHERE id = $2")
+            .bind(parent)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
     let row =
         load(&app, &mut tx, None, &id, false).await?.ok_or_else(|| ApiError::internal("create", "row vanished"))?;
     enqueue(&mut tx, &runner, &create_job(&row), SandboxState::Creating, SandboxState::Creating, now).await?;

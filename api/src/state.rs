@@ -132,6 +132,18 @@ pub fn observe(current: SandboxState, reported: SandboxState, job_in_flight: boo
     Some(reported)
 }
 
+/// Whether a change of network settings goes to the runner (`true`: it applies it now or keeps it for the next
+/// start; a runner that no longer has the sandbox ignores it, and a re-created sandbox gets the stored settings).
+/// A deleted sandbox's settings cannot change.
+pub fn network_update(state: SandboxState) -> Result<bool, Refusal> {
+    match state {
+        S::Destroyed | S::Destroying => {
+            Err(Refusal(format!("Sandbox is {state} and its network settings cannot be changed: it is deleted")))
+        }
+        _ => Ok(true),
+    }
+}
+
 /// States whose sandboxes hold CPU and memory (for quotas and placement).
 pub fn holds_compute(state: SandboxState) -> bool {
     !matches!(state, S::Stopped | S::Archived | S::Destroyed | S::Error | S::BuildFailed)
@@ -167,6 +179,13 @@ mod tests {
             assert!(!holds_compute(parse(s)));
         }
         assert!(holds_compute(S::Started));
+    }
+
+    #[test]
+    fn network_settings_change_until_deleted() {
+        assert_eq!(network_update(S::Started), Ok(true));
+        assert_eq!(network_update(S::Stopped), Ok(true));
+        assert!(network_update(S::Destroyed).unwrap_err().0.contains("deleted"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod error;
+pub mod network;
 pub mod runner;
 pub mod toolbox;
 

@@ -7,6 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::network::{NetworkPolicy, UpdateSandboxNetwork};
+
 /// Container label keys every runner-managed container carries. A restarted runner rebuilds its state from them.
 pub mod labels {
     /// The sandbox ID (also the container name suffix).
@@ -146,6 +148,12 @@ pub struct CreateSandbox {
     pub entrypoint: Option<Vec<String>>,
     #[serde(default, flatten)]
     pub auto: AutoIntervals,
+    /// Egress policy (`networkBlockAll`, `networkAllowList`).
+    #[serde(default, flatten)]
+    pub network: NetworkPolicy,
+    /// The sandbox (on the same runner) this one is linked to: the two may connect to each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_sandbox: Option<String>,
 }
 
 /// Job: stop a sandbox. Graceful sends SIGTERM to the daemon (which drains and stops its children) and kills
@@ -190,6 +198,7 @@ pub enum JobKind {
         sandbox_id: String,
     },
     ResizeSandbox(ResizeSandbox),
+    UpdateSandboxNetwork(UpdateSandboxNetwork),
 }
 
 impl JobKind {
@@ -200,6 +209,7 @@ impl JobKind {
             Self::StartSandbox { sandbox_id } | Self::DestroySandbox { sandbox_id } => sandbox_id,
             Self::StopSandbox(s) => &s.sandbox_id,
             Self::ResizeSandbox(r) => &r.sandbox_id,
+            Self::UpdateSandboxNetwork(n) => &n.sandbox_id,
         }
     }
 }
@@ -332,6 +342,11 @@ pub struct SandboxSpecLabel {
     /// Names of the env variables the caller set (the container's env also holds the image's and ours).
     #[serde(default)]
     pub env_keys: Vec<String>,
+    /// The network policy at creation (later changes live in the runner's state dir).
+    #[serde(default, flatten)]
+    pub network: NetworkPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_sandbox: Option<String>,
 }
 
 /// A state change the runner reports without being asked: a container that died, was OOM-killed, or came back.
@@ -393,6 +408,12 @@ mod tests {
 
         let start: Job = serde_json::from_str(r#"{"id":"j2","type":"START_SANDBOX","sandboxId":"s2"}"#).unwrap();
         assert_eq!(start.kind.sandbox_id(), "s2");
+
+        let net: Job =
+            serde_json::from_str(r#"{"id":"j3","type":"UPDATE_SANDBOX_NETWORK","sandboxId":"s3","networkBlockAll":true}"#)
+                .unwrap();
+        assert!(matches!(&net.kind, JobKind::UpdateSandboxNetwork(n) if n.policy.network_block_all));
+        assert_eq!(net.kind.sandbox_id(), "s3");
     }
 
     #[test]
@@ -412,6 +433,13 @@ mod tests {
         assert_eq!(c.resources, Resources { cpu: 1, memory: 1, disk: 3 });
         assert_eq!(c.auto.auto_stop_interval, Some(15));
         assert!(c.env.is_empty() && c.entrypoint.is_none());
+        assert!(c.network.is_unrestricted() && c.linked_sandbox.is_none());
+        let c: CreateSandbox = serde_json::from_str(
+            r#"{"sandboxId":"s","organizationId":"o","image":"i","networkAllowList":["10.0.0.0/8"],"linkedSandbox":"p"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.network.network_allow_list.as_deref(), Some(&["10.0.0.0/8".to_owned()][..]));
+        assert_eq!(c.linked_sandbox.as_deref(), Some("p"));
     }
 
     #[test]

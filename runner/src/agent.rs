@@ -281,6 +281,7 @@ fn job_kind(kind: &JobKind) -> &'static str {
         JobKind::StopSandbox(_) => "stop",
         JobKind::DestroySandbox { .. } => "destroy",
         JobKind::ResizeSandbox(_) => "resize",
+        JobKind::UpdateSandboxNetwork(_) => "network",
     }
 }
 

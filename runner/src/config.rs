@@ -39,8 +39,15 @@ pub struct RunnerConfig {
     /// Started sandboxes kept ready for creates that match. Default: none.
     pub warm_pool: Option<WarmPoolConfig>,
     /// Where the runner keeps what Docker cannot: which pool container was claimed by which sandbox
-    /// (`claims.json`, mode 0600: it holds daemon tokens). Required with a warm pool. Default: none.
+    /// (`claims.json`, mode 0600: it holds daemon tokens) and network policies changed after creation
+    /// (`network.json`). Required with a warm pool and for network policy changes. Default: none.
     pub state_dir: Option<PathBuf>,
+    /// Isolate sandboxes from each other and enforce their egress policies with iptables rules (see
+    /// [`crate::network`]). Off: no rules, and creates that ask for a policy or a link fail. Default: on.
+    pub network_rules: bool,
+    /// The iptables binary (`iptables-nft`, `iptables-legacy`, ...). Default: whichever of `iptables`,
+    /// `iptables-nft`, `iptables-legacy` holds Docker's `DOCKER-USER` chain.
+    pub iptables: Option<String>,
 }
 
 /// A warm pool: `size` started sandboxes of `image` and `resources`. A create with the same image and resources, no
@@ -69,6 +76,8 @@ impl RunnerConfig {
             docker_timeout: Duration::from_secs(120),
             warm_pool: None,
             state_dir: None,
+            network_rules: true,
+            iptables: None,
         }
     }
 

@@ -23,6 +23,9 @@ pub enum StartupError {
     /// The HTTP client for daemons could not be built.
     #[error("HTTP client: {0}")]
     Http(String),
+    /// Network rules cannot be enforced on this host (or the stored policies are unreadable).
+    #[error("{0}")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 /// Why a sandbox operation failed. Nothing half-created is left behind when one of these is returned.

@@ -10,7 +10,9 @@
 //! It works for the control plane through [`agent`] (heartbeats, job long-polls, results, state pushes) and serves
 //! its own small HTTP API ([`http`]: health, info, Prometheus metrics). [`service::run`] ties them together.
 //!
-//! Not built yet (see the runner issue): archive/restore, fork, network isolation and egress rules.
+//! [`network`] keeps sandboxes apart and applies their egress policies (iptables chains hooked from `DOCKER-USER`).
+//!
+//! Not built yet (see the runner issue): archive/restore, fork.
 
 pub mod agent;
 pub mod cgroup;
@@ -19,6 +21,7 @@ mod daemon;
 pub mod error;
 pub mod http;
 pub mod image;
+pub mod network;
 mod runner;
 pub mod service;
 pub mod snapshot;

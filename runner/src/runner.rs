@@ -24,8 +24,9 @@ use futures_util::StreamExt;
 use sandbar_proto::ports;
 use sandbar_proto::runner::{
     Capacity, CreateSandbox, Job, JobKind, JobOutcome, JobResult, ResizeSandbox, Resources, RunnerStatus, SandboxInfo,
-    SandboxSpecLabel, SandboxState, StateChange, StopSandbox, labels,
+    SandboxSpecLabel, SandboxState, StateChange, StopSandbox, UpdateSandboxNetwork, labels,
 };
+use sandbar_proto::network::NetworkPolicy;
 use sandbar_proto::toolbox::{ExecuteRequest, ExecuteResponse};
 use tokio::sync::broadcast;
 
@@ -34,6 +35,7 @@ use crate::config::{DAEMON_MOUNT_PATH, RunnerConfig, valid_name};
 use crate::daemon::{DaemonClient, new_token};
 use crate::error::{ImageError, SandboxError, StartupError, docker_status};
 use crate::image::{self, ImageInfo};
+use crate::network::{self, Firewall};
 
 mod pool;
 
@@ -113,6 +115,8 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     pool: Mutex<pool::PoolState>,
     refill: Arc<tokio::sync::Notify>,
+    /// Isolation and egress rules (crate::network).
+    firewall: Firewall,
 }
 
 impl Drop for Inner {
@@ -178,6 +182,7 @@ impl Runner {
             "connected to Docker");
 
         let daemon = DaemonClient::new().map_err(|e| StartupError::Http(e.to_string()))?;
+        let firewall = Firewall::new(&config).await?;
         let (changes, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             docker,
@@ -189,6 +194,7 @@ impl Runner {
             tasks: Mutex::new(Vec::new()),
             pool: Mutex::new(pool::PoolState::default()),
             refill: Arc::new(tokio::sync::Notify::new()),
+            firewall,
         });
         // Events from just before the rebuild on are replayed, so nothing between the two is missed; the
         // handlers re-inspect, so replays are harmless.
@@ -268,6 +274,18 @@ impl Runner {
         run_detached(async move { inner.resize(req).await }).await
     }
 
+    /// Changes a sandbox's network policy: at once while it runs, at its next start while stopped.
+    pub async fn update_network(&self, req: UpdateSandboxNetwork) -> Result<SandboxInfo, SandboxError> {
+        let inner = self.inner.clone();
+        run_detached(async move { inner.update_network(req).await }).await
+    }
+
+    /// The network policy the runner holds for a sandbox, and the sandbox it is linked to.
+    pub async fn network_policy(&self, id: &str) -> Result<(NetworkPolicy, Option<String>), SandboxError> {
+        self.inner.entry(id)?;
+        Ok(self.inner.firewall.policy(id).await)
+    }
+
     /// Runs a command through the sandbox's daemon (`POST /process/execute`).
     pub async fn exec(&self, id: &str, req: &ExecuteRequest) -> Result<ExecuteResponse, SandboxError> {
         let (addr, token) = self.inner.daemon_of(id)?;
@@ -327,6 +345,7 @@ impl Runner {
             JobKind::StopSandbox(s) => self.stop(s).await.map(Some),
             JobKind::DestroySandbox { sandbox_id } => self.destroy(&sandbox_id).await.map(|()| None),
             JobKind::ResizeSandbox(r) => self.resize(r).await.map(Some),
+            JobKind::UpdateSandboxNetwork(n) => self.update_network(n).await.map(Some),
         };
         let outcome = match result {
             Ok(sandbox) => JobOutcome::Succeeded { sandbox: sandbox.map(Box::new) },
@@ -492,9 +511,20 @@ impl Inner {
                     return Err(SandboxError::Conflict(format!("a sandbox named {name:?} already exists")));
                 }
             }
+            if let Some(parent) = &req.linked_sandbox
+                && (parent == &req.id || !map.contains_key(parent))
+            {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "linked sandbox {parent} is not another sandbox on this runner"
+                )));
+            }
             map.insert(req.id.clone(), entry.clone());
         }
         let _op = entry.op.lock().await;
+        if let Err(e) = self.firewall.set_policy(&req.id, req.network.clone(), req.linked_sandbox.clone()).await {
+            lock(&self.sandboxes).remove(&req.id);
+            return Err(e.into());
+        }
         if let Some(member) = self.take_pool_member(&req) {
             match self.claim(&entry, &req, member).await {
                 Ok(()) => {
@@ -512,6 +542,8 @@ impl Inner {
             Err(e) => {
                 tracing::warn!(sandbox_id = %req.id, error = %e, "create failed; removing what was made");
                 self.remove_container_quietly(&container_name(&req.id)).await;
+                self.firewall.detach_sandbox(&req.id).await;
+                self.firewall.forget(&req.id).await;
                 lock(&self.sandboxes).remove(&req.id);
                 Err(e)
             }
@@ -541,6 +573,8 @@ impl Inner {
             disk: req.resources.disk,
             auto: req.auto,
             env_keys: req.env.keys().cloned().collect(),
+            network: req.network.clone(),
+            linked_sandbox: req.linked_sandbox.clone(),
         };
         let spec = serde_json::to_string(&spec).map_err(|e| SandboxError::Internal(e.to_string()))?;
         let mut container_labels: HashMap<String, String> =
@@ -605,6 +639,14 @@ impl Inner {
             id: id.into(),
             reason: "the container has no IP address (network mode none?)".into(),
         })?;
+        if has_ipv6(&inspect) {
+            return Err(SandboxError::InvalidRequest(format!(
+                "sandbox {id} got an IPv6 address; sandbar's network rules are IPv4 only: use a Docker network \
+                 without IPv6"
+            )));
+        }
+        // Before the daemon answers, so no request reaches a sandbox whose rules are not in place.
+        self.firewall.attach(container, id, ip).await?;
         let addr = SocketAddr::new(ip, ports::TOOLBOX);
         self.wait_daemon(id, container, addr).await?;
         let user = inspect.config.and_then(|c| c.user).filter(|u| !u.is_empty());
@@ -668,6 +710,7 @@ impl Inner {
             Err(e) if docker_status(&e) == Some(404) => {}
             Err(e) => tracing::warn!(container, error = %e, "cannot remove container"),
         }
+        self.firewall.detach(container).await;
     }
 
     async fn start(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
@@ -699,6 +742,7 @@ impl Inner {
                 // Leave nothing running that the runner does not consider started.
                 let kill = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
                 let _ = self.docker.kill_container(&container, Some(kill)).await;
+                self.firewall.detach(&container).await;
                 self.set_state(&entry, SandboxState::Error, Some(e.to_string()), None);
                 Err(e)
             }
@@ -732,6 +776,8 @@ impl Inner {
         };
         match result {
             Ok(()) => {
+                // Its address is free for other containers now.
+                self.firewall.detach(&container).await;
                 self.set_state(&entry, SandboxState::Stopped, None, None);
                 Ok(lock(&entry.info).clone())
             }
@@ -773,12 +819,22 @@ impl Inner {
                 return Err(e.into());
             }
         }
+        self.firewall.detach(&container).await;
+        self.firewall.forget(id).await;
         lock(&self.sandboxes).remove(id);
         if entry.is_claimed() {
             self.save_claims()?;
         }
         self.set_state(&entry, SandboxState::Destroyed, None, None);
         Ok(())
+    }
+
+    async fn update_network(&self, req: UpdateSandboxNetwork) -> Result<SandboxInfo, SandboxError> {
+        let entry = self.entry(&req.sandbox_id)?;
+        let _op = entry.op.lock().await;
+        self.firewall.update_policy(&req.sandbox_id, req.policy).await?;
+        tracing::info!(sandbox_id = %req.sandbox_id, "network policy changed");
+        Ok(lock(&entry.info).clone())
     }
 
     async fn resize(&self, req: ResizeSandbox) -> Result<SandboxInfo, SandboxError> {
@@ -851,6 +907,7 @@ impl Inner {
                 tracing::warn!(container = %cid, "container has our runner label but no usable sandbox labels; ignored");
                 continue;
             };
+            self.firewall.adopt_policy(&info.id, network_from_container(&inspect)).await;
             let pooled = inspect
                 .config
                 .as_ref()
@@ -894,6 +951,21 @@ impl Inner {
             }
         }
         self.adopt_pool_members(pool_candidates).await;
+        // Rules for every running container before anything else happens; stale chains go.
+        let mut running: Vec<(String, String, IpAddr)> = {
+            let entries: Vec<Arc<Entry>> = lock(&self.sandboxes).values().cloned().collect();
+            entries
+                .iter()
+                .filter_map(|e| {
+                    let i = lock(&e.info);
+                    let ip = i.daemon_addr.as_deref()?.parse::<SocketAddr>().ok()?.ip();
+                    Some((i.container_id.clone(), i.id.clone(), ip))
+                })
+                .collect()
+        };
+        running.extend(self.pool_addrs().into_iter().map(|(c, addr)| (c.clone(), format!("pool-{c}"), addr.ip())));
+        let known = lock(&self.sandboxes).keys().cloned().collect();
+        self.firewall.reset(running, &known).await?;
         // A running container whose daemon does not answer is not a working sandbox.
         let checks = probes.into_iter().map(|(entry, info)| {
             let inner = self.clone();
@@ -937,6 +1009,8 @@ impl Inner {
             Ok(i) => i,
             Err(e) if docker_status(&e) == Some(404) => {
                 if matches!(state, SandboxState::Started | SandboxState::Stopped | SandboxState::Error) {
+                    self.firewall.detach(&container).await;
+                    self.firewall.forget(id).await;
                     lock(&self.sandboxes).remove(id);
                     if entry.is_claimed()
                         && let Err(e) = self.save_claims()
@@ -965,9 +1039,23 @@ impl Inner {
             // Re-check under the lock: an operation may have begun while Docker was answering.
             let died = lock(&entry.info).state == SandboxState::Started;
             if died {
+                self.firewall.detach(&container).await;
                 let new = if oom || code != 0 { SandboxState::Error } else { SandboxState::Stopped };
                 let reason = format!("sandbox daemon exited unexpectedly: {}", exit_reason(code, oom));
                 self.set_state(&entry, new, Some(reason), Some((code, oom)));
+            }
+            return;
+        }
+        if state == SandboxState::Started
+            && let Some(ip) = container_ip(&inspect)
+        {
+            // Restarted from outside faster than the events were handled: the address may have changed.
+            let addr = SocketAddr::new(ip, ports::TOOLBOX).to_string();
+            if lock(&entry.info).daemon_addr.as_deref() != Some(addr.as_str()) {
+                match self.firewall.attach(&container, id, ip).await {
+                    Ok(()) => lock(&entry.info).daemon_addr = Some(addr),
+                    Err(e) => tracing::error!(sandbox_id = %id, error = %e, "cannot re-hook network rules"),
+                }
             }
             return;
         }
@@ -978,6 +1066,10 @@ impl Inner {
                 return;
             }
             let Some(ip) = container_ip(&inspect) else { return };
+            if let Err(e) = self.firewall.attach(&container, id, ip).await {
+                tracing::error!(sandbox_id = %id, error = %e, "started outside the runner, but its network rules failed");
+                return;
+            }
             let addr = SocketAddr::new(ip, ports::TOOLBOX);
             let ready = self.wait_daemon(id, &container, addr).await.is_ok()
                 && (!entry.is_claimed() || self.init_claimed(&entry, addr).await.is_ok());
@@ -1047,6 +1139,24 @@ fn container_ip(inspect: &ContainerInspectResponse) -> Option<IpAddr> {
     let mut names: Vec<_> = networks.keys().collect();
     names.sort();
     names.into_iter().find_map(|n| networks.get(n)?.ip_address.as_deref().filter(|ip| !ip.is_empty())?.parse().ok())
+}
+
+/// Whether any of the container's networks gave it an IPv6 address, which the IPv4 rules would not cover.
+fn has_ipv6(inspect: &ContainerInspectResponse) -> bool {
+    let networks = inspect.network_settings.as_ref().and_then(|n| n.networks.as_ref());
+    networks.is_some_and(|n| n.values().any(|e| e.global_ipv6_address.as_deref().is_some_and(|a| !a.is_empty())))
+}
+
+/// The network policy and link a container was created with (its spec label).
+fn network_from_container(c: &ContainerInspectResponse) -> network::Stored {
+    let spec = c
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.as_ref())
+        .and_then(|l| l.get(labels::SPEC))
+        .and_then(|s| serde_json::from_str::<SandboxSpecLabel>(s).ok())
+        .unwrap_or_default();
+    network::Stored { policy: spec.network, linked_sandbox: spec.linked_sandbox }
 }
 
 /// How a container's main process ended, in words.
@@ -1160,6 +1270,8 @@ mod tests {
             disk: 5,
             auto: Default::default(),
             env_keys: vec!["FOO".into()],
+            network: Default::default(),
+            linked_sandbox: None,
         };
         ContainerInspectResponse {
             id: Some("cid".into()),

@@ -52,6 +52,13 @@ pub struct RunnerOptions {
     /// Extra `key=value` label on every container this runner makes (tests mark theirs).
     #[arg(long = "container-label", value_parser = parse_label)]
     pub container_labels: Vec<(String, String)>,
+    /// Isolate sandboxes from each other and enforce their egress policies with iptables (`false`: no rules,
+    /// and creates asking for a policy or a link fail).
+    #[arg(long, env = "SANDBAR_NETWORK_RULES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub network_rules: bool,
+    /// The iptables binary (default: whichever of iptables, iptables-nft, iptables-legacy holds DOCKER-USER).
+    #[arg(long, env = "SANDBAR_IPTABLES")]
+    pub iptables: Option<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -68,6 +75,8 @@ impl RunnerOptions {
         c.network = self.network.clone();
         c.state_dir = self.state_dir.clone();
         c.extra_labels = self.container_labels.iter().cloned().collect();
+        c.network_rules = self.network_rules;
+        c.iptables = self.iptables.clone();
         if self.warm_pool > 0 {
             c.warm_pool = Some(WarmPoolConfig {
                 size: self.warm_pool,

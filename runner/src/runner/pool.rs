@@ -116,6 +116,11 @@ impl Inner {
         member
     }
 
+    /// Containers and daemon addresses of the unclaimed pool members (they get isolation rules too).
+    pub(super) fn pool_addrs(&self) -> Vec<(String, SocketAddr)> {
+        lock(&self.pool).ready.iter().map(|m| (m.container_id.clone(), m.addr)).collect()
+    }
+
     pub(super) fn is_pool_member(&self, container: &str) -> bool {
         lock(&self.pool).ready.iter().any(|m| m.container_id == container)
     }
@@ -150,6 +155,8 @@ impl Inner {
         }
         entry.claimed.store(true, Ordering::Release);
         let result = async {
+            // The new sandbox's rules replace the pool member's before its daemon takes the new identity.
+            self.firewall.attach(&member.container_id, &req.id, member.addr.ip()).await?;
             self.init_claimed(entry, member.addr).await?;
             lock(&entry.info).daemon_addr = Some(member.addr.to_string());
             self.save_claims()
@@ -194,6 +201,8 @@ impl Inner {
             resources: pool.resources,
             entrypoint: None,
             auto: Default::default(),
+            network: Default::default(),
+            linked_sandbox: None,
         };
         let info = SandboxInfo {
             id: pool_id.clone(),

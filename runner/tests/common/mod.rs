@@ -141,6 +141,10 @@ impl Drop for TestRunner {
         if !ids.is_empty() {
             let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
         }
+        // The runner's isolation chains outlive it by design (sandboxes keep running): tests remove them.
+        if let Err(e) = sandbar_runner::network::purge_blocking(&self.runner_id) {
+            eprintln!("cannot remove the network rules of {}: {e}", self.runner_id);
+        }
     }
 }
 
@@ -164,6 +168,8 @@ pub fn create_req(id: &str, image: &str) -> CreateSandbox {
         resources: Resources { cpu: 1, memory: 1, disk: 3 },
         entrypoint: None,
         auto: Default::default(),
+        network: Default::default(),
+        linked_sandbox: None,
     }
 }
 

@@ -10,6 +10,7 @@ Env: ``SANDBAR_BIN_DIR`` (default ``<repo>/target/debug``), ``SANDBAR_STATIC_DAE
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -122,5 +123,43 @@ def remove_containers(runner_id: str) -> None:
     ).stdout.split()
     if out:
         subprocess.run(["docker", "rm", "-f", *out], capture_output=True, check=False)
+    remove_network_rules(runner_id)
+
+
+def chain_prefix(runner_id: str) -> str:
+    """The runner's top iptables chain (runner/src/network.rs: ``SANDBAR-`` and 4 bytes of SHA-256, upper hex)."""
+    return "SANDBAR-" + hashlib.sha256(runner_id.encode()).digest()[:4].hex().upper()
+
+
+def sandbox_chain(runner_id: str, sandbox_id: str) -> str:
+    return chain_prefix(runner_id) + "-" + hashlib.sha256(sandbox_id.encode()).digest()[:5].hex().upper()
+
+
+def iptables_rules() -> str:
+    """Both iptables backends' filter tables (the runner uses the one holding Docker's DOCKER-USER chain)."""
+    out = []
+    for binary in ("iptables-nft", "iptables-legacy"):
+        r = subprocess.run([binary, "-w", "5", "-S"], capture_output=True, text=True, check=False)
+        out.append(r.stdout)
+    return "\n".join(out)
+
+
+def remove_network_rules(runner_id: str) -> None:
+    """The runner's isolation chains outlive it on purpose (sandboxes keep running); a test run removes its own."""
+    prefix = chain_prefix(runner_id)
+    for binary in ("iptables-nft", "iptables-legacy"):
+        listing = subprocess.run([binary, "-w", "5", "-S"], capture_output=True, text=True, check=False).stdout
+        chains = [line[3:] for line in listing.splitlines()
+                  if line.startswith("-N ") and (line[3:] == prefix or line[3:].startswith(prefix + "-"))]
+        if not chains:
+            continue
+        for hook in ("DOCKER-USER", "INPUT"):
+            while subprocess.run([binary, "-w", "5", "-D", hook, "-j", prefix], capture_output=True,
+                                 check=False).returncode == 0:
+                pass
+        for chain in chains:
+            subprocess.run([binary, "-w", "5", "-F", chain], capture_output=True, check=False)
+        for chain in chains:
+            subprocess.run([binary, "-w", "5", "-X", chain], capture_output=True, check=False)
 
 

@@ -1,0 +1,300 @@
+//! Network isolation and egress rules on real Docker and the host's real iptables: sandboxes cannot reach each
+//! other unless linked, block-all and allow lists hold and change while a sandbox runs, survive stops, restarts
+//! from outside and runner restarts, and their chains go with the sandbox. Targets are busybox httpd containers
+//! the tests start; every container and chain is removed by guards, also when a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use sandbar_proto::network::NetworkPolicy;
+use sandbar_proto::runner::{SandboxState, UpdateSandboxNetwork};
+use sandbar_proto::toolbox::ExecuteRequest;
+use sandbar_runner::network::{chain_prefix, sandbox_chain};
+use sandbar_runner::{Runner, SandboxError};
+
+const PORT: u16 = 8080;
+
+fn httpd() -> Vec<String> {
+    ["httpd", "-f", "-p", "8080", "-h", "/tmp"].map(String::from).to_vec()
+}
+
+/// Plain containers (not sandboxes) that serve HTTP on 8080 and swallow whatever a client sends to 9000 (for a
+/// connection that stays open); removed on drop.
+struct Targets(Vec<String>);
+
+impl Targets {
+    fn start(&mut self, image: &str) -> String {
+        let name = format!("sandbar-nettarget-{}", unique());
+        let out = Command::new("docker")
+            .args(["run", "-d", "--name", &name, "--label"])
+            .arg(format!("{TEST_PID_LABEL}={}", std::process::id()))
+            .arg(image)
+            .args(["sh", "-c", "httpd -p 8080 -h /tmp && while true; do sleep 1000000 | nc -l -p 9000 >/dev/null; done"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker run: {}", String::from_utf8_lossy(&out.stderr));
+        self.0.push(name.clone());
+        docker_inspect(&name, "{{.NetworkSettings.IPAddress}}").unwrap()
+    }
+}
+
+impl Drop for Targets {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&self.0).output();
+        }
+    }
+}
+
+/// The filter table as the backend Docker uses shows it.
+fn rules() -> String {
+    let out = Command::new("iptables").args(["-w", "5", "-S"]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether sandbox `id` can open a TCP connection to `ip:8080`.
+async fn reaches(runner: &Runner, id: &str, ip: &str) -> bool {
+    let req = ExecuteRequest {
+        command: format!("nc -w 3 {ip} {PORT} </dev/null"),
+        timeout: Some(10),
+        ..Default::default()
+    };
+    runner.exec(id, &req).await.unwrap().exit_code == 0
+}
+
+/// Polls `cond` every 100 ms for up to 30 s.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn ip_of(runner: &Runner, id: &str) -> String {
+    let addr = runner.get(id).unwrap().daemon_addr.unwrap();
+    addr.rsplit_once(':').unwrap().0.to_owned()
+}
+
+fn policy(block_all: bool, allow: Option<&[&str]>) -> NetworkPolicy {
+    NetworkPolicy {
+        network_block_all: block_all,
+        network_allow_list: allow.map(|l| l.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
+async fn set(runner: &Runner, id: &str, p: NetworkPolicy) {
+    runner.update_network(UpdateSandboxNetwork { sandbox_id: id.into(), policy: p }).await.unwrap();
+}
+
+#[tokio::test]
+async fn sandboxes_are_isolated_unless_linked() {
+    let image = busybox_image();
+    let t = TestRunner::new("netiso");
+    let mut targets = Targets(Vec::new());
+    let target = targets.start(&image);
+    let runner = t.runner().await;
+
+    let mk = |id: &str, linked: Option<&str>| {
+        let mut req = create_req(id, &image);
+        req.entrypoint = Some(httpd());
+        req.linked_sandbox = linked.map(str::to_owned);
+        req
+    };
+    let (p, q, c) = (format!("p-{}", unique()), format!("q-{}", unique()), format!("c-{}", unique()));
+    runner.create(mk(&p, None)).await.unwrap();
+    runner.create(mk(&q, None)).await.unwrap();
+    runner.create(mk(&c, Some(&p))).await.unwrap();
+    let (pip, qip, cip) = (ip_of(&runner, &p), ip_of(&runner, &q), ip_of(&runner, &c));
+
+    // Unlinked sandboxes cannot reach each other; the linked pair can, both ways.
+    assert!(!reaches(&runner, &q, &pip).await, "an unlinked sandbox reached another");
+    assert!(!reaches(&runner, &p, &qip).await);
+    assert!(!reaches(&runner, &q, &cip).await);
+    assert!(reaches(&runner, &c, &pip).await, "a linked sandbox cannot reach its parent");
+    assert!(reaches(&runner, &p, &cip).await, "the parent cannot reach its linked sandbox");
+    // Isolation is not an egress policy: other containers stay reachable.
+    assert!(reaches(&runner, &q, &target).await);
+    assert_eq!(runner.network_policy(&c).await.unwrap().1.as_deref(), Some(p.as_str()));
+
+    let r = rules();
+    let top = chain_prefix(&t.runner_id);
+    for hook in ["DOCKER-USER", "INPUT"] {
+        assert!(r.contains(&format!("-A {hook} -j {top}\n")), "no {hook} hook in\n{r}");
+    }
+    for id in [&p, &q, &c] {
+        assert!(r.contains(&format!("-N {}\n", sandbox_chain(&t.runner_id, id))), "no chain for {id}");
+    }
+
+    // A destroyed sandbox's chain goes with it, and its address leaves the isolation list.
+    runner.destroy(&p).await.unwrap();
+    let r = rules();
+    assert!(!r.contains(&sandbox_chain(&t.runner_id, &p)), "chain of a destroyed sandbox left:\n{r}");
+    assert!(!r.contains(&format!("-d {pip}/32")), "{r}");
+    for id in [&q, &c] {
+        runner.destroy(id).await.unwrap();
+    }
+    let left: Vec<String> = rules()
+        .lines()
+        .filter(|l| l.starts_with(&format!("-N {top}-")) && !l.ends_with("-ISO") && !l.ends_with("-DENY"))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "sandbox chains left after every sandbox was destroyed: {left:?}");
+}
+
+#[tokio::test]
+async fn egress_policies_hold_change_live_and_survive_restarts() {
+    let image = busybox_image();
+    let t = TestRunner::new("netegress");
+    let state = tempfile::tempdir().unwrap();
+    let mut config = t.config();
+    config.state_dir = Some(state.path().to_owned());
+    let mut targets = Targets(Vec::new());
+    let (t1, t2) = (targets.start(&image), targets.start(&image));
+    let runner = Runner::new(config.clone()).await.unwrap();
+
+    // Created with block-all: nothing goes out, yet the host still reaches its daemon (every exec here).
+    let a = format!("a-{}", unique());
+    let mut req = create_req(&a, &image);
+    req.network = policy(true, None);
+    runner.create(req).await.unwrap();
+    assert!(!reaches(&runner, &a, &t1).await, "block-all let a connection out");
+
+    // Changed while running, each change effective at once.
+    set(&runner, &a, policy(false, Some(&[&format!("{t1}/32")]))).await;
+    assert!(reaches(&runner, &a, &t1).await, "the target's /32 is allowed");
+    assert!(!reaches(&runner, &a, &t2).await, "an address outside the allow list was reached");
+    set(&runner, &a, policy(false, Some(&["203.0.113.0/24"]))).await;
+    assert!(!reaches(&runner, &a, &t1).await, "a different CIDR allowed the target");
+    set(&runner, &a, NetworkPolicy::default()).await;
+    assert!(reaches(&runner, &a, &t1).await && reaches(&runner, &a, &t2).await);
+    set(&runner, &a, policy(true, None)).await;
+    assert!(!reaches(&runner, &a, &t1).await);
+
+    // A connection opened while allowed is cut when the policy tightens, not only new ones refused.
+    set(&runner, &a, NetworkPolicy::default()).await;
+    let hold = ExecuteRequest {
+        command: format!("((while true; do echo x; sleep 0.2; done) | nc {t1} 9000) </dev/null >/dev/null 2>&1 &"),
+        timeout: Some(10),
+        ..Default::default()
+    };
+    runner.exec(&a, &hold).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let alive = ExecuteRequest { command: "pidof nc >/dev/null".into(), timeout: Some(5), ..Default::default() };
+    assert_eq!(runner.exec(&a, &alive).await.unwrap().exit_code, 0, "the held connection did not start");
+    set(&runner, &a, policy(true, None)).await;
+    let mut cut = false;
+    for _ in 0..40 {
+        if runner.exec(&a, &alive).await.unwrap().exit_code != 0 {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(cut, "a connection opened before block-all kept going");
+
+    // Created with an allow list.
+    let b = format!("b-{}", unique());
+    let mut req = create_req(&b, &image);
+    req.network = policy(false, Some(&[&format!("{t2}/32")]));
+    runner.create(req).await.unwrap();
+    assert!(reaches(&runner, &b, &t2).await && !reaches(&runner, &b, &t1).await);
+
+    // Stop and start: the policy is kept, and the rules follow the (possibly new) address.
+    set(&runner, &a, policy(false, Some(&[&format!("{t1}/32")]))).await;
+    runner.stop(sandbar_proto::runner::StopSandbox { sandbox_id: a.clone(), force: true, timeout_secs: None })
+        .await
+        .unwrap();
+    assert!(!rules().contains(&format!("-N {}\n", sandbox_chain(&t.runner_id, &a))), "a stopped sandbox kept rules");
+    runner.start(&a).await.unwrap();
+    let aip = ip_of(&runner, &a);
+    assert!(rules().contains(&format!("-s {aip}/32 ")), "not re-hooked at {aip}");
+    assert!(reaches(&runner, &a, &t1).await && !reaches(&runner, &a, &t2).await);
+
+    // Stopped and started from outside the runner, with another container taking its old address meanwhile (the
+    // bridge hands out the lowest free one): the freed address keeps no rules and the new one gets them.
+    let cid = runner.get(&a).unwrap().container_id;
+    assert!(Command::new("docker").args(["stop", "-t", "5", &cid]).status().unwrap().success());
+    wait_until("the runner sees the stop", || runner.get(&a).unwrap().state != SandboxState::Started).await;
+    assert!(!rules().contains(&format!("-s {aip}/32 ")), "rules kept for the freed address {aip}");
+    let filler = targets.start(&image);
+    assert!(Command::new("docker").args(["start", &cid]).status().unwrap().success());
+    let new_ip = docker_inspect(&cid, "{{.NetworkSettings.IPAddress}}").unwrap();
+    if filler == aip {
+        assert_ne!(new_ip, aip);
+    } else {
+        eprintln!("note: the old address {aip} went to another container than the filler ({filler})");
+    }
+    wait_until("the runner adopts the restarted sandbox", || {
+        let i = runner.get(&a).unwrap();
+        i.state == SandboxState::Started && i.daemon_addr == Some(format!("{new_ip}:2280"))
+    })
+    .await;
+    assert!(rules().contains(&format!("-s {new_ip}/32 ")), "not re-hooked at {new_ip} after a restart");
+    assert!(reaches(&runner, &a, &t1).await && !reaches(&runner, &a, &t2).await);
+    let filler_name = targets.0.last().unwrap().clone();
+    let filler_reach = Command::new("docker")
+        .args(["exec", &filler_name, "sh", "-c", &format!("nc -w 3 {t2} {PORT} </dev/null")])
+        .status()
+        .unwrap();
+    assert!(filler_reach.success(), "the container on the sandbox's old address inherited its rules");
+
+    // A runner restart rebuilds the same rules from the label and the state dir, and drops chains of
+    // sandboxes that went while it was down.
+    drop(runner);
+    let bcid = docker_inspect(&format!("sandbar-{b}"), "{{.Id}}").unwrap();
+    assert!(Command::new("docker").args(["rm", "-f", &bcid]).status().unwrap().success());
+    let runner = Runner::new(config).await.unwrap();
+    let (p, _) = runner.network_policy(&a).await.unwrap();
+    assert_eq!(p, policy(false, Some(&[&format!("{t1}/32")])), "policy lost over a runner restart");
+    assert!(reaches(&runner, &a, &t1).await && !reaches(&runner, &a, &t2).await);
+    assert!(!rules().contains(&sandbox_chain(&t.runner_id, &b)), "chain of a removed container survived a restart");
+
+    runner.destroy(&a).await.unwrap();
+    assert!(!rules().contains(&sandbox_chain(&t.runner_id, &a)));
+}
+
+#[tokio::test]
+async fn bad_policies_fail_with_a_reason_and_leave_nothing() {
+    let image = busybox_image();
+    let t = TestRunner::new("netbad");
+    let runner = t.runner().await;
+
+    let id = format!("bad-{}", unique());
+    let mut req = create_req(&id, &image);
+    req.network = policy(false, Some(&["10.0.0.0/8", "nope"]));
+    match runner.create(req).await {
+        Err(SandboxError::InvalidRequest(m)) => assert!(m.contains("\"nope\""), "{m}"),
+        other => panic!("expected an invalid request, got {other:?}"),
+    }
+    let mut req = create_req(&id, &image);
+    req.linked_sandbox = Some("no-such-sandbox".into());
+    match runner.create(req).await {
+        Err(SandboxError::InvalidRequest(m)) => assert!(m.contains("no-such-sandbox"), "{m}"),
+        other => panic!("expected an invalid request, got {other:?}"),
+    }
+    assert!(t.containers().is_empty(), "a refused create left a container");
+    assert!(runner.get(&id).is_none());
+
+    // Without a state dir a change could not survive a restart: refused with the reason.
+    let ok = format!("ok-{}", unique());
+    runner.create(create_req(&ok, &image)).await.unwrap();
+    let err = runner
+        .update_network(UpdateSandboxNetwork { sandbox_id: ok.clone(), policy: policy(true, None) })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("state dir"), "{err}");
+    let err = runner
+        .update_network(UpdateSandboxNetwork { sandbox_id: "missing".into(), policy: policy(true, None) })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SandboxError::NotFound(_)), "{err}");
+    runner.destroy(&ok).await.unwrap();
+}
