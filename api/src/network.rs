@@ -186,7 +186,10 @@ mod tests {
 
     #[test]
     fn allow_lists_are_checked_and_normalised() {
-        assert_eq!(normalise_allow_list(" 10.1.0.0/16 ,1.2.3.4/32").unwrap().as_deref(), Some("10.1.0.0/16,1.2.3.4/32"));
+        assert_eq!(
+            normalise_allow_list(" 10.1.0.0/16 ,1.2.3.4/32").unwrap().as_deref(),
+            Some("10.1.0.0/16,1.2.3.4/32")
+        );
         assert_eq!(normalise_allow_list("").unwrap(), None);
         let e = normalise_allow_list("10.0.0.0/8,300.1.1.1/32").unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);

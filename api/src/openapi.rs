@@ -13,11 +13,11 @@ use utoipa::openapi::{
 };
 
 use crate::App;
+use crate::network::NetworkSettingsBody;
 use crate::sandbox::{
     CreateSandboxBody, LabelsBody, ListSandboxesResponse, PortPreviewUrl, ResizeBody, SandboxDto, SignedPortPreviewUrl,
     SshAccessDto, SshAccessValidationDto, ToolboxProxyUrl,
 };
-use crate::network::NetworkSettingsBody;
 use crate::snapshots::{CreateSnapshotBody, PaginatedSnapshots, SnapshotDto};
 
 /// `(method, path under /api, operation id, request schema, success status, response schema, audience)`.

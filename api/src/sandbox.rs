@@ -692,7 +692,8 @@ async fn create(
         return Err(ApiError::bad_request(format!("autoArchiveInterval must be 0 or more minutes, got {n}")));
     }
     crate::network::refuse_domains(body.domain_allow_list.as_deref())?;
-    let allow_list = body.network_allow_list.as_deref().map(crate::network::normalise_allow_list).transpose()?.flatten();
+    let allow_list =
+        body.network_allow_list.as_deref().map(crate::network::normalise_allow_list).transpose()?.flatten();
     let mut snapshot_defaults = None;
     let image = match (&body.snapshot, &body.image, &body.build_info) {
         (Some(s), _, _) if !s.trim().is_empty() => {

@@ -58,12 +58,18 @@ async fn create_checks_cidrs_and_hands_the_policy_to_the_runner() {
         assert!(r.poll(0).await.is_empty(), "a refused create must not reach the runner");
 
         let v = h.create(json!({"networkBlockAll": true, "networkAllowList": " 10.1.2.3/16, 1.2.3.4/32"})).await;
-        assert_eq!((v["networkBlockAll"].as_bool(), v["networkAllowList"].as_str()), (Some(true), Some("10.1.0.0/16,1.2.3.4/32")));
+        assert_eq!(
+            (v["networkBlockAll"].as_bool(), v["networkAllowList"].as_str()),
+            (Some(true), Some("10.1.0.0/16,1.2.3.4/32"))
+        );
         let jobs = r.poll(0).await;
         match &jobs[..] {
             [Job { kind: JobKind::CreateSandbox(c), .. }] => {
                 assert!(c.network.network_block_all);
-                assert_eq!(c.network.network_allow_list.as_deref(), Some(&["10.1.0.0/16".into(), "1.2.3.4/32".into()][..]));
+                assert_eq!(
+                    c.network.network_allow_list.as_deref(),
+                    Some(&["10.1.0.0/16".into(), "1.2.3.4/32".into()][..])
+                );
                 assert_eq!(c.linked_sandbox, None);
             }
             other => panic!("{other:?}"),
@@ -105,12 +111,18 @@ async fn network_settings_change_a_running_and_a_stopped_sandbox() {
         let answer = runner_answers(&r, &h.org, None);
         let (s, v) = settings(&h, &id, json!({"networkAllowList": "192.168.1.7/24"})).await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!((v["networkBlockAll"].as_bool(), v["networkAllowList"].as_str()), (Some(false), Some("192.168.1.0/24")));
+        assert_eq!(
+            (v["networkBlockAll"].as_bool(), v["networkAllowList"].as_str()),
+            (Some(false), Some("192.168.1.0/24"))
+        );
         assert_eq!(policy_of(&answer.await.unwrap()), (false, Some(vec!["192.168.1.0/24".into()])));
         // Blocking all keeps the list; unblocking clears it.
         let answer = runner_answers(&r, &h.org, None);
         let (_, v) = settings(&h, &id, json!({"networkBlockAll": true})).await;
-        assert_eq!((v["networkBlockAll"].as_bool(), v["networkAllowList"].as_str()), (Some(true), Some("192.168.1.0/24")));
+        assert_eq!(
+            (v["networkBlockAll"].as_bool(), v["networkAllowList"].as_str()),
+            (Some(true), Some("192.168.1.0/24"))
+        );
         answer.await.unwrap();
         let answer = runner_answers(&r, &h.org, None);
         let (_, v) = settings(&h, &id, json!({"networkBlockAll": false})).await;
@@ -133,7 +145,10 @@ async fn network_settings_change_a_running_and_a_stopped_sandbox() {
         assert_eq!(h.call(Method::POST, &format!("/sandbox/{s2}/stop?force=false"), None).await.0, StatusCode::OK);
         r.work(&h.org).await;
         let (s, v) = settings(&h, &s2, json!({"networkAllowList": "10.0.0.0/8"})).await;
-        assert_eq!((s, v["state"].as_str(), v["networkAllowList"].as_str()), (StatusCode::OK, Some("stopped"), Some("10.0.0.0/8")));
+        assert_eq!(
+            (s, v["state"].as_str(), v["networkAllowList"].as_str()),
+            (StatusCode::OK, Some("stopped"), Some("10.0.0.0/8"))
+        );
         let jobs = r.work(&h.org).await;
         assert!(matches!(&jobs[..], [j] if policy_of(j) == (false, Some(vec!["10.0.0.0/8".into()]))), "{jobs:?}");
         assert_eq!(h.state(&s2).await, "stopped", "a network job moves no state");
@@ -141,7 +156,12 @@ async fn network_settings_change_a_running_and_a_stopped_sandbox() {
         // Another organization: 404. Deleted: 400.
         let (_, other) = h.new_org("other").await;
         let (s, _) = h
-            .req(Method::POST, &format!("/sandbox/{s2}/network-settings"), Some(&other), Some(json!({"networkBlockAll": true})))
+            .req(
+                Method::POST,
+                &format!("/sandbox/{s2}/network-settings"),
+                Some(&other),
+                Some(json!({"networkBlockAll": true})),
+            )
             .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert_eq!(h.call(Method::DELETE, &format!("/sandbox/{s2}"), None).await.0, StatusCode::OK);
@@ -169,7 +189,10 @@ async fn linked_sandboxes_are_ephemeral_and_go_to_the_parents_runner() {
         assert!(v["message"].as_str().unwrap().contains("ephemeral"), "{v}");
 
         let child = h.create(json!({"linkedSandbox": "parent", "ephemeral": true})).await;
-        assert_eq!((child["linkedSandboxId"].as_str(), child["runnerId"].as_str()), (Some(parent.as_str()), Some("small")));
+        assert_eq!(
+            (child["linkedSandboxId"].as_str(), child["runnerId"].as_str()),
+            (Some(parent.as_str()), Some("small"))
+        );
         let jobs = small.poll(0).await;
         assert!(
             matches!(&jobs[..], [Job { kind: JobKind::CreateSandbox(c), .. }] if c.linked_sandbox.as_deref() == Some(parent.as_str())),

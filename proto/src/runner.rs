@@ -409,9 +409,10 @@ mod tests {
         let start: Job = serde_json::from_str(r#"{"id":"j2","type":"START_SANDBOX","sandboxId":"s2"}"#).unwrap();
         assert_eq!(start.kind.sandbox_id(), "s2");
 
-        let net: Job =
-            serde_json::from_str(r#"{"id":"j3","type":"UPDATE_SANDBOX_NETWORK","sandboxId":"s3","networkBlockAll":true}"#)
-                .unwrap();
+        let net: Job = serde_json::from_str(
+            r#"{"id":"j3","type":"UPDATE_SANDBOX_NETWORK","sandboxId":"s3","networkBlockAll":true}"#,
+        )
+        .unwrap();
         assert!(matches!(&net.kind, JobKind::UpdateSandboxNetwork(n) if n.policy.network_block_all));
         assert_eq!(net.kind.sandbox_id(), "s3");
     }

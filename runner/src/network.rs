@@ -611,15 +611,15 @@ mod tests {
         let policies = BTreeMap::from([
             (
                 "blocked".to_owned(),
-                Stored { policy: NetworkPolicy { network_block_all: true, ..Default::default() }, ..Default::default() },
+                Stored {
+                    policy: NetworkPolicy { network_block_all: true, ..Default::default() },
+                    ..Default::default()
+                },
             ),
             (
                 "listed".to_owned(),
                 Stored {
-                    policy: NetworkPolicy {
-                        network_allow_list: Some(vec!["10.1.2.3/8".into()]),
-                        ..Default::default()
-                    },
+                    policy: NetworkPolicy { network_allow_list: Some(vec!["10.1.2.3/8".into()]), ..Default::default() },
                     ..Default::default()
                 },
             ),

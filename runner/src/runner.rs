@@ -21,12 +21,12 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
+use sandbar_proto::network::NetworkPolicy;
 use sandbar_proto::ports;
 use sandbar_proto::runner::{
     Capacity, CreateSandbox, Job, JobKind, JobOutcome, JobResult, ResizeSandbox, Resources, RunnerStatus, SandboxInfo,
     SandboxSpecLabel, SandboxState, StateChange, StopSandbox, UpdateSandboxNetwork, labels,
 };
-use sandbar_proto::network::NetworkPolicy;
 use sandbar_proto::toolbox::{ExecuteRequest, ExecuteResponse};
 use tokio::sync::broadcast;
 

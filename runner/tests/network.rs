@@ -33,7 +33,11 @@ impl Targets {
             .args(["run", "-d", "--name", &name, "--label"])
             .arg(format!("{TEST_PID_LABEL}={}", std::process::id()))
             .arg(image)
-            .args(["sh", "-c", "httpd -p 8080 -h /tmp && while true; do sleep 1000000 | nc -l -p 9000 >/dev/null; done"])
+            .args([
+                "sh",
+                "-c",
+                "httpd -p 8080 -h /tmp && while true; do sleep 1000000 | nc -l -p 9000 >/dev/null; done",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "docker run: {}", String::from_utf8_lossy(&out.stderr));
@@ -59,11 +63,8 @@ fn rules() -> String {
 
 /// Whether sandbox `id` can open a TCP connection to `ip:8080`.
 async fn reaches(runner: &Runner, id: &str, ip: &str) -> bool {
-    let req = ExecuteRequest {
-        command: format!("nc -w 3 {ip} {PORT} </dev/null"),
-        timeout: Some(10),
-        ..Default::default()
-    };
+    let req =
+        ExecuteRequest { command: format!("nc -w 3 {ip} {PORT} </dev/null"), timeout: Some(10), ..Default::default() };
     runner.exec(id, &req).await.unwrap().exit_code == 0
 }
 
@@ -209,7 +210,8 @@ async fn egress_policies_hold_change_live_and_survive_restarts() {
 
     // Stop and start: the policy is kept, and the rules follow the (possibly new) address.
     set(&runner, &a, policy(false, Some(&[&format!("{t1}/32")]))).await;
-    runner.stop(sandbar_proto::runner::StopSandbox { sandbox_id: a.clone(), force: true, timeout_secs: None })
+    runner
+        .stop(sandbar_proto::runner::StopSandbox { sandbox_id: a.clone(), force: true, timeout_secs: None })
         .await
         .unwrap();
     assert!(!rules().contains(&format!("-N {}\n", sandbox_chain(&t.runner_id, &a))), "a stopped sandbox kept rules");

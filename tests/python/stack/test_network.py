@@ -83,7 +83,10 @@ def test_sandboxes_reach_each_other_only_when_linked(daytona):
     parent = daytona.create(timeout=180)
     others = []
     try:
-        serve = parent.process.exec("nohup python3 -m http.server 8000 >/dev/null 2>&1 & sleep 0.5; hostname -i")
+        serve = parent.process.exec(
+            "nohup python3 -m http.server 8000 >/dev/null 2>&1 & "
+            "for i in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8000/ && break; sleep 0.1; done; "
+            "hostname -i", timeout=30)
         ip = serve.result.split()[-1]
         assert parent.process.exec("curl -sS -m 5 -o /dev/null http://127.0.0.1:8000/").exit_code == 0
 
