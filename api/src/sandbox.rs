@@ -396,6 +396,8 @@ pub(crate) async fn enqueue(
         JobKind::StopSandbox(_) => "STOP_SANDBOX",
         JobKind::DestroySandbox { .. } => "DESTROY_SANDBOX",
         JobKind::ResizeSandbox(_) => "RESIZE_SANDBOX",
+        JobKind::ArchiveSandbox { .. } => "ARCHIVE_SANDBOX",
+        JobKind::RestoreSandbox(_) => "RESTORE_SANDBOX",
     };
     sqlx::query(
         "INSERT INTO jobs (id, seq, runner_id, sandbox_id, kind, payload, prev_state, via_state, state, created_at) \
@@ -416,7 +418,12 @@ pub(crate) async fn enqueue(
 }
 
 pub(crate) fn create_job(row: &Row) -> JobKind {
-    JobKind::CreateSandbox(CreateSandbox {
+    JobKind::CreateSandbox(sandbox_spec(row))
+}
+
+/// The sandbox as the runner must build it (a create, or a restore from an archive).
+pub(crate) fn sandbox_spec(row: &Row) -> CreateSandbox {
+    CreateSandbox {
         id: row.id.clone(),
         name: Some(row.name.clone()),
         organization_id: row.organization_id.clone(),
@@ -431,7 +438,7 @@ pub(crate) fn create_job(row: &Row) -> JobKind {
             auto_archive_interval: u32::try_from(row.auto_archive).ok(),
             auto_delete_interval: u32::try_from(row.auto_delete).ok(),
         },
-    })
+    }
 }
 
 fn to_u32(v: i64) -> u32 {
@@ -531,16 +538,18 @@ pub(crate) async fn act(
                         Some(JobKind::DestroySandbox { sandbox_id: row.id.clone() })
                     }
                 }
-                JobTag::Start | JobTag::Create => {
+                JobTag::Start | JobTag::Create | JobTag::Restore => {
                     if !state::holds_compute(current) {
                         check_quota(&mut tx, &row.organization_id, row.cpu, row.memory, 0, 0).await?;
                     }
-                    Some(if tag == JobTag::Start {
-                        JobKind::StartSandbox { sandbox_id: row.id.clone() }
-                    } else {
-                        create_job(&row)
+                    Some(match tag {
+                        JobTag::Start => JobKind::StartSandbox { sandbox_id: row.id.clone() },
+                        // The runner's archive keeps no spec: the row is its source of truth.
+                        JobTag::Restore => JobKind::RestoreSandbox(sandbox_spec(&row)),
+                        _ => create_job(&row),
                     })
                 }
+                JobTag::Archive => Some(JobKind::ArchiveSandbox { sandbox_id: row.id.clone() }),
                 JobTag::Stop { force } => {
                     Some(JobKind::StopSandbox(StopSandbox { sandbox_id: row.id.clone(), force, timeout_secs: None }))
                 }

@@ -281,6 +281,8 @@ fn job_kind(kind: &JobKind) -> &'static str {
         JobKind::StopSandbox(_) => "stop",
         JobKind::DestroySandbox { .. } => "destroy",
         JobKind::ResizeSandbox(_) => "resize",
+        JobKind::ArchiveSandbox { .. } => "archive",
+        JobKind::RestoreSandbox(_) => "restore",
     }
 }
 

@@ -41,6 +41,10 @@ pub struct RunnerConfig {
     /// Where the runner keeps what Docker cannot: which pool container was claimed by which sandbox
     /// (`claims.json`, mode 0600: it holds daemon tokens). Required with a warm pool. Default: none.
     pub state_dir: Option<PathBuf>,
+    /// Where archived sandboxes go (see `archive`): `s3://bucket/prefix` (credentials, region and endpoint from
+    /// the usual `AWS_*` environment, so any S3-compatible store works), `file:///path` or a plain path.
+    /// Default: `<state_dir>/archives`; with neither, archive jobs fail with a clear reason.
+    pub archive_store: Option<String>,
 }
 
 /// A warm pool: `size` started sandboxes of `image` and `resources`. A create with the same image and resources, no
@@ -69,6 +73,7 @@ impl RunnerConfig {
             docker_timeout: Duration::from_secs(120),
             warm_pool: None,
             state_dir: None,
+            archive_store: None,
         }
     }
 
@@ -85,6 +90,9 @@ impl RunnerConfig {
         }
         if self.extra_labels.keys().any(|k| k.starts_with("sandbar.")) {
             return Err("extra labels must not use the sandbar. prefix (reserved for the runner)".into());
+        }
+        if self.archive_store.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err("archive store, when given, must not be empty".into());
         }
         if let Some(pool) = &self.warm_pool {
             if self.state_dir.is_none() {

@@ -10,7 +10,10 @@
 //! It works for the control plane through [`agent`] (heartbeats, job long-polls, results, state pushes) and serves
 //! its own small HTTP API ([`http`]: health, info, Prometheus metrics). [`service::run`] ties them together.
 //!
-//! Not built yet (see the runner issue): archive/restore, fork, network isolation and egress rules.
+//! Archive and restore move a stopped sandbox's filesystem to an object store (a local directory, or S3 through
+//! `object_store`) and back ([`Runner::archive`], [`Runner::restore`]).
+//!
+//! Not built yet (see the runner issue): fork, network isolation and egress rules.
 
 pub mod agent;
 pub mod cgroup;
@@ -27,5 +30,5 @@ pub use cgroup::CgroupLimits;
 pub use config::{DAEMON_MOUNT_PATH, RunnerConfig, WarmPoolConfig};
 pub use error::{ImageError, SandboxError, StartupError};
 pub use image::ImageInfo;
-pub use runner::{HostFacts, Runner};
+pub use runner::{ARCHIVE_LABEL, ARCHIVE_REPO, ArchiveManifest, HostFacts, Runner};
 pub use snapshot::SnapshotError;
