@@ -302,11 +302,13 @@ async fn result(
                         .await?;
                         info.as_deref().map(|i| i.state).unwrap_or_else(|| state::parse(&prev))
                     }
+                    // The container is gone; what the runner last saw of it does not matter.
+                    (JobKind::ArchiveSandbox { .. }, _) => SandboxState::Archived,
                     (_, Some(info)) => info.state,
                     (JobKind::StopSandbox(_), None) => SandboxState::Stopped,
                     _ => SandboxState::Started,
                 };
-                if matches!(kind, JobKind::StartSandbox { .. }) {
+                if matches!(kind, JobKind::StartSandbox { .. } | JobKind::RestoreSandbox(_)) {
                     // Preview tokens rotate on every start.
                     sqlx::query("UPDATE sandboxes SET preview_token = $1 WHERE id = $2")
                         .bind(crate::db::random_token(24))
@@ -336,6 +338,13 @@ async fn result(
                     .bind(&row.id)
                     .execute(&mut *tx)
                     .await?;
+            }
+            // The archive is still in the store (a runner deletes it only once the sandbox runs again): the
+            // sandbox stays archived, and a later start tries again.
+            (JobOutcome::Failed { code, message }, JobKind::RestoreSandbox(_)) if in_step => {
+                let reason = format!("restore failed ({code:?}): {message}");
+                tracing::warn!(sandbox_id = %row.id, %reason, "restore failed");
+                sandbox::set_state(&mut tx, &row.id, SandboxState::Archived, Some(&reason), now).await?;
             }
             (JobOutcome::Failed { code, message }, _) if in_step => {
                 let reason = format!("{message} ({code:?})");
@@ -446,6 +455,10 @@ async fn reconcile(
             .await?;
     for (id, st) in ours {
         if seen.contains(&id) || in_flight(&mut tx, &id).await? {
+            continue;
+        }
+        if st == "archived" {
+            // An archived sandbox has no container by design: its filesystem is in the archive store.
             continue;
         }
         if st == "destroying" {

@@ -403,6 +403,8 @@ pub(crate) async fn enqueue(
         JobKind::DestroySandbox { .. } => "DESTROY_SANDBOX",
         JobKind::ResizeSandbox(_) => "RESIZE_SANDBOX",
         JobKind::UpdateSandboxNetwork(_) => "UPDATE_SANDBOX_NETWORK",
+        JobKind::ArchiveSandbox { .. } => "ARCHIVE_SANDBOX",
+        JobKind::RestoreSandbox(_) => "RESTORE_SANDBOX",
     };
     sqlx::query(
         "INSERT INTO jobs (id, seq, runner_id, sandbox_id, kind, payload, prev_state, via_state, state, created_at) \
@@ -423,7 +425,12 @@ pub(crate) async fn enqueue(
 }
 
 pub(crate) fn create_job(row: &Row) -> JobKind {
-    JobKind::CreateSandbox(CreateSandbox {
+    JobKind::CreateSandbox(sandbox_spec(row))
+}
+
+/// The sandbox as the runner must build it (a create, or a restore from an archive).
+pub(crate) fn sandbox_spec(row: &Row) -> CreateSandbox {
+    CreateSandbox {
         id: row.id.clone(),
         name: Some(row.name.clone()),
         organization_id: row.organization_id.clone(),
@@ -440,7 +447,7 @@ pub(crate) fn create_job(row: &Row) -> JobKind {
         },
         network: crate::network::policy_of(row),
         linked_sandbox: row.linked_sandbox_id.clone(),
-    })
+    }
 }
 
 fn to_u32(v: i64) -> u32 {
@@ -540,16 +547,18 @@ pub(crate) async fn act(
                         Some(JobKind::DestroySandbox { sandbox_id: row.id.clone() })
                     }
                 }
-                JobTag::Start | JobTag::Create => {
+                JobTag::Start | JobTag::Create | JobTag::Restore => {
                     if !state::holds_compute(current) {
                         check_quota(&mut tx, &row.organization_id, row.cpu, row.memory, 0, 0).await?;
                     }
-                    Some(if tag == JobTag::Start {
-                        JobKind::StartSandbox { sandbox_id: row.id.clone() }
-                    } else {
-                        create_job(&row)
+                    Some(match tag {
+                        JobTag::Start => JobKind::StartSandbox { sandbox_id: row.id.clone() },
+                        // The runner's archive keeps no spec: the row is its source of truth.
+                        JobTag::Restore => JobKind::RestoreSandbox(sandbox_spec(&row)),
+                        _ => create_job(&row),
                     })
                 }
+                JobTag::Archive => Some(JobKind::ArchiveSandbox { sandbox_id: row.id.clone() }),
                 JobTag::Stop { force } => {
                     Some(JobKind::StopSandbox(StopSandbox { sandbox_id: row.id.clone(), force, timeout_secs: None }))
                 }

@@ -45,13 +45,17 @@ pub enum JobTag {
     },
     Destroy,
     Resize,
+    /// Export a stopped sandbox's filesystem to the runner's archive store and remove its container.
+    Archive,
+    /// Bring an archived sandbox back from the store and start it.
+    Restore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
     /// Already there (or on the way): answer 200 with the sandbox as it is.
     Noop,
-    /// Move to `next` with no runner work (archive).
+    /// Move to `next` with no runner work.
     Set(SandboxState),
     /// Move to `next` and hand the runner `job`.
     Job(SandboxState, JobTag),
@@ -75,10 +79,11 @@ pub fn plan(state: SandboxState, action: Action, provisioned: bool) -> Result<Pl
     match action {
         A::Start => match state {
             S::Stopped => Ok(Plan::Job(S::Starting, JobTag::Start)),
-            S::Archived => Ok(Plan::Job(S::Restoring, JobTag::Start)),
+            S::Archived => Ok(Plan::Job(S::Restoring, JobTag::Restore)),
             S::Started | S::Starting | S::Restoring => Ok(Plan::Noop),
             S::Error | S::BuildFailed => refuse(state, action, "recover it instead"),
             S::Destroyed | S::Destroying => refuse(state, action, "it is deleted"),
+            S::Archiving => refuse(state, action, "wait until it is archived, then start it"),
             _ => refuse(state, action, "wait until it is stopped"),
         },
         A::Stop { force } => match state {
@@ -90,7 +95,7 @@ pub fn plan(state: SandboxState, action: Action, provisioned: bool) -> Result<Pl
                 Ok(Plan::Job(S::Stopping, JobTag::Stop { force }))
             }
             S::Error => refuse(state, action, "use force=true to stop it anyway, or recover it"),
-            S::Archived => refuse(state, action, "an archived sandbox is not running"),
+            S::Archived | S::Archiving => refuse(state, action, "an archived sandbox is not running"),
             S::Destroyed | S::Destroying => refuse(state, action, "it is deleted"),
             _ => refuse(state, action, "wait until it is started (or use force=true)"),
         },
@@ -99,8 +104,8 @@ pub fn plan(state: SandboxState, action: Action, provisioned: bool) -> Result<Pl
             _ => Ok(Plan::Job(S::Destroying, JobTag::Destroy)),
         },
         A::Archive => match state {
-            S::Stopped => Ok(Plan::Set(S::Archived)),
-            S::Archived => Ok(Plan::Noop),
+            S::Stopped => Ok(Plan::Job(S::Archiving, JobTag::Archive)),
+            S::Archived | S::Archiving => Ok(Plan::Noop),
             S::Destroyed | S::Destroying => refuse(state, action, "it is deleted"),
             _ => refuse(state, action, "only a stopped sandbox can be archived; stop it first"),
         },
@@ -126,7 +131,7 @@ pub fn observe(current: SandboxState, reported: SandboxState, job_in_flight: boo
         return None;
     }
     if current == S::Archived && reported == S::Stopped {
-        // An archived sandbox's container is stopped on the runner: that is what archived means here.
+        // A stale report from before the archive removed the container.
         return None;
     }
     Some(reported)
@@ -146,11 +151,11 @@ pub fn network_update(state: SandboxState) -> Result<bool, Refusal> {
 
 /// States whose sandboxes hold CPU and memory (for quotas and placement).
 pub fn holds_compute(state: SandboxState) -> bool {
-    !matches!(state, S::Stopped | S::Archived | S::Destroyed | S::Error | S::BuildFailed)
+    !matches!(state, S::Stopped | S::Archiving | S::Archived | S::Destroyed | S::Error | S::BuildFailed)
 }
 
 /// SQL list of the states of [`holds_compute`]'s complement, for queries.
-pub const IDLE_STATES_SQL: &str = "('stopped','archived','destroyed','error','build_failed')";
+pub const IDLE_STATES_SQL: &str = "('stopped','archiving','archived','destroyed','error','build_failed')";
 
 pub fn parse(s: &str) -> SandboxState {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(S::Unknown)
@@ -173,8 +178,27 @@ mod tests {
     }
 
     #[test]
+    fn archive_and_restore_are_runner_jobs() {
+        assert_eq!(plan(S::Stopped, Action::Archive, true), Ok(Plan::Job(S::Archiving, JobTag::Archive)));
+        assert_eq!(plan(S::Archiving, Action::Archive, true), Ok(Plan::Noop));
+        assert_eq!(plan(S::Archived, Action::Archive, true), Ok(Plan::Noop));
+        assert_eq!(plan(S::Archived, Action::Start, true), Ok(Plan::Job(S::Restoring, JobTag::Restore)));
+        assert_eq!(plan(S::Restoring, Action::Start, true), Ok(Plan::Noop));
+        assert_eq!(plan(S::Archived, Action::Delete, true), Ok(Plan::Job(S::Destroying, JobTag::Destroy)));
+        assert_eq!(plan(S::Archiving, Action::Delete, true), Ok(Plan::Job(S::Destroying, JobTag::Destroy)));
+        for action in [Action::Start, Action::Stop { force: false }, Action::Recover, Action::Resize { disk: false }] {
+            let e = plan(S::Archiving, action, true).unwrap_err();
+            assert!(e.0.contains("archiving"), "{e}");
+        }
+        assert!(!holds_compute(S::Archiving));
+        assert!(holds_compute(S::Restoring), "a restore starts the sandbox: it needs its CPU and memory");
+        assert_eq!(observe(S::Archived, S::Stopped, false), None);
+        assert_eq!(observe(S::Archiving, S::Archived, true), None, "the job's result decides");
+    }
+
+    #[test]
     fn idle_list_matches_holds_compute() {
-        for s in ["stopped", "archived", "destroyed", "error", "build_failed"] {
+        for s in ["stopped", "archiving", "archived", "destroyed", "error", "build_failed"] {
             assert!(IDLE_STATES_SQL.contains(&format!("'{s}'")));
             assert!(!holds_compute(parse(s)));
         }

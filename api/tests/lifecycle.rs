@@ -90,16 +90,26 @@ async fn every_transition_allowed_and_refused() {
         assert_eq!(h.state(&s1).await, "stopped");
         let (s, v) = post(&h, &s1, "resize", Some(json!({"disk": 4}))).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "disk shrink: {v}");
-        allowed(&h, &s1, "archive", None, "archived").await;
+        allowed(&h, &s1, "archive", None, "archiving").await;
+
+        // archiving (a job for the runner)
+        allowed(&h, &s1, "archive", None, "archiving").await;
+        for a in ["start", "stop", "recover"] {
+            refused(&h, &s1, a, None, "archiving").await;
+        }
+        refused(&h, &s1, "resize", Some(json!({"cpu": 1})), "archiving").await;
+        let jobs = r.work(&h.org).await;
+        assert!(matches!(&jobs[..], [j] if matches!(j.kind, JobKind::ArchiveSandbox { .. })), "{jobs:?}");
 
         // archived
+        assert_eq!(h.state(&s1).await, "archived");
         allowed(&h, &s1, "archive", None, "archived").await;
         refused(&h, &s1, "stop", None, "archived").await;
         refused(&h, &s1, "recover", None, "archived").await;
         refused(&h, &s1, "resize", Some(json!({"cpu": 1})), "archived").await;
         allowed(&h, &s1, "start", None, "restoring").await;
         let jobs = r.work(&h.org).await;
-        assert!(matches!(&jobs[..], [j] if matches!(j.kind, JobKind::StartSandbox { .. })));
+        assert!(matches!(&jobs[..], [j] if matches!(j.kind, JobKind::RestoreSandbox(_))), "{jobs:?}");
         assert_eq!(h.state(&s1).await, "started");
 
         // error (a create that failed: recover creates again; a start that failed: recover starts again)
@@ -237,6 +247,9 @@ async fn timers_stop_archive_and_delete_with_a_fake_clock() {
         assert!(h.tick().await.archived.is_empty());
         advance(&h, &r, 2 * 60).await;
         assert_eq!(h.tick().await.archived, vec![a.clone()]);
+        assert_eq!(h.state(&a).await, "archiving");
+        let jobs = r.work(&h.org).await;
+        assert!(matches!(&jobs[..], [j] if matches!(j.kind, JobKind::ArchiveSandbox { .. })), "{jobs:?}");
         assert_eq!(h.state(&a).await, "archived");
 
         // Auto-delete 30 minutes after stopping; negative = never.

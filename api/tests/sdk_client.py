@@ -2,6 +2,8 @@
 preview links, SSH access, resize, stop/start/archive, delete. The Rust test (api/tests/sdk.rs) starts the API
 and a fake runner, then runs this with DAYTONA_API_URL and DAYTONA_API_KEY set. Prints OK at the end."""
 
+import time
+
 from daytona import (
     CreateSandboxFromSnapshotParams,
     CreateSnapshotParams,
@@ -54,7 +56,13 @@ assert (sb.cpu, sb.memory) == (2, 2), (sb.cpu, sb.memory)
 sb.stop()
 assert sb.state == "stopped", sb.state
 sb.archive()
-sb.refresh_data()
+# Archiving is a runner job: the SDK does not wait for it, so poll like a user would.
+deadline = time.time() + 30
+while True:
+    sb.refresh_data()
+    if sb.state != "archiving" or time.time() > deadline:
+        break
+    time.sleep(0.1)
 assert sb.state == "archived", sb.state
 sb.start()
 assert sb.state == "started", sb.state

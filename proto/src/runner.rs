@@ -26,8 +26,8 @@ pub mod labels {
 }
 
 /// Sandbox states, spelled as Daytona spells them (the SDK waits on these strings). A runner reports a subset
-/// (`creating`, `starting`, `started`, `stopping`, `stopped`, `destroying`, `destroyed`, `resizing`, `error`);
-/// the others belong to the control plane's state machine.
+/// (`creating`, `starting`, `started`, `stopping`, `stopped`, `destroying`, `destroyed`, `resizing`, `error`,
+/// `archiving`, `archived`, `restoring`); the others belong to the control plane's state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
@@ -199,6 +199,16 @@ pub enum JobKind {
     },
     ResizeSandbox(ResizeSandbox),
     UpdateSandboxNetwork(UpdateSandboxNetwork),
+    /// Export a stopped sandbox's filesystem to the runner's archive store, then remove its container. The
+    /// sandbox is `archiving`, then `archived`; it holds no container (and no CPU or memory) until restored.
+    #[serde(rename_all = "camelCase")]
+    ArchiveSandbox {
+        sandbox_id: String,
+    },
+    /// Bring an archived sandbox back and start it: the archive becomes an image, and the container is created
+    /// from it with this spec exactly as a create would (the control plane is the spec's source of truth; the
+    /// archive itself keeps only what the image gave the container: entrypoint, environment, work dir, user).
+    RestoreSandbox(CreateSandbox),
 }
 
 impl JobKind {
@@ -206,7 +216,10 @@ impl JobKind {
     pub fn sandbox_id(&self) -> &str {
         match self {
             Self::CreateSandbox(c) => &c.id,
-            Self::StartSandbox { sandbox_id } | Self::DestroySandbox { sandbox_id } => sandbox_id,
+            Self::StartSandbox { sandbox_id }
+            | Self::DestroySandbox { sandbox_id }
+            | Self::ArchiveSandbox { sandbox_id } => sandbox_id,
+            Self::RestoreSandbox(c) => &c.id,
             Self::StopSandbox(s) => &s.sandbox_id,
             Self::ResizeSandbox(r) => &r.sandbox_id,
             Self::UpdateSandboxNetwork(n) => &n.sandbox_id,
@@ -415,6 +428,31 @@ mod tests {
         .unwrap();
         assert!(matches!(&net.kind, JobKind::UpdateSandboxNetwork(n) if n.policy.network_block_all));
         assert_eq!(net.kind.sandbox_id(), "s3");
+    }
+
+    #[test]
+    fn archive_and_restore_wire_format() {
+        let archive: Job = serde_json::from_str(r#"{"id":"j3","type":"ARCHIVE_SANDBOX","sandboxId":"s3"}"#).unwrap();
+        assert_eq!(archive.kind, JobKind::ArchiveSandbox { sandbox_id: "s3".into() });
+        assert_eq!(archive.kind.sandbox_id(), "s3");
+        assert_eq!(
+            serde_json::to_value(&archive).unwrap(),
+            serde_json::json!({"id": "j3", "type": "ARCHIVE_SANDBOX", "sandboxId": "s3"})
+        );
+
+        let restore: Job = serde_json::from_str(
+            r#"{"id":"j4","type":"RESTORE_SANDBOX","sandboxId":"s4","organizationId":"o","image":"img",
+                "env":{"K":"v"},"autoArchiveInterval":60}"#,
+        )
+        .unwrap();
+        let JobKind::RestoreSandbox(spec) = &restore.kind else { panic!("not a restore: {restore:?}") };
+        assert_eq!((spec.id.as_str(), spec.image.as_str()), ("s4", "img"));
+        assert_eq!(spec.env.get("K").map(String::as_str), Some("v"));
+        assert_eq!(spec.auto.auto_archive_interval, Some(60));
+        assert_eq!(restore.kind.sandbox_id(), "s4");
+        let v = serde_json::to_value(&restore).unwrap();
+        assert_eq!((v["type"].as_str(), v["sandboxId"].as_str()), (Some("RESTORE_SANDBOX"), Some("s4")));
+        assert_eq!(serde_json::from_value::<Job>(v).unwrap(), restore);
     }
 
     #[test]

@@ -282,6 +282,8 @@ fn job_kind(kind: &JobKind) -> &'static str {
         JobKind::DestroySandbox { .. } => "destroy",
         JobKind::ResizeSandbox(_) => "resize",
         JobKind::UpdateSandboxNetwork(_) => "network",
+        JobKind::ArchiveSandbox { .. } => "archive",
+        JobKind::RestoreSandbox(_) => "restore",
     }
 }
 

@@ -48,6 +48,10 @@ pub struct RunnerConfig {
     /// The iptables binary (`iptables-nft`, `iptables-legacy`, ...). Default: whichever of `iptables`,
     /// `iptables-nft`, `iptables-legacy` holds Docker's `DOCKER-USER` chain.
     pub iptables: Option<String>,
+    /// Where archived sandboxes go (see `archive`): `s3://bucket/prefix` (credentials, region and endpoint from
+    /// the usual `AWS_*` environment, so any S3-compatible store works), `file:///path` or a plain path.
+    /// Default: `<state_dir>/archives`; with neither, archive jobs fail with a clear reason.
+    pub archive_store: Option<String>,
 }
 
 /// A warm pool: `size` started sandboxes of `image` and `resources`. A create with the same image and resources, no
@@ -78,6 +82,7 @@ impl RunnerConfig {
             state_dir: None,
             network_rules: true,
             iptables: None,
+            archive_store: None,
         }
     }
 
@@ -94,6 +99,9 @@ impl RunnerConfig {
         }
         if self.extra_labels.keys().any(|k| k.starts_with("sandbar.")) {
             return Err("extra labels must not use the sandbar. prefix (reserved for the runner)".into());
+        }
+        if self.archive_store.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err("archive store, when given, must not be empty".into());
         }
         if let Some(pool) = &self.warm_pool {
             if self.state_dir.is_none() {

@@ -55,6 +55,9 @@ pub enum SandboxError {
     /// Docker refused or failed.
     #[error("Docker: {0}")]
     Docker(#[from] bollard::errors::Error),
+    /// The archive store refused or failed, or holds no usable archive.
+    #[error("archive store: {0}")]
+    Archive(String),
     /// The operation's task died (a bug: it panicked or the runtime shut down).
     #[error("internal: {0}")]
     Internal(String),
@@ -69,7 +72,7 @@ impl SandboxError {
             Self::Conflict(_) => JobErrorCode::Conflict,
             Self::InvalidState { .. } => JobErrorCode::InvalidState,
             Self::DaemonNotReady { .. } => JobErrorCode::DaemonNotReady,
-            Self::Daemon { .. } | Self::Internal(_) => JobErrorCode::Internal,
+            Self::Daemon { .. } | Self::Internal(_) | Self::Archive(_) => JobErrorCode::Internal,
             Self::Docker(e) => match docker_status(e) {
                 Some(400) => JobErrorCode::InvalidRequest,
                 Some(404) => JobErrorCode::SandboxNotFound,

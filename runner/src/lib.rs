@@ -11,8 +11,10 @@
 //! its own small HTTP API ([`http`]: health, info, Prometheus metrics). [`service::run`] ties them together.
 //!
 //! [`network`] keeps sandboxes apart and applies their egress policies (iptables chains hooked from `DOCKER-USER`).
+//! Archive and restore move a stopped sandbox's filesystem to an object store (a local directory, or S3 through
+//! `object_store`) and back ([`Runner::archive`], [`Runner::restore`]).
 //!
-//! Not built yet (see the runner issue): archive/restore, fork.
+//! Not built yet (see the runner issue): fork.
 
 pub mod agent;
 pub mod cgroup;
@@ -30,5 +32,5 @@ pub use cgroup::CgroupLimits;
 pub use config::{DAEMON_MOUNT_PATH, RunnerConfig, WarmPoolConfig};
 pub use error::{ImageError, SandboxError, StartupError};
 pub use image::ImageInfo;
-pub use runner::{HostFacts, Runner};
+pub use runner::{ARCHIVE_LABEL, ARCHIVE_REPO, ArchiveManifest, HostFacts, Runner};
 pub use snapshot::SnapshotError;

@@ -37,7 +37,10 @@ use crate::error::{ImageError, SandboxError, StartupError, docker_status};
 use crate::image::{self, ImageInfo};
 use crate::network::{self, Firewall};
 
+mod archive;
 mod pool;
+
+pub use archive::{ARCHIVE_LABEL, ARCHIVE_REPO, ArchiveManifest};
 
 const GIB: i64 = 1 << 30;
 const NANO: i64 = 1_000_000_000;
@@ -117,6 +120,8 @@ struct Inner {
     refill: Arc<tokio::sync::Notify>,
     /// Isolation and egress rules (crate::network).
     firewall: Firewall,
+    /// Where archived sandboxes go; `None`: archiving is not configured.
+    archive: Option<archive::ArchiveStore>,
 }
 
 impl Drop for Inner {
@@ -183,6 +188,7 @@ impl Runner {
 
         let daemon = DaemonClient::new().map_err(|e| StartupError::Http(e.to_string()))?;
         let firewall = Firewall::new(&config).await?;
+        let archive = archive::ArchiveStore::from_config(&config).map_err(StartupError::Config)?;
         let (changes, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             docker,
@@ -195,6 +201,7 @@ impl Runner {
             pool: Mutex::new(pool::PoolState::default()),
             refill: Arc::new(tokio::sync::Notify::new()),
             firewall,
+            archive,
         });
         // Events from just before the rebuild on are replayed, so nothing between the two is missed; the
         // handlers re-inspect, so replays are harmless.
@@ -346,6 +353,8 @@ impl Runner {
             JobKind::DestroySandbox { sandbox_id } => self.destroy(&sandbox_id).await.map(|()| None),
             JobKind::ResizeSandbox(r) => self.resize(r).await.map(Some),
             JobKind::UpdateSandboxNetwork(n) => self.update_network(n).await.map(Some),
+            JobKind::ArchiveSandbox { sandbox_id } => self.archive(&sandbox_id).await.map(Some),
+            JobKind::RestoreSandbox(spec) => self.restore(spec).await.map(Some),
         };
         let outcome = match result {
             Ok(sandbox) => JobOutcome::Succeeded { sandbox: sandbox.map(Box::new) },
@@ -806,7 +815,11 @@ impl Inner {
     }
 
     async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
-        let entry = self.entry(id)?;
+        let entry = match self.entry(id) {
+            Ok(entry) => entry,
+            // Not here: an archived sandbox (no container) still has its archive to delete.
+            Err(not_found) => return self.destroy_archived(id, not_found).await,
+        };
         let _op = entry.op.lock().await;
         let container = lock(&entry.info).container_id.clone();
         self.set_state(&entry, SandboxState::Destroying, None, None);
@@ -825,6 +838,7 @@ impl Inner {
         if entry.is_claimed() {
             self.save_claims()?;
         }
+        self.forget_archive(id).await;
         self.set_state(&entry, SandboxState::Destroyed, None, None);
         Ok(())
     }

@@ -43,6 +43,10 @@ pub struct RunnerOptions {
     /// Where the runner keeps warm-pool claims.
     #[arg(long = "runner-state-dir", env = "SANDBAR_RUNNER_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Where archived sandboxes go: `s3://bucket/prefix` (with the usual AWS_* environment; AWS_ENDPOINT for an
+    /// S3-compatible store), `file:///path` or a path. Default: `<runner-state-dir>/archives`.
+    #[arg(long, env = "SANDBAR_ARCHIVE_STORE")]
+    pub archive_store: Option<String>,
     /// Disk the runner advertises for placement, GiB.
     #[arg(long, env = "SANDBAR_DISK_CAPACITY", default_value_t = 100)]
     pub disk_capacity: u32,
@@ -74,6 +78,7 @@ impl RunnerOptions {
         c.disk_capacity_gib = self.disk_capacity;
         c.network = self.network.clone();
         c.state_dir = self.state_dir.clone();
+        c.archive_store = self.archive_store.clone();
         c.extra_labels = self.container_labels.iter().cloned().collect();
         c.network_rules = self.network_rules;
         c.iptables = self.iptables.clone();

@@ -285,6 +285,11 @@ impl FakeRunner {
             // A real runner reports the sandbox's actual state after a resize; this one does not know it.
             K::DestroySandbox { .. } | K::ResizeSandbox(_) => None,
             K::StopSandbox(s) => Some(Box::new(self.info(&s.sandbox_id, org, SandboxState::Stopped))),
+            K::ArchiveSandbox { sandbox_id } => {
+                let mut info = self.info(sandbox_id, org, SandboxState::Archived);
+                (info.container_id, info.daemon_addr) = (String::new(), None);
+                Some(Box::new(info))
+            }
             k => Some(Box::new(self.info(k.sandbox_id(), org, SandboxState::Started))),
         };
         self.result(JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox } }).await

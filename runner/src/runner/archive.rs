@@ -1,0 +1,727 @@
+//! Archive and restore: a stopped sandbox's filesystem goes to an object store and its container goes away;
+//! starting it again brings the filesystem back as an image and creates the container from it exactly as a
+//! create would.
+//!
+//! Store layout, per sandbox: `{id}/rootfs.tar`, Docker's export of the container (streamed straight into a
+//! multipart upload, never held in memory) and `{id}/manifest.json`, written last, so an archive is complete
+//! exactly when its manifest exists. The manifest keeps what the export loses and the restore needs: what the
+//! image gave the container (entrypoint, environment, work dir, user), the tarball's size and SHA-256. It keeps no
+//! secret: the caller's environment, labels, resources and intervals come back with the restore job (the control
+//! plane is their source of truth), and a restored sandbox gets a fresh daemon token, as a create does. Nothing
+//! about an archived sandbox lives only in the runner: it forgets the sandbox once the container is gone, and a
+//! restarted runner needs nothing but the store.
+//!
+//! Restore: the tarball is imported as an image (checked against the manifest's size and digest while it
+//! streams), a container that never runs carries the manifest's image config and is committed as
+//! `sandbar-archive:{id}` (commit takes the config as JSON, so no environment value has to survive Dockerfile
+//! quoting), and `create_container` makes the sandbox from that image. The objects are deleted once the sandbox
+//! runs again; a failed restore leaves them, so a later start retries.
+//!
+//! Both jobs are idempotent, as the API re-delivers a job whose result it did not get: an archive whose container
+//! is already gone succeeds when its manifest is there; a restore of a sandbox that already runs answers with it;
+//! leftovers of an interrupted restore (images, the never-started container) are removed before it starts over.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::body_try_stream;
+use bollard::models::{ContainerConfig, ContainerCreateBody};
+use bollard::query_parameters::{
+    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    RemoveImageOptionsBuilder,
+};
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use sandbar_proto::runner::{CreateSandbox, SandboxInfo, SandboxSpecLabel, SandboxState, labels};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{
+    Entry, Inner, RESERVED_ENV, Runner, container_name, lock, run_detached, strip_daemon, unix_now,
+};
+use crate::config::{DAEMON_MOUNT_PATH, RunnerConfig};
+use crate::daemon::new_token;
+use crate::error::{SandboxError, docker_status};
+
+/// Repository of the images restores make: `sandbar-archive:{id}` (and `{id}.rootfs`, the bare import, while a
+/// restore runs).
+pub const ARCHIVE_REPO: &str = "sandbar-archive";
+/// Label on restore images and their helper container; its value is the sandbox ID.
+pub const ARCHIVE_LABEL: &str = "sandbar.archive";
+const MANIFEST_VERSION: u32 = 1;
+/// Parts of the multipart upload (S3 needs at least 5 MiB), and how many may be in flight: memory stays under
+/// 64 MiB whatever the sandbox's size.
+const PART_SIZE: usize = 16 << 20;
+const PARTS_IN_FLIGHT: usize = 4;
+/// Export and import stream for as long as the filesystem takes; Docker's per-request timeout is for answers.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// A tar stream ends with two zero blocks: an export without them was cut short.
+const TAR_END: usize = 1024;
+
+/// What an archive keeps beside the filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveManifest {
+    pub version: u32,
+    pub sandbox_id: String,
+    pub organization_id: String,
+    pub runner_id: String,
+    /// The image the container ran when it was archived.
+    pub source_image: String,
+    /// What the daemon ran as the sandbox's entrypoint.
+    pub argv: Vec<String>,
+    /// The environment the image gave the container (`K=V`), without the caller's and the runner's own.
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// The container's user (the create's, else the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Bytes of `rootfs.tar`.
+    pub size: u64,
+    /// Hex SHA-256 of `rootfs.tar`.
+    pub sha256: String,
+    /// Unix seconds.
+    pub archived_at: i64,
+}
+
+/// Where archives live: a directory on this host or an S3-compatible bucket.
+pub(crate) struct ArchiveStore {
+    store: Arc<dyn ObjectStore>,
+    /// For messages: the configured location, without credentials (there are none in it).
+    location: String,
+}
+
+impl std::fmt::Debug for ArchiveStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveStore").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+fn store_err(e: object_store::Error) -> SandboxError {
+    SandboxError::Archive(e.to_string())
+}
+
+fn tar_path(id: &str) -> ObjectPath {
+    ObjectPath::from_iter([id, "rootfs.tar"])
+}
+
+fn manifest_path(id: &str) -> ObjectPath {
+    ObjectPath::from_iter([id, "manifest.json"])
+}
+
+pub(crate) fn image_ref(id: &str) -> String {
+    format!("{ARCHIVE_REPO}:{id}")
+}
+
+fn rootfs_ref(id: &str) -> String {
+    format!("{ARCHIVE_REPO}:{id}.rootfs")
+}
+
+fn helper_name(id: &str) -> String {
+    format!("sandbar-{id}-restore")
+}
+
+impl ArchiveStore {
+    /// The store a runner with `config` uses: `archive_store` when set (`s3://bucket/prefix`, `file:///path` or a
+    /// path), else `<state_dir>/archives`, else none.
+    pub(crate) fn from_config(config: &RunnerConfig) -> Result<Option<Self>, String> {
+        match (&config.archive_store, &config.state_dir) {
+            (Some(spec), _) => Self::open(spec.trim()).map(Some),
+            (None, Some(dir)) => Self::local(&dir.join("archives")).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    pub(crate) fn open(spec: &str) -> Result<Self, String> {
+        if let Some(rest) = spec.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("archive store {spec:?}: no bucket"));
+            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| format!("archive store {spec:?}: {e}"))?;
+            let prefix = prefix.trim_matches('/');
+            let store: Arc<dyn ObjectStore> =
+                if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
+            return Ok(Self { store, location: spec.to_owned() });
+        }
+        if let Some(path) = spec.strip_prefix("file://") {
+            return Self::local(std::path::Path::new(path));
+        }
+        if spec.contains("://") {
+            return Err(format!("archive store {spec:?}: use s3://bucket/prefix, file:///path or a path"));
+        }
+        Self::local(std::path::Path::new(spec))
+    }
+
+    fn local(dir: &std::path::Path) -> Result<Self, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        // Archives are whole sandbox filesystems: only the runner's user may read them.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("archive store {}: {e}", dir.display()))?;
+        let fs = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| format!("archive store {}: {e}", dir.display()))?
+            .with_automatic_cleanup(true);
+        Ok(Self { store: Arc::new(fs), location: dir.display().to_string() })
+    }
+
+    pub(crate) fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The manifest of a complete archive of `id`, if there is one.
+    async fn manifest(&self, id: &str) -> Result<Option<ArchiveManifest>, SandboxError> {
+        let got = match self.store.get(&manifest_path(id)).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store_err(e)),
+        };
+        let bytes = got.bytes().await.map_err(store_err)?;
+        let m: ArchiveManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| SandboxError::Archive(format!("manifest of sandbox {id} is unreadable: {e}")))?;
+        if m.version != MANIFEST_VERSION || m.sandbox_id != id {
+            return Err(SandboxError::Archive(format!(
+                "manifest of sandbox {id} is version {} for sandbox {:?}; this runner reads version \
+                 {MANIFEST_VERSION}",
+                m.version, m.sandbox_id
+            )));
+        }
+        Ok(Some(m))
+    }
+
+    async fn put_manifest(&self, m: &ArchiveManifest) -> Result<(), SandboxError> {
+        let json = serde_json::to_vec_pretty(m).map_err(|e| SandboxError::Internal(e.to_string()))?;
+        self.store.put(&manifest_path(&m.sandbox_id), PutPayload::from(json)).await.map_err(store_err)?;
+        Ok(())
+    }
+
+    /// Deletes every object of `id`'s archive, manifest first (so a half-deleted archive never looks complete).
+    /// True when there was something to delete.
+    async fn remove(&self, id: &str) -> Result<bool, SandboxError> {
+        let mut found = false;
+        let mut paths = vec![manifest_path(id), tar_path(id)];
+        let prefix = ObjectPath::from(id);
+        let listed: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(store_err)?;
+        paths.extend(listed.into_iter().map(|m| m.location).filter(|p| *p != manifest_path(id) && *p != tar_path(id)));
+        for path in paths {
+            match self.store.delete(&path).await {
+                Ok(()) => found = true,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The environment the image gave a container: its env without the runner's variables and the caller's.
+fn image_env(all: &[String], caller_keys: &HashSet<&str>) -> Vec<String> {
+    all.iter()
+        .filter(|kv| {
+            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+            !RESERVED_ENV.contains(&key) && !caller_keys.contains(key)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The entrypoint of a restore image: the daemon in front, as in a snapshot, so `strip_daemon` recovers `argv`
+/// (an empty one included, which a bare `[]` entrypoint could not say through Docker's config merge).
+fn daemon_entrypoint(argv: &[String]) -> Vec<String> {
+    let mut ep = vec![DAEMON_MOUNT_PATH.to_owned(), "--".to_owned()];
+    ep.extend(argv.iter().cloned());
+    ep
+}
+
+/// Keeps the last [`TAR_END`] bytes of a stream.
+fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+    if chunk.len() >= TAR_END {
+        tail.clear();
+        tail.extend_from_slice(&chunk[chunk.len() - TAR_END..]);
+    } else {
+        tail.extend_from_slice(chunk);
+        let excess = tail.len().saturating_sub(TAR_END);
+        tail.drain(..excess);
+    }
+}
+
+impl Runner {
+    /// Archives a stopped sandbox: its filesystem to the archive store, then its container (and a restore image
+    /// it ran from) removed. The runner forgets the sandbox; the answer is its last picture, `archived`.
+    pub async fn archive(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let (inner, id) = (self.inner.clone(), id.to_owned());
+        run_detached(async move { inner.archive(&id).await }).await
+    }
+
+    /// Restores an archived sandbox from the store and starts it, with `spec` as a create would use it (its
+    /// `image` is informative: the filesystem comes from the archive).
+    pub async fn restore(&self, spec: CreateSandbox) -> Result<SandboxInfo, SandboxError> {
+        let inner = self.inner.clone();
+        run_detached(async move { inner.restore(spec).await }).await
+    }
+
+    /// The manifest of `id`'s archive, if the store holds a complete one.
+    pub async fn archive_manifest(&self, id: &str) -> Result<Option<ArchiveManifest>, SandboxError> {
+        self.inner.archive_store()?.manifest(id).await
+    }
+
+    /// Where archives go (a directory or an `s3://` URL), if archiving is configured.
+    pub fn archive_location(&self) -> Option<&str> {
+        self.inner.archive.as_ref().map(ArchiveStore::location)
+    }
+}
+
+impl Inner {
+    fn archive_store(&self) -> Result<&ArchiveStore, SandboxError> {
+        self.archive.as_ref().ok_or_else(|| {
+            SandboxError::InvalidRequest(
+                "this runner has no archive store: start it with --archive-store or --runner-state-dir".into(),
+            )
+        })
+    }
+
+    async fn archive(self: &Arc<Self>, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let store = self.archive_store()?;
+        let entry = match self.entry(id) {
+            Ok(e) => e,
+            // A repeat of a job whose container is already gone (the runner restarted before reporting).
+            Err(not_found) => {
+                return match store.manifest(id).await? {
+                    Some(m) => Ok(self.archived_info(&m, None)),
+                    None => Err(not_found),
+                };
+            }
+        };
+        let _op = entry.op.lock().await;
+        let info = lock(&entry.info).clone();
+        if info.state != SandboxState::Stopped {
+            return Err(SandboxError::InvalidState { id: id.into(), state: info.state, action: "archive" });
+        }
+        self.set_state(&entry, SandboxState::Archiving, None, None);
+        let started = Instant::now();
+        let done = match self.export(store, &info).await {
+            Ok(m) => self.remove_archived_container(&entry, &info).await.map(|()| m),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(m) => {
+                tracing::info!(sandbox_id = %id, bytes = m.size, ms = started.elapsed().as_millis() as u64,
+                    store = %store.location(), "sandbox archived");
+                self.set_state(&entry, SandboxState::Archived, None, None);
+                Ok(self.archived_info(&m, Some(info)))
+            }
+            Err(e) => {
+                // The container (if still there) is intact; the control plane shows the sandbox in error too.
+                self.set_state(&entry, SandboxState::Error, Some(format!("archive failed: {e}")), None);
+                Err(e)
+            }
+        }
+    }
+
+    /// The picture of an archived sandbox: no container, no daemon. `last` is what the runner knew before.
+    fn archived_info(&self, m: &ArchiveManifest, last: Option<SandboxInfo>) -> SandboxInfo {
+        let mut info = match last {
+            Some(info) => info,
+            None => SandboxInfo {
+                id: m.sandbox_id.clone(),
+                name: None,
+                organization_id: m.organization_id.clone(),
+                runner_id: self.config.runner_id.clone(),
+                container_id: String::new(),
+                image: m.source_image.clone(),
+                state: SandboxState::Archived,
+                error_reason: None,
+                resources: Default::default(),
+                disk_enforced: self.host.disk_enforced,
+                daemon_addr: None,
+                daemon_token: String::new(),
+                user: m.user.clone(),
+                env: Default::default(),
+                labels: Default::default(),
+                auto: Default::default(),
+            },
+        };
+        info.state = SandboxState::Archived;
+        info.container_id.clear();
+        info.daemon_addr = None;
+        info.error_reason = None;
+        info
+    }
+
+    /// Streams the container's export into the store, then writes the manifest.
+    async fn export(&self, store: &ArchiveStore, info: &SandboxInfo) -> Result<ArchiveManifest, SandboxError> {
+        let id = info.id.as_str();
+        let inspect = self.docker.inspect_container(&info.container_id, None).await?;
+        if inspect.state.as_ref().and_then(|s| s.running) == Some(true) {
+            return Err(SandboxError::InvalidState { id: id.into(), state: SandboxState::Started, action: "archive" });
+        }
+        let config = inspect.config.unwrap_or_default();
+        let spec: SandboxSpecLabel = config
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::SPEC))
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let caller_keys: HashSet<&str> = spec.env_keys.iter().map(String::as_str).collect();
+        let env = image_env(config.env.as_deref().unwrap_or_default(), &caller_keys);
+
+        let docker = self.docker.clone().with_timeout(TRANSFER_TIMEOUT);
+        let mut export = Box::pin(docker.export_container(&info.container_id));
+        let upload = store.store.put_multipart(&tar_path(id)).await.map_err(store_err)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut hash = Sha256::new();
+        let mut size = 0u64;
+        let mut tail = Vec::with_capacity(TAR_END);
+        let failure = loop {
+            let chunk = match export.next().await {
+                None => break None,
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => break Some(SandboxError::from(e)),
+            };
+            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                break Some(store_err(e));
+            }
+            hash.update(&chunk);
+            keep_tail(&mut tail, &chunk);
+            size += chunk.len() as u64;
+            writer.write(&chunk);
+        };
+        let failure = failure.or_else(|| {
+            (tail.len() < TAR_END || tail.iter().any(|b| *b != 0)).then(|| {
+                SandboxError::Archive(format!("Docker's export of sandbox {id} ended early ({size} bytes)"))
+            })
+        });
+        if let Some(e) = failure {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(sandbox_id = %id, error = %abort, "cannot abort the archive upload");
+            }
+            return Err(e);
+        }
+        writer.finish().await.map_err(store_err)?;
+        let manifest = ArchiveManifest {
+            version: MANIFEST_VERSION,
+            sandbox_id: id.to_owned(),
+            organization_id: info.organization_id.clone(),
+            runner_id: self.config.runner_id.clone(),
+            source_image: config.image.clone().unwrap_or_else(|| info.image.clone()),
+            argv: strip_daemon(config.entrypoint.clone().unwrap_or_default()),
+            env,
+            working_dir: config.working_dir.clone().filter(|w| !w.is_empty()),
+            user: config.user.clone().filter(|u| !u.is_empty()),
+            size,
+            sha256: format!("{:x}", hash.finalize()),
+            archived_at: unix_now(),
+        };
+        store.put_manifest(&manifest).await?;
+        Ok(manifest)
+    }
+
+    /// After a complete export: the container goes, with the restore image it may have run from.
+    async fn remove_archived_container(&self, entry: &Entry, info: &SandboxInfo) -> Result<(), SandboxError> {
+        let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(&info.container_id, Some(opts)).await {
+            Ok(()) => {}
+            Err(e) if docker_status(&e) == Some(404) => {}
+            Err(e) => return Err(e.into()),
+        }
+        lock(&self.sandboxes).remove(&info.id);
+        if entry.is_claimed() {
+            self.save_claims()?;
+        }
+        self.remove_image_quietly(&image_ref(&info.id)).await;
+        Ok(())
+    }
+
+    async fn remove_image_quietly(&self, reference: &str) {
+        let opts = RemoveImageOptionsBuilder::default().force(false).noprune(false).build();
+        match self.docker.remove_image(reference, Some(opts), None).await {
+            Ok(_) => {}
+            Err(e) if docker_status(&e) == Some(404) => {}
+            Err(e) => tracing::warn!(image = reference, error = %e, "cannot remove image"),
+        }
+    }
+
+    async fn restore(self: &Arc<Self>, req: CreateSandbox) -> Result<SandboxInfo, SandboxError> {
+        let store = self.archive_store()?;
+        self.validate_create(&req)?;
+        let id = req.id.clone();
+        if let Ok(entry) = self.entry(&id) {
+            let _op = entry.op.lock().await;
+            let info = lock(&entry.info).clone();
+            if info.state == SandboxState::Started {
+                // A repeat of a restore that finished (the runner restarted before reporting).
+                self.remove_archive_quietly(store, &id).await;
+                return Ok(info);
+            }
+            return Err(SandboxError::Conflict(format!(
+                "sandbox {id} has a container on this runner ({}), so it is not archived",
+                info.state
+            )));
+        }
+        let manifest = store.manifest(&id).await?.ok_or_else(|| {
+            SandboxError::Archive(format!("no archive of sandbox {id} in {}", store.location()))
+        })?;
+        let info = SandboxInfo {
+            id: id.clone(),
+            name: req.name.clone(),
+            organization_id: req.organization_id.clone(),
+            runner_id: self.config.runner_id.clone(),
+            container_id: String::new(),
+            image: image_ref(&id),
+            state: SandboxState::Restoring,
+            error_reason: None,
+            resources: req.resources,
+            disk_enforced: self.host.disk_enforced,
+            daemon_addr: None,
+            daemon_token: new_token().map_err(SandboxError::Internal)?,
+            user: req.user.clone(),
+            env: req.env.clone(),
+            labels: req.labels.clone(),
+            auto: req.auto,
+        };
+        let entry = Entry::new(info, false);
+        {
+            let mut map = lock(&self.sandboxes);
+            if map.contains_key(&id) {
+                return Err(SandboxError::Conflict(format!("sandbox {id} already exists")));
+            }
+            map.insert(id.clone(), entry.clone());
+        }
+        let _op = entry.op.lock().await;
+        self.set_state(&entry, SandboxState::Restoring, None, None);
+        let started = Instant::now();
+        let result = match self.import(store, &manifest).await {
+            Ok(()) => self.create_container(&entry, &CreateSandbox { image: image_ref(&id), ..req }, false).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(sandbox_id = %id, bytes = manifest.size, ms = started.elapsed().as_millis() as u64,
+                    "sandbox restored");
+                self.set_state(&entry, SandboxState::Started, None, None);
+                self.remove_archive_quietly(store, &id).await;
+                Ok(lock(&entry.info).clone())
+            }
+            Err(e) => {
+                tracing::warn!(sandbox_id = %id, error = %e, "restore failed; the archive stays");
+                self.remove_container_quietly(&container_name(&id)).await;
+                self.remove_container_quietly(&helper_name(&id)).await;
+                self.remove_image_quietly(&image_ref(&id)).await;
+                self.remove_image_quietly(&rootfs_ref(&id)).await;
+                lock(&self.sandboxes).remove(&id);
+                self.set_state(&entry, SandboxState::Archived, Some(format!("restore failed: {e}")), None);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes `sandbar-archive:{id}` from the archive: the filesystem imported (and checked against the manifest
+    /// while it streams), then the image config of the manifest put on it through a commit.
+    async fn import(&self, store: &ArchiveStore, m: &ArchiveManifest) -> Result<(), SandboxError> {
+        let id = m.sandbox_id.as_str();
+        // What an interrupted attempt may have left.
+        self.remove_container_quietly(&helper_name(id)).await;
+        self.remove_image_quietly(&image_ref(id)).await;
+        self.remove_image_quietly(&rootfs_ref(id)).await;
+
+        let got = store.store.get(&tar_path(id)).await.map_err(store_err)?;
+        if got.meta.size != m.size {
+            return Err(SandboxError::Archive(format!(
+                "the archive of sandbox {id} is {} bytes but its manifest says {}",
+                got.meta.size, m.size
+            )));
+        }
+        let body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>> = match got.payload {
+            // A local file: read in large blocks (object_store's own stream reads 8 KiB at a time).
+            GetResultPayload::File(file, _) => {
+                tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20).boxed()
+            }
+            GetResultPayload::Stream(s) => s.map_err(std::io::Error::other).boxed(),
+        };
+        let hash = Arc::new(Mutex::new(Sha256::new()));
+        let hashing = hash.clone();
+        let body = body.inspect_ok(move |chunk| lock(&hashing).update(chunk));
+        let docker = self.docker.clone().with_timeout(TRANSFER_TIMEOUT);
+        let tag = format!("{id}.rootfs");
+        let opts = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(ARCHIVE_REPO)
+            .tag(&tag)
+            .message(&format!("sandbar archive of sandbox {id}"))
+            .build();
+        let mut progress = Box::pin(docker.create_image(Some(opts), Some(body_try_stream(body)), None));
+        while let Some(p) = progress.next().await {
+            let p = p?;
+            if let Some(detail) = p.error_detail {
+                return Err(SandboxError::Archive(format!(
+                    "Docker cannot import the archive of sandbox {id}: {}",
+                    detail.message.unwrap_or_default()
+                )));
+            }
+        }
+        let digest = format!("{:x}", std::mem::take(&mut *lock(&hash)).finalize());
+        if digest != m.sha256 {
+            self.remove_image_quietly(&rootfs_ref(id)).await;
+            return Err(SandboxError::Archive(format!(
+                "the archive of sandbox {id} is corrupt: SHA-256 {digest}, its manifest says {}",
+                m.sha256
+            )));
+        }
+
+        // A container that never runs, with the image config of the manifest, committed as the restore image.
+        let mut helper_labels: HashMap<String, String> =
+            self.config.extra_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // The runner label: a restarted runner removes it like any never-started container of its own.
+        helper_labels.insert(labels::RUNNER.into(), self.config.runner_id.clone());
+        helper_labels.insert(ARCHIVE_LABEL.into(), id.to_owned());
+        let entrypoint = daemon_entrypoint(&m.argv);
+        let body = ContainerCreateBody {
+            image: Some(rootfs_ref(id)),
+            entrypoint: Some(entrypoint.clone()),
+            cmd: Some(Vec::new()),
+            env: Some(m.env.clone()),
+            working_dir: m.working_dir.clone(),
+            user: m.user.clone(),
+            labels: Some(helper_labels.clone()),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        let name = helper_name(id);
+        let helper =
+            self.docker.create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body).await?;
+        let opts = CommitContainerOptionsBuilder::default()
+            .container(&helper.id)
+            .repo(ARCHIVE_REPO)
+            .tag(id)
+            .comment(&format!("sandbar restore of sandbox {id}"))
+            .pause(false)
+            .build();
+        let config = ContainerConfig {
+            entrypoint: Some(entrypoint),
+            cmd: Some(Vec::new()),
+            env: Some(m.env.clone()),
+            working_dir: m.working_dir.clone(),
+            user: m.user.clone(),
+            labels: Some(helper_labels),
+            ..Default::default()
+        };
+        let committed = self.docker.commit_container(opts, config).await;
+        self.remove_container_quietly(&helper.id).await;
+        committed?;
+        // Only the tag goes: the restore image is built on it.
+        self.remove_image_quietly(&rootfs_ref(id)).await;
+        Ok(())
+    }
+
+    async fn remove_archive_quietly(&self, store: &ArchiveStore, id: &str) {
+        if let Err(e) = store.remove(id).await {
+            tracing::warn!(sandbox_id = %id, error = %e, "cannot delete archive objects");
+        }
+    }
+
+    /// After a sandbox's container is destroyed: its restore image and any archive objects go too.
+    pub(super) async fn forget_archive(&self, id: &str) {
+        self.remove_image_quietly(&image_ref(id)).await;
+        if let Some(store) = &self.archive {
+            self.remove_archive_quietly(store, id).await;
+        }
+    }
+
+    /// Destroy of a sandbox the runner does not hold: an archived one, whose archive is deleted. `not_found`
+    /// when there is no archive either.
+    pub(super) async fn destroy_archived(&self, id: &str, not_found: SandboxError) -> Result<(), SandboxError> {
+        let Some(store) = &self.archive else { return Err(not_found) };
+        self.remove_image_quietly(&image_ref(id)).await;
+        if store.remove(id).await? {
+            tracing::info!(sandbox_id = %id, "archived sandbox destroyed: archive deleted");
+            Ok(())
+        } else {
+            Err(not_found)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_env_leaves_out_the_callers_and_ours() {
+        let all: Vec<String> =
+            ["PATH=/bin", "FOO=x", "SANDBAR_DAEMON_TOKEN=t", "SANDBAR_SANDBOX_ID=s", "LANG=C.UTF-8", "ODD"]
+                .map(String::from)
+                .to_vec();
+        let caller = HashSet::from(["FOO"]);
+        assert_eq!(image_env(&all, &caller), ["PATH=/bin", "LANG=C.UTF-8", "ODD"]);
+    }
+
+    #[test]
+    fn restore_entrypoint_round_trips_through_strip_daemon() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        for argv in [v(&[]), v(&["sleep", "infinity"]), v(&["--", "x"])] {
+            assert_eq!(strip_daemon(daemon_entrypoint(&argv)), argv);
+        }
+    }
+
+    #[test]
+    fn tail_keeps_the_last_kilobyte() {
+        let mut tail = Vec::new();
+        keep_tail(&mut tail, &[1; 600]);
+        keep_tail(&mut tail, &[0; 600]);
+        assert_eq!(tail.len(), TAR_END);
+        assert_eq!(tail.iter().filter(|b| **b == 1).count(), 424);
+        keep_tail(&mut tail, &[0; 2000]);
+        assert!(tail.iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn store_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = ArchiveStore::open(&dir.path().join("a").display().to_string()).unwrap();
+        assert!(local.location().ends_with("/a"));
+        assert!(dir.path().join("a").is_dir());
+        let url = format!("file://{}", dir.path().join("b").display());
+        assert!(ArchiveStore::open(&url).is_ok());
+        assert!(ArchiveStore::open("ftp://x/y").is_err());
+        assert!(ArchiveStore::open("s3:///prefix").is_err());
+    }
+
+    #[tokio::test]
+    async fn local_store_round_trip_and_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArchiveStore::open(&dir.path().display().to_string()).unwrap();
+        assert_eq!(store.manifest("s1").await.unwrap(), None);
+        let m = ArchiveManifest {
+            version: MANIFEST_VERSION,
+            sandbox_id: "s1".into(),
+            organization_id: "o".into(),
+            runner_id: "r".into(),
+            source_image: "img".into(),
+            argv: vec!["sh".into()],
+            env: vec!["PATH=/bin".into()],
+            working_dir: None,
+            user: Some("sandbar".into()),
+            size: 3,
+            sha256: "x".into(),
+            archived_at: 1,
+        };
+        store.store.put(&tar_path("s1"), PutPayload::from_static(b"abc")).await.unwrap();
+        store.put_manifest(&m).await.unwrap();
+        assert_eq!(store.manifest("s1").await.unwrap(), Some(m));
+        assert!(store.manifest("s2").await.unwrap().is_none());
+        assert!(store.remove("s1").await.unwrap());
+        assert!(!store.remove("s1").await.unwrap());
+        assert!(!dir.path().join("s1").exists(), "empty directories are cleaned up");
+    }
+}
