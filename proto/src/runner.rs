@@ -184,6 +184,8 @@ pub struct ResizeSandbox {
 }
 
 /// What a runner is asked to do.
+// Jobs are few and short-lived: a boxed create would only complicate every constructor and match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobKind {

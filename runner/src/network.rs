@@ -516,7 +516,7 @@ fn render(
         rule(prefix, &["-s", &format!("{ip}/32"), "-m", "comment", "--comment", &comment, "-j", &chain_of(sandbox)]);
         rule(&iso, &["-d", &format!("{ip}/32"), "-j", &deny]);
     }
-    for (sandbox, _) in &members {
+    for sandbox in members.keys() {
         let chain = chain_of(sandbox);
         let stored = policies.get(*sandbox).cloned().unwrap_or_default();
         rule(&chain, &["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "--ctdir", "REPLY", "-j", "RETURN"]);

@@ -169,7 +169,9 @@ async fn egress_policies_hold_change_live_and_survive_restarts() {
     assert!(!reaches(&runner, &a, &t1).await, "block-all let a connection out");
 
     // Changed while running, each change effective at once.
+    let took = std::time::Instant::now();
     set(&runner, &a, policy(false, Some(&[&format!("{t1}/32")]))).await;
+    eprintln!("figure: a policy change on a running sandbox took {:?}", took.elapsed());
     assert!(reaches(&runner, &a, &t1).await, "the target's /32 is allowed");
     assert!(!reaches(&runner, &a, &t2).await, "an address outside the allow list was reached");
     set(&runner, &a, policy(false, Some(&["203.0.113.0/24"]))).await;
@@ -223,11 +225,11 @@ async fn egress_policies_hold_change_live_and_survive_restarts() {
     // Stopped and started from outside the runner, with another container taking its old address meanwhile (the
     // bridge hands out the lowest free one): the freed address keeps no rules and the new one gets them.
     let cid = runner.get(&a).unwrap().container_id;
-    assert!(Command::new("docker").args(["stop", "-t", "5", &cid]).status().unwrap().success());
+    assert!(Command::new("docker").args(["stop", "-t", "5", &cid]).output().unwrap().status.success());
     wait_until("the runner sees the stop", || runner.get(&a).unwrap().state != SandboxState::Started).await;
     assert!(!rules().contains(&format!("-s {aip}/32 ")), "rules kept for the freed address {aip}");
     let filler = targets.start(&image);
-    assert!(Command::new("docker").args(["start", &cid]).status().unwrap().success());
+    assert!(Command::new("docker").args(["start", &cid]).output().unwrap().status.success());
     let new_ip = docker_inspect(&cid, "{{.NetworkSettings.IPAddress}}").unwrap();
     if filler == aip {
         assert_ne!(new_ip, aip);
@@ -252,7 +254,7 @@ async fn egress_policies_hold_change_live_and_survive_restarts() {
     // sandboxes that went while it was down.
     drop(runner);
     let bcid = docker_inspect(&format!("sandbar-{b}"), "{{.Id}}").unwrap();
-    assert!(Command::new("docker").args(["rm", "-f", &bcid]).status().unwrap().success());
+    assert!(Command::new("docker").args(["rm", "-f", &bcid]).output().unwrap().status.success());
     let runner = Runner::new(config).await.unwrap();
     let (p, _) = runner.network_policy(&a).await.unwrap();
     assert_eq!(p, policy(false, Some(&[&format!("{t1}/32")])), "policy lost over a runner restart");
