@@ -1,5 +1,13 @@
 //! The proxy's and SSH gateway's view (`sandbar_proto::api`): route lookups with a version, a long-poll of route
-//! changes, credential checks for toolbox and preview traffic, SSH token resolution and activity reports.
+//! changes, credential checks for toolbox and preview traffic, SSH token resolution, activity reports, waking an
+//! auto-stopped sandbox on request, and resolving the tokens of signed preview URLs.
+//!
+//! Waking: a sandbox the auto-stop timer stopped is started again by an authorized request through the proxy (like
+//! scale-to-zero). One the user stopped stays stopped: they meant it. The two are told apart without new state:
+//! the timer stops a sandbox only once it has been idle for its whole interval, so a sandbox is auto-stopped
+//! exactly when its last activity is at least `autoStopInterval` minutes before the moment it became stopped (a
+//! user's stop of an active sandbox comes sooner, and traffic after the stop makes it look user-stopped, which
+//! errs on the side of not starting anything).
 
 use std::time::Duration;
 
@@ -8,8 +16,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sandbar_proto::api::{
-    ActivityReport, AuthorizeRequest, AuthorizeResponse, MAX_POLL_WAIT_SECS, Route, RouteChanges, SshResolveRequest,
-    SshResolveResponse,
+    ActivityReport, AuthorizeRequest, AuthorizeResponse, MAX_POLL_WAIT_SECS, Route, RouteChanges,
+    SIGNED_PREVIEW_TOKEN_LEN, SignedPreviewResolveRequest, SignedPreviewResolveResponse, SshResolveRequest,
+    SshResolveResponse, is_signed_preview_token,
 };
 use sandbar_proto::ports;
 use sandbar_proto::runner::SandboxState;
@@ -19,6 +28,7 @@ use crate::auth::{ProxyAuth, organization_of_key};
 use crate::db::sha256_hex;
 use crate::error::{ApiError, ApiResult, Json, Path, QueryPairs};
 use crate::sandbox::{self, Row};
+use crate::state::Action;
 
 /// How long the proxy may cache an authorization answer.
 pub const AUTHORIZE_TTL_SECS: u64 = 30;
@@ -32,6 +42,29 @@ pub fn routes() -> Router<App> {
         .route("/internal/authorize", post(authorize))
         .route("/internal/ssh/resolve", post(ssh_resolve))
         .route("/internal/activity", post(activity))
+        .route("/internal/sandboxes/{sandbox_id}/wake", post(wake))
+        .route("/internal/preview/resolve", post(resolve_signed_preview))
+}
+
+/// A new token for a signed preview URL: [`SIGNED_PREVIEW_TOKEN_LEN`] lowercase hex digits (128 random bits).
+pub(crate) fn new_signed_preview_token() -> String {
+    use std::fmt::Write as _;
+    let mut buf = [0u8; SIGNED_PREVIEW_TOKEN_LEN / 2];
+    if getrandom::fill(&mut buf).is_err() {
+        // No entropy source at all (never seen on Linux): fall back to v4 UUID bytes (also getrandom, via uuid).
+        buf.copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    }
+    buf.iter().fold(String::with_capacity(SIGNED_PREVIEW_TOKEN_LEN), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Whether an authorized request may start this sandbox again (see the module doc).
+fn wakes_on_request(row: &Row, state: SandboxState) -> bool {
+    state == SandboxState::Stopped
+        && row.auto_stop > 0
+        && row.last_activity_at.saturating_add(row.auto_stop.saturating_mul(60_000)) <= row.state_at
 }
 
 fn to_route(app: &App, row: &Row) -> Route {
@@ -51,6 +84,7 @@ fn to_route(app: &App, row: &Row) -> Route {
         daemon_token: row.daemon_token.clone(),
         public: row.public != 0,
         auto_stop_interval: row.auto_stop,
+        wake_on_request: wakes_on_request(row, state),
         version: row.version,
     }
 }
@@ -216,4 +250,88 @@ async fn activity(
     }
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Starts an auto-stopped sandbox for a request the proxy holds, through the state machine (quotas included).
+async fn wake(app: axum::extract::State<App>, _: ProxyAuth, Path(id): Path<String>) -> ApiResult<Response> {
+    let row = load(&app, &id).await?;
+    let state = row.effective_state(app.now());
+    match state {
+        // Another request (or proxy) woke it already.
+        SandboxState::Started | SandboxState::Starting | SandboxState::Restoring => {
+            return Ok(Json(to_route(&app, &row)).into_response());
+        }
+        SandboxState::Stopped if wakes_on_request(&row, state) => {}
+        SandboxState::Stopped if row.auto_stop <= 0 => {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is stopped and has auto-stop off, so requests do not start it: start it with the API"
+            )));
+        }
+        SandboxState::Stopped => {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} was stopped by a user, so requests do not start it: start it with the API"
+            )));
+        }
+        other => {
+            return Err(ApiError::conflict(format!("sandbox {id} is {other}: only an auto-stopped sandbox is woken")));
+        }
+    }
+    match sandbox::act(&app, None, &id, Action::Start, None).await {
+        Ok(after) => {
+            tracing::info!(sandbox_id = %id, "woken by a request through the proxy");
+            Ok(Json(to_route(&app, &after)).into_response())
+        }
+        Err(e) if e.status == StatusCode::NOT_FOUND => Err(e),
+        // Refusals (quota, a runner that went away) are the proxy's "cannot start it" answer.
+        Err(e) if e.status.is_client_error() => {
+            Err(ApiError::conflict(format!("sandbox {id} is stopped and could not be started: {}", e.message)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Which sandbox the token of a signed preview URL opens, for its port.
+async fn resolve_signed_preview(
+    app: axum::extract::State<App>,
+    _: ProxyAuth,
+    Json(req): Json<SignedPreviewResolveRequest>,
+) -> ApiResult<Response> {
+    let invalid =
+        || ApiError::unauthorized("this signed preview URL is invalid, expired or revoked: ask for a new one");
+    if !is_signed_preview_token(&req.token) {
+        return Err(invalid());
+    }
+    let now = app.now();
+    let found: Option<(String, i64)> = sqlx::query_as(
+        "SELECT sandbox_id, expires_at FROM preview_tokens WHERE token_hash = $1 AND port = $2 \
+         AND revoked_at IS NULL AND expires_at > $3",
+    )
+    .bind(sha256_hex(&req.token))
+    .bind(i64::from(req.port))
+    .bind(now)
+    .fetch_optional(&app.db.pool)
+    .await?;
+    let Some((sandbox_id, expires_at)) = found else { return Err(invalid()) };
+    let row = load(&app, &sandbox_id).await.map_err(|_| invalid())?;
+    // Whole seconds left, rounded down, so a cached answer never outlives the token.
+    let ttl = (u64::try_from((expires_at - now) / 1000).unwrap_or(0)).min(AUTHORIZE_TTL_SECS);
+    Ok(Json(SignedPreviewResolveResponse {
+        sandbox_id: row.id,
+        organization_id: row.organization_id,
+        ttl_secs: ttl,
+        version: row.version,
+    })
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_preview_tokens_have_the_advertised_shape() {
+        let a = new_signed_preview_token();
+        assert!(is_signed_preview_token(&a), "{a}");
+        assert_ne!(a, new_signed_preview_token());
+    }
 }

@@ -8,7 +8,6 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use sandbar_proto::api::PREVIEW_TOKEN_QUERY;
 use sandbar_proto::runner::{
     AutoIntervals, CreateSandbox, JobKind, ResizeSandbox, Resources, SandboxState, StopSandbox,
 };
@@ -1160,7 +1159,8 @@ async fn signed_preview_url(
     let now = app.now();
     let mut conn = app.db.pool.acquire().await?;
     let row = load_or_404(&app, &mut conn, &caller.organization_id, &id, false).await?;
-    let token = random_token(24);
+    // Daytona's form: the token takes the sandbox id's place in the host, `{port}-{token}.{domain}`.
+    let token = crate::internal::new_signed_preview_token();
     sqlx::query("INSERT INTO preview_tokens (token_hash, sandbox_id, port, expires_at) VALUES ($1, $2, $3, $4)")
         .bind(sha256_hex(&token))
         .bind(&row.id)
@@ -1168,7 +1168,7 @@ async fn signed_preview_url(
         .bind(now + secs * 1000)
         .execute(&mut *conn)
         .await?;
-    let url = format!("{}/?{PREVIEW_TOKEN_QUERY}={token}", app.config.preview_url(&row.id, port));
+    let url = app.config.preview_url(&token, port);
     Ok(Json(SignedPortPreviewUrl { sandbox_id: row.id, port: i64::from(port), token, url }).into_response())
 }
 
@@ -1179,8 +1179,8 @@ async fn expire_signed_preview_url(
 ) -> ApiResult<Response> {
     let port = port_of(port)?;
     let now = app.now();
-    let mut conn = app.db.pool.acquire().await?;
-    let row = load_or_404(&app, &mut conn, &caller.organization_id, &id, false).await?;
+    let mut tx = app.db.pool.begin().await?;
+    let row = load_or_404(&app, &mut tx, &caller.organization_id, &id, false).await?;
     let r = sqlx::query(
         "UPDATE preview_tokens SET revoked_at = $1 WHERE token_hash = $2 AND sandbox_id = $3 AND port = $4",
     )
@@ -1188,11 +1188,15 @@ async fn expire_signed_preview_url(
     .bind(sha256_hex(&token))
     .bind(&row.id)
     .bind(i64::from(port))
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
     if r.rows_affected() == 0 {
         return Err(ApiError::not_found("no such signed preview URL token for this sandbox and port"));
     }
+    // A new route version makes proxies drop what they cached for this sandbox's credentials: the URL stops now.
+    bump(&mut tx, &row.id, now).await?;
+    tx.commit().await?;
+    app.wake_routes();
     Ok(Json(serde_json::json!({})).into_response())
 }
 

@@ -288,7 +288,8 @@ async fn preview_urls_ssh_access_and_settings() {
             .await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v["port"], 8080);
-        assert!(v["url"].as_str().unwrap().contains("DAYTONA_SANDBOX_AUTH_KEY="));
+        // Daytona's signed form: the token in place of the sandbox id in the host.
+        assert_eq!(v["url"], format!("http://8080-{}.proxy.test:4000", v["token"].as_str().unwrap()));
         let (s, v) = h.call(Method::GET, &format!("/sandbox/{id}/toolbox-proxy-url"), None).await;
         assert_eq!((s, v), (StatusCode::OK, json!({"url": "http://proxy.test:4000/toolbox"})));
 

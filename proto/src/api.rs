@@ -29,6 +29,14 @@
 //!   the gateway shows the user (unknown, expired or revoked token), 409 when the sandbox is not started.
 //! - `POST /internal/activity` body [`ActivityReport`] -> 204: batched activity (proxied requests, open
 //!   WebSockets, SSH sessions) for auto-stop.
+//! - `POST /internal/sandboxes/{sandboxId}/wake` -> 200 [`Route`] (the sandbox after the start was asked for:
+//!   `starting`, or already `started`), 404 unknown id, 409 with a message when the sandbox may not be woken
+//!   ([`Route::wake_on_request`] is false: stopped by a user, auto-stop off, archived...) or the start was refused
+//!   (quota). The proxy calls it for an authorized request to a stopped sandbox, then waits for the route to turn
+//!   `started` through the route-changes long-poll.
+//! - `POST /internal/preview/resolve` body [`SignedPreviewResolveRequest`] -> 200 [`SignedPreviewResolveResponse`]:
+//!   which sandbox a signed preview URL (`{port}-{token}.{domain}`, token shaped as [`is_signed_preview_token`])
+//!   opens; 401 with a message when the token is unknown, expired, revoked or for another port.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -80,6 +88,10 @@ pub struct Route {
     /// Auto-stop interval in minutes (0 = never): lets the proxy decide whether to start a stopped sandbox.
     #[serde(default)]
     pub auto_stop_interval: i64,
+    /// True when the sandbox is stopped because its auto-stop timer stopped it (not a user): an authorized request
+    /// may start it again through `POST /internal/sandboxes/{id}/wake`.
+    #[serde(default)]
+    pub wake_on_request: bool,
     /// Monotonic version of this route; bumped on every change.
     pub version: i64,
 }
@@ -95,6 +107,7 @@ impl fmt::Debug for Route {
             .field("sandbox_ip", &self.sandbox_ip)
             .field("daemon_token", &"<redacted>")
             .field("public", &self.public)
+            .field("wake_on_request", &self.wake_on_request)
             .field("version", &self.version)
             .finish()
     }
@@ -169,6 +182,42 @@ impl fmt::Debug for SshResolveResponse {
     }
 }
 
+/// Length of the tokens of signed preview URLs: lowercase hexadecimal (128 random bits), so the token fits a DNS
+/// label beside the port (`{port}-{token}`), survives the lowercasing browsers apply to host names, and never looks
+/// like a sandbox id (UUIDs have dashes).
+pub const SIGNED_PREVIEW_TOKEN_LEN: usize = 32;
+
+/// Whether the `{sandboxId}` part of a preview host is really the token of a signed preview URL.
+pub fn is_signed_preview_token(s: &str) -> bool {
+    s.len() == SIGNED_PREVIEW_TOKEN_LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedPreviewResolveRequest {
+    pub token: String,
+    /// The port of the host the token came in (`{port}-{token}.{domain}`); a token opens only its own port.
+    pub port: u16,
+}
+
+impl fmt::Debug for SignedPreviewResolveRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedPreviewResolveRequest").field("token", &"<redacted>").field("port", &self.port).finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedPreviewResolveResponse {
+    pub sandbox_id: String,
+    pub organization_id: String,
+    /// Seconds the proxy may cache this answer: never past the token's expiry.
+    pub ttl_secs: u64,
+    /// The sandbox's route version when this was answered: expiring a token bumps it, so a proxy that sees a
+    /// newer route asks again instead of trusting its cache.
+    pub version: i64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityReport {
@@ -192,6 +241,7 @@ mod tests {
             daemon_token: "secret".into(),
             public: false,
             auto_stop_interval: 15,
+            wake_on_request: false,
             version: 3,
         };
         let v = serde_json::to_value(&r).unwrap();
@@ -200,5 +250,17 @@ mod tests {
         assert!(v.get("sshAddr").is_none());
         assert_eq!(serde_json::from_value::<Route>(v).unwrap(), r);
         assert!(!format!("{r:?}").contains("secret"));
+        // Older peers that do not send `wakeOnRequest` read as "do not wake".
+        let mut v = serde_json::to_value(&r).unwrap();
+        v.as_object_mut().unwrap().remove("wakeOnRequest");
+        assert!(!serde_json::from_value::<Route>(v).unwrap().wake_on_request);
+    }
+
+    #[test]
+    fn signed_preview_tokens_never_look_like_sandbox_ids() {
+        assert!(is_signed_preview_token("0123456789abcdef0123456789abcdef"));
+        assert!(!is_signed_preview_token("0123456789ABCDEF0123456789abcdef"));
+        assert!(!is_signed_preview_token("0123456789abcdef0123456789abcde"));
+        assert!(!is_signed_preview_token("3f2b9c1e-8a7d-4e6f-9b0a-1c2d3e4f5a6b"));
     }
 }

@@ -1,14 +1,18 @@
 //! The proxy's side of the API's internal surface (proto/src/api.rs): route lookups, the route-changes long-poll,
-//! authorize, and activity reports, all with the proxy's service token.
+//! authorize, signed preview URL tokens, waking auto-stopped sandboxes, and activity reports, all with the proxy's
+//! service token.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use sandbar_proto::api::{ActivityReport, AuthorizeRequest, AuthorizeResponse, Route, RouteChanges};
+use sandbar_proto::api::{
+    ActivityReport, AuthorizeRequest, AuthorizeResponse, Route, RouteChanges, SignedPreviewResolveRequest,
+    SignedPreviewResolveResponse,
+};
 use thiserror::Error;
 
 /// How the API answered a question the proxy asked.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum ApiCallError {
     /// the API could not be reached or did not answer in time
     #[error("the control plane (API) did not answer: {0}")]
@@ -29,6 +33,30 @@ pub enum Authorization {
     Unauthorized,
     /// 404: unknown sandbox or another organization's.
     NotFound,
+}
+
+/// The outcome of `POST /internal/preview/resolve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignedPreview {
+    Allowed(SignedPreviewResolveResponse),
+    /// 401: unknown, expired, revoked or for another port; the API's message.
+    Refused(String),
+}
+
+/// The outcome of `POST /internal/sandboxes/{id}/wake`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wake {
+    /// The start was asked for (or the sandbox is already on its way): the route as it is now.
+    Started(Box<Route>),
+    /// 409: the sandbox may not be woken, or the start was refused; the API's message.
+    Refused(String),
+    NotFound,
+}
+
+/// The `message` of an error body, or `fallback`.
+async fn message_of(resp: reqwest::Response, fallback: &str) -> String {
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    body["message"].as_str().map(str::to_owned).unwrap_or_else(|| fallback.to_owned())
 }
 
 #[derive(Clone)]
@@ -120,6 +148,51 @@ impl ApiClient {
         }
     }
 
+    /// `POST /internal/preview/resolve`: which sandbox the token of a signed preview URL opens.
+    pub async fn resolve_signed_preview(&self, token: &str, port: u16) -> Result<SignedPreview, ApiCallError> {
+        let req = SignedPreviewResolveRequest { token: token.to_owned(), port };
+        let resp = self
+            .http
+            .post(self.url("/internal/preview/resolve"))
+            .bearer_auth(&self.token)
+            .json(&req)
+            .send()
+            .await
+            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        match resp.status() {
+            StatusCode::OK => resp
+                .json::<SignedPreviewResolveResponse>()
+                .await
+                .map(SignedPreview::Allowed)
+                .map_err(|e| ApiCallError::Body(e.to_string())),
+            StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND => Ok(SignedPreview::Refused(
+                message_of(resp, "this signed preview URL is invalid, expired or revoked").await,
+            )),
+            s => Err(ApiCallError::Status(s.as_u16())),
+        }
+    }
+
+    /// `POST /internal/sandboxes/{id}/wake`: start an auto-stopped sandbox for a waiting request.
+    pub async fn wake(&self, sandbox_id: &str) -> Result<Wake, ApiCallError> {
+        let resp = self
+            .http
+            .post(self.url(&format!("/internal/sandboxes/{sandbox_id}/wake")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        match resp.status() {
+            StatusCode::OK => resp
+                .json::<Route>()
+                .await
+                .map(|r| Wake::Started(Box::new(r)))
+                .map_err(|e| ApiCallError::Body(e.to_string())),
+            StatusCode::NOT_FOUND => Ok(Wake::NotFound),
+            StatusCode::CONFLICT => Ok(Wake::Refused(message_of(resp, "the sandbox could not be started").await)),
+            s => Err(ApiCallError::Status(s.as_u16())),
+        }
+    }
+
     /// `POST /internal/activity` -> 204.
     pub async fn activity(&self, report: &ActivityReport) -> Result<(), ApiCallError> {
         let resp = self
@@ -159,9 +232,7 @@ impl ApiClient {
                 resp.json().await.map(SshResolution::Target).map_err(|e| ApiCallError::Body(e.to_string()))
             }
             s @ (StatusCode::UNAUTHORIZED | StatusCode::CONFLICT | StatusCode::NOT_FOUND) => {
-                let body: serde_json::Value = resp.json().await.unwrap_or_default();
-                let message = body["message"].as_str().map(str::to_owned).unwrap_or_else(|| format!("refused ({s})"));
-                Ok(SshResolution::Refused(message))
+                Ok(SshResolution::Refused(message_of(resp, &format!("refused ({s})")).await))
             }
             s => Err(ApiCallError::Status(s.as_u16())),
         }

@@ -1,22 +1,51 @@
-//! Route and authorization caches. Routes live for a short TTL and are dropped early when the API's route-changes
-//! long-poll names them; a burst of requests for one sandbox makes one lookup (single-flight: the first caller
-//! fetches, the others wait on the same per-id lock and then read the cache). Authorization answers are cached for
-//! the `ttlSecs` the API grants, keyed by a SHA-256 of (credential kind, credential, sandbox, port), so no
-//! credential is kept in memory in clear.
+//! What the proxy remembers of the API's answers, and how it asks: route lookups, credential checks, signed preview
+//! tokens and wake-ups. Every question is single-flight ([`crate::flight`]): a burst of requests for one sandbox (or
+//! one credential and sandbox) makes one API call, and the callers share its answer, error included.
+//!
+//! - Routes live for a short TTL and are dropped early when the API's route-changes long-poll names them; every
+//!   drop wakes the requests waiting for a sandbox to start ([`RouteCache::wait_for`]).
+//! - Authorizations are cached for the `ttlSecs` the API grants, refusals for [`REFUSAL_TTL`], keyed by a SHA-256 of
+//!   (credential kind, credential, sandbox, port, route version), so no credential is kept in clear and any change
+//!   of the sandbox's route (a restart rotating its preview token, an expired signed URL) makes the next request
+//!   ask again.
+//! - Signed preview tokens resolve to a sandbox the same way; the answer carries the route version it was given
+//!   at, and a newer route sends the proxy back to the API.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use sandbar_proto::api::{AuthorizeRequest, Route};
+use sandbar_proto::api::{AuthorizeRequest, AuthorizeResponse, Route, SignedPreviewResolveResponse};
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 
-use crate::api::{ApiCallError, ApiClient, Authorization};
+use crate::api::{ApiCallError, ApiClient, Authorization, SignedPreview, Wake};
+use crate::flight::Flights;
 use crate::metrics::Metrics;
 
 /// Entries kept at most; past this, expired entries are swept and, if still full, the map is cleared.
 const MAX_ENTRIES: usize = 100_000;
+/// How long a refused credential stays refused without asking again: long enough that a burst of bad requests
+/// makes one API call, short enough that a key created a moment ago works at once.
+pub const REFUSAL_TTL: Duration = Duration::from_secs(2);
+/// Longest an authorization is cached, whatever the API says.
+const MAX_AUTH_TTL: Duration = Duration::from_secs(3600);
+
+fn lost(e: crate::flight::FlightLost) -> ApiCallError {
+    ApiCallError::Unreachable(e.to_string())
+}
+
+/// Inserts into a bounded map: past [`MAX_ENTRIES`], entries `keep` rejects go, then everything.
+fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, k: K, v: V, keep: impl Fn(&V) -> bool) {
+    if map.len() >= MAX_ENTRIES {
+        map.retain(|_, e| keep(e));
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+    }
+    map.insert(k, v);
+}
 
 #[derive(Clone)]
 struct CachedRoute {
@@ -24,86 +53,124 @@ struct CachedRoute {
     at: Instant,
 }
 
-pub struct RouteCache {
+type RouteAnswer = Result<Option<Arc<Route>>, ApiCallError>;
+
+struct RouteStore {
     api: ApiClient,
     ttl: Duration,
     entries: RwLock<HashMap<String, CachedRoute>>,
-    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Bumped by every invalidation, so a lookup that started before one does not store what it read.
     generation: AtomicU64,
+    /// Woken by every invalidation: requests waiting for a sandbox to start look again.
+    changed: Notify,
     metrics: Arc<Metrics>,
 }
 
-impl RouteCache {
-    pub fn new(api: ApiClient, ttl: Duration, metrics: Arc<Metrics>) -> Self {
-        Self {
-            api,
-            ttl,
-            entries: RwLock::new(HashMap::new()),
-            inflight: Mutex::new(HashMap::new()),
-            generation: AtomicU64::new(0),
-            metrics,
-        }
-    }
-
+impl RouteStore {
     fn cached(&self, id: &str) -> Option<Option<Arc<Route>>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries.get(id).filter(|e| e.at.elapsed() < self.ttl).map(|e| e.route.clone())
     }
 
-    /// The route of `id`; `Ok(None)` when the API does not know it.
-    pub async fn get(&self, id: &str) -> Result<Option<Arc<Route>>, ApiCallError> {
-        if let Some(hit) = self.cached(id) {
-            self.metrics.route_cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit);
-        }
-        let lock = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            inflight.entry(id.to_owned()).or_default().clone()
-        };
-        let _guard = lock.lock().await;
-        // Whoever held the lock before us may have filled the cache.
-        if let Some(hit) = self.cached(id) {
-            self.metrics.route_cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit);
-        }
+    async fn fetch(&self, id: &str) -> RouteAnswer {
         self.metrics.route_cache_misses.fetch_add(1, Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Acquire);
-        let result = self.api.route(id).await;
-        if let Ok(route) = &result
-            && self.generation.load(Ordering::Acquire) == generation
-        {
+        let route = self.api.route(id).await?.map(Arc::new);
+        if self.generation.load(Ordering::Acquire) == generation {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-            if entries.len() >= MAX_ENTRIES {
-                let ttl = self.ttl;
-                entries.retain(|_, e| e.at.elapsed() < ttl);
-                if entries.len() >= MAX_ENTRIES {
-                    entries.clear();
-                }
-            }
-            entries.insert(id.to_owned(), CachedRoute { route: route.clone().map(Arc::new), at: Instant::now() });
+            let ttl = self.ttl;
+            bounded_insert(
+                &mut *entries,
+                id.to_owned(),
+                CachedRoute { route: route.clone(), at: Instant::now() },
+                |e| e.at.elapsed() < ttl,
+            );
         }
-        {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            // Only the last waiter's clone and the map's remain when nobody else waits.
-            if inflight.get(id).is_some_and(|l| Arc::strong_count(l) <= 2) {
-                inflight.remove(id);
+        Ok(route)
+    }
+}
+
+pub struct RouteCache {
+    store: Arc<RouteStore>,
+    flights: Flights<String, RouteAnswer>,
+}
+
+impl RouteCache {
+    pub fn new(api: ApiClient, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store: Arc::new(RouteStore {
+                api,
+                ttl,
+                entries: RwLock::new(HashMap::new()),
+                generation: AtomicU64::new(0),
+                changed: Notify::new(),
+                metrics,
+            }),
+            flights: Flights::default(),
+        }
+    }
+
+    /// The route of `id`; `Ok(None)` when the API does not know it.
+    pub async fn get(&self, id: &str) -> RouteAnswer {
+        if let Some(hit) = self.store.cached(id) {
+            self.store.metrics.route_cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
+        }
+        let mut leader = false;
+        let answer = self
+            .flights
+            .run(id.to_owned(), || {
+                leader = true;
+                let (store, id) = (self.store.clone(), id.to_owned());
+                async move { store.fetch(&id).await }
+            })
+            .await
+            .map_err(lost)?;
+        if !leader {
+            // Answered by another request's lookup.
+            self.store.metrics.route_cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
+    }
+
+    /// Waits until the route of `id` satisfies `done` (or is gone), looking again whenever the route-changes feed
+    /// drops a route, up to `deadline`. Returns the last route seen.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        deadline: tokio::time::Instant,
+        done: impl Fn(&Route) -> bool,
+    ) -> RouteAnswer {
+        loop {
+            let notified = self.store.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let route = self.get(id).await?;
+            match &route {
+                Some(r) if !done(r) => {}
+                _ => return Ok(route),
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(route);
             }
         }
-        result.map(|r| r.map(Arc::new))
     }
 
     pub fn invalidate(&self, ids: &[String]) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        for id in ids {
-            entries.remove(id);
+        self.store.generation.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut entries = self.store.entries.write().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                entries.remove(id);
+            }
         }
+        self.store.changed.notify_waiters();
     }
 
     pub fn clear(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.entries.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.store.generation.fetch_add(1, Ordering::AcqRel);
+        self.store.entries.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.store.changed.notify_waiters();
     }
 
     /// Follows `GET /internal/routes/changes` forever, dropping the routes it names. When the sequence goes
@@ -113,7 +180,7 @@ impl RouteCache {
         let mut since: i64 = 0;
         let mut first = true;
         loop {
-            match self.api.route_changes(since, wait_secs).await {
+            match self.store.api.route_changes(since, wait_secs).await {
                 Ok(changes) => {
                     if changes.seq < since || first {
                         self.clear();
@@ -139,81 +206,208 @@ impl RouteCache {
 pub enum CredentialKind {
     ApiKey,
     PreviewToken,
+    /// The token of a signed preview URL (`{port}-{token}.{domain}`).
+    SignedPreview,
 }
 
-struct CachedAuth {
-    organization_id: String,
+type Key = [u8; 32];
+
+fn key(kind: CredentialKind, credential: &str, sandbox_id: &str, port: u16, version: i64) -> Key {
+    let mut h = Sha256::new();
+    h.update([kind as u8]);
+    h.update((credential.len() as u64).to_le_bytes());
+    h.update(credential.as_bytes());
+    h.update((sandbox_id.len() as u64).to_le_bytes());
+    h.update(sandbox_id.as_bytes());
+    h.update(port.to_le_bytes());
+    h.update(version.to_le_bytes());
+    h.finalize().into()
+}
+
+#[derive(Clone)]
+struct Cached<T> {
+    answer: T,
     until: Instant,
 }
 
-pub struct AuthCache {
+type AuthAnswer = Result<Authorization, ApiCallError>;
+type SignedAnswer = Result<SignedPreview, ApiCallError>;
+
+struct AuthStore {
     api: ApiClient,
-    entries: RwLock<HashMap<[u8; 32], CachedAuth>>,
+    auth: RwLock<HashMap<Key, Cached<Authorization>>>,
+    signed: RwLock<HashMap<Key, Cached<SignedPreview>>>,
     metrics: Arc<Metrics>,
+}
+
+fn lookup<T: Clone>(map: &RwLock<HashMap<Key, Cached<T>>>, k: &Key) -> Option<T> {
+    let map = map.read().unwrap_or_else(|e| e.into_inner());
+    map.get(k).filter(|e| e.until > Instant::now()).map(|e| e.answer.clone())
+}
+
+fn remember<T>(map: &RwLock<HashMap<Key, Cached<T>>>, k: Key, answer: T, ttl: Duration) {
+    if ttl.is_zero() {
+        return;
+    }
+    let mut map = map.write().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    bounded_insert(&mut *map, k, Cached { answer, until: now + ttl.min(MAX_AUTH_TTL) }, |e| e.until > now);
+}
+
+pub struct AuthCache {
+    store: Arc<AuthStore>,
+    auth_flights: Flights<Key, AuthAnswer>,
+    signed_flights: Flights<Key, SignedAnswer>,
 }
 
 impl AuthCache {
     pub fn new(api: ApiClient, metrics: Arc<Metrics>) -> Self {
-        Self { api, entries: RwLock::new(HashMap::new()), metrics }
+        Self {
+            store: Arc::new(AuthStore {
+                api,
+                auth: RwLock::new(HashMap::new()),
+                signed: RwLock::new(HashMap::new()),
+                metrics,
+            }),
+            auth_flights: Flights::default(),
+            signed_flights: Flights::default(),
+        }
     }
 
-    fn key(kind: CredentialKind, credential: &str, sandbox_id: &str, port: u16) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update([kind as u8]);
-        h.update((credential.len() as u64).to_le_bytes());
-        h.update(credential.as_bytes());
-        h.update((sandbox_id.len() as u64).to_le_bytes());
-        h.update(sandbox_id.as_bytes());
-        h.update(port.to_le_bytes());
-        h.finalize().into()
-    }
-
-    /// Asks the API (or the cache) whether `credential` may reach `port` of `sandbox_id`.
+    /// Asks the API (or the cache) whether `credential` may reach `port` of `sandbox_id`, whose route is at
+    /// `version`.
     pub async fn authorize(
         &self,
         kind: CredentialKind,
         credential: &str,
         sandbox_id: &str,
         port: u16,
-    ) -> Result<Authorization, ApiCallError> {
-        let key = Self::key(kind, credential, sandbox_id, port);
-        {
-            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = entries.get(&key).filter(|e| e.until > Instant::now()) {
-                self.metrics.auth_cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Authorization::Allowed(sandbar_proto::api::AuthorizeResponse {
-                    organization_id: e.organization_id.clone(),
-                    ttl_secs: e.until.saturating_duration_since(Instant::now()).as_secs(),
-                }));
-            }
+        version: i64,
+    ) -> AuthAnswer {
+        let k = key(kind, credential, sandbox_id, port, version);
+        if let Some(hit) = lookup(&self.store.auth, &k) {
+            self.store.metrics.auth_cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
         }
-        self.metrics.auth_cache_misses.fetch_add(1, Ordering::Relaxed);
-        let req = AuthorizeRequest {
-            sandbox_id: sandbox_id.to_owned(),
-            port,
-            api_key: (kind == CredentialKind::ApiKey).then(|| credential.to_owned()),
-            preview_token: (kind == CredentialKind::PreviewToken).then(|| credential.to_owned()),
-        };
-        let answer = self.api.authorize(&req).await?;
-        if let Authorization::Allowed(ok) = &answer
-            && ok.ttl_secs > 0
-        {
-            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-            if entries.len() >= MAX_ENTRIES {
-                let now = Instant::now();
-                entries.retain(|_, e| e.until > now);
-                if entries.len() >= MAX_ENTRIES {
-                    entries.clear();
+        let mut leader = false;
+        let answer = self
+            .auth_flights
+            .run(k, || {
+                leader = true;
+                let store = self.store.clone();
+                let req = AuthorizeRequest {
+                    sandbox_id: sandbox_id.to_owned(),
+                    port,
+                    api_key: (kind == CredentialKind::ApiKey).then(|| credential.to_owned()),
+                    preview_token: (kind != CredentialKind::ApiKey).then(|| credential.to_owned()),
+                };
+                async move {
+                    store.metrics.auth_cache_misses.fetch_add(1, Ordering::Relaxed);
+                    let answer = store.api.authorize(&req).await?;
+                    let ttl = match &answer {
+                        Authorization::Allowed(AuthorizeResponse { ttl_secs, .. }) => Duration::from_secs(*ttl_secs),
+                        Authorization::Unauthorized | Authorization::NotFound => REFUSAL_TTL,
+                    };
+                    remember(&store.auth, k, answer.clone(), ttl);
+                    Ok(answer)
                 }
-            }
-            entries.insert(
-                key,
-                CachedAuth {
-                    organization_id: ok.organization_id.clone(),
-                    until: Instant::now() + Duration::from_secs(ok.ttl_secs.min(3600)),
-                },
-            );
+            })
+            .await
+            .map_err(lost)?;
+        if !leader {
+            self.store.metrics.auth_cache_hits.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(answer)
+        answer
+    }
+
+    /// Which sandbox the signed preview token opens on `port`. `newer_than`: a route version the cached answer
+    /// must not be older than (the route moved on since: ask again).
+    pub async fn resolve_signed(&self, token: &str, port: u16, newer_than: Option<i64>) -> SignedAnswer {
+        let k = key(CredentialKind::SignedPreview, token, "", port, 0);
+        match lookup(&self.store.signed, &k) {
+            Some(SignedPreview::Allowed(ok)) if newer_than.is_none_or(|v| ok.version >= v) => {
+                self.store.metrics.auth_cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(SignedPreview::Allowed(ok));
+            }
+            Some(refused @ SignedPreview::Refused(_)) => {
+                self.store.metrics.auth_cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(refused);
+            }
+            _ => {}
+        }
+        let mut leader = false;
+        let answer = self
+            .signed_flights
+            .run(k, || {
+                leader = true;
+                let (store, token) = (self.store.clone(), token.to_owned());
+                async move {
+                    store.metrics.auth_cache_misses.fetch_add(1, Ordering::Relaxed);
+                    let answer = store.api.resolve_signed_preview(&token, port).await?;
+                    let ttl = match &answer {
+                        SignedPreview::Allowed(SignedPreviewResolveResponse { ttl_secs, .. }) => {
+                            Duration::from_secs(*ttl_secs)
+                        }
+                        SignedPreview::Refused(_) => REFUSAL_TTL,
+                    };
+                    remember(&store.signed, k, answer.clone(), ttl);
+                    Ok(answer)
+                }
+            })
+            .await
+            .map_err(lost)?;
+        if !leader {
+            self.store.metrics.auth_cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
+    }
+}
+
+type WakeAnswer = Result<Wake, ApiCallError>;
+
+/// Asks the API to start auto-stopped sandboxes: once per sandbox for a burst of requests (single-flight), and
+/// not again for `quiet` after a start was accepted (requests arriving meanwhile just wait for the route).
+pub struct Waker {
+    api: ApiClient,
+    routes: Arc<RouteCache>,
+    flights: Flights<String, WakeAnswer>,
+    woken: Arc<Mutex<HashMap<String, Instant>>>,
+    quiet: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Waker {
+    pub fn new(api: ApiClient, routes: Arc<RouteCache>, quiet: Duration, metrics: Arc<Metrics>) -> Self {
+        Self { api, routes, flights: Flights::default(), woken: Arc::default(), quiet, metrics }
+    }
+
+    /// Asks for `id` to be started, unless that was asked less than `quiet` ago. `Ok(None)`: already asked.
+    pub async fn wake(&self, id: &str) -> Result<Option<Wake>, ApiCallError> {
+        {
+            let woken = self.woken.lock().unwrap_or_else(|e| e.into_inner());
+            if woken.get(id).is_some_and(|at| at.elapsed() < self.quiet) {
+                return Ok(None);
+            }
+        }
+        let answer = self
+            .flights
+            .run(id.to_owned(), || {
+                let (api, id, woken, quiet) = (self.api.clone(), id.to_owned(), self.woken.clone(), self.quiet);
+                let (routes, metrics) = (self.routes.clone(), self.metrics.clone());
+                async move {
+                    metrics.wake_requests.fetch_add(1, Ordering::Relaxed);
+                    let answer = api.wake(&id).await?;
+                    if matches!(answer, Wake::Started(_)) {
+                        let mut woken = woken.lock().unwrap_or_else(|e| e.into_inner());
+                        bounded_insert(&mut *woken, id.clone(), Instant::now(), |at| at.elapsed() < quiet);
+                    }
+                    // The state moved: whoever looks next reads the new route.
+                    routes.invalidate(std::slice::from_ref(&id));
+                    Ok(answer)
+                }
+            })
+            .await
+            .map_err(lost)?;
+        answer.map(Some)
     }
 }

@@ -66,6 +66,15 @@ pub struct Config {
     /// `wait` of the route-changes long-poll, in seconds.
     #[arg(long = "changes-wait", env = "SANDBAR_PROXY_CHANGES_WAIT", default_value_t = 25)]
     pub changes_wait_secs: u64,
+    /// How long an HTTP/1 request head may take to arrive, in milliseconds: a client that sends it slower
+    /// (slowloris) is disconnected. On a kept-alive connection the idle wait before the next request (60 s at most)
+    /// comes on top.
+    #[arg(long = "header-timeout-ms", env = "SANDBAR_PROXY_HEADER_TIMEOUT_MS", default_value = "15000", value_parser = parse_millis)]
+    pub header_timeout: Duration,
+    /// How long a request for an auto-stopped sandbox waits for it to start, in milliseconds (0 = never start one:
+    /// answer 409 at once).
+    #[arg(long = "wake-timeout-ms", env = "SANDBAR_PROXY_WAKE_TIMEOUT_MS", default_value = "60000", value_parser = parse_millis)]
+    pub wake_timeout: Duration,
     /// Runtime worker threads (0 = one per core; 1 = a single-threaded runtime, fewest cross-thread wake-ups).
     #[arg(long, env = "SANDBAR_PROXY_THREADS", default_value_t = 0)]
     pub threads: usize,
@@ -122,6 +131,8 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             activity_interval: Duration::from_secs(1),
             changes_wait_secs: 25,
+            header_timeout: Duration::from_secs(15),
+            wake_timeout: Duration::from_secs(60),
             threads: 0,
             log_json: false,
             tls: Vec::new(),
@@ -144,6 +155,9 @@ impl Config {
         }
         if self.changes_wait_secs == 0 || self.changes_wait_secs > sandbar_proto::api::MAX_POLL_WAIT_SECS {
             return Err(format!("--changes-wait must be 1..={}", sandbar_proto::api::MAX_POLL_WAIT_SECS));
+        }
+        if self.header_timeout < Duration::from_millis(100) {
+            return Err("--header-timeout-ms must be at least 100".into());
         }
         if self.activity_interval.is_zero() {
             return Err("--activity-interval-ms must be positive".into());

@@ -1,7 +1,13 @@
 //! The pingora `ProxyHttp` implementation: parse the target, look the route up, authenticate, check the sandbox's
-//! state, rewrite the request for the daemon, and answer the proxy's own errors (JSON or small HTML, always with
-//! `X-Sandbar-Error`).
+//! state (starting an auto-stopped sandbox for an authorized request and waiting for it), rewrite the request for
+//! the daemon, and answer the proxy's own errors (JSON or small HTML, always with `X-Sandbar-Error`).
+//!
+//! Who may wake a sandbox: a request that carries a credential for it (an API key of its organization, a preview
+//! token, a signed preview URL), when the API says the sandbox was stopped by its auto-stop timer
+//! (`Route::wake_on_request`). A sandbox a user stopped stays stopped, and anonymous traffic to a public sandbox
+//! does not start it (crawlers would keep it running). Archived and deleted sandboxes are never started here.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -13,12 +19,15 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use sandbar_proto::api::{PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY, PROXY_ERROR_HEADER, REQUEST_ID_HEADER};
+use sandbar_proto::api::{
+    PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY, PROXY_ERROR_HEADER, REQUEST_ID_HEADER, Route, is_signed_preview_token,
+};
 use sandbar_proto::runner::SandboxState;
 use sandbar_proto::{DAEMON_TOKEN_HEADER, ErrorBody, ports};
 
-use crate::api::Authorization;
-use crate::cache::{AuthCache, CredentialKind, RouteCache};
+use crate::api::{Authorization, SignedPreview, Wake};
+use crate::cache::{AuthCache, CredentialKind, RouteCache, Waker};
+use crate::head_deadline::{HeadRead, KeptAlive};
 use crate::metrics::Metrics;
 use crate::target::{self, Target};
 
@@ -84,6 +93,9 @@ pub struct Shared {
     pub domain: String,
     pub routes: Arc<RouteCache>,
     pub auth: AuthCache,
+    pub waker: Waker,
+    /// How long a request waits for a sandbox it woke (zero: never wake).
+    pub wake_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub activity: Activity,
 }
@@ -275,10 +287,19 @@ impl EdgeProxy {
                 ));
             }
         };
+        let preview_host = ctx.toolbox_prefix.is_none();
+
+        // A signed preview URL carries its token where the sandbox id would be: `{port}-{token}.{domain}`. The
+        // token is the credential; the API says which sandbox it opens.
+        let signed_token = (preview_host && is_signed_preview_token(&sandbox_id)).then(|| sandbox_id.clone());
+        let sandbox_id = match &signed_token {
+            None => sandbox_id,
+            Some(token) => self.resolve_signed(token, port, None).await?.sandbox_id,
+        };
         ctx.sandbox_id = Some(sandbox_id.clone());
         let not_found = || Reject::new(404, "sandbox-not-found", format!("sandbox {sandbox_id} not found"));
 
-        let route = match shared.routes.get(&sandbox_id).await {
+        let mut route = match shared.routes.get(&sandbox_id).await {
             Ok(Some(r)) => r,
             Ok(None) => return Err(not_found()),
             Err(e) => {
@@ -298,49 +319,89 @@ impl EdgeProxy {
             .filter(|t| !t.is_empty());
         let cookie_token =
             header_str(session, "cookie").and_then(|c| cookie_value(c, PREVIEW_COOKIE)).map(str::to_owned);
-        let preview_host = ctx.toolbox_prefix.is_none();
         let needs_auth = !preview_host || !route.public || daemon_port(port);
         let mut used_bearer = false;
-        if needs_auth {
-            let (kind, credential, from_request) = if let Some(t) = header_token.clone() {
-                (CredentialKind::PreviewToken, t, true)
+        // Whether the caller proved a right to this sandbox (only such requests may wake it).
+        let mut credentialed = false;
+        if let Some(token) = &signed_token {
+            // The answer may predate a change of the route (expiring the URL bumps it): then ask again.
+            let grant = self.resolve_signed(token, port, Some(route.version)).await?;
+            if grant.sandbox_id != sandbox_id || grant.organization_id != route.organization_id {
+                return Err(not_found());
+            }
+            credentialed = true;
+        } else {
+            let picked = if let Some(t) = header_token.clone() {
+                Some((CredentialKind::PreviewToken, t, true))
             } else if let Some(t) = query_token.clone() {
-                (CredentialKind::PreviewToken, t, true)
+                Some((CredentialKind::PreviewToken, t, true))
             } else if let Some(t) = bearer.clone() {
-                used_bearer = true;
-                (CredentialKind::ApiKey, t, false)
-            } else if let Some(t) = cookie_token.clone().filter(|_| preview_host) {
-                (CredentialKind::PreviewToken, t, false)
+                Some((CredentialKind::ApiKey, t, false))
             } else {
-                return Err(Reject::new(
-                    401,
-                    "unauthorized",
-                    "authentication required: send Authorization: Bearer <API key> or a preview token",
-                ));
+                cookie_token.clone().filter(|_| preview_host).map(|t| (CredentialKind::PreviewToken, t, false))
             };
-            match shared.auth.authorize(kind, &credential, &sandbox_id, port).await {
-                Ok(Authorization::Allowed(ok)) if ok.organization_id == route.organization_id => {}
-                Ok(Authorization::Allowed(_)) | Ok(Authorization::NotFound) => return Err(not_found()),
-                Ok(Authorization::Unauthorized) => {
-                    return Err(Reject::new(401, "unauthorized", "invalid or expired API key or preview token"));
+            // A public sandbox's preview ports need no credential while it runs; one that is not running is
+            // checked when given, because only a credentialed request may start it.
+            let check = needs_auth || route.state != SandboxState::Started;
+            match picked {
+                None if needs_auth => {
+                    return Err(Reject::new(
+                        401,
+                        "unauthorized",
+                        "authentication required: send Authorization: Bearer <API key> or a preview token",
+                    ));
                 }
-                Err(e) => {
-                    shared.metrics.api_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "authorize failed");
-                    return Err(Reject::new(502, "api-unavailable", format!("{e} while authorizing")));
+                Some((kind, credential, from_request)) if check => {
+                    match shared.auth.authorize(kind, &credential, &sandbox_id, port, route.version).await {
+                        Ok(Authorization::Allowed(ok)) if ok.organization_id == route.organization_id => {}
+                        Ok(Authorization::Allowed(_)) | Ok(Authorization::NotFound) => return Err(not_found()),
+                        Ok(Authorization::Unauthorized) => {
+                            return Err(Reject::new(
+                                401,
+                                "unauthorized",
+                                "invalid or expired API key or preview token",
+                            ));
+                        }
+                        Err(e) => {
+                            shared.metrics.api_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "authorize failed");
+                            return Err(Reject::new(502, "api-unavailable", format!("{e} while authorizing")));
+                        }
+                    }
+                    credentialed = true;
+                    used_bearer = kind == CredentialKind::ApiKey;
+                    let cookie_safe = credential.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~+/=".contains(&b));
+                    if from_request && preview_host && kind == CredentialKind::PreviewToken && cookie_safe {
+                        let secure = if self.https { "; Secure" } else { "" };
+                        ctx.set_cookie = Some(format!(
+                            "{PREVIEW_COOKIE}={credential}; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400{secure}"
+                        ));
+                    }
                 }
+                // Anonymous (or unchecked) on a public sandbox's preview port.
+                _ => {}
             }
-            let cookie_safe = credential.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~+/=".contains(&b));
-            if from_request && preview_host && kind == CredentialKind::PreviewToken && cookie_safe {
-                let secure = if self.https { "; Secure" } else { "" };
-                ctx.set_cookie = Some(format!(
-                    "{PREVIEW_COOKIE}={credential}; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400{secure}"
-                ));
-            }
+        }
+
+        let may_wake = credentialed && !shared.wake_timeout.is_zero();
+        let wakeable = (route.state == SandboxState::Stopped && route.wake_on_request)
+            || matches!(route.state, SandboxState::Starting | SandboxState::Restoring);
+        if may_wake && wakeable {
+            route = self.wake_and_wait(&sandbox_id, route).await?;
         }
 
         let daemon_addr = match (route.state, route.daemon_addr.as_deref()) {
             (SandboxState::Started, Some(addr)) => addr.to_owned(),
+            (SandboxState::Stopped, _) if route.wake_on_request && !credentialed => {
+                return Err(Reject::new(
+                    409,
+                    "sandbox-stopped",
+                    format!(
+                        "sandbox {sandbox_id} is stopped (auto-stop): a request with an API key or preview token \
+                         starts it"
+                    ),
+                ));
+            }
             (SandboxState::Stopped | SandboxState::Stopping | SandboxState::Paused | SandboxState::Pausing, _) => {
                 return Err(Reject::new(
                     409,
@@ -416,6 +477,67 @@ impl EdgeProxy {
         ctx.daemon_addr = Some(daemon_addr);
         Ok(())
     }
+
+    /// What the signed preview token opens (`newer_than`: the route version the answer must not predate).
+    async fn resolve_signed(
+        &self,
+        token: &str,
+        port: u16,
+        newer_than: Option<i64>,
+    ) -> std::result::Result<sandbar_proto::api::SignedPreviewResolveResponse, Reject> {
+        match self.shared.auth.resolve_signed(token, port, newer_than).await {
+            Ok(SignedPreview::Allowed(ok)) => Ok(ok),
+            Ok(SignedPreview::Refused(message)) => Err(Reject::new(401, "signed-url-invalid", message)),
+            Err(e) => {
+                self.shared.metrics.api_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "signed preview URL check failed");
+                Err(Reject::new(502, "api-unavailable", format!("{e} while checking the signed preview URL")))
+            }
+        }
+    }
+
+    /// Starts an auto-stopped sandbox (once for all the requests that want it) and waits, up to the wake timeout,
+    /// for the route-changes feed to show it started. A sandbox already starting is only waited for.
+    async fn wake_and_wait(&self, id: &str, route: Arc<Route>) -> std::result::Result<Arc<Route>, Reject> {
+        let shared = &self.shared;
+        let deadline = tokio::time::Instant::now() + shared.wake_timeout;
+        let not_found = || Reject::new(404, "sandbox-not-found", format!("sandbox {id} not found"));
+        if route.state == SandboxState::Stopped {
+            match shared.waker.wake(id).await {
+                Ok(None | Some(Wake::Started(_))) => {}
+                Ok(Some(Wake::Refused(message))) => return Err(Reject::new(409, "sandbox-stopped", message)),
+                Ok(Some(Wake::NotFound)) => return Err(not_found()),
+                Err(e) => {
+                    shared.metrics.api_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "wake failed");
+                    return Err(Reject::new(502, "api-unavailable", format!("{e} while starting sandbox {id}")));
+                }
+            }
+        }
+        let on_the_way =
+            |r: &Route| matches!(r.state, SandboxState::Stopped | SandboxState::Starting | SandboxState::Restoring);
+        let last = match shared.routes.wait_for(id, deadline, |r| !on_the_way(r)).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(not_found()),
+            Err(e) => {
+                shared.metrics.api_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(Reject::new(502, "api-unavailable", format!("{e} while waiting for sandbox {id}")));
+            }
+        };
+        if on_the_way(last.as_ref()) {
+            shared.metrics.wake_timeouts.fetch_add(1, Ordering::Relaxed);
+            return Err(Reject::new(
+                409,
+                "sandbox-starting",
+                format!(
+                    "sandbox {id} was stopped and is being started, but it is still {} after {} s: retry shortly",
+                    last.state.as_str(),
+                    shared.wake_timeout.as_secs()
+                ),
+            ));
+        }
+        Ok(last)
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -455,6 +577,18 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
         }
+    }
+
+    /// pingora hands over the connection's user context right after parsing a request head on HTTP/1: it is the
+    /// [`HeadRead`] of [`crate::head_deadline`], whose deadline stops counting now.
+    fn on_connection_reuse(&self, _session: &mut Session, _ctx: &mut Ctx, prev: Box<dyn Any + Send + Sync>) {
+        if let Some(head) = prev.downcast_ref::<HeadRead>() {
+            head.mark();
+        }
+    }
+
+    fn persist_connection_context(&self, _session: &Session, _ctx: &Ctx) -> Option<Box<dyn Any + Send + Sync>> {
+        Some(Box::new(KeptAlive))
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

@@ -11,6 +11,8 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod edge;
+pub mod flight;
+pub mod head_deadline;
 pub mod metrics;
 pub mod ssh_api;
 pub mod ssh_gateway;
@@ -37,8 +39,9 @@ use thiserror::Error;
 pub use config::Config;
 
 use crate::api::ApiClient;
-use crate::cache::{AuthCache, RouteCache};
+use crate::cache::{AuthCache, RouteCache, Waker};
 use crate::edge::{Activity, EdgeProxy, Shared};
+use crate::head_deadline::HeadDeadline;
 use crate::metrics::Metrics;
 
 /// The line prefix printed once every listener is bound.
@@ -138,6 +141,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: ShutdownWatch) 
         domain: config.domain.to_ascii_lowercase(),
         routes: routes.clone(),
         auth: AuthCache::new(api.clone(), metrics.clone()),
+        waker: Waker::new(api.clone(), routes.clone(), config.wake_timeout, metrics.clone()),
+        wake_timeout: config.wake_timeout,
         metrics: metrics.clone(),
         activity: Activity::default(),
     });
@@ -165,17 +170,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: ShutdownWatch) 
         ..ServerConf::default()
     });
 
-    let mut http_svc = pingora::proxy::http_proxy_service_with_name(
-        &conf,
-        EdgeProxy { shared: shared.clone(), https: false },
-        "sandbar-proxy http",
-    );
+    // Each listener's proxy, behind the request-head deadline (slowloris).
+    let edge = |https: bool| {
+        let proxy = pingora::proxy::http_proxy(&conf, EdgeProxy { shared: shared.clone(), https });
+        HeadDeadline::new(proxy, config.header_timeout, metrics.clone())
+    };
+    let mut http_svc = Service::new("sandbar-proxy http".to_owned(), edge(false));
     http_svc.add_tcp(&http_addr);
-    let mut https_svc = pingora::proxy::http_proxy_service_with_name(
-        &conf,
-        EdgeProxy { shared: shared.clone(), https: true },
-        "sandbar-proxy https",
-    );
+    let mut https_svc = Service::new("sandbar-proxy https".to_owned(), edge(true));
     let callbacks: TlsAcceptCallbacks = Box::new(NoCallbacks);
     let mut tls_settings = TlsSettings::with_callbacks(callbacks).map_err(|e| ProxyError::Config(e.to_string()))?;
     tls_settings.set_cert_resolver(Arc::new(resolver));

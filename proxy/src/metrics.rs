@@ -23,6 +23,12 @@ pub struct Metrics {
     pub route_cache_misses: AtomicU64,
     pub auth_cache_hits: AtomicU64,
     pub auth_cache_misses: AtomicU64,
+    /// Wake-up calls sent to the API for auto-stopped sandboxes.
+    pub wake_requests: AtomicU64,
+    /// Requests that waited for a woken sandbox longer than the wake timeout.
+    pub wake_timeouts: AtomicU64,
+    /// HTTP/1 connections cut because the request head did not arrive in time (slowloris).
+    pub header_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -84,6 +90,21 @@ impl Metrics {
             ("sandbar_proxy_route_cache_misses_total", "Route lookups sent to the API.", &self.route_cache_misses),
             ("sandbar_proxy_auth_cache_hits_total", "Authorizations answered from the cache.", &self.auth_cache_hits),
             ("sandbar_proxy_auth_cache_misses_total", "Authorizations sent to the API.", &self.auth_cache_misses),
+            (
+                "sandbar_proxy_wake_requests_total",
+                "Starts of auto-stopped sandboxes asked of the API.",
+                &self.wake_requests,
+            ),
+            (
+                "sandbar_proxy_wake_timeouts_total",
+                "Requests that gave up waiting for a woken sandbox.",
+                &self.wake_timeouts,
+            ),
+            (
+                "sandbar_proxy_header_timeouts_total",
+                "Connections cut because the request head was too slow.",
+                &self.header_timeouts,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", get(c));

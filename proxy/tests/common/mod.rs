@@ -2,6 +2,8 @@
 //! proto/src/api.rs exactly, and the proxy itself in-process on 127.0.0.1:0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod stack;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -162,6 +164,7 @@ pub fn route(id: &str, org: &str, daemon: &Daemon) -> Route {
         daemon_token: daemon.token.clone(),
         public: false,
         auto_stop_interval: 15,
+        wake_on_request: false,
         version: 1,
     }
 }
@@ -280,6 +283,15 @@ impl Proxy {
         let mut config = sandbar_proxy::Config::local(api_url, PROXY_TOKEN, data_dir.path().to_owned());
         tweak(&mut config);
         let listeners = sandbar_proxy::Listeners::bind(&config).unwrap();
+        Self::start_bound(config, listeners, data_dir).await
+    }
+
+    /// Starts the proxy on listeners bound beforehand (`config.data_dir` is `data_dir`).
+    pub async fn start_bound(
+        config: sandbar_proxy::Config,
+        listeners: sandbar_proxy::Listeners,
+        data_dir: tempfile::TempDir,
+    ) -> Self {
         let (http, https, metrics) = listeners.addrs().unwrap();
         let (tx, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(sandbar_proxy::run(config, listeners, rx));
@@ -300,6 +312,20 @@ impl Proxy {
 
     pub fn http_url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// The Prometheus text of the admin listener.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics)).await.unwrap().text().await.unwrap()
+    }
+
+    /// One counter or gauge of the metrics text.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {text}"))
     }
 
     /// A reqwest client that trusts the generated certificate and resolves `localhost` names to the proxy.
