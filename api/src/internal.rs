@@ -35,7 +35,7 @@ pub fn routes() -> Router<App> {
 }
 
 fn to_route(app: &App, row: &Row) -> Route {
-    let state = row.effective_state(app.now());
+    let state = row.effective_state(app, app.now());
     let started = state == SandboxState::Started;
     let daemon_addr = row.daemon_addr.clone().filter(|_| started);
     Route {

@@ -14,7 +14,6 @@ use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Client, enc};
-use crate::ws;
 
 /// The detach key: Ctrl-] (as telnet).
 const DETACH: u8 = 0x1d;
@@ -48,7 +47,7 @@ pub async fn attach(c: &Client, base: &str, session: Option<String>) -> anyhow::
             (id.clone(), format!("{base}/process/pty/create-connect?id={}&cols={cols}&rows={rows}", enc(&id)))
         }
     };
-    let mut socket = ws::connect(&url, c.key(), &["X-Daytona-Pty-Exit-Control"]).await?;
+    let mut socket = c.ws(&url, &["X-Daytona-Pty-Exit-Control"]).await?;
     // The daemon confirms with a control frame before any output.
     let connected = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(msg) = socket.next().await {
