@@ -43,10 +43,11 @@ pub async fn connect(
     tcp.set_nodelay(true)?;
     let stream = if secure {
         let name = ServerName::try_from(host.clone()).with_context(|| format!("{host:?} is not a TLS server name"))?;
-        let tls = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(name, tcp)
-            .await
-            .with_context(|| format!("TLS with {host}:{port} (trusted: the system roots, the data directory's certificate and --ca-cert)"))?;
+        let tls = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await.with_context(|| {
+            format!(
+                "TLS with {host}:{port} (trusted: the system roots, the data directory's certificate and --ca-cert)"
+            )
+        })?;
         Either::Right(tls)
     } else {
         Either::Left(tcp)

@@ -59,7 +59,8 @@ async fn wss_with_the_data_directory_certificate() {
     let trust = Trust { data_dir: Some(dir.path().to_owned()), ..Trust::default() };
     let c = Client::new("http://127.0.0.1:1/api".into(), "k3y".into(), trust.client_config().unwrap()).unwrap();
     // An https toolbox URL becomes wss; the certificate names localhost, so that is the host to use.
-    let mut ws = c.ws(&format!("https://localhost:{}/toolbox/x/process/pty/p/connect", addr.port()), &[]).await.unwrap();
+    let mut ws =
+        c.ws(&format!("https://localhost:{}/toolbox/x/process/pty/p/connect", addr.port()), &[]).await.unwrap();
     ws.send(Message::Text("hello".into())).await.unwrap();
     match ws.next().await {
         Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "Bearer k3y|hello"),

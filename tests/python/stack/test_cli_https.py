@@ -178,7 +178,8 @@ def test_term_over_wss(https_stack, sandbox_id):
             except pytest.fail.Exception:
                 if time.monotonic() > deadline:
                     raise
-        t.send("MARK=kept$((1+1))\r")
+        t.send("MARK=kept$((1+1)); echo mark-$MARK\r")
+        t.expect(r"mark-kept2")
         # Ctrl-] detaches; the shell keeps running.
         t.send(b"\x1d")
         assert t.wait() == 0
