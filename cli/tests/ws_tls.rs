@@ -1,6 +1,7 @@
 //! `wss://` from the client commands: a TLS WebSocket server on loopback with a self-signed certificate for
 //! `localhost` (as `sandbar up` makes one), reached through `Client::ws` when the certificate is trusted and refused
 //! when it is not.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ async fn tls_echo_server(dir: &Path) -> std::net::SocketAddr {
                 // A client that refuses the certificate ends the handshake here.
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                 let mut auth = String::new();
+                // The callback's signature is tungstenite's (its error type is a whole HTTP response).
+                #[allow(clippy::result_large_err)]
                 let cb = |req: &Request, resp: Response| {
                     auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                     Ok(resp)
