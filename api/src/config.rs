@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use sandbar_proto::api::{PROXY_TOKEN_ENV, RUNNER_TOKEN_ENV};
+use sandbar_proto::api::{HEARTBEAT_INTERVAL_SECS, PROXY_TOKEN_ENV, RUNNER_TOKEN_ENV, RUNNER_UNREACHABLE_AFTER_SECS};
 
 /// Everything `sandbar-api` (or `sandbar up`, in-process) needs. Every field documents its default.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,6 +40,10 @@ pub struct Config {
     /// the SDK skips its polling, which steps at 1 s. 0 answers at once.
     #[arg(long, env = "SANDBAR_CREATE_WAIT_MS", default_value_t = 0)]
     pub create_wait_ms: u64,
+    /// Seconds without a heartbeat after which a runner is unreachable: its sandboxes read `unknown` and placement
+    /// passes it over. More than the runners' heartbeat interval (5 s); default 20.
+    #[arg(long, env = "SANDBAR_RUNNER_UNREACHABLE_SECS", default_value_t = RUNNER_UNREACHABLE_AFTER_SECS)]
+    pub runner_unreachable_secs: u64,
     #[command(flatten)]
     pub limits: Limits,
 }
@@ -105,6 +109,8 @@ pub enum ConfigError {
     ProxyUrl(String),
     #[error("--ssh-gateway must be host:port, got {0:?}")]
     SshGateway(String),
+    #[error("--runner-unreachable-secs must be more than the runners' heartbeat interval ({interval} s) and at most a day, got {0}", interval = HEARTBEAT_INTERVAL_SECS)]
+    RunnerUnreachable(u64),
     #[error("limits: {0}")]
     Limits(String),
     #[error("DATABASE_URL must start with sqlite: or postgres://, got a URL with scheme {0:?}")]
@@ -125,6 +131,7 @@ impl Config {
             default_snapshot: "sandbar-sandbox:default".into(),
             target: "local".into(),
             create_wait_ms: 0,
+            runner_unreachable_secs: RUNNER_UNREACHABLE_AFTER_SECS,
             limits: Limits::default(),
         }
     }
@@ -132,6 +139,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.proxy_parts()?;
         self.ssh_gateway_parts()?;
+        if self.runner_unreachable_secs <= HEARTBEAT_INTERVAL_SECS || self.runner_unreachable_secs > 86_400 {
+            return Err(ConfigError::RunnerUnreachable(self.runner_unreachable_secs));
+        }
         let l = &self.limits;
         let positive = [
             l.default_cpu,
@@ -221,6 +231,15 @@ mod tests {
         assert_eq!(c.ssh_gateway_parts().unwrap(), ("gw.local".into(), 2200));
         c.proxy_url = "ftp://x".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn runner_deadline_must_outlast_a_heartbeat() {
+        let mut c = Config::new("/tmp");
+        c.runner_unreachable_secs = 5;
+        assert!(matches!(c.validate(), Err(ConfigError::RunnerUnreachable(5))));
+        c.runner_unreachable_secs = 8;
+        assert!(c.validate().is_ok());
     }
 
     #[test]

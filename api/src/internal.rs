@@ -68,7 +68,7 @@ fn wakes_on_request(row: &Row, state: SandboxState) -> bool {
 }
 
 fn to_route(app: &App, row: &Row) -> Route {
-    let state = row.effective_state(app.now());
+    let state = row.effective_state(app, app.now());
     let started = state == SandboxState::Started;
     let daemon_addr = row.daemon_addr.clone().filter(|_| started);
     Route {

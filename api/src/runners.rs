@@ -9,7 +9,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sandbar_proto::api::{HeartbeatResponse, MAX_POLL_WAIT_SECS, RUNNER_UNREACHABLE_AFTER_SECS};
+use sandbar_proto::api::{HeartbeatResponse, MAX_POLL_WAIT_SECS};
 use sandbar_proto::ports;
 use sandbar_proto::runner::{
     Job, JobErrorCode, JobKind, JobOutcome, JobResult, RunnerStatus, SandboxInfo, SandboxState, StateChange,
@@ -27,8 +27,9 @@ use crate::state::{self, IDLE_STATES_SQL};
 /// a live runner ignores a job it is still carrying out). A full report (`POST .../sandboxes`) makes them due at once.
 pub const REDELIVER_AFTER_SECS: i64 = 10;
 
-pub fn unreachable_after_ms() -> i64 {
-    RUNNER_UNREACHABLE_AFTER_SECS as i64 * 1000
+/// How long a runner may stay silent before it is unreachable (`--runner-unreachable-secs`).
+pub fn unreachable_after_ms(config: &crate::Config) -> i64 {
+    i64::try_from(config.runner_unreachable_secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
 }
 
 pub fn routes() -> Router<App> {
@@ -62,7 +63,7 @@ pub(crate) async fn place(app: &App, conn: &mut AnyConnection, cpu: i64, memory:
          FROM runners r LEFT JOIN sandboxes s ON s.runner_id = r.id AND s.state <> 'destroyed' \
          WHERE r.last_heartbeat >= $1 GROUP BY r.id, r.cpu, r.memory, r.disk"
     )))
-    .bind(now - unreachable_after_ms())
+    .bind(now - unreachable_after_ms(&app.config))
     .fetch_all(&mut *conn)
     .await?;
     if rows.is_empty() {

@@ -80,15 +80,15 @@ impl Row {
     }
 
     /// True when the sandbox sits on a runner that stopped heartbeating.
-    pub fn runner_unreachable(&self, now_ms: i64) -> bool {
+    pub fn runner_unreachable(&self, app: &App, now_ms: i64) -> bool {
         self.runner_id.is_some()
             && self.stored_state() != SandboxState::Destroyed
-            && self.runner_seen.is_none_or(|seen| seen < now_ms - runners::unreachable_after_ms())
+            && self.runner_seen.is_none_or(|seen| seen < now_ms - runners::unreachable_after_ms(&app.config))
     }
 
     /// The state users and the proxy see: `unknown` while the runner is unreachable.
-    pub fn effective_state(&self, now_ms: i64) -> SandboxState {
-        if self.runner_unreachable(now_ms) { SandboxState::Unknown } else { self.stored_state() }
+    pub fn effective_state(&self, app: &App, now_ms: i64) -> SandboxState {
+        if self.runner_unreachable(app, now_ms) { SandboxState::Unknown } else { self.stored_state() }
     }
 
     pub fn env_map(&self) -> BTreeMap<String, String> {
@@ -101,7 +101,7 @@ impl Row {
 
     pub fn to_dto(&self, app: &App) -> SandboxDto {
         let now = app.now();
-        let state = self.effective_state(now);
+        let state = self.effective_state(app, now);
         let error_reason = if state == SandboxState::Unknown {
             Some(format!("runner {} is unreachable", self.runner_id.as_deref().unwrap_or_default()))
         } else {
@@ -510,7 +510,7 @@ pub(crate) async fn act(
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
     let row = load(app, &mut tx, org, id, true).await?.ok_or_else(|| ApiError::sandbox_not_found(id))?;
-    let current = row.effective_state(now);
+    let current = row.effective_state(app, now);
     let plan = state::plan(current, action, row.provisioned != 0).map_err(|r| ApiError::bad_request(r.0))?;
     let desired = match action {
         Action::Start | Action::Recover => "started",
@@ -820,8 +820,9 @@ async fn create(
     Ok(ok(&app, &row))
 }
 
-/// Waits up to `create_wait_ms` for a new sandbox to leave `creating` (every job result wakes the route watchers),
-/// and returns the row as it then is.
+/// Waits up to `create_wait_ms` for a new sandbox to leave `creating` (every job result wakes the route watchers;
+/// a result posted to another API instance is seen by rereading every poll interval), and returns the row as it
+/// then is.
 async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
     if app.config.create_wait_ms == 0 {
         return Ok(row);
@@ -838,9 +839,11 @@ async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
             None => return Ok(row),
         }
         drop(conn);
-        if row.state != SandboxState::Creating.as_str() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+        if row.state != SandboxState::Creating.as_str() || tokio::time::Instant::now() >= deadline {
             return Ok(row);
         }
+        let nap = (tokio::time::Instant::now() + app.poll_interval()).min(deadline);
+        let _ = tokio::time::timeout_at(nap, notified).await;
     }
 }
 

@@ -2,6 +2,7 @@
 //! `sandbar` commands. Errors carry the server's message.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -14,6 +15,8 @@ pub struct Client {
     /// `DAYTONA_API_URL`: the API base with its `/api` prefix.
     pub api_url: String,
     key: String,
+    /// What `https` (reqwest) and `wss` ([`crate::ws`]) trust.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for Client {
@@ -49,13 +52,21 @@ pub fn credentials(data_dir: &Path) -> anyhow::Result<(String, String)> {
 }
 
 impl Client {
-    pub fn new(api_url: String, key: String) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
-        Ok(Self { http, api_url: api_url.trim_end_matches('/').to_owned(), key })
+    pub fn new(api_url: String, key: String, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .use_preconfigured_tls((*tls).clone())
+            .build()?;
+        Ok(Self { http, api_url: api_url.trim_end_matches('/').to_owned(), key, tls })
     }
 
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Opens a WebSocket (`ws` or `wss` after the URL's scheme) to a toolbox URL with this client's key and trust.
+    pub async fn ws(&self, http_url: &str, protocols: &[&str]) -> anyhow::Result<crate::ws::Ws> {
+        crate::ws::connect(http_url, &self.key, protocols, &self.tls).await
     }
 
     async fn check(resp: reqwest::Response) -> anyhow::Result<Value> {

@@ -5,5 +5,6 @@
 pub mod client;
 pub mod demux;
 pub mod term;
+pub mod tls;
 pub mod up;
 pub mod ws;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use reqwest::Method;
 use sandbar_cli::client::{self, Client, enc};
-use sandbar_cli::{demux, term, up, ws};
+use sandbar_cli::{demux, term, tls, up};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -18,6 +18,10 @@ struct Cli {
     /// Data directory of `sandbar up` (where the client finds the API URL and key when the environment has none).
     #[arg(long, global = true, env = "SANDBAR_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// PEM certificate to trust for an https API or proxy, besides the system's roots and the certificate
+    /// `sandbar up` generated in the data directory.
+    #[arg(long, global = true, env = "SANDBAR_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -146,7 +150,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let (url, key) = client::credentials(&dir)?;
-    let c = Client::new(url, key)?;
+    let trust = tls::Trust { ca_cert: cli.ca_cert.clone(), data_dir: Some(dir.clone()), system_roots: true };
+    let c = Client::new(url, key, trust.client_config()?)?;
     let wait = Duration::from_secs(120);
     match cli.command {
         // Handled above.
@@ -264,8 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let sb = c.sandbox(&id).await?;
             let base = c.toolbox_base(&sb).await?;
             if follow {
-                let mut socket =
-                    ws::connect(&format!("{base}/process/session/entrypoint/logs?follow=true"), c.key(), &[]).await?;
+                let mut socket = c.ws(&format!("{base}/process/session/entrypoint/logs?follow=true"), &[]).await?;
                 let mut d = demux::Demux::default();
                 while let Some(msg) = socket.next().await {
                     match msg? {
@@ -306,7 +310,7 @@ async fn exec(c: &Client, id: &str, cwd: Option<&str>, argv: &[String]) -> anyho
             .await?;
         let cmd_id = started["cmdId"].as_str().context("exec answered without cmdId")?.to_owned();
         let logs = format!("{base}/process/session/{session}/command/{cmd_id}/logs?follow=true");
-        let mut socket = ws::connect(&logs, c.key(), &[]).await?;
+        let mut socket = c.ws(&logs, &[]).await?;
         let mut d = demux::Demux::default();
         while let Some(msg) = socket.next().await {
             match msg? {

@@ -10,11 +10,9 @@ use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Client, enc};
-use crate::ws;
 
 /// The detach key: Ctrl-] (as telnet).
 const DETACH: u8 = 0x1d;
@@ -48,7 +46,7 @@ pub async fn attach(c: &Client, base: &str, session: Option<String>) -> anyhow::
             (id.clone(), format!("{base}/process/pty/create-connect?id={}&cols={cols}&rows={rows}", enc(&id)))
         }
     };
-    let mut socket = ws::connect(&url, c.key(), &["X-Daytona-Pty-Exit-Control"]).await?;
+    let mut socket = c.ws(&url, &["X-Daytona-Pty-Exit-Control"]).await?;
     // The daemon confirms with a control frame before any output.
     let connected = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(msg) = socket.next().await {
@@ -68,8 +66,7 @@ pub async fn attach(c: &Client, base: &str, session: Option<String>) -> anyhow::
 
     let raw = RawMode::enter()?;
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
-    let mut stdin = tokio::io::stdin();
-    let mut buf = vec![0u8; 4096];
+    let mut stdin = stdin_reader();
     let mut exit: Option<i64> = None;
     let mut detached = false;
     loop {
@@ -101,18 +98,27 @@ pub async fn attach(c: &Client, base: &str, session: Option<String>) -> anyhow::
                 }
                 None => break,
             },
-            n = stdin.read(&mut buf) => {
-                let n = n.context("reading the terminal")?;
-                if n == 0 {
-                    break;
-                }
-                let input = &buf[..n];
+            input = stdin.recv() => {
+                let input = match input {
+                    Some(Ok(b)) if !b.is_empty() => b,
+                    Some(Err(e)) => return Err(e).context("reading the terminal"),
+                    _ => break,
+                };
                 if let Some(pos) = input.iter().position(|&b| b == DETACH) {
                     if pos > 0 {
                         socket.send(Message::Binary(input[..pos].to_vec().into())).await?;
                     }
                     detached = true;
+                    // A proper close handshake, so the last keystrokes are not lost to a reset connection.
                     let _ = socket.close(None).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Some(Ok(m)) = socket.next().await {
+                            if matches!(m, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
                     break;
                 }
                 socket.send(Message::Binary(input.to_vec().into())).await?;
@@ -133,6 +139,30 @@ pub async fn attach(c: &Client, base: &str, session: Option<String>) -> anyhow::
     }
     let code = exit.unwrap_or(0);
     Ok(ExitCode::from(u8::try_from(code.rem_euclid(256)).unwrap_or(1)))
+}
+
+/// Terminal input read on a plain thread: tokio's stdin reads on a runtime blocking thread that cannot be
+/// cancelled, so the runtime's shutdown (and `sandbar term`'s exit after the shell exits) would wait for a key press.
+/// A plain thread does not hold the process up. An empty chunk is end of input.
+fn stdin_reader() -> tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let chunk = match stdin.read(&mut buf) {
+                Ok(n) => Ok(buf.get(..n).unwrap_or_default().to_vec()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let last = !matches!(&chunk, Ok(b) if !b.is_empty());
+            if tx.blocking_send(chunk).is_err() || last {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 fn write_out(b: &[u8]) {

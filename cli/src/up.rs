@@ -51,6 +51,10 @@ pub struct UpArgs {
     /// Extra `key=value` label on every container of this stack (tests mark theirs).
     #[arg(long = "container-label")]
     pub container_labels: Vec<String>,
+    /// Hand out the proxy's HTTPS URL (toolboxProxyUrl, preview links) instead of its HTTP one. Clients must trust
+    /// `<data-dir>/tls/localhost.crt` (the `sandbar` commands do by themselves).
+    #[arg(long, env = "SANDBAR_HTTPS")]
+    pub https: bool,
     /// Seconds the services get to drain on shutdown before they are killed.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace: u64,
@@ -302,7 +306,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 "--data-dir".into(),
                 dir.display().to_string(),
                 "--proxy-url".into(),
-                proxy_http.clone(),
+                if args.https { proxy_https.clone() } else { proxy_http.clone() },
                 "--ssh-gateway".into(),
                 format!("{ssh_host}:{ssh_port}"),
                 "--default-snapshot".into(),
