@@ -352,6 +352,9 @@ class ScaleStack:
             "--daemon-binary", self.daemon, "--runner-listen", "127.0.0.1:0", "--default-image", self.image,
             "--warm-pool", "0", "--runner-state-dir", str(self.work / f"runner-{rid}"),
             "--container-label", "sandbar-e2e=1",
+            # A runner in its own network namespace sees that namespace's iptables, not the host's DOCKER-USER
+            # chain where sandbox rules must go; this test is about placement and failover, not isolation.
+            "--network-rules", "false",
         ])
         since = int(time.time() * 1000)
         proc = start_proc(f"runner-{rid}", argv, self.env, self.logs, "sandbar-runner ready", timeout=120)
