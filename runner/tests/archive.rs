@@ -55,9 +55,8 @@ fn spec(id: &str) -> CreateSandbox {
     req.env = BTreeMap::from([("GREETING".into(), "hello \"archived\" $world".into())]);
     req.labels = BTreeMap::from([("team".into(), "a".into())]);
     // Counts its starts: a restored sandbox runs its entrypoint again, with the image's environment.
-    req.entrypoint = Some(
-        ["sh", "-c", "echo \"start $PATH\" >> /tmp/starts; exec sleep 1000000"].map(String::from).to_vec(),
-    );
+    req.entrypoint =
+        Some(["sh", "-c", "echo \"start $PATH\" >> /tmp/starts; exec sleep 1000000"].map(String::from).to_vec());
     req
 }
 
@@ -71,9 +70,13 @@ async fn archive_restore_keeps_files_and_destroy_deletes_the_archive() {
     assert_eq!(runner.archive_location(), Some(store.path().display().to_string().as_str()));
     let req = spec(&id);
     let created = runner.create(req.clone()).await.unwrap();
-    sh(&runner, &id, "mkdir -p /data/sub && echo kept > /data/sub/file.txt && chmod 640 /data/sub/file.txt \
+    sh(
+        &runner,
+        &id,
+        "mkdir -p /data/sub && echo kept > /data/sub/file.txt && chmod 640 /data/sub/file.txt \
         && ln -s sub/file.txt /data/link && head -c 3000000 /dev/urandom > /data/random.bin \
-        && md5sum /data/random.bin > /data/random.md5")
+        && md5sum /data/random.bin > /data/random.md5",
+    )
     .await;
 
     // Only a stopped sandbox can be archived.
@@ -190,6 +193,91 @@ async fn a_corrupt_archive_is_refused_and_kept() {
     std::fs::write(&tar, &bytes).unwrap();
     runner.restore(req).await.unwrap();
     assert_eq!(sh(&runner, &id, "cat /precious").await, "precious");
+    runner.destroy(&id).await.unwrap();
+}
+
+/// `moto_server` (S3-compatible, from PyPI's moto) on a free loopback port, killed on drop.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Moto {
+    /// `SANDBAR_MOTO_SERVER`, else the repository's `.venv/bin/moto_server` (scripts/setup installs it).
+    fn start() -> Option<Self> {
+        let bin = std::env::var_os("SANDBAR_MOTO_SERVER")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join(".venv/bin/moto_server"));
+        if !bin.exists() {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let moto = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_and_restore_through_an_s3_compatible_store() {
+    let Some(moto) = Moto::start() else {
+        assert!(std::env::var_os("CI").is_none(), "no moto_server: run scripts/setup");
+        eprintln!("\n!!!!! SKIPPING the S3 archive test: no .venv/bin/moto_server (run scripts/setup)\n");
+        return;
+    };
+    let http = reqwest::Client::new();
+    assert!(http.put(moto.url("sandbar-archives")).send().await.unwrap().status().is_success());
+    let t = TestRunner::new("archive-s3");
+    let id = format!("as-{}", unique());
+    let _images = ImageGuard(id.clone());
+    let mut config = t.config();
+    // Signed requests (ring) over plain HTTP to the loopback server; options in the URL, not the environment.
+    config.archive_store = Some(format!(
+        "s3://sandbar-archives/runner-a?endpoint=http://127.0.0.1:{}&allow_http=true&region=us-east-1\
+         &access_key_id=testing&secret_access_key=testing",
+        moto.port
+    ));
+    let runner = Runner::new(config).await.unwrap();
+    assert_eq!(runner.archive_location(), Some("s3://sandbar-archives/runner-a"));
+    let req = spec(&id);
+    runner.create(req.clone()).await.unwrap();
+    // Over one 16 MiB part: the upload is a real multipart upload.
+    sh(&runner, &id, "head -c 20000000 /dev/urandom > /big.bin && md5sum /big.bin > /big.md5").await;
+    stop(&runner, &id).await;
+    runner.archive(&id).await.unwrap();
+    assert!(t.containers().is_empty());
+    let manifest = runner.archive_manifest(&id).await.unwrap().expect("archive in the bucket");
+    let object = moto.url(&format!("sandbar-archives/runner-a/{id}/rootfs.tar"));
+    let head = http.head(&object).send().await.unwrap();
+    assert_eq!(head.status(), reqwest::StatusCode::OK);
+    let length = head.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    assert_eq!(length, Some(manifest.size));
+
+    runner.restore(req).await.unwrap();
+    sh(&runner, &id, "md5sum -c /big.md5").await;
+    assert_eq!(sh(&runner, &id, "echo \"$GREETING\"").await, "hello \"archived\" $world");
+    assert_eq!(http.head(&object).send().await.unwrap().status(), reqwest::StatusCode::NOT_FOUND);
     runner.destroy(&id).await.unwrap();
 }
 

@@ -28,11 +28,10 @@ use std::time::{Duration, Instant};
 use bollard::body_try_stream;
 use bollard::models::{ContainerConfig, ContainerCreateBody};
 use bollard::query_parameters::{
-    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    RemoveImageOptionsBuilder,
+    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
@@ -41,9 +40,7 @@ use sandbar_proto::runner::{CreateSandbox, SandboxInfo, SandboxSpecLabel, Sandbo
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{
-    Entry, Inner, RESERVED_ENV, Runner, container_name, lock, run_detached, strip_daemon, unix_now,
-};
+use super::{Entry, Inner, RESERVED_ENV, Runner, container_name, lock, run_detached, strip_daemon, unix_now};
 use crate::config::{DAEMON_MOUNT_PATH, RunnerConfig};
 use crate::daemon::new_token;
 use crate::error::{SandboxError, docker_status};
@@ -138,20 +135,30 @@ impl ArchiveStore {
         }
     }
 
+    /// `s3://bucket/prefix[?option=value&...]`: options are object_store's S3 keys (`endpoint`, `region`,
+    /// `allow_http`, ...), taken literally, over the `AWS_*` environment.
     pub(crate) fn open(spec: &str) -> Result<Self, String> {
         if let Some(rest) = spec.strip_prefix("s3://") {
+            let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+            // Never logged with its options: they may hold credentials.
+            let location = format!("s3://{rest}");
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(format!("archive store {spec:?}: no bucket"));
+                return Err(format!("archive store {location:?}: no bucket"));
             }
-            let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| format!("archive store {spec:?}: {e}"))?;
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let key = key
+                    .parse::<AmazonS3ConfigKey>()
+                    .map_err(|_| format!("archive store {location:?}: unknown S3 option {key:?}"))?;
+                builder = builder.with_config(key, value);
+            }
+            let s3 = builder.build().map_err(|e| format!("archive store {location:?}: {e}"))?;
             let prefix = prefix.trim_matches('/');
             let store: Arc<dyn ObjectStore> =
                 if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
-            return Ok(Self { store, location: spec.to_owned() });
+            return Ok(Self { store, location });
         }
         if let Some(path) = spec.strip_prefix("file://") {
             return Self::local(std::path::Path::new(path));
@@ -398,9 +405,8 @@ impl Inner {
             writer.write(&chunk);
         };
         let failure = failure.or_else(|| {
-            (tail.len() < TAR_END || tail.iter().any(|b| *b != 0)).then(|| {
-                SandboxError::Archive(format!("Docker's export of sandbox {id} ended early ({size} bytes)"))
-            })
+            (tail.len() < TAR_END || tail.iter().any(|b| *b != 0))
+                .then(|| SandboxError::Archive(format!("Docker's export of sandbox {id} ended early ({size} bytes)")))
         });
         if let Some(e) = failure {
             if let Err(abort) = writer.abort().await {
@@ -469,9 +475,10 @@ impl Inner {
                 info.state
             )));
         }
-        let manifest = store.manifest(&id).await?.ok_or_else(|| {
-            SandboxError::Archive(format!("no archive of sandbox {id} in {}", store.location()))
-        })?;
+        let manifest = store
+            .manifest(&id)
+            .await?
+            .ok_or_else(|| SandboxError::Archive(format!("no archive of sandbox {id} in {}", store.location())))?;
         let info = SandboxInfo {
             id: id.clone(),
             name: req.name.clone(),
@@ -598,8 +605,10 @@ impl Inner {
             ..Default::default()
         };
         let name = helper_name(id);
-        let helper =
-            self.docker.create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body).await?;
+        let helper = self
+            .docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
+            .await?;
         let opts = CommitContainerOptionsBuilder::default()
             .container(&helper.id)
             .repo(ARCHIVE_REPO)
@@ -695,6 +704,10 @@ mod tests {
         assert!(ArchiveStore::open(&url).is_ok());
         assert!(ArchiveStore::open("ftp://x/y").is_err());
         assert!(ArchiveStore::open("s3:///prefix").is_err());
+        let err = ArchiveStore::open("s3://b/p?nonsense=1&secret_access_key=hidden").unwrap_err();
+        assert!(err.contains("nonsense") && !err.contains("hidden"), "{err}");
+        let s3 = ArchiveStore::open("s3://b/p/?region=eu-west-1&secret_access_key=hidden&access_key_id=k").unwrap();
+        assert_eq!(s3.location(), "s3://b/p/");
     }
 
     #[tokio::test]
