@@ -396,6 +396,7 @@ pub(crate) async fn enqueue(
         JobKind::StopSandbox(_) => "STOP_SANDBOX",
         JobKind::DestroySandbox { .. } => "DESTROY_SANDBOX",
         JobKind::ResizeSandbox(_) => "RESIZE_SANDBOX",
+        JobKind::BuildSnapshot(_) => "BUILD_SNAPSHOT",
     };
     sqlx::query(
         "INSERT INTO jobs (id, seq, runner_id, sandbox_id, kind, payload, prev_state, via_state, state, created_at) \
@@ -637,24 +638,6 @@ pub(crate) fn valid_name(name: &str) -> bool {
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
-/// The image a Dockerfile names when it is nothing but `FROM image` (what `Image.base("x")` sends).
-pub(crate) fn image_from_dockerfile(content: &str) -> ApiResult<String> {
-    let lines: Vec<&str> = content.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    match lines.as_slice() {
-        [from] => {
-            let mut words = from.split_whitespace();
-            match (words.next(), words.next(), words.next()) {
-                (Some(kw), Some(image), None) if kw.eq_ignore_ascii_case("FROM") => Ok(image.to_owned()),
-                _ => Err(ApiError::bad_request(format!("unsupported Dockerfile line {from:?}: expected FROM <image>"))),
-            }
-        }
-        _ => Err(ApiError::bad_request(
-            "building images from a Dockerfile with more than a FROM line is not supported; build the image locally \
-             (docker build -t NAME .) and create the sandbox with snapshot=NAME",
-        )),
-    }
-}
-
 async fn create(
     app: axum::extract::State<App>,
     caller: Caller,
@@ -683,12 +666,16 @@ async fn create(
         return Err(ApiError::bad_request(format!("autoArchiveInterval must be 0 or more minutes, got {n}")));
     }
     let mut snapshot_defaults = None;
+    // A Dockerfile to build first; or the runner a built snapshot's image lives on.
+    let mut dockerfile = None;
+    let mut built_on = None;
     let image = match (&body.snapshot, &body.image, &body.build_info) {
         (Some(s), _, _) if !s.trim().is_empty() => {
             let mut conn = app.db.pool.acquire().await?;
             match crate::snapshots::find(&mut conn, &caller.organization_id, s.trim()).await? {
                 // A registered snapshot: its image and default resources.
                 Some(snap) => {
+                    built_on = crate::builds::snapshot_runner(&app, &mut conn, &snap).await?;
                     snapshot_defaults = Some((snap.cpu, snap.memory, snap.disk));
                     snap.image_name
                 }
@@ -697,7 +684,14 @@ async fn create(
             }
         }
         (_, Some(i), _) if !i.trim().is_empty() => i.trim().to_owned(),
-        (_, _, Some(BuildInfo { dockerfile_content: Some(d), .. })) => image_from_dockerfile(d)?,
+        (_, _, Some(bi)) => match crate::builds::source(bi)? {
+            crate::builds::Source::Image(i) => i,
+            crate::builds::Source::Dockerfile(d) => {
+                let image = crate::builds::image_for(&d);
+                dockerfile = Some(d);
+                image
+            }
+        },
         _ => app.config.default_snapshot.clone(),
     };
     let id = uuid::Uuid::new_v4().to_string();
@@ -740,7 +734,14 @@ async fn create(
     if taken.is_some() {
         return Err(ApiError::conflict(format!("Sandbox with name {name} already exists")));
     }
-    let runner = runners::place(&app, &mut tx, cpu, memory, disk).await?;
+    let build = match &dockerfile {
+        Some(d) => Some(crate::builds::attach(&app, &mut tx, &org, d, (cpu, memory, disk)).await?),
+        None => None,
+    };
+    let runner = match build.as_ref().map(|b| b.runner_id.clone()).or(built_on) {
+        Some(r) => r,
+        None => runners::place(&app, &mut tx, cpu, memory, disk).await?,
+    };
     let labels_json = serde_json::to_string(&labels).map_err(|e| ApiError::internal("labels", e))?;
     let env_json = serde_json::to_string(&env).map_err(|e| ApiError::internal("env", e))?;
     sqlx::query(
@@ -773,9 +774,15 @@ async fn create(
     .execute(&mut *tx)
     .await?;
     write_labels(&mut tx, &id, &labels).await?;
+    let waits_for_build = match &build {
+        Some(b) => crate::builds::link_sandbox(&mut tx, &id, b, now).await?,
+        None => false,
+    };
     let row =
         load(&app, &mut tx, None, &id, false).await?.ok_or_else(|| ApiError::internal("create", "row vanished"))?;
-    enqueue(&mut tx, &runner, &create_job(&row), SandboxState::Creating, SandboxState::Creating, now).await?;
+    if !waits_for_build {
+        enqueue(&mut tx, &runner, &create_job(&row), SandboxState::Creating, SandboxState::Creating, now).await?;
+    }
     bump(&mut tx, &id, now).await?;
     let row = load(&app, &mut tx, None, &id, false).await?.unwrap_or(row);
     tx.commit().await?;
@@ -1264,14 +1271,6 @@ async fn toolbox_proxy_url(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dockerfile_with_only_from() {
-        assert_eq!(image_from_dockerfile("FROM python:3.12\n").unwrap(), "python:3.12");
-        assert_eq!(image_from_dockerfile("# c\n\nfrom busybox\n").unwrap(), "busybox");
-        assert!(image_from_dockerfile("FROM x\nRUN y\n").is_err());
-        assert!(image_from_dockerfile("FROM x AS y").is_err());
-    }
 
     #[test]
     fn names_and_cursors() {

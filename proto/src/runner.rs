@@ -175,6 +175,19 @@ pub struct ResizeSandbox {
     pub disk: Option<u32>,
 }
 
+/// Job: build the image `image` from a Dockerfile through Docker's build API. Every `FROM` image must be on the
+/// runner (nothing is pulled). The runner streams the build output to `POST /runners/{id}/jobs/{jobId}/log`
+/// ([`crate::api::BuildLog`]) while it runs, then reports the result (`BUILD_FAILED` with Docker's reason).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSnapshot {
+    /// The control plane's build id: what the job acts on (in place of a sandbox id).
+    pub build_id: String,
+    /// The local image reference to tag the result with.
+    pub image: String,
+    pub dockerfile: String,
+}
+
 /// What a runner is asked to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
@@ -190,16 +203,19 @@ pub enum JobKind {
         sandbox_id: String,
     },
     ResizeSandbox(ResizeSandbox),
+    BuildSnapshot(BuildSnapshot),
 }
 
 impl JobKind {
-    /// The sandbox the job acts on.
+    /// The sandbox the job acts on (for a build, the build id): the API hands out at most one unfinished job per
+    /// id, in order.
     pub fn sandbox_id(&self) -> &str {
         match self {
             Self::CreateSandbox(c) => &c.id,
             Self::StartSandbox { sandbox_id } | Self::DestroySandbox { sandbox_id } => sandbox_id,
             Self::StopSandbox(s) => &s.sandbox_id,
             Self::ResizeSandbox(r) => &r.sandbox_id,
+            Self::BuildSnapshot(b) => &b.build_id,
         }
     }
 }
@@ -233,6 +249,8 @@ pub enum JobErrorCode {
     DaemonNotReady,
     /// Docker refused or failed.
     Docker,
+    /// A Dockerfile build ran and failed (a step exited non-zero, a COPY source is missing...).
+    BuildFailed,
     Internal,
 }
 
@@ -424,6 +442,23 @@ mod tests {
         assert_eq!(v["status"], "FAILED");
         assert_eq!(v["code"], "IMAGE_NOT_FOUND");
         assert_eq!(serde_json::from_value::<JobResult>(v).unwrap(), r);
+    }
+
+    #[test]
+    fn build_job_wire_format() {
+        let job = Job {
+            id: "j".into(),
+            kind: JobKind::BuildSnapshot(BuildSnapshot {
+                build_id: "b1".into(),
+                image: "sandbar-build:abc".into(),
+                dockerfile: "FROM x\nRUN y\n".into(),
+            }),
+        };
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!((v["type"].as_str(), v["buildId"].as_str()), (Some("BUILD_SNAPSHOT"), Some("b1")));
+        assert_eq!(job.kind.sandbox_id(), "b1");
+        assert_eq!(serde_json::from_value::<Job>(v).unwrap(), job);
+        assert_eq!(serde_json::to_value(JobErrorCode::BuildFailed).unwrap(), "BUILD_FAILED");
     }
 
     #[test]

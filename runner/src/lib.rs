@@ -13,6 +13,7 @@
 //! Not built yet (see the runner issue): archive/restore, fork, network isolation and egress rules.
 
 pub mod agent;
+pub mod build;
 pub mod cgroup;
 pub mod config;
 mod daemon;

@@ -327,6 +327,9 @@ impl Runner {
             JobKind::StopSandbox(s) => self.stop(s).await.map(Some),
             JobKind::DestroySandbox { sandbox_id } => self.destroy(&sandbox_id).await.map(|()| None),
             JobKind::ResizeSandbox(r) => self.resize(r).await.map(Some),
+            JobKind::BuildSnapshot(b) => {
+                return crate::build::job_result(job.id, crate::build::build_logged(self, &b).await);
+            }
         };
         let outcome = match result {
             Ok(sandbox) => JobOutcome::Succeeded { sandbox: sandbox.map(Box::new) },
