@@ -207,10 +207,7 @@ pub(crate) async fn snapshot_runner(
             )));
         }
         other => {
-            return Err(ApiError::bad_request(format!(
-                "Snapshot {} is {other}; wait until it is active",
-                snap.name
-            )));
+            return Err(ApiError::bad_request(format!("Snapshot {} is {other}; wait until it is active", snap.name)));
         }
     }
     let Some(build_id) = snap.build_id.as_deref() else { return Ok(None) };
@@ -239,11 +236,12 @@ pub(crate) async fn claimed(app: &App, build_ids: &[String]) -> Result<(), sqlx:
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
     for id in build_ids {
-        let r = sqlx::query("UPDATE builds SET state = 'building', updated_at = $1 WHERE id = $2 AND state = 'pending'")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let r =
+            sqlx::query("UPDATE builds SET state = 'building', updated_at = $1 WHERE id = $2 AND state = 'pending'")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         if r.rows_affected() == 0 {
             continue;
         }
@@ -399,7 +397,11 @@ async fn append(
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
     // Locks the build's row (PostgreSQL), so concurrent appends number their batches one after the other.
-    sqlx::query("UPDATE builds SET updated_at = $1 WHERE id = $2").bind(now).bind(&build.build_id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE builds SET updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(&build.build_id)
+        .execute(&mut *tx)
+        .await?;
     let (log_bytes, last_attempt): (i64, Option<String>) =
         sqlx::query_as("SELECT log_bytes, log_attempt FROM builds WHERE id = $1")
             .bind(&build.build_id)
@@ -464,7 +466,9 @@ fn origin(headers: &HeaderMap, app: &App) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+        .filter(|h| {
+            !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
         .map(str::to_owned)
         .unwrap_or_else(|| app.config.listen.to_string());
     let scheme = match headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
@@ -476,13 +480,10 @@ fn origin(headers: &HeaderMap, app: &App) -> String {
 
 async fn sandbox_build(app: &App, org: &str, id: &str) -> ApiResult<(String, String)> {
     let mut conn = app.db.pool.acquire().await?;
-    let row = sandbox::load(app, &mut conn, Some(org), id, false)
-        .await?
-        .ok_or_else(|| ApiError::sandbox_not_found(id))?;
-    let build: Option<String> = sqlx::query_scalar("SELECT build_id FROM sandboxes WHERE id = $1")
-        .bind(&row.id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let row =
+        sandbox::load(app, &mut conn, Some(org), id, false).await?.ok_or_else(|| ApiError::sandbox_not_found(id))?;
+    let build: Option<String> =
+        sqlx::query_scalar("SELECT build_id FROM sandboxes WHERE id = $1").bind(&row.id).fetch_one(&mut *conn).await?;
     let build = build.ok_or_else(|| {
         ApiError::not_found(format!("Sandbox {id} was not built from a Dockerfile: it has no build logs"))
     })?;
@@ -590,13 +591,12 @@ impl Reader {
             .fetch_optional(&mut *conn)
             .await?;
         let ended = state.as_deref().is_none_or(|s| matches!(s, "done" | "failed"));
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT seq, text FROM build_logs WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT 200",
-        )
-        .bind(&self.build_id)
-        .bind(self.last_seq)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT seq, text FROM build_logs WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT 200")
+                .bind(&self.build_id)
+                .bind(self.last_seq)
+                .fetch_all(&mut *conn)
+                .await?;
         let Some((last, _)) = rows.last() else { return Ok((ended, None)) };
         self.last_seq = *last;
         Ok((ended, Some(rows.into_iter().map(|(_, t)| t).collect())))

@@ -271,7 +271,9 @@ async fn result(
         .await?;
     let kind: JobKind = serde_json::from_str(&payload).map_err(|e| ApiError::internal("stored job", e))?;
     match (&kind, &res.outcome) {
-        (JobKind::BuildSnapshot(b), outcome) => crate::builds::finished(&app, &mut tx, &b.build_id, outcome, now).await?,
+        (JobKind::BuildSnapshot(b), outcome) => {
+            crate::builds::finished(&app, &mut tx, &b.build_id, outcome, now).await?
+        }
         (JobKind::CreateSandbox(c), JobOutcome::Failed { code: JobErrorCode::ImageNotFound, .. }) => {
             crate::builds::image_missing(&mut tx, &runner_id, &c.image, now).await?;
         }

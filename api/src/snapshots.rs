@@ -12,9 +12,9 @@ use sqlx::AnyConnection;
 
 use crate::App;
 use crate::auth::Caller;
+use crate::builds::{self, Source};
 use crate::clock::iso;
 use crate::error::{ApiError, ApiResult, Json, Path, QueryPairs};
-use crate::builds::{self, Source};
 use crate::sandbox::{BuildInfo, check_range, valid_name};
 
 #[derive(Debug, Clone, sqlx::FromRow)]

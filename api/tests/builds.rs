@@ -117,9 +117,15 @@ async fn snapshot_build_with_its_log_followed() {
         let r2 = h.runner("r2");
         r2.heartbeat(64, 256, 1000).await;
         let sb = h.create(json!({"snapshot": "built"})).await;
-        assert_eq!((sb["runnerId"].as_str(), sb["state"].as_str(), sb["cpu"].as_i64()), (Some("r1"), Some("creating"), Some(2)));
+        assert_eq!(
+            (sb["runnerId"].as_str(), sb["state"].as_str(), sb["cpu"].as_i64()),
+            (Some("r1"), Some("creating"), Some(2))
+        );
         let jobs = r1.poll(0).await;
-        assert!(matches!(&jobs[..], [j] if matches!(&j.kind, JobKind::CreateSandbox(c) if c.image == image)), "{jobs:?}");
+        assert!(
+            matches!(&jobs[..], [j] if matches!(&j.kind, JobKind::CreateSandbox(c) if c.image == image)),
+            "{jobs:?}"
+        );
         // ... and none there while r1 is unreachable.
         h.clock.advance_secs(30);
         r2.heartbeat(64, 256, 1000).await;
@@ -156,7 +162,10 @@ async fn sandbox_build_states_reuse_and_failures() {
         let id2 = v2["id"].as_str().unwrap().to_owned();
         assert!(r.poll(0).await.is_empty());
 
-        assert_eq!(log_lines(&r, &build.id, "a1", 0, &["Step 1/2 : FROM base:1", "compiling"]).await, StatusCode::NO_CONTENT);
+        assert_eq!(
+            log_lines(&r, &build.id, "a1", 0, &["Step 1/2 : FROM base:1", "compiling"]).await,
+            StatusCode::NO_CONTENT
+        );
         // The runner restarted mid-build and builds again: a new attempt continues the log.
         assert_eq!(log_lines(&r, &build.id, "a2", 0, &["Step 1/2 : FROM base:1"]).await, StatusCode::NO_CONTENT);
         assert_eq!(build_done(&r, build).await, StatusCode::NO_CONTENT);
@@ -194,8 +203,9 @@ async fn sandbox_build_states_reuse_and_failures() {
         assert_eq!(sb["state"], "build_failed");
         assert!(sb["errorReason"].as_str().unwrap().contains("non-zero code: 1"), "{sb}");
         // A failed build is not reused: a snapshot of the same Dockerfile builds again, and fails with the reason.
-        let (s, v) =
-            h.call(Method::POST, "/snapshots", Some(json!({"name": "bad", "buildInfo": {"dockerfileContent": bad}}))).await;
+        let (s, v) = h
+            .call(Method::POST, "/snapshots", Some(json!({"name": "bad", "buildInfo": {"dockerfileContent": bad}})))
+            .await;
         assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("building")), "{v}");
         let jobs = r.poll(0).await;
         let [job] = &jobs[..] else { panic!("{jobs:?}") };
@@ -221,11 +231,23 @@ async fn build_input_and_log_endpoints_refuse_what_they_cannot_do() {
         let r = h.runner("r1");
         r.heartbeat(8, 16, 100).await;
         let cases: Vec<(&str, Value, &str)> = vec![
-            ("/sandbox", json!({"buildInfo": {"dockerfileContent": "FROM a\nCOPY . /\n", "contextHashes": ["abc"]}}), "contextHashes"),
-            ("/snapshots", json!({"name": "s", "buildInfo": {"dockerfileContent": "FROM a\nRUN b\n", "contextHashes": ["abc"]}}), "contextHashes"),
+            (
+                "/sandbox",
+                json!({"buildInfo": {"dockerfileContent": "FROM a\nCOPY . /\n", "contextHashes": ["abc"]}}),
+                "contextHashes",
+            ),
+            (
+                "/snapshots",
+                json!({"name": "s", "buildInfo": {"dockerfileContent": "FROM a\nRUN b\n", "contextHashes": ["abc"]}}),
+                "contextHashes",
+            ),
             ("/sandbox", json!({"buildInfo": {"dockerfileContent": "RUN b\n"}}), "no FROM line"),
             ("/sandbox", json!({"buildInfo": {}}), "dockerfileContent is required"),
-            ("/snapshots", json!({"name": "s", "buildInfo": {"dockerfileContent": ""}}), "dockerfileContent is required"),
+            (
+                "/snapshots",
+                json!({"name": "s", "buildInfo": {"dockerfileContent": ""}}),
+                "dockerfileContent is required",
+            ),
         ];
         for (path, body, needle) in cases {
             let (s, v) = h.call(Method::POST, path, Some(body.clone())).await;
@@ -242,7 +264,10 @@ async fn build_input_and_log_endpoints_refuse_what_they_cannot_do() {
         let (s, v) = h.call(Method::GET, &format!("/sandbox/{plain}/build-logs-url"), None).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert!(v["message"].as_str().unwrap().contains("not built from a Dockerfile"), "{v}");
-        let built = h.create(json!({"buildInfo": {"dockerfileContent": "FROM a\nRUN b\n"}})).await["id"].as_str().unwrap().to_owned();
+        let built = h.create(json!({"buildInfo": {"dockerfileContent": "FROM a\nRUN b\n"}})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let url = logs_url(&h, "sandbox", &built).await;
         let (_, other) = h.new_org("other").await;
         let path = format!("/sandbox/{built}/build-logs-url");
@@ -251,7 +276,10 @@ async fn build_input_and_log_endpoints_refuse_what_they_cannot_do() {
         assert_eq!(h.http.get(&url).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
         assert_eq!(h.call(Method::GET, "/sandbox/nope/build-logs-url", None).await.0, StatusCode::NOT_FOUND);
         assert_eq!(h.call(Method::GET, "/snapshots/nope/build-logs", None).await.0, StatusCode::NOT_FOUND);
-        assert_eq!(h.call(Method::GET, &format!("/sandbox/{built}/build-logs?follow=maybe"), None).await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            h.call(Method::GET, &format!("/sandbox/{built}/build-logs?follow=maybe"), None).await.0,
+            StatusCode::BAD_REQUEST
+        );
 
         // The runner's log endpoint: its token only, its own build jobs only.
         let jobs = r.poll(0).await;

@@ -397,7 +397,9 @@ async fn snapshots_name_local_images_with_default_resources() {
             .call(
                 Method::POST,
                 "/snapshots",
-                Some(json!({"name": "df", "buildInfo": {"dockerfileContent": "FROM a\nRUN b", "contextHashes": ["h"]}})),
+                Some(
+                    json!({"name": "df", "buildInfo": {"dockerfileContent": "FROM a\nRUN b", "contextHashes": ["h"]}}),
+                ),
             )
             .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");

@@ -63,7 +63,9 @@ impl LogBound {
         self.bytes += line.len() as u64 + 1;
         if self.bytes > MAX_BUILD_LOG_BYTES {
             self.truncated = true;
-            return Some(format!("[sandbar: the build log exceeded {MAX_BUILD_LOG_BYTES} bytes; the rest is not kept]"));
+            return Some(format!(
+                "[sandbar: the build log exceeded {MAX_BUILD_LOG_BYTES} bytes; the rest is not kept]"
+            ));
         }
         Some(line.to_owned())
     }
@@ -131,7 +133,13 @@ pub async fn carry_out(runner: &Runner, cp: &ControlPlane, job_id: &str, req: &B
 }
 
 /// Sends the lines of `rx` in order, batched, each batch retried until the API has it (or refuses it).
-async fn ship(cp: ControlPlane, runner_id: String, job_id: String, attempt: String, mut rx: mpsc::UnboundedReceiver<String>) {
+async fn ship(
+    cp: ControlPlane,
+    runner_id: String,
+    job_id: String,
+    attempt: String,
+    mut rx: mpsc::UnboundedReceiver<String>,
+) {
     let mut offset = 0u64;
     while let Some(first) = rx.recv().await {
         let mut lines = vec![first];

@@ -212,8 +212,10 @@ impl Runner {
                 Ok(info) => info,
                 // bollard turns the build's `errorDetail` into this: log it like any other line.
                 Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    // The reason first, then the output that led to it.
+                    let earlier = tail.join("\n");
                     emit(&format!("{error}\n"), &mut pending, &mut tail, &mut on_log);
-                    return Err(SnapshotError::BuildFailed(tail.join("\n")));
+                    return Err(SnapshotError::BuildFailed(format!("{error}\n{earlier}")));
                 }
                 Err(e) => return Err(e.into()),
             };

@@ -161,18 +161,22 @@ mod fake_api {
             )
             .route(
                 "/api/runners/{r}/jobs/{j}/log",
-                post(|State(rec): State<Arc<Recorded>>, Path((_, j)): Path<(String, String)>, Json(b): Json<BuildLog>| async move {
-                    {
-                        let mut fail = rec.fail_logs.lock().unwrap();
-                        if *fail > 0 {
-                            *fail -= 1;
-                            return StatusCode::SERVICE_UNAVAILABLE;
+                post(
+                    |State(rec): State<Arc<Recorded>>,
+                     Path((_, j)): Path<(String, String)>,
+                     Json(b): Json<BuildLog>| async move {
+                        {
+                            let mut fail = rec.fail_logs.lock().unwrap();
+                            if *fail > 0 {
+                                *fail -= 1;
+                                return StatusCode::SERVICE_UNAVAILABLE;
+                            }
                         }
-                    }
-                    rec.logs.lock().unwrap().push((j, b));
-                    rec.changed.notify_waiters();
-                    StatusCode::NO_CONTENT
-                }),
+                        rec.logs.lock().unwrap().push((j, b));
+                        rec.changed.notify_waiters();
+                        StatusCode::NO_CONTENT
+                    },
+                ),
             )
             .route(
                 "/api/runners/{r}/jobs/{j}/result",
@@ -211,7 +215,11 @@ async fn build_jobs_stream_their_log_to_the_control_plane_before_the_result() {
         kind: JobKind::BuildSnapshot(BuildSnapshot { build_id: format!("b-{id}"), image: image.into(), dockerfile }),
     };
     rec.jobs.lock().unwrap().extend([
-        job("ok", &good, format!("FROM {image}\nRUN for i in 1 2 3; do echo line-$i-$((6*7)); done; echo x > /built\n")),
+        job(
+            "ok",
+            &good,
+            format!("FROM {image}\nRUN for i in 1 2 3; do echo line-$i-$((6*7)); done; echo x > /built\n"),
+        ),
         job("fail", &bad, format!("FROM {image}\nRUN echo about-to-fail && exit 3\n")),
         job("nobase", &bad, "FROM sandbar-no-such-base:0\nRUN true\n".into()),
     ]);

@@ -58,7 +58,7 @@ def test_snapshot_built_from_an_image_definition_with_its_log(daytona):
         text = "\n".join(logs)
         assert f"run-output-42-{token}" in text, text
         assert "Step 1/" in text and f"FROM {BASE}" in text, text
-        assert logs[-1] == f"Created snapshot {name} (active)", logs[-3:]
+        assert logs[-1].startswith(f"Created snapshot {name} ("), logs[-3:]
 
         started = time.monotonic()
         sandbox = daytona.create(CreateSandboxFromSnapshotParams(snapshot=name), timeout=120)
@@ -118,7 +118,7 @@ def test_failed_builds_say_why(daytona):
             timeout=300,
         )
     message = str(failed.value)
-    assert "build_failed" in message and "non-zero code: 3" in message, message
+    assert "build_failed" in message.lower() and "non-zero code: 3" in message, message
     assert f"doomed-{token}" in "\n".join(logs), logs
 
     # Only local images exist: Image.debian_slim() names python:*-slim-bookworm, which is not here.
