@@ -255,7 +255,7 @@ async fn activity(
 /// Starts an auto-stopped sandbox for a request the proxy holds, through the state machine (quotas included).
 async fn wake(app: axum::extract::State<App>, _: ProxyAuth, Path(id): Path<String>) -> ApiResult<Response> {
     let row = load(&app, &id).await?;
-    let state = row.effective_state(app.now());
+    let state = row.effective_state(&app, app.now());
     match state {
         // Another request (or proxy) woke it already.
         SandboxState::Started | SandboxState::Starting | SandboxState::Restoring => {

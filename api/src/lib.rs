@@ -7,6 +7,7 @@
 //! then [`App::serve`] with a bound listener and a cancellation token; or [`serve`] for all of it.
 
 pub mod auth;
+pub mod builds;
 pub mod clock;
 pub mod config;
 pub mod db;
@@ -101,6 +102,7 @@ impl App {
         let api = Router::new()
             .merge(sandbox::routes())
             .merge(snapshots::routes())
+            .merge(builds::routes())
             .merge(runners::routes())
             .merge(internal::routes())
             .merge(openapi::routes())

@@ -136,6 +136,18 @@ pub const OPERATIONS: &[Operation] = &[
         Some("SandboxDto"),
         "sandbox",
     ),
+    ("GET", "/sandbox/{sandboxIdOrName}/build-logs-url", "getBuildLogsUrl", None, 200, Some("BuildLogsUrl"), "sandbox"),
+    ("GET", "/sandbox/{sandboxIdOrName}/build-logs", "getBuildLogs", None, 200, None, "sandbox"),
+    (
+        "GET",
+        "/snapshots/{snapshotIdOrName}/build-logs-url",
+        "getSnapshotBuildLogsUrl",
+        None,
+        200,
+        Some("BuildLogsUrl"),
+        "snapshots",
+    ),
+    ("GET", "/snapshots/{snapshotIdOrName}/build-logs", "getSnapshotBuildLogs", None, 200, None, "snapshots"),
     ("GET", "/snapshots", "getAllSnapshots", None, 200, Some("PaginatedSnapshots"), "snapshots"),
     ("POST", "/snapshots", "createSnapshot", Some("CreateSnapshotBody"), 200, Some("SnapshotDto"), "snapshots"),
     ("GET", "/snapshots/{snapshotIdOrName}", "getSnapshot", None, 200, Some("SnapshotDto"), "snapshots"),
@@ -144,6 +156,7 @@ pub const OPERATIONS: &[Operation] = &[
     ("POST", "/runners/{runnerId}/heartbeat", "runnerHeartbeat", None, 200, None, "runner"),
     ("GET", "/runners/{runnerId}/jobs", "runnerPollJobs", None, 200, None, "runner"),
     ("POST", "/runners/{runnerId}/jobs/{jobId}/result", "runnerJobResult", None, 204, None, "runner"),
+    ("POST", "/runners/{runnerId}/jobs/{jobId}/log", "runnerBuildLog", None, 204, None, "runner"),
     ("POST", "/runners/{runnerId}/states", "runnerStateChanges", None, 204, None, "runner"),
     ("POST", "/runners/{runnerId}/sandboxes", "runnerSandboxes", None, 204, None, "runner"),
     ("GET", "/internal/routes/{sandboxId}", "proxyRoute", None, 200, None, "proxy"),
@@ -208,6 +221,7 @@ pub fn document() -> OpenApi {
         .schema_from::<PaginatedSnapshots>()
         .schema_from::<CreateSnapshotBody>()
         .schema_from::<NetworkSettingsBody>()
+        .schema_from::<crate::builds::BuildLogsUrl>()
         .build();
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("sandbar API").version(env!("CARGO_PKG_VERSION")).build())

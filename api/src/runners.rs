@@ -155,6 +155,14 @@ async fn claim(app: &App, runner_id: &str) -> Result<Vec<Job>, sqlx::Error> {
             Err(e) => tracing::error!(job_id = %id, error = %e, "stored job does not parse"),
         }
     }
+    let builds: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| match &j.kind {
+            JobKind::BuildSnapshot(b) => Some(b.build_id.clone()),
+            _ => None,
+        })
+        .collect();
+    crate::builds::claimed(app, &builds).await?;
     Ok(jobs)
 }
 
@@ -263,6 +271,15 @@ async fn result(
         .execute(&mut *tx)
         .await?;
     let kind: JobKind = serde_json::from_str(&payload).map_err(|e| ApiError::internal("stored job", e))?;
+    match (&kind, &res.outcome) {
+        (JobKind::BuildSnapshot(b), outcome) => {
+            crate::builds::finished(&app, &mut tx, &b.build_id, outcome, now).await?
+        }
+        (JobKind::CreateSandbox(c), JobOutcome::Failed { code: JobErrorCode::ImageNotFound, .. }) => {
+            crate::builds::image_missing(&mut tx, &runner_id, &c.image, now).await?;
+        }
+        _ => {}
+    }
     let mut wake_runner = false;
     if let Some(row) = sandbox::load(&app, &mut tx, None, &sandbox_id, true).await? {
         let current = row.stored_state();
@@ -355,6 +372,9 @@ async fn result(
         }
     }
     tx.commit().await?;
+    if matches!(kind, JobKind::BuildSnapshot(_)) {
+        crate::builds::wake_followers();
+    }
     if wake_runner {
         app.wake_runner(&runner_id);
     }
@@ -455,7 +475,8 @@ async fn reconcile(
             .fetch_all(&mut *tx)
             .await?;
     for (id, st) in ours {
-        if seen.contains(&id) || in_flight(&mut tx, &id).await? {
+        // A sandbox waiting for its image build has no container yet.
+        if seen.contains(&id) || crate::builds::waits_for_build(&st) || in_flight(&mut tx, &id).await? {
             continue;
         }
         if st == "archived" {

@@ -404,6 +404,7 @@ pub(crate) async fn enqueue(
         JobKind::UpdateSandboxNetwork(_) => "UPDATE_SANDBOX_NETWORK",
         JobKind::ArchiveSandbox { .. } => "ARCHIVE_SANDBOX",
         JobKind::RestoreSandbox(_) => "RESTORE_SANDBOX",
+        JobKind::BuildSnapshot(_) => "BUILD_SNAPSHOT",
     };
     sqlx::query(
         "INSERT INTO jobs (id, seq, runner_id, sandbox_id, kind, payload, prev_state, via_state, state, created_at) \
@@ -654,24 +655,6 @@ pub(crate) fn valid_name(name: &str) -> bool {
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
-/// The image a Dockerfile names when it is nothing but `FROM image` (what `Image.base("x")` sends).
-pub(crate) fn image_from_dockerfile(content: &str) -> ApiResult<String> {
-    let lines: Vec<&str> = content.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    match lines.as_slice() {
-        [from] => {
-            let mut words = from.split_whitespace();
-            match (words.next(), words.next(), words.next()) {
-                (Some(kw), Some(image), None) if kw.eq_ignore_ascii_case("FROM") => Ok(image.to_owned()),
-                _ => Err(ApiError::bad_request(format!("unsupported Dockerfile line {from:?}: expected FROM <image>"))),
-            }
-        }
-        _ => Err(ApiError::bad_request(
-            "building images from a Dockerfile with more than a FROM line is not supported; build the image locally \
-             (docker build -t NAME .) and create the sandbox with snapshot=NAME",
-        )),
-    }
-}
-
 async fn create(
     app: axum::extract::State<App>,
     caller: Caller,
@@ -703,12 +686,16 @@ async fn create(
     let allow_list =
         body.network_allow_list.as_deref().map(crate::network::normalise_allow_list).transpose()?.flatten();
     let mut snapshot_defaults = None;
+    // A Dockerfile to build first; or the runner a built snapshot's image lives on.
+    let mut dockerfile = None;
+    let mut built_on = None;
     let image = match (&body.snapshot, &body.image, &body.build_info) {
         (Some(s), _, _) if !s.trim().is_empty() => {
             let mut conn = app.db.pool.acquire().await?;
             match crate::snapshots::find(&mut conn, &caller.organization_id, s.trim()).await? {
                 // A registered snapshot: its image and default resources.
                 Some(snap) => {
+                    built_on = crate::builds::snapshot_runner(&app, &mut conn, &snap).await?;
                     snapshot_defaults = Some((snap.cpu, snap.memory, snap.disk));
                     snap.image_name
                 }
@@ -717,7 +704,14 @@ async fn create(
             }
         }
         (_, Some(i), _) if !i.trim().is_empty() => i.trim().to_owned(),
-        (_, _, Some(BuildInfo { dockerfile_content: Some(d), .. })) => image_from_dockerfile(d)?,
+        (_, _, Some(bi)) => match crate::builds::source(bi)? {
+            crate::builds::Source::Image(i) => i,
+            crate::builds::Source::Dockerfile(d) => {
+                let image = crate::builds::image_for(&d);
+                dockerfile = Some(d);
+                image
+            }
+        },
         _ => app.config.default_snapshot.clone(),
     };
     let id = uuid::Uuid::new_v4().to_string();
@@ -760,13 +754,28 @@ async fn create(
     if taken.is_some() {
         return Err(ApiError::conflict(format!("Sandbox with name {name} already exists")));
     }
-    let (linked, runner) = match body.linked_sandbox.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+    let link = match body.linked_sandbox.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
         // A linked sandbox goes where its parent is, so the two share a network.
-        Some(l) => {
-            let (parent, runner) = crate::network::resolve_link(&app, &mut tx, &org, l, auto_delete).await?;
-            (Some(parent), runner)
+        Some(l) => Some(crate::network::resolve_link(&app, &mut tx, &org, l, auto_delete).await?),
+        None => None,
+    };
+    let build = match &dockerfile {
+        Some(d) => Some(crate::builds::attach(&app, &mut tx, &org, d, (cpu, memory, disk)).await?),
+        None => None,
+    };
+    let pinned = build.as_ref().map(|b| b.runner_id.clone()).or(built_on);
+    let runner = match (&link, pinned) {
+        (Some((_, parent_runner)), Some(image_runner)) if *parent_runner != image_runner => {
+            return Err(ApiError::bad_request(format!(
+                "the linked sandbox runs on runner {parent_runner}, but this sandbox's image exists only on runner \
+                 {image_runner}: create it without linkedSandbox, or from an image both runners have"
+            )));
         }
-        None => (None, runners::place(&app, &mut tx, cpu, memory, disk).await?),
+        (Some((_, parent_runner)), _) => parent_runner.clone(),
+        (None, Some(image_runner)) => image_runner,
+        (None, None) => runners::place(&app, &mut tx, cpu, memory, disk).await?,
+    };
+    let linked = link.map(|(parent, _)| parent);
     };
     let labels_json = serde_json::to_string(&labels).map_err(|e| ApiError::internal("labels", e))?;
     let env_json = serde_json::to_string(&env).map_err(|e| ApiError::internal("env", e))?;
@@ -807,9 +816,15 @@ async fn create(
             .execute(&mut *tx)
             .await?;
     }
+    let waits_for_build = match &build {
+        Some(b) => crate::builds::link_sandbox(&mut tx, &id, b, now).await?,
+        None => false,
+    };
     let row =
         load(&app, &mut tx, None, &id, false).await?.ok_or_else(|| ApiError::internal("create", "row vanished"))?;
-    enqueue(&mut tx, &runner, &create_job(&row), SandboxState::Creating, SandboxState::Creating, now).await?;
+    if !waits_for_build {
+        enqueue(&mut tx, &runner, &create_job(&row), SandboxState::Creating, SandboxState::Creating, now).await?;
+    }
     bump(&mut tx, &id, now).await?;
     let row = load(&app, &mut tx, None, &id, false).await?.unwrap_or(row);
     tx.commit().await?;
@@ -1306,14 +1321,6 @@ async fn toolbox_proxy_url(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dockerfile_with_only_from() {
-        assert_eq!(image_from_dockerfile("FROM python:3.12\n").unwrap(), "python:3.12");
-        assert_eq!(image_from_dockerfile("# c\n\nfrom busybox\n").unwrap(), "busybox");
-        assert!(image_from_dockerfile("FROM x\nRUN y\n").is_err());
-        assert!(image_from_dockerfile("FROM x AS y").is_err());
-    }
 
     #[test]
     fn names_and_cursors() {

@@ -1,7 +1,8 @@
 //! Daytona's snapshot endpoints (`/api/snapshots`). A snapshot here is a name for a local image plus default
-//! resources: there is no registry, so creating one records it (`active` at once) and a sandbox created from it
-//! runs that image; a missing image shows up as the sandbox's `error` with the runner's reason. Dockerfile builds
-//! are refused with a 400 saying how to build the image locally.
+//! resources: there is no registry, so creating one from `imageName` records it (`active` at once) and a sandbox
+//! created from it runs that image; a missing image shows up as the sandbox's `error` with the runner's reason.
+//! With a `buildInfo` Dockerfile beyond `FROM image` the snapshot is built on a runner ([`crate::builds`]):
+//! `building`, then `active` or `build_failed` with the build's reason, and sandboxes from it go to that runner.
 
 use axum::Router;
 use axum::response::{IntoResponse, Response};
@@ -11,9 +12,10 @@ use sqlx::AnyConnection;
 
 use crate::App;
 use crate::auth::Caller;
+use crate::builds::{self, Source};
 use crate::clock::iso;
 use crate::error::{ApiError, ApiResult, Json, Path, QueryPairs};
-use crate::sandbox::{BuildInfo, check_range, image_from_dockerfile, valid_name};
+use crate::sandbox::{BuildInfo, check_range, valid_name};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SnapshotRow {
@@ -28,6 +30,11 @@ pub struct SnapshotRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_used_at: Option<i64>,
+    /// The build that makes its image (a Dockerfile snapshot).
+    pub build_id: Option<String>,
+    /// `building`, `active` or `build_failed`.
+    pub state: String,
+    pub error_reason: Option<String>,
 }
 
 /// Daytona's `SnapshotDto` (required: id, general, name, state, cpu, gpu, mem, disk, createdAt, updatedAt).
@@ -76,7 +83,7 @@ pub struct CreateSnapshotBody {
 }
 
 const COLUMNS: &str = "id, organization_id, name, image_name, entrypoint, cpu, memory, disk, created_at, updated_at, \
-    last_used_at";
+    last_used_at, build_id, state, error_reason";
 
 impl SnapshotRow {
     fn to_dto(&self) -> SnapshotDto {
@@ -86,14 +93,14 @@ impl SnapshotRow {
             general: false,
             name: self.name.clone(),
             image_name: self.image_name.clone(),
-            state: "active".into(),
+            state: self.state.clone(),
             size: None,
             entrypoint: self.entrypoint.as_deref().and_then(|e| serde_json::from_str(e).ok()),
             cpu: self.cpu,
             gpu: 0,
             mem: self.memory,
             disk: self.disk,
-            error_reason: None,
+            error_reason: self.error_reason.clone(),
             created_at: iso(self.created_at),
             updated_at: iso(self.updated_at),
             last_used_at: self.last_used_at.map(iso),
@@ -147,10 +154,17 @@ async fn create(
     if body.gpu.unwrap_or(0) != 0 {
         return Err(ApiError::bad_request("GPUs are not available on sandbar; omit gpu or set it to 0"));
     }
-    let image = match (&body.image_name, &body.build_info) {
-        (Some(i), _) if !i.trim().is_empty() => i.trim().to_owned(),
-        (_, Some(BuildInfo { dockerfile_content: Some(d), .. })) => image_from_dockerfile(d)?,
-        _ => return Err(ApiError::bad_request("imageName is required (the name of an image present on the runners)")),
+    let (image, dockerfile) = match (&body.image_name, &body.build_info) {
+        (Some(i), _) if !i.trim().is_empty() => (i.trim().to_owned(), None),
+        (_, Some(bi)) => match builds::source(bi)? {
+            Source::Image(i) => (i, None),
+            Source::Dockerfile(d) => (builds::image_for(&d), Some(d)),
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "imageName (an image present on the runners) or buildInfo.dockerfileContent is required",
+            ));
+        }
     };
     let entrypoint = match &body.entrypoint {
         Some(e) if !e.is_empty() => Some(serde_json::to_string(e).map_err(|e| ApiError::internal("entrypoint", e))?),
@@ -158,10 +172,14 @@ async fn create(
     };
     let now = app.now();
     let id = uuid::Uuid::new_v4().to_string();
-    let mut conn = app.db.pool.acquire().await?;
+    let mut conn = app.db.pool.begin().await?;
     if find(&mut conn, &caller.organization_id, name).await?.is_some() {
         return Err(ApiError::conflict(format!("Snapshot with name {name} already exists")));
     }
+    let build = match &dockerfile {
+        Some(d) => Some(builds::attach(&app, &mut conn, &caller.organization_id, d, (0, 0, 0)).await?),
+        None => None,
+    };
     sqlx::query(
         "INSERT INTO snapshots (id, organization_id, name, image_name, entrypoint, cpu, memory, disk, created_at, \
          updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
@@ -177,9 +195,23 @@ async fn create(
     .bind(now)
     .execute(&mut *conn)
     .await?;
+    if let Some(b) = &build {
+        // Queued or running builds show as `building` at once, so the SDK follows the log from the start.
+        let state = if b.state == "done" { "active" } else { "building" };
+        sqlx::query("UPDATE snapshots SET build_id = $1, state = $2 WHERE id = $3")
+            .bind(&b.build_id)
+            .bind(state)
+            .bind(&id)
+            .execute(&mut *conn)
+            .await?;
+    }
     let row = find(&mut conn, &caller.organization_id, &id)
         .await?
         .ok_or_else(|| ApiError::internal("snapshot", "row vanished"))?;
+    conn.commit().await?;
+    if let Some(b) = &build {
+        app.wake_runner(&b.runner_id);
+    }
     Ok(Json(row.to_dto()).into_response())
 }
 

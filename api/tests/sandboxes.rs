@@ -128,7 +128,11 @@ async fn bad_input_is_a_clear_4xx() {
             (json!({"name": "has space"}), StatusCode::BAD_REQUEST, "invalid sandbox name"),
             (json!({"gpu": 1}), StatusCode::BAD_REQUEST, "GPUs"),
             (json!({"volumes": [{"volumeId": "v", "mountPath": "/m"}]}), StatusCode::BAD_REQUEST, "volumes"),
-            (json!({"buildInfo": {"dockerfileContent": "FROM a\nRUN b\n"}}), StatusCode::BAD_REQUEST, "docker build"),
+            (
+                json!({"buildInfo": {"dockerfileContent": "FROM a\nCOPY x /\n", "contextHashes": ["h"]}}),
+                StatusCode::BAD_REQUEST,
+                "contextHashes",
+            ),
             (json!({"autoStopInterval": -1}), StatusCode::BAD_REQUEST, "autoStopInterval"),
         ];
         for (body, status, needle) in cases {
@@ -394,7 +398,9 @@ async fn snapshots_name_local_images_with_default_resources() {
             .call(
                 Method::POST,
                 "/snapshots",
-                Some(json!({"name": "df", "buildInfo": {"dockerfileContent": "FROM a\nRUN b"}})),
+                Some(
+                    json!({"name": "df", "buildInfo": {"dockerfileContent": "FROM a\nRUN b", "contextHashes": ["h"]}}),
+                ),
             )
             .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");

@@ -13,6 +13,9 @@
 //!   runner that restarted resumes them (runner jobs are idempotent by sandbox id).
 //! - `POST /runners/{runnerId}/jobs/{jobId}/result` body [`JobResult`](crate::runner::JobResult) -> 204. A result
 //!   for a job that is already completed is accepted and ignored (retries are safe).
+//! - `POST /runners/{runnerId}/jobs/{jobId}/log` body [`BuildLog`] -> 204: output lines of a running build job, in
+//!   order, as they come. A batch already stored (same `attempt` and `offset`) is accepted and ignored, so retries
+//!   are safe; lines for a job that is already completed are accepted and dropped.
 //! - `POST /runners/{runnerId}/states` body `[StateChange]` -> 204: state changes nobody asked for (a container
 //!   died, was OOM-killed).
 //! - `POST /runners/{runnerId}/sandboxes` body `[SandboxInfo]` -> 204: the runner's full picture after a restart
@@ -59,6 +62,23 @@ pub const PROXY_ERROR_HEADER: &str = "x-sandbar-error";
 /// Daytona's preview token header and query parameter.
 pub const PREVIEW_TOKEN_HEADER: &str = "x-daytona-preview-token";
 pub const PREVIEW_TOKEN_QUERY: &str = "DAYTONA_SANDBOX_AUTH_KEY";
+
+/// A build keeps at most this much log text; the rest is dropped with a note.
+pub const MAX_BUILD_LOG_BYTES: u64 = 8 << 20;
+/// Longer build output lines are cut to this many bytes.
+pub const MAX_BUILD_LOG_LINE: usize = 16 << 10;
+
+/// Lines of a build's output (`POST /runners/{runnerId}/jobs/{jobId}/log`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildLog {
+    /// Random per run of the job: a runner that restarted and builds again starts a new attempt.
+    pub attempt: String,
+    /// Index of the first line within the attempt.
+    pub offset: u64,
+    /// Lines without their newline.
+    pub lines: Vec<String>,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

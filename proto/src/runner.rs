@@ -183,6 +183,19 @@ pub struct ResizeSandbox {
     pub disk: Option<u32>,
 }
 
+/// Job: build the image `image` from a Dockerfile through Docker's build API. Every `FROM` image must be on the
+/// runner (nothing is pulled). The runner streams the build output to `POST /runners/{id}/jobs/{jobId}/log`
+/// ([`crate::api::BuildLog`]) while it runs, then reports the result (`BUILD_FAILED` with Docker's reason).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSnapshot {
+    /// The control plane's build id: what the job acts on (in place of a sandbox id).
+    pub build_id: String,
+    /// The local image reference to tag the result with.
+    pub image: String,
+    pub dockerfile: String,
+}
+
 /// What a runner is asked to do.
 // Jobs are few and short-lived: a boxed create would only complicate every constructor and match.
 #[allow(clippy::large_enum_variant)]
@@ -211,10 +224,12 @@ pub enum JobKind {
     /// from it with this spec exactly as a create would (the control plane is the spec's source of truth; the
     /// archive itself keeps only what the image gave the container: entrypoint, environment, work dir, user).
     RestoreSandbox(CreateSandbox),
+    BuildSnapshot(BuildSnapshot),
 }
 
 impl JobKind {
-    /// The sandbox the job acts on.
+    /// The sandbox the job acts on (for a build, the build id): the API hands out at most one unfinished job per
+    /// id, in order.
     pub fn sandbox_id(&self) -> &str {
         match self {
             Self::CreateSandbox(c) => &c.id,
@@ -225,6 +240,7 @@ impl JobKind {
             Self::StopSandbox(s) => &s.sandbox_id,
             Self::ResizeSandbox(r) => &r.sandbox_id,
             Self::UpdateSandboxNetwork(n) => &n.sandbox_id,
+            Self::BuildSnapshot(b) => &b.build_id,
         }
     }
 }
@@ -258,6 +274,8 @@ pub enum JobErrorCode {
     DaemonNotReady,
     /// Docker refused or failed.
     Docker,
+    /// A Dockerfile build ran and failed (a step exited non-zero, a COPY source is missing...).
+    BuildFailed,
     Internal,
 }
 
@@ -493,6 +511,23 @@ mod tests {
         assert_eq!(v["status"], "FAILED");
         assert_eq!(v["code"], "IMAGE_NOT_FOUND");
         assert_eq!(serde_json::from_value::<JobResult>(v).unwrap(), r);
+    }
+
+    #[test]
+    fn build_job_wire_format() {
+        let job = Job {
+            id: "j".into(),
+            kind: JobKind::BuildSnapshot(BuildSnapshot {
+                build_id: "b1".into(),
+                image: "sandbar-build:abc".into(),
+                dockerfile: "FROM x\nRUN y\n".into(),
+            }),
+        };
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!((v["type"].as_str(), v["buildId"].as_str()), (Some("BUILD_SNAPSHOT"), Some("b1")));
+        assert_eq!(job.kind.sandbox_id(), "b1");
+        assert_eq!(serde_json::from_value::<Job>(v).unwrap(), job);
+        assert_eq!(serde_json::to_value(JobErrorCode::BuildFailed).unwrap(), "BUILD_FAILED");
     }
 
     #[test]

@@ -90,6 +90,17 @@ impl ControlPlane {
         self.send(self.http.post(url).timeout(Duration::from_secs(10)).json(result)).await.map(drop)
     }
 
+    /// Lines of a running build job's output.
+    pub async fn build_log(
+        &self,
+        runner_id: &str,
+        job_id: &str,
+        log: &sandbar_proto::api::BuildLog,
+    ) -> Result<(), ControlPlaneError> {
+        let url = self.url(runner_id, &format!("jobs/{job_id}/log"));
+        self.send(self.http.post(url).timeout(Duration::from_secs(10)).json(log)).await.map(drop)
+    }
+
     pub async fn report_states(&self, runner_id: &str, changes: &[StateChange]) -> Result<(), ControlPlaneError> {
         let req = self.http.post(self.url(runner_id, "states")).timeout(Duration::from_secs(10));
         self.send(req.json(changes)).await.map(drop)
@@ -244,7 +255,11 @@ async fn poll_jobs(
             let (runner, cp, in_flight, shutdown) = (runner.clone(), cp.clone(), in_flight.clone(), shutdown.clone());
             tasks.spawn(async move {
                 let job_id = job.id.clone();
-                let result = carry_out(&runner, job).await;
+                let result = match &job.kind {
+                    // Builds stream their output to the control plane while they run.
+                    JobKind::BuildSnapshot(b) => crate::build::carry_out(&runner, &cp, &job.id, b).await,
+                    _ => carry_out(&runner, job).await,
+                };
                 let mut attempt = 0;
                 loop {
                     match cp.report(runner.runner_id(), &result).await {
@@ -284,6 +299,7 @@ fn job_kind(kind: &JobKind) -> &'static str {
         JobKind::UpdateSandboxNetwork(_) => "network",
         JobKind::ArchiveSandbox { .. } => "archive",
         JobKind::RestoreSandbox(_) => "restore",
+        JobKind::BuildSnapshot(_) => "build",
     }
 }
 

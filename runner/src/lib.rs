@@ -17,6 +17,7 @@
 //! Not built yet (see the runner issue): fork.
 
 pub mod agent;
+pub mod build;
 pub mod cgroup;
 pub mod config;
 mod daemon;

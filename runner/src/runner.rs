@@ -355,6 +355,9 @@ impl Runner {
             JobKind::UpdateSandboxNetwork(n) => self.update_network(n).await.map(Some),
             JobKind::ArchiveSandbox { sandbox_id } => self.archive(&sandbox_id).await.map(Some),
             JobKind::RestoreSandbox(spec) => self.restore(spec).await.map(Some),
+            JobKind::BuildSnapshot(b) => {
+                return crate::build::job_result(job.id, crate::build::build_logged(self, &b).await);
+            }
         };
         let outcome = match result {
             Ok(sandbox) => JobOutcome::Succeeded { sandbox: sandbox.map(Box::new) },

@@ -2,6 +2,10 @@
 //! streamed line by line as it runs) or by committing a sandbox's filesystem. Snapshots carry the label
 //! `sandbar.snapshot` and can be listed, inspected and removed. Nothing is pulled: every `FROM` image must already
 //! be on the host, which is checked before Docker sees the Dockerfile (Docker would otherwise try a registry).
+//!
+//! Dockerfiles for sandboxes are written for root (the SDK's `run_commands`, `apt-get install`), while the default
+//! image runs as the unprivileged `sandbar`: after each `FROM` of a base with a non-root `USER` the build switches
+//! to root, and the image gets the base's user back at the end unless the Dockerfile names a user itself.
 
 use std::collections::HashMap;
 
@@ -107,6 +111,41 @@ pub(crate) fn base_images(dockerfile: &str) -> Result<Vec<String>, SnapshotError
     Ok(bases)
 }
 
+fn is_root(user: &str) -> bool {
+    matches!(user.split(':').next(), Some("root" | "0"))
+}
+
+/// The Dockerfile with `USER root` after each `FROM` of an image in `base_users` (bases with a non-root user), and
+/// that base's user restored at the end when the last stage sets none.
+fn root_steps(dockerfile: &str, base_users: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(dockerfile.len() + 64);
+    let mut restore: Option<&str> = None;
+    for line in dockerfile.split_inclusive('\n') {
+        let trimmed = line.trim();
+        let mut words = trimmed.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        out.push_str(line);
+        if first.eq_ignore_ascii_case("USER") {
+            restore = None;
+        } else if first.eq_ignore_ascii_case("FROM") && !trimmed.ends_with('\\') {
+            restore = words.find(|w| !w.starts_with("--")).and_then(|image| base_users.get(image)).map(String::as_str);
+            if restore.is_some() {
+                if !out.ends_with('\n') {
+                    out.push('\n');
+                }
+                out.push_str("USER root\n");
+            }
+        }
+    }
+    if let Some(user) = restore {
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&format!("USER {user}\n"));
+    }
+    out
+}
+
 /// Splits build output into lines for `on_log`, keeping the last ten for an error message.
 fn emit(text: &str, pending: &mut String, tail: &mut Vec<String>, on_log: &mut dyn FnMut(&str)) {
     pending.push_str(text);
@@ -144,12 +183,19 @@ impl Runner {
         if !valid_reference(name) {
             return Err(SnapshotError::InvalidName(name.into()));
         }
+        let mut base_users = HashMap::new();
         for base in base_images(dockerfile)? {
-            if image::inspect(self.docker(), &base).await?.is_none() {
-                return Err(SnapshotError::BaseImageNotFound(base));
+            match image::inspect(self.docker(), &base).await? {
+                None => return Err(SnapshotError::BaseImageNotFound(base)),
+                Some(info) => {
+                    if let Some(user) = info.user.filter(|u| !is_root(u)) {
+                        base_users.insert(base, user);
+                    }
+                }
             }
         }
-        let context = context_tar(dockerfile).map_err(|e| SnapshotError::Internal(e.to_string()))?;
+        let dockerfile = root_steps(dockerfile, &base_users);
+        let context = context_tar(&dockerfile).map_err(|e| SnapshotError::Internal(e.to_string()))?;
         let build_labels = HashMap::from([(SNAPSHOT_LABEL, name)]);
         let opts = BuildImageOptionsBuilder::default()
             .dockerfile("Dockerfile")
@@ -166,8 +212,10 @@ impl Runner {
                 Ok(info) => info,
                 // bollard turns the build's `errorDetail` into this: log it like any other line.
                 Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    // The reason first, then the output that led to it.
+                    let earlier = tail.join("\n");
                     emit(&format!("{error}\n"), &mut pending, &mut tail, &mut on_log);
-                    return Err(SnapshotError::BuildFailed(tail.join("\n")));
+                    return Err(SnapshotError::BuildFailed(format!("{error}\n{earlier}")));
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -328,6 +376,28 @@ mod tests {
         assert!(matches!(base_images("RUN x"), Err(SnapshotError::InvalidDockerfile(_))));
         assert!(matches!(base_images("FROM $BASE"), Err(SnapshotError::InvalidDockerfile(_))));
         assert!(base_images("FROM scratch\nCOPY a /").unwrap().is_empty());
+    }
+
+    #[test]
+    fn steps_run_as_root_on_a_non_root_base() {
+        let users = HashMap::from([("sandbar-sandbox:default".to_owned(), "sandbar".to_owned())]);
+        let df = "FROM sandbar-sandbox:default\nRUN echo hi > /built\nENV A=b";
+        assert_eq!(
+            root_steps(df, &users),
+            "FROM sandbar-sandbox:default\nUSER root\nRUN echo hi > /built\nENV A=b\nUSER sandbar\n"
+        );
+        // A USER of the Dockerfile's own is kept; other bases are left alone.
+        let df = "FROM sandbar-sandbox:default\nUSER nobody\nRUN id\n";
+        assert_eq!(root_steps(df, &users), "FROM sandbar-sandbox:default\nUSER root\nUSER nobody\nRUN id\n");
+        let df = "FROM busybox\nRUN id\n";
+        assert_eq!(root_steps(df, &users), df);
+        // Only the last stage's user is restored.
+        let df = "FROM sandbar-sandbox:default AS a\nRUN x\nFROM busybox\nCOPY --from=a /x /x\n";
+        assert_eq!(
+            root_steps(df, &users),
+            "FROM sandbar-sandbox:default AS a\nUSER root\nRUN x\nFROM busybox\nCOPY --from=a /x /x\n"
+        );
+        assert!(is_root("root") && is_root("0:0") && !is_root("sandbar") && !is_root("1000"));
     }
 
     #[test]

@@ -120,3 +120,184 @@ async fn build_a_snapshot_from_a_dockerfile_with_the_log_streamed() {
     let err = runner.build_snapshot(&bad, "RUN true\n", |_| {}).await.unwrap_err();
     assert!(matches!(err, SnapshotError::InvalidDockerfile(_)), "{err:?}");
 }
+
+/// A control plane that hands out given jobs once and records what the runner sends back: build log batches and
+/// results.
+mod fake_api {
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use sandbar_proto::api::BuildLog;
+    use sandbar_proto::runner::{Job, JobResult};
+    use tokio::sync::Notify;
+
+    #[derive(Default)]
+    pub struct Recorded {
+        pub jobs: Mutex<Vec<Job>>,
+        pub logs: Mutex<Vec<(String, BuildLog)>>,
+        pub results: Mutex<Vec<JobResult>>,
+        pub changed: Notify,
+        /// Log requests to fail with 503 before accepting (exercises the retry).
+        pub fail_logs: Mutex<u32>,
+    }
+
+    pub async fn serve(rec: Arc<Recorded>) -> String {
+        let app = Router::new()
+            .route("/api/runners/{r}/sandboxes", post(|| async { StatusCode::NO_CONTENT }))
+            .route("/api/runners/{r}/states", post(|| async { StatusCode::NO_CONTENT }))
+            .route("/api/runners/{r}/heartbeat", post(|| async { Json(serde_json::json!({"schedulable": true})) }))
+            .route(
+                "/api/runners/{r}/jobs",
+                get(|State(rec): State<Arc<Recorded>>| async move {
+                    let jobs: Vec<Job> = rec.jobs.lock().unwrap().drain(..).collect();
+                    if jobs.is_empty() {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    Json(jobs)
+                }),
+            )
+            .route(
+                "/api/runners/{r}/jobs/{j}/log",
+                post(
+                    |State(rec): State<Arc<Recorded>>,
+                     Path((_, j)): Path<(String, String)>,
+                     Json(b): Json<BuildLog>| async move {
+                        {
+                            let mut fail = rec.fail_logs.lock().unwrap();
+                            if *fail > 0 {
+                                *fail -= 1;
+                                return StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                        }
+                        rec.logs.lock().unwrap().push((j, b));
+                        rec.changed.notify_waiters();
+                        StatusCode::NO_CONTENT
+                    },
+                ),
+            )
+            .route(
+                "/api/runners/{r}/jobs/{j}/result",
+                post(|State(rec): State<Arc<Recorded>>, Json(r): Json<JobResult>| async move {
+                    rec.results.lock().unwrap().push(r);
+                    rec.changed.notify_waiters();
+                    StatusCode::NO_CONTENT
+                }),
+            )
+            .with_state(rec);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/api")
+    }
+}
+
+#[tokio::test]
+async fn build_jobs_stream_their_log_to_the_control_plane_before_the_result() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use sandbar_proto::runner::{BuildSnapshot, Job, JobErrorCode, JobKind, JobOutcome, JobResult};
+
+    let image = busybox_image();
+    let good = format!("sandbar-test-job-{}:1", unique());
+    let bad = format!("sandbar-test-jobbad-{}:1", unique());
+    let _images = Images(vec![good.clone(), bad.clone()]);
+    let t = TestRunner::new("buildjob");
+    let runner = t.runner().await;
+    let rec = Arc::new(fake_api::Recorded::default());
+    *rec.fail_logs.lock().unwrap() = 1;
+    let base = fake_api::serve(rec.clone()).await;
+    let job = |id: &str, image: &str, dockerfile: String| Job {
+        id: id.into(),
+        kind: JobKind::BuildSnapshot(BuildSnapshot { build_id: format!("b-{id}"), image: image.into(), dockerfile }),
+    };
+    rec.jobs.lock().unwrap().extend([
+        job(
+            "ok",
+            &good,
+            format!("FROM {image}\nRUN for i in 1 2 3; do echo line-$i-$((6*7)); done; echo x > /built\n"),
+        ),
+        job("fail", &bad, format!("FROM {image}\nRUN echo about-to-fail && exit 3\n")),
+        job("nobase", &bad, "FROM sandbar-no-such-base:0\nRUN true\n".into()),
+    ]);
+    let cp = sandbar_runner::agent::ControlPlane::new(&base, "token").unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let agent = tokio::spawn(sandbar_runner::agent::run(runner.clone(), cp, shutdown.clone()));
+
+    let results = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let changed = rec.changed.notified();
+            if rec.results.lock().unwrap().len() == 3 {
+                return rec.results.lock().unwrap().clone();
+            }
+            changed.await;
+        }
+    })
+    .await
+    .expect("three results within 120 s");
+    shutdown.cancel();
+    agent.await.unwrap();
+
+    let by_id = |id: &str| results.iter().find(|r| r.job_id == id).cloned().unwrap();
+    let text_of = |id: &str| {
+        let logs = rec.logs.lock().unwrap();
+        let batches: Vec<_> = logs.iter().filter(|(j, _)| j == id).map(|(_, b)| b.clone()).collect();
+        // One attempt, contiguous offsets from 0: nothing lost, nothing twice (the first send was refused and retried).
+        let mut next = 0;
+        for b in &batches {
+            assert_eq!(b.attempt, batches[0].attempt);
+            assert_eq!(b.offset, next, "{batches:?}");
+            next += b.lines.len() as u64;
+        }
+        batches.into_iter().flat_map(|b| b.lines).collect::<Vec<_>>()
+    };
+
+    assert!(matches!(by_id("ok"), JobResult { outcome: JobOutcome::Succeeded { sandbox: None }, .. }));
+    let lines = text_of("ok");
+    assert!(lines.iter().any(|l| l.starts_with("Step 2/") && l.contains(" : RUN for i")), "{lines:?}");
+    let run_output: Vec<&String> = lines.iter().filter(|l| l.starts_with("line-")).collect();
+    assert_eq!(run_output, ["line-1-42", "line-2-42", "line-3-42"], "the RUN step's own output, in order");
+    let id = format!("job-built-{}", unique());
+    runner.create(create_req(&id, &good)).await.unwrap();
+    assert_eq!(runner.exec(&id, &exec_req("cat /built")).await.unwrap().result, "x\n");
+    runner.destroy(&id).await.unwrap();
+
+    let JobOutcome::Failed { code, message } = by_id("fail").outcome else { panic!("the failing build succeeded") };
+    assert_eq!(code, JobErrorCode::BuildFailed);
+    assert!(message.contains("non-zero code: 3"), "{message}");
+    let lines = text_of("fail");
+    assert!(lines.iter().any(|l| l == "about-to-fail"), "{lines:?}");
+    assert!(lines.last().unwrap().starts_with("sandbar: build failed"), "{lines:?}");
+
+    let JobOutcome::Failed { code, message } = by_id("nobase").outcome else { panic!("built without a base") };
+    assert_eq!(code, JobErrorCode::ImageNotFound);
+    assert!(message.contains("sandbar-no-such-base:0") && message.contains("no registry"), "{message}");
+    assert_eq!(text_of("nobase"), [format!("sandbar: {message}")], "the reason is the log's last line");
+}
+
+#[tokio::test]
+async fn steps_run_as_root_on_a_base_with_a_non_root_user() {
+    let image = busybox_image();
+    let base = format!("sandbar-test-userbase-{}:1", unique());
+    let snap = format!("sandbar-test-rootsteps-{}:1", unique());
+    let _images = Images(vec![snap.clone(), base.clone()]);
+    let t = TestRunner::new("rootsteps");
+    let runner = t.runner().await;
+    // A base like the default image: it runs as an unprivileged user.
+    runner.build_snapshot(&base, &format!("FROM {image}\nUSER sandbar\n"), |_| {}).await.unwrap();
+    assert_eq!(docker_inspect(&base, "{{.Config.User}}").unwrap(), "sandbar");
+
+    let mut log = Vec::new();
+    let df = format!("FROM {base}\nRUN echo hi > /built && id -u > /uid\n");
+    let built = runner.build_snapshot(&snap, &df, |l| log.push(l.to_owned())).await.unwrap();
+    assert_eq!(built.user.as_deref(), Some("sandbar"), "the base's user is back for the sandbox");
+    assert!(log.iter().any(|l| l.contains(": USER root")), "{log:?}");
+    let id = format!("rootsteps-{}", unique());
+    runner.create(create_req(&id, &snap)).await.unwrap();
+    let out = runner.exec(&id, &exec_req("cat /built /uid; id -un")).await.unwrap();
+    assert_eq!(out.result, "hi\n0\nsandbar\n");
+    runner.destroy(&id).await.unwrap();
+}
