@@ -30,8 +30,6 @@ CREATE TABLE build_logs (
 CREATE UNIQUE INDEX build_logs_batch ON build_logs (build_id, attempt, line_offset);
 
 ALTER TABLE snapshots ADD COLUMN build_id TEXT;
-ALTER TABLE snapshots ADD COLUMN state TEXT NOT NULL DEFAULT 'active';
-ALTER TABLE snapshots ADD COLUMN error_reason TEXT;
 ALTER TABLE sandboxes ADD COLUMN build_id TEXT;
 CREATE INDEX sandboxes_build ON sandboxes (build_id);
 CREATE INDEX snapshots_build ON snapshots (build_id);

@@ -776,7 +776,6 @@ async fn create(
         (None, None) => runners::place(&app, &mut tx, cpu, memory, disk).await?,
     };
     let linked = link.map(|(parent, _)| parent);
-    };
     let labels_json = serde_json::to_string(&labels).map_err(|e| ApiError::internal("labels", e))?;
     let env_json = serde_json::to_string(&env).map_err(|e| ApiError::internal("env", e))?;
     sqlx::query(
