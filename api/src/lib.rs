@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fork;
 pub mod internal;
 pub mod lifecycle;
 pub mod openapi;
@@ -99,6 +100,7 @@ impl App {
     pub fn router(&self) -> Router {
         let api = Router::new()
             .merge(sandbox::routes())
+            .merge(fork::routes())
             .merge(snapshots::routes())
             .merge(runners::routes())
             .merge(internal::routes())

@@ -13,6 +13,7 @@ use utoipa::openapi::{
 };
 
 use crate::App;
+use crate::fork::{CreateSandboxSnapshotBody, ForkSandboxBody};
 use crate::sandbox::{
     CreateSandboxBody, LabelsBody, ListSandboxesResponse, PortPreviewUrl, ResizeBody, SandboxDto, SignedPortPreviewUrl,
     SshAccessDto, SshAccessValidationDto, ToolboxProxyUrl,
@@ -126,6 +127,25 @@ pub const OPERATIONS: &[Operation] = &[
         Some("ToolboxProxyUrl"),
         "sandbox",
     ),
+    (
+        "POST",
+        "/sandbox/{sandboxIdOrName}/fork",
+        "forkSandbox",
+        Some("ForkSandboxBody"),
+        200,
+        Some("SandboxDto"),
+        "sandbox",
+    ),
+    (
+        "POST",
+        "/sandbox/{sandboxIdOrName}/snapshot",
+        "createSandboxSnapshot",
+        Some("CreateSandboxSnapshotBody"),
+        200,
+        Some("SandboxDto"),
+        "sandbox",
+    ),
+    ("POST", "/sandbox/{sandboxIdOrName}/pause", "pauseSandbox", None, 200, Some("SandboxDto"), "sandbox"),
     ("GET", "/snapshots", "getAllSnapshots", None, 200, Some("PaginatedSnapshots"), "snapshots"),
     ("POST", "/snapshots", "createSnapshot", Some("CreateSnapshotBody"), 200, Some("SnapshotDto"), "snapshots"),
     ("GET", "/snapshots/{snapshotIdOrName}", "getSnapshot", None, 200, Some("SnapshotDto"), "snapshots"),
@@ -197,6 +217,8 @@ pub fn document() -> OpenApi {
         .schema_from::<SnapshotDto>()
         .schema_from::<PaginatedSnapshots>()
         .schema_from::<CreateSnapshotBody>()
+        .schema_from::<ForkSandboxBody>()
+        .schema_from::<CreateSandboxSnapshotBody>()
         .build();
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("sandbar API").version(env!("CARGO_PKG_VERSION")).build())

@@ -262,6 +262,7 @@ async fn result(
         .execute(&mut *tx)
         .await?;
     let kind: JobKind = serde_json::from_str(&payload).map_err(|e| ApiError::internal("stored job", e))?;
+    crate::fork::record_result(&mut tx, &kind, &res.outcome, now).await?;
     let mut wake_runner = false;
     if let Some(row) = sandbox::load(&app, &mut tx, None, &sandbox_id, true).await? {
         let current = row.stored_state();
@@ -274,7 +275,7 @@ async fn result(
             {
                 sandbox::set_state(&mut tx, &row.id, SandboxState::Destroyed, None, now).await?;
             }
-            (JobOutcome::Succeeded { sandbox: info }, _) if in_step => {
+            (JobOutcome::Succeeded { sandbox: info, .. }, _) if in_step => {
                 if let Some(info) = info.as_deref() {
                     record_info(&mut tx, info).await?;
                 }
@@ -312,7 +313,7 @@ async fn result(
                 }
             }
             // The sandbox moved on meanwhile (deleted while starting): keep what the runner said about it.
-            (JobOutcome::Succeeded { sandbox: Some(info) }, _)
+            (JobOutcome::Succeeded { sandbox: Some(info), .. }, _)
                 if current != SandboxState::Destroyed && current != SandboxState::Destroying =>
             {
                 record_info(&mut tx, info).await?;
@@ -326,6 +327,9 @@ async fn result(
                     .bind(&row.id)
                     .execute(&mut *tx)
                     .await?;
+            }
+            (JobOutcome::Failed { .. }, _) if in_step && crate::fork::failure_restores(&kind) => {
+                sandbox::set_state(&mut tx, &row.id, state::parse(&prev), None, now).await?;
             }
             (JobOutcome::Failed { code, message }, _) if in_step => {
                 let reason = format!("{message} ({code:?})");

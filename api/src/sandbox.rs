@@ -396,6 +396,11 @@ pub(crate) async fn enqueue(
         JobKind::StopSandbox(_) => "STOP_SANDBOX",
         JobKind::DestroySandbox { .. } => "DESTROY_SANDBOX",
         JobKind::ResizeSandbox(_) => "RESIZE_SANDBOX",
+        JobKind::ForkSandbox(_) => "FORK_SANDBOX",
+        JobKind::SnapshotSandbox(_) => "SNAPSHOT_SANDBOX",
+        JobKind::RemoveSnapshot(_) => "REMOVE_SNAPSHOT",
+        JobKind::PauseSandbox { .. } => "PAUSE_SANDBOX",
+        JobKind::ResumeSandbox { .. } => "RESUME_SANDBOX",
     };
     sqlx::query(
         "INSERT INTO jobs (id, seq, runner_id, sandbox_id, kind, payload, prev_state, via_state, state, created_at) \
@@ -683,13 +688,24 @@ async fn create(
         return Err(ApiError::bad_request(format!("autoArchiveInterval must be 0 or more minutes, got {n}")));
     }
     let mut snapshot_defaults = None;
+    // A snapshot taken from a sandbox is an image on one runner only.
+    let mut snapshot_runner = None;
     let image = match (&body.snapshot, &body.image, &body.build_info) {
         (Some(s), _, _) if !s.trim().is_empty() => {
             let mut conn = app.db.pool.acquire().await?;
             match crate::snapshots::find(&mut conn, &caller.organization_id, s.trim()).await? {
                 // A registered snapshot: its image and default resources.
                 Some(snap) => {
+                    if snap.state != "active" {
+                        return Err(ApiError::bad_request(format!(
+                            "Snapshot {} is {} and cannot be used yet{}",
+                            snap.name,
+                            snap.state,
+                            snap.error_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                        )));
+                    }
                     snapshot_defaults = Some((snap.cpu, snap.memory, snap.disk));
+                    snapshot_runner = snap.runner_id.clone();
                     snap.image_name
                 }
                 // Otherwise the name of a local image.
@@ -740,7 +756,10 @@ async fn create(
     if taken.is_some() {
         return Err(ApiError::conflict(format!("Sandbox with name {name} already exists")));
     }
-    let runner = runners::place(&app, &mut tx, cpu, memory, disk).await?;
+    let runner = match &snapshot_runner {
+        Some(r) => crate::fork::place_on(&app, &mut tx, r, cpu, memory, disk).await?,
+        None => runners::place(&app, &mut tx, cpu, memory, disk).await?,
+    };
     let labels_json = serde_json::to_string(&labels).map_err(|e| ApiError::internal("labels", e))?;
     let env_json = serde_json::to_string(&env).map_err(|e| ApiError::internal("env", e))?;
     sqlx::query(
@@ -788,7 +807,7 @@ async fn create(
 
 /// Waits up to `create_wait_ms` for a new sandbox to leave `creating` (every job result wakes the route watchers),
 /// and returns the row as it then is.
-async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
+pub(crate) async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
     if app.config.create_wait_ms == 0 {
         return Ok(row);
     }
@@ -929,6 +948,10 @@ enum BindVal {
 }
 
 async fn start(app: axum::extract::State<App>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    // A paused sandbox is resumed, not started (crate::fork).
+    if let Some(row) = crate::fork::resume_if_paused(&app, &caller.organization_id, &id).await? {
+        return Ok(ok(&app, &row));
+    }
     let row = act(&app, Some(&caller.organization_id), &id, Action::Start, None).await?;
     Ok(ok(&app, &row))
 }

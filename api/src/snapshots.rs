@@ -1,7 +1,9 @@
 //! Daytona's snapshot endpoints (`/api/snapshots`). A snapshot here is a name for a local image plus default
 //! resources: there is no registry, so creating one records it (`active` at once) and a sandbox created from it
 //! runs that image; a missing image shows up as the sandbox's `error` with the runner's reason. Dockerfile builds
-//! are refused with a 400 saying how to build the image locally.
+//! are refused with a 400 saying how to build the image locally. Snapshots taken from a sandbox
+//! (`POST /sandbox/{id}/snapshot`, [`crate::fork`]) are committed images on the sandbox's runner: `pending` until
+//! the runner has made them, with `sourceSandboxId` and `size`.
 
 use axum::Router;
 use axum::response::{IntoResponse, Response};
@@ -28,6 +30,15 @@ pub struct SnapshotRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_used_at: Option<i64>,
+    /// `active`, or for a snapshot from a sandbox `pending` while its runner commits and `error` if that failed.
+    pub state: String,
+    pub error_reason: Option<String>,
+    /// The sandbox a snapshot was taken from (`POST /sandbox/{id}/snapshot`).
+    pub source_sandbox_id: Option<String>,
+    /// The runner holding the image of a snapshot taken from a sandbox; `None`: the image is on every runner.
+    pub runner_id: Option<String>,
+    /// Bytes of the committed image.
+    pub size: Option<i64>,
 }
 
 /// Daytona's `SnapshotDto` (required: id, general, name, state, cpu, gpu, mem, disk, createdAt, updatedAt).
@@ -76,7 +87,7 @@ pub struct CreateSnapshotBody {
 }
 
 const COLUMNS: &str = "id, organization_id, name, image_name, entrypoint, cpu, memory, disk, created_at, updated_at, \
-    last_used_at";
+    last_used_at, state, error_reason, source_sandbox_id, runner_id, size";
 
 impl SnapshotRow {
     fn to_dto(&self) -> SnapshotDto {
@@ -86,18 +97,19 @@ impl SnapshotRow {
             general: false,
             name: self.name.clone(),
             image_name: self.image_name.clone(),
-            state: "active".into(),
-            size: None,
+            state: self.state.clone(),
+            // GiB, as Daytona reports image sizes.
+            size: self.size.map(|b| (b as f64 / f64::from(1u32 << 30) * 1000.0).round() / 1000.0),
             entrypoint: self.entrypoint.as_deref().and_then(|e| serde_json::from_str(e).ok()),
             cpu: self.cpu,
             gpu: 0,
             mem: self.memory,
             disk: self.disk,
-            error_reason: None,
+            error_reason: self.error_reason.clone(),
             created_at: iso(self.created_at),
             updated_at: iso(self.updated_at),
             last_used_at: self.last_used_at.map(iso),
-            source_sandbox_id: None,
+            source_sandbox_id: self.source_sandbox_id.clone(),
         }
     }
 }
@@ -189,14 +201,22 @@ async fn list(app: axum::extract::State<App>, caller: Caller, q: QueryPairs) -> 
     if page < 1 || !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("page must be at least 1 and limit between 1 and 1000"));
     }
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM snapshots WHERE organization_id = $1")
-        .bind(&caller.organization_id)
-        .fetch_one(&app.db.pool)
-        .await?;
-    let rows: Vec<SnapshotRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM snapshots WHERE organization_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+    // `sourceSandboxId` narrows the list to the snapshots taken from one sandbox.
+    let source = q.get("sourceSandboxId").filter(|s| !s.is_empty());
+    let filter = if source.is_some() { " AND source_sandbox_id = $2" } else { " AND $2 = ''" };
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM snapshots WHERE organization_id = $1{filter}"
     )))
     .bind(&caller.organization_id)
+    .bind(source.unwrap_or(""))
+    .fetch_one(&app.db.pool)
+    .await?;
+    let rows: Vec<SnapshotRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM snapshots WHERE organization_id = $1{filter} \
+         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+    )))
+    .bind(&caller.organization_id)
+    .bind(source.unwrap_or(""))
     .bind(limit)
     .bind((page - 1) * limit)
     .fetch_all(&app.db.pool)
@@ -215,6 +235,11 @@ async fn activate(app: axum::extract::State<App>, caller: Caller, Path(id): Path
 
 async fn delete(app: axum::extract::State<App>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     let row = find_or_404(&app, &caller.organization_id, &id).await?;
-    sqlx::query("DELETE FROM snapshots WHERE id = $1").bind(&row.id).execute(&app.db.pool).await?;
+    // A snapshot taken from a sandbox owns its image on its runner: that goes too (crate::fork).
+    let Some(runner) = crate::fork::delete_snapshot(&app, &row).await? else {
+        sqlx::query("DELETE FROM snapshots WHERE id = $1").bind(&row.id).execute(&app.db.pool).await?;
+        return Ok(Json(serde_json::json!({})).into_response());
+    };
+    app.wake_runner(&runner);
     Ok(Json(serde_json::json!({})).into_response())
 }

@@ -10,13 +10,16 @@
 //! It works for the control plane through [`agent`] (heartbeats, job long-polls, results, state pushes) and serves
 //! its own small HTTP API ([`http`]: health, info, Prometheus metrics). [`service::run`] ties them together.
 //!
-//! Not built yet (see the runner issue): archive/restore, fork, network isolation and egress rules.
+//! Forks ([`fork`]) commit a sandbox's filesystem and create a new sandbox from it; memory is not copied.
+//!
+//! Not built yet (see the runner issue): archive/restore, network isolation and egress rules.
 
 pub mod agent;
 pub mod cgroup;
 pub mod config;
 mod daemon;
 pub mod error;
+pub mod fork;
 pub mod http;
 pub mod image;
 mod runner;

@@ -287,7 +287,8 @@ impl FakeRunner {
             K::StopSandbox(s) => Some(Box::new(self.info(&s.sandbox_id, org, SandboxState::Stopped))),
             k => Some(Box::new(self.info(k.sandbox_id(), org, SandboxState::Started))),
         };
-        self.result(JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox } }).await
+        self.result(JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox, snapshot: None } })
+            .await
     }
 
     pub async fn fail(&self, job: &Job, code: JobErrorCode, message: &str) -> StatusCode {
