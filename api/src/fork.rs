@@ -218,14 +218,15 @@ async fn snapshot(
     let mut tx = app.db.pool.begin().await?;
     lock_org(&app, &mut tx, &org).await?;
     let row = load(&app, &mut tx, Some(&org), &id, true).await?.ok_or_else(|| ApiError::sandbox_not_found(&id))?;
+    // A name clash is reported as such whatever the sandbox's state.
+    if crate::snapshots::find(&mut tx, &org, name).await?.is_some() {
+        return Err(ApiError::conflict(format!("Snapshot with name {name} already exists")));
+    }
     let current = row.effective_state(now);
     state::plan_copy(current, CopyKind::Snapshot).map_err(|r| ApiError::bad_request(r.0))?;
     let runner = row.runner_id.clone().ok_or_else(|| {
         ApiError::conflict("the sandbox was never placed on a runner, so there is nothing to snapshot")
     })?;
-    if crate::snapshots::find(&mut tx, &org, name).await?.is_some() {
-        return Err(ApiError::conflict(format!("Snapshot with name {name} already exists")));
-    }
     let snapshot_id = uuid::Uuid::new_v4().to_string();
     let image = format!("{SNAPSHOT_IMAGE_REPO}:{snapshot_id}");
     sqlx::query(

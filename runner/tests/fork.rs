@@ -38,7 +38,7 @@ async fn run(runner: &sandbar_runner::Runner, id: &str, cmd: &str) -> (i32, Stri
 fn fork_req(source: &str, fork: &str, image: &str) -> ForkSandbox {
     let mut c = create_req(fork, image);
     c.image = fork_image(fork);
-    c.name = Some(format!("fork-of-{source}"));
+    c.name = Some(format!("{fork}-of-{source}"));
     c.env.insert("FORKED".into(), "yes".into());
     ForkSandbox { source_sandbox_id: source.into(), fork: c }
 }
@@ -63,7 +63,7 @@ async fn a_fork_keeps_the_files_and_diverges() {
     assert_eq!(fork.image, fork_image(&f1));
     assert_ne!(fork.daemon_token, src_info.daemon_token, "a fork has its own daemon token");
     assert_ne!(fork.container_id, src_info.container_id);
-    assert_eq!(fork.name.as_deref(), Some(format!("fork-of-{src}").as_str()));
+    assert_eq!(fork.name.as_deref(), Some(format!("{f1}-of-{src}").as_str()));
     assert!(image_exists(&fork_image(&f1)));
     // The source is still started, the same container, and untouched.
     assert_eq!(runner.get(&src).unwrap().state, SandboxState::Started);
