@@ -46,11 +46,12 @@ fn fork_req(source: &str, fork: &str, image: &str) -> ForkSandbox {
 #[tokio::test]
 async fn a_fork_keeps_the_files_and_diverges() {
     let image = busybox_image();
-    let t = TestRunner::new("fork");
     let src = format!("src-{}", unique());
     let f1 = format!("fork-{}", unique());
     let f2 = format!("fork-{}", unique());
+    // Declared before the runner guard, so it is dropped after the containers are gone.
     let _images = Images(vec![fork_image(&f1), fork_image(&f2)]);
+    let t = TestRunner::new("fork");
     let runner = t.runner().await;
     let mut req = create_req(&src, &image);
     req.entrypoint = Some(marker_entrypoint());
@@ -104,14 +105,14 @@ async fn a_fork_keeps_the_files_and_diverges() {
 #[tokio::test]
 async fn fork_failures_leave_nothing_behind() {
     let image = busybox_image();
+    let f = format!("fork-{}", unique());
+    let _images = Images(vec![fork_image(&f)]);
     let t = TestRunner::new("forkfail");
     let runner = t.runner().await;
     let src = format!("src-{}", unique());
     runner.create(create_req(&src, &image)).await.unwrap();
 
     // Unknown source: the job fails with SandboxNotFound and no image is made.
-    let f = format!("fork-{}", unique());
-    let _images = Images(vec![fork_image(&f)]);
     let job = Job { id: "j1".into(), kind: JobKind::ForkSandbox(fork_req("no-such-sandbox", &f, &image)) };
     let result = runner.handle(job).await;
     assert!(
