@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fork;
 pub mod internal;
 pub mod lifecycle;
 pub mod network;
@@ -101,6 +102,7 @@ impl App {
     pub fn router(&self) -> Router {
         let api = Router::new()
             .merge(sandbox::routes())
+            .merge(fork::routes())
             .merge(snapshots::routes())
             .merge(builds::routes())
             .merge(runners::routes())

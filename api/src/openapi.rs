@@ -14,6 +14,7 @@ use utoipa::openapi::{
 
 use crate::App;
 use crate::network::NetworkSettingsBody;
+use crate::fork::{CreateSandboxSnapshotBody, ForkSandboxBody};
 use crate::sandbox::{
     CreateSandboxBody, LabelsBody, ListSandboxesResponse, PortPreviewUrl, ResizeBody, SandboxDto, SignedPortPreviewUrl,
     SshAccessDto, SshAccessValidationDto, ToolboxProxyUrl,
@@ -136,6 +137,15 @@ pub const OPERATIONS: &[Operation] = &[
         Some("SandboxDto"),
         "sandbox",
     ),
+    (
+        "POST",
+        "/sandbox/{sandboxIdOrName}/fork",
+        "forkSandbox",
+        Some("ForkSandboxBody"),
+        200,
+        Some("SandboxDto"),
+        "sandbox",
+    ),
     ("GET", "/sandbox/{sandboxIdOrName}/build-logs-url", "getBuildLogsUrl", None, 200, Some("BuildLogsUrl"), "sandbox"),
     ("GET", "/sandbox/{sandboxIdOrName}/build-logs", "getBuildLogs", None, 200, None, "sandbox"),
     (
@@ -148,6 +158,16 @@ pub const OPERATIONS: &[Operation] = &[
         "snapshots",
     ),
     ("GET", "/snapshots/{snapshotIdOrName}/build-logs", "getSnapshotBuildLogs", None, 200, None, "snapshots"),
+    (
+        "POST",
+        "/sandbox/{sandboxIdOrName}/snapshot",
+        "createSandboxSnapshot",
+        Some("CreateSandboxSnapshotBody"),
+        200,
+        Some("SandboxDto"),
+        "sandbox",
+    ),
+    ("POST", "/sandbox/{sandboxIdOrName}/pause", "pauseSandbox", None, 200, Some("SandboxDto"), "sandbox"),
     ("GET", "/snapshots", "getAllSnapshots", None, 200, Some("PaginatedSnapshots"), "snapshots"),
     ("POST", "/snapshots", "createSnapshot", Some("CreateSnapshotBody"), 200, Some("SnapshotDto"), "snapshots"),
     ("GET", "/snapshots/{snapshotIdOrName}", "getSnapshot", None, 200, Some("SnapshotDto"), "snapshots"),
@@ -222,6 +242,8 @@ pub fn document() -> OpenApi {
         .schema_from::<CreateSnapshotBody>()
         .schema_from::<NetworkSettingsBody>()
         .schema_from::<crate::builds::BuildLogsUrl>()
+        .schema_from::<ForkSandboxBody>()
+        .schema_from::<CreateSandboxSnapshotBody>()
         .build();
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("sandbar API").version(env!("CARGO_PKG_VERSION")).build())

@@ -280,6 +280,7 @@ async fn result(
         }
         _ => {}
     }
+    crate::fork::record_result(&mut tx, &kind, &res.outcome, now).await?;
     let mut wake_runner = false;
     if let Some(row) = sandbox::load(&app, &mut tx, None, &sandbox_id, true).await? {
         let current = row.stored_state();
@@ -302,7 +303,7 @@ async fn result(
             {
                 sandbox::set_state(&mut tx, &row.id, SandboxState::Destroyed, None, now).await?;
             }
-            (JobOutcome::Succeeded { sandbox: info }, _) if in_step => {
+            (JobOutcome::Succeeded { sandbox: info, .. }, _) if in_step => {
                 if let Some(info) = info.as_deref() {
                     record_info(&mut tx, info).await?;
                 }
@@ -342,7 +343,7 @@ async fn result(
                 }
             }
             // The sandbox moved on meanwhile (deleted while starting): keep what the runner said about it.
-            (JobOutcome::Succeeded { sandbox: Some(info) }, _)
+            (JobOutcome::Succeeded { sandbox: Some(info), .. }, _)
                 if current != SandboxState::Destroyed && current != SandboxState::Destroying =>
             {
                 record_info(&mut tx, info).await?;
@@ -363,6 +364,9 @@ async fn result(
                 let reason = format!("restore failed ({code:?}): {message}");
                 tracing::warn!(sandbox_id = %row.id, %reason, "restore failed");
                 sandbox::set_state(&mut tx, &row.id, SandboxState::Archived, Some(&reason), now).await?;
+            }
+            (JobOutcome::Failed { .. }, _) if in_step && crate::fork::failure_restores(&kind) => {
+                sandbox::set_state(&mut tx, &row.id, state::parse(&prev), None, now).await?;
             }
             (JobOutcome::Failed { code, message }, _) if in_step => {
                 let reason = format!("{message} ({code:?})");

@@ -405,6 +405,11 @@ pub(crate) async fn enqueue(
         JobKind::ArchiveSandbox { .. } => "ARCHIVE_SANDBOX",
         JobKind::RestoreSandbox(_) => "RESTORE_SANDBOX",
         JobKind::BuildSnapshot(_) => "BUILD_SNAPSHOT",
+        JobKind::ForkSandbox(_) => "FORK_SANDBOX",
+        JobKind::SnapshotSandbox(_) => "SNAPSHOT_SANDBOX",
+        JobKind::RemoveSnapshot(_) => "REMOVE_SNAPSHOT",
+        JobKind::PauseSandbox { .. } => "PAUSE_SANDBOX",
+        JobKind::ResumeSandbox { .. } => "RESUME_SANDBOX",
     };
     sqlx::query(
         "INSERT INTO jobs (id, seq, runner_id, sandbox_id, kind, payload, prev_state, via_state, state, created_at) \
@@ -689,14 +694,25 @@ async fn create(
     // A Dockerfile to build first; or the runner a built snapshot's image lives on.
     let mut dockerfile = None;
     let mut built_on = None;
+    // A snapshot taken from a sandbox is an image on one runner only.
+    let mut snapshot_runner = None;
     let image = match (&body.snapshot, &body.image, &body.build_info) {
         (Some(s), _, _) if !s.trim().is_empty() => {
             let mut conn = app.db.pool.acquire().await?;
             match crate::snapshots::find(&mut conn, &caller.organization_id, s.trim()).await? {
                 // A registered snapshot: its image and default resources.
                 Some(snap) => {
+                    if snap.state != "active" {
+                        return Err(ApiError::bad_request(format!(
+                            "Snapshot {} is {} and cannot be used yet{}",
+                            snap.name,
+                            snap.state,
+                            snap.error_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                        )));
+                    }
                     built_on = crate::builds::snapshot_runner(&app, &mut conn, &snap).await?;
                     snapshot_defaults = Some((snap.cpu, snap.memory, snap.disk));
+                    snapshot_runner = snap.runner_id.clone();
                     snap.image_name
                 }
                 // Otherwise the name of a local image.
@@ -763,7 +779,7 @@ async fn create(
         Some(d) => Some(crate::builds::attach(&app, &mut tx, &org, d, (cpu, memory, disk)).await?),
         None => None,
     };
-    let pinned = build.as_ref().map(|b| b.runner_id.clone()).or(built_on);
+    let pinned = build.as_ref().map(|b| b.runner_id.clone()).or(built_on).or(snapshot_runner);
     let runner = match (&link, pinned) {
         (Some((_, parent_runner)), Some(image_runner)) if *parent_runner != image_runner => {
             return Err(ApiError::bad_request(format!(
@@ -772,7 +788,8 @@ async fn create(
             )));
         }
         (Some((_, parent_runner)), _) => parent_runner.clone(),
-        (None, Some(image_runner)) => image_runner,
+        // An image on one runner only (built there, or a snapshot taken from a sandbox there).
+        (None, Some(image_runner)) => crate::fork::place_on(&app, &mut tx, &image_runner, cpu, memory, disk).await?,
         (None, None) => runners::place(&app, &mut tx, cpu, memory, disk).await?,
     };
     let linked = link.map(|(parent, _)| parent);
@@ -838,6 +855,9 @@ async fn create(
 /// a result posted to another API instance is seen by rereading every poll interval), and returns the row as it
 /// then is.
 async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
+/// Waits up to `create_wait_ms` for a new sandbox to leave `creating` (every job result wakes the route watchers),
+/// and returns the row as it then is.
+pub(crate) async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
     if app.config.create_wait_ms == 0 {
         return Ok(row);
     }
@@ -980,6 +1000,10 @@ enum BindVal {
 }
 
 async fn start(app: axum::extract::State<App>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    // A paused sandbox is resumed, not started (crate::fork).
+    if let Some(row) = crate::fork::resume_if_paused(&app, &caller.organization_id, &id).await? {
+        return Ok(ok(&app, &row));
+    }
     let row = act(&app, Some(&caller.organization_id), &id, Action::Start, None).await?;
     Ok(ok(&app, &row))
 }

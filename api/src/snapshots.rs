@@ -3,6 +3,8 @@
 //! created from it runs that image; a missing image shows up as the sandbox's `error` with the runner's reason.
 //! With a `buildInfo` Dockerfile beyond `FROM image` the snapshot is built on a runner ([`crate::builds`]):
 //! `building`, then `active` or `build_failed` with the build's reason, and sandboxes from it go to that runner.
+//! Snapshots taken from a sandbox (`POST /sandbox/{id}/snapshot`, [`crate::fork`]) are committed images on the
+//! sandbox's runner: `pending` until the runner has made them, with `sourceSandboxId` and `size`.
 
 use axum::Router;
 use axum::response::{IntoResponse, Response};
@@ -32,9 +34,16 @@ pub struct SnapshotRow {
     pub last_used_at: Option<i64>,
     /// The build that makes its image (a Dockerfile snapshot).
     pub build_id: Option<String>,
-    /// `building`, `active` or `build_failed`.
+    /// `active`; `building` then `active` or `build_failed` for a Dockerfile snapshot; for a snapshot from a
+    /// sandbox `pending` while its runner commits and `error` if that failed.
     pub state: String,
     pub error_reason: Option<String>,
+    /// The sandbox a snapshot was taken from (`POST /sandbox/{id}/snapshot`).
+    pub source_sandbox_id: Option<String>,
+    /// The runner holding the image of a snapshot taken from a sandbox; `None`: the image is on every runner.
+    pub runner_id: Option<String>,
+    /// Bytes of the committed image.
+    pub size: Option<i64>,
 }
 
 /// Daytona's `SnapshotDto` (required: id, general, name, state, cpu, gpu, mem, disk, createdAt, updatedAt).
@@ -83,7 +92,7 @@ pub struct CreateSnapshotBody {
 }
 
 const COLUMNS: &str = "id, organization_id, name, image_name, entrypoint, cpu, memory, disk, created_at, updated_at, \
-    last_used_at, build_id, state, error_reason";
+    last_used_at, build_id, state, error_reason, source_sandbox_id, runner_id, size";
 
 impl SnapshotRow {
     fn to_dto(&self) -> SnapshotDto {
@@ -94,7 +103,8 @@ impl SnapshotRow {
             name: self.name.clone(),
             image_name: self.image_name.clone(),
             state: self.state.clone(),
-            size: None,
+            // GiB, as Daytona reports image sizes.
+            size: self.size.map(|b| (b as f64 / f64::from(1u32 << 30) * 1000.0).round() / 1000.0),
             entrypoint: self.entrypoint.as_deref().and_then(|e| serde_json::from_str(e).ok()),
             cpu: self.cpu,
             gpu: 0,
@@ -104,7 +114,7 @@ impl SnapshotRow {
             created_at: iso(self.created_at),
             updated_at: iso(self.updated_at),
             last_used_at: self.last_used_at.map(iso),
-            source_sandbox_id: None,
+            source_sandbox_id: self.source_sandbox_id.clone(),
         }
     }
 }
@@ -221,14 +231,22 @@ async fn list(app: axum::extract::State<App>, caller: Caller, q: QueryPairs) -> 
     if page < 1 || !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("page must be at least 1 and limit between 1 and 1000"));
     }
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM snapshots WHERE organization_id = $1")
-        .bind(&caller.organization_id)
-        .fetch_one(&app.db.pool)
-        .await?;
-    let rows: Vec<SnapshotRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM snapshots WHERE organization_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+    // `sourceSandboxId` narrows the list to the snapshots taken from one sandbox.
+    let source = q.get("sourceSandboxId").filter(|s| !s.is_empty());
+    let filter = if source.is_some() { " AND source_sandbox_id = $2" } else { " AND $2 = ''" };
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM snapshots WHERE organization_id = $1{filter}"
     )))
     .bind(&caller.organization_id)
+    .bind(source.unwrap_or(""))
+    .fetch_one(&app.db.pool)
+    .await?;
+    let rows: Vec<SnapshotRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM snapshots WHERE organization_id = $1{filter} \
+         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+    )))
+    .bind(&caller.organization_id)
+    .bind(source.unwrap_or(""))
     .bind(limit)
     .bind((page - 1) * limit)
     .fetch_all(&app.db.pool)
@@ -247,6 +265,11 @@ async fn activate(app: axum::extract::State<App>, caller: Caller, Path(id): Path
 
 async fn delete(app: axum::extract::State<App>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     let row = find_or_404(&app, &caller.organization_id, &id).await?;
-    sqlx::query("DELETE FROM snapshots WHERE id = $1").bind(&row.id).execute(&app.db.pool).await?;
+    // A snapshot taken from a sandbox owns its image on its runner: that goes too (crate::fork).
+    let Some(runner) = crate::fork::delete_snapshot(&app, &row).await? else {
+        sqlx::query("DELETE FROM snapshots WHERE id = $1").bind(&row.id).execute(&app.db.pool).await?;
+        return Ok(Json(serde_json::json!({})).into_response());
+    };
+    app.wake_runner(&runner);
     Ok(Json(serde_json::json!({})).into_response())
 }

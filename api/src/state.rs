@@ -87,7 +87,8 @@ pub fn plan(state: SandboxState, action: Action, provisioned: bool) -> Result<Pl
             _ => refuse(state, action, "wait until it is stopped"),
         },
         A::Stop { force } => match state {
-            S::Started => Ok(Plan::Job(S::Stopping, JobTag::Stop { force })),
+            // A paused sandbox is thawed by the runner first, so it still drains.
+            S::Started | S::Paused => Ok(Plan::Job(S::Stopping, JobTag::Stop { force })),
             S::Stopped => Ok(Plan::Noop),
             S::Stopping if force => Ok(Plan::Job(S::Stopping, JobTag::Stop { force })),
             S::Stopping => Ok(Plan::Noop),
@@ -146,6 +147,60 @@ pub fn network_update(state: SandboxState) -> Result<bool, Refusal> {
             Err(Refusal(format!("Sandbox is {state} and its network settings cannot be changed: it is deleted")))
         }
         _ => Ok(true),
+    }
+}
+
+/// What copies a sandbox's filesystem: a fork (a new sandbox) or a snapshot (an image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyKind {
+    Fork,
+    Snapshot,
+}
+
+/// Whether a sandbox in `state` can be forked or snapshotted: its container must exist, be started or stopped, and
+/// not be in the middle of another operation. A fork leaves its source's state alone; a snapshot moves it to
+/// [`SNAPSHOT_VIA`] and back to where it was.
+pub fn plan_copy(state: SandboxState, what: CopyKind) -> Result<(), Refusal> {
+    let verb = match what {
+        CopyKind::Fork => "forked",
+        CopyKind::Snapshot => "snapshotted",
+    };
+    let hint = match state {
+        S::Started | S::Stopped => return Ok(()),
+        S::Unknown => "its runner is unreachable; retry when the runner is back",
+        S::Destroyed | S::Destroying => "it is deleted",
+        S::Archived | S::Archiving => "its filesystem is archived; start it first",
+        S::Error | S::BuildFailed => "recover it first",
+        S::Paused | S::Pausing => "resume it first",
+        S::Snapshotting => "a snapshot of it is being taken; wait until that finishes",
+        _ => "wait until it is started or stopped",
+    };
+    Err(Refusal(format!("Sandbox is {state} and cannot be {verb}: {hint}")))
+}
+
+/// The state a sandbox shows while a snapshot of it is taken; the job's result returns it to its previous state.
+pub const SNAPSHOT_VIA: SandboxState = S::Snapshotting;
+
+/// Pause (`POST /sandbox/{id}/pause`): a started sandbox moves to `pausing` (the job's result: `paused`); a paused
+/// or pausing one is left alone (`None`).
+pub fn plan_pause(state: SandboxState) -> Result<Option<SandboxState>, Refusal> {
+    match state {
+        S::Started => Ok(Some(S::Pausing)),
+        S::Paused | S::Pausing => Ok(None),
+        S::Unknown => Err(Refusal(format!("Sandbox is {state} and cannot be paused: its runner is unreachable"))),
+        S::Destroyed | S::Destroying => Err(Refusal(format!("Sandbox is {state} and cannot be paused: it is deleted"))),
+        _ => Err(Refusal(format!("Sandbox is {state} and cannot be paused: only a started sandbox can be paused"))),
+    }
+}
+
+/// Start of a paused sandbox resumes it: `resuming` and a resume job (`JobTag::Start` stands for it; the job's
+/// result: `started`). `None`: not paused, so an ordinary start ([`plan`]) applies; a resuming sandbox answers as
+/// it is.
+pub fn plan_resume(state: SandboxState) -> Option<Plan> {
+    match state {
+        S::Paused => Some(Plan::Job(S::Resuming, JobTag::Start)),
+        S::Resuming => Some(Plan::Noop),
+        _ => None,
     }
 }
 
@@ -210,6 +265,60 @@ mod tests {
         assert_eq!(network_update(S::Started), Ok(true));
         assert_eq!(network_update(S::Stopped), Ok(true));
         assert!(network_update(S::Destroyed).unwrap_err().0.contains("deleted"));
+    }
+
+    #[test]
+    fn only_started_or_stopped_sandboxes_are_copied() {
+        for s in [S::Started, S::Stopped] {
+            assert_eq!(plan_copy(s, CopyKind::Fork), Ok(()));
+            assert_eq!(plan_copy(s, CopyKind::Snapshot), Ok(()));
+        }
+        let refused = [
+            (S::Creating, "wait until"),
+            (S::Starting, "wait until"),
+            (S::Stopping, "wait until"),
+            (S::Resizing, "wait until"),
+            (S::Snapshotting, "being taken"),
+            (S::Error, "recover it"),
+            (S::BuildFailed, "recover it"),
+            (S::Archived, "start it first"),
+            (S::Destroying, "deleted"),
+            (S::Destroyed, "deleted"),
+            (S::Unknown, "unreachable"),
+            (S::Paused, "resume it"),
+        ];
+        for (s, hint) in refused {
+            let e = plan_copy(s, CopyKind::Fork).unwrap_err();
+            assert!(e.0.contains(s.as_str()) && e.0.contains("forked") && e.0.contains(hint), "{e}");
+            let e = plan_copy(s, CopyKind::Snapshot).unwrap_err();
+            assert!(e.0.contains("snapshotted") && e.0.contains(hint), "{e}");
+        }
+        assert!(holds_compute(SNAPSHOT_VIA));
+    }
+
+    #[test]
+    fn pause_and_resume() {
+        assert_eq!(plan_pause(S::Started), Ok(Some(S::Pausing)));
+        assert_eq!(plan_pause(S::Paused), Ok(None));
+        assert_eq!(plan_pause(S::Pausing), Ok(None));
+        for s in [S::Stopped, S::Creating, S::Error, S::Archived, S::Snapshotting, S::Resuming] {
+            let e = plan_pause(s).unwrap_err();
+            assert!(e.0.contains("only a started sandbox"), "{e}");
+        }
+        assert!(plan_pause(S::Unknown).unwrap_err().0.contains("unreachable"));
+        assert!(plan_pause(S::Destroyed).unwrap_err().0.contains("deleted"));
+        assert_eq!(plan_resume(S::Paused), Some(Plan::Job(S::Resuming, JobTag::Start)));
+        assert_eq!(plan_resume(S::Resuming), Some(Plan::Noop));
+        assert_eq!(plan_resume(S::Stopped), None);
+        assert_eq!(plan_resume(S::Started), None);
+        // A paused sandbox can be stopped and deleted, not forked; an ordinary start does not apply to it.
+        assert_eq!(
+            plan(S::Paused, Action::Stop { force: false }, true),
+            Ok(Plan::Job(S::Stopping, JobTag::Stop { force: false }))
+        );
+        assert_eq!(plan(S::Paused, Action::Delete, true), Ok(Plan::Job(S::Destroying, JobTag::Destroy)));
+        assert!(plan_copy(S::Paused, CopyKind::Fork).is_err());
+        assert!(holds_compute(S::Paused), "a paused sandbox keeps its memory");
     }
 
     #[test]

@@ -196,6 +196,57 @@ pub struct BuildSnapshot {
     pub dockerfile: String,
 }
 
+/// Repository of the images a fork is made from; the tag is the fork's sandbox ID (see [`fork_image`]).
+pub const FORK_IMAGE_REPO: &str = "sandbar-fork";
+
+/// The image a fork of sandbox `fork_id` runs: the source's filesystem committed by the runner. Both sides compute
+/// it, so the API can record it before the runner has made it, and the runner removes it when the fork is
+/// destroyed.
+pub fn fork_image(fork_id: &str) -> String {
+    format!("{FORK_IMAGE_REPO}:{fork_id}")
+}
+
+/// Job: fork a sandbox. The runner commits the source's filesystem (started or stopped; memory and running
+/// processes are not copied) to [`fork_image`] of the new sandbox, then creates and starts `fork` from it, with a new
+/// ID, name and daemon token. The two diverge from then on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForkSandbox {
+    pub source_sandbox_id: String,
+    /// The new sandbox; its `image` must be [`fork_image`] of its ID.
+    pub fork: CreateSandbox,
+}
+
+/// Job: commit a sandbox's filesystem (not its memory) as the local image `image`, for a snapshot. The sandbox
+/// keeps its state; it is frozen (docker pause) while the commit runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSandbox {
+    pub sandbox_id: String,
+    /// The image reference to create (lowercase, `repo[:tag]`); an existing image of that name is a conflict.
+    pub image: String,
+}
+
+/// Job: remove the image of a snapshot taken from a sandbox (its snapshot was deleted). An image that is gone
+/// already is success; one a container still uses fails with `CONFLICT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoveSnapshot {
+    pub snapshot_id: String,
+    pub image: String,
+}
+
+/// What a [`SnapshotSandbox`] job made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotImage {
+    pub image: String,
+    /// `sha256:...`.
+    pub image_id: String,
+    /// Bytes.
+    pub size: u64,
+}
+
 /// What a runner is asked to do.
 // Jobs are few and short-lived: a boxed create would only complicate every constructor and match.
 #[allow(clippy::large_enum_variant)]
@@ -225,6 +276,19 @@ pub enum JobKind {
     /// archive itself keeps only what the image gave the container: entrypoint, environment, work dir, user).
     RestoreSandbox(CreateSandbox),
     BuildSnapshot(BuildSnapshot),
+    ForkSandbox(ForkSandbox),
+    SnapshotSandbox(SnapshotSandbox),
+    RemoveSnapshot(RemoveSnapshot),
+    /// Freeze every process of a started sandbox (docker pause); memory stays allocated.
+    #[serde(rename_all = "camelCase")]
+    PauseSandbox {
+        sandbox_id: String,
+    },
+    /// Thaw a paused sandbox (docker unpause); it goes on where it was.
+    #[serde(rename_all = "camelCase")]
+    ResumeSandbox {
+        sandbox_id: String,
+    },
 }
 
 impl JobKind {
@@ -235,12 +299,19 @@ impl JobKind {
             Self::CreateSandbox(c) => &c.id,
             Self::StartSandbox { sandbox_id }
             | Self::DestroySandbox { sandbox_id }
-            | Self::ArchiveSandbox { sandbox_id } => sandbox_id,
+            | Self::ArchiveSandbox { sandbox_id }
+            | Self::PauseSandbox { sandbox_id }
+            | Self::ResumeSandbox { sandbox_id } => sandbox_id,
             Self::RestoreSandbox(c) => &c.id,
             Self::StopSandbox(s) => &s.sandbox_id,
             Self::ResizeSandbox(r) => &r.sandbox_id,
             Self::UpdateSandboxNetwork(n) => &n.sandbox_id,
             Self::BuildSnapshot(b) => &b.build_id,
+            // A fork's job belongs to the new sandbox: its result moves the fork from `creating` to `started`.
+            Self::ForkSandbox(f) => &f.fork.id,
+            Self::SnapshotSandbox(s) => &s.sandbox_id,
+            // Not a sandbox: the snapshot's ID keys the job's ordering like a sandbox's.
+            Self::RemoveSnapshot(r) => &r.snapshot_id,
         }
     }
 }
@@ -288,6 +359,9 @@ pub enum JobOutcome {
     Succeeded {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sandbox: Option<Box<SandboxInfo>>,
+        /// The image a `SNAPSHOT_SANDBOX` job made.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot: Option<SnapshotImage>,
     },
     Failed {
         code: JobErrorCode,
@@ -528,6 +602,66 @@ mod tests {
         assert_eq!(job.kind.sandbox_id(), "b1");
         assert_eq!(serde_json::from_value::<Job>(v).unwrap(), job);
         assert_eq!(serde_json::to_value(JobErrorCode::BuildFailed).unwrap(), "BUILD_FAILED");
+    }
+
+    #[test]
+    fn fork_and_snapshot_wire_format() {
+        let fork: CreateSandbox =
+            serde_json::from_str(r#"{"sandboxId":"f1","organizationId":"o","image":"sandbar-fork:f1"}"#).unwrap();
+        let job = Job {
+            id: "j".into(),
+            kind: JobKind::ForkSandbox(ForkSandbox { source_sandbox_id: "s1".into(), fork: fork.clone() }),
+        };
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v["type"], "FORK_SANDBOX");
+        assert_eq!(v["sourceSandboxId"], "s1");
+        assert_eq!(v["fork"]["sandboxId"], "f1");
+        assert_eq!(v["fork"]["image"], fork_image("f1"));
+        assert_eq!(job.kind.sandbox_id(), "f1", "a fork job belongs to the new sandbox");
+        assert_eq!(serde_json::from_value::<Job>(v).unwrap(), job);
+
+        let snap: Job = serde_json::from_str(
+            r#"{"id":"j2","type":"SNAPSHOT_SANDBOX","sandboxId":"s1","image":"sandbar-snapshot:x"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            snap.kind,
+            JobKind::SnapshotSandbox(SnapshotSandbox { sandbox_id: "s1".into(), image: "sandbar-snapshot:x".into() })
+        );
+        assert_eq!(snap.kind.sandbox_id(), "s1");
+
+        let rm: Job = serde_json::from_str(
+            r#"{"id":"j3","type":"REMOVE_SNAPSHOT","snapshotId":"n1","image":"sandbar-snapshot:n1"}"#,
+        )
+        .unwrap();
+        assert_eq!(rm.kind.sandbox_id(), "n1");
+        assert!(matches!(rm.kind, JobKind::RemoveSnapshot(ref r) if r.image == "sandbar-snapshot:n1"));
+    }
+
+    #[test]
+    fn pause_and_resume_wire_format() {
+        let job = Job { id: "j".into(), kind: JobKind::PauseSandbox { sandbox_id: "s".into() } };
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v, serde_json::json!({"id": "j", "type": "PAUSE_SANDBOX", "sandboxId": "s"}));
+        let resume: Job = serde_json::from_str(r#"{"id":"k","type":"RESUME_SANDBOX","sandboxId":"t"}"#).unwrap();
+        assert_eq!(resume.kind, JobKind::ResumeSandbox { sandbox_id: "t".into() });
+        assert_eq!(resume.kind.sandbox_id(), "t");
+    }
+
+    #[test]
+    fn succeeded_carries_an_optional_snapshot() {
+        // Results from before the field existed still parse, and a result without one does not mention it.
+        let old: JobResult = serde_json::from_str(r#"{"jobId":"j","status":"SUCCEEDED"}"#).unwrap();
+        assert_eq!(old.outcome, JobOutcome::Succeeded { sandbox: None, snapshot: None });
+        assert_eq!(serde_json::to_value(&old).unwrap(), serde_json::json!({"jobId": "j", "status": "SUCCEEDED"}));
+        let img = SnapshotImage { image: "sandbar-snapshot:x".into(), image_id: "sha256:ab".into(), size: 42 };
+        let r = JobResult { job_id: "j".into(), outcome: JobOutcome::Succeeded { sandbox: None, snapshot: Some(img) } };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v["snapshot"],
+            serde_json::json!({"image": "sandbar-snapshot:x", "imageId": "sha256:ab", "size": 42})
+        );
+        assert_eq!(serde_json::from_value::<JobResult>(v).unwrap(), r);
     }
 
     #[test]

@@ -300,6 +300,11 @@ fn job_kind(kind: &JobKind) -> &'static str {
         JobKind::ArchiveSandbox { .. } => "archive",
         JobKind::RestoreSandbox(_) => "restore",
         JobKind::BuildSnapshot(_) => "build",
+        JobKind::ForkSandbox(_) => "fork",
+        JobKind::SnapshotSandbox(_) => "snapshot",
+        JobKind::RemoveSnapshot(_) => "remove-snapshot",
+        JobKind::PauseSandbox { .. } => "pause",
+        JobKind::ResumeSandbox { .. } => "resume",
     }
 }
 
@@ -314,13 +319,16 @@ async fn carry_out(runner: &Runner, job: Job) -> JobResult {
     let is_destroy = matches!(job.kind, JobKind::DestroySandbox { .. });
     if let Some(existing) = repeat {
         tracing::info!(job_id = %job_id, "create repeated after a restart: the sandbox exists");
-        return JobResult { job_id, outcome: JobOutcome::Succeeded { sandbox: Some(Box::new(existing)) } };
+        return JobResult {
+            job_id,
+            outcome: JobOutcome::Succeeded { sandbox: Some(Box::new(existing)), snapshot: None },
+        };
     }
     let result = runner.handle(job).await;
     match &result.outcome {
         JobOutcome::Failed { code: JobErrorCode::SandboxNotFound, .. } if is_destroy => {
             tracing::info!(sandbox_id = %sandbox_id, "destroy of a sandbox that is already gone");
-            JobResult { job_id, outcome: JobOutcome::Succeeded { sandbox: None } }
+            JobResult { job_id, outcome: JobOutcome::Succeeded { sandbox: None, snapshot: None } }
         }
         _ => result,
     }

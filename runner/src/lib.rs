@@ -13,8 +13,7 @@
 //! [`network`] keeps sandboxes apart and applies their egress policies (iptables chains hooked from `DOCKER-USER`).
 //! Archive and restore move a stopped sandbox's filesystem to an object store (a local directory, or S3 through
 //! `object_store`) and back ([`Runner::archive`], [`Runner::restore`]).
-//!
-//! Not built yet (see the runner issue): fork.
+//! Forks ([`fork`]) commit a sandbox's filesystem and create a new sandbox from it; memory is not copied.
 
 pub mod agent;
 pub mod build;
@@ -22,6 +21,7 @@ pub mod cgroup;
 pub mod config;
 mod daemon;
 pub mod error;
+pub mod fork;
 pub mod http;
 pub mod image;
 pub mod network;

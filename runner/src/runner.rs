@@ -293,6 +293,28 @@ impl Runner {
         Ok(self.inner.firewall.policy(id).await)
     }
 
+    /// The lock every operation on sandbox `id` holds (fork and snapshot commits hold it too).
+    pub(crate) fn op_lock(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<()>>, SandboxError> {
+        Ok(self.inner.entry(id)?.op.clone())
+    }
+
+    /// Moves sandbox `id` to `state` and tells subscribers, like the runner's own operations do (fork.rs: pause and
+    /// resume). `daemon_addr` is recorded for `started`.
+    pub(crate) fn report_state(
+        &self,
+        id: &str,
+        state: SandboxState,
+        daemon_addr: Option<String>,
+        reason: Option<String>,
+    ) -> Result<SandboxInfo, SandboxError> {
+        let entry = self.inner.entry(id)?;
+        if daemon_addr.is_some() {
+            lock(&entry.info).daemon_addr = daemon_addr;
+        }
+        self.inner.set_state(&entry, state, reason, None);
+        Ok(lock(&entry.info).clone())
+    }
+
     /// Runs a command through the sandbox's daemon (`POST /process/execute`).
     pub async fn exec(&self, id: &str, req: &ExecuteRequest) -> Result<ExecuteResponse, SandboxError> {
         let (addr, token) = self.inner.daemon_of(id)?;
@@ -358,9 +380,15 @@ impl Runner {
             JobKind::BuildSnapshot(b) => {
                 return crate::build::job_result(job.id, crate::build::build_logged(self, &b).await);
             }
+            JobKind::ForkSandbox(f) => self.fork(f).await.map(Some),
+            JobKind::RemoveSnapshot(r) => self.remove_snapshot_image(r).await.map(|()| None),
+            JobKind::PauseSandbox { sandbox_id } => self.pause(&sandbox_id).await.map(Some),
+            JobKind::ResumeSandbox { sandbox_id } => self.resume(&sandbox_id).await.map(Some),
+            // Its result carries the image as well: built in fork.rs.
+            JobKind::SnapshotSandbox(s) => return self.snapshot_job(job.id, s).await,
         };
         let outcome = match result {
-            Ok(sandbox) => JobOutcome::Succeeded { sandbox: sandbox.map(Box::new) },
+            Ok(sandbox) => JobOutcome::Succeeded { sandbox: sandbox.map(Box::new), snapshot: None },
             Err(e) => {
                 tracing::warn!(job_id = %job.id, error = %e, "job failed");
                 JobOutcome::Failed { code: e.code(), message: e.to_string() }
@@ -772,6 +800,8 @@ impl Inner {
         match state {
             SandboxState::Stopped => return Ok(lock(&entry.info).clone()),
             SandboxState::Started | SandboxState::Error => {}
+            // Frozen processes cannot run their SIGTERM handlers: thaw them, then stop as usual.
+            SandboxState::Paused => crate::fork::unpause_quietly(&self.docker, &container).await,
             state => return Err(SandboxError::InvalidState { id: id.into(), state, action: "stop" }),
         }
         self.set_state(&entry, SandboxState::Stopping, None, None);
@@ -824,7 +854,10 @@ impl Inner {
             Err(not_found) => return self.destroy_archived(id, not_found).await,
         };
         let _op = entry.op.lock().await;
-        let container = lock(&entry.info).container_id.clone();
+        let (container, image) = {
+            let i = lock(&entry.info);
+            (i.container_id.clone(), i.image.clone())
+        };
         self.set_state(&entry, SandboxState::Destroying, None, None);
         let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         match self.docker.remove_container(&container, Some(opts)).await {
@@ -842,6 +875,8 @@ impl Inner {
             self.save_claims()?;
         }
         self.forget_archive(id).await;
+        // A fork's own image goes with it.
+        crate::fork::release_fork_image(&self.docker, &image).await;
         self.set_state(&entry, SandboxState::Destroyed, None, None);
         Ok(())
     }
@@ -1151,7 +1186,7 @@ async fn watch_events(weak: Weak<Inner>, mut since: i64) {
     }
 }
 
-fn container_ip(inspect: &ContainerInspectResponse) -> Option<IpAddr> {
+pub(crate) fn container_ip(inspect: &ContainerInspectResponse) -> Option<IpAddr> {
     let networks = inspect.network_settings.as_ref()?.networks.as_ref()?;
     let mut names: Vec<_> = networks.keys().collect();
     names.sort();

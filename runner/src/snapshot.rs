@@ -58,7 +58,7 @@ pub enum SnapshotError {
 }
 
 /// `name` or `name:tag`, lowercase, as Docker accepts for local references.
-fn valid_reference(name: &str) -> bool {
+pub(crate) fn valid_reference(name: &str) -> bool {
     let (repo, tag) = match name.rsplit_once(':') {
         Some((r, t)) if !t.contains('/') => (r, Some(t)),
         _ => (name, None),
@@ -243,6 +243,20 @@ impl Runner {
     /// sandbox's image entrypoint and environment but none of the runner's identity: no daemon token, no sandbox
     /// labels.
     pub async fn commit_snapshot(&self, sandbox_id: &str, name: &str) -> Result<ImageInfo, SnapshotError> {
+        let comment = format!("sandbar snapshot of sandbox {sandbox_id}");
+        self.commit_image(sandbox_id, name, &comment, &[(SNAPSHOT_LABEL, name), (SNAPSHOT_SOURCE_LABEL, sandbox_id)])
+            .await
+    }
+
+    /// Commits a started or stopped sandbox's filesystem as image `name` (a started one is paused meanwhile), with
+    /// the runner's identity blanked out and `extra_labels` set. Snapshots and forks are both made this way.
+    pub(crate) async fn commit_image(
+        &self,
+        sandbox_id: &str,
+        name: &str,
+        comment: &str,
+        extra_labels: &[(&str, &str)],
+    ) -> Result<ImageInfo, SnapshotError> {
         if !valid_reference(name) {
             return Err(SnapshotError::InvalidName(name.into()));
         }
@@ -279,8 +293,9 @@ impl Runner {
         for k in [labels::SANDBOX_ID, labels::ORG, labels::RUNNER, labels::NAME, labels::SPEC, labels::POOL] {
             image_labels.insert(k.into(), String::new());
         }
-        image_labels.insert(SNAPSHOT_LABEL.into(), name.into());
-        image_labels.insert(SNAPSHOT_SOURCE_LABEL.into(), sandbox_id.into());
+        for (k, v) in extra_labels {
+            image_labels.insert((*k).into(), (*v).into());
+        }
         let (repo, tag) = match name.rsplit_once(':') {
             Some((r, t)) if !t.contains('/') => (r, t),
             _ => (name, "latest"),
@@ -289,7 +304,7 @@ impl Runner {
             .container(&info.container_id)
             .repo(repo)
             .tag(tag)
-            .comment(&format!("sandbar snapshot of sandbox {sandbox_id}"))
+            .comment(comment)
             .pause(true)
             .build();
         let commit_config = ContainerConfig {

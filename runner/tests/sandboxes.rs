@@ -323,13 +323,13 @@ async fn bad_requests_fail_clearly_and_leave_nothing_behind() {
         kind: JobKind::StopSandbox(StopSandbox { sandbox_id: id.clone(), force: true, timeout_secs: None }),
     };
     let result = runner.handle(stop).await;
-    let JobOutcome::Succeeded { sandbox: Some(s) } = result.outcome else { panic!("{result:?}") };
+    let JobOutcome::Succeeded { sandbox: Some(s), .. } = result.outcome else { panic!("{result:?}") };
     assert_eq!(s.state, SandboxState::Stopped);
     let err =
         runner.resize(ResizeSandbox { sandbox_id: id.clone(), cpu: Some(0), ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), JobErrorCode::InvalidRequest);
     let result = runner.handle(Job { id: "j3".into(), kind: JobKind::DestroySandbox { sandbox_id: id.clone() } }).await;
-    assert_eq!(result.outcome, JobOutcome::Succeeded { sandbox: None });
+    assert_eq!(result.outcome, JobOutcome::Succeeded { sandbox: None, snapshot: None });
     assert!(t.containers().is_empty());
 }
 

@@ -292,7 +292,8 @@ impl FakeRunner {
             }
             k => Some(Box::new(self.info(k.sandbox_id(), org, SandboxState::Started))),
         };
-        self.result(JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox } }).await
+        self.result(JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox, snapshot: None } })
+            .await
     }
 
     pub async fn fail(&self, job: &Job, code: JobErrorCode, message: &str) -> StatusCode {

@@ -1,0 +1,306 @@
+//! Forks and snapshots of sandboxes, as runner jobs.
+//!
+//! A fork is a filesystem copy: the source (started or stopped) is committed with `docker commit` (paused for the
+//! moment of the commit when it runs) to the image [`fork_image`] of the new sandbox, and the new sandbox is created
+//! from that image with the source's spec but its own ID, name and daemon token. Memory and running processes are
+//! not copied: the fork boots its entrypoint afresh on the copied files. From then on the two diverge. The image
+//! stays on this host (there is no registry), which is why the control plane places a fork on its source's runner;
+//! it is removed when the fork is destroyed and no container uses it any more.
+//!
+//! A snapshot from a sandbox is the same commit to an image the control plane names; the sandbox keeps its state.
+//!
+//! Pause and resume are `docker pause`/`unpause`: the processes are frozen with their memory and go on where they
+//! were. A paused sandbox can be stopped (it is thawed first so its daemon drains) or destroyed.
+
+use bollard::Docker;
+use bollard::query_parameters::RemoveImageOptionsBuilder;
+use sandbar_proto::runner::{
+    FORK_IMAGE_REPO, ForkSandbox, JobErrorCode, JobOutcome, JobResult, RemoveSnapshot, SandboxInfo, SandboxState,
+    SnapshotImage, SnapshotSandbox, fork_image,
+};
+
+use crate::error::{SandboxError, docker_status};
+use crate::image::{self, ImageInfo};
+use crate::runner::Runner;
+use crate::snapshot::{SNAPSHOT_SOURCE_LABEL, SnapshotError, valid_reference};
+
+/// Label on a fork's image naming the fork it was made for.
+pub const FORK_LABEL: &str = "sandbar.fork";
+/// Label on a fork's image naming the sandbox it was copied from.
+pub const FORK_SOURCE_LABEL: &str = "sandbar.fork.source";
+
+impl SnapshotError {
+    /// The job error code of a failed snapshot or fork commit.
+    pub fn code(&self) -> JobErrorCode {
+        match self {
+            Self::InvalidName(_) | Self::InvalidDockerfile(_) => JobErrorCode::InvalidRequest,
+            Self::BaseImageNotFound(_) => JobErrorCode::ImageNotFound,
+            Self::NotFound(_) => JobErrorCode::ImageNotFound,
+            Self::InUse(_) => JobErrorCode::Conflict,
+            Self::Sandbox(e) => e.code(),
+            Self::Docker(e) => docker_code(e),
+            Self::BuildFailed(_) | Self::Internal(_) => JobErrorCode::Internal,
+        }
+    }
+}
+
+fn docker_code(e: &bollard::errors::Error) -> JobErrorCode {
+    match docker_status(e) {
+        Some(400) => JobErrorCode::InvalidRequest,
+        Some(404) => JobErrorCode::SandboxNotFound,
+        Some(409) => JobErrorCode::Conflict,
+        _ => JobErrorCode::Docker,
+    }
+}
+
+/// Turns a snapshot-image failure into a sandbox error (fork reports through [`SandboxError`] like a create).
+fn commit_failed(e: SnapshotError) -> SandboxError {
+    match e {
+        SnapshotError::Sandbox(e) => e,
+        SnapshotError::Docker(e) => SandboxError::Docker(e),
+        SnapshotError::InvalidName(n) => SandboxError::InvalidRequest(format!("invalid image name {n:?}")),
+        other => SandboxError::Internal(other.to_string()),
+    }
+}
+
+impl Runner {
+    /// Forks sandbox `req.source_sandbox_id` into the new sandbox `req.fork` (see the module doc): commit, then
+    /// create and start. Returns once the fork's daemon answers. A failure leaves neither the fork nor its image
+    /// behind; a repeat of a fork that already exists (a job re-delivered after a runner restart) answers with it.
+    pub async fn fork(&self, req: ForkSandbox) -> Result<SandboxInfo, SandboxError> {
+        let runner = self.clone();
+        // Its own task, so a caller that gives up cannot leave a commit without its create or cleanup.
+        tokio::spawn(async move { runner.fork_now(req).await })
+            .await
+            .map_err(|e| SandboxError::Internal(format!("fork task failed: {e}")))?
+    }
+
+    async fn fork_now(&self, req: ForkSandbox) -> Result<SandboxInfo, SandboxError> {
+        let fork_id = req.fork.id.clone();
+        let image = fork_image(&fork_id);
+        if req.fork.image != image {
+            return Err(SandboxError::InvalidRequest(format!(
+                "a fork's image must be {image}, the image the runner commits the source to, not {:?}",
+                req.fork.image
+            )));
+        }
+        if !valid_reference(&image) {
+            return Err(SandboxError::InvalidRequest(format!("sandbox ID {fork_id:?} cannot name an image tag")));
+        }
+        if fork_id == req.source_sandbox_id {
+            return Err(SandboxError::InvalidRequest("a sandbox cannot be forked into itself".into()));
+        }
+        if let Some(existing) = self.get(&fork_id) {
+            if existing.image == image && existing.state == SandboxState::Started {
+                tracing::info!(sandbox_id = %fork_id, "fork repeated: it exists already");
+                return Ok(existing);
+            }
+            return Err(SandboxError::Conflict(format!("sandbox {fork_id} already exists")));
+        }
+        let started = std::time::Instant::now();
+        {
+            // The source's operation lock: no stop, start or destroy of the source runs during the commit.
+            let op = self.op_lock(&req.source_sandbox_id)?;
+            let _op = op.lock().await;
+            // A leftover of an interrupted attempt at this very fork: the source may have changed since.
+            release_fork_image(self.docker(), &image).await;
+            let comment = format!("sandbar fork of sandbox {} into {fork_id}", req.source_sandbox_id);
+            let labels = [(FORK_LABEL, fork_id.as_str()), (FORK_SOURCE_LABEL, req.source_sandbox_id.as_str())];
+            self.commit_image(&req.source_sandbox_id, &image, &comment, &labels).await.map_err(commit_failed)?;
+        }
+        let committed_ms = started.elapsed().as_millis();
+        match self.create(req.fork).await {
+            Ok(info) => {
+                tracing::info!(sandbox_id = %fork_id, source = %req.source_sandbox_id, committed_ms,
+                    total_ms = started.elapsed().as_millis(), "sandbox forked");
+                Ok(info)
+            }
+            Err(e) => {
+                release_fork_image(self.docker(), &image).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits sandbox `req.sandbox_id` as the image `req.image` for a snapshot, under the sandbox's operation lock.
+    /// An image of that name made from this sandbox already (a re-delivered job) is success; any other is a conflict.
+    pub async fn snapshot_sandbox(&self, req: SnapshotSandbox) -> Result<(SandboxInfo, ImageInfo), SnapshotError> {
+        let runner = self.clone();
+        tokio::spawn(async move { runner.snapshot_now(req).await })
+            .await
+            .map_err(|e| SnapshotError::Internal(format!("snapshot task failed: {e}")))?
+    }
+
+    async fn snapshot_now(&self, req: SnapshotSandbox) -> Result<(SandboxInfo, ImageInfo), SnapshotError> {
+        if !valid_reference(&req.image) || req.image.starts_with(&format!("{FORK_IMAGE_REPO}:")) {
+            return Err(SnapshotError::InvalidName(req.image));
+        }
+        let op = self.op_lock(&req.sandbox_id)?;
+        let _op = op.lock().await;
+        let made = match self.docker().inspect_image(&req.image).await {
+            Ok(img) => {
+                let source = img.config.and_then(|c| c.labels).and_then(|mut l| l.remove(SNAPSHOT_SOURCE_LABEL));
+                if source.as_deref() != Some(req.sandbox_id.as_str()) {
+                    return Err(SandboxError::Conflict(format!(
+                        "an image named {} already exists on this runner",
+                        req.image
+                    ))
+                    .into());
+                }
+                tracing::info!(sandbox_id = %req.sandbox_id, image = %req.image, "snapshot repeated: it exists already");
+                image::inspect(self.docker(), &req.image)
+                    .await?
+                    .ok_or_else(|| SnapshotError::NotFound(req.image.clone()))?
+            }
+            Err(e) if docker_status(&e) == Some(404) => self.commit_snapshot(&req.sandbox_id, &req.image).await?,
+            Err(e) => return Err(e.into()),
+        };
+        let info = self.get(&req.sandbox_id).ok_or_else(|| SandboxError::NotFound(req.sandbox_id.clone()))?;
+        Ok((info, made))
+    }
+
+    /// Removes the image of a deleted snapshot taken from a sandbox. Gone already is success; an image that is not a
+    /// snapshot is not touched.
+    pub async fn remove_snapshot_image(&self, req: RemoveSnapshot) -> Result<(), SandboxError> {
+        match self.remove_snapshot(&req.image).await {
+            Ok(()) | Err(SnapshotError::NotFound(_)) => Ok(()),
+            Err(SnapshotError::InUse(i)) => {
+                Err(SandboxError::Conflict(format!("snapshot image {i} is still used by a container")))
+            }
+            Err(e) => Err(commit_failed(e)),
+        }
+    }
+
+    /// The job form of [`Runner::snapshot_sandbox`]: the result carries the image.
+    pub(crate) async fn snapshot_job(&self, job_id: String, req: SnapshotSandbox) -> JobResult {
+        let outcome = match self.snapshot_sandbox(req).await {
+            Ok((info, img)) => JobOutcome::Succeeded {
+                sandbox: Some(Box::new(info)),
+                snapshot: Some(SnapshotImage { image: img.reference, image_id: img.id, size: img.size }),
+            },
+            Err(e) => {
+                tracing::warn!(job_id = %job_id, error = %e, "snapshot job failed");
+                JobOutcome::Failed { code: e.code(), message: e.to_string() }
+            }
+        };
+        JobResult { job_id, outcome }
+    }
+}
+
+impl Runner {
+    /// Pauses a started sandbox (docker pause: every process frozen, memory kept). Pausing a paused one is a no-op.
+    pub async fn pause(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let (runner, id) = (self.clone(), id.to_owned());
+        tokio::spawn(async move { runner.pause_now(&id).await })
+            .await
+            .map_err(|e| SandboxError::Internal(format!("pause task failed: {e}")))?
+    }
+
+    async fn pause_now(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let op = self.op_lock(id)?;
+        let _op = op.lock().await;
+        let info = self.get(id).ok_or_else(|| SandboxError::NotFound(id.into()))?;
+        match info.state {
+            SandboxState::Paused => return Ok(info),
+            SandboxState::Started => {}
+            state => return Err(SandboxError::InvalidState { id: id.into(), state, action: "pause" }),
+        }
+        self.report_state(id, SandboxState::Pausing, None, None)?;
+        match self.docker().pause_container(&info.container_id).await {
+            Ok(()) => self.report_state(id, SandboxState::Paused, None, None),
+            Err(e) => {
+                // Not paused after all: it is still the started sandbox it was.
+                self.report_state(id, SandboxState::Started, info.daemon_addr.clone(), None)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Resumes a paused sandbox (docker unpause); its processes go on where they were. Resuming a started one is a
+    /// no-op.
+    pub async fn resume(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let (runner, id) = (self.clone(), id.to_owned());
+        tokio::spawn(async move { runner.resume_now(&id).await })
+            .await
+            .map_err(|e| SandboxError::Internal(format!("resume task failed: {e}")))?
+    }
+
+    async fn resume_now(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let op = self.op_lock(id)?;
+        let _op = op.lock().await;
+        let info = self.get(id).ok_or_else(|| SandboxError::NotFound(id.into()))?;
+        match info.state {
+            SandboxState::Started => return Ok(info),
+            SandboxState::Paused => {}
+            state => return Err(SandboxError::InvalidState { id: id.into(), state, action: "resume" }),
+        }
+        self.report_state(id, SandboxState::Resuming, None, None)?;
+        let resumed = async {
+            match self.docker().unpause_container(&info.container_id).await {
+                // 409: not paused (thawed from outside): fine as long as it runs.
+                Err(e) if docker_status(&e) != Some(409) => return Err(SandboxError::from(e)),
+                _ => {}
+            }
+            let inspect = self.docker().inspect_container(&info.container_id, None).await?;
+            let running = inspect.state.as_ref().and_then(|s| s.running) == Some(true);
+            let ip = crate::runner::container_ip(&inspect).filter(|_| running).ok_or_else(|| {
+                SandboxError::DaemonNotReady {
+                    id: id.into(),
+                    reason: "the container is not running after unpause".into(),
+                }
+            })?;
+            Ok(std::net::SocketAddr::new(ip, sandbar_proto::ports::TOOLBOX).to_string())
+        };
+        match resumed.await {
+            Ok(addr) => self.report_state(id, SandboxState::Started, Some(addr), None),
+            Err(e) => {
+                self.report_state(id, SandboxState::Error, None, Some(format!("resume failed: {e}")))?;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Thaws a container before an operation that needs its processes to run (a graceful stop). Errors (it was not
+/// paused, it is gone) are the operation's to find.
+pub(crate) async fn unpause_quietly(docker: &Docker, container: &str) {
+    if let Err(e) = docker.unpause_container(container).await {
+        tracing::debug!(container, error = %e, "unpause before stop");
+    }
+}
+
+/// Removes a fork's image (after its sandbox was destroyed, or when the fork failed), unless a container still uses
+/// it. Other images are left alone. Removing by tag also works while images committed from the fork (a fork of the
+/// fork, a snapshot) still build on its layers: the tag goes, the layers stay until the last child goes.
+pub(crate) async fn release_fork_image(docker: &Docker, image: &str) {
+    if !image.starts_with(&format!("{FORK_IMAGE_REPO}:")) {
+        return;
+    }
+    // Docker refuses (409) to drop the last tag of an image a container (even a stopped one) uses.
+    let opts = RemoveImageOptionsBuilder::default().force(false).noprune(false).build();
+    match docker.remove_image(image, Some(opts), None).await {
+        Ok(_) => tracing::info!(image, "fork image removed"),
+        Err(e) if docker_status(&e) == Some(404) => {}
+        Err(e) if docker_status(&e) == Some(409) => tracing::info!(image, error = %e, "fork image still in use; kept"),
+        Err(e) => tracing::warn!(image, error = %e, "cannot remove fork image"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fork_images_are_valid_references() {
+        assert!(valid_reference(&fork_image("3f2b9c1e-0a4d-4c55-9a3e-1f2d3c4b5a69")));
+        assert!(valid_reference(&fork_image("Fork_1.a")));
+    }
+
+    #[test]
+    fn commit_errors_keep_their_codes() {
+        let e = SnapshotError::Sandbox(SandboxError::NotFound("s".into()));
+        assert_eq!(e.code(), JobErrorCode::SandboxNotFound);
+        assert_eq!(commit_failed(e).code(), JobErrorCode::SandboxNotFound);
+        assert_eq!(SnapshotError::InvalidName("X".into()).code(), JobErrorCode::InvalidRequest);
+    }
+}
