@@ -854,9 +854,6 @@ async fn create(
 /// Waits up to `create_wait_ms` for a new sandbox to leave `creating` (every job result wakes the route watchers;
 /// a result posted to another API instance is seen by rereading every poll interval), and returns the row as it
 /// then is.
-async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
-/// Waits up to `create_wait_ms` for a new sandbox to leave `creating` (every job result wakes the route watchers),
-/// and returns the row as it then is.
 pub(crate) async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
     if app.config.create_wait_ms == 0 {
         return Ok(row);
