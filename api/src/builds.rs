@@ -136,7 +136,7 @@ pub(crate) async fn attach(
     )
     .bind(org)
     .bind(&hash)
-    .bind(now - crate::runners::unreachable_after_ms())
+    .bind(now - crate::runners::unreachable_after_ms(&app.config))
     .fetch_optional(&mut *conn)
     .await?;
     if let Some((build_id, runner_id, state)) = earlier {
@@ -219,7 +219,9 @@ pub(crate) async fn snapshot_runner(
     .fetch_optional(&mut *conn)
     .await?;
     match runner {
-        Some((runner, seen)) if seen >= app.now() - crate::runners::unreachable_after_ms() => Ok(Some(runner)),
+        Some((runner, seen)) if seen >= app.now() - crate::runners::unreachable_after_ms(&app.config) => {
+            Ok(Some(runner))
+        }
         Some((runner, _)) => Err(ApiError::unavailable(format!(
             "snapshot {} was built on runner {runner}, which is unreachable (its image exists only there)",
             snap.name

@@ -80,7 +80,7 @@ pub(crate) async fn place_on(
     let Some((seen, c, m, d, uc, um, ud)) = row else {
         return Err(ApiError::unavailable(format!("runner {runner}, which holds the image, is not registered")));
     };
-    if seen < app.now() - runners::unreachable_after_ms() {
+    if seen < app.now() - runners::unreachable_after_ms(&app.config) {
         return Err(ApiError::unavailable(format!(
             "runner {runner}, which holds the image (images are local to a runner), is unreachable; retry when it is back"
         )));
@@ -134,7 +134,7 @@ async fn fork(
     let mut tx = app.db.pool.begin().await?;
     lock_org(&app, &mut tx, &org).await?;
     let src = load(&app, &mut tx, Some(&org), &id, true).await?.ok_or_else(|| ApiError::sandbox_not_found(&id))?;
-    state::plan_copy(src.effective_state(now), CopyKind::Fork).map_err(|r| ApiError::bad_request(r.0))?;
+    state::plan_copy(src.effective_state(&app, now), CopyKind::Fork).map_err(|r| ApiError::bad_request(r.0))?;
     let runner = src
         .runner_id
         .clone()
@@ -222,7 +222,7 @@ async fn snapshot(
     if crate::snapshots::find(&mut tx, &org, name).await?.is_some() {
         return Err(ApiError::conflict(format!("Snapshot with name {name} already exists")));
     }
-    let current = row.effective_state(now);
+    let current = row.effective_state(&app, now);
     state::plan_copy(current, CopyKind::Snapshot).map_err(|r| ApiError::bad_request(r.0))?;
     let runner = row.runner_id.clone().ok_or_else(|| {
         ApiError::conflict("the sandbox was never placed on a runner, so there is nothing to snapshot")
@@ -265,7 +265,7 @@ async fn pause(app: axum::extract::State<App>, caller: Caller, Path(id): Path<St
     let row = load(&app, &mut tx, Some(&caller.organization_id), &id, true)
         .await?
         .ok_or_else(|| ApiError::sandbox_not_found(&id))?;
-    let Some(next) = state::plan_pause(row.effective_state(now)).map_err(|r| ApiError::bad_request(r.0))? else {
+    let Some(next) = state::plan_pause(row.effective_state(&app, now)).map_err(|r| ApiError::bad_request(r.0))? else {
         return Ok(Json(row.to_dto(&app)).into_response());
     };
     let runner = row.runner_id.clone().ok_or_else(|| ApiError::conflict("the sandbox was never placed on a runner"))?;
@@ -286,7 +286,7 @@ pub(crate) async fn resume_if_paused(app: &App, org: &str, id: &str) -> ApiResul
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
     let Some(row) = load(app, &mut tx, Some(org), id, true).await? else { return Ok(None) };
-    let next = match state::plan_resume(row.effective_state(now)) {
+    let next = match state::plan_resume(row.effective_state(app, now)) {
         None => return Ok(None),
         Some(state::Plan::Job(next, _)) => next,
         Some(_) => return Ok(Some(row)),

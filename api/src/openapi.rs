@@ -13,8 +13,8 @@ use utoipa::openapi::{
 };
 
 use crate::App;
-use crate::network::NetworkSettingsBody;
 use crate::fork::{CreateSandboxSnapshotBody, ForkSandboxBody};
+use crate::network::NetworkSettingsBody;
 use crate::sandbox::{
     CreateSandboxBody, LabelsBody, ListSandboxesResponse, PortPreviewUrl, ResizeBody, SandboxDto, SignedPortPreviewUrl,
     SshAccessDto, SshAccessValidationDto, ToolboxProxyUrl,

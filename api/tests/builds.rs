@@ -44,7 +44,8 @@ fn build_of(job: &Job) -> &BuildSnapshot {
 }
 
 async fn build_done(r: &FakeRunner, job: &Job) -> StatusCode {
-    r.result(JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox: None } }).await
+    r.result(JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox: None, snapshot: None } })
+        .await
 }
 
 async fn logs_url(h: &Harness, what: &str, id: &str) -> String {

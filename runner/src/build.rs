@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use sandbar_proto::api::{BuildLog, MAX_BUILD_LOG_BYTES, MAX_BUILD_LOG_LINE};
-use sandbar_proto::runner::{BuildSnapshot, JobErrorCode, JobOutcome, JobResult};
+use sandbar_proto::runner::{BuildSnapshot, JobOutcome, JobResult};
 use tokio::sync::mpsc;
 
 use crate::agent::{ControlPlane, ControlPlaneError};
@@ -23,21 +23,6 @@ const MAX_BATCH: usize = 500;
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long the result waits for the last log lines to reach an unreachable control plane.
 const LOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-impl SnapshotError {
-    pub fn code(&self) -> JobErrorCode {
-        match self {
-            Self::InvalidName(_) | Self::InvalidDockerfile(_) => JobErrorCode::InvalidRequest,
-            Self::BaseImageNotFound(_) => JobErrorCode::ImageNotFound,
-            Self::BuildFailed(_) => JobErrorCode::BuildFailed,
-            Self::NotFound(_) => JobErrorCode::ImageNotFound,
-            Self::InUse(_) => JobErrorCode::Conflict,
-            Self::Sandbox(e) => e.code(),
-            Self::Docker(_) => JobErrorCode::Docker,
-            Self::Internal(_) => JobErrorCode::Internal,
-        }
-    }
-}
 
 /// Cuts build output to the log's bounds: long lines are shortened, and after [`MAX_BUILD_LOG_BYTES`] one note
 /// replaces the rest.
@@ -74,7 +59,7 @@ impl LogBound {
 /// Turns a build's outcome into the job's result.
 pub(crate) fn job_result(job_id: String, built: Result<ImageInfo, SnapshotError>) -> JobResult {
     let outcome = match built {
-        Ok(_) => JobOutcome::Succeeded { sandbox: None },
+        Ok(_) => JobOutcome::Succeeded { sandbox: None, snapshot: None },
         Err(e) => JobOutcome::Failed { code: e.code(), message: e.to_string() },
     };
     JobResult { job_id, outcome }
@@ -172,6 +157,7 @@ async fn ship(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sandbar_proto::runner::JobErrorCode;
 
     #[test]
     fn log_bound_cuts_lines_and_the_whole() {

@@ -30,7 +30,7 @@ pub const FORK_LABEL: &str = "sandbar.fork";
 pub const FORK_SOURCE_LABEL: &str = "sandbar.fork.source";
 
 impl SnapshotError {
-    /// The job error code of a failed snapshot or fork commit.
+    /// The job error code of a failed build, snapshot or fork commit.
     pub fn code(&self) -> JobErrorCode {
         match self {
             Self::InvalidName(_) | Self::InvalidDockerfile(_) => JobErrorCode::InvalidRequest,
@@ -39,7 +39,8 @@ impl SnapshotError {
             Self::InUse(_) => JobErrorCode::Conflict,
             Self::Sandbox(e) => e.code(),
             Self::Docker(e) => docker_code(e),
-            Self::BuildFailed(_) | Self::Internal(_) => JobErrorCode::Internal,
+            Self::BuildFailed(_) => JobErrorCode::BuildFailed,
+            Self::Internal(_) => JobErrorCode::Internal,
         }
     }
 }

@@ -255,7 +255,7 @@ async fn build_jobs_stream_their_log_to_the_control_plane_before_the_result() {
         batches.into_iter().flat_map(|b| b.lines).collect::<Vec<_>>()
     };
 
-    assert!(matches!(by_id("ok"), JobResult { outcome: JobOutcome::Succeeded { sandbox: None }, .. }));
+    assert!(matches!(by_id("ok"), JobResult { outcome: JobOutcome::Succeeded { sandbox: None, snapshot: None }, .. }));
     let lines = text_of("ok");
     assert!(lines.iter().any(|l| l.starts_with("Step 2/") && l.contains(" : RUN for i")), "{lines:?}");
     let run_output: Vec<&String> = lines.iter().filter(|l| l.starts_with("line-")).collect();
