@@ -45,6 +45,9 @@ fn main() -> anyhow::Result<()> {
                 let _ = gateway_stop.wait_for(|stop| *stop).await;
             },
         ));
+        // Signal handlers go in before the ready line: a supervisor may send SIGTERM the moment it reads it.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut server = tokio::spawn(sandbar_proxy::run(config, listeners, rx));
         {
             let mut out = std::io::stdout().lock();
@@ -52,8 +55,6 @@ fn main() -> anyhow::Result<()> {
             out.flush()?;
         }
         tracing::info!("{ready}");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: draining"),
             _ = int.recv() => tracing::info!("SIGINT: draining"),
