@@ -113,6 +113,10 @@ impl Runner {
                 None
             }
             JobKind::ResizeSandbox(_) => None,
+            JobKind::ArchiveSandbox { sandbox_id } => {
+                self.daemons.lock().unwrap().remove(sandbox_id);
+                Some(Box::new(self.info(sandbox_id, "", SandboxState::Archived, None)))
+            }
             // These tests never ask for the rest; say so rather than pretend.
             other => {
                 let message = format!("the proxy tests' runner does not carry out {other:?}");
