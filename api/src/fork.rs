@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use crate::auth::Caller;
-use crate::db::{DbKind, random_token};
+use crate::db::random_token;
 use crate::error::{ApiError, ApiResult, Json, Path};
 use crate::sandbox::{self, Row, bump, check_quota, create_job, enqueue, load, set_state, valid_name};
 use crate::state::{self, CopyKind};
@@ -104,15 +104,6 @@ fn check_name(name: &str, what: &str) -> ApiResult<()> {
     )))
 }
 
-/// Locks the organization's row on PostgreSQL, so concurrent requests of one organization cannot both slip under a
-/// quota or take one name (SQLite transactions are serial already).
-async fn lock_org(app: &App, conn: &mut AnyConnection, org: &str) -> ApiResult<()> {
-    if app.db.kind == DbKind::Postgres {
-        sqlx::query("SELECT id FROM organizations WHERE id = $1 FOR UPDATE").bind(org).execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
 /// `POST /sandbox/{id}/fork`: answers 200 with the new sandbox (`creating`); the SDK then waits for `started`.
 async fn fork(
     app: axum::extract::State<App>,
@@ -132,23 +123,14 @@ async fn fork(
     };
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
-    lock_org(&app, &mut tx, &org).await?;
+    crate::sandbox::lock_org(&app, &mut tx, &org).await?;
     let src = load(&app, &mut tx, Some(&org), &id, true).await?.ok_or_else(|| ApiError::sandbox_not_found(&id))?;
     state::plan_copy(src.effective_state(&app, now), CopyKind::Fork).map_err(|r| ApiError::bad_request(r.0))?;
     let runner = src
         .runner_id
         .clone()
         .ok_or_else(|| ApiError::conflict("the sandbox was never placed on a runner, so there is nothing to fork"))?;
-    let taken: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM sandboxes WHERE organization_id = $1 AND name = $2 AND state <> 'destroyed'",
-    )
-    .bind(&org)
-    .bind(&name)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if taken.is_some() {
-        return Err(ApiError::conflict(format!("Sandbox with name {name} already exists")));
-    }
+    crate::sandbox::ensure_name_free(&mut tx, &org, &name).await?;
     // A fork is a new started sandbox of the source's size: quotas as for a create.
     check_quota(&mut tx, &org, src.cpu, src.memory, src.disk, 1).await?;
     place_on(&app, &mut tx, &runner, src.cpu, src.memory, src.disk).await?;
@@ -216,7 +198,7 @@ async fn snapshot(
     check_name(name, "snapshot")?;
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
-    lock_org(&app, &mut tx, &org).await?;
+    crate::sandbox::lock_org(&app, &mut tx, &org).await?;
     let row = load(&app, &mut tx, Some(&org), &id, true).await?.ok_or_else(|| ApiError::sandbox_not_found(&id))?;
     // A name clash is reported as such whatever the sandbox's state.
     if crate::snapshots::find(&mut tx, &org, name).await?.is_some() {

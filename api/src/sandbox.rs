@@ -459,6 +459,30 @@ fn to_u32(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
+/// Locks the organization's row on PostgreSQL, so concurrent requests of one organization cannot both slip under a
+/// quota or take one name (SQLite transactions are serial already).
+pub(crate) async fn lock_org(app: &App, conn: &mut AnyConnection, org: &str) -> ApiResult<()> {
+    if app.db.kind == DbKind::Postgres {
+        sqlx::query("SELECT id FROM organizations WHERE id = $1 FOR UPDATE").bind(org).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Refuses with 409 when a live sandbox of the organization already has `name`.
+pub(crate) async fn ensure_name_free(conn: &mut AnyConnection, org: &str, name: &str) -> ApiResult<()> {
+    let taken: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM sandboxes WHERE organization_id = $1 AND name = $2 AND state <> 'destroyed'",
+    )
+    .bind(org)
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match taken {
+        Some(_) => Err(ApiError::conflict(format!("Sandbox with name {name} already exists"))),
+        None => Ok(()),
+    }
+}
+
 /// Refuses with 403 when adding the given resources would exceed the organization's quotas.
 pub(crate) async fn check_quota(
     conn: &mut AnyConnection,
@@ -755,21 +779,9 @@ async fn create(
     let org = caller.organization_id;
 
     let mut tx = app.db.pool.begin().await?;
-    if app.db.kind == DbKind::Postgres {
-        // Serialises creates of one organization, so concurrent requests cannot both slip under a quota.
-        sqlx::query("SELECT id FROM organizations WHERE id = $1 FOR UPDATE").bind(&org).execute(&mut *tx).await?;
-    }
+    lock_org(&app, &mut tx, &org).await?;
     check_quota(&mut tx, &org, cpu, memory, disk, 1).await?;
-    let taken: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM sandboxes WHERE organization_id = $1 AND name = $2 AND state <> 'destroyed'",
-    )
-    .bind(&org)
-    .bind(&name)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if taken.is_some() {
-        return Err(ApiError::conflict(format!("Sandbox with name {name} already exists")));
-    }
+    ensure_name_free(&mut tx, &org, &name).await?;
     let link = match body.linked_sandbox.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
         // A linked sandbox goes where its parent is, so the two share a network.
         Some(l) => Some(crate::network::resolve_link(&app, &mut tx, &org, l, auto_delete).await?),
