@@ -75,7 +75,8 @@ pub struct Config {
     /// answer 409 at once).
     #[arg(long = "wake-timeout-ms", env = "SANDBAR_PROXY_WAKE_TIMEOUT_MS", default_value = "60000", value_parser = parse_millis)]
     pub wake_timeout: Duration,
-    /// Runtime worker threads (0 = one per core; 1 = a single-threaded runtime, fewest cross-thread wake-ups).
+    /// Runtime worker threads: 1 is a single-threaded runtime (no cross-thread wake-ups), more a work-stealing
+    /// one; 0 picks half the cores, at least one (the proxy shares its host with the sandboxes it serves).
     #[arg(long, env = "SANDBAR_PROXY_THREADS", default_value_t = 0)]
     pub threads: usize,
     /// Log as JSON lines.
@@ -136,6 +137,14 @@ impl Config {
             threads: 0,
             log_json: false,
             tls: Vec::new(),
+        }
+    }
+
+    /// The runtime's worker threads, with 0 resolved (see `threads`).
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() / 2).max(1),
+            n => n,
         }
     }
 

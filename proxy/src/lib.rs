@@ -145,6 +145,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: ShutdownWatch) 
         wake_timeout: config.wake_timeout,
         metrics: metrics.clone(),
         activity: Activity::default(),
+        request_ids: Default::default(),
     });
 
     // Certificates: configured pairs first (chosen by SNI), the generated one as the fallback.

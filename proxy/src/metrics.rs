@@ -12,6 +12,7 @@ const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 pub struct Metrics {
     /// Responses by status class: index 0 = no response (connection died), 1..=5 = 1xx..5xx.
     pub responses: [AtomicU64; 6],
+    /// Requests per latency interval: `[i]` counts those above `BUCKETS[i - 1]` and at most `BUCKETS[i]`.
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -37,11 +38,12 @@ impl Metrics {
         if let Some(c) = self.responses.get(if (1..=5).contains(&class) { class } else { 0 }) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+        // One increment per request: the buckets hold counts per interval and `render` sums them into
+        // Prometheus' cumulative form (a slower request falls past the last bound and counts only in +Inf).
         let secs = elapsed.as_secs_f64();
-        for (bound, bucket) in BUCKETS.iter().zip(&self.latency_buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(bucket) = BUCKETS.iter().position(|bound| secs <= *bound).and_then(|i| self.latency_buckets.get(i))
+        {
+            bucket.fetch_add(1, Ordering::Relaxed);
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
@@ -60,8 +62,10 @@ impl Metrics {
             "# HELP sandbar_proxy_request_duration_seconds Time from request head to the end of the response.\n",
         );
         out.push_str("# TYPE sandbar_proxy_request_duration_seconds histogram\n");
+        let mut cumulative = 0;
         for (bound, bucket) in BUCKETS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(out, "sandbar_proxy_request_duration_seconds_bucket{{le=\"{bound}\"}} {}", get(bucket));
+            cumulative += get(bucket);
+            let _ = writeln!(out, "sandbar_proxy_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         let count = get(&self.latency_count);
         let _ = writeln!(out, "sandbar_proxy_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
@@ -130,6 +134,7 @@ mod tests {
         assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"0.05\"} 2"));
+        assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"10\"} 2"), "{text}");
         assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 3"));
     }
 }
