@@ -32,6 +32,12 @@ def spki_hash(cert_pem: bytes) -> str:
     return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
+class CdpError(RuntimeError):
+    def __init__(self, method: str, error: dict):
+        super().__init__(f"{method}: {error}")
+        self.error = error
+
+
 class Cdp:
     def __init__(self, url: str):
         self.ws = ws_connect(url, open_timeout=30, max_size=None)
@@ -44,7 +50,7 @@ class Cdp:
             msg = json.loads(self.ws.recv(timeout=30))
             if msg.get("id") == i:
                 if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
+                    raise CdpError(method, msg["error"])
                 return msg.get("result", {})
 
     def eval(self, expr: str):
@@ -53,8 +59,14 @@ class Cdp:
     def wait_for(self, expr: str, what: str, timeout: float = 30) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.eval(expr) is True:
-                return
+            try:
+                if self.eval(expr) is True:
+                    return
+            except CdpError as e:
+                # The target is listed as soon as its navigation starts, before its document has a JavaScript
+                # context: until then Chromium answers "Cannot find default execution context".
+                if "execution context" not in str(e.error.get("message", "")):
+                    raise
             time.sleep(0.1)
         pytest.fail(f"timed out waiting for {what}; page shows:\n{self.eval(SCREEN)}\n{self.eval('document.body.innerText')}")
 
