@@ -53,6 +53,11 @@ pub enum Wake {
     NotFound,
 }
 
+/// A success body as the contract's JSON.
+async fn body<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, ApiCallError> {
+    resp.json::<T>().await.map_err(|e| ApiCallError::Body(e.to_string()))
+}
+
 /// The `message` of an error body, or `fallback`.
 async fn message_of(resp: reqwest::Response, fallback: &str) -> String {
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
@@ -94,17 +99,16 @@ impl ApiClient {
         format!("{}{}", self.base, path)
     }
 
+    /// Sends `req` with the proxy's service token.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiCallError> {
+        req.bearer_auth(&self.token).send().await.map_err(|e| ApiCallError::Unreachable(e.to_string()))
+    }
+
     /// `GET /internal/routes/{id}`: `Ok(None)` for 404.
     pub async fn route(&self, sandbox_id: &str) -> Result<Option<Route>, ApiCallError> {
-        let resp = self
-            .http
-            .get(self.url(&format!("/internal/routes/{sandbox_id}")))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        let resp = self.send(self.http.get(self.url(&format!("/internal/routes/{sandbox_id}")))).await?;
         match resp.status() {
-            StatusCode::OK => resp.json::<Route>().await.map(Some).map_err(|e| ApiCallError::Body(e.to_string())),
+            StatusCode::OK => body::<Route>(resp).await.map(Some),
             StatusCode::NOT_FOUND => Ok(None),
             s => Err(ApiCallError::Status(s.as_u16())),
         }
@@ -113,35 +117,23 @@ impl ApiClient {
     /// `GET /internal/routes/changes?since=SEQ&wait=SECS`.
     pub async fn route_changes(&self, since: i64, wait_secs: u64) -> Result<RouteChanges, ApiCallError> {
         let resp = self
-            .poll
-            .get(self.url("/internal/routes/changes"))
-            .query(&[("since", since.to_string()), ("wait", wait_secs.to_string())])
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+            .send(
+                self.poll
+                    .get(self.url("/internal/routes/changes"))
+                    .query(&[("since", since.to_string()), ("wait", wait_secs.to_string())]),
+            )
+            .await?;
         match resp.status() {
-            StatusCode::OK => resp.json::<RouteChanges>().await.map_err(|e| ApiCallError::Body(e.to_string())),
+            StatusCode::OK => body::<RouteChanges>(resp).await,
             s => Err(ApiCallError::Status(s.as_u16())),
         }
     }
 
     /// `POST /internal/authorize`.
     pub async fn authorize(&self, req: &AuthorizeRequest) -> Result<Authorization, ApiCallError> {
-        let resp = self
-            .http
-            .post(self.url("/internal/authorize"))
-            .bearer_auth(&self.token)
-            .json(req)
-            .send()
-            .await
-            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        let resp = self.send(self.http.post(self.url("/internal/authorize")).json(req)).await?;
         match resp.status() {
-            StatusCode::OK => resp
-                .json::<AuthorizeResponse>()
-                .await
-                .map(Authorization::Allowed)
-                .map_err(|e| ApiCallError::Body(e.to_string())),
+            StatusCode::OK => body::<AuthorizeResponse>(resp).await.map(Authorization::Allowed),
             StatusCode::UNAUTHORIZED => Ok(Authorization::Unauthorized),
             StatusCode::NOT_FOUND => Ok(Authorization::NotFound),
             s => Err(ApiCallError::Status(s.as_u16())),
@@ -151,20 +143,9 @@ impl ApiClient {
     /// `POST /internal/preview/resolve`: which sandbox the token of a signed preview URL opens.
     pub async fn resolve_signed_preview(&self, token: &str, port: u16) -> Result<SignedPreview, ApiCallError> {
         let req = SignedPreviewResolveRequest { token: token.to_owned(), port };
-        let resp = self
-            .http
-            .post(self.url("/internal/preview/resolve"))
-            .bearer_auth(&self.token)
-            .json(&req)
-            .send()
-            .await
-            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        let resp = self.send(self.http.post(self.url("/internal/preview/resolve")).json(&req)).await?;
         match resp.status() {
-            StatusCode::OK => resp
-                .json::<SignedPreviewResolveResponse>()
-                .await
-                .map(SignedPreview::Allowed)
-                .map_err(|e| ApiCallError::Body(e.to_string())),
+            StatusCode::OK => body::<SignedPreviewResolveResponse>(resp).await.map(SignedPreview::Allowed),
             StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND => Ok(SignedPreview::Refused(
                 message_of(resp, "this signed preview URL is invalid, expired or revoked").await,
             )),
@@ -174,19 +155,9 @@ impl ApiClient {
 
     /// `POST /internal/sandboxes/{id}/wake`: start an auto-stopped sandbox for a waiting request.
     pub async fn wake(&self, sandbox_id: &str) -> Result<Wake, ApiCallError> {
-        let resp = self
-            .http
-            .post(self.url(&format!("/internal/sandboxes/{sandbox_id}/wake")))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        let resp = self.send(self.http.post(self.url(&format!("/internal/sandboxes/{sandbox_id}/wake")))).await?;
         match resp.status() {
-            StatusCode::OK => resp
-                .json::<Route>()
-                .await
-                .map(|r| Wake::Started(Box::new(r)))
-                .map_err(|e| ApiCallError::Body(e.to_string())),
+            StatusCode::OK => body::<Route>(resp).await.map(|r| Wake::Started(Box::new(r))),
             StatusCode::NOT_FOUND => Ok(Wake::NotFound),
             StatusCode::CONFLICT => Ok(Wake::Refused(message_of(resp, "the sandbox could not be started").await)),
             s => Err(ApiCallError::Status(s.as_u16())),
@@ -195,14 +166,7 @@ impl ApiClient {
 
     /// `POST /internal/activity` -> 204.
     pub async fn activity(&self, report: &ActivityReport) -> Result<(), ApiCallError> {
-        let resp = self
-            .http
-            .post(self.url("/internal/activity"))
-            .bearer_auth(&self.token)
-            .json(report)
-            .send()
-            .await
-            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        let resp = self.send(self.http.post(self.url("/internal/activity")).json(report)).await?;
         if resp.status().is_success() { Ok(()) } else { Err(ApiCallError::Status(resp.status().as_u16())) }
     }
 }
@@ -219,18 +183,9 @@ impl ApiClient {
     /// `POST /internal/ssh/resolve`: where an SSH-access token leads, or why not.
     pub async fn ssh_resolve(&self, token: &str) -> Result<SshResolution, ApiCallError> {
         let req = sandbar_proto::api::SshResolveRequest { token: token.to_owned() };
-        let resp = self
-            .http
-            .post(self.url("/internal/ssh/resolve"))
-            .bearer_auth(&self.token)
-            .json(&req)
-            .send()
-            .await
-            .map_err(|e| ApiCallError::Unreachable(e.to_string()))?;
+        let resp = self.send(self.http.post(self.url("/internal/ssh/resolve")).json(&req)).await?;
         match resp.status() {
-            StatusCode::OK => {
-                resp.json().await.map(SshResolution::Target).map_err(|e| ApiCallError::Body(e.to_string()))
-            }
+            StatusCode::OK => body(resp).await.map(SshResolution::Target),
             s @ (StatusCode::UNAUTHORIZED | StatusCode::CONFLICT | StatusCode::NOT_FOUND) => {
                 Ok(SshResolution::Refused(message_of(resp, &format!("refused ({s})")).await))
             }
