@@ -92,6 +92,20 @@ async fn wait_no_children(daemon_pid: u32, needle: &str) {
     }
 }
 
+/// Waits until exactly `n` servers run under the daemon: a WebSocket's server is started once the upgrade is done,
+/// so it may not exist yet when the client has its 101.
+async fn wait_children(daemon_pid: u32, needle: &str, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = children(daemon_pid, needle);
+        if found.len() == n {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "expected {n} {needle}, found {found:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn body(root: &Path) -> Value {
     json!({"languageId": "python", "pathToProject": root})
 }
@@ -394,7 +408,7 @@ async fn websocket_bridges_an_ide_to_pylsp_and_refuses_bad_input() {
 
     // An oversized message closes with 1009; the server goes with the connection.
     let mut ws = ws_connect(&d, &root).await;
-    assert_eq!(children(d.pid(), "pylsp").len(), 1);
+    wait_children(d.pid(), "pylsp", 1).await;
     ws.send(Message::text("x".repeat(17 << 20))).await.unwrap();
     assert_eq!(close_of(&mut ws).await.0, 1009);
     wait_no_children(d.pid(), "pylsp").await;
@@ -402,8 +416,7 @@ async fn websocket_bridges_an_ide_to_pylsp_and_refuses_bad_input() {
     // Each connection has its own server; killing it closes the socket with 1011 and a reason.
     let mut a = ws_connect(&d, &root).await;
     let mut b = ws_connect(&d, &root).await;
-    let pids = children(d.pid(), "pylsp");
-    assert_eq!(pids.len(), 2, "{pids:?}");
+    let pids = wait_children(d.pid(), "pylsp", 2).await;
     a.send(Message::text(init.to_string())).await.unwrap();
     answer(&mut a, json!(3)).await;
     for p in &pids {
