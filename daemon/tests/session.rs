@@ -224,7 +224,8 @@ async fn entrypoint_runs_in_its_session_and_gets_sigterm() {
         }
         assert_eq!(r.status(), 200);
         logs = r.json().await.unwrap();
-        if logs["stderr"] == "entry-err\n" {
+        // stdout and stderr are separate pipes, read by separate tasks: wait for both, not for the second written.
+        if logs["stdout"] == "entry-out\n" && logs["stderr"] == "entry-err\n" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
