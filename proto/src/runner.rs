@@ -292,6 +292,27 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// The kind's name on the wire (the `type` field) and in the API's `jobs.kind` column: the one mapping from
+    /// kind to name. Exhaustive on purpose: a new variant does not compile until it is named here.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Self::CreateSandbox(_) => "CREATE_SANDBOX",
+            Self::StartSandbox { .. } => "START_SANDBOX",
+            Self::StopSandbox(_) => "STOP_SANDBOX",
+            Self::DestroySandbox { .. } => "DESTROY_SANDBOX",
+            Self::ResizeSandbox(_) => "RESIZE_SANDBOX",
+            Self::UpdateSandboxNetwork(_) => "UPDATE_SANDBOX_NETWORK",
+            Self::ArchiveSandbox { .. } => "ARCHIVE_SANDBOX",
+            Self::RestoreSandbox(_) => "RESTORE_SANDBOX",
+            Self::BuildSnapshot(_) => "BUILD_SNAPSHOT",
+            Self::ForkSandbox(_) => "FORK_SANDBOX",
+            Self::SnapshotSandbox(_) => "SNAPSHOT_SANDBOX",
+            Self::RemoveSnapshot(_) => "REMOVE_SNAPSHOT",
+            Self::PauseSandbox { .. } => "PAUSE_SANDBOX",
+            Self::ResumeSandbox { .. } => "RESUME_SANDBOX",
+        }
+    }
+
     /// The sandbox the job acts on (for a build, the build id): the API hands out at most one unfinished job per
     /// id, in order.
     pub fn sandbox_id(&self) -> &str {
@@ -502,6 +523,22 @@ pub struct RunnerStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_is_the_wire_type() {
+        let id = || "s1".to_owned();
+        let kinds = [
+            JobKind::StartSandbox { sandbox_id: id() },
+            JobKind::StopSandbox(StopSandbox { sandbox_id: id(), force: false, timeout_secs: None }),
+            JobKind::DestroySandbox { sandbox_id: id() },
+            JobKind::ArchiveSandbox { sandbox_id: id() },
+            JobKind::PauseSandbox { sandbox_id: id() },
+            JobKind::ResumeSandbox { sandbox_id: id() },
+        ];
+        for kind in kinds {
+            assert_eq!(serde_json::to_value(&kind).unwrap()["type"], kind.tag());
+        }
+    }
 
     #[test]
     fn job_wire_format() {

@@ -1,0 +1,31 @@
+//! Small helpers shared by every sandbar process, so each exists once: random tokens ([`token`]), constant-time
+//! compares ([`ct_eq`]), atomic private file writes ([`fs`]), the SSH host key and server settings ([`ssh`], feature
+//! `ssh`), backoff with jitter ([`backoff`]) and locks that survive a panicked holder ([`sync`]).
+//!
+//! No web framework and no runtime: the static daemon links this crate too.
+
+pub mod backoff;
+pub mod fs;
+#[cfg(feature = "ssh")]
+pub mod ssh;
+pub mod sync;
+pub mod token;
+
+/// Whether two secrets are equal, in time that depends on their lengths only (no timing oracle for a token).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ct_eq;
+
+    #[test]
+    fn ct_eq_compares_whole_values() {
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secret", b"secreT"));
+        assert!(!ct_eq(b"secret", b"secret2"));
+        assert!(!ct_eq(b"", b"x"));
+    }
+}
