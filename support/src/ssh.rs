@@ -23,7 +23,9 @@ pub enum HostKeyError {
 /// clients' `known_hosts` entries stay valid.
 pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, HostKeyError> {
     match std::fs::read(path) {
-        Ok(pem) => return PrivateKey::from_openssh(pem).map_err(|source| HostKeyError::Bad { path: path.into(), source }),
+        Ok(pem) => {
+            return PrivateKey::from_openssh(pem).map_err(|source| HostKeyError::Bad { path: path.into(), source });
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(HostKeyError::Read { path: path.into(), source }),
     }
@@ -34,11 +36,13 @@ pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, HostKeyError> 
     let key = PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
     let pem = key.to_openssh(LineEnding::LF).map_err(|e| HostKeyError::Make(e.to_string()))?;
     let public = key.public_key().to_openssh().map_err(|e| HostKeyError::Make(e.to_string()))?;
-    crate::fs::write_private(path, pem.as_bytes()).map_err(|source| HostKeyError::Write { path: path.into(), source })?;
+    crate::fs::write_private(path, pem.as_bytes())
+        .map_err(|source| HostKeyError::Write { path: path.into(), source })?;
     let mut pub_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     pub_name.push(".pub");
     let pub_path = path.with_file_name(pub_name);
-    std::fs::write(&pub_path, format!("{public}\n")).map_err(|source| HostKeyError::Write { path: pub_path, source })?;
+    std::fs::write(&pub_path, format!("{public}\n"))
+        .map_err(|source| HostKeyError::Write { path: pub_path, source })?;
     Ok(key)
 }
 
