@@ -1,6 +1,5 @@
 """PTY sessions through the real SDK: create_pty_session (the create-connect WebSocket with the exit-control and
-envs subprotocols), input and output, resize, reconnect with connect_pty_session, list/info, kill, exit codes
-(compat doc §5)."""
+envs subprotocols), input and output, resize, reconnect with connect_pty_session, list/info, kill, exit codes."""
 
 from __future__ import annotations
 
