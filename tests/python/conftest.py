@@ -111,6 +111,7 @@ class RouteServer(ThreadingHTTPServer):
         self.toolbox_proxy_url = ""
         self.routes: dict[str, dict] = {}
         self.seq = 0
+        self.changed_at: dict[str, int] = {}  # sandbox id -> seq of its last change
         self.changed = threading.Condition()
         self.log: list[str] = []
 
@@ -126,13 +127,13 @@ class RouteServer(ThreadingHTTPServer):
             else:
                 self.routes[sandbox_id] = route
             self.seq += 1
+            self.changed_at[sandbox_id] = self.seq
             self.changed.notify_all()
 
     def changes(self, since: int, wait: float) -> dict:
         with self.changed:
             self.changed.wait_for(lambda: self.seq > since, timeout=wait)
-            # Every change names every sandbox: the proxy drops them from its cache and asks again.
-            return {"seq": self.seq, "sandboxIds": list(self.routes) if self.seq > since else []}
+            return {"seq": self.seq, "sandboxIds": [i for i, seq in self.changed_at.items() if seq > since]}
 
     def sandbox_dto(self, sandbox_id: str) -> dict:
         return {
