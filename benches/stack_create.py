@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python" / "stack"))
+TESTS = Path(__file__).resolve().parents[1] / "tests" / "python"
+sys.path[:0] = [str(TESTS / "stack"), str(TESTS)]  # sandbar_stack, and the sandbar_util it uses
 
 from daytona import Daytona, DaytonaConfig  # noqa: E402
 from sandbar_stack import remove_containers, start_stack  # noqa: E402

@@ -20,6 +20,22 @@ pub fn stdio() -> Stdio {
     Stdio
 }
 
+/// Copies a followed session-log WebSocket to this process's stdout and stderr until it closes.
+pub async fn follow(socket: &mut crate::ws::Ws) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut d = Demux::default();
+    while let Some(msg) = socket.next().await {
+        match msg? {
+            Message::Binary(b) => d.feed(&b, &mut stdio()),
+            Message::Text(t) => d.feed(t.as_bytes(), &mut stdio()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Sink for Stdio {
     fn out(&mut self, bytes: &[u8]) {
         let mut o = std::io::stdout().lock();

@@ -1,4 +1,5 @@
-//! `sandbar`: runs the whole stack on one host (`sandbar up`) and drives it (create, list, exec, term, ssh, ...).
+//! `sandbar`: starts the whole stack on one host as child processes (`sandbar up`) and drives it (create, list,
+//! exec, term, ssh, ...).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
 use reqwest::Method;
 use sandbar_cli::client::{self, Client, enc};
 use sandbar_cli::{demux, term, tls, up};
@@ -270,15 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let base = c.toolbox_base(&sb).await?;
             if follow {
                 let mut socket = c.ws(&format!("{base}/process/session/entrypoint/logs?follow=true"), &[]).await?;
-                let mut d = demux::Demux::default();
-                while let Some(msg) = socket.next().await {
-                    match msg? {
-                        tokio_tungstenite::tungstenite::Message::Binary(b) => d.feed(&b, &mut demux::stdio()),
-                        tokio_tungstenite::tungstenite::Message::Text(t) => d.feed(t.as_bytes(), &mut demux::stdio()),
-                        tokio_tungstenite::tungstenite::Message::Close(_) => break,
-                        _ => {}
-                    }
-                }
+                demux::follow(&mut socket).await?;
             } else {
                 let v = c.toolbox(&base, Method::GET, "/process/session/entrypoint/logs", None).await?;
                 print!("{}", v["stdout"].as_str().unwrap_or(""));
@@ -311,15 +303,7 @@ async fn exec(c: &Client, id: &str, cwd: Option<&str>, argv: &[String]) -> anyho
         let cmd_id = started["cmdId"].as_str().context("exec answered without cmdId")?.to_owned();
         let logs = format!("{base}/process/session/{session}/command/{cmd_id}/logs?follow=true");
         let mut socket = c.ws(&logs, &[]).await?;
-        let mut d = demux::Demux::default();
-        while let Some(msg) = socket.next().await {
-            match msg? {
-                tokio_tungstenite::tungstenite::Message::Binary(b) => d.feed(&b, &mut demux::stdio()),
-                tokio_tungstenite::tungstenite::Message::Text(t) => d.feed(t.as_bytes(), &mut demux::stdio()),
-                tokio_tungstenite::tungstenite::Message::Close(_) => break,
-                _ => {}
-            }
-        }
+        demux::follow(&mut socket).await?;
         // The log stream ends when the command does; its exit code is then recorded.
         let mut code = None;
         for _ in 0..50 {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use sandbar_support::fs::write_private;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -120,10 +121,9 @@ struct Secrets {
     proxy_token: String,
 }
 
+/// A service token: 48 lowercase hex digits.
 fn random_token() -> anyhow::Result<String> {
-    let mut b = [0u8; 24];
-    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    sandbar_support::token::hex(24).map_err(|e| anyhow::anyhow!("no randomness: {e}"))
 }
 
 fn load_secrets(dir: &Path) -> anyhow::Result<Secrets> {
@@ -145,20 +145,9 @@ fn load_secrets(dir: &Path) -> anyhow::Result<Secrets> {
     }
     if changed {
         let text: String = map.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        write_private(&path, &text)?;
+        write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(Secrets { runner_token: map["SANDBAR_RUNNER_TOKEN"].clone(), proxy_token: map["SANDBAR_PROXY_TOKEN"].clone() })
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 /// A free port for a service asked to use port 0 (the services need each other's addresses before they start).
@@ -176,59 +165,67 @@ struct Service {
     child: Child,
 }
 
-/// Starts a service binary with `args` and `env`, its stderr appended to `<logs>/<name>.log`, and waits for the
-/// line starting with `ready_prefix` on its stdout (returned). The rest of stdout goes to the log too.
-async fn start_service(
-    name: &'static str,
-    bin: &Path,
-    args: &[String],
-    env: &[(String, String)],
-    logs: &Path,
-    ready_prefix: &str,
-    timeout: Duration,
-) -> anyhow::Result<(Service, String)> {
-    let log_path = logs.join(format!("{name}.log"));
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-    let mut child = Command::new(bin)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log.try_clone()?)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {} (build it with `cargo build --workspace --bins`)", bin.display()))?;
-    let stdout = child.stdout.take().context("child stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let wait = async {
-        while let Some(line) = lines.next_line().await? {
-            if line.starts_with(ready_prefix) {
-                return Ok::<_, std::io::Error>(Some(line));
+/// How the services are started: their binaries' directory, the environment they share, the logs directory.
+struct Launcher<'a> {
+    bins: &'a Path,
+    env: &'a [(String, String)],
+    logs: &'a Path,
+}
+
+/// `--flag value` pairs as command-line arguments.
+fn flags<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Vec<String> {
+    pairs.into_iter().flat_map(|(flag, value)| [flag.to_owned(), value]).collect()
+}
+
+impl Launcher<'_> {
+    /// Starts `sandbar-<name>` with `args`, its stderr appended to `<logs>/<name>.log`, and waits for the line
+    /// starting with `sandbar-<name> ready` on its stdout (returned). The rest of stdout goes to the log too.
+    async fn start(&self, name: &'static str, args: &[String], timeout: Duration) -> anyhow::Result<(Service, String)> {
+        let bin = self.bins.join(format!("sandbar-{name}"));
+        let ready_prefix = format!("sandbar-{name} ready");
+        let log_path = self.logs.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut child = Command::new(&bin)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log.try_clone()?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (build it with `cargo build --workspace --bins`)", bin.display()))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let wait = async {
+            while let Some(line) = lines.next_line().await? {
+                if line.starts_with(&ready_prefix) {
+                    return Ok::<_, std::io::Error>(Some(line));
+                }
             }
-        }
-        Ok(None)
-    };
-    let ready = match tokio::time::timeout(timeout, wait).await {
-        Ok(Ok(Some(line))) => line,
-        Ok(Ok(None)) | Ok(Err(_)) => {
-            let status = child.wait().await.ok();
-            bail!(
-                "{name} exited before it was ready ({}); last lines of {}:\n{}",
-                status.map(|s| s.to_string()).unwrap_or_default(),
-                log_path.display(),
-                tail(&log_path, 15)
-            );
-        }
-        Err(_) => bail!("{name} was not ready within {}s; see {}", timeout.as_secs(), log_path.display()),
-    };
-    // Keep draining stdout into the log so the child never blocks on a full pipe.
-    let mut log_writer = tokio::fs::File::from_std(log);
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = log_writer.write_all(format!("{line}\n").as_bytes()).await;
-        }
-    });
-    Ok((Service { name, child }, ready))
+            Ok(None)
+        };
+        let ready = match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                let status = child.wait().await.ok();
+                bail!(
+                    "{name} exited before it was ready ({}); last lines of {}:\n{}",
+                    status.map(|s| s.to_string()).unwrap_or_default(),
+                    log_path.display(),
+                    tail(&log_path, 15)
+                );
+            }
+            Err(_) => bail!("{name} was not ready within {}s; see {}", timeout.as_secs(), log_path.display()),
+        };
+        // Keep draining stdout into the log so the child never blocks on a full pipe.
+        let mut log_writer = tokio::fs::File::from_std(log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = log_writer.write_all(format!("{line}\n").as_bytes()).await;
+            }
+        });
+        Ok((Service { name, child }, ready))
+    }
 }
 
 fn tail(path: &Path, n: usize) -> String {
@@ -295,93 +292,48 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         ("SANDBAR_PROXY_TOKEN".to_owned(), secrets.proxy_token.clone()),
         ("RUST_LOG".to_owned(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
     ];
+    let launcher = Launcher { bins: &bins, env: &common_env, logs: &logs };
     let mut services = Vec::new();
     let result = async {
-        let (api, _) = start_service(
-            "api",
-            &bins.join("sandbar-api"),
-            &[
-                "--listen".into(),
-                format!("127.0.0.1:{api_port}"),
-                "--data-dir".into(),
-                dir.display().to_string(),
-                "--proxy-url".into(),
-                if args.https { proxy_https.clone() } else { proxy_http.clone() },
-                "--ssh-gateway".into(),
-                format!("{ssh_host}:{ssh_port}"),
-                "--default-snapshot".into(),
-                args.image.clone(),
-                // A create answers `started` when the runner finishes within this (warm claims, quick starts).
-                "--create-wait-ms".into(),
-                "3000".into(),
-            ],
-            &common_env,
-            &logs,
-            "sandbar-api ready",
-            Duration::from_secs(60),
-        )
-        .await?;
+        let api_args = flags([
+            ("--listen", format!("127.0.0.1:{api_port}")),
+            ("--data-dir", dir.display().to_string()),
+            ("--proxy-url", if args.https { proxy_https.clone() } else { proxy_http.clone() }),
+            ("--ssh-gateway", format!("{ssh_host}:{ssh_port}")),
+            ("--default-snapshot", args.image.clone()),
+            // A create answers `started` when the runner finishes within this (warm claims, quick starts).
+            ("--create-wait-ms", "3000".into()),
+        ]);
+        let (api, _) = launcher.start("api", &api_args, Duration::from_secs(60)).await?;
         services.push(api);
 
-        let mut runner_args = vec![
-            "--runner-id".into(),
-            args.runner_id.clone(),
-            "--api-url".into(),
-            api_url.clone(),
-            "--daemon-binary".into(),
-            daemon.display().to_string(),
-            "--runner-listen".into(),
-            "127.0.0.1:0".into(),
-            "--default-image".into(),
-            args.image.clone(),
-            "--warm-pool".into(),
-            args.warm_pool.to_string(),
-            "--runner-state-dir".into(),
-            dir.join("runner").display().to_string(),
-        ];
-        for l in &args.container_labels {
-            runner_args.push("--container-label".into());
-            runner_args.push(l.clone());
-        }
-        let (runner, _) = start_service(
-            "runner",
-            &bins.join("sandbar-runner"),
-            &runner_args,
-            &common_env,
-            &logs,
-            "sandbar-runner ready",
-            Duration::from_secs(120),
-        )
-        .await?;
+        let runner_args = flags(
+            [
+                ("--runner-id", args.runner_id.clone()),
+                ("--api-url", api_url.clone()),
+                ("--daemon-binary", daemon.display().to_string()),
+                ("--runner-listen", "127.0.0.1:0".into()),
+                ("--default-image", args.image.clone()),
+                ("--warm-pool", args.warm_pool.to_string()),
+                ("--runner-state-dir", dir.join("runner").display().to_string()),
+            ]
+            .into_iter()
+            .chain(args.container_labels.iter().map(|l| ("--container-label", l.clone()))),
+        );
+        let (runner, _) = launcher.start("runner", &runner_args, Duration::from_secs(120)).await?;
         services.push(runner);
 
-        let (proxy, ready) = start_service(
-            "proxy",
-            &bins.join("sandbar-proxy"),
-            &[
-                "--api-url".into(),
-                api_url.clone(),
-                "--data-dir".into(),
-                dir.display().to_string(),
-                "--domain".into(),
-                args.domain.clone(),
-                "--bind".into(),
-                args.bind.clone(),
-                "--http-port".into(),
-                http_port.to_string(),
-                "--https-port".into(),
-                https_port.to_string(),
-                "--ssh-port".into(),
-                ssh_port.to_string(),
-                "--metrics-addr".into(),
-                "127.0.0.1:0".into(),
-            ],
-            &common_env,
-            &logs,
-            "sandbar-proxy ready",
-            Duration::from_secs(60),
-        )
-        .await?;
+        let proxy_args = flags([
+            ("--api-url", api_url.clone()),
+            ("--data-dir", dir.display().to_string()),
+            ("--domain", args.domain.clone()),
+            ("--bind", args.bind.clone()),
+            ("--http-port", http_port.to_string()),
+            ("--https-port", https_port.to_string()),
+            ("--ssh-port", ssh_port.to_string()),
+            ("--metrics-addr", "127.0.0.1:0".into()),
+        ]);
+        let (proxy, ready) = launcher.start("proxy", &proxy_args, Duration::from_secs(60)).await?;
         services.push(proxy);
         anyhow::Ok(fields(&ready))
     }
@@ -395,7 +347,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
 
     let env_text = format!("DAYTONA_API_URL={api_url}\nDAYTONA_API_KEY={key}\n");
-    write_private(&dir.join("env"), &env_text)?;
+    let env_path = dir.join("env");
+    write_private(&env_path, env_text.as_bytes()).with_context(|| format!("writing {}", env_path.display()))?;
     println!("DAYTONA_API_URL={api_url}");
     println!("DAYTONA_API_KEY={key}");
     println!("proxy http:  {}", proxy_fields.get("http").map(|a| format!("http://{a}")).unwrap_or(proxy_http));
@@ -512,6 +465,18 @@ mod tests {
         let f = fields("sandbar-proxy ready http=127.0.0.1:1 https=127.0.0.1:2 ssh=127.0.0.1:3");
         assert_eq!(f["http"], "127.0.0.1:1");
         assert_eq!(f["ssh"], "127.0.0.1:3");
+    }
+
+    #[test]
+    fn flags_come_in_pairs() {
+        assert_eq!(flags([("--a", "1".into()), ("--b", "x y".into())]), ["--a", "1", "--b", "x y"]);
+    }
+
+    #[test]
+    fn service_tokens_are_48_lowercase_hex() {
+        let t = random_token().unwrap();
+        assert_eq!(t.len(), 48);
+        assert!(t.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{t}");
     }
 
     #[test]

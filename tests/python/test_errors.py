@@ -1,4 +1,4 @@
-"""The daemon's error envelope as the SDK's generated client parses it (compat doc §7, §0 rule 1).
+"""The daemon's error envelope as the SDK's generated client parses it.
 
 For statuses the OpenAPI map declares as `ErrorResponse`, the generated client deserializes the body into
 `daytona_toolbox_api_client.ErrorResponse` (required: statusCode, message, path, timestamp) and hands it to the

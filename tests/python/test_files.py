@@ -1,4 +1,4 @@
-"""`sandbox.fs` through the real SDK (compat doc §4.2, §6, §7).
+"""`sandbox.fs` through the real SDK.
 
 The daemon runs on this host, so a sandbox path is also a host path: the tests check the effect of each SDK call
 on disk directly instead of trusting the daemon's own answers.

@@ -1,4 +1,4 @@
-"""`sandbox.git` through the real SDK against a local bare repository (compat doc §4.3).
+"""`sandbox.git` through the real SDK against a local bare repository.
 
 The remote is a bare repository made by the test with the host's `git`; every SDK call is checked against what
 `git` itself says about the clone and the remote afterwards.

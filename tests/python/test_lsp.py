@@ -1,4 +1,4 @@
-"""LSP: the Daytona SDK's `create_lsp_server` flow (compat doc §4.4), and an IDE-like client (pygls, from PyPI)
+"""LSP: the Daytona SDK's `create_lsp_server` flow, and an IDE-like client (pygls, from PyPI)
 over the daemon's `/lsp/ws` WebSocket, both backed by Debian's real pylsp running under the daemon."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import shutil
 import pytest
 from daytona import DaytonaError, DaytonaLspServerNotInitializedError
 from daytona.common.lsp_server import LspCompletionPosition
+
+from sandbar_util import lsp_client, next_diagnostics
 
 SOURCE = (
     "import os\n"
@@ -71,9 +73,6 @@ def test_sdk_lsp_missing_server_names_the_program(sandbox, ws):
 def test_websocket_with_pygls_client(daemon, ws):
     """pygls's LanguageClient over the WebSocket: initialize, publishDiagnostics for a broken file, hover."""
     from lsprotocol import types as t
-    from pygls.io_ import run_websocket
-    from pygls.lsp.client import LanguageClient
-    from websockets.asyncio.client import connect
 
     (ws / "main.py").write_text(SOURCE)
     broken = ws / "broken.py"
@@ -81,33 +80,12 @@ def test_websocket_with_pygls_client(daemon, ws):
     broken.write_text(broken_text)
 
     async def session():
-        client = LanguageClient("sandbar-test", "1.0")
-        diagnostics: asyncio.Queue = asyncio.Queue()
-
-        @client.feature(t.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
-        def on_diagnostics(params: t.PublishDiagnosticsParams):
-            diagnostics.put_nowait(params)
-
-        # pygls's own start_ws() takes only host and port; the daemon wants a path, a query and the token.
+        # Straight to the daemon: it wants a path, a query and the token.
         url = f"ws://{daemon.addr}/lsp/ws?languageId=python&pathToProject={ws}"
-        socket = await connect(url, additional_headers={"X-Sandbar-Daemon-Token": daemon.token})
-        loop_task = asyncio.create_task(
-            run_websocket(websocket=socket, stop_event=client._stop_event, protocol=client.protocol)
-        )
-        try:
-            result = await asyncio.wait_for(
-                client.initialize_async(
-                    t.InitializeParams(
-                        capabilities=t.ClientCapabilities(),
-                        root_uri=f"file://{ws}",
-                        process_id=None,
-                    )
-                ),
-                30,
-            )
+        headers = {"X-Sandbar-Daemon-Token": daemon.token}
+        async with lsp_client(url, headers, f"file://{ws}", 30) as (client, result, diagnostics):
             assert result.server_info is not None and result.server_info.name == "pylsp"
             assert result.capabilities.hover_provider
-            client.initialized(t.InitializedParams())
 
             uri = f"file://{broken}"
             client.text_document_did_open(
@@ -115,10 +93,7 @@ def test_websocket_with_pygls_client(daemon, ws):
                     text_document=t.TextDocumentItem(uri=uri, language_id="python", version=1, text=broken_text)
                 )
             )
-            while True:
-                params = await asyncio.wait_for(diagnostics.get(), 30)
-                if params.uri == uri and params.diagnostics:
-                    break
+            params = await next_diagnostics(diagnostics, uri, 30)
             assert any(d.severity == t.DiagnosticSeverity.Error for d in params.diagnostics), params.diagnostics
             assert params.diagnostics[0].range.start.line == 0
 
@@ -138,12 +113,5 @@ def test_websocket_with_pygls_client(daemon, ws):
                 30,
             )
             assert hover is not None and "greet" in str(hover.contents), hover
-
-            await asyncio.wait_for(client.shutdown_async(None), 10)
-            client.exit(None)
-        finally:
-            client._stop_event.set()
-            await socket.close()
-            loop_task.cancel()
 
     asyncio.run(session())

@@ -1,4 +1,4 @@
-"""`sandbox.process.exec` / `code_run` through the real SDK (compat doc §4.1, §7)."""
+"""`sandbox.process.exec` / `code_run` through the real SDK."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_exec_timeout_raises_sdk_timeout_error_and_kills_command(sandbox, ws):
     with pytest.raises(DaytonaTimeoutError) as excinfo:
         sandbox.process.exec(f"sleep 3 && touch {marker}", timeout=1)
     elapsed = time.monotonic() - started
-    # The daemon must answer 408 + code PROCESS_EXECUTION_TIMEOUT + source DAYTONA_DAEMON (§4.1): the SDK then
+    # The daemon must answer 408 + code PROCESS_EXECUTION_TIMEOUT + source DAYTONA_DAEMON: the SDK then
     # raises the dedicated subclass. A client-side read timeout (timeout+5 s) would also be a DaytonaTimeoutError,
     # so the subclass and the elapsed time are what prove the daemon enforced the timeout.
     assert isinstance(excinfo.value, DaytonaProcessExecutionTimeoutError), repr(excinfo.value)
@@ -89,7 +89,7 @@ def test_exec_timeout_raises_sdk_timeout_error_and_kills_command(sandbox, ws):
 
 
 def test_exec_without_daemon_token_is_rejected(daytona):
-    # Same daemon, but the edge forwards this sandbox's requests without the daemon token.
+    # Same daemon, but this sandbox's route has no daemon token: the proxy forwards an empty one.
     sb = daytona.get(SANDBOX_NO_TOKEN_ID)
     with pytest.raises(DaytonaAuthenticationError) as excinfo:
         sb.process.exec("echo should-not-run")

@@ -1,6 +1,5 @@
 """PTY sessions through the real SDK: create_pty_session (the create-connect WebSocket with the exit-control and
-envs subprotocols), input and output, resize, reconnect with connect_pty_session, list/info, kill, exit codes
-(compat doc §5)."""
+envs subprotocols), input and output, resize, reconnect with connect_pty_session, list/info, kill, exit codes."""
 
 from __future__ import annotations
 
@@ -23,6 +22,16 @@ def read_until(handle, needle: bytes, timeout: float = 20) -> bytes:
         result = handle.wait(on_data=seen.extend, timeout=min(remaining, 0.5))
         assert result.exit_code is None or needle in seen, f"shell exited early: {result}; seen {bytes(seen)!r}"
     return bytes(seen)
+
+
+def new_pty(sandbox, prompt_input: str, expect: bytes):
+    """A fresh PTY session, connected, after ``prompt_input`` made the shell print ``expect``: (id, handle)."""
+    pid = "pty-" + secrets.token_hex(4)
+    handle = sandbox.process.create_pty_session(id=pid)
+    handle.wait_for_connection()
+    handle.send_input(prompt_input)
+    read_until(handle, expect)
+    return pid, handle
 
 
 def test_create_pty_session_runs_a_shell_with_envs_and_size(sandbox, ws):
@@ -56,11 +65,7 @@ def test_create_pty_session_runs_a_shell_with_envs_and_size(sandbox, ws):
 
 
 def test_reconnect_replays_and_clean_exit(sandbox):
-    pid = "pty-" + secrets.token_hex(4)
-    first = sandbox.process.create_pty_session(id=pid)
-    first.wait_for_connection()
-    first.send_input("echo before-$((20+1))\n")
-    read_until(first, b"before-21")
+    pid, first = new_pty(sandbox, "echo before-$((20+1))\n", b"before-21")
     first.disconnect()
 
     # The shell outlives the socket; a new connection gets the scrollback.
@@ -78,11 +83,7 @@ def test_reconnect_replays_and_clean_exit(sandbox):
 
 
 def test_kill_pty_session(sandbox):
-    pid = "pty-" + secrets.token_hex(4)
-    handle = sandbox.process.create_pty_session(id=pid)
-    handle.wait_for_connection()
-    handle.send_input("echo up\n")
-    read_until(handle, b"up")
+    pid, handle = new_pty(sandbox, "echo up\n", b"up")
     handle.kill()
     result = handle.wait(timeout=20)
     assert result.exit_code == 137

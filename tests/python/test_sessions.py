@@ -1,5 +1,5 @@
 """Sessions through the real SDK: create, exec (sync and async), command state, logs (HTTP and the
-followed WebSocket with stdout/stderr markers), delete (compat doc §4.1, §0 rule 10)."""
+followed WebSocket with stdout/stderr markers), delete."""
 
 from __future__ import annotations
 

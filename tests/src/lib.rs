@@ -1,8 +1,10 @@
-//! End-to-end test helpers: the static daemon and the test image the scripts build, and a guard that removes a
-//! test's containers even when the test panics (printing their logs first).
+//! End-to-end test helpers: the static daemon and the test image the scripts build, a guard that removes a
+//! test's containers even when the test panics (printing their logs first), and the static daemon as PID 1 of such
+//! a container with a client that speaks to it.
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 /// Label on every container a test starts, so a crashed run's leftovers can be found and removed.
 pub const TEST_LABEL: &str = "sandbar.test=1";
@@ -81,4 +83,74 @@ pub fn remove_stale_containers() {
             let _ = docker(&["rm", "-f", id]);
         }
     }
+}
+
+/// The static daemon as PID 1 of a container of the test image, and a client that sends its token.
+#[derive(Debug)]
+pub struct DaemonContainer {
+    pub container: Container,
+    /// `http://<container ip>:2280`.
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl DaemonContainer {
+    /// Starts the container with the daemon as its entrypoint (`token`, sandbox id `sandbox_id`, the image command
+    /// `cmd`) and waits until the daemon answers `GET /version`.
+    pub async fn start(token: &str, sandbox_id: &str, cmd: &[&str]) -> anyhow::Result<Self> {
+        remove_stale_containers();
+        let daemon = static_daemon()?;
+        let image = test_image()?;
+        let mount = format!("{}:/usr/local/bin/sandbar-daemon:ro", daemon.display());
+        let token_env = format!("SANDBAR_DAEMON_TOKEN={token}");
+        let id_env = format!("SANDBAR_SANDBOX_ID={sandbox_id}");
+        let mut args = vec![
+            "-v",
+            &mount,
+            "-e",
+            &token_env,
+            "-e",
+            &id_env,
+            "--entrypoint",
+            "/usr/local/bin/sandbar-daemon",
+            &image,
+        ];
+        if !cmd.is_empty() {
+            args.push("--");
+            args.extend_from_slice(cmd);
+        }
+        let container = Container::run(&args)?;
+        let base = format!("http://{}:2280", container.ip()?);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-sandbar-daemon-token", token.parse()?);
+        let client = reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(30)).build()?;
+        let d = Self { container, base, client };
+        for _ in 0..200 {
+            if let Ok(r) = d.client.get(d.url("/version")).send().await
+                && r.status() == 200
+            {
+                return Ok(d);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the daemon in container {} did not answer; logs:\n{}", d.container.id, d.container.logs())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `POST /process/execute`: (exit code, output).
+    pub async fn exec(&self, command: &str) -> anyhow::Result<(i64, String)> {
+        let req = self.client.post(self.url("/process/execute")).json(&serde_json::json!({ "command": command }));
+        let r = json(req).await?;
+        let code = r["exitCode"].as_i64().ok_or_else(|| anyhow::anyhow!("no exitCode in {r}"))?;
+        let output = r["result"].as_str().ok_or_else(|| anyhow::anyhow!("no result in {r}"))?;
+        Ok((code, output.to_owned()))
+    }
+}
+
+/// Sends `req` and reads the answer as JSON.
+pub async fn json(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    Ok(req.send().await?.json().await?)
 }

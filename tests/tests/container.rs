@@ -2,73 +2,15 @@
 //! host, it runs commands, moves files, runs the image entrypoint in its session, reaps zombies, and ends
 //! cleanly with exit code 0 on `docker stop`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
-use sandbar_tests::{Container, docker, remove_stale_containers, static_daemon, test_image};
+use sandbar_tests::{DaemonContainer, docker, json, static_daemon};
 use serde_json::json;
 
 const TOKEN: &str = "container-test-token-42";
-
-fn start() -> (Container, String, reqwest::Client) {
-    remove_stale_containers();
-    let daemon = static_daemon().unwrap();
-    let image = test_image().unwrap();
-    let mount = format!("{}:/usr/local/bin/sandbar-daemon:ro", daemon.display());
-    let c = Container::run(&[
-        "-v",
-        &mount,
-        "-e",
-        &format!("SANDBAR_DAEMON_TOKEN={TOKEN}"),
-        "-e",
-        "SANDBAR_SANDBOX_ID=sbx-container-test",
-        "--entrypoint",
-        "/usr/local/bin/sandbar-daemon",
-        &image,
-        "--",
-        "sh",
-        "-c",
-        "echo entry-started; exec sleep 1000",
-    ])
-    .unwrap();
-    let base = format!("http://{}:2280", c.ip().unwrap());
-    let client = reqwest::Client::builder()
-        .default_headers({
-            let mut h = reqwest::header::HeaderMap::new();
-            h.insert("x-sandbar-daemon-token", TOKEN.parse().unwrap());
-            h
-        })
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    (c, base, client)
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    for _ in 0..200 {
-        if let Ok(r) = client.get(format!("{base}/version")).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("daemon in the container did not answer");
-}
-
-async fn exec(client: &reqwest::Client, base: &str, command: &str) -> (i64, String) {
-    let r: serde_json::Value = client
-        .post(format!("{base}/process/execute"))
-        .json(&json!({ "command": command }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (r["exitCode"].as_i64().unwrap(), r["result"].as_str().unwrap().to_owned())
-}
+const SANDBOX_ID: &str = "sbx-container-test";
+/// The image command the daemon runs as the entrypoint session.
+const ENTRY: [&str; 3] = ["sh", "-c", "echo entry-started; exec sleep 1000"];
 
 #[test]
 fn the_static_daemon_is_static() {
@@ -80,8 +22,8 @@ fn the_static_daemon_is_static() {
 
 #[tokio::test]
 async fn pid1_in_a_container_serves_reaps_and_stops_cleanly() {
-    let (c, base, client) = start();
-    wait_ready(&client, &base).await;
+    let d = DaemonContainer::start(TOKEN, SANDBOX_ID, &ENTRY).await.unwrap();
+    let (c, base, client) = (&d.container, &d.base, &d.client);
 
     // The token rule holds inside the container too.
     let r = reqwest::Client::new()
@@ -92,10 +34,10 @@ async fn pid1_in_a_container_serves_reaps_and_stops_cleanly() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    assert_eq!(exec(&client, &base, "echo hi").await, (0, "hi\n".into()));
-    let (_, pid1) = exec(&client, &base, "cat /proc/1/cmdline | tr '\\0' ' '").await;
+    assert_eq!(d.exec("echo hi").await.unwrap(), (0, "hi\n".into()));
+    let (_, pid1) = d.exec("cat /proc/1/cmdline | tr '\\0' ' '").await.unwrap();
     assert!(pid1.starts_with("/usr/local/bin/sandbar-daemon"), "{pid1}");
-    let (_, environ) = exec(&client, &base, "tr '\\0' '\\n' < /proc/1/environ").await;
+    let (_, environ) = d.exec("tr '\\0' '\\n' < /proc/1/environ").await.unwrap();
     assert!(environ.contains("SANDBAR_SANDBOX_ID=sbx-container-test"), "{environ}");
     assert!(!environ.contains(TOKEN), "the token must not be in PID 1's environment");
 
@@ -106,18 +48,12 @@ async fn pid1_in_a_container_serves_reaps_and_stops_cleanly() {
         .part("files[0].file", reqwest::multipart::Part::bytes(data.clone()).file_name("trip.bin"));
     let r = client.post(format!("{base}/files/bulk-upload")).multipart(form).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(exec(&client, &base, "wc -c < /tmp/round/trip.bin").await.1.trim(), "3000000");
+    assert_eq!(d.exec("wc -c < /tmp/round/trip.bin").await.unwrap().1.trim(), "3000000");
     let r = client.get(format!("{base}/files/download?path=/tmp/round/trip.bin")).send().await.unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
 
     // The entrypoint runs in its session and its output is readable.
-    let logs: serde_json::Value = client
-        .get(format!("{base}/process/session/entrypoint/logs"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let logs = json(client.get(format!("{base}/process/session/entrypoint/logs")).header("accept", "application/json"))
         .await
         .unwrap();
     assert_eq!(logs["stdout"], "entry-started\n");
@@ -125,10 +61,10 @@ async fn pid1_in_a_container_serves_reaps_and_stops_cleanly() {
 
     // Orphans re-parented to PID 1 are reaped: no zombie stays.
     for _ in 0..5 {
-        assert_eq!(exec(&client, &base, "(sleep 0.2 &); exit 5").await.0, 5);
+        assert_eq!(d.exec("(sleep 0.2 &); exit 5").await.unwrap().0, 5);
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let (_, states) = exec(&client, &base, "cat /proc/[0-9]*/stat | awk '{print $3}' | sort | uniq -c").await;
+    let (_, states) = d.exec("cat /proc/[0-9]*/stat | awk '{print $3}' | sort | uniq -c").await.unwrap();
     assert!(!states.contains(" Z"), "zombies in the container:\n{states}");
 
     // docker stop: SIGTERM to PID 1, which drains and exits 0 within its grace period; had docker needed to
@@ -143,10 +79,10 @@ async fn pid1_in_a_container_serves_reaps_and_stops_cleanly() {
 /// key the daemon made in the container pinned in a known_hosts file.
 #[tokio::test]
 async fn ssh_into_the_container() {
-    let (c, base, client) = start();
-    wait_ready(&client, &base).await;
+    let d = DaemonContainer::start(TOKEN, SANDBOX_ID, &ENTRY).await.unwrap();
+    let c = &d.container;
     let ip = c.ip().unwrap();
-    let (code, public) = exec(&client, &base, "cat /tmp/sandbar-daemon/ssh_host_ed25519_key.pub").await;
+    let (code, public) = d.exec("cat /tmp/sandbar-daemon/ssh_host_ed25519_key.pub").await.unwrap();
     assert_eq!(code, 0, "no host key in the container: {public}");
     let dir = tempfile::tempdir().unwrap();
     let known_hosts = dir.path().join("known_hosts");

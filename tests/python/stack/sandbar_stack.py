@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import signal
 import subprocess
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from sandbar_util import Proc, start_proc
 
 REPO = Path(__file__).resolve().parents[3]
 BIN_DIR = Path(os.environ.get("SANDBAR_BIN_DIR", str(REPO / "target" / "debug")))
@@ -28,7 +27,7 @@ BIN_DIR = Path(os.environ.get("SANDBAR_BIN_DIR", str(REPO / "target" / "debug"))
 
 @dataclass
 class Stack:
-    proc: subprocess.Popen
+    proc: Proc
     data_dir: Path
     runner_id: str
     api_url: str = ""
@@ -36,7 +35,6 @@ class Stack:
     proxy_http: str = ""
     proxy_https: str = ""
     ssh: str = ""
-    lines: list[str] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -52,15 +50,7 @@ class Stack:
             return f"<no {name} log: {e}>"
 
     def stop(self, timeout: float = 30) -> int | None:
-        if self.proc.poll() is not None:
-            return self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-            return None
+        return self.proc.stop(timeout)
 
 
 def start_stack(data_dir: Path, runner_id: str, extra: list[str] | None = None, timeout: float = 600) -> Stack:
@@ -81,38 +71,23 @@ def start_stack(data_dir: Path, runner_id: str, extra: list[str] | None = None, 
     env.pop("DAYTONA_API_URL", None)
     env.pop("DAYTONA_API_KEY", None)
     env["SANDBAR_BIN_DIR"] = str(BIN_DIR)
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    # The log sits beside the data directory: `sandbar up` owns what is inside it.
+    proc = start_proc(f"sandbar-up-{data_dir.name}", args, env, data_dir.parent, "sandbar ready", timeout,
+                      new_session=True)
     stack = Stack(proc=proc, data_dir=data_dir, runner_id=runner_id, args=args)
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            stack.lines.append(line)
-            if m := re.match(r"^DAYTONA_API_URL=(\S+)", line):
-                stack.api_url = m.group(1)
-            elif m := re.match(r"^DAYTONA_API_KEY=(\S+)", line):
-                stack.api_key = m.group(1)
-            elif m := re.match(r"^proxy http:\s+(\S+)", line):
-                stack.proxy_http = m.group(1)
-            elif m := re.match(r"^proxy https:\s+(\S+)", line):
-                stack.proxy_https = m.group(1)
-            elif m := re.match(r"^ssh gateway:\s+(\S+)", line):
-                stack.ssh = m.group(1)
-            elif line == "sandbar ready":
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.time() + timeout
-    while not ready.wait(1):
-        if time.time() > deadline:
-            stack.stop()
-            pytest.fail("sandbar up was not ready in time:\n" + "\n".join(stack.lines[-30:]))
-    if proc.poll() is not None or not stack.api_key:
-        pytest.fail(f"sandbar up failed (exit {proc.poll()}):\n" + "\n".join(stack.lines[-40:]))
+    patterns = {
+        "api_url": r"^DAYTONA_API_URL=(\S+)",
+        "api_key": r"^DAYTONA_API_KEY=(\S+)",
+        "proxy_http": r"^proxy http:\s+(\S+)",
+        "proxy_https": r"^proxy https:\s+(\S+)",
+        "ssh": r"^ssh gateway:\s+(\S+)",
+    }
+    for line in proc.lines:
+        for attr, pattern in patterns.items():
+            if m := re.match(pattern, line):
+                setattr(stack, attr, m.group(1))
+    if not proc.alive() or not stack.api_key:
+        pytest.fail(f"sandbar up failed (exit {proc.popen.poll()}):\n{proc.tail()}")
     return stack
 
 

@@ -25,10 +25,8 @@ import ipaddress
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from sandbar_stack import BIN_DIR, REPO, remove_containers
+from sandbar_util import Proc, start_proc
 
 ADMIN_DB_URL = os.environ.get("SANDBAR_TEST_DATABASE_URL", "postgres://sandbar:sandbar@127.0.0.1:5432/sandbar_test")
 NETNS_PREFIX = "sandbar-scale-"
@@ -181,72 +180,6 @@ class NetNs:
 
 
 # --- processes -----------------------------------------------------------------------------------------------------
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log_path: Path
-    ready_line: str = ""
-
-    def fields(self) -> dict[str, str]:
-        return dict(w.split("=", 1) for w in self.ready_line.split() if "=" in w)
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill9(self) -> None:
-        self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait(timeout=10)
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout=10)
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError as e:
-            return f"<no log: {e}>"
-        return "\n".join(lines[-n:])
-
-
-def start_proc(name: str, argv: list[str], env: dict[str, str], log_dir: Path, ready_prefix: str,
-               timeout: float = 120) -> Proc:
-    """Starts ``argv`` with stderr and stdout in ``<log_dir>/<name>.log`` and waits for its ready line."""
-    log_path = log_dir / f"{name}.log"
-    log = open(log_path, "a", buffering=1)  # noqa: SIM115 - shared with the reader thread, closed with it
-    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    proc = Proc(name=name, popen=popen, log_path=log_path)
-    ready = threading.Event()
-
-    def read() -> None:
-        assert popen.stdout is not None
-        for line in popen.stdout:
-            log.write(line)
-            if not ready.is_set() and line.startswith(ready_prefix):
-                proc.ready_line = line.strip()
-                ready.set()
-        log.close()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not ready.wait(0.2):
-        if time.monotonic() > deadline:
-            proc.stop()
-            pytest.fail(f"{name} was not ready within {timeout}s:\n{proc.tail()}")
-    if not proc.ready_line:
-        popen.wait(timeout=10)
-        pytest.fail(f"{name} exited ({popen.returncode}) before it was ready:\n{proc.tail()}")
-    return proc
-
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+from sandbar_util import lsp_client, next_diagnostics
+
 
 def test_pygls_through_the_proxy(stack, sandbox):
     from lsprotocol import types as t
-    from pygls.io_ import run_websocket
-    from pygls.lsp.client import LanguageClient
-    from websockets.asyncio.client import connect
 
     project = "/tmp/e2e-lsp-ws"
     sandbox.process.exec(f"mkdir -p {project}")
@@ -18,36 +17,16 @@ def test_pygls_through_the_proxy(stack, sandbox):
     main_text = "import os\nos.pa\n"
 
     async def session():
-        client = LanguageClient("sandbar-e2e", "1.0")
-        diagnostics: asyncio.Queue = asyncio.Queue()
-
-        @client.feature(t.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
-        def on_diagnostics(params: t.PublishDiagnosticsParams):
-            diagnostics.put_nowait(params)
-
         base = sandbox.toolbox_proxy_url.replace("http", "ws", 1)
         url = f"{base}/{sandbox.id}/lsp/ws?languageId=python&pathToProject={project}"
-        socket = await connect(url, additional_headers={"Authorization": f"Bearer {stack.api_key}"})
-        loop_task = asyncio.create_task(
-            run_websocket(websocket=socket, stop_event=client._stop_event, protocol=client.protocol)
-        )
-        try:
-            result = await asyncio.wait_for(
-                client.initialize_async(
-                    t.InitializeParams(capabilities=t.ClientCapabilities(), root_uri=f"file://{project}",
-                                       process_id=None)),
-                60,
-            )
+        headers = {"Authorization": f"Bearer {stack.api_key}"}
+        async with lsp_client(url, headers, f"file://{project}", 60) as (client, result, diagnostics):
             assert result.server_info is not None and result.server_info.name == "pylsp"
-            client.initialized(t.InitializedParams())
 
             uri = f"file://{project}/broken.py"
             client.text_document_did_open(t.DidOpenTextDocumentParams(
                 text_document=t.TextDocumentItem(uri=uri, language_id="python", version=1, text=broken_text)))
-            while True:
-                params = await asyncio.wait_for(diagnostics.get(), 60)
-                if params.uri == uri and params.diagnostics:
-                    break
+            params = await next_diagnostics(diagnostics, uri, 60)
             assert any(d.severity == t.DiagnosticSeverity.Error for d in params.diagnostics), params.diagnostics
 
             main_uri = f"file://{project}/main.py"
@@ -57,12 +36,5 @@ def test_pygls_through_the_proxy(stack, sandbox):
                 text_document=t.TextDocumentIdentifier(uri=main_uri), position=t.Position(line=1, character=5))), 60)
             items = completion.items if hasattr(completion, "items") else completion
             assert "path" in [i.label for i in items]
-
-            await asyncio.wait_for(client.shutdown_async(None), 10)
-            client.exit(None)
-        finally:
-            client._stop_event.set()
-            await socket.close()
-            loop_task.cancel()
 
     asyncio.run(session())
