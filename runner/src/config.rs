@@ -48,7 +48,7 @@ pub struct RunnerConfig {
     /// The iptables binary (`iptables-nft`, `iptables-legacy`, ...). Default: whichever of `iptables`,
     /// `iptables-nft`, `iptables-legacy` holds Docker's `DOCKER-USER` chain.
     pub iptables: Option<String>,
-    /// Where archived sandboxes go (see `archive`): `s3://bucket/prefix` (credentials, region and endpoint from
+    /// Where archived sandboxes go (see [`crate::host::archive`]): `s3://bucket/prefix` (credentials, region and endpoint from
     /// the usual `AWS_*` environment, so any S3-compatible store works), `file:///path` or a plain path.
     /// Default: `<state_dir>/archives`; with neither, archive jobs fail with a clear reason.
     pub archive_store: Option<String>,

@@ -30,10 +30,11 @@
 //! policy at creation) and in `<state_dir>/network.json` (changes since), so a restarted runner rebuilds the same
 //! rules and removes chains of sandboxes that are gone. IPv4 only: a sandbox network with IPv6 is refused.
 //!
-//! Here: the firewall's state and its changes (this file), the rules ([`rules`]), the iptables binaries
-//! ([`iptables`]). Nothing else in the runner runs iptables; the host layer calls [`Firewall`] when a container gets or
+//! Here: the firewall's state and its changes (this file), the rules (`rules`), the iptables binaries
+//! (`iptables`). Nothing else in the runner runs iptables; the host layer calls `Firewall` when a container gets or
 //! loses its address. Chains outlive a stopped runner on purpose (sandboxes keep running); test guards remove theirs
-//! with [`purge_blocking`].
+//! with [`purge_blocking`]. Flags: `--network-rules false` (no rules; creates asking for a policy or a link fail) and
+//! `--iptables BIN`.
 
 mod iptables;
 mod rules;

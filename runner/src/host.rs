@@ -11,10 +11,10 @@
 //! Docker's event stream drives unsolicited changes (a daemon that dies, an OOM kill, a container removed by hand);
 //! each event makes the runner re-inspect the container, so replayed or reordered events are harmless.
 //!
-//! Here: the sandbox table and state changes (this file), containers ([`containers`]: create, start, stop,
-//! destroy, resize), Docker events and the rebuild after a restart ([`events`]), the warm pool ([`pool`]), archive
+//! Here: the sandbox table and state changes (this file), containers (`containers`: create, start, stop,
+//! destroy, resize), Docker events and the rebuild after a restart (`events`), the warm pool (`pool`), archive
 //! and restore ([`archive`]), forks, pause and resume ([`fork`]), snapshots and builds ([`snapshot`]), images
-//! ([`image`]), cgroup limits and usage ([`cgroup`]) and the sandboxes' daemons ([`daemon`]). Not here: which job
+//! ([`image`]), cgroup limits and usage ([`cgroup`]) and the sandboxes' daemons (`daemon`). Not here: which job
 //! runs what (`crate::jobs`), iptables (`crate::firewall`, which the host calls when a container gets or loses its
 //! address), the control plane (`crate::control`).
 

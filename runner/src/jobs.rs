@@ -73,7 +73,7 @@ impl From<SnapshotError> for Failed {
     }
 }
 
-/// Carries out one job. `cp` is the control plane it came from, if any (see [`JobCtx`]).
+/// Carries out one job. `cp` is the control plane it came from, if any (see `JobCtx`).
 pub async fn run(runner: &Runner, cp: Option<&ControlPlane>, job: Job) -> JobResult {
     let Job { id, kind } = job;
     let ctx = JobCtx { runner, cp, job_id: &id };

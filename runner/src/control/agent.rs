@@ -1,6 +1,7 @@
-//! The agent loop: register with the full picture, then heartbeat, long-poll for jobs and carry each out once
-//! (through [`crate::jobs`]), report results (retried until the API has them), and push the state changes Docker
-//! caused.
+//! The agent loop: post the full picture first (`POST /runners/{id}/sandboxes`, so the API reconciles after a
+//! restart), then heartbeat every [`HEARTBEAT_INTERVAL_SECS`], long-poll `GET /runners/{id}/jobs?wait=` and carry
+//! each job out once through [`crate::jobs`] (a job already in flight is not started again), post results with
+//! retries, and push the state changes Docker caused, batched over 50 ms.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

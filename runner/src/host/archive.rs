@@ -475,24 +475,8 @@ impl Inner {
             .manifest(&id)
             .await?
             .ok_or_else(|| SandboxError::Archive(format!("no archive of sandbox {id} in {}", store.location())))?;
-        let info = SandboxInfo {
-            id: id.clone(),
-            name: req.name.clone(),
-            organization_id: req.organization_id.clone(),
-            runner_id: self.config.runner_id.clone(),
-            container_id: String::new(),
-            image: image_ref(&id),
-            state: SandboxState::Restoring,
-            error_reason: None,
-            resources: req.resources,
-            disk_enforced: self.host.disk_enforced,
-            daemon_addr: None,
-            daemon_token: new_token()?,
-            user: req.user.clone(),
-            env: req.env.clone(),
-            labels: req.labels.clone(),
-            auto: req.auto,
-        };
+        let mut info = self.new_info(&req, SandboxState::Restoring, new_token()?);
+        info.image = image_ref(&id);
         let entry = Entry::new(info, false);
         {
             let mut map = lock(&self.sandboxes);

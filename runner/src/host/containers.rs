@@ -76,27 +76,31 @@ impl Inner {
         self.validate_resources(&req.resources)
     }
 
-    pub(super) async fn create(self: &Arc<Self>, req: CreateSandbox) -> Result<SandboxInfo, SandboxError> {
-        self.validate_create(&req)?;
-        let token = new_token()?;
-        let info = SandboxInfo {
+    /// The picture of a sandbox about to be made from `req`.
+    pub(super) fn new_info(&self, req: &CreateSandbox, state: SandboxState, daemon_token: String) -> SandboxInfo {
+        SandboxInfo {
             id: req.id.clone(),
             name: req.name.clone(),
             organization_id: req.organization_id.clone(),
             runner_id: self.config.runner_id.clone(),
             container_id: String::new(),
             image: req.image.clone(),
-            state: SandboxState::Creating,
+            state,
             error_reason: None,
             resources: req.resources,
             disk_enforced: self.host.disk_enforced,
             daemon_addr: None,
-            daemon_token: token,
+            daemon_token,
             user: req.user.clone(),
             env: req.env.clone(),
             labels: req.labels.clone(),
             auto: req.auto,
-        };
+        }
+    }
+
+    pub(super) async fn create(self: &Arc<Self>, req: CreateSandbox) -> Result<SandboxInfo, SandboxError> {
+        self.validate_create(&req)?;
+        let info = self.new_info(&req, SandboxState::Creating, new_token()?);
         let entry = Entry::new(info, false);
         {
             let mut map = lock(&self.sandboxes);

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sandbar_proto::runner::{CreateSandbox, SandboxInfo};
+use sandbar_proto::runner::{CreateSandbox, SandboxInfo, SandboxState};
 use sandbar_proto::toolbox::InitRequest;
 
 use sandbar_support::sync::lock;
@@ -189,24 +189,7 @@ impl Inner {
             network: Default::default(),
             linked_sandbox: None,
         };
-        let info = SandboxInfo {
-            id: pool_id.clone(),
-            name: None,
-            organization_id: String::new(),
-            runner_id: self.config.runner_id.clone(),
-            container_id: String::new(),
-            image: pool.image,
-            state: sandbar_proto::runner::SandboxState::Creating,
-            error_reason: None,
-            resources: pool.resources,
-            disk_enforced: self.host.disk_enforced,
-            daemon_addr: None,
-            daemon_token: token,
-            user: None,
-            env: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            auto: Default::default(),
-        };
+        let info = self.new_info(&req, SandboxState::Creating, token);
         let scratch = Entry::new(info, false);
         if let Err(e) = self.create_container(&scratch, &req, true).await {
             self.remove_container_quietly(&super::container_name(&pool_id)).await;
