@@ -229,7 +229,8 @@ impl Inner {
     }
 }
 
-/// Keeps the pool at its size, one container at a time (container starts are CPU-bound; two cores here).
+/// Keeps the pool at its size, one container at a time (container starts are CPU-bound: refills must not starve
+/// the creates they serve).
 pub(super) async fn refill_loop(weak: Weak<Inner>, refill: Arc<tokio::sync::Notify>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
