@@ -43,12 +43,12 @@ pub struct RunnerConfig {
     /// (`network.json`). Required with a warm pool and for network policy changes. Default: none.
     pub state_dir: Option<PathBuf>,
     /// Isolate sandboxes from each other and enforce their egress policies with iptables rules (see
-    /// [`crate::network`]). Off: no rules, and creates that ask for a policy or a link fail. Default: on.
+    /// [`crate::firewall`]). Off: no rules, and creates that ask for a policy or a link fail. Default: on.
     pub network_rules: bool,
     /// The iptables binary (`iptables-nft`, `iptables-legacy`, ...). Default: whichever of `iptables`,
     /// `iptables-nft`, `iptables-legacy` holds Docker's `DOCKER-USER` chain.
     pub iptables: Option<String>,
-    /// Where archived sandboxes go (see `archive`): `s3://bucket/prefix` (credentials, region and endpoint from
+    /// Where archived sandboxes go (see [`crate::host::archive`]): `s3://bucket/prefix` (credentials, region and endpoint from
     /// the usual `AWS_*` environment, so any S3-compatible store works), `file:///path` or a plain path.
     /// Default: `<state_dir>/archives`; with neither, archive jobs fail with a clear reason.
     pub archive_store: Option<String>,

@@ -1,5 +1,5 @@
 //! Error enums, one per kind of operation. Each doc comment is the message; `code()` is what the control plane
-//! branches on.
+//! branches on (a job's failure carries it). The firewall's own `NetworkError` lives with the firewall.
 
 use std::path::PathBuf;
 
@@ -25,7 +25,7 @@ pub enum StartupError {
     Http(String),
     /// Network rules cannot be enforced on this host (or the stored policies are unreadable).
     #[error("{0}")]
-    Network(#[from] crate::network::NetworkError),
+    Network(#[from] crate::firewall::NetworkError),
 }
 
 /// Why a sandbox operation failed. Nothing half-created is left behind when one of these is returned.
@@ -73,12 +73,54 @@ impl SandboxError {
             Self::InvalidState { .. } => JobErrorCode::InvalidState,
             Self::DaemonNotReady { .. } => JobErrorCode::DaemonNotReady,
             Self::Daemon { .. } | Self::Internal(_) | Self::Archive(_) => JobErrorCode::Internal,
-            Self::Docker(e) => match docker_status(e) {
-                Some(400) => JobErrorCode::InvalidRequest,
-                Some(404) => JobErrorCode::SandboxNotFound,
-                Some(409) => JobErrorCode::Conflict,
-                _ => JobErrorCode::Docker,
-            },
+            Self::Docker(e) => docker_code(e),
+        }
+    }
+}
+
+/// Why a snapshot operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The name is not a usable image reference.
+    #[error("invalid snapshot name {0:?}: use lowercase [a-z0-9._-/] with an optional :tag")]
+    InvalidName(String),
+    /// The Dockerfile is unusable.
+    #[error("invalid Dockerfile: {0}")]
+    InvalidDockerfile(String),
+    /// A `FROM` image is not on this host.
+    #[error("base image {0:?} is not on this host (there is no registry to pull it from)")]
+    BaseImageNotFound(String),
+    /// The build ran and failed.
+    #[error("build failed: {0}")]
+    BuildFailed(String),
+    /// No such snapshot.
+    #[error("snapshot {0:?} not found")]
+    NotFound(String),
+    /// The snapshot is used by a container.
+    #[error("snapshot {0:?} is in use by a sandbox")]
+    InUse(String),
+    /// The sandbox cannot be committed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// Docker refused or failed.
+    #[error("Docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl SnapshotError {
+    /// The job error code of a failed build, snapshot or fork commit.
+    pub fn code(&self) -> JobErrorCode {
+        match self {
+            Self::InvalidName(_) | Self::InvalidDockerfile(_) => JobErrorCode::InvalidRequest,
+            Self::BaseImageNotFound(_) => JobErrorCode::ImageNotFound,
+            Self::NotFound(_) => JobErrorCode::ImageNotFound,
+            Self::InUse(_) => JobErrorCode::Conflict,
+            Self::Sandbox(e) => e.code(),
+            Self::Docker(e) => docker_code(e),
+            Self::BuildFailed(_) => JobErrorCode::BuildFailed,
+            Self::Internal(_) => JobErrorCode::Internal,
         }
     }
 }
@@ -102,5 +144,15 @@ pub(crate) fn docker_status(e: &bollard::errors::Error) -> Option<u16> {
     match e {
         bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
+    }
+}
+
+/// The job error code of a Docker error.
+fn docker_code(e: &bollard::errors::Error) -> JobErrorCode {
+    match docker_status(e) {
+        Some(400) => JobErrorCode::InvalidRequest,
+        Some(404) => JobErrorCode::SandboxNotFound,
+        Some(409) => JobErrorCode::Conflict,
+        _ => JobErrorCode::Docker,
     }
 }

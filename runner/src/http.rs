@@ -1,9 +1,11 @@
 //! The runner's own small HTTP API: `GET /health`, `GET /info` (capacity, host facts and sandboxes, without
 //! secrets) and `GET /metrics` (Prometheus text). Every route needs `Authorization: Bearer <runner token>`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 
+use crate::Runner;
+use crate::host::cgroup;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
@@ -16,9 +18,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sandbar_proto::runner::{Capacity, SandboxState};
 use serde::Serialize;
-use subtle::ConstantTimeEq;
-
-use crate::Runner;
 
 #[derive(Clone)]
 struct AppState {
@@ -49,15 +48,15 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if s.token.is_empty() || !bool::from(presented.as_bytes().ct_eq(s.token.as_bytes())) {
+    if s.token.is_empty() || !sandbar_support::ct_eq(presented.as_bytes(), s.token.as_bytes()) {
         return error(StatusCode::UNAUTHORIZED, "missing or invalid runner token");
     }
     next.run(req).await
 }
 
 async fn health(State(s): State<AppState>) -> Response {
-    match s.runner.docker().ping().await {
-        Ok(_) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+    match s.runner.ping().await {
+        Ok(()) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("Docker is not answering: {e}")),
     }
 }
@@ -143,7 +142,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
     // Used: read from the containers' cgroups (cgroup v1 or v2, Docker's cgroupfs or systemd layout).
     let (mut mem, mut cpu_ns) = (0u64, 0u64);
     for i in list.iter().filter(|i| i.state == SandboxState::Started && !i.container_id.is_empty()) {
-        let usage = cgroup_usage(Path::new("/sys/fs/cgroup"), &i.container_id);
+        let usage = cgroup::usage(Path::new("/sys/fs/cgroup"), &i.container_id);
         mem += usage.memory_bytes;
         cpu_ns += usage.cpu_nanos;
     }
@@ -159,59 +158,4 @@ async fn metrics(State(s): State<AppState>) -> Response {
         return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding metrics: {e}"));
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
-}
-
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Usage {
-    memory_bytes: u64,
-    cpu_nanos: u64,
-}
-
-/// Memory and CPU time of one container from the host's cgroup tree; zero where the files are not found.
-fn cgroup_usage(root: &Path, container_id: &str) -> Usage {
-    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
-    // cgroup v1, cgroupfs driver.
-    if let Some(m) = read(root.join("memory/docker").join(container_id).join("memory.usage_in_bytes")) {
-        let cpu = read(root.join("cpuacct/docker").join(container_id).join("cpuacct.usage"));
-        return Usage {
-            memory_bytes: m.trim().parse().unwrap_or(0),
-            cpu_nanos: cpu.and_then(|c| c.trim().parse().ok()).unwrap_or(0),
-        };
-    }
-    // cgroup v2: cgroupfs (`docker/<id>`) or systemd (`system.slice/docker-<id>.scope`) layout.
-    for dir in [root.join("docker").join(container_id), root.join(format!("system.slice/docker-{container_id}.scope"))]
-    {
-        if let Some(m) = read(dir.join("memory.current")) {
-            let cpu_usec = read(dir.join("cpu.stat")).and_then(|s| {
-                s.lines().find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse::<u64>().ok()))
-            });
-            return Usage {
-                memory_bytes: m.trim().parse().unwrap_or(0),
-                cpu_nanos: cpu_usec.unwrap_or(0).saturating_mul(1000),
-            };
-        }
-    }
-    Usage::default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_v1_and_v2_usage() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("memory/docker/abc")).unwrap();
-        std::fs::create_dir_all(root.join("cpuacct/docker/abc")).unwrap();
-        std::fs::write(root.join("memory/docker/abc/memory.usage_in_bytes"), "4096\n").unwrap();
-        std::fs::write(root.join("cpuacct/docker/abc/cpuacct.usage"), "5000\n").unwrap();
-        assert_eq!(cgroup_usage(root, "abc"), Usage { memory_bytes: 4096, cpu_nanos: 5000 });
-
-        std::fs::create_dir_all(root.join("system.slice/docker-def.scope")).unwrap();
-        std::fs::write(root.join("system.slice/docker-def.scope/memory.current"), "10\n").unwrap();
-        std::fs::write(root.join("system.slice/docker-def.scope/cpu.stat"), "usage_usec 7\nuser_usec 5\n").unwrap();
-        assert_eq!(cgroup_usage(root, "def"), Usage { memory_bytes: 10, cpu_nanos: 7000 });
-        assert_eq!(cgroup_usage(root, "none"), Usage::default());
-    }
 }

@@ -7,31 +7,26 @@
 //! (`scripts/build-sandbox-image`), snapshots (Dockerfile builds through the build API, commits of sandboxes), and
 //! a warm pool of started sandboxes that a matching create claims through the daemon's `POST /init`.
 //!
-//! It works for the control plane through [`agent`] (heartbeats, job long-polls, results, state pushes) and serves
-//! its own small HTTP API ([`http`]: health, info, Prometheus metrics). [`service::run`] ties them together.
-//!
-//! [`network`] keeps sandboxes apart and applies their egress policies (iptables chains hooked from `DOCKER-USER`).
-//! Archive and restore move a stopped sandbox's filesystem to an object store (a local directory, or S3 through
-//! `object_store`) and back ([`Runner::archive`], [`Runner::restore`]).
-//! Forks ([`fork`]) commit a sandbox's filesystem and create a new sandbox from it; memory is not copied.
+//! Layers, top down:
+//! - transport: [`http`] (the runner's own small API: health, info, Prometheus metrics) and [`service`] (flags,
+//!   and [`service::run`], which ties everything together; `main.rs` is a thin wrapper);
+//! - domain: [`jobs`] (the one dispatch over the job kinds, one file per kind);
+//! - adapters: [`host`] (every Docker call: [`Runner`], its sandbox table, events, containers, warm pool, images,
+//!   archive and restore, forks and snapshots), [`firewall`] (iptables only: isolation and egress policies) and
+//!   [`control`] (the control plane's client and the agent loop that works for it).
 
-pub mod agent;
-pub mod build;
-pub mod cgroup;
 pub mod config;
-mod daemon;
+pub mod control;
 pub mod error;
-pub mod fork;
+pub mod firewall;
+pub mod host;
 pub mod http;
-pub mod image;
-pub mod network;
-mod runner;
+pub mod jobs;
 pub mod service;
-pub mod snapshot;
 
-pub use cgroup::CgroupLimits;
 pub use config::{DAEMON_MOUNT_PATH, RunnerConfig, WarmPoolConfig};
-pub use error::{ImageError, SandboxError, StartupError};
-pub use image::ImageInfo;
-pub use runner::{ARCHIVE_LABEL, ARCHIVE_REPO, ArchiveManifest, HostFacts, Runner};
-pub use snapshot::SnapshotError;
+pub use error::{ImageError, SandboxError, SnapshotError, StartupError};
+pub use host::archive::{ARCHIVE_LABEL, ARCHIVE_REPO, ArchiveManifest};
+pub use host::cgroup::CgroupLimits;
+pub use host::image::ImageInfo;
+pub use host::{HostFacts, Runner};

@@ -1,6 +1,6 @@
 //! The runner as a service: its options (flags and `SANDBAR_*` environment), and [`run`], which connects to
 //! Docker, serves the runner's HTTP API, and works for the control plane until shut down. `sandbar-runner` is a
-//! thin `main` around it; `sandbar up` runs it in-process.
+//! thin `main` around it (`sandbar up` starts that binary as one of its children).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use anyhow::Context;
 use sandbar_proto::runner::Resources;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, ControlPlane};
+use crate::control::{self, ControlPlane};
 use crate::{Runner, RunnerConfig, WarmPoolConfig};
 
 /// Options of a runner process.
@@ -113,7 +113,7 @@ pub async fn run(
         axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await
     });
     ready(addr);
-    agent::run(runner, cp, shutdown.clone()).await;
+    control::run(runner, cp, shutdown.clone()).await;
     match tokio::time::timeout(Duration::from_secs(5), http).await {
         Ok(Ok(Ok(()))) | Err(_) => Ok(()),
         Ok(Ok(Err(e))) => Err(e).context("runner HTTP API"),

@@ -4,7 +4,7 @@
 //!
 //! Figures (archive and restore time, archive size of the default image):
 //! `cargo test -p sandbar-runner --test archive -- --ignored --nocapture`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 mod common;
 
@@ -26,10 +26,6 @@ impl Drop for ImageGuard {
         let refs = [format!("{ARCHIVE_REPO}:{}", self.0), format!("{ARCHIVE_REPO}:{}.rootfs", self.0)];
         let _ = Command::new("docker").args(["rmi", "-f"]).args(&refs).output();
     }
-}
-
-fn image_exists(reference: &str) -> bool {
-    Command::new("docker").args(["image", "inspect", reference]).output().unwrap().status.success()
 }
 
 fn config(t: &TestRunner, store: &Path) -> RunnerConfig {

@@ -1,7 +1,6 @@
 //! The default sandbox image (debootstrapped Debian): built by `scripts/build-sandbox-image` through the runner,
 //! then a full lifecycle on it. Runs in the normal `cargo test`: the first run on a machine builds the image
 //! (about two minutes), every later run finds the content tag and takes under a second.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Forks and snapshots of sandboxes on real Docker (busybox test image): a fork keeps the files written before it
 //! and diverges afterwards; its image goes when it is destroyed; a snapshot job commits a sandbox that keeps its
 //! state, and a sandbox created from the snapshot has the files.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 mod common;
 
@@ -9,26 +9,6 @@ use common::*;
 use sandbar_proto::runner::{
     ForkSandbox, Job, JobErrorCode, JobKind, JobOutcome, SandboxState, SnapshotSandbox, StopSandbox, fork_image,
 };
-use sandbar_proto::toolbox::ExecuteRequest;
-
-fn exec_req(cmd: &str) -> ExecuteRequest {
-    ExecuteRequest { command: cmd.into(), timeout: Some(20), ..Default::default() }
-}
-
-/// Removes the test's images even when it panics (after the TestRunner removed the containers using them).
-struct Images(Vec<String>);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = std::process::Command::new("docker").args(["rmi", "-f", name]).output();
-        }
-    }
-}
-
-fn image_exists(image: &str) -> bool {
-    docker_inspect(image, "{{.Id}}").is_some()
-}
 
 async fn run(runner: &sandbar_runner::Runner, id: &str, cmd: &str) -> (i32, String) {
     let out = runner.exec(id, &exec_req(cmd)).await.unwrap();
@@ -114,7 +94,7 @@ async fn fork_failures_leave_nothing_behind() {
 
     // Unknown source: the job fails with SandboxNotFound and no image is made.
     let job = Job { id: "j1".into(), kind: JobKind::ForkSandbox(fork_req("no-such-sandbox", &f, &image)) };
-    let result = runner.handle(job).await;
+    let result = sandbar_runner::jobs::run(&runner, None, job).await;
     assert!(
         matches!(result.outcome, JobOutcome::Failed { code: JobErrorCode::SandboxNotFound, .. }),
         "{:?}",
@@ -154,7 +134,7 @@ async fn a_snapshot_job_commits_and_a_new_sandbox_has_the_files() {
         id: "j-snap".into(),
         kind: JobKind::SnapshotSandbox(SnapshotSandbox { sandbox_id: src.clone(), image: snap.clone() }),
     };
-    let result = runner.handle(job.clone()).await;
+    let result = sandbar_runner::jobs::run(&runner, None, job.clone()).await;
     let JobOutcome::Succeeded { sandbox: Some(info), snapshot: Some(img) } = result.outcome else {
         panic!("{result:?}")
     };
@@ -162,7 +142,7 @@ async fn a_snapshot_job_commits_and_a_new_sandbox_has_the_files() {
     assert_eq!(img.image, snap);
     assert!(img.image_id.starts_with("sha256:") && img.size > 0, "{img:?}");
     // A repeated job (re-delivered after a runner restart) answers with the same image.
-    let again = runner.handle(job).await;
+    let again = sandbar_runner::jobs::run(&runner, None, job).await;
     let JobOutcome::Succeeded { snapshot: Some(img2), .. } = again.outcome else { panic!("{again:?}") };
     assert_eq!(img2.image_id, img.image_id);
     // An image of that name from elsewhere is a conflict, not overwritten.
@@ -172,7 +152,7 @@ async fn a_snapshot_job_commits_and_a_new_sandbox_has_the_files() {
         id: "j-clash".into(),
         kind: JobKind::SnapshotSandbox(SnapshotSandbox { sandbox_id: other.clone(), image: snap.clone() }),
     };
-    let r = runner.handle(clash).await;
+    let r = sandbar_runner::jobs::run(&runner, None, clash).await;
     assert!(matches!(r.outcome, JobOutcome::Failed { code: JobErrorCode::Conflict, .. }), "{r:?}");
 
     let copy = format!("copy-{}", unique());

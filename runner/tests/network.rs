@@ -2,7 +2,7 @@
 //! other unless linked, block-all and allow lists hold and change while a sandbox runs, survive stops, restarts
 //! from outside and runner restarts, and their chains go with the sandbox. Targets are busybox httpd containers
 //! the tests start; every container and chain is removed by guards, also when a test fails.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 mod common;
 
@@ -13,7 +13,7 @@ use common::*;
 use sandbar_proto::network::NetworkPolicy;
 use sandbar_proto::runner::{SandboxState, UpdateSandboxNetwork};
 use sandbar_proto::toolbox::ExecuteRequest;
-use sandbar_runner::network::{chain_prefix, sandbox_chain};
+use sandbar_runner::firewall::{chain_prefix, sandbox_chain};
 use sandbar_runner::{Runner, SandboxError};
 
 const PORT: u16 = 8080;

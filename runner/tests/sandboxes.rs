@@ -1,6 +1,5 @@
 //! Sandboxes on real Docker with the busybox test image: lifecycle, limits in cgroup files, a killed daemon as a
 //! state change, state rebuilt by a restarted runner, and bad input that leaves nothing behind.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -14,12 +13,7 @@ use sandbar_proto::DAEMON_TOKEN_HEADER;
 use sandbar_proto::runner::{
     Job, JobErrorCode, JobKind, JobOutcome, ResizeSandbox, Resources, SandboxState, StopSandbox, labels,
 };
-use sandbar_proto::toolbox::ExecuteRequest;
 use sandbar_runner::SandboxError;
-
-fn exec_req(cmd: &str) -> ExecuteRequest {
-    ExecuteRequest { command: cmd.into(), timeout: Some(20), ..Default::default() }
-}
 
 #[tokio::test]
 async fn busybox_create_exec_stop_start_destroy() {
@@ -315,20 +309,29 @@ async fn bad_requests_fail_clearly_and_leave_nothing_behind() {
     assert_eq!(t.containers().len(), 1);
 
     // The same through jobs, as the control plane will send them.
-    let result =
-        runner.handle(Job { id: "j1".into(), kind: JobKind::DestroySandbox { sandbox_id: "nope".into() } }).await;
+    let result = sandbar_runner::jobs::run(
+        &runner,
+        None,
+        Job { id: "j1".into(), kind: JobKind::DestroySandbox { sandbox_id: "nope".into() } },
+    )
+    .await;
     assert!(matches!(result.outcome, JobOutcome::Failed { code: JobErrorCode::SandboxNotFound, .. }), "{result:?}");
     let stop = Job {
         id: "j2".into(),
         kind: JobKind::StopSandbox(StopSandbox { sandbox_id: id.clone(), force: true, timeout_secs: None }),
     };
-    let result = runner.handle(stop).await;
+    let result = sandbar_runner::jobs::run(&runner, None, stop).await;
     let JobOutcome::Succeeded { sandbox: Some(s), .. } = result.outcome else { panic!("{result:?}") };
     assert_eq!(s.state, SandboxState::Stopped);
     let err =
         runner.resize(ResizeSandbox { sandbox_id: id.clone(), cpu: Some(0), ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), JobErrorCode::InvalidRequest);
-    let result = runner.handle(Job { id: "j3".into(), kind: JobKind::DestroySandbox { sandbox_id: id.clone() } }).await;
+    let result = sandbar_runner::jobs::run(
+        &runner,
+        None,
+        Job { id: "j3".into(), kind: JobKind::DestroySandbox { sandbox_id: id.clone() } },
+    )
+    .await;
     assert_eq!(result.outcome, JobOutcome::Succeeded { sandbox: None, snapshot: None });
     assert!(t.containers().is_empty());
 }

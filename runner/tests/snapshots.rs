@@ -1,28 +1,12 @@
 //! Snapshots on real Docker: commit a sandbox and start a new one from it; build from a Dockerfile through the build
 //! API with the log streamed; list, inspect, remove; failures that say why.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 mod common;
 
 use common::*;
 use sandbar_proto::runner::SandboxState;
-use sandbar_proto::toolbox::ExecuteRequest;
 use sandbar_runner::SnapshotError;
-
-fn exec_req(cmd: &str) -> ExecuteRequest {
-    ExecuteRequest { command: cmd.into(), timeout: Some(20), ..Default::default() }
-}
-
-/// Removes the test's images even when it panics (after the TestRunner removed the containers using them).
-struct Images(Vec<String>);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = std::process::Command::new("docker").args(["rmi", "-f", name]).output();
-        }
-    }
-}
 
 #[tokio::test]
 async fn commit_a_sandbox_and_create_from_the_snapshot() {
@@ -223,9 +207,9 @@ async fn build_jobs_stream_their_log_to_the_control_plane_before_the_result() {
         job("fail", &bad, format!("FROM {image}\nRUN echo about-to-fail && exit 3\n")),
         job("nobase", &bad, "FROM sandbar-no-such-base:0\nRUN true\n".into()),
     ]);
-    let cp = sandbar_runner::agent::ControlPlane::new(&base, "token").unwrap();
+    let cp = sandbar_runner::control::ControlPlane::new(&base, "token").unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let agent = tokio::spawn(sandbar_runner::agent::run(runner.clone(), cp, shutdown.clone()));
+    let agent = tokio::spawn(sandbar_runner::control::run(runner.clone(), cp, shutdown.clone()));
 
     let results = tokio::time::timeout(Duration::from_secs(120), async {
         loop {

@@ -1,6 +1,5 @@
 //! The warm pool on real Docker: a matching create claims a started container and hands its daemon the new
 //! identity; the pool refills; claims survive a runner restart; a claimed sandbox restarts with its identity.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -9,13 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sandbar_proto::runner::{Resources, SandboxState, StopSandbox};
-use sandbar_proto::toolbox::ExecuteRequest;
 use sandbar_runner::config::WarmPoolConfig;
 use sandbar_runner::{Runner, RunnerConfig};
-
-fn exec_req(cmd: &str) -> ExecuteRequest {
-    ExecuteRequest { command: cmd.into(), timeout: Some(20), ..Default::default() }
-}
 
 const POOL_RES: Resources = Resources { cpu: 1, memory: 1, disk: 3 };
 

@@ -1,7 +1,11 @@
 //! Test harness: the static daemon, the busybox test image, and a guard that removes every container a test's
 //! runner made, even when the test panics. Containers carry `sandbar-test.pid`; containers of test processes that
 //! are gone are removed when the next test process starts.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// Under `cfg(test)` (true in every test target) so that clippy's `allow-*-in-tests` covers helpers outside
+// `#[test]` functions: clippy 1.95 does not treat `tests/` as test code yet (rust-clippy#11119); test files with
+// helpers of their own carry the same line. Each test binary uses part of the harness.
+#![cfg(test)]
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use sandbar_proto::runner::{CreateSandbox, Resources, SandboxState, StateChange};
+use sandbar_proto::toolbox::ExecuteRequest;
 use sandbar_runner::{Runner, RunnerConfig};
 use tokio::sync::broadcast;
 
@@ -142,7 +147,7 @@ impl Drop for TestRunner {
             let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
         }
         // The runner's isolation chains outlive it by design (sandboxes keep running): tests remove them.
-        if let Err(e) = sandbar_runner::network::purge_blocking(&self.runner_id) {
+        if let Err(e) = sandbar_runner::firewall::purge_blocking(&self.runner_id) {
             eprintln!("cannot remove the network rules of {}: {e}", self.runner_id);
         }
     }
@@ -203,4 +208,25 @@ pub fn kill_9_daemon(container: &str) {
     let pid = docker_inspect(container, "{{.State.Pid}}").expect("container exists");
     assert_ne!(pid, "0", "container is not running");
     run(Command::new("kill").args(["-9", &pid]));
+}
+
+/// A command for the sandbox's daemon, killed after 20 s.
+pub fn exec_req(cmd: &str) -> ExecuteRequest {
+    ExecuteRequest { command: cmd.into(), timeout: Some(20), ..Default::default() }
+}
+
+/// Whether Docker has the image.
+pub fn image_exists(image: &str) -> bool {
+    docker_inspect(image, "{{.Id}}").is_some()
+}
+
+/// Removes the test's images even when it panics (after the TestRunner removed the containers using them).
+pub struct Images(pub Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("docker").args(["rmi", "-f", name]).output();
+        }
+    }
 }

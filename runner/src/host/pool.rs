@@ -4,18 +4,19 @@
 //! labels; the claim (container ID -> sandbox) is kept in `claims.json` under the state dir, written atomically.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sandbar_proto::runner::{CreateSandbox, SandboxInfo};
+use sandbar_proto::runner::{CreateSandbox, SandboxInfo, SandboxState};
 use sandbar_proto::toolbox::InitRequest;
 
-use super::{ENV_SANDBOX_ID, Entry, Inner, Runner, lock};
-use crate::daemon::new_token;
+use sandbar_support::sync::lock;
+
+use super::daemon::new_token;
+use super::{ENV_SANDBOX_ID, Entry, Inner, Runner};
 use crate::error::SandboxError;
 
 /// A started, unclaimed pool container whose daemon answers.
@@ -61,7 +62,7 @@ impl Inner {
         }
     }
 
-    /// Writes every current claim: a temporary file (0600, it holds daemon tokens) renamed over the old one.
+    /// Writes every current claim atomically, mode 0600 (it holds daemon tokens).
     pub(super) fn save_claims(&self) -> Result<(), SandboxError> {
         let Some(path) = self.claims_path() else { return Ok(()) };
         let claims: BTreeMap<String, SandboxInfo> = {
@@ -76,24 +77,8 @@ impl Inner {
                 .collect()
         };
         let json = serde_json::to_vec_pretty(&claims).map_err(|e| SandboxError::Internal(e.to_string()))?;
-        let io = |e: std::io::Error| SandboxError::Internal(format!("writing {}: {e}", path.display()));
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io)?;
-            f.write_all(&json).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)
+        sandbar_support::fs::write_private(&path, &json)
+            .map_err(|e| SandboxError::Internal(format!("writing {}: {e}", path.display())))
     }
 
     fn pool_matches(&self, req: &CreateSandbox) -> bool {
@@ -188,7 +173,7 @@ impl Inner {
         let Some(pool) = self.config.warm_pool.clone() else {
             return Err(SandboxError::Internal("no warm pool configured".into()));
         };
-        let token = new_token().map_err(SandboxError::Internal)?;
+        let token = new_token()?;
         let pool_id = format!("pool-{}", &token[..12]);
         let req = CreateSandbox {
             id: pool_id.clone(),
@@ -204,24 +189,7 @@ impl Inner {
             network: Default::default(),
             linked_sandbox: None,
         };
-        let info = SandboxInfo {
-            id: pool_id.clone(),
-            name: None,
-            organization_id: String::new(),
-            runner_id: self.config.runner_id.clone(),
-            container_id: String::new(),
-            image: pool.image,
-            state: sandbar_proto::runner::SandboxState::Creating,
-            error_reason: None,
-            resources: pool.resources,
-            disk_enforced: self.host.disk_enforced,
-            daemon_addr: None,
-            daemon_token: token,
-            user: None,
-            env: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            auto: Default::default(),
-        };
+        let info = self.new_info(&req, SandboxState::Creating, token);
         let scratch = Entry::new(info, false);
         if let Err(e) = self.create_container(&scratch, &req, true).await {
             self.remove_container_quietly(&super::container_name(&pool_id)).await;
@@ -261,7 +229,8 @@ impl Inner {
     }
 }
 
-/// Keeps the pool at its size, one container at a time (container starts are CPU-bound; two cores here).
+/// Keeps the pool at its size, one container at a time (container starts are CPU-bound: refills must not starve
+/// the creates they serve).
 pub(super) async fn refill_loop(weak: Weak<Inner>, refill: Arc<tokio::sync::Notify>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };

@@ -15,44 +15,19 @@
 use bollard::Docker;
 use bollard::query_parameters::RemoveImageOptionsBuilder;
 use sandbar_proto::runner::{
-    FORK_IMAGE_REPO, ForkSandbox, JobErrorCode, JobOutcome, JobResult, RemoveSnapshot, SandboxInfo, SandboxState,
-    SnapshotImage, SnapshotSandbox, fork_image,
+    FORK_IMAGE_REPO, ForkSandbox, RemoveSnapshot, SandboxInfo, SandboxState, SnapshotSandbox, fork_image,
 };
+use tokio::sync::OwnedMutexGuard;
 
-use crate::error::{SandboxError, docker_status};
-use crate::image::{self, ImageInfo};
-use crate::runner::Runner;
-use crate::snapshot::{SNAPSHOT_SOURCE_LABEL, SnapshotError, valid_reference};
+use super::image::{self, ImageInfo};
+use super::snapshot::{SNAPSHOT_SOURCE_LABEL, valid_reference};
+use super::{Runner, events::container_ip, run_detached};
+use crate::error::{SandboxError, SnapshotError, docker_status};
 
 /// Label on a fork's image naming the fork it was made for.
 pub const FORK_LABEL: &str = "sandbar.fork";
 /// Label on a fork's image naming the sandbox it was copied from.
 pub const FORK_SOURCE_LABEL: &str = "sandbar.fork.source";
-
-impl SnapshotError {
-    /// The job error code of a failed build, snapshot or fork commit.
-    pub fn code(&self) -> JobErrorCode {
-        match self {
-            Self::InvalidName(_) | Self::InvalidDockerfile(_) => JobErrorCode::InvalidRequest,
-            Self::BaseImageNotFound(_) => JobErrorCode::ImageNotFound,
-            Self::NotFound(_) => JobErrorCode::ImageNotFound,
-            Self::InUse(_) => JobErrorCode::Conflict,
-            Self::Sandbox(e) => e.code(),
-            Self::Docker(e) => docker_code(e),
-            Self::BuildFailed(_) => JobErrorCode::BuildFailed,
-            Self::Internal(_) => JobErrorCode::Internal,
-        }
-    }
-}
-
-fn docker_code(e: &bollard::errors::Error) -> JobErrorCode {
-    match docker_status(e) {
-        Some(400) => JobErrorCode::InvalidRequest,
-        Some(404) => JobErrorCode::SandboxNotFound,
-        Some(409) => JobErrorCode::Conflict,
-        _ => JobErrorCode::Docker,
-    }
-}
 
 /// Turns a snapshot-image failure into a sandbox error (fork reports through [`SandboxError`] like a create).
 fn commit_failed(e: SnapshotError) -> SandboxError {
@@ -71,9 +46,7 @@ impl Runner {
     pub async fn fork(&self, req: ForkSandbox) -> Result<SandboxInfo, SandboxError> {
         let runner = self.clone();
         // Its own task, so a caller that gives up cannot leave a commit without its create or cleanup.
-        tokio::spawn(async move { runner.fork_now(req).await })
-            .await
-            .map_err(|e| SandboxError::Internal(format!("fork task failed: {e}")))?
+        run_detached("fork", async move { runner.fork_now(req).await }).await
     }
 
     async fn fork_now(&self, req: ForkSandbox) -> Result<SandboxInfo, SandboxError> {
@@ -127,9 +100,7 @@ impl Runner {
     /// An image of that name made from this sandbox already (a re-delivered job) is success; any other is a conflict.
     pub async fn snapshot_sandbox(&self, req: SnapshotSandbox) -> Result<(SandboxInfo, ImageInfo), SnapshotError> {
         let runner = self.clone();
-        tokio::spawn(async move { runner.snapshot_now(req).await })
-            .await
-            .map_err(|e| SnapshotError::Internal(format!("snapshot task failed: {e}")))?
+        run_detached("snapshot", async move { runner.snapshot_now(req).await }).await
     }
 
     async fn snapshot_now(&self, req: SnapshotSandbox) -> Result<(SandboxInfo, ImageInfo), SnapshotError> {
@@ -171,36 +142,24 @@ impl Runner {
             Err(e) => Err(commit_failed(e)),
         }
     }
-
-    /// The job form of [`Runner::snapshot_sandbox`]: the result carries the image.
-    pub(crate) async fn snapshot_job(&self, job_id: String, req: SnapshotSandbox) -> JobResult {
-        let outcome = match self.snapshot_sandbox(req).await {
-            Ok((info, img)) => JobOutcome::Succeeded {
-                sandbox: Some(Box::new(info)),
-                snapshot: Some(SnapshotImage { image: img.reference, image_id: img.id, size: img.size }),
-            },
-            Err(e) => {
-                tracing::warn!(job_id = %job_id, error = %e, "snapshot job failed");
-                JobOutcome::Failed { code: e.code(), message: e.to_string() }
-            }
-        };
-        JobResult { job_id, outcome }
-    }
 }
 
 impl Runner {
     /// Pauses a started sandbox (docker pause: every process frozen, memory kept). Pausing a paused one is a no-op.
     pub async fn pause(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let (runner, id) = (self.clone(), id.to_owned());
-        tokio::spawn(async move { runner.pause_now(&id).await })
-            .await
-            .map_err(|e| SandboxError::Internal(format!("pause task failed: {e}")))?
+        run_detached("pause", async move { runner.pause_now(&id).await }).await
+    }
+
+    /// Takes sandbox `id`'s operation lock and reads the sandbox under it.
+    async fn lock_and_get(&self, id: &str) -> Result<(OwnedMutexGuard<()>, SandboxInfo), SandboxError> {
+        let op = self.op_lock(id)?.lock_owned().await;
+        let info = self.get(id).ok_or_else(|| SandboxError::NotFound(id.into()))?;
+        Ok((op, info))
     }
 
     async fn pause_now(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
-        let op = self.op_lock(id)?;
-        let _op = op.lock().await;
-        let info = self.get(id).ok_or_else(|| SandboxError::NotFound(id.into()))?;
+        let (_op, info) = self.lock_and_get(id).await?;
         match info.state {
             SandboxState::Paused => return Ok(info),
             SandboxState::Started => {}
@@ -221,15 +180,11 @@ impl Runner {
     /// no-op.
     pub async fn resume(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let (runner, id) = (self.clone(), id.to_owned());
-        tokio::spawn(async move { runner.resume_now(&id).await })
-            .await
-            .map_err(|e| SandboxError::Internal(format!("resume task failed: {e}")))?
+        run_detached("resume", async move { runner.resume_now(&id).await }).await
     }
 
     async fn resume_now(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
-        let op = self.op_lock(id)?;
-        let _op = op.lock().await;
-        let info = self.get(id).ok_or_else(|| SandboxError::NotFound(id.into()))?;
+        let (_op, info) = self.lock_and_get(id).await?;
         match info.state {
             SandboxState::Started => return Ok(info),
             SandboxState::Paused => {}
@@ -244,11 +199,9 @@ impl Runner {
             }
             let inspect = self.docker().inspect_container(&info.container_id, None).await?;
             let running = inspect.state.as_ref().and_then(|s| s.running) == Some(true);
-            let ip = crate::runner::container_ip(&inspect).filter(|_| running).ok_or_else(|| {
-                SandboxError::DaemonNotReady {
-                    id: id.into(),
-                    reason: "the container is not running after unpause".into(),
-                }
+            let ip = container_ip(&inspect).filter(|_| running).ok_or_else(|| SandboxError::DaemonNotReady {
+                id: id.into(),
+                reason: "the container is not running after unpause".into(),
             })?;
             Ok(std::net::SocketAddr::new(ip, sandbar_proto::ports::TOOLBOX).to_string())
         };
@@ -299,6 +252,7 @@ mod tests {
 
     #[test]
     fn commit_errors_keep_their_codes() {
+        use sandbar_proto::runner::JobErrorCode;
         let e = SnapshotError::Sandbox(SandboxError::NotFound("s".into()));
         assert_eq!(e.code(), JobErrorCode::SandboxNotFound);
         assert_eq!(commit_failed(e).code(), JobErrorCode::SandboxNotFound);

@@ -1,5 +1,8 @@
-//! Reading a sandbox's real limits from inside it: cgroup v1 (`cpu/cpu.cfs_quota_us`, `cpu/cpu.cfs_period_us`,
-//! `memory/memory.limit_in_bytes`) or v2 (`cpu.max`, `memory.max`), whichever the container sees.
+//! cgroups: a sandbox's real limits read from inside it (cgroup v1 `cpu/cpu.cfs_quota_us`, `cpu/cpu.cfs_period_us`,
+//! `memory/memory.limit_in_bytes` or v2 `cpu.max`, `memory.max`, whichever the container sees), and its usage read
+//! from the host's cgroup tree (for metrics).
+
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -58,6 +61,39 @@ pub(crate) fn parse(output: &str) -> Result<CgroupLimits, String> {
     }
 }
 
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub memory_bytes: u64,
+    pub cpu_nanos: u64,
+}
+
+/// Memory and CPU time of one container from the host's cgroup tree; zero where the files are not found.
+pub(crate) fn usage(root: &Path, container_id: &str) -> Usage {
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+    // cgroup v1, cgroupfs driver.
+    if let Some(m) = read(root.join("memory/docker").join(container_id).join("memory.usage_in_bytes")) {
+        let cpu = read(root.join("cpuacct/docker").join(container_id).join("cpuacct.usage"));
+        return Usage {
+            memory_bytes: m.trim().parse().unwrap_or(0),
+            cpu_nanos: cpu.and_then(|c| c.trim().parse().ok()).unwrap_or(0),
+        };
+    }
+    // cgroup v2: cgroupfs (`docker/<id>`) or systemd (`system.slice/docker-<id>.scope`) layout.
+    for dir in [root.join("docker").join(container_id), root.join(format!("system.slice/docker-{container_id}.scope"))]
+    {
+        if let Some(m) = read(dir.join("memory.current")) {
+            let cpu_usec = read(dir.join("cpu.stat")).and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse::<u64>().ok()))
+            });
+            return Usage {
+                memory_bytes: m.trim().parse().unwrap_or(0),
+                cpu_nanos: cpu_usec.unwrap_or(0).saturating_mul(1000),
+            };
+        }
+    }
+    Usage::default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +127,22 @@ mod tests {
         assert!(parse("v1\nabc\n100000\n1\n").is_err());
         assert!(parse("v2\n100000\n").is_err());
         assert!(parse("cat: no such file").is_err());
+    }
+
+    #[test]
+    fn reads_v1_and_v2_usage() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("memory/docker/abc")).unwrap();
+        std::fs::create_dir_all(root.join("cpuacct/docker/abc")).unwrap();
+        std::fs::write(root.join("memory/docker/abc/memory.usage_in_bytes"), "4096\n").unwrap();
+        std::fs::write(root.join("cpuacct/docker/abc/cpuacct.usage"), "5000\n").unwrap();
+        assert_eq!(usage(root, "abc"), Usage { memory_bytes: 4096, cpu_nanos: 5000 });
+
+        std::fs::create_dir_all(root.join("system.slice/docker-def.scope")).unwrap();
+        std::fs::write(root.join("system.slice/docker-def.scope/memory.current"), "10\n").unwrap();
+        std::fs::write(root.join("system.slice/docker-def.scope/cpu.stat"), "usage_usec 7\nuser_usec 5\n").unwrap();
+        assert_eq!(usage(root, "def"), Usage { memory_bytes: 10, cpu_nanos: 7000 });
+        assert_eq!(usage(root, "none"), Usage::default());
     }
 }

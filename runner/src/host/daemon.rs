@@ -1,17 +1,19 @@
-//! Talking to a sandbox's daemon: readiness (`GET /version`, the one route without a token) and
-//! `POST /process/execute` with the per-sandbox token.
+//! Talking to a sandbox's daemon: readiness (`GET /version`, the one route without a token), `POST /init` (a
+//! claimed warm-pool sandbox's identity) and `POST /process/execute`, both with the per-sandbox token.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use sandbar_proto::DAEMON_TOKEN_HEADER;
 use sandbar_proto::toolbox::{ExecuteRequest, ExecuteResponse, InitRequest, VersionResponse};
+use serde::Serialize;
 
-/// A fresh per-sandbox daemon token: 256 random bits, hex.
-pub(crate) fn new_token() -> Result<String, String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for the daemon token: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+use crate::error::SandboxError;
+
+/// A fresh per-sandbox daemon token: 256 random bits, lowercase hex.
+pub(crate) fn new_token() -> Result<String, SandboxError> {
+    sandbar_support::token::hex(32)
+        .map_err(|e| SandboxError::Internal(format!("no randomness for the daemon token: {e}")))
 }
 
 #[derive(Clone)]
@@ -46,11 +48,29 @@ impl DaemonClient {
     ) -> Result<ExecuteResponse, String> {
         // The daemon kills the command at `timeout`; give the HTTP request a little more.
         let timeout = Duration::from_secs(req.timeout.unwrap_or(60).saturating_add(5));
+        let resp = self.post(addr, "/process/execute", token, req, timeout).await?;
+        resp.json::<ExecuteResponse>().await.map_err(|e| e.to_string())
+    }
+
+    /// `POST /init`: hands a pooled sandbox its identity and environment.
+    pub(crate) async fn init(&self, addr: SocketAddr, token: &str, req: &InitRequest) -> Result<(), String> {
+        self.post(addr, "/init", token, req, Duration::from_secs(5)).await.map(drop)
+    }
+
+    /// A JSON `POST` with the daemon token; a status other than 2xx is an error that quotes the body's start.
+    async fn post(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        token: &str,
+        body: &impl Serialize,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, String> {
         let resp = self
             .http
-            .post(format!("http://{addr}/process/execute"))
+            .post(format!("http://{addr}{path}"))
             .header(DAEMON_TOKEN_HEADER, token)
-            .json(req)
+            .json(body)
             .timeout(timeout)
             .send()
             .await
@@ -58,30 +78,9 @@ impl DaemonClient {
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
-            return Err(format!("POST /process/execute answered {status}: {}", truncate(&body, 300)));
+            return Err(format!("POST {path} answered {status}: {}", truncate(&body, 300)));
         }
-        resp.json::<ExecuteResponse>().await.map_err(|e| e.to_string())
-    }
-}
-
-impl DaemonClient {
-    /// `POST /init`: hands a pooled sandbox its identity and environment.
-    pub(crate) async fn init(&self, addr: SocketAddr, token: &str, req: &InitRequest) -> Result<(), String> {
-        let resp = self
-            .http
-            .post(format!("http://{addr}/init"))
-            .header(DAEMON_TOKEN_HEADER, token)
-            .json(req)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(format!("POST /init answered {status}: {}", truncate(&body, 300)));
-        }
-        Ok(())
+        Ok(resp)
     }
 }
 

@@ -17,45 +17,14 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use sandbar_proto::runner::{SandboxState, labels};
 
-use crate::error::docker_status;
-use crate::image::{self, ImageInfo};
-use crate::runner::Runner;
+use super::image::{self, ImageInfo};
+use super::{RESERVED_ENV, Runner, strip_daemon};
+use crate::error::{SandboxError, SnapshotError, docker_status};
 
 /// Label every snapshot image carries; its value is the snapshot's name.
 pub const SNAPSHOT_LABEL: &str = "sandbar.snapshot";
 /// Label naming the sandbox a committed snapshot came from.
 pub const SNAPSHOT_SOURCE_LABEL: &str = "sandbar.snapshot.source";
-
-/// Why a snapshot operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// The name is not a usable image reference.
-    #[error("invalid snapshot name {0:?}: use lowercase [a-z0-9._-/] with an optional :tag")]
-    InvalidName(String),
-    /// The Dockerfile is unusable.
-    #[error("invalid Dockerfile: {0}")]
-    InvalidDockerfile(String),
-    /// A `FROM` image is not on this host.
-    #[error("base image {0:?} is not on this host (there is no registry to pull it from)")]
-    BaseImageNotFound(String),
-    /// The build ran and failed.
-    #[error("build failed: {0}")]
-    BuildFailed(String),
-    /// No such snapshot.
-    #[error("snapshot {0:?} not found")]
-    NotFound(String),
-    /// The snapshot is used by a container.
-    #[error("snapshot {0:?} is in use by a sandbox")]
-    InUse(String),
-    /// The sandbox cannot be committed.
-    #[error(transparent)]
-    Sandbox(#[from] crate::error::SandboxError),
-    /// Docker refused or failed.
-    #[error("Docker: {0}")]
-    Docker(#[from] bollard::errors::Error),
-    #[error("internal: {0}")]
-    Internal(String),
-}
 
 /// `name` or `name:tag`, lowercase, as Docker accepts for local references.
 pub(crate) fn valid_reference(name: &str) -> bool {
@@ -260,29 +229,24 @@ impl Runner {
         if !valid_reference(name) {
             return Err(SnapshotError::InvalidName(name.into()));
         }
-        let info = self.get(sandbox_id).ok_or_else(|| crate::SandboxError::NotFound(sandbox_id.into()))?;
+        let info = self.get(sandbox_id).ok_or_else(|| SandboxError::NotFound(sandbox_id.into()))?;
         if !matches!(info.state, SandboxState::Started | SandboxState::Stopped) {
-            return Err(crate::SandboxError::InvalidState {
-                id: sandbox_id.into(),
-                state: info.state,
-                action: "commit",
-            }
-            .into());
+            return Err(
+                SandboxError::InvalidState { id: sandbox_id.into(), state: info.state, action: "commit" }.into()
+            );
         }
         let container = self.docker().inspect_container(&info.container_id, None).await?;
         let config = container.config.unwrap_or_default();
         // The container runs [daemon, --, argv...]: the snapshot's entrypoint is argv.
-        let argv = crate::runner::strip_daemon(config.entrypoint.unwrap_or_default());
+        let argv = strip_daemon(config.entrypoint.unwrap_or_default());
         // Docker's commit merges the container's config back in for keys we do not set: blank ours explicitly.
         let mut env: Vec<String> = config
             .env
             .unwrap_or_default()
             .into_iter()
-            .filter(|kv| {
-                !crate::runner::RESERVED_ENV.iter().any(|k| kv.split_once('=').is_some_and(|(key, _)| key == *k))
-            })
+            .filter(|kv| !RESERVED_ENV.iter().any(|k| kv.split_once('=').is_some_and(|(key, _)| key == *k)))
             .collect();
-        env.extend(crate::runner::RESERVED_ENV.iter().map(|k| format!("{k}=")));
+        env.extend(RESERVED_ENV.iter().map(|k| format!("{k}=")));
         let mut image_labels: HashMap<String, String> = config
             .labels
             .unwrap_or_default()

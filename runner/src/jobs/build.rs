@@ -1,5 +1,6 @@
-//! Build jobs ([`BuildSnapshot`]): a Dockerfile build through [`Runner::build_snapshot`] whose output goes to the
-//! control plane line by line while it runs (`POST /runners/{id}/jobs/{jobId}/log`), so users can follow it.
+//! `BUILD_SNAPSHOT`: a Dockerfile build through [`Runner::build_snapshot`] whose output goes to the control plane
+//! line by line while it runs (`POST /runners/{id}/jobs/{jobId}/log`), so users can follow it. A job handed in
+//! without a control plane logs the output through tracing only.
 //!
 //! Log lines are batched (whatever arrived while the previous batch was being sent, at most [`MAX_BATCH`] lines)
 //! and sent one batch at a time, in order; a failed send is retried with the same batch, which the API recognises
@@ -10,19 +11,24 @@
 use std::time::Duration;
 
 use sandbar_proto::api::{BuildLog, MAX_BUILD_LOG_BYTES, MAX_BUILD_LOG_LINE};
-use sandbar_proto::runner::{BuildSnapshot, JobOutcome, JobResult};
+use sandbar_proto::runner::BuildSnapshot;
+use sandbar_support::backoff::Backoff;
 use tokio::sync::mpsc;
 
-use crate::agent::{ControlPlane, ControlPlaneError};
-use crate::image::ImageInfo;
-use crate::{Runner, SnapshotError};
+use super::{Done, Failed, JobCtx};
+use crate::control::{ControlPlane, ControlPlaneError};
+use crate::error::SnapshotError;
+use crate::host::Runner;
+use crate::host::image::ImageInfo;
 
 /// Lines per log request at most.
 const MAX_BATCH: usize = 500;
 /// A build that runs longer than this is abandoned (dropping the build stream makes Docker cancel it).
-pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long the result waits for the last log lines to reach an unreachable control plane.
 const LOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Between retries of a batch of log lines: 400 ms doubling to 3.2 s, with jitter.
+const LOG_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(3200));
 
 /// Cuts build output to the log's bounds: long lines are shortened, and after [`MAX_BUILD_LOG_BYTES`] one note
 /// replaces the rest.
@@ -56,50 +62,53 @@ impl LogBound {
     }
 }
 
-/// Turns a build's outcome into the job's result.
-pub(crate) fn job_result(job_id: String, built: Result<ImageInfo, SnapshotError>) -> JobResult {
-    let outcome = match built {
-        Ok(_) => JobOutcome::Succeeded { sandbox: None, snapshot: None },
-        Err(e) => JobOutcome::Failed { code: e.code(), message: e.to_string() },
+pub(super) async fn run(ctx: &JobCtx<'_>, req: BuildSnapshot) -> Result<Done, Failed> {
+    let built = match ctx.cp {
+        Some(cp) => streamed(ctx.runner, cp, ctx.job_id, &req).await,
+        None => logged(ctx.runner, &req).await,
     };
-    JobResult { job_id, outcome }
+    built.map(|_| Done::default()).map_err(Failed::from)
 }
 
-/// Builds with the output logged through tracing only (a runner without a control plane, tests).
-pub(crate) async fn build_logged(runner: &Runner, req: &BuildSnapshot) -> Result<ImageInfo, SnapshotError> {
-    let build_id = req.build_id.clone();
-    let fut = runner.build_snapshot(&req.image, &req.dockerfile, move |line| {
-        tracing::debug!(build_id = %build_id, line, "build output");
-    });
-    match tokio::time::timeout(BUILD_TIMEOUT, fut).await {
+/// The build, abandoned after [`BUILD_TIMEOUT`].
+async fn timed(
+    runner: &Runner,
+    req: &BuildSnapshot,
+    on_log: impl FnMut(&str) + Send,
+) -> Result<ImageInfo, SnapshotError> {
+    match tokio::time::timeout(BUILD_TIMEOUT, runner.build_snapshot(&req.image, &req.dockerfile, on_log)).await {
         Ok(r) => r,
         Err(_) => Err(SnapshotError::BuildFailed(format!("the build ran longer than {} s", BUILD_TIMEOUT.as_secs()))),
     }
 }
 
-/// Carries out a build job for the control plane: builds, streaming the output to it, then answers the result.
-pub async fn carry_out(runner: &Runner, cp: &ControlPlane, job_id: &str, req: &BuildSnapshot) -> JobResult {
-    let attempt = match crate::daemon::new_token() {
-        Ok(t) => t.chars().take(16).collect::<String>(),
-        Err(e) => return job_result(job_id.to_owned(), Err(SnapshotError::Internal(e))),
-    };
+/// Builds with the output logged through tracing only.
+async fn logged(runner: &Runner, req: &BuildSnapshot) -> Result<ImageInfo, SnapshotError> {
+    let build_id = req.build_id.clone();
+    timed(runner, req, move |line| tracing::debug!(build_id = %build_id, line, "build output")).await
+}
+
+/// Builds with the output streamed to the control plane; returns once every line was delivered (or delivery gave
+/// up).
+async fn streamed(
+    runner: &Runner,
+    cp: &ControlPlane,
+    job_id: &str,
+    req: &BuildSnapshot,
+) -> Result<ImageInfo, SnapshotError> {
+    let attempt = sandbar_support::token::hex(8).map_err(|e| SnapshotError::Internal(e.to_string()))?;
     let (tx, rx) = mpsc::unbounded_channel::<String>();
     let shipper = tokio::spawn(ship(cp.clone(), runner.runner_id().to_owned(), job_id.to_owned(), attempt, rx));
     let mut bound = LogBound::new();
     let started = std::time::Instant::now();
     let built = {
         let tx = tx.clone();
-        let fut = runner.build_snapshot(&req.image, &req.dockerfile, move |line| {
+        timed(runner, req, move |line| {
             if let Some(line) = bound.admit(line) {
                 let _ = tx.send(line);
             }
-        });
-        match tokio::time::timeout(BUILD_TIMEOUT, fut).await {
-            Ok(r) => r,
-            Err(_) => {
-                Err(SnapshotError::BuildFailed(format!("the build ran longer than {} s", BUILD_TIMEOUT.as_secs())))
-            }
-        }
+        })
+        .await
     };
     // The reason ends the log too (a missing base image fails before Docker prints anything); its first line
     // only, the rest of a failed build's message is the log's own tail.
@@ -114,7 +123,7 @@ pub async fn carry_out(runner: &Runner, cp: &ControlPlane, job_id: &str, req: &B
         Ok(Err(e)) => tracing::warn!(job_id, error = %e, "build log shipper failed"),
         Err(_) => tracing::warn!(job_id, "build log lines not delivered in time; reporting the result anyway"),
     }
-    job_result(job_id.to_owned(), built)
+    built
 }
 
 /// Sends the lines of `rx` in order, batched, each batch retried until the API has it (or refuses it).
@@ -146,7 +155,7 @@ async fn ship(
                 Err(e) => {
                     tries += 1;
                     tracing::warn!(job_id = %job_id, error = %e, "sending build log lines failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200u64 << tries.min(4))).await;
+                    tokio::time::sleep(LOG_BACKOFF.delay(tries)).await;
                 }
             }
         }
@@ -179,10 +188,10 @@ mod tests {
 
     #[test]
     fn failed_builds_map_to_codes() {
-        let r = job_result("j".into(), Err(SnapshotError::BaseImageNotFound("x:1".into())));
-        assert!(matches!(r.outcome, JobOutcome::Failed { code: JobErrorCode::ImageNotFound, ref message }
+        let r = Failed::from(SnapshotError::BaseImageNotFound("x:1".into()));
+        assert!(matches!(r, Failed { code: JobErrorCode::ImageNotFound, ref message }
             if message.contains("x:1") && message.contains("no registry")));
-        let r = job_result("j".into(), Err(SnapshotError::BuildFailed("exit 3".into())));
-        assert!(matches!(r.outcome, JobOutcome::Failed { code: JobErrorCode::BuildFailed, .. }));
+        let r = Failed::from(SnapshotError::BuildFailed("exit 3".into()));
+        assert!(matches!(r, Failed { code: JobErrorCode::BuildFailed, .. }));
     }
 }

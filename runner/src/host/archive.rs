@@ -40,9 +40,11 @@ use sandbar_proto::runner::{CreateSandbox, SandboxInfo, SandboxSpecLabel, Sandbo
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Entry, Inner, RESERVED_ENV, Runner, container_name, lock, run_detached, strip_daemon, unix_now};
+use sandbar_support::sync::lock;
+
+use super::daemon::new_token;
+use super::{Entry, Inner, RESERVED_ENV, Runner, container_name, strip_daemon, unix_now};
 use crate::config::{DAEMON_MOUNT_PATH, RunnerConfig};
-use crate::daemon::new_token;
 use crate::error::{SandboxError, docker_status};
 
 /// Repository of the images restores make: `sandbar-archive:{id}` (and `{id}.rootfs`, the bare import, while a
@@ -267,15 +269,14 @@ impl Runner {
     /// Archives a stopped sandbox: its filesystem to the archive store, then its container (and a restore image
     /// it ran from) removed. The runner forgets the sandbox; the answer is its last picture, `archived`.
     pub async fn archive(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
-        let (inner, id) = (self.inner.clone(), id.to_owned());
-        run_detached(async move { inner.archive(&id).await }).await
+        let id = id.to_owned();
+        self.detached(|inner| async move { inner.archive(&id).await }).await
     }
 
     /// Restores an archived sandbox from the store and starts it, with `spec` as a create would use it (its
     /// `image` is informative: the filesystem comes from the archive).
     pub async fn restore(&self, spec: CreateSandbox) -> Result<SandboxInfo, SandboxError> {
-        let inner = self.inner.clone();
-        run_detached(async move { inner.restore(spec).await }).await
+        self.detached(|inner| async move { inner.restore(spec).await }).await
     }
 
     /// The manifest of `id`'s archive, if the store holds a complete one.
@@ -435,12 +436,7 @@ impl Inner {
 
     /// After a complete export: the container goes, with the restore image it may have run from.
     async fn remove_archived_container(&self, entry: &Entry, info: &SandboxInfo) -> Result<(), SandboxError> {
-        let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::default().force(true).v(true).build();
-        match self.docker.remove_container(&info.container_id, Some(opts)).await {
-            Ok(()) => {}
-            Err(e) if docker_status(&e) == Some(404) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.remove_container(&info.container_id).await?;
         lock(&self.sandboxes).remove(&info.id);
         if entry.is_claimed() {
             self.save_claims()?;
@@ -479,24 +475,8 @@ impl Inner {
             .manifest(&id)
             .await?
             .ok_or_else(|| SandboxError::Archive(format!("no archive of sandbox {id} in {}", store.location())))?;
-        let info = SandboxInfo {
-            id: id.clone(),
-            name: req.name.clone(),
-            organization_id: req.organization_id.clone(),
-            runner_id: self.config.runner_id.clone(),
-            container_id: String::new(),
-            image: image_ref(&id),
-            state: SandboxState::Restoring,
-            error_reason: None,
-            resources: req.resources,
-            disk_enforced: self.host.disk_enforced,
-            daemon_addr: None,
-            daemon_token: new_token().map_err(SandboxError::Internal)?,
-            user: req.user.clone(),
-            env: req.env.clone(),
-            labels: req.labels.clone(),
-            auto: req.auto,
-        };
+        let mut info = self.new_info(&req, SandboxState::Restoring, new_token()?);
+        info.image = image_ref(&id);
         let entry = Entry::new(info, false);
         {
             let mut map = lock(&self.sandboxes);

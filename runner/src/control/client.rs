@@ -1,0 +1,97 @@
+//! The HTTP client of the control plane's runner routes (`/runners/{id}/...`): heartbeat, job poll, results, build
+//! log lines, state changes and the full picture, each with the runner's service token.
+
+use std::time::Duration;
+
+use sandbar_proto::api::{BuildLog, HeartbeatResponse, MAX_POLL_WAIT_SECS};
+use sandbar_proto::runner::{Job, JobResult, SandboxInfo, StateChange};
+
+use crate::Runner;
+
+/// How the runner reaches the control plane.
+#[derive(Clone)]
+pub struct ControlPlane {
+    http: reqwest::Client,
+    /// The API's base URL including `/api`, without a trailing slash.
+    base: String,
+    token: String,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+/// A failed call to the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("control plane unreachable: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("control plane answered {status}: {message}")]
+    Status { status: u16, message: String },
+}
+
+impl ControlPlane {
+    /// `api_url` is the API's base URL with its `/api` prefix (`http://127.0.0.1:3000/api`).
+    pub fn new(api_url: &str, token: impl Into<String>) -> Result<Self, ControlPlaneError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self { http, base: api_url.trim_end_matches('/').to_owned(), token: token.into() })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ControlPlaneError> {
+        let resp = req.bearer_auth(&self.token).send().await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or(body);
+        Err(ControlPlaneError::Status { status, message })
+    }
+
+    fn url(&self, runner_id: &str, tail: &str) -> String {
+        format!("{}/runners/{runner_id}/{tail}", self.base)
+    }
+
+    pub async fn heartbeat(&self, runner: &Runner) -> Result<HeartbeatResponse, ControlPlaneError> {
+        let status = runner.status();
+        let req = self.http.post(self.url(&status.runner_id, "heartbeat")).timeout(Duration::from_secs(10));
+        Ok(self.send(req.json(&status)).await?.json().await?)
+    }
+
+    /// Long-polls for jobs; `[]` after `wait`.
+    pub async fn poll(&self, runner_id: &str, wait: Duration) -> Result<Vec<Job>, ControlPlaneError> {
+        let secs = wait.as_secs().min(MAX_POLL_WAIT_SECS);
+        let req =
+            self.http.get(self.url(runner_id, "jobs")).query(&[("wait", secs)]).timeout(Duration::from_secs(secs + 10));
+        Ok(self.send(req).await?.json().await?)
+    }
+
+    pub async fn report(&self, runner_id: &str, result: &JobResult) -> Result<(), ControlPlaneError> {
+        let url = self.url(runner_id, &format!("jobs/{}/result", result.job_id));
+        self.send(self.http.post(url).timeout(Duration::from_secs(10)).json(result)).await.map(drop)
+    }
+
+    /// Lines of a running build job's output.
+    pub async fn build_log(&self, runner_id: &str, job_id: &str, log: &BuildLog) -> Result<(), ControlPlaneError> {
+        let url = self.url(runner_id, &format!("jobs/{job_id}/log"));
+        self.send(self.http.post(url).timeout(Duration::from_secs(10)).json(log)).await.map(drop)
+    }
+
+    pub async fn report_states(&self, runner_id: &str, changes: &[StateChange]) -> Result<(), ControlPlaneError> {
+        let req = self.http.post(self.url(runner_id, "states")).timeout(Duration::from_secs(10));
+        self.send(req.json(changes)).await.map(drop)
+    }
+
+    pub async fn report_sandboxes(&self, runner_id: &str, list: &[SandboxInfo]) -> Result<(), ControlPlaneError> {
+        let req = self.http.post(self.url(runner_id, "sandboxes")).timeout(Duration::from_secs(30));
+        self.send(req.json(list)).await.map(drop)
+    }
+}

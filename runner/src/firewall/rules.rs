@@ -1,0 +1,199 @@
+//! The rules themselves: chain names and the `iptables-restore` input that rewrites every chain of a runner for
+//! the running sandboxes and their policies. Pure functions, no process is run here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use sandbar_proto::network::Ipv4Cidr;
+use sha2::{Digest, Sha256};
+
+use super::{Attached, NetworkError, Stored};
+
+/// The top chain of a runner: `SANDBAR-` and 8 hex digits of the SHA-256 of its ID (chain names are at most 28
+/// characters, so IDs cannot appear whole).
+pub fn chain_prefix(runner_id: &str) -> String {
+    format!("SANDBAR-{}", hex(runner_id, 4))
+}
+
+/// The chain of one sandbox of a runner.
+pub fn sandbox_chain(runner_id: &str, sandbox_id: &str) -> String {
+    format!("{}-{}", chain_prefix(runner_id), hex(sandbox_id, 5))
+}
+
+pub(super) fn isolation_chain(prefix: &str) -> String {
+    format!("{prefix}-ISO")
+}
+
+/// Where refused packets go: TCP gets a reset (a new connection is refused, an open one is cut at once: an ICMP
+/// error alone would only be a soft error to an established connection), anything else "administratively
+/// prohibited".
+pub(super) fn deny_chain(prefix: &str) -> String {
+    format!("{prefix}-DENY")
+}
+
+fn hex(s: &str, bytes: usize) -> String {
+    Sha256::digest(s.as_bytes()).iter().take(bytes).map(|b| format!("{b:02X}")).collect()
+}
+
+/// The `iptables-restore` input for this runner's chains, and the sandbox chains it leaves in the kernel.
+pub(super) fn render(
+    prefix: &str,
+    policies: &BTreeMap<String, Stored>,
+    attached: &BTreeMap<String, Attached>,
+    installed: &BTreeSet<String>,
+) -> Result<(String, BTreeSet<String>), NetworkError> {
+    let iso = isolation_chain(prefix);
+    let deny = deny_chain(prefix);
+    let chain_of = |sandbox: &str| format!("{prefix}-{}", hex(sandbox, 5));
+    // One entry per sandbox, by address (a sandbox ID is served by one container at a time).
+    let mut members: BTreeMap<&str, Ipv4Addr> = BTreeMap::new();
+    for a in attached.values() {
+        if let Some(old) = members.insert(&a.sandbox_id, a.ip) {
+            tracing::warn!(sandbox_id = %a.sandbox_id, %old, new = %a.ip, "two containers for one sandbox");
+        }
+    }
+    let mut chains = BTreeSet::new();
+    for sandbox in members.keys() {
+        if !chains.insert(chain_of(sandbox)) {
+            return Err(NetworkError::Invalid(format!("chain name collision for sandbox {sandbox}")));
+        }
+    }
+    let mut out = String::from("*filter\n");
+    for c in [prefix, iso.as_str(), deny.as_str()].into_iter().chain(chains.iter().map(String::as_str)) {
+        out.push_str(&format!(":{c} - [0:0]\n"));
+    }
+    let stale: Vec<&String> = installed.iter().filter(|c| !chains.contains(*c)).collect();
+    for c in &stale {
+        out.push_str(&format!(":{c} - [0:0]\n"));
+    }
+    let mut rule = |chain: &str, args: &[&str]| {
+        out.push_str(&format!("-A {chain} {}\n", args.join(" ")));
+    };
+    rule(&deny, &["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]);
+    rule(&deny, &["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]);
+    for (sandbox, ip) in &members {
+        let comment = format!("\"sandbar {}\"", comment_safe(sandbox));
+        rule(prefix, &["-s", &format!("{ip}/32"), "-m", "comment", "--comment", &comment, "-j", &chain_of(sandbox)]);
+        rule(&iso, &["-d", &format!("{ip}/32"), "-j", &deny]);
+    }
+    for sandbox in members.keys() {
+        let chain = chain_of(sandbox);
+        let stored = policies.get(*sandbox).cloned().unwrap_or_default();
+        rule(&chain, &["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "--ctdir", "REPLY", "-j", "RETURN"]);
+        // Links go both ways: the linked sandbox's own link, and every sandbox linked to this one.
+        let peers = members.iter().filter(|(other, _)| {
+            *other != sandbox
+                && (stored.linked_sandbox.as_deref() == Some(**other)
+                    || policies.get(**other).is_some_and(|p| p.linked_sandbox.as_deref() == Some(*sandbox)))
+        });
+        for (_, peer_ip) in peers {
+            rule(&chain, &["-d", &format!("{peer_ip}/32"), "-j", "RETURN"]);
+        }
+        rule(&chain, &["-j", &iso]);
+        let policy = &stored.policy;
+        if policy.network_block_all {
+            rule(&chain, &["-j", &deny]);
+        } else if policy.network_allow_list.is_some() {
+            let allowed: Vec<Ipv4Cidr> = policy.allowed().map_err(NetworkError::Invalid)?;
+            for cidr in allowed {
+                rule(&chain, &["-d", &cidr.to_string(), "-j", "RETURN"]);
+            }
+            rule(&chain, &["-j", &deny]);
+        }
+    }
+    for c in stale {
+        out.push_str(&format!("-X {c}\n"));
+    }
+    out.push_str("COMMIT\n");
+    Ok((out, chains))
+}
+
+/// Rule comments hold sandbox IDs for people reading `iptables -S`; only harmless characters go in.
+fn comment_safe(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')).take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sandbar_proto::network::NetworkPolicy;
+
+    fn att(sandbox: &str, ip: &str) -> Attached {
+        Attached { sandbox_id: sandbox.into(), ip: ip.parse().unwrap() }
+    }
+
+    #[test]
+    fn chain_names_fit_iptables() {
+        let c = sandbox_chain(&"r".repeat(64), &"s".repeat(64));
+        assert!(c.len() <= 28, "{c}");
+        assert!(c.starts_with(&chain_prefix(&"r".repeat(64))));
+        assert_ne!(sandbox_chain("r", "a"), sandbox_chain("r", "b"));
+        assert_ne!(chain_prefix("r1"), chain_prefix("r2"));
+    }
+
+    #[test]
+    fn renders_isolation_links_and_policies() {
+        let p = chain_prefix("r");
+        let policies = BTreeMap::from([
+            (
+                "blocked".to_owned(),
+                Stored {
+                    policy: NetworkPolicy { network_block_all: true, ..Default::default() },
+                    ..Default::default()
+                },
+            ),
+            (
+                "listed".to_owned(),
+                Stored {
+                    policy: NetworkPolicy { network_allow_list: Some(vec!["10.1.2.3/8".into()]), ..Default::default() },
+                    ..Default::default()
+                },
+            ),
+            ("child".to_owned(), Stored { linked_sandbox: Some("parent".into()), ..Default::default() }),
+        ]);
+        let attached = BTreeMap::from([
+            ("c1".to_owned(), att("blocked", "172.17.0.2")),
+            ("c2".to_owned(), att("listed", "172.17.0.3")),
+            ("c3".to_owned(), att("parent", "172.17.0.4")),
+            ("c4".to_owned(), att("child", "172.17.0.5")),
+        ]);
+        let stale = BTreeSet::from([format!("{p}-DEADBEEF00")]);
+        let (text, chains) = render(&p, &policies, &attached, &stale).unwrap();
+        assert_eq!(chains.len(), 4);
+        let ch = |s: &str| sandbox_chain("r", s);
+        let has = |line: String| assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        has(format!("-A {p} -s 172.17.0.2/32 -m comment --comment \"sandbar blocked\" -j {}\n", ch("blocked")));
+        has(format!("-A {p}-ISO -d 172.17.0.5/32 -j {p}-DENY\n"));
+        has(format!("-A {p}-DENY -p tcp -j REJECT --reject-with tcp-reset\n"));
+        has(format!("-A {} -j {p}-DENY\n", ch("blocked")));
+        has(format!("-A {} -d 10.0.0.0/8 -j RETURN\n-A {} -j {p}-DENY", ch("listed"), ch("listed")));
+        // The link, both ways, before the isolation jump.
+        has(format!("-A {} -d 172.17.0.4/32 -j RETURN\n-A {} -j {p}-ISO\n", ch("child"), ch("child")));
+        has(format!("-A {} -d 172.17.0.5/32 -j RETURN\n-A {} -j {p}-ISO\n", ch("parent"), ch("parent")));
+        // Unrestricted: nothing after isolation.
+        assert!(!text.contains(&format!("-A {} -j {p}-DENY", ch("parent"))));
+        has(format!(":{p}-DEADBEEF00 - [0:0]\n"));
+        assert!(text.ends_with(&format!("-X {p}-DEADBEEF00\nCOMMIT\n")), "{text}");
+        assert!(!chains.contains(&format!("{p}-DEADBEEF00")));
+    }
+
+    #[test]
+    fn an_empty_allow_list_allows_nothing() {
+        let p = chain_prefix("r");
+        let policies = BTreeMap::from([(
+            "s".to_owned(),
+            Stored {
+                policy: NetworkPolicy { network_allow_list: Some(vec![]), ..Default::default() },
+                ..Default::default()
+            },
+        )]);
+        let attached = BTreeMap::from([("c".to_owned(), att("s", "10.0.0.2"))]);
+        let (text, _) = render(&p, &policies, &attached, &BTreeSet::new()).unwrap();
+        assert!(text.contains(&format!("-A {} -j {p}-DENY", sandbox_chain("r", "s"))), "{text}");
+    }
+
+    #[test]
+    fn comments_keep_only_safe_characters() {
+        assert_eq!(comment_safe("a\"b c;d-1"), "abcd-1");
+    }
+}
