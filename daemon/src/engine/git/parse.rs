@@ -7,6 +7,12 @@ const UNMODIFIED: &str = "Unmodified";
 const UNTRACKED: &str = "Untracked";
 const UNMERGED: &str = "Updated but unmerged";
 
+/// A changed entry: porcelain's `XY` in Daytona's words; `extra` is a rename's original path.
+fn changed(code: &str, path: &str, extra: &str) -> FileStatus {
+    let (staging, worktree) = xy(code);
+    FileStatus { name: path.to_owned(), staging: staging.into(), worktree: worktree.into(), extra: extra.to_owned() }
+}
+
 /// Daytona's name for one letter of porcelain's `XY`.
 fn state(c: char) -> &'static str {
     match c {
@@ -68,15 +74,7 @@ pub fn parse_status(out: &str) -> GitStatus {
                 // XY sub mH mI mW hH hI path
                 let f: Vec<&str> = rest.splitn(8, ' ').collect();
                 match (f.first(), f.get(7)) {
-                    (Some(code), Some(path)) => {
-                        let (staging, worktree) = xy(code);
-                        Some(FileStatus {
-                            name: (*path).to_owned(),
-                            staging: staging.into(),
-                            worktree: worktree.into(),
-                            extra: String::new(),
-                        })
-                    }
+                    (Some(code), Some(path)) => Some(changed(code, path, "")),
                     _ => None,
                 }
             }
@@ -85,15 +83,7 @@ pub fn parse_status(out: &str) -> GitStatus {
                 let f: Vec<&str> = rest.splitn(9, ' ').collect();
                 let orig = records.next().unwrap_or_default();
                 match (f.first(), f.get(8)) {
-                    (Some(code), Some(path)) => {
-                        let (staging, worktree) = xy(code);
-                        Some(FileStatus {
-                            name: (*path).to_owned(),
-                            staging: staging.into(),
-                            worktree: worktree.into(),
-                            extra: orig.to_owned(),
-                        })
-                    }
+                    (Some(code), Some(path)) => Some(changed(code, path, orig)),
                     _ => None,
                 }
             }
