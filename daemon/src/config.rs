@@ -1,4 +1,5 @@
-//! Daemon configuration: flags and `SANDBAR_*` environment variables (names are a contract, see design.md).
+//! Daemon configuration: flags and `SANDBAR_*` environment variables (their names are a contract with the runner
+//! and the CLI: never rename one).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -89,7 +90,7 @@ impl Config {
         if self.token.trim().is_empty() {
             return Err("SANDBAR_DAEMON_TOKEN must not be empty".into());
         }
-        crate::lsp::LspConfig::new(self.lsp_servers.as_deref(), self.lsp_timeout())?;
+        crate::engine::lsp::LspConfig::new(self.lsp_servers.as_deref(), self.lsp_timeout())?;
         Ok(())
     }
 }

@@ -1,172 +1,29 @@
 //! sandbar-daemon: the static binary that runs as PID 1 in every sandbox.
 //!
-//! It owns the container's processes (reaping, the image entrypoint, signal forwarding, draining) and serves the
-//! toolbox HTTP API that the proxy forwards to: process execution, sessions, files and git, with Daytona's paths,
-//! fields and status codes so the official SDKs work unchanged. Every request but `GET /version` must carry the
-//! per-sandbox daemon token.
+//! It owns the container's processes (reaping, the image entrypoint, signal forwarding, draining) and serves three
+//! listeners: the toolbox HTTP API that the proxy forwards to (process execution, sessions, files, git, PTYs, LSP,
+//! port forwarding, with Daytona's paths, fields and status codes so the official SDKs work unchanged), the web
+//! terminal, and SSH. Every request but `GET /version` must carry the per-sandbox daemon token.
+//!
+//! - `engine/`: the sandbox's machinery (processes, sessions, PTYs, language servers, git, files); no HTTP.
+//! - `toolbox/`: the toolbox HTTP API only: routes, the token check, one thin handler file per area.
+//! - `terminal`: the web terminal server; `ssh/`: the SSH server. Both drive the engine like the toolbox does.
+//!
+//! A new toolbox endpoint is a DTO in `sandbar_proto::toolbox`, an engine function in `engine/`, and a handler in
+//! `toolbox/`.
 
 pub mod config;
-pub mod error;
-pub mod lsp;
-pub mod procs;
-pub mod pty;
+pub mod engine;
 pub mod ssh;
 pub mod terminal;
 pub mod toolbox;
 pub mod utf8;
 pub mod util;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, PoisonError, RwLock};
-
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-use procs::ProcessTable;
-
-/// Everything a toolbox request can reach. Built once at start-up and shared by every handler.
-#[derive(Debug)]
-pub struct Daemon {
-    pub config: Config,
-    pub procs: Arc<ProcessTable>,
-    pub sessions: toolbox::session::Sessions,
-    pub ptys: Arc<pty::Ptys>,
-    /// Language servers of the HTTP LSP endpoints (the IDE WebSocket starts its own).
-    pub lsp: lsp::Lsp,
-    /// Cancelled when the daemon starts to drain: long streams (log follow) end with close code 1001.
-    pub shutdown: CancellationToken,
-    pub home: PathBuf,
-    pub work_dir: PathBuf,
-    pub shell: PathBuf,
-    pub state_dir: PathBuf,
-    sandbox_id: RwLock<Option<String>>,
-    /// Changes to the environment made through `POST /env` and `POST /init`: `None` unsets an inherited variable.
-    env: RwLock<BTreeMap<String, Option<String>>>,
-}
-
-pub type AppState = Arc<Daemon>;
-
-/// Variables of the daemon's own environment that children must not inherit.
-pub(crate) const PRIVATE_ENV: &[&str] =
-    &["SANDBAR_DAEMON_TOKEN", "SANDBAR_DAEMON_TOKEN_FD", "SANDBAR_SSH_AUTHORIZED_KEYS"];
-
-impl Daemon {
-    pub fn new(config: Config, procs: Arc<ProcessTable>) -> std::io::Result<Arc<Self>> {
-        let home = home_dir();
-        let work_dir = match &config.work_dir {
-            Some(d) => d.clone(),
-            None => std::env::current_dir().unwrap_or_else(|_| home.clone()),
-        };
-        let shell = config.shell.clone().unwrap_or_else(default_shell);
-        let state_dir = config.state_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("sandbar-daemon"));
-        std::fs::create_dir_all(state_dir.join("sessions"))?;
-        let sessions = toolbox::session::Sessions::new(state_dir.join("sessions"));
-        let lsp_config =
-            lsp::LspConfig::new(config.lsp_servers.as_deref(), config.lsp_timeout()).map_err(std::io::Error::other)?;
-        Ok(Arc::new(Self {
-            sandbox_id: RwLock::new(config.sandbox_id.clone()),
-            config,
-            procs,
-            sessions,
-            ptys: Arc::new(pty::Ptys::new(state_dir.join("recordings"))),
-            lsp: lsp::Lsp::new(lsp_config),
-            shutdown: CancellationToken::new(),
-            home,
-            work_dir,
-            shell,
-            state_dir,
-            env: RwLock::new(BTreeMap::new()),
-        }))
-    }
-
-    pub fn sandbox_id(&self) -> Option<String> {
-        self.sandbox_id.read().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    pub fn set_sandbox_id(&self, id: String) {
-        *self.sandbox_id.write().unwrap_or_else(PoisonError::into_inner) = Some(id);
-    }
-
-    /// Applies `set` then `unset` to the environment of every process started from now on.
-    pub fn update_env(&self, set: BTreeMap<String, String>, unset: &[String]) {
-        let mut env = self.env.write().unwrap_or_else(PoisonError::into_inner);
-        for (k, v) in set {
-            env.insert(k, Some(v));
-        }
-        for k in unset {
-            env.insert(k.clone(), None);
-        }
-    }
-
-    /// The environment a new process gets (before per-request `envs`).
-    pub fn effective_env(&self) -> BTreeMap<String, String> {
-        let mut out: BTreeMap<String, String> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| !PRIVATE_ENV.contains(&k.as_str()))
-            .collect();
-        let overlay = self.env.read().unwrap_or_else(PoisonError::into_inner);
-        for (k, v) in overlay.iter() {
-            match v {
-                Some(v) => out.insert(k.clone(), v.clone()),
-                None => out.remove(k),
-            };
-        }
-        out.entry("HOME".into()).or_insert_with(|| self.home.to_string_lossy().into_owned());
-        out
-    }
-
-    /// A command with the daemon's environment applied, stdin from /dev/null and the work dir as cwd.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env_clear().envs(self.effective_env());
-        cmd.current_dir(&self.work_dir);
-        cmd.stdin(Stdio::null());
-        cmd
-    }
-
-    /// The shell command for a command line: `<shell> -c <line>`, so pipes, `&&` and `$VARS` work.
-    pub fn shell_command(&self, line: &str) -> Command {
-        let mut cmd = self.command(&self.shell);
-        cmd.arg("-c").arg(line);
-        cmd
-    }
-
-    /// Resolves a request path: relative paths are taken from the work dir.
-    pub fn resolve(&self, path: &str) -> PathBuf {
-        let p = Path::new(path);
-        if p.is_absolute() { p.to_path_buf() } else { self.work_dir.join(p) }
-    }
-}
-
-fn home_dir() -> PathBuf {
-    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(h);
-    }
-    nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.dir)
-        .unwrap_or_else(|| PathBuf::from("/"))
-}
-
-fn default_shell() -> PathBuf {
-    let login = nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.shell)
-        .filter(|s| s.is_file() && !s.ends_with("nologin") && !s.ends_with("false"));
-    if let Some(s) = login {
-        return s;
-    }
-    for s in ["/bin/bash", "/usr/bin/bash", "/bin/sh"] {
-        if Path::new(s).is_file() {
-            return PathBuf::from(s);
-        }
-    }
-    PathBuf::from("/bin/sh")
-}
+pub use engine::daemon::{AppState, Daemon};
 
 /// Largest request head (request line + headers) accepted; a bigger one is answered 431.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -193,20 +50,7 @@ pub async fn serve_http(
     use hyper_util::service::TowerToHyperService;
 
     let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = accept(&listener, &shutdown).await {
         let conn = hyper::server::conn::http1::Builder::new()
             .max_buf_size(MAX_REQUEST_HEAD)
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
@@ -231,4 +75,27 @@ pub async fn serve_http(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// The next connection (with `TCP_NODELAY` set), or `None` once `shutdown` is cancelled. An accept error (out of
+/// file descriptors and the like) backs off instead of spinning.
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.cancelled() => return None,
+        }
+    }
 }

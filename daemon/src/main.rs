@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use clap::Parser;
-use sandbar_daemon::procs::ProcessTable;
+use sandbar_daemon::engine::procs::ProcessTable;
 use sandbar_daemon::{Config, Daemon};
 use tokio::signal::unix::{SignalKind, signal};
 

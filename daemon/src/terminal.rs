@@ -11,32 +11,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use subtle::ConstantTimeEq;
 
 use crate::AppState;
-use crate::error::ApiError;
-use crate::pty::{PtyOptions, PtySession};
+use crate::engine::pty::{PtyOptions, PtySession};
+use crate::toolbox::error::ApiError;
+use crate::toolbox::extract::WsUpgrade;
 use crate::toolbox::pty::{MAX_INPUT_MESSAGE, PING_EVERY};
 use crate::utf8::Utf8Stream;
 
-mod assets {
-    include!(concat!(env!("OUT_DIR"), "/xterm_assets.rs"));
-}
+mod page;
 
 const TOKEN_COOKIE: &str = "sandbar_token";
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(page))
-        .route("/xterm.js", get(|| asset(assets::XTERM_JS, "text/javascript")))
-        .route("/xterm.css", get(|| asset(assets::XTERM_CSS, "text/css")))
-        .route("/xterm-addon-fit.js", get(|| asset(assets::XTERM_FIT_JS, "text/javascript")))
+        .merge(page::routes())
         .route("/ws", get(ws))
         .fallback(|| async { ApiError::not_found("no such page") })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -58,14 +53,11 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
 }
 
 async fn authenticate(State(d): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = |t: &str| bool::from(t.as_bytes().ct_eq(d.config.token.as_bytes()));
-    let header_ok = req
-        .headers()
-        .get(sandbar_proto::DAEMON_TOKEN_HEADER)
-        .is_some_and(|v| bool::from(v.as_bytes().ct_eq(d.config.token.as_bytes())));
+    let ok = |t: &[u8]| sandbar_support::ct_eq(t, d.config.token.as_bytes());
+    let header_ok = req.headers().get(sandbar_proto::DAEMON_TOKEN_HEADER).is_some_and(|v| ok(v.as_bytes()));
     let query = query_token(req.uri());
-    let query_ok = query.as_deref().is_some_and(ok);
-    if !(header_ok || query_ok || cookie_token(req.headers()).as_deref().is_some_and(ok)) {
+    let query_ok = query.as_deref().is_some_and(|t| ok(t.as_bytes()));
+    if !(header_ok || query_ok || cookie_token(req.headers()).as_deref().is_some_and(|t| ok(t.as_bytes()))) {
         return ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid daemon token").into_response();
     }
     let mut resp = next.run(req).await;
@@ -77,57 +69,6 @@ async fn authenticate(State(d): State<AppState>, req: Request, next: Next) -> Re
     }
     resp
 }
-
-async fn asset(body: Option<&'static [u8]>, content_type: &'static str) -> Response {
-    match body {
-        Some(b) => {
-            ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "max-age=86400")], b).into_response()
-        }
-        None => {
-            ApiError::not_found("xterm.js is not in this build: run scripts/fetch-xterm, then rebuild sandbar-daemon")
-                .into_response()
-        }
-    }
-}
-
-async fn page() -> Html<&'static str> {
-    if assets::XTERM_JS.is_none() {
-        return Html(MISSING_PAGE);
-    }
-    Html(PAGE)
-}
-
-const MISSING_PAGE: &str = "<!doctype html><meta charset=utf-8><title>sandbar terminal</title>\
-<p>This sandbar-daemon was built without xterm.js. Run <code>scripts/fetch-xterm</code> (it takes xterm.js from \
-a package registry), then rebuild the daemon with <code>scripts/build-daemon</code>.</p>";
-
-const PAGE: &str = r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>sandbar terminal</title>
-<link rel="stylesheet" href="xterm.css">
-<style>html,body{margin:0;height:100%;background:#000}#term{position:absolute;inset:0}#status{position:absolute;right:8px;top:4px;color:#aaa;font:12px sans-serif;z-index:10}</style>
-</head><body><div id="status">connecting</div><div id="term"></div>
-<script src="xterm.js"></script><script src="xterm-addon-fit.js"></script>
-<script>
-"use strict";
-const term = new Terminal({cursorBlink: true, convertEol: false, scrollback: 5000});
-const fit = new FitAddon.FitAddon();
-term.loadAddon(fit);
-term.open(document.getElementById("term"));
-window.term = term;
-const status = document.getElementById("status");
-const url = new URL("ws" + location.search, location.href);
-url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-const ws = new WebSocket(url);
-function resize() { fit.fit(); if (ws.readyState === 1) ws.send(JSON.stringify({rows: term.rows, cols: term.cols})); }
-ws.onopen = () => { status.textContent = ""; resize(); term.focus(); };
-ws.onmessage = (e) => { if (typeof e.data === "string") term.write(e.data); };
-ws.onclose = (e) => { status.textContent = "disconnected (" + e.code + (e.reason ? ": " + e.reason : "") + ")"; window.sandbarClosed = e.code; };
-term.onData((d) => { if (ws.readyState === 1) ws.send(d); });
-window.addEventListener("resize", resize);
-</script></body></html>
-"#;
-
-type WsUpgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
 async fn ws(State(d): State<AppState>, ws: WsUpgrade) -> Result<Response, ApiError> {
     let ws = ws.map_err(|_| ApiError::bad_request("/ws needs a WebSocket upgrade"))?;

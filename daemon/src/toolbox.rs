@@ -1,5 +1,14 @@
-//! The toolbox HTTP API: routes, the token check, and the JSON answers for unknown routes.
+//! The toolbox HTTP API, and only HTTP: routes, the token check, the request span, the JSON answers for unknown
+//! routes, extractors and `ApiError`. One thin handler file per area parses the request, calls the engine
+//! (`crate::engine`) and maps the answer; the port proxy (`/proxy/{port}/...`) is HTTP forwarding, so it lives
+//! here whole.
+//!
+//! Trust: every request but `GET /version` needs `X-Sandbar-Daemon-Token`, compared in constant time (401 JSON
+//! otherwise); request heads over 64 KiB get 431; errors are `{statusCode, message, code, ...}` with the status the
+//! Daytona SDK maps to its exception classes. Tokens and bodies are never logged.
 
+pub mod error;
+pub mod extract;
 pub mod fs;
 pub mod git;
 pub mod info;
@@ -14,11 +23,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
 use crate::AppState;
-use crate::error::{ApiError, REQUEST, RequestInfo};
+use error::{ApiError, REQUEST, RequestInfo};
 
 /// The whole toolbox API with its state applied.
 pub fn router(state: AppState) -> Router {
@@ -86,5 +94,7 @@ async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) 
 }
 
 fn token_ok(headers: &HeaderMap, token: &str) -> bool {
-    headers.get(sandbar_proto::DAEMON_TOKEN_HEADER).is_some_and(|v| bool::from(v.as_bytes().ct_eq(token.as_bytes())))
+    headers
+        .get(sandbar_proto::DAEMON_TOKEN_HEADER)
+        .is_some_and(|v| sandbar_support::ct_eq(v.as_bytes(), token.as_bytes()))
 }

@@ -1,17 +1,14 @@
 //! Headless Chromium (Debian's `chromium`) opens the web terminal page, types into xterm.js the way a person
 //! does (DevTools key events into the focused terminal), and the test reads the result
 //! from the page's terminal buffer; then the viewport shrinks and `stty size` shows the size the page fitted.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+#![cfg(test)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::TestDaemon;
 use futures_util::{SinkExt, StreamExt};
+use sandbar_testkit::daemon::TestDaemon;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 

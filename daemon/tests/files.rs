@@ -1,13 +1,9 @@
 //! The file-system endpoints against the real binary: streamed transfers, Daytona's bulk multipart formats,
 //! listing and metadata, folders, move, permissions, delete, find, search, replace, and their failure paths.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::TestDaemon;
+use sandbar_testkit::daemon::TestDaemon;
 use serde_json::json;
 
 fn random_bytes(n: usize) -> Vec<u8> {

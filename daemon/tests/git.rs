@@ -1,10 +1,7 @@
 //! `/git/*` against the real daemon binary and the real `git`, with bare repositories in a temp dir as remotes
 //! (no network). The test's own git commands (making and inspecting the remotes) run with a fixed identity and
 //! no global config, so the machine's `~/.gitconfig` changes nothing.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+#![cfg(test)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -12,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use common::TestDaemon;
+use sandbar_testkit::daemon::TestDaemon;
 use serde_json::{Value, json};
 
 /// Runs git for the test itself (never through the daemon) and returns its trimmed stdout; panics on failure.

@@ -1,15 +1,12 @@
 //! LSP against the real binary: Daytona's HTTP endpoints and the IDE WebSocket with Debian's real pylsp, and the
 //! failure modes (missing program, crash, silence, bad frames) with a scripted stand-in server.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+#![cfg(test)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::TestDaemon;
 use futures_util::{SinkExt, StreamExt};
+use sandbar_testkit::daemon::TestDaemon;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

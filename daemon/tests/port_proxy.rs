@@ -1,20 +1,16 @@
 //! `/proxy/{port}/{*path}`: the daemon forwards HTTP (bodies streamed) and WebSocket upgrades to 127.0.0.1:{port}
 //! inside the sandbox, keeps the query, and never passes its own token on.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use axum::extract::ws::{Message as AxMessage, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::routing::{any, get};
-use common::TestDaemon;
 use futures_util::{SinkExt, StreamExt};
+use sandbar_testkit::daemon::TestDaemon;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// A server "inside the sandbox": echoes what it received, and a WebSocket echo at /ws.
-async fn backend() -> u16 {
+async fn backend() -> std::io::Result<u16> {
     async fn echo(method: axum::http::Method, uri: axum::http::Uri, headers: HeaderMap, body: String) -> String {
         let token = headers.contains_key("x-sandbar-daemon-token");
         format!("{method} {uri} token={token} body={body}")
@@ -31,16 +27,16 @@ async fn backend() -> u16 {
         })
     }
     let app = axum::Router::new().route("/ws", get(ws)).fallback(any(echo));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    port
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(port)
 }
 
 #[tokio::test]
 async fn http_is_forwarded_with_query_and_body_without_the_token() {
     let d = TestDaemon::start();
-    let port = backend().await;
+    let port = backend().await.unwrap();
     let r = d.client.get(d.url(&format!("/proxy/{port}/a/b?x=1&y=2"))).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "GET /a/b?x=1&y=2 token=false body=");
@@ -53,7 +49,7 @@ async fn http_is_forwarded_with_query_and_body_without_the_token() {
 #[tokio::test]
 async fn token_required_and_errors_are_clear() {
     let d = TestDaemon::start();
-    let port = backend().await;
+    let port = backend().await.unwrap();
     let r = reqwest::get(d.url(&format!("/proxy/{port}/x"))).await.unwrap();
     assert_eq!(r.status(), 401);
     // Nothing listens on this port.
@@ -69,7 +65,7 @@ async fn token_required_and_errors_are_clear() {
 #[tokio::test]
 async fn websocket_upgrade_is_spliced() {
     let d = TestDaemon::start();
-    let port = backend().await;
+    let port = backend().await.unwrap();
     let mut req = d.ws_url(&format!("/proxy/{port}/ws")).into_client_request().unwrap();
     req.headers_mut().insert("x-sandbar-daemon-token", d.token.parse().unwrap());
     let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();

@@ -1,10 +1,6 @@
 //! `/process/execute`, `/process/code-run`, the token check and the info endpoints, against the real binary.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::TestDaemon;
+use sandbar_testkit::daemon::TestDaemon;
 use serde_json::json;
 
 #[tokio::test]

@@ -1,15 +1,12 @@
 //! PTY sessions over Daytona's WebSocket protocol: size and resize, input and output, several clients, replay
 //! on reattach, exit codes, envs through the subprotocol, recordings, slow clients and bad input.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+#![cfg(test)]
 
 use std::time::Duration;
 
 use base64::Engine;
-use common::TestDaemon;
 use futures_util::{SinkExt, StreamExt};
+use sandbar_testkit::daemon::TestDaemon;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -1,14 +1,11 @@
 //! Sessions, command logs (JSON and followed over WebSocket), input, the entrypoint session, reaping and
 //! draining on SIGTERM, against the real binary.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+#![cfg(test)]
 
 use std::time::Duration;
 
-use common::TestDaemon;
 use futures_util::StreamExt;
+use sandbar_testkit::daemon::TestDaemon;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -1,9 +1,7 @@
 //! The SSH server against the real OpenSSH client (`ssh`, `scp`, `sftp`, `ssh-agent`, `tmux` for a real terminal):
 //! exec with exit status, PTY shells and resizes, scp and sftp transfers, -L/-R forwarding, agent forwarding,
 //! authentication failures, and a host key that survives a restart.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+#![cfg(test)]
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -11,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TOKEN, TestDaemon};
+use sandbar_testkit::daemon::{TOKEN, TestDaemon};
 
 /// An OpenSSH client set up for one daemon: a known_hosts file holding the daemon's host key (read from its
 /// state directory), so host key checking stays strict.

@@ -1,14 +1,11 @@
 //! The web terminal server: token rule, the page and its assets, the terminal WebSocket (resize, input, UTF-8
 //! safe text frames, exit), and that closing the socket ends the shell.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+#![cfg(test)]
 
 use std::time::Duration;
 
-use common::TestDaemon;
 use futures_util::{SinkExt, StreamExt};
+use sandbar_testkit::daemon::TestDaemon;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

@@ -20,7 +20,7 @@ use tokio::io::{AsyncWriteExt, copy};
 use tokio::sync::mpsc;
 
 use super::ConnCtx;
-use crate::procs::{self, Exit};
+use crate::engine::procs::{self, Exit};
 
 pub const SFTP: &str = "sftp";
 /// Environment variables a channel may set.
@@ -33,7 +33,7 @@ pub fn pty_size(cols: u32, rows: u32) -> Option<(u16, u16)> {
     let rows = u16::try_from(rows).ok()?;
     // Some clients send 0x0 when they do not know: take the classic 80x24.
     let (cols, rows) = if cols == 0 || rows == 0 { (80, 24) } else { (cols, rows) };
-    crate::pty::check_size(cols, rows).ok().map(|()| (cols, rows))
+    crate::engine::pty::check_size(cols, rows).ok().map(|()| (cols, rows))
 }
 
 /// Whether a client may set `name` (the daemon's private variables stay out of reach).
@@ -43,7 +43,7 @@ pub fn env_allowed(name: &str, value: &str) -> bool {
         && value.len() <= 32 * 1024
         && !name.contains(['=', '\0'])
         && !value.contains('\0')
-        && !crate::PRIVATE_ENV.contains(&name)
+        && !crate::engine::daemon::PRIVATE_ENV.contains(&name)
 }
 
 struct PtyReq {

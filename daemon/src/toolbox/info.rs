@@ -1,4 +1,4 @@
-//! `/version`, `/user-home-dir`, `/work-dir`, `/env`, `/init`.
+//! `/version`, `/user-home-dir`, `/work-dir`, `/env`, `/init` (engine: `engine::daemon`).
 
 use std::collections::BTreeMap;
 
@@ -7,9 +7,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use sandbar_proto::toolbox::{DirResponse, EnvUpdate, InitRequest, InitResponse, VersionResponse};
 
+use super::error::ApiResult;
+use super::extract::ApiJson;
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
-use crate::util::ApiJson;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -36,33 +36,13 @@ async fn env(State(d): State<AppState>) -> Json<BTreeMap<String, String>> {
     Json(d.effective_env())
 }
 
-fn valid_env_name(k: &str) -> bool {
-    !k.is_empty() && !k.contains('=') && !k.contains('\0')
-}
-
 async fn update_env(
     State(d): State<AppState>,
     ApiJson(req): ApiJson<EnvUpdate>,
 ) -> ApiResult<Json<BTreeMap<String, String>>> {
-    if let Some(bad) = req.set.keys().chain(req.unset.iter()).find(|k| !valid_env_name(k)) {
-        return Err(ApiError::bad_request(format!("invalid environment variable name {bad:?}")));
-    }
-    if let Some((k, _)) = req.set.iter().find(|(_, v)| v.contains('\0')) {
-        return Err(ApiError::bad_request(format!("value of {k} contains a NUL byte")));
-    }
-    d.update_env(req.set, &req.unset);
-    Ok(Json(d.effective_env()))
+    Ok(Json(d.change_env(req)?))
 }
 
 async fn init(State(d): State<AppState>, ApiJson(req): ApiJson<InitRequest>) -> ApiResult<Json<InitResponse>> {
-    if req.sandbox_id.trim().is_empty() {
-        return Err(ApiError::bad_request("sandboxId must not be empty"));
-    }
-    if let Some(bad) = req.env.keys().find(|k| !valid_env_name(k)) {
-        return Err(ApiError::bad_request(format!("invalid environment variable name {bad:?}")));
-    }
-    d.update_env(req.env, &[]);
-    d.set_sandbox_id(req.sandbox_id.clone());
-    tracing::info!(sandbox_id = %req.sandbox_id, "initialised");
-    Ok(Json(InitResponse { sandbox_id: req.sandbox_id }))
+    Ok(Json(d.init(req)?))
 }

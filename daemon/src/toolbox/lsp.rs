@@ -1,5 +1,5 @@
-//! LSP in the toolbox API: Daytona's HTTP endpoints (shared/daytona-compat.md §4.4) on the shared
-//! (language, project) servers of `crate::lsp`, and `GET /lsp/ws`, a WebSocket that bridges an IDE to a real
+//! LSP in the toolbox API: Daytona's HTTP endpoints on the shared (language, project) servers of
+//! `engine::lsp`, and `GET /lsp/ws`, a WebSocket that bridges an IDE to a real
 //! language server.
 //!
 //! The WebSocket speaks JSON-RPC with one LSP message per frame (text from us; text or binary accepted), the
@@ -21,26 +21,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use sandbar_proto::toolbox::{
+    CompletionList, LspCompletionRequest, LspDocumentRequest, LspServerRequest, LspSymbol, LspWorkspaceQuery,
+};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower_lsp_server::jsonrpc::{self, ErrorCode};
-use tower_lsp_server::ls_types::{
-    CompletionResponse, CompletionTextEdit, DocumentSymbol, DocumentSymbolResponse, Documentation, InitializeParams,
-    Location, OneOf, Range, SymbolInformation, WorkspaceSymbolResponse,
-};
+use tower_lsp_server::ls_types::InitializeParams;
 
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery, WsUpgrade};
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
-use crate::lsp::{LspError, Server, has_workspace_symbols, path_to_uri};
-use crate::util::{ApiJson, ApiQuery};
+use crate::engine::lsp::{Server, path_to_uri, queries};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -54,119 +52,23 @@ pub fn routes() -> Router<AppState> {
         .route("/lsp/ws", get(ws))
 }
 
-impl From<LspError> for ApiError {
-    fn from(e: LspError) -> Self {
-        let msg = e.to_string();
-        match e {
-            LspError::UnknownLanguage(..) | LspError::NotInstalled { .. } | LspError::BadRequest(_) => {
-                ApiError::bad_request(msg)
-            }
-            LspError::NotStarted { .. } => ApiError::bad_request(msg).with_code("LSP_SERVER_NOT_INITIALIZED"),
-            LspError::File { path, error } => ApiError::io(&path, &error),
-            LspError::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, msg),
-            LspError::Rpc { code, .. } if code == ErrorCode::InvalidParams.code() => ApiError::bad_request(msg),
-            LspError::Exited { .. } => {
-                ApiError::new(StatusCode::BAD_GATEWAY, format!("{msg}; the next request starts it again"))
-            }
-            LspError::Spawn { .. } | LspError::Rpc { .. } | LspError::BadAnswer(_) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, msg)
-            }
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ServerRequest {
-    language_id: String,
-    path_to_project: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DocumentRequest {
-    language_id: String,
-    path_to_project: String,
-    uri: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Position {
-    line: u32,
-    character: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CompletionRequest {
-    language_id: String,
-    path_to_project: String,
-    uri: String,
-    position: Position,
-    #[serde(default)]
-    context: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WorkspaceQuery {
-    #[serde(default)]
-    query: String,
-    language_id: String,
-    path_to_project: String,
-}
-
-/// Daytona's `CompletionList`: `documentation` must be an object (`MarkupContent`), never a plain string.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CompletionList {
-    is_incomplete: bool,
-    items: Vec<CompletionItem>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CompletionItem {
-    label: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kind: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    documentation: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sort_text: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    filter_text: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    insert_text: Option<String>,
-}
-
-/// Daytona's `LspSymbol`.
-#[derive(Debug, Serialize)]
-struct Symbol {
-    kind: i64,
-    name: String,
-    location: Location,
-}
-
-async fn start(State(d): State<AppState>, ApiJson(r): ApiJson<ServerRequest>) -> ApiResult<Json<Value>> {
+async fn start(State(d): State<AppState>, ApiJson(r): ApiJson<LspServerRequest>) -> ApiResult<Json<Value>> {
     d.lsp.start(&d, &r.language_id, &r.path_to_project).await?;
     Ok(Json(json!({})))
 }
 
-async fn stop(State(d): State<AppState>, ApiJson(r): ApiJson<ServerRequest>) -> ApiResult<Json<Value>> {
+async fn stop(State(d): State<AppState>, ApiJson(r): ApiJson<LspServerRequest>) -> ApiResult<Json<Value>> {
     d.lsp.stop(&d, &r.language_id, &r.path_to_project).await?;
     Ok(Json(json!({})))
 }
 
-async fn did_open(State(d): State<AppState>, ApiJson(r): ApiJson<DocumentRequest>) -> ApiResult<Json<Value>> {
+async fn did_open(State(d): State<AppState>, ApiJson(r): ApiJson<LspDocumentRequest>) -> ApiResult<Json<Value>> {
     let shared = d.lsp.get(&d, &r.language_id, &r.path_to_project)?;
     shared.sync(&d, &d.lsp.config, &r.uri).await?;
     Ok(Json(json!({})))
 }
 
-async fn did_close(State(d): State<AppState>, ApiJson(r): ApiJson<DocumentRequest>) -> ApiResult<Json<Value>> {
+async fn did_close(State(d): State<AppState>, ApiJson(r): ApiJson<LspDocumentRequest>) -> ApiResult<Json<Value>> {
     let shared = d.lsp.get(&d, &r.language_id, &r.path_to_project)?;
     shared.close(&d, &d.lsp.config, &r.uri).await?;
     Ok(Json(json!({})))
@@ -174,131 +76,23 @@ async fn did_close(State(d): State<AppState>, ApiJson(r): ApiJson<DocumentReques
 
 async fn completions(
     State(d): State<AppState>,
-    ApiJson(r): ApiJson<CompletionRequest>,
+    ApiJson(r): ApiJson<LspCompletionRequest>,
 ) -> ApiResult<Json<CompletionList>> {
-    let shared = d.lsp.get(&d, &r.language_id, &r.path_to_project)?;
-    // The file may have changed on disk since did-open: the server sees it as it is now.
-    let (server, uri) = shared.sync(&d, &d.lsp.config, &r.uri).await?;
-    let mut params = json!({
-        "textDocument": {"uri": uri},
-        "position": {"line": r.position.line, "character": r.position.character},
-    });
-    if let (Some(ctx), Some(obj)) = (r.context.filter(Value::is_object), params.as_object_mut()) {
-        obj.insert("context".into(), ctx);
-    }
-    let result = server.request("textDocument/completion", params).await?;
-    let parsed: Option<CompletionResponse> =
-        serde_json::from_value(result).map_err(|_| LspError::BadAnswer("textDocument/completion".into()))?;
-    let (is_incomplete, items) = match parsed {
-        None => (false, Vec::new()),
-        Some(CompletionResponse::Array(items)) => (false, items),
-        Some(CompletionResponse::List(l)) => (l.is_incomplete, l.items),
-    };
-    let items = items
-        .into_iter()
-        .map(|i| CompletionItem {
-            kind: i.kind.and_then(|k| serde_json::to_value(k).ok()).and_then(|v| v.as_i64()),
-            documentation: i.documentation.map(|doc| match doc {
-                Documentation::String(s) => json!({"kind": "plaintext", "value": s}),
-                Documentation::MarkupContent(m) => serde_json::to_value(m).unwrap_or(Value::Null),
-            }),
-            insert_text: i.insert_text.or_else(|| {
-                i.text_edit.map(|e| match e {
-                    CompletionTextEdit::Edit(e) => e.new_text,
-                    CompletionTextEdit::InsertAndReplace(e) => e.new_text,
-                })
-            }),
-            label: i.label,
-            detail: i.detail,
-            sort_text: i.sort_text,
-            filter_text: i.filter_text,
-        })
-        .collect();
-    Ok(Json(CompletionList { is_incomplete, items }))
+    Ok(Json(queries::completions(&d, r).await?))
 }
 
 async fn document_symbols(
     State(d): State<AppState>,
-    ApiQuery(r): ApiQuery<DocumentRequest>,
-) -> ApiResult<Json<Vec<Symbol>>> {
-    let shared = d.lsp.get(&d, &r.language_id, &r.path_to_project)?;
-    let (server, uri) = shared.sync(&d, &d.lsp.config, &r.uri).await?;
-    Ok(Json(symbols_of(&server, &uri).await?))
+    ApiQuery(r): ApiQuery<LspDocumentRequest>,
+) -> ApiResult<Json<Vec<LspSymbol>>> {
+    Ok(Json(queries::document_symbols(&d, r).await?))
 }
 
-async fn symbols_of(server: &Server, uri: &str) -> Result<Vec<Symbol>, LspError> {
-    let result = server.request("textDocument/documentSymbol", json!({"textDocument": {"uri": uri}})).await?;
-    let parsed: Option<DocumentSymbolResponse> =
-        serde_json::from_value(result).map_err(|_| LspError::BadAnswer("textDocument/documentSymbol".into()))?;
-    Ok(match parsed {
-        None => Vec::new(),
-        Some(DocumentSymbolResponse::Flat(list)) => list.into_iter().map(flat_symbol).collect(),
-        Some(DocumentSymbolResponse::Nested(list)) => {
-            let uri = uri.parse().map_err(|_| LspError::BadAnswer("textDocument/documentSymbol".into()))?;
-            let mut out = Vec::new();
-            flatten(list, &uri, &mut out);
-            out
-        }
-    })
-}
-
-fn kind_number<T: Serialize>(k: T) -> i64 {
-    serde_json::to_value(k).ok().and_then(|v| v.as_i64()).unwrap_or(0)
-}
-
-fn flat_symbol(s: SymbolInformation) -> Symbol {
-    Symbol { kind: kind_number(s.kind), name: s.name, location: s.location }
-}
-
-fn flatten(list: Vec<DocumentSymbol>, uri: &tower_lsp_server::ls_types::Uri, out: &mut Vec<Symbol>) {
-    for s in list {
-        out.push(Symbol {
-            kind: kind_number(s.kind),
-            name: s.name,
-            location: Location { uri: uri.clone(), range: s.range },
-        });
-        if let Some(children) = s.children {
-            flatten(children, uri, out);
-        }
-    }
-}
-
-/// `workspace/symbol` when the server offers it. pylsp and a few others do not: then the daemon searches the
-/// document symbols of the files opened through the API (a case-insensitive substring match on the name).
 async fn workspace_symbols(
     State(d): State<AppState>,
-    ApiQuery(r): ApiQuery<WorkspaceQuery>,
-) -> ApiResult<Json<Vec<Symbol>>> {
-    let shared = d.lsp.get(&d, &r.language_id, &r.path_to_project)?;
-    let (server, capabilities, open) = shared.live(&d, &d.lsp.config).await?;
-    if has_workspace_symbols(&capabilities) {
-        let result = server.request("workspace/symbol", json!({"query": r.query})).await?;
-        let parsed: Option<WorkspaceSymbolResponse> =
-            serde_json::from_value(result).map_err(|_| LspError::BadAnswer("workspace/symbol".into()))?;
-        let out = match parsed {
-            None => Vec::new(),
-            Some(WorkspaceSymbolResponse::Flat(list)) => list.into_iter().map(flat_symbol).collect(),
-            Some(WorkspaceSymbolResponse::Nested(list)) => list
-                .into_iter()
-                .map(|s| Symbol {
-                    kind: kind_number(s.kind),
-                    name: s.name,
-                    location: match s.location {
-                        OneOf::Left(l) => l,
-                        OneOf::Right(w) => Location { uri: w.uri, range: Range::default() },
-                    },
-                })
-                .collect(),
-        };
-        return Ok(Json(out));
-    }
-    let needle = r.query.to_lowercase();
-    let mut out = Vec::new();
-    for uri in open {
-        let (server, uri) = shared.sync(&d, &d.lsp.config, &uri).await?;
-        out.extend(symbols_of(&server, &uri).await?.into_iter().filter(|s| s.name.to_lowercase().contains(&needle)));
-    }
-    Ok(Json(out))
+    ApiQuery(r): ApiQuery<LspWorkspaceQuery>,
+) -> ApiResult<Json<Vec<LspSymbol>>> {
+    Ok(Json(queries::workspace_symbols(&d, r).await?))
 }
 
 // ---- the IDE WebSocket ----------------------------------------------------------------------------------------
@@ -312,18 +106,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 /// Messages from the server waiting for a slow client; when full, the server's output waits (backpressure).
 const SERVER_QUEUE: usize = 256;
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WsQuery {
-    language_id: String,
-    path_to_project: String,
-}
-
-type WsUpgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
-
 /// `GET /lsp/ws?languageId=python&pathToProject=/abs/dir`. The server is started before the upgrade, so a missing
 /// program or a bad directory is a plain JSON error.
-async fn ws(State(d): State<AppState>, ApiQuery(q): ApiQuery<WsQuery>, ws: WsUpgrade) -> ApiResult<Response> {
+async fn ws(State(d): State<AppState>, ApiQuery(q): ApiQuery<LspServerRequest>, ws: WsUpgrade) -> ApiResult<Response> {
     let ws = ws.map_err(|e| ApiError::bad_request(format!("/lsp/ws is a WebSocket endpoint: {e}")))?;
     let (language, root) = d.lsp.project(&d, &q.language_id, &q.path_to_project)?;
     let argv = d.lsp.config.command(&language)?.to_vec();
@@ -483,7 +268,7 @@ impl Bridge {
                     .await;
             }
             (Some(method), Some(id)) => {
-                if id.as_str().is_some_and(|s| s.starts_with(crate::lsp::server::OWN_ID_PREFIX)) {
+                if id.as_str().is_some_and(|s| s.starts_with(crate::engine::lsp::server::OWN_ID_PREFIX)) {
                     return self
                         .error(
                             socket,

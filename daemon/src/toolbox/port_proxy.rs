@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::toolbox::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -1,5 +1,5 @@
-//! PTY sessions in the toolbox API, with Daytona's wire protocol (shared/daytona-compat.md §5): create, list,
-//! get, resize, delete, `connect` and `create-connect` WebSockets, plus recordings.
+//! PTY sessions in the toolbox API, with Daytona's wire protocol: create, list, get, resize, delete, `connect` and
+//! `create-connect` WebSockets (the socket side lives here; the PTY itself in `engine::pty`), plus recordings.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,13 +13,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use sandbar_proto::toolbox::{
+    PtyConnectQuery, PtyCreateRequest, PtyCreateResponse, PtyListResponse, PtyRecordingList, PtyResizeRequest,
+    PtySessionInfo,
+};
 
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery, WsUpgrade};
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
-use crate::procs::Exit;
-use crate::pty::{PtyError, PtyOptions, PtySession, exit_reason};
-use crate::util::{ApiJson, ApiQuery};
+use crate::engine::procs::Exit;
+use crate::engine::pty::{self, PtyError, PtyOptions, PtySession, exit_reason};
 
 pub const EXIT_CONTROL_PROTOCOL: &str = "X-Daytona-Pty-Exit-Control";
 const ENVS_PROTOCOL_PREFIX: &str = "X-Daytona-Pty-Envs~";
@@ -41,84 +44,12 @@ pub fn routes() -> Router<AppState> {
         .route("/process/pty/{id}/connect", get(connect))
 }
 
-impl From<PtyError> for ApiError {
-    fn from(e: PtyError) -> Self {
-        match e {
-            PtyError::NotFound(_) => ApiError::not_found(e.to_string()).with_code("PROCESS_NOT_FOUND"),
-            PtyError::Exists(_) => ApiError::conflict(e.to_string()),
-            PtyError::Ended => ApiError::new(StatusCode::GONE, e.to_string()).with_code("SESSION_ENDED"),
-            PtyError::Spawn(_) => ApiError::internal("starting the PTY shell", e),
-            PtyError::BadSize { .. } | PtyError::BadId | PtyError::BadCwd(_) => ApiError::bad_request(e.to_string()),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CreateRequest {
-    id: String,
-    #[serde(default)]
-    cwd: Option<String>,
-    #[serde(default)]
-    envs: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    cols: Option<u16>,
-    #[serde(default)]
-    rows: Option<u16>,
-    #[serde(default)]
-    lazy_start: Option<bool>,
-    /// sandbar extension: record the session as an asciicast v2 file.
-    #[serde(default)]
-    record: Option<bool>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CreateResponse {
-    session_id: String,
-}
-
-/// Daytona's `PtySessionInfo`: every field required.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SessionInfo {
-    id: String,
-    cwd: String,
-    envs: BTreeMap<String, String>,
-    cols: u16,
-    rows: u16,
-    created_at: String,
-    active: bool,
-    lazy_start: bool,
-}
-
-fn info_of(s: &PtySession) -> SessionInfo {
-    let (cols, rows) = s.size();
-    SessionInfo {
-        id: s.id.clone(),
-        cwd: s.cwd.to_string_lossy().into_owned(),
-        envs: s.envs.clone(),
-        cols,
-        rows,
-        created_at: s.created_at.clone(),
-        active: s.active(),
-        lazy_start: s.lazy_start,
-    }
-}
-
-fn check_envs(envs: &BTreeMap<String, String>) -> ApiResult<()> {
-    match envs.iter().find(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0')) {
-        Some((k, _)) => Err(ApiError::bad_request(format!("invalid environment variable {k:?}"))),
-        None => Ok(()),
-    }
-}
-
 async fn create(
     State(d): State<AppState>,
-    ApiJson(req): ApiJson<CreateRequest>,
-) -> ApiResult<(StatusCode, Json<CreateResponse>)> {
+    ApiJson(req): ApiJson<PtyCreateRequest>,
+) -> ApiResult<(StatusCode, Json<PtyCreateResponse>)> {
     let envs = req.envs.unwrap_or_default();
-    check_envs(&envs)?;
+    pty::check_envs(&envs)?;
     let opts = PtyOptions {
         id: req.id,
         cwd: req.cwd.or_else(|| Some(d.work_dir.to_string_lossy().into_owned())),
@@ -129,40 +60,29 @@ async fn create(
         record: req.record.unwrap_or(false),
     };
     let s = d.ptys.create(&d, opts, false)?;
-    Ok((StatusCode::CREATED, Json(CreateResponse { session_id: s.id.clone() })))
+    Ok((StatusCode::CREATED, Json(PtyCreateResponse { session_id: s.id.clone() })))
 }
 
-#[derive(Debug, Serialize)]
-struct ListResponse {
-    sessions: Vec<SessionInfo>,
+async fn list(State(d): State<AppState>) -> Json<PtyListResponse> {
+    Json(PtyListResponse { sessions: d.ptys.list().iter().map(|s| s.info()).collect() })
 }
 
-async fn list(State(d): State<AppState>) -> Json<ListResponse> {
-    Json(ListResponse { sessions: d.ptys.list().iter().map(|s| info_of(s)).collect() })
-}
-
-async fn info(State(d): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<SessionInfo>> {
+async fn info(State(d): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<PtySessionInfo>> {
     let s = d.ptys.get(&id)?;
-    Ok(Json(info_of(&s)))
-}
-
-#[derive(Debug, Deserialize)]
-struct ResizeRequest {
-    cols: u16,
-    rows: u16,
+    Ok(Json(s.info()))
 }
 
 async fn resize(
     State(d): State<AppState>,
     UrlPath(id): UrlPath<String>,
-    ApiJson(req): ApiJson<ResizeRequest>,
-) -> ApiResult<Json<SessionInfo>> {
+    ApiJson(req): ApiJson<PtyResizeRequest>,
+) -> ApiResult<Json<PtySessionInfo>> {
     let s = d.ptys.get(&id)?;
     if s.exit().is_some() {
         return Err(PtyError::Ended.into());
     }
     s.resize(req.cols, req.rows)?;
-    Ok(Json(info_of(&s)))
+    Ok(Json(s.info()))
 }
 
 async fn kill(State(d): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<serde_json::Value>> {
@@ -171,8 +91,6 @@ async fn kill(State(d): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiRes
     tracing::info!(pty = %id, "PTY session killed");
     Ok(Json(serde_json::json!({"message": format!("PTY session {id} killed")})))
 }
-
-type WsUpgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
 fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
     headers
@@ -197,20 +115,9 @@ async fn connect(
     Ok(upgrade(d, ws, s, &headers))
 }
 
-#[derive(Debug, Deserialize)]
-struct CreateConnectQuery {
-    id: String,
-    #[serde(default)]
-    cols: Option<u16>,
-    #[serde(default)]
-    rows: Option<u16>,
-    #[serde(default)]
-    cwd: Option<String>,
-}
-
 async fn create_connect(
     State(d): State<AppState>,
-    ApiQuery(q): ApiQuery<CreateConnectQuery>,
+    ApiQuery(q): ApiQuery<PtyConnectQuery>,
     headers: HeaderMap,
     ws: WsUpgrade,
 ) -> ApiResult<Response> {
@@ -225,7 +132,7 @@ async fn create_connect(
                 .map_err(|_| ApiError::bad_request("X-Daytona-Pty-Envs is not a JSON object of strings"))?;
         }
     }
-    check_envs(&envs)?;
+    pty::check_envs(&envs)?;
     let opts = PtyOptions {
         id: q.id,
         cwd: q.cwd.or_else(|| Some(d.work_dir.to_string_lossy().into_owned())),
@@ -358,48 +265,12 @@ pub async fn send_exit(socket: &mut WebSocket, exit: Exit, exit_control: bool) {
     close(socket, if code == 0 { 1000 } else { 1011 }, &body.to_string()).await;
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Recording {
-    name: String,
-    size: u64,
-    mod_time: String,
-}
-
-async fn list_recordings(State(d): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    let dir = d.ptys.recordings.clone();
-    let items = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                let Ok(meta) = e.metadata() else { continue };
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !meta.is_file() || !name.ends_with(".cast") {
-                    continue;
-                }
-                let mod_time = meta
-                    .modified()
-                    .ok()
-                    .map(|t| crate::util::rfc3339(time::OffsetDateTime::from(t)))
-                    .unwrap_or_default();
-                out.push(Recording { name, size: meta.len(), mod_time });
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    })
-    .await
-    .map_err(|e| ApiError::internal("listing recordings", e))?;
-    Ok(Json(serde_json::json!({ "recordings": items })))
+async fn list_recordings(State(d): State<AppState>) -> ApiResult<Json<PtyRecordingList>> {
+    Ok(Json(PtyRecordingList { recordings: d.ptys.recordings().await? }))
 }
 
 async fn download_recording(State(d): State<AppState>, UrlPath(name): UrlPath<String>) -> ApiResult<Response> {
-    if name.contains('/') || name.starts_with('.') || !name.ends_with(".cast") {
-        return Err(ApiError::bad_request("invalid recording name"));
-    }
-    let path = d.ptys.recordings.join(&name);
-    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::io(&name, &e))?;
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let (file, len) = d.ptys.recording(&name).await?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((
         [

@@ -11,14 +11,16 @@
 //!   document versions and request ids are exactly what the real server sees (see `toolbox::lsp` for why).
 
 pub mod codec;
+pub mod queries;
 pub mod server;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sandbar_support::sync::lock;
 use serde_json::{Value, json};
 use tower_lsp_server::ls_types::{
     ClientCapabilities, ClientInfo, CompletionClientCapabilities, CompletionItemCapability,
@@ -29,7 +31,7 @@ use tower_lsp_server::ls_types::{
 
 pub use server::Server;
 
-use crate::Daemon;
+use super::{Daemon, Error, ErrorKind};
 
 /// Largest file the daemon reads from disk to open it in a language server.
 pub const MAX_DOCUMENT: u64 = 16 << 20;
@@ -60,6 +62,30 @@ pub enum LspError {
     BadRequest(String),
     #[error("{path}: {error}")]
     File { path: String, error: std::io::Error },
+}
+
+/// The kind (and so the status) each failure is answered with.
+impl From<LspError> for Error {
+    fn from(e: LspError) -> Self {
+        let msg = e.to_string();
+        match e {
+            LspError::UnknownLanguage(..) | LspError::NotInstalled { .. } | LspError::BadRequest(_) => {
+                Error::bad_request(msg)
+            }
+            LspError::NotStarted { .. } => Error::bad_request(msg).with_code("LSP_SERVER_NOT_INITIALIZED"),
+            LspError::File { path, error } => Error::io(&path, &error),
+            LspError::Timeout { .. } => Error::new(ErrorKind::GatewayTimeout, msg),
+            LspError::Rpc { code, .. } if code == tower_lsp_server::jsonrpc::ErrorCode::InvalidParams.code() => {
+                Error::bad_request(msg)
+            }
+            LspError::Exited { .. } => {
+                Error::new(ErrorKind::BadGateway, format!("{msg}; the next request starts it again"))
+            }
+            LspError::Spawn { .. } | LspError::Rpc { .. } | LspError::BadAnswer(_) => {
+                Error::new(ErrorKind::BadGateway, msg)
+            }
+        }
+    }
 }
 
 /// Which program serves which language: the defaults, overridden by `SANDBAR_LSP_SERVERS`.
@@ -156,7 +182,7 @@ impl Lsp {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Shared>>> {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shared)
     }
 
     /// Checks the language and the project directory; returns the normalized key.
@@ -198,7 +224,7 @@ impl Lsp {
                     })
                 })
                 .clone();
-            *s.users.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+            *lock(&s.users) += 1;
             s
         };
         match shared.server(d, &self.config).await {
@@ -221,7 +247,7 @@ impl Lsp {
         let last = {
             let mut map = self.map();
             let Some(s) = map.get(key).cloned() else { return };
-            let mut users = s.users.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut users = lock(&s.users);
             *users = users.saturating_sub(1);
             if *users == 0 {
                 drop(users);

@@ -1,13 +1,15 @@
 //! `ApiError`: the one error every toolbox handler and extractor rejection turns into, answered as
-//! `{statusCode, message, code, source, timestamp}`.
-
-use std::io;
+//! `{statusCode, message, code, source, timestamp}`; and the status each `engine::ErrorKind` becomes.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use sandbar_proto::{DAEMON_ERROR_SOURCE, ErrorBody};
+
+use crate::engine::lsp::LspError;
+use crate::engine::pty::PtyError;
+use crate::engine::{self, ErrorKind};
 
 /// Method and path of the request being answered, so every error body names them (the SDK's `ErrorResponse`
 /// requires `path`). Set by the toolbox middleware for the duration of the request.
@@ -46,45 +48,6 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
-    }
-
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, message)
-    }
-
-    /// A 500 whose detail is logged, not sent.
-    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %err, "{context}");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{context}: internal error"))
-    }
-
-    /// Maps a filesystem error on `path` to the status and code the SDK understands.
-    pub fn io(path: &str, err: &io::Error) -> Self {
-        match err.kind() {
-            io::ErrorKind::NotFound => {
-                Self::not_found(format!("{path}: no such file or directory")).with_code("FILE_NOT_FOUND")
-            }
-            io::ErrorKind::PermissionDenied => {
-                Self::new(StatusCode::FORBIDDEN, format!("{path}: permission denied")).with_code("FILE_ACCESS_DENIED")
-            }
-            io::ErrorKind::AlreadyExists => Self::conflict(format!("{path}: already exists")),
-            io::ErrorKind::NotADirectory => {
-                Self::bad_request(format!("{path}: not a directory")).with_code("INVALID_FILE_PATH")
-            }
-            io::ErrorKind::IsADirectory => {
-                Self::bad_request(format!("{path}: is a directory")).with_code("INVALID_FILE_PATH")
-            }
-            io::ErrorKind::DirectoryNotEmpty => {
-                Self::bad_request(format!("{path}: directory not empty (set recursive=true to delete it)"))
-            }
-            io::ErrorKind::InvalidInput | io::ErrorKind::InvalidFilename => {
-                Self::bad_request(format!("{path}: {err}")).with_code("INVALID_FILE_PATH")
-            }
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-                Self::new(StatusCode::INSUFFICIENT_STORAGE, format!("{path}: no space left on device"))
-            }
-            _ => Self::internal(path, err),
-        }
     }
 
     pub fn body(&self) -> ErrorBody {
@@ -127,5 +90,37 @@ impl From<JsonRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         Self::bad_request(r.body_text())
+    }
+}
+
+impl From<engine::Error> for ApiError {
+    fn from(e: engine::Error) -> Self {
+        let status = match e.kind {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Gone => StatusCode::GONE,
+            ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
+            ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self { status, code: e.code, message: e.message }
+    }
+}
+
+impl From<PtyError> for ApiError {
+    fn from(e: PtyError) -> Self {
+        engine::Error::from(e).into()
+    }
+}
+
+impl From<LspError> for ApiError {
+    fn from(e: LspError) -> Self {
+        engine::Error::from(e).into()
     }
 }

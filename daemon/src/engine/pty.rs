@@ -11,15 +11,17 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use portable_pty::{CommandBuilder, MasterPty, PtySize, native_pty_system};
+use sandbar_proto::toolbox::{PtyRecording, PtySessionInfo};
+use sandbar_support::sync::lock;
 use tokio::sync::{mpsc, watch};
 
-use crate::Daemon;
-use crate::procs::{self, Exit};
+use super::{Daemon, Error, ErrorKind};
+use crate::engine::procs::{self, Exit};
 use crate::utf8::Utf8Stream;
 
 /// Scrollback replayed to a client that (re)attaches.
@@ -50,6 +52,30 @@ pub enum PtyError {
     Ended,
     #[error("cannot start the shell: {0}")]
     Spawn(String),
+    #[error("invalid environment variable {0:?}")]
+    BadEnv(String),
+}
+
+impl From<PtyError> for Error {
+    fn from(e: PtyError) -> Self {
+        match e {
+            PtyError::NotFound(_) => Error::not_found(e.to_string()).with_code("PROCESS_NOT_FOUND"),
+            PtyError::Exists(_) => Error::conflict(e.to_string()),
+            PtyError::Ended => Error::new(ErrorKind::Gone, e.to_string()).with_code("SESSION_ENDED"),
+            PtyError::Spawn(_) => Error::internal("starting the PTY shell", e),
+            PtyError::BadSize { .. } | PtyError::BadId | PtyError::BadCwd(_) | PtyError::BadEnv(_) => {
+                Error::bad_request(e.to_string())
+            }
+        }
+    }
+}
+
+/// Environment variables a client may hand a PTY: a name without `=` or NUL, a value without NUL.
+pub fn check_envs(envs: &BTreeMap<String, String>) -> Result<(), PtyError> {
+    match envs.iter().find(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0')) {
+        Some((k, _)) => Err(PtyError::BadEnv(k.clone())),
+        None => Ok(()),
+    }
 }
 
 pub fn check_size(cols: u16, rows: u16) -> Result<(), PtyError> {
@@ -158,12 +184,27 @@ pub struct Attachment {
 }
 
 impl PtySession {
+    /// Daytona's `PtySessionInfo` of this session.
+    pub fn info(&self) -> PtySessionInfo {
+        let (cols, rows) = self.size();
+        PtySessionInfo {
+            id: self.id.clone(),
+            cwd: self.cwd.to_string_lossy().into_owned(),
+            envs: self.envs.clone(),
+            cols,
+            rows,
+            created_at: self.created_at.clone(),
+            active: self.active(),
+            lazy_start: self.lazy_start,
+        }
+    }
+
     fn lock_out(&self) -> MutexGuard<'_, Output> {
-        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.out)
     }
 
     pub fn size(&self) -> (u16, u16) {
-        *self.size.lock().unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.size)
     }
 
     pub fn active(&self) -> bool {
@@ -190,13 +231,13 @@ impl PtySession {
 
     /// The input channel of the running shell.
     pub fn input(&self) -> Option<mpsc::Sender<Bytes>> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|r| r.input.clone())
+        lock(&self.running).as_ref().map(|r| r.input.clone())
     }
 
     pub fn resize(&self, cols: u16, rows: u16) -> Result<(), PtyError> {
         check_size(cols, rows)?;
-        *self.size.lock().unwrap_or_else(PoisonError::into_inner) = (cols, rows);
-        if let Some(r) = self.running.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        *lock(&self.size) = (cols, rows);
+        if let Some(r) = lock(&self.running).as_ref() {
             let _ = r.master.resize(PtySize { rows, cols, pixel_width: 0, pixel_height: 0 });
         }
         if let Some(rec) = self.lock_out().recorder.as_mut() {
@@ -207,13 +248,13 @@ impl PtySession {
 
     /// Signals every process of the shell's terminal session (the exit is reported by the shell's waiter).
     pub fn kill(&self, signal: nix::sys::signal::Signal) {
-        if let Some(r) = self.running.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if let Some(r) = lock(&self.running).as_ref() {
             procs::kill_session(r.pid, signal);
         }
     }
 
     pub fn pid(&self) -> Option<i32> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|r| r.pid)
+        lock(&self.running).as_ref().map(|r| r.pid)
     }
 
     /// Starts the shell (once). Called at creation, or on first attach for `lazyStart` sessions.
@@ -252,8 +293,7 @@ impl PtySession {
         let reader = pair.master.try_clone_reader().map_err(|e| PtyError::Spawn(e.to_string()))?;
         let writer = pair.master.take_writer().map_err(|e| PtyError::Spawn(e.to_string()))?;
         let (input_tx, input_rx) = mpsc::channel::<Bytes>(256);
-        *self.running.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Running { master: pair.master, input: input_tx, pid });
+        *lock(&self.running) = Some(Running { master: pair.master, input: input_tx, pid });
         if let Some(path) = &self.recording {
             match Recorder::create(path, cols, rows, &shell.to_string_lossy()) {
                 Ok(r) => self.lock_out().recorder = Some(r),
@@ -289,7 +329,7 @@ impl PtySession {
                 rec.event("o", &rest);
             }
             // Dropping the input sender ends the writer thread.
-            if let Some(r) = me.running.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            if let Some(r) = lock(&me.running).as_mut() {
                 let (closed, _) = mpsc::channel(1);
                 r.input = closed;
             }
@@ -375,7 +415,7 @@ impl Ptys {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<PtySession>>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.map)
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<PtySession>, PtyError> {
@@ -466,6 +506,43 @@ impl Ptys {
     }
 
     /// Hangs up every session (shutdown).
+    /// The asciicast files in the recordings directory, by name.
+    pub async fn recordings(&self) -> super::Result<Vec<PtyRecording>> {
+        let dir = self.recordings.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    let Ok(meta) = e.metadata() else { continue };
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if !meta.is_file() || !name.ends_with(".cast") {
+                        continue;
+                    }
+                    let mod_time = meta
+                        .modified()
+                        .ok()
+                        .map(|t| crate::util::rfc3339(time::OffsetDateTime::from(t)))
+                        .unwrap_or_default();
+                    out.push(PtyRecording { name, size: meta.len(), mod_time });
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            out
+        })
+        .await
+        .map_err(|e| Error::internal("listing recordings", e))
+    }
+
+    /// Opens one recording for download; returns it with its length.
+    pub async fn recording(&self, name: &str) -> super::Result<(tokio::fs::File, u64)> {
+        if name.contains('/') || name.starts_with('.') || !name.ends_with(".cast") {
+            return Err(Error::bad_request("invalid recording name"));
+        }
+        let file = tokio::fs::File::open(self.recordings.join(name)).await.map_err(|e| Error::io(name, &e))?;
+        let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        Ok((file, len))
+    }
+
     pub fn hangup_all(&self) {
         for s in self.list() {
             s.kill(nix::sys::signal::Signal::SIGHUP);

@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use sandbar_support::sync::lock;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
@@ -23,7 +24,7 @@ use tower_lsp_server::jsonrpc;
 
 use super::{LspError, codec};
 use crate::Daemon;
-use crate::procs::{self, Exit};
+use crate::engine::procs::{self, Exit};
 
 /// Prefix of the ids of the daemon's own requests.
 pub const OWN_ID_PREFIX: &str = "sandbar:";
@@ -69,7 +70,7 @@ impl Server {
         let resolved = if program.contains('/') {
             Some(PathBuf::from(program))
         } else {
-            crate::toolbox::process::find_program(&path, &[program.as_str()])
+            crate::engine::exec::find_program(&path, &[program.as_str()])
         };
         let Some(resolved) = resolved.filter(|p| p.is_file()) else {
             return Err(LspError::NotInstalled { language: language.to_owned(), program: program.clone() });
@@ -201,10 +202,6 @@ impl Drop for Server {
         // Whatever path dropped the last handle, the process must not outlive it. A reaped pid is never signalled.
         procs::kill_group(self.pid, Signal::SIGKILL);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 async fn write_loop(mut stdin: pipe::Sender, mut rx: mpsc::Receiver<Vec<u8>>) {

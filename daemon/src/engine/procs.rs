@@ -12,13 +12,14 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
+use sandbar_support::sync::lock;
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
@@ -111,7 +112,7 @@ impl ProcessTable {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<i32, watch::Sender<Option<Exit>>>> {
-        self.children.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.children)
     }
 
     /// Spawns `cmd` in a new process group. Stdio set to `Stdio::piped()` comes back as async pipes.

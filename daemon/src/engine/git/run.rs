@@ -11,15 +11,13 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use base64::Engine;
 use nix::sys::signal::Signal;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
-use crate::Daemon;
-use crate::error::{ApiError, ApiResult};
-use crate::procs::{self, Exit};
+use crate::engine::procs::{self, Exit};
+use crate::engine::{Daemon, Error, ErrorKind, Result};
 
 /// How long a git command that talks to a remote may run before its process group is killed.
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -106,7 +104,7 @@ pub async fn run_git<S: AsRef<std::ffi::OsStr>>(
     cwd: &Path,
     args: &[S],
     extra: &GitEnv,
-) -> ApiResult<GitOutput> {
+) -> Result<GitOutput> {
     let op = args.first().map(|a| a.as_ref().to_string_lossy().into_owned()).unwrap_or_default();
     let timeout = if matches!(op.as_str(), "clone" | "fetch" | "pull" | "push" | "ls-remote") {
         NETWORK_TIMEOUT
@@ -136,10 +134,10 @@ pub async fn run_git<S: AsRef<std::ffi::OsStr>>(
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
 
     let mut child = d.procs.spawn(&mut cmd).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ApiError::bad_request("git is not installed in this sandbox (no git on PATH)"),
+        std::io::ErrorKind::NotFound => Error::bad_request("git is not installed in this sandbox (no git on PATH)"),
         // A NUL byte in an argument or a credential.
-        std::io::ErrorKind::InvalidInput => ApiError::bad_request(format!("cannot run git: {e}")),
-        _ => ApiError::internal("starting git", e),
+        std::io::ErrorKind::InvalidInput => Error::bad_request(format!("cannot run git: {e}")),
+        _ => Error::internal("starting git", e),
     })?;
     drop(cmd);
     let pid = child.pid;
@@ -173,14 +171,14 @@ pub async fn run_git<S: AsRef<std::ffi::OsStr>>(
                     }
                     procs::kill_group(pid, Signal::SIGKILL);
                     tracing::info!(pid, op = %op, secs = timeout.as_secs(), "git timed out; process group killed");
-                    return Err(ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
                         format!("git {op} timed out after {} seconds", timeout.as_secs()),
                     ));
                 }
                 () = d.shutdown.cancelled() => {
                     procs::kill_group(pid, Signal::SIGTERM);
-                    return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the sandbox is shutting down"));
+                    return Err(Error::new(ErrorKind::Unavailable, "the sandbox is shutting down"));
                 }
             }
         }
@@ -198,13 +196,13 @@ pub async fn run_git<S: AsRef<std::ffi::OsStr>>(
     })
 }
 
-/// `run_git`, with a non-zero exit turned into the matching `ApiError`.
+/// `run_git`, with a non-zero exit turned into the matching `Error`.
 pub async fn git_ok<S: AsRef<std::ffi::OsStr>>(
     d: &Daemon,
     cwd: &Path,
     args: &[S],
     extra: &GitEnv,
-) -> ApiResult<GitOutput> {
+) -> Result<GitOutput> {
     let out = run_git(d, cwd, args, extra).await?;
     if out.ok() { Ok(out) } else { Err(classify(&out)) }
 }
@@ -245,14 +243,14 @@ pub fn message(out: &GitOutput) -> String {
 /// Maps a failed git command to a status and Daytona's error code, from what git printed (both streams: a merge
 /// reports its conflicts on stdout). The order matters: a push refused for missing credentials also says
 /// "failed to push some refs", a 404 over HTTP also says "unable to access".
-pub fn classify(out: &GitOutput) -> ApiError {
+pub fn classify(out: &GitOutput) -> Error {
     let msg = message(out);
     let text = format!("{}\n{}", out.stderr, out.stdout).to_lowercase();
     let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
     let (status, code) = if has(&["returned error: 403", "http basic: access denied"])
         || (text.contains("remote: permission") && text.contains("denied"))
     {
-        (StatusCode::FORBIDDEN, Some("GIT_AUTH_FAILED"))
+        (ErrorKind::Forbidden, Some("GIT_AUTH_FAILED"))
     } else if has(&[
         "authentication failed",
         "invalid username or password",
@@ -262,7 +260,7 @@ pub fn classify(out: &GitOutput) -> ApiError {
         "returned error: 401",
         "permission denied (publickey",
     ]) {
-        (StatusCode::UNAUTHORIZED, Some("GIT_AUTH_FAILED"))
+        (ErrorKind::Unauthorized, Some("GIT_AUTH_FAILED"))
     } else if has(&[
         "not a git repository",
         "does not appear to be a git repository",
@@ -271,9 +269,9 @@ pub fn classify(out: &GitOutput) -> ApiError {
         "remote: not found",
     ]) || (text.contains("repository '") && text.contains("' does not exist"))
     {
-        (StatusCode::NOT_FOUND, Some("GIT_REPO_NOT_FOUND"))
+        (ErrorKind::NotFound, Some("GIT_REPO_NOT_FOUND"))
     } else if text.contains("already exists") && text.contains("branch named") {
-        (StatusCode::CONFLICT, Some("GIT_BRANCH_EXISTS"))
+        (ErrorKind::Conflict, Some("GIT_BRANCH_EXISTS"))
     } else if has(&[
         "conflict (",
         "automatic merge failed",
@@ -282,17 +280,17 @@ pub fn classify(out: &GitOutput) -> ApiError {
         "resolve your current index first",
         "you have not concluded your merge",
     ]) {
-        (StatusCode::CONFLICT, Some("GIT_MERGE_CONFLICT"))
+        (ErrorKind::Conflict, Some("GIT_MERGE_CONFLICT"))
     } else if has(&[
         "would be overwritten",
         "please commit your changes or stash them",
         "please move or remove them before",
     ]) {
-        (StatusCode::CONFLICT, Some("GIT_DIRTY_WORKTREE"))
+        (ErrorKind::Conflict, Some("GIT_DIRTY_WORKTREE"))
     } else if text.contains("[remote rejected]") {
-        (StatusCode::CONFLICT, Some("GIT_REMOTE_REJECTED"))
+        (ErrorKind::Conflict, Some("GIT_REMOTE_REJECTED"))
     } else if has(&["[rejected]", "non-fast-forward", "fetch first", "updates were rejected", "stale info"]) {
-        (StatusCode::CONFLICT, Some("GIT_PUSH_REJECTED"))
+        (ErrorKind::Conflict, Some("GIT_PUSH_REJECTED"))
     } else if has(&[
         "couldn't find remote ref",
         "did not match any file(s) known to git",
@@ -305,7 +303,7 @@ pub fn classify(out: &GitOutput) -> ApiError {
         || (text.contains("remote branch") && text.contains("not found"))
         || (text.contains("branch '") && text.contains("' not found"))
     {
-        (StatusCode::NOT_FOUND, Some("GIT_BRANCH_NOT_FOUND"))
+        (ErrorKind::NotFound, Some("GIT_BRANCH_NOT_FOUND"))
     } else if has(&[
         // Conflicts without a Daytona code: diverged history, a concurrent git holding the index, a clone
         // onto files, deleting the branch that is checked out.
@@ -315,7 +313,7 @@ pub fn classify(out: &GitOutput) -> ApiError {
         "already exists and is not an empty directory",
         "cannot delete branch",
     ]) {
-        (StatusCode::CONFLICT, None)
+        (ErrorKind::Conflict, None)
     } else if has(&[
         "could not resolve host",
         "failed to connect",
@@ -326,12 +324,12 @@ pub fn classify(out: &GitOutput) -> ApiError {
         "early eof",
         "the remote end hung up",
     ]) {
-        (StatusCode::BAD_REQUEST, Some("GIT_TRANSPORT_FAILED"))
+        (ErrorKind::BadRequest, Some("GIT_TRANSPORT_FAILED"))
     } else {
         // Whatever else git refuses (nothing to commit, no identity, a bad name) is about the request.
-        (StatusCode::BAD_REQUEST, None)
+        (ErrorKind::BadRequest, None)
     };
-    let err = ApiError::new(status, msg);
+    let err = Error::new(status, msg);
     match code {
         Some(c) => err.with_code(c),
         None => err,
@@ -342,7 +340,7 @@ pub fn classify(out: &GitOutput) -> ApiError {
 mod tests {
     use super::*;
 
-    fn failed(stderr: &str, stdout: &str) -> ApiError {
+    fn failed(stderr: &str, stdout: &str) -> Error {
         classify(&GitOutput { code: 128, stdout: stdout.into(), stderr: stderr.into() })
     }
 
@@ -413,7 +411,8 @@ mod tests {
         ];
         for (stderr, stdout, status, code) in cases {
             let e = failed(stderr, stdout);
-            assert_eq!(e.status.as_u16(), *status, "{stderr}{stdout}");
+            let status_of = crate::toolbox::error::ApiError::from(e.clone()).status;
+            assert_eq!(status_of.as_u16(), *status, "{stderr}{stdout}");
             assert_eq!(e.code, *code, "{stderr}{stdout}");
             assert!(!e.message.is_empty());
         }

@@ -1,36 +1,17 @@
 //! Parsers for git's machine-readable output: `status --porcelain=v2 --branch -z` and the NUL-separated `log`
 //! format the history endpoint asks for. git's output is trusted no more than a request: nothing here panics.
 
-use serde::Serialize;
-
-/// `GET /git/status` answer (Daytona's `GitStatus`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GitStatus {
-    /// The branch HEAD is on (also when it has no commit yet), or `HEAD` when detached, as go-git reports it.
-    pub current_branch: String,
-    pub file_status: Vec<FileStatus>,
-    pub ahead: u64,
-    pub behind: u64,
-    /// Whether the branch has an upstream that exists (what `ahead`/`behind` are counted against).
-    pub branch_published: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<String>,
-    pub detached: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FileStatus {
-    pub name: String,
-    pub staging: &'static str,
-    pub worktree: &'static str,
-    /// The original path of a renamed or copied file; empty otherwise.
-    pub extra: String,
-}
+use sandbar_proto::toolbox::{CommitInfo, FileStatus, GitStatus};
 
 const UNMODIFIED: &str = "Unmodified";
 const UNTRACKED: &str = "Untracked";
 const UNMERGED: &str = "Updated but unmerged";
+
+/// A changed entry: porcelain's `XY` in Daytona's words; `extra` is a rename's original path.
+fn changed(code: &str, path: &str, extra: &str) -> FileStatus {
+    let (staging, worktree) = xy(code);
+    FileStatus { name: path.to_owned(), staging: staging.into(), worktree: worktree.into(), extra: extra.to_owned() }
+}
 
 /// Daytona's name for one letter of porcelain's `XY`.
 fn state(c: char) -> &'static str {
@@ -93,10 +74,7 @@ pub fn parse_status(out: &str) -> GitStatus {
                 // XY sub mH mI mW hH hI path
                 let f: Vec<&str> = rest.splitn(8, ' ').collect();
                 match (f.first(), f.get(7)) {
-                    (Some(code), Some(path)) => {
-                        let (staging, worktree) = xy(code);
-                        Some(FileStatus { name: (*path).to_owned(), staging, worktree, extra: String::new() })
-                    }
+                    (Some(code), Some(path)) => Some(changed(code, path, "")),
                     _ => None,
                 }
             }
@@ -105,10 +83,7 @@ pub fn parse_status(out: &str) -> GitStatus {
                 let f: Vec<&str> = rest.splitn(9, ' ').collect();
                 let orig = records.next().unwrap_or_default();
                 match (f.first(), f.get(8)) {
-                    (Some(code), Some(path)) => {
-                        let (staging, worktree) = xy(code);
-                        Some(FileStatus { name: (*path).to_owned(), staging, worktree, extra: orig.to_owned() })
-                    }
+                    (Some(code), Some(path)) => Some(changed(code, path, orig)),
                     _ => None,
                 }
             }
@@ -116,15 +91,15 @@ pub fn parse_status(out: &str) -> GitStatus {
                 // XY sub m1 m2 m3 mW h1 h2 h3 path: a conflict, whatever the letters say.
                 rest.splitn(10, ' ').nth(9).map(|path| FileStatus {
                     name: path.to_owned(),
-                    staging: UNMERGED,
-                    worktree: UNMERGED,
+                    staging: UNMERGED.into(),
+                    worktree: UNMERGED.into(),
                     extra: String::new(),
                 })
             }
             (Some("?"), Some(path)) => Some(FileStatus {
                 name: path.to_owned(),
-                staging: UNTRACKED,
-                worktree: UNTRACKED,
+                staging: UNTRACKED.into(),
+                worktree: UNTRACKED.into(),
                 extra: String::new(),
             }),
             _ => None, // "! path" (ignored files, not asked for) and the empty tail after the last NUL
@@ -132,17 +107,6 @@ pub fn parse_status(out: &str) -> GitStatus {
         st.file_status.extend(entry);
     }
     st
-}
-
-/// One commit of `GET /git/history` (Daytona's `GitCommitInfo`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CommitInfo {
-    pub hash: String,
-    pub author: String,
-    pub email: String,
-    pub message: String,
-    /// Author date, RFC 3339 with the author's offset.
-    pub timestamp: String,
 }
 
 /// The `git log` format [`parse_log`] reads: five NUL-terminated fields per commit (with `-z`, each commit is
@@ -192,8 +156,11 @@ mod tests {
         assert_eq!(st.upstream.as_deref(), Some("origin/feature/x"));
         assert!(st.branch_published && !st.detached);
         assert_eq!((st.ahead, st.behind), (2, 3));
-        let got: Vec<(&str, &str, &str, &str)> =
-            st.file_status.iter().map(|f| (f.name.as_str(), f.staging, f.worktree, f.extra.as_str())).collect();
+        let got: Vec<(&str, &str, &str, &str)> = st
+            .file_status
+            .iter()
+            .map(|f| (f.name.as_str(), f.staging.as_str(), f.worktree.as_str(), f.extra.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![

@@ -1,0 +1,199 @@
+//! One command run to completion with its output returned (`/process/execute`), and code in a language run the
+//! same way (`/process/code-run`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use sandbar_proto::toolbox::{Artifacts, CodeRunRequest, CodeRunResponse, ExecuteRequest, ExecuteResponse};
+use tokio::io::AsyncReadExt;
+
+use super::procs::{self, Exit};
+use super::{Daemon, Error, ErrorKind, Result};
+
+/// How long output may keep arriving after the command itself exited (a background job holding the pipe open
+/// must not hold the answer hostage).
+const OUTPUT_LINGER: Duration = Duration::from_millis(100);
+
+/// Runs `req.command` through the shell; stdout and stderr merged in `result`.
+pub async fn execute(d: &Daemon, req: ExecuteRequest) -> Result<ExecuteResponse> {
+    if req.command.trim().is_empty() {
+        return Err(Error::bad_request("command must not be empty"));
+    }
+    let mut cmd = d.shell_command(&req.command);
+    apply_cwd_env(d, &mut cmd, req.cwd.as_deref(), req.envs.as_ref())?;
+    let (exit, result) = run_to_end(d, cmd, req.timeout, &req.command).await?;
+    Ok(ExecuteResponse { exit_code: exit.code(), result })
+}
+
+/// Runs `req.code` with the language's interpreter found on the sandbox's PATH.
+pub async fn code_run(d: &Daemon, req: CodeRunRequest) -> Result<CodeRunResponse> {
+    let language = req.language.as_deref().unwrap_or("python");
+    let path = d.effective_env().get("PATH").cloned().unwrap_or_default();
+    let mut cmd = match language {
+        "python" => {
+            let py = find_program(&path, &["python3", "python"]).ok_or_else(|| {
+                Error::bad_request("python is not installed in this sandbox (no python3 or python on PATH)")
+            })?;
+            let mut c = d.command(py);
+            c.arg("-u").arg("-c").arg(&req.code);
+            c
+        }
+        "javascript" => {
+            let node = find_program(&path, &["node", "nodejs"])
+                .ok_or_else(|| Error::bad_request("javascript needs node, which is not installed in this sandbox"))?;
+            let mut c = d.command(node);
+            c.arg("-e").arg(&req.code).arg("--");
+            c
+        }
+        "typescript" => {
+            if let Some(tsx) = find_program(&path, &["tsx"]) {
+                let mut c = d.command(tsx);
+                c.arg("-e").arg(&req.code).arg("--");
+                c
+            } else if let Some(tsn) = find_program(&path, &["ts-node"]) {
+                let mut c = d.command(tsn);
+                c.arg("-T").arg("-e").arg(&req.code).arg("--");
+                c
+            } else if let Some(node) = find_program(&path, &["node"]) {
+                // Node 22.6+ strips types itself; older nodes answer with their own error.
+                let mut c = d.command(node);
+                c.arg("--experimental-strip-types")
+                    .arg("--input-type=module-typescript")
+                    .arg("-e")
+                    .arg(&req.code)
+                    .arg("--");
+                c
+            } else {
+                return Err(Error::bad_request(
+                    "typescript needs tsx, ts-node or node, none of which is installed in this sandbox",
+                ));
+            }
+        }
+        other => {
+            return Err(Error::bad_request(format!(
+                "unsupported language {other:?}: use python, javascript or typescript"
+            )));
+        }
+    };
+    cmd.args(req.argv.iter().flatten());
+    apply_cwd_env(d, &mut cmd, None, req.envs.as_ref())?;
+    let (exit, result) = run_to_end(d, cmd, req.timeout, "code").await?;
+    Ok(CodeRunResponse { exit_code: exit.code(), result, artifacts: Artifacts::default() })
+}
+
+/// The first of `names` found on `path`.
+pub fn find_program(path: &str, names: &[&str]) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    names.iter().find_map(|n| {
+        path.split(':').filter(|dir| !dir.is_empty()).find_map(|dir| {
+            let p = Path::new(dir).join(n);
+            let meta = std::fs::metadata(&p).ok()?;
+            (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(p)
+        })
+    })
+}
+
+fn apply_cwd_env(
+    d: &Daemon,
+    cmd: &mut Command,
+    cwd: Option<&str>,
+    envs: Option<&BTreeMap<String, String>>,
+) -> Result<()> {
+    if let Some(cwd) = cwd.filter(|c| !c.is_empty()) {
+        let dir = d.resolve(cwd);
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(Error::bad_request(format!("cwd {cwd} is not a directory"))),
+            Err(e) => return Err(Error::io(cwd, &e)),
+        }
+        cmd.current_dir(dir);
+    }
+    for (k, v) in envs.into_iter().flatten() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(Error::bad_request(format!("invalid environment variable {k:?}")));
+        }
+        cmd.env(k, v);
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with stdout and stderr merged, up to `timeout` seconds. On timeout the whole process group is
+/// killed and the answer is 408 `PROCESS_EXECUTION_TIMEOUT`.
+async fn run_to_end(d: &Daemon, mut cmd: Command, timeout: Option<u64>, what: &str) -> Result<(Exit, String)> {
+    let (mut out, w1, w2) = procs::merged_output_pipe().map_err(|e| Error::internal("creating output pipe", e))?;
+    cmd.stdout(w1).stderr(w2);
+    let child = d.procs.spawn(&mut cmd).map_err(|e| spawn_error(&e))?;
+    // The write ends live in `cmd` until it is dropped: drop it so EOF arrives when the child is done.
+    drop(cmd);
+    let max = d.config.max_exec_output;
+    let mut buf = Vec::new();
+    let mut dropped = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut exit = child.exit_watch();
+    let deadline = timeout.filter(|t| *t > 0).map(|t| tokio::time::Instant::now() + Duration::from_secs(t));
+    let mut exited: Option<Exit> = None;
+    let mut eof = false;
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    loop {
+        if eof && exited.is_some() {
+            break;
+        }
+        let sleep_until = match (deadline, linger_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        tokio::select! {
+            n = out.read(&mut chunk), if !eof => match n {
+                Ok(0) | Err(_) => eof = true,
+                Ok(n) => {
+                    let take = n.min(max.saturating_sub(buf.len()));
+                    buf.extend_from_slice(chunk.get(..take).unwrap_or_default());
+                    dropped += n - take;
+                }
+            },
+            e = procs::wait_exit(&mut exit), if exited.is_none() => {
+                exited = Some(e);
+                linger_until = Some(tokio::time::Instant::now() + OUTPUT_LINGER);
+            },
+            _ = sleep_until_opt(sleep_until) => {
+                if exited.is_some() {
+                    break; // linger over: something in the background still holds the pipe
+                }
+                child.kill_group(Signal::SIGKILL);
+                let secs = timeout.unwrap_or_default();
+                tracing::info!(pid = child.pid, secs, "command timed out; process group killed");
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("Command execution timed out after {secs} seconds: {what}"),
+                )
+                .with_code("PROCESS_EXECUTION_TIMEOUT"));
+            }
+            _ = d.shutdown.cancelled() => {
+                child.kill_group(Signal::SIGTERM);
+                return Err(Error::shutting_down());
+            }
+        }
+    }
+    let mut result = String::from_utf8_lossy(&buf).into_owned();
+    if dropped > 0 {
+        result.push_str(&format!("\n[sandbar: {dropped} more bytes of output were dropped]\n"));
+    }
+    Ok((exited.unwrap_or(Exit::Code(-1)), result))
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn spawn_error(e: &std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Error::bad_request(format!("cannot start the command: {e}")),
+        _ => Error::internal("spawning command", e),
+    }
+}
