@@ -2,15 +2,11 @@
 //! lines stored once and followed as they come, reuse of an identical build, failures with the build's reason,
 //! pinning to the build's runner, and the 400s. SQLite and PostgreSQL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{FakeRunner, Harness, databases};
 use reqwest::{Method, StatusCode};
 use sandbar_proto::runner::{BuildSnapshot, Job, JobErrorCode, JobKind, JobOutcome, JobResult};
+use sandbar_testkit::api::{FakeRunner, Harness, databases};
 use serde_json::{Value, json};
 
 /// Reads a build log URL to its end.

@@ -1,6 +1,6 @@
-//! Test harness: the API in-process on 127.0.0.1:0 with a hand-moved clock, on a temporary SQLite file and (when
-//! PostgreSQL is reachable) on a fresh PostgreSQL database; a fake runner speaking the job protocol over HTTP.
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
+//! The API in-process on 127.0.0.1:0 with a hand-moved clock ([`Harness`]), on a temporary SQLite file and (when
+//! PostgreSQL is reachable) on a fresh PostgreSQL database ([`databases`]), and a fake runner speaking the job
+//! protocol over HTTP ([`FakeRunner`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ pub const PROXY_TOKEN: &str = "proxy-secret-token";
 const DEFAULT_PG: &str = "postgres://sandbar:sandbar@127.0.0.1:5432/sandbar_test";
 
 /// A database for one test: a SQLite file in a temp dir, or a PostgreSQL database created for it.
+#[derive(Debug)]
 pub struct TestDb {
     pub url: String,
     pub label: &'static str,
@@ -70,6 +71,7 @@ async fn fresh_pg(admin_url: &str) -> Result<String, sqlx::Error> {
     Ok(format!("{base}/{name}"))
 }
 
+#[derive(Debug)]
 pub struct Harness {
     pub app: App,
     pub clock: Arc<ManualClock>,
@@ -83,6 +85,7 @@ pub struct Harness {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// An API config for tests on `db_url`: port 0, fixed service tokens, a proxy at `proxy.test`.
 pub fn config(db_url: &str) -> Config {
     let mut c = Config::new("/nonexistent");
     c.database_url = Some(db_url.to_owned());
@@ -208,8 +211,8 @@ impl Harness {
     }
 }
 
-/// A runner that speaks the job protocol over HTTP and "runs" sandboxes in a map.
-#[derive(Clone)]
+/// A runner that speaks the job protocol over HTTP and reports every job done as its test asks.
+#[derive(Debug, Clone)]
 pub struct FakeRunner {
     pub id: String,
     pub base: String,
@@ -281,6 +284,7 @@ impl FakeRunner {
     /// Reports `job` done, with the sandbox in the state the job leads to.
     pub async fn succeed(&self, job: &Job, org: &str) -> StatusCode {
         use sandbar_proto::runner::JobKind as K;
+        let started = |id: &str| Some(Box::new(self.info(id, org, SandboxState::Started)));
         let sandbox = match &job.kind {
             // A real runner reports the sandbox's actual state after a resize; this one does not know it.
             K::DestroySandbox { .. } | K::ResizeSandbox(_) => None,
@@ -290,7 +294,16 @@ impl FakeRunner {
                 (info.container_id, info.daemon_addr) = (String::new(), None);
                 Some(Box::new(info))
             }
-            k => Some(Box::new(self.info(k.sandbox_id(), org, SandboxState::Started))),
+            K::CreateSandbox(_)
+            | K::StartSandbox { .. }
+            | K::UpdateSandboxNetwork(_)
+            | K::RestoreSandbox(_)
+            | K::BuildSnapshot(_)
+            | K::ForkSandbox(_)
+            | K::SnapshotSandbox(_)
+            | K::RemoveSnapshot(_)
+            | K::PauseSandbox { .. }
+            | K::ResumeSandbox { .. } => started(job.kind.sandbox_id()),
         };
         self.result(JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox, snapshot: None } })
             .await
@@ -325,6 +338,7 @@ pub async fn started_sandbox(h: &Harness, runner: &FakeRunner, body: Value) -> S
     id
 }
 
+/// The body the Daytona SDK sends for a default sandbox.
 pub fn empty() -> Value {
     json!({"env": {}, "labels": {"code-toolbox-language": "python"}, "volumes": []})
 }
