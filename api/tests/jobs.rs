@@ -221,16 +221,6 @@ async fn placement_unreachable_runners_and_reconciliation() {
     }
 }
 
-async fn proxy_get<T: serde::de::DeserializeOwned>(h: &Harness, path: &str) -> (StatusCode, Option<T>) {
-    let resp = h.http.get(format!("{}{path}", h.base)).bearer_auth(PROXY_TOKEN).send().await.unwrap();
-    let s = resp.status();
-    (s, if s.is_success() { Some(resp.json().await.unwrap()) } else { None })
-}
-
-async fn proxy_post(h: &Harness, path: &str, body: Value) -> (StatusCode, Value) {
-    h.req(Method::POST, path, Some(PROXY_TOKEN), Some(body)).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn service_tokens_are_distinct_from_user_keys() {
     for db in databases().await {
@@ -254,7 +244,7 @@ async fn proxy_routes_changes_authorize_and_ssh() {
         let r = h.runner("r1");
         r.heartbeat(8, 16, 100).await;
         let id = started_sandbox(&h, &r, json!({})).await;
-        let (s, route) = proxy_get::<Route>(&h, &format!("/internal/routes/{id}")).await;
+        let (s, route) = h.proxy_get::<Route>(&format!("/internal/routes/{id}")).await;
         assert_eq!(s, StatusCode::OK);
         let route = route.unwrap();
         assert_eq!(route.state, SandboxState::Started);
@@ -263,10 +253,10 @@ async fn proxy_routes_changes_authorize_and_ssh() {
         assert_eq!(route.sandbox_ip.as_deref(), Some("172.17.0.9"));
         assert_eq!(route.daemon_token, format!("daemon-token-{id}"));
         assert_eq!(route.organization_id, h.org);
-        assert_eq!(proxy_get::<Route>(&h, "/internal/routes/nope").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(h.proxy_get::<Route>("/internal/routes/nope").await.0, StatusCode::NOT_FOUND);
 
         // Route changes: a long-poll from the current head wakes on the next change.
-        let (_, head) = proxy_get::<RouteChanges>(&h, "/internal/routes/changes?since=0").await;
+        let (_, head) = h.proxy_get::<RouteChanges>("/internal/routes/changes?since=0").await;
         let head = head.unwrap();
         assert!(head.sandbox_ids.contains(&id));
         let t0 = Instant::now();
@@ -289,12 +279,12 @@ async fn proxy_routes_changes_authorize_and_ssh() {
         assert!(t0.elapsed() < Duration::from_secs(10));
         assert_eq!(changed.sandbox_ids, vec![id.clone()]);
         assert!(changed.seq > head.seq);
-        let (_, route2) = proxy_get::<Route>(&h, &format!("/internal/routes/{id}")).await;
+        let (_, route2) = h.proxy_get::<Route>(&format!("/internal/routes/{id}")).await;
         let route2 = route2.unwrap();
         assert!(route2.version > route.version && route2.public);
 
         // Authorize: own key, another org's key, bad key, preview tokens, public ports.
-        let auth = |body: Value| proxy_post(&h, "/internal/authorize", body);
+        let auth = |body: Value| h.proxy_post("/internal/authorize", body);
         let (s, v) = auth(json!({"sandboxId": id, "port": 2280, "apiKey": h.key})).await;
         assert_eq!((s, v["organizationId"].as_str()), (StatusCode::OK, Some(h.org.as_str())));
         let (_, other) = h.new_org("other").await;
@@ -329,23 +319,23 @@ async fn proxy_routes_changes_authorize_and_ssh() {
         // SSH resolve.
         let ssh = h.call(Method::POST, &format!("/sandbox/{id}/ssh-access?expiresInMinutes=1"), None).await.1;
         let token = ssh["token"].as_str().unwrap().to_owned();
-        let (s, v) = proxy_post(&h, "/internal/ssh/resolve", json!({"token": token})).await;
+        let (s, v) = h.proxy_post("/internal/ssh/resolve", json!({"token": token})).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!((v["sandboxId"].as_str(), v["sshAddr"].as_str()), (Some(id.as_str()), Some("172.17.0.9:22220")));
-        let (s, v) = proxy_post(&h, "/internal/ssh/resolve", json!({"token": "nope"})).await;
+        let (s, v) = h.proxy_post("/internal/ssh/resolve", json!({"token": "nope"})).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert!(v["message"].as_str().unwrap().contains("unknown"));
         h.call(Method::POST, &format!("/sandbox/{id}/stop"), None).await;
         r.work(&h.org).await;
-        let (s, v) = proxy_post(&h, "/internal/ssh/resolve", json!({"token": token})).await;
+        let (s, v) = h.proxy_post("/internal/ssh/resolve", json!({"token": token})).await;
         assert_eq!(s, StatusCode::CONFLICT, "{v}");
         h.clock.advance_secs(61);
         r.heartbeat(8, 16, 100).await;
-        let (s, v) = proxy_post(&h, "/internal/ssh/resolve", json!({"token": token})).await;
+        let (s, v) = h.proxy_post("/internal/ssh/resolve", json!({"token": token})).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert!(v["message"].as_str().unwrap().contains("expired"));
         // A stopped sandbox's route has no daemon address.
-        let (_, route3) = proxy_get::<Route>(&h, &format!("/internal/routes/{id}")).await;
+        let (_, route3) = h.proxy_get::<Route>(&format!("/internal/routes/{id}")).await;
         let route3 = route3.unwrap();
         assert_eq!(route3.state, SandboxState::Stopped);
         assert!(route3.daemon_addr.is_none());
@@ -375,7 +365,7 @@ async fn two_api_instances_on_postgres_share_jobs_and_route_changes() {
         r.succeed(&jobs[0], &a.org).await;
         assert_eq!(b.state(&id).await, "started");
         // Route changes made through B reach a proxy long-polling A.
-        let (_, head) = proxy_get::<RouteChanges>(&a, "/internal/routes/changes?since=0").await;
+        let (_, head) = a.proxy_get::<RouteChanges>("/internal/routes/changes?since=0").await;
         let since = head.unwrap().seq;
         let waiter = tokio::spawn({
             let (http, base) = (a.http.clone(), a.base.clone());

@@ -202,6 +202,36 @@ impl Harness {
         v
     }
 
+    /// A GET of `url` (a whole URL) with this harness' key, read to its end: `(status, content type, text)`.
+    pub async fn get_text(&self, url: &str) -> (StatusCode, String, String) {
+        let mut resp =
+            self.http.get(url).bearer_auth(&self.key).timeout(Duration::from_secs(30)).send().await.expect("get");
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut text = Vec::new();
+        while let Some(chunk) = resp.chunk().await.expect("chunk") {
+            text.extend_from_slice(&chunk);
+        }
+        (status, content_type, String::from_utf8(text).expect("utf-8"))
+    }
+
+    /// A GET with the proxy's token; the JSON answer when it succeeded.
+    pub async fn proxy_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> (StatusCode, Option<T>) {
+        let resp = self.http.get(format!("{}{path}", self.base)).bearer_auth(PROXY_TOKEN).send().await.expect("send");
+        let s = resp.status();
+        (s, if s.is_success() { Some(resp.json().await.expect("json")) } else { None })
+    }
+
+    /// A POST with the proxy's token.
+    pub async fn proxy_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.req(Method::POST, path, Some(PROXY_TOKEN), Some(body)).await
+    }
+
     pub fn runner(&self, id: &str) -> FakeRunner {
         FakeRunner { id: id.to_owned(), base: self.base.clone(), http: self.http.clone() }
     }

@@ -108,8 +108,6 @@ pub(crate) fn image_for(dockerfile: &str) -> String {
 }
 
 /// A build something waits for.
-
-/// A build something waits for.
 #[derive(Debug, Clone)]
 pub(crate) struct Attached {
     pub build_id: String,

@@ -119,9 +119,9 @@ pub const IDLE_STATES_SQL: &str = idle_states!();
 const USED: &str = concat!(
     "CAST(COALESCE(SUM(CASE WHEN s.state NOT IN ",
     idle_states!(),
-    " THEN s.cpu ELSE 0 END), 0) AS BIGINT), CAST(COALESCE(SUM(CASE WHEN s.state NOT IN ",
+    " THEN s.cpu ELSE 0 END), 0) AS BIGINT) AS used_cpu, CAST(COALESCE(SUM(CASE WHEN s.state NOT IN ",
     idle_states!(),
-    " THEN s.memory ELSE 0 END), 0) AS BIGINT), CAST(COALESCE(SUM(s.disk), 0) AS BIGINT)"
+    " THEN s.memory ELSE 0 END), 0) AS BIGINT) AS used_memory, CAST(COALESCE(SUM(s.disk), 0) AS BIGINT) AS used_disk"
 );
 
 /// CPU, memory and disk in use (see [`USED`]).

@@ -65,18 +65,30 @@ pub async fn loads(conn: &mut AnyConnection, which: Which<'_>) -> Result<Vec<Loa
         Which::SeenSince(t) => q.bind(t),
         Which::Id(id) => q.bind(id.to_owned()),
     };
-    let rows: Vec<(String, i64, i64, i64, i64, i64, i64, i64)> = q.fetch_all(conn).await?;
+    let rows: Vec<LoadRow> = q.fetch_all(conn).await?;
     Ok(rows
         .into_iter()
-        .map(|(id, last_heartbeat, cpu, memory, disk, uc, um, ud)| Load {
-            id,
-            last_heartbeat,
-            cpu,
-            memory,
-            disk,
-            used: Usage { cpu: uc, memory: um, disk: ud },
+        .map(|r| Load {
+            id: r.id,
+            last_heartbeat: r.last_heartbeat,
+            cpu: r.cpu,
+            memory: r.memory,
+            disk: r.disk,
+            used: Usage { cpu: r.used_cpu, memory: r.used_memory, disk: r.used_disk },
         })
         .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct LoadRow {
+    id: String,
+    last_heartbeat: i64,
+    cpu: i64,
+    memory: i64,
+    disk: i64,
+    used_cpu: i64,
+    used_memory: i64,
+    used_disk: i64,
 }
 
 /// `(runner, last heartbeat or 0)` of a build's runner.
