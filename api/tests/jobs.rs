@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use sandbar_proto::api::{Route, RouteChanges};
-use sandbar_proto::runner::SandboxState;
-use sandbar_testkit::api::{Harness, PROXY_TOKEN, RUNNER_TOKEN, databases, empty, started_sandbox};
+use sandbar_proto::runner::{Job, SandboxState};
+use sandbar_testkit::api::{FakeRunner, Harness, PROXY_TOKEN, RUNNER_TOKEN, databases, empty, started_sandbox};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -76,21 +76,28 @@ async fn concurrent_long_polls_from_two_runners_never_share_a_job() {
     }
 }
 
+/// Creates a sandbox through `h` while `r` long-polls (up to 25 s): the sandbox's id, the jobs the poll got and
+/// how long it waited.
+async fn create_during_long_poll(h: &Harness, r: &FakeRunner) -> (String, Vec<Job>, Duration) {
+    let t0 = Instant::now();
+    let waiting = tokio::spawn({
+        let r = r.clone();
+        async move { r.poll(25).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = h.create(empty()).await["id"].as_str().unwrap_or_default().to_owned();
+    let jobs = waiting.await.unwrap_or_default();
+    (id, jobs, t0.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn long_poll_wakes_on_a_new_job_and_redelivers_unfinished_ones() {
     for db in databases().await {
         let h = Harness::start(&db).await;
         let r = h.runner("r1");
         r.heartbeat(8, 16, 100).await;
-        let t0 = Instant::now();
-        let waiting = tokio::spawn({
-            let r = r.clone();
-            async move { r.poll(25).await }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let id = h.create(empty()).await["id"].as_str().unwrap().to_owned();
-        let jobs = waiting.await.unwrap();
-        assert!(t0.elapsed() < Duration::from_secs(10), "woken by the create, not by the 25 s deadline");
+        let (id, jobs, waited) = create_during_long_poll(&h, &r).await;
+        assert!(waited < Duration::from_secs(10), "woken by the create, not by the 25 s deadline");
         assert!(matches!(&jobs[..], [j] if j.kind.sandbox_id() == id));
         // Claimed, not completed: not handed out again right away ...
         assert!(r.poll(0).await.is_empty());
@@ -352,15 +359,8 @@ async fn two_api_instances_on_postgres_share_jobs_and_route_changes() {
         let r = a.runner("r1");
         r.heartbeat(8, 16, 100).await;
         // A runner long-polls instance A; the sandbox is created through instance B.
-        let t0 = Instant::now();
-        let waiting = tokio::spawn({
-            let r = r.clone();
-            async move { r.poll(25).await }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let id = b.create(empty()).await["id"].as_str().unwrap().to_owned();
-        let jobs = waiting.await.unwrap();
-        assert!(t0.elapsed() < Duration::from_secs(10), "picked up by the database poll, not the 25 s deadline");
+        let (id, jobs, waited) = create_during_long_poll(&b, &r).await;
+        assert!(waited < Duration::from_secs(10), "picked up by the database poll, not the 25 s deadline");
         assert!(matches!(&jobs[..], [j] if j.kind.sandbox_id() == id));
         r.succeed(&jobs[0], &a.org).await;
         assert_eq!(b.state(&id).await, "started");

@@ -13,7 +13,7 @@ use super::state::{self, Action, JobTag, Plan};
 use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::{self, resize};
-use crate::store::sandboxes::{self, Row};
+use crate::store::sandboxes::{self, Row, Text};
 
 /// Carries out a lifecycle action through the state machine. `org: None` is the lifecycle timers (and the proxy's
 /// wake). `resize` is the request of [`Action::Resize`].
@@ -87,7 +87,7 @@ pub async fn act(
         }
     }
     if plan != Plan::Noop {
-        sandboxes::set_desired(&mut tx, &row.id, desired).await?;
+        sandboxes::set_text(&mut tx, &row.id, Text::Desired, desired).await?;
     }
     let after = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
     tx.commit().await?;
@@ -217,7 +217,7 @@ async fn delete_if_ephemeral(conn: &mut AnyConnection, row: &Row, now: i64) -> R
     let job = jobs::destroy::job(&row.id);
     jobs::enqueue(conn, runner, &job, SandboxState::Stopped, SandboxState::Destroying, now).await?;
     sandboxes::set_state(conn, &row.id, SandboxState::Destroying, None, now).await?;
-    sandboxes::set_desired(conn, &row.id, "destroyed").await
+    sandboxes::set_text(conn, &row.id, Text::Desired, "destroyed").await
 }
 
 /// Applies one unrequested report of `runner_id` about a sandbox (its state, and with a full report what it knows

@@ -23,6 +23,7 @@ use super::placement;
 use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
+use crate::store::sandboxes::Text;
 use crate::store::snapshots::SnapshotRow;
 use crate::store::{self, sandboxes, sha256_hex};
 use sandbar_proto::runner::SandboxState;
@@ -153,7 +154,7 @@ pub(crate) async fn link_sandbox(
     build: &Attached,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    sandboxes::set_build(conn, sandbox_id, &build.build_id).await?;
+    sandboxes::set_text(conn, sandbox_id, Text::Build, &build.build_id).await?;
     let waiting = match build.state.as_str() {
         "pending" => SandboxState::PendingBuild,
         "building" => SandboxState::BuildingSnapshot,

@@ -14,7 +14,7 @@ use super::state::{self, Action};
 use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
-use crate::store::sandboxes::{self, Row, Timer};
+use crate::store::sandboxes::{self, Row, Text, Timer};
 use crate::store::{self};
 
 /// What one pass of the timers did.
@@ -109,7 +109,7 @@ pub async fn pause(app: &App, org: &str, id: &str) -> ApiResult<Row> {
     let runner = row.runner_id.clone().ok_or_else(|| ApiError::conflict("the sandbox was never placed on a runner"))?;
     jobs::enqueue(&mut tx, &runner, &jobs::pause::plan(&row), row.stored_state(), next, now).await?;
     sandboxes::set_state(&mut tx, &row.id, next, None, now).await?;
-    sandboxes::set_desired(&mut tx, &row.id, "paused").await?;
+    sandboxes::set_text(&mut tx, &row.id, Text::Desired, "paused").await?;
     let after = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
     tx.commit().await?;
     app.wake_runner(&runner);
@@ -131,7 +131,7 @@ pub async fn resume_if_paused(app: &App, org: &str, id: &str) -> ApiResult<Optio
     let runner = row.runner_id.clone().ok_or_else(|| ApiError::conflict("the sandbox was never placed on a runner"))?;
     jobs::enqueue(&mut tx, &runner, &jobs::resume::plan(&row), row.stored_state(), next, now).await?;
     sandboxes::set_state(&mut tx, &row.id, next, None, now).await?;
-    sandboxes::set_desired(&mut tx, &row.id, "started").await?;
+    sandboxes::set_text(&mut tx, &row.id, Text::Desired, "started").await?;
     let after = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
     tx.commit().await?;
     app.wake_runner(&runner);

@@ -11,7 +11,7 @@ use crate::App;
 use crate::error::{ApiError, ApiResult, new_token};
 use crate::jobs;
 use crate::store::orgs;
-use crate::store::sandboxes::{self, NewRow, Row, Setting};
+use crate::store::sandboxes::{self, NewRow, Row, Setting, Text};
 use crate::store::snapshots;
 
 /// Daytona's defaults: stop after 15 idle minutes, archive after 7 stopped days, never delete.
@@ -43,6 +43,24 @@ pub(crate) fn check_range(name: &str, v: Option<i64>, max: i64, unit: &str) -> A
         }
         _ => Ok(()),
     }
+}
+
+/// Checks requested resources against the configured maxima (GPUs: none).
+pub(crate) fn check_resources(
+    app: &App,
+    cpu: Option<i64>,
+    memory: Option<i64>,
+    disk: Option<i64>,
+    gpu: Option<i64>,
+) -> ApiResult<()> {
+    let l = &app.config.limits;
+    check_range("cpu", cpu, l.max_cpu, "vCPU")?;
+    check_range("memory", memory, l.max_memory, "GiB")?;
+    check_range("disk", disk, l.max_disk, "GiB")?;
+    if gpu.unwrap_or(0) != 0 {
+        return Err(ApiError::bad_request("GPUs are not available on sandbar; omit gpu or set it to 0"));
+    }
+    Ok(())
 }
 
 /// The sandbox `id` (or name) of `org`, or 404.
@@ -217,7 +235,7 @@ pub async fn create(app: &App, org: &str, new: NewSandbox) -> ApiResult<Row> {
     sandboxes::insert(&mut tx, row).await?;
     sandboxes::write_labels(&mut tx, &id, &new.labels).await?;
     if let Some((parent, _)) = &link {
-        sandboxes::set_linked(&mut tx, &id, parent).await?;
+        sandboxes::set_text(&mut tx, &id, Text::Linked, parent).await?;
     }
     let waits_for_build = match &build {
         Some(b) => builds::link_sandbox(&mut tx, &id, b, now).await?,

@@ -131,15 +131,44 @@ async fn snapshot_build(app: &App, org: &str, id: &str) -> ApiResult<(String, St
     Ok((snap.id, build))
 }
 
+/// Whose build logs a request asks for.
+#[derive(Debug, Clone, Copy)]
+enum Of {
+    Sandbox,
+    Snapshot,
+}
+
+/// `(id, build id)` of the sandbox or snapshot `id` of `org`.
+async fn build_of(app: &App, org: &str, of: Of, id: &str) -> ApiResult<(String, String)> {
+    match of {
+        Of::Sandbox => sandbox_build(app, org, id).await,
+        Of::Snapshot => snapshot_build(app, org, id).await,
+    }
+}
+
+async fn logs_url(app: &App, caller: &Caller, headers: &HeaderMap, of: Of, id: &str) -> ApiResult<Response> {
+    let (id, _) = build_of(app, &caller.organization_id, of, id).await?;
+    let what = match of {
+        Of::Sandbox => "sandbox",
+        Of::Snapshot => "snapshots",
+    };
+    let url = format!("{}/api/{what}/{id}/build-logs", origin(headers, app));
+    Ok(Json(BuildLogsUrl { url }).into_response())
+}
+
+async fn logs(app: App, caller: &Caller, of: Of, id: &str, q: &QueryPairs) -> ApiResult<Response> {
+    let follow = q.bool("follow")?.unwrap_or(false);
+    let (_, build) = build_of(&app, &caller.organization_id, of, id).await?;
+    Ok(log_response(app, build, follow))
+}
+
 async fn sandbox_logs_url(
     State(app): State<App>,
     caller: Caller,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let (id, _) = sandbox_build(&app, &caller.organization_id, &id).await?;
-    let url = format!("{}/api/sandbox/{id}/build-logs", origin(&headers, &app));
-    Ok(Json(BuildLogsUrl { url }).into_response())
+    logs_url(&app, &caller, &headers, Of::Sandbox, &id).await
 }
 
 async fn snapshot_logs_url(
@@ -148,9 +177,7 @@ async fn snapshot_logs_url(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let (id, _) = snapshot_build(&app, &caller.organization_id, &id).await?;
-    let url = format!("{}/api/snapshots/{id}/build-logs", origin(&headers, &app));
-    Ok(Json(BuildLogsUrl { url }).into_response())
+    logs_url(&app, &caller, &headers, Of::Snapshot, &id).await
 }
 
 async fn sandbox_logs(
@@ -159,9 +186,7 @@ async fn sandbox_logs(
     Path(id): Path<String>,
     q: QueryPairs,
 ) -> ApiResult<Response> {
-    let follow = q.bool("follow")?.unwrap_or(false);
-    let (_, build) = sandbox_build(&app, &caller.organization_id, &id).await?;
-    Ok(log_response(app, build, follow))
+    logs(app, &caller, Of::Sandbox, &id, &q).await
 }
 
 async fn snapshot_logs(
@@ -170,9 +195,7 @@ async fn snapshot_logs(
     Path(id): Path<String>,
     q: QueryPairs,
 ) -> ApiResult<Response> {
-    let follow = q.bool("follow")?.unwrap_or(false);
-    let (_, build) = snapshot_build(&app, &caller.organization_id, &id).await?;
-    Ok(log_response(app, build, follow))
+    logs(app, &caller, Of::Snapshot, &id, &q).await
 }
 
 /// Where a log reader is.

@@ -17,7 +17,7 @@ use super::error::{ApiError, ApiResult, Json, Path, QueryPairs};
 use crate::App;
 use crate::domain::apply::act;
 use crate::domain::sandboxes::{
-    self, Change, DEFAULT_AUTO_ARCHIVE, DEFAULT_AUTO_DELETE, DEFAULT_AUTO_STOP, ImageAsk, NewSandbox, check_range,
+    self, Change, DEFAULT_AUTO_ARCHIVE, DEFAULT_AUTO_DELETE, DEFAULT_AUTO_STOP, ImageAsk, NewSandbox, check_resources,
 };
 use crate::domain::state::{self, Action};
 use crate::domain::{lifecycle, network};
@@ -51,13 +51,7 @@ pub(super) fn ok(app: &App, row: &Row) -> Response {
 
 /// Checks what can be checked without the database, in the order the SDK's users meet the errors.
 fn check_create(app: &App, body: &CreateSandboxBody) -> ApiResult<Option<String>> {
-    let l = app.config.limits;
-    check_range("cpu", body.cpu, l.max_cpu, "vCPU")?;
-    check_range("memory", body.memory, l.max_memory, "GiB")?;
-    check_range("disk", body.disk, l.max_disk, "GiB")?;
-    if body.gpu.unwrap_or(0) != 0 {
-        return Err(ApiError::bad_request("GPUs are not available on sandbar; omit gpu or set it to 0"));
-    }
+    check_resources(app, body.cpu, body.memory, body.disk, body.gpu)?;
     if body.kvm.unwrap_or(false) {
         return Err(ApiError::bad_request("KVM is not available on sandbar; omit kvm or set it to false"));
     }

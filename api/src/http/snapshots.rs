@@ -14,7 +14,7 @@ use super::error::{ApiError, ApiResult, Json, Path, QueryPairs};
 use crate::App;
 use crate::clock::iso;
 use crate::domain::builds::{self, Source};
-use crate::domain::sandboxes::{check_name, check_range};
+use crate::domain::sandboxes::{check_name, check_resources};
 use crate::domain::snapshots::{self, NewImageSnapshot, find_snapshot};
 use crate::store::snapshots::{self as rows, SnapshotRow};
 
@@ -97,13 +97,8 @@ pub fn routes() -> Router<App> {
 async fn create(State(app): State<App>, caller: Caller, Json(body): Json<CreateSnapshotBody>) -> ApiResult<Response> {
     let name = body.name.trim();
     check_name(name, "snapshot")?;
+    check_resources(&app, body.cpu, body.memory, body.disk, body.gpu)?;
     let l = app.config.limits;
-    check_range("cpu", body.cpu, l.max_cpu, "vCPU")?;
-    check_range("memory", body.memory, l.max_memory, "GiB")?;
-    check_range("disk", body.disk, l.max_disk, "GiB")?;
-    if body.gpu.unwrap_or(0) != 0 {
-        return Err(ApiError::bad_request("GPUs are not available on sandbar; omit gpu or set it to 0"));
-    }
     let (image, dockerfile) = match (&body.image_name, &body.build_info) {
         (Some(i), _) if !i.trim().is_empty() => (i.trim().to_owned(), None),
         (_, Some(bi)) => {

@@ -11,7 +11,7 @@ use crate::domain::apply::{Failure, JobDone, Next, settle};
 use crate::domain::sandboxes::check_range;
 use crate::domain::{quota, state};
 use crate::error::{ApiError, ApiResult};
-use crate::store::sandboxes::{self, Row};
+use crate::store::sandboxes::{self, Row, Text};
 
 /// What a resize asks for (`None`: unchanged).
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,7 +72,7 @@ pub(super) async fn on_result(done: &mut JobDone<'_>, job: &ResizeSandbox) -> Ap
             let reason = format!("resize failed ({code:?}): {message}");
             tracing::warn!(sandbox_id = %step.row.id, %reason, "resize failed");
             done.set_state(&step.row.id, done.prev, None).await?;
-            sandboxes::set_error_reason(done.conn, &step.row.id, &reason).await?;
+            sandboxes::set_text(done.conn, &step.row.id, Text::ErrorReason, &reason).await?;
             Ok(())
         }
         JobOutcome::Succeeded { .. } if step.in_step => {

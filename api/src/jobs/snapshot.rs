@@ -14,15 +14,11 @@ pub fn plan(row: &Row, image: String) -> JobKind {
 }
 
 pub(super) async fn on_result(done: &mut JobDone<'_>, job: &SnapshotSandbox) -> ApiResult<()> {
-    match done.outcome {
-        JobOutcome::Succeeded { snapshot, .. } => {
-            let size = snapshot.as_ref().and_then(|s| i64::try_from(s.size).ok());
-            snapshots::made(done.conn, &job.image, size, done.now).await?;
-        }
-        JobOutcome::Failed { code, message } => {
-            snapshots::not_made(done.conn, &job.image, &format!("{message} ({code:?})"), done.now).await?;
-        }
-    }
+    let made = match done.outcome {
+        JobOutcome::Succeeded { snapshot, .. } => Ok(snapshot.as_ref().and_then(|s| i64::try_from(s.size).ok())),
+        JobOutcome::Failed { code, message } => Err(format!("{message} ({code:?})")),
+    };
+    snapshots::end_pending(done.conn, &job.image, made, done.now).await?;
     let Some(step) = done.sandbox(&job.sandbox_id).await? else { return Ok(()) };
     settle(done, &step, Next::Reported { or: SandboxState::Started }, Failure::Previous).await
 }

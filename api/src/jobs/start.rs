@@ -4,7 +4,7 @@ use sandbar_proto::runner::{JobKind, JobOutcome, SandboxState};
 
 use crate::domain::apply::{Failure, JobDone, Next, Step, settle};
 use crate::error::{ApiResult, new_token};
-use crate::store::sandboxes::{self, Row};
+use crate::store::sandboxes::{self, Row, Text};
 
 pub fn plan(row: &Row) -> JobKind {
     JobKind::StartSandbox { sandbox_id: row.id.clone() }
@@ -19,7 +19,7 @@ pub(super) async fn on_result(done: &mut JobDone<'_>, sandbox_id: &str) -> ApiRe
 /// Preview tokens rotate on every (successful) start, so a URL handed out before a stop does not outlive it.
 pub(super) async fn rotate_preview_token(done: &mut JobDone<'_>, step: &Step) -> ApiResult<()> {
     if step.in_step && matches!(done.outcome, JobOutcome::Succeeded { .. }) {
-        sandboxes::set_preview_token(done.conn, &step.row.id, &new_token(24)?).await?;
+        sandboxes::set_text(done.conn, &step.row.id, Text::PreviewToken, &new_token(24)?).await?;
     }
     Ok(())
 }

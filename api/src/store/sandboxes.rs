@@ -147,26 +147,6 @@ pub async fn set_state(
     Ok(())
 }
 
-/// Sets the state the user asked for last (`desired_state`).
-pub async fn set_desired(conn: &mut AnyConnection, sandbox_id: &str, desired: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE sandboxes SET desired_state = $1 WHERE id = $2")
-        .bind(desired)
-        .bind(sandbox_id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Sets the reason shown with the sandbox (without changing its state).
-pub async fn set_error_reason(conn: &mut AnyConnection, sandbox_id: &str, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE sandboxes SET error_reason = $1 WHERE id = $2")
-        .bind(reason)
-        .bind(sandbox_id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// The id of a live sandbox of `org` named `name`.
 pub async fn live_named(conn: &mut AnyConnection, org: &str, name: &str) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM sandboxes WHERE organization_id = $1 AND name = $2 AND state <> 'destroyed'")
@@ -274,16 +254,6 @@ pub async fn insert_fork(
     Ok(())
 }
 
-/// Sets the sandbox a new one is linked to.
-pub async fn set_linked(conn: &mut AnyConnection, id: &str, parent: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE sandboxes SET linked_sandbox_id = $1 WHERE id = $2")
-        .bind(parent)
-        .bind(id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Replaces a sandbox's labels (the JSON column and the rows the list filter reads).
 pub async fn set_labels(
     conn: &mut AnyConnection,
@@ -310,6 +280,34 @@ pub async fn write_labels(
             .execute(&mut *conn)
             .await?;
     }
+    Ok(())
+}
+
+/// A text column of a sandbox that changes on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Text {
+    /// The state the user asked for last (`desired_state`).
+    Desired,
+    /// The reason shown with the sandbox (its state unchanged).
+    ErrorReason,
+    /// The token of its preview URLs (it rotates on every start).
+    PreviewToken,
+    /// The build of its image.
+    Build,
+    /// The sandbox a new one is linked to.
+    Linked,
+}
+
+/// Sets one text column.
+pub async fn set_text(conn: &mut AnyConnection, id: &str, column: Text, value: &str) -> Result<(), sqlx::Error> {
+    let q = match column {
+        Text::Desired => "UPDATE sandboxes SET desired_state = $1 WHERE id = $2",
+        Text::ErrorReason => "UPDATE sandboxes SET error_reason = $1 WHERE id = $2",
+        Text::PreviewToken => "UPDATE sandboxes SET preview_token = $1 WHERE id = $2",
+        Text::Build => "UPDATE sandboxes SET build_id = $1 WHERE id = $2",
+        Text::Linked => "UPDATE sandboxes SET linked_sandbox_id = $1 WHERE id = $2",
+    };
+    sqlx::query(q).bind(value).bind(id).execute(conn).await?;
     Ok(())
 }
 
@@ -371,12 +369,6 @@ pub async fn set_resources(
     Ok(())
 }
 
-/// Sets a new preview token (they rotate on every start).
-pub async fn set_preview_token(conn: &mut AnyConnection, id: &str, token: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE sandboxes SET preview_token = $1 WHERE id = $2").bind(token).bind(id).execute(conn).await?;
-    Ok(())
-}
-
 /// Records what a runner says about a sandbox's daemon; `ssh_addr` is derived from it by the caller.
 pub async fn record_info(
     conn: &mut AnyConnection,
@@ -392,12 +384,6 @@ pub async fn record_info(
     .bind(&info.id)
     .execute(conn)
     .await?;
-    Ok(())
-}
-
-/// Ties a sandbox to the build of its image.
-pub async fn set_build(conn: &mut AnyConnection, id: &str, build_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE sandboxes SET build_id = $1 WHERE id = $2").bind(build_id).bind(id).execute(conn).await?;
     Ok(())
 }
 

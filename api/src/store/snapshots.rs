@@ -150,26 +150,23 @@ pub async fn delete(conn: &mut AnyConnection, id: &str) -> Result<(), sqlx::Erro
     Ok(())
 }
 
-/// A pending snapshot of `image` is made: `active` with its size in bytes.
-pub async fn made(conn: &mut AnyConnection, image: &str, size: Option<i64>, now: i64) -> Result<(), sqlx::Error> {
+/// A pending snapshot of `image` ends: `active` with its size in bytes, or `error` with the reason.
+pub async fn end_pending(
+    conn: &mut AnyConnection,
+    image: &str,
+    made: Result<Option<i64>, String>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let (state, size, reason) = match made {
+        Ok(size) => ("active", size, None),
+        Err(reason) => ("error", None, Some(reason)),
+    };
     sqlx::query(
-        "UPDATE snapshots SET state = 'active', size = $1, error_reason = NULL, updated_at = $2 \
-         WHERE image_name = $3 AND state = 'pending'",
+        "UPDATE snapshots SET state = $1, size = $2, error_reason = $3, updated_at = $4 \
+         WHERE image_name = $5 AND state = 'pending'",
     )
+    .bind(state)
     .bind(size)
-    .bind(now)
-    .bind(image)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// A pending snapshot of `image` could not be made: `error` with the reason.
-pub async fn not_made(conn: &mut AnyConnection, image: &str, reason: &str, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE snapshots SET state = 'error', error_reason = $1, updated_at = $2 \
-         WHERE image_name = $3 AND state = 'pending'",
-    )
     .bind(reason)
     .bind(now)
     .bind(image)
