@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use sandbar_proto::api::{HEARTBEAT_INTERVAL_SECS, PROXY_TOKEN_ENV, RUNNER_TOKEN_ENV, RUNNER_UNREACHABLE_AFTER_SECS};
 
-/// Everything `sandbar-api` (or `sandbar up`, in-process) needs. Every field documents its default.
+/// Everything `sandbar-api` needs (`sandbar up` passes it as flags to the `sandbar-api` child it starts). Every
+/// field documents its default.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free one).
@@ -118,7 +119,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// A configuration with every default, for tests and `sandbar up`.
+    /// A configuration with every default, for tests and embedders.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),

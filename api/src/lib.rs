@@ -1,26 +1,28 @@
 //! sandbar-api: the control plane. It serves the Daytona-compatible REST API under `/api` (sandboxes, SSH access,
-//! preview URLs), owns organizations, API keys and quotas, the sandbox state machine ([`state`]), the job queue
-//! runners long-poll ([`runners`]), lifecycle timers ([`lifecycle`]) and route lookups for the proxy
-//! ([`internal`]), stored with sqlx in SQLite (embedded default) or PostgreSQL (several API instances).
+//! preview URLs), owns organizations, API keys and quotas, the sandbox state machine, the job queue runners
+//! long-poll, lifecycle timers and route lookups for the proxy, stored with sqlx in SQLite (embedded default) or
+//! PostgreSQL (several API instances).
 //!
-//! Embedding (what `sandbar up` does): [`Config::new`], [`App::open`], [`bootstrap`] once for the first key,
-//! then [`App::serve`] with a bound listener and a cancellation token; or [`serve`] for all of it.
+//! Three layers, each calling only the next: [`http`] (parse, authenticate, shape the answer) calls [`domain`]
+//! (the decisions) and [`jobs`] (one file per runner job kind), which read and write rows through [`store`] (the
+//! only place with SQL).
+//!
+//! Embedding: [`Config::new`], [`App::open`], [`bootstrap`] once for the first key, then [`App::serve`] with a
+//! bound listener and a cancellation token; or [`serve`] for all of it. (`sandbar up` does not embed it: it runs
+//! the `sandbar-api` binary as a child process.)
 
-pub mod auth;
-pub mod builds;
 pub mod clock;
 pub mod config;
-pub mod db;
+pub mod domain;
 pub mod error;
-pub mod fork;
-pub mod internal;
-pub mod lifecycle;
-pub mod network;
-pub mod openapi;
-pub mod runners;
-pub mod sandbox;
-pub mod snapshots;
-pub mod state;
+pub mod http;
+pub mod jobs;
+pub mod store;
+
+/// The lifecycle timers, under the path embedders and tests use.
+pub use domain::lifecycle;
+/// Organizations and API keys, under the path embedders and benchmarks use.
+pub use store::orgs as auth;
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -28,16 +30,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{Bootstrap, create_api_key, create_organization, revoke_api_key};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Limits};
-pub use db::{Db, DbKind};
-use error::ApiError;
+pub use store::orgs::{Bootstrap, create_api_key, create_organization, revoke_api_key};
+pub use store::{Db, DbKind};
 
 /// Shared state of one API instance.
 #[derive(Clone)]
@@ -78,14 +78,16 @@ impl App {
 
     /// The wake-up of `runner_id`'s long-polls.
     pub(crate) fn job_notify(&self, runner_id: &str) -> Arc<Notify> {
-        let mut map = self.job_notify.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = sandbar_support::sync::lock(&self.job_notify);
         map.entry(runner_id.to_owned()).or_default().clone()
     }
 
+    /// Wakes `runner_id`'s long-polls: a job for it was queued (or may now be claimable).
     pub(crate) fn wake_runner(&self, runner_id: &str) {
         self.job_notify(runner_id).notify_waiters();
     }
 
+    /// Wakes route-change long-polls and everything that waits for a sandbox to change.
     pub(crate) fn wake_routes(&self) {
         self.route_notify.notify_waiters();
     }
@@ -100,23 +102,7 @@ impl App {
     }
 
     pub fn router(&self) -> Router {
-        let api = Router::new()
-            .merge(sandbox::routes())
-            .merge(fork::routes())
-            .merge(snapshots::routes())
-            .merge(builds::routes())
-            .merge(runners::routes())
-            .merge(internal::routes())
-            .merge(openapi::routes())
-            .fallback(|| async { ApiError::not_found("no such endpoint") })
-            .method_not_allowed_fallback(|| async {
-                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
-            });
-        Router::new()
-            .nest("/api", api)
-            .fallback(|| async { ApiError::not_found("no such endpoint (the API lives under /api)") })
-            .layer(tower_http::trace::TraceLayer::new_for_http())
-            .with_state(self.clone())
+        http::router(self)
     }
 
     /// Serves on `listener` until `shutdown`, running the lifecycle timers every second meanwhile.
@@ -144,7 +130,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
 pub async fn bootstrap(config: &Config, org_name: &str) -> anyhow::Result<Bootstrap> {
     config.validate()?;
     let db = Db::open(&config.database_url()).await?;
-    let b = auth::bootstrap(&db, org_name, &config.limits, SystemClock.now_ms()).await?;
+    let b = store::orgs::bootstrap(&db, org_name, &config.limits, SystemClock.now_ms()).await?;
     db.pool.close().await;
     Ok(b)
 }

@@ -3,13 +3,9 @@
 //! report does not turn an archived sandbox (which has no container) into an error, and delete reaches the runner
 //! so it deletes the archive. SQLite and PostgreSQL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{FakeRunner, Harness, databases, started_sandbox};
 use reqwest::{Method, StatusCode};
 use sandbar_proto::runner::{Job, JobErrorCode, JobKind, Resources};
+use sandbar_testkit::api::{FakeRunner, Harness, databases, started_sandbox};
 use serde_json::{Value, json};
 
 async fn post(h: &Harness, id: &str, action: &str) -> (StatusCode, Value) {
@@ -158,7 +154,7 @@ async fn delete_of_archived_and_archiving_reaches_the_runner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn archived_sandboxes_hold_no_compute_and_restore_checks_the_quota() {
     for db in databases().await {
-        let mut config = common::config(&db.url);
+        let mut config = sandbar_testkit::api::config(&db.url);
         config.limits.quota_cpu = 4;
         let h = Harness::start_with(&db, config, Default::default()).await;
         let r = h.runner("r1");

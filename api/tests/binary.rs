@@ -1,8 +1,6 @@
 //! The `sandbar-api` binary: `bootstrap` prints a key once, `serve` on port 0 prints its ready line, answers with
 //! that key, and exits 0 on SIGTERM; bad configuration exits non-zero with a message.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::process::Stdio;
 use std::time::Duration;
 

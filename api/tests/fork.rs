@@ -3,21 +3,17 @@
 //! sourceSandboxId, error), the sandbox's round trip through `snapshotting`, and sandboxes created from such a
 //! snapshot landing on the runner that holds it. SQLite and PostgreSQL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{FakeRunner, Harness, databases, started_sandbox};
 use reqwest::{Method, StatusCode};
 use sandbar_proto::runner::{
     Job, JobErrorCode, JobKind, JobOutcome, JobResult, SandboxState, SnapshotImage, fork_image,
 };
+use sandbar_testkit::api::{FakeRunner, Harness, databases, started_sandbox};
 use serde_json::{Value, json};
 
 /// The runner a sandbox is placed on, among `runners`.
 fn runner_of<'a>(v: &Value, runners: &'a [FakeRunner]) -> &'a FakeRunner {
-    let id = v["runnerId"].as_str().unwrap();
-    runners.iter().find(|r| r.id == id).unwrap()
+    let id = v["runnerId"].as_str().unwrap_or_default();
+    runners.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("placed on no runner of the test: {v}"))
 }
 
 fn message(v: &Value) -> &str {
@@ -27,7 +23,7 @@ fn message(v: &Value) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fork_copies_the_spec_and_lands_on_the_source_runner() {
     for db in databases().await {
-        let mut config = common::config(&db.url);
+        let mut config = sandbar_testkit::api::config(&db.url);
         config.limits.quota_sandboxes = 4;
         let h = Harness::start_with(&db, config, Default::default()).await;
         let runners = [h.runner("r1"), h.runner("r2")];
@@ -309,7 +305,10 @@ async fn pause_then_start_resumes() {
         finish(&r, job, &h.org, SandboxState::Paused).await;
         assert_eq!(h.state(&id).await, "paused");
         // The proxy gets no address for a paused sandbox.
-        let route = h.req(Method::GET, &format!("/internal/routes/{id}"), Some(common::PROXY_TOKEN), None).await.1;
+        let route = h
+            .req(Method::GET, &format!("/internal/routes/{id}"), Some(sandbar_testkit::api::PROXY_TOKEN), None)
+            .await
+            .1;
         assert_eq!((route["state"].as_str(), route["daemonAddr"].as_str()), (Some("paused"), None), "{route}");
 
         // Pausing again is a no-op; forking a paused sandbox is refused.

@@ -2,17 +2,13 @@
 //! wake-ups, redelivery, idempotent results, reconciliation, unreachable runners, API restarts, and the proxy's
 //! internal surface (routes, route changes, authorize, SSH resolve). SQLite and PostgreSQL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Harness, PROXY_TOKEN, RUNNER_TOKEN, databases, empty, started_sandbox};
 use reqwest::{Method, StatusCode};
 use sandbar_proto::api::{Route, RouteChanges};
-use sandbar_proto::runner::{JobKind, SandboxState};
+use sandbar_proto::runner::{Job, SandboxState};
+use sandbar_testkit::api::{FakeRunner, Harness, PROXY_TOKEN, RUNNER_TOKEN, databases, empty, started_sandbox};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -80,21 +76,28 @@ async fn concurrent_long_polls_from_two_runners_never_share_a_job() {
     }
 }
 
+/// Creates a sandbox through `h` while `r` long-polls (up to 25 s): the sandbox's id, the jobs the poll got and
+/// how long it waited.
+async fn create_during_long_poll(h: &Harness, r: &FakeRunner) -> (String, Vec<Job>, Duration) {
+    let t0 = Instant::now();
+    let waiting = tokio::spawn({
+        let r = r.clone();
+        async move { r.poll(25).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = h.create(empty()).await["id"].as_str().unwrap_or_default().to_owned();
+    let jobs = waiting.await.unwrap_or_default();
+    (id, jobs, t0.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn long_poll_wakes_on_a_new_job_and_redelivers_unfinished_ones() {
     for db in databases().await {
         let h = Harness::start(&db).await;
         let r = h.runner("r1");
         r.heartbeat(8, 16, 100).await;
-        let t0 = Instant::now();
-        let waiting = tokio::spawn({
-            let r = r.clone();
-            async move { r.poll(25).await }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let id = h.create(empty()).await["id"].as_str().unwrap().to_owned();
-        let jobs = waiting.await.unwrap();
-        assert!(t0.elapsed() < Duration::from_secs(10), "woken by the create, not by the 25 s deadline");
+        let (id, jobs, waited) = create_during_long_poll(&h, &r).await;
+        assert!(waited < Duration::from_secs(10), "woken by the create, not by the 25 s deadline");
         assert!(matches!(&jobs[..], [j] if j.kind.sandbox_id() == id));
         // Claimed, not completed: not handed out again right away ...
         assert!(r.poll(0).await.is_empty());
@@ -131,11 +134,9 @@ async fn api_restart_mid_flight_loses_nothing() {
         let h = Harness::start(&db).await;
         let r = h.runner("r1");
         r.heartbeat(8, 16, 100).await;
-        let ids: Vec<String> =
-            [0, 1, 2].iter().map(|_| String::new()).collect::<Vec<_>>().into_iter().collect::<Vec<_>>();
-        let mut ids = ids;
-        for slot in ids.iter_mut() {
-            *slot = h.create(json!({"labels": {"k": "v"}})).await["id"].as_str().unwrap().to_owned();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(h.create(json!({"labels": {"k": "v"}})).await["id"].as_str().unwrap().to_owned());
         }
         let ssh = h.call(Method::POST, &format!("/sandbox/{}/ssh-access", ids[0]), None).await.1["token"]
             .as_str()
@@ -227,16 +228,6 @@ async fn placement_unreachable_runners_and_reconciliation() {
     }
 }
 
-async fn proxy_get<T: serde::de::DeserializeOwned>(h: &Harness, path: &str) -> (StatusCode, Option<T>) {
-    let resp = h.http.get(format!("{}{path}", h.base)).bearer_auth(PROXY_TOKEN).send().await.unwrap();
-    let s = resp.status();
-    (s, if s.is_success() { Some(resp.json().await.unwrap()) } else { None })
-}
-
-async fn proxy_post(h: &Harness, path: &str, body: Value) -> (StatusCode, Value) {
-    h.req(Method::POST, path, Some(PROXY_TOKEN), Some(body)).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn service_tokens_are_distinct_from_user_keys() {
     for db in databases().await {
@@ -260,7 +251,7 @@ async fn proxy_routes_changes_authorize_and_ssh() {
         let r = h.runner("r1");
         r.heartbeat(8, 16, 100).await;
         let id = started_sandbox(&h, &r, json!({})).await;
-        let (s, route) = proxy_get::<Route>(&h, &format!("/internal/routes/{id}")).await;
+        let (s, route) = h.proxy_get::<Route>(&format!("/internal/routes/{id}")).await;
         assert_eq!(s, StatusCode::OK);
         let route = route.unwrap();
         assert_eq!(route.state, SandboxState::Started);
@@ -269,10 +260,10 @@ async fn proxy_routes_changes_authorize_and_ssh() {
         assert_eq!(route.sandbox_ip.as_deref(), Some("172.17.0.9"));
         assert_eq!(route.daemon_token, format!("daemon-token-{id}"));
         assert_eq!(route.organization_id, h.org);
-        assert_eq!(proxy_get::<Route>(&h, "/internal/routes/nope").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(h.proxy_get::<Route>("/internal/routes/nope").await.0, StatusCode::NOT_FOUND);
 
         // Route changes: a long-poll from the current head wakes on the next change.
-        let (_, head) = proxy_get::<RouteChanges>(&h, "/internal/routes/changes?since=0").await;
+        let (_, head) = h.proxy_get::<RouteChanges>("/internal/routes/changes?since=0").await;
         let head = head.unwrap();
         assert!(head.sandbox_ids.contains(&id));
         let t0 = Instant::now();
@@ -295,12 +286,12 @@ async fn proxy_routes_changes_authorize_and_ssh() {
         assert!(t0.elapsed() < Duration::from_secs(10));
         assert_eq!(changed.sandbox_ids, vec![id.clone()]);
         assert!(changed.seq > head.seq);
-        let (_, route2) = proxy_get::<Route>(&h, &format!("/internal/routes/{id}")).await;
+        let (_, route2) = h.proxy_get::<Route>(&format!("/internal/routes/{id}")).await;
         let route2 = route2.unwrap();
         assert!(route2.version > route.version && route2.public);
 
         // Authorize: own key, another org's key, bad key, preview tokens, public ports.
-        let auth = |body: Value| proxy_post(&h, "/internal/authorize", body);
+        let auth = |body: Value| h.proxy_post("/internal/authorize", body);
         let (s, v) = auth(json!({"sandboxId": id, "port": 2280, "apiKey": h.key})).await;
         assert_eq!((s, v["organizationId"].as_str()), (StatusCode::OK, Some(h.org.as_str())));
         let (_, other) = h.new_org("other").await;
@@ -335,28 +326,26 @@ async fn proxy_routes_changes_authorize_and_ssh() {
         // SSH resolve.
         let ssh = h.call(Method::POST, &format!("/sandbox/{id}/ssh-access?expiresInMinutes=1"), None).await.1;
         let token = ssh["token"].as_str().unwrap().to_owned();
-        let (s, v) = proxy_post(&h, "/internal/ssh/resolve", json!({"token": token})).await;
+        let (s, v) = h.proxy_post("/internal/ssh/resolve", json!({"token": token})).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!((v["sandboxId"].as_str(), v["sshAddr"].as_str()), (Some(id.as_str()), Some("172.17.0.9:22220")));
-        let (s, v) = proxy_post(&h, "/internal/ssh/resolve", json!({"token": "nope"})).await;
+        let (s, v) = h.proxy_post("/internal/ssh/resolve", json!({"token": "nope"})).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert!(v["message"].as_str().unwrap().contains("unknown"));
         h.call(Method::POST, &format!("/sandbox/{id}/stop"), None).await;
         r.work(&h.org).await;
-        let (s, v) = proxy_post(&h, "/internal/ssh/resolve", json!({"token": token})).await;
+        let (s, v) = h.proxy_post("/internal/ssh/resolve", json!({"token": token})).await;
         assert_eq!(s, StatusCode::CONFLICT, "{v}");
         h.clock.advance_secs(61);
         r.heartbeat(8, 16, 100).await;
-        let (s, v) = proxy_post(&h, "/internal/ssh/resolve", json!({"token": token})).await;
+        let (s, v) = h.proxy_post("/internal/ssh/resolve", json!({"token": token})).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert!(v["message"].as_str().unwrap().contains("expired"));
         // A stopped sandbox's route has no daemon address.
-        let (_, route3) = proxy_get::<Route>(&h, &format!("/internal/routes/{id}")).await;
+        let (_, route3) = h.proxy_get::<Route>(&format!("/internal/routes/{id}")).await;
         let route3 = route3.unwrap();
         assert_eq!(route3.state, SandboxState::Stopped);
         assert!(route3.daemon_addr.is_none());
-        let kinds: HashSet<&str> = ["x"].into_iter().collect();
-        let _ = (kinds, JobKind::DestroySandbox { sandbox_id: String::new() });
         h.stop().await;
     }
 }
@@ -370,20 +359,13 @@ async fn two_api_instances_on_postgres_share_jobs_and_route_changes() {
         let r = a.runner("r1");
         r.heartbeat(8, 16, 100).await;
         // A runner long-polls instance A; the sandbox is created through instance B.
-        let t0 = Instant::now();
-        let waiting = tokio::spawn({
-            let r = r.clone();
-            async move { r.poll(25).await }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let id = b.create(empty()).await["id"].as_str().unwrap().to_owned();
-        let jobs = waiting.await.unwrap();
-        assert!(t0.elapsed() < Duration::from_secs(10), "picked up by the database poll, not the 25 s deadline");
+        let (id, jobs, waited) = create_during_long_poll(&b, &r).await;
+        assert!(waited < Duration::from_secs(10), "picked up by the database poll, not the 25 s deadline");
         assert!(matches!(&jobs[..], [j] if j.kind.sandbox_id() == id));
         r.succeed(&jobs[0], &a.org).await;
         assert_eq!(b.state(&id).await, "started");
         // Route changes made through B reach a proxy long-polling A.
-        let (_, head) = proxy_get::<RouteChanges>(&a, "/internal/routes/changes?since=0").await;
+        let (_, head) = a.proxy_get::<RouteChanges>("/internal/routes/changes?since=0").await;
         let since = head.unwrap().seq;
         let waiter = tokio::spawn({
             let (http, base) = (a.http.clone(), a.base.clone());

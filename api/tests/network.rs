@@ -3,13 +3,9 @@
 //! sandbox's runner to apply them, a failure that shows, and `linkedSandbox`. SQLite and, when reachable,
 //! PostgreSQL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{FakeRunner, Harness, databases, empty, started_sandbox};
 use reqwest::{Method, StatusCode};
 use sandbar_proto::runner::{Job, JobErrorCode, JobKind};
+use sandbar_testkit::api::{FakeRunner, Harness, databases, empty, started_sandbox};
 use serde_json::{Value, json};
 
 async fn settings(h: &Harness, id: &str, body: Value) -> (StatusCode, Value) {

@@ -2,12 +2,8 @@
 //! list filters and paging, quotas, validation errors, preview URLs, SSH access, and the OpenAPI document.
 //! Every test runs on SQLite and, when reachable, PostgreSQL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{Harness, databases, empty, started_sandbox};
 use reqwest::{Method, StatusCode};
+use sandbar_testkit::api::{Harness, databases, empty, started_sandbox};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -240,7 +236,7 @@ fn urlencode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quotas_are_enforced_at_create_start_and_resize() {
     for db in databases().await {
-        let mut config = common::config(&db.url);
+        let mut config = sandbar_testkit::api::config(&db.url);
         config.limits.quota_cpu = 4;
         config.limits.quota_memory = 8;
         config.limits.quota_disk = 20;
@@ -353,7 +349,7 @@ async fn openapi_document_parses_and_lists_every_routed_path() {
         assert!(sandbox["properties"].get(f).is_some(), "SandboxDto.{f}");
     }
     // Every documented operation is routed: no "no such endpoint" and no 405 for it.
-    for (method, path, ..) in sandbar_api::openapi::OPERATIONS {
+    for (method, path, ..) in sandbar_api::http::openapi::OPERATIONS {
         let concrete: String =
             path.split('/').map(|s| if s.starts_with('{') { "1" } else { s }).collect::<Vec<_>>().join("/");
         let m = Method::from_bytes(method.as_bytes()).unwrap();

@@ -2,14 +2,10 @@
 //! api/tests/sdk_client.py. Needs the repository's `.venv` (scripts/setup) or `SANDBAR_PYTHON`; without either it
 //! skips loudly, and fails in CI.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Harness, databases};
+use sandbar_testkit::api::{Harness, databases};
 use tokio_util::sync::CancellationToken;
 
 fn python() -> Option<PathBuf> {

@@ -12,14 +12,15 @@ use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Ref, Required, ResponseBuilder,
 };
 
-use crate::App;
-use crate::fork::{CreateSandboxSnapshotBody, ForkSandboxBody};
-use crate::network::NetworkSettingsBody;
-use crate::sandbox::{
+use super::builds::BuildLogsUrl;
+use super::dto::{
     CreateSandboxBody, LabelsBody, ListSandboxesResponse, PortPreviewUrl, ResizeBody, SandboxDto, SignedPortPreviewUrl,
     SshAccessDto, SshAccessValidationDto, ToolboxProxyUrl,
 };
-use crate::snapshots::{CreateSnapshotBody, PaginatedSnapshots, SnapshotDto};
+use super::fork::{CreateSandboxSnapshotBody, ForkSandboxBody};
+use super::network::NetworkSettingsBody;
+use super::snapshots::{CreateSnapshotBody, PaginatedSnapshots, SnapshotDto};
+use crate::App;
 
 /// `(method, path under /api, operation id, request schema, success status, response schema, audience)`.
 pub type Operation =
@@ -241,7 +242,7 @@ pub fn document() -> OpenApi {
         .schema_from::<PaginatedSnapshots>()
         .schema_from::<CreateSnapshotBody>()
         .schema_from::<NetworkSettingsBody>()
-        .schema_from::<crate::builds::BuildLogsUrl>()
+        .schema_from::<BuildLogsUrl>()
         .schema_from::<ForkSandboxBody>()
         .schema_from::<CreateSandboxSnapshotBody>()
         .build();

@@ -1,6 +1,6 @@
-//! Test harness: the API in-process on 127.0.0.1:0 with a hand-moved clock, on a temporary SQLite file and (when
-//! PostgreSQL is reachable) on a fresh PostgreSQL database; a fake runner speaking the job protocol over HTTP.
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
+//! The API in-process on 127.0.0.1:0 with a hand-moved clock ([`Harness`]), on a temporary SQLite file and (when
+//! PostgreSQL is reachable) on a fresh PostgreSQL database ([`databases`]), and a fake runner speaking the job
+//! protocol over HTTP ([`FakeRunner`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ pub const PROXY_TOKEN: &str = "proxy-secret-token";
 const DEFAULT_PG: &str = "postgres://sandbar:sandbar@127.0.0.1:5432/sandbar_test";
 
 /// A database for one test: a SQLite file in a temp dir, or a PostgreSQL database created for it.
+#[derive(Debug)]
 pub struct TestDb {
     pub url: String,
     pub label: &'static str,
@@ -70,6 +71,7 @@ async fn fresh_pg(admin_url: &str) -> Result<String, sqlx::Error> {
     Ok(format!("{base}/{name}"))
 }
 
+#[derive(Debug)]
 pub struct Harness {
     pub app: App,
     pub clock: Arc<ManualClock>,
@@ -83,6 +85,7 @@ pub struct Harness {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// An API config for tests on `db_url`: port 0, fixed service tokens, a proxy at `proxy.test`.
 pub fn config(db_url: &str) -> Config {
     let mut c = Config::new("/nonexistent");
     c.database_url = Some(db_url.to_owned());
@@ -199,6 +202,36 @@ impl Harness {
         v
     }
 
+    /// A GET of `url` (a whole URL) with this harness' key, read to its end: `(status, content type, text)`.
+    pub async fn get_text(&self, url: &str) -> (StatusCode, String, String) {
+        let mut resp =
+            self.http.get(url).bearer_auth(&self.key).timeout(Duration::from_secs(30)).send().await.expect("get");
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut text = Vec::new();
+        while let Some(chunk) = resp.chunk().await.expect("chunk") {
+            text.extend_from_slice(&chunk);
+        }
+        (status, content_type, String::from_utf8(text).expect("utf-8"))
+    }
+
+    /// A GET with the proxy's token; the JSON answer when it succeeded.
+    pub async fn proxy_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> (StatusCode, Option<T>) {
+        let resp = self.http.get(format!("{}{path}", self.base)).bearer_auth(PROXY_TOKEN).send().await.expect("send");
+        let s = resp.status();
+        (s, if s.is_success() { Some(resp.json().await.expect("json")) } else { None })
+    }
+
+    /// A POST with the proxy's token.
+    pub async fn proxy_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.req(Method::POST, path, Some(PROXY_TOKEN), Some(body)).await
+    }
+
     pub fn runner(&self, id: &str) -> FakeRunner {
         FakeRunner { id: id.to_owned(), base: self.base.clone(), http: self.http.clone() }
     }
@@ -208,8 +241,8 @@ impl Harness {
     }
 }
 
-/// A runner that speaks the job protocol over HTTP and "runs" sandboxes in a map.
-#[derive(Clone)]
+/// A runner that speaks the job protocol over HTTP and reports every job done as its test asks.
+#[derive(Debug, Clone)]
 pub struct FakeRunner {
     pub id: String,
     pub base: String,
@@ -281,6 +314,7 @@ impl FakeRunner {
     /// Reports `job` done, with the sandbox in the state the job leads to.
     pub async fn succeed(&self, job: &Job, org: &str) -> StatusCode {
         use sandbar_proto::runner::JobKind as K;
+        let started = |id: &str| Some(Box::new(self.info(id, org, SandboxState::Started)));
         let sandbox = match &job.kind {
             // A real runner reports the sandbox's actual state after a resize; this one does not know it.
             K::DestroySandbox { .. } | K::ResizeSandbox(_) => None,
@@ -290,7 +324,16 @@ impl FakeRunner {
                 (info.container_id, info.daemon_addr) = (String::new(), None);
                 Some(Box::new(info))
             }
-            k => Some(Box::new(self.info(k.sandbox_id(), org, SandboxState::Started))),
+            K::CreateSandbox(_)
+            | K::StartSandbox { .. }
+            | K::UpdateSandboxNetwork(_)
+            | K::RestoreSandbox(_)
+            | K::BuildSnapshot(_)
+            | K::ForkSandbox(_)
+            | K::SnapshotSandbox(_)
+            | K::RemoveSnapshot(_)
+            | K::PauseSandbox { .. }
+            | K::ResumeSandbox { .. } => started(job.kind.sandbox_id()),
         };
         self.result(JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox, snapshot: None } })
             .await
@@ -325,6 +368,7 @@ pub async fn started_sandbox(h: &Harness, runner: &FakeRunner, body: Value) -> S
     id
 }
 
+/// The body the Daytona SDK sends for a default sandbox.
 pub fn empty() -> Value {
     json!({"env": {}, "labels": {"code-toolbox-language": "python"}, "volumes": []})
 }

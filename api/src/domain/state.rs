@@ -1,9 +1,30 @@
-//! The sandbox state machine, in one place: which user actions each Daytona state allows, what state and runner
-//! job they lead to, and how runner reports move a sandbox. Every handler asks [`plan`]; a refusal is a 400 whose
-//! message says why and what would work.
+//! The sandbox state machine's rules, in one place: which user actions each Daytona state allows, what state and
+//! runner job they lead to ([`plan`], [`plan_copy`], [`plan_pause`], [`plan_resume`]), how unrequested runner
+//! reports move a sandbox ([`observe`]), and the state users see ([`Row::effective_state`]). A refusal is a 400
+//! whose message says why and what would work. Pure functions: `super::apply` carries the decisions out, and each
+//! job kind's result is applied by `crate::jobs`.
 
 use SandboxState as S;
 use sandbar_proto::runner::SandboxState;
+
+use crate::App;
+pub use crate::store::IDLE_STATES_SQL;
+use crate::store::sandboxes::Row;
+pub use crate::store::sandboxes::parse_state as parse;
+
+impl Row {
+    /// True when the sandbox sits on a runner that stopped heartbeating.
+    pub fn runner_unreachable(&self, app: &App, now_ms: i64) -> bool {
+        self.runner_id.is_some()
+            && self.stored_state() != SandboxState::Destroyed
+            && self.runner_seen.is_none_or(|seen| seen < now_ms - super::placement::unreachable_after_ms(&app.config))
+    }
+
+    /// The state users and the proxy see: `unknown` while the runner is unreachable.
+    pub fn effective_state(&self, app: &App, now_ms: i64) -> SandboxState {
+        if self.runner_unreachable(app, now_ms) { SandboxState::Unknown } else { self.stored_state() }
+    }
+}
 
 /// What a user (or a lifecycle timer) asks of a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,13 +228,6 @@ pub fn plan_resume(state: SandboxState) -> Option<Plan> {
 /// States whose sandboxes hold CPU and memory (for quotas and placement).
 pub fn holds_compute(state: SandboxState) -> bool {
     !matches!(state, S::Stopped | S::Archiving | S::Archived | S::Destroyed | S::Error | S::BuildFailed)
-}
-
-/// SQL list of the states of [`holds_compute`]'s complement, for queries.
-pub const IDLE_STATES_SQL: &str = "('stopped','archiving','archived','destroyed','error','build_failed')";
-
-pub fn parse(s: &str) -> SandboxState {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(S::Unknown)
 }
 
 #[cfg(test)]

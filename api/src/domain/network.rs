@@ -1,36 +1,24 @@
 //! Network settings of sandboxes: Daytona's `networkBlockAll` / `networkAllowList` (comma-separated IPv4 CIDRs)
-//! checked at create and by `POST /sandbox/{id}/network-settings`, `linkedSandbox` at create, and the runner jobs
-//! that carry them. The runner enforces them (runner/src/network.rs); the rows here are what a re-created sandbox
-//! (recover, restore) gets, and every change is also sent to the sandbox's runner, which keeps it for the next
-//! start when the sandbox is not running.
+//! checked at create and on change, `linkedSandbox` at create, and the runner jobs that carry them. The runner
+//! enforces them (its firewall); the rows here are what a re-created sandbox (recover, restore) gets, and every
+//! change is also sent to the sandbox's runner, which keeps it for the next start when the sandbox is not running.
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use sandbar_proto::network::{NetworkPolicy, UpdateSandboxNetwork, parse_allow_list};
-use sandbar_proto::runner::{JobKind, SandboxState};
-use serde::Deserialize;
+use ::http::StatusCode;
+use sandbar_proto::network::{NetworkPolicy, parse_allow_list};
+use sandbar_proto::runner::SandboxState;
 use sqlx::AnyConnection;
 
+use super::state;
 use crate::App;
-use crate::auth::Caller;
-use crate::db::b;
-use crate::error::{ApiError, ApiResult, Json, Path};
-use crate::sandbox::{self, Row};
-use crate::state;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs;
+use crate::store::sandboxes::{self, Row};
+use crate::store::{self, b};
 
-/// How long `network-settings` waits for a running sandbox's runner to apply the change before answering.
+/// How long a change waits for a running sandbox's runner to apply it before answering.
 const APPLY_WAIT: Duration = Duration::from_secs(15);
-
-/// Daytona's `UpdateSandboxNetworkSettings`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NetworkSettingsBody {
-    pub network_block_all: Option<bool>,
-    pub network_allow_list: Option<String>,
-    pub domain_allow_list: Option<String>,
-}
 
 /// Refuses a domain allow list: sandbar filters by address only, and a list it ignored would be a false promise.
 pub(crate) fn refuse_domains(domains: Option<&str>) -> ApiResult<()> {
@@ -70,7 +58,7 @@ pub(crate) async fn resolve_link(
     linked: &str,
     auto_delete: i64,
 ) -> ApiResult<(String, String)> {
-    let parent = sandbox::load(app, conn, Some(org), linked, false)
+    let parent = sandboxes::load(app.db.kind, conn, Some(org), linked, false)
         .await?
         .filter(|p| !matches!(p.stored_state(), SandboxState::Destroyed | SandboxState::Destroying))
         .ok_or_else(|| ApiError::bad_request(format!("linkedSandbox {linked} not found")))?;
@@ -91,53 +79,41 @@ pub(crate) async fn resolve_link(
     Ok((parent.id, runner))
 }
 
-/// `POST /sandbox/{id}/network-settings`: records the new settings, hands them to the runner and, for a started
-/// sandbox, answers once they are in effect (or after [`APPLY_WAIT`], when the runner is slow).
-pub(crate) async fn update(
-    app: axum::extract::State<App>,
-    caller: Caller,
-    Path(id): Path<String>,
-    Json(body): Json<NetworkSettingsBody>,
-) -> ApiResult<Response> {
-    if body.network_block_all.is_none() && body.network_allow_list.is_none() && body.domain_allow_list.is_none() {
-        return Err(ApiError::bad_request(
-            "at least one of networkBlockAll, networkAllowList or domainAllowList must be set",
-        ));
-    }
-    refuse_domains(body.domain_allow_list.as_deref())?;
-    let allow = body.network_allow_list.as_deref().map(normalise_allow_list).transpose()?;
+/// A change of network settings, checked already (`allow_list`: `Some(None)` clears the list).
+#[derive(Debug, Default)]
+pub struct Change {
+    pub block_all: Option<bool>,
+    pub allow_list: Option<Option<String>>,
+}
+
+/// Records new settings, hands them to the runner and, for a started sandbox, returns once they are in effect
+/// (or after [`APPLY_WAIT`], when the runner is slow).
+pub async fn update(app: &App, org: &str, id: &str, change: Change) -> ApiResult<Row> {
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
-    let row = sandbox::load(&app, &mut tx, Some(&caller.organization_id), &id, true)
+    let row = sandboxes::load(app.db.kind, &mut tx, Some(org), id, true)
         .await?
-        .ok_or_else(|| ApiError::sandbox_not_found(&id))?;
+        .ok_or_else(|| ApiError::sandbox_not_found(id))?;
     let current = row.stored_state();
     let send = state::network_update(current).map_err(|r| ApiError::bad_request(r.0))?;
+    let allow = change.allow_list;
     // Daytona's semantics: an allow list implies not blocking everything; unblocking clears a stored list.
-    let block_all = body.network_block_all.unwrap_or(if allow.is_some() { false } else { row.network_block_all != 0 });
+    let block_all = change.block_all.unwrap_or(if allow.is_some() { false } else { row.network_block_all != 0 });
     let list = match allow {
         Some(list) => list,
-        None if body.network_block_all == Some(false) => None,
+        None if change.block_all == Some(false) => None,
         None => row.network_allow_list.clone(),
     };
-    sqlx::query("UPDATE sandboxes SET network_block_all = $1, network_allow_list = $2 WHERE id = $3")
-        .bind(b(block_all))
-        .bind(list.clone())
-        .bind(&row.id)
-        .execute(&mut *tx)
-        .await?;
+    sandboxes::set_network(&mut tx, &row.id, block_all, list.clone()).await?;
     let mut job = None;
     if let (true, Some(runner)) = (send, row.runner_id.as_deref()) {
         let updated = Row { network_block_all: b(block_all), network_allow_list: list, ..row.clone() };
-        let kind = JobKind::UpdateSandboxNetwork(UpdateSandboxNetwork {
-            sandbox_id: row.id.clone(),
-            policy: policy_of(&updated),
-        });
+        let kind = jobs::network::plan(&row.id, policy_of(&updated));
         // The sandbox stays in its state: the job's `via` is that state, so the result moves nothing.
-        let job_id = sandbox::enqueue(&mut tx, runner, &kind, current, current, now).await?;
+        let job_id = jobs::enqueue(&mut tx, runner, &kind, current, current, now).await?;
         job = Some((job_id, runner.to_owned()));
     }
-    sandbox::bump(&mut tx, &row.id, now).await?;
+    sandboxes::bump(&mut tx, &row.id, now).await?;
     tx.commit().await?;
     if let Some((_, runner)) = &job {
         app.wake_runner(runner);
@@ -146,7 +122,7 @@ pub(crate) async fn update(
     tracing::info!(sandbox_id = %row.id, block_all, "network settings changed");
     if let Some((job_id, _)) = job
         && current == SandboxState::Started
-        && let Some(error) = wait_job(&app, &job_id).await?
+        && let Some(error) = wait_job(app, &job_id).await?
     {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -154,8 +130,7 @@ pub(crate) async fn update(
         ));
     }
     let mut conn = app.db.pool.acquire().await?;
-    let after = sandbox::load(&app, &mut conn, None, &row.id, false).await?.unwrap_or(row);
-    Ok(Json(after.to_dto(&app)).into_response())
+    Ok(sandboxes::load(app.db.kind, &mut conn, None, &row.id, false).await?.unwrap_or(row))
 }
 
 /// Waits (woken by job results) until the job is finished; `Some(error)` when it failed. Gives up quietly after
@@ -166,8 +141,7 @@ async fn wait_job(app: &App, job_id: &str) -> ApiResult<Option<String>> {
         let notified = app.route_notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let (state, error): (String, Option<String>) =
-            sqlx::query_as("SELECT state, error FROM jobs WHERE id = $1").bind(job_id).fetch_one(&app.db.pool).await?;
+        let (state, error) = store::jobs::status(&app.db.pool, job_id).await?;
         match state.as_str() {
             "done" | "cancelled" => return Ok(None),
             "failed" => return Ok(Some(error.unwrap_or_else(|| "no reason given".into()))),

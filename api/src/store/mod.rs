@@ -1,5 +1,19 @@
-//! Storage: one sqlx `Any` pool over SQLite (embedded default) or PostgreSQL, the migrations, and the few helpers
-//! every module shares. SQL is written once for both: `$N` placeholders, TEXT/BIGINT columns.
+//! The store: the ONLY place with SQL. One sqlx `Any` pool over SQLite (embedded default) or PostgreSQL, the
+//! migrations (`api/migrations`), and one module per group of tables. SQL is written once for both databases:
+//! `$N` placeholders, TEXT/BIGINT columns. Functions here read and write rows and decide nothing: what a row may
+//! become is `crate::domain`'s business, and no function here imports the HTTP layer.
+//!
+//! Nothing lives only in memory: sandboxes, jobs, keys (SHA-256 hashes), SSH and preview tokens, route changes
+//! and build logs are rows, so an API restart (or a second instance on PostgreSQL) loses nothing.
+
+pub mod builds;
+pub mod jobs;
+pub mod orgs;
+pub mod routes;
+pub mod runners;
+pub mod sandboxes;
+pub mod snapshots;
+pub mod tokens;
 
 use std::time::Duration;
 
@@ -78,27 +92,42 @@ pub async fn next_seq(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error
     sqlx::query_scalar("UPDATE counters SET value = value + 1 WHERE name = 'seq' RETURNING value").fetch_one(conn).await
 }
 
+/// A boolean column's value.
 pub fn b(v: bool) -> i64 {
     i64::from(v)
 }
 
-pub fn random_token(bytes: usize) -> String {
-    use base64::Engine as _;
-    let mut buf = vec![0u8; bytes];
-    // getrandom fails only when the OS has no entropy source at all; a uuid-derived fallback keeps us running.
-    if getrandom::fill(&mut buf).is_err() {
-        for chunk in buf.chunks_mut(16) {
-            let u = uuid::Uuid::new_v4();
-            let src = u.as_bytes();
-            let n = chunk.len().min(src.len());
-            chunk[..n].copy_from_slice(&src[..n]);
-        }
-    }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
-}
-
+/// How secrets are stored: the SHA-256 of the token, in lowercase hex.
 pub fn sha256_hex(s: &str) -> String {
     use sha2::Digest as _;
-    let d = sha2::Sha256::digest(s.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    sandbar_support::token::to_hex(&sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// The states whose sandboxes hold no CPU and memory, as an SQL list (a macro, so [`USED`] can include it).
+macro_rules! idle_states {
+    () => {
+        "('stopped','archiving','archived','destroyed','error','build_failed')"
+    };
+}
+
+/// SQL list of the states whose sandboxes hold no CPU and memory: the complement of
+/// `crate::domain::state::holds_compute`, which a test keeps in step.
+pub const IDLE_STATES_SQL: &str = idle_states!();
+
+/// The resources sandboxes `s` use: running ones count CPU and memory, every live one counts disk. The one usage
+/// expression behind quotas (per organization) and placement (per runner).
+const USED: &str = concat!(
+    "CAST(COALESCE(SUM(CASE WHEN s.state NOT IN ",
+    idle_states!(),
+    " THEN s.cpu ELSE 0 END), 0) AS BIGINT) AS used_cpu, CAST(COALESCE(SUM(CASE WHEN s.state NOT IN ",
+    idle_states!(),
+    " THEN s.memory ELSE 0 END), 0) AS BIGINT) AS used_memory, CAST(COALESCE(SUM(s.disk), 0) AS BIGINT) AS used_disk"
+);
+
+/// CPU, memory and disk in use (see [`USED`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu: i64,
+    pub memory: i64,
+    pub disk: i64,
 }

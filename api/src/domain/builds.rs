@@ -1,0 +1,239 @@
+//! Dockerfile builds: what `POST /snapshots` and `POST /sandbox` do with a `buildInfo` beyond `FROM image`. The
+//! build job itself is `crate::jobs::build`; the log endpoints are `crate::http::builds`.
+//!
+//! A build is a row (`builds`) and a `BUILD_SNAPSHOT` job for one runner, which builds the image
+//! `sandbar-build:<sha256 of the Dockerfile>` through Docker's build API from local base images (there is no
+//! registry). The image then exists on that runner only, so a sandbox or snapshot made from it is pinned there. An
+//! identical Dockerfile of the same organization reuses the earlier build (queued, running or done) instead of
+//! building again; a failed build is retried by the next request.
+//!
+//! States: a snapshot is `building` until the build ends (`active`, or `build_failed` with the reason); a sandbox is
+//! `pending_build` until a runner claims the build, `building_snapshot` while it runs, then `creating` with its
+//! create job queued (or `build_failed`). The runner streams the output (`POST /runners/{id}/jobs/{jobId}/log`),
+//! stored as rows, so a follower (`GET .../build-logs?follow=true`, plain chunked text) reads everything from the
+//! start on any API instance and its stream ends when the build ends. Followers are woken by a notify on every
+//! append and result; other API instances' writes (PostgreSQL) are seen at the next poll interval.
+
+use std::sync::LazyLock;
+
+use sqlx::AnyConnection;
+use tokio::sync::Notify;
+
+use super::placement;
+use crate::App;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs;
+use crate::store::sandboxes::Text;
+use crate::store::snapshots::SnapshotRow;
+use crate::store::{self, sandboxes, sha256_hex};
+use sandbar_proto::runner::SandboxState;
+
+/// Dockerfiles larger than this are refused.
+pub const MAX_DOCKERFILE_BYTES: usize = 256 << 10;
+/// Repository of built images; the tag is the Dockerfile's SHA-256.
+pub const BUILD_IMAGE_REPO: &str = "sandbar-build";
+
+/// Woken on every log append and build end, in this process.
+static LOG_APPENDED: LazyLock<Notify> = LazyLock::new(Notify::new);
+
+pub(crate) fn wake_followers() {
+    LOG_APPENDED.notify_waiters();
+}
+
+/// Waits for the next log append or build end in this process (register before reading, then await).
+pub fn followers() -> &'static Notify {
+    &LOG_APPENDED
+}
+
+/// What a `buildInfo` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Nothing but `FROM image` (what `Image.base("x")` sends): that image as it is, no build.
+    Image(String),
+    /// A Dockerfile to build.
+    Dockerfile(String),
+}
+
+/// The image a Dockerfile names when it is nothing but `FROM image`.
+fn from_only(content: &str) -> Option<String> {
+    let lines: Vec<&str> = content.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let [from] = lines.as_slice() else { return None };
+    let mut words = from.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some(kw), Some(image), None) if kw.eq_ignore_ascii_case("FROM") && !image.starts_with("--") => {
+            Some(image.to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Checks a `buildInfo` (400s a person can act on) and says what it asks for.
+pub(crate) fn source(dockerfile: Option<&str>, context_hashes: &[String]) -> ApiResult<Source> {
+    if !context_hashes.is_empty() {
+        return Err(context_unsupported());
+    }
+    let dockerfile = dockerfile.unwrap_or_default();
+    if dockerfile.trim().is_empty() {
+        return Err(ApiError::bad_request("buildInfo.dockerfileContent is required (the Dockerfile to build)"));
+    }
+    if dockerfile.len() > MAX_DOCKERFILE_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "buildInfo.dockerfileContent is {} bytes; at most {MAX_DOCKERFILE_BYTES} are accepted",
+            dockerfile.len()
+        )));
+    }
+    if let Some(image) = from_only(dockerfile) {
+        return Ok(Source::Image(image));
+    }
+    let has_from = dockerfile.lines().any(|l| {
+        let l = l.trim_start();
+        l.len() > 4 && l.get(..5).is_some_and(|w| w.eq_ignore_ascii_case("FROM "))
+    });
+    if !has_from {
+        return Err(ApiError::bad_request("the Dockerfile has no FROM line: start it with FROM <local image>"));
+    }
+    Ok(Source::Dockerfile(dockerfile.to_owned()))
+}
+
+pub(crate) fn context_unsupported() -> ApiError {
+    ApiError::bad_request(
+        "build contexts (contextHashes: local files the SDK uploads to object storage for COPY/ADD) are not \
+         supported by sandbar, which has no object storage; build from a Dockerfile without local files (run_commands, \
+         env, workdir) or build the image locally (docker build -t NAME .) and use snapshot=NAME",
+    )
+}
+
+/// The image a Dockerfile builds into.
+pub(crate) fn image_for(dockerfile: &str) -> String {
+    format!("{BUILD_IMAGE_REPO}:{}", sha256_hex(dockerfile))
+}
+
+/// A build something waits for.
+#[derive(Debug, Clone)]
+pub(crate) struct Attached {
+    pub build_id: String,
+    pub runner_id: String,
+    /// `pending`, `building` or `done`.
+    pub state: String,
+}
+
+/// The organization's build of `dockerfile` to use: an earlier identical one (not failed, on a reachable runner),
+/// or a new one queued on a runner with room for `(cpu, memory, disk)`. The caller commits, then wakes the runner.
+pub(crate) async fn attach(
+    app: &App,
+    conn: &mut AnyConnection,
+    org: &str,
+    dockerfile: &str,
+    (cpu, memory, disk): (i64, i64, i64),
+) -> ApiResult<Attached> {
+    let now = app.now();
+    let hash = sha256_hex(dockerfile);
+    let image = image_for(dockerfile);
+    if let Some((build_id, runner_id, state)) =
+        store::builds::reusable(conn, org, &hash, placement::reachable_since(app, now)).await?
+    {
+        tracing::info!(build_id = %build_id, state = %state, "reusing an identical build");
+        return Ok(Attached { build_id, runner_id, state });
+    }
+    let runner_id = placement::place(app, conn, cpu, memory, disk).await?;
+    let build_id = uuid::Uuid::new_v4().to_string();
+    let new =
+        store::builds::NewBuild { id: &build_id, org, hash: &hash, dockerfile, image: &image, runner: &runner_id, now };
+    store::builds::insert(conn, new).await?;
+    let job = jobs::build::plan(&build_id, &image, dockerfile);
+    jobs::enqueue(conn, &runner_id, &job, SandboxState::PendingBuild, SandboxState::BuildingSnapshot, now).await?;
+    tracing::info!(build_id = %build_id, runner_id = %runner_id, image = %image, "build queued");
+    Ok(Attached { build_id, runner_id, state: "pending".into() })
+}
+
+/// Ties a new sandbox to its build; true when it must wait for it (then it is `pending_build` or
+/// `building_snapshot` and its create job is queued when the build succeeds).
+pub(crate) async fn link_sandbox(
+    conn: &mut AnyConnection,
+    sandbox_id: &str,
+    build: &Attached,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    sandboxes::set_text(conn, sandbox_id, Text::Build, &build.build_id).await?;
+    let waiting = match build.state.as_str() {
+        "pending" => SandboxState::PendingBuild,
+        "building" => SandboxState::BuildingSnapshot,
+        _ => return Ok(false),
+    };
+    sandboxes::set_state(conn, sandbox_id, waiting, None, now).await?;
+    Ok(true)
+}
+
+/// The runner a built snapshot's image lives on (`None` for a snapshot of an image every runner has). Refuses a
+/// snapshot that is not active, or whose runner is unreachable.
+pub(crate) async fn snapshot_runner(
+    app: &App,
+    conn: &mut AnyConnection,
+    snap: &SnapshotRow,
+) -> ApiResult<Option<String>> {
+    match snap.state.as_str() {
+        "active" => {}
+        "build_failed" | "error" => {
+            return Err(ApiError::bad_request(format!(
+                "Snapshot {} failed to build and cannot be used: {}",
+                snap.name,
+                snap.error_reason.as_deref().unwrap_or("no reason recorded")
+            )));
+        }
+        other => {
+            return Err(ApiError::bad_request(format!("Snapshot {} is {other}; wait until it is active", snap.name)));
+        }
+    }
+    let Some(build_id) = snap.build_id.as_deref() else { return Ok(None) };
+    match store::runners::of_build(conn, build_id).await? {
+        Some((runner, seen)) if seen >= placement::reachable_since(app, app.now()) => Ok(Some(runner)),
+        Some((runner, _)) => Err(ApiError::unavailable(format!(
+            "snapshot {} was built on runner {runner}, which is unreachable (its image exists only there)",
+            snap.name
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// A create found a built image gone from its runner (removed by hand): the build no longer counts as done, so the
+/// next identical Dockerfile builds again instead of reusing it.
+pub(crate) async fn image_missing(
+    conn: &mut AnyConnection,
+    runner_id: &str,
+    image: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    if !image.starts_with(&format!("{BUILD_IMAGE_REPO}:")) {
+        return Ok(());
+    }
+    store::builds::image_gone(conn, runner_id, image, now).await
+}
+
+/// States of sandboxes that wait for a build (no container on any runner yet).
+pub(crate) fn waits_for_build(state: &str) -> bool {
+    matches!(state, "pending_build" | "building_snapshot")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(dockerfile: &str) -> ApiResult<Source> {
+        source(Some(dockerfile), &[])
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(info("FROM python:3.12\n").unwrap(), Source::Image("python:3.12".into()));
+        assert_eq!(info("# c\n\nfrom busybox\n").unwrap(), Source::Image("busybox".into()));
+        let df = "FROM x\nRUN y\n";
+        assert_eq!(info(df).unwrap(), Source::Dockerfile(df.into()));
+        assert!(matches!(info("FROM x AS y").unwrap(), Source::Dockerfile(_)));
+        assert!(info("RUN y\n").is_err());
+        assert!(info("  ").is_err());
+        assert!(source(None, &[]).is_err());
+        assert!(source(Some(df), &["h".to_owned()]).is_err());
+        assert!(info(&format!("FROM x\nRUN {}\n", "a".repeat(MAX_DOCKERFILE_BYTES))).is_err());
+        assert_eq!(image_for(df), format!("sandbar-build:{}", sha256_hex(df)));
+    }
+}

@@ -1,0 +1,140 @@
+//! Lifecycle: the timers (auto-stop after inactivity, auto-delete and auto-archive after being stopped, pruning of
+//! old route changes and jobs), and pause/resume. The timers act through the same state machine as users
+//! ([`super::apply::act`]) and read time from the app's [`crate::Clock`], so tests move time instead of sleeping.
+//!
+//! Pause (`POST /sandbox/{id}/pause`, `sandbox.pause()`) freezes a started sandbox's processes with their memory
+//! (`pausing`, then `paused`); a start of a paused sandbox resumes it (`resuming`, then `started`).
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::apply::act;
+use super::state::{self, Action};
+use crate::App;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs;
+use crate::store::sandboxes::{self, Row, Text, Timer};
+use crate::store::{self};
+
+/// What one pass of the timers did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TickReport {
+    pub stopped: Vec<String>,
+    pub deleted: Vec<String>,
+    pub archived: Vec<String>,
+}
+
+/// Route changes older than this are dropped (a proxy away longer than that must rebuild its cache).
+pub const KEEP_ROUTE_CHANGES_MS: i64 = 24 * 3600 * 1000;
+/// Completed, failed and cancelled jobs are kept this long for inspection.
+pub const KEEP_JOBS_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Runs the timers once a second and pruning once a minute until `shutdown`.
+pub async fn run(app: App, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(e) = tick(&app).await {
+            tracing::warn!(error = %e, "lifecycle timers");
+        }
+        if n.is_multiple_of(60)
+            && let Err(e) = prune(&app).await
+        {
+            tracing::warn!(error = %e, "pruning");
+        }
+        n += 1;
+    }
+}
+
+/// Drops old route changes and old finished jobs; returns how many rows went.
+pub async fn prune(app: &App) -> Result<u64, sqlx::Error> {
+    let now = app.now();
+    let routes = store::routes::prune(&app.db.pool, now - KEEP_ROUTE_CHANGES_MS).await?;
+    let jobs = store::jobs::prune(&app.db.pool, now - KEEP_JOBS_MS).await?;
+    Ok(routes + jobs)
+}
+
+/// One pass: every sandbox whose timer is due gets its action (refusals, e.g. a runner that became unreachable,
+/// are logged and retried on the next pass).
+pub async fn tick(app: &App) -> Result<TickReport, sqlx::Error> {
+    let mut report = TickReport::default();
+    let stop = sandboxes::due(&app.db.pool, Timer::AutoStop, app.now()).await?;
+    for id in stop {
+        match act(app, None, &id, Action::Stop { force: false }, None).await {
+            Ok(_) => report.stopped.push(id),
+            Err(e) => tracing::debug!(sandbox_id = %id, error = %e.message, "auto-stop deferred"),
+        }
+    }
+    let delete = sandboxes::due(&app.db.pool, Timer::AutoDelete, app.now()).await?;
+    for id in delete {
+        match act(app, None, &id, Action::Delete, None).await {
+            Ok(_) => report.deleted.push(id),
+            Err(e) => tracing::debug!(sandbox_id = %id, error = %e.message, "auto-delete deferred"),
+        }
+    }
+    let archive = sandboxes::due(&app.db.pool, Timer::AutoArchive, app.now()).await?;
+    for id in archive {
+        match act(app, None, &id, Action::Archive, None).await {
+            Ok(_) => report.archived.push(id),
+            Err(e) => tracing::debug!(sandbox_id = %id, error = %e.message, "auto-archive deferred"),
+        }
+    }
+    if !(report.stopped.is_empty() && report.deleted.is_empty() && report.archived.is_empty()) {
+        tracing::info!(
+            stopped = report.stopped.len(),
+            deleted = report.deleted.len(),
+            archived = report.archived.len(),
+            "lifecycle timers"
+        );
+    }
+    Ok(report)
+}
+
+/// Pauses a started sandbox (`pausing`, the job's result: `paused`); a paused or pausing one is answered as it is.
+pub async fn pause(app: &App, org: &str, id: &str) -> ApiResult<Row> {
+    let now = app.now();
+    let mut tx = app.db.pool.begin().await?;
+    let row = sandboxes::load(app.db.kind, &mut tx, Some(org), id, true)
+        .await?
+        .ok_or_else(|| ApiError::sandbox_not_found(id))?;
+    let Some(next) = state::plan_pause(row.effective_state(app, now)).map_err(|r| ApiError::bad_request(r.0))? else {
+        return Ok(row);
+    };
+    let runner = row.runner_id.clone().ok_or_else(|| ApiError::conflict("the sandbox was never placed on a runner"))?;
+    jobs::enqueue(&mut tx, &runner, &jobs::pause::plan(&row), row.stored_state(), next, now).await?;
+    sandboxes::set_state(&mut tx, &row.id, next, None, now).await?;
+    sandboxes::set_text(&mut tx, &row.id, Text::Desired, "paused").await?;
+    let after = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
+    tx.commit().await?;
+    app.wake_runner(&runner);
+    app.wake_routes();
+    Ok(after)
+}
+
+/// The start of a paused sandbox: a resume job instead of a start (`POST /sandbox/{id}/start` asks this first).
+/// `None` when the sandbox is not paused (or resuming): the ordinary start applies.
+pub async fn resume_if_paused(app: &App, org: &str, id: &str) -> ApiResult<Option<Row>> {
+    let now = app.now();
+    let mut tx = app.db.pool.begin().await?;
+    let Some(row) = sandboxes::load(app.db.kind, &mut tx, Some(org), id, true).await? else { return Ok(None) };
+    let next = match state::plan_resume(row.effective_state(app, now)) {
+        None => return Ok(None),
+        Some(state::Plan::Job(next, _)) => next,
+        Some(_) => return Ok(Some(row)),
+    };
+    let runner = row.runner_id.clone().ok_or_else(|| ApiError::conflict("the sandbox was never placed on a runner"))?;
+    jobs::enqueue(&mut tx, &runner, &jobs::resume::plan(&row), row.stored_state(), next, now).await?;
+    sandboxes::set_state(&mut tx, &row.id, next, None, now).await?;
+    sandboxes::set_text(&mut tx, &row.id, Text::Desired, "started").await?;
+    let after = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
+    tx.commit().await?;
+    app.wake_runner(&runner);
+    app.wake_routes();
+    Ok(Some(after))
+}

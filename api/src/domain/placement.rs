@@ -1,0 +1,84 @@
+//! Placement: which runner a new sandbox (or build) goes to. [`place`] picks the reachable runner with the most
+//! free room that fits; [`place_on`] checks the one runner an image lives on (built images, forks and snapshots
+//! taken from a sandbox are local to a runner: there is no registry). CPU and memory are overcommitted by the
+//! configured factors, disk is not.
+
+use sqlx::AnyConnection;
+
+use crate::error::{ApiError, ApiResult};
+use crate::store::runners::{self, Load, Which};
+use crate::{App, Config};
+
+/// How long a runner may stay silent before it is unreachable (`--runner-unreachable-secs`).
+pub fn unreachable_after_ms(config: &Config) -> i64 {
+    i64::try_from(config.runner_unreachable_secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
+}
+
+/// The oldest heartbeat of a reachable runner, at `now`.
+pub fn reachable_since(app: &App, now: i64) -> i64 {
+    now - unreachable_after_ms(&app.config)
+}
+
+/// `(cpu, memory, disk)` a runner can take with the configured overcommit.
+fn capacity(app: &App, r: &Load) -> (i64, i64, i64) {
+    let l = &app.config.limits;
+    (r.cpu * l.cpu_overcommit, r.memory * l.memory_overcommit, r.disk)
+}
+
+fn fits(app: &App, r: &Load, cpu: i64, memory: i64, disk: i64) -> bool {
+    let (c, m, d) = capacity(app, r);
+    r.used.cpu + cpu <= c && r.used.memory + memory <= m && r.used.disk + disk <= d
+}
+
+/// Picks the reachable runner with the most free room that fits the request.
+pub async fn place(app: &App, conn: &mut AnyConnection, cpu: i64, memory: i64, disk: i64) -> ApiResult<String> {
+    let rows = runners::loads(conn, Which::SeenSince(reachable_since(app, app.now()))).await?;
+    if rows.is_empty() {
+        return Err(ApiError::unavailable("no runner is available: start a runner (sandbar-runner) and retry"));
+    }
+    let best = rows
+        .iter()
+        .filter(|r| fits(app, r, cpu, memory, disk))
+        .map(|r| {
+            let (c, m, d) = capacity(app, r);
+            // Room left after placing this sandbox, as fractions of each resource.
+            let frac = |used: i64, cap: i64| if cap > 0 { (cap - used) as f64 / cap as f64 } else { 0.0 };
+            (frac(r.used.cpu + cpu, c) + frac(r.used.memory + memory, m) + frac(r.used.disk + disk, d), &r.id)
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)));
+    match best {
+        Some((_, id)) => Ok(id.clone()),
+        None => Err(ApiError::unavailable(format!(
+            "no runner has room for {cpu} vCPU, {memory} GiB memory and {disk} GiB disk ({} reachable runner(s)); \
+             stop or delete sandboxes, or add a runner",
+            rows.len()
+        ))),
+    }
+}
+
+/// Refuses unless `runner` heartbeats and has room for the request (the same overcommit as [`place`]): copies
+/// live on one runner, so there is no other choice.
+pub async fn place_on(
+    app: &App,
+    conn: &mut AnyConnection,
+    runner: &str,
+    cpu: i64,
+    memory: i64,
+    disk: i64,
+) -> ApiResult<String> {
+    let Some(r) = runners::loads(conn, Which::Id(runner)).await?.into_iter().next() else {
+        return Err(ApiError::unavailable(format!("runner {runner}, which holds the image, is not registered")));
+    };
+    if r.last_heartbeat < reachable_since(app, app.now()) {
+        return Err(ApiError::unavailable(format!(
+            "runner {runner}, which holds the image (images are local to a runner), is unreachable; retry when it is back"
+        )));
+    }
+    if !fits(app, &r, cpu, memory, disk) {
+        return Err(ApiError::unavailable(format!(
+            "runner {runner}, which holds the image (images are local to a runner), has no room for {cpu} vCPU, \
+             {memory} GiB memory and {disk} GiB disk; stop or delete sandboxes there and retry"
+        )));
+    }
+    Ok(runner.to_owned())
+}

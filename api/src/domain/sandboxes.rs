@@ -1,0 +1,362 @@
+//! Making and changing sandboxes: create (image resolution, quotas, names, links, builds, placement), fork, and
+//! settings (labels, public, timer intervals). Lifecycle actions go through [`super::apply::act`].
+
+use std::collections::BTreeMap;
+
+use sandbar_proto::runner::{SandboxState, fork_image};
+use sqlx::AnyConnection;
+
+use super::{builds, network, placement, quota, state};
+use crate::App;
+use crate::error::{ApiError, ApiResult, new_token};
+use crate::jobs;
+use crate::store::orgs;
+use crate::store::sandboxes::{self, NewRow, Row, Setting, Text};
+use crate::store::snapshots;
+
+/// Daytona's defaults: stop after 15 idle minutes, archive after 7 stopped days, never delete.
+pub const DEFAULT_AUTO_STOP: i64 = 15;
+pub const DEFAULT_AUTO_ARCHIVE: i64 = 7 * 24 * 60;
+pub const DEFAULT_AUTO_DELETE: i64 = -1;
+
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+/// Refuses an invalid sandbox or snapshot name (`what`).
+pub(crate) fn check_name(name: &str, what: &str) -> ApiResult<()> {
+    if valid_name(name) {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "invalid {what} name {name:?}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+    )))
+}
+
+pub(crate) fn check_range(name: &str, v: Option<i64>, max: i64, unit: &str) -> ApiResult<()> {
+    match v {
+        Some(v) if v < 1 || v > max => {
+            Err(ApiError::bad_request(format!("{name} must be between 1 and {max} {unit}, got {v}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks requested resources against the configured maxima (GPUs: none).
+pub(crate) fn check_resources(
+    app: &App,
+    cpu: Option<i64>,
+    memory: Option<i64>,
+    disk: Option<i64>,
+    gpu: Option<i64>,
+) -> ApiResult<()> {
+    let l = &app.config.limits;
+    check_range("cpu", cpu, l.max_cpu, "vCPU")?;
+    check_range("memory", memory, l.max_memory, "GiB")?;
+    check_range("disk", disk, l.max_disk, "GiB")?;
+    if gpu.unwrap_or(0) != 0 {
+        return Err(ApiError::bad_request("GPUs are not available on sandbar; omit gpu or set it to 0"));
+    }
+    Ok(())
+}
+
+/// The sandbox `id` (or name) of `org`, or 404.
+pub async fn find(app: &App, conn: &mut AnyConnection, org: &str, id: &str, lock: bool) -> ApiResult<Row> {
+    sandboxes::load(app.db.kind, conn, Some(org), id, lock).await?.ok_or_else(|| ApiError::sandbox_not_found(id))
+}
+
+/// Refuses with 409 when a live sandbox of the organization already has `name`.
+async fn ensure_name_free(conn: &mut AnyConnection, org: &str, name: &str) -> ApiResult<()> {
+    match sandboxes::live_named(conn, org, name).await? {
+        Some(_) => Err(ApiError::conflict(format!("Sandbox with name {name} already exists"))),
+        None => Ok(()),
+    }
+}
+
+/// What a new sandbox runs.
+#[derive(Debug, Clone)]
+pub enum ImageAsk {
+    /// A snapshot of the organization, or else the name of a local image.
+    Snapshot(String),
+    Image(String),
+    /// A `buildInfo`: a Dockerfile, maybe nothing but `FROM image`.
+    Build {
+        dockerfile: Option<String>,
+        context_hashes: Vec<String>,
+    },
+    /// The configured default snapshot.
+    Default,
+}
+
+/// A create request whose types and ranges the HTTP layer checked.
+#[derive(Debug, Clone)]
+pub struct NewSandbox {
+    pub name: Option<String>,
+    pub image: ImageAsk,
+    pub user: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub public: bool,
+    pub target: Option<String>,
+    pub cpu: Option<i64>,
+    pub memory: Option<i64>,
+    pub disk: Option<i64>,
+    pub auto_stop: i64,
+    pub auto_archive: i64,
+    pub auto_delete: i64,
+    pub network_block_all: bool,
+    pub network_allow_list: Option<String>,
+    pub linked_sandbox: Option<String>,
+}
+
+/// Where a new sandbox's image comes from.
+#[derive(Debug, Default)]
+struct Resolved {
+    image: String,
+    /// A snapshot's default `(cpu, memory, disk)`.
+    defaults: Option<(i64, i64, i64)>,
+    /// A Dockerfile to build first.
+    dockerfile: Option<String>,
+    /// The one runner the image lives on (a built snapshot, or a snapshot taken from a sandbox).
+    pinned: Option<String>,
+}
+
+async fn resolve(app: &App, org: &str, ask: &ImageAsk) -> ApiResult<Resolved> {
+    Ok(match ask {
+        ImageAsk::Snapshot(s) => {
+            let mut conn = app.db.pool.acquire().await?;
+            match snapshots::find(&mut conn, org, s).await? {
+                // A registered snapshot: its image and default resources.
+                Some(snap) => {
+                    if snap.state != "active" {
+                        return Err(ApiError::bad_request(format!(
+                            "Snapshot {} is {} and cannot be used yet{}",
+                            snap.name,
+                            snap.state,
+                            snap.error_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                        )));
+                    }
+                    let built_on = builds::snapshot_runner(app, &mut conn, &snap).await?;
+                    Resolved {
+                        defaults: Some((snap.cpu, snap.memory, snap.disk)),
+                        pinned: built_on.or(snap.runner_id),
+                        image: snap.image_name,
+                        dockerfile: None,
+                    }
+                }
+                // Otherwise the name of a local image.
+                None => Resolved { image: s.clone(), ..Resolved::default() },
+            }
+        }
+        ImageAsk::Image(i) => Resolved { image: i.clone(), ..Resolved::default() },
+        ImageAsk::Build { dockerfile, context_hashes } => {
+            match builds::source(dockerfile.as_deref(), context_hashes)? {
+                builds::Source::Image(image) => Resolved { image, ..Resolved::default() },
+                builds::Source::Dockerfile(d) => {
+                    Resolved { image: builds::image_for(&d), dockerfile: Some(d), ..Resolved::default() }
+                }
+            }
+        }
+        ImageAsk::Default => Resolved { image: app.config.default_snapshot.clone(), ..Resolved::default() },
+    })
+}
+
+/// Creates a sandbox: `creating` with its create job queued (or waiting for its image build), placed on a runner.
+/// The caller may wait for it to leave `creating` ([`wait_while_creating`]).
+pub async fn create(app: &App, org: &str, new: NewSandbox) -> ApiResult<Row> {
+    let resolved = resolve(app, org, &new.image).await?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let name = match new.name.as_deref().map(str::trim) {
+        Some(n) if !n.is_empty() => {
+            check_name(n, "sandbox")?;
+            n.to_owned()
+        }
+        _ => id.clone(),
+    };
+    if let Some(k) = new.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        return Err(ApiError::bad_request(format!("invalid environment variable name {k:?}")));
+    }
+    let l = app.config.limits;
+    let (dcpu, dmem, ddisk) = resolved.defaults.unwrap_or((l.default_cpu, l.default_memory, l.default_disk));
+    let (cpu, memory, disk) = (new.cpu.unwrap_or(dcpu), new.memory.unwrap_or(dmem), new.disk.unwrap_or(ddisk));
+    let now = app.now();
+
+    let mut tx = app.db.pool.begin().await?;
+    orgs::lock_org(app.db.kind, &mut tx, org).await?;
+    quota::check(&mut tx, org, cpu, memory, disk, 1).await?;
+    ensure_name_free(&mut tx, org, &name).await?;
+    let link = match new.linked_sandbox.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+        // A linked sandbox goes where its parent is, so the two share a network.
+        Some(l) => Some(network::resolve_link(app, &mut tx, org, l, new.auto_delete).await?),
+        None => None,
+    };
+    let build = match &resolved.dockerfile {
+        Some(d) => Some(builds::attach(app, &mut tx, org, d, (cpu, memory, disk)).await?),
+        None => None,
+    };
+    let pinned = build.as_ref().map(|b| b.runner_id.clone()).or(resolved.pinned);
+    let runner = match (&link, pinned) {
+        (Some((_, parent_runner)), Some(image_runner)) if *parent_runner != image_runner => {
+            return Err(ApiError::bad_request(format!(
+                "the linked sandbox runs on runner {parent_runner}, but this sandbox's image exists only on runner \
+                 {image_runner}: create it without linkedSandbox, or from an image both runners have"
+            )));
+        }
+        (Some((_, parent_runner)), _) => parent_runner.clone(),
+        // An image on one runner only (built there, or a snapshot taken from a sandbox there).
+        (None, Some(image_runner)) => placement::place_on(app, &mut tx, &image_runner, cpu, memory, disk).await?,
+        (None, None) => placement::place(app, &mut tx, cpu, memory, disk).await?,
+    };
+    let row = NewRow {
+        id: &id,
+        org,
+        name: &name,
+        runner: &runner,
+        image: &resolved.image,
+        user: new.user.as_deref().unwrap_or_default(),
+        env_json: serde_json::to_string(&new.env).map_err(|e| ApiError::internal("env", e))?,
+        labels_json: serde_json::to_string(&new.labels).map_err(|e| ApiError::internal("labels", e))?,
+        public: new.public,
+        network_block_all: new.network_block_all,
+        network_allow_list: new.network_allow_list,
+        target: new.target.filter(|t| !t.is_empty()).unwrap_or_else(|| app.config.target.clone()),
+        cpu,
+        memory,
+        disk,
+        auto_stop: new.auto_stop,
+        auto_archive: new.auto_archive,
+        auto_delete: new.auto_delete,
+        preview_token: new_token(24)?,
+        now,
+    };
+    sandboxes::insert(&mut tx, row).await?;
+    sandboxes::write_labels(&mut tx, &id, &new.labels).await?;
+    if let Some((parent, _)) = &link {
+        sandboxes::set_text(&mut tx, &id, Text::Linked, parent).await?;
+    }
+    let waits_for_build = match &build {
+        Some(b) => builds::link_sandbox(&mut tx, &id, b, now).await?,
+        None => false,
+    };
+    let row = sandboxes::load(app.db.kind, &mut tx, None, &id, false)
+        .await?
+        .ok_or_else(|| ApiError::internal("create", "row vanished"))?;
+    if !waits_for_build {
+        let job = jobs::create::plan(&row);
+        jobs::enqueue(&mut tx, &runner, &job, SandboxState::Creating, SandboxState::Creating, now).await?;
+    }
+    sandboxes::bump(&mut tx, &id, now).await?;
+    let row = sandboxes::load(app.db.kind, &mut tx, None, &id, false).await?.unwrap_or(row);
+    tx.commit().await?;
+    app.wake_runner(&runner);
+    app.wake_routes();
+    tracing::info!(sandbox_id = %id, runner_id = %runner, "sandbox created");
+    Ok(row)
+}
+
+/// Forks sandbox `id`: a new sandbox (`creating`) from a copy of its filesystem, on its runner, with the source's
+/// spec and its own id, name and tokens. Memory and running processes are not copied; the source keeps its state.
+pub async fn fork(app: &App, org: &str, id: &str, name: Option<&str>) -> ApiResult<Row> {
+    let fork_id = uuid::Uuid::new_v4().to_string();
+    let name = match name.map(str::trim) {
+        Some(n) if !n.is_empty() => {
+            check_name(n, "sandbox")?;
+            n.to_owned()
+        }
+        _ => fork_id.clone(),
+    };
+    let now = app.now();
+    let mut tx = app.db.pool.begin().await?;
+    orgs::lock_org(app.db.kind, &mut tx, org).await?;
+    let src = find(app, &mut tx, org, id, true).await?;
+    state::plan_copy(src.effective_state(app, now), state::CopyKind::Fork).map_err(|r| ApiError::bad_request(r.0))?;
+    let runner = src
+        .runner_id
+        .clone()
+        .ok_or_else(|| ApiError::conflict("the sandbox was never placed on a runner, so there is nothing to fork"))?;
+    ensure_name_free(&mut tx, org, &name).await?;
+    // A fork is a new started sandbox of the source's size: quotas as for a create.
+    quota::check(&mut tx, org, src.cpu, src.memory, src.disk, 1).await?;
+    placement::place_on(app, &mut tx, &runner, src.cpu, src.memory, src.disk).await?;
+    sandboxes::insert_fork(&mut tx, &src.id, &fork_id, &name, &fork_image(&fork_id), &new_token(24)?, now).await?;
+    let row = sandboxes::load(app.db.kind, &mut tx, None, &fork_id, false)
+        .await?
+        .ok_or_else(|| ApiError::internal("fork", "row vanished"))?;
+    let job = jobs::fork::plan(&src, &row);
+    jobs::enqueue(&mut tx, &runner, &job, SandboxState::Creating, SandboxState::Creating, now).await?;
+    sandboxes::bump(&mut tx, &fork_id, now).await?;
+    let row = sandboxes::load(app.db.kind, &mut tx, None, &fork_id, false).await?.unwrap_or(row);
+    tx.commit().await?;
+    app.wake_runner(&runner);
+    app.wake_routes();
+    tracing::info!(sandbox_id = %fork_id, source = %src.id, runner_id = %runner, "sandbox fork requested");
+    Ok(row)
+}
+
+/// Waits up to `create_wait_ms` for a new sandbox to leave `creating` (every job result wakes the route watchers;
+/// a result posted to another API instance is seen by rereading every poll interval), and returns the row as it
+/// then is.
+pub async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
+    if app.config.create_wait_ms == 0 {
+        return Ok(row);
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(app.config.create_wait_ms);
+    let mut row = row;
+    loop {
+        let notified = app.route_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let mut conn = app.db.pool.acquire().await?;
+        match sandboxes::load(app.db.kind, &mut conn, None, &row.id, false).await? {
+            Some(r) => row = r,
+            None => return Ok(row),
+        }
+        drop(conn);
+        if row.state != SandboxState::Creating.as_str() || tokio::time::Instant::now() >= deadline {
+            return Ok(row);
+        }
+        let nap = (tokio::time::Instant::now() + app.poll_interval()).min(deadline);
+        let _ = tokio::time::timeout_at(nap, notified).await;
+    }
+}
+
+/// A change of a sandbox's settings.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Labels(BTreeMap<String, String>),
+    Set(Setting, i64),
+}
+
+/// Applies `change` to a sandbox that is not destroyed, bumps its route and returns the row after it.
+pub async fn change(app: &App, org: &str, id: &str, change: Change) -> ApiResult<Row> {
+    let now = app.now();
+    let mut tx = app.db.pool.begin().await?;
+    let row = find(app, &mut tx, org, id, true).await?;
+    if row.stored_state() == SandboxState::Destroyed {
+        return Err(ApiError::bad_request("Sandbox is destroyed and cannot be changed"));
+    }
+    match change {
+        Change::Labels(labels) => sandboxes::set_labels(&mut tx, &row.id, &labels).await?,
+        Change::Set(setting, value) => sandboxes::set(&mut tx, &row.id, setting, value).await?,
+    }
+    sandboxes::bump(&mut tx, &row.id, now).await?;
+    let after = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
+    tx.commit().await?;
+    app.wake_routes();
+    Ok(after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("my-box_1.x"));
+        assert!(!valid_name("-x") && !valid_name("") && !valid_name("a b") && !valid_name(&"a".repeat(64)));
+        assert!(check_name("-x", "snapshot").unwrap_err().message.starts_with("invalid snapshot name"));
+    }
+}

@@ -1,0 +1,85 @@
+//! The extractors that authenticate a request: users by API key ([`Caller`]), runners and the proxy by their
+//! service tokens ([`RunnerAuth`], [`ProxyAuth`]; compared in constant time). Keys themselves live in
+//! `crate::store::orgs`.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use crate::App;
+use crate::error::ApiError;
+use crate::store::orgs::organization_of_key;
+
+/// The organization an API key belongs to.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub organization_id: String,
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<App> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let key =
+            bearer(parts).ok_or_else(|| ApiError::unauthorized("missing API key: send Authorization: Bearer <key>"))?;
+        match organization_of_key(&app.db, key, app.now()).await? {
+            Some(organization_id) => Ok(Self { organization_id }),
+            None => Err(ApiError::unauthorized("invalid API key (unknown, expired or revoked)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Runner,
+    Proxy,
+}
+
+fn service(parts: &Parts, app: &App, want: Service) -> Result<(), ApiError> {
+    let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("missing service token"))?;
+    let is = |t: &Option<String>| t.as_deref().is_some_and(|t| sandbar_support::ct_eq(t.as_bytes(), token.as_bytes()));
+    let kind = if is(&app.config.runner_token) {
+        Service::Runner
+    } else if is(&app.config.proxy_token) {
+        Service::Proxy
+    } else {
+        return Err(ApiError::unauthorized("invalid service token"));
+    };
+    if kind != want {
+        return Err(ApiError::forbidden(match want {
+            Service::Runner => "this endpoint is for runners; the proxy token is not accepted",
+            Service::Proxy => "this endpoint is for the proxy; the runner token is not accepted",
+        }));
+    }
+    Ok(())
+}
+
+/// A request from a runner (its service token).
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerAuth;
+
+impl FromRequestParts<App> for RunnerAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        service(parts, app, Service::Runner).map(|()| Self)
+    }
+}
+
+/// A request from the proxy or its SSH gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyAuth;
+
+impl FromRequestParts<App> for ProxyAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        service(parts, app, Service::Proxy).map(|()| Self)
+    }
+}

@@ -1,0 +1,47 @@
+//! The HTTP transport: the router under `/api`, one module per resource (Daytona's sandbox, preview/SSH access,
+//! fork/snapshot/pause, snapshots and builds; the runners' and the proxy's internal surfaces), the extractors that
+//! authenticate ([`auth`]), how errors answer ([`error`]) and the OpenAPI document ([`openapi`]). Handlers are
+//! thin: they parse and check a request, call `crate::domain` or `crate::jobs`, and shape the answer. No SQL here.
+
+pub mod auth;
+pub mod builds;
+pub mod dto;
+pub mod error;
+pub mod fork;
+pub mod internal;
+pub mod network;
+pub mod openapi;
+pub mod preview;
+pub mod runners;
+pub mod sandbox;
+pub mod snapshots;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+
+use crate::App;
+use error::ApiError;
+
+/// Every endpoint, under `/api`; unknown paths and methods answer Daytona's error body too.
+pub fn router(app: &App) -> Router {
+    let api = Router::new()
+        .merge(sandbox::routes())
+        .merge(preview::routes())
+        .route("/sandbox/{id}/network-settings", post(network::update))
+        .merge(fork::routes())
+        .merge(snapshots::routes())
+        .merge(builds::routes())
+        .merge(runners::routes())
+        .merge(internal::routes())
+        .merge(openapi::routes())
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+        });
+    Router::new()
+        .nest("/api", api)
+        .fallback(|| async { ApiError::not_found("no such endpoint (the API lives under /api)") })
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app.clone())
+}

@@ -1,0 +1,101 @@
+//! Runner jobs: queueing ([`enqueue`]), claiming ([`claim`], a runner's long-poll) and applying results
+//! ([`on_result`]). One file per kind holds that kind's `plan` (the job a sandbox row asks for) and `on_result`
+//! (what its result does to the rows); the shared result rules are `crate::domain::apply::settle`.
+//!
+//! A new job kind is a variant in `sandbar_proto::runner::JobKind`, a file here, and the runner's side
+//! (`runner/src/jobs/`): the one `match` in [`on_result`] has no `_` arm, so the compiler lists what is missing.
+
+pub mod archive;
+pub mod build;
+pub mod create;
+pub mod destroy;
+pub mod fork;
+pub mod network;
+pub mod pause;
+pub mod remove_snapshot;
+pub mod resize;
+pub mod restore;
+pub mod resume;
+pub mod snapshot;
+pub mod start;
+pub mod stop;
+
+use sandbar_proto::runner::{Job, JobKind, JobOutcome, JobResult};
+
+use crate::App;
+use crate::domain::apply::JobDone;
+use crate::domain::state;
+use crate::error::{ApiError, ApiResult};
+use crate::store;
+pub use crate::store::jobs::{enqueue, in_flight, redeliver_now};
+
+/// A job handed out and not completed is handed out again after this long (a runner that restarted resumes it;
+/// a live runner ignores a job it is still carrying out). A full report (`POST .../sandboxes`) makes them due at once.
+pub const REDELIVER_AFTER_SECS: i64 = 10;
+
+/// Claims `runner_id`'s due jobs (see `store::jobs::claim`); claimed builds start `building`.
+pub async fn claim(app: &App, runner_id: &str) -> Result<Vec<Job>, sqlx::Error> {
+    let now = app.now();
+    let jobs = store::jobs::claim(&app.db.pool, runner_id, now, now - REDELIVER_AFTER_SECS * 1000).await?;
+    let builds: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| if let JobKind::BuildSnapshot(b) = &j.kind { Some(b.build_id.clone()) } else { None })
+        .collect();
+    build::claimed(app, &builds).await?;
+    Ok(jobs)
+}
+
+/// Applies the result of `runner_id`'s job (idempotent: a retried or late report of a finished or cancelled job is
+/// accepted and ignored).
+pub async fn on_result(app: &App, runner_id: &str, res: &JobResult) -> ApiResult<()> {
+    let job_id = &res.job_id;
+    let now = app.now();
+    let mut tx = app.db.pool.begin().await?;
+    let Some(job) = store::jobs::find(&mut tx, job_id, runner_id).await? else {
+        return Err(ApiError::not_found(format!("no job {job_id} for runner {runner_id}")));
+    };
+    if !matches!(job.state.as_str(), "pending" | "claimed") {
+        return Ok(());
+    }
+    let (job_state, error) = match &res.outcome {
+        JobOutcome::Succeeded { .. } => ("done", None),
+        JobOutcome::Failed { code, message } => ("failed", Some(format!("{code:?}: {message}"))),
+    };
+    store::jobs::complete(&mut tx, job_id, job_state, error, now).await?;
+    let kind: JobKind = serde_json::from_str(&job.payload).map_err(|e| ApiError::internal("stored job", e))?;
+    let mut done = JobDone {
+        app,
+        conn: &mut tx,
+        runner_id,
+        outcome: &res.outcome,
+        prev: state::parse(&job.prev_state),
+        via: state::parse(&job.via_state),
+        now,
+        wake_followers: false,
+    };
+    match &kind {
+        JobKind::CreateSandbox(j) => create::on_result(&mut done, j).await?,
+        JobKind::StartSandbox { sandbox_id } => start::on_result(&mut done, sandbox_id).await?,
+        JobKind::StopSandbox(j) => stop::on_result(&mut done, j).await?,
+        JobKind::DestroySandbox { sandbox_id } => destroy::on_result(&mut done, sandbox_id).await?,
+        JobKind::ResizeSandbox(j) => resize::on_result(&mut done, j).await?,
+        JobKind::UpdateSandboxNetwork(j) => network::on_result(&mut done, j).await?,
+        JobKind::ArchiveSandbox { sandbox_id } => archive::on_result(&mut done, sandbox_id).await?,
+        JobKind::RestoreSandbox(j) => restore::on_result(&mut done, j).await?,
+        JobKind::BuildSnapshot(j) => build::on_result(&mut done, j).await?,
+        JobKind::ForkSandbox(j) => fork::on_result(&mut done, j).await?,
+        JobKind::SnapshotSandbox(j) => snapshot::on_result(&mut done, j).await?,
+        JobKind::RemoveSnapshot(j) => remove_snapshot::on_result(&mut done, j).await?,
+        JobKind::PauseSandbox { sandbox_id } => pause::on_result(&mut done, sandbox_id).await?,
+        JobKind::ResumeSandbox { sandbox_id } => resume::on_result(&mut done, sandbox_id).await?,
+    }
+    let wake_followers = done.wake_followers;
+    tx.commit().await?;
+    if wake_followers {
+        crate::domain::builds::wake_followers();
+    }
+    // The next job of that sandbox may now be claimable, and the sandbox's route changed.
+    app.wake_runner(runner_id);
+    app.wake_routes();
+    Ok(())
+}

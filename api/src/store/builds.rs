@@ -1,0 +1,155 @@
+//! The `builds` and `build_logs` tables: Dockerfile builds on one runner, and their output as numbered batches.
+
+use sqlx::AnyConnection;
+
+/// `(id, runner_id, state)` of `org`'s newest build of the Dockerfile `hash` that is not failed, on a runner that
+/// heartbeat at or after `seen_since`.
+pub async fn reusable(
+    conn: &mut AnyConnection,
+    org: &str,
+    hash: &str,
+    seen_since: i64,
+) -> Result<Option<(String, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT b.id, b.runner_id, b.state FROM builds b JOIN runners r ON r.id = b.runner_id \
+         WHERE b.organization_id = $1 AND b.dockerfile_hash = $2 AND b.state IN ('pending', 'building', 'done') \
+         AND r.last_heartbeat >= $3 ORDER BY b.created_at DESC LIMIT 1",
+    )
+    .bind(org)
+    .bind(hash)
+    .bind(seen_since)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The columns of a new build.
+#[derive(Debug)]
+pub struct NewBuild<'a> {
+    pub id: &'a str,
+    pub org: &'a str,
+    pub hash: &'a str,
+    pub dockerfile: &'a str,
+    pub image: &'a str,
+    pub runner: &'a str,
+    pub now: i64,
+}
+
+/// Inserts a `pending` build.
+pub async fn insert(conn: &mut AnyConnection, b: NewBuild<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO builds (id, organization_id, dockerfile_hash, dockerfile, image_name, runner_id, state, \
+         log_bytes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7)",
+    )
+    .bind(b.id)
+    .bind(b.org)
+    .bind(b.hash)
+    .bind(b.dockerfile)
+    .bind(b.image)
+    .bind(b.runner)
+    .bind(b.now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A pending build is claimed: `building`. False when it was not pending.
+pub async fn set_building(conn: &mut AnyConnection, id: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("UPDATE builds SET state = 'building', updated_at = $1 WHERE id = $2 AND state = 'pending'")
+        .bind(now)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// A running build ended (`done` or `failed` with the reason). False when it had ended already.
+pub async fn finish(
+    conn: &mut AnyConnection,
+    id: &str,
+    state: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE builds SET state = $1, error_reason = $2, updated_at = $3, finished_at = $3 \
+         WHERE id = $4 AND state IN ('pending', 'building')",
+    )
+    .bind(state)
+    .bind(reason)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// A done build's image is gone from its runner: the build counts as failed, so the next one builds again.
+pub async fn image_gone(conn: &mut AnyConnection, runner_id: &str, image: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE builds SET state = 'failed', error_reason = 'the built image is no longer on its runner', \
+         updated_at = $1 WHERE image_name = $2 AND runner_id = $3 AND state = 'done'",
+    )
+    .bind(now)
+    .bind(image)
+    .bind(runner_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A build's state, if it exists.
+pub async fn state(conn: &mut AnyConnection, id: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT state FROM builds WHERE id = $1").bind(id).fetch_optional(conn).await
+}
+
+/// Locks the build's row (PostgreSQL), so concurrent appends number their batches one after the other; returns
+/// `(log bytes so far, attempt of the last batch)`.
+pub async fn lock_log(conn: &mut AnyConnection, id: &str, now: i64) -> Result<(i64, Option<String>), sqlx::Error> {
+    sqlx::query("UPDATE builds SET updated_at = $1 WHERE id = $2").bind(now).bind(id).execute(&mut *conn).await?;
+    sqlx::query_as("SELECT log_bytes, log_attempt FROM builds WHERE id = $1").bind(id).fetch_one(conn).await
+}
+
+/// Appends a batch of log text (once per `(attempt, offset)`); false when it was stored already.
+pub async fn append_log(
+    conn: &mut AnyConnection,
+    id: &str,
+    attempt: &str,
+    offset: i64,
+    text: &str,
+) -> Result<bool, sqlx::Error> {
+    let seq: i64 =
+        sqlx::query_scalar("SELECT CAST(COALESCE(MAX(seq), 0) + 1 AS BIGINT) FROM build_logs WHERE build_id = $1")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO build_logs (build_id, seq, attempt, line_offset, text) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (build_id, attempt, line_offset) DO NOTHING",
+    )
+    .bind(id)
+    .bind(seq)
+    .bind(attempt)
+    .bind(offset)
+    .bind(text)
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE builds SET log_bytes = log_bytes + $1, log_attempt = $2 WHERE id = $3")
+        .bind(text.len() as i64)
+        .bind(attempt)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(true)
+}
+
+/// `(seq, text)` of the batches after `after_seq` (200 at most).
+pub async fn read_log(conn: &mut AnyConnection, id: &str, after_seq: i64) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT seq, text FROM build_logs WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT 200")
+        .bind(id)
+        .bind(after_seq)
+        .fetch_all(conn)
+        .await
+}

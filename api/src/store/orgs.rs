@@ -1,0 +1,140 @@
+//! Organizations, their quotas and usage, and API keys (stored as SHA-256 hashes, scoped to one organization,
+//! optional expiry, revocable). Also reachable as `sandbar_api::auth` (what embedders and benches call).
+
+use sqlx::AnyConnection;
+
+use super::{Db, DbKind, USED, Usage, sha256_hex};
+use crate::config::Limits;
+
+/// Prefix of every user API key, so a leaked one is recognisable.
+pub const KEY_PREFIX: &str = "sbk_";
+
+/// A new organization's first key (shown once; only its hash is kept).
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub organization_id: String,
+    pub key_id: String,
+    pub api_key: String,
+}
+
+/// Why a key could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("no random source for the key: {0}")]
+    Random(#[from] getrandom::Error),
+}
+
+pub async fn create_organization(db: &Db, name: &str, limits: &Limits, now_ms: i64) -> Result<String, sqlx::Error> {
+    let id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO organizations (id, name, quota_cpu, quota_memory, quota_disk, quota_sandboxes, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&id)
+    .bind(name)
+    .bind(limits.quota_cpu)
+    .bind(limits.quota_memory)
+    .bind(limits.quota_disk)
+    .bind(limits.quota_sandboxes)
+    .bind(now_ms)
+    .execute(&db.pool)
+    .await?;
+    Ok(id)
+}
+
+/// Creates a key for `organization_id`; returns `(key id, key)`.
+pub async fn create_api_key(
+    db: &Db,
+    organization_id: &str,
+    name: &str,
+    expires_at_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<(String, String), KeyError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let key = format!("{KEY_PREFIX}{}", sandbar_support::token::url_safe(32)?);
+    sqlx::query(
+        "INSERT INTO api_keys (id, organization_id, name, key_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&id)
+    .bind(organization_id)
+    .bind(name)
+    .bind(sha256_hex(&key))
+    .bind(now_ms)
+    .bind(expires_at_ms)
+    .execute(&db.pool)
+    .await?;
+    Ok((id, key))
+}
+
+/// Revokes a key by id; false when there is no such key.
+pub async fn revoke_api_key(db: &Db, key_id: &str, now_ms: i64) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        .bind(now_ms)
+        .bind(key_id)
+        .execute(&db.pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The organization named `org_name` (created with `limits` as quotas when missing) and a new key for it.
+pub async fn bootstrap(db: &Db, org_name: &str, limits: &Limits, now_ms: i64) -> Result<Bootstrap, KeyError> {
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT id FROM organizations WHERE name = $1 ORDER BY created_at LIMIT 1")
+            .bind(org_name)
+            .fetch_optional(&db.pool)
+            .await?;
+    let organization_id = match existing {
+        Some(id) => id,
+        None => create_organization(db, org_name, limits, now_ms).await?,
+    };
+    let (key_id, api_key) = create_api_key(db, &organization_id, "bootstrap", None, now_ms).await?;
+    Ok(Bootstrap { organization_id, key_id, api_key })
+}
+
+/// The organization of a valid (known, unexpired, unrevoked) key.
+pub async fn organization_of_key(db: &Db, key: &str, now_ms: i64) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT organization_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL \
+         AND (expires_at IS NULL OR expires_at > $2)",
+    )
+    .bind(sha256_hex(key))
+    .bind(now_ms)
+    .fetch_optional(&db.pool)
+    .await
+}
+
+/// Locks the organization's row on PostgreSQL, so concurrent requests of one organization cannot both slip under
+/// a quota or take one name (SQLite transactions are serial already).
+pub async fn lock_org(kind: DbKind, conn: &mut AnyConnection, org: &str) -> Result<(), sqlx::Error> {
+    if kind == DbKind::Postgres {
+        sqlx::query("SELECT id FROM organizations WHERE id = $1 FOR UPDATE").bind(org).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// An organization's quotas.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub cpu: i64,
+    pub memory: i64,
+    pub disk: i64,
+    pub sandboxes: i64,
+}
+
+/// An organization's quotas, and its live sandboxes' count and usage.
+pub async fn quota_and_usage(conn: &mut AnyConnection, org: &str) -> Result<(Quota, i64, Usage), sqlx::Error> {
+    let (cpu, memory, disk, sandboxes): (i64, i64, i64, i64) =
+        sqlx::query_as("SELECT quota_cpu, quota_memory, quota_disk, quota_sandboxes FROM organizations WHERE id = $1")
+            .bind(org)
+            .fetch_one(&mut *conn)
+            .await?;
+    let (count, uc, um, ud): (i64, i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*), {USED} FROM sandboxes s WHERE s.organization_id = $1 AND s.state <> 'destroyed'"
+    )))
+    .bind(org)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((Quota { cpu, memory, disk, sandboxes }, count, Usage { cpu: uc, memory: um, disk: ud }))
+}

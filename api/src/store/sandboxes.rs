@@ -1,0 +1,542 @@
+//! The `sandboxes` table (with `sandbox_labels`): rows, the changes that bump a sandbox's route version, and the
+//! queries the list endpoint and the timers need.
+
+use std::collections::BTreeMap;
+
+use sandbar_proto::runner::{SandboxInfo, SandboxState};
+use sqlx::{AnyConnection, AnyPool};
+
+use super::{DbKind, next_seq};
+
+pub(crate) const COLUMNS: &str = "s.id, s.organization_id, s.name, s.runner_id, s.state, s.desired_state, \
+    s.error_reason, s.snapshot, s.os_user, s.env, s.labels, s.public, s.network_block_all, s.network_allow_list, \
+    s.target, s.cpu, s.memory, s.disk, s.auto_stop, s.auto_archive, s.auto_delete, s.daemon_addr, s.ssh_addr, \
+    s.daemon_token, s.preview_token, s.provisioned, s.created_at, s.updated_at, s.last_activity_at, s.state_at, \
+    s.version, r.last_heartbeat AS runner_seen, s.linked_sandbox_id";
+pub(crate) const FROM: &str = "FROM sandboxes s LEFT JOIN runners r ON r.id = s.runner_id";
+
+/// A sandbox row, with its runner's last heartbeat.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Row {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub runner_id: Option<String>,
+    pub state: String,
+    pub desired_state: String,
+    pub error_reason: Option<String>,
+    pub snapshot: String,
+    pub os_user: String,
+    pub env: String,
+    pub labels: String,
+    pub public: i64,
+    pub network_block_all: i64,
+    pub network_allow_list: Option<String>,
+    pub target: String,
+    pub cpu: i64,
+    pub memory: i64,
+    pub disk: i64,
+    pub auto_stop: i64,
+    pub auto_archive: i64,
+    pub auto_delete: i64,
+    pub daemon_addr: Option<String>,
+    pub ssh_addr: Option<String>,
+    pub daemon_token: String,
+    pub preview_token: String,
+    pub provisioned: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_activity_at: i64,
+    pub state_at: i64,
+    pub version: i64,
+    pub runner_seen: Option<i64>,
+    pub linked_sandbox_id: Option<String>,
+}
+
+/// A stored state column; `unknown` for anything else.
+pub fn parse_state(s: &str) -> SandboxState {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(SandboxState::Unknown)
+}
+
+impl Row {
+    /// The state as stored (without the runner's reachability: see `crate::domain::state`).
+    pub fn stored_state(&self) -> SandboxState {
+        parse_state(&self.state)
+    }
+
+    pub fn env_map(&self) -> BTreeMap<String, String> {
+        serde_json::from_str(&self.env).unwrap_or_default()
+    }
+
+    pub fn labels_map(&self) -> BTreeMap<String, String> {
+        serde_json::from_str(&self.labels).unwrap_or_default()
+    }
+}
+
+/// Loads a sandbox by id or name within `org` (any organization when `None`, by id only). `lock` takes a row lock
+/// on PostgreSQL so two instances never act on one sandbox at once (SQLite transactions are serial already).
+pub async fn load(
+    kind: DbKind,
+    conn: &mut AnyConnection,
+    org: Option<&str>,
+    id_or_name: &str,
+    lock: bool,
+) -> Result<Option<Row>, sqlx::Error> {
+    let lock = if lock && kind == DbKind::Postgres { " FOR UPDATE OF s" } else { "" };
+    let order = "ORDER BY CASE WHEN s.state = 'destroyed' THEN 1 ELSE 0 END, s.created_at DESC LIMIT 1";
+    match org {
+        Some(org) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} {FROM} WHERE s.organization_id = $1 AND (s.id = $2 OR s.name = $2) {order}{lock}"
+            )))
+            .bind(org)
+            .bind(id_or_name)
+            .fetch_optional(conn)
+            .await
+        }
+        None => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} {FROM} WHERE s.id = $1{lock}")))
+                .bind(id_or_name)
+                .fetch_optional(conn)
+                .await
+        }
+    }
+}
+
+/// Gives `sandbox_id` a new route version and records the change for the proxy's long-poll.
+pub async fn bump(conn: &mut AnyConnection, sandbox_id: &str, now: i64) -> Result<i64, sqlx::Error> {
+    let seq = next_seq(&mut *conn).await?;
+    sqlx::query("UPDATE sandboxes SET version = $1, updated_at = $2 WHERE id = $3")
+        .bind(seq)
+        .bind(now)
+        .bind(sandbox_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO route_changes (seq, sandbox_id, at) VALUES ($1, $2, $3)")
+        .bind(seq)
+        .bind(sandbox_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(seq)
+}
+
+/// Moves a sandbox to `next` (recording why, for `error`), then bumps its route. A destroyed sandbox loses its
+/// addresses and labels.
+pub async fn set_state(
+    conn: &mut AnyConnection,
+    sandbox_id: &str,
+    next: SandboxState,
+    error_reason: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let q = if next == SandboxState::Started {
+        "UPDATE sandboxes SET state = $1, error_reason = $2, state_at = $3, last_activity_at = $3 WHERE id = $4"
+    } else {
+        "UPDATE sandboxes SET state = $1, error_reason = $2, state_at = $3 WHERE id = $4"
+    };
+    sqlx::query(q).bind(next.as_str()).bind(error_reason).bind(now).bind(sandbox_id).execute(&mut *conn).await?;
+    if next == SandboxState::Destroyed {
+        sqlx::query("UPDATE sandboxes SET daemon_addr = NULL, ssh_addr = NULL WHERE id = $1")
+            .bind(sandbox_id)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM sandbox_labels WHERE sandbox_id = $1").bind(sandbox_id).execute(&mut *conn).await?;
+    }
+    bump(conn, sandbox_id, now).await?;
+    Ok(())
+}
+
+/// The id of a live sandbox of `org` named `name`.
+pub async fn live_named(conn: &mut AnyConnection, org: &str, name: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM sandboxes WHERE organization_id = $1 AND name = $2 AND state <> 'destroyed'")
+        .bind(org)
+        .bind(name)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The columns of a new sandbox.
+#[derive(Debug)]
+pub struct NewRow<'a> {
+    pub id: &'a str,
+    pub org: &'a str,
+    pub name: &'a str,
+    pub runner: &'a str,
+    pub image: &'a str,
+    pub user: &'a str,
+    pub env_json: String,
+    pub labels_json: String,
+    pub public: bool,
+    pub network_block_all: bool,
+    pub network_allow_list: Option<String>,
+    pub target: String,
+    pub cpu: i64,
+    pub memory: i64,
+    pub disk: i64,
+    pub auto_stop: i64,
+    pub auto_archive: i64,
+    pub auto_delete: i64,
+    pub preview_token: String,
+    pub now: i64,
+}
+
+/// Inserts a new sandbox in `creating` (desired `started`).
+pub async fn insert(conn: &mut AnyConnection, r: NewRow<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sandboxes (id, organization_id, name, runner_id, state, desired_state, snapshot, os_user, env, \
+         labels, public, network_block_all, network_allow_list, target, cpu, memory, disk, auto_stop, auto_archive, \
+         auto_delete, daemon_token, preview_token, provisioned, created_at, updated_at, last_activity_at, state_at, \
+         version) VALUES ($1, $2, $3, $4, 'creating', 'started', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+         $16, $17, $18, '', $19, 0, $20, $20, $20, $20, 0)",
+    )
+    .bind(r.id)
+    .bind(r.org)
+    .bind(r.name)
+    .bind(r.runner)
+    .bind(r.image)
+    .bind(r.user)
+    .bind(r.env_json)
+    .bind(r.labels_json)
+    .bind(super::b(r.public))
+    .bind(super::b(r.network_block_all))
+    .bind(r.network_allow_list)
+    .bind(r.target)
+    .bind(r.cpu)
+    .bind(r.memory)
+    .bind(r.disk)
+    .bind(r.auto_stop)
+    .bind(r.auto_archive)
+    .bind(r.auto_delete)
+    .bind(r.preview_token)
+    .bind(r.now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Inserts a fork of `source`: every column of the source, but a new identity (id, name, tokens, times) and the
+/// fork's own image; its labels are copied. Columns this statement does not name take their defaults.
+pub async fn insert_fork(
+    conn: &mut AnyConnection,
+    source: &str,
+    fork_id: &str,
+    name: &str,
+    image: &str,
+    preview_token: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sandboxes (id, organization_id, name, runner_id, state, desired_state, snapshot, os_user, env, \
+         labels, public, network_block_all, network_allow_list, target, cpu, memory, disk, auto_stop, auto_archive, \
+         auto_delete, daemon_token, preview_token, provisioned, created_at, updated_at, last_activity_at, state_at, \
+         version) \
+         SELECT $1, organization_id, $2, runner_id, 'creating', 'started', $3, os_user, env, labels, public, \
+         network_block_all, network_allow_list, target, cpu, memory, disk, auto_stop, auto_archive, auto_delete, '', \
+         $4, 0, $5, $5, $5, $5, 0 FROM sandboxes WHERE id = $6",
+    )
+    .bind(fork_id)
+    .bind(name)
+    .bind(image)
+    .bind(preview_token)
+    .bind(now)
+    .bind(source)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO sandbox_labels (sandbox_id, key, value) SELECT $1, key, value FROM sandbox_labels \
+         WHERE sandbox_id = $2",
+    )
+    .bind(fork_id)
+    .bind(source)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Replaces a sandbox's labels (the JSON column and the rows the list filter reads).
+pub async fn set_labels(
+    conn: &mut AnyConnection,
+    id: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), sqlx::Error> {
+    let json = serde_json::to_string(labels).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query("UPDATE sandboxes SET labels = $1 WHERE id = $2").bind(json).bind(id).execute(&mut *conn).await?;
+    write_labels(conn, id, labels).await
+}
+
+/// Writes the label rows of a sandbox (the list filter reads them).
+pub async fn write_labels(
+    conn: &mut AnyConnection,
+    id: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sandbox_labels WHERE sandbox_id = $1").bind(id).execute(&mut *conn).await?;
+    for (k, v) in labels {
+        sqlx::query("INSERT INTO sandbox_labels (sandbox_id, key, value) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(k)
+            .bind(v)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A text column of a sandbox that changes on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Text {
+    /// The state the user asked for last (`desired_state`).
+    Desired,
+    /// The reason shown with the sandbox (its state unchanged).
+    ErrorReason,
+    /// The token of its preview URLs (it rotates on every start).
+    PreviewToken,
+    /// The build of its image.
+    Build,
+    /// The sandbox a new one is linked to.
+    Linked,
+}
+
+/// Sets one text column.
+pub async fn set_text(conn: &mut AnyConnection, id: &str, column: Text, value: &str) -> Result<(), sqlx::Error> {
+    let q = match column {
+        Text::Desired => "UPDATE sandboxes SET desired_state = $1 WHERE id = $2",
+        Text::ErrorReason => "UPDATE sandboxes SET error_reason = $1 WHERE id = $2",
+        Text::PreviewToken => "UPDATE sandboxes SET preview_token = $1 WHERE id = $2",
+        Text::Build => "UPDATE sandboxes SET build_id = $1 WHERE id = $2",
+        Text::Linked => "UPDATE sandboxes SET linked_sandbox_id = $1 WHERE id = $2",
+    };
+    sqlx::query(q).bind(value).bind(id).execute(conn).await?;
+    Ok(())
+}
+
+/// An integer setting of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Public,
+    AutoStop,
+    AutoArchive,
+    AutoDelete,
+}
+
+/// Sets one integer setting.
+pub async fn set(conn: &mut AnyConnection, id: &str, setting: Setting, value: i64) -> Result<(), sqlx::Error> {
+    let q = match setting {
+        Setting::Public => "UPDATE sandboxes SET public = $1 WHERE id = $2",
+        Setting::AutoStop => "UPDATE sandboxes SET auto_stop = $1 WHERE id = $2",
+        Setting::AutoArchive => "UPDATE sandboxes SET auto_archive = $1 WHERE id = $2",
+        Setting::AutoDelete => "UPDATE sandboxes SET auto_delete = $1 WHERE id = $2",
+    };
+    sqlx::query(q).bind(value).bind(id).execute(conn).await?;
+    Ok(())
+}
+
+/// Sets the network settings columns.
+pub async fn set_network(
+    conn: &mut AnyConnection,
+    id: &str,
+    block_all: bool,
+    allow_list: Option<String>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sandboxes SET network_block_all = $1, network_allow_list = $2 WHERE id = $3")
+        .bind(super::b(block_all))
+        .bind(allow_list)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records new resources after a resize (`None` keeps the value).
+pub async fn set_resources(
+    conn: &mut AnyConnection,
+    id: &str,
+    cpu: Option<u32>,
+    memory: Option<u32>,
+    disk: Option<u32>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sandboxes SET cpu = COALESCE($1, cpu), memory = COALESCE($2, memory), disk = COALESCE($3, disk) \
+         WHERE id = $4",
+    )
+    .bind(cpu.map(i64::from))
+    .bind(memory.map(i64::from))
+    .bind(disk.map(i64::from))
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records what a runner says about a sandbox's daemon; `ssh_addr` is derived from it by the caller.
+pub async fn record_info(
+    conn: &mut AnyConnection,
+    info: &SandboxInfo,
+    ssh_addr: Option<String>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sandboxes SET daemon_addr = $1, ssh_addr = $2, daemon_token = $3, provisioned = 1 WHERE id = $4",
+    )
+    .bind(info.daemon_addr.clone())
+    .bind(ssh_addr)
+    .bind(&info.daemon_token)
+    .bind(&info.id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The build a sandbox was made from, if any.
+pub async fn build_of(conn: &mut AnyConnection, id: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT build_id FROM sandboxes WHERE id = $1").bind(id).fetch_one(conn).await
+}
+
+/// The sandboxes of `build_id` in one of `states` (an SQL list).
+pub async fn of_build(
+    conn: &mut AnyConnection,
+    build_id: &str,
+    states: &'static str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM sandboxes WHERE build_id = $1 AND state IN {states}"
+    )))
+    .bind(build_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// `(id, state)` of the live sandboxes placed on `runner`.
+pub async fn on_runner(conn: &mut AnyConnection, runner: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, state FROM sandboxes WHERE runner_id = $1 AND state <> 'destroyed'")
+        .bind(runner)
+        .fetch_all(conn)
+        .await
+}
+
+/// Names of (at most five) live sandboxes running `image`.
+pub async fn users_of_image(conn: &mut AnyConnection, image: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT name FROM sandboxes WHERE snapshot = $1 AND state <> 'destroyed' ORDER BY created_at LIMIT 5",
+    )
+    .bind(image)
+    .fetch_all(conn)
+    .await
+}
+
+/// Records activity on a live sandbox of `org` (by id or name); false when there is none.
+pub async fn touch_in_org(pool: &AnyPool, org: &str, id_or_name: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE sandboxes SET last_activity_at = $1 WHERE organization_id = $2 AND (id = $3 OR name = $3) \
+         AND state <> 'destroyed'",
+    )
+    .bind(now)
+    .bind(org)
+    .bind(id_or_name)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Records activity on live sandboxes (reported by the proxy, or an SSH session starting).
+pub async fn touch(conn: &mut AnyConnection, ids: &[String], now: i64) -> Result<(), sqlx::Error> {
+    for id in ids {
+        sqlx::query("UPDATE sandboxes SET last_activity_at = $1 WHERE id = $2 AND state <> 'destroyed'")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// What the list endpoint filters on.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    pub org: String,
+    /// Stored state names; empty: every state but `destroyed`.
+    pub states: Vec<String>,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `(created_at, id)` of the last row of the previous page.
+    pub after: Option<(i64, String)>,
+    pub limit: i64,
+}
+
+enum BindVal {
+    S(String),
+    I(i64),
+}
+
+/// A page of sandboxes, newest first (`limit` rows at most).
+pub async fn list(pool: &AnyPool, f: ListFilter) -> Result<Vec<Row>, sqlx::Error> {
+    let mut sql = format!("SELECT {COLUMNS} {FROM} WHERE s.organization_id = $1");
+    let mut binds: Vec<BindVal> = vec![BindVal::S(f.org)];
+    let next = |binds: &mut Vec<BindVal>, v: BindVal| {
+        binds.push(v);
+        format!("${}", binds.len())
+    };
+    if f.states.is_empty() {
+        sql.push_str(" AND s.state <> 'destroyed'");
+    } else {
+        let ps: Vec<String> = f.states.into_iter().map(|s| next(&mut binds, BindVal::S(s))).collect();
+        sql.push_str(&format!(" AND s.state IN ({})", ps.join(", ")));
+    }
+    if let Some(id) = f.id {
+        let p = next(&mut binds, BindVal::S(id));
+        sql.push_str(&format!(" AND s.id = {p}"));
+    }
+    if let Some(name) = f.name {
+        let p = next(&mut binds, BindVal::S(name));
+        sql.push_str(&format!(" AND s.name = {p}"));
+    }
+    for (k, v) in f.labels {
+        let pk = next(&mut binds, BindVal::S(k));
+        let pv = next(&mut binds, BindVal::S(v));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM sandbox_labels l WHERE l.sandbox_id = s.id AND l.key = {pk} AND l.value = {pv})"
+        ));
+    }
+    if let Some((t, id)) = f.after {
+        let pt = next(&mut binds, BindVal::I(t));
+        let pt2 = next(&mut binds, BindVal::I(t));
+        let pid = next(&mut binds, BindVal::S(id));
+        sql.push_str(&format!(" AND (s.created_at < {pt} OR (s.created_at = {pt2} AND s.id < {pid}))"));
+    }
+    let pl = next(&mut binds, BindVal::I(f.limit));
+    sql.push_str(&format!(" ORDER BY s.created_at DESC, s.id DESC LIMIT {pl}"));
+    let mut query = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql));
+    for v in binds {
+        query = match v {
+            BindVal::S(s) => query.bind(s),
+            BindVal::I(i) => query.bind(i),
+        };
+    }
+    query.fetch_all(pool).await
+}
+
+/// Which lifecycle timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    AutoStop,
+    AutoDelete,
+    AutoArchive,
+}
+
+/// Ids of the sandboxes whose `timer` is due at `now`.
+pub async fn due(pool: &AnyPool, timer: Timer, now: i64) -> Result<Vec<String>, sqlx::Error> {
+    let sql = match timer {
+        Timer::AutoStop => {
+            "SELECT id FROM sandboxes WHERE state = 'started' AND auto_stop > 0 AND last_activity_at + auto_stop * 60000 <= $1"
+        }
+        Timer::AutoDelete => {
+            "SELECT id FROM sandboxes WHERE state IN ('stopped', 'archived') AND auto_delete >= 0 \
+             AND state_at + auto_delete * 60000 <= $1"
+        }
+        Timer::AutoArchive => {
+            "SELECT id FROM sandboxes WHERE state = 'stopped' AND auto_archive > 0 AND state_at + auto_archive * 60000 <= $1"
+        }
+    };
+    sqlx::query_scalar(sql).bind(now).fetch_all(pool).await
+}
