@@ -387,3 +387,64 @@ async fn two_api_instances_on_postgres_share_jobs_and_route_changes() {
         b.stop().await;
     }
 }
+
+/// `PING_SANDBOX`, the demonstration job kind: queued for a started sandbox of the caller's organization only,
+/// handed to its runner like any job, and its result (either way) recorded on the job without moving the sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ping_jobs_reach_the_runner_and_change_nothing() {
+    use sandbar_api::error::ApiError;
+    use sandbar_proto::runner::{JobErrorCode, JobKind};
+    for db in databases().await {
+        let h = Harness::start(&db).await;
+        let r = h.runner("r1");
+        r.heartbeat(64, 64, 1000).await;
+        let id = started_sandbox(&h, &r, empty()).await;
+        let job_row = |job: String| {
+            let pool = h.app.db.pool.clone();
+            async move {
+                sqlx::query_as::<_, (String, Option<String>)>("SELECT state, error FROM jobs WHERE id = $1")
+                    .bind(job)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+
+        // Another organization's key does not see the sandbox; an unknown sandbox is not found either.
+        let (other_org, _) = h.new_org("other").await;
+        let not_found = |e: ApiError| assert_eq!(e.status.as_u16(), 404, "{e:?}");
+        not_found(sandbar_api::jobs::ping::enqueue(&h.app, &other_org, &id).await.unwrap_err());
+        not_found(sandbar_api::jobs::ping::enqueue(&h.app, &h.org, "no-such-sandbox").await.unwrap_err());
+
+        // A ping that succeeds.
+        let job = sandbar_api::jobs::ping::enqueue(&h.app, &h.org, &id).await.unwrap();
+        let got = r.poll(2).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].id, job);
+        assert_eq!(got[0].kind, JobKind::PingSandbox { sandbox_id: id.clone() });
+        assert!(r.succeed(&got[0], &h.org).await.is_success());
+        assert_eq!(job_row(job).await, ("done".to_owned(), None));
+        assert_eq!(h.state(&id).await, "started");
+
+        // A ping the daemon did not answer: recorded on the job, the sandbox is left alone.
+        let job = sandbar_api::jobs::ping::enqueue(&h.app, &h.org, &id).await.unwrap();
+        let got = r.poll(2).await;
+        assert_eq!(got.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), vec![job.clone()]);
+        assert!(r.fail(&got[0], JobErrorCode::DaemonNotReady, "no answer").await.is_success());
+        let (state, error) = job_row(job).await;
+        assert_eq!(state, "failed");
+        assert!(error.as_deref().is_some_and(|e| e.contains("no answer")), "{error:?}");
+        assert_eq!(h.state(&id).await, "started");
+        assert!(r.poll(0).await.is_empty(), "a finished ping is not handed out again");
+
+        // A stopped sandbox has no daemon to ask.
+        let (status, body) = h.call(Method::POST, &format!("/sandbox/{id}/stop"), None).await;
+        assert!(status.is_success(), "{status} {body}");
+        r.work(&h.org).await;
+        assert_eq!(h.state(&id).await, "stopped");
+        let e = sandbar_api::jobs::ping::enqueue(&h.app, &h.org, &id).await.unwrap_err();
+        assert_eq!(e.status.as_u16(), 400, "{e:?}");
+        assert!(r.poll(0).await.is_empty());
+        h.stop().await;
+    }
+}

@@ -289,6 +289,12 @@ pub enum JobKind {
     ResumeSandbox {
         sandbox_id: String,
     },
+    /// Check that a started sandbox's daemon answers an authenticated call (it runs `true` through
+    /// `POST /process/execute`). Changes nothing: the result says whether the daemon answered.
+    #[serde(rename_all = "camelCase")]
+    PingSandbox {
+        sandbox_id: String,
+    },
 }
 
 impl JobKind {
@@ -310,6 +316,7 @@ impl JobKind {
             Self::RemoveSnapshot(_) => "REMOVE_SNAPSHOT",
             Self::PauseSandbox { .. } => "PAUSE_SANDBOX",
             Self::ResumeSandbox { .. } => "RESUME_SANDBOX",
+            Self::PingSandbox { .. } => "PING_SANDBOX",
         }
     }
 
@@ -322,7 +329,8 @@ impl JobKind {
             | Self::DestroySandbox { sandbox_id }
             | Self::ArchiveSandbox { sandbox_id }
             | Self::PauseSandbox { sandbox_id }
-            | Self::ResumeSandbox { sandbox_id } => sandbox_id,
+            | Self::ResumeSandbox { sandbox_id }
+            | Self::PingSandbox { sandbox_id } => sandbox_id,
             Self::RestoreSandbox(c) => &c.id,
             Self::StopSandbox(s) => &s.sandbox_id,
             Self::ResizeSandbox(r) => &r.sandbox_id,
@@ -534,6 +542,7 @@ mod tests {
             JobKind::ArchiveSandbox { sandbox_id: id() },
             JobKind::PauseSandbox { sandbox_id: id() },
             JobKind::ResumeSandbox { sandbox_id: id() },
+            JobKind::PingSandbox { sandbox_id: id() },
         ];
         for kind in kinds {
             assert_eq!(serde_json::to_value(&kind).unwrap()["type"], kind.tag());

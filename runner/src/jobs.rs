@@ -17,6 +17,7 @@ mod destroy;
 mod fork;
 mod network;
 mod pause;
+mod ping;
 mod remove_snapshot;
 mod resize;
 mod restore;
@@ -93,6 +94,7 @@ pub async fn run(runner: &Runner, cp: Option<&ControlPlane>, job: Job) -> JobRes
         JobKind::RemoveSnapshot(req) => remove_snapshot::run(&ctx, req).await,
         JobKind::PauseSandbox { sandbox_id } => pause::run(&ctx, &sandbox_id).await,
         JobKind::ResumeSandbox { sandbox_id } => resume::run(&ctx, &sandbox_id).await,
+        JobKind::PingSandbox { sandbox_id } => ping::run(&ctx, &sandbox_id).await,
     };
     let outcome = match done {
         Ok(Done { sandbox, snapshot }) => JobOutcome::Succeeded { sandbox: sandbox.map(Box::new), snapshot },

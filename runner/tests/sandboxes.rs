@@ -76,6 +76,15 @@ async fn busybox_create_exec_stop_start_destroy() {
         http.post(&url).header(DAEMON_TOKEN_HEADER, &info.daemon_token).json(&exec_req("true")).send().await.unwrap();
     assert_eq!(right.status(), 200);
 
+    // PING_SANDBOX: the daemon answers an authenticated call; nothing changes.
+    let ping = |n: u32| Job { id: format!("ping-{n}"), kind: JobKind::PingSandbox { sandbox_id: id.clone() } };
+    match sandbar_runner::jobs::run(&runner, None, ping(1)).await.outcome {
+        JobOutcome::Succeeded { sandbox: Some(s), .. } => {
+            assert_eq!((s.id.as_str(), s.state), (id.as_str(), SandboxState::Started))
+        }
+        other => panic!("ping of a started sandbox: {other:?}"),
+    }
+
     // Graceful stop: the daemon drains on SIGTERM and exits well before the deadline.
     runner.exec(&id, &exec_req("echo kept > /root/file")).await.unwrap();
     let t0 = Instant::now();
@@ -88,6 +97,8 @@ async fn busybox_create_exec_stop_start_destroy() {
     assert_eq!(docker_inspect(&info.container_id, "{{.State.ExitCode}}").unwrap(), "0", "daemon drained and exited 0");
     let err = runner.exec(&id, &exec_req("true")).await.unwrap_err();
     assert!(matches!(err, SandboxError::InvalidState { state: SandboxState::Stopped, .. }), "{err}");
+    let pinged = sandbar_runner::jobs::run(&runner, None, ping(2)).await.outcome;
+    assert!(matches!(pinged, JobOutcome::Failed { code: JobErrorCode::InvalidState, .. }), "{pinged:?}");
 
     let started = runner.start(&id).await.unwrap();
     assert_eq!(started.state, SandboxState::Started);
@@ -106,6 +117,8 @@ async fn busybox_create_exec_stop_start_destroy() {
     assert!(runner.get(&id).is_none());
     assert!(docker_inspect(&info.container_id, "{{.Id}}").is_none(), "container removed");
     assert!(matches!(runner.destroy(&id).await.unwrap_err(), SandboxError::NotFound(_)));
+    let pinged = sandbar_runner::jobs::run(&runner, None, ping(3)).await.outcome;
+    assert!(matches!(pinged, JobOutcome::Failed { code: JobErrorCode::SandboxNotFound, .. }), "{pinged:?}");
 
     let mut seen = Vec::new();
     while let Ok(c) = changes.try_recv() {

@@ -333,7 +333,8 @@ impl FakeRunner {
             | K::SnapshotSandbox(_)
             | K::RemoveSnapshot(_)
             | K::PauseSandbox { .. }
-            | K::ResumeSandbox { .. } => started(job.kind.sandbox_id()),
+            | K::ResumeSandbox { .. }
+            | K::PingSandbox { .. } => started(job.kind.sandbox_id()),
         };
         self.result(JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox, snapshot: None } })
             .await

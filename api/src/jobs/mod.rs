@@ -12,6 +12,7 @@ pub mod destroy;
 pub mod fork;
 pub mod network;
 pub mod pause;
+pub mod ping;
 pub mod remove_snapshot;
 pub mod resize;
 pub mod restore;
@@ -88,6 +89,7 @@ pub async fn on_result(app: &App, runner_id: &str, res: &JobResult) -> ApiResult
         JobKind::RemoveSnapshot(j) => remove_snapshot::on_result(&mut done, j).await?,
         JobKind::PauseSandbox { sandbox_id } => pause::on_result(&mut done, sandbox_id).await?,
         JobKind::ResumeSandbox { sandbox_id } => resume::on_result(&mut done, sandbox_id).await?,
+        JobKind::PingSandbox { sandbox_id } => ping::on_result(&mut done, sandbox_id).await?,
     }
     let wake_followers = done.wake_followers;
     tx.commit().await?;
