@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use sandbar_testkit::api_standin::{route, start_api};
-use sandbar_testkit::daemon::TestDaemon;
+use sandbar_testkit::api_standin::start_with_sandbox;
 use sandbar_testkit::proxy::{Proxy, ProxyProcess, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -26,10 +25,7 @@ async fn read_until_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> (V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slowloris_client_is_cut_while_others_are_served() {
-    let (api, api_url) = start_api().await;
-    let daemon = TestDaemon::start_token("daemon-token-1");
-    api.add_route(route("sbx1", "org-a", &daemon));
-    api.add_key(KEY_A, "org-a");
+    let (_, api_url, _daemon) = start_with_sandbox(KEY_A).await;
     let proxy = Proxy::start_with(&api_url, |c| c.header_timeout = Duration::from_millis(1500)).await;
     let http = reqwest::Client::new();
     let version = proxy.http_url("/toolbox/sbx1/version");
@@ -119,10 +115,7 @@ async fn start_slow_reader(read: Arc<AtomicU64>) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_websocket_flood_is_held_back_and_memory_stays_bounded() {
-    let (api, api_url) = start_api().await;
-    let daemon = TestDaemon::start_token("daemon-token-1");
-    api.add_route(route("sbx1", "org-a", &daemon));
-    api.add_key(KEY_A, "org-a");
+    let (_, api_url, _daemon) = start_with_sandbox(KEY_A).await;
     let read = Arc::new(AtomicU64::new(0));
     let app = start_slow_reader(read.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -186,10 +179,7 @@ async fn a_websocket_flood_is_held_back_and_memory_stays_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_with_one_credential_makes_one_authorize_call() {
-    let (api, api_url) = start_api().await;
-    let daemon = TestDaemon::start_token("daemon-token-1");
-    api.add_route(route("sbx1", "org-a", &daemon));
-    api.add_key(KEY_A, "org-a");
+    let (api, api_url, _daemon) = start_with_sandbox(KEY_A).await;
     let proxy = Proxy::start(&api_url).await;
     let http = reqwest::Client::new();
     let url = proxy.http_url("/toolbox/sbx1/version");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use sandbar_proto::runner::SandboxState;
-use sandbar_testkit::api_standin::{self, route, start_api};
+use sandbar_testkit::api_standin::{self, start_with_sandbox};
 use sandbar_testkit::daemon::TestDaemon;
 use sandbar_testkit::proxy::{Proxy, json_of, raw, start_app};
 use serde_json::{Value, json};
@@ -30,10 +30,7 @@ async fn world() -> World {
 }
 
 async fn world_on(domain: &str) -> World {
-    let (api, api_url) = start_api().await;
-    let daemon = TestDaemon::start_token("daemon-token-1");
-    api.add_route(route("sbx1", "org-a", &daemon));
-    api.add_key(KEY_A, "org-a");
+    let (api, api_url, daemon) = start_with_sandbox(KEY_A).await;
     api.add_key(KEY_B, "org-b");
     let proxy = Proxy::start_with(&api_url, |c| c.domain = domain.to_owned()).await;
     World { api, daemon, proxy, http: reqwest::Client::new() }

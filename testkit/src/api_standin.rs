@@ -176,6 +176,16 @@ async fn activity(State(api): State<Api>, h: HeaderMap, Json(r): Json<ActivityRe
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// The stand-in with one started sandbox `sbx1` of `org-a` on a real daemon (token `daemon-token-1`), and `key`
+/// an API key of `org-a`: returns the state, the base URL and the daemon.
+pub async fn start_with_sandbox(key: &str) -> (Api, String, TestDaemon) {
+    let (api, api_url) = start_api().await;
+    let daemon = TestDaemon::start_token("daemon-token-1");
+    api.add_route(route("sbx1", "org-a", &daemon));
+    api.add_key(key, "org-a");
+    (api, api_url, daemon)
+}
+
 /// Starts the API stand-in; returns its state and base URL (with `/api`).
 pub async fn start_api() -> (Api, String) {
     let api: Api = Arc::new(ApiState::default());

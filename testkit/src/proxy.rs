@@ -16,7 +16,7 @@ use sandbar_proxy::ssh_gateway::{self, SshGatewayConfig, SshTargetResolver};
 use serde_json::Value;
 
 use crate::api_standin::PROXY_TOKEN;
-use crate::daemon::TestDaemon;
+use crate::daemon::{TestDaemon, sigterm_and_wait};
 
 pub struct Proxy {
     pub http: SocketAddr,
@@ -226,15 +226,7 @@ impl ProxyProcess {
 
     /// Sends SIGTERM (to our own child, by its positive pid) and waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        for _ in 0..200 {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("sandbar-proxy did not exit after SIGTERM");
+        sigterm_and_wait(&mut self.child).unwrap_or_else(|| panic!("sandbar-proxy did not exit after SIGTERM"))
     }
 }
 
