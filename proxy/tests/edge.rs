@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use sandbar_proto::ports;
 use sandbar_proto::runner::SandboxState;
 use sandbar_testkit::api_standin::{self, start_with_sandbox};
 use sandbar_testkit::daemon::TestDaemon;
@@ -273,6 +274,25 @@ async fn preview_urls_reach_a_server_in_the_sandbox() {
         .unwrap();
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains(&format!("port {closed}")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anonymous_access_is_asked_of_the_api_and_cached() {
+    let w = world().await;
+    let app = start_app().await;
+    w.api.update_route("sbx1", |r| r.public = true);
+    let get = |port: u16| {
+        let (c, url) = (w.http.clone(), w.proxy.http_url("/hello"));
+        async move { c.get(url).header("host", format!("{port}-sbx1.localhost")).send().await.unwrap().status() }
+    };
+    // Without a credential the proxy asks the API (once for a burst), which opens a public sandbox's own ports
+    // and never the daemon's.
+    for (port, status) in [(app, 200), (ports::TOOLBOX, 401), (ports::TERMINAL, 401)] {
+        let before = w.api.authorize_calls.load(Ordering::SeqCst);
+        let answers = futures_util::future::join_all((0..20).map(|_| get(port))).await;
+        assert!(answers.iter().all(|s| *s == status), "port {port}: {answers:?}");
+        assert_eq!(w.api.authorize_calls.load(Ordering::SeqCst) - before, 1, "port {port}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
