@@ -140,7 +140,12 @@ impl ProxyHttp for EdgeProxy {
             session.set_read_timeout(None);
         }
         match self.admit(session, ctx).await {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                if let Some(forward) = &ctx.forward {
+                    forward.set_path(session);
+                }
+                Ok(false)
+            }
             Err(r) => {
                 tracing::debug!(status = r.status, reason = r.reason, request_id = %ctx.request_id, "rejected");
                 r.send(session, &ctx.request_id).await?;

@@ -1,7 +1,10 @@
 //! The answers the proxy makes itself, shaped like Daytona's errors: JSON `{statusCode, message, code, source,
 //! path, method, timestamp}` (or a small HTML page for a browser that asks for one), always with `X-Sandbar-Error`
 //! (the machine-readable reason) and the request id, `WWW-Authenticate` on 401 and `Retry-After` on 503.
-//! Which status and message a situation gets is decided where the situation is met; this module only writes.
+//! Which status and message a situation gets is decided where the situation is met (400 bad host, id or path;
+//! 401 `unauthorized` or `signed-url-invalid`; 404 `no-sandbox` or `sandbox-not-found`; 409 `sandbox-stopped`,
+//! `sandbox-starting` or `sandbox-error`; 410 `sandbox-archived` or `sandbox-deleted`; 503 `sandbox-not-ready`;
+//! 502 `api-unavailable` or `daemon-unreachable`); this module only writes them.
 
 use std::sync::atomic::Ordering;
 

@@ -49,9 +49,16 @@ impl Forward {
         Ok(Self { uri, daemon_token, host, toolbox: !dest.preview_host(), used_bearer })
     }
 
-    /// Rewrites `req`, the request about to go to the daemon.
+    /// Puts the daemon's path in place of the client's, at the end of `request_filter`. This stays on the
+    /// session's request rather than in [`Self::apply`] so that nothing changes with the split into phases:
+    /// pingora derives an HTTP/2 client's upstream `Host` from this URI (a relative one gives an empty `Host`), and
+    /// the error answers made after forwarding name this path.
+    pub fn set_path(&self, session: &mut Session) {
+        session.req_header_mut().set_uri(self.uri.clone());
+    }
+
+    /// Rewrites `req`, the request about to go to the daemon (its path is set by [`Self::set_path`]).
     pub fn apply(&self, session: &Session, req: &mut RequestHeader, request_id: &str, https: bool) -> Result<()> {
-        req.set_uri(self.uri.clone());
         // One pass over the (few) headers the client sent finds the internal ones, which are rarely there; a lookup
         // or removal per name costs a parse and a hash each.
         let strip: Vec<http::HeaderName> =
