@@ -9,7 +9,7 @@ use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 use sandbar_support::sync::lock;
 use tokio::sync::oneshot;
 
-use super::Activity;
+use super::ConnActivity;
 
 /// The daemon's answers to a channel's requests, matched in order with the client's requests waiting for them.
 #[derive(Default)]
@@ -55,7 +55,7 @@ pub(super) async fn bridge(
     down: Channel<ServerMsg>,
     up: Channel<russh::client::Msg>,
     down_handle: russh::server::Handle,
-    activity: Arc<Activity>,
+    activity: Arc<ConnActivity>,
     replies: Option<SharedReplies>,
 ) {
     let down_id = down.id();

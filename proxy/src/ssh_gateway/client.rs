@@ -10,7 +10,7 @@ use russh::keys::ssh_key::PublicKey;
 use russh::{Channel, keys::PublicKeyOrCertificate};
 
 use super::bridge::{bridge, open_failure};
-use super::{Activity, SshTarget};
+use super::{ConnActivity, SshTarget};
 
 pub(super) type UpHandle = russh::client::Handle<Upstream>;
 
@@ -18,7 +18,7 @@ pub(super) type UpHandle = russh::client::Handle<Upstream>;
 pub(super) async fn connect(
     target: &SshTarget,
     down: russh::server::Handle,
-    activity: Arc<Activity>,
+    activity: Arc<ConnActivity>,
     timeout: Duration,
 ) -> Result<UpHandle, String> {
     let pinned = match &target.daemon_host_key {
@@ -51,7 +51,7 @@ pub(super) async fn connect(
 pub(super) struct Upstream {
     pinned: Option<PublicKey>,
     down: russh::server::Handle,
-    activity: Arc<Activity>,
+    activity: Arc<ConnActivity>,
 }
 
 impl russh::client::Handler for Upstream {

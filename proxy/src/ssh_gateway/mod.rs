@@ -156,8 +156,8 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-/// Reports activity at most every `ACTIVITY_EVERY`.
-struct Activity {
+/// One connection's traffic, passed to the resolver at most every `ACTIVITY_EVERY`.
+struct ConnActivity {
     resolver: Arc<dyn SshTargetResolver>,
     sandbox_id: String,
     last: Mutex<Option<Instant>>,
@@ -165,7 +165,7 @@ struct Activity {
 
 const ACTIVITY_EVERY: Duration = Duration::from_secs(5);
 
-impl Activity {
+impl ConnActivity {
     fn touch(&self) {
         let mut last = lock(&self.last);
         if last.is_none_or(|t| t.elapsed() >= ACTIVITY_EVERY) {

@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 
 use super::bridge::{SharedReplies, bridge, open_failure, reply_wait};
 use super::client::{self, UpHandle};
-use super::{Activity, SshGatewayConfig, SshTarget, SshTargetResolver};
+use super::{ConnActivity, SshGatewayConfig, SshTarget, SshTargetResolver};
 
 /// One client connection.
 pub(super) struct GatewayConn {
@@ -24,7 +24,7 @@ pub(super) struct GatewayConn {
     /// The client session's handle (set right after the handshake starts).
     down: Arc<OnceCell<russh::server::Handle>>,
     up: Option<Arc<UpHandle>>,
-    activity: Option<Arc<Activity>>,
+    activity: Option<Arc<ConnActivity>>,
     /// Why the token was refused: sent as the disconnect message right after authentication.
     refusal: Option<String>,
     /// Reply queues of the session channels, by client-side channel id.
@@ -74,7 +74,7 @@ impl GatewayConn {
 
     async fn connect(&mut self, target: SshTarget) -> Result<(), String> {
         let down = self.down_handle().await.ok_or_else(|| "internal error: no session".to_owned())?;
-        let activity = Arc::new(Activity {
+        let activity = Arc::new(ConnActivity {
             resolver: self.resolver.clone(),
             sandbox_id: target.sandbox_id.clone(),
             last: Mutex::new(None),
@@ -87,7 +87,7 @@ impl GatewayConn {
         Ok(())
     }
 
-    fn parts(&self) -> Option<(Arc<UpHandle>, Arc<Activity>)> {
+    fn parts(&self) -> Option<(Arc<UpHandle>, Arc<ConnActivity>)> {
         Some((self.up.clone()?, self.activity.clone()?))
     }
 
