@@ -5,19 +5,23 @@
 //!
 //! [`run`] takes listeners the caller bound (so port 0 works and the real addresses are known before serving) and
 //! a shutdown watch; it runs pingora's services on the caller's tokio runtime, so the proxy can live in the
-//! `sandbar-proxy` binary or in-process.
+//! `sandbar-proxy` binary or in-process (the tests). The `sandbar-proxy` binary runs the SSH gateway
+//! ([`ssh_gateway`]) beside it, feeding the same activity reporter ([`run_with_activity`]).
+//!
+//! Layers: [`edge`] is the transport (pingora's phases); [`control`] the adapter to the API, which decides every
+//! question of access; [`ssh_gateway`] the SSH transport. [`tls`], [`metrics`] and [`head_deadline`] serve the
+//! listeners.
 
-pub mod api;
-pub mod cache;
 pub mod config;
+pub mod control;
 pub mod edge;
-pub mod flight;
 pub mod head_deadline;
 pub mod metrics;
-pub mod ssh_api;
 pub mod ssh_gateway;
-pub mod target;
 pub mod tls;
+
+/// The Host/path parser, where the fuzz crate (`proxy/fuzz`) finds it.
+pub use edge::target;
 
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
@@ -26,10 +30,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::http_app::ServeHttp;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{TlsAccept, TlsAcceptCallbacks};
-use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ListenFds, ShutdownWatch};
 use pingora::services::Service as _;
@@ -38,9 +40,10 @@ use thiserror::Error;
 
 pub use config::Config;
 
-use crate::api::ApiClient;
-use crate::cache::{AuthCache, RouteCache, Waker};
-use crate::edge::{Activity, EdgeProxy, Shared};
+use crate::control::activity::Activity;
+use crate::control::api::{ApiCallError, ApiClient};
+use crate::control::cache::{AuthCache, RouteCache, Waker};
+use crate::edge::{EdgeProxy, Shared};
 use crate::head_deadline::HeadDeadline;
 use crate::metrics::Metrics;
 
@@ -57,7 +60,7 @@ pub enum ProxyError {
     Tls(#[from] tls::TlsError),
     /// the API client could not be built
     #[error(transparent)]
-    Api(#[from] api::ApiCallError),
+    Api(#[from] ApiCallError),
     /// the configuration is not usable
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -110,29 +113,20 @@ struct NoCallbacks;
 #[async_trait]
 impl TlsAccept for NoCallbacks {}
 
-struct MetricsApp {
-    metrics: Arc<Metrics>,
-}
-
-#[async_trait]
-impl ServeHttp for MetricsApp {
-    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        let path = session.req_header().uri.path();
-        let (status, ctype, body) = match path {
-            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render().into_bytes()),
-            "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
-            _ => (404, "text/plain", b"not found: try /metrics\n".to_vec()),
-        };
-        let mut resp = http::Response::new(body);
-        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-        resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
-        resp
-    }
-}
-
 /// Serves until `shutdown` turns true, then stops accepting, lets in-flight requests and open WebSockets finish
 /// for up to `config.shutdown_grace`, and returns.
 pub async fn run(config: Config, listeners: Listeners, shutdown: ShutdownWatch) -> Result<(), ProxyError> {
+    run_with_activity(config, listeners, Arc::default(), shutdown).await
+}
+
+/// [`run`], reporting `activity` (which others, such as the SSH gateway, may mark too) every
+/// `config.activity_interval` and once more after draining.
+pub async fn run_with_activity(
+    config: Config,
+    listeners: Listeners,
+    activity: Arc<Activity>,
+    shutdown: ShutdownWatch,
+) -> Result<(), ProxyError> {
     config.validate().map_err(ProxyError::Config)?;
     let metrics = Arc::new(Metrics::default());
     let api = ApiClient::new(&config.api_url, config.token.clone())?;
@@ -144,7 +138,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: ShutdownWatch) 
         waker: Waker::new(api.clone(), routes.clone(), config.wake_timeout, metrics.clone()),
         wake_timeout: config.wake_timeout,
         metrics: metrics.clone(),
-        activity: Activity::default(),
+        activity: activity.clone(),
         request_ids: Default::default(),
     });
 
@@ -184,11 +178,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: ShutdownWatch) 
     tls_settings.set_cert_resolver(Arc::new(resolver));
     tls_settings.enable_h2();
     https_svc.add_tls_with_settings(&https_addr, None, tls_settings);
-    let mut metrics_svc = Service::new("sandbar-proxy metrics".to_owned(), MetricsApp { metrics: metrics.clone() });
+    let mut metrics_svc =
+        Service::new("sandbar-proxy metrics".to_owned(), metrics::MetricsApp { metrics: metrics.clone() });
     metrics_svc.add_tcp(&metrics_addr);
 
     let poller = tokio::spawn(routes.clone().follow_changes(config.changes_wait_secs));
-    let reporter = tokio::spawn(report_activity(shared.clone(), api, config.activity_interval));
+    let reporter = tokio::spawn(activity.clone().report(api.clone(), config.activity_interval));
 
     let tasks = [
         tokio::spawn({
@@ -222,25 +217,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: ShutdownWatch) 
     poller.abort();
     reporter.abort();
     // One last report so the API sees the final activity.
-    flush_activity(&shared, &ApiClient::new(&config.api_url, config.token.clone())?).await;
+    activity.flush(&api).await;
     Ok(())
-}
-
-async fn flush_activity(shared: &Shared, api: &ApiClient) {
-    let ids = shared.activity.drain();
-    if ids.is_empty() {
-        return;
-    }
-    if let Err(e) = api.activity(&sandbar_proto::api::ActivityReport { sandbox_ids: ids }).await {
-        tracing::warn!(error = %e, "activity report failed");
-    }
-}
-
-async fn report_activity(shared: Arc<Shared>, api: ApiClient, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        flush_activity(&shared, &api).await;
-    }
 }

@@ -5,20 +5,23 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Parser;
-use sandbar_proxy::api::ApiClient;
-use sandbar_proxy::ssh_api::ApiSshResolver;
+use std::sync::Arc;
+
+use sandbar_proxy::control::activity::Activity;
+use sandbar_proxy::control::api::ApiClient;
+use sandbar_proxy::ssh_gateway::resolver::ApiSshResolver;
 use sandbar_proxy::{Config, Listeners, ssh_gateway};
 
-/// jemalloc: pingora allocates and frees buffers of every size per request, and glibc's malloc spent about a fifth
-/// of the proxy's CPU on it under load (`benches/proxy-vs-nginx`).
+/// jemalloc: pingora allocates and frees buffers of every size per request, and glibc's malloc cost the proxy a
+/// large share of its CPU under load (measured by `benches/proxy-vs-nginx`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse().finish().map_err(|e| anyhow::anyhow!(e))?;
     init_tracing(config.log_json);
-    // On 2 cores shared with the backend and the load generator, one thread served 35.6k req/s at 26 µs of CPU per
-    // request, two work-stealing workers 30.0k at 36 µs (benches/proxy-vs-nginx).
+    // On few cores shared with the backends, one thread serves more requests, at less CPU each, than work-stealing
+    // workers (measured by benches/proxy-vs-nginx).
     let runtime = match config.worker_threads() {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
         n => tokio::runtime::Builder::new_multi_thread()
@@ -39,8 +42,9 @@ fn main() -> anyhow::Result<()> {
         let host_key = ssh_gateway::load_or_create_host_key(&config.data_dir.join("ssh/gateway_host_ed25519_key"))?;
         let api = ApiClient::new(&config.api_url, config.token.clone())?;
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let (resolver, flush) = ApiSshResolver::new(api, config.activity_interval, rx.clone());
-        tokio::spawn(flush);
+        // One activity reporter for the HTTP edge and the gateway: `run_with_activity` sends what both mark.
+        let activity = Arc::new(Activity::default());
+        let resolver = ApiSshResolver::new(api, activity.clone());
         let mut gateway_stop = rx.clone();
         let gateway = tokio::spawn(ssh_gateway::run(
             ssh_listener,
@@ -54,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         // Signal handlers go in before the ready line: a supervisor may send SIGTERM the moment it reads it.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        let mut server = tokio::spawn(sandbar_proxy::run(config, listeners, rx));
+        let mut server = tokio::spawn(sandbar_proxy::run_with_activity(config, listeners, activity, rx));
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "{ready}")?;

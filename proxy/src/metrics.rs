@@ -1,9 +1,14 @@
 //! Prometheus metrics, kept in atomics and written in the text exposition format on the admin listener's
-//! `GET /metrics`.
+//! `GET /metrics` ([`MetricsApp`], which also answers `GET /healthz`).
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -114,6 +119,27 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", get(c));
         }
         out
+    }
+}
+
+/// The admin listener: `GET /metrics` (Prometheus text) and `GET /healthz`.
+pub struct MetricsApp {
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path();
+        let (status, ctype, body) = match path {
+            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render().into_bytes()),
+            "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
+            _ => (404, "text/plain", b"not found: try /metrics\n".to_vec()),
+        };
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+        resp
     }
 }
 

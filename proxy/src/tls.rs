@@ -71,25 +71,11 @@ pub fn ensure_self_signed(data_dir: &Path, domain: &str) -> Result<(PathBuf, Pat
         names.push(format!("*.{domain}"));
     }
     let generated = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
-    write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())?;
+    sandbar_support::fs::write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| file_err(&key_path, e))?;
     std::fs::write(&cert_path, generated.cert.pem()).map_err(|e| file_err(&cert_path, e))?;
     tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate");
     Ok((cert_path, key_path))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| file_err(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| file_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
 }
 
 /// Whether the leaf certificate of `pair` is valid for `name` (wildcards included).

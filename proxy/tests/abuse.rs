@@ -3,17 +3,13 @@
 //! frames at an app that reads slowly is held back (backpressure), so the proxy process's memory stays bounded and
 //! other clients are served meanwhile; a burst of requests with one credential makes one authorize call.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Daemon, PROXY_TOKEN, Proxy, route, start_api};
 use futures_util::{SinkExt, StreamExt};
+use sandbar_testkit::api_standin::start_with_sandbox;
+use sandbar_testkit::proxy::{Proxy, ProxyProcess, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -29,10 +25,7 @@ async fn read_until_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> (V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slowloris_client_is_cut_while_others_are_served() {
-    let (api, api_url) = start_api().await;
-    let daemon = Daemon::start("daemon-token-1");
-    api.add_route(route("sbx1", "org-a", &daemon));
-    api.keys.lock().unwrap().insert(KEY_A.into(), "org-a".into());
+    let (_, api_url, _daemon) = start_with_sandbox(KEY_A).await;
     let proxy = Proxy::start_with(&api_url, |c| c.header_timeout = Duration::from_millis(1500)).await;
     let http = reqwest::Client::new();
     let version = proxy.http_url("/toolbox/sbx1/version");
@@ -92,60 +85,6 @@ async fn a_slowloris_client_is_cut_while_others_are_served() {
     assert_eq!(proxy.metric("sandbar_proxy_header_timeouts_total").await, timeouts_before);
 }
 
-/// `sandbar-proxy` as its own process, so its memory can be read from /proc; killed on drop.
-struct ProxyProcess {
-    child: std::process::Child,
-    http: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl ProxyProcess {
-    fn start(api_url: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sandbar-proxy"))
-            .env("SANDBAR_PROXY_TOKEN", PROXY_TOKEN)
-            .env("SANDBAR_API_URL", api_url)
-            .args(["--bind", "127.0.0.1", "--http-port", "0", "--https-port", "0", "--ssh-port", "0"])
-            .args(["--metrics-addr", "127.0.0.1:0", "--threads", "2"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let http = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("http="))
-            .unwrap_or_else(|| panic!("no ready line: {line:?}"))
-            .parse()
-            .unwrap();
-        Self { child, http, _dir: dir }
-    }
-
-    /// `(VmRSS, VmHWM)` in KiB.
-    fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap()
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A WebSocket app "in the sandbox" that reads one frame every 20 ms and counts the bytes.
 async fn start_slow_reader(read: Arc<AtomicU64>) -> u16 {
     use axum::extract::ws::{Message as AxMessage, WebSocketUpgrade};
@@ -171,27 +110,23 @@ async fn start_slow_reader(read: Arc<AtomicU64>) -> u16 {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    port
+    serve(app).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_websocket_flood_is_held_back_and_memory_stays_bounded() {
-    let (api, api_url) = start_api().await;
-    let daemon = Daemon::start("daemon-token-1");
-    api.add_route(route("sbx1", "org-a", &daemon));
-    api.keys.lock().unwrap().insert(KEY_A.into(), "org-a".into());
+    let (_, api_url, _daemon) = start_with_sandbox(KEY_A).await;
     let read = Arc::new(AtomicU64::new(0));
     let app = start_slow_reader(read.clone()).await;
-    let proxy = ProxyProcess::start(&api_url);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = ProxyProcess::start(env!("CARGO_BIN_EXE_sandbar-proxy"), &api_url, dir.path(), &["--threads", "2"]);
+    let proxy_http = proxy.addr("http");
     let http = reqwest::Client::new();
-    let version = format!("http://{}/toolbox/sbx1/version", proxy.http);
+    let version = format!("http://{}/toolbox/sbx1/version", proxy_http);
     assert_eq!(http.get(&version).bearer_auth(KEY_A).send().await.unwrap().status(), 200);
     let (rss_before, _) = proxy.memory_kib();
 
-    let mut req = format!("ws://{}/ws", proxy.http).into_client_request().unwrap();
+    let mut req = format!("ws://{}/ws", proxy_http).into_client_request().unwrap();
     req.headers_mut().insert("host", format!("{app}-sbx1.localhost").parse().unwrap());
     req.headers_mut().insert("authorization", format!("Bearer {KEY_A}").parse().unwrap());
     let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
@@ -244,10 +179,7 @@ async fn a_websocket_flood_is_held_back_and_memory_stays_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_with_one_credential_makes_one_authorize_call() {
-    let (api, api_url) = start_api().await;
-    let daemon = Daemon::start("daemon-token-1");
-    api.add_route(route("sbx1", "org-a", &daemon));
-    api.keys.lock().unwrap().insert(KEY_A.into(), "org-a".into());
+    let (api, api_url, _daemon) = start_with_sandbox(KEY_A).await;
     let proxy = Proxy::start(&api_url).await;
     let http = reqwest::Client::new();
     let url = proxy.http_url("/toolbox/sbx1/version");
@@ -266,7 +198,7 @@ async fn a_burst_with_one_credential_makes_one_authorize_call() {
     }
     // A refusal is not remembered for long: the same bad key is asked about again after a moment.
     let before = api.authorize_calls.load(Ordering::SeqCst);
-    tokio::time::sleep(sandbar_proxy::cache::REFUSAL_TTL + Duration::from_millis(200)).await;
+    tokio::time::sleep(sandbar_proxy::control::cache::REFUSAL_TTL + Duration::from_millis(200)).await;
     assert_eq!(http.get(&url).bearer_auth("not-a-key").send().await.unwrap().status(), 401);
     assert_eq!(api.authorize_calls.load(Ordering::SeqCst) - before, 1);
 }

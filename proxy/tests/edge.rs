@@ -2,16 +2,15 @@
 //! certificate verified (reqwest and curl), toolbox calls, preview URLs (HTTP and WebSocket), the daemon's PTY
 //! WebSocket, authentication, sandbox states, route changes, single-flight lookups, bad input, metrics, activity.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Daemon, Proxy, route, start_api, start_app};
 use futures_util::{SinkExt, StreamExt};
+use sandbar_proto::ports;
 use sandbar_proto::runner::SandboxState;
+use sandbar_testkit::api_standin::{self, start_with_sandbox};
+use sandbar_testkit::daemon::TestDaemon;
+use sandbar_testkit::proxy::{Proxy, json_of, raw, start_app};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -20,8 +19,8 @@ const KEY_A: &str = "key-of-org-a";
 const KEY_B: &str = "key-of-org-b";
 
 struct World {
-    api: common::Api,
-    daemon: Daemon,
+    api: api_standin::Api,
+    daemon: TestDaemon,
     proxy: Proxy,
     http: reqwest::Client,
 }
@@ -32,20 +31,10 @@ async fn world() -> World {
 }
 
 async fn world_on(domain: &str) -> World {
-    let (api, api_url) = start_api().await;
-    let daemon = Daemon::start("daemon-token-1");
-    api.add_route(route("sbx1", "org-a", &daemon));
-    api.keys.lock().unwrap().insert(KEY_A.into(), "org-a".into());
-    api.keys.lock().unwrap().insert(KEY_B.into(), "org-b".into());
+    let (api, api_url, daemon) = start_with_sandbox(KEY_A).await;
+    api.add_key(KEY_B, "org-b");
     let proxy = Proxy::start_with(&api_url, |c| c.domain = domain.to_owned()).await;
     World { api, daemon, proxy, http: reqwest::Client::new() }
-}
-
-async fn json_of(r: reqwest::Response) -> (u16, Value, reqwest::header::HeaderMap) {
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), headers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -178,7 +167,7 @@ async fn route_follows_a_daemon_that_moved() {
     assert_eq!(s, 200);
     assert_eq!(b["dir"], w.daemon.work.to_string_lossy().as_ref());
     // The sandbox restarts somewhere else, with a new daemon token.
-    let moved = Daemon::start("daemon-token-2");
+    let moved = TestDaemon::start_token("daemon-token-2");
     w.api.update_route("sbx1", |r| {
         r.daemon_addr = Some(moved.addr.clone());
         r.daemon_token = moved.token.clone();
@@ -234,7 +223,7 @@ async fn preview_urls_reach_a_server_in_the_sandbox() {
     // Verifying clients accept a wildcard only with two labels after it: `*.sandbar.localhost`, not `*.localhost`.
     let w = world_on("sandbar.localhost").await;
     let app = start_app().await;
-    w.api.preview_tokens.lock().unwrap().insert("preview-tok".into(), "sbx1".into());
+    w.api.add_preview_token("preview-tok", "sbx1");
     let host = format!("{app}-sbx1.sandbar.localhost:{}", w.proxy.https.port());
     let client = w.proxy.https_client(&[&format!("{app}-sbx1.sandbar.localhost")]);
     let url = format!("https://{host}/hello?a=1");
@@ -288,10 +277,29 @@ async fn preview_urls_reach_a_server_in_the_sandbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anonymous_access_is_asked_of_the_api_and_cached() {
+    let w = world().await;
+    let app = start_app().await;
+    w.api.update_route("sbx1", |r| r.public = true);
+    let get = |port: u16| {
+        let (c, url) = (w.http.clone(), w.proxy.http_url("/hello"));
+        async move { c.get(url).header("host", format!("{port}-sbx1.localhost")).send().await.unwrap().status() }
+    };
+    // Without a credential the proxy asks the API (once for a burst), which opens a public sandbox's own ports
+    // and never the daemon's.
+    for (port, status) in [(app, 200), (ports::TOOLBOX, 401), (ports::TERMINAL, 401)] {
+        let before = w.api.authorize_calls.load(Ordering::SeqCst);
+        let answers = futures_util::future::join_all((0..20).map(|_| get(port))).await;
+        assert!(answers.iter().all(|s| *s == status), "port {port}: {answers:?}");
+        assert_eq!(w.api.authorize_calls.load(Ordering::SeqCst) - before, 1, "port {port}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn websocket_echo_through_a_preview_url() {
     let w = world().await;
     let app = start_app().await;
-    w.api.preview_tokens.lock().unwrap().insert("preview-tok".into(), "sbx1".into());
+    w.api.add_preview_token("preview-tok", "sbx1");
     let mut req = format!("ws://{}/ws", w.proxy.http).into_client_request().unwrap();
     req.headers_mut().insert("host", format!("{app}-sbx1.localhost").parse().unwrap());
     // Without a token the upgrade is refused with a 401, not a redirect.
@@ -380,16 +388,6 @@ async fn bad_input_gets_clear_4xx() {
     assert!(out.is_empty() || out.starts_with("HTTP/1.1 4"), "{}", &out[..out.len().min(200)]);
     let r = w.http.get(w.proxy.http_url("/toolbox/sbx1/version")).bearer_auth(KEY_A).send().await.unwrap();
     assert_eq!(r.status(), 200);
-}
-
-/// Sends raw bytes, returns whatever comes back until close (or 5 s).
-async fn raw(addr: std::net::SocketAddr, req: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let _ = s.write_all(req.as_bytes()).await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

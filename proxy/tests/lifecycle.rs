@@ -3,42 +3,19 @@
 //! wait, clear 409s otherwise), and Daytona's signed preview URLs (`{port}-{token}.{domain}`) working until they
 //! expire or are expired, checked with reqwest and curl.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::stack::Stack;
-use common::start_app;
 use reqwest::Method;
+use sandbar_testkit::proxy::{json_of, start_app};
+use sandbar_testkit::stack::Stack;
 use serde_json::{Value, json};
-
-async fn json_of(r: reqwest::Response) -> (u16, Value, reqwest::header::HeaderMap) {
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), headers)
-}
-
-async fn exec(s: &Stack, id: &str, cmd: &str) -> (u16, Value, reqwest::header::HeaderMap) {
-    let r = s
-        .http
-        .post(s.proxy.http_url(&format!("/toolbox/{id}/process/execute")))
-        .bearer_auth(&s.key)
-        .json(&json!({ "command": cmd }))
-        .send()
-        .await
-        .unwrap();
-    json_of(r).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_auto_stopped_sandbox_wakes_for_a_burst_of_authorized_requests() {
     let s = Stack::start(|_| {}).await;
     let id = s.started_sandbox(json!({"autoStopInterval": 15})).await;
-    let (st, b, _) = exec(&s, &id, "echo before").await;
+    let (st, b, _) = s.exec(&id, "echo before").await;
     assert_eq!((st, b["result"].as_str().map(str::trim)), (200, Some("before")), "{b}");
 
     s.auto_stop(&id, 15).await;
@@ -68,7 +45,7 @@ async fn an_auto_stopped_sandbox_wakes_for_a_burst_of_authorized_requests() {
     s.wait_state(&id, "stopped").await;
     let mut last = (0, Value::Null, Default::default());
     for _ in 0..50 {
-        last = exec(&s, &id, "echo no").await;
+        last = s.exec(&id, "echo no").await;
         if last.0 == 409 {
             break;
         }
@@ -102,7 +79,7 @@ async fn waking_is_bounded_and_only_for_authorized_callers() {
 
     // A start that takes longer than the wake timeout: a clear 409 after the bounded wait, not a hang.
     s.runner.hold_starts.store(true, Ordering::SeqCst);
-    let (st, b, h) = exec(&s, &id, "echo slow").await;
+    let (st, b, h) = s.exec(&id, "echo slow").await;
     assert_eq!(st, 409, "{b}");
     assert_eq!(h["x-sandbar-error"], "sandbox-starting");
     assert!(b["message"].as_str().unwrap().contains("being started"), "{b}");
@@ -110,7 +87,7 @@ async fn waking_is_bounded_and_only_for_authorized_callers() {
     assert_eq!(s.state(&id).await, "starting");
     // Once the start completes, waiting requests go through (no second start is asked for).
     s.runner.hold_starts.store(false, Ordering::SeqCst);
-    let (st, b, _) = exec(&s, &id, "echo finally").await;
+    let (st, b, _) = s.exec(&id, "echo finally").await;
     assert_eq!((st, b["result"].as_str().map(str::trim)), (200, Some("finally")), "{b}");
     assert_eq!(s.proxy.metric("sandbar_proxy_wake_requests_total").await, 1.0);
     assert_eq!(s.runner.starts.load(Ordering::SeqCst), 1);
@@ -123,7 +100,7 @@ async fn waking_is_bounded_and_only_for_authorized_callers() {
     assert_eq!(st, 200, "{v}");
     let mut last = (0, Value::Null, Default::default());
     for _ in 0..50 {
-        last = exec(&s, &id, "echo no").await;
+        last = s.exec(&id, "echo no").await;
         // `archiving` answers 410 too; wait for the runner's result.
         if last.0 == 410 && last.1["message"].as_str().is_some_and(|m| m.contains("archived")) {
             break;
@@ -133,17 +110,6 @@ async fn waking_is_bounded_and_only_for_authorized_callers() {
     assert_eq!(last.0, 410, "{}", last.1);
     assert!(last.1["message"].as_str().unwrap().contains("archived"), "{}", last.1);
     assert_eq!(s.runner.starts.load(Ordering::SeqCst), 1);
-}
-
-/// GETs `url` (a signed preview URL handed out by the API) through the proxy with reqwest, resolving its host to
-/// the proxy.
-async fn get_signed(s: &Stack, url: &str) -> (u16, String, reqwest::header::HeaderMap) {
-    let u = reqwest::Url::parse(url).unwrap();
-    let host = u.host_str().unwrap().to_owned();
-    let client = reqwest::Client::builder().resolve(&host, s.proxy.http).build().unwrap();
-    let r = client.get(u.join("/hello?x=1").unwrap()).send().await.unwrap();
-    let (status, headers) = (r.status().as_u16(), r.headers().clone());
-    (status, r.text().await.unwrap(), headers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -163,7 +129,7 @@ async fn signed_preview_urls_work_until_expired() {
     assert_eq!(signed["sandboxId"], id.as_str());
 
     // Works with no header or cookie at all; nothing of the token reaches the app.
-    let (st, body, _) = get_signed(&s, &url).await;
+    let (st, body, _) = s.get_signed(&url, "/hello?x=1").await;
     assert_eq!(st, 200, "{body}");
     assert!(body.starts_with("hello from the sandbox /hello?x=1 leaked=[]"), "{body}");
     // curl too (a real client resolving the name itself through --resolve).
@@ -178,12 +144,12 @@ async fn signed_preview_urls_work_until_expired() {
     assert!(stdout.starts_with("hello from the sandbox /hello"), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
     // The token opens only its own port.
     let other = url.replacen(&format!("http://{app}-"), "http://2280-", 1);
-    let (st, body, h) = get_signed(&s, &other).await;
+    let (st, body, h) = s.get_signed(&other, "/hello?x=1").await;
     assert_eq!(st, 401, "{body}");
     assert_eq!(h["x-sandbar-error"], "signed-url-invalid");
     // A token nobody issued.
     let forged = url.replace(&token, &"0".repeat(32));
-    assert_eq!(get_signed(&s, &forged).await.0, 401);
+    assert_eq!(s.get_signed(&forged, "/hello?x=1").await.0, 401);
 
     // Expired through the API: it stops working at once (the route-change feed carries it), with a clear message.
     let (st, v) =
@@ -191,7 +157,7 @@ async fn signed_preview_urls_work_until_expired() {
     assert_eq!(st, 200, "{v}");
     let mut last = (0, String::new(), Default::default());
     for _ in 0..40 {
-        last = get_signed(&s, &url).await;
+        last = s.get_signed(&url, "/hello?x=1").await;
         if last.0 != 200 {
             break;
         }
@@ -205,12 +171,12 @@ async fn signed_preview_urls_work_until_expired() {
     let path = format!("/sandbox/{id}/ports/{app}/signed-preview-url?expiresInSeconds=2");
     let (_, short) = s.call(Method::GET, &path, None).await;
     let short_url = short["url"].as_str().unwrap().to_owned();
-    assert_eq!(get_signed(&s, &short_url).await.0, 200);
+    assert_eq!(s.get_signed(&short_url, "/hello?x=1").await.0, 200);
     s.clock.advance_secs(3);
     s.runner.heartbeat().await;
     let mut last = 0;
     for _ in 0..60 {
-        last = get_signed(&s, &short_url).await.0;
+        last = s.get_signed(&short_url, "/hello?x=1").await.0;
         if last == 401 {
             break;
         }
@@ -220,5 +186,5 @@ async fn signed_preview_urls_work_until_expired() {
     // A new one works.
     let path = format!("/sandbox/{id}/ports/{app}/signed-preview-url");
     let (_, fresh) = s.call(Method::GET, &path, None).await;
-    assert_eq!(get_signed(&s, fresh["url"].as_str().unwrap()).await.0, 200);
+    assert_eq!(s.get_signed(fresh["url"].as_str().unwrap(), "/hello?x=1").await.0, 200);
 }

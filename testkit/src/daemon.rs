@@ -183,16 +183,22 @@ impl TestDaemon {
 
     /// Sends SIGTERM to the daemon (our own child, by its positive pid) and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        for _ in 0..200 {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("daemon did not exit after SIGTERM; log:\n{}", self.log());
+        sigterm_and_wait(&mut self.child)
+            .unwrap_or_else(|| panic!("daemon did not exit after SIGTERM; log:\n{}", self.log()))
     }
+}
+
+/// Sends SIGTERM to `child` (our own child, by its positive pid) and waits up to 10 s for its exit status.
+pub(crate) fn sigterm_and_wait(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    for _ in 0..200 {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
 
 impl Drop for TestDaemon {

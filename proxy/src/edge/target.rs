@@ -1,7 +1,12 @@
-//! Parsing where a request goes from its Host and path: `/toolbox/{sandboxId}/{path}` on any host, or
-//! `{port}-{sandboxId}.{domain}` for preview ports. Pure functions over untrusted bytes: no allocation beyond the
-//! result, no panics, no indexing (fuzzed by `proxy/fuzz`).
+//! Where a request goes, from its Host and path: `/toolbox/{sandboxId}/{path}` on any host, or
+//! `{port}-{sandboxId}.{domain}` for preview ports ([`parse`]), and the daemon port and path that serve it
+//! ([`Destination`]). A new kind of route is a new [`Target`] variant here, the rule for who may reach it in the
+//! API (`POST /internal/authorize`), and its wiring in the edge's phases.
+//!
+//! [`parse`] is a pure function over untrusted bytes: no allocation, no panics, no indexing (fuzzed by
+//! `proxy/fuzz`, which reaches this module as `sandbar_proxy::target`).
 
+use sandbar_proto::ports;
 use thiserror::Error;
 
 /// The path prefix the API hands out as `toolboxProxyUrl`.
@@ -123,6 +128,45 @@ pub fn parse<'a>(host: &'a str, path_and_query: &'a str, domain: &str) -> Result
     Ok(Target::Other)
 }
 
+/// Where a parsed request goes on its sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The sandbox id from the URL (for a signed preview URL: the token, which the API resolves to a sandbox).
+    pub sandbox_id: String,
+    /// The sandbox port asked for (the toolbox's for toolbox paths).
+    pub port: u16,
+    /// Path and query the daemon serves it at: the toolbox's own path, or `/proxy/{port}{path}` for other ports.
+    pub path: String,
+    /// `/toolbox/{id}` for toolbox paths (to re-prefix a `Location`); `None` on preview hosts.
+    pub toolbox_prefix: Option<String>,
+}
+
+impl Destination {
+    /// The destination of `target`; `None` for [`Target::Other`].
+    pub fn of(target: &Target<'_>) -> Option<Self> {
+        match *target {
+            Target::Toolbox { sandbox_id, rest } => Some(Self {
+                sandbox_id: sandbox_id.to_owned(),
+                port: ports::TOOLBOX,
+                path: if rest.starts_with('?') { format!("/{rest}") } else { rest.to_owned() },
+                toolbox_prefix: Some(format!("{TOOLBOX_PREFIX}/{sandbox_id}")),
+            }),
+            Target::Preview { sandbox_id, port, path } => Some(Self {
+                sandbox_id: sandbox_id.to_owned(),
+                port,
+                path: if port == ports::TOOLBOX { path.to_owned() } else { format!("/proxy/{port}{path}") },
+                toolbox_prefix: None,
+            }),
+            Target::Other => None,
+        }
+    }
+
+    /// A preview host (`{port}-{id}.{domain}`), not a toolbox path.
+    pub fn preview_host(&self) -> bool {
+        self.toolbox_prefix.is_none()
+    }
+}
+
 /// `label` when `name` is `label.domain` (case-insensitive, one label only).
 fn strip_domain<'a>(name: &'a str, domain: &str) -> Option<&'a str> {
     if domain.is_empty() || name.len() <= domain.len() + 1 {
@@ -199,5 +243,17 @@ mod tests {
         assert_eq!(parse("localhost", "*", "localhost"), Err(TargetError::BadPath));
         let long = format!("{}.localhost", "a".repeat(64));
         assert_eq!(parse(&long, "/", "localhost"), Err(TargetError::BadHost));
+    }
+
+    #[test]
+    fn destinations() {
+        let d = |host, path| parse(host, path, "localhost").ok().as_ref().and_then(Destination::of);
+        let toolbox = d("localhost", "/toolbox/abc?q").unwrap();
+        assert_eq!((toolbox.port, toolbox.path.as_str()), (ports::TOOLBOX, "/?q"));
+        assert_eq!(toolbox.toolbox_prefix.as_deref(), Some("/toolbox/abc"));
+        let preview = d("3000-abc.localhost", "/a?b").unwrap();
+        assert_eq!((preview.port, preview.path.as_str(), preview.preview_host()), (3000, "/proxy/3000/a?b", true));
+        assert_eq!(d("2280-abc.localhost", "/files").unwrap().path, "/files");
+        assert_eq!(d("localhost", "/"), None);
     }
 }

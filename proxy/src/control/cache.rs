@@ -1,27 +1,32 @@
-//! What the proxy remembers of the API's answers, and how it asks: route lookups, credential checks, signed preview
-//! tokens and wake-ups. Every question is single-flight ([`crate::flight`]): a burst of requests for one sandbox (or
-//! one credential and sandbox) makes one API call, and the callers share its answer, error included.
+//! What the proxy remembers of the API's answers, and how it asks: route lookups, access checks (with a credential
+//! or without one), signed preview tokens and wake-ups. Every question is single-flight ([`super::flight`]): a burst
+//! of requests for one sandbox (or one credential and sandbox) makes one API call, and the callers share its answer,
+//! error included.
 //!
 //! - Routes live for a short TTL and are dropped early when the API's route-changes long-poll names them; every
 //!   drop wakes the requests waiting for a sandbox to start ([`RouteCache::wait_for`]).
 //! - Authorizations are cached for the `ttlSecs` the API grants, refusals for [`REFUSAL_TTL`], keyed by a SHA-256 of
 //!   (credential kind, credential, sandbox, port, route version), so no credential is kept in clear and any change
 //!   of the sandbox's route (a restart rotating its preview token, an expired signed URL) makes the next request
-//!   ask again.
+//!   ask again. A request without a credential asks the same question with none ([`CredentialKind::Anonymous`]):
+//!   whether a port is open to anyone (a public sandbox's preview ports) is the API's rule, cached like the rest.
 //! - Signed preview tokens resolve to a sandbox the same way; the answer carries the route version it was given
 //!   at, and a newer route sends the proxy back to the API.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use sandbar_proto::api::{AuthorizeRequest, AuthorizeResponse, Route, SignedPreviewResolveResponse};
+use sandbar_support::sync::{lock, read, write};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::api::{ApiCallError, ApiClient, Authorization, SignedPreview, Wake};
-use crate::flight::Flights;
+use super::api::{ApiCallError, ApiClient, Authorization, SignedPreview, Wake};
+use super::flight::Flights;
 use crate::metrics::Metrics;
 
 /// Entries kept at most; past this, expired entries are swept and, if still full, the map is cleared.
@@ -32,8 +37,36 @@ pub const REFUSAL_TTL: Duration = Duration::from_secs(2);
 /// Longest an authorization is cached, whatever the API says.
 const MAX_AUTH_TTL: Duration = Duration::from_secs(3600);
 
-fn lost(e: crate::flight::FlightLost) -> ApiCallError {
+fn lost(e: super::flight::FlightLost) -> ApiCallError {
     ApiCallError::Unreachable(e.to_string())
+}
+
+/// Asks single-flight: `work` runs unless a flight for `key` is under way. A caller answered by another's flight
+/// counts in `hits` (it made no API call).
+async fn ask<K, V, F, Fut>(
+    flights: &Flights<K, Result<V, ApiCallError>>,
+    key: K,
+    hits: &AtomicU64,
+    work: F,
+) -> Result<V, ApiCallError>
+where
+    K: Eq + Hash + Clone + Send + 'static,
+    V: Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<V, ApiCallError>> + Send + 'static,
+{
+    let mut leader = false;
+    let answer = flights
+        .run(key, || {
+            leader = true;
+            work()
+        })
+        .await
+        .map_err(lost)?;
+    if !leader {
+        hits.fetch_add(1, Ordering::Relaxed);
+    }
+    answer
 }
 
 /// Inserts into a bounded map: past [`MAX_ENTRIES`], entries `keep` rejects go, then everything.
@@ -68,7 +101,7 @@ struct RouteStore {
 
 impl RouteStore {
     fn cached(&self, id: &str) -> Option<Option<Arc<Route>>> {
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let entries = read(&self.entries);
         entries.get(id).filter(|e| e.at.elapsed() < self.ttl).map(|e| e.route.clone())
     }
 
@@ -77,7 +110,7 @@ impl RouteStore {
         let generation = self.generation.load(Ordering::Acquire);
         let route = self.api.route(id).await?.map(Arc::new);
         if self.generation.load(Ordering::Acquire) == generation {
-            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            let mut entries = write(&self.entries);
             let ttl = self.ttl;
             bounded_insert(
                 &mut *entries,
@@ -116,21 +149,14 @@ impl RouteCache {
             self.store.metrics.route_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
-        let mut leader = false;
-        let answer = self
-            .flights
-            .run(id.to_owned(), || {
-                leader = true;
-                let (store, id) = (self.store.clone(), id.to_owned());
-                async move { store.fetch(&id).await }
-            })
-            .await
-            .map_err(lost)?;
-        if !leader {
-            // Answered by another request's lookup.
-            self.store.metrics.route_cache_hits.fetch_add(1, Ordering::Relaxed);
-        }
-        answer
+        let (store, owned) = (self.store.clone(), id.to_owned());
+        ask(
+            &self.flights,
+            owned.clone(),
+            &self.store.metrics.route_cache_hits,
+            || async move { store.fetch(&owned).await },
+        )
+        .await
     }
 
     /// Waits until the route of `id` satisfies `done` (or is gone), looking again whenever the route-changes feed
@@ -159,7 +185,7 @@ impl RouteCache {
     pub fn invalidate(&self, ids: &[String]) {
         self.store.generation.fetch_add(1, Ordering::AcqRel);
         {
-            let mut entries = self.store.entries.write().unwrap_or_else(|e| e.into_inner());
+            let mut entries = write(&self.store.entries);
             for id in ids {
                 entries.remove(id);
             }
@@ -169,7 +195,7 @@ impl RouteCache {
 
     pub fn clear(&self) {
         self.store.generation.fetch_add(1, Ordering::AcqRel);
-        self.store.entries.write().unwrap_or_else(|e| e.into_inner()).clear();
+        write(&self.store.entries).clear();
         self.store.changed.notify_waiters();
     }
 
@@ -208,6 +234,8 @@ pub enum CredentialKind {
     PreviewToken,
     /// The token of a signed preview URL (`{port}-{token}.{domain}`).
     SignedPreview,
+    /// No credential: the API says whether the port is open to anyone (the credential string is empty).
+    Anonymous,
 }
 
 type Key = [u8; 32];
@@ -241,7 +269,7 @@ struct AuthStore {
 }
 
 fn lookup<T: Clone>(map: &RwLock<HashMap<Key, Cached<T>>>, k: &Key) -> Option<T> {
-    let map = map.read().unwrap_or_else(|e| e.into_inner());
+    let map = read(map);
     map.get(k).filter(|e| e.until > Instant::now()).map(|e| e.answer.clone())
 }
 
@@ -249,7 +277,7 @@ fn remember<T>(map: &RwLock<HashMap<Key, Cached<T>>>, k: Key, answer: T, ttl: Du
     if ttl.is_zero() {
         return;
     }
-    let mut map = map.write().unwrap_or_else(|e| e.into_inner());
+    let mut map = write(map);
     let now = Instant::now();
     bounded_insert(&mut *map, k, Cached { answer, until: now + ttl.min(MAX_AUTH_TTL) }, |e| e.until > now);
 }
@@ -275,7 +303,7 @@ impl AuthCache {
     }
 
     /// Asks the API (or the cache) whether `credential` may reach `port` of `sandbox_id`, whose route is at
-    /// `version`.
+    /// `version`. [`CredentialKind::Anonymous`] asks with no credential (`credential` is ignored).
     pub async fn authorize(
         &self,
         kind: CredentialKind,
@@ -284,40 +312,31 @@ impl AuthCache {
         port: u16,
         version: i64,
     ) -> AuthAnswer {
+        let credential = if kind == CredentialKind::Anonymous { "" } else { credential };
         let k = key(kind, credential, sandbox_id, port, version);
         if let Some(hit) = lookup(&self.store.auth, &k) {
             self.store.metrics.auth_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
-        let mut leader = false;
-        let answer = self
-            .auth_flights
-            .run(k, || {
-                leader = true;
-                let store = self.store.clone();
-                let req = AuthorizeRequest {
-                    sandbox_id: sandbox_id.to_owned(),
-                    port,
-                    api_key: (kind == CredentialKind::ApiKey).then(|| credential.to_owned()),
-                    preview_token: (kind != CredentialKind::ApiKey).then(|| credential.to_owned()),
-                };
-                async move {
-                    store.metrics.auth_cache_misses.fetch_add(1, Ordering::Relaxed);
-                    let answer = store.api.authorize(&req).await?;
-                    let ttl = match &answer {
-                        Authorization::Allowed(AuthorizeResponse { ttl_secs, .. }) => Duration::from_secs(*ttl_secs),
-                        Authorization::Unauthorized | Authorization::NotFound => REFUSAL_TTL,
-                    };
-                    remember(&store.auth, k, answer.clone(), ttl);
-                    Ok(answer)
-                }
-            })
-            .await
-            .map_err(lost)?;
-        if !leader {
-            self.store.metrics.auth_cache_hits.fetch_add(1, Ordering::Relaxed);
-        }
-        answer
+        let store = self.store.clone();
+        let req = AuthorizeRequest {
+            sandbox_id: sandbox_id.to_owned(),
+            port,
+            api_key: (kind == CredentialKind::ApiKey).then(|| credential.to_owned()),
+            preview_token: matches!(kind, CredentialKind::PreviewToken | CredentialKind::SignedPreview)
+                .then(|| credential.to_owned()),
+        };
+        ask(&self.auth_flights, k, &self.store.metrics.auth_cache_hits, || async move {
+            store.metrics.auth_cache_misses.fetch_add(1, Ordering::Relaxed);
+            let answer = store.api.authorize(&req).await?;
+            let ttl = match &answer {
+                Authorization::Allowed(AuthorizeResponse { ttl_secs, .. }) => Duration::from_secs(*ttl_secs),
+                Authorization::Unauthorized | Authorization::NotFound => REFUSAL_TTL,
+            };
+            remember(&store.auth, k, answer.clone(), ttl);
+            Ok(answer)
+        })
+        .await
     }
 
     /// Which sandbox the signed preview token opens on `port`. `newer_than`: a route version the cached answer
@@ -335,31 +354,18 @@ impl AuthCache {
             }
             _ => {}
         }
-        let mut leader = false;
-        let answer = self
-            .signed_flights
-            .run(k, || {
-                leader = true;
-                let (store, token) = (self.store.clone(), token.to_owned());
-                async move {
-                    store.metrics.auth_cache_misses.fetch_add(1, Ordering::Relaxed);
-                    let answer = store.api.resolve_signed_preview(&token, port).await?;
-                    let ttl = match &answer {
-                        SignedPreview::Allowed(SignedPreviewResolveResponse { ttl_secs, .. }) => {
-                            Duration::from_secs(*ttl_secs)
-                        }
-                        SignedPreview::Refused(_) => REFUSAL_TTL,
-                    };
-                    remember(&store.signed, k, answer.clone(), ttl);
-                    Ok(answer)
-                }
-            })
-            .await
-            .map_err(lost)?;
-        if !leader {
-            self.store.metrics.auth_cache_hits.fetch_add(1, Ordering::Relaxed);
-        }
-        answer
+        let (store, token) = (self.store.clone(), token.to_owned());
+        ask(&self.signed_flights, k, &self.store.metrics.auth_cache_hits, || async move {
+            store.metrics.auth_cache_misses.fetch_add(1, Ordering::Relaxed);
+            let answer = store.api.resolve_signed_preview(&token, port).await?;
+            let ttl = match &answer {
+                SignedPreview::Allowed(SignedPreviewResolveResponse { ttl_secs, .. }) => Duration::from_secs(*ttl_secs),
+                SignedPreview::Refused(_) => REFUSAL_TTL,
+            };
+            remember(&store.signed, k, answer.clone(), ttl);
+            Ok(answer)
+        })
+        .await
     }
 }
 
@@ -384,7 +390,7 @@ impl Waker {
     /// Asks for `id` to be started, unless that was asked less than `quiet` ago. `Ok(None)`: already asked.
     pub async fn wake(&self, id: &str) -> Result<Option<Wake>, ApiCallError> {
         {
-            let woken = self.woken.lock().unwrap_or_else(|e| e.into_inner());
+            let woken = lock(&self.woken);
             if woken.get(id).is_some_and(|at| at.elapsed() < self.quiet) {
                 return Ok(None);
             }
@@ -398,7 +404,7 @@ impl Waker {
                     metrics.wake_requests.fetch_add(1, Ordering::Relaxed);
                     let answer = api.wake(&id).await?;
                     if matches!(answer, Wake::Started(_)) {
-                        let mut woken = woken.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut woken = lock(&woken);
                         bounded_insert(&mut *woken, id.clone(), Instant::now(), |at| at.elapsed() < quiet);
                     }
                     // The state moved: whoever looks next reads the new route.

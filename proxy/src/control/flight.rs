@@ -9,6 +9,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
+use sandbar_support::sync::lock;
 use tokio::sync::watch;
 
 type Pending<V> = watch::Receiver<Option<V>>;
@@ -41,7 +42,7 @@ where
         Fut: Future<Output = V> + Send + 'static,
     {
         let mut rx = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut inflight = lock(&self.inflight);
             match inflight.get(&key) {
                 Some(rx) => rx.clone(),
                 None => {
@@ -65,7 +66,7 @@ where
 
     /// Flights under way (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.inflight).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -80,7 +81,7 @@ struct Cleanup<K: Eq + Hash, V> {
 
 impl<K: Eq + Hash, V> Drop for Cleanup<K, V> {
     fn drop(&mut self) {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        lock(&self.map).remove(&self.key);
     }
 }
 

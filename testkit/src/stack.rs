@@ -1,7 +1,7 @@
-//! The real API (sandbar-api in-process on a SQLite file, with a hand-moved clock so auto-stop needs no waiting), a
-//! runner that speaks the real job protocol over HTTP and runs each sandbox as a real `sandbar-daemon` process,
-//! and the proxy in front of both.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! The whole platform in one test process: the real API (sandbar-api in-process on a SQLite file, with a
+//! hand-moved clock so auto-stop needs no waiting), a runner that speaks the real job protocol over HTTP and runs
+//! each sandbox as a real `sandbar-daemon` process ([`TestDaemon`]; a stopped sandbox has none, a start launches a
+//! new one), and the proxy in front of both ([`Proxy`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,7 +15,9 @@ use sandbar_proto::runner::{
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Daemon, PROXY_TOKEN, Proxy};
+use crate::api_standin::PROXY_TOKEN;
+use crate::daemon::TestDaemon;
+use crate::proxy::{Proxy, json_of};
 
 pub const RUNNER_TOKEN: &str = "runner-service-token";
 const RUNNER_ID: &str = "runner-1";
@@ -25,7 +27,7 @@ const RUNNER_ID: &str = "runner-1";
 pub struct Runner {
     base: String,
     http: reqwest::Client,
-    daemons: Mutex<HashMap<String, Daemon>>,
+    daemons: Mutex<HashMap<String, TestDaemon>>,
     /// While true, start jobs are taken but not carried out (a slow start).
     pub hold_starts: AtomicBool,
     pub starts: AtomicUsize,
@@ -59,7 +61,7 @@ impl Runner {
         self.post("heartbeat", serde_json::to_value(status).unwrap()).await;
     }
 
-    fn info(&self, id: &str, org: &str, state: SandboxState, daemon: Option<&Daemon>) -> SandboxInfo {
+    fn info(&self, id: &str, org: &str, state: SandboxState, daemon: Option<&TestDaemon>) -> SandboxInfo {
         SandboxInfo {
             id: id.into(),
             name: None,
@@ -82,7 +84,7 @@ impl Runner {
 
     async fn launch(&self, id: &str) -> SandboxInfo {
         let token = format!("daemon-token-{}", uuid::Uuid::new_v4().simple());
-        let daemon = tokio::task::spawn_blocking(move || Daemon::start(&token)).await.unwrap();
+        let daemon = tokio::task::spawn_blocking(move || TestDaemon::start_token(&token)).await.unwrap();
         let info = self.info(id, "", SandboxState::Started, Some(&daemon));
         self.daemons.lock().unwrap().insert(id.to_owned(), daemon);
         info
@@ -118,8 +120,16 @@ impl Runner {
                 Some(Box::new(self.info(sandbox_id, "", SandboxState::Archived, None)))
             }
             // These tests never ask for the rest; say so rather than pretend.
-            other => {
-                let message = format!("the proxy tests' runner does not carry out {other:?}");
+            JobKind::UpdateSandboxNetwork(_)
+            | JobKind::RestoreSandbox(_)
+            | JobKind::BuildSnapshot(_)
+            | JobKind::ForkSandbox(_)
+            | JobKind::SnapshotSandbox(_)
+            | JobKind::RemoveSnapshot(_)
+            | JobKind::PauseSandbox { .. }
+            | JobKind::ResumeSandbox { .. }
+            | JobKind::PingSandbox { .. } => {
+                let message = format!("the stack's runner does not carry out {}", job.kind.tag());
                 let outcome = JobOutcome::Failed { code: sandbar_proto::runner::JobErrorCode::InvalidRequest, message };
                 let result = JobResult { job_id: job.id.clone(), outcome };
                 self.post(&format!("jobs/{}/result", job.id), serde_json::to_value(result).unwrap()).await;
@@ -263,6 +273,30 @@ impl Stack {
         let id = v["id"].as_str().unwrap().to_owned();
         self.wait_state(&id, "started").await;
         id
+    }
+
+    /// `POST /toolbox/{id}/process/execute` through the proxy with the organization's key.
+    pub async fn exec(&self, id: &str, cmd: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+        let r = self
+            .http
+            .post(self.proxy.http_url(&format!("/toolbox/{id}/process/execute")))
+            .bearer_auth(&self.key)
+            .json(&json!({ "command": cmd }))
+            .send()
+            .await
+            .unwrap();
+        json_of(r).await
+    }
+
+    /// GETs `path` on the host of `url` (a signed preview URL handed out by the API) through the proxy, with
+    /// reqwest resolving that host to the proxy.
+    pub async fn get_signed(&self, url: &str, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
+        let u = reqwest::Url::parse(url).unwrap();
+        let host = u.host_str().unwrap().to_owned();
+        let client = reqwest::Client::builder().resolve(&host, self.proxy.http).build().unwrap();
+        let r = client.get(u.join(path).unwrap()).send().await.unwrap();
+        let (status, headers) = (r.status().as_u16(), r.headers().clone());
+        (status, r.text().await.unwrap(), headers)
     }
 
     /// Moves time past the auto-stop interval and lets the timers stop the sandbox, as they do after real idling.

@@ -1,0 +1,199 @@
+//! What the proxy changes on the way through. To the daemon: the path it serves the request at, the
+//! `DAYTONA_SANDBOX_AUTH_KEY` query parameter and the proxy's cookie removed, every header the proxy owns
+//! ([`INTERNAL_HEADERS`]) stripped from what the client sent and set by the proxy (the daemon token, the request id,
+//! `X-Forwarded-*`), and an API key never passed on. Back to the client: a `Location` of a toolbox answer
+//! re-prefixed with `/toolbox/{id}`, the preview cookie, and the request id.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pingora::Result;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use sandbar_proto::DAEMON_TOKEN_HEADER;
+use sandbar_proto::api::{PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY, REQUEST_ID_HEADER};
+
+use super::credentials::PREVIEW_COOKIE;
+use super::reject::Reject;
+use super::target::Destination;
+
+/// Headers a client must never set on what reaches a daemon: the proxy owns them.
+const INTERNAL_HEADERS: [&str; 9] = [
+    DAEMON_TOKEN_HEADER,
+    REQUEST_ID_HEADER,
+    PREVIEW_TOKEN_HEADER,
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// How an admitted request is sent on: decided in `request_filter`, applied in `upstream_request_filter`.
+#[derive(Debug)]
+pub struct Forward {
+    uri: http::Uri,
+    daemon_token: String,
+    /// The Host the client asked for (`X-Forwarded-Host`).
+    host: String,
+    /// A toolbox path (not a preview host): also gets `X-Request-Id`, and never `Authorization`.
+    toolbox: bool,
+    /// The request authenticated with an API key: `Authorization` stays with the proxy.
+    used_bearer: bool,
+}
+
+impl Forward {
+    pub fn new(dest: &Destination, host: String, daemon_token: String, used_bearer: bool) -> Result<Self, Reject> {
+        let path = strip_query_param(&dest.path, PREVIEW_TOKEN_QUERY);
+        let uri = path.parse().map_err(|_| Reject::new(400, "bad-request", "malformed request path"))?;
+        Ok(Self { uri, daemon_token, host, toolbox: !dest.preview_host(), used_bearer })
+    }
+
+    /// Puts the daemon's path in place of the client's, at the end of `request_filter`. This stays on the
+    /// session's request rather than in [`Self::apply`] so that nothing changes with the split into phases:
+    /// pingora derives an HTTP/2 client's upstream `Host` from this URI (a relative one gives an empty `Host`), and
+    /// the error answers made after forwarding name this path.
+    pub fn set_path(&self, session: &mut Session) {
+        session.req_header_mut().set_uri(self.uri.clone());
+    }
+
+    /// Rewrites `req`, the request about to go to the daemon (its path is set by [`Self::set_path`]).
+    pub fn apply(&self, session: &Session, req: &mut RequestHeader, request_id: &str, https: bool) -> Result<()> {
+        // One pass over the (few) headers the client sent finds the internal ones, which are rarely there; a lookup
+        // or removal per name costs a parse and a hash each.
+        let strip: Vec<http::HeaderName> =
+            req.headers.keys().filter(|k| INTERNAL_HEADERS.contains(&k.as_str())).cloned().collect();
+        for h in &strip {
+            req.remove_header(h);
+        }
+        // The API key is the caller's credential for us, never something a sandbox should see.
+        if (self.used_bearer || self.toolbox) && req.headers.contains_key("authorization") {
+            req.remove_header("authorization");
+        }
+        let cookies = req.headers.get("cookie").and_then(|v| v.to_str().ok()).map(|c| strip_cookie(c, PREVIEW_COOKIE));
+        match cookies {
+            Some(Some(c)) => {
+                let _ = req.insert_header("cookie", c);
+            }
+            Some(None) => {
+                req.remove_header("cookie");
+            }
+            None => {}
+        }
+        req.insert_header(DAEMON_TOKEN_HEADER, self.daemon_token.as_str())?;
+        req.insert_header(REQUEST_ID_HEADER, request_id)?;
+        if self.toolbox {
+            req.insert_header("x-request-id", request_id)?;
+        }
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
+            req.insert_header("x-forwarded-for", ip)?;
+        }
+        req.insert_header("x-forwarded-proto", if https { "https" } else { "http" })?;
+        req.insert_header("x-forwarded-host", self.host.as_str())?;
+        Ok(())
+    }
+}
+
+/// The daemon's answer on its way back: `Location` of a toolbox answer under `/toolbox/{id}` (`prefix`, with
+/// `daemon_addr` the daemon the request went to), the preview cookie, the request id.
+pub fn response(
+    resp: &mut ResponseHeader,
+    prefix: Option<&str>,
+    daemon_addr: Option<&str>,
+    set_cookie: Option<String>,
+    request_id: &str,
+) -> Result<()> {
+    if let (Some(prefix), Some(addr)) = (prefix, daemon_addr)
+        && let Some(loc) = resp.headers.get("location").and_then(|v| v.to_str().ok())
+        && let Some(new) = toolbox_location(loc, prefix, addr)
+    {
+        resp.insert_header("location", new)?;
+    }
+    if let Some(cookie) = set_cookie {
+        resp.append_header("set-cookie", cookie)?;
+    }
+    resp.insert_header(REQUEST_ID_HEADER, request_id)?;
+    Ok(())
+}
+
+/// A daemon's `Location` as the client must see it: absolute URLs of the daemon and absolute paths go under the
+/// toolbox prefix, anything else is left alone.
+fn toolbox_location(loc: &str, prefix: &str, daemon_addr: &str) -> Option<String> {
+    let absolute = format!("http://{daemon_addr}");
+    if let Some(rest) = loc.strip_prefix(&absolute) {
+        Some(format!("{prefix}{}", if rest.is_empty() { "/" } else { rest }))
+    } else if loc.starts_with('/') && !loc.starts_with("//") {
+        Some(format!("{prefix}{loc}"))
+    } else {
+        None
+    }
+}
+
+/// `path_and_query` without the `name` query parameter.
+fn strip_query_param(path_and_query: &str, name: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else { return path_and_query.to_owned() };
+    let kept: Vec<&str> = query.split('&').filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name).collect();
+    if kept.is_empty() { path.to_owned() } else { format!("{path}?{}", kept.join("&")) }
+}
+
+/// `Cookie` without the proxy's own cookie, or `None` when nothing is left.
+fn strip_cookie(cookies: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> =
+        cookies.split(';').map(str::trim).filter(|c| c.split_once('=').map_or(*c, |(k, _)| k) != name).collect();
+    (!kept.is_empty() && kept.iter().any(|c| !c.is_empty())).then(|| kept.join("; "))
+}
+
+/// Request ids: 32 hex digits (the length of a simple UUID), a random prefix drawn once per process and a counter
+/// from a random start. Unique within the process and, with overwhelming probability, across proxies, without a
+/// `getrandom` call per request.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let (prefix, start) = uuid::Uuid::new_v4().as_u64_pair();
+        Self { prefix, next: AtomicU64::new(start) }
+    }
+}
+
+impl RequestIds {
+    pub fn next(&self) -> String {
+        format!("{:016x}{:016x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_cookie_stripping() {
+        assert_eq!(strip_query_param("/x?a=1&DAYTONA_SANDBOX_AUTH_KEY=t&b=2", PREVIEW_TOKEN_QUERY), "/x?a=1&b=2");
+        assert_eq!(strip_query_param("/x?DAYTONA_SANDBOX_AUTH_KEY=t", PREVIEW_TOKEN_QUERY), "/x");
+        assert_eq!(strip_query_param("/x", PREVIEW_TOKEN_QUERY), "/x");
+        assert_eq!(strip_cookie("a=1; sandbar_preview_token=abc; b=2", PREVIEW_COOKIE).as_deref(), Some("a=1; b=2"));
+        assert_eq!(strip_cookie("sandbar_preview_token=abc", PREVIEW_COOKIE), None);
+    }
+
+    #[test]
+    fn toolbox_locations_stay_under_the_prefix() {
+        let loc = |l| toolbox_location(l, "/toolbox/s1", "127.0.0.1:9");
+        assert_eq!(loc("http://127.0.0.1:9").as_deref(), Some("/toolbox/s1/"));
+        assert_eq!(loc("http://127.0.0.1:9/a?b").as_deref(), Some("/toolbox/s1/a?b"));
+        assert_eq!(loc("/files").as_deref(), Some("/toolbox/s1/files"));
+        assert_eq!(loc("//elsewhere/x"), None);
+        assert_eq!(loc("https://example.com/"), None);
+    }
+
+    #[test]
+    fn request_ids_are_distinct_and_uuid_sized() {
+        let (a, b) = (RequestIds::default(), RequestIds::default());
+        let ids = [a.next(), a.next(), b.next()];
+        assert!(ids.iter().all(|id| id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit())), "{ids:?}");
+        assert_ne!(ids[0], ids[1]);
+        assert_ne!(ids[0][..16], ids[2][..16], "each process draws its own prefix");
+    }
+}

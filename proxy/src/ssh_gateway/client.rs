@@ -1,0 +1,125 @@
+//! The gateway's side of the connection to a daemon: connecting with the daemon token as password (checking the
+//! daemon's host key when the target pins one), and the channels the daemon opens back (`forwarded-tcpip` for
+//! `-R`, agent channels), each bridged to a new channel towards the client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::Disconnect;
+use russh::keys::ssh_key::PublicKey;
+use russh::{Channel, keys::PublicKeyOrCertificate};
+
+use super::bridge::{bridge, open_failure};
+use super::{ConnActivity, SshTarget};
+
+pub(super) type UpHandle = russh::client::Handle<Upstream>;
+
+/// Connects to the daemon of `target` and authenticates; the error is the message for the SSH user.
+pub(super) async fn connect(
+    target: &SshTarget,
+    down: russh::server::Handle,
+    activity: Arc<ConnActivity>,
+    timeout: Duration,
+) -> Result<UpHandle, String> {
+    let pinned = match &target.daemon_host_key {
+        Some(k) => Some(PublicKey::from_openssh(k).map_err(|_| "the sandbox's host key is invalid".to_owned())?),
+        None => None,
+    };
+    let upstream = Upstream { pinned, down, activity };
+    let config = Arc::new(russh::client::Config {
+        nodelay: true,
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 4,
+        ..Default::default()
+    });
+    let unreachable = |e: String| format!("sandbox {} is not reachable ({e}); is it started?", target.sandbox_id);
+    let connecting = russh::client::connect(config, target.daemon_addr.as_str(), upstream);
+    let mut up = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => return Err(unreachable("timed out".into())),
+    };
+    match up.authenticate_password("sandbar", target.daemon_token.as_str()).await {
+        Ok(r) if r.success() => Ok(up),
+        Ok(_) => Err(format!("sandbox {} refused the gateway", target.sandbox_id)),
+        Err(e) => Err(unreachable(e.to_string())),
+    }
+}
+
+/// The gateway's side of the connection to a daemon.
+pub(super) struct Upstream {
+    pinned: Option<PublicKey>,
+    down: russh::server::Handle,
+    activity: Arc<ConnActivity>,
+}
+
+impl russh::client::Handler for Upstream {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let Some(pinned) = &self.pinned else { return Ok(true) };
+        Ok(match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data() == pinned.key_data(),
+            _ => false,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<russh::client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: russh::client::ChannelOpenHandle,
+        _session: &mut russh::client::Session,
+    ) -> Result<(), Self::Error> {
+        let (down, activity) = (self.down.clone(), self.activity.clone());
+        let (address, originator) = (connected_address.to_owned(), originator_address.to_owned());
+        tokio::spawn(async move {
+            match down.channel_open_forwarded_tcpip(address, connected_port, originator, originator_port).await {
+                Ok(down_channel) => {
+                    reply.accept().await;
+                    bridge(down_channel, channel, down.clone(), activity, None).await;
+                }
+                Err(e) => reply.reject(open_failure(&e)).await,
+            }
+        });
+        Ok(())
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: Channel<russh::client::Msg>,
+        reply: russh::client::ChannelOpenHandle,
+        _session: &mut russh::client::Session,
+    ) -> Result<(), Self::Error> {
+        let (down, activity) = (self.down.clone(), self.activity.clone());
+        tokio::spawn(async move {
+            match down.channel_open_agent().await {
+                Ok(down_channel) => {
+                    reply.accept().await;
+                    bridge(down_channel, channel, down.clone(), activity, None).await;
+                }
+                Err(e) => reply.reject(open_failure(&e)).await,
+            }
+        });
+        Ok(())
+    }
+
+    async fn disconnected(&mut self, reason: russh::client::DisconnectReason<Self::Error>) -> Result<(), Self::Error> {
+        let message = match &reason {
+            russh::client::DisconnectReason::ReceivedDisconnect(info) => {
+                format!("the sandbox closed the connection: {}", info.message)
+            }
+            russh::client::DisconnectReason::Error(e) => format!("the connection to the sandbox failed: {e}"),
+        };
+        let _ = self.down.disconnect(Disconnect::ByApplication, message, "en".into()).await;
+        match reason {
+            russh::client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            russh::client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
+}
