@@ -185,6 +185,7 @@ async fn a_burst_with_one_credential_makes_one_authorize_call() {
     let url = proxy.http_url("/toolbox/sbx1/version");
     for (key, status) in [(KEY_A, 200), ("not-a-key", 401)] {
         let before = api.authorize_calls.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..40 {
             let (c, url) = (http.clone(), url.clone());
@@ -193,8 +194,13 @@ async fn a_burst_with_one_credential_makes_one_authorize_call() {
         for t in tasks {
             assert_eq!(t.await.unwrap(), status);
         }
-        // Granted answers are cached for their ttl, refusals briefly: both make one call for the burst.
-        assert_eq!(api.authorize_calls.load(Ordering::SeqCst) - before, 1, "{key}");
+        // Granted answers are cached for their ttl (30 s here), refusals for REFUSAL_TTL: one call for the burst, or
+        // one per REFUSAL_TTL that a burst of refusals lasted on a loaded machine (without single-flight and the
+        // cache it would be one per request).
+        let windows = 1 + (started.elapsed().as_millis() / sandbar_proxy::control::cache::REFUSAL_TTL.as_millis());
+        let calls = api.authorize_calls.load(Ordering::SeqCst) - before;
+        let allowed = if status == 200 { 1 } else { usize::try_from(windows).unwrap() };
+        assert!(calls >= 1 && calls <= allowed, "{key}: {calls} authorize calls for 40 requests (allowed {allowed})");
     }
     // A refusal is not remembered for long: the same bad key is asked about again after a moment.
     let before = api.authorize_calls.load(Ordering::SeqCst);
