@@ -495,7 +495,6 @@ pub fn uri_to_path(uri: &str, root: &Path) -> Result<PathBuf, LspError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
