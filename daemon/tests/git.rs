@@ -375,8 +375,7 @@ async fn failures_answer_4xx_with_daytona_codes() {
     assert_error(s, &b, 400, None);
     let (s, b) = d.post("/git/commit", json!({"path": "plain", "message": 5})).await;
     assert_error(s, &b, 400, None);
-    let r =
-        d.client.post(d.url("/git/commit")).header("content-type", "application/json").body("{").send().await.unwrap();
+    let r = d.post_raw("/git/commit", "application/json", "{").await;
     assert_eq!(r.status(), 400);
     let r = d
         .client
