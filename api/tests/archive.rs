@@ -41,9 +41,7 @@ async fn archived(h: &Harness, r: &FakeRunner, body: Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn archive_then_restore_with_the_whole_spec() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(64, 64, 1000).await;
+        let (h, r) = Harness::start_with_runner(&db, 64, 64, 1000).await;
         let body = json!({"env": {"K": "v w"}, "labels": {"team": "a"}, "cpu": 2, "memory": 3, "disk": 4,
             "autoStopInterval": 30, "autoArchiveInterval": 60, "autoDeleteInterval": -1, "user": "sandbar"});
         let id = archived(&h, &r, body).await;
@@ -86,9 +84,7 @@ async fn archive_then_restore_with_the_whole_spec() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_archive_is_an_error_and_failed_restore_stays_archived() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(64, 64, 1000).await;
+        let (h, r) = Harness::start_with_runner(&db, 64, 64, 1000).await;
 
         let id = stopped(&h, &r, json!({})).await;
         post(&h, &id, "archive").await;
@@ -123,9 +119,7 @@ async fn failed_archive_is_an_error_and_failed_restore_stays_archived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delete_of_archived_and_archiving_reaches_the_runner() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(64, 64, 1000).await;
+        let (h, r) = Harness::start_with_runner(&db, 64, 64, 1000).await;
 
         let id = archived(&h, &r, json!({})).await;
         let (s, v) = h.call(Method::DELETE, &format!("/sandbox/{id}"), None).await;

@@ -125,9 +125,7 @@ async fn snapshot_build_with_its_log_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sandbox_build_states_reuse_and_failures() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let df = "FROM base:1\nRUN make\n";
         let v = h.create(json!({"buildInfo": {"dockerfileContent": df, "contextHashes": []}, "env": {"A": "1"}})).await;
         assert_eq!(v["state"], "pending_build");
@@ -213,9 +211,7 @@ async fn sandbox_build_states_reuse_and_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn build_input_and_log_endpoints_refuse_what_they_cannot_do() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let cases: Vec<(&str, Value, &str)> = vec![
             (
                 "/sandbox",

@@ -110,9 +110,7 @@ async fn a_fork_copies_the_spec_and_lands_on_the_source_runner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forks_are_refused_with_reasons() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(16, 32, 1000).await;
+        let (h, r) = Harness::start_with_runner(&db, 16, 32, 1000).await;
         // Still creating.
         let c = h.create(json!({})).await;
         let (s, v) =
@@ -290,9 +288,7 @@ async fn finish(r: &FakeRunner, job: &Job, org: &str, state: SandboxState) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pause_then_start_resumes() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(16, 32, 1000).await;
+        let (h, r) = Harness::start_with_runner(&db, 16, 32, 1000).await;
         let id = started_sandbox(&h, &r, json!({})).await;
         let pause = format!("/sandbox/{id}/pause");
 

@@ -93,9 +93,7 @@ async fn create_during_long_poll(h: &Harness, r: &FakeRunner) -> (String, Vec<Jo
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn long_poll_wakes_on_a_new_job_and_redelivers_unfinished_ones() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let (id, jobs, waited) = create_during_long_poll(&h, &r).await;
         assert!(waited < Duration::from_secs(10), "woken by the create, not by the 25 s deadline");
         assert!(matches!(&jobs[..], [j] if j.kind.sandbox_id() == id));
@@ -131,9 +129,7 @@ async fn long_poll_wakes_on_a_new_job_and_redelivers_unfinished_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn api_restart_mid_flight_loses_nothing() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let mut ids = Vec::new();
         for _ in 0..3 {
             ids.push(h.create(json!({"labels": {"k": "v"}})).await["id"].as_str().unwrap().to_owned());
@@ -247,9 +243,7 @@ async fn service_tokens_are_distinct_from_user_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn proxy_routes_changes_authorize_and_ssh() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let id = started_sandbox(&h, &r, json!({})).await;
         let (s, route) = h.proxy_get::<Route>(&format!("/internal/routes/{id}")).await;
         assert_eq!(s, StatusCode::OK);
@@ -395,9 +389,7 @@ async fn ping_jobs_reach_the_runner_and_change_nothing() {
     use sandbar_api::error::ApiError;
     use sandbar_proto::runner::{JobErrorCode, JobKind};
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(64, 64, 1000).await;
+        let (h, r) = Harness::start_with_runner(&db, 64, 64, 1000).await;
         let id = started_sandbox(&h, &r, empty()).await;
         let job_row = |job: String| {
             let pool = h.app.db.pool.clone();

@@ -37,9 +37,7 @@ async fn allowed(h: &Harness, id: &str, action: &str, body: Option<Value>, to: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_transition_allowed_and_refused() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(64, 64, 1000).await;
+        let (h, r) = Harness::start_with_runner(&db, 64, 64, 1000).await;
 
         // creating
         let c = h.create(empty()).await["id"].as_str().unwrap().to_owned();
@@ -181,9 +179,7 @@ async fn every_transition_allowed_and_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleting_during_create_waits_for_the_create() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let id = h.create(empty()).await["id"].as_str().unwrap().to_owned();
         let create = r.poll(0).await;
         assert_eq!(create.len(), 1);
@@ -208,9 +204,7 @@ async fn advance(h: &Harness, r: &FakeRunner, secs: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timers_stop_archive_and_delete_with_a_fake_clock() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(64, 64, 1000).await;
+        let (h, r) = Harness::start_with_runner(&db, 64, 64, 1000).await;
 
         // Auto-stop after 15 idle minutes; activity (proxy report, SSH, explicit refresh) pushes it back.
         let a = started_sandbox(&h, &r, json!({"autoStopInterval": 15, "autoArchiveInterval": 60})).await;
@@ -280,9 +274,7 @@ async fn timers_stop_archive_and_delete_with_a_fake_clock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn old_route_changes_and_finished_jobs_are_pruned() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let id = started_sandbox(&h, &r, empty()).await;
         assert_eq!(sandbar_api::lifecycle::prune(&h.app).await.unwrap(), 0, "nothing is old yet");
         h.clock.advance_secs(8 * 24 * 3600);

@@ -38,9 +38,7 @@ fn policy_of(job: &Job) -> (bool, Option<Vec<String>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_checks_cidrs_and_hands_the_policy_to_the_runner() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         for (body, needle) in [
             (json!({"networkAllowList": "10.0.0.0/8,bad-entry"}), "\"bad-entry\""),
             (json!({"networkAllowList": "10.0.0.0/40"}), "10.0.0.0/40"),
@@ -79,9 +77,7 @@ async fn create_checks_cidrs_and_hands_the_policy_to_the_runner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn network_settings_change_a_running_and_a_stopped_sandbox() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let id = started_sandbox(&h, &r, empty()).await;
 
         for (body, needle) in [

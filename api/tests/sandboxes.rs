@@ -9,9 +9,7 @@ use serde_json::{Value, json};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn auth_and_cross_org_isolation() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let id = started_sandbox(&h, &r, empty()).await;
 
         // No key, a garbage key: 401 with Daytona's body.
@@ -65,9 +63,7 @@ async fn auth_and_cross_org_isolation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sandbox_json_has_every_required_field_with_strict_types() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, _) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let v = h
             .create(
                 json!({"name": "box-1", "env": {"A": "1"}, "labels": {"code-toolbox-language": "python", "team": "x"},
@@ -113,8 +109,7 @@ async fn sandbox_json_has_every_required_field_with_strict_types() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_a_clear_4xx() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        h.runner("r1").heartbeat(8, 16, 100).await;
+        let (h, _) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let cases: Vec<(Value, StatusCode, &str)> = vec![
             (json!({"cpu": 5}), StatusCode::BAD_REQUEST, "cpu must be between 1 and 4"),
             (json!({"memory": 0}), StatusCode::BAD_REQUEST, "memory must be between 1 and 8"),
@@ -176,8 +171,7 @@ async fn bad_input_is_a_clear_4xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn list_filters_and_pages() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        h.runner("r1").heartbeat(64, 64, 1000).await;
+        let (h, _) = Harness::start_with_runner(&db, 64, 64, 1000).await;
         let mut ids = Vec::new();
         for i in 0..7 {
             let team = if i % 2 == 0 { "even" } else { "odd" };
@@ -274,9 +268,7 @@ async fn quotas_are_enforced_at_create_start_and_resize() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn preview_urls_ssh_access_and_settings() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let id = started_sandbox(&h, &r, empty()).await;
         let (s, v) = h.call(Method::GET, &format!("/sandbox/{id}/ports/3000/preview-url"), None).await;
         assert_eq!(s, StatusCode::OK);
@@ -367,9 +359,7 @@ async fn openapi_document_parses_and_lists_every_routed_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshots_name_local_images_with_default_resources() {
     for db in databases().await {
-        let h = Harness::start(&db).await;
-        let r = h.runner("r1");
-        r.heartbeat(8, 16, 100).await;
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
         let (s, v) = h
             .call(
                 Method::POST,

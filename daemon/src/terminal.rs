@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -22,7 +22,7 @@ use crate::AppState;
 use crate::engine::pty::{PtyOptions, PtySession};
 use crate::toolbox::error::ApiError;
 use crate::toolbox::extract::WsUpgrade;
-use crate::toolbox::pty::{MAX_INPUT_MESSAGE, PING_EVERY};
+use crate::toolbox::pty::{MAX_INPUT_MESSAGE, PING_EVERY, close, coalesce, send_input};
 use crate::utf8::Utf8Stream;
 
 mod page;
@@ -118,10 +118,6 @@ fn parse_resize(t: &str) -> Option<Result<Resize, ()>> {
     Some(serde_json::from_value(v).map_err(|_| ()))
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
-    let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-}
-
 async fn serve(mut socket: WebSocket, s: Arc<PtySession>, shutdown: tokio_util::sync::CancellationToken) {
     let mut att = s.attach();
     let input = s.input();
@@ -134,7 +130,7 @@ async fn serve(mut socket: WebSocket, s: Arc<PtySession>, shutdown: tokio_util::
         tokio::select! {
             out = att.live.recv() => match out {
                 Some(chunk) => {
-                    let chunk = crate::toolbox::pty::coalesce(chunk, &mut att.live);
+                    let chunk = coalesce(chunk, &mut att.live);
                     let t = text.push(&chunk);
                     if !t.is_empty() && socket.send(Message::Text(t.into())).await.is_err() {
                         return;
@@ -149,13 +145,9 @@ async fn serve(mut socket: WebSocket, s: Arc<PtySession>, shutdown: tokio_util::
                         return close(&mut socket, 1008, &e.to_string()).await;
                     },
                     Some(Err(())) => return close(&mut socket, 1008, "invalid resize message").await,
-                    None => if let Some(tx) = &input {
-                        let _ = tx.send(bytes::Bytes::from(t.as_str().to_owned())).await;
-                    },
+                    None => send_input(&input, bytes::Bytes::from(t.as_str().to_owned())).await,
                 },
-                Some(Ok(Message::Binary(b))) => if let Some(tx) = &input {
-                    let _ = tx.send(b).await;
-                },
+                Some(Ok(Message::Binary(b))) => send_input(&input, b).await,
                 Some(Ok(Message::Close(_))) | None => return,
                 Some(Ok(_)) => {}
                 Some(Err(_)) => return close(&mut socket, 1009, "message too big or malformed").await,

@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use sandbar_testkit::daemon::TestDaemon;
+use sandbar_testkit::daemon::{TestDaemon, percent};
 use serde_json::json;
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -19,22 +19,6 @@ fn random_bytes(n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn q(s: &str) -> String {
-    percent_encode(s)
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"/-_.".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn upload_download_round_trip_streams_large_files() {
     let d = TestDaemon::start();
@@ -44,14 +28,15 @@ async fn upload_download_round_trip_streams_large_files() {
         .part("file", reqwest::multipart::Part::bytes(data.clone()).file_name("blob.bin"));
     let r = d
         .client
-        .post(d.url(&format!("/files/upload?path={}", q(path.to_str().unwrap()))))
+        .post(d.url(&format!("/files/upload?path={}", percent(path.to_str().unwrap()))))
         .multipart(form)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(std::fs::read(&path).unwrap(), data);
-    let r = d.client.get(d.url(&format!("/files/download?path={}", q(path.to_str().unwrap())))).send().await.unwrap();
+    let r =
+        d.client.get(d.url(&format!("/files/download?path={}", percent(path.to_str().unwrap())))).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], data.len().to_string().as_str());
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
@@ -59,7 +44,12 @@ async fn upload_download_round_trip_streams_large_files() {
     let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 1, "{names:?}");
 
-    let r = d.client.get(d.url(&format!("/files/download?path={}", q(d.work.to_str().unwrap())))).send().await.unwrap();
+    let r = d
+        .client
+        .get(d.url(&format!("/files/download?path={}", percent(d.work.to_str().unwrap()))))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400, "a directory is not downloadable");
     let r = d.client.get(d.url("/files/download?path=/nope/none")).send().await.unwrap();
     assert_eq!(r.status(), 404);
@@ -125,13 +115,14 @@ async fn bulk_upload_and_bulk_download_speak_daytona_multipart() {
 async fn list_info_folder_move_permissions_delete() {
     let d = TestDaemon::start();
     let base = d.work.join("tree");
-    let (s, _) =
-        d.post(&format!("/files/folder?path={}&mode=750", q(base.join("x/y").to_str().unwrap())), json!(null)).await;
+    let (s, _) = d
+        .post(&format!("/files/folder?path={}&mode=750", percent(base.join("x/y").to_str().unwrap())), json!(null))
+        .await;
     assert_eq!(s, 201);
     assert_eq!(std::fs::metadata(base.join("x/y")).unwrap().permissions().mode() & 0o777, 0o750);
     std::fs::write(base.join("f.txt"), "hello").unwrap();
 
-    let (s, list) = d.get(&format!("/files?path={}", q(base.to_str().unwrap()))).await;
+    let (s, list) = d.get(&format!("/files?path={}", percent(base.to_str().unwrap()))).await;
     assert_eq!(s, 200);
     let names: Vec<_> = list.as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["f.txt", "x"]);
@@ -141,20 +132,20 @@ async fn list_info_folder_move_permissions_delete() {
         assert!(f[key].is_string(), "{key}: {f}");
     }
     assert_eq!(f["mode"], "-rw-r--r--");
-    let (_, deep) = d.get(&format!("/files?path={}&depth=3", q(base.to_str().unwrap()))).await;
+    let (_, deep) = d.get(&format!("/files?path={}&depth=3", percent(base.to_str().unwrap()))).await;
     assert_eq!(deep.as_array().unwrap().len(), 3);
 
-    let (s, info) = d.get(&format!("/files/info?path={}", q(base.join("x").to_str().unwrap()))).await;
+    let (s, info) = d.get(&format!("/files/info?path={}", percent(base.join("x").to_str().unwrap()))).await;
     assert_eq!((s, info["isDir"].as_bool(), info["permissions"].as_str()), (200, Some(true), Some("0755")));
     assert_eq!(d.get("/files/info?path=/no/such").await.0, 404);
-    assert_eq!(d.get(&format!("/files?path={}", q(base.join("f.txt").to_str().unwrap()))).await.0, 400);
+    assert_eq!(d.get(&format!("/files?path={}", percent(base.join("f.txt").to_str().unwrap()))).await.0, 400);
 
-    let src = q(base.join("f.txt").to_str().unwrap());
-    let dst = q(base.join("x/g.txt").to_str().unwrap());
+    let src = percent(base.join("f.txt").to_str().unwrap());
+    let dst = percent(base.join("x/g.txt").to_str().unwrap());
     assert_eq!(d.post(&format!("/files/move?source={src}&destination={dst}"), json!(null)).await.0, 200);
     assert_eq!(std::fs::read_to_string(base.join("x/g.txt")).unwrap(), "hello");
     std::fs::write(base.join("h.txt"), "h").unwrap();
-    let h = q(base.join("h.txt").to_str().unwrap());
+    let h = percent(base.join("h.txt").to_str().unwrap());
     assert_eq!(d.post(&format!("/files/move?source={h}&destination={dst}"), json!(null)).await.0, 409);
     assert_eq!(d.post(&format!("/files/move?source={src}&destination={dst}"), json!(null)).await.0, 404);
 
@@ -163,7 +154,7 @@ async fn list_info_folder_move_permissions_delete() {
     assert_eq!(d.post(&format!("/files/permissions?path={h}&mode=999"), json!(null)).await.0, 400);
     assert_eq!(d.post(&format!("/files/permissions?path={h}&owner=no-such-user-xyz"), json!(null)).await.0, 400);
 
-    let x = q(base.join("x").to_str().unwrap());
+    let x = percent(base.join("x").to_str().unwrap());
     let (s, b) = d.delete(&format!("/files?path={x}&recursive=false")).await;
     assert_eq!(s, 400, "non-empty dir without recursive: {b}");
     assert!(base.join("x").exists());
@@ -181,7 +172,7 @@ async fn find_search_replace() {
     std::fs::write(base.join("src/util.py"), "def f():\n    return 'TODO'\n").unwrap();
     std::fs::write(base.join("src/.git/config"), "TODO in git internals\n").unwrap();
     std::fs::write(base.join("blob.bin"), b"TODO\0binary").unwrap();
-    let root = q(base.to_str().unwrap());
+    let root = percent(base.to_str().unwrap());
 
     let (s, hits) = d.get(&format!("/files/find?path={root}&pattern=TODO")).await;
     assert_eq!(s, 200);
@@ -190,10 +181,10 @@ async fn find_search_replace() {
     assert_eq!(hits[0]["line"], 2);
     assert!(hits[0]["file"].as_str().unwrap().ends_with("src/main.py"));
     assert_eq!(hits[0]["content"], "TODO = 1");
-    let (_, hits) = d.get(&format!("/files/find?path={root}&pattern={}", q("print("))).await;
+    let (_, hits) = d.get(&format!("/files/find?path={root}&pattern={}", percent("print("))).await;
     assert_eq!(hits.as_array().unwrap().len(), 1, "an invalid regex is searched literally");
 
-    let (s, found) = d.get(&format!("/files/search?path={root}&pattern={}", q("*.py"))).await;
+    let (s, found) = d.get(&format!("/files/search?path={root}&pattern={}", percent("*.py"))).await;
     assert_eq!(s, 200);
     assert_eq!(found["files"].as_array().unwrap().len(), 2);
     assert!(found["files"][0].as_str().unwrap().starts_with(base.to_str().unwrap()));
@@ -214,14 +205,7 @@ async fn bad_paths_and_parameters_are_4xx() {
     assert_eq!(d.get("/files/find?path=/tmp").await.0, 400, "missing pattern");
     assert_eq!(d.post("/files/folder?path=/tmp/x&mode=abc", json!(null)).await.0, 400);
     assert_eq!(d.delete("/files?path=/").await.0, 400);
-    let r = d
-        .client
-        .post(d.url("/files/bulk-upload"))
-        .header("content-type", "multipart/form-data; boundary=zz")
-        .body("garbage")
-        .send()
-        .await
-        .unwrap();
+    let r = d.post_raw("/files/bulk-upload", "multipart/form-data; boundary=zz", "garbage").await;
     assert_eq!(r.status(), 400);
     let (s, _) = d.post("/files/bulk-download", json!({"paths": []})).await;
     assert_eq!(s, 400);

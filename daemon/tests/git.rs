@@ -89,6 +89,13 @@ async fn status(d: &TestDaemon, path: &str) -> Value {
     b
 }
 
+/// `POST /git/commit` that must succeed; its answer (`{hash}`).
+async fn commit(d: &TestDaemon, body: Value) -> Value {
+    let (s, b) = d.post("/git/commit", body).await;
+    assert_eq!(s, 200, "commit: {b}");
+    b
+}
+
 /// The `{staging, worktree}` of `name` in a status answer.
 fn file_state(status: &Value, name: &str) -> Option<(String, String)> {
     status["fileStatus"]
@@ -145,14 +152,12 @@ async fn clone_status_add_commit_history_push_and_pull() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(file_state(&status(&d, "repo").await, "README.md"), pair("Modified", "Unmodified"));
 
-    let (s, b) = d
-        .post(
-            "/git/commit",
-            json!({"path": "repo", "message": "add a file", "author": "Ann Example", "email": "ann@example.com",
+    let b = commit(
+        &d,
+        json!({"path": "repo", "message": "add a file", "author": "Ann Example", "email": "ann@example.com",
                    "allow_empty": false}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
+    )
+    .await;
     let hash = b["hash"].as_str().unwrap().to_owned();
     assert!(hash.len() == 40 && hash.chars().all(|c| c.is_ascii_hexdigit()), "{hash}");
     assert_eq!(git(&repo, &["rev-parse", "HEAD"]), hash);
@@ -314,14 +319,8 @@ async fn branches_create_list_checkout_delete() {
     // A new branch pushed with set_upstream gets its upstream.
     let (s, b) = d.post("/git/branches", json!({"path": "repo", "name": "topic"})).await;
     assert_eq!(s, 201, "{b}");
-    let (s, b) = d
-        .post(
-            "/git/commit",
-            json!({"path": "repo", "message": "on topic", "author": "T", "email": "t@x",
-                                    "allow_empty": true}),
-        )
+    commit(&d, json!({"path": "repo", "message": "on topic", "author": "T", "email": "t@x", "allow_empty": true}))
         .await;
-    assert_eq!(s, 200, "{b}");
     let (s, b) = d.post("/git/push", json!({"path": "repo", "set_upstream": true})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(remote.remote_head("topic"), git(&repo, &["rev-parse", "HEAD"]));
@@ -375,8 +374,7 @@ async fn failures_answer_4xx_with_daytona_codes() {
     assert_error(s, &b, 400, None);
     let (s, b) = d.post("/git/commit", json!({"path": "plain", "message": 5})).await;
     assert_error(s, &b, 400, None);
-    let r =
-        d.client.post(d.url("/git/commit")).header("content-type", "application/json").body("{").send().await.unwrap();
+    let r = d.post_raw("/git/commit", "application/json", "{").await;
     assert_eq!(r.status(), 400);
     let r = d
         .client
@@ -485,13 +483,8 @@ async fn a_hook_left_running_in_the_background_does_not_hold_the_answer() {
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let started = std::time::Instant::now();
-    let (s, b) = d
-        .post(
-            "/git/commit",
-            json!({"path": "repo", "message": "m", "author": "A", "email": "a@x", "allow_empty": true}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
+    let b =
+        commit(&d, json!({"path": "repo", "message": "m", "author": "A", "email": "a@x", "allow_empty": true})).await;
     assert_eq!(b["hash"].as_str().unwrap().len(), 40);
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
 }

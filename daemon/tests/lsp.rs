@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use sandbar_testkit::daemon::TestDaemon;
+use sandbar_testkit::daemon::{TestDaemon, percent};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -193,18 +193,6 @@ async fn completions_and_symbols_from_a_real_pylsp() {
     wait_no_children(d.pid(), "pylsp").await;
     let (s, b) = d.post("/lsp/completions", req).await;
     assert_eq!((s, b["code"].as_str()), (400, Some("LSP_SERVER_NOT_INITIALIZED")), "{b}");
-}
-
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_./".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[tokio::test]

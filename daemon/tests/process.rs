@@ -84,14 +84,7 @@ async fn execute_does_not_wait_for_background_jobs_holding_the_pipe() {
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
     let d = TestDaemon::start();
-    let r = d
-        .client
-        .post(d.url("/process/execute"))
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let r = d.post_raw("/process/execute", "application/json", "{not json").await;
     assert_eq!(r.status(), 400);
     let b: serde_json::Value = r.json().await.unwrap();
     assert!(b["message"].is_string());

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod error;
 pub mod network;
+mod redact;
 pub mod runner;
 pub mod toolbox;
 

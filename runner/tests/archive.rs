@@ -279,8 +279,7 @@ async fn archive_and_restore_through_an_s3_compatible_store() {
 
 #[tokio::test]
 async fn without_a_store_archive_is_refused_with_the_reason() {
-    let t = TestRunner::new("archive-none");
-    let runner = t.runner().await;
+    let (t, runner) = TestRunner::start("archive-none").await;
     assert_eq!(runner.archive_location(), None);
     let err = runner.archive("nothing-here").await.unwrap_err();
     assert!(err.to_string().contains("--archive-store"), "{err}");

@@ -16,8 +16,7 @@ fn exec_req(cmd: &str) -> ExecuteRequest {
 
 #[tokio::test]
 async fn default_image_create_exec_stop_start_destroy() {
-    let t = TestRunner::new("default");
-    let runner = t.runner().await;
+    let (t, runner) = TestRunner::start("default").await;
     let image = runner.ensure_default_image().await.expect("default image builds or is cached");
     assert_eq!(image.reference, "sandbar-sandbox:default");
     assert_eq!(image.user.as_deref(), Some("sandbar"));

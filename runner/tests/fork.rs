@@ -31,8 +31,7 @@ async fn a_fork_keeps_the_files_and_diverges() {
     let f2 = format!("fork-{}", unique());
     // Declared before the runner guard, so it is dropped after the containers are gone.
     let _images = Images(vec![fork_image(&f1), fork_image(&f2)]);
-    let t = TestRunner::new("fork");
-    let runner = t.runner().await;
+    let (t, runner) = TestRunner::start("fork").await;
     let mut req = create_req(&src, &image);
     req.entrypoint = Some(marker_entrypoint());
     let src_info = runner.create(req).await.unwrap();
@@ -87,8 +86,7 @@ async fn fork_failures_leave_nothing_behind() {
     let image = busybox_image();
     let f = format!("fork-{}", unique());
     let _images = Images(vec![fork_image(&f)]);
-    let t = TestRunner::new("forkfail");
-    let runner = t.runner().await;
+    let (t, runner) = TestRunner::start("forkfail").await;
     let src = format!("src-{}", unique());
     runner.create(create_req(&src, &image)).await.unwrap();
 
@@ -124,8 +122,7 @@ async fn a_snapshot_job_commits_and_a_new_sandbox_has_the_files() {
     let image = busybox_image();
     let snap = format!("sandbar-test-fsnap-{}:1", unique());
     let _images = Images(vec![snap.clone()]);
-    let t = TestRunner::new("snapjob");
-    let runner = t.runner().await;
+    let (_t, runner) = TestRunner::start("snapjob").await;
     let src = format!("src-{}", unique());
     runner.create(create_req(&src, &image)).await.unwrap();
     run(&runner, &src, "echo kept > /root/kept").await;
@@ -165,8 +162,7 @@ async fn a_snapshot_job_commits_and_a_new_sandbox_has_the_files() {
 #[tokio::test]
 async fn pause_freezes_and_resume_goes_on() {
     let image = busybox_image();
-    let t = TestRunner::new("pause");
-    let runner = t.runner().await;
+    let (t, runner) = TestRunner::start("pause").await;
     let id = format!("p-{}", unique());
     let info = runner.create(create_req(&id, &image)).await.unwrap();
     let (_, pid) = run(&runner, &id, "sleep 1000 > /dev/null 2>&1 & echo $!").await;

@@ -117,8 +117,7 @@ async fn measure_create_to_ready() {
 #[ignore = "measurement: run with --ignored --nocapture"]
 async fn measure_idle_memory() {
     let n = 40;
-    let t = TestRunner::new("mmem");
-    let runner = t.runner().await;
+    let (_t, runner) = TestRunner::start("mmem").await;
     let image = runner.ensure_default_image().await.unwrap().reference;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = host_mem_kib().await;

@@ -268,8 +268,7 @@ async fn egress_policies_hold_change_live_and_survive_restarts() {
 #[tokio::test]
 async fn bad_policies_fail_with_a_reason_and_leave_nothing() {
     let image = busybox_image();
-    let t = TestRunner::new("netbad");
-    let runner = t.runner().await;
+    let (t, runner) = TestRunner::start("netbad").await;
 
     let id = format!("bad-{}", unique());
     let mut req = create_req(&id, &image);

@@ -18,8 +18,7 @@ use sandbar_runner::SandboxError;
 #[tokio::test]
 async fn busybox_create_exec_stop_start_destroy() {
     let image = busybox_image();
-    let t = TestRunner::new("life");
-    let runner = t.runner().await;
+    let (_t, runner) = TestRunner::start("life").await;
     let mut changes = runner.subscribe();
     let id = format!("life-{}", unique());
     let mut req = create_req(&id, &image);
@@ -133,8 +132,7 @@ async fn busybox_create_exec_stop_start_destroy() {
 #[tokio::test]
 async fn cpu_and_memory_limits_are_visible_in_cgroup_files_and_resize_live() {
     let image = busybox_image();
-    let t = TestRunner::new("limits");
-    let runner = t.runner().await;
+    let (_t, runner) = TestRunner::start("limits").await;
     let id = format!("lim-{}", unique());
     let mut req = create_req(&id, &image);
     req.resources = Resources { cpu: 1, memory: 1, disk: 7 };
@@ -188,8 +186,7 @@ async fn cpu_and_memory_limits_are_visible_in_cgroup_files_and_resize_live() {
 #[tokio::test]
 async fn kill_9_of_the_daemon_becomes_an_error_state_change() {
     let image = busybox_image();
-    let t = TestRunner::new("kill");
-    let runner = t.runner().await;
+    let (_t, runner) = TestRunner::start("kill").await;
     let id = format!("kill-{}", unique());
     let info = runner.create(create_req(&id, &image)).await.unwrap();
     let mut changes = runner.subscribe();
@@ -285,8 +282,7 @@ async fn restarted_runner_rebuilds_state_from_labels_and_removes_half_created_co
 #[tokio::test]
 async fn bad_requests_fail_clearly_and_leave_nothing_behind() {
     let image = busybox_image();
-    let t = TestRunner::new("bad");
-    let runner = t.runner().await;
+    let (t, runner) = TestRunner::start("bad").await;
 
     let err = runner.create(create_req(&format!("noimg-{}", unique()), "sandbar-no-such-image:0")).await.unwrap_err();
     assert_eq!(err.code(), JobErrorCode::ImageNotFound, "{err}");
@@ -352,8 +348,7 @@ async fn bad_requests_fail_clearly_and_leave_nothing_behind() {
 #[tokio::test]
 async fn a_dropped_create_still_finishes_or_cleans_up() {
     let image = busybox_image();
-    let t = TestRunner::new("cancel");
-    let runner = t.runner().await;
+    let (t, runner) = TestRunner::start("cancel").await;
     let id = format!("cancel-{}", unique());
     // Give up on the create almost at once; the operation runs on by itself.
     let quick = tokio::time::timeout(Duration::from_millis(20), runner.create(create_req(&id, &image))).await;
@@ -369,8 +364,7 @@ async fn a_dropped_create_still_finishes_or_cleans_up() {
 #[tokio::test]
 async fn graceful_stop_is_cut_off_at_its_deadline() {
     let image = busybox_image();
-    let t = TestRunner::new("deadline");
-    let runner = t.runner().await;
+    let (_t, runner) = TestRunner::start("deadline").await;
     let id = format!("dl-{}", unique());
     let info = runner.create(create_req(&id, &image)).await.unwrap();
     // A command that ignores SIGTERM keeps the daemon draining (up to its own 5 s grace) after SIGTERM.

@@ -13,8 +13,7 @@ async fn commit_a_sandbox_and_create_from_the_snapshot() {
     let image = busybox_image();
     let snap = format!("sandbar-test-snap-{}:1", unique());
     let _images = Images(vec![snap.clone()]);
-    let t = TestRunner::new("commit");
-    let runner = t.runner().await;
+    let (t, runner) = TestRunner::start("commit").await;
     let src = format!("src-{}", unique());
     let mut req = create_req(&src, &image);
     req.name = Some("source".into());
@@ -69,8 +68,7 @@ async fn build_a_snapshot_from_a_dockerfile_with_the_log_streamed() {
     let snap = format!("sandbar-test-build-{}:1", unique());
     let bad = format!("sandbar-test-bad-{}:1", unique());
     let _images = Images(vec![snap.clone(), bad.clone()]);
-    let t = TestRunner::new("build");
-    let runner = t.runner().await;
+    let (_t, runner) = TestRunner::start("build").await;
 
     let dockerfile = format!("FROM {image}\nRUN echo hello-from-build && echo built > /built\nENV FLAVOUR=vanilla\n");
     let mut log = Vec::new();
@@ -189,8 +187,7 @@ async fn build_jobs_stream_their_log_to_the_control_plane_before_the_result() {
     let good = format!("sandbar-test-job-{}:1", unique());
     let bad = format!("sandbar-test-jobbad-{}:1", unique());
     let _images = Images(vec![good.clone(), bad.clone()]);
-    let t = TestRunner::new("buildjob");
-    let runner = t.runner().await;
+    let (_t, runner) = TestRunner::start("buildjob").await;
     let rec = Arc::new(fake_api::Recorded::default());
     *rec.fail_logs.lock().unwrap() = 1;
     let base = fake_api::serve(rec.clone()).await;
@@ -268,8 +265,7 @@ async fn steps_run_as_root_on_a_base_with_a_non_root_user() {
     let base = format!("sandbar-test-userbase-{}:1", unique());
     let snap = format!("sandbar-test-rootsteps-{}:1", unique());
     let _images = Images(vec![snap.clone(), base.clone()]);
-    let t = TestRunner::new("rootsteps");
-    let runner = t.runner().await;
+    let (_t, runner) = TestRunner::start("rootsteps").await;
     // A base like the default image: it runs as an unprivileged user.
     runner.build_snapshot(&base, &format!("FROM {image}\nUSER sandbar\n"), |_| {}).await.unwrap();
     assert_eq!(docker_inspect(&base, "{{.Config.User}}").unwrap(), "sandbar");

@@ -101,6 +101,15 @@ impl Harness {
         Self::start_with(db, config(&db.url), Arc::new(ManualClock::default())).await
     }
 
+    /// A harness with one runner, `r1`, registered by a first heartbeat that offers `cpu` cores, `memory` GiB and
+    /// `disk` GiB: how most tests begin.
+    pub async fn start_with_runner(db: &TestDb, cpu: u32, memory: u32, disk: u32) -> (Self, FakeRunner) {
+        let h = Self::start(db).await;
+        let r = h.runner("r1");
+        r.heartbeat(cpu, memory, disk).await;
+        (h, r)
+    }
+
     pub async fn start_with(db: &TestDb, config: Config, clock: Arc<ManualClock>) -> Self {
         let mut h = Self::launch(config, clock, &db.url, db.label).await;
         let b = sandbar_api::auth::bootstrap(&h.app.db, "test-org", &h.app.config.limits, h.app.now())

@@ -44,6 +44,19 @@ pub struct TestDaemon {
     _tmp: tempfile::TempDir,
 }
 
+/// `s` percent-encoded for a query value (everything but ASCII letters, digits and `/-_.`).
+pub fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"/-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 impl TestDaemon {
     pub fn start() -> Self {
         Self::start_with(&[], &[])
@@ -165,6 +178,11 @@ impl TestDaemon {
 
     pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
         Self::answer(self.client.delete(self.url(path))).await
+    }
+
+    /// POST `body` as is, with `content_type`: for requests the JSON helpers cannot make (malformed bodies).
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: &'static str) -> reqwest::Response {
+        self.client.post(self.url(path)).header("content-type", content_type).body(body).send().await.unwrap()
     }
 
     async fn answer(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {

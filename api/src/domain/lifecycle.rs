@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use sandbar_proto::runner::{JobKind, SandboxState};
+
 use super::apply::act;
+use super::sandboxes::{find, placed_runner};
 use super::state::{self, Action};
 use crate::App;
 use crate::error::{ApiError, ApiResult};
@@ -100,21 +103,12 @@ pub async fn tick(app: &App) -> Result<TickReport, sqlx::Error> {
 pub async fn pause(app: &App, org: &str, id: &str) -> ApiResult<Row> {
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
-    let row = sandboxes::load(app.db.kind, &mut tx, Some(org), id, true)
-        .await?
-        .ok_or_else(|| ApiError::sandbox_not_found(id))?;
+    let row = find(app, &mut tx, org, id, true).await?;
     let Some(next) = state::plan_pause(row.effective_state(app, now)).map_err(|r| ApiError::bad_request(r.0))? else {
         return Ok(row);
     };
-    let runner = row.runner_id.clone().ok_or_else(|| ApiError::conflict("the sandbox was never placed on a runner"))?;
-    jobs::enqueue(&mut tx, &runner, &jobs::pause::plan(&row), row.stored_state(), next, now).await?;
-    sandboxes::set_state(&mut tx, &row.id, next, None, now).await?;
-    sandboxes::set_text(&mut tx, &row.id, Text::Desired, "paused").await?;
-    let after = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
-    tx.commit().await?;
-    app.wake_runner(&runner);
-    app.wake_routes();
-    Ok(after)
+    let job = jobs::pause::plan(&row);
+    move_by_job(app, tx, row, &job, next, "paused", now).await
 }
 
 /// The start of a paused sandbox: a resume job instead of a start (`POST /sandbox/{id}/start` asks this first).
@@ -128,13 +122,28 @@ pub async fn resume_if_paused(app: &App, org: &str, id: &str) -> ApiResult<Optio
         Some(state::Plan::Job(next, _)) => next,
         Some(_) => return Ok(Some(row)),
     };
-    let runner = row.runner_id.clone().ok_or_else(|| ApiError::conflict("the sandbox was never placed on a runner"))?;
-    jobs::enqueue(&mut tx, &runner, &jobs::resume::plan(&row), row.stored_state(), next, now).await?;
+    let job = jobs::resume::plan(&row);
+    move_by_job(app, tx, row, &job, next, "started", now).await.map(Some)
+}
+
+/// Queues `job` on the sandbox's runner and moves the sandbox to `next` (wanting `desired`), in `tx`, which it
+/// commits; then wakes the runner and the proxies. Answers the sandbox as it is now.
+async fn move_by_job(
+    app: &App,
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    row: Row,
+    job: &JobKind,
+    next: SandboxState,
+    desired: &str,
+    now: i64,
+) -> ApiResult<Row> {
+    let runner = placed_runner(&row)?;
+    jobs::enqueue(&mut tx, &runner, job, row.stored_state(), next, now).await?;
     sandboxes::set_state(&mut tx, &row.id, next, None, now).await?;
-    sandboxes::set_text(&mut tx, &row.id, Text::Desired, "started").await?;
+    sandboxes::set_text(&mut tx, &row.id, Text::Desired, desired).await?;
     let after = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
     tx.commit().await?;
     app.wake_runner(&runner);
     app.wake_routes();
-    Ok(Some(after))
+    Ok(after)
 }

@@ -91,9 +91,7 @@ pub struct Change {
 pub async fn update(app: &App, org: &str, id: &str, change: Change) -> ApiResult<Row> {
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
-    let row = sandboxes::load(app.db.kind, &mut tx, Some(org), id, true)
-        .await?
-        .ok_or_else(|| ApiError::sandbox_not_found(id))?;
+    let row = super::sandboxes::find(app, &mut tx, org, id, true).await?;
     let current = row.stored_state();
     let send = state::network_update(current).map_err(|r| ApiError::bad_request(r.0))?;
     let allow = change.allow_list;

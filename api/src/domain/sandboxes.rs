@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use sandbar_proto::runner::{SandboxState, fork_image};
+use sandbar_proto::runner::{JobKind, SandboxState, fork_image};
 use sqlx::AnyConnection;
 
 use super::{builds, network, placement, quota, state};
@@ -66,6 +66,11 @@ pub(crate) fn check_resources(
 /// The sandbox `id` (or name) of `org`, or 404.
 pub async fn find(app: &App, conn: &mut AnyConnection, org: &str, id: &str, lock: bool) -> ApiResult<Row> {
     sandboxes::load(app.db.kind, conn, Some(org), id, lock).await?.ok_or_else(|| ApiError::sandbox_not_found(id))
+}
+
+/// The runner a sandbox was placed on; 409 for one that never was.
+pub fn placed_runner(row: &Row) -> ApiResult<String> {
+    row.runner_id.clone().ok_or_else(|| ApiError::conflict("the sandbox was never placed on a runner"))
 }
 
 /// Refuses with 409 when a live sandbox of the organization already has `name`.
@@ -244,15 +249,8 @@ pub async fn create(app: &App, org: &str, new: NewSandbox) -> ApiResult<Row> {
     let row = sandboxes::load(app.db.kind, &mut tx, None, &id, false)
         .await?
         .ok_or_else(|| ApiError::internal("create", "row vanished"))?;
-    if !waits_for_build {
-        let job = jobs::create::plan(&row);
-        jobs::enqueue(&mut tx, &runner, &job, SandboxState::Creating, SandboxState::Creating, now).await?;
-    }
-    sandboxes::bump(&mut tx, &id, now).await?;
-    let row = sandboxes::load(app.db.kind, &mut tx, None, &id, false).await?.unwrap_or(row);
-    tx.commit().await?;
-    app.wake_runner(&runner);
-    app.wake_routes();
+    let job = (!waits_for_build).then(|| jobs::create::plan(&row));
+    let row = commit_new(app, tx, row, &runner, job, now).await?;
     tracing::info!(sandbox_id = %id, runner_id = %runner, "sandbox created");
     Ok(row)
 }
@@ -286,13 +284,29 @@ pub async fn fork(app: &App, org: &str, id: &str, name: Option<&str>) -> ApiResu
         .await?
         .ok_or_else(|| ApiError::internal("fork", "row vanished"))?;
     let job = jobs::fork::plan(&src, &row);
-    jobs::enqueue(&mut tx, &runner, &job, SandboxState::Creating, SandboxState::Creating, now).await?;
-    sandboxes::bump(&mut tx, &fork_id, now).await?;
-    let row = sandboxes::load(app.db.kind, &mut tx, None, &fork_id, false).await?.unwrap_or(row);
-    tx.commit().await?;
-    app.wake_runner(&runner);
-    app.wake_routes();
+    let row = commit_new(app, tx, row, &runner, Some(job), now).await?;
     tracing::info!(sandbox_id = %fork_id, source = %src.id, runner_id = %runner, "sandbox fork requested");
+    Ok(row)
+}
+
+/// The end of a create or a fork, in its transaction: queues `job` on `runner` (none while the new sandbox waits
+/// for its image build), bumps the sandbox's route, commits, and wakes the runner and the proxies.
+async fn commit_new(
+    app: &App,
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    row: Row,
+    runner: &str,
+    job: Option<JobKind>,
+    now: i64,
+) -> ApiResult<Row> {
+    if let Some(job) = job {
+        jobs::enqueue(&mut tx, runner, &job, SandboxState::Creating, SandboxState::Creating, now).await?;
+    }
+    sandboxes::bump(&mut tx, &row.id, now).await?;
+    let row = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
+    tx.commit().await?;
+    app.wake_runner(runner);
+    app.wake_routes();
     Ok(row)
 }
 

@@ -6,9 +6,10 @@ use sandbar_proto::runner::{JobKind, JobOutcome, SandboxState};
 
 use crate::App;
 use crate::domain::apply::JobDone;
+use crate::domain::sandboxes::{find, placed_runner};
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
-use crate::store::sandboxes::{self, Row};
+use crate::store::sandboxes::Row;
 
 pub fn plan(row: &Row) -> JobKind {
     JobKind::PingSandbox { sandbox_id: row.id.clone() }
@@ -19,9 +20,7 @@ pub fn plan(row: &Row) -> JobKind {
 pub async fn enqueue(app: &App, org: &str, id: &str) -> ApiResult<String> {
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
-    let row = sandboxes::load(app.db.kind, &mut tx, Some(org), id, true)
-        .await?
-        .ok_or_else(|| ApiError::sandbox_not_found(id))?;
+    let row = find(app, &mut tx, org, id, true).await?;
     let state = row.effective_state(app, now);
     if state != SandboxState::Started {
         return Err(ApiError::bad_request(format!(
@@ -29,7 +28,7 @@ pub async fn enqueue(app: &App, org: &str, id: &str) -> ApiResult<String> {
             state.as_str()
         )));
     }
-    let runner = row.runner_id.clone().ok_or_else(|| ApiError::conflict("the sandbox was never placed on a runner"))?;
+    let runner = placed_runner(&row)?;
     // No transition: the job goes through `started` and back.
     let job = jobs::enqueue(&mut tx, &runner, &plan(&row), SandboxState::Started, SandboxState::Started, now).await?;
     tx.commit().await?;

@@ -65,30 +65,17 @@ struct Names {
 
 impl Names {
     fn user(&mut self, uid: u32) -> String {
-        self.users
-            .entry(uid)
-            .or_insert_with(|| {
-                nix::unistd::User::from_uid(uid.into())
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-                    .unwrap_or_else(|| uid.to_string())
-            })
-            .clone()
+        cached(&mut self.users, uid, || nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name))
     }
 
     fn group(&mut self, gid: u32) -> String {
-        self.groups
-            .entry(gid)
-            .or_insert_with(|| {
-                nix::unistd::Group::from_gid(gid.into())
-                    .ok()
-                    .flatten()
-                    .map(|g| g.name)
-                    .unwrap_or_else(|| gid.to_string())
-            })
-            .clone()
+        cached(&mut self.groups, gid, || nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name))
     }
+}
+
+/// The name of `id` from `cache`, looked up once; the number itself when it has no name.
+fn cached(cache: &mut HashMap<u32, String>, id: u32, lookup: impl FnOnce() -> Option<String>) -> String {
+    cache.entry(id).or_insert_with(|| lookup().unwrap_or_else(|| id.to_string())).clone()
 }
 
 fn file_info(path: &Path, meta: &std::fs::Metadata, names: &mut Names) -> FileInfo {
@@ -284,32 +271,27 @@ pub async fn move_files(d: &Daemon, q: MoveQuery) -> Result<()> {
     Ok(())
 }
 
+/// A user or group given by number or by name (`lookup` finds a name's id); `None` when absent or empty.
+fn numeric_or_named(value: Option<&str>, what: &str, lookup: impl FnOnce(&str) -> Option<u32>) -> Result<Option<u32>> {
+    let Some(v) = value.filter(|v| !v.is_empty()) else { return Ok(None) };
+    match v.parse::<u32>() {
+        Ok(n) => Ok(Some(n)),
+        Err(_) => lookup(v).map(Some).ok_or_else(|| Error::bad_request(format!("unknown {what} {v:?}"))),
+    }
+}
+
 pub async fn set_permissions(d: &Daemon, q: PermissionsQuery) -> Result<()> {
     nonempty("path", &q.path)?;
     let path = d.resolve(&q.path);
     let mode = q.mode.as_deref().filter(|m| !m.is_empty()).map(parse_mode).transpose()?;
-    let uid = match q.owner.as_deref().filter(|o| !o.is_empty()) {
-        None => None,
-        Some(o) => Some(match o.parse::<u32>() {
-            Ok(n) => nix::unistd::Uid::from_raw(n),
-            Err(_) => nix::unistd::User::from_name(o)
-                .ok()
-                .flatten()
-                .map(|u| u.uid)
-                .ok_or_else(|| Error::bad_request(format!("unknown user {o:?}")))?,
-        }),
-    };
-    let gid = match q.group.as_deref().filter(|g| !g.is_empty()) {
-        None => None,
-        Some(g) => Some(match g.parse::<u32>() {
-            Ok(n) => nix::unistd::Gid::from_raw(n),
-            Err(_) => nix::unistd::Group::from_name(g)
-                .ok()
-                .flatten()
-                .map(|g| g.gid)
-                .ok_or_else(|| Error::bad_request(format!("unknown group {g:?}")))?,
-        }),
-    };
+    let uid = numeric_or_named(q.owner.as_deref(), "user", |o| {
+        nix::unistd::User::from_name(o).ok().flatten().map(|u| u.uid.as_raw())
+    })?
+    .map(nix::unistd::Uid::from_raw);
+    let gid = numeric_or_named(q.group.as_deref(), "group", |g| {
+        nix::unistd::Group::from_name(g).ok().flatten().map(|g| g.gid.as_raw())
+    })?
+    .map(nix::unistd::Gid::from_raw);
     let shown = q.path.clone();
     blocking(move || {
         std::fs::metadata(&path).map_err(|e| Error::io(&shown, &e))?;

@@ -514,22 +514,16 @@ async fn drive_entrypoint(session: Arc<Session>, mut child: procs::Child, log: A
     let mut linger: Option<tokio::time::Instant> = None;
     while out.is_some() || err.is_some() || status.is_none() {
         tokio::select! {
-            n = read_opt(&mut out, &mut obuf) => match n {
-                Some(n) if n > 0 => {
-                    let chunk = obuf.get(..n).unwrap_or_default();
-                    log.append(STDOUT, chunk);
-                    let _ = std::io::stdout().lock().write_all(chunk);
+            n = read_opt(&mut out, &mut obuf) => {
+                if !tee(n, &obuf, &log, STDOUT, std::io::stdout().lock()) {
+                    out = None;
                 }
-                _ => out = None,
-            },
-            n = read_opt(&mut err, &mut ebuf) => match n {
-                Some(n) if n > 0 => {
-                    let chunk = ebuf.get(..n).unwrap_or_default();
-                    log.append(STDERR, chunk);
-                    let _ = std::io::stderr().lock().write_all(chunk);
+            }
+            n = read_opt(&mut err, &mut ebuf) => {
+                if !tee(n, &ebuf, &log, STDERR, std::io::stderr().lock()) {
+                    err = None;
                 }
-                _ => err = None,
-            },
+            }
             e = procs::wait_exit(&mut exit), if status.is_none() => {
                 status = Some(e);
                 linger = Some(tokio::time::Instant::now() + Duration::from_millis(200));
@@ -541,6 +535,20 @@ async fn drive_entrypoint(session: Arc<Session>, mut child: procs::Child, log: A
     tracing::info!(exit_code = code, "entrypoint exited");
     log.finish(code);
     session.end();
+}
+
+/// Appends the `n` bytes just read into `buf` to the log as `stream` and copies them to our own `sink` (the
+/// entrypoint's output stays visible in `docker logs`). False at the end of the pipe (or a read error).
+fn tee(n: Option<usize>, buf: &[u8], log: &Log, stream: u8, mut sink: impl Write) -> bool {
+    match n {
+        Some(n) if n > 0 => {
+            let chunk = buf.get(..n).unwrap_or_default();
+            log.append(stream, chunk);
+            let _ = sink.write_all(chunk);
+            true
+        }
+        _ => false,
+    }
 }
 
 async fn read_opt(p: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> Option<usize> {

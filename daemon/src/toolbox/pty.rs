@@ -236,13 +236,14 @@ async fn send_timely(socket: &mut WebSocket, msg: Message) -> bool {
     matches!(tokio::time::timeout(SEND_TIMEOUT, socket.send(msg)).await, Ok(Ok(())))
 }
 
-async fn send_input(input: &Option<tokio::sync::mpsc::Sender<bytes::Bytes>>, data: bytes::Bytes) {
+pub(crate) async fn send_input(input: &Option<tokio::sync::mpsc::Sender<bytes::Bytes>>, data: bytes::Bytes) {
     if let Some(tx) = input {
         let _ = tx.send(data).await;
     }
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+/// Closes the WebSocket with `code` and `reason`; a peer already gone changes nothing.
+pub(crate) async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
 }
 

@@ -160,10 +160,8 @@ impl Runner {
 
     async fn pause_now(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let (_op, info) = self.lock_and_get(id).await?;
-        match info.state {
-            SandboxState::Paused => return Ok(info),
-            SandboxState::Started => {}
-            state => return Err(SandboxError::InvalidState { id: id.into(), state, action: "pause" }),
+        if !needed(&info, SandboxState::Started, SandboxState::Paused, "pause")? {
+            return Ok(info);
         }
         self.report_state(id, SandboxState::Pausing, None, None)?;
         match self.docker().pause_container(&info.container_id).await {
@@ -185,10 +183,8 @@ impl Runner {
 
     async fn resume_now(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let (_op, info) = self.lock_and_get(id).await?;
-        match info.state {
-            SandboxState::Started => return Ok(info),
-            SandboxState::Paused => {}
-            state => return Err(SandboxError::InvalidState { id: id.into(), state, action: "resume" }),
+        if !needed(&info, SandboxState::Paused, SandboxState::Started, "resume")? {
+            return Ok(info);
         }
         self.report_state(id, SandboxState::Resuming, None, None)?;
         let resumed = async {
@@ -212,6 +208,21 @@ impl Runner {
                 Err(e)
             }
         }
+    }
+}
+
+/// Whether `action` has work to do: true from `from`, false when the sandbox is in `to` already (answered as it
+/// is), an invalid-state error from anywhere else.
+fn needed(
+    info: &SandboxInfo,
+    from: SandboxState,
+    to: SandboxState,
+    action: &'static str,
+) -> Result<bool, SandboxError> {
+    match info.state {
+        s if s == to => Ok(false),
+        s if s == from => Ok(true),
+        state => Err(SandboxError::InvalidState { id: info.id.clone(), state, action }),
     }
 }
 

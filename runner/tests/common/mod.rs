@@ -112,6 +112,13 @@ impl TestRunner {
         Self { runner_id }
     }
 
+    /// A test runner and the runner it owns, with the test configuration.
+    pub async fn start(test: &str) -> (Self, Runner) {
+        let t = Self::new(test);
+        let runner = t.runner().await;
+        (t, runner)
+    }
+
     pub fn config(&self) -> RunnerConfig {
         let mut c = RunnerConfig::new(daemon_binary());
         c.runner_id = self.runner_id.clone();
