@@ -5,7 +5,6 @@
 pub mod api;
 pub mod error;
 pub mod network;
-mod redact;
 pub mod runner;
 pub mod toolbox;
 

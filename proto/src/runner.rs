@@ -443,7 +443,24 @@ pub struct SandboxInfo {
 
 impl fmt::Debug for SandboxInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::redact::debug(f, "SandboxInfo", self, &["daemonToken", "env"])
+        f.debug_struct("SandboxInfo")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("organization_id", &self.organization_id)
+            .field("runner_id", &self.runner_id)
+            .field("container_id", &self.container_id)
+            .field("image", &self.image)
+            .field("state", &self.state)
+            .field("error_reason", &self.error_reason)
+            .field("resources", &self.resources)
+            .field("disk_enforced", &self.disk_enforced)
+            .field("daemon_addr", &self.daemon_addr)
+            .field("daemon_token", &"<redacted>")
+            .field("user", &self.user)
+            .field("env_keys", &self.env.keys().collect::<Vec<_>>())
+            .field("labels", &self.labels)
+            .field("auto", &self.auto)
+            .finish()
     }
 }
 
