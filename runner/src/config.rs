@@ -48,6 +48,13 @@ pub struct RunnerConfig {
     /// The iptables binary (`iptables-nft`, `iptables-legacy`, ...). Default: whichever of `iptables`,
     /// `iptables-nft`, `iptables-legacy` holds Docker's `DOCKER-USER` chain.
     pub iptables: Option<String>,
+    /// IPv4 ranges no sandbox may reach whatever its policy (the LAN, other private networks), on top of the floor
+    /// every sandbox has (169.254.0.0/16, 127.0.0.0/8, the host's own addresses; see [`crate::firewall`]).
+    /// Default: none.
+    pub deny_cidrs: Vec<String>,
+    /// How often the firewall checks that its rules are still in the kernel, and rewrites them when not.
+    /// Default: 5 s.
+    pub firewall_recheck: Duration,
     /// Where archived sandboxes go (see [`crate::host::archive`]): `s3://bucket/prefix` (credentials, region and endpoint from
     /// the usual `AWS_*` environment, so any S3-compatible store works), `file:///path` or a plain path.
     /// Default: `<state_dir>/archives`; with neither, archive jobs fail with a clear reason.
@@ -82,6 +89,8 @@ impl RunnerConfig {
             state_dir: None,
             network_rules: true,
             iptables: None,
+            deny_cidrs: Vec::new(),
+            firewall_recheck: Duration::from_secs(5),
             archive_store: None,
         }
     }
@@ -102,6 +111,12 @@ impl RunnerConfig {
         }
         if self.archive_store.as_deref().is_some_and(|s| s.trim().is_empty()) {
             return Err("archive store, when given, must not be empty".into());
+        }
+        for c in &self.deny_cidrs {
+            c.parse::<sandbar_proto::network::Ipv4Cidr>().map_err(|e| format!("--deny-cidr: {e}"))?;
+        }
+        if self.firewall_recheck.is_zero() {
+            return Err("the firewall recheck interval must be positive".into());
         }
         if let Some(pool) = &self.warm_pool {
             if self.state_dir.is_none() {

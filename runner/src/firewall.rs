@@ -51,7 +51,7 @@ use crate::config::RunnerConfig;
 use crate::error::SandboxError;
 pub use iptables::purge_blocking;
 use iptables::{BRIDGE_NF, HOOKS, Iptables, ensure_bridge_filtering};
-pub use rules::{chain_prefix, sandbox_chain};
+pub use rules::{bridge_table, chain_prefix, sandbox_chain};
 use rules::{deny_chain, isolation_chain, render};
 
 /// How often a sync re-checks that the hooks are still in place (a firewall reload may remove them).

@@ -20,6 +20,11 @@ pub fn sandbox_chain(runner_id: &str, sandbox_id: &str) -> String {
     format!("{}-{}", chain_prefix(runner_id), hex(sandbox_id, 5))
 }
 
+/// The nftables bridge table a runner will own (none yet: named here so tests can already look for it).
+pub fn bridge_table(runner_id: &str) -> String {
+    format!("sandbar_{}", hex(runner_id, 4).to_ascii_lowercase())
+}
+
 pub(super) fn isolation_chain(prefix: &str) -> String {
     format!("{prefix}-ISO")
 }
