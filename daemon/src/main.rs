@@ -1,5 +1,6 @@
-//! `sandbar-daemon`: parse config, start reaping, bind, print the ready line, run the entrypoint, serve until
-//! SIGTERM/SIGINT, then drain within the grace period and exit 0.
+//! `sandbar-daemon`: parse config, start reaping, bind, print the ready line, run the entrypoint (with
+//! `SANDBAR_ENTRYPOINT_GATE=1`, once the runner sends SIGUSR2: its network rules are in), serve until SIGTERM/SIGINT,
+//! then drain within the grace period and exit 0.
 
 use std::io::Write;
 use std::process::{Command, ExitCode};
@@ -13,6 +14,9 @@ use tokio::signal::unix::{SignalKind, signal};
 /// Names the pipe that carries the token across the re-exec.
 const TOKEN_FD_ENV: &str = "SANDBAR_DAEMON_TOKEN_FD";
 const TOKEN_ENV: &str = "SANDBAR_DAEMON_TOKEN";
+/// Set to `1` by the runner: hold the image's entrypoint until SIGUSR2, which the runner sends once the sandbox's
+/// network rules are in place (so no code of the image ever runs without them).
+const GATE_ENV: &str = "SANDBAR_ENTRYPOINT_GATE";
 
 fn main() -> ExitCode {
     // /proc/1/environ is readable by processes of the daemon's own user: take the token out of it by executing
@@ -68,6 +72,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Signal handlers first: as PID 1 an unhandled SIGTERM would be ignored, not fatal.
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    // Before the listeners: the runner sends the go-ahead only after `GET /version` answers.
+    let gate = match std::env::var(GATE_ENV).as_deref() {
+        Ok("1") => Some(signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?),
+        _ => None,
+    };
 
     let grace = config.shutdown_grace();
     let entrypoint = config.entrypoint.clone();
@@ -100,10 +109,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(%toolbox_addr, %ssh_addr, %terminal_addr, sandbox_id = daemon.sandbox_id().as_deref().unwrap_or(""), "listening");
 
-    if !entrypoint.is_empty()
-        && let Err(e) = daemon.sessions.start_entrypoint(&daemon, &entrypoint)
-    {
-        tracing::error!(error = %e.message, "cannot start the entrypoint");
+    if !entrypoint.is_empty() {
+        let d = daemon.clone();
+        let start = async move {
+            if let Some(mut go) = gate {
+                go.recv().await;
+                tracing::info!("released by the runner: starting the entrypoint");
+            }
+            if d.shutdown.is_cancelled() {
+                return;
+            }
+            if let Err(e) = d.sessions.start_entrypoint(&d, &entrypoint) {
+                tracing::error!(error = %e.message, "cannot start the entrypoint");
+            }
+        };
+        tokio::spawn(start);
     }
 
     let forwarded = tokio::select! {

@@ -1,61 +1,97 @@
-//! Network isolation and egress rules: sandboxes cannot reach each other (unless linked), and each one's egress is
-//! unrestricted, blocked, or limited to an allow list of IPv4 CIDRs.
+//! Network isolation and egress rules: each sandbox may send only from its own address and MAC on its own bridge
+//! port, reaches no other sandbox (unless linked), never the host, loopback, link-local (cloud metadata) or the
+//! ranges the operator denies, and beyond that its egress is unrestricted, blocked, or limited to an allow list of
+//! IPv4 CIDRs.
 //!
-//! The rules are iptables chains in the filter table of the backend that holds Docker's `DOCKER-USER` chain (on a
-//! host where `iptables` is nf_tables and legacy tables also exist, Docker's chains, and so the traffic they see,
-//! are in nf_tables; a runner on a legacy host finds them there). Per runner:
+//! Two layers, each written whole in one transaction per change:
+//!
+//! - **The bridge** (`bridge`: one nftables table of family `bridge` per runner, `sandbar_<runner hex>`): at
+//!   prerouting, before the bridge learns a MAC or decides where a frame goes, a frame from a sandbox's port must
+//!   carry its MAC, and IPv4 or ARP with its address; anything else from that port (IPv6 included, link-local too) is
+//!   dropped, and so is its MAC, IP or ARP address coming from any other port. This is what stops spoofed sources,
+//!   ARP poisoning of the host's neighbour table and forged MACs stealing a neighbour's frames.
+//! - **IP** (`rules`: iptables chains in the filter table of the backend that holds Docker's `DOCKER-USER` chain; on
+//!   a host where `iptables` is nf_tables and legacy tables also exist, Docker's chains, and so the traffic they see,
+//!   are in nf_tables; a runner on a legacy host finds them there). Per runner:
 //!
 //! ```text
 //! DOCKER-USER -> SANDBAR-<runner>            (forwarded: to other containers, other hosts)
 //! INPUT       -> SANDBAR-<runner>            (to the host itself: its addresses, published ports)
-//! SANDBAR-<runner>:  -s <sandbox ip> -j SANDBAR-<runner>-<sandbox>     one per running sandbox
+//! SANDBAR-<runner>:
+//!     -m physdev --physdev-in <port> -j SANDBAR-<runner>-<sandbox>   egress, by bridge port, one per sandbox
+//!     -s <sandbox ip> ! --physdev-in <its port> -> DROP               its address from elsewhere is forged
+//!     -d <sandbox ip> -j SANDBAR-<runner>-<in:sandbox>               what may come in to it
 //! SANDBAR-<runner>-<sandbox>:
+//!     ! -s <sandbox ip>                       -> DROP     its port, not its address
 //!     ctstate ESTABLISHED,RELATED ctdir REPLY -> RETURN   replies to connections others opened to it
 //!     -d <linked sandbox ip>                  -> RETURN   links, both ways
-//!     -> SANDBAR-<runner>-ISO                             -> DENY to every running sandbox of this runner
+//!     -> SANDBAR-<runner>-ISO                             the floor, then every running sandbox of this runner
 //!     policy: nothing (unrestricted) | -d <cidr> -> RETURN ... then DENY | DENY
+//! SANDBAR-<runner>-<in:sandbox>: replies -> RETURN, linked sandboxes -> RETURN, else DENY (other runners' sandboxes
+//!     and plain containers cannot open connections to it)
+//! SANDBAR-<runner>-ISO (the floor): DNS to Docker's resolvers -> RETURN; 169.254.0.0/16, 127.0.0.0/8, addrtype
+//!     LOCAL/BROADCAST/MULTICAST (every address of the host: API, runner, proxy metrics, PostgreSQL, whatever
+//!     listens), `--deny-cidr` ranges -> DENY; then each running sandbox of this runner -> DENY
 //! SANDBAR-<runner>-DENY: TCP -> REJECT tcp-reset, else REJECT icmp-admin-prohibited
 //! ```
 //!
-//! Only packets *from* a sandbox are matched, so the host's own connections to a sandbox (the runner and proxy
-//! reaching its daemon) are never filtered: they leave through OUTPUT and their replies come back through INPUT
-//! as `ctdir REPLY`. Packets a sandbox sends on connections it opened are checked one by one rather than accepted
-//! as `ESTABLISHED`, so tightening the policy cuts connections already open. Sandboxes on one bridge reach each
-//! other through FORWARD only when `net.bridge.bridge-nf-call-iptables` is 1: the runner sets it (as Docker does
-//! when it needs it) and refuses to start if bridged traffic cannot be filtered.
+//! Only packets *from* a bridge port or *to* a sandbox are matched, so the host's own connections to a sandbox (the
+//! runner and proxy reaching its daemon) are never filtered: they leave through OUTPUT and their replies come back
+//! through INPUT as `ctdir REPLY`. Packets a sandbox sends on connections it opened are checked one by one rather
+//! than accepted as `ESTABLISHED`, so tightening the policy cuts connections already open. Sandboxes on one bridge
+//! reach each other through FORWARD only when `net.bridge.bridge-nf-call-iptables` is 1: the runner sets it (as
+//! Docker does when it needs it) and refuses to start if bridged traffic cannot be filtered. The floor's DNS
+//! exception covers the resolvers the default bridge hands containers (the host's `/etc/resolv.conf`, or
+//! systemd-resolved's upstreams): they are often on the LAN the operator denies.
 //!
-//! Every change rewrites this runner's chains in one `iptables-restore --noflush` transaction, so the kernel
-//! never sees half a policy, a failed change leaves the previous rules whole, and a sandbox whose IP changed
-//! (a restart) is re-hooked by the same rewrite. Policies live in memory, in the container's spec label (the
-//! policy at creation) and in `<state_dir>/network.json` (changes since), so a restarted runner rebuilds the same
-//! rules and removes chains of sandboxes that are gone. IPv4 only: a sandbox network with IPv6 is refused.
+//! A sandbox's port is found from its container's network namespace (its `eth0@ifN` names the host end of the
+//! veth). Ports belong to sandboxes of many runners and to other containers on a shared bridge, so a runner drops
+//! what comes from its own sandboxes' ports and addresses only; on a bridge of its own (`--docker-network`) nothing
+//! else is there.
 //!
-//! Here: the firewall's state and its changes (this file), the rules (`rules`), the iptables binaries
-//! (`iptables`). Nothing else in the runner runs iptables; the host layer calls `Firewall` when a container gets or
-//! loses its address. Chains outlive a stopped runner on purpose (sandboxes keep running); test guards remove theirs
-//! with [`purge_blocking`]. Flags: `--network-rules false` (no rules; creates asking for a policy or a link fail) and
-//! `--iptables BIN`.
+//! **Before the entrypoint runs**: a sandbox's daemon starts, but holds the image's entrypoint until the runner
+//! sends it SIGUSR2 (`SANDBAR_ENTRYPOINT_GATE`), which the runner does once the rules are in and the daemon answers.
+//! Until then only our daemon runs in the container and it sends nothing of its own. This was picked over fixed
+//! addresses on a user-defined network (rules written before `docker start`) because Docker's default bridge cannot
+//! pre-assign addresses, the veth (which the bridge rules need) exists only after start anyway, and the gate works
+//! on every network, runtime and restart path.
+//!
+//! Every change rewrites this runner's chains in one `iptables-restore --noflush` transaction and its bridge table
+//! in one `nft -f` transaction, so the kernel never sees half a policy, a failed change leaves the previous rules
+//! whole, and a sandbox whose address or port changed (a restart) is re-bound by the same rewrite. After each write
+//! the runner reads both back (`iptables -S`, `nft list table`) and keeps what it read; a **reconciler** compares
+//! them every `--firewall-recheck-secs` (5 s) and rewrites everything, hooks included, when anything differs or is
+//! gone (an `iptables -F`, a firewall reload). Policies live in memory, in the container's spec label (the policy
+//! at creation) and in `<state_dir>/network.json` (changes since), so a restarted runner rebuilds the same rules and
+//! removes chains of sandboxes that are gone. Sandboxes get no IPv6 address (a network with IPv6 is refused); the
+//! bridge layer drops every IPv6 frame from their ports.
+//!
+//! Here: the firewall's state and its changes (this file), the iptables rules (`rules`), the bridge rules and port
+//! lookup (`bridge`), the iptables binaries (`iptables`). Nothing else in the runner runs iptables or nft; the host
+//! layer calls `Firewall` when a container gets or loses its address. Rules outlive a stopped runner on purpose
+//! (sandboxes keep running); test guards remove theirs with [`purge_blocking`]. Flags: `--network-rules false` (no
+//! rules; creates asking for a policy or a link fail), `--iptables BIN`, `--deny-cidr CIDR` (repeatable) and
+//! `--firewall-recheck-secs N`.
 
+mod bridge;
 mod iptables;
 mod rules;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sandbar_proto::network::NetworkPolicy;
+use sandbar_proto::network::{Ipv4Cidr, NetworkPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunnerConfig;
 use crate::error::SandboxError;
+pub use bridge::bridge_table;
 pub use iptables::purge_blocking;
 use iptables::{BRIDGE_NF, HOOKS, Iptables, ensure_bridge_filtering};
-pub use rules::{bridge_table, chain_prefix, sandbox_chain};
-use rules::{deny_chain, isolation_chain, render};
-
-/// How often a sync re-checks that the hooks are still in place (a firewall reload may remove them).
-const HOOK_RECHECK: Duration = Duration::from_secs(30);
+use rules::{Floor, deny_chain, isolation_chain, render};
+pub use rules::{chain_prefix, sandbox_chain};
 
 /// Why network rules could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
@@ -99,21 +135,41 @@ impl Stored {
     }
 }
 
+/// Where a container sits on the network, as the host layer learns it from Docker: its IPv4 address, the MAC
+/// Docker gave it and the PID of its main process (whose network namespace names its bridge port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub ip: IpAddr,
+    pub mac: Option<String>,
+    pub pid: Option<u32>,
+}
+
 /// A running container that has rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Attached {
     sandbox_id: String,
     ip: Ipv4Addr,
+    /// The host end of its veth (empty when rules are off).
+    port: String,
+    /// Its MAC, lowercase (empty when rules are off).
+    mac: String,
+}
+
+/// What the kernel held right after the last write, as read back: the reconciler's reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Written {
+    iptables: String,
+    bridge: String,
 }
 
 #[derive(Debug, Default)]
 struct State {
     policies: BTreeMap<String, Stored>,
-    /// Container ID -> the sandbox it serves and its address.
+    /// Container ID -> the sandbox it serves and where it sits.
     attached: BTreeMap<String, Attached>,
     /// Sandbox chains in the kernel (besides the top and isolation chains).
     installed: BTreeSet<String>,
-    hooks_checked: Option<Instant>,
+    written: Option<Written>,
 }
 
 /// This runner's rules. Every change goes through one lock, so rewrites never interleave.
@@ -121,6 +177,9 @@ struct State {
 pub(crate) struct Firewall {
     ipt: Option<Iptables>,
     prefix: String,
+    table: String,
+    floor: Floor,
+    recheck: Duration,
     state_file: Option<PathBuf>,
     state: tokio::sync::Mutex<State>,
 }
@@ -128,9 +187,17 @@ pub(crate) struct Firewall {
 impl Firewall {
     /// Finds the backend and checks the host (when rules are enabled) and loads the stored policies.
     pub(crate) async fn new(config: &RunnerConfig) -> Result<Self, NetworkError> {
+        let deny = config
+            .deny_cidrs
+            .iter()
+            .map(|c| c.parse::<Ipv4Cidr>().map_err(|e| NetworkError::Invalid(format!("--deny-cidr: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         let ipt = if config.network_rules {
             let ipt = Iptables::detect(config.iptables.as_deref()).await?;
             ensure_bridge_filtering(Path::new(BRIDGE_NF))?;
+            bridge::nft(&["list", "tables"], None).await.map_err(|e| {
+                NetworkError::Unavailable(format!("nftables is needed for the bridge rules (install nftables): {e}"))
+            })?;
             tracing::info!(iptables = %ipt.iptables, "network rules enabled");
             Some(ipt)
         } else {
@@ -145,9 +212,22 @@ impl Firewall {
         Ok(Self {
             ipt,
             prefix: chain_prefix(&config.runner_id),
+            table: bridge_table(&config.runner_id),
+            floor: Floor { deny, resolvers: docker_resolvers() },
+            recheck: config.firewall_recheck,
             state_file,
             state: tokio::sync::Mutex::new(State { policies, ..Default::default() }),
         })
+    }
+
+    /// Whether rules are enforced (and so worth re-checking).
+    pub(crate) fn enabled(&self) -> bool {
+        self.ipt.is_some()
+    }
+
+    /// How often [`Self::reconcile`] should run.
+    pub(crate) fn recheck_interval(&self) -> Duration {
+        self.recheck
     }
 
     /// The sandbox's policy and link.
@@ -214,20 +294,56 @@ impl Firewall {
         self.save(&s.policies)
     }
 
-    /// Gives a running container the rules of `sandbox_id` at `ip` (replacing what it had: a claimed pool
-    /// container, a restart with a new address).
-    pub(crate) async fn attach(&self, container_id: &str, sandbox_id: &str, ip: IpAddr) -> Result<(), NetworkError> {
-        let IpAddr::V4(ip) = ip else {
+    /// Gives a running container the rules of `sandbox_id` at its endpoint (replacing what it had: a restart with a
+    /// new address or port).
+    pub(crate) async fn attach(
+        &self,
+        container_id: &str,
+        sandbox_id: &str,
+        endpoint: Endpoint,
+    ) -> Result<(), NetworkError> {
+        let IpAddr::V4(ip) = endpoint.ip else {
             return Err(NetworkError::Invalid(format!(
-                "sandbox {sandbox_id} has the IPv6 address {ip}; egress rules are IPv4 only"
+                "sandbox {sandbox_id} has the IPv6 address {}; egress rules are IPv4 only",
+                endpoint.ip
             )));
+        };
+        let (port, mac) = match &self.ipt {
+            Some(_) => self.locate(sandbox_id, &endpoint).await?,
+            None => (String::new(), String::new()),
         };
         let mut s = self.state.lock().await;
         let mut attached = s.attached.clone();
-        attached.retain(|c, a| c != container_id && a.ip != ip);
-        attached.insert(container_id.to_owned(), Attached { sandbox_id: sandbox_id.to_owned(), ip });
+        attached.retain(|c, a| c != container_id && a.ip != ip && (port.is_empty() || a.port != port));
+        attached.insert(container_id.to_owned(), Attached { sandbox_id: sandbox_id.to_owned(), ip, port, mac });
         let policies = s.policies.clone();
         self.sync(&mut s, policies, attached).await
+    }
+
+    /// Gives an attached container (a claimed warm-pool member) the rules of another sandbox, on the same port.
+    pub(crate) async fn reassign(&self, container_id: &str, sandbox_id: &str) -> Result<(), NetworkError> {
+        let mut s = self.state.lock().await;
+        let mut attached = s.attached.clone();
+        let Some(a) = attached.get_mut(container_id) else {
+            return Err(NetworkError::Invalid(format!("container {container_id} has no network rules to hand over")));
+        };
+        a.sandbox_id = sandbox_id.to_owned();
+        let policies = s.policies.clone();
+        self.sync(&mut s, policies, attached).await
+    }
+
+    /// The bridge port and MAC of a container.
+    async fn locate(&self, sandbox_id: &str, endpoint: &Endpoint) -> Result<(String, String), NetworkError> {
+        let unavailable = |why: String| {
+            NetworkError::Unavailable(format!("cannot bind the rules of sandbox {sandbox_id} to its interface: {why}"))
+        };
+        let pid = endpoint.pid.filter(|p| *p > 0).ok_or_else(|| unavailable("its container is not running".into()))?;
+        let wanted = endpoint.mac.as_deref().filter(|m| !m.is_empty()).map(str::to_ascii_lowercase);
+        let (port, mac) = bridge::host_port(pid, wanted.as_deref()).await.map_err(|e| unavailable(e.to_string()))?;
+        if !bridge::valid_port(&port) || !bridge::valid_mac(&mac) {
+            return Err(unavailable(format!("unexpected interface {port:?} or MAC {mac:?}")));
+        }
+        Ok((port, mac))
     }
 
     /// Removes the rules of a container that stopped or is gone. Failures are logged: the next change retries.
@@ -271,7 +387,7 @@ impl Firewall {
     /// Policies of sandboxes not in `known` (removed while the runner was down) are dropped.
     pub(crate) async fn reset(
         &self,
-        running: Vec<(String, String, IpAddr)>,
+        running: Vec<(String, String, Endpoint)>,
         known: &HashSet<String>,
     ) -> Result<(), NetworkError> {
         {
@@ -283,9 +399,29 @@ impl Firewall {
             }
         }
         let Some(ipt) = &self.ipt else { return Ok(()) };
+        let mut attached = BTreeMap::new();
+        for (container, sandbox_id, endpoint) in running {
+            let IpAddr::V4(ip) = endpoint.ip else {
+                tracing::error!(sandbox_id, ip = %endpoint.ip, "IPv6 sandbox address: no egress rules apply");
+                continue;
+            };
+            match self.locate(&sandbox_id, &endpoint).await {
+                Ok((port, mac)) => {
+                    attached.insert(container, Attached { sandbox_id, ip, port, mac });
+                }
+                Err(e) => tracing::error!(sandbox_id, error = %e, "no network rules for a running sandbox"),
+            }
+        }
         let listing = ipt.run(&["-S"]).await?;
         let mut s = self.state.lock().await;
-        s.installed = listing
+        s.installed = self.installed_in(&listing);
+        let policies = s.policies.clone();
+        self.sync(&mut s, policies, attached).await
+    }
+
+    /// Sandbox chains of this runner in an `iptables -S` listing.
+    fn installed_in(&self, listing: &str) -> BTreeSet<String> {
+        listing
             .lines()
             .filter_map(|l| l.strip_prefix("-N "))
             .filter(|c| {
@@ -294,22 +430,54 @@ impl Firewall {
                     && **c != deny_chain(&self.prefix)
             })
             .map(str::to_owned)
-            .collect();
-        let mut attached = BTreeMap::new();
-        for (container, sandbox_id, ip) in running {
-            match ip {
-                IpAddr::V4(ip) => {
-                    attached.insert(container, Attached { sandbox_id, ip });
-                }
-                IpAddr::V6(ip) => tracing::error!(sandbox_id, %ip, "IPv6 sandbox address: no egress rules apply"),
-            }
-        }
-        s.hooks_checked = None;
-        let policies = s.policies.clone();
-        self.sync(&mut s, policies, attached).await
+            .collect()
     }
 
-    /// Rewrites every chain of this runner for `attached` and `policies`; on success they become the state.
+    /// Checks that the kernel still holds exactly what was last written (chains, hooks, bridge table) and rewrites
+    /// everything when not. Returns whether it had to.
+    pub(crate) async fn reconcile(&self) -> Result<bool, NetworkError> {
+        let Some(ipt) = &self.ipt else { return Ok(false) };
+        let mut s = self.state.lock().await;
+        let listing = ipt.run(&["-S"]).await?;
+        let now = Written { iptables: self.ours(&listing), bridge: self.bridge_listing().await };
+        if s.written.as_ref() == Some(&now) {
+            return Ok(false);
+        }
+        tracing::warn!(chain = %self.prefix, table = %self.table, "network rules changed outside the runner; rewriting them");
+        s.installed = self.installed_in(&listing);
+        let (policies, attached) = (s.policies.clone(), s.attached.clone());
+        self.sync(&mut s, policies, attached).await?;
+        Ok(true)
+    }
+
+    /// This runner's lines of an `iptables -S` listing: its chains, their rules and the hooks that jump to them.
+    fn ours(&self, listing: &str) -> String {
+        let top = &self.prefix;
+        let mine = |w: &str| w == top || w.starts_with(&format!("{top}-"));
+        listing
+            .lines()
+            .filter(|l| {
+                let mut words = l.split_whitespace();
+                match (words.next(), words.next()) {
+                    (Some("-N" | "-A"), Some(chain)) if mine(chain) => true,
+                    (Some("-A"), Some(hook)) if HOOKS.contains(&hook) => l.split_whitespace().any(mine),
+                    _ => false,
+                }
+            })
+            .fold(String::new(), |mut out, l| {
+                out.push_str(l);
+                out.push('\n');
+                out
+            })
+    }
+
+    /// The bridge table as nft lists it; empty when it is gone.
+    async fn bridge_listing(&self) -> String {
+        bridge::nft(&["list", "table", "bridge", &self.table], None).await.unwrap_or_default()
+    }
+
+    /// Rewrites every chain of this runner and its bridge table for `attached` and `policies`, puts the hooks back
+    /// if they are gone and reads it all back; on success they become the state.
     async fn sync(
         &self,
         s: &mut State,
@@ -321,20 +489,33 @@ impl Firewall {
             s.attached = attached;
             return Ok(());
         };
-        let (text, chains) = render(&self.prefix, &policies, &attached, &s.installed)?;
+        let (text, chains) = render(&self.prefix, &policies, &attached, &s.installed, &self.floor)?;
+        // One port per sandbox, the same one the iptables rules use (a sandbox ID is served by one container).
+        let by_sandbox: BTreeMap<&str, &Attached> = attached.values().map(|a| (a.sandbox_id.as_str(), a)).collect();
+        let ports: Vec<bridge::Port<'_>> = by_sandbox
+            .values()
+            .map(|a| bridge::Port { sandbox: &a.sandbox_id, port: &a.port, ip: a.ip, mac: &a.mac })
+            .collect();
+        let table = bridge::render(&self.table, &ports);
+        s.written = None;
         ipt.restore(&text).await?;
+        bridge::nft(&["-f", "-"], Some(&table)).await?;
         s.installed = chains;
         s.policies = policies;
         s.attached = attached;
-        if s.hooks_checked.is_none_or(|t| t.elapsed() > HOOK_RECHECK) {
-            for hook in HOOKS {
-                if ipt.run(&["-C", hook, "-j", &self.prefix]).await.is_err() {
-                    ipt.run(&["-I", hook, "1", "-j", &self.prefix]).await?;
-                    tracing::info!(hook, chain = %self.prefix, "hooked the sandbox network rules");
-                }
+        let mut listing = ipt.run(&["-S"]).await?;
+        let mut hooked = false;
+        for hook in HOOKS {
+            if !listing.lines().any(|l| l == format!("-A {hook} -j {}", self.prefix)) {
+                ipt.run(&["-I", hook, "1", "-j", &self.prefix]).await?;
+                tracing::info!(hook, chain = %self.prefix, "hooked the sandbox network rules");
+                hooked = true;
             }
-            s.hooks_checked = Some(Instant::now());
         }
+        if hooked {
+            listing = ipt.run(&["-S"]).await?;
+        }
+        s.written = Some(Written { iptables: self.ours(&listing), bridge: self.bridge_listing().await });
         Ok(())
     }
 
@@ -345,6 +526,26 @@ impl Firewall {
         let json = serde_json::to_vec_pretty(&keep).map_err(|e| err(e.to_string()))?;
         sandbar_support::fs::write_private(path, &json).map_err(|e| err(e.to_string()))
     }
+}
+
+/// The IPv4 resolvers Docker hands containers on the default bridge: the host's, minus loopback ones; when the host
+/// uses systemd-resolved's stub, the upstream servers it knows.
+fn docker_resolvers() -> Vec<Ipv4Addr> {
+    let read = |path: &str| -> Vec<Ipv4Addr> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect()
+    };
+    let mut all = read("/etc/resolv.conf");
+    if all.iter().any(Ipv4Addr::is_loopback) {
+        all.extend(read("/run/systemd/resolve/resolv.conf"));
+    }
+    all.retain(|a| !a.is_loopback());
+    all.dedup();
+    all
 }
 
 fn load(path: &Path) -> Result<BTreeMap<String, Stored>, NetworkError> {

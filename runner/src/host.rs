@@ -59,7 +59,9 @@ const NANO: i64 = 1_000_000_000;
 const ENV_SANDBOX_ID: &str = "SANDBAR_SANDBOX_ID";
 const ENV_TOKEN: &str = "SANDBAR_DAEMON_TOKEN";
 const ENV_TOOLBOX_ADDR: &str = "SANDBAR_TOOLBOX_ADDR";
-pub(crate) const RESERVED_ENV: [&str; 3] = [ENV_SANDBOX_ID, ENV_TOKEN, ENV_TOOLBOX_ADDR];
+/// `1`: the daemon holds the entrypoint until SIGUSR2 (sent once the sandbox's network rules are in place).
+const ENV_ENTRYPOINT_GATE: &str = "SANDBAR_ENTRYPOINT_GATE";
+pub(crate) const RESERVED_ENV: [&str; 4] = [ENV_SANDBOX_ID, ENV_TOKEN, ENV_TOOLBOX_ADDR, ENV_ENTRYPOINT_GATE];
 
 /// An image made from a sandbox (a snapshot) may carry `[daemon, --, argv...]` as its entrypoint: what the daemon
 /// should run is `argv`.
@@ -71,6 +73,19 @@ pub(crate) fn strip_daemon(argv: Vec<String>) -> Vec<String> {
             rest.collect()
         }
         _ => argv,
+    }
+}
+
+/// Every few seconds, has the firewall check its rules are still in the kernel and rewrite them if not, until the
+/// runner is dropped.
+async fn recheck_firewall(weak: std::sync::Weak<Inner>) {
+    loop {
+        let Some(every) = weak.upgrade().map(|i| i.firewall.recheck_interval()) else { return };
+        tokio::time::sleep(every).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if let Err(e) = inner.firewall.reconcile().await {
+            tracing::error!(error = %e, "cannot check or repair the network rules; trying again");
+        }
     }
 }
 
@@ -221,6 +236,10 @@ impl Runner {
         inner.rebuild().await?;
         let events = tokio::spawn(events::watch_events(Arc::downgrade(&inner), since));
         lock(&inner.tasks).push(events.abort_handle());
+        if inner.firewall.enabled() {
+            let recheck = tokio::spawn(recheck_firewall(Arc::downgrade(&inner)));
+            lock(&inner.tasks).push(recheck.abort_handle());
+        }
         if inner.config.warm_pool.is_some() {
             let refill = tokio::spawn(pool::refill_loop(Arc::downgrade(&inner), inner.refill.clone()));
             lock(&inner.tasks).push(refill.abort_handle());

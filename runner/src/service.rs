@@ -63,6 +63,14 @@ pub struct RunnerOptions {
     /// The iptables binary (default: whichever of iptables, iptables-nft, iptables-legacy holds DOCKER-USER).
     #[arg(long, env = "SANDBAR_IPTABLES")]
     pub iptables: Option<String>,
+    /// An IPv4 range no sandbox may reach whatever its policy (the LAN, other private networks); repeatable, or
+    /// comma-separated in the environment. 169.254.0.0/16, 127.0.0.0/8 and the host's own addresses are always
+    /// denied.
+    #[arg(long = "deny-cidr", env = "SANDBAR_DENY_CIDRS", value_delimiter = ',')]
+    pub deny_cidrs: Vec<String>,
+    /// Seconds between checks that the network rules are still in the kernel (rewritten when not).
+    #[arg(long, env = "SANDBAR_FIREWALL_RECHECK_SECS", default_value_t = 5)]
+    pub firewall_recheck_secs: u64,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -82,6 +90,8 @@ impl RunnerOptions {
         c.extra_labels = self.container_labels.iter().cloned().collect();
         c.network_rules = self.network_rules;
         c.iptables = self.iptables.clone();
+        c.deny_cidrs = self.deny_cidrs.clone();
+        c.firewall_recheck = Duration::from_secs(self.firewall_recheck_secs);
         if self.warm_pool > 0 {
             c.warm_pool = Some(WarmPoolConfig {
                 size: self.warm_pool,

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 
 use super::NetworkError;
+use super::bridge::bridge_table;
 use super::rules::chain_prefix;
 
 /// Chains that jump to this runner's top chain.
@@ -106,10 +107,21 @@ pub(super) fn ensure_bridge_filtering(path: &Path) -> Result<(), NetworkError> {
     }
 }
 
-/// Removes every chain and hook of `runner_id` from every iptables backend on the host (tests' cleanup guards,
-/// and a runner retired for good). Blocking; errors name the command.
+/// Removes every chain and hook of `runner_id` from every iptables backend on the host, and its bridge table
+/// (tests' cleanup guards, and a runner retired for good). Blocking; errors name the command.
 pub fn purge_blocking(runner_id: &str) -> Result<(), String> {
     let prefix = chain_prefix(runner_id);
+    let table = bridge_table(runner_id);
+    let listed = std::process::Command::new("nft").args(["list", "table", "bridge", &table]).output();
+    if listed.is_ok_and(|o| o.status.success()) {
+        let out = std::process::Command::new("nft")
+            .args(["delete", "table", "bridge", &table])
+            .output()
+            .map_err(|e| format!("nft delete table bridge {table}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("nft delete table bridge {table}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+    }
     for bin in ["iptables-nft", "iptables-legacy"] {
         let run = |args: &[&str]| std::process::Command::new(bin).arg("-w").arg("5").args(args).output();
         let Ok(listing) = run(&["-S"]) else { continue };

@@ -1,5 +1,6 @@
-//! The rules themselves: chain names and the `iptables-restore` input that rewrites every chain of a runner for
-//! the running sandboxes and their policies. Pure functions, no process is run here.
+//! The iptables rules: chain names and the `iptables-restore` input that rewrites every chain of a runner for the
+//! running sandboxes, their ports and their policies, with the floor every sandbox has. Pure functions, no process
+//! is run here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -15,16 +16,18 @@ pub fn chain_prefix(runner_id: &str) -> String {
     format!("SANDBAR-{}", hex(runner_id, 4))
 }
 
-/// The chain of one sandbox of a runner.
+/// The chain of one sandbox of a runner (its egress).
 pub fn sandbox_chain(runner_id: &str, sandbox_id: &str) -> String {
     format!("{}-{}", chain_prefix(runner_id), hex(sandbox_id, 5))
 }
 
-/// The nftables bridge table a runner will own (none yet: named here so tests can already look for it).
-pub fn bridge_table(runner_id: &str) -> String {
-    format!("sandbar_{}", hex(runner_id, 4).to_ascii_lowercase())
+/// The chain of what may come in to one sandbox from other containers and hosts (the host's own connections to
+/// it leave through OUTPUT and are not filtered).
+fn inbound_chain(prefix: &str, sandbox_id: &str) -> String {
+    format!("{prefix}-{}", hex(&format!("in:{sandbox_id}"), 5))
 }
 
+/// Destinations no sandbox reaches: the floor, then every running sandbox of this runner.
 pub(super) fn isolation_chain(prefix: &str) -> String {
     format!("{prefix}-ISO")
 }
@@ -36,8 +39,17 @@ pub(super) fn deny_chain(prefix: &str) -> String {
     format!("{prefix}-DENY")
 }
 
-fn hex(s: &str, bytes: usize) -> String {
+pub(super) fn hex(s: &str, bytes: usize) -> String {
     Sha256::digest(s.as_bytes()).iter().take(bytes).map(|b| format!("{b:02X}")).collect()
+}
+
+/// What every sandbox is denied before its own policy: link-local (cloud metadata), loopback, the host's own
+/// addresses (`addrtype LOCAL`, and its broadcast and multicast), and the operator's ranges; DNS to the resolvers
+/// Docker hands containers stays open even inside those.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Floor {
+    pub deny: Vec<Ipv4Cidr>,
+    pub resolvers: Vec<Ipv4Addr>,
 }
 
 /// The `iptables-restore` input for this runner's chains, and the sandbox chains it leaves in the kernel.
@@ -46,20 +58,21 @@ pub(super) fn render(
     policies: &BTreeMap<String, Stored>,
     attached: &BTreeMap<String, Attached>,
     installed: &BTreeSet<String>,
+    floor: &Floor,
 ) -> Result<(String, BTreeSet<String>), NetworkError> {
     let iso = isolation_chain(prefix);
     let deny = deny_chain(prefix);
     let chain_of = |sandbox: &str| format!("{prefix}-{}", hex(sandbox, 5));
-    // One entry per sandbox, by address (a sandbox ID is served by one container at a time).
-    let mut members: BTreeMap<&str, Ipv4Addr> = BTreeMap::new();
+    // One entry per sandbox (a sandbox ID is served by one container at a time).
+    let mut members: BTreeMap<&str, &Attached> = BTreeMap::new();
     for a in attached.values() {
-        if let Some(old) = members.insert(&a.sandbox_id, a.ip) {
-            tracing::warn!(sandbox_id = %a.sandbox_id, %old, new = %a.ip, "two containers for one sandbox");
+        if let Some(old) = members.insert(&a.sandbox_id, a) {
+            tracing::warn!(sandbox_id = %a.sandbox_id, old = %old.ip, new = %a.ip, "two containers for one sandbox");
         }
     }
     let mut chains = BTreeSet::new();
     for sandbox in members.keys() {
-        if !chains.insert(chain_of(sandbox)) {
+        if !chains.insert(chain_of(sandbox)) || !chains.insert(inbound_chain(prefix, sandbox)) {
             return Err(NetworkError::Invalid(format!("chain name collision for sandbox {sandbox}")));
         }
     }
@@ -76,22 +89,55 @@ pub(super) fn render(
     };
     rule(&deny, &["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]);
     rule(&deny, &["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]);
-    for (sandbox, ip) in &members {
+    // Egress, by the port a packet came in on (never by its source address alone, which the sender chooses).
+    for (sandbox, a) in &members {
         let comment = format!("\"sandbar {}\"", comment_safe(sandbox));
-        rule(prefix, &["-s", &format!("{ip}/32"), "-m", "comment", "--comment", &comment, "-j", &chain_of(sandbox)]);
-        rule(&iso, &["-d", &format!("{ip}/32"), "-j", &deny]);
+        let port = a.port.as_str();
+        rule(
+            prefix,
+            &["-m", "physdev", "--physdev-in", port, "-m", "comment", "--comment", &comment, "-j", &chain_of(sandbox)],
+        );
     }
-    for sandbox in members.keys() {
+    // A sandbox's address from anywhere but its port is forged.
+    for a in members.values() {
+        rule(prefix, &["-s", &format!("{}/32", a.ip), "-m", "physdev", "!", "--physdev-in", &a.port, "-j", "DROP"]);
+    }
+    for (sandbox, a) in &members {
+        rule(prefix, &["-d", &format!("{}/32", a.ip), "-j", &inbound_chain(prefix, sandbox)]);
+    }
+    // The floor, then the other sandboxes.
+    for ns in &floor.resolvers {
+        for proto in ["udp", "tcp"] {
+            rule(&iso, &["-d", &format!("{ns}/32"), "-p", proto, "-m", proto, "--dport", "53", "-j", "RETURN"]);
+        }
+    }
+    rule(&iso, &["-d", "169.254.0.0/16", "-j", &deny]);
+    rule(&iso, &["-d", "127.0.0.0/8", "-j", &deny]);
+    for t in ["LOCAL", "BROADCAST", "MULTICAST"] {
+        rule(&iso, &["-m", "addrtype", "--dst-type", t, "-j", &deny]);
+    }
+    for cidr in &floor.deny {
+        rule(&iso, &["-d", &cidr.to_string(), "-j", &deny]);
+    }
+    for a in members.values() {
+        rule(&iso, &["-d", &format!("{}/32", a.ip), "-j", &deny]);
+    }
+    for (sandbox, a) in &members {
         let chain = chain_of(sandbox);
         let stored = policies.get(*sandbox).cloned().unwrap_or_default();
-        rule(&chain, &["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "--ctdir", "REPLY", "-j", "RETURN"]);
+        rule(&chain, &["!", "-s", &format!("{}/32", a.ip), "-j", "DROP"]);
+        rule(&chain, &["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "--ctdir", "REPLY", "-j", "RETURN"]);
         // Links go both ways: the linked sandbox's own link, and every sandbox linked to this one.
-        let peers = members.iter().filter(|(other, _)| {
-            *other != sandbox
-                && (stored.linked_sandbox.as_deref() == Some(**other)
-                    || policies.get(**other).is_some_and(|p| p.linked_sandbox.as_deref() == Some(*sandbox)))
-        });
-        for (_, peer_ip) in peers {
+        let peers: Vec<Ipv4Addr> = members
+            .iter()
+            .filter(|(other, _)| {
+                *other != sandbox
+                    && (stored.linked_sandbox.as_deref() == Some(**other)
+                        || policies.get(**other).is_some_and(|p| p.linked_sandbox.as_deref() == Some(*sandbox)))
+            })
+            .map(|(_, p)| p.ip)
+            .collect();
+        for peer_ip in &peers {
             rule(&chain, &["-d", &format!("{peer_ip}/32"), "-j", "RETURN"]);
         }
         rule(&chain, &["-j", &iso]);
@@ -105,6 +151,13 @@ pub(super) fn render(
             }
             rule(&chain, &["-j", &deny]);
         }
+        // In: replies to its own connections, and its linked sandboxes (whose sources are bound to their ports).
+        let inbound = inbound_chain(prefix, sandbox);
+        rule(&inbound, &["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "--ctdir", "REPLY", "-j", "RETURN"]);
+        for peer_ip in &peers {
+            rule(&inbound, &["-s", &format!("{peer_ip}/32"), "-j", "RETURN"]);
+        }
+        rule(&inbound, &["-j", &deny]);
     }
     for c in stale {
         out.push_str(&format!("-X {c}\n"));
@@ -124,7 +177,13 @@ mod tests {
     use sandbar_proto::network::NetworkPolicy;
 
     fn att(sandbox: &str, ip: &str) -> Attached {
-        Attached { sandbox_id: sandbox.into(), ip: ip.parse().unwrap() }
+        let last = ip.rsplit('.').next().unwrap();
+        Attached {
+            sandbox_id: sandbox.into(),
+            ip: ip.parse().unwrap(),
+            port: format!("veth{last}"),
+            mac: String::new(),
+        }
     }
 
     #[test]
@@ -163,11 +222,24 @@ mod tests {
             ("c4".to_owned(), att("child", "172.17.0.5")),
         ]);
         let stale = BTreeSet::from([format!("{p}-DEADBEEF00")]);
-        let (text, chains) = render(&p, &policies, &attached, &stale).unwrap();
-        assert_eq!(chains.len(), 4);
+        let floor =
+            Floor { deny: vec!["192.168.0.0/16".parse().unwrap()], resolvers: vec!["10.0.0.53".parse().unwrap()] };
+        let (text, chains) = render(&p, &policies, &attached, &stale, &floor).unwrap();
+        assert_eq!(chains.len(), 8, "an egress and an inbound chain per sandbox");
         let ch = |s: &str| sandbox_chain("r", s);
         let has = |line: String| assert!(text.contains(&line), "missing {line:?} in\n{text}");
-        has(format!("-A {p} -s 172.17.0.2/32 -m comment --comment \"sandbar blocked\" -j {}\n", ch("blocked")));
+        // Bound to the port, and the address bound to the port.
+        has(format!(
+            "-A {p} -m physdev --physdev-in veth2 -m comment --comment \"sandbar blocked\" -j {}\n",
+            ch("blocked")
+        ));
+        has(format!("-A {p} -s 172.17.0.2/32 -m physdev ! --physdev-in veth2 -j DROP\n"));
+        has(format!("-A {} ! -s 172.17.0.2/32 -j DROP\n-A {} -m conntrack", ch("blocked"), ch("blocked")));
+        // The floor before the other sandboxes, DNS to the resolver first.
+        has(format!("-A {p}-ISO -d 10.0.0.53/32 -p udp -m udp --dport 53 -j RETURN\n"));
+        has(format!("-A {p}-ISO -d 169.254.0.0/16 -j {p}-DENY\n-A {p}-ISO -d 127.0.0.0/8 -j {p}-DENY\n"));
+        has(format!("-A {p}-ISO -m addrtype --dst-type LOCAL -j {p}-DENY\n"));
+        has(format!("-A {p}-ISO -d 192.168.0.0/16 -j {p}-DENY\n"));
         has(format!("-A {p}-ISO -d 172.17.0.5/32 -j {p}-DENY\n"));
         has(format!("-A {p}-DENY -p tcp -j REJECT --reject-with tcp-reset\n"));
         has(format!("-A {} -j {p}-DENY\n", ch("blocked")));
@@ -175,6 +247,11 @@ mod tests {
         // The link, both ways, before the isolation jump.
         has(format!("-A {} -d 172.17.0.4/32 -j RETURN\n-A {} -j {p}-ISO\n", ch("child"), ch("child")));
         has(format!("-A {} -d 172.17.0.5/32 -j RETURN\n-A {} -j {p}-ISO\n", ch("parent"), ch("parent")));
+        // In: replies, then the linked sandbox, then nothing.
+        let inp = inbound_chain(&p, "parent");
+        has(format!("-A {p} -d 172.17.0.4/32 -j {inp}\n"));
+        has(format!("-A {inp} -s 172.17.0.5/32 -j RETURN\n-A {inp} -j {p}-DENY\n"));
+        has(format!("-A {} -j {p}-DENY\n", inbound_chain(&p, "blocked")));
         // Unrestricted: nothing after isolation.
         assert!(!text.contains(&format!("-A {} -j {p}-DENY", ch("parent"))));
         has(format!(":{p}-DEADBEEF00 - [0:0]\n"));
@@ -193,7 +270,7 @@ mod tests {
             },
         )]);
         let attached = BTreeMap::from([("c".to_owned(), att("s", "10.0.0.2"))]);
-        let (text, _) = render(&p, &policies, &attached, &BTreeSet::new()).unwrap();
+        let (text, _) = render(&p, &policies, &attached, &BTreeSet::new(), &Floor::default()).unwrap();
         assert!(text.contains(&format!("-A {} -j {p}-DENY", sandbox_chain("r", "s"))), "{text}");
     }
 

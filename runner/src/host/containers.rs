@@ -21,10 +21,10 @@ use sandbar_proto::runner::{
 use sandbar_support::sync::lock;
 
 use super::daemon::new_token;
-use super::events::{container_ip, exit_reason, has_ipv6};
+use super::events::{endpoint, exit_reason, has_ipv6};
 use super::{
-    ENV_SANDBOX_ID, ENV_TOKEN, ENV_TOOLBOX_ADDR, Entry, GIB, Inner, NANO, RESERVED_ENV, container_name, image,
-    strip_daemon,
+    ENV_ENTRYPOINT_GATE, ENV_SANDBOX_ID, ENV_TOKEN, ENV_TOOLBOX_ADDR, Entry, GIB, Inner, NANO, RESERVED_ENV,
+    container_name, image, strip_daemon,
 };
 use crate::config::{DAEMON_MOUNT_PATH, valid_name};
 use crate::error::{SandboxError, docker_status};
@@ -177,6 +177,8 @@ impl Inner {
         env.push(format!("{ENV_SANDBOX_ID}={}", req.id));
         env.push(format!("{ENV_TOKEN}={token}"));
         env.push(format!("{ENV_TOOLBOX_ADDR}=0.0.0.0:{}", ports::TOOLBOX));
+        // The daemon holds the entrypoint until the network rules are in (`release_entrypoint`).
+        env.push(format!("{ENV_ENTRYPOINT_GATE}=1"));
 
         let spec = SandboxSpecLabel {
             labels: req.labels.clone(),
@@ -249,7 +251,7 @@ impl Inner {
     ) -> Result<(SocketAddr, Option<String>), SandboxError> {
         self.docker.start_container(container, None).await?;
         let inspect = self.docker.inspect_container(container, None).await?;
-        let ip = container_ip(&inspect).ok_or_else(|| SandboxError::DaemonNotReady {
+        let ep = endpoint(&inspect).ok_or_else(|| SandboxError::DaemonNotReady {
             id: id.into(),
             reason: "the container has no IP address (network mode none?)".into(),
         })?;
@@ -259,12 +261,24 @@ impl Inner {
                  without IPv6"
             )));
         }
-        // Before the daemon answers, so no request reaches a sandbox whose rules are not in place.
-        self.firewall.attach(container, id, ip).await?;
-        let addr = SocketAddr::new(ip, ports::TOOLBOX);
+        // Before the daemon answers, so no request reaches a sandbox whose rules are not in place, and before the
+        // entrypoint runs (the daemon holds it until released).
+        let addr = SocketAddr::new(ep.ip, ports::TOOLBOX);
+        self.firewall.attach(container, id, ep).await?;
         self.wait_daemon(id, container, addr).await?;
+        self.release_entrypoint(container).await;
         let user = inspect.config.and_then(|c| c.user).filter(|u| !u.is_empty());
         Ok((addr, user))
+    }
+
+    /// Lets the daemon start the image's entrypoint, which it holds (`SANDBAR_ENTRYPOINT_GATE`) until the sandbox's
+    /// network rules are in place: SIGUSR2 to the container's PID 1. Harmless when already released; a failure is
+    /// logged (the container is then gone or stopping).
+    pub(super) async fn release_entrypoint(&self, container: &str) {
+        let opts = KillContainerOptionsBuilder::default().signal("SIGUSR2").build();
+        if let Err(e) = self.docker.kill_container(container, Some(opts)).await {
+            tracing::warn!(container, error = %e, "cannot release the entrypoint");
+        }
     }
 
     /// Polls `GET /version` until it answers; checks that the container is still running every 200 ms so a daemon

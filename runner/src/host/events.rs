@@ -27,6 +27,7 @@ impl Inner {
         let mut claims = self.load_claims();
         let mut probes = Vec::new();
         let mut pool_candidates = Vec::new();
+        let mut endpoints: HashMap<String, firewall::Endpoint> = HashMap::new();
         for c in containers {
             let Some(cid) = c.id else { continue };
             let inspect = match self.docker.inspect_container(&cid, None).await {
@@ -40,6 +41,11 @@ impl Inner {
                 tracing::info!(container = %cid, "removing a container an interrupted create left behind");
                 self.remove_container_quietly(&cid).await;
                 continue;
+            }
+            if let Some(ep) =
+                endpoint(&inspect).filter(|_| inspect.state.as_ref().and_then(|s| s.running) == Some(true))
+            {
+                endpoints.insert(cid.clone(), ep);
             }
             let Some(mut info) = info_from_container(&inspect, &self.config.runner_id, self.host.disk_enforced) else {
                 tracing::warn!(container = %cid, "container has our runner label but no usable sandbox labels; ignored");
@@ -90,20 +96,32 @@ impl Inner {
         }
         self.adopt_pool_members(pool_candidates).await;
         // Rules for every running container before anything else happens; stale chains go.
-        let mut running: Vec<(String, String, IpAddr)> = {
+        let mut running: Vec<(String, String)> = {
             let entries: Vec<Arc<Entry>> = lock(&self.sandboxes).values().cloned().collect();
             entries
                 .iter()
                 .filter_map(|e| {
                     let i = lock(&e.info);
-                    let ip = i.daemon_addr.as_deref()?.parse::<SocketAddr>().ok()?.ip();
-                    Some((i.container_id.clone(), i.id.clone(), ip))
+                    i.daemon_addr.as_ref()?;
+                    Some((i.container_id.clone(), i.id.clone()))
                 })
                 .collect()
         };
-        running.extend(self.pool_addrs().into_iter().map(|(c, addr)| (c.clone(), format!("pool-{c}"), addr.ip())));
+        running.extend(self.pool_addrs().into_iter().map(|(c, _)| (c.clone(), format!("pool-{c}"))));
+        let running: Vec<(String, String, firewall::Endpoint)> = running
+            .into_iter()
+            .filter_map(|(c, id)| {
+                let ep = endpoints.remove(&c)?;
+                Some((c, id, ep))
+            })
+            .collect();
         let known = lock(&self.sandboxes).keys().cloned().collect();
+        let containers: Vec<String> = running.iter().map(|(c, _, _)| c.clone()).collect();
         self.firewall.reset(running, &known).await?;
+        // A daemon may still hold its entrypoint if the runner stopped between a start and its rules.
+        for c in &containers {
+            self.release_entrypoint(c).await;
+        }
         // A running container whose daemon does not answer is not a working sandbox.
         let checks = probes.into_iter().map(|(entry, info)| {
             let inner = self.clone();
@@ -182,13 +200,16 @@ impl Inner {
             return;
         }
         if state == SandboxState::Started
-            && let Some(ip) = container_ip(&inspect)
+            && let Some(ep) = endpoint(&inspect)
         {
             // Restarted from outside faster than the events were handled: the address may have changed.
-            let addr = SocketAddr::new(ip, ports::TOOLBOX).to_string();
+            let addr = SocketAddr::new(ep.ip, ports::TOOLBOX).to_string();
             if lock(&entry.info).daemon_addr.as_deref() != Some(addr.as_str()) {
-                match self.firewall.attach(&container, id, ip).await {
-                    Ok(()) => lock(&entry.info).daemon_addr = Some(addr),
+                match self.firewall.attach(&container, id, ep).await {
+                    Ok(()) => {
+                        lock(&entry.info).daemon_addr = Some(addr);
+                        self.release_entrypoint(&container).await;
+                    }
                     Err(e) => tracing::error!(sandbox_id = %id, error = %e, "cannot re-hook network rules"),
                 }
             }
@@ -200,15 +221,16 @@ impl Inner {
             if !matches!(lock(&entry.info).state, SandboxState::Stopped | SandboxState::Error) {
                 return;
             }
-            let Some(ip) = container_ip(&inspect) else { return };
-            if let Err(e) = self.firewall.attach(&container, id, ip).await {
+            let Some(ep) = endpoint(&inspect) else { return };
+            let addr = SocketAddr::new(ep.ip, ports::TOOLBOX);
+            if let Err(e) = self.firewall.attach(&container, id, ep).await {
                 tracing::error!(sandbox_id = %id, error = %e, "started outside the runner, but its network rules failed");
                 return;
             }
-            let addr = SocketAddr::new(ip, ports::TOOLBOX);
             let ready = self.wait_daemon(id, &container, addr).await.is_ok()
                 && (!entry.is_claimed() || self.init_claimed(&entry, addr).await.is_ok());
             if ready {
+                self.release_entrypoint(&container).await;
                 lock(&entry.info).daemon_addr = Some(addr.to_string());
                 self.set_state(&entry, SandboxState::Started, Some("started outside the runner".into()), None);
             }
@@ -267,6 +289,19 @@ pub(super) async fn watch_events(weak: Weak<Inner>, mut since: i64) {
         resync = true;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Where a running container sits on the network, for its firewall rules: its address, MAC and main PID.
+pub(crate) fn endpoint(inspect: &ContainerInspectResponse) -> Option<firewall::Endpoint> {
+    let ip = container_ip(inspect)?;
+    let networks = inspect.network_settings.as_ref()?.networks.as_ref()?;
+    let mac = networks
+        .values()
+        .find(|n| n.ip_address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()) == Some(ip))
+        .and_then(|n| n.mac_address.clone())
+        .filter(|m| !m.is_empty());
+    let pid = inspect.state.as_ref().and_then(|s| s.pid).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
+    Some(firewall::Endpoint { ip, mac, pid })
 }
 
 pub(crate) fn container_ip(inspect: &ContainerInspectResponse) -> Option<IpAddr> {

@@ -141,7 +141,7 @@ impl Inner {
         entry.claimed.store(true, Ordering::Release);
         let result = async {
             // The new sandbox's rules replace the pool member's before its daemon takes the new identity.
-            self.firewall.attach(&member.container_id, &req.id, member.addr.ip()).await?;
+            self.firewall.reassign(&member.container_id, &req.id).await?;
             self.init_claimed(entry, member.addr).await?;
             lock(&entry.info).daemon_addr = Some(member.addr.to_string());
             self.save_claims()
