@@ -80,6 +80,7 @@ mod rules;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sandbar_proto::network::{Ipv4Cidr, NetworkPolicy};
@@ -169,7 +170,12 @@ struct State {
     attached: BTreeMap<String, Attached>,
     /// Sandbox chains in the kernel (besides the top and isolation chains).
     installed: BTreeSet<String>,
+    /// `None` from a write until it has been read back.
     written: Option<Written>,
+    /// The hooks were seen in place since the runner started (or the reconciler last rewrote everything).
+    hooked: bool,
+    /// The bridge table as last written (rewritten only when it changes: a policy change or a claim keeps it).
+    bridge_text: String,
 }
 
 /// This runner's rules. Every change goes through one lock, so rewrites never interleave.
@@ -181,7 +187,7 @@ pub(crate) struct Firewall {
     floor: Floor,
     recheck: Duration,
     state_file: Option<PathBuf>,
-    state: tokio::sync::Mutex<State>,
+    state: Arc<tokio::sync::Mutex<State>>,
 }
 
 impl Firewall {
@@ -216,7 +222,7 @@ impl Firewall {
             floor: Floor { deny, resolvers: docker_resolvers() },
             recheck: config.firewall_recheck,
             state_file,
-            state: tokio::sync::Mutex::new(State { policies, ..Default::default() }),
+            state: Arc::new(tokio::sync::Mutex::new(State { policies, ..Default::default() })),
         })
     }
 
@@ -415,6 +421,7 @@ impl Firewall {
         let listing = ipt.run(&["-S"]).await?;
         let mut s = self.state.lock().await;
         s.installed = self.installed_in(&listing);
+        s.hooked = false;
         let policies = s.policies.clone();
         self.sync(&mut s, policies, attached).await
     }
@@ -439,45 +446,24 @@ impl Firewall {
         let Some(ipt) = &self.ipt else { return Ok(false) };
         let mut s = self.state.lock().await;
         let listing = ipt.run(&["-S"]).await?;
-        let now = Written { iptables: self.ours(&listing), bridge: self.bridge_listing().await };
-        if s.written.as_ref() == Some(&now) {
-            return Ok(false);
+        let now = Written { iptables: ours(&self.prefix, &listing), bridge: bridge_listing(&self.table).await };
+        match &s.written {
+            Some(w) if *w == now => return Ok(false),
+            Some(_) => tracing::warn!(chain = %self.prefix, table = %self.table,
+                "network rules changed outside the runner; rewriting them"),
+            None => tracing::debug!("network rules not read back since the last write; rewriting them"),
         }
-        tracing::warn!(chain = %self.prefix, table = %self.table, "network rules changed outside the runner; rewriting them");
         s.installed = self.installed_in(&listing);
+        s.hooked = false;
+        s.bridge_text.clear();
         let (policies, attached) = (s.policies.clone(), s.attached.clone());
         self.sync(&mut s, policies, attached).await?;
         Ok(true)
     }
 
-    /// This runner's lines of an `iptables -S` listing: its chains, their rules and the hooks that jump to them.
-    fn ours(&self, listing: &str) -> String {
-        let top = &self.prefix;
-        let mine = |w: &str| w == top || w.starts_with(&format!("{top}-"));
-        listing
-            .lines()
-            .filter(|l| {
-                let mut words = l.split_whitespace();
-                match (words.next(), words.next()) {
-                    (Some("-N" | "-A"), Some(chain)) if mine(chain) => true,
-                    (Some("-A"), Some(hook)) if HOOKS.contains(&hook) => l.split_whitespace().any(mine),
-                    _ => false,
-                }
-            })
-            .fold(String::new(), |mut out, l| {
-                out.push_str(l);
-                out.push('\n');
-                out
-            })
-    }
-
-    /// The bridge table as nft lists it; empty when it is gone.
-    async fn bridge_listing(&self) -> String {
-        bridge::nft(&["list", "table", "bridge", &self.table], None).await.unwrap_or_default()
-    }
-
-    /// Rewrites every chain of this runner and its bridge table for `attached` and `policies`, puts the hooks back
-    /// if they are gone and reads it all back; on success they become the state.
+    /// Rewrites every chain of this runner and its bridge table (when it changed) for `attached` and `policies`,
+    /// puts the hooks back if they are gone; on success they become the state. What was written is read back
+    /// right after, off the caller's path (a claim does not wait for it).
     async fn sync(
         &self,
         s: &mut State,
@@ -492,31 +478,48 @@ impl Firewall {
         let (text, chains) = render(&self.prefix, &policies, &attached, &s.installed, &self.floor)?;
         // One port per sandbox, the same one the iptables rules use (a sandbox ID is served by one container).
         let by_sandbox: BTreeMap<&str, &Attached> = attached.values().map(|a| (a.sandbox_id.as_str(), a)).collect();
-        let ports: Vec<bridge::Port<'_>> = by_sandbox
-            .values()
-            .map(|a| bridge::Port { sandbox: &a.sandbox_id, port: &a.port, ip: a.ip, mac: &a.mac })
-            .collect();
+        let ports: Vec<bridge::Port<'_>> =
+            by_sandbox.values().map(|a| bridge::Port { port: &a.port, ip: a.ip, mac: &a.mac }).collect();
         let table = bridge::render(&self.table, &ports);
         s.written = None;
         ipt.restore(&text).await?;
-        bridge::nft(&["-f", "-"], Some(&table)).await?;
+        if table != s.bridge_text {
+            s.bridge_text.clear();
+            bridge::nft(&["-f", "-"], Some(&table)).await?;
+            s.bridge_text = table;
+        }
         s.installed = chains;
         s.policies = policies;
         s.attached = attached;
-        let mut listing = ipt.run(&["-S"]).await?;
-        let mut hooked = false;
-        for hook in HOOKS {
-            if !listing.lines().any(|l| l == format!("-A {hook} -j {}", self.prefix)) {
-                ipt.run(&["-I", hook, "1", "-j", &self.prefix]).await?;
-                tracing::info!(hook, chain = %self.prefix, "hooked the sandbox network rules");
-                hooked = true;
+        if !s.hooked {
+            let listing = ipt.run(&["-S"]).await?;
+            for hook in HOOKS {
+                if !has_hook(&listing, hook, &self.prefix) {
+                    ipt.run(&["-I", hook, "1", "-j", &self.prefix]).await?;
+                    tracing::info!(hook, chain = %self.prefix, "hooked the sandbox network rules");
+                }
             }
+            s.hooked = true;
         }
-        if hooked {
-            listing = ipt.run(&["-S"]).await?;
-        }
-        s.written = Some(Written { iptables: self.ours(&listing), bridge: self.bridge_listing().await });
+        self.read_back_soon();
         Ok(())
+    }
+
+    /// Reads this runner's rules back into `written` in a task of its own, as soon as the current change lets go
+    /// of the state. Hooks found missing leave `written` empty, so the reconciler rewrites everything.
+    fn read_back_soon(&self) {
+        let Some(ipt) = self.ipt.clone() else { return };
+        let (state, prefix, table) = (self.state.clone(), self.prefix.clone(), self.table.clone());
+        tokio::spawn(async move {
+            let mut s = state.lock().await;
+            if s.written.is_some() {
+                return;
+            }
+            let Ok(listing) = ipt.run(&["-S"]).await else { return };
+            if HOOKS.iter().all(|h| has_hook(&listing, h, &prefix)) {
+                s.written = Some(Written { iptables: ours(&prefix, &listing), bridge: bridge_listing(&table).await });
+            }
+        });
     }
 
     fn save(&self, policies: &BTreeMap<String, Stored>) -> Result<(), NetworkError> {
@@ -526,6 +529,36 @@ impl Firewall {
         let json = serde_json::to_vec_pretty(&keep).map_err(|e| err(e.to_string()))?;
         sandbar_support::fs::write_private(path, &json).map_err(|e| err(e.to_string()))
     }
+}
+
+/// Whether an `iptables -S` listing has `hook` jumping to `prefix`.
+fn has_hook(listing: &str, hook: &str, prefix: &str) -> bool {
+    listing.lines().any(|l| l.strip_prefix("-A ").and_then(|l| l.strip_prefix(hook)) == Some(&format!(" -j {prefix}")))
+}
+
+/// This runner's lines of an `iptables -S` listing: its chains, their rules and the hooks that jump to them.
+fn ours(top: &str, listing: &str) -> String {
+    let mine = |w: &str| w == top || w.starts_with(&format!("{top}-"));
+    listing
+        .lines()
+        .filter(|l| {
+            let mut words = l.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("-N" | "-A"), Some(chain)) if mine(chain) => true,
+                (Some("-A"), Some(hook)) if HOOKS.contains(&hook) => l.split_whitespace().any(mine),
+                _ => false,
+            }
+        })
+        .fold(String::new(), |mut out, l| {
+            out.push_str(l);
+            out.push('\n');
+            out
+        })
+}
+
+/// A bridge table as nft lists it; empty when it is gone.
+async fn bridge_listing(table: &str) -> String {
+    bridge::nft(&["list", "table", "bridge", table], None).await.unwrap_or_default()
 }
 
 /// The IPv4 resolvers Docker hands containers on the default bridge: the host's, minus loopback ones; when the host

@@ -5,10 +5,10 @@
 //! ```text
 //! table bridge sandbar_<runner hex>
 //!   chain pre  (hook prerouting, priority -300: before the bridge learns a MAC or forwards/delivers a frame)
-//!     iifname <port> jump p_<sandbox hex> ; accept        one pair per sandbox
+//!     iifname <port> jump p_<port hex> ; accept           one pair per sandbox
 //!     ether saddr <sandbox MAC> drop                          its MAC, IP or ARP address from any other port
 //!     ip saddr <sandbox IP> drop ; arp saddr ip <sandbox IP> drop
-//!   chain p_<sandbox hex>
+//!   chain p_<port hex>
 //!     ether type != { ip, arp } drop                          IPv6 (link-local included), VLAN tags, everything else
 //!     ether saddr != <MAC> drop ; arp saddr ether != <MAC> drop ; arp saddr ip != <IP> drop ; ip saddr != <IP> drop
 //! ```
@@ -34,7 +34,6 @@ pub fn bridge_table(runner_id: &str) -> String {
 
 /// One sandbox's port, address and MAC.
 pub(super) struct Port<'a> {
-    pub sandbox: &'a str,
     pub port: &'a str,
     pub ip: std::net::Ipv4Addr,
     pub mac: &'a str,
@@ -46,7 +45,7 @@ pub(super) fn render(table: &str, ports: &[Port<'_>]) -> String {
     let mut out = format!("table bridge {table} {{}}\ndelete table bridge {table}\ntable bridge {table} {{\n");
     // Port chains first: a jump names a chain already declared.
     for p in ports {
-        out.push_str(&format!("  chain p_{} {{\n", chain_hex(p.sandbox)));
+        out.push_str(&format!("  chain p_{} {{\n", chain_hex(p.port)));
         out.push_str("    ether type != { ip, arp } drop\n");
         out.push_str(&format!("    ether saddr != {} drop\n", p.mac));
         out.push_str(&format!("    arp saddr ether != {} drop\n", p.mac));
@@ -56,7 +55,7 @@ pub(super) fn render(table: &str, ports: &[Port<'_>]) -> String {
     }
     out.push_str("  chain pre {\n    type filter hook prerouting priority -300; policy accept;\n");
     for p in ports {
-        out.push_str(&format!("    iifname \"{}\" jump p_{}\n", p.port, chain_hex(p.sandbox)));
+        out.push_str(&format!("    iifname \"{}\" jump p_{}\n", p.port, chain_hex(p.port)));
         out.push_str(&format!("    iifname \"{}\" accept\n", p.port));
     }
     for p in ports {
@@ -70,8 +69,9 @@ pub(super) fn render(table: &str, ports: &[Port<'_>]) -> String {
     out
 }
 
-fn chain_hex(sandbox: &str) -> String {
-    hex(sandbox, 5).to_ascii_lowercase()
+/// Port chains are named after the port, so a claim (same port, another sandbox) leaves the table as it is.
+fn chain_hex(port: &str) -> String {
+    hex(port, 5).to_ascii_lowercase()
 }
 
 /// Whether `s` is a MAC address as nft and `ip link` write it (six lowercase hex pairs).
@@ -176,11 +176,10 @@ mod tests {
 
     #[test]
     fn renders_one_table_with_a_chain_per_port() {
-        let ports =
-            [Port { sandbox: "s1", port: "veth1234", ip: "172.17.0.2".parse().unwrap(), mac: "02:42:ac:11:00:02" }];
+        let ports = [Port { port: "veth1234", ip: "172.17.0.2".parse().unwrap(), mac: "02:42:ac:11:00:02" }];
         let t = render("sandbar_abcd", &ports);
         assert!(t.starts_with("table bridge sandbar_abcd {}\ndelete table bridge sandbar_abcd\n"), "{t}");
-        let c = chain_hex("s1");
+        let c = chain_hex("veth1234");
         assert!(t.contains(&format!("iifname \"veth1234\" jump p_{c}\n    iifname \"veth1234\" accept\n")), "{t}");
         assert!(t.contains("ether saddr 02:42:ac:11:00:02 drop\n    ip saddr 172.17.0.2 drop\n"), "{t}");
         assert!(t.contains("ip saddr != 172.17.0.2 drop") && t.contains("ether type != { ip, arp } drop"), "{t}");
