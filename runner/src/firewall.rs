@@ -318,10 +318,14 @@ impl Firewall {
             Some(_) => self.locate(sandbox_id, &endpoint).await?,
             None => (String::new(), String::new()),
         };
+        let new = Attached { sandbox_id: sandbox_id.to_owned(), ip, port, mac };
         let mut s = self.state.lock().await;
+        if s.attached.get(container_id) == Some(&new) {
+            return Ok(());
+        }
         let mut attached = s.attached.clone();
-        attached.retain(|c, a| c != container_id && a.ip != ip && (port.is_empty() || a.port != port));
-        attached.insert(container_id.to_owned(), Attached { sandbox_id: sandbox_id.to_owned(), ip, port, mac });
+        attached.retain(|c, a| c != container_id && a.ip != ip && (new.port.is_empty() || a.port != new.port));
+        attached.insert(container_id.to_owned(), new);
         let policies = s.policies.clone();
         self.sync(&mut s, policies, attached).await
     }

@@ -202,16 +202,15 @@ impl Inner {
         if state == SandboxState::Started
             && let Some(ep) = endpoint(&inspect)
         {
-            // Restarted from outside faster than the events were handled: the address may have changed.
+            // Restarted from outside faster than the events were handled: the address and the bridge port may
+            // have changed (a no-op for the firewall when neither did), and the daemon holds the entrypoint.
             let addr = SocketAddr::new(ep.ip, ports::TOOLBOX).to_string();
-            if lock(&entry.info).daemon_addr.as_deref() != Some(addr.as_str()) {
-                match self.firewall.attach(&container, id, ep).await {
-                    Ok(()) => {
-                        lock(&entry.info).daemon_addr = Some(addr);
-                        self.release_entrypoint(&container).await;
-                    }
-                    Err(e) => tracing::error!(sandbox_id = %id, error = %e, "cannot re-hook network rules"),
+            match self.firewall.attach(&container, id, ep).await {
+                Ok(()) => {
+                    lock(&entry.info).daemon_addr = Some(addr);
+                    self.release_entrypoint(&container).await;
                 }
+                Err(e) => tracing::error!(sandbox_id = %id, error = %e, "cannot re-hook network rules"),
             }
             return;
         }
