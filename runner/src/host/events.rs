@@ -28,6 +28,7 @@ impl Inner {
         let mut probes = Vec::new();
         let mut pool_candidates = Vec::new();
         let mut endpoints: HashMap<String, firewall::Endpoint> = HashMap::new();
+        let mut release = Vec::new();
         for c in containers {
             let Some(cid) = c.id else { continue };
             let inspect = match self.docker.inspect_container(&cid, None).await {
@@ -42,10 +43,13 @@ impl Inner {
                 self.remove_container_quietly(&cid).await;
                 continue;
             }
-            if let Some(ep) =
-                endpoint(&inspect).filter(|_| inspect.state.as_ref().and_then(|s| s.running) == Some(true))
-            {
+            let st = inspect.state.as_ref();
+            if let Some(ep) = endpoint(&inspect).filter(|_| st.and_then(|s| s.running) == Some(true)) {
                 endpoints.insert(cid.clone(), ep);
+                // A signal would thaw a paused one; its daemon released the entrypoint before the pause anyway.
+                if st.and_then(|s| s.paused) != Some(true) {
+                    release.push(cid.clone());
+                }
             }
             let Some(mut info) = info_from_container(&inspect, &self.config.runner_id, self.host.disk_enforced) else {
                 tracing::warn!(container = %cid, "container has our runner label but no usable sandbox labels; ignored");
@@ -116,10 +120,9 @@ impl Inner {
             })
             .collect();
         let known = lock(&self.sandboxes).keys().cloned().collect();
-        let containers: Vec<String> = running.iter().map(|(c, _, _)| c.clone()).collect();
         self.firewall.reset(running, &known).await?;
         // A daemon may still hold its entrypoint if the runner stopped between a start and its rules.
-        for c in &containers {
+        for c in &release {
             self.release_entrypoint(c).await;
         }
         // A running container whose daemon does not answer is not a working sandbox.
