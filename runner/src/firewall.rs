@@ -57,11 +57,13 @@
 //! on every network, runtime and restart path.
 //!
 //! Every change rewrites this runner's chains in one `iptables-restore --noflush` transaction and its bridge table
-//! in one `nft -f` transaction, so the kernel never sees half a policy, a failed change leaves the previous rules
-//! whole, and a sandbox whose address or port changed (a restart) is re-bound by the same rewrite. After each write
-//! the runner reads both back (`iptables -S`, `nft list table`) and keeps what it read; a **reconciler** compares
-//! them every `--firewall-recheck-secs` (5 s) and rewrites everything, hooks included, when anything differs or is
-//! gone (an `iptables -F`, a firewall reload). Policies live in memory, in the container's spec label (the policy
+//! (only when it changed: a policy change or a warm-pool claim keeps it) in one `nft -f` transaction, so the kernel
+//! never sees half a policy, a failed change leaves the previous rules whole, and a sandbox whose address or port
+//! changed (a restart) is re-bound by the same rewrite. Right after each write, in a task of its own so the change
+//! does not wait, the runner reads both back (`iptables -S`, `nft list table`) and keeps what it read; a
+//! **reconciler** compares them every `--firewall-recheck-secs` (5 s) and rewrites everything, hooks included, when
+//! anything differs or is gone (an `iptables -F`, a firewall reload, a deleted table). It checks that the hooks are
+//! there, not that they come first in `DOCKER-USER`/`INPUT`. Policies live in memory, in the container's spec label (the policy
 //! at creation) and in `<state_dir>/network.json` (changes since), so a restarted runner rebuilds the same rules and
 //! removes chains of sandboxes that are gone. Sandboxes get no IPv6 address (a network with IPv6 is refused); the
 //! bridge layer drops every IPv6 frame from their ports.
