@@ -104,14 +104,15 @@ fn assert_pid1_unreadable(who: &str, out: &str) {
 }
 
 /// Looks for the daemon token in every process's environment and command line and in the usual writable places,
-/// then counts it in the environment of the searching process. The script holds the token in two halves, so that
+/// then counts it in the environment of the searching process and of a child (`cat`, whose environment has a PATH). The script holds the token in two halves, so that
 /// neither the script nor any command line carries it whole.
 fn find_token(token: &str) -> String {
     let (a, b) = token.split_at(token.len() / 2);
     format!(
         "A={a}; B={b}; p=/dev/shm/pattern.$(id -u); printf %s \"$A$B\" > $p
 grep -rlsF -f $p /proc/[0-9]*/environ /proc/[0-9]*/cmdline /tmp /var/tmp /run /home /root /etc /usr/local
-env | grep -c SANDBAR_DAEMON_TOKEN; tr '\\0' '\\n' < /proc/self/environ | grep -c SANDBAR_DAEMON_TOKEN
+env | grep -c SANDBAR_DAEMON_TOKEN; cat /proc/self/environ | tr '\\0' '\\n' > $p.env
+grep -c '^PATH=' $p.env; grep -c SANDBAR_DAEMON_TOKEN $p.env; rm -f $p.env
 rm -f $p; true"
     )
 }
@@ -178,8 +179,8 @@ async fn default_image_keeps_sudo_apt_and_pip_but_not_raw_sockets_or_the_daemon(
 
     // The token is nowhere a sandbox can read, for the user or for root.
     put_script(&runner, &id, "/tmp/find-token.sh", &find_token(&info.daemon_token)).await;
-    assert_eq!(sh(&runner, &id, "sh /tmp/find-token.sh").await.1.trim(), "0\n0", "token found by the user");
-    assert_eq!(sh(&runner, &id, "sudo -n sh /tmp/find-token.sh").await.1.trim(), "0\n0", "token found by root");
+    assert_eq!(sh(&runner, &id, "sh /tmp/find-token.sh").await.1.trim(), "0\n1\n0", "token found by the user");
+    assert_eq!(sh(&runner, &id, "sudo -n sh /tmp/find-token.sh").await.1.trim(), "0\n1\n0", "token found by root");
 }
 
 /// A sandbox whose user is root (the busybox image): no-new-privileges on, root is host uid 100000+, and the
@@ -220,7 +221,7 @@ async fn root_in_a_sandbox_is_an_unprivileged_host_user() {
     put_script(&runner, &id, "/tmp/pid1.sh", READ_PID1).await;
     assert_pid1_unreadable("root (the daemon's own uid)", &sh(&runner, &id, "sh /tmp/pid1.sh").await.1);
     put_script(&runner, &id, "/tmp/find-token.sh", &find_token(&info.daemon_token)).await;
-    assert_eq!(sh(&runner, &id, "sh /tmp/find-token.sh").await.1.trim(), "0\n0", "token found");
+    assert_eq!(sh(&runner, &id, "sh /tmp/find-token.sh").await.1.trim(), "0\n1\n0", "token found");
     let (code, out) = sh(&runner, &id, "mknod /tmp/null2 c 1 3").await;
     assert_ne!(code, 0, "mknod: {out}");
 }
@@ -334,7 +335,7 @@ async fn gvisor_runtime_when_allowed_and_refused_otherwise() {
     let pid1 = sh(&runner, &req.id, "sh /tmp/pid1.sh").await.1;
     assert!(pid1.lines().any(|l| l.starts_with("mem ") && l.contains("Permission denied")), "{pid1}");
     put_script(&runner, &req.id, "/tmp/find-token.sh", &find_token(&info.daemon_token)).await;
-    assert_eq!(sh(&runner, &req.id, "sh /tmp/find-token.sh").await.1.trim(), "0\n0", "token found in gVisor");
+    assert_eq!(sh(&runner, &req.id, "sh /tmp/find-token.sh").await.1.trim(), "0\n1\n0", "token found in gVisor");
     runner.destroy(&req.id).await.unwrap();
 
     // runc by default, and a runtime the runner does not allow is refused with its name.

@@ -45,7 +45,7 @@ async fn pid1_in_a_container_serves_reaps_and_stops_cleanly() {
         assert!(code != 0 && out.contains("Permission denied"), "/proc/1/{file} is readable: {out}");
     }
     // A child's environment has the sandbox ID but not the token.
-    let (_, environ) = d.exec("tr '\\0' '\\n' < /proc/self/environ").await.unwrap();
+    let (_, environ) = d.exec("cat /proc/self/environ | tr '\\0' '\\n'").await.unwrap();
     assert!(environ.contains("SANDBAR_SANDBOX_ID=sbx-container-test"), "{environ}");
     assert!(!environ.contains(TOKEN), "the token must not be in a child's environment");
     // Nor is it in any environment or command line in the container: the pattern goes through a file, so that no
