@@ -1,6 +1,7 @@
 //! `sandbar-daemon`: parse config, start reaping, bind, print the ready line, run the entrypoint (with
 //! `SANDBAR_ENTRYPOINT_GATE=1`, once the runner sends SIGUSR2: its network rules are in), serve until SIGTERM/SIGINT,
-//! then drain within the grace period and exit 0.
+//! then drain within the grace period and exit 0. Before anything else it takes the token out of its own environment
+//! (a re-exec) and makes itself non-dumpable, so the sandbox's user cannot read its memory.
 
 use std::io::Write;
 use std::process::{Command, ExitCode};
@@ -32,6 +33,13 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("sandbar-daemon: cannot read the token from fd {fd}: {e}"),
         }
         let _ = nix::unistd::close(fd);
+    }
+    // The token (and every session's secrets) live in our memory, and the sandbox user usually runs as our own
+    // uid: without this, `cat /proc/1/mem`, `/proc/1/environ` or a ptrace by that user would read them. A
+    // non-dumpable process's /proc files belong to root and need CAP_SYS_PTRACE, which no sandbox gets. Our
+    // children are not affected: exec makes a process dumpable again. After the re-exec above, which resets it.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("sandbar-daemon: cannot make the daemon undumpable ({e}); its memory is readable by its user");
     }
     init_tracing(config.log_json);
     if let Err(e) = config.validate() {

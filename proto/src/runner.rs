@@ -154,7 +154,14 @@ pub struct CreateSandbox {
     /// The sandbox (on the same runner) this one is linked to: the two may connect to each other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linked_sandbox: Option<String>,
+    /// OCI runtime (`runc`, `runsc` for gVisor); must be one the runner allows. `None`: the runner's default. The
+    /// control plane takes it from the sandbox's [`RUNTIME_LABEL`] label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
+
+/// The sandbox label (Daytona's `labels` of a create) that picks a sandbox's OCI runtime, e.g. `runsc` for gVisor.
+pub const RUNTIME_LABEL: &str = "sandbar.runtime";
 
 /// Job: stop a sandbox. Graceful sends SIGTERM to the daemon (which drains and stops its children) and kills
 /// after `timeoutSecs`; `force` kills at once.

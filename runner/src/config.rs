@@ -59,6 +59,57 @@ pub struct RunnerConfig {
     /// the usual `AWS_*` environment, so any S3-compatible store works), `file:///path` or a plain path.
     /// Default: `<state_dir>/archives`; with neither, archive jobs fail with a clear reason.
     pub archive_store: Option<String>,
+    /// Open files per process in a sandbox (`nofile`, soft and hard). Under user namespaces it cannot exceed the
+    /// hard limit of dockerd itself (a create then fails with "error setting rlimit type 7"). Default: 16384.
+    pub nofile_limit: u64,
+    /// Docker's `json-file` log of each sandbox (its entrypoint's output) is capped at `log_max_files` files of
+    /// `log_max_size` (Docker's size syntax: `10m`). Default: 3 files of 10m.
+    pub log_max_size: String,
+    pub log_max_files: u32,
+    /// When sandboxes run with `no-new-privileges` (see [`NoNewPrivileges`]). Default: `auto`.
+    pub no_new_privileges: NoNewPrivileges,
+    /// Run sandboxes although Docker maps container root to host root (no `userns-remap`). Default: off, and the
+    /// runner refuses to start on such a Docker.
+    pub allow_host_root: bool,
+    /// OCI runtimes a sandbox may ask for (`runtime` of a create); the first is used when it names none. Each must
+    /// be registered with Docker (`runsc` for gVisor). Default: `runc`.
+    pub runtimes: Vec<String>,
+    /// How often the disk watchdog measures each started sandbox's writable layer and stops those over their disk
+    /// quota; it runs only where the storage driver cannot enforce the quota itself. `None`: no watchdog.
+    /// Default: 30 s.
+    pub disk_watchdog_interval: Option<Duration>,
+}
+
+/// `no-new-privileges` keeps setuid binaries and file capabilities from raising a process's privileges. `sudo` is
+/// such a binary, and agents must be able to become root in their own sandbox (the default image's user is
+/// `sandbar` with passwordless sudo), so it cannot be on everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NoNewPrivileges {
+    /// On for sandboxes that run as root (they have nothing to gain from setuid), off for the others, so their
+    /// user can still `sudo`.
+    #[default]
+    Auto,
+    /// On for every sandbox: a non-root user can never become root (`sudo` fails).
+    Always,
+    /// Off for every sandbox.
+    Never,
+}
+
+impl NoNewPrivileges {
+    /// Whether a sandbox whose processes run as `user` (`None`: root) gets `no-new-privileges`.
+    pub fn applies_to(self, user: Option<&str>) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Auto => user.is_none_or(is_root_user),
+        }
+    }
+}
+
+/// Docker's `user` field (`name`, `uid`, `name:group`, `uid:gid`) names root.
+fn is_root_user(user: &str) -> bool {
+    let name = user.split(':').next().unwrap_or(user);
+    matches!(name, "" | "root" | "0")
 }
 
 /// A warm pool: `size` started sandboxes of `image` and `resources`. A create with the same image and resources, no
@@ -92,7 +143,19 @@ impl RunnerConfig {
             deny_cidrs: Vec::new(),
             firewall_recheck: Duration::from_secs(5),
             archive_store: None,
+            nofile_limit: 16384,
+            log_max_size: "10m".into(),
+            log_max_files: 3,
+            no_new_privileges: NoNewPrivileges::Auto,
+            allow_host_root: false,
+            runtimes: vec!["runc".into()],
+            disk_watchdog_interval: Some(Duration::from_secs(30)),
         }
+    }
+
+    /// The runtime of sandboxes that name none.
+    pub fn default_runtime(&self) -> &str {
+        self.runtimes.first().map_or("runc", String::as_str)
     }
 
     /// Checks what the types cannot.
@@ -117,6 +180,23 @@ impl RunnerConfig {
         }
         if self.firewall_recheck.is_zero() {
             return Err("the firewall recheck interval must be positive".into());
+        }
+        if self.runtimes.is_empty() || !self.runtimes.iter().all(|r| valid_name(r)) {
+            return Err(format!("runtimes must be 1 or more names of [A-Za-z0-9_.-], not {:?}", self.runtimes));
+        }
+        if self.nofile_limit < 64 {
+            return Err(format!("nofile limit must be at least 64, not {}", self.nofile_limit));
+        }
+        let size_ok = self.log_max_size.strip_suffix(['k', 'm', 'g']).unwrap_or(&self.log_max_size);
+        if size_ok.is_empty() || !size_ok.bytes().all(|b| b.is_ascii_digit()) || self.log_max_files == 0 {
+            return Err(format!(
+                "container logs: max size must look like 10m (digits, then k, m or g) and max files be at least 1, \
+                 not {:?} and {}",
+                self.log_max_size, self.log_max_files
+            ));
+        }
+        if self.disk_watchdog_interval.is_some_and(|d| d.is_zero()) {
+            return Err("disk watchdog interval must be positive".into());
         }
         if let Some(pool) = &self.warm_pool {
             if self.state_dir.is_none() {
@@ -152,5 +232,39 @@ mod tests {
         c.extra_labels.insert("sandbar.runner".into(), "x".into());
         assert!(c.validate().is_err());
         assert!(!valid_name("-x") && !valid_name("") && valid_name("a.b_c-1"));
+    }
+
+    #[test]
+    fn validates_hardening_options() {
+        let mut c = RunnerConfig::new("/bin/true");
+        assert_eq!(c.default_runtime(), "runc");
+        c.runtimes = vec!["runsc".into(), "runc".into()];
+        assert!(c.validate().is_ok());
+        assert_eq!(c.default_runtime(), "runsc");
+        c.runtimes = vec![];
+        assert!(c.validate().is_err());
+        c.runtimes = vec!["run c".into()];
+        assert!(c.validate().is_err());
+        c.runtimes = vec!["runc".into()];
+        for (size, files, ok) in
+            [("10m", 3, true), ("512k", 1, true), ("10", 1, true), ("m", 1, false), ("1t", 1, false), ("1m", 0, false)]
+        {
+            c.log_max_size = size.into();
+            c.log_max_files = files;
+            assert_eq!(c.validate().is_ok(), ok, "{size} {files}");
+        }
+    }
+
+    #[test]
+    fn no_new_privileges_auto_spares_non_root_users() {
+        let auto = NoNewPrivileges::Auto;
+        for root in [None, Some("root"), Some("0"), Some("0:0"), Some("root:wheel"), Some("")] {
+            assert!(auto.applies_to(root), "{root:?}");
+        }
+        for user in [Some("sandbar"), Some("1000"), Some("1000:1000")] {
+            assert!(!auto.applies_to(user), "{user:?}");
+            assert!(NoNewPrivileges::Always.applies_to(user));
+        }
+        assert!(!NoNewPrivileges::Never.applies_to(None));
     }
 }

@@ -26,6 +26,19 @@ pub enum StartupError {
     /// Network rules cannot be enforced on this host (or the stored policies are unreadable).
     #[error("{0}")]
     Network(#[from] crate::firewall::NetworkError),
+    /// Docker runs containers without user namespaces, so root in a sandbox would be root on the host.
+    #[error(
+        "Docker has no user namespaces: root in a sandbox would be root on this host. Enable them with \
+         \"userns-remap\": \"default\" in /etc/docker/daemon.json and restart dockerd (scripts/setup does), or \
+         pass --allow-host-root to run anyway"
+    )]
+    HostRoot,
+    /// An allowed runtime is not registered with Docker.
+    #[error(
+        "runtime {name:?} is allowed (--runtimes) but not registered with Docker (registered: {registered}); add it \
+         to \"runtimes\" in /etc/docker/daemon.json and send dockerd SIGHUP"
+    )]
+    Runtime { name: String, registered: String },
 }
 
 /// Why a sandbox operation failed. Nothing half-created is left behind when one of these is returned.

@@ -4,7 +4,8 @@
 //! container labelled `sandbar.sandbox.id`, `sandbar.org`, `sandbar.runner`, ... whose entrypoint is the static
 //! daemon bind-mounted read-only at [`DAEMON_MOUNT_PATH`], with the image's own entrypoint and cmd after `--`, and
 //! `SANDBAR_SANDBOX_ID` plus a random 256-bit `SANDBAR_DAEMON_TOKEN` in its environment. Limits are NanoCpus and
-//! memory (checked from inside through the daemon, [`cgroup`]); disk is enforced only where the storage driver can.
+//! memory (checked from inside through the daemon, [`cgroup`]); disk by the storage driver where it can, else by a
+//! watchdog that stops a sandbox over its quota ([`disk`]).
 //!
 //! Every operation on a sandbox holds that sandbox's operation lock and runs as its own task, so a caller that
 //! gives up (a dropped future, a timed-out job) never leaves a create half done: it finishes or cleans up.
@@ -12,7 +13,8 @@
 //! each event makes the runner re-inspect the container, so replayed or reordered events are harmless.
 //!
 //! Here: the sandbox table and state changes (this file), containers (`containers`: create, start, stop,
-//! destroy, resize), Docker events and the rebuild after a restart (`events`), the warm pool (`pool`), archive
+//! destroy, resize), least privilege for each container ([`hardening`]: capabilities, user namespaces,
+//! no-new-privileges, nofile and log limits, runtimes), the disk watchdog ([`disk`]), Docker events and the rebuild after a restart (`events`), the warm pool (`pool`), archive
 //! and restore ([`archive`]), forks, pause and resume ([`fork`]), snapshots and builds ([`snapshot`]), images
 //! ([`image`]), cgroup limits and usage ([`cgroup`]) and the sandboxes' daemons (`daemon`). Not here: which job
 //! runs what (`crate::jobs`), iptables (`crate::firewall`, which the host calls when a container gets or loses its
@@ -43,8 +45,10 @@ pub mod archive;
 pub mod cgroup;
 mod containers;
 mod daemon;
+pub mod disk;
 mod events;
 pub mod fork;
+pub mod hardening;
 pub mod image;
 mod pool;
 pub mod snapshot;
@@ -95,8 +99,13 @@ pub struct HostFacts {
     pub ncpu: u32,
     pub mem_total: u64,
     pub storage_driver: String,
-    /// Whether `--storage-opt size=` caps a container's disk on this driver.
+    /// Whether `--storage-opt size=` caps a container's disk on this driver (else the disk watchdog stops
+    /// sandboxes over their quota, [`disk`]).
     pub disk_enforced: bool,
+    /// Whether Docker remaps container root to an unprivileged host user (`userns-remap`).
+    pub userns: bool,
+    /// The allowed runtimes that are gVisor (`runsc`).
+    pub gvisor_runtimes: Vec<String>,
     /// 1 or 2.
     pub cgroup_version: u8,
     /// The negotiated API version.
@@ -195,12 +204,17 @@ impl Runner {
         let docker = docker.negotiate_version().await.map_err(StartupError::Connect)?;
         let version = docker.version().await?;
         let info = docker.info().await?;
-        let storage_driver = info.driver.unwrap_or_default();
+        let storage_driver = info.driver.clone().unwrap_or_default();
         let cgroup_version = match info.cgroup_version {
             Some(bollard::models::SystemInfoCgroupVersionEnum::_2) => 2,
             _ => 1,
         };
+        let userns = hardening::has_userns(&info);
+        hardening::check_userns(userns, config.allow_host_root)?;
+        let gvisor_runtimes = hardening::check_runtimes(&info, &config.runtimes)?;
         let host = HostFacts {
+            userns,
+            gvisor_runtimes,
             ncpu: info.ncpu.and_then(|n| u32::try_from(n).ok()).unwrap_or(1),
             mem_total: info.mem_total.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
             disk_enforced: driver_enforces_disk(&storage_driver),
@@ -211,7 +225,7 @@ impl Runner {
         };
         tracing::info!(runner_id = %config.runner_id, docker = %host.server_version, api = %host.api_version,
             driver = %host.storage_driver, cgroup = host.cgroup_version, disk_enforced = host.disk_enforced,
-            "connected to Docker");
+            userns = host.userns, runtimes = ?config.runtimes, "connected to Docker");
 
         let daemon = DaemonClient::new().map_err(|e| StartupError::Http(e.to_string()))?;
         let firewall = Firewall::new(&config).await?;
@@ -239,6 +253,10 @@ impl Runner {
         if inner.firewall.enabled() {
             let recheck = tokio::spawn(recheck_firewall(Arc::downgrade(&inner)));
             lock(&inner.tasks).push(recheck.abort_handle());
+        }
+        if let Some(every) = inner.config.disk_watchdog_interval.filter(|_| !inner.host.disk_enforced) {
+            let watchdog = tokio::spawn(disk::watch(Arc::downgrade(&inner), every));
+            lock(&inner.tasks).push(watchdog.abort_handle());
         }
         if inner.config.warm_pool.is_some() {
             let refill = tokio::spawn(pool::refill_loop(Arc::downgrade(&inner), inner.refill.clone()));

@@ -1,7 +1,9 @@
 //! sandbar-runner: owns one Docker host through bollard. It turns the control plane's jobs
 //! ([`sandbar_proto::runner::Job`]) into containers whose PID 1 is `sandbar-daemon`, bind-mounted read-only at
 //! `/usr/local/bin/sandbar-daemon` with the image's own entrypoint as its child; injects each sandbox's ID and a
-//! fresh daemon token; enforces CPU and memory as cgroup limits (disk where the storage driver can); labels every
+//! fresh daemon token; runs each container with least privilege (capabilities dropped, user namespaces required,
+//! pids/nofile/log limits, gVisor where allowed: [`host::hardening`]); enforces CPU and memory as cgroup limits, and
+//! disk where the storage driver can or else with a watchdog ([`host::disk`]); labels every
 //! container so a restarted runner rebuilds its state from Docker; and follows Docker's event stream so a sandbox
 //! that dies becomes `error` or `stopped` with the reason. It also builds the default sandbox image
 //! (`scripts/build-sandbox-image`), snapshots (Dockerfile builds through the build API, commits of sandboxes), and

@@ -10,6 +10,7 @@ use anyhow::Context;
 use sandbar_proto::runner::Resources;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::NoNewPrivileges;
 use crate::control::{self, ControlPlane};
 use crate::{Runner, RunnerConfig, WarmPoolConfig};
 
@@ -71,6 +72,31 @@ pub struct RunnerOptions {
     /// Seconds between checks that the network rules are still in the kernel (rewritten when not).
     #[arg(long, env = "SANDBAR_FIREWALL_RECHECK_SECS", default_value_t = 5)]
     pub firewall_recheck_secs: u64,
+    /// Open files per process in a sandbox (soft and hard `nofile` limit).
+    #[arg(long, env = "SANDBAR_NOFILE_LIMIT", default_value_t = 16384)]
+    pub nofile_limit: u64,
+    /// Cap of each sandbox's Docker log (its entrypoint's output): size of one file (`10m`; k, m or g) ...
+    #[arg(long, env = "SANDBAR_CONTAINER_LOG_MAX_SIZE", default_value = "10m")]
+    pub container_log_max_size: String,
+    /// ... and how many files are kept.
+    #[arg(long, env = "SANDBAR_CONTAINER_LOG_MAX_FILES", default_value_t = 3)]
+    pub container_log_max_files: u32,
+    /// `no-new-privileges` for sandboxes: `auto` sets it where the sandbox runs as root (nothing to gain from
+    /// setuid) and leaves it off for other users so they can `sudo`; `always` also for them (no sudo); `never`.
+    #[arg(long, env = "SANDBAR_NO_NEW_PRIVILEGES", value_enum, default_value_t = NoNewPrivileges::Auto)]
+    pub no_new_privileges: NoNewPrivileges,
+    /// Run sandboxes even though Docker has no user namespaces (`userns-remap`), so that root in a sandbox is root
+    /// on the host. Without this flag the runner refuses to start on such a Docker.
+    #[arg(long, env = "SANDBAR_ALLOW_HOST_ROOT")]
+    pub allow_host_root: bool,
+    /// OCI runtimes sandboxes may ask for (comma-separated, each registered with Docker, e.g. `runc,runsc` for
+    /// gVisor); the first is the default.
+    #[arg(long, env = "SANDBAR_RUNTIMES", value_delimiter = ',', default_value = "runc")]
+    pub runtimes: Vec<String>,
+    /// Seconds between two measures of each sandbox's disk use, where the storage driver cannot cap it; a sandbox
+    /// over its disk quota is stopped. 0: no watchdog.
+    #[arg(long, env = "SANDBAR_DISK_WATCHDOG_SECS", default_value_t = 30)]
+    pub disk_watchdog_secs: u64,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -92,6 +118,13 @@ impl RunnerOptions {
         c.iptables = self.iptables.clone();
         c.deny_cidrs = self.deny_cidrs.clone();
         c.firewall_recheck = Duration::from_secs(self.firewall_recheck_secs);
+        c.nofile_limit = self.nofile_limit;
+        c.log_max_size = self.container_log_max_size.clone();
+        c.log_max_files = self.container_log_max_files;
+        c.no_new_privileges = self.no_new_privileges;
+        c.allow_host_root = self.allow_host_root;
+        c.runtimes = self.runtimes.clone();
+        c.disk_watchdog_interval = (self.disk_watchdog_secs > 0).then(|| Duration::from_secs(self.disk_watchdog_secs));
         if self.warm_pool > 0 {
             c.warm_pool = Some(WarmPoolConfig {
                 size: self.warm_pool,

@@ -211,3 +211,48 @@ async fn measure_warm_pool_claim() {
         percentile(&first_exec, 0.95)
     );
 }
+
+/// Cold create-to-ready and exec (`echo hi` through the daemon) on runc and on gVisor's runsc, busybox image.
+#[tokio::test]
+#[ignore = "measurement: run with --ignored --nocapture"]
+async fn measure_runtimes() {
+    let t = TestRunner::new("mrt");
+    let mut config = t.config();
+    config.runtimes = vec!["runc".into(), "runsc".into()];
+    let runner = sandbar_runner::Runner::new(config).await.unwrap();
+    let image = busybox_image();
+    let (n, execs) = (6, 50);
+    for runtime in ["runc", "runsc"] {
+        let (mut create, mut exec) = (Vec::new(), Vec::new());
+        for i in 0..=n {
+            let id = format!("mrt-{}", unique());
+            let mut req = create_req(&id, &image);
+            req.runtime = Some(runtime.into());
+            let t0 = Instant::now();
+            runner.create(req).await.unwrap();
+            // The first create of each runtime warms the page cache and is not counted.
+            if i > 0 {
+                create.push(t0.elapsed().as_secs_f64() * 1000.0);
+                for _ in 0..execs / n {
+                    let t1 = Instant::now();
+                    let req = ExecuteRequest { command: "echo hi".into(), ..Default::default() };
+                    assert_eq!(runner.exec(&id, &req).await.unwrap().result.trim(), "hi");
+                    exec.push(t1.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            runner.destroy(&id).await.unwrap();
+        }
+        create.sort_by(f64::total_cmp);
+        exec.sort_by(f64::total_cmp);
+        println!(
+            "{runtime}: cold create-to-ready over {n}: median {:.0} ms (min {:.0}, max {:.0}); exec `echo hi` over {}: \
+             p50 {:.2} ms, p95 {:.2} ms",
+            percentile(&create, 0.5),
+            create[0],
+            create[create.len() - 1],
+            exec.len(),
+            percentile(&exec, 0.5),
+            percentile(&exec, 0.95)
+        );
+    }
+}

@@ -37,9 +37,25 @@ async fn pid1_in_a_container_serves_reaps_and_stops_cleanly() {
     assert_eq!(d.exec("echo hi").await.unwrap(), (0, "hi\n".into()));
     let (_, pid1) = d.exec("cat /proc/1/cmdline | tr '\\0' ' '").await.unwrap();
     assert!(pid1.starts_with("/usr/local/bin/sandbar-daemon"), "{pid1}");
-    let (_, environ) = d.exec("tr '\\0' '\\n' < /proc/1/environ").await.unwrap();
+    assert!(!pid1.contains(TOKEN), "the token must not be in PID 1's command line");
+    // PID 1 is not dumpable: its environment, memory and maps are closed even to root in the container (the same
+    // uid as the daemon here), which has no CAP_SYS_PTRACE.
+    for file in ["environ", "mem", "maps"] {
+        let (code, out) = d.exec(&format!("head -c 1 /proc/1/{file}")).await.unwrap();
+        assert!(code != 0 && out.contains("Permission denied"), "/proc/1/{file} is readable: {out}");
+    }
+    // A child's environment has the sandbox ID but not the token.
+    let (_, environ) = d.exec("cat /proc/self/environ | tr '\\0' '\\n'").await.unwrap();
     assert!(environ.contains("SANDBAR_SANDBOX_ID=sbx-container-test"), "{environ}");
-    assert!(!environ.contains(TOKEN), "the token must not be in PID 1's environment");
+    assert!(!environ.contains(TOKEN), "the token must not be in a child's environment");
+    // Nor is it in any environment or command line in the container: the pattern goes through a file, so that no
+    // command line of the search carries it whole.
+    let (a, b) = TOKEN.split_at(TOKEN.len() / 2);
+    let search = format!(
+        "A='{a}'; B='{b}'; printf %s \"$A$B\" > /dev/shm/p; \
+         grep -lsF -f /dev/shm/p /proc/[0-9]*/environ /proc/[0-9]*/cmdline; echo searched"
+    );
+    assert_eq!(d.exec(&search).await.unwrap().1, "searched\n", "the token is readable in the container");
 
     // File round trip through the SDK's bulk endpoints.
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();

@@ -1,7 +1,9 @@
 //! `CREATE_SANDBOX`: make and start a sandbox's container from its row (a create, a recover of a sandbox whose
 //! creation failed, or once its image is built). `creating`, then the state the runner reports (`started`).
 
-use sandbar_proto::runner::{AutoIntervals, CreateSandbox, JobErrorCode, JobKind, JobOutcome, Resources};
+use sandbar_proto::runner::{
+    AutoIntervals, CreateSandbox, JobErrorCode, JobKind, JobOutcome, RUNTIME_LABEL, Resources,
+};
 
 use crate::domain::apply::{Failure, JobDone, Next, settle};
 use crate::domain::{builds, network};
@@ -33,6 +35,7 @@ pub fn spec(row: &Row) -> CreateSandbox {
         },
         network: network::policy_of(row),
         linked_sandbox: row.linked_sandbox_id.clone(),
+        runtime: row.labels_map().get(RUNTIME_LABEL).cloned(),
     }
 }
 

@@ -73,6 +73,14 @@ impl Inner {
         if req.env.values().any(|v| v.contains('\0')) {
             return bad("environment values must not contain NUL".into());
         }
+        if let Some(runtime) = &req.runtime
+            && !self.config.runtimes.contains(runtime)
+        {
+            return bad(format!(
+                "runtime {runtime:?} is not allowed on this runner (allowed: {})",
+                self.config.runtimes.join(", ")
+            ));
+        }
         self.validate_resources(&req.resources)
     }
 
@@ -210,7 +218,7 @@ impl Inner {
             pids_limit: self.config.pids_limit,
             network_mode: self.config.network.clone(),
             storage_opt: self.host.disk_enforced.then(|| HashMap::from([("size".to_owned(), format!("{}G", r.disk))])),
-            ..Default::default()
+            ..self.hardening(req, image.user.as_deref())
         };
         let body = ContainerCreateBody {
             image: Some(req.image.clone()),
@@ -382,6 +390,15 @@ impl Inner {
     }
 
     pub(super) async fn stop(&self, req: StopSandbox) -> Result<SandboxInfo, SandboxError> {
+        self.stop_because(req, None).await
+    }
+
+    /// A stop the runner decided itself (the disk watchdog): `reason` goes with the `stopped` state change.
+    pub(super) async fn stop_because(
+        &self,
+        req: StopSandbox,
+        reason: Option<String>,
+    ) -> Result<SandboxInfo, SandboxError> {
         let id = req.sandbox_id.as_str();
         let entry = self.entry(id)?;
         let _op = entry.op.lock().await;
@@ -409,7 +426,7 @@ impl Inner {
             Ok(()) => {
                 // Its address is free for other containers now.
                 self.firewall.detach(&container).await;
-                self.set_state(&entry, SandboxState::Stopped, None, None);
+                self.set_state(&entry, SandboxState::Stopped, reason, None);
                 Ok(lock(&entry.info).clone())
             }
             Err(e) => {

@@ -88,6 +88,7 @@ impl Inner {
                 && p.resources == req.resources
                 && req.user.is_none()
                 && req.entrypoint.is_none()
+                && req.runtime.as_deref().is_none_or(|r| r == self.config.default_runtime())
         })
     }
 
@@ -188,6 +189,7 @@ impl Inner {
             auto: Default::default(),
             network: Default::default(),
             linked_sandbox: None,
+            runtime: None,
         };
         let info = self.new_info(&req, SandboxState::Creating, token);
         let scratch = Entry::new(info, false);

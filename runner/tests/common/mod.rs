@@ -182,6 +182,7 @@ pub fn create_req(id: &str, image: &str) -> CreateSandbox {
         auto: Default::default(),
         network: Default::default(),
         linked_sandbox: None,
+        runtime: None,
     }
 }
 
