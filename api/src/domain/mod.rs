@@ -7,6 +7,8 @@
 pub mod access;
 pub mod apply;
 pub mod builds;
+pub mod dockerfile;
+pub mod images;
 pub mod lifecycle;
 pub mod network;
 pub mod placement;
