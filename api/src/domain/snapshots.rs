@@ -1,5 +1,5 @@
 //! Snapshots. A snapshot is a name for a local image plus default resources: there is no registry, so one made
-//! from `imageName` is recorded `active` at once, and a sandbox created from it runs that image (a missing image
+//! from `imageName` (an image the organization may name, see [`super::images`]) is recorded `active` at once, and a sandbox created from it runs that image (a missing image
 //! shows as the sandbox's `error` with the runner's reason). One with a `buildInfo` Dockerfile beyond `FROM image`
 //! is built on a runner (`building`, then `active` or `build_failed`; see [`super::builds`]), and sandboxes from it
 //! go to that runner. One taken from a sandbox (`POST /sandbox/{id}/snapshot`) is the sandbox's filesystem
