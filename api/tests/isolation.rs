@@ -19,7 +19,7 @@ async fn org1_images(h: &Harness, r: &FakeRunner) -> (String, String, String, St
     let src = started_sandbox(h, r, empty()).await;
     let (s, f) = h.call(Method::POST, &format!("/sandbox/{src}/fork"), Some(json!({}))).await;
     assert_eq!(s, StatusCode::OK, "{f}");
-    let fork = f["id"].as_str().unwrap().to_owned();
+    let fork = f["id"].as_str().unwrap_or_default().to_owned();
     r.work(&h.org).await;
 
     let (s, v) = h.call(Method::POST, &format!("/sandbox/{src}/snapshot"), Some(json!({"name": "snap-a"}))).await;
@@ -41,8 +41,8 @@ async fn org1_images(h: &Harness, r: &FakeRunner) -> (String, String, String, St
     let body = json!({"name": "built-a", "buildInfo": {"dockerfileContent": df}});
     let (s, v) = h.call(Method::POST, "/snapshots", Some(body)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let build_image = v["imageName"].as_str().unwrap().to_owned();
-    (src, fork, snap["id"].as_str().unwrap().to_owned(), build_image)
+    let build_image = v["imageName"].as_str().unwrap_or_default().to_owned();
+    (src, fork, snap["id"].as_str().unwrap_or_default().to_owned(), build_image)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -188,7 +188,7 @@ async fn huge_intervals_are_refused_and_cannot_stop_other_tenants_timers() {
         r.heartbeat(64, 64, 1000).await;
         let report = sandbar_api::lifecycle::tick(&h.app).await;
         let report = report.unwrap_or_else(|e| panic!("{}: the tick failed: {e}", db.label));
-        assert_eq!(report.stopped, [theirs.clone()], "{}", db.label);
+        assert_eq!(report.stopped, [theirs], "{}", db.label);
         assert_eq!(h.state(&mine).await, "started");
         h.stop().await;
     }
