@@ -33,6 +33,12 @@ pub struct Config {
     /// Image used when a create names neither a snapshot nor an image.
     #[arg(long, env = "SANDBAR_DEFAULT_SNAPSHOT", default_value = "sandbar-sandbox:default")]
     pub default_snapshot: String,
+    /// Images (besides the default snapshot) an organization may name in a create, a snapshot or a Dockerfile's
+    /// `FROM`/`COPY --from`: exact names, or prefixes ending in `*`. Anything else must be an image the
+    /// organization owns (see `crate::domain::images`). Default: the default image's repository and the test image.
+    #[arg(long = "allowed-image", env = "SANDBAR_ALLOWED_IMAGES", value_delimiter = ',',
+          default_values_t = default_allowed_images())]
+    pub allowed_images: Vec<String>,
     /// `target` reported on every sandbox when the caller names none.
     #[arg(long, env = "SANDBAR_TARGET", default_value = "local")]
     pub target: String,
@@ -47,6 +53,12 @@ pub struct Config {
     pub runner_unreachable_secs: u64,
     #[command(flatten)]
     pub limits: Limits,
+}
+
+/// The default `--allowed-image` list: the default image's repository (every recipe of it) and the busybox test
+/// image `scripts/build-test-image` makes.
+pub fn default_allowed_images() -> Vec<String> {
+    vec!["sandbar-sandbox:*".to_owned(), "sandbar-test-busybox:*".to_owned()]
 }
 
 /// Per-sandbox defaults and maxima (Daytona's: 1 vCPU, 1 GiB, 3 GiB; at most 4, 8, 10), the quotas a new
@@ -130,6 +142,7 @@ impl Config {
             runner_token: None,
             proxy_token: None,
             default_snapshot: "sandbar-sandbox:default".into(),
+            allowed_images: default_allowed_images(),
             target: "local".into(),
             create_wait_ms: 0,
             runner_unreachable_secs: RUNNER_UNREACHABLE_AFTER_SECS,

@@ -47,7 +47,7 @@ async fn snapshot_build_with_its_log_followed() {
         let h = Harness::start(&db).await;
         let r1 = h.runner("r1");
         r1.heartbeat(8, 16, 100).await;
-        let df = "FROM base:1\nRUN echo hi\n";
+        let df = "FROM sandbar-test-busybox:base1\nRUN echo hi\n";
         let body = json!({"name": "built", "buildInfo": {"dockerfileContent": df, "contextHashes": []}, "cpu": 2});
         let (s, v) = h.call(Method::POST, "/snapshots", Some(body)).await;
         assert_eq!(s, StatusCode::OK, "{v}");
@@ -79,12 +79,18 @@ async fn snapshot_build_with_its_log_followed() {
         let jobs = r1.poll(0).await;
         let [job] = &jobs[..] else { panic!("one build job: {jobs:?}") };
         assert_eq!((build_of(job).image.as_str(), build_of(job).dockerfile.as_str()), (image.as_str(), df));
-        assert_eq!(log_lines(&r1, &job.id, "a1", 0, &["Step 1/2 : FROM base:1", "hi"]).await, StatusCode::NO_CONTENT);
+        assert_eq!(
+            log_lines(&r1, &job.id, "a1", 0, &["Step 1/2 : FROM sandbar-test-busybox:base1", "hi"]).await,
+            StatusCode::NO_CONTENT
+        );
         // A retried batch (same attempt and offset) is stored once.
-        assert_eq!(log_lines(&r1, &job.id, "a1", 0, &["Step 1/2 : FROM base:1", "hi"]).await, StatusCode::NO_CONTENT);
+        assert_eq!(
+            log_lines(&r1, &job.id, "a1", 0, &["Step 1/2 : FROM sandbar-test-busybox:base1", "hi"]).await,
+            StatusCode::NO_CONTENT
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(log_lines(&r1, &job.id, "a1", 2, &["Successfully built x"]).await, StatusCode::NO_CONTENT);
-        let so_far = "Step 1/2 : FROM base:1\nhi\nSuccessfully built x\n";
+        let so_far = "Step 1/2 : FROM sandbar-test-busybox:base1\nhi\nSuccessfully built x\n";
         // Without follow: what exists now, while the build still runs.
         assert_eq!(read_log(&h, &url, false).await, so_far);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -126,7 +132,7 @@ async fn snapshot_build_with_its_log_followed() {
 async fn sandbox_build_states_reuse_and_failures() {
     for db in databases().await {
         let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
-        let df = "FROM base:1\nRUN make\n";
+        let df = "FROM sandbar-test-busybox:base1\nRUN make\n";
         let v = h.create(json!({"buildInfo": {"dockerfileContent": df, "contextHashes": []}, "env": {"A": "1"}})).await;
         assert_eq!(v["state"], "pending_build");
         let id = v["id"].as_str().unwrap().to_owned();
@@ -147,11 +153,14 @@ async fn sandbox_build_states_reuse_and_failures() {
         assert!(r.poll(0).await.is_empty());
 
         assert_eq!(
-            log_lines(&r, &build.id, "a1", 0, &["Step 1/2 : FROM base:1", "compiling"]).await,
+            log_lines(&r, &build.id, "a1", 0, &["Step 1/2 : FROM sandbar-test-busybox:base1", "compiling"]).await,
             StatusCode::NO_CONTENT
         );
         // The runner restarted mid-build and builds again: a new attempt continues the log.
-        assert_eq!(log_lines(&r, &build.id, "a2", 0, &["Step 1/2 : FROM base:1"]).await, StatusCode::NO_CONTENT);
+        assert_eq!(
+            log_lines(&r, &build.id, "a2", 0, &["Step 1/2 : FROM sandbar-test-busybox:base1"]).await,
+            StatusCode::NO_CONTENT
+        );
         assert_eq!(build_done(&r, build).await, StatusCode::NO_CONTENT);
         assert_eq!(build_done(&r, build).await, StatusCode::NO_CONTENT, "results are idempotent");
         assert_eq!((h.state(&id).await, h.state(&id2).await), ("creating".into(), "creating".into()));
@@ -166,7 +175,7 @@ async fn sandbox_build_states_reuse_and_failures() {
         let text = read_log(&h, &url, true).await;
         assert_eq!(
             text,
-            "Step 1/2 : FROM base:1\ncompiling\n[sandbar: the runner restarted; building again]\nStep 1/2 : FROM base:1\n"
+            "Step 1/2 : FROM sandbar-test-busybox:base1\ncompiling\n[sandbar: the runner restarted; building again]\nStep 1/2 : FROM sandbar-test-busybox:base1\n"
         );
         assert_eq!(read_log(&h, &logs_url(&h, "sandbox", &id2).await, false).await, text, "one shared build log");
         // Once built, the same Dockerfile creates at once: no build.
@@ -176,7 +185,7 @@ async fn sandbox_build_states_reuse_and_failures() {
         assert!(matches!(&jobs[..], [j] if matches!(&j.kind, JobKind::CreateSandbox(_))), "{jobs:?}");
 
         // A failing build: the sandbox is build_failed with the build's reason.
-        let bad = "FROM base:1\nRUN false\n";
+        let bad = "FROM sandbar-test-busybox:base1\nRUN false\n";
         let v = h.create(json!({"buildInfo": {"dockerfileContent": bad}})).await;
         let bad_id = v["id"].as_str().unwrap().to_owned();
         let jobs = r.poll(0).await;
@@ -193,7 +202,8 @@ async fn sandbox_build_states_reuse_and_failures() {
         assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("building")), "{v}");
         let jobs = r.poll(0).await;
         let [job] = &jobs[..] else { panic!("{jobs:?}") };
-        let missing = "base image \"base:1\" is not on this host (there is no registry to pull it from)";
+        let missing =
+            "base image \"sandbar-test-busybox:base1\" is not on this host (there is no registry to pull it from)";
         assert_eq!(r.fail(job, JobErrorCode::ImageNotFound, missing).await, StatusCode::NO_CONTENT);
         let v = h.call(Method::GET, "/snapshots/bad", None).await.1;
         assert_eq!((v["state"].as_str(), v["errorReason"].as_str()), (Some("build_failed"), Some(missing)));
@@ -201,7 +211,8 @@ async fn sandbox_build_states_reuse_and_failures() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
         assert!(v["message"].as_str().unwrap().contains("no registry"), "{v}");
         // A deleted sandbox that waited for a build is gone at once.
-        let v = h.create(json!({"buildInfo": {"dockerfileContent": "FROM base:1\nRUN slow\n"}})).await;
+        let v =
+            h.create(json!({"buildInfo": {"dockerfileContent": "FROM sandbar-test-busybox:base1\nRUN slow\n"}})).await;
         let (s, d) = h.call(Method::DELETE, &format!("/sandbox/{}", v["id"].as_str().unwrap()), None).await;
         assert_eq!((s, d["state"].as_str()), (StatusCode::OK, Some("destroyed")), "{d}");
         h.stop().await;
@@ -215,12 +226,12 @@ async fn build_input_and_log_endpoints_refuse_what_they_cannot_do() {
         let cases: Vec<(&str, Value, &str)> = vec![
             (
                 "/sandbox",
-                json!({"buildInfo": {"dockerfileContent": "FROM a\nCOPY . /\n", "contextHashes": ["abc"]}}),
+                json!({"buildInfo": {"dockerfileContent": "FROM sandbar-test-busybox:a\nCOPY . /\n", "contextHashes": ["abc"]}}),
                 "contextHashes",
             ),
             (
                 "/snapshots",
-                json!({"name": "s", "buildInfo": {"dockerfileContent": "FROM a\nRUN b\n", "contextHashes": ["abc"]}}),
+                json!({"name": "s", "buildInfo": {"dockerfileContent": "FROM sandbar-test-busybox:a\nRUN b\n", "contextHashes": ["abc"]}}),
                 "contextHashes",
             ),
             ("/sandbox", json!({"buildInfo": {"dockerfileContent": "RUN b\n"}}), "no FROM line"),
@@ -246,7 +257,8 @@ async fn build_input_and_log_endpoints_refuse_what_they_cannot_do() {
         let (s, v) = h.call(Method::GET, &format!("/sandbox/{plain}/build-logs-url"), None).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert!(v["message"].as_str().unwrap().contains("not built from a Dockerfile"), "{v}");
-        let built = h.create(json!({"buildInfo": {"dockerfileContent": "FROM a\nRUN b\n"}})).await["id"]
+        let built = h.create(json!({"buildInfo": {"dockerfileContent": "FROM sandbar-test-busybox:a\nRUN b\n"}})).await
+            ["id"]
             .as_str()
             .unwrap()
             .to_owned();

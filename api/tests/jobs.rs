@@ -233,7 +233,12 @@ async fn service_tokens_are_distinct_from_user_keys() {
             assert_eq!(h.req(method.clone(), path, None, None).await.0, StatusCode::UNAUTHORIZED);
             assert_eq!(h.req(method.clone(), path, Some(&key), None).await.0, StatusCode::UNAUTHORIZED);
         }
-        assert_eq!(h.req(Method::GET, "/runners/r1/jobs", Some(PROXY_TOKEN), None).await.0, StatusCode::FORBIDDEN);
+        // Runner routes take only a runner's own credential (see tests/isolation.rs): not the proxy token, and
+        // not the join token, which only registers.
+        assert_eq!(h.req(Method::GET, "/runners/r1/jobs", Some(PROXY_TOKEN), None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(h.req(Method::GET, "/runners/r1/jobs", Some(RUNNER_TOKEN), None).await.0, StatusCode::UNAUTHORIZED);
+        let (s, _) = h.req(Method::POST, "/runners/r1/register", Some(PROXY_TOKEN), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
         assert_eq!(h.req(Method::GET, "/internal/routes/x", Some(RUNNER_TOKEN), None).await.0, StatusCode::FORBIDDEN);
         assert_eq!(h.req(Method::GET, "/sandbox", Some(RUNNER_TOKEN), None).await.0, StatusCode::UNAUTHORIZED);
         h.stop().await;

@@ -100,8 +100,8 @@ async fn sandbox_json_has_every_required_field_with_strict_types() {
         assert_eq!(d["autoDeleteInterval"], -1);
         let e = h.create(json!({"ephemeral": true})).await;
         assert_eq!(e["autoDeleteInterval"], 0);
-        let f = h.create(json!({"buildInfo": {"dockerfileContent": "FROM busybox:latest\n"}})).await;
-        assert_eq!(f["snapshot"], "busybox:latest");
+        let f = h.create(json!({"buildInfo": {"dockerfileContent": "FROM sandbar-test-busybox:latest\n"}})).await;
+        assert_eq!(f["snapshot"], "sandbar-test-busybox:latest");
         h.stop().await;
     }
 }
@@ -364,7 +364,7 @@ async fn snapshots_name_local_images_with_default_resources() {
             .call(
                 Method::POST,
                 "/snapshots",
-                Some(json!({"name": "py", "imageName": "python:3.12", "cpu": 2, "disk": 5})),
+                Some(json!({"name": "py", "imageName": "sandbar-sandbox:py312", "cpu": 2, "disk": 5})),
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
@@ -402,11 +402,11 @@ async fn snapshots_name_local_images_with_default_resources() {
         let sb = h.create(json!({"snapshot": "py"})).await;
         assert_eq!(
             (sb["snapshot"].as_str(), sb["cpu"].as_i64(), sb["disk"].as_i64()),
-            (Some("python:3.12"), Some(2), Some(5))
+            (Some("sandbar-sandbox:py312"), Some(2), Some(5))
         );
         let jobs = r.poll(0).await;
         assert!(
-            matches!(&jobs[..], [j] if matches!(&j.kind, sandbar_proto::runner::JobKind::CreateSandbox(c) if c.image == "python:3.12"))
+            matches!(&jobs[..], [j] if matches!(&j.kind, sandbar_proto::runner::JobKind::CreateSandbox(c) if c.image == "sandbar-sandbox:py312"))
         );
         assert_eq!(h.call(Method::DELETE, &format!("/snapshots/{snap_id}"), None).await.0, StatusCode::OK);
         assert_eq!(h.call(Method::GET, "/snapshots/py", None).await.0, StatusCode::NOT_FOUND);

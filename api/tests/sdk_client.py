@@ -85,12 +85,12 @@ try:
     assert gone.state == "destroyed", gone.state
 except DaytonaNotFoundError:
     pass
-snap = d.snapshot.create(CreateSnapshotParams(name="sdk-snap", image="busybox:latest"))
+snap = d.snapshot.create(CreateSnapshotParams(name="sdk-snap", image="sandbar-test-busybox:latest"))
 assert snap.state == "active", snap.state
 assert d.snapshot.get("sdk-snap").id == snap.id
 assert [s.name for s in d.snapshot.list().items] == ["sdk-snap"]
 from_snap = d.create(CreateSandboxFromSnapshotParams(snapshot="sdk-snap"), timeout=30)
-assert from_snap.snapshot == "busybox:latest", from_snap.snapshot
+assert from_snap.snapshot == "sandbar-test-busybox:latest", from_snap.snapshot
 d.delete(from_snap)
 d.snapshot.delete(snap)
 try:

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod demux;
+pub mod ssh;
 pub mod term;
 pub mod tls;
 pub mod up;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reqwest::Method;
 use sandbar_cli::client::{self, Client, enc};
-use sandbar_cli::{demux, term, tls, up};
+use sandbar_cli::{demux, ssh, term, tls, up};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -229,16 +229,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let v = c
                 .api(Method::POST, &format!("/sandbox/{}/ssh-access?expiresInMinutes={expires}", enc(&id)), None)
                 .await?;
-            let cmd = v["sshCommand"].as_str().context("ssh-access answered without sshCommand")?;
-            let mut words: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
-            if words.first().map(String::as_str) != Some("ssh") {
-                anyhow::bail!("unexpected sshCommand {cmd:?}");
-            }
-            words.remove(0);
+            // Built from the access's parts, never the API's words (see `sandbar_cli::ssh`).
+            let argv = ssh::argv(&v, &args)?;
             let status = std::process::Command::new("ssh")
-                .args(["-o", "StrictHostKeyChecking=accept-new"])
-                .args(&words)
-                .args(&args)
+                .args(&argv)
                 .status()
                 .context("running ssh (install openssh-client)")?;
             return Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(255)).unwrap_or(255)));

@@ -52,6 +52,20 @@ pub const MAX_POLL_WAIT_SECS: u64 = 30;
 
 /// Environment variable with the service token runners present (`sandbar-runner`) and the API accepts.
 pub const RUNNER_TOKEN_ENV: &str = "SANDBAR_RUNNER_TOKEN";
+/// What `POST /runners/{id}/register` (with the join token, [`RUNNER_TOKEN_ENV`]) answers: the credential bound to
+/// that runner id which every later call of the runner carries instead of the join token.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerRegistration {
+    pub credential: String,
+}
+
+impl fmt::Debug for RunnerRegistration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunnerRegistration").finish_non_exhaustive()
+    }
+}
+
 /// Environment variable with the service token the proxy presents and the API accepts.
 pub const PROXY_TOKEN_ENV: &str = "SANDBAR_PROXY_TOKEN";
 

@@ -206,6 +206,14 @@ pub struct BuildSnapshot {
 /// Repository of the images a fork is made from; the tag is the fork's sandbox ID (see [`fork_image`]).
 pub const FORK_IMAGE_REPO: &str = "sandbar-fork";
 
+/// Environment names a create may not set: the daemon's own configuration (`SANDBAR_*`, any case) and what the Rust
+/// runtime of the daemon (PID 1 of every sandbox) reads (`RUST_LOG`, `RUST_BACKTRACE`, `RUST_LIB_BACKTRACE`).
+/// The API refuses them with a 400 and the runner again.
+pub fn reserved_env(key: &str) -> bool {
+    let upper = key.to_ascii_uppercase();
+    upper.starts_with("SANDBAR_") || matches!(upper.as_str(), "RUST_LOG" | "RUST_BACKTRACE" | "RUST_LIB_BACKTRACE")
+}
+
 /// The image a fork of sandbox `fork_id` runs: the source's filesystem committed by the runner. Both sides compute
 /// it, so the API can record it before the runner has made it, and the runner removes it when the fork is
 /// destroyed.

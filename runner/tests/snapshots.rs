@@ -18,6 +18,9 @@ async fn commit_a_sandbox_and_create_from_the_snapshot() {
     let mut req = create_req(&src, &image);
     req.name = Some("source".into());
     req.env.insert("KEEP".into(), "me".into());
+    req.env.insert("API_SECRET".into(), "s3cr3t-value".into());
+    // A caller's value for a variable the image sets is not kept either.
+    req.env.insert("PATH".into(), "/caller/bin:/bin:/sbin:/usr/bin:/usr/sbin".into());
     req.entrypoint = Some(marker_entrypoint());
     let src_info = runner.create(req).await.unwrap();
     runner.exec(&src, &exec_req("echo data > /root/data")).await.unwrap();
@@ -26,9 +29,15 @@ async fn commit_a_sandbox_and_create_from_the_snapshot() {
     assert_eq!(snapshot.reference, snap);
     // The sandbox's entrypoint survives; the daemon wrapper does not.
     assert_eq!(snapshot.argv(), marker_entrypoint());
-    let env = docker_inspect(&snap, "{{json .Config.Env}}").unwrap();
-    assert!(!env.contains(&src_info.daemon_token), "the source's daemon token leaked into the snapshot: {env}");
-    assert!(env.contains("\"SANDBAR_DAEMON_TOKEN=\"") && env.contains("KEEP=me"), "{env}");
+    // The image's environment is the base image's: no value the creator set, no daemon token.
+    let env: Vec<String> = serde_json::from_str(&docker_inspect(&snap, "{{json .Config.Env}}").unwrap()).unwrap();
+    let base_env: Vec<String> = serde_json::from_str(&docker_inspect(&image, "{{json .Config.Env}}").unwrap()).unwrap();
+    for kv in &env {
+        let value = kv.split_once('=').map(|(_, v)| v).unwrap_or_default();
+        assert!(base_env.contains(kv) || value.is_empty(), "{kv} is not the base image's: {env:?}");
+        assert!(!value.contains(&src_info.daemon_token) && !value.contains("s3cr3t") && value != "me", "{env:?}");
+    }
+    assert!(env.iter().any(|kv| kv == "SANDBAR_DAEMON_TOKEN="), "{env:?}");
     assert_eq!(docker_inspect(&snap, "{{index .Config.Labels \"sandbar.sandbox.id\"}}").unwrap(), "");
 
     let names: Vec<String> = runner.list_snapshots().await.unwrap().into_iter().map(|i| i.reference).collect();
@@ -40,11 +49,14 @@ async fn commit_a_sandbox_and_create_from_the_snapshot() {
     assert_ne!(copy_info.daemon_token, src_info.daemon_token);
     assert_eq!(copy_info.name, None);
     let out = runner
-        .exec(&copy, &exec_req("cat /root/data; echo $KEEP; echo $SANDBAR_SANDBOX_ID; tr '\\0' ' ' < /proc/1/cmdline"))
+        .exec(
+            &copy,
+            &exec_req("cat /root/data; echo \"[$KEEP]\"; echo $SANDBAR_SANDBOX_ID; tr '\\0' ' ' < /proc/1/cmdline"),
+        )
         .await
         .unwrap();
     let lines: Vec<&str> = out.result.lines().collect();
-    assert_eq!(lines[..3], ["data", "me", copy.as_str()]);
+    assert_eq!(lines[..3], ["data", "[]", copy.as_str()]);
     assert!(lines[3].starts_with("/usr/local/bin/sandbar-daemon -- sh -c echo from-entrypoint"), "{}", lines[3]);
 
     // A restarted runner sees the copy as itself, not as the source it was committed from.
@@ -130,6 +142,7 @@ mod fake_api {
         let app = Router::new()
             .route("/api/runners/{r}/sandboxes", post(|| async { StatusCode::NO_CONTENT }))
             .route("/api/runners/{r}/states", post(|| async { StatusCode::NO_CONTENT }))
+            .route("/api/runners/{r}/register", post(|| async { Json(serde_json::json!({"credential": "c"})) }))
             .route("/api/runners/{r}/heartbeat", post(|| async { Json(serde_json::json!({"schedulable": true})) }))
             .route(
                 "/api/runners/{r}/jobs",
@@ -280,4 +293,48 @@ async fn steps_run_as_root_on_a_base_with_a_non_root_user() {
     let out = runner.exec(&id, &exec_req("cat /built /uid; id -un")).await.unwrap();
     assert_eq!(out.result, "hi\n0\nsandbar\n");
     runner.destroy(&id).await.unwrap();
+}
+
+/// Builds run without network, under a memory cap and a process cap: a RUN that reaches for the network, allocates
+/// far more than the cap, or forks without end fails the build (build_failed), and the runner carries on.
+#[tokio::test]
+async fn builds_run_without_network_and_under_memory_and_process_caps() {
+    let image = busybox_image();
+    let name = |what: &str| format!("sandbar-test-limit-{what}-{}:1", unique());
+    let (net, mem, bomb, ok) = (name("net"), name("mem"), name("bomb"), name("ok"));
+    let _images = Images(vec![net.clone(), mem.clone(), bomb.clone(), ok.clone()]);
+    let (_t, runner) = TestRunner::start("limits").await;
+
+    // No interface but loopback, and no route out (the host's gateway, cloud metadata).
+    let df = format!(
+        "FROM {image}\nRUN ls /sys/class/net; ip route; wget -T 3 -q -O- http://169.254.169.254/ || \
+         wget -T 3 -q -O- http://172.17.0.1/ || exit 42\n"
+    );
+    let mut log = Vec::new();
+    let err = runner.build_snapshot(&net, &df, |l| log.push(l.to_owned())).await.unwrap_err();
+    let SnapshotError::BuildFailed(msg) = &err else { panic!("{err:?}") };
+    assert!(msg.contains("non-zero code: 42"), "{msg}\n{log:?}");
+    assert!(!log.iter().any(|l| l.trim() == "eth0"), "the build container has a network interface: {log:?}");
+
+    // A 4 GiB string (6 GiB at the peak), twice the cap: killed by the OOM killer, exit 137.
+    let df = format!(
+        "FROM {image}\nRUN awk 'BEGIN {{ s = \"x\"; while (length(s) < 4294967296) s = s s; print \"allocated\" }}'\n"
+    );
+    let mut log = Vec::new();
+    let err = runner.build_snapshot(&mem, &df, |l| log.push(l.to_owned())).await.unwrap_err();
+    let SnapshotError::BuildFailed(msg) = &err else { panic!("{err:?}") };
+    assert!(msg.contains("non-zero code: 137"), "{msg}\n{log:?}");
+    assert!(!log.iter().any(|l| l == "allocated"), "{log:?}");
+
+    // Forking without end meets the process cap: fork fails, the step fails, the build ends.
+    let df =
+        format!("FROM {image}\nRUN i=0; while [ $i -lt 2000 ]; do sleep 60 & i=$((i+1)); done; echo spawned-all\n");
+    let mut log = Vec::new();
+    let err = runner.build_snapshot(&bomb, &df, |l| log.push(l.to_owned())).await.unwrap_err();
+    assert!(matches!(err, SnapshotError::BuildFailed(_)), "{err:?}\n{log:?}");
+    assert!(!log.iter().any(|l| l == "spawned-all"), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("fork")), "{log:?}");
+
+    // And an ordinary build still works afterwards.
+    runner.build_snapshot(&ok, &format!("FROM {image}\nRUN echo fine > /fine\n"), |_| {}).await.unwrap();
 }

@@ -242,7 +242,7 @@ impl Harness {
     }
 
     pub fn runner(&self, id: &str) -> FakeRunner {
-        FakeRunner { id: id.to_owned(), base: self.base.clone(), http: self.http.clone() }
+        FakeRunner { id: id.to_owned(), base: self.base.clone(), http: self.http.clone(), credential: Arc::default() }
     }
 
     pub async fn tick(&self) -> sandbar_api::lifecycle::TickReport {
@@ -256,13 +256,41 @@ pub struct FakeRunner {
     pub id: String,
     pub base: String,
     pub http: reqwest::Client,
+    /// The credential its registration gave it (registered at its first call).
+    pub credential: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// Registers runner `runner_id` with the join token; its credential.
+pub async fn register_runner(http: &reqwest::Client, base: &str, runner_id: &str, join_token: &str) -> String {
+    let resp = http
+        .post(format!("{base}/runners/{runner_id}/register"))
+        .bearer_auth(join_token)
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(resp.status(), StatusCode::OK, "register {runner_id}");
+    let v: Value = resp.json().await.expect("registration");
+    v["credential"].as_str().expect("credential").to_owned()
 }
 
 impl FakeRunner {
+    /// Its credential, registering first if it has none.
+    pub async fn credential(&self) -> String {
+        let held = self.credential.lock().map(|c| c.clone()).unwrap_or_default();
+        if let Some(c) = held {
+            return c;
+        }
+        let c = register_runner(&self.http, &self.base, &self.id, RUNNER_TOKEN).await;
+        if let Ok(mut held) = self.credential.lock() {
+            *held = Some(c.clone());
+        }
+        c
+    }
+
     pub async fn post(&self, tail: &str, body: Value) -> StatusCode {
         self.http
             .post(format!("{}/runners/{}/{tail}", self.base, self.id))
-            .bearer_auth(RUNNER_TOKEN)
+            .bearer_auth(self.credential().await)
             .json(&body)
             .send()
             .await
@@ -290,7 +318,7 @@ impl FakeRunner {
         let resp = self
             .http
             .get(format!("{}/runners/{}/jobs?wait={wait_secs}", self.base, self.id))
-            .bearer_auth(RUNNER_TOKEN)
+            .bearer_auth(self.credential().await)
             .timeout(Duration::from_secs(wait_secs + 10))
             .send()
             .await

@@ -27,6 +27,8 @@ const RUNNER_ID: &str = "runner-1";
 pub struct Runner {
     base: String,
     http: reqwest::Client,
+    /// Its credential from registering with [`RUNNER_TOKEN`].
+    credential: String,
     daemons: Mutex<HashMap<String, TestDaemon>>,
     /// While true, start jobs are taken but not carried out (a slow start).
     pub hold_starts: AtomicBool,
@@ -38,7 +40,7 @@ impl Runner {
         let r = self
             .http
             .post(format!("{}/runners/{RUNNER_ID}/{tail}", self.base))
-            .bearer_auth(RUNNER_TOKEN)
+            .bearer_auth(&self.credential)
             .json(&body)
             .send()
             .await
@@ -147,7 +149,7 @@ impl Runner {
             let poll = self
                 .http
                 .get(format!("{}/runners/{RUNNER_ID}/jobs?wait=1", self.base))
-                .bearer_auth(RUNNER_TOKEN)
+                .bearer_auth(&self.credential)
                 .timeout(Duration::from_secs(10))
                 .send();
             let jobs: Vec<Job> = tokio::select! {
@@ -216,9 +218,11 @@ impl Stack {
         });
 
         let http = reqwest::Client::new();
+        let credential = crate::api::register_runner(&http, &api, RUNNER_ID, RUNNER_TOKEN).await;
         let runner = Arc::new(Runner {
             base: api.clone(),
             http: http.clone(),
+            credential,
             daemons: Mutex::default(),
             hold_starts: AtomicBool::new(false),
             starts: AtomicUsize::new(0),

@@ -19,7 +19,7 @@ use std::sync::LazyLock;
 use sqlx::AnyConnection;
 use tokio::sync::Notify;
 
-use super::placement;
+use super::{dockerfile, images, placement};
 use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
@@ -93,6 +93,20 @@ pub(crate) fn source(dockerfile: Option<&str>, context_hashes: &[String]) -> Api
         return Err(ApiError::bad_request("the Dockerfile has no FROM line: start it with FROM <local image>"));
     }
     Ok(Source::Dockerfile(dockerfile.to_owned()))
+}
+
+/// Refuses with 400 a source that names an image `org` may not use: the image of a bare `FROM`, or every `FROM` and
+/// `COPY --from` image of a Dockerfile, whose other rules are checked too ([`dockerfile::check`]).
+pub(crate) async fn check_source(app: &App, conn: &mut AnyConnection, org: &str, source: &Source) -> ApiResult<()> {
+    match source {
+        Source::Image(image) => images::check(app, conn, org, image, "FROM").await,
+        Source::Dockerfile(d) => {
+            for named in dockerfile::check(d)? {
+                images::check(app, conn, org, &named.image, named.instruction).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 pub(crate) fn context_unsupported() -> ApiError {

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use sandbar_proto::runner::{JobKind, SandboxState, fork_image};
+use sandbar_proto::runner::{JobKind, SandboxState, fork_image, reserved_env};
 use sqlx::AnyConnection;
 
-use super::{builds, network, placement, quota, state};
+use super::{builds, images, network, placement, quota, state};
 use crate::App;
 use crate::error::{ApiError, ApiResult, new_token};
 use crate::jobs;
@@ -18,6 +18,25 @@ use crate::store::snapshots;
 pub const DEFAULT_AUTO_STOP: i64 = 15;
 pub const DEFAULT_AUTO_ARCHIVE: i64 = 7 * 24 * 60;
 pub const DEFAULT_AUTO_DELETE: i64 = -1;
+
+/// The longest timer interval accepted, in minutes (ten years): beyond it a deadline means nothing, and a huge one
+/// once overflowed the timers' arithmetic for every tenant.
+pub const MAX_INTERVAL_MINUTES: i64 = 10 * 366 * 24 * 60;
+
+/// Refuses with 400 a timer interval (`name`, in minutes) below `min` or above [`MAX_INTERVAL_MINUTES`].
+pub fn check_interval(name: &str, value: i64, min: i64) -> ApiResult<()> {
+    if (min..=MAX_INTERVAL_MINUTES).contains(&value) {
+        return Ok(());
+    }
+    let floor = match min {
+        -1 => "-1 (never)",
+        0 => "0 (never)",
+        _ => "1",
+    };
+    Err(ApiError::bad_request(format!(
+        "{name} must be between {floor} and {MAX_INTERVAL_MINUTES} minutes (ten years), got {value}"
+    )))
+}
 
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -152,13 +171,23 @@ async fn resolve(app: &App, org: &str, ask: &ImageAsk) -> ApiResult<Resolved> {
                         dockerfile: None,
                     }
                 }
-                // Otherwise the name of a local image.
-                None => Resolved { image: s.clone(), ..Resolved::default() },
+                // Otherwise an image the organization may name (never another organization's).
+                None => {
+                    images::check(app, &mut conn, org, s, "snapshot").await?;
+                    Resolved { image: s.clone(), ..Resolved::default() }
+                }
             }
         }
-        ImageAsk::Image(i) => Resolved { image: i.clone(), ..Resolved::default() },
+        ImageAsk::Image(i) => {
+            let mut conn = app.db.pool.acquire().await?;
+            images::check(app, &mut conn, org, i, "image").await?;
+            Resolved { image: i.clone(), ..Resolved::default() }
+        }
         ImageAsk::Build { dockerfile, context_hashes } => {
-            match builds::source(dockerfile.as_deref(), context_hashes)? {
+            let source = builds::source(dockerfile.as_deref(), context_hashes)?;
+            let mut conn = app.db.pool.acquire().await?;
+            builds::check_source(app, &mut conn, org, &source).await?;
+            match source {
                 builds::Source::Image(image) => Resolved { image, ..Resolved::default() },
                 builds::Source::Dockerfile(d) => {
                     Resolved { image: builds::image_for(&d), dockerfile: Some(d), ..Resolved::default() }
@@ -183,6 +212,11 @@ pub async fn create(app: &App, org: &str, new: NewSandbox) -> ApiResult<Row> {
     };
     if let Some(k) = new.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
         return Err(ApiError::bad_request(format!("invalid environment variable name {k:?}")));
+    }
+    if let Some(k) = new.env.keys().find(|k| reserved_env(k)) {
+        return Err(ApiError::bad_request(format!(
+            "environment variable {k} is reserved (SANDBAR_* and RUST_LOG configure sandbar's daemon); use another name"
+        )));
     }
     let l = app.config.limits;
     let (dcpu, dmem, ddisk) = resolved.defaults.unwrap_or((l.default_cpu, l.default_memory, l.default_disk));

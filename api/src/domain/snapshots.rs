@@ -1,5 +1,5 @@
 //! Snapshots. A snapshot is a name for a local image plus default resources: there is no registry, so one made
-//! from `imageName` is recorded `active` at once, and a sandbox created from it runs that image (a missing image
+//! from `imageName` (an image the organization may name, see [`super::images`]) is recorded `active` at once, and a sandbox created from it runs that image (a missing image
 //! shows as the sandbox's `error` with the runner's reason). One with a `buildInfo` Dockerfile beyond `FROM image`
 //! is built on a runner (`building`, then `active` or `build_failed`; see [`super::builds`]), and sandboxes from it
 //! go to that runner. One taken from a sandbox (`POST /sandbox/{id}/snapshot`) is the sandbox's filesystem
@@ -48,6 +48,11 @@ pub async fn create(app: &App, org: &str, new: NewImageSnapshot) -> ApiResult<Sn
     if snapshots::find(&mut tx, org, &new.name).await?.is_some() {
         return Err(ApiError::conflict(format!("Snapshot with name {} already exists", new.name)));
     }
+    let source = match &new.dockerfile {
+        Some(d) => builds::Source::Dockerfile(d.clone()),
+        None => builds::Source::Image(new.image.clone()),
+    };
+    builds::check_source(app, &mut tx, org, &source).await?;
     let build = match &new.dockerfile {
         Some(d) => Some(builds::attach(app, &mut tx, org, d, (0, 0, 0)).await?),
         None => None,
@@ -137,11 +142,19 @@ pub async fn delete(app: &App, snap: &SnapshotRow) -> ApiResult<()> {
     let now = app.now();
     let mut tx = app.db.pool.begin().await?;
     let users = sandboxes::users_of_image(&mut tx, &snap.image_name).await?;
-    if !users.is_empty() {
+    // Only the snapshot's own organization's sandboxes are named: others' names and ids are not the caller's to see.
+    let own: Vec<&str> = users.iter().filter(|(_, o)| *o == snap.organization_id).map(|(n, _)| n.as_str()).collect();
+    if !own.is_empty() {
         return Err(ApiError::conflict(format!(
             "Snapshot {} is used by sandbox(es) {}; delete them first",
             snap.name,
-            users.join(", ")
+            own.join(", ")
+        )));
+    }
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "Snapshot {} is still in use by a sandbox and cannot be deleted yet",
+            snap.name
         )));
     }
     snapshots::delete(&mut tx, &snap.id).await?;

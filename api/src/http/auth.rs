@@ -1,6 +1,7 @@
-//! The extractors that authenticate a request: users by API key ([`Caller`]), runners and the proxy by their
-//! service tokens ([`RunnerAuth`], [`ProxyAuth`]; compared in constant time). Keys themselves live in
-//! `crate::store::orgs`.
+//! The extractors that authenticate a request: users by API key ([`Caller`]), the proxy by its service token
+//! ([`ProxyAuth`], compared in constant time), runners by the shared join token on registration only
+//! ([`RunnerJoin`]) and by their own credential, bound to their id, everywhere else ([`RunnerAuth`]). Keys
+//! themselves live in `crate::store::orgs`, runner credentials (hashed) in `crate::store::runners`.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -60,15 +61,50 @@ fn service(parts: &Parts, app: &App, want: Service) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A request from a runner (its service token).
+/// A runner's registration: the shared join token (`--runner-token`), accepted on `POST /runners/{id}/register`
+/// only.
 #[derive(Debug, Clone, Copy)]
-pub struct RunnerAuth;
+pub struct RunnerJoin;
+
+impl FromRequestParts<App> for RunnerJoin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        service(parts, app, Service::Runner).map(|()| Self)
+    }
+}
+
+/// A request from runner `runner_id` (the path's): its own credential, issued by its registration. Another
+/// runner's credential is a 403, the join token or an unknown credential a 401, so one runner cannot read, claim
+/// or answer another's jobs nor report its sandboxes.
+#[derive(Debug, Clone)]
+pub struct RunnerAuth {
+    pub runner_id: String,
+}
 
 impl FromRequestParts<App> for RunnerAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        service(parts, app, Service::Runner).map(|()| Self)
+        let params = axum::extract::RawPathParams::from_request_parts(parts, app)
+            .await
+            .map_err(|_| ApiError::bad_request("runner routes need a runner id in the path"))?;
+        let path_id = params
+            .iter()
+            .find(|(k, _)| *k == "runner_id")
+            .map(|(_, v)| v.to_owned())
+            .ok_or_else(|| ApiError::bad_request("runner routes need a runner id in the path"))?;
+        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("missing runner credential"))?;
+        let owner = crate::store::runners::of_credential(&app.db.pool, &crate::store::sha256_hex(token)).await?;
+        match owner {
+            Some(id) if sandbar_support::ct_eq(id.as_bytes(), path_id.as_bytes()) => Ok(Self { runner_id: id }),
+            Some(_) => {
+                Err(ApiError::forbidden(format!("this runner credential is not the credential of runner {path_id}")))
+            }
+            None => Err(ApiError::unauthorized(
+                "unknown runner credential: register first (POST /runners/{id}/register with the join token)",
+            )),
+        }
     }
 }
 

@@ -174,6 +174,7 @@ pub const OPERATIONS: &[Operation] = &[
     ("GET", "/snapshots/{snapshotIdOrName}", "getSnapshot", None, 200, Some("SnapshotDto"), "snapshots"),
     ("DELETE", "/snapshots/{snapshotIdOrName}", "removeSnapshot", None, 200, None, "snapshots"),
     ("POST", "/snapshots/{snapshotIdOrName}/activate", "activateSnapshot", None, 200, Some("SnapshotDto"), "snapshots"),
+    ("POST", "/runners/{runnerId}/register", "runnerRegister", None, 200, None, "runner"),
     ("POST", "/runners/{runnerId}/heartbeat", "runnerHeartbeat", None, 200, None, "runner"),
     ("GET", "/runners/{runnerId}/jobs", "runnerPollJobs", None, 200, None, "runner"),
     ("POST", "/runners/{runnerId}/jobs/{jobId}/result", "runnerJobResult", None, 204, None, "runner"),

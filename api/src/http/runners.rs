@@ -9,10 +9,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sandbar_proto::api::{HeartbeatResponse, MAX_POLL_WAIT_SECS};
+use sandbar_proto::api::{HeartbeatResponse, MAX_POLL_WAIT_SECS, RunnerRegistration};
 use sandbar_proto::runner::{JobResult, RunnerStatus, SandboxInfo, StateChange};
 
-use super::auth::RunnerAuth;
+use super::auth::{RunnerAuth, RunnerJoin};
 use super::error::{ApiError, ApiResult, Json, Path, QueryPairs};
 use crate::App;
 use crate::domain::apply;
@@ -21,6 +21,7 @@ use crate::store::runners;
 
 pub fn routes() -> Router<App> {
     Router::new()
+        .route("/runners/{runner_id}/register", post(register))
         .route("/runners/{runner_id}/heartbeat", post(heartbeat))
         .route("/runners/{runner_id}/jobs", get(poll))
         .route("/runners/{runner_id}/jobs/{job_id}/result", post(result))
@@ -44,6 +45,16 @@ fn same_id(what: &str, body: &str, path: &str) -> ApiResult<()> {
         return Ok(());
     }
     Err(ApiError::bad_request(format!("{what} {body:?} in the body does not match {path:?} in the path")))
+}
+
+/// `POST /runners/{id}/register` with the join token: a fresh credential for runner `id` (the previous one stops
+/// working), stored hashed. A runner registers at start and keeps the credential in memory.
+async fn register(State(app): State<App>, _: RunnerJoin, Path(runner_id): Path<String>) -> ApiResult<Response> {
+    valid_id(&runner_id)?;
+    let credential = crate::error::new_token(32)?;
+    runners::set_credential(&app.db.pool, &runner_id, &crate::store::sha256_hex(&credential), app.now()).await?;
+    tracing::info!(runner_id = %runner_id, "runner registered");
+    Ok(Json(RunnerRegistration { credential }).into_response())
 }
 
 async fn heartbeat(

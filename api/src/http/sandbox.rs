@@ -17,7 +17,8 @@ use super::error::{ApiError, ApiResult, Json, Path, QueryPairs};
 use crate::App;
 use crate::domain::apply::act;
 use crate::domain::sandboxes::{
-    self, Change, DEFAULT_AUTO_ARCHIVE, DEFAULT_AUTO_DELETE, DEFAULT_AUTO_STOP, ImageAsk, NewSandbox, check_resources,
+    self, Change, DEFAULT_AUTO_ARCHIVE, DEFAULT_AUTO_DELETE, DEFAULT_AUTO_STOP, ImageAsk, NewSandbox, check_interval,
+    check_resources,
 };
 use crate::domain::state::{self, Action};
 use crate::domain::{lifecycle, network};
@@ -60,11 +61,15 @@ fn check_create(app: &App, body: &CreateSandboxBody) -> ApiResult<Option<String>
             "volumes are not supported by sandbar yet; create the sandbox without volumes",
         ));
     }
-    if let Some(n) = body.auto_stop_interval.filter(|n| *n < 0) {
-        return Err(ApiError::bad_request(format!("autoStopInterval must be 0 (never) or more minutes, got {n}")));
+    if let Some(n) = body.auto_stop_interval {
+        check_interval("autoStopInterval", n, 0)?;
     }
-    if let Some(n) = body.auto_archive_interval.filter(|n| *n < 0) {
-        return Err(ApiError::bad_request(format!("autoArchiveInterval must be 0 or more minutes, got {n}")));
+    if let Some(n) = body.auto_archive_interval {
+        check_interval("autoArchiveInterval", n, 0)?;
+    }
+    if let Some(n) = body.auto_delete_interval {
+        // Daytona's SDK sends any negative number for "never".
+        check_interval("autoDeleteInterval", n.max(-1), -1)?;
     }
     network::refuse_domains(body.domain_allow_list.as_deref())?;
     Ok(body.network_allow_list.as_deref().map(network::normalise_allow_list).transpose()?.flatten())
@@ -81,8 +86,11 @@ async fn create(State(app): State<App>, caller: Caller, Json(body): Json<CreateS
         }
         _ => ImageAsk::Default,
     };
-    let auto_delete =
-        if body.ephemeral.unwrap_or(false) { 0 } else { body.auto_delete_interval.unwrap_or(DEFAULT_AUTO_DELETE) };
+    let auto_delete = if body.ephemeral.unwrap_or(false) {
+        0
+    } else {
+        body.auto_delete_interval.unwrap_or(DEFAULT_AUTO_DELETE).max(-1)
+    };
     let new = NewSandbox {
         name: body.name,
         image,
@@ -242,9 +250,7 @@ async fn set_autostop(
     caller: Caller,
     Path((id, n)): Path<(String, i64)>,
 ) -> ApiResult<Response> {
-    if n < 0 {
-        return Err(ApiError::bad_request(format!("auto-stop interval must be 0 (never) or more minutes, got {n}")));
-    }
+    check_interval("auto-stop interval", n, 0)?;
     set(&app, &caller, &id, Setting::AutoStop, n).await
 }
 
@@ -253,9 +259,7 @@ async fn set_autoarchive(
     caller: Caller,
     Path((id, n)): Path<(String, i64)>,
 ) -> ApiResult<Response> {
-    if n < 0 {
-        return Err(ApiError::bad_request(format!("auto-archive interval must be 0 or more minutes, got {n}")));
-    }
+    check_interval("auto-archive interval", n, 0)?;
     let n = if n == 0 { DEFAULT_AUTO_ARCHIVE } else { n };
     set(&app, &caller, &id, Setting::AutoArchive, n).await
 }
@@ -265,6 +269,7 @@ async fn set_autodelete(
     caller: Caller,
     Path((id, n)): Path<(String, i64)>,
 ) -> ApiResult<Response> {
+    check_interval("auto-delete interval", n.max(-1), -1)?;
     set(&app, &caller, &id, Setting::AutoDelete, n.max(-1)).await
 }
 

@@ -22,6 +22,16 @@ pub async fn reusable(
     .await
 }
 
+/// True when `org` has a build of the Dockerfile `hash` (whatever its state): its image is the organization's.
+pub async fn owned(conn: &mut AnyConnection, org: &str, hash: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM builds WHERE organization_id = $1 AND dockerfile_hash = $2")
+        .bind(org)
+        .bind(hash)
+        .fetch_one(conn)
+        .await?;
+    Ok(n > 0)
+}
+
 /// The columns of a new build.
 #[derive(Debug)]
 pub struct NewBuild<'a> {

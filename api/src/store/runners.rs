@@ -101,3 +101,25 @@ pub async fn of_build(conn: &mut AnyConnection, build_id: &str) -> Result<Option
     .fetch_optional(conn)
     .await
 }
+
+/// Records `hash` as runner `runner_id`'s credential, replacing any earlier one.
+pub async fn set_credential(pool: &AnyPool, runner_id: &str, hash: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO runner_credentials (runner_id, credential_hash, issued_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (runner_id) DO UPDATE SET credential_hash = excluded.credential_hash, issued_at = excluded.issued_at",
+    )
+    .bind(runner_id)
+    .bind(hash)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The runner a credential (by its hash) was issued to.
+pub async fn of_credential(pool: &AnyPool, hash: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT runner_id FROM runner_credentials WHERE credential_hash = $1")
+        .bind(hash)
+        .fetch_optional(pool)
+        .await
+}

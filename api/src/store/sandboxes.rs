@@ -414,10 +414,11 @@ pub async fn on_runner(conn: &mut AnyConnection, runner: &str) -> Result<Vec<(St
         .await
 }
 
-/// Names of (at most five) live sandboxes running `image`.
-pub async fn users_of_image(conn: &mut AnyConnection, image: &str) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT name FROM sandboxes WHERE snapshot = $1 AND state <> 'destroyed' ORDER BY created_at LIMIT 5",
+/// `(name, organization)` of (at most five) live sandboxes running `image`.
+pub async fn users_of_image(conn: &mut AnyConnection, image: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, organization_id FROM sandboxes WHERE snapshot = $1 AND state <> 'destroyed' \
+         ORDER BY created_at LIMIT 5",
     )
     .bind(image)
     .fetch_all(conn)
@@ -524,18 +525,22 @@ pub enum Timer {
     AutoArchive,
 }
 
-/// Ids of the sandboxes whose `timer` is due at `now`.
+/// Ids of the sandboxes whose `timer` is due at `now`. `since + interval * 60000 <= now` is written as
+/// `interval <= (now - since) / 60000` (with `since <= now`), which cannot overflow whatever an interval holds: one
+/// row's huge value must not fail the query, and with it every tenant's timers (PostgreSQL raises on overflow).
 pub async fn due(pool: &AnyPool, timer: Timer, now: i64) -> Result<Vec<String>, sqlx::Error> {
     let sql = match timer {
         Timer::AutoStop => {
-            "SELECT id FROM sandboxes WHERE state = 'started' AND auto_stop > 0 AND last_activity_at + auto_stop * 60000 <= $1"
+            "SELECT id FROM sandboxes WHERE state = 'started' AND auto_stop > 0 AND last_activity_at <= $1 \
+             AND auto_stop <= ($1 - last_activity_at) / 60000"
         }
         Timer::AutoDelete => {
             "SELECT id FROM sandboxes WHERE state IN ('stopped', 'archived') AND auto_delete >= 0 \
-             AND state_at + auto_delete * 60000 <= $1"
+             AND state_at <= $1 AND auto_delete <= ($1 - state_at) / 60000"
         }
         Timer::AutoArchive => {
-            "SELECT id FROM sandboxes WHERE state = 'stopped' AND auto_archive > 0 AND state_at + auto_archive * 60000 <= $1"
+            "SELECT id FROM sandboxes WHERE state = 'stopped' AND auto_archive > 0 AND state_at <= $1 \
+             AND auto_archive <= ($1 - state_at) / 60000"
         }
     };
     sqlx::query_scalar(sql).bind(now).fetch_all(pool).await

@@ -177,8 +177,18 @@ async fn heartbeat(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
         disk_enforced: false,
         cgroup_version: 2,
     };
-    http.post(format!("{base}/runners/bench/heartbeat"))
+    // Registered anew each time (a credential bound to the runner id; the join token opens nothing else).
+    let reg: serde_json::Value = http
+        .post(format!("{base}/runners/bench/register"))
         .bearer_auth(RUNNER_TOKEN)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let credential = reg["credential"].as_str().unwrap_or_default().to_owned();
+    http.post(format!("{base}/runners/bench/heartbeat"))
+        .bearer_auth(credential)
         .json(&status)
         .send()
         .await?

@@ -1,9 +1,14 @@
 //! The HTTP client of the control plane's runner routes (`/runners/{id}/...`): heartbeat, job poll, results, build
-//! log lines, state changes and the full picture, each with the runner's service token.
+//! log lines, state changes and the full picture. The shared join token is sent only to register
+//! (`POST /runners/{id}/register`), which answers a credential bound to this runner's id; every other call carries
+//! that credential, kept in memory only (a restarted runner registers again). A 401 (the API forgot it, or another
+//! registration under this id replaced it) registers once more and retries the call.
 
 use std::time::Duration;
 
-use sandbar_proto::api::{BuildLog, HeartbeatResponse, MAX_POLL_WAIT_SECS};
+use std::sync::Arc;
+
+use sandbar_proto::api::{BuildLog, HeartbeatResponse, MAX_POLL_WAIT_SECS, RunnerRegistration};
 use sandbar_proto::runner::{Job, JobResult, SandboxInfo, StateChange};
 
 use crate::Runner;
@@ -14,7 +19,10 @@ pub struct ControlPlane {
     http: reqwest::Client,
     /// The API's base URL including `/api`, without a trailing slash.
     base: String,
+    /// The join token, for registering only.
     token: String,
+    /// `(runner id, credential)` from the last registration.
+    credential: Arc<tokio::sync::Mutex<Option<(String, String)>>>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -39,11 +47,51 @@ impl ControlPlane {
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Self { http, base: api_url.trim_end_matches('/').to_owned(), token: token.into() })
+        Ok(Self {
+            http,
+            base: api_url.trim_end_matches('/').to_owned(),
+            token: token.into(),
+            credential: Arc::default(),
+        })
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ControlPlaneError> {
-        let resp = req.bearer_auth(&self.token).send().await?;
+    /// This runner's credential: the one held, or a new registration's when none is held or the held one is
+    /// `refused` (another call may have renewed it meanwhile: then that one is used).
+    async fn credential(&self, runner_id: &str, refused: Option<&str>) -> Result<String, ControlPlaneError> {
+        let mut held = self.credential.lock().await;
+        if let Some((id, c)) = held.as_ref()
+            && id == runner_id
+            && Some(c.as_str()) != refused
+        {
+            return Ok(c.clone());
+        }
+        let req = self.http.post(self.url(runner_id, "register")).timeout(Duration::from_secs(10));
+        let resp = Self::checked(req.bearer_auth(&self.token).send().await?).await?;
+        let reg: RunnerRegistration = resp.json().await?;
+        tracing::info!(runner_id, "registered with the control plane");
+        *held = Some((runner_id.to_owned(), reg.credential.clone()));
+        Ok(reg.credential)
+    }
+
+    /// Sends `req` as runner `runner_id`, registering first when needed and once more on a 401.
+    async fn send(
+        &self,
+        runner_id: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ControlPlaneError> {
+        let again = req.try_clone();
+        let used = self.credential(runner_id, None).await?;
+        let resp = req.bearer_auth(&used).send().await?;
+        let resp = match again {
+            Some(again) if resp.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                again.bearer_auth(self.credential(runner_id, Some(&used)).await?).send().await?
+            }
+            _ => resp,
+        };
+        Self::checked(resp).await
+    }
+
+    async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, ControlPlaneError> {
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -63,7 +111,7 @@ impl ControlPlane {
     pub async fn heartbeat(&self, runner: &Runner) -> Result<HeartbeatResponse, ControlPlaneError> {
         let status = runner.status();
         let req = self.http.post(self.url(&status.runner_id, "heartbeat")).timeout(Duration::from_secs(10));
-        Ok(self.send(req.json(&status)).await?.json().await?)
+        Ok(self.send(&status.runner_id, req.json(&status)).await?.json().await?)
     }
 
     /// Long-polls for jobs; `[]` after `wait`.
@@ -71,27 +119,27 @@ impl ControlPlane {
         let secs = wait.as_secs().min(MAX_POLL_WAIT_SECS);
         let req =
             self.http.get(self.url(runner_id, "jobs")).query(&[("wait", secs)]).timeout(Duration::from_secs(secs + 10));
-        Ok(self.send(req).await?.json().await?)
+        Ok(self.send(runner_id, req).await?.json().await?)
     }
 
     pub async fn report(&self, runner_id: &str, result: &JobResult) -> Result<(), ControlPlaneError> {
         let url = self.url(runner_id, &format!("jobs/{}/result", result.job_id));
-        self.send(self.http.post(url).timeout(Duration::from_secs(10)).json(result)).await.map(drop)
+        self.send(runner_id, self.http.post(url).timeout(Duration::from_secs(10)).json(result)).await.map(drop)
     }
 
     /// Lines of a running build job's output.
     pub async fn build_log(&self, runner_id: &str, job_id: &str, log: &BuildLog) -> Result<(), ControlPlaneError> {
         let url = self.url(runner_id, &format!("jobs/{job_id}/log"));
-        self.send(self.http.post(url).timeout(Duration::from_secs(10)).json(log)).await.map(drop)
+        self.send(runner_id, self.http.post(url).timeout(Duration::from_secs(10)).json(log)).await.map(drop)
     }
 
     pub async fn report_states(&self, runner_id: &str, changes: &[StateChange]) -> Result<(), ControlPlaneError> {
         let req = self.http.post(self.url(runner_id, "states")).timeout(Duration::from_secs(10));
-        self.send(req.json(changes)).await.map(drop)
+        self.send(runner_id, req.json(changes)).await.map(drop)
     }
 
     pub async fn report_sandboxes(&self, runner_id: &str, list: &[SandboxInfo]) -> Result<(), ControlPlaneError> {
         let req = self.http.post(self.url(runner_id, "sandboxes")).timeout(Duration::from_secs(30));
-        self.send(req.json(list)).await.map(drop)
+        self.send(runner_id, req.json(list)).await.map(drop)
     }
 }

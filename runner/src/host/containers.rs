@@ -59,6 +59,9 @@ impl Inner {
         if req.image.trim().is_empty() {
             return bad("image must not be empty".into());
         }
+        if image::looks_like_id(&req.image) {
+            return bad(format!("image {:?} looks like an image ID or digest; name images by reference", req.image));
+        }
         if matches!(&req.entrypoint, Some(argv) if argv.is_empty()) {
             return bad("entrypoint, when given, must not be empty".into());
         }
@@ -66,7 +69,7 @@ impl Inner {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return bad(format!("invalid environment variable name {key:?}"));
             }
-            if RESERVED_ENV.contains(&key.as_str()) {
+            if RESERVED_ENV.contains(&key.as_str()) || sandbar_proto::runner::reserved_env(key) {
                 return bad(format!("{key} is set by the runner"));
             }
         }

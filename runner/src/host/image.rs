@@ -33,6 +33,16 @@ impl ImageInfo {
     }
 }
 
+/// True for references Docker would resolve as an image ID, an ID prefix or a digest (`sha256:...`, `x@sha256:...`,
+/// bare hex): the control plane names images only by reference, so such a name is refused (it could reach another
+/// organization's image).
+pub fn looks_like_id(reference: &str) -> bool {
+    let r = reference.trim();
+    r.contains('@')
+        || r.to_ascii_lowercase().starts_with("sha256:")
+        || (!r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Inspects a local image; `Ok(None)` when it is not there.
 pub async fn inspect(docker: &Docker, reference: &str) -> Result<Option<ImageInfo>, bollard::errors::Error> {
     match docker.inspect_image(reference).await {

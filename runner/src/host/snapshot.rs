@@ -9,12 +9,8 @@
 
 use std::collections::HashMap;
 
-use bollard::body_full;
 use bollard::models::ContainerConfig;
-use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CommitContainerOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
-};
-use futures_util::StreamExt;
+use bollard::query_parameters::{CommitContainerOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
 use sandbar_proto::runner::{SandboxState, labels};
 
 use super::image::{self, ImageInfo};
@@ -25,6 +21,54 @@ use crate::error::{SandboxError, SnapshotError, docker_status};
 pub const SNAPSHOT_LABEL: &str = "sandbar.snapshot";
 /// Label naming the sandbox a committed snapshot came from.
 pub const SNAPSHOT_SOURCE_LABEL: &str = "sandbar.snapshot.source";
+
+/// What every build's `RUN` steps run under: no network (dockerd would otherwise fetch and connect from the
+/// host's network namespace's view of the bridge), a memory cap without swap, one core, and a process cap
+/// (`RLIMIT_NPROC`, counted per user in the build container's user namespace; Docker's build API has no pids
+/// limit, and bollard's build options have no `ulimits`, hence [`Runner::post_build`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BuildLimits {
+    pub memory_bytes: i64,
+    pub cpu_period_us: i64,
+    pub cpu_quota_us: i64,
+    pub nproc: i64,
+}
+
+pub const BUILD_LIMITS: BuildLimits =
+    BuildLimits { memory_bytes: 2 << 30, cpu_period_us: 100_000, cpu_quota_us: 100_000, nproc: 512 };
+
+/// The query of Docker's `POST /build` for image `name` under `limits`.
+fn build_query(name: &str, labels_json: &str, limits: &BuildLimits) -> Vec<(&'static str, String)> {
+    let ulimits = serde_json::json!([{ "Name": "nproc", "Soft": limits.nproc, "Hard": limits.nproc }]).to_string();
+    vec![
+        ("dockerfile", "Dockerfile".into()),
+        ("t", name.to_owned()),
+        ("rm", "1".into()),
+        ("forcerm", "1".into()),
+        ("labels", labels_json.to_owned()),
+        ("networkmode", "none".into()),
+        ("memory", limits.memory_bytes.to_string()),
+        ("memswap", limits.memory_bytes.to_string()),
+        ("cpuperiod", limits.cpu_period_us.to_string()),
+        ("cpuquota", limits.cpu_quota_us.to_string()),
+        ("ulimits", ulimits),
+    ]
+}
+
+/// One line of Docker's build stream.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BuildMessage {
+    stream: Option<String>,
+    status: Option<String>,
+    error: Option<String>,
+    error_detail: Option<ErrorDetail>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ErrorDetail {
+    message: Option<String>,
+}
 
 /// `name` or `name:tag`, lowercase, as Docker accepts for local references.
 pub(crate) fn valid_reference(name: &str) -> bool {
@@ -70,6 +114,11 @@ pub(crate) fn base_images(dockerfile: &str) -> Result<Vec<String>, SnapshotError
                 "FROM with a build argument is not supported: {line:?}"
             )));
         }
+        if image::looks_like_id(image) {
+            return Err(SnapshotError::InvalidDockerfile(format!(
+                "FROM an image ID or digest is not allowed: {line:?}"
+            )));
+        }
         if image != "scratch" && !stages.iter().any(|s| s.eq_ignore_ascii_case(image)) {
             bases.push(image.to_owned());
         }
@@ -78,6 +127,25 @@ pub(crate) fn base_images(dockerfile: &str) -> Result<Vec<String>, SnapshotError
         return Err(SnapshotError::InvalidDockerfile("no FROM line".into()));
     }
     Ok(bases)
+}
+
+fn env_key(kv: &str) -> &str {
+    kv.split_once('=').map_or(kv, |(k, _)| k)
+}
+
+/// The environment a committed image gets: `image_env` (what the container's image gave it), with every other
+/// variable of the container (`container_env`: the caller's and the runner's) set empty, because Docker's commit
+/// merges the container's variables back in for keys the new config does not name.
+pub(crate) fn commit_env(image_env: Vec<String>, container_env: Vec<String>) -> Vec<String> {
+    let mut env = image_env;
+    let mut keys: std::collections::HashSet<String> = env.iter().map(|kv| env_key(kv).to_owned()).collect();
+    for kv in container_env.iter().map(String::as_str).chain(RESERVED_ENV.iter().copied()) {
+        let key = env_key(kv);
+        if keys.insert(key.to_owned()) {
+            env.push(format!("{key}="));
+        }
+    }
+    env
 }
 
 fn is_root(user: &str) -> bool {
@@ -165,39 +233,43 @@ impl Runner {
         }
         let dockerfile = root_steps(dockerfile, &base_users);
         let context = context_tar(&dockerfile).map_err(|e| SnapshotError::Internal(e.to_string()))?;
-        let build_labels = HashMap::from([(SNAPSHOT_LABEL, name)]);
-        let opts = BuildImageOptionsBuilder::default()
-            .dockerfile("Dockerfile")
-            .t(name)
-            .rm(true)
-            .forcerm(true)
-            .labels(&build_labels)
-            .build();
-        let mut stream = self.docker().build_image(opts, None, Some(body_full(context.into())));
+        let mut response = self.post_build(name, context).await?;
         let mut pending = String::new();
         let mut tail: Vec<String> = Vec::new();
-        while let Some(item) = stream.next().await {
-            let info = match item {
-                Ok(info) => info,
-                // bollard turns the build's `errorDetail` into this: log it like any other line.
-                Err(bollard::errors::Error::DockerStreamError { error }) => {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let chunk = response.chunk().await.map_err(|e| SnapshotError::Internal(format!("build stream: {e}")))?;
+            let end = chunk.is_none();
+            if let Some(bytes) = chunk {
+                buf.extend_from_slice(&bytes);
+            }
+            // Docker sends one JSON object per line.
+            let mut lines: Vec<Vec<u8>> = Vec::new();
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let mut line: Vec<u8> = buf.drain(..=nl).collect();
+                line.pop();
+                lines.push(line);
+            }
+            if end && !buf.is_empty() {
+                lines.push(std::mem::take(&mut buf));
+            }
+            for line in lines {
+                let Ok(msg) = serde_json::from_slice::<BuildMessage>(&line) else { continue };
+                if let Some(text) = msg.stream.as_deref() {
+                    emit(text, &mut pending, &mut tail, &mut on_log);
+                }
+                if let Some(status) = msg.status.as_deref() {
+                    emit(&format!("{status}\n"), &mut pending, &mut tail, &mut on_log);
+                }
+                if let Some(message) = msg.error_detail.and_then(|d| d.message).or(msg.error) {
                     // The reason first, then the output that led to it.
                     let earlier = tail.join("\n");
-                    emit(&format!("{error}\n"), &mut pending, &mut tail, &mut on_log);
-                    return Err(SnapshotError::BuildFailed(format!("{error}\n{earlier}")));
+                    emit(&format!("{message}\n"), &mut pending, &mut tail, &mut on_log);
+                    return Err(SnapshotError::BuildFailed(format!("{message}\n{earlier}")));
                 }
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(text) = info.stream.as_deref() {
-                emit(text, &mut pending, &mut tail, &mut on_log);
             }
-            if let Some(status) = info.status.as_deref() {
-                emit(&format!("{status}\n"), &mut pending, &mut tail, &mut on_log);
-            }
-            if let Some(detail) = info.error_detail {
-                let message = detail.message.unwrap_or_default();
-                emit(&format!("{message}\n"), &mut pending, &mut tail, &mut on_log);
-                return Err(SnapshotError::BuildFailed(format!("{message}\n{}", tail.join("\n"))));
+            if end {
+                break;
             }
         }
         if !pending.is_empty() {
@@ -206,6 +278,43 @@ impl Runner {
         image::inspect(self.docker(), name)
             .await?
             .ok_or_else(|| SnapshotError::BuildFailed(format!("the build ended but {name} is missing")))
+    }
+
+    /// Starts Docker's build of `context` into `name` under [`BUILD_LIMITS`] and answers its streamed response.
+    /// bollard's build options have no `ulimits`, so the request is made here, on the same Docker endpoint.
+    async fn post_build(&self, name: &str, context: Vec<u8>) -> Result<reqwest::Response, SnapshotError> {
+        let internal = |e: String| SnapshotError::Internal(e);
+        let host = self.inner.config.docker_host.clone().or_else(|| std::env::var("DOCKER_HOST").ok());
+        let host = host.filter(|h| !h.is_empty()).unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let (client, base) = if let Some(path) = host.strip_prefix("unix://") {
+            (reqwest::Client::builder().unix_socket(path.to_owned()), "http://docker".to_owned())
+        } else if let Some(addr) = host.strip_prefix("tcp://") {
+            (reqwest::Client::builder(), format!("http://{addr}"))
+        } else {
+            return Err(internal(format!("builds need a unix:// or tcp:// Docker host, got {host:?}")));
+        };
+        let client = client.build().map_err(|e| internal(format!("Docker client: {e}")))?;
+        let labels = serde_json::json!({ SNAPSHOT_LABEL: name }).to_string();
+        let query = build_query(name, &labels, &BUILD_LIMITS);
+        let url = format!("{base}/v{}/build", self.docker().client_version());
+        let response = client
+            .post(url)
+            .query(&query)
+            .header("content-type", "application/x-tar")
+            .body(context)
+            .send()
+            .await
+            .map_err(|e| internal(format!("build request: {e}")))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            return Err(SnapshotError::BuildFailed(format!("Docker refused the build ({status}): {message}")));
+        }
+        Ok(response)
     }
 
     /// Commits a sandbox's filesystem (memory is not part of it) as snapshot `name`. The snapshot keeps the
@@ -239,14 +348,13 @@ impl Runner {
         let config = container.config.unwrap_or_default();
         // The container runs [daemon, --, argv...]: the snapshot's entrypoint is argv.
         let argv = strip_daemon(config.entrypoint.unwrap_or_default());
-        // Docker's commit merges the container's config back in for keys we do not set: blank ours explicitly.
-        let mut env: Vec<String> = config
-            .env
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|kv| !RESERVED_ENV.iter().any(|k| kv.split_once('=').is_some_and(|(key, _)| key == *k)))
-            .collect();
-        env.extend(RESERVED_ENV.iter().map(|k| format!("{k}=")));
+        // The image gets the environment its own image gave the container, never the caller's values (secrets)
+        // nor ours (the daemon token).
+        let image_env = match container.image.as_deref() {
+            Some(id) => self.docker().inspect_image(id).await?.config.and_then(|c| c.env).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let env = commit_env(image_env, config.env.unwrap_or_default());
         let mut image_labels: HashMap<String, String> = config
             .labels
             .unwrap_or_default()
@@ -346,6 +454,17 @@ mod tests {
         for bad in ["", "Snap", "snap:", "-x", "a//b", "snap:a/b", "sp ace", "x:é"] {
             assert!(!valid_reference(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn commits_keep_only_the_images_env() {
+        let image = vec!["PATH=/bin".to_owned(), "LANG=C".to_owned()];
+        let container = ["PATH=/evil", "LANG=C", "SECRET=hunter2", "SANDBAR_DAEMON_TOKEN=t"].map(String::from);
+        let env = commit_env(image, container.to_vec());
+        assert_eq!(
+            env,
+            ["PATH=/bin", "LANG=C", "SECRET=", "SANDBAR_DAEMON_TOKEN=", "SANDBAR_SANDBOX_ID=", "SANDBAR_TOOLBOX_ADDR="]
+        );
     }
 
     #[test]
