@@ -79,7 +79,7 @@ async fn authorize(State(app): State<App>, _: ProxyAuth, Json(req): Json<Authori
 }
 
 async fn ssh_resolve(State(app): State<App>, _: ProxyAuth, Json(req): Json<SshResolveRequest>) -> ApiResult<Response> {
-    Ok(Json(access::resolve_ssh(&app, &req.token).await?).into_response())
+    Ok(Json(access::resolve_ssh(&app, &req.token, req.recheck).await?).into_response())
 }
 
 async fn activity(State(app): State<App>, _: ProxyAuth, Json(report): Json<ActivityReport>) -> ApiResult<Response> {
