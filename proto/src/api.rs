@@ -176,9 +176,6 @@ pub struct AuthorizeResponse {
 #[serde(rename_all = "camelCase")]
 pub struct SshResolveRequest {
     pub token: String,
-    /// The gateway asking again about an open session: answer the same, but do not count it as activity.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub recheck: bool,
 }
 
 impl fmt::Debug for SshResolveRequest {

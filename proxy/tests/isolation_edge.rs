@@ -92,7 +92,8 @@ const COOKIE: u8 = 8;
 const APP_COOKIE: u8 = 16;
 
 fn describe(mask: u8) -> String {
-    let names = [(BEARER, "bearer"), (HEADER, "header"), (QUERY, "query"), (COOKIE, "cookie"), (APP_COOKIE, "app-cookie")];
+    let names =
+        [(BEARER, "bearer"), (HEADER, "header"), (QUERY, "query"), (COOKIE, "cookie"), (APP_COOKIE, "app-cookie")];
     names.iter().filter(|(b, _)| mask & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("+")
 }
 
@@ -207,7 +208,10 @@ async fn a_query_token_on_a_page_load_becomes_a_redirect_with_the_cookie() {
     assert_eq!(h["location"], "/page?a=1&b=2");
     assert_eq!(h["referrer-policy"], "no-referrer");
     let cookie = h["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.starts_with(&format!("sandbar_preview_token={PREVIEW};")) && cookie.contains("HttpOnly"), "{cookie}");
+    assert!(
+        cookie.starts_with(&format!("sandbar_preview_token={PREVIEW};")) && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     // The browser follows it with the cookie and gets the page; the app sees neither.
     let pair = cookie.split(';').next().unwrap().to_owned();
     let r = w.http.get(w.proxy.http_url("/page?a=1&b=2")).header("host", &host).header("cookie", pair).send().await;
@@ -233,7 +237,10 @@ async fn preview_tokens_and_cookies_never_open_the_daemon_ports() {
         for (how, r) in [
             ("header", w.http.get(w.proxy.http_url("/version")).header("x-daytona-preview-token", PREVIEW)),
             ("query", w.http.get(w.proxy.http_url(&format!("/version?DAYTONA_SANDBOX_AUTH_KEY={PREVIEW}")))),
-            ("cookie", w.http.get(w.proxy.http_url("/version")).header("cookie", format!("sandbar_preview_token={PREVIEW}"))),
+            (
+                "cookie",
+                w.http.get(w.proxy.http_url("/version")).header("cookie", format!("sandbar_preview_token={PREVIEW}")),
+            ),
         ] {
             let r = r.header("host", &host).send().await.unwrap();
             assert_eq!(r.status(), 401, "preview token ({how}) on {port}");

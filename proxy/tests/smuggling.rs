@@ -189,10 +189,7 @@ fn cases() -> Vec<(&'static str, String)> {
                 "POST /toolbox/sbx2/a HTTP/1.1\r\n{head}\r\nContent-Length: 5\r\nTransfer-Encoding:\r\n chunked\r\n\r\nhello{hidden}"
             ),
         ),
-        (
-            "obs-fold header",
-            format!("GET /toolbox/sbx2/a HTTP/1.1\r\n{head}\r\nX-Folded: a\r\n b\r\n\r\n"),
-        ),
+        ("obs-fold header", format!("GET /toolbox/sbx2/a HTTP/1.1\r\n{head}\r\nX-Folded: a\r\n b\r\n\r\n")),
         (
             "Transfer-Encoding: chunked, identity",
             format!(
@@ -217,19 +214,28 @@ fn cases() -> Vec<(&'static str, String)> {
         ),
         (
             "absolute-form with another Host",
-            format!("GET http://localhost/toolbox/sbx2/a HTTP/1.1\r\nHost: 3000-sbx1.localhost\r\nAuthorization: Bearer {KEY}\r\n\r\n"),
+            format!(
+                "GET http://localhost/toolbox/sbx2/a HTTP/1.1\r\nHost: 3000-sbx1.localhost\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+            ),
         ),
         (
             "absolute-form to another sandbox than Host",
-            format!("GET http://3000-sbx1.localhost/a HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\n\r\n"),
+            format!(
+                "GET http://3000-sbx1.localhost/a HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+            ),
         ),
         (
             "bare LF line endings",
-            format!("POST /toolbox/sbx2/a HTTP/1.1\n{}\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\n\n{hidden}", head.replace("\r\n", "\n")),
+            format!(
+                "POST /toolbox/sbx2/a HTTP/1.1\n{}\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\n\n{hidden}",
+                head.replace("\r\n", "\n")
+            ),
         ),
         (
             "well-formed chunked (control)",
-            format!("POST /toolbox/sbx2/a HTTP/1.1\r\n{head}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            format!(
+                "POST /toolbox/sbx2/a HTTP/1.1\r\n{head}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
         ),
         (
             "well-formed length (control)",
@@ -256,7 +262,10 @@ async fn the_daemon_sees_one_well_framed_request_per_client_request() {
         assert!(follow.starts_with("HTTP/1.1 200"), "{name}: the follow-up failed: {follow}");
         let seen: Vec<Seen> = s.log.lock().unwrap()[before..].to_vec();
         let (follow_ups, of_case): (Vec<&Seen>, Vec<&Seen>) = seen.iter().partition(|r| r.target == "/follow");
-        table.push(format!("{name:40} client got {status:6} daemon saw {:?}", of_case.iter().map(|r| (&r.method, &r.target, &r.framing)).collect::<Vec<_>>()));
+        table.push(format!(
+            "{name:40} client got {status:6} daemon saw {:?}",
+            of_case.iter().map(|r| (&r.method, &r.target, &r.framing)).collect::<Vec<_>>()
+        ));
         assert_eq!(follow_ups.len(), 1, "{name}: {seen:?}");
         assert!(seen.iter().all(|r| !r.ambiguous), "{name}: the daemon got an ambiguous request: {seen:?}");
         assert!(seen.iter().all(|r| !r.target.contains("smuggled")), "{name}: a hidden request got through: {seen:?}");

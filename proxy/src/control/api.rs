@@ -183,8 +183,9 @@ impl ApiClient {
     /// `POST /internal/ssh/resolve`: where an SSH-access token leads, or why not.
     /// `recheck`: the gateway asking again about an open session (not counted as activity).
     pub async fn ssh_resolve(&self, token: &str, recheck: bool) -> Result<SshResolution, ApiCallError> {
-        let req = sandbar_proto::api::SshResolveRequest { token: token.to_owned(), recheck };
-        let resp = self.send(self.http.post(self.url("/internal/ssh/resolve")).json(&req)).await?;
+        let req = sandbar_proto::api::SshResolveRequest { token: token.to_owned() };
+        let path = if recheck { "/internal/ssh/resolve?recheck=true" } else { "/internal/ssh/resolve" };
+        let resp = self.send(self.http.post(self.url(path)).json(&req)).await?;
         match resp.status() {
             StatusCode::OK => body(resp).await.map(SshResolution::Target),
             s @ (StatusCode::UNAUTHORIZED | StatusCode::CONFLICT | StatusCode::NOT_FOUND) => {

@@ -114,7 +114,12 @@ fn bearer(value: &str) -> Option<&str> {
 /// admitted), the preview-token header, and the proxy's cookie from every `Cookie` header (the others are kept,
 /// joined into one header as HTTP/2 clients split them). The query token is removed from the path by the caller.
 pub fn strip(req: &mut RequestHeader, drop_authorization: bool) {
-    let auth: Vec<String> = req.headers.get_all("authorization").iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+    let auth: Vec<String> = req
+        .headers
+        .get_all("authorization")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
     if !auth.is_empty() {
         let ours = |v: &str| drop_authorization || bearer(v).is_some_and(|t| t.starts_with(API_KEY_PREFIX));
         let kept: Vec<&String> = auth.iter().filter(|v| !ours(v)).collect();
@@ -225,10 +230,18 @@ impl EdgeProxy {
 
     /// Whether the credential that admitted a long-lived connection still opens its port (`Ok(false)`: revoked,
     /// or the sandbox is gone); the same questions as [`Self::access`], through the same cache.
-    pub(super) async fn still_granted(shared: &super::Shared, grant: &Grant, sandbox_id: &str, port: u16, route: &Route) -> Result<bool, crate::control::api::ApiCallError> {
+    pub(super) async fn still_granted(
+        shared: &super::Shared,
+        grant: &Grant,
+        sandbox_id: &str,
+        port: u16,
+        route: &Route,
+    ) -> Result<bool, crate::control::api::ApiCallError> {
         if let Some(token) = &grant.signed {
             return match shared.auth.resolve_signed(token, port, Some(route.version)).await? {
-                SignedPreview::Allowed(ok) => Ok(ok.sandbox_id == sandbox_id && ok.organization_id == route.organization_id),
+                SignedPreview::Allowed(ok) => {
+                    Ok(ok.sandbox_id == sandbox_id && ok.organization_id == route.organization_id)
+                }
                 SignedPreview::Refused(_) => Ok(false),
             };
         }

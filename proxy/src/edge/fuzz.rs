@@ -36,10 +36,57 @@ impl Rng {
     /// A string of 0..max pieces, each a fragment that means something to the parsers or a random byte.
     fn text(&mut self, max: usize) -> String {
         const PIECES: &[&str] = &[
-            "3000", "2280", "22222", "0", "65535", "65536", "99999999", "-", "_", ".", "..", ":", "::", "[", "]", "/",
-            "//", "?", "&", "=", ";", " ", "\t", "%", "%2F", "%2e", "%zz", "+", "@", "#", "sbx", "sbx-1", "localhost",
-            "example.com", "toolbox", "/toolbox/", "http://", "https://", "null", "Bearer ", "bearer ", "sbk_", "Basic ",
-            "sandbar_preview_token", "DAYTONA_SANDBOX_AUTH_KEY", "ä", "\u{0}", "\r\n", "A", "z", "9",
+            "3000",
+            "2280",
+            "22222",
+            "0",
+            "65535",
+            "65536",
+            "99999999",
+            "-",
+            "_",
+            ".",
+            "..",
+            ":",
+            "::",
+            "[",
+            "]",
+            "/",
+            "//",
+            "?",
+            "&",
+            "=",
+            ";",
+            " ",
+            "\t",
+            "%",
+            "%2F",
+            "%2e",
+            "%zz",
+            "+",
+            "@",
+            "#",
+            "sbx",
+            "sbx-1",
+            "localhost",
+            "example.com",
+            "toolbox",
+            "/toolbox/",
+            "http://",
+            "https://",
+            "null",
+            "Bearer ",
+            "bearer ",
+            "sbk_",
+            "Basic ",
+            "sandbar_preview_token",
+            "DAYTONA_SANDBOX_AUTH_KEY",
+            "ä",
+            "\u{0}",
+            "\r\n",
+            "A",
+            "z",
+            "9",
         ];
         let n = self.below(max + 1);
         let mut s = String::new();
@@ -64,7 +111,12 @@ fn target_and_host_parsing() {
     for _ in 0..iterations() {
         let host = match rng.below(3) {
             0 => rng.text(8),
-            1 => format!("{}-{}.{}", rng.pick(&["3000", "2280", "0", "x", ""]), rng.text(3), rng.pick(&["localhost", "example.com", "LOCALHOST"])),
+            1 => format!(
+                "{}-{}.{}",
+                rng.pick(&["3000", "2280", "0", "x", ""]),
+                rng.text(3),
+                rng.pick(&["localhost", "example.com", "LOCALHOST"])
+            ),
             _ => format!("{}:{}", rng.text(3), rng.pick(&["4000", "", "x", "99999999"])),
         };
         let path = match rng.below(3) {
@@ -118,7 +170,10 @@ fn credential_helpers_and_stripping() {
             let v = String::from_utf8_lossy(v.as_bytes());
             assert!(!drop_all, "authorization kept: {v}");
             let lower = v.trim().to_ascii_lowercase();
-            assert!(!(lower.starts_with("bearer ") && v.trim()[7..].trim().starts_with(API_KEY_PREFIX)), "API key kept: {v:?}");
+            assert!(
+                !(lower.starts_with("bearer ") && v.trim()[7..].trim().starts_with(API_KEY_PREFIX)),
+                "API key kept: {v:?}"
+            );
         }
         assert!(req.headers.get(PREVIEW_TOKEN_HEADER).is_none());
         for v in req.headers.get_all("cookie") {
@@ -134,7 +189,10 @@ fn credential_helpers_and_stripping() {
         let path = format!("/p?{q}");
         let stripped = strip_query_param(&path, PREVIEW_TOKEN_QUERY);
         if let Some((_, query)) = stripped.split_once('?') {
-            assert!(query.split('&').all(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) != PREVIEW_TOKEN_QUERY), "{path:?} -> {stripped:?}");
+            assert!(
+                query.split('&').all(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) != PREVIEW_TOKEN_QUERY),
+                "{path:?} -> {stripped:?}"
+            );
         }
         credentials::fuzz_helpers(&q, &rng.text(6));
     }
@@ -143,7 +201,8 @@ fn credential_helpers_and_stripping() {
 #[test]
 fn origin_rule() {
     let mut rng = Rng(0x5eed_0003);
-    let methods = [http::Method::GET, http::Method::POST, http::Method::PUT, http::Method::OPTIONS, http::Method::DELETE];
+    let methods =
+        [http::Method::GET, http::Method::POST, http::Method::PUT, http::Method::OPTIONS, http::Method::DELETE];
     for _ in 0..iterations() {
         let host = match rng.below(2) {
             0 => rng.text(5),
@@ -160,13 +219,18 @@ fn origin_rule() {
         let verdict = origin::check(&method, upgrade, Some(origin.as_bytes()), https, &host);
         // A foreign scheme is never the request's own origin.
         let scheme = if https { "https://" } else { "http://" };
-        if !origin.to_ascii_lowercase().starts_with(scheme) && (upgrade || !matches!(method, http::Method::GET | http::Method::OPTIONS)) {
+        if !origin.to_ascii_lowercase().starts_with(scheme)
+            && (upgrade || !matches!(method, http::Method::GET | http::Method::OPTIONS))
+        {
             assert!(!verdict, "{origin:?} allowed for {host:?} https={https}");
         }
         assert!(origin::check(&method, upgrade, None, https, &host), "no Origin always passes");
         // The request's own origin passes whenever its host is a real authority.
         if target::host_name(&host).is_ok() {
-            assert!(origin::check(&method, upgrade, Some(format!("{scheme}{host}").as_bytes()), https, &host), "{host:?}");
+            assert!(
+                origin::check(&method, upgrade, Some(format!("{scheme}{host}").as_bytes()), https, &host),
+                "{host:?}"
+            );
         }
     }
 }

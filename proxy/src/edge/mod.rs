@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::Digest;
 use pingora::prelude::HttpPeer;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
@@ -42,11 +42,11 @@ pub use self::reject::PROXY_ERROR_SOURCE;
 use self::reject::Reject;
 use self::rewrite::{Forward, RequestIds};
 use self::target::Destination;
-use sandbar_proto::api::PREVIEW_TOKEN_QUERY;
 use crate::control::activity::Activity;
 use crate::control::cache::{AuthCache, RouteCache, Waker};
 use crate::head_deadline::{HeadRead, KeptAlive};
 use crate::metrics::Metrics;
+use sandbar_proto::api::PREVIEW_TOKEN_QUERY;
 
 /// What every proxy listener shares.
 pub struct Shared {
@@ -131,7 +131,8 @@ impl EdgeProxy {
             )
         })?;
         let origin = req.headers.get("origin").map(|v| v.as_bytes());
-        if origin::daemon_port(dest.port) && !origin::check(&req.method, session.is_upgrade_req(), origin, self.https, &host)
+        if origin::daemon_port(dest.port)
+            && !origin::check(&req.method, session.is_upgrade_req(), origin, self.https, &host)
         {
             return Err(Reject::new(
                 403,

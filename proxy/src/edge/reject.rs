@@ -130,7 +130,12 @@ impl Reject {
 
 /// A `302` to `location` (the same URL without the query-string token) that sets the preview cookie, with
 /// `Referrer-Policy: no-referrer` so the token in the URL being left is not sent on as a `Referer`.
-pub async fn send_redirect(session: &mut Session, location: &str, cookie: Option<&str>, request_id: &str) -> Result<()> {
+pub async fn send_redirect(
+    session: &mut Session,
+    location: &str,
+    cookie: Option<&str>,
+    request_id: &str,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(302, Some(7))?;
     resp.insert_header("location", location)?;
     resp.insert_header("referrer-policy", "no-referrer")?;

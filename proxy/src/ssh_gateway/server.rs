@@ -41,7 +41,17 @@ impl GatewayConn {
         peer: SocketAddr,
         down: Arc<OnceCell<russh::server::Handle>>,
     ) -> Self {
-        Self { resolver, config, peer, down, up: None, activity: None, refusal: None, replies: HashMap::new(), watch: None }
+        Self {
+            resolver,
+            config,
+            peer,
+            down,
+            up: None,
+            activity: None,
+            refusal: None,
+            replies: HashMap::new(),
+            watch: None,
+        }
     }
 
     async fn down_handle(&self) -> Option<russh::server::Handle> {
