@@ -4,6 +4,9 @@
 //! redirect with the cookie, cross-origin requests to the daemon's ports are refused, preview tokens do not open
 //! them, and revocation closes open WebSockets and SSH sessions.
 
+// Setup helpers outside #[test] functions panic on a broken test setup, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::process::Stdio;
@@ -61,14 +64,13 @@ async fn echo_app() -> u16 {
                 return;
             }
             while let Some(Ok(m)) = s.recv().await {
-                match m {
-                    AxMessage::Text(t) => {
-                        if s.send(AxMessage::Text(t)).await.is_err() {
-                            break;
-                        }
-                    }
+                let reply = match m {
+                    AxMessage::Text(t) => AxMessage::Text(t),
                     AxMessage::Close(_) => break,
-                    _ => {}
+                    _ => continue,
+                };
+                if s.send(reply).await.is_err() {
+                    break;
                 }
             }
         })

@@ -6,6 +6,9 @@
 //! Content-Length and chunked, pingora follows RFC 9112: chunked wins and Content-Length is dropped, so what the
 //! client hid is body bytes of the one request, never a request of its own.)
 
+// Setup helpers outside #[test] functions panic on a broken test setup, as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -264,7 +267,7 @@ async fn the_daemon_sees_one_well_framed_request_per_client_request() {
         let (follow_ups, of_case): (Vec<&Seen>, Vec<&Seen>) = seen.iter().partition(|r| r.target == "/follow");
         table.push(format!(
             "{name:40} client got {status:6} daemon saw {:?}",
-            of_case.iter().map(|r| (&r.method, &r.target, &r.framing)).collect::<Vec<_>>()
+            of_case.iter().map(|r| (&r.method, &r.target, &r.framing, r.body.len())).collect::<Vec<_>>()
         ));
         assert_eq!(follow_ups.len(), 1, "{name}: {seen:?}");
         assert!(seen.iter().all(|r| !r.ambiguous), "{name}: the daemon got an ambiguous request: {seen:?}");
