@@ -299,6 +299,21 @@ async fn proxy_routes_changes_authorize_and_ssh() {
         let preview = h.call(Method::GET, &format!("/sandbox/{id}/ports/3000/preview-url"), None).await.1;
         let tok = preview["token"].as_str().unwrap();
         assert_eq!(auth(json!({"sandboxId": id, "port": 3000, "previewToken": tok})).await.0, StatusCode::OK);
+        // Preview tokens (plain or signed) never open the daemon's own ports: only an API key does.
+        for port in [2280, 22220, 22222] {
+            let (s, v) = auth(json!({"sandboxId": id, "port": port, "previewToken": tok})).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "preview token on {port}: {v}");
+            let signed = h
+                .call(Method::GET, &format!("/sandbox/{id}/ports/{port}/signed-preview-url?expiresInSeconds=60"), None)
+                .await
+                .1;
+            if let Some(st) = signed["token"].as_str() {
+                let (s, v) = auth(json!({"sandboxId": id, "port": port, "previewToken": st})).await;
+                assert_eq!(s, StatusCode::UNAUTHORIZED, "signed token on {port}: {v}");
+                let (s, v) = h.proxy_post("/internal/preview/resolve", json!({"token": st, "port": port})).await;
+                assert_eq!(s, StatusCode::UNAUTHORIZED, "signed URL resolved for {port}: {v}");
+            }
+        }
         let signed = h
             .call(Method::GET, &format!("/sandbox/{id}/ports/8080/signed-preview-url?expiresInSeconds=60"), None)
             .await

@@ -233,13 +233,17 @@ async fn preview_urls_reach_a_server_in_the_sandbox() {
     assert_eq!(r.status(), 200);
     let body = r.text().await.unwrap();
     assert!(body.starts_with("hello from the sandbox /hello?a=1 leaked=[]"), "{body}");
-    // Query token: stripped before forwarding, and a cookie keeps the browser in.
+    // Query token on a page load: a redirect to the URL without it, and a cookie keeps the browser in (followed
+    // here without the cookie, so the page itself is refused).
     let r = client.get(format!("https://{host}/hello?DAYTONA_SANDBOX_AUTH_KEY=preview-tok&b=2")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.starts_with("sandbar_preview_token=preview-tok;") && cookie.contains("Secure"), "{cookie}");
-    let body = r.text().await.unwrap();
-    assert!(body.starts_with("hello from the sandbox /hello?b=2 leaked=[]"), "{body}");
+    assert_eq!((r.status().as_u16(), r.url().path(), r.url().query()), (401, "/hello", Some("b=2")));
+    let r = raw(
+        w.proxy.http,
+        &format!("GET /hello?DAYTONA_SANDBOX_AUTH_KEY=preview-tok&b=2 HTTP/1.1\r\nHost: {app}-sbx1.sandbar.localhost\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 302") && r.to_ascii_lowercase().contains("location: /hello?b=2\r\n"), "{r}");
+    assert!(r.contains("sandbar_preview_token=preview-tok;"), "{r}");
     let r = client.get(&url).header("cookie", "sandbar_preview_token=preview-tok; theirs=1").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().ends_with("cookie=theirs=1"));

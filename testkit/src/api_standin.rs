@@ -155,6 +155,9 @@ async fn authorize(State(api): State<Api>, h: HeaderMap, Json(req): Json<Authori
         };
     }
     if let Some(token) = &req.preview_token {
+        if DAEMON_PORTS.contains(&req.port) {
+            return err(StatusCode::UNAUTHORIZED, "preview tokens do not open the daemon's ports");
+        }
         return match api.preview_tokens.lock().unwrap().get(token) {
             Some(id) if *id == req.sandbox_id => {
                 Json(AuthorizeResponse { organization_id: route.organization_id.clone(), ttl_secs: 30 }).into_response()

@@ -3,8 +3,11 @@
 //! daemon is, whether a request may wake it) and how the tokens of signed preview URLs and SSH access resolve.
 //!
 //! The rule ([`authorize`]): an API key of the sandbox's organization opens every port; the sandbox's preview token
-//! or a valid signed preview token for that port opens it; a public sandbox opens every port but the daemon's own
-//! ([`daemon_port`]) without a credential.
+//! or a valid signed preview token for that port opens it, unless it is one of the daemon's own ([`daemon_port`]:
+//! toolbox, SSH, web terminal), which only an API key opens; a public sandbox opens every port but the daemon's
+//! own without a credential. Preview tokens travel in URLs and 24-hour cookies and every `{port}-{id}.{domain}`
+//! host is same-site, so a preview token that opened the toolbox would let any page a victim visits run commands
+//! in their sandbox.
 //!
 //! Waking: a sandbox the auto-stop timer stopped is started again by an authorized request through the proxy (like
 //! scale-to-zero). One the user stopped stays stopped: they meant it. The two are told apart without new state:
@@ -95,6 +98,11 @@ pub async fn authorize(app: &App, req: &AuthorizeRequest) -> ApiResult<Authorize
         };
     }
     if let Some(token) = req.preview_token.as_deref().filter(|t| !t.is_empty()) {
+        if daemon_port(req.port) {
+            return Err(ApiError::unauthorized(
+                "preview tokens do not open the daemon's ports (toolbox, SSH, terminal): send an API key",
+            ));
+        }
         if !row.preview_token.is_empty() && sandbar_support::ct_eq(token.as_bytes(), row.preview_token.as_bytes()) {
             return granted(AUTHORIZE_TTL_SECS);
         }
@@ -109,8 +117,9 @@ pub async fn authorize(app: &App, req: &AuthorizeRequest) -> ApiResult<Authorize
     Err(ApiError::unauthorized("missing credential: send an API key or a preview token"))
 }
 
-/// The started sandbox an SSH access token opens; counts as activity.
-pub async fn resolve_ssh(app: &App, token: &str) -> ApiResult<SshResolveResponse> {
+/// The started sandbox an SSH access token opens; counts as activity, unless it is the gateway's `recheck` of an
+/// open session (which must end when the token is revoked, but is not by itself activity).
+pub async fn resolve_ssh(app: &App, token: &str, recheck: bool) -> ApiResult<SshResolveResponse> {
     let now = app.now();
     let sandbox_id = match tokens::find_ssh(&app.db.pool, token, None).await? {
         None => {
@@ -127,8 +136,10 @@ pub async fn resolve_ssh(app: &App, token: &str) -> ApiResult<SshResolveResponse
     let Some(ssh_addr) = r.ssh_addr.filter(|_| r.state == SandboxState::Started) else {
         return Err(ApiError::conflict(format!("sandbox {sandbox_id} is {}, not started; start it first", r.state)));
     };
-    let mut conn = app.db.pool.acquire().await?;
-    sandboxes::touch(&mut conn, std::slice::from_ref(&sandbox_id), now).await?;
+    if !recheck {
+        let mut conn = app.db.pool.acquire().await?;
+        sandboxes::touch(&mut conn, std::slice::from_ref(&sandbox_id), now).await?;
+    }
     Ok(SshResolveResponse { sandbox_id, ssh_addr, daemon_token: row.daemon_token })
 }
 
@@ -175,7 +186,7 @@ pub async fn resolve_signed_preview(
 ) -> ApiResult<SignedPreviewResolveResponse> {
     let invalid =
         || ApiError::unauthorized("this signed preview URL is invalid, expired or revoked: ask for a new one");
-    if !is_signed_preview_token(&req.token) {
+    if !is_signed_preview_token(&req.token) || daemon_port(req.port) {
         return Err(invalid());
     }
     let now = app.now();

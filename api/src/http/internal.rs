@@ -78,8 +78,15 @@ async fn authorize(State(app): State<App>, _: ProxyAuth, Json(req): Json<Authori
     Ok(Json(access::authorize(&app, &req).await?).into_response())
 }
 
-async fn ssh_resolve(State(app): State<App>, _: ProxyAuth, Json(req): Json<SshResolveRequest>) -> ApiResult<Response> {
-    Ok(Json(access::resolve_ssh(&app, &req.token).await?).into_response())
+/// `?recheck=true`: the gateway asking again about an open session (not counted as activity).
+async fn ssh_resolve(
+    State(app): State<App>,
+    _: ProxyAuth,
+    q: QueryPairs,
+    Json(req): Json<SshResolveRequest>,
+) -> ApiResult<Response> {
+    let recheck = q.bool("recheck")?.unwrap_or(false);
+    Ok(Json(access::resolve_ssh(&app, &req.token, recheck).await?).into_response())
 }
 
 async fn activity(State(app): State<App>, _: ProxyAuth, Json(report): Json<ActivityReport>) -> ApiResult<Response> {

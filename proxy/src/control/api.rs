@@ -181,9 +181,11 @@ pub enum SshResolution {
 
 impl ApiClient {
     /// `POST /internal/ssh/resolve`: where an SSH-access token leads, or why not.
-    pub async fn ssh_resolve(&self, token: &str) -> Result<SshResolution, ApiCallError> {
+    /// `recheck`: the gateway asking again about an open session (not counted as activity).
+    pub async fn ssh_resolve(&self, token: &str, recheck: bool) -> Result<SshResolution, ApiCallError> {
         let req = sandbar_proto::api::SshResolveRequest { token: token.to_owned() };
-        let resp = self.send(self.http.post(self.url("/internal/ssh/resolve")).json(&req)).await?;
+        let path = if recheck { "/internal/ssh/resolve?recheck=true" } else { "/internal/ssh/resolve" };
+        let resp = self.send(self.http.post(self.url(path)).json(&req)).await?;
         match resp.status() {
             StatusCode::OK => body(resp).await.map(SshResolution::Target),
             s @ (StatusCode::UNAUTHORIZED | StatusCode::CONFLICT | StatusCode::NOT_FOUND) => {

@@ -182,6 +182,11 @@ impl RouteCache {
         }
     }
 
+    /// Resolves at the next drop of any route (a route-changes notice, or an upstream failure).
+    pub async fn changed(&self) {
+        self.store.changed.notified().await;
+    }
+
     pub fn invalidate(&self, ids: &[String]) {
         self.store.generation.fetch_add(1, Ordering::AcqRel);
         {

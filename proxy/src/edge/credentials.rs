@@ -8,7 +8,20 @@
 //! never the daemon's own). A running public sandbox is asked about first without the credential, so a credential
 //! it does not need is neither checked nor used, as with anonymous traffic; a sandbox that is not running checks
 //! the credential, because only a credentialed request may start it ([`super::wake`]).
+//!
+//! Preview tokens (plain or signed, header, query or cookie) never open the daemon's own ports: that is the API's
+//! rule, and the proxy asks. What the proxy itself guarantees is that no credential it recognises reaches a
+//! sandbox ([`strip`]), on every path: an API key (`Authorization: Bearer sbk_...`, whether or not it was the
+//! credential used, and any `Authorization` on a toolbox path or one that was used), the preview-token header, the
+//! proxy's cookie (the app's own cookies are kept) and the query-string token. A browser that brought the token in
+//! the query of a page load (`GET`/`HEAD`, not a WebSocket upgrade) gets a `302` to the same URL without it, with
+//! the cookie set and `Referrer-Policy: no-referrer`, so the token leaves the address bar, the history and the
+//! `Referer` of whatever the page loads.
+//!
+//! The credential that admitted a request is kept in its context ([`Grant`]) so an upgraded connection can be
+//! asked about again while it lives ([`super::revoke`]).
 
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use sandbar_proto::api::{
     PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY, Route, SignedPreviewResolveResponse, is_signed_preview_token,
@@ -16,6 +29,7 @@ use sandbar_proto::api::{
 use sandbar_proto::runner::SandboxState;
 
 use super::EdgeProxy;
+use super::origin::daemon_port;
 use super::reject::Reject;
 use super::target::Destination;
 use crate::control::api::{Authorization, SignedPreview};
@@ -23,6 +37,9 @@ use crate::control::cache::CredentialKind;
 
 /// Cookie the proxy sets on a preview host after a valid preview token, so a browser keeps access.
 pub const PREVIEW_COOKIE: &str = "sandbar_preview_token";
+
+/// How the API's keys start (`sbk_`): such a bearer token is ours, never an app's, and never reaches a sandbox.
+pub const API_KEY_PREFIX: &str = "sbk_";
 
 /// What a request proved.
 #[derive(Debug, Default)]
@@ -33,36 +50,94 @@ pub struct Access {
     pub used_bearer: bool,
     /// `Set-Cookie` for the answer: a preview token from the header or query, kept for the browser.
     pub set_cookie: Option<String>,
+    /// The preview token came in the query of a page load: answer with a redirect to the URL without it.
+    pub redirect: bool,
+    /// What admitted the request, to ask again while an upgraded connection lives.
+    pub grant: Grant,
+}
+
+/// The credential that admitted a request, as the API was asked about it.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    /// A public sandbox's port opened without a credential.
+    pub anonymous: bool,
+    /// The credential the request presented (kept in memory only, never logged).
+    pub presented: Option<(CredentialKind, String)>,
+    /// The token of a signed preview URL.
+    pub signed: Option<String>,
+}
+
+/// Where a presented credential came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Header,
+    Query,
+    Bearer,
+    Cookie,
 }
 
 /// A credential taken from the request (not a signed preview URL's token).
 struct Presented {
     kind: CredentialKind,
     value: String,
-    /// From a header or the query (not the proxy's own cookie): worth a cookie.
-    from_request: bool,
+    source: Source,
 }
 
 impl Presented {
     /// The credential the request carries, by precedence; the cookie counts on preview hosts only.
     fn of(session: &Session, preview_host: bool) -> Option<Self> {
-        let found = |kind, value: String, from_request| Some(Self { kind, value, from_request });
+        let found = |kind, value: String, source| Some(Self { kind, value, source });
         if let Some(t) = header_str(session, PREVIEW_TOKEN_HEADER).filter(|t| !t.is_empty()) {
-            return found(CredentialKind::PreviewToken, t.to_owned(), true);
+            return found(CredentialKind::PreviewToken, t.to_owned(), Source::Header);
         }
         let query = session.req_header().uri.query().unwrap_or("");
         if let Some(t) = query_param(query, PREVIEW_TOKEN_QUERY).map(percent_decode).filter(|t| !t.is_empty()) {
-            return found(CredentialKind::PreviewToken, t, true);
+            return found(CredentialKind::PreviewToken, t, Source::Query);
         }
-        let bearer = header_str(session, "authorization")
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        if let Some(t) = bearer {
-            return found(CredentialKind::ApiKey, t.to_owned(), false);
+        if let Some(t) = header_str(session, "authorization").and_then(bearer) {
+            return found(CredentialKind::ApiKey, t.to_owned(), Source::Bearer);
         }
         let cookie = header_str(session, "cookie").and_then(|c| cookie_value(c, PREVIEW_COOKIE));
-        cookie.filter(|_| preview_host).and_then(|t| found(CredentialKind::PreviewToken, t.to_owned(), false))
+        cookie.filter(|_| preview_host).and_then(|t| found(CredentialKind::PreviewToken, t.to_owned(), Source::Cookie))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Removes every credential the proxy recognises from `req`, the request about to reach a sandbox: `Authorization`
+/// values that carry an API key (all of them when `drop_authorization`: a toolbox path, or a request the API key
+/// admitted), the preview-token header, and the proxy's cookie from every `Cookie` header (the others are kept,
+/// joined into one header as HTTP/2 clients split them). The query token is removed from the path by the caller.
+pub fn strip(req: &mut RequestHeader, drop_authorization: bool) {
+    let auth: Vec<String> = req
+        .headers
+        .get_all("authorization")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    if !auth.is_empty() {
+        let ours = |v: &str| drop_authorization || bearer(v).is_some_and(|t| t.starts_with(API_KEY_PREFIX));
+        let kept: Vec<&String> = auth.iter().filter(|v| !ours(v)).collect();
+        if kept.len() != auth.len() {
+            req.remove_header("authorization");
+            for v in kept {
+                let _ = req.append_header("authorization", v.as_str());
+            }
+        }
+    }
+    req.remove_header(PREVIEW_TOKEN_HEADER);
+    let cookies: Vec<String> =
+        req.headers.get_all("cookie").iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+    if !cookies.is_empty() {
+        req.remove_header("cookie");
+        if let Some(kept) = strip_cookie(&cookies.join("; "), PREVIEW_COOKIE) {
+            let _ = req.insert_header("cookie", kept);
+        }
     }
 }
 
@@ -101,15 +176,21 @@ impl EdgeProxy {
             if grant.sandbox_id != sandbox_id || grant.organization_id != route.organization_id {
                 return Err(Reject::not_found(sandbox_id));
             }
-            return Ok(Access { credentialed: true, ..Access::default() });
+            let grant = Grant { signed: Some(token.to_owned()), ..Grant::default() };
+            return Ok(Access { credentialed: true, grant, ..Access::default() });
         }
         let presented = Presented::of(session, dest.preview_host());
         let ask_anonymously = match &presented {
             None => true,
             Some(_) => route.public && route.state == SandboxState::Started,
         };
+        let grant = Grant {
+            anonymous: ask_anonymously,
+            presented: presented.as_ref().map(|p| (p.kind, p.value.clone())),
+            signed: None,
+        };
         if ask_anonymously && self.authorized(CredentialKind::Anonymous, "", sandbox_id, dest.port, route).await? {
-            return Ok(Access::default());
+            return Ok(Access { grant, ..Access::default() });
         }
         let Some(p) = presented else {
             return Err(Reject::new(
@@ -119,16 +200,64 @@ impl EdgeProxy {
             ));
         };
         if !self.authorized(p.kind, &p.value, sandbox_id, dest.port, route).await? {
-            return Err(Reject::new(401, "unauthorized", "invalid or expired API key or preview token"));
+            let message = if daemon_port(dest.port) && p.kind == CredentialKind::PreviewToken {
+                "preview tokens do not open the sandbox's toolbox, SSH or terminal ports: send an API key"
+            } else {
+                "invalid or expired API key or preview token"
+            };
+            return Err(Reject::new(401, "unauthorized", message));
         }
-        let mut access = Access { credentialed: true, used_bearer: p.kind == CredentialKind::ApiKey, set_cookie: None };
+        let grant = Grant { anonymous: false, ..grant };
+        let mut access = Access {
+            credentialed: true,
+            used_bearer: p.kind == CredentialKind::ApiKey,
+            set_cookie: None,
+            redirect: false,
+            grant,
+        };
         let cookie_safe = p.value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~+/=".contains(&b));
-        if p.from_request && dest.preview_host() && p.kind == CredentialKind::PreviewToken && cookie_safe {
+        let from_request = matches!(p.source, Source::Header | Source::Query);
+        if from_request && dest.preview_host() && p.kind == CredentialKind::PreviewToken && cookie_safe {
             let secure = if self.https { "; Secure" } else { "" };
             access.set_cookie =
                 Some(format!("{PREVIEW_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400{secure}", p.value));
+            let method = &session.req_header().method;
+            let page_load = (method == http::Method::GET || method == http::Method::HEAD) && !session.is_upgrade_req();
+            access.redirect = p.source == Source::Query && page_load;
         }
         Ok(access)
+    }
+
+    /// Whether the credential that admitted a long-lived connection still opens its port (`Ok(false)`: revoked,
+    /// or the sandbox is gone); the same questions as [`Self::access`], through the same cache.
+    pub(super) async fn still_granted(
+        shared: &super::Shared,
+        grant: &Grant,
+        sandbox_id: &str,
+        port: u16,
+        route: &Route,
+    ) -> Result<bool, crate::control::api::ApiCallError> {
+        if let Some(token) = &grant.signed {
+            return match shared.auth.resolve_signed(token, port, Some(route.version)).await? {
+                SignedPreview::Allowed(ok) => {
+                    Ok(ok.sandbox_id == sandbox_id && ok.organization_id == route.organization_id)
+                }
+                SignedPreview::Refused(_) => Ok(false),
+            };
+        }
+        let ask = |kind, credential: String| async move {
+            match shared.auth.authorize(kind, &credential, sandbox_id, port, route.version).await? {
+                Authorization::Allowed(ok) => Ok(ok.organization_id == route.organization_id),
+                Authorization::NotFound | Authorization::Unauthorized => Ok(false),
+            }
+        };
+        if grant.anonymous && ask(CredentialKind::Anonymous, String::new()).await? {
+            return Ok(true);
+        }
+        match &grant.presented {
+            Some((kind, value)) => ask(*kind, value.clone()).await,
+            None => Ok(false),
+        }
     }
 
     /// The API's answer (cached): `Ok(false)` for a refused credential, 404 for another organization's sandbox.
@@ -161,11 +290,32 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// `Cookie` without the proxy's own cookie, or `None` when nothing is left.
+fn strip_cookie(cookies: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = cookies
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(k, _)| k).trim() != name)
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
 fn cookie_value<'a>(cookies: &'a str, name: &str) -> Option<&'a str> {
     cookies.split(';').find_map(|c| {
         let (k, v) = c.trim().split_once('=')?;
         (k == name).then_some(v)
     })
+}
+
+/// Runs the private helpers on untrusted input for the fuzz target ([`super::fuzz`]): they must not panic.
+#[cfg(test)]
+pub(super) fn fuzz_helpers(query: &str, other: &str) {
+    let _ = query_param(query, PREVIEW_TOKEN_QUERY).map(percent_decode);
+    let _ = cookie_value(other, PREVIEW_COOKIE);
+    let _ = bearer(other);
+    if let Some(kept) = strip_cookie(other, PREVIEW_COOKIE) {
+        assert!(cookie_value(&kept, PREVIEW_COOKIE).is_none(), "{other:?} -> {kept:?}");
+    }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -196,5 +346,30 @@ mod tests {
         assert_eq!(query_param("a=1&DAYTONA_SANDBOX_AUTH_KEY=tok&b", PREVIEW_TOKEN_QUERY), Some("tok"));
         assert_eq!(cookie_value("a=1; sandbar_preview_token=abc; b=2", PREVIEW_COOKIE), Some("abc"));
         assert_eq!(percent_decode("a%2Bb+c%zz"), "a+b c%zz");
+        assert_eq!(strip_cookie("a=1; sandbar_preview_token=abc; b=2", PREVIEW_COOKIE).as_deref(), Some("a=1; b=2"));
+        assert_eq!(strip_cookie("sandbar_preview_token=abc", PREVIEW_COOKIE), None);
+        assert_eq!(strip_cookie("a=1;;sandbar_preview_token =x", PREVIEW_COOKIE).as_deref(), Some("a=1"));
+        assert_eq!(bearer("Bearer sbk_1"), Some("sbk_1"));
+        assert_eq!(bearer("bEaReR   tok "), Some("tok"));
+        assert_eq!(bearer("Basic abc"), None);
+    }
+
+    #[test]
+    fn strip_removes_only_our_credentials() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("authorization", "Bearer sbk_secret").unwrap();
+        req.append_header("authorization", "Bearer app-token").unwrap();
+        req.append_header(PREVIEW_TOKEN_HEADER, "tok").unwrap();
+        req.append_header("cookie", "a=1; sandbar_preview_token=tok").unwrap();
+        req.append_header("cookie", "sandbar_preview_token=tok2; b=2").unwrap();
+        strip(&mut req, false);
+        let all = |req: &RequestHeader, n: &str| {
+            req.headers.get_all(n).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(all(&req, "authorization"), ["Bearer app-token"]);
+        assert!(all(&req, PREVIEW_TOKEN_HEADER).is_empty());
+        assert_eq!(all(&req, "cookie"), ["a=1; b=2"]);
+        strip(&mut req, true);
+        assert!(all(&req, "authorization").is_empty());
     }
 }

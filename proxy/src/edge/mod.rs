@@ -1,28 +1,39 @@
 //! The pingora `ProxyHttp` implementation: this module only wires pingora's phases, each step lives beside it.
 //!
-//! - `request_filter`: where the request goes ([`target`]), the sandbox's route, what the request's credential
-//!   opens ([`credentials`], asked of the API), waking an auto-stopped sandbox and the answer for every other state
-//!   ([`wake`]); any refusal is answered here ([`reject`]).
-//! - `upstream_peer`: the daemon the route names. `upstream_request_filter`: the request as the daemon gets it
-//!   ([`rewrite`]). `response_filter`: WebSocket accounting and the answer's headers ([`rewrite`]).
+//! - `request_filter`: where the request goes ([`target`]), cross-origin requests to the daemon's ports
+//!   ([`origin`]), the sandbox's route, what the request's credential opens ([`credentials`], asked of the API),
+//!   the redirect that takes a query-string token out of a page's URL, waking an auto-stopped sandbox and the answer
+//!   for every other state ([`wake`]); any refusal is answered here ([`reject`]).
+//! - `upstream_peer`: the daemon the route names. `connected_to_upstream`: an upgrade keeps a handle on the daemon's
+//!   side ([`revoke`]). `upstream_request_filter`: the request as the daemon gets it, every credential the proxy
+//!   recognised removed ([`rewrite`], [`credentials::strip`]). `response_filter`: WebSocket accounting, the watch
+//!   that closes an upgraded connection whose access is revoked ([`revoke`]), and the answer's headers
+//!   ([`rewrite`]); `response_body_filter`: the close frame of a revoked WebSocket.
 //! - `fail_to_proxy`: a daemon that did not answer ([`reject`]); `logging`: metrics and activity.
 //!
 //! A new route rule is a [`target::Target`] variant, its access rule in the API, and its wiring here.
 
 pub mod credentials;
+#[cfg(test)]
+mod fuzz;
+pub mod origin;
 pub mod reject;
+pub mod revoke;
 pub mod rewrite;
 pub mod target;
 pub mod wake;
 
 use std::any::Any;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
@@ -35,6 +46,7 @@ use crate::control::activity::Activity;
 use crate::control::cache::{AuthCache, RouteCache, Waker};
 use crate::head_deadline::{HeadRead, KeptAlive};
 use crate::metrics::Metrics;
+use sandbar_proto::api::PREVIEW_TOKEN_QUERY;
 
 /// What every proxy listener shares.
 pub struct Shared {
@@ -65,6 +77,14 @@ pub struct Ctx {
     /// How the admitted request goes to the daemon.
     forward: Option<Forward>,
     set_cookie: Option<String>,
+    /// Answer with a redirect here instead of forwarding (a query-string token leaving the URL).
+    redirect: Option<String>,
+    /// What an upgraded connection is and the credential that opened it, for [`revoke`].
+    session: Option<revoke::Session>,
+    /// The daemon-side socket of an upgrade request (a duplicate, see [`revoke::dup_socket`]).
+    upstream_socket: Option<OwnedFd>,
+    /// The watch over an upgraded connection; dropped with the context when the connection ends.
+    watch: Option<revoke::Watch>,
     upgraded: bool,
     /// Counted in the in-flight gauge (so `logging` only undoes what `request_filter` did).
     counted: bool,
@@ -74,11 +94,27 @@ impl EdgeProxy {
     /// Everything before forwarding, in order; `Err(Reject)` is answered by `request_filter`.
     async fn admit(&self, session: &Session, ctx: &mut Ctx) -> std::result::Result<(), Reject> {
         let req = session.req_header();
+        // One Content-Length of plain digits, or none: a list (`5, 5`) or a second header is a framing a server
+        // behind might read another way than pingora did.
+        let mut lengths = req.headers.get_all("content-length").iter();
+        if let Some(first) = lengths.next()
+            && (lengths.next().is_some() || first.is_empty() || !first.as_bytes().iter().all(u8::is_ascii_digit))
+        {
+            return Err(Reject::new(400, "bad-request", "malformed Content-Length: one decimal number expected"));
+        }
+        let host_header = credentials::header_str(session, "host");
+        // An absolute-form target (or HTTP/2's `:authority`) that names another host than `Host` is refused rather
+        // than guessed at: a server behind could pick the other one.
+        if let (Some(authority), Some(h)) = (req.uri.authority(), host_header)
+            && !authority.as_str().eq_ignore_ascii_case(h)
+        {
+            return Err(Reject::new(400, "bad-host", "the request target's host differs from the Host header"));
+        }
         let host = req
             .uri
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| credentials::header_str(session, "host"))
+            .or(host_header)
             .ok_or_else(|| Reject::new(400, "bad-host", "missing Host header"))?
             .to_owned();
         let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -94,6 +130,16 @@ impl EdgeProxy {
                 ),
             )
         })?;
+        let origin = req.headers.get("origin").map(|v| v.as_bytes());
+        if origin::daemon_port(dest.port)
+            && !origin::check(&req.method, session.is_upgrade_req(), origin, self.https, &host)
+        {
+            return Err(Reject::new(
+                403,
+                "cross-origin",
+                "cross-origin request to the sandbox's toolbox, SSH or terminal port refused: its Origin is not this host",
+            ));
+        }
         ctx.toolbox_prefix = dest.toolbox_prefix.clone();
         // A signed preview URL carries its token where the sandbox id would be; the API says which sandbox it opens.
         let signed = credentials::signed_token(&dest);
@@ -104,10 +150,22 @@ impl EdgeProxy {
         ctx.sandbox_id = Some(sandbox_id.clone());
         let route = self.route(&sandbox_id).await?;
         let access = self.access(session, &dest, &sandbox_id, &route, signed.as_deref()).await?;
+        ctx.set_cookie = access.set_cookie;
+        if access.redirect {
+            ctx.redirect = Some(rewrite::strip_query_param(path_and_query, PREVIEW_TOKEN_QUERY));
+            return Ok(());
+        }
         let (route, daemon_addr) = self.ready(&sandbox_id, route, access.credentialed).await?;
         self.shared.activity.touch(&sandbox_id);
         ctx.forward = Some(Forward::new(&dest, host, route.daemon_token.clone(), access.used_bearer)?);
-        ctx.set_cookie = access.set_cookie;
+        if session.is_upgrade_req() {
+            ctx.session = Some(revoke::Session {
+                sandbox_id,
+                port: dest.port,
+                daemon_addr: daemon_addr.clone(),
+                grant: access.grant,
+            });
+        }
         ctx.daemon_addr = Some(daemon_addr);
         Ok(())
     }
@@ -126,6 +184,10 @@ impl ProxyHttp for EdgeProxy {
             toolbox_prefix: None,
             forward: None,
             set_cookie: None,
+            redirect: None,
+            session: None,
+            upstream_socket: None,
+            watch: None,
             upgraded: false,
             counted: false,
         }
@@ -141,6 +203,10 @@ impl ProxyHttp for EdgeProxy {
         }
         match self.admit(session, ctx).await {
             Ok(()) => {
+                if let Some(location) = ctx.redirect.take() {
+                    reject::send_redirect(session, &location, ctx.set_cookie.as_deref(), &ctx.request_id).await?;
+                    return Ok(true);
+                }
                 if let Some(forward) = &ctx.forward {
                     forward.set_path(session);
                 }
@@ -181,6 +247,21 @@ impl ProxyHttp for EdgeProxy {
         Ok(Box::new(peer))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.session.is_some() {
+            ctx.upstream_socket = revoke::dup_socket(fd);
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -201,9 +282,29 @@ impl ProxyHttp for EdgeProxy {
             if let Some(id) = &ctx.sandbox_id {
                 self.shared.activity.open(id);
             }
+            if let (Some(s), Some(socket)) = (ctx.session.take(), ctx.upstream_socket.take()) {
+                ctx.watch = Some(revoke::watch(self.shared.clone(), s, socket));
+            }
         }
         let (prefix, addr) = (ctx.toolbox_prefix.as_deref(), ctx.daemon_addr.as_deref());
         rewrite::response(resp, prefix, addr, ctx.set_cookie.take(), &ctx.request_id)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream && ctx.upgraded && ctx.watch.as_ref().is_some_and(revoke::Watch::revoked) {
+            let close = revoke::close_frame(revoke::CLOSE_POLICY_VIOLATION, revoke::REVOKED_REASON);
+            *body = Some(match body.take() {
+                Some(b) => [b, close].concat().into(),
+                None => close,
+            });
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -243,6 +344,8 @@ impl ProxyHttp for EdgeProxy {
         if ctx.counted {
             m.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
+        ctx.watch = None;
+        ctx.upstream_socket = None;
         if ctx.upgraded {
             m.open_websockets.fetch_sub(1, Ordering::Relaxed);
             if let Some(id) = &ctx.sandbox_id {

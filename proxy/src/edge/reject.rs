@@ -2,7 +2,7 @@
 //! path, method, timestamp}` (or a small HTML page for a browser that asks for one), always with `X-Sandbar-Error`
 //! (the machine-readable reason) and the request id, `WWW-Authenticate` on 401 and `Retry-After` on 503.
 //! Which status and message a situation gets is decided where the situation is met (400 bad host, id or path;
-//! 401 `unauthorized` or `signed-url-invalid`; 404 `no-sandbox` or `sandbox-not-found`; 409 `sandbox-stopped`,
+//! 401 `unauthorized` or `signed-url-invalid`; 403 `cross-origin` ([`super::origin`]); 404 `no-sandbox` or `sandbox-not-found`; 409 `sandbox-stopped`,
 //! `sandbox-starting` or `sandbox-error`; 410 `sandbox-archived` or `sandbox-deleted`; 503 `sandbox-not-ready`;
 //! 502 `api-unavailable` or `daemon-unreachable`); this module only writes them.
 
@@ -126,6 +126,27 @@ impl Reject {
         };
         serde_json::to_string(&body).unwrap_or_default()
     }
+}
+
+/// A `302` to `location` (the same URL without the query-string token) that sets the preview cookie, with
+/// `Referrer-Policy: no-referrer` so the token in the URL being left is not sent on as a `Referer`.
+pub async fn send_redirect(
+    session: &mut Session,
+    location: &str,
+    cookie: Option<&str>,
+    request_id: &str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(302, Some(7))?;
+    resp.insert_header("location", location)?;
+    resp.insert_header("referrer-policy", "no-referrer")?;
+    resp.insert_header("cache-control", "no-store")?;
+    resp.insert_header("content-length", "0")?;
+    resp.insert_header(REQUEST_ID_HEADER, request_id)?;
+    if let Some(cookie) = cookie {
+        resp.insert_header("set-cookie", cookie)?;
+    }
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(())
 }
 
 fn wants_html(session: &Session) -> bool {

@@ -12,7 +12,6 @@ use pingora::proxy::Session;
 use sandbar_proto::DAEMON_TOKEN_HEADER;
 use sandbar_proto::api::{PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY, REQUEST_ID_HEADER};
 
-use super::credentials::PREVIEW_COOKIE;
 use super::reject::Reject;
 use super::target::Destination;
 
@@ -66,20 +65,9 @@ impl Forward {
         for h in &strip {
             req.remove_header(h);
         }
-        // The API key is the caller's credential for us, never something a sandbox should see.
-        if (self.used_bearer || self.toolbox) && req.headers.contains_key("authorization") {
-            req.remove_header("authorization");
-        }
-        let cookies = req.headers.get("cookie").and_then(|v| v.to_str().ok()).map(|c| strip_cookie(c, PREVIEW_COOKIE));
-        match cookies {
-            Some(Some(c)) => {
-                let _ = req.insert_header("cookie", c);
-            }
-            Some(None) => {
-                req.remove_header("cookie");
-            }
-            None => {}
-        }
+        // The API key is the caller's credential for us, never something a sandbox should see; nor is any other
+        // credential the proxy recognises.
+        super::credentials::strip(req, self.used_bearer || self.toolbox);
         req.insert_header(DAEMON_TOKEN_HEADER, self.daemon_token.as_str())?;
         req.insert_header(REQUEST_ID_HEADER, request_id)?;
         if self.toolbox {
@@ -130,17 +118,10 @@ fn toolbox_location(loc: &str, prefix: &str, daemon_addr: &str) -> Option<String
 }
 
 /// `path_and_query` without the `name` query parameter.
-fn strip_query_param(path_and_query: &str, name: &str) -> String {
+pub(super) fn strip_query_param(path_and_query: &str, name: &str) -> String {
     let Some((path, query)) = path_and_query.split_once('?') else { return path_and_query.to_owned() };
     let kept: Vec<&str> = query.split('&').filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name).collect();
     if kept.is_empty() { path.to_owned() } else { format!("{path}?{}", kept.join("&")) }
-}
-
-/// `Cookie` without the proxy's own cookie, or `None` when nothing is left.
-fn strip_cookie(cookies: &str, name: &str) -> Option<String> {
-    let kept: Vec<&str> =
-        cookies.split(';').map(str::trim).filter(|c| c.split_once('=').map_or(*c, |(k, _)| k) != name).collect();
-    (!kept.is_empty() && kept.iter().any(|c| !c.is_empty())).then(|| kept.join("; "))
 }
 
 /// Request ids: 32 hex digits (the length of a simple UUID), a random prefix drawn once per process and a counter
@@ -174,8 +155,6 @@ mod tests {
         assert_eq!(strip_query_param("/x?a=1&DAYTONA_SANDBOX_AUTH_KEY=t&b=2", PREVIEW_TOKEN_QUERY), "/x?a=1&b=2");
         assert_eq!(strip_query_param("/x?DAYTONA_SANDBOX_AUTH_KEY=t", PREVIEW_TOKEN_QUERY), "/x");
         assert_eq!(strip_query_param("/x", PREVIEW_TOKEN_QUERY), "/x");
-        assert_eq!(strip_cookie("a=1; sandbar_preview_token=abc; b=2", PREVIEW_COOKIE).as_deref(), Some("a=1; b=2"));
-        assert_eq!(strip_cookie("sandbar_preview_token=abc", PREVIEW_COOKIE), None);
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn host_name(host: &str) -> Result<&str, TargetError> {
 }
 
 fn valid_port_digits(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
 }
 
 /// Decides the target of a request. `host` is the Host header (or `:authority`), `path_and_query` the request
@@ -239,6 +239,7 @@ mod tests {
             assert_eq!(parse(h, "/", "localhost"), Err(TargetError::BadHost), "{h:?}");
         }
         assert_eq!(host_name("[::1]:4000"), Ok("[::1]"));
+        assert_eq!(host_name("a:65536"), Err(TargetError::BadHost), "found by the fuzz target");
         assert_eq!(host_name("localhost."), Ok("localhost"));
         assert_eq!(parse("localhost", "*", "localhost"), Err(TargetError::BadPath));
         let long = format!("{}.localhost", "a".repeat(64));

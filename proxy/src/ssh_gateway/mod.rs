@@ -4,7 +4,9 @@
 //! address, daemon token), connects to that daemon's SSH server with the daemon token as password, and lets the
 //! client in without asking anything more (the token is the credential; "none", password and publickey
 //! attempts are all judged by the token alone). An unknown, expired or revoked token, or a sandbox whose daemon
-//! cannot be reached, ends the connection with a disconnect message the client prints, never a hang.
+//! cannot be reached, ends the connection with a disconnect message the client prints, never a hang. An open
+//! connection is asked about again every few seconds ([`SshTargetResolver::revoked`]): once its token is revoked or
+//! expires, or its sandbox stops or is deleted, the gateway disconnects it with the reason.
 //!
 //! - [`server`]: the client's side, one russh server handler per connection: authentication, channel opens, and
 //!   channel requests answered with the daemon's own answer.
@@ -62,6 +64,17 @@ pub trait SshTargetResolver: Send + Sync + 'static {
     /// The target of `token`, or the reason to show the user (unknown or expired token, stopped sandbox...).
     async fn resolve(&self, token: &str) -> Result<SshTarget, String>;
 
+    /// Asked every [`SshGatewayConfig::recheck_interval`] while a connection `token` opened to `sandbox_id` is
+    /// open: `Some(reason)` once the token no longer opens it (revoked, expired, the sandbox stopped or deleted),
+    /// and the gateway then disconnects with that reason; `None` while it does, or when nobody can tell.
+    async fn revoked(&self, token: &str, sandbox_id: &str) -> Option<String> {
+        match self.resolve(token).await {
+            Ok(t) if t.sandbox_id == sandbox_id => None,
+            Ok(_) => Some("this SSH access token now opens another sandbox".to_owned()),
+            Err(reason) => Some(reason),
+        }
+    }
+
     /// Called when a connection to `sandbox_id` carries traffic (at most every few seconds per connection), so
     /// the sandbox counts as active for auto-stop. Must not block.
     fn activity(&self, sandbox_id: &str) {
@@ -76,11 +89,17 @@ pub struct SshGatewayConfig {
     pub connect_timeout: Duration,
     /// How long a channel request may wait for the daemon's answer.
     pub request_timeout: Duration,
+    /// How often an open connection's token is asked about again ([`SshTargetResolver::revoked`]).
+    pub recheck_interval: Duration,
 }
 
 impl Default for SshGatewayConfig {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(10), request_timeout: Duration::from_secs(30) }
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            recheck_interval: Duration::from_secs(5),
+        }
     }
 }
 

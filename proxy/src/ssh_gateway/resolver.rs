@@ -24,7 +24,7 @@ impl ApiSshResolver {
 #[async_trait::async_trait]
 impl SshTargetResolver for ApiSshResolver {
     async fn resolve(&self, token: &str) -> Result<SshTarget, String> {
-        match self.api.ssh_resolve(token).await {
+        match self.api.ssh_resolve(token, false).await {
             Ok(SshResolution::Target(t)) => Ok(SshTarget {
                 sandbox_id: t.sandbox_id,
                 daemon_addr: t.ssh_addr,
@@ -36,6 +36,16 @@ impl SshTargetResolver for ApiSshResolver {
                 tracing::warn!(error = %e, "SSH token lookup failed");
                 Err(format!("sandbar cannot check SSH access right now: {e}"))
             }
+        }
+    }
+
+    async fn revoked(&self, token: &str, sandbox_id: &str) -> Option<String> {
+        match self.api.ssh_resolve(token, true).await {
+            Ok(SshResolution::Target(t)) if t.sandbox_id == sandbox_id => None,
+            Ok(SshResolution::Target(_)) => Some("this SSH access token now opens another sandbox".to_owned()),
+            Ok(SshResolution::Refused(message)) => Some(message),
+            // An API we cannot reach closes nothing.
+            Err(_) => None,
         }
     }
 

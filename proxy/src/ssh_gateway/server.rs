@@ -1,7 +1,8 @@
 //! The client's side of a gateway connection: one russh server handler per connection. Authentication is judged
 //! by the token in the user name alone; channel opens are passed to the daemon and bridged; a session channel's
 //! requests are answered with the daemon's own answer (the bridge forwards each request in order, and the handler
-//! waits for the reply before answering the client).
+//! waits for the reply before answering the client). While a connection is open its token is asked about again
+//! every `recheck_interval`, and a revoked one ends it with a disconnect naming the reason ([`GatewayConn::watch`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ pub(super) struct GatewayConn {
     refusal: Option<String>,
     /// Reply queues of the session channels, by client-side channel id.
     replies: HashMap<ChannelId, SharedReplies>,
+    /// The task that ends the connection when its token is revoked (aborted when the connection ends).
+    watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl GatewayConn {
@@ -38,7 +41,17 @@ impl GatewayConn {
         peer: SocketAddr,
         down: Arc<OnceCell<russh::server::Handle>>,
     ) -> Self {
-        Self { resolver, config, peer, down, up: None, activity: None, refusal: None, replies: HashMap::new() }
+        Self {
+            resolver,
+            config,
+            peer,
+            down,
+            up: None,
+            activity: None,
+            refusal: None,
+            replies: HashMap::new(),
+            watch: None,
+        }
     }
 
     async fn down_handle(&self) -> Option<russh::server::Handle> {
@@ -62,7 +75,7 @@ impl GatewayConn {
             return Ok(Auth::Accept);
         }
         let outcome = match self.resolver.resolve(token).await {
-            Ok(target) => self.connect(target).await,
+            Ok(target) => self.connect(token, target).await,
             Err(reason) => Err(reason),
         };
         if let Err(reason) = outcome {
@@ -72,7 +85,7 @@ impl GatewayConn {
         Ok(Auth::Accept)
     }
 
-    async fn connect(&mut self, target: SshTarget) -> Result<(), String> {
+    async fn connect(&mut self, token: &str, target: SshTarget) -> Result<(), String> {
         let down = self.down_handle().await.ok_or_else(|| "internal error: no session".to_owned())?;
         let activity = Arc::new(ConnActivity {
             resolver: self.resolver.clone(),
@@ -83,8 +96,31 @@ impl GatewayConn {
         tracing::info!(peer = %self.peer, sandbox_id = %target.sandbox_id, "ssh gateway connected");
         activity.touch();
         self.activity = Some(activity);
-        self.up = Some(Arc::new(up));
+        let up = Arc::new(up);
+        self.watch = Some(self.watch(token.to_owned(), target.sandbox_id, up.clone()));
+        self.up = Some(up);
         Ok(())
+    }
+
+    /// Asks about `token` again every `recheck_interval` and, once it no longer opens `sandbox_id`, disconnects
+    /// both sides with the reason the resolver gave (revocation closes open sessions).
+    fn watch(&self, token: String, sandbox_id: String, up: Arc<UpHandle>) -> tokio::task::JoinHandle<()> {
+        let (resolver, interval, down, peer) =
+            (self.resolver.clone(), self.config.recheck_interval, self.down.clone(), self.peer);
+        tokio::spawn(async move {
+            let reason = loop {
+                tokio::time::sleep(interval).await;
+                if let Some(reason) = resolver.revoked(&token, &sandbox_id).await {
+                    break reason;
+                }
+            };
+            tracing::info!(%peer, %sandbox_id, %reason, "ssh gateway closing a connection whose access was revoked");
+            if let Some(down) = down.get() {
+                let message = format!("access revoked: {reason}");
+                let _ = down.disconnect(Disconnect::ByApplication, message, "en".into()).await;
+            }
+            let _ = up.disconnect(Disconnect::ByApplication, "access revoked", "en").await;
+        })
     }
 
     fn parts(&self) -> Option<(Arc<UpHandle>, Arc<ConnActivity>)> {
@@ -103,6 +139,9 @@ impl GatewayConn {
 
 impl Drop for GatewayConn {
     fn drop(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            watch.abort();
+        }
         if let Some(up) = self.up.take() {
             tokio::spawn(async move {
                 let _ = up.disconnect(Disconnect::ByApplication, "client went away", "en").await;

@@ -1,6 +1,9 @@
 """Headless Chromium opens a sandbox's browser terminal through the proxy's HTTPS listener, with the certificate
 `sandbar up` generated trusted for this key (its SPKI pinned, not certificate errors ignored), types a command the
-way a person does (DevTools key events) and the test reads the answer from the page's terminal buffer."""
+way a person does (DevTools key events) and the test reads the answer from the page's terminal buffer.
+
+The terminal is a daemon port, which preview tokens do not open: the browser sends the organization's API key
+(DevTools' extra headers, as a dashboard's session would), on the page and on its WebSocket, which is same-origin."""
 
 from __future__ import annotations
 
@@ -94,17 +97,16 @@ def test_chromium_types_into_the_terminal_through_https(stack, sandbox):
     if not shutil.which("chromium"):
         pytest.fail("chromium is needed (scripts/setup installs it)")
     cert = find_cert(stack.data_dir)
-    link = sandbox.get_preview_link(22222)
     https_port = urllib.parse.urlsplit(stack.proxy_https).port
     host = f"22222-{sandbox.id}.localhost"
-    page = f"https://{host}:{https_port}/?DAYTONA_SANDBOX_AUTH_KEY={urllib.parse.quote(link.token)}"
+    page = f"https://{host}:{https_port}/"
     profile = tempfile.mkdtemp(prefix="sandbar-chromium-")
     proc = subprocess.Popen(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1000,700", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
          f"--ignore-certificate-errors-spki-list={spki_hash(cert)}",
-         f"--user-data-dir={profile}", page],
+         f"--user-data-dir={profile}", "about:blank"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
@@ -121,12 +123,15 @@ def test_chromium_types_into_the_terminal_through_https(stack, sandbox):
         for _ in range(100):
             targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
             target = next((t["webSocketDebuggerUrl"] for t in targets
-                           if t["type"] == "page" and host in t.get("url", "")), None)
+                           if t["type"] == "page"), None)
             if target:
                 break
             time.sleep(0.1)
         assert target, "no page target for the terminal"
         cdp = Cdp(target)
+        cdp.call("Network.enable")
+        cdp.call("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Bearer {stack.api_key}"}})
+        cdp.call("Page.navigate", {"url": page})
         cdp.wait_for("typeof term === 'object' && document.getElementById('status').textContent === ''",
                      "the terminal to connect")
         cdp.type_line("echo $((6*7))")
