@@ -23,9 +23,9 @@ pub mod session;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
-use sandbar_support::daemon_auth::AuthError;
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use sandbar_support::daemon_auth::AuthError;
 use tracing::Instrument;
 
 use crate::AppState;

@@ -45,7 +45,8 @@ async fn http_is_forwarded_with_query_and_body_without_the_token() {
     let r = d.client.get(d.url(&format!("/proxy/{port}"))).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "GET / token=false body=");
     // The old token header, should a client send one, does not reach the app either.
-    let r = d.client.get(d.url(&format!("/proxy/{port}/old"))).header("x-sandbar-daemon-token", "x").send().await.unwrap();
+    let r =
+        d.client.get(d.url(&format!("/proxy/{port}/old"))).header("x-sandbar-daemon-token", "x").send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "GET /old token=false body=");
 }
 
