@@ -2,6 +2,7 @@
 //! real daemon (what a neighbour answering ARP for the sandbox's address sees) records what the proxy sends, then
 //! replays it, bends it to another path, and tries the token header of old. The token never crosses the wire, and
 //! nothing recorded opens the daemon again.
+#![cfg(test)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
