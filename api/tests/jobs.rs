@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use sandbar_proto::api::{Route, RouteChanges};
 use sandbar_proto::runner::{Job, SandboxState};
-use sandbar_testkit::api::{FakeRunner, Harness, PROXY_TOKEN, RUNNER_TOKEN, databases, empty, started_sandbox};
+use sandbar_testkit::api::{
+    FakeRunner, Harness, PROXY_TOKEN, RUNNER_TOKEN, databases, empty, fake_host_key, started_sandbox,
+};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -343,6 +345,8 @@ async fn proxy_routes_changes_authorize_and_ssh() {
         let (s, v) = h.proxy_post("/internal/ssh/resolve", json!({"token": token})).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!((v["sandboxId"].as_str(), v["sshAddr"].as_str()), (Some(id.as_str()), Some("172.17.0.9:22220")));
+        // The host key the runner reported for the daemon, for the gateway to pin.
+        assert_eq!(v["daemonHostKey"].as_str(), Some(fake_host_key(&id).as_str()), "{v}");
         let (s, v) = h.proxy_post("/internal/ssh/resolve", json!({"token": "nope"})).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert!(v["message"].as_str().unwrap().contains("unknown"));

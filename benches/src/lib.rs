@@ -81,8 +81,12 @@ pub fn median_p99(samples: &mut [Duration]) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-pub fn client() -> anyhow::Result<reqwest::Client> {
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert("x-sandbar-daemon-token", TOKEN.parse()?);
-    Ok(reqwest::Client::builder().default_headers(h).build()?)
+/// A client that signs each request with [`TOKEN`], as the proxy does (so its cost is in every figure).
+pub fn client() -> anyhow::Result<sandbar_testkit::daemon::SignedClient> {
+    Ok(sandbar_testkit::daemon::SignedClient::new(reqwest::Client::builder().build()?, TOKEN))
+}
+
+/// The request credential (`x-sandbar-daemon-auth`) for one request of `method` to `path_and_query`.
+pub fn auth(method: &str, path_and_query: &str) -> String {
+    sandbar_support::daemon_auth::sign(TOKEN, method, path_and_query)
 }

@@ -10,9 +10,10 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "sandbar-daemon", version, about = "sandbar's in-sandbox daemon (PID 1, toolbox API)")]
 pub struct Config {
-    /// Per-sandbox token every request must carry in `X-Sandbar-Daemon-Token` (required, never logged).
-    /// (The daemon re-executes itself once to take it out of its own environment, so it never shows in
-    /// /proc/1/environ; it then arrives through a pipe named by SANDBAR_DAEMON_TOKEN_FD.)
+    /// Per-sandbox token (required, never logged): the key of the credential every request must carry in
+    /// `X-Sandbar-Daemon-Auth` (`sandbar_support::daemon_auth`), and the SSH password. (The daemon re-executes
+    /// itself once to take it out of its own environment, so it never shows in /proc/1/environ; it then arrives
+    /// through a pipe named by SANDBAR_DAEMON_TOKEN_FD.)
     #[arg(long, env = "SANDBAR_DAEMON_TOKEN", hide_env_values = true, default_value = "", hide_default_value = true)]
     pub token: String,
 
@@ -27,6 +28,12 @@ pub struct Config {
     /// SSH server listener (password = the daemon token, or an authorized public key).
     #[arg(long, env = "SANDBAR_SSH_ADDR", default_value = "0.0.0.0:22220")]
     pub ssh_addr: SocketAddr,
+
+    /// The SSH server's host key (an OpenSSH private key), made by the runner, which reports its public half so
+    /// the SSH gateway can pin it. Kept out of the daemon's own environment (like the token, through a pipe named by
+    /// SANDBAR_SSH_HOST_KEY_FD) and every child's. Without it the daemon makes one in its state directory.
+    #[arg(long, env = "SANDBAR_SSH_HOST_KEY", hide_env_values = true)]
+    pub ssh_host_key: Option<String>,
 
     /// Public keys (OpenSSH format, one a line) the SSH server accepts besides `~/.ssh/authorized_keys`;
     /// handed over at creation. Kept out of every child's environment.

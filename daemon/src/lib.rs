@@ -3,10 +3,11 @@
 //! It owns the container's processes (reaping, the image entrypoint, signal forwarding, draining) and serves three
 //! listeners: the toolbox HTTP API that the proxy forwards to (process execution, sessions, files, git, PTYs, LSP,
 //! port forwarding, with Daytona's paths, fields and status codes so the official SDKs work unchanged), the web
-//! terminal, and SSH. Every request but `GET /version` must carry the per-sandbox daemon token.
+//! terminal, and SSH. Every HTTP request but `GET /version` must carry a fresh credential signed with the per-sandbox
+//! daemon token (`sandbar_support::daemon_auth`); SSH takes the token as password.
 //!
 //! - `engine/`: the sandbox's machinery (processes, sessions, PTYs, language servers, git, files); no HTTP.
-//! - `toolbox/`: the toolbox HTTP API only: routes, the token check, one thin handler file per area.
+//! - `toolbox/`: the toolbox HTTP API only: routes, the credential check, one thin handler file per area.
 //! - `terminal`: the web terminal server; `ssh/`: the SSH server. Both drive the engine like the toolbox does.
 //!
 //! A new toolbox endpoint is a DTO in `sandbar_proto::toolbox`, an engine function in `engine/`, and a handler in

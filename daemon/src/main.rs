@@ -12,25 +12,30 @@ use sandbar_daemon::engine::procs::ProcessTable;
 use sandbar_daemon::{Config, Daemon};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Names the pipe that carries the token across the re-exec.
-const TOKEN_FD_ENV: &str = "SANDBAR_DAEMON_TOKEN_FD";
-const TOKEN_ENV: &str = "SANDBAR_DAEMON_TOKEN";
+/// The secrets the runner hands over in the environment, and the variables naming the pipes that carry them
+/// across the re-exec: the daemon token and the SSH host key.
+const SECRETS: [(&str, &str); 2] =
+    [("SANDBAR_DAEMON_TOKEN", "SANDBAR_DAEMON_TOKEN_FD"), ("SANDBAR_SSH_HOST_KEY", "SANDBAR_SSH_HOST_KEY_FD")];
 /// Set to `1` by the runner: hold the image's entrypoint until SIGUSR2, which the runner sends once the sandbox's
 /// network rules are in place (so no code of the image ever runs without them).
 const GATE_ENV: &str = "SANDBAR_ENTRYPOINT_GATE";
 
 fn main() -> ExitCode {
-    // /proc/1/environ is readable by processes of the daemon's own user: take the token out of it by executing
-    // ourselves again without it, handing it over through a pipe.
-    if std::env::var_os(TOKEN_ENV).is_some_and(|t| !t.is_empty()) && std::env::var_os(TOKEN_FD_ENV).is_none() {
-        let err = reexec_without_token();
-        eprintln!("sandbar-daemon: cannot hide the token from the environment ({err}); going on with it there");
+    // /proc/1/environ is readable by processes of the daemon's own user: take the secrets out of it by executing
+    // ourselves again without them, handing them over through pipes.
+    let present = |name: &str| std::env::var_os(name).is_some_and(|t| !t.is_empty());
+    let handed_over = SECRETS.iter().any(|(_, fd_env)| std::env::var_os(fd_env).is_some());
+    if !handed_over && SECRETS.iter().any(|(env, _)| present(env)) {
+        let err = reexec_without_secrets();
+        eprintln!("sandbar-daemon: cannot hide the secrets from the environment ({err}); going on with them there");
     }
     let mut config = Config::parse();
-    if let Some(fd) = std::env::var(TOKEN_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) {
+    for (env, fd_env) in SECRETS {
+        let Some(fd) = std::env::var(fd_env).ok().and_then(|v| v.parse::<i32>().ok()) else { continue };
         match std::fs::read_to_string(format!("/proc/self/fd/{fd}")) {
-            Ok(token) => config.token = token,
-            Err(e) => eprintln!("sandbar-daemon: cannot read the token from fd {fd}: {e}"),
+            Ok(value) if env == "SANDBAR_DAEMON_TOKEN" => config.token = value,
+            Ok(value) => config.ssh_host_key = Some(value),
+            Err(e) => eprintln!("sandbar-daemon: cannot read {env} from fd {fd}: {e}"),
         }
         let _ = nix::unistd::close(fd);
     }
@@ -161,31 +166,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replaces this process with itself minus the token in its environment; returns only on failure.
-fn reexec_without_token() -> std::io::Error {
+/// Replaces this process with itself minus the secrets in its environment, each handed over in a pipe; returns
+/// only on failure.
+fn reexec_without_secrets() -> std::io::Error {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let Some(token) = std::env::var_os(TOKEN_ENV) else { return std::io::Error::other("no token") };
-    // The read end has no close-on-exec flag, so it survives the exec; the write end is closed before it.
-    let (read, write) = match nix::unistd::pipe() {
-        Ok(p) => p,
-        Err(e) => return e.into(),
-    };
-    let mut write = std::fs::File::from(write);
-    if let Err(e) = write.write_all(token.as_encoded_bytes()) {
-        return e;
-    }
-    drop(write);
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
     // The resolved path (not /proc/self/exe) keeps the process name `sandbar-daemon` for ps and top.
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-    Command::new(exe)
-        .arg0(argv0)
-        .args(args)
-        .env_remove(TOKEN_ENV)
-        .env(TOKEN_FD_ENV, read.as_raw_fd().to_string())
-        .exec()
+    let mut cmd = Command::new(exe);
+    cmd.arg0(argv0).args(args);
+    // The read ends stay open until the exec (which they survive: no close-on-exec flag); each write end is
+    // closed once its secret is in the pipe (far below a pipe's buffer).
+    let mut reads = Vec::new();
+    for (env, fd_env) in SECRETS {
+        let Some(value) = std::env::var_os(env) else { continue };
+        let (read, write) = match nix::unistd::pipe() {
+            Ok(p) => p,
+            Err(e) => return e.into(),
+        };
+        let mut write = std::fs::File::from(write);
+        if let Err(e) = write.write_all(value.as_encoded_bytes()) {
+            return e;
+        }
+        drop(write);
+        cmd.env_remove(env).env(fd_env, read.as_raw_fd().to_string());
+        reads.push(read);
+    }
+    cmd.exec()
 }
 
 fn init_tracing(json: bool) {

@@ -8,8 +8,10 @@
 //! has one user, the one the daemon runs commands as, and every session runs as that user. Keys carrying
 //! authorized_keys options (`command=`, `from=`, `restrict`...) are skipped rather than honoured halfway.
 //!
-//! The host key is an ed25519 key made on first start and kept in the state directory, so a restarted sandbox
-//! keeps its identity. Every child goes through the daemon's process table, like everything else in the daemon.
+//! The host key is the ed25519 key the runner made for the container and handed over in `SANDBAR_SSH_HOST_KEY`
+//! (the runner reports its public half, which the SSH gateway pins; the variable is kept out of the daemon's own
+//! environment and every child's, like the token). A daemon started without one (tests, by hand) makes a key on
+//! first start and keeps it in the state directory. Either way a restarted sandbox keeps its identity. Every child goes through the daemon's process table, like everything else in the daemon.
 
 mod forward;
 mod server;

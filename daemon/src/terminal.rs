@@ -2,9 +2,11 @@
 //! `GET /ws`. Each socket gets its own shell on a PTY, ended (its whole process group) when the socket closes.
 //!
 //! Frames: a client text frame that parses as `{"rows":N,"cols":N}` resizes, anything else is input; output goes
-//! out as text frames cut on character boundaries (never half a UTF-8 sequence). The daemon token is required as
-//! on the toolbox, carried by the `X-Sandbar-Daemon-Token` header (what the proxy adds), the `token` query
-//! parameter or the cookie the page sets from it (browsers cannot set headers on a WebSocket).
+//! out as text frames cut on character boundaries (never half a UTF-8 sequence). Every request (the page, its
+//! assets, the socket) needs its own signed credential, as on the toolbox: the proxy signs each request it sends
+//! (browsers reach the terminal through it, as `/proxy/22222/...` of the toolbox or a `22222-` host, and the
+//! toolbox's port proxy signs again for this server). There is no token in a query parameter or a cookie: those
+//! would put the daemon token on the wire and in the browser.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,8 +29,6 @@ use crate::utf8::Utf8Stream;
 
 mod page;
 
-const TOKEN_COOKIE: &str = "sandbar_token";
-
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(page::routes())
@@ -38,36 +38,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn query_token(uri: &axum::http::Uri) -> Option<String> {
-    uri.query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == "token").then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
-    })
-}
-
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
-        let (k, v) = c.trim().split_once('=')?;
-        (k == TOKEN_COOKIE).then(|| v.to_owned())
-    })
-}
-
 async fn authenticate(State(d): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = |t: &[u8]| sandbar_support::ct_eq(t, d.config.token.as_bytes());
-    let header_ok = req.headers().get(sandbar_proto::DAEMON_TOKEN_HEADER).is_some_and(|v| ok(v.as_bytes()));
-    let query = query_token(req.uri());
-    let query_ok = query.as_deref().is_some_and(|t| ok(t.as_bytes()));
-    if !(header_ok || query_ok || cookie_token(req.headers()).as_deref().is_some_and(|t| ok(t.as_bytes()))) {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid daemon token").into_response();
+    if let Err(e) = crate::toolbox::credential_ok(&d, &req) {
+        tracing::info!(reason = %e, path = %req.uri().path(), "terminal: rejected daemon credential");
+        return ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).with_code("UNAUTHORIZED").into_response();
     }
-    let mut resp = next.run(req).await;
-    if query_ok
-        && let Ok(v) =
-            HeaderValue::from_str(&format!("{TOKEN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", d.config.token))
-    {
-        resp.headers_mut().append(header::SET_COOKIE, v);
-    }
-    resp
+    next.run(req).await
 }
 
 async fn ws(State(d): State<AppState>, ws: WsUpgrade) -> Result<Response, ApiError> {

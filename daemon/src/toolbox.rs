@@ -3,8 +3,10 @@
 //! (`crate::engine`) and maps the answer; the port proxy (`/proxy/{port}/...`) is HTTP forwarding, so it lives
 //! here whole.
 //!
-//! Trust: every request but `GET /version` needs `X-Sandbar-Daemon-Token`, compared in constant time (401 JSON
-//! otherwise); request heads over 64 KiB get 431; errors are `{statusCode, message, code, ...}` with the status the
+//! Trust: every request but `GET /version` needs a fresh signed credential in `X-Sandbar-Daemon-Auth`
+//! ([`sandbar_support::daemon_auth`]: HMAC of the method, path and query, time and nonce under the daemon token,
+//! checked in constant time, within a minute, once); 401 JSON otherwise. The token itself is never accepted over
+//! HTTP. Request heads over 64 KiB get 431; errors are `{statusCode, message, code, ...}` with the status the
 //! Daytona SDK maps to its exception classes. Tokens and bodies are never logged.
 
 pub mod error;
@@ -20,9 +22,10 @@ pub mod session;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use sandbar_support::daemon_auth::AuthError;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -62,8 +65,8 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
 }
 
-/// Every request but `GET /version` needs the daemon token, compared in constant time. Also opens the request's
-/// tracing span (never with the token or the body in it).
+/// Every request but `GET /version` needs a valid, unused request credential ([`credential_ok`]). Also opens the
+/// request's tracing span (never with the credential or the body in it).
 async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) -> Response {
     let request_id =
         req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default();
@@ -77,12 +80,12 @@ async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) 
     let info = RequestInfo { method: req.method().to_string(), path: req.uri().path().to_owned() };
     let handled = async move {
         let open = req.method() == Method::GET && req.uri().path() == "/version";
-        if !open && !token_ok(req.headers(), &daemon.config.token) {
-            tracing::info!("rejected: missing or wrong daemon token");
+        if !open && let Err(e) = credential_ok(&daemon, &req) {
+            tracing::info!(reason = %e, "rejected: daemon credential");
             // Read (a bounded part of) what the client is sending, so it sees this answer rather than a reset.
             drain(req.into_body()).await;
             return axum::response::IntoResponse::into_response(
-                ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid daemon token").with_code("UNAUTHORIZED"),
+                ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).with_code("UNAUTHORIZED"),
             );
         }
         let resp = next.run(req).await;
@@ -93,8 +96,10 @@ async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) 
     REQUEST.scope(info, handled).await
 }
 
-fn token_ok(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get(sandbar_proto::DAEMON_TOKEN_HEADER)
-        .is_some_and(|v| sandbar_support::ct_eq(v.as_bytes(), token.as_bytes()))
+/// Checks the request's credential (`X-Sandbar-Daemon-Auth`) for its method, path and query as received; the
+/// toolbox and the terminal share one replay set.
+pub(crate) fn credential_ok<B>(daemon: &crate::Daemon, req: &axum::http::Request<B>) -> Result<(), AuthError> {
+    let value = req.headers().get(sandbar_proto::DAEMON_AUTH_HEADER).map(HeaderValue::as_bytes);
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    daemon.auth.verify(value, req.method().as_str(), path)
 }

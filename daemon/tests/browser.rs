@@ -1,6 +1,10 @@
 //! Headless Chromium (Debian's `chromium`) opens the web terminal page, types into xterm.js the way a person
 //! does (DevTools key events into the focused terminal), and the test reads the result
 //! from the page's terminal buffer; then the viewport shrinks and `stty size` shows the size the page fitted.
+//!
+//! The browser reaches the terminal through a signing front ([`signing_front`]): a reverse proxy that signs every
+//! request (page, assets, WebSocket) with the daemon token, as the edge proxy does. The terminal takes no token
+//! from a browser.
 #![cfg(test)]
 
 use std::io::{BufRead, BufReader};
@@ -13,6 +17,49 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A reverse proxy on 127.0.0.1:0 to `target` that adds a fresh request credential to every request and splices
+/// upgraded connections; returns its base URL.
+async fn signing_front(target: String, token: String) -> String {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (target, token) = (target.clone(), token.clone());
+            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let (target, token) = (target.clone(), token.clone());
+                async move {
+                    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                    let auth = sandbar_support::daemon_auth::sign(&token, req.method().as_str(), &path);
+                    req.headers_mut().insert("x-sandbar-daemon-auth", auth.parse().unwrap());
+                    let down = hyper::upgrade::on(&mut req);
+                    let up = tokio::net::TcpStream::connect(&target).await?;
+                    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(up)).await?;
+                    tokio::spawn(conn.with_upgrades());
+                    let mut resp = sender.send_request(req).await?;
+                    if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                        let up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(async move {
+                            if let (Ok(down), Ok(up)) = (down.await, up.await) {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+                            }
+                        });
+                    }
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resp)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades(),
+            );
+        }
+    });
+    format!("http://{addr}")
+}
 
 /// Chromium and its whole process group go when the test ends, even on panic.
 struct Browser {
@@ -155,7 +202,8 @@ fn screen_has_line(line: &str) -> String {
 #[tokio::test]
 async fn chromium_types_into_the_web_terminal_and_reads_the_answer() {
     let d = TestDaemon::start();
-    let page = format!("{}/?token={}", d.terminal, d.token);
+    let front = signing_front(d.terminal.trim_start_matches("http://").to_owned(), d.token.clone()).await;
+    let page = format!("{front}/");
     let (_browser, browser_ws) = launch(&page);
     let port = browser_ws.trim_start_matches("ws://").split(['/', ':']).nth(1).unwrap().to_owned();
 
@@ -168,7 +216,7 @@ async fn chromium_types_into_the_web_terminal_and_reads_the_answer() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|t| t["type"] == "page" && t["url"].as_str().unwrap_or_default().starts_with(&d.terminal))
+            .find(|t| t["type"] == "page" && t["url"].as_str().unwrap_or_default().starts_with(&front))
             .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned));
         if target.is_some() {
             break;

@@ -291,7 +291,8 @@ async fn a_missing_server_or_language_is_a_clear_error() {
     // The WebSocket answers the same error before upgrading.
     let mut r =
         d.ws_url(&format!("/lsp/ws?languageId=python&pathToProject={}", root.display())).into_client_request().unwrap();
-    r.headers_mut().insert("x-sandbar-daemon-token", d.token.parse().unwrap());
+    let auth = d.sign("GET", r.uri().path_and_query().unwrap().as_str());
+    r.headers_mut().insert("x-sandbar-daemon-auth", auth.parse().unwrap());
     match tokio_tungstenite::connect_async(r).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 400);
@@ -307,7 +308,8 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 async fn ws_connect(d: &TestDaemon, root: &Path) -> Ws {
     let mut r =
         d.ws_url(&format!("/lsp/ws?languageId=python&pathToProject={}", root.display())).into_client_request().unwrap();
-    r.headers_mut().insert("x-sandbar-daemon-token", d.token.parse().unwrap());
+    let auth = d.sign("GET", r.uri().path_and_query().unwrap().as_str());
+    r.headers_mut().insert("x-sandbar-daemon-auth", auth.parse().unwrap());
     tokio_tungstenite::connect_async(r).await.unwrap().0
 }
 

@@ -1,5 +1,5 @@
 //! `/proxy/{port}/{*path}`: the daemon forwards HTTP (bodies streamed) and WebSocket upgrades to 127.0.0.1:{port}
-//! inside the sandbox, keeps the query, and never passes its own token on.
+//! inside the sandbox, keeps the query, and never passes its own credential on.
 
 use axum::extract::ws::{Message as AxMessage, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 /// A server "inside the sandbox": echoes what it received, and a WebSocket echo at /ws.
 async fn backend() -> std::io::Result<u16> {
     async fn echo(method: axum::http::Method, uri: axum::http::Uri, headers: HeaderMap, body: String) -> String {
-        let token = headers.contains_key("x-sandbar-daemon-token");
+        let token = headers.contains_key("x-sandbar-daemon-token") || headers.contains_key("x-sandbar-daemon-auth");
         format!("{method} {uri} token={token} body={body}")
     }
     async fn ws(up: WebSocketUpgrade) -> axum::response::Response {
@@ -44,6 +44,10 @@ async fn http_is_forwarded_with_query_and_body_without_the_token() {
     assert_eq!(r.text().await.unwrap(), "POST / token=false body=hello");
     let r = d.client.get(d.url(&format!("/proxy/{port}"))).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "GET / token=false body=");
+    // The old token header, should a client send one, does not reach the app either.
+    let r =
+        d.client.get(d.url(&format!("/proxy/{port}/old"))).header("x-sandbar-daemon-token", "x").send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "GET /old token=false body=");
 }
 
 #[tokio::test]
@@ -67,7 +71,8 @@ async fn websocket_upgrade_is_spliced() {
     let d = TestDaemon::start();
     let port = backend().await.unwrap();
     let mut req = d.ws_url(&format!("/proxy/{port}/ws")).into_client_request().unwrap();
-    req.headers_mut().insert("x-sandbar-daemon-token", d.token.parse().unwrap());
+    let auth = d.sign("GET", req.uri().path_and_query().unwrap().as_str());
+    req.headers_mut().insert("x-sandbar-daemon-auth", auth.parse().unwrap());
     let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(resp.status(), 101);
     for i in 0..100 {

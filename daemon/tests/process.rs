@@ -12,16 +12,24 @@ async fn version_is_open_and_everything_else_needs_the_token() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["version"].is_string());
 
-    for (token, why) in [(None, "missing"), (Some("wrong"), "wrong"), (Some("test-token-012345678"), "prefix")] {
+    // The token itself, in the header that once carried it, opens nothing; nor does a credential signed with
+    // another key.
+    let forged = sandbar_support::daemon_auth::sign("wrong", "POST", "/process/execute");
+    for (header, value, why) in [
+        (None, String::new(), "missing"),
+        (Some("x-sandbar-daemon-token"), d.token.clone(), "the static token"),
+        (Some("x-sandbar-daemon-auth"), d.token.clone(), "the token as a credential"),
+        (Some("x-sandbar-daemon-auth"), forged, "signed with another key"),
+    ] {
         let mut req = anon.post(d.url("/process/execute")).json(&json!({"command": "echo hi"}));
-        if let Some(t) = token {
-            req = req.header("x-sandbar-daemon-token", t);
+        if let Some(h) = header {
+            req = req.header(h, value);
         }
         let r = req.send().await.unwrap();
-        assert_eq!(r.status(), 401, "{why} token");
+        assert_eq!(r.status(), 401, "{why}");
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["statusCode"], 401);
-        assert!(body["message"].as_str().unwrap().contains("token"));
+        assert!(body["message"].as_str().unwrap().contains("daemon credential"), "{why}: {body}");
     }
 }
 

@@ -18,7 +18,8 @@ const EXIT_CONTROL: &str = "X-Daytona-Pty-Exit-Control";
 
 async fn open(d: &TestDaemon, path: &str, protocols: &[&str]) -> Ws {
     let mut req = d.ws_url(path).into_client_request().unwrap();
-    req.headers_mut().insert("x-sandbar-daemon-token", d.token.parse().unwrap());
+    let auth = d.sign("GET", req.uri().path_and_query().unwrap().as_str());
+    req.headers_mut().insert("x-sandbar-daemon-auth", auth.parse().unwrap());
     if !protocols.is_empty() {
         req.headers_mut().insert("sec-websocket-protocol", protocols.join(", ").parse().unwrap());
     }
@@ -168,7 +169,8 @@ async fn bad_input_and_no_leaked_shells() {
     assert_eq!(d.post("/process/pty/nope/resize", json!({"cols": 10, "rows": 10})).await.0, 404);
     // Connect to an unknown session: a clear HTTP error, no upgrade.
     let mut req = d.ws_url("/process/pty/nope/connect").into_client_request().unwrap();
-    req.headers_mut().insert("x-sandbar-daemon-token", d.token.parse().unwrap());
+    let auth = d.sign("GET", req.uri().path_and_query().unwrap().as_str());
+    req.headers_mut().insert("x-sandbar-daemon-auth", auth.parse().unwrap());
     match tokio_tungstenite::connect_async(req).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),
         other => panic!("expected 404, got {other:?}"),

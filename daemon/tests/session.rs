@@ -31,7 +31,8 @@ async fn wait_exit(d: &TestDaemon, sid: &str, cid: &str) -> serde_json::Value {
 /// Follows a command's logs over WebSocket and demultiplexes Daytona's markers; returns (stdout, stderr, close code).
 async fn follow(d: &TestDaemon, path: &str) -> (String, String, u16) {
     let mut req = d.ws_url(path).into_client_request().unwrap();
-    req.headers_mut().insert("x-sandbar-daemon-token", d.token.parse().unwrap());
+    let auth = d.sign("GET", req.uri().path_and_query().unwrap().as_str());
+    req.headers_mut().insert("x-sandbar-daemon-auth", auth.parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let (mut out, mut err, mut cur) = (Vec::new(), Vec::new(), 0u8);
     let code = loop {

@@ -459,6 +459,38 @@ fn host_key_is_kept_across_restarts() {
     assert_eq!(scan(&d), first, "the host key changed across a restart");
 }
 
+/// The runner hands each daemon a host key of its own in `SANDBAR_SSH_HOST_KEY` (and reports the public half for
+/// the gateway to pin): the daemon serves that key, writes none of its own, and keeps the private key out of its
+/// own environ and every child's.
+#[tokio::test]
+async fn a_host_key_handed_over_is_served_and_hidden() {
+    let key = sandbar_support::ssh::HostKeyText::generate().unwrap();
+    let d = TestDaemon::start_with(&[("SANDBAR_SSH_HOST_KEY", &key.private)], &[]);
+    let port = d.ssh.rsplit(':').next().unwrap().to_owned();
+    let out = Command::new("ssh-keyscan").args(["-t", "ed25519", "-p", &port, "127.0.0.1"]).output().unwrap();
+    let served = text(&out.stdout).split_whitespace().nth(2).unwrap_or_default().to_owned();
+    assert_eq!(Some(served.as_str()), key.public.split_whitespace().nth(1), "the daemon serves the key handed over");
+    assert!(!d.state.join("ssh_host_ed25519_key").exists(), "no key of its own is made");
+    let secret = key.private.lines().nth(1).unwrap();
+    let environ = std::fs::read(format!("/proc/{}/environ", d.pid())).unwrap();
+    assert!(!text(&environ).contains(secret), "host key visible in the daemon's environ");
+    assert!(!text(&environ).contains("SANDBAR_SSH_HOST_KEY="), "{}", text(&environ));
+    let (_, env) = d.exec("env; cat /proc/$$/environ | tr '\\0' '\\n'").await;
+    assert!(!env.contains("SANDBAR_SSH_HOST_KEY") && !env.contains(secret), "{env}");
+    // A key that is not one stops the daemon with a clear error rather than making another.
+    let bad = std::process::Command::new(sandbar_testkit::daemon::daemon_bin())
+        .env("SANDBAR_DAEMON_TOKEN", TOKEN)
+        .env("SANDBAR_SSH_HOST_KEY", "not a key")
+        .env("SANDBAR_TOOLBOX_ADDR", "127.0.0.1:0")
+        .env("SANDBAR_TERMINAL_ADDR", "127.0.0.1:0")
+        .env("SANDBAR_SSH_ADDR", "127.0.0.1:0")
+        .env("SANDBAR_STATE_DIR", d.state.join("bad"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("SANDBAR_SSH_HOST_KEY"), "{}", text(&bad.stderr));
+}
+
 #[test]
 fn shutdown_disconnects_sessions() {
     let mut d = TestDaemon::start();

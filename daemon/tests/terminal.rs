@@ -14,7 +14,8 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 async fn open(d: &TestDaemon) -> Ws {
     let url = format!("ws://{}/ws", d.terminal.trim_start_matches("http://"));
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert("x-sandbar-daemon-token", d.token.parse().unwrap());
+    let auth = d.sign("GET", req.uri().path_and_query().unwrap().as_str());
+    req.headers_mut().insert("x-sandbar-daemon-auth", auth.parse().unwrap());
     tokio_tungstenite::connect_async(req).await.unwrap().0
 }
 
@@ -40,32 +41,62 @@ fn shells_of(pid: u32) -> usize {
 }
 
 #[tokio::test]
-async fn token_rule_page_and_assets() {
+async fn credential_rule_page_and_assets() {
     let d = TestDaemon::start();
     let anon = reqwest::Client::new();
     assert_eq!(anon.get(format!("{}/", d.terminal)).send().await.unwrap().status(), 401);
-    assert_eq!(anon.get(format!("{}/?token=wrong", d.terminal)).send().await.unwrap().status(), 401);
-    let r = anon.get(format!("{}/?token={}", d.terminal, d.token)).send().await.unwrap();
+    // The token in the query string or in the old cookie opens nothing any more (it would put the token on the
+    // wire and in the browser).
+    for r in [
+        anon.get(format!("{}/?token={}", d.terminal, d.token)),
+        anon.get(format!("{}/", d.terminal)).header("cookie", format!("sandbar_token={}", d.token)),
+        anon.get(format!("{}/", d.terminal)).header("x-sandbar-daemon-token", &d.token),
+    ] {
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().get("set-cookie").is_none());
+    }
+    let signed = d.sign("GET", "/");
+    let r = anon.get(format!("{}/", d.terminal)).header("x-sandbar-daemon-auth", &signed).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let cookie = r.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
-    assert!(cookie.starts_with("sandbar_token=") && cookie.contains("HttpOnly"), "{cookie}");
+    assert!(r.headers().get("set-cookie").is_none(), "no credential is handed to the browser");
     let page = r.text().await.unwrap();
     assert!(page.contains("xterm.js") && page.contains("new Terminal"), "{page}");
-    // The cookie alone authorises the assets and the socket, as in a browser.
-    let cookie = cookie.split(';').next().unwrap().to_owned();
+    // The same credential again: refused.
+    let r = anon.get(format!("{}/", d.terminal)).header("x-sandbar-daemon-auth", &signed).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Each asset with its own credential, as the proxy signs each request.
     for asset in ["/xterm.js", "/xterm.css", "/xterm-addon-fit.js"] {
-        let r = anon.get(format!("{}{asset}", d.terminal)).header("cookie", &cookie).send().await.unwrap();
+        let r = d.client.get(format!("{}{asset}", d.terminal)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{asset}");
         assert!(r.bytes().await.unwrap().len() > 500, "{asset} is the real file");
     }
     let url = format!("ws://{}/ws", d.terminal.trim_start_matches("http://"));
     let mut req = url.clone().into_client_request().unwrap();
-    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    req.headers_mut().insert("x-sandbar-daemon-auth", d.sign("GET", "/ws").parse().unwrap());
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
     match tokio_tungstenite::connect_async(url).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
         other => panic!("expected 401, got {other:?}"),
     }
+}
+
+/// The terminal through the toolbox's port proxy (`/proxy/22222/...`, the path the edge proxy uses): the toolbox
+/// checks the caller's credential and signs afresh for the terminal's own path.
+#[tokio::test]
+async fn the_terminal_through_the_port_proxy() {
+    // The port proxy sends 22222 to 127.0.0.1:22222, so this daemon's terminal listens there (the only test that
+    // binds it).
+    let d2 = TestDaemon::start_with(&[("SANDBAR_TERMINAL_ADDR", "127.0.0.1:22222")], &[]);
+    let r = d2.client.get(d2.url("/proxy/22222/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("new Terminal"));
+    let url = d2.ws_url("/proxy/22222/ws");
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("x-sandbar-daemon-auth", d2.sign("GET", "/proxy/22222/ws").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::Text("echo through-$((40+2))\n".into())).await.unwrap();
+    read_until(&mut ws, "through-42").await;
 }
 
 #[tokio::test]

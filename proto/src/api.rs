@@ -204,6 +204,10 @@ pub struct SshResolveResponse {
     pub sandbox_id: String,
     pub ssh_addr: String,
     pub daemon_token: String,
+    /// The daemon's SSH host key (OpenSSH public key line) as its runner reported it; the gateway refuses any
+    /// other. Absent when no runner reported one (a sandbox made before runners did): the gateway then refuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_host_key: Option<String>,
 }
 
 impl fmt::Debug for SshResolveResponse {

@@ -10,7 +10,12 @@ pub mod toolbox;
 
 pub use error::ErrorBody;
 
-/// Header that carries the per-sandbox daemon token on every toolbox request except `GET /version`.
+/// Header that carries the signed per-request credential (`sandbar_support::daemon_auth`) on every request to a
+/// daemon's toolbox and terminal except `GET /version`.
+pub const DAEMON_AUTH_HEADER: &str = "x-sandbar-daemon-auth";
+
+/// The header that once carried the daemon token itself. No daemon accepts it any more; the proxy and the daemon's
+/// port proxy still strip it, so nothing a client sends under this name reaches an app.
 pub const DAEMON_TOKEN_HEADER: &str = "x-sandbar-daemon-token";
 
 /// `source` of errors the daemon produces; the Daytona SDK maps `(source, code)` pairs to typed exceptions.

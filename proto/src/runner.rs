@@ -444,8 +444,13 @@ pub struct SandboxInfo {
     /// `ip:port` of the daemon's toolbox API while the sandbox runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_addr: Option<String>,
-    /// The per-sandbox secret the daemon requires in `X-Sandbar-Daemon-Token`. Never logged (Debug redacts it).
+    /// The per-sandbox secret: the key of the daemon's request credential (`X-Sandbar-Daemon-Auth`) and its SSH
+    /// password. Never logged (Debug redacts it).
     pub daemon_token: String,
+    /// The daemon's SSH host key (an OpenSSH public key line), which the runner made for the container: the SSH
+    /// gateway refuses a daemon that shows another. Absent for a sandbox with no container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_host_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(default)]
@@ -471,6 +476,7 @@ impl fmt::Debug for SandboxInfo {
             .field("disk_enforced", &self.disk_enforced)
             .field("daemon_addr", &self.daemon_addr)
             .field("daemon_token", &"<redacted>")
+            .field("daemon_host_key", &self.daemon_host_key)
             .field("user", &self.user)
             .field("env_keys", &self.env.keys().collect::<Vec<_>>())
             .field("labels", &self.labels)
@@ -748,6 +754,7 @@ mod tests {
             disk_enforced: false,
             daemon_addr: None,
             daemon_token: "supersecret".into(),
+            daemon_host_key: None,
             user: None,
             env: BTreeMap::from([("K".into(), "hidden-value".into())]),
             labels: BTreeMap::new(),

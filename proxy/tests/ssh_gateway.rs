@@ -1,6 +1,7 @@
 //! The SSH gateway in-process on 127.0.0.1:0 in front of the real `sandbar-daemon` binary, with a resolver made
 //! from a fixed map, driven by the real OpenSSH client: exec with exit status, a PTY, scp both ways, -L and -R
-//! forwarding, and tokens that are refused with a message the client prints.
+//! forwarding, tokens that are refused with a message the client prints, and host key pinning (an impostor at the
+//! daemon's address is refused, through a map resolver and through the real API).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -180,4 +181,97 @@ async fn unknown_and_stopped_tokens_are_refused_with_a_message() {
     assert_eq!(out.status.code(), Some(255));
     assert!(text(&out.stderr).contains("sbx-stopped is stopped"), "{}", text(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(20), "refusals must not hang");
+}
+
+/// A daemon with this test's token but a host key of its own, started with `env`: what a neighbour answering for the
+/// sandbox's address would run to collect the password.
+fn impostor(env: &[(&str, &str)]) -> TestDaemon {
+    let mut env = env.to_vec();
+    env.push(("SANDBAR_DAEMON_TOKEN", DAEMON_TOKEN));
+    TestDaemon::start_with(&env, &[])
+}
+
+/// The gateway pins the daemon's host key: a server at the daemon's address showing another key (and which would
+/// take the token as password) is refused with a message the client prints, before any password is sent; and a
+/// target whose key is not known is not logged into at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_with_another_host_key_or_none_is_refused() {
+    let real = TestDaemon::start_token(DAEMON_TOKEN);
+    let fake = impostor(&[]);
+    assert_ne!(daemon_host_key(&fake), daemon_host_key(&real));
+    let target = |addr: &str, key: Option<String>| SshTarget {
+        sandbox_id: "sbx-gw".into(),
+        daemon_addr: addr.into(),
+        daemon_token: DAEMON_TOKEN.into(),
+        daemon_host_key: key,
+    };
+    let mut targets = HashMap::new();
+    targets.insert("to-the-impostor".to_owned(), Ok(target(&fake.ssh, Some(daemon_host_key(&real)))));
+    targets.insert("key-unknown".to_owned(), Ok(target(&real.ssh, None)));
+    targets.insert(ACCESS_TOKEN.to_owned(), Ok(target(&real.ssh, Some(daemon_host_key(&real)))));
+    let gateway = SshGateway::start(Arc::new(MapResolver { targets, activity: AtomicUsize::new(0) })).await;
+
+    let out = output(gateway.ssh("to-the-impostor", &[], "touch $HOME/pwned; echo ran")).await;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(!text(&out.stdout).contains("ran"));
+    assert!(text(&out.stderr).contains("host key other than the one its runner reported"), "{}", text(&out.stderr));
+    assert!(!fake.home.join("pwned").exists());
+    assert!(!fake.log().contains("ssh authentication"), "the impostor saw a login attempt:\n{}", fake.log());
+
+    let out = output(gateway.ssh("key-unknown", &[], "echo ran")).await;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(!text(&out.stdout).contains("ran"));
+    assert!(text(&out.stderr).contains("does not know the SSH host key"), "{}", text(&out.stderr));
+
+    // The real daemon, with its own key: in.
+    let out = output(gateway.ssh(ACCESS_TOKEN, &[], "echo real")).await;
+    assert_eq!(text(&out.stdout), "real\n", "{}", text(&out.stderr));
+}
+
+/// The whole chain with the real API: the runner reports the daemon's host key with its create result, the API
+/// stores it and returns it from `/internal/ssh/resolve`, the proxy's resolver hands it to the gateway, and OpenSSH
+/// gets in through the gateway. Then the daemon is gone and an impostor answers at its address with the same
+/// password but its own key: refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_key_the_runner_reported_is_pinned_end_to_end() {
+    use sandbar_proto::runner::{JobOutcome, JobResult, SandboxState};
+    use sandbar_testkit::api::{Harness, PROXY_TOKEN, databases, empty};
+
+    // The API derives the SSH address from the daemon's (its IP, port 22220): give the daemon a loopback address of
+    // its own so that port is free.
+    let ip = format!("127.{}.{}.{}", 90 + std::process::id() % 100, (std::process::id() / 100) % 250, 1);
+    let env = [("SANDBAR_TOOLBOX_ADDR", format!("{ip}:0")), ("SANDBAR_SSH_ADDR", format!("{ip}:22220"))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon_env = env.clone();
+    daemon_env.push(("SANDBAR_DAEMON_TOKEN", DAEMON_TOKEN));
+    let daemon = TestDaemon::start_with(&daemon_env, &[]);
+
+    let db = databases().await.remove(0);
+    let (h, runner) = Harness::start_with_runner(&db, 8, 16, 100).await;
+    let id = h.create(empty()).await["id"].as_str().unwrap().to_owned();
+    let job = runner.poll(0).await.remove(0);
+    let mut info = runner.info(&id, &h.org, SandboxState::Started);
+    info.daemon_addr = Some(daemon.addr.clone());
+    info.daemon_token = DAEMON_TOKEN.into();
+    info.daemon_host_key = Some(daemon_host_key(&daemon));
+    let outcome = JobOutcome::Succeeded { sandbox: Some(Box::new(info)), snapshot: None };
+    assert!(runner.result(JobResult { job_id: job.id, outcome }).await.is_success());
+    let (_, access) = h.call(reqwest::Method::POST, &format!("/sandbox/{id}/ssh-access"), None).await;
+    let token = access["token"].as_str().unwrap().to_owned();
+
+    let api = sandbar_proxy::control::api::ApiClient::new(&h.base, PROXY_TOKEN.into()).unwrap();
+    let activity = Arc::new(sandbar_proxy::control::activity::Activity::default());
+    let resolver = sandbar_proxy::ssh_gateway::resolver::ApiSshResolver::new(api, activity);
+    let gateway = SshGateway::start(resolver).await;
+    let out = output(gateway.ssh(&token, &[], "echo through-the-api-$((6*7))")).await;
+    assert_eq!(text(&out.stdout), "through-the-api-42\n", "{}", text(&out.stderr));
+
+    drop(daemon);
+    let fake = impostor(&env);
+    let out = output(gateway.ssh(&token, &[], "touch $HOME/pwned; echo ran")).await;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(!text(&out.stdout).contains("ran"));
+    assert!(text(&out.stderr).contains("host key other than the one its runner reported"), "{}", text(&out.stderr));
+    assert!(!fake.home.join("pwned").exists());
+    h.stop().await;
 }

@@ -3,9 +3,10 @@
 //! [`Runner`] owns one Docker engine (API version negotiated) and the table of its sandboxes. A sandbox is a
 //! container labelled `sandbar.sandbox.id`, `sandbar.org`, `sandbar.runner`, ... whose entrypoint is the static
 //! daemon bind-mounted read-only at [`DAEMON_MOUNT_PATH`], with the image's own entrypoint and cmd after `--`, and
-//! `SANDBAR_SANDBOX_ID` plus a random 256-bit `SANDBAR_DAEMON_TOKEN` in its environment. Limits are NanoCpus and
-//! memory (checked from inside through the daemon, [`cgroup`]); disk by the storage driver where it can, else by a
-//! watchdog that stops a sandbox over its quota ([`disk`]).
+//! `SANDBAR_SANDBOX_ID`, a random 256-bit `SANDBAR_DAEMON_TOKEN` and an SSH host key of its own
+//! (`SANDBAR_SSH_HOST_KEY`, whose public half the runner reports for the gateway to pin) in its environment. Limits
+//! are NanoCpus and memory (checked from inside through the daemon, [`cgroup`]); disk by the storage driver where
+//! it can, else by a watchdog that stops a sandbox over its quota ([`disk`]).
 //!
 //! Every operation on a sandbox holds that sandbox's operation lock and runs as its own task, so a caller that
 //! gives up (a dropped future, a timed-out job) never leaves a create half done: it finishes or cleans up.
@@ -62,10 +63,14 @@ const NANO: i64 = 1_000_000_000;
 /// Environment the runner injects; a create may not set these itself.
 const ENV_SANDBOX_ID: &str = "SANDBAR_SANDBOX_ID";
 const ENV_TOKEN: &str = "SANDBAR_DAEMON_TOKEN";
+/// The daemon's SSH host key (OpenSSH private key), made per container; its public half is reported as
+/// `SandboxInfo::daemon_host_key` for the SSH gateway to pin.
+const ENV_SSH_HOST_KEY: &str = "SANDBAR_SSH_HOST_KEY";
 const ENV_TOOLBOX_ADDR: &str = "SANDBAR_TOOLBOX_ADDR";
 /// `1`: the daemon holds the entrypoint until SIGUSR2 (sent once the sandbox's network rules are in place).
 const ENV_ENTRYPOINT_GATE: &str = "SANDBAR_ENTRYPOINT_GATE";
-pub(crate) const RESERVED_ENV: [&str; 4] = [ENV_SANDBOX_ID, ENV_TOKEN, ENV_TOOLBOX_ADDR, ENV_ENTRYPOINT_GATE];
+pub(crate) const RESERVED_ENV: [&str; 5] =
+    [ENV_SANDBOX_ID, ENV_TOKEN, ENV_SSH_HOST_KEY, ENV_TOOLBOX_ADDR, ENV_ENTRYPOINT_GATE];
 
 /// An image made from a sandbox (a snapshot) may carry `[daemon, --, argv...]` as its entrypoint: what the daemon
 /// should run is `argv`.

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptionsBuilder;
 use common::*;
-use sandbar_proto::DAEMON_TOKEN_HEADER;
 use sandbar_proto::runner::{
     Job, JobErrorCode, JobKind, JobOutcome, ResizeSandbox, Resources, SandboxState, StopSandbox, labels,
 };
+use sandbar_proto::{DAEMON_AUTH_HEADER, DAEMON_TOKEN_HEADER};
 use sandbar_runner::SandboxError;
 
 #[tokio::test]
@@ -63,17 +63,35 @@ async fn busybox_create_exec_stop_start_destroy() {
     let marker = runner.exec(&id, &exec_req("cat /tmp/marker")).await.unwrap();
     assert_eq!(marker.result.trim(), "from-entrypoint");
 
-    // The daemon needs the token; the runner has the right one.
+    // The daemon needs a credential signed with the token (the runner's calls above carried one); the token itself
+    // on the wire opens nothing.
     let http = reqwest::Client::new();
     let url = format!("http://{addr}/process/execute");
     let no_token = http.post(&url).json(&exec_req("true")).send().await.unwrap();
     assert_eq!(no_token.status(), 401);
-    let wrong =
-        http.post(&url).header(DAEMON_TOKEN_HEADER, "0".repeat(64)).json(&exec_req("true")).send().await.unwrap();
-    assert_eq!(wrong.status(), 401);
-    let right =
+    let static_token =
         http.post(&url).header(DAEMON_TOKEN_HEADER, &info.daemon_token).json(&exec_req("true")).send().await.unwrap();
+    assert_eq!(static_token.status(), 401);
+    let signed = sandbar_support::daemon_auth::sign(&info.daemon_token, "POST", "/process/execute");
+    let right = http.post(&url).header(DAEMON_AUTH_HEADER, &signed).json(&exec_req("true")).send().await.unwrap();
     assert_eq!(right.status(), 200);
+    let replayed = http.post(&url).header(DAEMON_AUTH_HEADER, &signed).json(&exec_req("true")).send().await.unwrap();
+    assert_eq!(replayed.status(), 401);
+
+    // The daemon's SSH server shows the host key the runner made for it and reported; the private key is in no
+    // process's environment inside the sandbox.
+    let host_key = info.daemon_host_key.clone().expect("the runner reports the daemon's host key");
+    let scan = std::process::Command::new("ssh-keyscan").args(["-t", "ed25519", "-p", "22220", &ip]).output().unwrap();
+    let served = String::from_utf8_lossy(&scan.stdout).split_whitespace().nth(2).unwrap_or_default().to_owned();
+    assert_eq!(Some(served.as_str()), host_key.split_whitespace().nth(1), "keyscan: {scan:?}");
+    let env = runner
+        .exec(&id, &exec_req("cat /proc/1/environ /proc/self/environ | tr '\\0' '\\n'; env"))
+        .await
+        .unwrap()
+        .result;
+    // (PID 1's environ names the pipe the key came through, SANDBAR_SSH_HOST_KEY_FD, and nothing more.)
+    assert!(!env.contains("SANDBAR_SSH_HOST_KEY=") && !env.contains("PRIVATE KEY"), "{env}");
+    assert!(env.contains("SANDBAR_SANDBOX_ID="), "environ was readable: {env}");
 
     // PING_SANDBOX: the daemon answers an authenticated call; nothing changes.
     let ping = |n: u32| Job { id: format!("ping-{n}"), kind: JobKind::PingSandbox { sandbox_id: id.clone() } };
@@ -102,6 +120,7 @@ async fn busybox_create_exec_stop_start_destroy() {
     let started = runner.start(&id).await.unwrap();
     assert_eq!(started.state, SandboxState::Started);
     assert_eq!(started.daemon_token, info.daemon_token, "the token survives a restart of the container");
+    assert_eq!(started.daemon_host_key, info.daemon_host_key, "so does the host key");
     let out = runner.exec(&id, &exec_req("cat /root/file")).await.unwrap();
     assert_eq!(out.result.trim(), "kept");
 
@@ -265,6 +284,7 @@ async fn restarted_runner_rebuilds_state_from_labels_and_removes_half_created_co
     assert_eq!(list.len(), 2, "{list:?}");
     let ra = runner.get(&a).unwrap();
     assert_eq!(ra, before.0, "sandbox {a} rebuilt exactly");
+    assert!(ra.daemon_host_key.is_some(), "the daemon's host key is recovered from the container");
     let rb = runner.get(&b).unwrap();
     assert_eq!(rb, before.1, "stopped sandbox {b} rebuilt exactly");
     assert!(docker_inspect(&orphan.id, "{{.Id}}").is_none(), "half-created container removed");

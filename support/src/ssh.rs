@@ -12,6 +12,8 @@ pub enum HostKeyError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("the SSH host key {path} is not a valid OpenSSH private key: {source}")]
     Bad { path: PathBuf, source: ssh_key::Error },
+    #[error("the SSH host key handed over (SANDBAR_SSH_HOST_KEY) is not a valid OpenSSH private key")]
+    Invalid,
     #[error("cannot make an SSH host key: {0}")]
     Make(String),
     #[error("cannot write the SSH host key {path}: {source}")]
@@ -29,11 +31,7 @@ pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, HostKeyError> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(HostKeyError::Read { path: path.into(), source }),
     }
-    let seed: [u8; 32] = crate::token::random_bytes(32)
-        .map_err(|e| HostKeyError::Make(e.to_string()))?
-        .try_into()
-        .map_err(|_| HostKeyError::Make("short seed".into()))?;
-    let key = PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
+    let key = generate_host_key()?;
     let pem = key.to_openssh(LineEnding::LF).map_err(|e| HostKeyError::Make(e.to_string()))?;
     let public = key.public_key().to_openssh().map_err(|e| HostKeyError::Make(e.to_string()))?;
     crate::fs::write_private(path, pem.as_bytes())
@@ -44,6 +42,46 @@ pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, HostKeyError> 
     std::fs::write(&pub_path, format!("{public}\n"))
         .map_err(|source| HostKeyError::Write { path: pub_path, source })?;
     Ok(key)
+}
+
+/// A fresh ed25519 host key.
+pub fn generate_host_key() -> Result<PrivateKey, HostKeyError> {
+    let seed: [u8; 32] = crate::token::random_bytes(32)
+        .map_err(|e| HostKeyError::Make(e.to_string()))?
+        .try_into()
+        .map_err(|_| HostKeyError::Make("short seed".into()))?;
+    Ok(PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed)))
+}
+
+/// A host key handed over as text (the runner gives each daemon its own through the container's environment):
+/// (the OpenSSH private key, its public key line).
+#[derive(Clone)]
+pub struct HostKeyText {
+    pub private: String,
+    pub public: String,
+}
+
+impl std::fmt::Debug for HostKeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostKeyText").field("public", &self.public).finish_non_exhaustive()
+    }
+}
+
+impl HostKeyText {
+    /// A fresh ed25519 key as text.
+    pub fn generate() -> Result<Self, HostKeyError> {
+        let key = generate_host_key()?;
+        let private = key.to_openssh(LineEnding::LF).map_err(|e| HostKeyError::Make(e.to_string()))?.to_string();
+        let public = key.public_key().to_openssh().map_err(|e| HostKeyError::Make(e.to_string()))?;
+        Ok(Self { private, public })
+    }
+
+    /// The key and its public line from an OpenSSH private key; `None` if `private` is not one.
+    pub fn parse(private: &str) -> Option<(PrivateKey, Self)> {
+        let key = PrivateKey::from_openssh(private).ok()?;
+        let public = key.public_key().to_openssh().ok()?;
+        Some((key, Self { private: private.to_owned(), public }))
+    }
 }
 
 /// russh server settings for a sandbar SSH server named `name` (the version string is `SSH-2.0-{name}_{version}`)
@@ -85,6 +123,18 @@ mod tests {
         assert!(public.starts_with("ssh-ed25519 "), "{public}");
         let again = load_or_create_host_key(&path).unwrap();
         assert_eq!(first.public_key(), again.public_key());
+    }
+
+    #[test]
+    fn host_keys_as_text_round_trip() {
+        let k = HostKeyText::generate().unwrap();
+        assert!(k.public.starts_with("ssh-ed25519 "), "{}", k.public);
+        let (key, again) = HostKeyText::parse(&k.private).unwrap();
+        assert_eq!(again.public, k.public);
+        assert_eq!(key.public_key().to_openssh().unwrap(), k.public);
+        assert!(!format!("{k:?}").contains("PRIVATE"));
+        assert!(HostKeyText::parse("not a key").is_none());
+        assert_ne!(HostKeyText::generate().unwrap().public, k.public);
     }
 
     #[test]

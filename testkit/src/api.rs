@@ -341,6 +341,7 @@ impl FakeRunner {
             disk_enforced: false,
             daemon_addr: Some("172.17.0.9:2280".into()),
             daemon_token: format!("daemon-token-{sandbox_id}"),
+            daemon_host_key: Some(fake_host_key(sandbox_id)),
             user: None,
             env: Default::default(),
             labels: Default::default(),
@@ -409,4 +410,9 @@ pub async fn started_sandbox(h: &Harness, runner: &FakeRunner, body: Value) -> S
 /// The body the Daytona SDK sends for a default sandbox.
 pub fn empty() -> Value {
     json!({"env": {}, "labels": {"code-toolbox-language": "python"}, "volumes": []})
+}
+
+/// The host key the fake runner reports for `sandbox_id` (an OpenSSH-looking line; nothing connects to it).
+pub fn fake_host_key(sandbox_id: &str) -> String {
+    format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5-test-key-of-{sandbox_id}")
 }

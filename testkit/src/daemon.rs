@@ -1,5 +1,6 @@
 //! The real `sandbar-daemon` binary on 127.0.0.1:0 with a temporary HOME, work dir and state dir: reads the ready
-//! line for the bound addresses, and kills the daemon (printing its log if the test failed) when dropped.
+//! line for the bound addresses, and kills the daemon (printing its log if the test failed) when dropped. Also
+//! [`SignedClient`], the HTTP client that signs every request it makes for a daemon, as the proxy does.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -37,11 +38,60 @@ pub struct TestDaemon {
     pub token: String,
     pub home: PathBuf,
     pub work: PathBuf,
-    /// A client that sends the daemon token on every request.
-    pub client: reqwest::Client,
+    /// A client that signs every request with the daemon token.
+    pub client: SignedClient,
     child: Child,
     log: Arc<Mutex<String>>,
     _tmp: tempfile::TempDir,
+}
+
+/// The name of the header that carries the request credential.
+pub const AUTH_HEADER: &str = "x-sandbar-daemon-auth";
+
+/// A reqwest client that signs each request for a daemon with its token (`sandbar_support::daemon_auth`): the
+/// credential covers the method and the path and query of the URL as reqwest sends it, so add query parameters to
+/// the URL, not with `RequestBuilder::query` afterwards.
+#[derive(Clone)]
+pub struct SignedClient {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl SignedClient {
+    pub fn new(http: reqwest::Client, token: &str) -> Self {
+        Self { http, token: token.to_owned() }
+    }
+
+    /// A request of `method` to `url`, signed now.
+    pub fn request(&self, method: reqwest::Method, url: impl AsRef<str>) -> reqwest::RequestBuilder {
+        let url = reqwest::Url::parse(url.as_ref()).unwrap_or_else(|e| panic!("bad URL {:?}: {e}", url.as_ref()));
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let auth = sandbar_support::daemon_auth::sign(&self.token, method.as_str(), &path);
+        self.http.request(method, url).header(AUTH_HEADER, auth)
+    }
+
+    pub fn get(&self, url: impl AsRef<str>) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::GET, url)
+    }
+
+    pub fn post(&self, url: impl AsRef<str>) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, url)
+    }
+
+    pub fn put(&self, url: impl AsRef<str>) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::PUT, url)
+    }
+
+    pub fn patch(&self, url: impl AsRef<str>) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::PATCH, url)
+    }
+
+    pub fn delete(&self, url: impl AsRef<str>) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::DELETE, url)
+    }
 }
 
 /// `s` percent-encoded for a query value (everything but ASCII letters, digits and `/-_.`).
@@ -132,9 +182,7 @@ impl TestDaemon {
             let _ = child.wait();
             panic!("daemon did not print its ready line; log:\n{}", log.lock().unwrap());
         };
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert("x-sandbar-daemon-token", token.parse().unwrap());
-        let client = reqwest::Client::builder().default_headers(headers).build().unwrap();
+        let client = SignedClient::new(reqwest::Client::new(), token);
         TestDaemon {
             base: format!("http://{addr}"),
             addr,
@@ -157,6 +205,11 @@ impl TestDaemon {
 
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
+    }
+
+    /// A credential (`x-sandbar-daemon-auth` value) for one request of `method` to `path_and_query`.
+    pub fn sign(&self, method: &str, path_and_query: &str) -> String {
+        sandbar_support::daemon_auth::sign(&self.token, method, path_and_query)
     }
 
     pub fn pid(&self) -> u32 {

@@ -101,10 +101,11 @@ pub async fn start_app() -> u16 {
     use axum::extract::ws::{Message, WebSocketUpgrade};
     use axum::response::Response;
     async fn hello(uri: axum::http::Uri, h: HeaderMap) -> String {
-        let seen: Vec<&str> = ["x-sandbar-daemon-token", "x-daytona-preview-token", "authorization"]
-            .into_iter()
-            .filter(|n| h.contains_key(*n))
-            .collect();
+        let seen: Vec<&str> =
+            ["x-sandbar-daemon-auth", "x-sandbar-daemon-token", "x-daytona-preview-token", "authorization"]
+                .into_iter()
+                .filter(|n| h.contains_key(*n))
+                .collect();
         let cookie = h.get("cookie").and_then(|v| v.to_str().ok()).unwrap_or("");
         format!("hello from the sandbox {uri} leaked={seen:?} cookie={cookie}")
     }

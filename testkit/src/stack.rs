@@ -77,6 +77,7 @@ impl Runner {
             disk_enforced: false,
             daemon_addr: daemon.map(|d| d.addr.clone()),
             daemon_token: daemon.map(|d| d.token.clone()).unwrap_or_else(|| format!("token-{id}")),
+            daemon_host_key: daemon.map(crate::proxy::daemon_host_key),
             user: None,
             env: Default::default(),
             labels: Default::default(),

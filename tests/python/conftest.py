@@ -3,7 +3,7 @@
 The SDK is used exactly as a user would: ``Daytona(DaytonaConfig(api_url=..., api_key=...)).get(sandbox_id)``
 returns a real ``Sandbox`` whose ``process`` / ``fs`` / ``git`` objects build their requests with the SDK's own
 toolbox client against ``{toolboxProxyUrl}/{sandboxId}/...``. That URL is the proxy's: it strips the prefix, drops
-the caller's credentials and adds the daemon token, as in production.
+the caller's credentials and signs each request with the daemon token, as in production.
 
 In place of the API, a small route server ([`RouteServer`]) holds the test's data: the sandboxes (their daemon's
 address and token), the API key, and the proxy's service token. It answers the SDK's ``GET /api/sandbox/{id}`` and
@@ -327,7 +327,7 @@ def daemon(tmp_path_factory, request):
 def edge(daemon, tmp_path_factory):
     e = start_edge(tmp_path_factory.mktemp("edge"), API_KEY)
     e.add_sandbox(SANDBOX_ID, daemon.addr, daemon.token)
-    # The route of this one carries no daemon token: the proxy forwards an empty one.
+    # The route of this one carries no daemon token: the proxy signs with an empty key, which the daemon refuses.
     e.add_sandbox(SANDBOX_NO_TOKEN_ID, daemon.addr, "")
     _current["edge"] = e
     yield e

@@ -10,7 +10,7 @@ import pytest
 from daytona import DaytonaError, DaytonaLspServerNotInitializedError
 from daytona.common.lsp_server import LspCompletionPosition
 
-from sandbar_util import lsp_client, next_diagnostics
+from sandbar_util import daemon_auth, lsp_client, next_diagnostics
 
 SOURCE = (
     "import os\n"
@@ -80,9 +80,10 @@ def test_websocket_with_pygls_client(daemon, ws):
     broken.write_text(broken_text)
 
     async def session():
-        # Straight to the daemon: it wants a path, a query and the token.
-        url = f"ws://{daemon.addr}/lsp/ws?languageId=python&pathToProject={ws}"
-        headers = {"X-Sandbar-Daemon-Token": daemon.token}
+        # Straight to the daemon: it wants a path, a query and a credential signed with the token for both.
+        path = f"/lsp/ws?languageId=python&pathToProject={ws}"
+        url = f"ws://{daemon.addr}{path}"
+        headers = {"X-Sandbar-Daemon-Auth": daemon_auth(daemon.token, "GET", path)}
         async with lsp_client(url, headers, f"file://{ws}", 30) as (client, result, diagnostics):
             assert result.server_info is not None and result.server_info.name == "pylsp"
             assert result.capabilities.hover_provider

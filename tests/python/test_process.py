@@ -89,7 +89,7 @@ def test_exec_timeout_raises_sdk_timeout_error_and_kills_command(sandbox, ws):
 
 
 def test_exec_without_daemon_token_is_rejected(daytona):
-    # Same daemon, but this sandbox's route has no daemon token: the proxy forwards an empty one.
+    # Same daemon, but this sandbox's route has no daemon token: the proxy signs with an empty key, refused.
     sb = daytona.get(SANDBOX_NO_TOKEN_ID)
     with pytest.raises(DaytonaAuthenticationError) as excinfo:
         sb.process.exec("echo should-not-run")

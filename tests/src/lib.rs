@@ -91,7 +91,8 @@ pub struct DaemonContainer {
     pub container: Container,
     /// `http://<container ip>:2280`.
     pub base: String,
-    pub client: reqwest::Client,
+    /// Signs every request with the daemon token.
+    pub client: sandbar_testkit::daemon::SignedClient,
 }
 
 impl DaemonContainer {
@@ -121,9 +122,8 @@ impl DaemonContainer {
         }
         let container = Container::run(&args)?;
         let base = format!("http://{}:2280", container.ip()?);
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert("x-sandbar-daemon-token", token.parse()?);
-        let client = reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(30)).build()?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        let client = sandbar_testkit::daemon::SignedClient::new(http, token);
         let d = Self { container, base, client };
         for _ in 0..200 {
             if let Ok(r) = d.client.get(d.url("/version")).send().await

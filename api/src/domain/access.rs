@@ -140,7 +140,12 @@ pub async fn resolve_ssh(app: &App, token: &str, recheck: bool) -> ApiResult<Ssh
         let mut conn = app.db.pool.acquire().await?;
         sandboxes::touch(&mut conn, std::slice::from_ref(&sandbox_id), now).await?;
     }
-    Ok(SshResolveResponse { sandbox_id, ssh_addr, daemon_token: row.daemon_token })
+    Ok(SshResolveResponse {
+        sandbox_id,
+        ssh_addr,
+        daemon_token: row.daemon_token,
+        daemon_host_key: row.daemon_host_key,
+    })
 }
 
 /// Starts an auto-stopped sandbox for a request the proxy holds, through the state machine (quotas included).

@@ -12,7 +12,7 @@ pub(crate) const COLUMNS: &str = "s.id, s.organization_id, s.name, s.runner_id, 
     s.error_reason, s.snapshot, s.os_user, s.env, s.labels, s.public, s.network_block_all, s.network_allow_list, \
     s.target, s.cpu, s.memory, s.disk, s.auto_stop, s.auto_archive, s.auto_delete, s.daemon_addr, s.ssh_addr, \
     s.daemon_token, s.preview_token, s.provisioned, s.created_at, s.updated_at, s.last_activity_at, s.state_at, \
-    s.version, r.last_heartbeat AS runner_seen, s.linked_sandbox_id";
+    s.version, r.last_heartbeat AS runner_seen, s.linked_sandbox_id, s.daemon_host_key";
 pub(crate) const FROM: &str = "FROM sandboxes s LEFT JOIN runners r ON r.id = s.runner_id";
 
 /// A sandbox row, with its runner's last heartbeat.
@@ -51,6 +51,8 @@ pub struct Row {
     pub version: i64,
     pub runner_seen: Option<i64>,
     pub linked_sandbox_id: Option<String>,
+    /// The daemon's SSH host key as its runner reported it (OpenSSH public key line).
+    pub daemon_host_key: Option<String>,
 }
 
 /// A stored state column; `unknown` for anything else.
@@ -376,11 +378,13 @@ pub async fn record_info(
     ssh_addr: Option<String>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE sandboxes SET daemon_addr = $1, ssh_addr = $2, daemon_token = $3, provisioned = 1 WHERE id = $4",
+        "UPDATE sandboxes SET daemon_addr = $1, ssh_addr = $2, daemon_token = $3, daemon_host_key = $4, \
+         provisioned = 1 WHERE id = $5",
     )
     .bind(info.daemon_addr.clone())
     .bind(ssh_addr)
     .bind(&info.daemon_token)
+    .bind(info.daemon_host_key.clone())
     .bind(&info.id)
     .execute(conn)
     .await?;

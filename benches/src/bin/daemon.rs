@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use sandbar_benches::{Daemon, TOKEN, client, median_p99};
+use sandbar_benches::{Daemon, auth, client, median_p99};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -75,7 +75,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn open(d: &Daemon, path: &str) -> anyhow::Result<Ws> {
     let mut req = format!("ws://{}{path}", d.toolbox).into_client_request()?;
-    req.headers_mut().insert("x-sandbar-daemon-token", TOKEN.parse()?);
+    let signed = auth("GET", req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    req.headers_mut().insert("x-sandbar-daemon-auth", signed.parse()?);
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
     ws.next().await; // the `connected` control message
     Ok(ws)
@@ -102,7 +103,7 @@ async fn read_until(ws: &mut Ws, needle: &[u8]) -> anyhow::Result<u64> {
     }
 }
 
-async fn pty_figures(d: &Daemon, c: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+async fn pty_figures(d: &Daemon, c: &sandbar_testkit::daemon::SignedClient, base: &str) -> anyhow::Result<()> {
     c.post(format!("{base}/process/pty")).json(&serde_json::json!({"id": "bench"})).send().await?;
     let mut ws = open(d, "/process/pty/bench/connect").await?;
     ws.send(Message::Binary("stty raw -echo; cat\n".into())).await?;

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use sandbar_benches::{Daemon, TOKEN, client, median_p99};
+use sandbar_benches::{Daemon, auth, client, median_p99};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
@@ -88,7 +88,8 @@ async fn main() -> anyhow::Result<()> {
     for n in 0..BRIDGES {
         let mut r = format!("ws://{}/lsp/ws?languageId=python&pathToProject={}", d.toolbox, project.display())
             .into_client_request()?;
-        r.headers_mut().insert("x-sandbar-daemon-token", TOKEN.parse()?);
+        let signed = auth("GET", r.uri().path_and_query().map_or("/", |p| p.as_str()));
+        r.headers_mut().insert("x-sandbar-daemon-auth", signed.parse()?);
         let (mut ws, _) = tokio_tungstenite::connect_async(r).await?;
         let init = json!({"jsonrpc": "2.0", "id": n, "method": "initialize", "params": {"processId": null, "capabilities": {}}});
         ws.send(Message::text(init.to_string())).await?;

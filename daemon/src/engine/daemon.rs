@@ -18,6 +18,8 @@ use crate::Config;
 #[derive(Debug)]
 pub struct Daemon {
     pub config: Config,
+    /// Checks the per-request credential of the toolbox and the terminal (one replay set for both servers).
+    pub auth: sandbar_support::daemon_auth::Verifier,
     pub procs: Arc<ProcessTable>,
     pub sessions: session::Sessions,
     pub ptys: Arc<pty::Ptys>,
@@ -37,7 +39,13 @@ pub struct Daemon {
 pub type AppState = Arc<Daemon>;
 
 /// Variables of the daemon's own environment that children must not inherit.
-pub const PRIVATE_ENV: &[&str] = &["SANDBAR_DAEMON_TOKEN", "SANDBAR_DAEMON_TOKEN_FD", "SANDBAR_SSH_AUTHORIZED_KEYS"];
+pub const PRIVATE_ENV: &[&str] = &[
+    "SANDBAR_DAEMON_TOKEN",
+    "SANDBAR_DAEMON_TOKEN_FD",
+    "SANDBAR_SSH_HOST_KEY",
+    "SANDBAR_SSH_HOST_KEY_FD",
+    "SANDBAR_SSH_AUTHORIZED_KEYS",
+];
 
 impl Daemon {
     pub fn new(config: Config, procs: Arc<ProcessTable>) -> std::io::Result<Arc<Self>> {
@@ -54,6 +62,7 @@ impl Daemon {
             lsp::LspConfig::new(config.lsp_servers.as_deref(), config.lsp_timeout()).map_err(std::io::Error::other)?;
         Ok(Arc::new(Self {
             sandbox_id: RwLock::new(config.sandbox_id.clone()),
+            auth: sandbar_support::daemon_auth::Verifier::new(&config.token),
             config,
             procs,
             sessions,

@@ -46,9 +46,13 @@ pub struct SshServer {
 }
 
 impl SshServer {
-    /// Loads (or makes) the host key; call before announcing readiness so the key file exists by then.
+    /// Takes the host key the runner handed over (`SANDBAR_SSH_HOST_KEY`), or loads (or makes) one in the state
+    /// directory; call before announcing readiness so the key file exists by then.
     pub fn new(d: &AppState) -> Result<Self, HostKeyError> {
-        let key = ssh::load_or_create_host_key(&d.state_dir.join(HOST_KEY_FILE))?;
+        let key = match d.config.ssh_host_key.as_deref() {
+            Some(text) => ssh::HostKeyText::parse(text).map(|(key, _)| key).ok_or(HostKeyError::Invalid)?,
+            None => ssh::load_or_create_host_key(&d.state_dir.join(HOST_KEY_FILE))?,
+        };
         let creation_keys = parse_authorized_keys(d.config.ssh_authorized_keys.as_deref().unwrap_or(""));
         let config = ssh::server_config("sandbar", key, 6);
         Ok(Self { config: Arc::new(config), creation_keys: Arc::new(creation_keys) })

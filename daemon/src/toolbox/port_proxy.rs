@@ -2,10 +2,14 @@
 //! token middleware); the daemon forwards to `127.0.0.1:{port}` inside the sandbox over HTTP/1.1, bodies streamed
 //! both ways, and WebSocket (any `Upgrade`) requests are spliced into a bidirectional byte copy once the sandbox's
 //! server answers 101.
+//!
+//! The request credential is the daemon's alone: it is removed before an app sees the request (and so is the old
+//! token header, should a client send one). The web terminal (22222) is the daemon's own server and checks a
+//! credential of its own, so a request for it gets a fresh one signed for the path the terminal sees.
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Request};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -22,12 +26,12 @@ pub fn routes() -> Router<AppState> {
         .route("/proxy/{port}/{*path}", any(path))
 }
 
-async fn root(Path(port): Path<String>, req: Request) -> Response {
-    forward(&port, "", req).await
+async fn root(State(d): State<AppState>, Path(port): Path<String>, req: Request) -> Response {
+    forward(&d, &port, "", req).await
 }
 
-async fn path(Path((port, path)): Path<(String, String)>, req: Request) -> Response {
-    forward(&port, &path, req).await
+async fn path(State(d): State<AppState>, Path((port, path)): Path<(String, String)>, req: Request) -> Response {
+    forward(&d, &port, &path, req).await
 }
 
 /// Hop-by-hop headers (RFC 9110 7.6.1) that a forwarder must not pass on; `connection`/`upgrade` are put back for
@@ -60,7 +64,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-async fn forward(port: &str, path: &str, mut req: Request) -> Response {
+async fn forward(d: &AppState, port: &str, path: &str, mut req: Request) -> Response {
     let port: u16 = match port.parse() {
         Ok(p) if p > 0 => p,
         _ => return ApiError::bad_request(format!("invalid port {port:?}")).into_response(),
@@ -80,10 +84,15 @@ async fn forward(port: &str, path: &str, mut req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;
     parts.version = axum::http::Version::HTTP_11;
-    // The daemon token is for the daemon alone: the sandbox's own servers never see it. The web terminal (22222)
-    // is the daemon's own server and needs it.
-    if port != sandbar_proto::ports::TERMINAL {
-        parts.headers.remove(sandbar_proto::DAEMON_TOKEN_HEADER);
+    // The credential is for the daemon alone: the sandbox's own servers never see it (see the module doc).
+    parts.headers.remove(sandbar_proto::DAEMON_AUTH_HEADER);
+    parts.headers.remove(sandbar_proto::DAEMON_TOKEN_HEADER);
+    if port == sandbar_proto::ports::TERMINAL {
+        let sent = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let signed = sandbar_support::daemon_auth::sign(&d.config.token, parts.method.as_str(), sent);
+        if let Ok(v) = HeaderValue::from_str(&signed) {
+            parts.headers.insert(sandbar_proto::DAEMON_AUTH_HEADER, v);
+        }
     }
     strip_hop_by_hop(&mut parts.headers);
     if let (true, Some(u)) = (upgrade, upgrade_value) {

@@ -1,7 +1,9 @@
 //! What the proxy changes on the way through. To the daemon: the path it serves the request at, the
 //! `DAYTONA_SANDBOX_AUTH_KEY` query parameter and the proxy's cookie removed, every header the proxy owns
-//! ([`INTERNAL_HEADERS`]) stripped from what the client sent and set by the proxy (the daemon token, the request id,
-//! `X-Forwarded-*`), and an API key never passed on. Back to the client: a `Location` of a toolbox answer
+//! ([`INTERNAL_HEADERS`]) stripped from what the client sent and set by the proxy (the request credential, the
+//! request id, `X-Forwarded-*`), and an API key never passed on. The credential is signed for this one request
+//! (`sandbar_support::daemon_auth`: method, path and query, time, nonce, keyed by the daemon token); the token itself
+//! never goes on the wire, so a request seen on the sandbox network cannot be replayed or bent to another path. Back to the client: a `Location` of a toolbox answer
 //! re-prefixed with `/toolbox/{id}`, the preview cookie, and the request id.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,14 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pingora::Result;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
-use sandbar_proto::DAEMON_TOKEN_HEADER;
 use sandbar_proto::api::{PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY, REQUEST_ID_HEADER};
+use sandbar_proto::{DAEMON_AUTH_HEADER, DAEMON_TOKEN_HEADER};
 
 use super::reject::Reject;
 use super::target::Destination;
 
 /// Headers a client must never set on what reaches a daemon: the proxy owns them.
-const INTERNAL_HEADERS: [&str; 9] = [
+const INTERNAL_HEADERS: [&str; 10] = [
+    DAEMON_AUTH_HEADER,
     DAEMON_TOKEN_HEADER,
     REQUEST_ID_HEADER,
     PREVIEW_TOKEN_HEADER,
@@ -68,7 +71,10 @@ impl Forward {
         // The API key is the caller's credential for us, never something a sandbox should see; nor is any other
         // credential the proxy recognises.
         super::credentials::strip(req, self.used_bearer || self.toolbox);
-        req.insert_header(DAEMON_TOKEN_HEADER, self.daemon_token.as_str())?;
+        // Signed last thing before sending, over the method and the path the daemon will see.
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let credential = sandbar_support::daemon_auth::sign(&self.daemon_token, req.method.as_str(), path);
+        req.insert_header(DAEMON_AUTH_HEADER, credential)?;
         req.insert_header(REQUEST_ID_HEADER, request_id)?;
         if self.toolbox {
             req.insert_header("x-request-id", request_id)?;

@@ -1,5 +1,6 @@
-//! The gateway's side of the connection to a daemon: connecting with the daemon token as password (checking the
-//! daemon's host key when the target pins one), and the channels the daemon opens back (`forwarded-tcpip` for
+//! The gateway's side of the connection to a daemon: connecting with the daemon token as password, only to a
+//! daemon that shows the host key its runner reported (a target without one is refused: the password would go to
+//! whoever answers at that address), and the channels the daemon opens back (`forwarded-tcpip` for
 //! `-R`, agent channels), each bridged to a new channel towards the client.
 
 use std::sync::Arc;
@@ -21,9 +22,16 @@ pub(super) async fn connect(
     activity: Arc<ConnActivity>,
     timeout: Duration,
 ) -> Result<UpHandle, String> {
+    let id = &target.sandbox_id;
     let pinned = match &target.daemon_host_key {
-        Some(k) => Some(PublicKey::from_openssh(k).map_err(|_| "the sandbox's host key is invalid".to_owned())?),
-        None => None,
+        Some(k) => PublicKey::from_openssh(k)
+            .map_err(|_| format!("the SSH host key recorded for sandbox {id} is not a valid public key"))?,
+        None => {
+            return Err(format!(
+                "sandbar does not know the SSH host key of sandbox {id} (made before runners reported one?), so it \
+                 will not log in to it; recreate the sandbox to get one"
+            ));
+        }
     };
     let upstream = Upstream { pinned, down, activity };
     let config = Arc::new(russh::client::Config {
@@ -33,10 +41,17 @@ pub(super) async fn connect(
         keepalive_max: 4,
         ..Default::default()
     });
-    let unreachable = |e: String| format!("sandbox {} is not reachable ({e}); is it started?", target.sandbox_id);
+    let unreachable = |e: String| format!("sandbox {id} is not reachable ({e}); is it started?");
     let connecting = russh::client::connect(config, target.daemon_addr.as_str(), upstream);
     let mut up = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(h)) => h,
+        Ok(Err(russh::Error::UnknownKey)) => {
+            tracing::warn!(sandbox_id = %id, addr = %target.daemon_addr, "daemon SSH host key mismatch: refused");
+            return Err(format!(
+                "the SSH server at sandbox {id}'s address showed a host key other than the one its runner reported; \
+                 the gateway refused to log in (something may be impersonating the sandbox)"
+            ));
+        }
         Ok(Err(e)) => return Err(unreachable(e.to_string())),
         Err(_) => return Err(unreachable("timed out".into())),
     };
@@ -49,7 +64,7 @@ pub(super) async fn connect(
 
 /// The gateway's side of the connection to a daemon.
 pub(super) struct Upstream {
-    pinned: Option<PublicKey>,
+    pinned: PublicKey,
     down: russh::server::Handle,
     activity: Arc<ConnActivity>,
 }
@@ -58,9 +73,8 @@ impl russh::client::Handler for Upstream {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let Some(pinned) = &self.pinned else { return Ok(true) };
         Ok(match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data() == pinned.key_data(),
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data() == self.pinned.key_data(),
             _ => false,
         })
     }

@@ -1,8 +1,9 @@
 //! The SSH gateway (port 2222): `ssh -p 2222 <token>@host`, where the user name is an SSH-access token.
 //!
 //! For each connection the gateway asks an [`SshTargetResolver`] what the token opens (sandbox, daemon SSH
-//! address, daemon token), connects to that daemon's SSH server with the daemon token as password, and lets the
-//! client in without asking anything more (the token is the credential; "none", password and publickey
+//! address, daemon token, daemon host key), connects to that daemon's SSH server, checks that it shows the host
+//! key its runner reported (pinned: the token goes to no other server), logs in with the daemon token as password,
+//! and lets the client in without asking anything more (the token is the credential; "none", password and publickey
 //! attempts are all judged by the token alone). An unknown, expired or revoked token, or a sandbox whose daemon
 //! cannot be reached, ends the connection with a disconnect message the client prints, never a hang. An open
 //! connection is asked about again every few seconds ([`SshTargetResolver::revoked`]): once its token is revoked or
@@ -44,8 +45,8 @@ pub struct SshTarget {
     pub daemon_addr: String,
     /// The per-sandbox daemon token (the daemon's SSH password). Never logged.
     pub daemon_token: String,
-    /// The daemon's host key (OpenSSH public key line) when known: the gateway then refuses any other key.
-    /// `None` trusts the network between gateway and daemon.
+    /// The daemon's host key (OpenSSH public key line) as its runner reported it: the gateway refuses any other
+    /// key, and refuses to log in at all (the password would go to whoever answers) when it is `None`.
     pub daemon_host_key: Option<String>,
 }
 

@@ -29,7 +29,7 @@ impl SshTargetResolver for ApiSshResolver {
                 sandbox_id: t.sandbox_id,
                 daemon_addr: t.ssh_addr,
                 daemon_token: t.daemon_token,
-                daemon_host_key: None,
+                daemon_host_key: t.daemon_host_key,
             }),
             Ok(SshResolution::Refused(message)) => Err(message),
             Err(e) => {

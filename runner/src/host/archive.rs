@@ -354,6 +354,7 @@ impl Inner {
                 disk_enforced: self.host.disk_enforced,
                 daemon_addr: None,
                 daemon_token: String::new(),
+                daemon_host_key: None,
                 user: m.user.clone(),
                 env: Default::default(),
                 labels: Default::default(),
@@ -363,6 +364,7 @@ impl Inner {
         info.state = SandboxState::Archived;
         info.container_id.clear();
         info.daemon_addr = None;
+        info.daemon_host_key = None;
         info.error_reason = None;
         info
     }

@@ -20,11 +20,11 @@ use sandbar_proto::runner::{
 };
 use sandbar_support::sync::lock;
 
-use super::daemon::new_token;
+use super::daemon::{new_host_key, new_token};
 use super::events::{endpoint, exit_reason, has_ipv6};
 use super::{
-    ENV_ENTRYPOINT_GATE, ENV_SANDBOX_ID, ENV_TOKEN, ENV_TOOLBOX_ADDR, Entry, GIB, Inner, NANO, RESERVED_ENV,
-    container_name, image, strip_daemon,
+    ENV_ENTRYPOINT_GATE, ENV_SANDBOX_ID, ENV_SSH_HOST_KEY, ENV_TOKEN, ENV_TOOLBOX_ADDR, Entry, GIB, Inner, NANO,
+    RESERVED_ENV, container_name, image, strip_daemon,
 };
 use crate::config::{DAEMON_MOUNT_PATH, valid_name};
 use crate::error::{SandboxError, docker_status};
@@ -102,6 +102,7 @@ impl Inner {
             disk_enforced: self.host.disk_enforced,
             daemon_addr: None,
             daemon_token,
+            daemon_host_key: None,
             user: req.user.clone(),
             env: req.env.clone(),
             labels: req.labels.clone(),
@@ -184,9 +185,12 @@ impl Inner {
             entrypoint.extend(argv);
         }
         let token = lock(&entry.info).daemon_token.clone();
+        let host_key = new_host_key()?;
         let mut env: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("{ENV_SANDBOX_ID}={}", req.id));
         env.push(format!("{ENV_TOKEN}={token}"));
+        env.push(format!("{ENV_SSH_HOST_KEY}={}", host_key.private));
+        lock(&entry.info).daemon_host_key = Some(host_key.public);
         env.push(format!("{ENV_TOOLBOX_ADDR}=0.0.0.0:{}", ports::TOOLBOX));
         // The daemon holds the entrypoint until the network rules are in (`release_entrypoint`).
         env.push(format!("{ENV_ENTRYPOINT_GATE}=1"));

@@ -1,11 +1,14 @@
-//! Talking to a sandbox's daemon: readiness (`GET /version`, the one route without a token), `POST /init` (a
-//! claimed warm-pool sandbox's identity) and `POST /process/execute`, both with the per-sandbox token.
+//! Talking to a sandbox's daemon: readiness (`GET /version`, the one route without a credential), `POST /init` (a
+//! claimed warm-pool sandbox's identity) and `POST /process/execute`, both signed with the per-sandbox token
+//! (`sandbar_support::daemon_auth`: the token itself never goes on the wire). Also the per-sandbox secrets the
+//! runner makes: the token and the daemon's SSH host key.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sandbar_proto::DAEMON_TOKEN_HEADER;
+use sandbar_proto::DAEMON_AUTH_HEADER;
 use sandbar_proto::toolbox::{ExecuteRequest, ExecuteResponse, InitRequest, VersionResponse};
+use sandbar_support::ssh::HostKeyText;
 use serde::Serialize;
 
 use crate::error::SandboxError;
@@ -14,6 +17,16 @@ use crate::error::SandboxError;
 pub(crate) fn new_token() -> Result<String, SandboxError> {
     sandbar_support::token::hex(32)
         .map_err(|e| SandboxError::Internal(format!("no randomness for the daemon token: {e}")))
+}
+
+/// A fresh SSH host key for one daemon (ed25519).
+pub(crate) fn new_host_key() -> Result<HostKeyText, SandboxError> {
+    HostKeyText::generate().map_err(|e| SandboxError::Internal(format!("cannot make the daemon's SSH host key: {e}")))
+}
+
+/// The public half (OpenSSH line) of a host key handed to a daemon; `None` if `private` is not a key.
+pub(crate) fn host_key_public(private: &str) -> Option<String> {
+    HostKeyText::parse(private).map(|(_, k)| k.public)
 }
 
 #[derive(Clone)]
@@ -57,7 +70,7 @@ impl DaemonClient {
         self.post(addr, "/init", token, req, Duration::from_secs(5)).await.map(drop)
     }
 
-    /// A JSON `POST` with the daemon token; a status other than 2xx is an error that quotes the body's start.
+    /// A JSON `POST` signed with the daemon token; a status other than 2xx is an error that quotes the body's start.
     async fn post(
         &self,
         addr: SocketAddr,
@@ -69,7 +82,7 @@ impl DaemonClient {
         let resp = self
             .http
             .post(format!("http://{addr}{path}"))
-            .header(DAEMON_TOKEN_HEADER, token)
+            .header(DAEMON_AUTH_HEADER, sandbar_support::daemon_auth::sign(token, "POST", path))
             .json(body)
             .timeout(timeout)
             .send()
@@ -102,6 +115,14 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn host_keys_are_fresh_and_their_public_half_is_recovered() {
+        let (a, b) = (new_host_key().unwrap(), new_host_key().unwrap());
+        assert_ne!(a.public, b.public);
+        assert_eq!(host_key_public(&a.private).as_deref(), Some(a.public.as_str()));
+        assert_eq!(host_key_public("junk"), None);
     }
 
     #[test]

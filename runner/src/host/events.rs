@@ -14,7 +14,7 @@ use sandbar_proto::ports;
 use sandbar_proto::runner::{Resources, SandboxInfo, SandboxSpecLabel, SandboxState, labels};
 use sandbar_support::sync::lock;
 
-use super::{ENV_TOKEN, Entry, GIB, Inner, NANO};
+use super::{ENV_SSH_HOST_KEY, ENV_TOKEN, Entry, GIB, Inner, NANO};
 use crate::error::{StartupError, docker_status};
 use crate::firewall;
 
@@ -72,6 +72,7 @@ impl Inner {
                             error_reason: info.error_reason,
                             daemon_addr: info.daemon_addr,
                             daemon_token: info.daemon_token,
+                            daemon_host_key: info.daemon_host_key,
                             user: info.user,
                             image: info.image,
                             resources: Resources { disk: claim.resources.disk, ..info.resources },
@@ -367,6 +368,8 @@ fn info_from_container(c: &ContainerInspectResponse, runner_id: &str, disk_enfor
         .unwrap_or_default();
     let all_env: BTreeMap<&str, &str> = config.env.iter().flatten().filter_map(|kv| kv.split_once('=')).collect();
     let daemon_token = all_env.get(ENV_TOKEN)?.to_string();
+    // A container made before runners handed out host keys has none: the gateway then refuses SSH to it.
+    let daemon_host_key = all_env.get(ENV_SSH_HOST_KEY).and_then(|k| super::daemon::host_key_public(k));
     let env = spec.env_keys.iter().filter_map(|k| Some((k.clone(), all_env.get(k.as_str())?.to_string()))).collect();
     let hc = c.host_config.as_ref();
     let cpu = hc.and_then(|h| h.nano_cpus).map_or(0, |n| (n + NANO / 2) / NANO);
@@ -402,6 +405,7 @@ fn info_from_container(c: &ContainerInspectResponse, runner_id: &str, disk_enfor
         disk_enforced,
         daemon_addr,
         daemon_token,
+        daemon_host_key,
         user: config.user.clone().filter(|u| !u.is_empty()),
         env,
         labels: spec.labels,
@@ -422,6 +426,12 @@ mod tests {
         assert_eq!(exit_reason(3, false), "exited with code 3");
     }
 
+    /// One host key for every container of these tests.
+    fn host_key() -> &'static sandbar_support::ssh::HostKeyText {
+        static KEY: std::sync::OnceLock<sandbar_support::ssh::HostKeyText> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| crate::host::daemon::new_host_key().unwrap())
+    }
+
     fn container(running: bool, exit: i64, oom: bool) -> ContainerInspectResponse {
         let spec = SandboxSpecLabel {
             labels: BTreeMap::from([("team".into(), "a".into())]),
@@ -440,6 +450,7 @@ mod tests {
                     "FOO=bar=baz".into(),
                     "PATH=/bin".into(),
                     format!("{ENV_TOKEN}=tok"),
+                    format!("{ENV_SSH_HOST_KEY}={}", host_key().private),
                     format!("{ENV_SANDBOX_ID}=s1"),
                 ]),
                 labels: Some(HashMap::from([
@@ -480,6 +491,7 @@ mod tests {
         assert_eq!(info.name.as_deref(), Some("nice"));
         assert_eq!(info.organization_id, "org");
         assert_eq!(info.daemon_token, "tok");
+        assert_eq!(info.daemon_host_key.as_deref(), Some(host_key().public.as_str()), "the key is recovered");
         assert_eq!(info.env, BTreeMap::from([("FOO".into(), "bar=baz".into())]));
         assert_eq!(info.resources, Resources { cpu: 2, memory: 3, disk: 5 });
         assert_eq!(info.state, SandboxState::Started);

@@ -23,6 +23,8 @@ use crate::error::SandboxError;
 pub(super) struct PoolMember {
     container_id: String,
     token: String,
+    /// The public half of the host key the member's daemon was given.
+    host_key: Option<String>,
     addr: SocketAddr,
     user: Option<String>,
 }
@@ -137,6 +139,7 @@ impl Inner {
             let mut info = lock(&entry.info);
             info.container_id = member.container_id.clone();
             info.daemon_token = member.token.clone();
+            info.daemon_host_key = member.host_key.clone();
             info.user = member.user.clone();
         }
         entry.claimed.store(true, Ordering::Release);
@@ -203,7 +206,13 @@ impl Inner {
             .as_deref()
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| SandboxError::Internal("pool member without a daemon address".into()))?;
-        Ok(PoolMember { container_id: info.container_id, token: info.daemon_token, addr, user: info.user })
+        Ok(PoolMember {
+            container_id: info.container_id,
+            token: info.daemon_token,
+            host_key: info.daemon_host_key,
+            addr,
+            user: info.user,
+        })
     }
 
     /// Unclaimed pool containers found by a restarted runner: kept if their daemon answers, removed otherwise.
@@ -222,6 +231,7 @@ impl Inner {
                 (true, Some(addr)) => lock(&self.pool).ready.push(PoolMember {
                     container_id: info.container_id,
                     token: info.daemon_token,
+                    host_key: info.daemon_host_key,
                     addr,
                     user: info.user,
                 }),
