@@ -57,6 +57,13 @@ pub struct SignedClient {
     token: String,
 }
 
+impl std::fmt::Debug for SignedClient {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedClient").finish_non_exhaustive()
+    }
+}
+
 impl SignedClient {
     pub fn new(http: reqwest::Client, token: &str) -> Self {
         Self { http, token: token.to_owned() }
