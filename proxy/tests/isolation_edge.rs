@@ -165,7 +165,8 @@ async fn no_recognised_credential_reaches_the_app() {
                 h.insert("cookie", c.parse().unwrap());
             }
             let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap_or_else(|e| panic!("{what}: {e}"));
-            let Some(Ok(Message::Text(seen))) = ws.next().await else { panic!("{what}: no first message") };
+            let first = ws.next().await;
+            let Some(Ok(Message::Text(seen))) = first else { panic!("{what}: no first message: {first:?}") };
             assert!(seen.starts_with("GET /ws?y=2\n"), "{what}: {seen}");
             assert_clean(&seen, &format!("{what} (WebSocket)"));
         }
