@@ -169,6 +169,7 @@ async fn no_recognised_credential_reaches_the_app() {
             let Some(Ok(Message::Text(seen))) = first else { panic!("{what}: no first message: {first:?}") };
             assert!(seen.starts_with("GET /ws?y=2\n"), "{what}: {seen}");
             assert_clean(&seen, &format!("{what} (WebSocket)"));
+            ws.close(None).await.unwrap_or_else(|e| panic!("{what}: closing: {e}"));
         }
     }
     // An app's own Authorization is the app's business; an API key never is, whatever else came with it.
