@@ -332,6 +332,47 @@ async fn websocket_echo_through_a_preview_url() {
     ws.close(None).await.unwrap();
 }
 
+/// Every upgrade stays open while the machine is busy. pingora 0.9.1 alone tears down about half of the upgrades
+/// whose `101` is ready as soon as forwarding starts (cloudflare/pingora#946; `edge::upgrade` is the workaround):
+/// threads spinning on every core make that common, as CI's load does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrades_under_cpu_load_all_stay_open() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let w = world().await;
+    let app = start_app().await;
+    w.api.add_preview_token("preview-tok", "sbx1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for i in 0..300 {
+        let mut req = format!("ws://{}/ws", w.proxy.http).into_client_request().unwrap();
+        req.headers_mut().insert("host", format!("{app}-sbx1.localhost").parse().unwrap());
+        req.headers_mut().insert("x-daytona-preview-token", "preview-tok".parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::Text(format!("u{i}").into())).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == format!("echo:u{i}") => {}
+            other => failures.push(format!("upgrade {i}: {other:?}")),
+        }
+        let _ = ws.close(None).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    assert!(failures.is_empty(), "{} of 300 upgrades closed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pty_websocket_through_the_toolbox_path() {
     let w = world().await;

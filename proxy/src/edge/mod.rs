@@ -4,8 +4,9 @@
 //!   ([`origin`]), the sandbox's route, what the request's credential opens ([`credentials`], asked of the API),
 //!   the redirect that takes a query-string token out of a page's URL, waking an auto-stopped sandbox and the answer
 //!   for every other state ([`wake`]); any refusal is answered here ([`reject`]).
-//! - `upstream_peer`: the daemon the route names. `connected_to_upstream`: an upgrade keeps a handle on the daemon's
-//!   side ([`revoke`]). `upstream_request_filter`: the request as the daemon gets it, every credential the proxy
+//! - `upstream_peer`: the daemon the route names; an upgrade request gets a gated connection of its own
+//!   ([`upgrade`], which `request_body_filter` opens). `connected_to_upstream`: an upgrade keeps a handle on the
+//!   daemon's side ([`revoke`]). `upstream_request_filter`: the request as the daemon gets it, every credential the proxy
 //!   recognised removed ([`rewrite`], [`credentials::strip`]). `response_filter`: WebSocket accounting, the watch
 //!   that closes an upgraded connection whose access is revoked ([`revoke`]), and the answer's headers
 //!   ([`rewrite`]); `response_body_filter`: the close frame of a revoked WebSocket.
@@ -21,6 +22,7 @@ pub mod reject;
 pub mod revoke;
 pub mod rewrite;
 pub mod target;
+pub mod upgrade;
 pub mod wake;
 
 use std::any::Any;
@@ -85,6 +87,8 @@ pub struct Ctx {
     upstream_socket: Option<OwnedFd>,
     /// The watch over an upgraded connection; dropped with the context when the connection ends.
     watch: Option<revoke::Watch>,
+    /// An upgrade request's gate ([`upgrade`]).
+    gate: Option<Arc<upgrade::Gate>>,
     upgraded: bool,
     /// Counted in the in-flight gauge (so `logging` only undoes what `request_filter` did).
     counted: bool,
@@ -188,6 +192,7 @@ impl ProxyHttp for EdgeProxy {
             session: None,
             upstream_socket: None,
             watch: None,
+            gate: None,
             upgraded: false,
             counted: false,
         }
@@ -232,7 +237,7 @@ impl ProxyHttp for EdgeProxy {
         Some(Box::new(KeptAlive))
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let addr = ctx
             .daemon_addr
             .as_deref()
@@ -244,6 +249,11 @@ impl ProxyHttp for EdgeProxy {
         peer.options.read_timeout = None;
         peer.options.write_timeout = None;
         peer.options.idle_timeout = Some(Duration::from_secs(60));
+        if session.is_upgrade_req() {
+            let gate = Arc::new(upgrade::Gate::default());
+            ctx.gate = Some(gate.clone());
+            peer = upgrade::peer(peer, gate, Duration::from_secs(5));
+        }
         Ok(Box::new(peer))
     }
 
@@ -257,7 +267,25 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if ctx.session.is_some() {
-            ctx.upstream_socket = revoke::dup_socket(fd);
+            // A gated (upgrade) connection has no descriptor pingora knows of: its gate kept a duplicate.
+            ctx.upstream_socket = match &ctx.gate {
+                Some(gate) => gate.take_socket(),
+                None if fd >= 0 => revoke::dup_socket(fd),
+                None => None,
+            };
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if end_of_stream && let Some(gate) = &ctx.gate {
+            gate.body_ended();
         }
         Ok(())
     }
