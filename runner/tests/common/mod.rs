@@ -149,13 +149,14 @@ impl TestRunner {
 
 impl Drop for TestRunner {
     fn drop(&mut self) {
+        // The runner's isolation chains outlive it by design (sandboxes keep running): tests remove them, before the
+        // containers, so that no address Docker frees (and hands the next container) is still bound to a port here.
+        if let Err(e) = sandbar_runner::firewall::purge_blocking(&self.runner_id) {
+            eprintln!("cannot remove the network rules of {}: {e}", self.runner_id);
+        }
         let ids = self.containers();
         if !ids.is_empty() {
             let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
-        }
-        // The runner's isolation chains outlive it by design (sandboxes keep running): tests remove them.
-        if let Err(e) = sandbar_runner::firewall::purge_blocking(&self.runner_id) {
-            eprintln!("cannot remove the network rules of {}: {e}", self.runner_id);
         }
     }
 }
