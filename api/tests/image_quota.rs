@@ -94,8 +94,9 @@ async fn the_image_quota_refuses_before_and_removes_what_goes_over() {
 
         // A Dockerfile build of 300 fits (900); a snapshot of 200 more does not: error, and its image removed.
         let df = "FROM sandbar-test-busybox:base1\nRUN echo quota\n";
-        let (s, v) =
-            h.call(Method::POST, "/snapshots", Some(json!({"name": "b1", "buildInfo": {"dockerfileContent": df}}))).await;
+        let (s, v) = h
+            .call(Method::POST, "/snapshots", Some(json!({"name": "b1", "buildInfo": {"dockerfileContent": df}})))
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         let job = one_job(&r).await;
         assert_eq!(made(&r, &job, &h.org, v["imageName"].as_str().unwrap(), 300).await, StatusCode::NO_CONTENT);
@@ -126,7 +127,9 @@ async fn the_image_quota_refuses_before_and_removes_what_goes_over() {
         assert!(r.poll(0).await.is_empty(), "nothing was queued");
         // Another organization has its own count.
         let (other_org, other_key) = h.new_org("other").await;
-        let (s, v) = h.req(Method::POST, "/snapshots", Some(&other_key), Some(json!({"name": "b2", "buildInfo": other_df}))).await;
+        let (s, v) = h
+            .req(Method::POST, "/snapshots", Some(&other_key), Some(json!({"name": "b2", "buildInfo": other_df})))
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         let job = one_job(&r).await;
         assert_eq!(made(&r, &job, &other_org, v["imageName"].as_str().unwrap(), 5000).await, StatusCode::NO_CONTENT);
@@ -201,7 +204,8 @@ async fn unused_build_images_are_collected_after_the_grace_period() {
         let job = one_job(&r).await;
         assert_eq!(made(&r, &job, &h.org, &d2_image, 50).await, StatusCode::NO_CONTENT);
         let (other_org, other_key) = h.new_org("other").await;
-        let (s, v) = h.req(Method::POST, "/snapshots", Some(&other_key), Some(json!({"name": "two", "buildInfo": d2}))).await;
+        let (s, v) =
+            h.req(Method::POST, "/snapshots", Some(&other_key), Some(json!({"name": "two", "buildInfo": d2}))).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         let job = one_job(&r).await;
         assert_eq!(made(&r, &job, &other_org, &d2_image, 50).await, StatusCode::NO_CONTENT);

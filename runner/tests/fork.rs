@@ -170,7 +170,8 @@ async fn build_and_fork_jobs_report_their_image_size() {
     // What the control plane counts against the organization's image quota: the size Docker reports.
     let dockerfile = format!("FROM {image}\nRUN head -c 300000 /dev/urandom > /big\n");
     let build = BuildSnapshot { build_id: "b1".into(), image: built.clone(), dockerfile };
-    let r = sandbar_runner::jobs::run(&runner, None, Job { id: "j-b".into(), kind: JobKind::BuildSnapshot(build) }).await;
+    let r =
+        sandbar_runner::jobs::run(&runner, None, Job { id: "j-b".into(), kind: JobKind::BuildSnapshot(build) }).await;
     let JobOutcome::Succeeded { snapshot: Some(img), .. } = r.outcome else { panic!("{r:?}") };
     assert_eq!(img.image, built);
     assert!(img.image_id.starts_with("sha256:") && img.size > 300_000, "{img:?}");

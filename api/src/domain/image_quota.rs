@@ -106,8 +106,15 @@ pub async fn charge(
     if after <= limit {
         return Ok(None);
     }
-    tracing::info!(org = made.org, owner_id = made.owner_id, kind = made.kind, bytes, used, limit,
-        "image over the organization's quota; removing it");
+    tracing::info!(
+        org = made.org,
+        owner_id = made.owner_id,
+        kind = made.kind,
+        bytes,
+        used,
+        limit,
+        "image over the organization's quota; removing it"
+    );
     Ok(Some(format!(
         "Quota exceeded: the {} made an image of {}, which would take the organization's image storage to {}, over \
          its limit of {}; the image was removed. Delete snapshots, forks or sandboxes built from Dockerfiles you no \

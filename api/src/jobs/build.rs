@@ -87,8 +87,14 @@ async fn over_quota(done: &mut JobDone<'_>, job: &BuildSnapshot, img: &SnapshotI
     if !matches!(state.as_str(), "pending" | "building") {
         return Ok(None);
     }
-    let made =
-        Made { owner_id: &job.build_id, org: &org, kind: "build", runner_id: done.runner_id, image: &job.image, size: img.size };
+    let made = Made {
+        owner_id: &job.build_id,
+        org: &org,
+        kind: "build",
+        runner_id: done.runner_id,
+        image: &job.image,
+        size: img.size,
+    };
     let Some(reason) = image_quota::charge(done.app, done.conn, made, done.now).await? else { return Ok(None) };
     if store::builds::image_shared(done.conn, done.runner_id, &job.image, &job.build_id).await? {
         image_quota::released(done.conn, &job.build_id).await?;

@@ -194,14 +194,7 @@ pub async fn move_image(
     } else {
         "UPDATE builds SET state = $1, updated_at = $5 WHERE runner_id = $2 AND image_name = $3 AND state = $4"
     };
-    let r = sqlx::query(sql)
-    .bind(to)
-    .bind(runner_id)
-    .bind(image)
-    .bind(from)
-    .bind(now)
-    .execute(conn)
-    .await?;
+    let r = sqlx::query(sql).bind(to).bind(runner_id).bind(image).bind(from).bind(now).execute(conn).await?;
     Ok(r.rows_affected())
 }
 

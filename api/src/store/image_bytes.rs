@@ -51,7 +51,9 @@ pub async fn usage(conn: &mut AnyConnection, org: &str) -> Result<i64, sqlx::Err
 
 /// `org`'s own limit (`None`: the API's default applies).
 pub async fn own_limit(conn: &mut AnyConnection, org: &str) -> Result<Option<i64>, sqlx::Error> {
-    let limit: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT quota_image_bytes FROM organizations WHERE id = $1").bind(org).fetch_optional(conn).await?;
+    let limit: Option<Option<i64>> = sqlx::query_scalar("SELECT quota_image_bytes FROM organizations WHERE id = $1")
+        .bind(org)
+        .fetch_optional(conn)
+        .await?;
     Ok(limit.flatten())
 }

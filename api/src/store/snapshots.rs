@@ -151,10 +151,7 @@ pub async fn delete(conn: &mut AnyConnection, id: &str) -> Result<(), sqlx::Erro
 }
 
 /// `(id, organization)` of the pending snapshot of `image`, if any.
-pub async fn pending_of_image(
-    conn: &mut AnyConnection,
-    image: &str,
-) -> Result<Option<(String, String)>, sqlx::Error> {
+pub async fn pending_of_image(conn: &mut AnyConnection, image: &str) -> Result<Option<(String, String)>, sqlx::Error> {
     sqlx::query_as("SELECT id, organization_id FROM snapshots WHERE image_name = $1 AND state = 'pending'")
         .bind(image)
         .fetch_optional(conn)
