@@ -2,6 +2,7 @@
 //! that reports image sizes: refusals before a snapshot, fork or build starts; an image that goes over removed
 //! again with the operation failed; the ledger following deletes, destroys and removals; build images collected
 //! after the grace period, and built again afterwards. SQLite and PostgreSQL.
+#![cfg(test)]
 
 use std::sync::Arc;
 
