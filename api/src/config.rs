@@ -51,6 +51,10 @@ pub struct Config {
     /// passes it over. More than the runners' heartbeat interval (5 s); default 20.
     #[arg(long, env = "SANDBAR_RUNNER_UNREACHABLE_SECS", default_value_t = RUNNER_UNREACHABLE_AFTER_SECS)]
     pub runner_unreachable_secs: u64,
+    /// Seconds a Dockerfile build's image stays on its runner once no snapshot and no sandbox uses it; then the
+    /// runner removes it and the next identical Dockerfile builds again. Default 3600.
+    #[arg(long, env = "SANDBAR_BUILD_GC_GRACE_SECS", default_value_t = 3600)]
+    pub build_gc_grace_secs: u64,
     #[command(flatten)]
     pub limits: Limits,
 }
@@ -89,6 +93,11 @@ pub struct Limits {
     /// Sandboxes an organization may hold (not destroyed).
     #[arg(long, env = "SANDBAR_QUOTA_SANDBOXES", default_value_t = 200)]
     pub quota_sandboxes: i64,
+    /// GiB of images an organization's snapshots taken from sandboxes, Dockerfile builds and forks may hold on the
+    /// runners (see `crate::domain::image_quota`). An organization's own `quota_image_bytes` replaces it; 0 (here
+    /// or there) is no limit.
+    #[arg(long, env = "SANDBAR_QUOTA_IMAGE_GIB", default_value_t = 100)]
+    pub quota_image_gib: i64,
     /// Placement hands out this many vCPUs per runner core.
     #[arg(long, env = "SANDBAR_CPU_OVERCOMMIT", default_value_t = 8)]
     pub cpu_overcommit: i64,
@@ -110,6 +119,7 @@ impl Default for Limits {
             quota_memory: 128,
             quota_disk: 1024,
             quota_sandboxes: 200,
+            quota_image_gib: 100,
             cpu_overcommit: 8,
             memory_overcommit: 2,
         }
@@ -146,6 +156,7 @@ impl Config {
             target: "local".into(),
             create_wait_ms: 0,
             runner_unreachable_secs: RUNNER_UNREACHABLE_AFTER_SECS,
+            build_gc_grace_secs: 3600,
             limits: Limits::default(),
         }
     }
@@ -169,6 +180,9 @@ impl Config {
         ];
         if positive.iter().any(|v| *v < 1) {
             return Err(ConfigError::Limits("defaults, maxima and overcommit factors must be at least 1".into()));
+        }
+        if !(0..=1 << 33).contains(&l.quota_image_gib) {
+            return Err(ConfigError::Limits("--quota-image-gib must be between 0 (no limit) and 2^33".into()));
         }
         if l.default_cpu > l.max_cpu || l.default_memory > l.max_memory || l.default_disk > l.max_disk {
             return Err(ConfigError::Limits("a default exceeds its maximum".into()));

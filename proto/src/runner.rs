@@ -251,14 +251,15 @@ pub struct RemoveSnapshot {
     pub image: String,
 }
 
-/// What a [`SnapshotSandbox`] job made.
+/// The image a [`SnapshotSandbox`], [`BuildSnapshot`] or [`ForkSandbox`] job made: what the control plane counts
+/// against the organization's image-bytes quota.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotImage {
     pub image: String,
     /// `sha256:...`.
     pub image_id: String,
-    /// Bytes.
+    /// Bytes, as Docker reports the image's size (its base layers included).
     pub size: u64,
 }
 
@@ -403,7 +404,8 @@ pub enum JobOutcome {
     Succeeded {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sandbox: Option<Box<SandboxInfo>>,
-        /// The image a `SNAPSHOT_SANDBOX` job made.
+        /// The image a `SNAPSHOT_SANDBOX`, `BUILD_SNAPSHOT` or `FORK_SANDBOX` job made. Optional: results of runners
+        /// from before builds and forks reported it still parse (the control plane then counts nothing).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         snapshot: Option<SnapshotImage>,
     },

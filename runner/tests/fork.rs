@@ -1,13 +1,14 @@
 //! Forks and snapshots of sandboxes on real Docker (busybox test image): a fork keeps the files written before it
 //! and diverges afterwards; its image goes when it is destroyed; a snapshot job commits a sandbox that keeps its
-//! state, and a sandbox created from the snapshot has the files.
+//! state, and a sandbox created from the snapshot has the files; build and fork jobs report their image's size.
 #![cfg(test)]
 
 mod common;
 
 use common::*;
 use sandbar_proto::runner::{
-    ForkSandbox, Job, JobErrorCode, JobKind, JobOutcome, SandboxState, SnapshotSandbox, StopSandbox, fork_image,
+    BuildSnapshot, ForkSandbox, Job, JobErrorCode, JobKind, JobOutcome, SandboxState, SnapshotSandbox, StopSandbox,
+    fork_image,
 };
 
 async fn run(runner: &sandbar_runner::Runner, id: &str, cmd: &str) -> (i32, String) {
@@ -157,6 +158,32 @@ async fn a_snapshot_job_commits_and_a_new_sandbox_has_the_files() {
     assert_eq!(run(&runner, &copy, "cat /root/kept").await, (0, "kept\n".into()));
     runner.destroy(&copy).await.unwrap();
     assert!(image_exists(&snap), "destroying a sandbox made from a snapshot keeps the snapshot");
+}
+
+#[tokio::test]
+async fn build_and_fork_jobs_report_their_image_size() {
+    let image = busybox_image();
+    let built = format!("sandbar-test-bsize-{}:1", unique());
+    let (src, fork) = (format!("src-{}", unique()), format!("fork-{}", unique()));
+    let _images = Images(vec![built.clone(), fork_image(&fork)]);
+    let (_t, runner) = TestRunner::start("sizes").await;
+    // What the control plane counts against the organization's image quota: the size Docker reports.
+    let dockerfile = format!("FROM {image}\nRUN head -c 300000 /dev/urandom > /big\n");
+    let build = BuildSnapshot { build_id: "b1".into(), image: built.clone(), dockerfile };
+    let r =
+        sandbar_runner::jobs::run(&runner, None, Job { id: "j-b".into(), kind: JobKind::BuildSnapshot(build) }).await;
+    let JobOutcome::Succeeded { snapshot: Some(img), .. } = r.outcome else { panic!("{r:?}") };
+    assert_eq!(img.image, built);
+    assert!(img.image_id.starts_with("sha256:") && img.size > 300_000, "{img:?}");
+
+    runner.create(create_req(&src, &image)).await.unwrap();
+    let job = Job { id: "j-f".into(), kind: JobKind::ForkSandbox(fork_req(&src, &fork, &image)) };
+    let r = sandbar_runner::jobs::run(&runner, None, job).await;
+    let JobOutcome::Succeeded { sandbox: Some(info), snapshot: Some(img) } = r.outcome else { panic!("{r:?}") };
+    assert_eq!((info.id.as_str(), img.image.as_str()), (fork.as_str(), fork_image(&fork).as_str()));
+    assert!(img.image_id.starts_with("sha256:") && img.size > 0, "{img:?}");
+    runner.destroy(&fork).await.unwrap();
+    assert!(!image_exists(&fork_image(&fork)), "the fork's image goes with it");
 }
 
 #[tokio::test]

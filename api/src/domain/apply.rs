@@ -202,7 +202,7 @@ fn ssh_addr(daemon_addr: &str) -> Option<String> {
 }
 
 /// Records what a runner says about a sandbox's daemon.
-async fn record_info(conn: &mut AnyConnection, info: &SandboxInfo) -> Result<(), sqlx::Error> {
+pub(crate) async fn record_info(conn: &mut AnyConnection, info: &SandboxInfo) -> Result<(), sqlx::Error> {
     let ssh = info.daemon_addr.as_deref().and_then(ssh_addr);
     sandboxes::record_info(conn, info, ssh).await
 }

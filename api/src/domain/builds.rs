@@ -13,13 +13,23 @@
 //! stored as rows, so a follower (`GET .../build-logs?follow=true`, plain chunked text) reads everything from the
 //! start on any API instance and its stream ends when the build ends. Followers are woken by a notify on every
 //! append and result; other API instances' writes (PostgreSQL) are seen at the next poll interval.
+//!
+//! Built images are collected ([`collect`], once a minute beside the lifecycle timers): an image of a runner that
+//! no snapshot names and no sandbox there uses (or has used within the grace period, `--build-gc-grace-secs`) is
+//! removed by a `REMOVE_SNAPSHOT` job for that runner, its builds `removing` meanwhile. When the runner answers,
+//! the build rows and logs go (so the next identical Dockerfile builds again) and the image's bytes no longer count
+//! against the organization ([`super::image_quota`]); a refusal (a container still uses it) puts them back `done`
+//! for another grace period. Identical Dockerfiles of different organizations build the same image name, so an image
+//! goes only when the builds of every organization on that runner are unused. A build of the same Dockerfile queued
+//! while its old image is being removed may find its image gone: its sandboxes then fail with the image missing,
+//! and the next request builds again.
 
 use std::sync::LazyLock;
 
 use sqlx::AnyConnection;
 use tokio::sync::Notify;
 
-use super::{dockerfile, images, placement};
+use super::{dockerfile, image_quota, images, placement};
 use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
@@ -149,6 +159,7 @@ pub(crate) async fn attach(
         tracing::info!(build_id = %build_id, state = %state, "reusing an identical build");
         return Ok(Attached { build_id, runner_id, state });
     }
+    image_quota::check(app, conn, org, "build").await?;
     let runner_id = placement::place(app, conn, cpu, memory, disk).await?;
     let build_id = uuid::Uuid::new_v4().to_string();
     let new =
@@ -220,7 +231,36 @@ pub(crate) async fn image_missing(
     if !image.starts_with(&format!("{BUILD_IMAGE_REPO}:")) {
         return Ok(());
     }
-    store::builds::image_gone(conn, runner_id, image, now).await
+    for id in store::builds::image_gone(conn, runner_id, image, now).await? {
+        image_quota::released(conn, &id).await?;
+    }
+    Ok(())
+}
+
+/// Queues the removal of every built image nothing needs any more (see the module doc); returns how many.
+pub async fn collect(app: &App) -> Result<usize, sqlx::Error> {
+    let now = app.now();
+    let grace_ms = i64::try_from(app.config.build_gc_grace_secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
+    let mut conn = app.db.pool.acquire().await?;
+    let unused = store::builds::unused_images(&mut conn, now.saturating_sub(grace_ms)).await?;
+    drop(conn);
+    let mut queued = 0;
+    for (runner_id, image) in unused {
+        let mut tx = app.db.pool.begin().await?;
+        // Another API instance may have taken it already: then nothing moves here.
+        if store::builds::move_image(&mut tx, &runner_id, &image, ("done", "removing"), false, now).await? == 0 {
+            continue;
+        }
+        let ids = store::builds::of_image(&mut tx, &runner_id, &image, "removing").await?;
+        let Some(first) = ids.first() else { continue };
+        let job = jobs::remove_snapshot::image(first, &image);
+        jobs::enqueue(&mut tx, &runner_id, &job, SandboxState::Destroying, SandboxState::Destroying, now).await?;
+        tx.commit().await?;
+        tracing::info!(runner_id = %runner_id, image = %image, builds = ids.len(), "unused build image: removal queued");
+        app.wake_runner(&runner_id);
+        queued += 1;
+    }
+    Ok(queued)
 }
 
 /// States of sandboxes that wait for a build (no container on any runner yet).

@@ -1,6 +1,7 @@
 //! Lifecycle: the timers (auto-stop after inactivity, auto-delete and auto-archive after being stopped, pruning of
-//! old route changes and jobs), and pause/resume. The timers act through the same state machine as users
-//! ([`super::apply::act`]) and read time from the app's [`crate::Clock`], so tests move time instead of sleeping.
+//! old route changes and jobs, collecting unused build images), and pause/resume. The timers act through the same
+//! state machine as users ([`super::apply::act`]) and read time from the app's [`crate::Clock`], so tests move time
+//! instead of sleeping.
 //!
 //! Pause (`POST /sandbox/{id}/pause`, `sandbox.pause()`) freezes a started sandbox's processes with their memory
 //! (`pausing`, then `paused`); a start of a paused sandbox resumes it (`resuming`, then `started`).
@@ -50,6 +51,11 @@ pub async fn run(app: App, shutdown: CancellationToken) {
             && let Err(e) = prune(&app).await
         {
             tracing::warn!(error = %e, "pruning");
+        }
+        if n.is_multiple_of(60)
+            && let Err(e) = super::builds::collect(&app).await
+        {
+            tracing::warn!(error = %e, "collecting unused build images");
         }
         n += 1;
     }

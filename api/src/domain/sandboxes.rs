@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use sandbar_proto::runner::{JobKind, SandboxState, fork_image, reserved_env};
 use sqlx::AnyConnection;
 
-use super::{builds, images, network, placement, quota, state};
+use super::{builds, image_quota, images, network, placement, quota, state};
 use crate::App;
 use crate::error::{ApiError, ApiResult, new_token};
 use crate::jobs;
@@ -312,6 +312,7 @@ pub async fn fork(app: &App, org: &str, id: &str, name: Option<&str>) -> ApiResu
     ensure_name_free(&mut tx, org, &name).await?;
     // A fork is a new started sandbox of the source's size: quotas as for a create.
     quota::check(&mut tx, org, src.cpu, src.memory, src.disk, 1).await?;
+    image_quota::check(app, &mut tx, org, "fork").await?;
     placement::place_on(app, &mut tx, &runner, src.cpu, src.memory, src.disk).await?;
     sandboxes::insert_fork(&mut tx, &src.id, &fork_id, &name, &fork_image(&fork_id), &new_token(24)?, now).await?;
     let row = sandboxes::load(app.db.kind, &mut tx, None, &fork_id, false)

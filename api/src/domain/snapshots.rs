@@ -9,7 +9,7 @@
 use sandbar_proto::runner::SandboxState;
 
 use super::sandboxes::{check_name, find};
-use super::{builds, state};
+use super::{builds, image_quota, state};
 use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
@@ -99,6 +99,7 @@ pub async fn from_sandbox(app: &App, org: &str, id: &str, name: &str) -> ApiResu
     let runner = row.runner_id.clone().ok_or_else(|| {
         ApiError::conflict("the sandbox was never placed on a runner, so there is nothing to snapshot")
     })?;
+    image_quota::check(app, &mut tx, org, "snapshot").await?;
     let snapshot_id = uuid::Uuid::new_v4().to_string();
     let image = format!("{SNAPSHOT_IMAGE_REPO}:{snapshot_id}");
     let new = NewSnapshot {

@@ -240,7 +240,7 @@ impl Reader {
     async fn read(&mut self) -> Result<(bool, Option<String>), sqlx::Error> {
         let mut conn = self.app.db.pool.acquire().await?;
         let state = store::builds::state(&mut conn, &self.build_id).await?;
-        let ended = state.as_deref().is_none_or(|s| matches!(s, "done" | "failed"));
+        let ended = state.as_deref().is_none_or(|s| !matches!(s, "pending" | "building"));
         let rows = store::builds::read_log(&mut conn, &self.build_id, self.last_seq).await?;
         let Some((last, _)) = rows.last() else { return Ok((ended, None)) };
         self.last_seq = *last;

@@ -1,9 +1,11 @@
 //! `ARCHIVE_SANDBOX`: export a stopped sandbox's filesystem to the runner's archive store and remove its
-//! container. `archiving`, then `archived` (whatever the runner last saw of the container).
+//! container. `archiving`, then `archived` (whatever the runner last saw of the container). A fork's image goes
+//! with its container, so it no longer counts against the organization's image bytes.
 
-use sandbar_proto::runner::{JobKind, SandboxState};
+use sandbar_proto::runner::{JobKind, JobOutcome, SandboxState};
 
 use crate::domain::apply::{Failure, JobDone, Next, settle};
+use crate::domain::image_quota;
 use crate::error::ApiResult;
 use crate::store::sandboxes::Row;
 
@@ -12,6 +14,9 @@ pub fn plan(row: &Row) -> JobKind {
 }
 
 pub(super) async fn on_result(done: &mut JobDone<'_>, sandbox_id: &str) -> ApiResult<()> {
+    if matches!(done.outcome, JobOutcome::Succeeded { .. }) {
+        image_quota::released(done.conn, sandbox_id).await?;
+    }
     let Some(step) = done.sandbox(sandbox_id).await? else { return Ok(()) };
     settle(done, &step, Next::Always(SandboxState::Archived), Failure::Error).await
 }

@@ -1,11 +1,14 @@
 //! `BUILD_SNAPSHOT`: build a Dockerfile into a local image on one runner. Its build row is `pending`, `building`
 //! once claimed, then `done` or `failed`; the result moves the build's snapshots (`active` or `build_failed`) and
-//! the sandboxes waiting for it (their create job, or `build_failed`). See `crate::domain::builds`.
+//! the sandboxes waiting for it (their create job, or `build_failed`). See `crate::domain::builds`. The image's size
+//! counts against the organization's image bytes: a build whose image takes it over its limit fails with the
+//! quota's reason and its image is removed again (see `crate::domain::image_quota`).
 
-use sandbar_proto::runner::{BuildSnapshot, JobKind, JobOutcome, SandboxState};
+use sandbar_proto::runner::{BuildSnapshot, JobKind, JobOutcome, SandboxState, SnapshotImage};
 
 use crate::App;
 use crate::domain::apply::JobDone;
+use crate::domain::image_quota::{self, Made};
 use crate::error::ApiResult;
 use crate::store::{self, sandboxes, snapshots};
 
@@ -42,10 +45,15 @@ pub async fn claimed(app: &App, build_ids: &[String]) -> Result<(), sqlx::Error>
 pub(super) async fn on_result(done: &mut JobDone<'_>, job: &BuildSnapshot) -> ApiResult<()> {
     done.wake_followers = true;
     let now = done.now;
-    let (state, reason) = match done.outcome {
+    let (mut state, mut reason) = match done.outcome {
         JobOutcome::Succeeded { .. } => ("done", None),
         JobOutcome::Failed { message, .. } => ("failed", Some(message.clone())),
     };
+    if let JobOutcome::Succeeded { snapshot: Some(img), .. } = done.outcome
+        && let Some(why) = over_quota(done, job, img).await?
+    {
+        (state, reason) = ("failed", Some(why));
+    }
     if !store::builds::finish(done.conn, &job.build_id, state, reason.as_deref(), now).await? {
         return Ok(());
     }
@@ -69,4 +77,31 @@ pub(super) async fn on_result(done: &mut JobDone<'_>, job: &BuildSnapshot) -> Ap
         }
     }
     Ok(())
+}
+
+/// Charges a finished build's image to its organization; `Some(reason)` when that took it over its image quota.
+/// The image is then removed again, unless a build of another organization (or an earlier one) still has it on
+/// that runner, in which case only this build lets go of it.
+async fn over_quota(done: &mut JobDone<'_>, job: &BuildSnapshot, img: &SnapshotImage) -> ApiResult<Option<String>> {
+    let Some((org, state)) = store::builds::org_and_state(done.conn, &job.build_id).await? else { return Ok(None) };
+    if !matches!(state.as_str(), "pending" | "building") {
+        return Ok(None);
+    }
+    let made = Made {
+        owner_id: &job.build_id,
+        org: &org,
+        kind: "build",
+        runner_id: done.runner_id,
+        image: &job.image,
+        size: img.size,
+    };
+    let Some(reason) = image_quota::charge(done.app, done.conn, made, done.now).await? else { return Ok(None) };
+    if store::builds::image_shared(done.conn, done.runner_id, &job.image, &job.build_id).await? {
+        image_quota::released(done.conn, &job.build_id).await?;
+    } else {
+        let remove = super::remove_snapshot::image(&job.build_id, &job.image);
+        let via = SandboxState::Destroying;
+        super::enqueue(done.conn, done.runner_id, &remove, via, via, done.now).await?;
+    }
+    Ok(Some(reason))
 }

@@ -1,10 +1,12 @@
 //! `DESTROY_SANDBOX`: remove a sandbox's container (and archive). `destroying`, then `destroyed`; a runner that
-//! no longer has the sandbox counts as done.
+//! no longer has the sandbox counts as done. A fork's image goes with it (the runner removes it), and with it the
+//! image's bytes from the organization's count.
 
 use sandbar_proto::runner::{JobErrorCode, JobKind, JobOutcome, SandboxState};
 use sqlx::AnyConnection;
 
 use crate::domain::apply::{Failure, JobDone, Next, settle};
+use crate::domain::image_quota;
 use crate::error::ApiResult;
 use crate::store;
 use crate::store::sandboxes::Row;
@@ -27,6 +29,13 @@ pub(super) async fn on_result(done: &mut JobDone<'_>, sandbox_id: &str) -> ApiRe
         JobOutcome::Succeeded { .. } | JobOutcome::Failed { code: JobErrorCode::SandboxNotFound, .. }
     );
     if gone {
+        // A fork's image went with it.
+        image_quota::released(done.conn, sandbox_id).await?;
+        // The clean-up of a fork refused by the image quota (`error`, queued from there): it stays `error` with the
+        // quota's reason, which is what the caller waiting for `started` must see.
+        if done.via == SandboxState::Error && step.current == SandboxState::Error {
+            return Ok(());
+        }
         if step.current != SandboxState::Destroyed {
             done.set_state(&step.row.id, SandboxState::Destroyed, None).await?;
         }

@@ -1,10 +1,13 @@
 //! `SNAPSHOT_SANDBOX`: commit a sandbox's filesystem to a local image, a snapshot of the organization. The
 //! snapshot row is `pending`, then `active` with its size (or `error`); the sandbox shows `snapshotting` and goes
-//! back to where it was, also when only the snapshot failed.
+//! back to where it was, also when only the snapshot failed. The image's size counts against the organization's
+//! image bytes: one that takes it over its limit is removed again and the snapshot is `error` with the quota's
+//! reason (see `crate::domain::image_quota`).
 
 use sandbar_proto::runner::{JobKind, JobOutcome, SandboxState, SnapshotSandbox};
 
 use crate::domain::apply::{Failure, JobDone, Next, settle};
+use crate::domain::image_quota::{self, Made};
 use crate::error::ApiResult;
 use crate::store::sandboxes::Row;
 use crate::store::snapshots;
@@ -15,7 +18,39 @@ pub fn plan(row: &Row, image: String) -> JobKind {
 
 pub(super) async fn on_result(done: &mut JobDone<'_>, job: &SnapshotSandbox) -> ApiResult<()> {
     let made = match done.outcome {
-        JobOutcome::Succeeded { snapshot, .. } => Ok(snapshot.as_ref().and_then(|s| i64::try_from(s.size).ok())),
+        JobOutcome::Succeeded { snapshot: Some(img), .. } => {
+            let size = i64::try_from(img.size).ok();
+            match snapshots::pending_of_image(done.conn, &job.image).await? {
+                Some((id, org)) => {
+                    let made = Made {
+                        owner_id: &id,
+                        org: &org,
+                        kind: "snapshot",
+                        runner_id: done.runner_id,
+                        image: &job.image,
+                        size: img.size,
+                    };
+                    match image_quota::charge(done.app, done.conn, made, done.now).await? {
+                        None => Ok(size),
+                        Some(reason) => {
+                            let remove = super::remove_snapshot::image(&id, &job.image);
+                            super::enqueue(
+                                done.conn,
+                                done.runner_id,
+                                &remove,
+                                SandboxState::Destroying,
+                                SandboxState::Destroying,
+                                done.now,
+                            )
+                            .await?;
+                            Err(reason)
+                        }
+                    }
+                }
+                None => Ok(size),
+            }
+        }
+        JobOutcome::Succeeded { snapshot: None, .. } => Ok(None),
         JobOutcome::Failed { code, message } => Err(format!("{message} ({code:?})")),
     };
     snapshots::end_pending(done.conn, &job.image, made, done.now).await?;

@@ -93,8 +93,19 @@ pub async fn finish(
     Ok(r.rows_affected() > 0)
 }
 
-/// A done build's image is gone from its runner: the build counts as failed, so the next one builds again.
-pub async fn image_gone(conn: &mut AnyConnection, runner_id: &str, image: &str, now: i64) -> Result<(), sqlx::Error> {
+/// A done build's image is gone from its runner: the build counts as failed, so the next one builds again. Returns
+/// the ids of the builds that were done.
+pub async fn image_gone(
+    conn: &mut AnyConnection,
+    runner_id: &str,
+    image: &str,
+    now: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let ids = sqlx::query_scalar("SELECT id FROM builds WHERE image_name = $1 AND runner_id = $2 AND state = 'done'")
+        .bind(image)
+        .bind(runner_id)
+        .fetch_all(&mut *conn)
+        .await?;
     sqlx::query(
         "UPDATE builds SET state = 'failed', error_reason = 'the built image is no longer on its runner', \
          updated_at = $1 WHERE image_name = $2 AND runner_id = $3 AND state = 'done'",
@@ -104,7 +115,99 @@ pub async fn image_gone(conn: &mut AnyConnection, runner_id: &str, image: &str, 
     .bind(runner_id)
     .execute(conn)
     .await?;
+    Ok(ids)
+}
+
+/// The ids of builds of `(runner_id, image)` in `state`.
+pub async fn of_image(
+    conn: &mut AnyConnection,
+    runner_id: &str,
+    image: &str,
+    state: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM builds WHERE runner_id = $1 AND image_name = $2 AND state = $3 ORDER BY id")
+        .bind(runner_id)
+        .bind(image)
+        .bind(state)
+        .fetch_all(conn)
+        .await
+}
+
+/// True when a build other than `except` (of any organization: identical Dockerfiles build the same image name)
+/// still has, or is making, the image `image` on `runner_id`.
+pub async fn image_shared(
+    conn: &mut AnyConnection,
+    runner_id: &str,
+    image: &str,
+    except: &str,
+) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM builds WHERE runner_id = $1 AND image_name = $2 AND id <> $3 \
+         AND state IN ('pending', 'building', 'done', 'removing')",
+    )
+    .bind(runner_id)
+    .bind(image)
+    .bind(except)
+    .fetch_one(conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// `(runner_id, image)` of built images nothing needs since before `cutoff`: every build of that image on that
+/// runner is done (or failed) and finished before `cutoff`; no snapshot names one of those builds (or the image,
+/// when it is a snapshot of an image on every runner); and no sandbox on that runner runs the image or waits for
+/// those builds, unless it was destroyed before `cutoff`.
+pub async fn unused_images(conn: &mut AnyConnection, cutoff: i64) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT b.runner_id, b.image_name FROM builds b \
+         WHERE b.state = 'done' AND COALESCE(b.finished_at, b.updated_at) < $1 \
+         AND NOT EXISTS (SELECT 1 FROM builds o WHERE o.runner_id = b.runner_id AND o.image_name = b.image_name \
+             AND (o.state IN ('pending', 'building', 'removing') \
+                  OR (o.state = 'done' AND COALESCE(o.finished_at, o.updated_at) >= $1))) \
+         AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE \
+             (s.build_id IS NULL AND s.image_name = b.image_name) \
+             OR s.build_id IN (SELECT o.id FROM builds o WHERE o.runner_id = b.runner_id AND o.image_name = b.image_name)) \
+         AND NOT EXISTS (SELECT 1 FROM sandboxes x WHERE x.runner_id = b.runner_id \
+             AND (x.snapshot = b.image_name \
+                  OR x.build_id IN (SELECT o.id FROM builds o WHERE o.runner_id = b.runner_id AND o.image_name = b.image_name)) \
+             AND (x.state <> 'destroyed' OR x.state_at >= $1)) \
+         ORDER BY b.runner_id, b.image_name LIMIT 100",
+    )
+    .bind(cutoff)
+    .fetch_all(conn)
+    .await
+}
+
+/// Moves the builds of `(runner_id, image)` from `from` to `to` (`finished_at` becomes `now` when `restart_grace`);
+/// how many moved.
+pub async fn move_image(
+    conn: &mut AnyConnection,
+    runner_id: &str,
+    image: &str,
+    (from, to): (&str, &str),
+    restart_grace: bool,
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    let sql = if restart_grace {
+        "UPDATE builds SET state = $1, updated_at = $5, finished_at = $5 \
+         WHERE runner_id = $2 AND image_name = $3 AND state = $4"
+    } else {
+        "UPDATE builds SET state = $1, updated_at = $5 WHERE runner_id = $2 AND image_name = $3 AND state = $4"
+    };
+    let r = sqlx::query(sql).bind(to).bind(runner_id).bind(image).bind(from).bind(now).execute(conn).await?;
+    Ok(r.rows_affected())
+}
+
+/// Deletes build `id` with its log.
+pub async fn delete(conn: &mut AnyConnection, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM build_logs WHERE build_id = $1").bind(id).execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM builds WHERE id = $1").bind(id).execute(conn).await?;
     Ok(())
+}
+
+/// `(organization, state)` of a build, if it exists.
+pub async fn org_and_state(conn: &mut AnyConnection, id: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT organization_id, state FROM builds WHERE id = $1").bind(id).fetch_optional(conn).await
 }
 
 /// A build's state, if it exists.

@@ -138,3 +138,14 @@ pub async fn quota_and_usage(conn: &mut AnyConnection, org: &str) -> Result<(Quo
     .await?;
     Ok((Quota { cpu, memory, disk, sandboxes }, count, Usage { cpu: uc, memory: um, disk: ud }))
 }
+
+/// Sets organization `org`'s own image-bytes limit (`None`: the API's default; `Some(0)`: no limit). For operators
+/// and tests; there is no REST endpoint for it.
+pub async fn set_image_quota(db: &Db, org: &str, bytes: Option<i64>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE organizations SET quota_image_bytes = $1 WHERE id = $2")
+        .bind(bytes)
+        .bind(org)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}

@@ -150,6 +150,14 @@ pub async fn delete(conn: &mut AnyConnection, id: &str) -> Result<(), sqlx::Erro
     Ok(())
 }
 
+/// `(id, organization)` of the pending snapshot of `image`, if any.
+pub async fn pending_of_image(conn: &mut AnyConnection, image: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, organization_id FROM snapshots WHERE image_name = $1 AND state = 'pending'")
+        .bind(image)
+        .fetch_optional(conn)
+        .await
+}
+
 /// A pending snapshot of `image` ends: `active` with its size in bytes, or `error` with the reason.
 pub async fn end_pending(
     conn: &mut AnyConnection,

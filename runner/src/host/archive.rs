@@ -436,7 +436,8 @@ impl Inner {
         Ok(manifest)
     }
 
-    /// After a complete export: the container goes, with the restore image it may have run from.
+    /// After a complete export: the container goes, with the restore image it may have run from, and a fork's own
+    /// image (the archive holds its files now; a restore never uses that image).
     async fn remove_archived_container(&self, entry: &Entry, info: &SandboxInfo) -> Result<(), SandboxError> {
         self.remove_container(&info.container_id).await?;
         lock(&self.sandboxes).remove(&info.id);
@@ -444,6 +445,7 @@ impl Inner {
             self.save_claims()?;
         }
         self.remove_image_quietly(&image_ref(&info.id)).await;
+        super::fork::release_fork_image(&self.docker, &info.image).await;
         Ok(())
     }
 

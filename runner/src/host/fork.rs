@@ -5,7 +5,7 @@
 //! from that image with the source's spec but its own ID, name and daemon token. Memory and running processes are
 //! not copied: the fork boots its entrypoint afresh on the copied files. From then on the two diverge. The image
 //! stays on this host (there is no registry), which is why the control plane places a fork on its source's runner;
-//! it is removed when the fork is destroyed and no container uses it any more.
+//! it is removed when the fork is destroyed or archived and no container uses it any more.
 //!
 //! A snapshot from a sandbox is the same commit to an image the control plane names; the sandbox keeps its state.
 //!
@@ -94,6 +94,11 @@ impl Runner {
                 Err(e)
             }
         }
+    }
+
+    /// The image fork `fork_id` was made from ([`fork_image`]), if it is on this host.
+    pub async fn fork_image_info(&self, fork_id: &str) -> Result<Option<ImageInfo>, SandboxError> {
+        Ok(image::inspect(self.docker(), &fork_image(fork_id)).await?)
     }
 
     /// Commits sandbox `req.sandbox_id` as the image `req.image` for a snapshot, under the sandbox's operation lock.

@@ -6,12 +6,13 @@
 //! and sent one batch at a time, in order; a failed send is retried with the same batch, which the API recognises
 //! by `(attempt, offset)`, so nothing is stored twice. The log is bounded: lines are cut at
 //! [`MAX_BUILD_LOG_LINE`] bytes and the whole at [`MAX_BUILD_LOG_BYTES`]. The job's result is reported only after
-//! every line was delivered (or delivery gave up), so a follower that sees the build end has seen all of it.
+//! every line was delivered (or delivery gave up), so a follower that sees the build end has seen all of it. A
+//! successful result carries the image's id and size.
 
 use std::time::Duration;
 
 use sandbar_proto::api::{BuildLog, MAX_BUILD_LOG_BYTES, MAX_BUILD_LOG_LINE};
-use sandbar_proto::runner::BuildSnapshot;
+use sandbar_proto::runner::{BuildSnapshot, SnapshotImage};
 use sandbar_support::backoff::Backoff;
 use tokio::sync::mpsc;
 
@@ -67,7 +68,9 @@ pub(super) async fn run(ctx: &JobCtx<'_>, req: BuildSnapshot) -> Result<Done, Fa
         Some(cp) => streamed(ctx.runner, cp, ctx.job_id, &req).await,
         None => logged(ctx.runner, &req).await,
     };
-    built.map(|_| Done::default()).map_err(Failed::from)
+    // The image's size goes back with the result: the control plane counts it against the organization's quota.
+    let img = built.map_err(Failed::from)?;
+    Ok(Done { sandbox: None, snapshot: Some(SnapshotImage { image: img.reference, image_id: img.id, size: img.size }) })
 }
 
 /// The build, abandoned after [`BUILD_TIMEOUT`].
