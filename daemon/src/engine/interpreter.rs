@@ -489,7 +489,8 @@ impl OutputBudget {
             keep -= 1;
         }
         self.dropped += text.len() - keep;
-        self.left -= keep;
+        // Once something is dropped, everything after it is too: the output never has a hole in the middle.
+        self.left = 0;
         text.truncate(keep);
         (!text.is_empty()).then_some(text)
     }
@@ -503,7 +504,7 @@ mod tests {
     fn output_beyond_the_budget_is_cut_on_a_char_boundary_and_counted() {
         let mut b = OutputBudget { left: 5, dropped: 0 };
         assert_eq!(b.take("abc".into()).as_deref(), Some("abc"));
-        // "dé" is 3 bytes; 2 are left: only "d" fits whole.
+        // "dé" is 3 bytes; 2 are left: only "d" fits whole, and nothing after the cut is sent.
         assert_eq!(b.take("dé".into()).as_deref(), Some("d"));
         assert_eq!(b.take("fgh".into()), None);
         assert_eq!(b.dropped, 2 + 3);
