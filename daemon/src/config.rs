@@ -64,6 +64,10 @@ pub struct Config {
     #[arg(long, env = "SANDBAR_MAX_EXEC_OUTPUT", default_value_t = 64 << 20)]
     pub max_exec_output: usize,
 
+    /// Most code interpreter contexts a client may create (the default context is not counted).
+    #[arg(long, env = "SANDBAR_MAX_INTERPRETER_CONTEXTS", default_value_t = 16)]
+    pub max_interpreter_contexts: usize,
+
     /// Language servers by language id, over the defaults (python=pylsp, typescript/javascript=
     /// typescript-language-server --stdio, c/cpp=clangd, rust=rust-analyzer, go=gopls):
     /// `python=pylsp;go=/opt/bin/gopls serve` (an empty command removes a language).

@@ -14,8 +14,10 @@ pub mod extract;
 pub mod fs;
 pub mod git;
 pub mod info;
+pub mod interpreter;
 pub mod lsp;
 pub mod port_proxy;
+pub mod ports;
 pub mod process;
 pub mod pty;
 pub mod session;
@@ -36,12 +38,14 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(info::routes())
         .merge(process::routes())
+        .merge(interpreter::routes())
         .merge(session::routes())
         .merge(pty::routes())
         .merge(fs::routes())
         .merge(git::routes())
         .merge(lsp::routes())
         .merge(port_proxy::routes())
+        .merge(ports::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))

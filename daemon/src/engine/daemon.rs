@@ -11,7 +11,7 @@ use sandbar_support::sync;
 use tokio_util::sync::CancellationToken;
 
 use super::procs::ProcessTable;
-use super::{Error, Result, lsp, pty, session};
+use super::{Error, Result, interpreter, lsp, pty, session};
 use crate::Config;
 
 /// Everything a toolbox request can reach. Built once at start-up and shared by every handler.
@@ -25,6 +25,8 @@ pub struct Daemon {
     pub ptys: Arc<pty::Ptys>,
     /// Language servers of the HTTP LSP endpoints (the IDE WebSocket starts its own).
     pub lsp: lsp::Lsp,
+    /// The code interpreter's contexts.
+    pub interpreters: interpreter::Interpreters,
     /// Cancelled when the daemon starts to drain: long streams (log follow) end with close code 1001.
     pub shutdown: CancellationToken,
     pub home: PathBuf,
@@ -60,6 +62,7 @@ impl Daemon {
         let sessions = session::Sessions::new(state_dir.join("sessions"));
         let lsp_config =
             lsp::LspConfig::new(config.lsp_servers.as_deref(), config.lsp_timeout()).map_err(std::io::Error::other)?;
+        let max_contexts = config.max_interpreter_contexts;
         Ok(Arc::new(Self {
             sandbox_id: RwLock::new(config.sandbox_id.clone()),
             auth: sandbar_support::daemon_auth::Verifier::new(&config.token),
@@ -68,6 +71,7 @@ impl Daemon {
             sessions,
             ptys: Arc::new(pty::Ptys::new(state_dir.join("recordings"))),
             lsp: lsp::Lsp::new(lsp_config),
+            interpreters: interpreter::Interpreters::new(max_contexts),
             shutdown: CancellationToken::new(),
             home,
             work_dir,

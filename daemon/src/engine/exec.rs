@@ -24,8 +24,30 @@ pub async fn execute(d: &Daemon, req: ExecuteRequest) -> Result<ExecuteResponse>
     }
     let mut cmd = d.shell_command(&req.command);
     apply_cwd_env(d, &mut cmd, req.cwd.as_deref(), req.envs.as_ref())?;
+    let oom_before = oom_kills();
     let (exit, result) = run_to_end(d, cmd, req.timeout, &req.command).await?;
-    Ok(ExecuteResponse { exit_code: exit.code(), result })
+    let (exit_reason, signal) = match exit {
+        Exit::Code(_) => ("exited", None),
+        // The kernel's OOM killer sends SIGKILL; its counter for the sandbox's cgroup says whether it acted.
+        Exit::Signal(s) if s == Signal::SIGKILL as i32 && oom_kills() > oom_before => ("oom", Some(s)),
+        Exit::Signal(s) => ("signal", Some(s)),
+    };
+    let signal = signal.map(|s| Signal::try_from(s).map_or_else(|_| s.to_string(), |s| s.as_str().to_owned()));
+    Ok(ExecuteResponse { exit_code: exit.code(), result, exit_reason: Some(exit_reason.to_owned()), signal })
+}
+
+/// How many processes the kernel's OOM killer has killed in the daemon's cgroup (the sandbox's, in a container
+/// with its own cgroup namespace), from cgroup v2's `memory.events`; 0 where that cannot be read.
+fn oom_kills() -> u64 {
+    let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else { return 0 };
+    let Some(path) = cgroups.lines().find_map(|l| l.strip_prefix("0::")) else { return 0 };
+    let file = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')).join("memory.events");
+    std::fs::read_to_string(file).map_or(0, |text| parse_oom_kills(&text))
+}
+
+/// The `oom_kill` counter of a `memory.events` file.
+fn parse_oom_kills(text: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok())).unwrap_or(0)
 }
 
 /// Runs `req.code` with the language's interpreter found on the sandbox's PATH.
@@ -195,5 +217,18 @@ fn spawn_error(e: &std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::NotFound => Error::bad_request(format!("cannot start the command: {e}")),
         _ => Error::internal("spawning command", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_oom_kill_counter() {
+        let events = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(parse_oom_kills(events), 2);
+        assert_eq!(parse_oom_kills("oom 1\n"), 0);
+        assert_eq!(parse_oom_kills(""), 0);
     }
 }

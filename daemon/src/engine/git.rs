@@ -9,6 +9,8 @@
 
 mod parse;
 mod run;
+mod settings;
+mod undo;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ use super::{Daemon, Error, Result};
 use parse::{LOG_FORMAT, parse_log, parse_status};
 pub use run::{GitEnv, GitOutput, run_git};
 use run::{classify, git_ok};
+pub use settings::{add_remote, configure_user, get_config, remotes, set_config, store_credentials};
+pub use undo::{reset, restore};
 
 /// A required string field: present and not blank.
 fn required<'a>(field: &str, value: &'a str) -> Result<&'a str> {

@@ -6,8 +6,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sandbar_proto::toolbox::{
-    CommitInfo, GitAddRequest, GitBranchList, GitBranchRequest, GitCheckoutRequest, GitCloneRequest, GitCommitRequest,
-    GitCommitResponse, GitInitRequest, GitPullRequest, GitPushRequest, GitStatus, RepoQuery,
+    CommitInfo, GitAddRemoteRequest, GitAddRequest, GitBranchList, GitBranchRequest, GitCheckoutRequest,
+    GitCloneRequest, GitCommitRequest, GitCommitResponse, GitConfigQuery, GitConfigValue, GitConfigureUserRequest,
+    GitCredentialsRequest, GitInitRequest, GitPullRequest, GitPushRequest, GitRemoteList, GitResetRequest,
+    GitRestoreRequest, GitSetConfigRequest, GitStatus, RepoQuery,
 };
 use serde::de::DeserializeOwned;
 
@@ -28,6 +30,12 @@ pub fn routes() -> Router<AppState> {
         .route("/git/branches", get(list_branches).post(create_branch).delete(delete_branch))
         .route("/git/checkout", post(checkout))
         .route("/git/history", get(history))
+        .route("/git/reset", post(reset))
+        .route("/git/restore", post(restore))
+        .route("/git/remotes", get(list_remotes).post(add_remote))
+        .route("/git/config", get(get_config).post(set_config))
+        .route("/git/config/user", post(configure_user))
+        .route("/git/credentials", post(credentials))
 }
 
 async fn clone(State(d): State<AppState>, ApiJson(req): ApiJson<GitCloneRequest>) -> ApiResult<StatusCode> {
@@ -117,4 +125,49 @@ async fn checkout(State(d): State<AppState>, ApiJson(req): ApiJson<GitCheckoutRe
 
 async fn history(State(d): State<AppState>, ApiQuery(q): ApiQuery<RepoQuery>) -> ApiResult<Json<Vec<CommitInfo>>> {
     Ok(Json(git::history(&d, &q.path).await?))
+}
+
+async fn reset(State(d): State<AppState>, ApiJson(req): ApiJson<GitResetRequest>) -> ApiResult<StatusCode> {
+    git::reset(&d, req).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn restore(State(d): State<AppState>, ApiJson(req): ApiJson<GitRestoreRequest>) -> ApiResult<StatusCode> {
+    git::restore(&d, req).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn list_remotes(State(d): State<AppState>, ApiQuery(q): ApiQuery<RepoQuery>) -> ApiResult<Json<GitRemoteList>> {
+    Ok(Json(git::remotes(&d, &q.path).await?))
+}
+
+async fn add_remote(State(d): State<AppState>, ApiJson(req): ApiJson<GitAddRemoteRequest>) -> ApiResult<StatusCode> {
+    git::add_remote(&d, req).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn get_config(
+    State(d): State<AppState>,
+    ApiQuery(q): ApiQuery<GitConfigQuery>,
+) -> ApiResult<Json<GitConfigValue>> {
+    Ok(Json(git::get_config(&d, q).await?))
+}
+
+async fn set_config(State(d): State<AppState>, ApiJson(req): ApiJson<GitSetConfigRequest>) -> ApiResult<StatusCode> {
+    git::set_config(&d, req).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn configure_user(
+    State(d): State<AppState>,
+    ApiJson(req): ApiJson<GitConfigureUserRequest>,
+) -> ApiResult<StatusCode> {
+    git::configure_user(&d, req).await?;
+    Ok(StatusCode::OK)
+}
+
+/// Never logged: the body holds a password.
+async fn credentials(State(d): State<AppState>, ApiJson(req): ApiJson<GitCredentialsRequest>) -> ApiResult<StatusCode> {
+    git::store_credentials(&d, req).await?;
+    Ok(StatusCode::OK)
 }

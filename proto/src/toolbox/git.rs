@@ -137,3 +137,86 @@ pub struct CommitInfo {
     /// Author date, RFC 3339 with the author's offset.
     pub timestamp: String,
 }
+
+/// `POST /git/reset`: `mode` is soft, mixed (the default), hard, merge or keep; `target` defaults to HEAD.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GitResetRequest {
+    pub path: String,
+    pub mode: Option<String>,
+    pub target: Option<String>,
+    pub files: Option<Vec<String>>,
+}
+
+/// `POST /git/restore`: the working tree when neither `staged` nor `worktree` is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GitRestoreRequest {
+    pub path: String,
+    pub files: Vec<String>,
+    pub staged: Option<bool>,
+    pub worktree: Option<bool>,
+    pub source: Option<String>,
+}
+
+/// `POST /git/remotes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GitAddRemoteRequest {
+    pub path: String,
+    pub name: String,
+    pub url: String,
+    pub fetch: Option<bool>,
+    pub overwrite: Option<bool>,
+}
+
+/// `GET /git/remotes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GitRemoteList {
+    pub remotes: Vec<GitRemote>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitRemote {
+    pub name: String,
+    /// The fetch URL.
+    pub url: String,
+}
+
+/// `POST /git/config`: `scope` is global (the default), local (needs `path`) or system.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GitSetConfigRequest {
+    pub key: String,
+    pub value: String,
+    pub scope: Option<String>,
+    pub path: Option<String>,
+}
+
+/// `?key&scope&path` of `GET /git/config`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GitConfigQuery {
+    pub key: String,
+    pub scope: Option<String>,
+    pub path: Option<String>,
+}
+
+/// `GET /git/config` answer: `value` is null when the key is not set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GitConfigValue {
+    pub value: Option<String>,
+}
+
+/// `POST /git/config/user`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GitConfigureUserRequest {
+    pub name: String,
+    pub email: String,
+    pub scope: Option<String>,
+    pub path: Option<String>,
+}
+
+/// `POST /git/credentials`: stored with git's `store` helper; `host` defaults to github.com, `protocol` to https.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GitCredentialsRequest {
+    pub username: String,
+    pub password: String,
+    pub host: Option<String>,
+    pub protocol: Option<String>,
+}

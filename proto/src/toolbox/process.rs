@@ -23,6 +23,14 @@ pub struct ExecuteRequest {
 pub struct ExecuteResponse {
     pub exit_code: i32,
     pub result: String,
+    /// sandbar's, beside Daytona's fields (the SDK keeps it in `additional_properties`): why the command ended,
+    /// `exited` (on its own, `exitCode` is its code), `signal` (killed by `signal`) or `oom` (killed by the kernel
+    /// because the sandbox ran out of memory). A command that times out is a 408 `PROCESS_EXECUTION_TIMEOUT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
+    /// The signal that ended the command (`SIGKILL`, `SIGSEGV`, ...), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
 }
 
 /// `POST /process/code-run`.
