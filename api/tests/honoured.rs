@@ -57,9 +57,8 @@ async fn ids(h: &Harness, query: &str) -> Vec<String> {
 async fn every_list_filter_and_sort_is_honoured() {
     for db in databases().await {
         let (h, r) = Harness::start_with_runner(&db, 64, 256, 1000).await;
-        let (s, v) = h
-            .call(Method::POST, "/snapshots", Some(json!({"name": "py", "imageName": "sandbar-sandbox:py312"})))
-            .await;
+        let (s, v) =
+            h.call(Method::POST, "/snapshots", Some(json!({"name": "py", "imageName": "sandbar-sandbox:py312"}))).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         let t0 = h.app.now();
         let mk = |name: &str, extra: Value| {
@@ -69,11 +68,14 @@ async fn every_list_filter_and_sort_is_honoured() {
         };
         started_sandbox(&h, &r, mk("Alpha-1", json!({"cpu": 1, "memory": 1, "disk": 3, "public": true}))).await;
         h.clock.advance_secs(60);
+        r.heartbeat(64, 256, 1000).await;
         started_sandbox(&h, &r, mk("alpha-2", json!({"cpu": 2, "memory": 4, "disk": 5, "snapshot": "py"}))).await;
         h.clock.advance_secs(60);
+        r.heartbeat(64, 256, 1000).await;
         let t_mid = h.app.now() - 30_000;
         started_sandbox(&h, &r, mk("beta", json!({"cpu": 4, "memory": 8, "disk": 10, "target": "eu"}))).await;
         h.clock.advance_secs(60);
+        r.heartbeat(64, 256, 1000).await;
         let stamp = |ms: i64| {
             let s = sandbar_api::clock::iso(ms);
             s.replace('+', "%2B")
@@ -102,7 +104,10 @@ async fn every_list_filter_and_sort_is_honoured() {
         // Times.
         assert_eq!(ids(&h, &format!("createdAtAfter={}", stamp(t_mid))).await, ["beta"]);
         assert_eq!(ids(&h, &format!("createdAtBefore={}", stamp(t_mid))).await, ["alpha-2", "Alpha-1"]);
-        assert_eq!(ids(&h, &format!("createdAtAfter={}&createdAtBefore={}", stamp(t0 - 1000), stamp(t_mid))).await.len(), 2);
+        assert_eq!(
+            ids(&h, &format!("createdAtAfter={}&createdAtBefore={}", stamp(t0 - 1000), stamp(t_mid))).await.len(),
+            2
+        );
         assert_eq!(ids(&h, "createdAtAfter=2000-01-01T00:00:00.000000%2B0000").await.len(), 3);
         assert_eq!(ids(&h, &format!("lastEventAfter={}", stamp(t_mid))).await, ["beta"]);
         assert_eq!(ids(&h, &format!("lastEventBefore={}", stamp(t_mid))).await.len(), 2);

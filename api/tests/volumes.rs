@@ -158,7 +158,9 @@ async fn mounts_go_to_the_runner_holding_the_volume_and_outlive_their_sandboxes(
         let jobs = r1.poll(0).await;
         assert_eq!(jobs.len(), 1, "{jobs:?}");
         match &jobs[0].kind {
-            JobKind::RemoveVolume(rv) => assert_eq!((rv.volume_id.as_str(), rv.organization_id.as_str()), (vid.as_str(), h.org.as_str())),
+            JobKind::RemoveVolume(rv) => {
+                assert_eq!((rv.volume_id.as_str(), rv.organization_id.as_str()), (vid.as_str(), h.org.as_str()))
+            }
             other => panic!("not a volume removal: {other:?}"),
         }
         assert_eq!(r1.succeed(&jobs[0], &h.org).await, StatusCode::NO_CONTENT);
@@ -189,9 +191,11 @@ async fn mounts_are_checked_and_other_organizations_volumes_cannot_be_mounted() 
             }
         };
         // Another organization's volume is unknown, by id or by name, with the same answer as a missing one.
-        let by_id = refused(json!([{"volumeId": theirs_id, "mountPath": "/d"}]), StatusCode::NOT_FOUND, "not found").await;
+        let by_id =
+            refused(json!([{"volumeId": theirs_id, "mountPath": "/d"}]), StatusCode::NOT_FOUND, "not found").await;
         refused(json!([{"volumeId": "theirs", "mountPath": "/d"}]), StatusCode::NOT_FOUND, "not found").await;
-        let missing = refused(json!([{"volumeId": "no-such", "mountPath": "/d"}]), StatusCode::NOT_FOUND, "not found").await;
+        let missing =
+            refused(json!([{"volumeId": "no-such", "mountPath": "/d"}]), StatusCode::NOT_FOUND, "not found").await;
         assert_eq!(by_id.replace(&theirs_id, "X"), missing.replace("no-such", "X"));
         for path in ["d", "/", "/a/../b", "/usr/local/bin", "/usr", "/proc", "/dev/shm", "/a:b"] {
             refused(json!([{"volumeId": "v", "mountPath": path}]), StatusCode::BAD_REQUEST, "mountPath").await;
@@ -246,7 +250,8 @@ async fn volume_count_and_byte_quotas() {
         let (s, e) = h.call(Method::POST, "/volumes", Some(json!({"name": "v3"}))).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{e}");
         assert!(e["message"].as_str().unwrap().contains("1 GiB"), "{e}");
-        let (s, e) = h.call(Method::POST, "/sandbox", Some(with_volumes(json!([{"volumeId": v2, "mountPath": "/d"}])))).await;
+        let (s, e) =
+            h.call(Method::POST, "/sandbox", Some(with_volumes(json!([{"volumeId": v2, "mountPath": "/d"}])))).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{e}");
         // Sandboxes without volumes are not this quota's business.
         h.create(empty()).await;

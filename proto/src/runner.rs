@@ -690,6 +690,7 @@ mod tests {
             serde_json::from_str(r#"{"id":"j","type":"REMOVE_VOLUME","volumeId":"v","organizationId":"o"}"#).unwrap();
         assert_eq!(rm.kind.sandbox_id(), "v");
         assert_eq!(rm.kind.tag(), "REMOVE_VOLUME");
+    }
 
     #[test]
     fn outcome_tags() {

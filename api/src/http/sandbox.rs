@@ -69,7 +69,8 @@ fn check_create(app: &App, body: &CreateSandboxBody) -> ApiResult<Option<String>
 /// Refuses, naming the field, what sandbar accepts from the SDK but cannot honour (a secret asked for and not
 /// given would be worse than an error).
 fn refuse_unsupported(body: &CreateSandboxBody) -> ApiResult<()> {
-    let refuse = |field: &str, why: &str| Err(ApiError::bad_request(format!("{field} is not supported by sandbar: {why}")));
+    let refuse =
+        |field: &str, why: &str| Err(ApiError::bad_request(format!("{field} is not supported by sandbar: {why}")));
     if body.secrets.as_ref().is_some_and(|s| s.iter().any(|m| !m.is_empty())) {
         return refuse("secrets", "sandbar has no secret store; pass the values in env instead");
     }

@@ -165,7 +165,8 @@ fn filter(org: String, q: &QueryPairs, limit: i64) -> ApiResult<ListFilter> {
     let no_container = !classes.is_empty() && !classes.iter().any(|c| c == "container");
     let gpu_min = bound(q, "minGpu", true)?.is_some_and(|g| g > 0);
     let gpu_max = bound(q, "maxGpu", false)?.is_some_and(|g| g < 0);
-    let auto_destroy = time_param(q, "autoDestroyAtAfter")?.is_some() || time_param(q, "autoDestroyAtBefore")?.is_some();
+    let auto_destroy =
+        time_param(q, "autoDestroyAtAfter")?.is_some() || time_param(q, "autoDestroyAtBefore")?.is_some();
     q.bool("includeWarm")?;
     let sort = match q.get("sort").filter(|s| !s.is_empty()) {
         None | Some("createdAt") => SortKey::Created,

@@ -66,11 +66,13 @@ pub async fn list(pool: &AnyPool, org: &str) -> Result<Vec<VolumeRow>, sqlx::Err
 
 /// `(count, bytes)` of the volumes `org` holds.
 pub async fn usage(conn: &mut AnyConnection, org: &str) -> Result<(i64, i64), sqlx::Error> {
-    sqlx::query_as("SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM volumes \
-         WHERE organization_id = $1")
-        .bind(org)
-        .fetch_one(conn)
-        .await
+    sqlx::query_as(
+        "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM volumes \
+         WHERE organization_id = $1",
+    )
+    .bind(org)
+    .fetch_one(conn)
+    .await
 }
 
 /// Inserts a `ready` volume held by no runner yet.
