@@ -100,7 +100,7 @@ impl Inner {
                 Ok(bollard::models::Mount {
                     target: Some(m.mount_path.clone()),
                     source: Some(source.display().to_string()),
-                    typ: Some(bollard::models::MountTypeEnum::BIND),
+                    typ: Some(bollard::models::MountType::BIND),
                     read_only: Some(false),
                     ..Default::default()
                 })
