@@ -2,6 +2,9 @@
 //! carry out (`secrets`, `autoPauseInterval`, `ttlMinutes`, ...), `outboundProxyUrl` as the proxy environment, and
 //! every list filter, sort and order of `GET /sandbox` (with pages that follow the sort). SQLite and PostgreSQL.
 
+// Under `cfg(test)` so clippy's `allow-*-in-tests` covers the helpers too (see runner/tests/common).
+#![cfg(test)]
+
 use reqwest::{Method, StatusCode};
 use sandbar_testkit::api::{Harness, databases, empty, started_sandbox};
 use serde_json::{Value, json};

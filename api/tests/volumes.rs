@@ -3,6 +3,9 @@
 //! volume, delete refused while mounted and then carried out by that runner, the count and byte quotas. Also the
 //! create fields and list filters sandbar either honours or refuses by name.
 
+// Under `cfg(test)` so clippy's `allow-*-in-tests` covers the helpers too (see runner/tests/common).
+#![cfg(test)]
+
 use reqwest::{Method, StatusCode};
 use sandbar_proto::runner::{Job, JobKind, VolumeMount};
 use sandbar_testkit::api::{FakeRunner, Harness, config, databases, empty, started_sandbox};
