@@ -104,6 +104,12 @@ pub struct Limits {
     /// Placement hands out this many GiB per GiB of runner memory.
     #[arg(long, env = "SANDBAR_MEMORY_OVERCOMMIT", default_value_t = 2)]
     pub memory_overcommit: i64,
+    /// Volumes an organization may hold.
+    #[arg(long, env = "SANDBAR_QUOTA_VOLUMES", default_value_t = 100)]
+    pub quota_volumes: i64,
+    /// GiB all of an organization's volumes may hold (as their runners measure them).
+    #[arg(long, env = "SANDBAR_QUOTA_VOLUME_GIB", default_value_t = 100)]
+    pub quota_volume_gib: i64,
 }
 
 impl Default for Limits {
@@ -122,6 +128,8 @@ impl Default for Limits {
             quota_image_gib: 100,
             cpu_overcommit: 8,
             memory_overcommit: 2,
+            quota_volumes: 100,
+            quota_volume_gib: 100,
         }
     }
 }

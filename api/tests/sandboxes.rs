@@ -118,7 +118,7 @@ async fn bad_input_is_a_clear_4xx() {
             (json!({"labels": {"a": 1}}), StatusCode::BAD_REQUEST, "invalid JSON body"),
             (json!({"name": "has space"}), StatusCode::BAD_REQUEST, "invalid sandbox name"),
             (json!({"gpu": 1}), StatusCode::BAD_REQUEST, "GPUs"),
-            (json!({"volumes": [{"volumeId": "v", "mountPath": "/m"}]}), StatusCode::BAD_REQUEST, "volumes"),
+            (json!({"volumes": [{"volumeId": "v", "mountPath": "m"}]}), StatusCode::BAD_REQUEST, "mountPath"),
             (
                 json!({"buildInfo": {"dockerfileContent": "FROM a\nCOPY x /\n", "contextHashes": ["h"]}}),
                 StatusCode::BAD_REQUEST,

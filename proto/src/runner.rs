@@ -158,6 +158,38 @@ pub struct CreateSandbox {
     /// control plane takes it from the sandbox's [`RUNTIME_LABEL`] label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// Volumes of the sandbox's organization to bind-mount (the control plane checked ownership, paths and quotas;
+    /// the runner checks the paths again). Absent in jobs from before volumes existed: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// One volume mounted into a sandbox: Daytona's `SandboxVolume` (`volumeId` resolved to the volume's ID).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub volume_id: String,
+    /// Absolute path inside the sandbox.
+    pub mount_path: String,
+    /// A directory inside the volume (relative, no `..`) mounted instead of the whole volume; made if missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+}
+
+/// Job: delete a volume's data on the runner that holds it (gone already is success).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoveVolume {
+    pub volume_id: String,
+    pub organization_id: String,
+}
+
+/// Bytes a volume holds on a runner, as its heartbeat reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeUsage {
+    pub volume_id: String,
+    pub bytes: u64,
 }
 
 /// The sandbox label (Daytona's `labels` of a create) that picks a sandbox's OCI runtime, e.g. `runsc` for gVisor.
@@ -311,6 +343,8 @@ pub enum JobKind {
     PingSandbox {
         sandbox_id: String,
     },
+    /// Delete a volume's directory (no sandbox mounts it any more; the control plane checked).
+    RemoveVolume(RemoveVolume),
 }
 
 impl JobKind {
@@ -333,6 +367,7 @@ impl JobKind {
             Self::PauseSandbox { .. } => "PAUSE_SANDBOX",
             Self::ResumeSandbox { .. } => "RESUME_SANDBOX",
             Self::PingSandbox { .. } => "PING_SANDBOX",
+            Self::RemoveVolume(_) => "REMOVE_VOLUME",
         }
     }
 
@@ -357,6 +392,8 @@ impl JobKind {
             Self::SnapshotSandbox(s) => &s.sandbox_id,
             // Not a sandbox: the snapshot's ID keys the job's ordering like a sandbox's.
             Self::RemoveSnapshot(r) => &r.snapshot_id,
+            // Likewise the volume's ID.
+            Self::RemoveVolume(v) => &v.volume_id,
         }
     }
 }
@@ -549,6 +586,9 @@ pub struct RunnerStatus {
     pub disk_enforced: bool,
     /// `1` or `2`.
     pub cgroup_version: u8,
+    /// Bytes held by each volume on this runner (measured every few heartbeats); absent from older runners.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeUsage>,
 }
 
 #[cfg(test)]
@@ -642,6 +682,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.network.network_allow_list.as_deref(), Some(&["10.0.0.0/8".to_owned()][..]));
         assert_eq!(c.linked_sandbox.as_deref(), Some("p"));
+        assert!(c.volumes.is_empty(), "jobs from before volumes parse with none");
+        let c: CreateSandbox = serde_json::from_str(
+            r#"{"sandboxId":"s","organizationId":"o","image":"i","volumes":[{"volumeId":"v","mountPath":"/data"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.volumes, vec![VolumeMount { volume_id: "v".into(), mount_path: "/data".into(), subpath: None }]);
+        let rm: Job =
+            serde_json::from_str(r#"{"id":"j","type":"REMOVE_VOLUME","volumeId":"v","organizationId":"o"}"#).unwrap();
+        assert_eq!(rm.kind.sandbox_id(), "v");
+        assert_eq!(rm.kind.tag(), "REMOVE_VOLUME");
     }
 
     #[test]

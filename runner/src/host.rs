@@ -53,6 +53,7 @@ pub mod hardening;
 pub mod image;
 mod pool;
 pub mod snapshot;
+pub mod volumes;
 
 use cgroup::CgroupLimits;
 use daemon::DaemonClient;
@@ -168,7 +169,14 @@ struct Inner {
     firewall: Firewall,
     /// Where archived sandboxes go; `None`: archiving is not configured.
     archive: Option<archive::ArchiveStore>,
+    /// Where volumes live; `None` without a state dir (creates that mount one fail with the reason).
+    volumes: Option<Arc<dyn volumes::VolumeDriver>>,
+    /// What the volumes held when last measured (every [`VOLUME_MEASURE_EVERY`]), for heartbeats.
+    volume_usage: Arc<Mutex<Vec<sandbar_proto::runner::VolumeUsage>>>,
 }
+
+/// How often the volumes are measured for the organizations' byte quotas.
+const VOLUME_MEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -236,6 +244,9 @@ impl Runner {
         let firewall = Firewall::new(&config).await?;
         let archive = archive::ArchiveStore::from_config(&config).map_err(StartupError::Config)?;
         let (changes, _) = broadcast::channel(1024);
+        let volume_driver = config.state_dir.as_ref().map(|d| {
+            Arc::new(volumes::LocalVolumes::new(d.join("volumes"), host.userns)) as Arc<dyn volumes::VolumeDriver>
+        });
         let inner = Arc::new(Inner {
             docker,
             config,
@@ -248,6 +259,8 @@ impl Runner {
             refill: Arc::new(tokio::sync::Notify::new()),
             firewall,
             archive,
+            volumes: volume_driver,
+            volume_usage: Arc::new(Mutex::new(Vec::new())),
         });
         // Events from just before the rebuild on are replayed, so nothing between the two is missed; the
         // handlers re-inspect, so replays are harmless.
@@ -262,6 +275,11 @@ impl Runner {
         if let Some(every) = inner.config.disk_watchdog_interval.filter(|_| !inner.host.disk_enforced) {
             let watchdog = tokio::spawn(disk::watch(Arc::downgrade(&inner), every));
             lock(&inner.tasks).push(watchdog.abort_handle());
+        }
+        if let Some(driver) = inner.volumes.clone() {
+            let cache = Arc::downgrade(&inner.volume_usage);
+            let measure = tokio::spawn(volumes::measure(driver, cache, VOLUME_MEASURE_EVERY));
+            lock(&inner.tasks).push(measure.abort_handle());
         }
         if inner.config.warm_pool.is_some() {
             let refill = tokio::spawn(pool::refill_loop(Arc::downgrade(&inner), inner.refill.clone()));
@@ -428,7 +446,29 @@ impl Runner {
             storage_driver: h.storage_driver.clone(),
             disk_enforced: h.disk_enforced,
             cgroup_version: h.cgroup_version,
+            volumes: lock(&self.inner.volume_usage).clone(),
         }
+    }
+
+    /// Deletes a volume's data (gone already is success).
+    pub async fn remove_volume(&self, req: sandbar_proto::runner::RemoveVolume) -> Result<(), SandboxError> {
+        let driver = self.inner.volumes.clone().ok_or(volumes::VolumeError::NoStore)?;
+        run_detached("volume removal", async move {
+            tokio::task::spawn_blocking(move || driver.remove(&req.organization_id, &req.volume_id))
+                .await
+                .map_err(|e| SandboxError::Internal(format!("volume removal task failed: {e}")))?
+                .map_err(SandboxError::from)
+        })
+        .await
+    }
+
+    /// Measures the volumes now (the heartbeat reports the last periodic measure).
+    pub async fn volume_usage(&self) -> Result<Vec<sandbar_proto::runner::VolumeUsage>, SandboxError> {
+        let driver = self.inner.volumes.clone().ok_or(volumes::VolumeError::NoStore)?;
+        tokio::task::spawn_blocking(move || driver.usage())
+            .await
+            .map_err(|e| SandboxError::Internal(format!("volume measuring task failed: {e}")))?
+            .map_err(SandboxError::from)
     }
 }
 

@@ -19,6 +19,7 @@ mod network;
 mod pause;
 mod ping;
 mod remove_snapshot;
+mod remove_volume;
 mod resize;
 mod restore;
 mod resume;
@@ -95,6 +96,7 @@ pub async fn run(runner: &Runner, cp: Option<&ControlPlane>, job: Job) -> JobRes
         JobKind::PauseSandbox { sandbox_id } => pause::run(&ctx, &sandbox_id).await,
         JobKind::ResumeSandbox { sandbox_id } => resume::run(&ctx, &sandbox_id).await,
         JobKind::PingSandbox { sandbox_id } => ping::run(&ctx, &sandbox_id).await,
+        JobKind::RemoveVolume(req) => remove_volume::run(&ctx, req).await,
     };
     let outcome = match done {
         Ok(Done { sandbox, snapshot }) => JobOutcome::Succeeded { sandbox: sandbox.map(Box::new), snapshot },

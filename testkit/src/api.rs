@@ -309,6 +309,7 @@ impl FakeRunner {
             storage_driver: "overlay2".into(),
             disk_enforced: false,
             cgroup_version: 2,
+            volumes: Vec::new(),
         };
         let s = self.post("heartbeat", serde_json::to_value(status).expect("json")).await;
         assert_eq!(s, StatusCode::OK);
@@ -355,7 +356,7 @@ impl FakeRunner {
         let started = |id: &str| Some(Box::new(self.info(id, org, SandboxState::Started)));
         let sandbox = match &job.kind {
             // A real runner reports the sandbox's actual state after a resize; this one does not know it.
-            K::DestroySandbox { .. } | K::ResizeSandbox(_) => None,
+            K::DestroySandbox { .. } | K::ResizeSandbox(_) | K::RemoveVolume(_) => None,
             K::StopSandbox(s) => Some(Box::new(self.info(&s.sandbox_id, org, SandboxState::Stopped))),
             K::ArchiveSandbox { sandbox_id } => {
                 let mut info = self.info(sandbox_id, org, SandboxState::Archived);

@@ -59,6 +59,7 @@ impl Runner {
             storage_driver: "overlay2".into(),
             disk_enforced: false,
             cgroup_version: 2,
+            volumes: Vec::new(),
         };
         self.post("heartbeat", serde_json::to_value(status).unwrap()).await;
     }
@@ -117,7 +118,7 @@ impl Runner {
                 self.daemons.lock().unwrap().remove(sandbox_id);
                 None
             }
-            JobKind::ResizeSandbox(_) => None,
+            JobKind::ResizeSandbox(_) | JobKind::RemoveVolume(_) => None,
             JobKind::ArchiveSandbox { sandbox_id } => {
                 self.daemons.lock().unwrap().remove(sandbox_id);
                 Some(Box::new(self.info(sandbox_id, "", SandboxState::Archived, None)))

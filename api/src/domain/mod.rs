@@ -2,8 +2,8 @@
 //! out on rows), making and changing sandboxes ([`sandboxes`]), snapshots and builds (with the images an
 //! organization may name, [`images`], and the rules a Dockerfile must follow, [`dockerfile`]), placement on
 //! runners, quotas (sandbox resources, [`quota`]; image bytes, [`image_quota`]), network settings, who may reach
-//! which port ([`access`], which the proxy asks), and the lifecycle timers with pause/resume ([`lifecycle`]). Runner
-//! jobs of each kind are `crate::jobs`; every row is read and written through `crate::store`.
+//! which port ([`access`], which the proxy asks), the lifecycle timers with pause/resume ([`lifecycle`]) and volumes
+//! ([`volumes`]). Runner jobs of each kind are `crate::jobs`; every row is read and written through `crate::store`.
 
 pub mod access;
 pub mod apply;
@@ -18,3 +18,4 @@ pub mod quota;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod state;
+pub mod volumes;

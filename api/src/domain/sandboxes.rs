@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use sandbar_proto::runner::{JobKind, SandboxState, fork_image, reserved_env};
 use sqlx::AnyConnection;
 
-use super::{builds, image_quota, images, network, placement, quota, state};
+use super::{builds, image_quota, images, network, placement, quota, state, volumes};
 use crate::App;
 use crate::error::{ApiError, ApiResult, new_token};
 use crate::jobs;
@@ -134,6 +134,8 @@ pub struct NewSandbox {
     pub network_block_all: bool,
     pub network_allow_list: Option<String>,
     pub linked_sandbox: Option<String>,
+    /// Volumes to mount (checked and resolved in the create's transaction).
+    pub volumes: Vec<volumes::MountAsk>,
 }
 
 /// Where a new sandbox's image comes from.
@@ -236,12 +238,13 @@ pub async fn create(app: &App, org: &str, new: NewSandbox) -> ApiResult<Row> {
         Some(d) => Some(builds::attach(app, &mut tx, org, d, (cpu, memory, disk)).await?),
         None => None,
     };
-    let pinned = build.as_ref().map(|b| b.runner_id.clone()).or(resolved.pinned);
+    let mounts = volumes::resolve(app, &mut tx, org, &new.volumes).await?;
+    let pinned = volumes::same_runner(build.as_ref().map(|b| b.runner_id.clone()).or(resolved.pinned), mounts.runner)?;
     let runner = match (&link, pinned) {
         (Some((_, parent_runner)), Some(image_runner)) if *parent_runner != image_runner => {
             return Err(ApiError::bad_request(format!(
-                "the linked sandbox runs on runner {parent_runner}, but this sandbox's image exists only on runner \
-                 {image_runner}: create it without linkedSandbox, or from an image both runners have"
+                "the linked sandbox runs on runner {parent_runner}, but this sandbox's image or volumes exist only on \
+                 runner {image_runner}: create it without linkedSandbox, or from an image and volumes both runners have"
             )));
         }
         (Some((_, parent_runner)), _) => parent_runner.clone(),
@@ -273,6 +276,7 @@ pub async fn create(app: &App, org: &str, new: NewSandbox) -> ApiResult<Row> {
     };
     sandboxes::insert(&mut tx, row).await?;
     sandboxes::write_labels(&mut tx, &id, &new.labels).await?;
+    volumes::attach(&mut tx, &id, &mounts.mounts, &runner, now).await?;
     if let Some((parent, _)) = &link {
         sandboxes::set_text(&mut tx, &id, Text::Linked, parent).await?;
     }
@@ -315,6 +319,8 @@ pub async fn fork(app: &App, org: &str, id: &str, name: Option<&str>) -> ApiResu
     image_quota::check(app, &mut tx, org, "fork").await?;
     placement::place_on(app, &mut tx, &runner, src.cpu, src.memory, src.disk).await?;
     sandboxes::insert_fork(&mut tx, &src.id, &fork_id, &name, &fork_image(&fork_id), &new_token(24)?, now).await?;
+    // The fork mounts the source's volumes (on the same runner, which holds them): shared, not copied.
+    crate::store::volumes::copy_mounts(&mut tx, &src.id, &fork_id).await?;
     let row = sandboxes::load(app.db.kind, &mut tx, None, &fork_id, false)
         .await?
         .ok_or_else(|| ApiError::internal("fork", "row vanished"))?;

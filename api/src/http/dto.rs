@@ -49,7 +49,7 @@ impl Row {
             auto_archive_interval: self.auto_archive,
             auto_delete_interval: self.auto_delete,
             runner_id: self.runner_id.clone(),
-            volumes: Vec::new(),
+            volumes: self.volume_mounts().iter().filter_map(|m| serde_json::to_value(m).ok()).collect(),
             linked_sandbox_id: self.linked_sandbox_id.clone(),
         }
     }
@@ -133,7 +133,32 @@ pub struct CreateSandboxBody {
     pub linked_sandbox: Option<String>,
     pub kvm: Option<bool>,
     pub build_info: Option<BuildInfo>,
-    pub volumes: Option<Vec<serde_json::Value>>,
+    pub volumes: Option<Vec<VolumeMountBody>>,
+    /// Refused unless empty: sandbar has no secret store.
+    pub secrets: Option<Vec<BTreeMap<String, String>>>,
+    /// Refused unless 0.
+    pub auto_pause_interval: Option<i64>,
+    /// Refused unless 0.
+    pub ttl_minutes: Option<i64>,
+    /// Minutes a create may wait for a runner: sandbar places at once or refuses, so any positive value holds.
+    pub queue_timeout: Option<i64>,
+    /// Set as `HTTP_PROXY`/`HTTPS_PROXY` (and lowercase) in the sandbox's environment.
+    pub outbound_proxy_url: Option<String>,
+    /// Refused unless empty.
+    pub otel_endpoint_override: Option<String>,
+    /// Refused unless false.
+    pub spot: Option<bool>,
+    /// Refused unless empty.
+    pub gpu_type: Option<Vec<String>>,
+}
+
+/// Daytona's `SandboxVolume`: `volumeId` is the volume's ID or name.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMountBody {
+    pub volume_id: String,
+    pub mount_path: String,
+    pub subpath: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -1,5 +1,5 @@
 //! The HTTP transport: the router under `/api`, one module per resource (Daytona's sandbox, preview/SSH access,
-//! fork/snapshot/pause, snapshots and builds; the runners' and the proxy's internal surfaces), the extractors that
+//! fork/snapshot/pause, snapshots, builds and volumes; the runners' and the proxy's internal surfaces), the extractors that
 //! authenticate ([`auth`]), how errors answer ([`error`]) and the OpenAPI document ([`openapi`]). Handlers are
 //! thin: they parse and check a request, call `crate::domain` or `crate::jobs`, and shape the answer. No SQL here.
 
@@ -14,7 +14,9 @@ pub mod openapi;
 pub mod preview;
 pub mod runners;
 pub mod sandbox;
+pub mod sandbox_list;
 pub mod snapshots;
+pub mod volumes;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -32,6 +34,7 @@ pub fn router(app: &App) -> Router {
         .merge(fork::routes())
         .merge(snapshots::routes())
         .merge(builds::routes())
+        .merge(volumes::routes())
         .merge(runners::routes())
         .merge(internal::routes())
         .merge(openapi::routes())

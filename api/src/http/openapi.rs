@@ -20,6 +20,7 @@ use super::dto::{
 use super::fork::{CreateSandboxSnapshotBody, ForkSandboxBody};
 use super::network::NetworkSettingsBody;
 use super::snapshots::{CreateSnapshotBody, PaginatedSnapshots, SnapshotDto};
+use super::volumes::{CreateVolumeBody, VolumeDto};
 use crate::App;
 
 /// `(method, path under /api, operation id, request schema, success status, response schema, audience)`.
@@ -174,6 +175,11 @@ pub const OPERATIONS: &[Operation] = &[
     ("GET", "/snapshots/{snapshotIdOrName}", "getSnapshot", None, 200, Some("SnapshotDto"), "snapshots"),
     ("DELETE", "/snapshots/{snapshotIdOrName}", "removeSnapshot", None, 200, None, "snapshots"),
     ("POST", "/snapshots/{snapshotIdOrName}/activate", "activateSnapshot", None, 200, Some("SnapshotDto"), "snapshots"),
+    ("GET", "/volumes", "listVolumes", None, 200, Some("VolumeDto"), "volumes"),
+    ("POST", "/volumes", "createVolume", Some("CreateVolumeBody"), 200, Some("VolumeDto"), "volumes"),
+    ("GET", "/volumes/{volumeId}", "getVolume", None, 200, Some("VolumeDto"), "volumes"),
+    ("GET", "/volumes/by-name/{name}", "getVolumeByName", None, 200, Some("VolumeDto"), "volumes"),
+    ("DELETE", "/volumes/{volumeId}", "deleteVolume", None, 200, None, "volumes"),
     ("POST", "/runners/{runnerId}/register", "runnerRegister", None, 200, None, "runner"),
     ("POST", "/runners/{runnerId}/heartbeat", "runnerHeartbeat", None, 200, None, "runner"),
     ("GET", "/runners/{runnerId}/jobs", "runnerPollJobs", None, 200, None, "runner"),
@@ -246,6 +252,8 @@ pub fn document() -> OpenApi {
         .schema_from::<BuildLogsUrl>()
         .schema_from::<ForkSandboxBody>()
         .schema_from::<CreateSandboxSnapshotBody>()
+        .schema_from::<VolumeDto>()
+        .schema_from::<CreateVolumeBody>()
         .build();
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("sandbar API").version(env!("CARGO_PKG_VERSION")).build())

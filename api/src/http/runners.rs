@@ -66,6 +66,10 @@ async fn heartbeat(
     valid_id(&runner_id)?;
     same_id("runnerId", &status.runner_id, &runner_id)?;
     runners::heartbeat(&app.db.pool, &status, app.now()).await?;
+    if !status.volumes.is_empty() {
+        let mut conn = app.db.pool.acquire().await?;
+        crate::store::volumes::record_sizes(&mut conn, &runner_id, &status.volumes).await?;
+    }
     // Sandboxes on this runner were shown as `unknown` while it was silent: their routes are valid again.
     app.wake_routes();
     Ok(Json(HeartbeatResponse { schedulable: true }).into_response())

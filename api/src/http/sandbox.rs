@@ -2,17 +2,14 @@
 //! codes, camelCase names and strict JSON types. Handlers parse and check the request, call `crate::domain`
 //! (every lifecycle action goes through the state machine) and answer the sandbox as [`SandboxDto`].
 
-use std::collections::BTreeMap;
-
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
-use sandbar_proto::runner::SandboxState;
 
 use super::auth::Caller;
-use super::dto::{CreateSandboxBody, LabelsBody, ListSandboxesResponse, ResizeBody};
+use super::dto::{CreateSandboxBody, LabelsBody, ResizeBody};
 use super::error::{ApiError, ApiResult, Json, Path, QueryPairs};
 use crate::App;
 use crate::domain::apply::act;
@@ -20,17 +17,15 @@ use crate::domain::sandboxes::{
     self, Change, DEFAULT_AUTO_ARCHIVE, DEFAULT_AUTO_DELETE, DEFAULT_AUTO_STOP, ImageAsk, NewSandbox, check_interval,
     check_resources,
 };
-use crate::domain::state::{self, Action};
-use crate::domain::{lifecycle, network};
+use crate::domain::state::Action;
+use crate::domain::{lifecycle, network, volumes};
 use crate::jobs::resize;
 use crate::store::b;
-use crate::store::sandboxes::{self as rows, ListFilter, Row, Setting};
-
-pub const MAX_LIST_LIMIT: i64 = 1000;
+use crate::store::sandboxes::{self as rows, Row, Setting};
 
 pub fn routes() -> Router<App> {
     Router::new()
-        .route("/sandbox", post(create).get(list))
+        .route("/sandbox", post(create).get(super::sandbox_list::list))
         .route("/sandbox/{id}", axum::routing::get(get_one).delete(delete))
         .route("/sandbox/{id}/start", post(start))
         .route("/sandbox/{id}/stop", post(stop))
@@ -56,11 +51,7 @@ fn check_create(app: &App, body: &CreateSandboxBody) -> ApiResult<Option<String>
     if body.kvm.unwrap_or(false) {
         return Err(ApiError::bad_request("KVM is not available on sandbar; omit kvm or set it to false"));
     }
-    if body.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(ApiError::bad_request(
-            "volumes are not supported by sandbar yet; create the sandbox without volumes",
-        ));
-    }
+    refuse_unsupported(body)?;
     if let Some(n) = body.auto_stop_interval {
         check_interval("autoStopInterval", n, 0)?;
     }
@@ -73,6 +64,56 @@ fn check_create(app: &App, body: &CreateSandboxBody) -> ApiResult<Option<String>
     }
     network::refuse_domains(body.domain_allow_list.as_deref())?;
     Ok(body.network_allow_list.as_deref().map(network::normalise_allow_list).transpose()?.flatten())
+}
+
+/// Refuses, naming the field, what sandbar accepts from the SDK but cannot honour (a secret asked for and not
+/// given would be worse than an error).
+fn refuse_unsupported(body: &CreateSandboxBody) -> ApiResult<()> {
+    let refuse =
+        |field: &str, why: &str| Err(ApiError::bad_request(format!("{field} is not supported by sandbar: {why}")));
+    if body.secrets.as_ref().is_some_and(|s| s.iter().any(|m| !m.is_empty())) {
+        return refuse("secrets", "sandbar has no secret store; pass the values in env instead");
+    }
+    if body.auto_pause_interval.is_some_and(|n| n != 0) {
+        return refuse("autoPauseInterval", "use autoStopInterval (a stopped sandbox keeps its files) or pause it");
+    }
+    if body.ttl_minutes.is_some_and(|n| n != 0) {
+        return refuse("ttlMinutes", "use autoDeleteInterval, or delete the sandbox when it is done");
+    }
+    if body.otel_endpoint_override.as_deref().is_some_and(|e| !e.trim().is_empty()) {
+        return refuse("otelEndpointOverride", "sandbar sends no OpenTelemetry data from sandboxes");
+    }
+    if body.spot.unwrap_or(false) {
+        return refuse("spot", "spot sandboxes are for GPUs, which sandbar does not offer");
+    }
+    if body.gpu_type.as_ref().is_some_and(|g| !g.is_empty()) {
+        return refuse("gpuType", "GPUs are not available on sandbar");
+    }
+    if let Some(n) = body.queue_timeout
+        && n < 1
+    {
+        return Err(ApiError::bad_request(format!("queueTimeout must be a positive number of minutes, got {n}")));
+    }
+    Ok(())
+}
+
+/// The environment that routes a sandbox's HTTP(S) through `outboundProxyUrl` (as Daytona does: the standard
+/// proxy variables, both spellings; a variable the caller set wins).
+fn proxy_env(url: &str, env: &mut std::collections::BTreeMap<String, String>) -> ApiResult<()> {
+    let url = url.trim();
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() <= 2048
+        && !url.chars().any(|c| c.is_control() || c.is_whitespace())
+        && url.split_once("://").is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'));
+    if !ok {
+        return Err(ApiError::bad_request(format!(
+            "outboundProxyUrl must be an http:// or https:// URL with a host, got {url:?}"
+        )));
+    }
+    for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        env.entry(key.to_owned()).or_insert_with(|| url.to_owned());
+    }
+    Ok(())
 }
 
 /// `POST /sandbox`: 200 with the new sandbox, once it left `creating` or after the configured wait.
@@ -91,11 +132,16 @@ async fn create(State(app): State<App>, caller: Caller, Json(body): Json<CreateS
     } else {
         body.auto_delete_interval.unwrap_or(DEFAULT_AUTO_DELETE).max(-1)
     };
+    let mut env = body.env.unwrap_or_default();
+    if let Some(url) = body.outbound_proxy_url.as_deref().filter(|u| !u.trim().is_empty()) {
+        proxy_env(url, &mut env)?;
+    }
+    let mounts = body.volumes.unwrap_or_default().into_iter();
     let new = NewSandbox {
         name: body.name,
         image,
         user: body.user,
-        env: body.env.unwrap_or_default(),
+        env,
         labels: body.labels.unwrap_or_default(),
         public: body.public.unwrap_or(false),
         target: body.target,
@@ -108,6 +154,9 @@ async fn create(State(app): State<App>, caller: Caller, Json(body): Json<CreateS
         network_block_all: body.network_block_all.unwrap_or(false),
         network_allow_list: allow_list,
         linked_sandbox: body.linked_sandbox,
+        volumes: mounts
+            .map(|m| volumes::MountAsk { volume: m.volume_id, mount_path: m.mount_path, subpath: m.subpath })
+            .collect(),
     };
     let row = sandboxes::create(&app, &caller.organization_id, new).await?;
     let row = sandboxes::wait_while_creating(&app, row).await?;
@@ -118,61 +167,6 @@ async fn get_one(State(app): State<App>, caller: Caller, Path(id): Path<String>)
     let mut conn = app.db.pool.acquire().await?;
     let row = sandboxes::find(&app, &mut conn, &caller.organization_id, &id, false).await?;
     Ok(ok(&app, &row))
-}
-
-fn encode_cursor(created_at: i64, id: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}:{id}"))
-}
-
-fn decode_cursor(c: &str) -> ApiResult<(i64, String)> {
-    use base64::Engine as _;
-    let bad = || ApiError::bad_request("invalid cursor: pass the nextCursor of the previous page unchanged");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
-    let s = String::from_utf8(raw).map_err(|_| bad())?;
-    let (t, id) = s.split_once(':').ok_or_else(bad)?;
-    Ok((t.parse().map_err(|_| bad())?, id.to_owned()))
-}
-
-/// `GET /sandbox`: newest first; `labels` (a JSON object), `states`, `id`, `name`, `cursor`, `limit`.
-async fn list(State(app): State<App>, caller: Caller, q: QueryPairs) -> ApiResult<Response> {
-    let limit = q.int("limit")?.unwrap_or(100);
-    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")));
-    }
-    let labels: BTreeMap<String, String> = match q.get("labels").filter(|l| !l.is_empty()) {
-        Some(l) => serde_json::from_str(l).map_err(|e| {
-            ApiError::bad_request(format!("labels must be a JSON object of strings, like {{\"k\":\"v\"}}: {e}"))
-        })?,
-        None => BTreeMap::new(),
-    };
-    let mut states = Vec::new();
-    for s in q.all("states").flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
-        let st = state::parse(s);
-        if st == SandboxState::Unknown && s != "unknown" {
-            return Err(ApiError::bad_request(format!("unknown sandbox state {s:?} in states")));
-        }
-        states.push(st.as_str().to_owned());
-    }
-    let after = q.get("cursor").filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
-    let filter = ListFilter {
-        org: caller.organization_id,
-        states,
-        id: q.get("id").filter(|v| !v.is_empty()).map(str::to_owned),
-        name: q.get("name").filter(|v| !v.is_empty()).map(str::to_owned),
-        labels,
-        after,
-        limit: limit + 1,
-    };
-    let mut rows = rows::list(&app.db.pool, filter).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| encode_cursor(r.created_at, &r.id))
-    } else {
-        None
-    };
-    let items = rows.iter().map(|r| r.to_dto(&app)).collect();
-    Ok(Json(ListSandboxesResponse { items, next_cursor }).into_response())
 }
 
 async fn start(State(app): State<App>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
@@ -278,16 +272,4 @@ async fn last_activity(State(app): State<App>, caller: Caller, Path(id): Path<St
         return Err(ApiError::sandbox_not_found(&id));
     }
     Ok(StatusCode::CREATED.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors() {
-        let c = encode_cursor(12, "abc");
-        assert_eq!(decode_cursor(&c).unwrap(), (12, "abc".into()));
-        assert!(decode_cursor("!!").is_err());
-    }
 }

@@ -36,6 +36,7 @@ pub fn spec(row: &Row) -> CreateSandbox {
         network: network::policy_of(row),
         linked_sandbox: row.linked_sandbox_id.clone(),
         runtime: row.labels_map().get(RUNTIME_LABEL).cloned(),
+        volumes: row.volume_mounts(),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod network;
 pub mod pause;
 pub mod ping;
 pub mod remove_snapshot;
+pub mod remove_volume;
 pub mod resize;
 pub mod restore;
 pub mod resume;
@@ -90,6 +91,7 @@ pub async fn on_result(app: &App, runner_id: &str, res: &JobResult) -> ApiResult
         JobKind::PauseSandbox { sandbox_id } => pause::on_result(&mut done, sandbox_id).await?,
         JobKind::ResumeSandbox { sandbox_id } => resume::on_result(&mut done, sandbox_id).await?,
         JobKind::PingSandbox { sandbox_id } => ping::on_result(&mut done, sandbox_id).await?,
+        JobKind::RemoveVolume(j) => remove_volume::on_result(&mut done, j).await?,
     }
     let wake_followers = done.wake_followers;
     tx.commit().await?;

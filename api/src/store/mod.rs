@@ -15,6 +15,7 @@ pub mod runners;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod tokens;
+pub mod volumes;
 
 use std::time::Duration;
 

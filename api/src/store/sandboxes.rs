@@ -12,7 +12,7 @@ pub(crate) const COLUMNS: &str = "s.id, s.organization_id, s.name, s.runner_id, 
     s.error_reason, s.snapshot, s.os_user, s.env, s.labels, s.public, s.network_block_all, s.network_allow_list, \
     s.target, s.cpu, s.memory, s.disk, s.auto_stop, s.auto_archive, s.auto_delete, s.daemon_addr, s.ssh_addr, \
     s.daemon_token, s.preview_token, s.provisioned, s.created_at, s.updated_at, s.last_activity_at, s.state_at, \
-    s.version, r.last_heartbeat AS runner_seen, s.linked_sandbox_id, s.daemon_host_key";
+    s.version, r.last_heartbeat AS runner_seen, s.linked_sandbox_id, s.daemon_host_key, s.volumes";
 pub(crate) const FROM: &str = "FROM sandboxes s LEFT JOIN runners r ON r.id = s.runner_id";
 
 /// A sandbox row, with its runner's last heartbeat.
@@ -53,6 +53,8 @@ pub struct Row {
     pub linked_sandbox_id: Option<String>,
     /// The daemon's SSH host key as its runner reported it (OpenSSH public key line).
     pub daemon_host_key: Option<String>,
+    /// The volume mounts (JSON of `[VolumeMount]`, volume ids resolved).
+    pub volumes: String,
 }
 
 /// A stored state column; `unknown` for anything else.
@@ -72,6 +74,10 @@ impl Row {
 
     pub fn labels_map(&self) -> BTreeMap<String, String> {
         serde_json::from_str(&self.labels).unwrap_or_default()
+    }
+
+    pub fn volume_mounts(&self) -> Vec<sandbar_proto::runner::VolumeMount> {
+        serde_json::from_str(&self.volumes).unwrap_or_default()
     }
 }
 
@@ -232,10 +238,10 @@ pub async fn insert_fork(
         "INSERT INTO sandboxes (id, organization_id, name, runner_id, state, desired_state, snapshot, os_user, env, \
          labels, public, network_block_all, network_allow_list, target, cpu, memory, disk, auto_stop, auto_archive, \
          auto_delete, daemon_token, preview_token, provisioned, created_at, updated_at, last_activity_at, state_at, \
-         version) \
+         version, volumes) \
          SELECT $1, organization_id, $2, runner_id, 'creating', 'started', $3, os_user, env, labels, public, \
          network_block_all, network_allow_list, target, cpu, memory, disk, auto_stop, auto_archive, auto_delete, '', \
-         $4, 0, $5, $5, $5, $5, 0 FROM sandboxes WHERE id = $6",
+         $4, 0, $5, $5, $5, $5, 0, volumes FROM sandboxes WHERE id = $6",
     )
     .bind(fork_id)
     .bind(name)
@@ -455,17 +461,85 @@ pub async fn touch(conn: &mut AnyConnection, ids: &[String], now: i64) -> Result
     Ok(())
 }
 
+/// What the list endpoint sorts by (Daytona's `SandboxListSortField`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortKey {
+    Name,
+    Cpu,
+    Memory,
+    Disk,
+    LastActivity,
+    #[default]
+    Created,
+}
+
+impl SortKey {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Name => "s.name",
+            Self::Cpu => "s.cpu",
+            Self::Memory => "s.memory",
+            Self::Disk => "s.disk",
+            Self::LastActivity => "s.last_activity_at",
+            Self::Created => "s.created_at",
+        }
+    }
+
+    /// The row's value of this key, for the cursor of the page after it.
+    pub fn value(self, r: &Row) -> SortValue {
+        match self {
+            Self::Name => SortValue::Text(r.name.clone()),
+            Self::Cpu => SortValue::Int(r.cpu),
+            Self::Memory => SortValue::Int(r.memory),
+            Self::Disk => SortValue::Int(r.disk),
+            Self::LastActivity => SortValue::Int(r.last_activity_at),
+            Self::Created => SortValue::Int(r.created_at),
+        }
+    }
+}
+
+/// A sort key's value in a cursor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum SortValue {
+    Int(i64),
+    Text(String),
+}
+
+/// Bounds on an integer column: `(min, max)`, either open.
+pub type Range = (Option<i64>, Option<i64>);
+
 /// What the list endpoint filters on.
 #[derive(Debug, Default)]
 pub struct ListFilter {
     pub org: String,
     /// Stored state names; empty: every state but `destroyed`.
     pub states: Vec<String>,
-    pub id: Option<String>,
-    pub name: Option<String>,
+    /// Prefixes of the id and the name, any case.
+    pub id_prefix: Option<String>,
+    pub name_prefix: Option<String>,
     pub labels: BTreeMap<String, String>,
-    /// `(created_at, id)` of the last row of the previous page.
-    pub after: Option<(i64, String)>,
+    /// Snapshot names (or image names) the sandboxes run.
+    pub snapshots: Vec<String>,
+    /// Targets (Daytona's region ids).
+    pub targets: Vec<String>,
+    /// Inclusive bounds.
+    pub cpu: Range,
+    pub memory: Range,
+    pub disk: Range,
+    pub public: Option<bool>,
+    pub recoverable: Option<bool>,
+    /// Exclusive bounds, in ms.
+    pub created: Range,
+    pub last_activity: Range,
+    /// Filters that nothing can match (a GPU minimum, a class other than `container`, an auto-destroy time).
+    pub nothing: bool,
+    /// Also sandboxes in `error` whose desired state is `destroyed` (a delete that failed).
+    pub include_errored_deleted: bool,
+    pub sort: SortKey,
+    pub ascending: bool,
+    /// Sort value and id of the last row of the previous page.
+    pub after: Option<(SortValue, String)>,
     pub limit: i64,
 }
 
@@ -474,27 +548,47 @@ enum BindVal {
     I(i64),
 }
 
-/// A page of sandboxes, newest first (`limit` rows at most).
+/// `LIKE` pattern for values starting with `prefix`, any case (`\` escapes).
+fn prefix_pattern(prefix: &str) -> String {
+    let mut p = String::with_capacity(prefix.len() + 1);
+    for c in prefix.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// A page of sandboxes in the filter's order (then by id), `limit` rows at most.
 pub async fn list(pool: &AnyPool, f: ListFilter) -> Result<Vec<Row>, sqlx::Error> {
     let mut sql = format!("SELECT {COLUMNS} {FROM} WHERE s.organization_id = $1");
-    let mut binds: Vec<BindVal> = vec![BindVal::S(f.org)];
+    let mut binds: Vec<BindVal> = vec![BindVal::S(f.org.clone())];
     let next = |binds: &mut Vec<BindVal>, v: BindVal| {
         binds.push(v);
         format!("${}", binds.len())
     };
+    let list = |binds: &mut Vec<BindVal>, vals: Vec<String>| {
+        vals.into_iter().map(|v| next(binds, BindVal::S(v))).collect::<Vec<_>>().join(", ")
+    };
+    if f.nothing {
+        sql.push_str(" AND 1 = 0");
+    }
     if f.states.is_empty() {
         sql.push_str(" AND s.state <> 'destroyed'");
     } else {
-        let ps: Vec<String> = f.states.into_iter().map(|s| next(&mut binds, BindVal::S(s))).collect();
-        sql.push_str(&format!(" AND s.state IN ({})", ps.join(", ")));
+        let ps = list(&mut binds, f.states);
+        sql.push_str(&format!(" AND s.state IN ({ps})"));
     }
-    if let Some(id) = f.id {
-        let p = next(&mut binds, BindVal::S(id));
-        sql.push_str(&format!(" AND s.id = {p}"));
+    if !f.include_errored_deleted {
+        sql.push_str(" AND NOT (s.state = 'error' AND s.desired_state = 'destroyed')");
     }
-    if let Some(name) = f.name {
-        let p = next(&mut binds, BindVal::S(name));
-        sql.push_str(&format!(" AND s.name = {p}"));
+    for (col, prefix) in [("s.id", f.id_prefix), ("s.name", f.name_prefix)] {
+        if let Some(prefix) = prefix {
+            let p = next(&mut binds, BindVal::S(prefix_pattern(&prefix)));
+            sql.push_str(&format!(" AND LOWER({col}) LIKE {p} ESCAPE '\\'"));
+        }
     }
     for (k, v) in f.labels {
         let pk = next(&mut binds, BindVal::S(k));
@@ -503,14 +597,59 @@ pub async fn list(pool: &AnyPool, f: ListFilter) -> Result<Vec<Row>, sqlx::Error
             " AND EXISTS (SELECT 1 FROM sandbox_labels l WHERE l.sandbox_id = s.id AND l.key = {pk} AND l.value = {pv})"
         ));
     }
-    if let Some((t, id)) = f.after {
-        let pt = next(&mut binds, BindVal::I(t));
-        let pt2 = next(&mut binds, BindVal::I(t));
+    if !f.snapshots.is_empty() {
+        // The column holds the image a snapshot named; match either.
+        let names = list(&mut binds, f.snapshots.clone());
+        let names2 = list(&mut binds, f.snapshots);
+        sql.push_str(&format!(
+            " AND (s.snapshot IN ({names}) OR s.snapshot IN (SELECT n.image_name FROM snapshots n \
+             WHERE n.organization_id = $1 AND n.name IN ({names2})))"
+        ));
+    }
+    if !f.targets.is_empty() {
+        let ps = list(&mut binds, f.targets);
+        sql.push_str(&format!(" AND s.target IN ({ps})"));
+    }
+    for (col, (lo, hi), inclusive) in [
+        ("s.cpu", f.cpu, true),
+        ("s.memory", f.memory, true),
+        ("s.disk", f.disk, true),
+        ("s.created_at", f.created, false),
+        ("s.last_activity_at", f.last_activity, false),
+    ] {
+        let (ge, le) = if inclusive { (">=", "<=") } else { (">", "<") };
+        if let Some(lo) = lo {
+            let p = next(&mut binds, BindVal::I(lo));
+            sql.push_str(&format!(" AND {col} {ge} {p}"));
+        }
+        if let Some(hi) = hi {
+            let p = next(&mut binds, BindVal::I(hi));
+            sql.push_str(&format!(" AND {col} {le} {p}"));
+        }
+    }
+    if let Some(public) = f.public {
+        let p = next(&mut binds, BindVal::I(super::b(public)));
+        sql.push_str(&format!(" AND s.public = {p}"));
+    }
+    match f.recoverable {
+        Some(true) => sql.push_str(" AND s.state IN ('error', 'build_failed')"),
+        Some(false) => sql.push_str(" AND s.state NOT IN ('error', 'build_failed')"),
+        None => {}
+    }
+    let col = f.sort.column();
+    let (cmp, dir) = if f.ascending { (">", "ASC") } else { ("<", "DESC") };
+    if let Some((v, id)) = f.after {
+        let bind = |v: SortValue| match v {
+            SortValue::Int(i) => BindVal::I(i),
+            SortValue::Text(t) => BindVal::S(t),
+        };
+        let pv = next(&mut binds, bind(v.clone()));
+        let pv2 = next(&mut binds, bind(v));
         let pid = next(&mut binds, BindVal::S(id));
-        sql.push_str(&format!(" AND (s.created_at < {pt} OR (s.created_at = {pt2} AND s.id < {pid}))"));
+        sql.push_str(&format!(" AND ({col} {cmp} {pv} OR ({col} = {pv2} AND s.id {cmp} {pid}))"));
     }
     let pl = next(&mut binds, BindVal::I(f.limit));
-    sql.push_str(&format!(" ORDER BY s.created_at DESC, s.id DESC LIMIT {pl}"));
+    sql.push_str(&format!(" ORDER BY {col} {dir}, s.id {dir} LIMIT {pl}"));
     let mut query = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql));
     for v in binds {
         query = match v {

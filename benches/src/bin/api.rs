@@ -176,6 +176,7 @@ async fn heartbeat(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
         storage_driver: "none".into(),
         disk_enforced: false,
         cgroup_version: 2,
+        volumes: Vec::new(),
     };
     // Registered anew each time (a credential bound to the runner id; the join token opens nothing else).
     let reg: serde_json::Value = http

@@ -87,6 +87,27 @@ impl Inner {
         self.validate_resources(&req.resources)
     }
 
+    /// The bind mounts of `req`'s volumes, each made ready by the volume driver first.
+    fn volume_mounts(&self, req: &CreateSandbox) -> Result<Vec<bollard::models::Mount>, SandboxError> {
+        if req.volumes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let driver = self.volumes.as_ref().ok_or(super::volumes::VolumeError::NoStore)?;
+        req.volumes
+            .iter()
+            .map(|m| -> Result<bollard::models::Mount, SandboxError> {
+                let source = driver.prepare(&req.organization_id, m)?;
+                Ok(bollard::models::Mount {
+                    target: Some(m.mount_path.clone()),
+                    source: Some(source.display().to_string()),
+                    typ: Some(bollard::models::MountType::BIND),
+                    read_only: Some(false),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
+
     /// The picture of a sandbox about to be made from `req`.
     pub(super) fn new_info(&self, req: &CreateSandbox, state: SandboxState, daemon_token: String) -> SandboxInfo {
         SandboxInfo {
@@ -216,8 +237,10 @@ impl Inner {
 
         let r = req.resources;
         let memory = i64::from(r.memory) * GIB;
+        let volume_mounts = self.volume_mounts(req)?;
         let host_config = HostConfig {
             binds: Some(vec![format!("{}:{DAEMON_MOUNT_PATH}:ro", self.config.daemon_binary.display())]),
+            mounts: (!volume_mounts.is_empty()).then_some(volume_mounts),
             nano_cpus: Some(i64::from(r.cpu) * NANO),
             memory: Some(memory),
             // No swap beyond the memory limit (ignored where the kernel has no swap accounting).

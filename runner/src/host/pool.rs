@@ -90,6 +90,7 @@ impl Inner {
                 && p.resources == req.resources
                 && req.user.is_none()
                 && req.entrypoint.is_none()
+                && req.volumes.is_empty()
                 && req.runtime.as_deref().is_none_or(|r| r == self.config.default_runtime())
         })
     }
@@ -193,6 +194,7 @@ impl Inner {
             network: Default::default(),
             linked_sandbox: None,
             runtime: None,
+            volumes: Vec::new(),
         };
         let info = self.new_info(&req, SandboxState::Creating, token);
         let scratch = Entry::new(info, false);

@@ -184,6 +184,7 @@ pub fn create_req(id: &str, image: &str) -> CreateSandbox {
         network: Default::default(),
         linked_sandbox: None,
         runtime: None,
+        volumes: Vec::new(),
     }
 }
 
