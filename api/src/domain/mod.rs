@@ -2,7 +2,8 @@
 //! out on rows), making and changing sandboxes ([`sandboxes`]), snapshots and builds (with the images an
 //! organization may name, [`images`], and the rules a Dockerfile must follow, [`dockerfile`]), placement on
 //! runners, quotas, network settings, who may reach which port ([`access`], which the proxy asks), and the lifecycle
-//! timers with pause/resume ([`lifecycle`]). Runner jobs of each kind are `crate::jobs`; every row is read and written through
+//! timers with pause/resume ([`lifecycle`]), API keys ([`keys`]) and the dashboard's sign-in
+//! sessions ([`sessions`]). Runner jobs of each kind are `crate::jobs`; every row is read and written through
 //! `crate::store`.
 
 pub mod access;
@@ -10,10 +11,12 @@ pub mod apply;
 pub mod builds;
 pub mod dockerfile;
 pub mod images;
+pub mod keys;
 pub mod lifecycle;
 pub mod network;
 pub mod placement;
 pub mod quota;
 pub mod sandboxes;
+pub mod sessions;
 pub mod snapshots;
 pub mod state;

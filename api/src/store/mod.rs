@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod orgs;
 pub mod routes;
 pub mod runners;
+pub mod sessions;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod tokens;
