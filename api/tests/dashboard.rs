@@ -25,7 +25,12 @@ impl Browser {
     }
 
     /// Signs in with `key`: `(status, session cookie value, body)`.
-    async fn sign_in(&self, key: &str, origin: Option<&str>, forwarded_https: bool) -> (StatusCode, Option<String>, String) {
+    async fn sign_in(
+        &self,
+        key: &str,
+        origin: Option<&str>,
+        forwarded_https: bool,
+    ) -> (StatusCode, Option<String>, String) {
         let mut r = self.http.post(format!("{}/dashboard/login", self.root)).form(&[("key", key)]);
         if let Some(o) = origin {
             r = r.header("origin", o);
@@ -144,8 +149,9 @@ async fn sign_in_sessions_and_csrf() {
         assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
         let (s, _) = b.call(&session, Method::POST, "/api-keys", Some("wrong"), None, Some(body.clone())).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
-        let (s, _) =
-            b.call(&session, Method::POST, "/api-keys", Some(&csrf), Some("http://evil.example"), Some(body.clone())).await;
+        let (s, _) = b
+            .call(&session, Method::POST, "/api-keys", Some(&csrf), Some("http://evil.example"), Some(body.clone()))
+            .await;
         assert_eq!(s, StatusCode::FORBIDDEN);
         assert_eq!(h.call(Method::GET, "/api-keys", None).await.1.as_array().unwrap().len(), 1, "nothing was made");
         let (s, v) = b.call(&session, Method::POST, "/api-keys", Some(&csrf), Some(&own), Some(body)).await;
@@ -187,8 +193,9 @@ async fn api_keys_create_list_revoke() {
         let b = Browser::new(&h);
 
         let expires = sandbar_api::clock::iso(h.app.now() + 3_600_000);
-        let (s, v) =
-            h.call(Method::POST, "/api-keys", Some(json!({"name": "ci", "permissions": [], "expiresAt": expires}))).await;
+        let (s, v) = h
+            .call(Method::POST, "/api-keys", Some(json!({"name": "ci", "permissions": [], "expiresAt": expires})))
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{}: {v}", db.label);
         let key = v["value"].as_str().unwrap().to_owned();
         assert!(key.starts_with("sbk_"));

@@ -29,13 +29,16 @@ pub async fn create(app: &App, org: &str, name: &str, expires_at: Option<i64>) -
         return Err(ApiError::bad_request("expiresAt is in the past: give a time in the future or none"));
     }
     if orgs::list_keys(&app.db, org).await?.iter().any(|k| k.name == name) {
-        return Err(ApiError::conflict(format!("an API key named {name:?} already exists: revoke it or pick another name")));
+        return Err(ApiError::conflict(format!(
+            "an API key named {name:?} already exists: revoke it or pick another name"
+        )));
     }
     let (id, value) = orgs::create_api_key(&app.db, org, name, expires_at, now).await.map_err(|e| match e {
         orgs::KeyError::Db(e) => ApiError::from(e),
         orgs::KeyError::Random(e) => ApiError::from(e),
     })?;
-    let row = orgs::key_by_id(&app.db, &id).await?.ok_or_else(|| ApiError::internal("api key", "missing after insert"))?;
+    let row =
+        orgs::key_by_id(&app.db, &id).await?.ok_or_else(|| ApiError::internal("api key", "missing after insert"))?;
     Ok(NewKey { row, value })
 }
 

@@ -55,7 +55,12 @@ pub async fn sign_out(app: &App, token: &str) -> ApiResult<()> {
 
 /// Whether a cookie-authenticated request may change state: the session's CSRF token in [`CSRF_HEADER`], and an
 /// `Origin` (when sent) naming the host the request was sent to.
-pub fn check_csrf(session: &Session, csrf_header: Option<&str>, origin: Option<&str>, host: Option<&str>) -> ApiResult<()> {
+pub fn check_csrf(
+    session: &Session,
+    csrf_header: Option<&str>,
+    origin: Option<&str>,
+    host: Option<&str>,
+) -> ApiResult<()> {
     let token_ok = csrf_header.is_some_and(|t| sandbar_support::ct_eq(t.as_bytes(), session.csrf_token.as_bytes()));
     if !token_ok {
         return Err(ApiError::forbidden(

@@ -119,7 +119,10 @@ async fn current(State(app): State<App>, caller: Caller) -> ApiResult<Response> 
 
 async fn get_one(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
     let keys = orgs::list_keys(&app.db, &caller.organization_id).await?;
-    let key = keys.iter().find(|k| k.name == name).ok_or_else(|| ApiError::not_found(format!("no API key named {name:?}")))?;
+    let key = keys
+        .iter()
+        .find(|k| k.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no API key named {name:?}")))?;
     Ok(Json(ApiKeyList::from(key)).into_response())
 }
 

@@ -9,8 +9,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use crate::App;
-use crate::error::ApiError;
 use crate::domain::sessions::{self, CSRF_HEADER, SESSION_COOKIE};
+use crate::error::ApiError;
 use crate::store::orgs::key_of;
 
 /// The organization an API key belongs to (sent as a bearer token, or signed in as a dashboard session).

@@ -15,8 +15,8 @@ pub mod events;
 pub mod pages;
 
 use axum::Form;
-use axum::extract::rejection::FormRejection;
 use axum::Router;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE};
 use axum::http::request::Parts;

@@ -11,8 +11,8 @@ pub mod jobs;
 pub mod orgs;
 pub mod routes;
 pub mod runners;
-pub mod sessions;
 pub mod sandboxes;
+pub mod sessions;
 pub mod snapshots;
 pub mod tokens;
 
