@@ -5,6 +5,9 @@
 //! refuses a duplicate name, revokes (the key and the sessions it made stop working), and another organization
 //! sees none of it.
 
+// The browser stand-in's helpers live outside the test functions (where clippy's test allowance applies).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use sandbar_testkit::api::{Harness, databases};
