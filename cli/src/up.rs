@@ -351,6 +351,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     write_private(&env_path, env_text.as_bytes()).with_context(|| format!("writing {}", env_path.display()))?;
     println!("DAYTONA_API_URL={api_url}");
     println!("DAYTONA_API_KEY={key}");
+    println!("dashboard:   http://127.0.0.1:{api_port}/dashboard/   (sign in with the key above)");
     println!("proxy http:  {}", proxy_fields.get("http").map(|a| format!("http://{a}")).unwrap_or(proxy_http));
     println!("proxy https: {}", proxy_fields.get("https").map(|a| format!("https://{a}")).unwrap_or(proxy_https));
     println!("ssh gateway: {}", proxy_fields.get("ssh").cloned().unwrap_or_else(|| format!("{ssh_host}:{ssh_port}")));

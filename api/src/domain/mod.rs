@@ -2,8 +2,9 @@
 //! out on rows), making and changing sandboxes ([`sandboxes`]), snapshots and builds (with the images an
 //! organization may name, [`images`], and the rules a Dockerfile must follow, [`dockerfile`]), placement on
 //! runners, quotas (sandbox resources, [`quota`]; image bytes, [`image_quota`]), network settings, who may reach
-//! which port ([`access`], which the proxy asks), the lifecycle timers with pause/resume ([`lifecycle`]) and volumes
-//! ([`volumes`]). Runner jobs of each kind are `crate::jobs`; every row is read and written through `crate::store`.
+//! which port ([`access`], which the proxy asks), the lifecycle timers with pause/resume ([`lifecycle`]), volumes
+//! ([`volumes`]), API keys ([`keys`]) and the dashboard's sign-in sessions ([`sessions`]). Runner jobs of each kind
+//! are `crate::jobs`; every row is read and written through `crate::store`.
 
 pub mod access;
 pub mod apply;
@@ -11,11 +12,13 @@ pub mod builds;
 pub mod dockerfile;
 pub mod image_quota;
 pub mod images;
+pub mod keys;
 pub mod lifecycle;
 pub mod network;
 pub mod placement;
 pub mod quota;
 pub mod sandboxes;
+pub mod sessions;
 pub mod snapshots;
 pub mod state;
 pub mod volumes;

@@ -1,4 +1,5 @@
-//! The extractors that authenticate a request: users by API key ([`Caller`]), the proxy by its service token
+//! The extractors that authenticate a request: users by API key or by the dashboard's session cookie with its
+//! CSRF token on anything that changes state ([`Caller`], rules in `crate::domain::sessions`), the proxy by its service token
 //! ([`ProxyAuth`], compared in constant time), runners by the shared join token on registration only
 //! ([`RunnerJoin`]) and by their own credential, bound to their id, everywhere else ([`RunnerAuth`]). Keys
 //! themselves live in `crate::store::orgs`, runner credentials (hashed) in `crate::store::runners`.
@@ -8,13 +9,40 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use crate::App;
+use crate::domain::sessions::{self, CSRF_HEADER, SESSION_COOKIE};
 use crate::error::ApiError;
-use crate::store::orgs::organization_of_key;
+use crate::store::orgs::key_of;
 
-/// The organization an API key belongs to.
+/// The organization an API key belongs to (sent as a bearer token, or signed in as a dashboard session).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub organization_id: String,
+    /// The key that made the call, or that signed the session in.
+    pub key_id: String,
+}
+
+/// The value of cookie `name` among the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(axum::http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
+        c.split(';').filter_map(|p| p.trim().split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v.trim())
+    })
+}
+
+fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A caller signed in by the dashboard's cookie; `None` without one. State-changing methods need the CSRF token.
+async fn session_caller(parts: &Parts, app: &App) -> Result<Option<Caller>, ApiError> {
+    let Some(token) = cookie(&parts.headers, SESSION_COOKIE).filter(|t| !t.is_empty()) else { return Ok(None) };
+    let Some(session) = sessions::resolve(app, token).await? else {
+        return Err(ApiError::unauthorized("session expired or signed out: sign in to the dashboard again"));
+    };
+    let safe = matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
+    if !safe {
+        sessions::check_csrf(&session, header(parts, CSRF_HEADER), header(parts, "origin"), header(parts, "host"))?;
+    }
+    Ok(Some(Caller { organization_id: session.organization_id, key_id: session.api_key_id }))
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -27,10 +55,13 @@ impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let key =
-            bearer(parts).ok_or_else(|| ApiError::unauthorized("missing API key: send Authorization: Bearer <key>"))?;
-        match organization_of_key(&app.db, key, app.now()).await? {
-            Some(organization_id) => Ok(Self { organization_id }),
+        let Some(key) = bearer(parts) else {
+            return session_caller(parts, app)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("missing API key: send Authorization: Bearer <key>"));
+        };
+        match key_of(&app.db, key, app.now()).await? {
+            Some((key_id, organization_id)) => Ok(Self { organization_id, key_id }),
             None => Err(ApiError::unauthorized("invalid API key (unknown, expired or revoked)")),
         }
     }

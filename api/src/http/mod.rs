@@ -1,10 +1,13 @@
 //! The HTTP transport: the router under `/api`, one module per resource (Daytona's sandbox, preview/SSH access,
-//! fork/snapshot/pause, snapshots, builds and volumes; the runners' and the proxy's internal surfaces), the extractors that
-//! authenticate ([`auth`]), how errors answer ([`error`]) and the OpenAPI document ([`openapi`]). Handlers are
-//! thin: they parse and check a request, call `crate::domain` or `crate::jobs`, and shape the answer. No SQL here.
+//! fork/snapshot/pause, snapshots, builds and volumes, API keys; the runners' and the proxy's internal surfaces), the
+//! extractors that authenticate ([`auth`]), how errors answer ([`error`]) and the OpenAPI document ([`openapi`]);
+//! beside it, the web dashboard at `/dashboard/` ([`dashboard`]). Handlers are thin: they parse and check a
+//! request, call `crate::domain` or `crate::jobs`, and shape the answer. No SQL here.
 
+pub mod api_keys;
 pub mod auth;
 pub mod builds;
+pub mod dashboard;
 pub mod dto;
 pub mod error;
 pub mod fork;
@@ -38,12 +41,14 @@ pub fn router(app: &App) -> Router {
         .merge(runners::routes())
         .merge(internal::routes())
         .merge(openapi::routes())
+        .merge(api_keys::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
         });
     Router::new()
         .nest("/api", api)
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint (the API lives under /api)") })
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app.clone())

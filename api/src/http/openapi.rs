@@ -12,6 +12,7 @@ use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Ref, Required, ResponseBuilder,
 };
 
+use super::api_keys::{ApiKeyList, ApiKeyResponse, CreateApiKeyBody};
 use super::builds::BuildLogsUrl;
 use super::dto::{
     CreateSandboxBody, LabelsBody, ListSandboxesResponse, PortPreviewUrl, ResizeBody, SandboxDto, SignedPortPreviewUrl,
@@ -193,6 +194,11 @@ pub const OPERATIONS: &[Operation] = &[
     ("POST", "/internal/ssh/resolve", "sshResolve", None, 200, None, "proxy"),
     ("POST", "/internal/activity", "proxyActivity", None, 204, None, "proxy"),
     ("GET", "/openapi.json", "openapi", None, 200, None, "meta"),
+    ("POST", "/api-keys", "createApiKey", Some("CreateApiKeyBody"), 201, Some("ApiKeyResponse"), "api-keys"),
+    ("GET", "/api-keys", "getApiKeys", None, 200, None, "api-keys"),
+    ("GET", "/api-keys/current", "getCurrentApiKey", None, 200, Some("ApiKeyList"), "api-keys"),
+    ("GET", "/api-keys/{name}", "getApiKey", None, 200, Some("ApiKeyList"), "api-keys"),
+    ("DELETE", "/api-keys/{name}", "deleteApiKey", None, 204, None, "api-keys"),
 ];
 
 fn json_ref(schema: &str) -> utoipa::openapi::Content {
@@ -254,6 +260,9 @@ pub fn document() -> OpenApi {
         .schema_from::<CreateSandboxSnapshotBody>()
         .schema_from::<VolumeDto>()
         .schema_from::<CreateVolumeBody>()
+        .schema_from::<CreateApiKeyBody>()
+        .schema_from::<ApiKeyResponse>()
+        .schema_from::<ApiKeyList>()
         .build();
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("sandbar API").version(env!("CARGO_PKG_VERSION")).build())

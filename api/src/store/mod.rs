@@ -13,6 +13,7 @@ pub mod orgs;
 pub mod routes;
 pub mod runners;
 pub mod sandboxes;
+pub mod sessions;
 pub mod snapshots;
 pub mod tokens;
 pub mod volumes;

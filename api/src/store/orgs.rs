@@ -54,8 +54,10 @@ pub async fn create_api_key(
 ) -> Result<(String, String), KeyError> {
     let id = uuid::Uuid::new_v4().to_string();
     let key = format!("{KEY_PREFIX}{}", sandbar_support::token::url_safe(32)?);
+    let hint = key.get(key.len().saturating_sub(4)..).unwrap_or_default();
     sqlx::query(
-        "INSERT INTO api_keys (id, organization_id, name, key_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO api_keys (id, organization_id, name, key_hash, created_at, expires_at, value_hint) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&id)
     .bind(organization_id)
@@ -63,6 +65,7 @@ pub async fn create_api_key(
     .bind(sha256_hex(&key))
     .bind(now_ms)
     .bind(expires_at_ms)
+    .bind(hint)
     .execute(&db.pool)
     .await?;
     Ok((id, key))
@@ -103,6 +106,62 @@ pub async fn organization_of_key(db: &Db, key: &str, now_ms: i64) -> Result<Opti
     .bind(now_ms)
     .fetch_optional(&db.pool)
     .await
+}
+
+/// `(key id, organization)` of a valid key.
+pub async fn key_of(db: &Db, key: &str, now_ms: i64) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, organization_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL \
+         AND (expires_at IS NULL OR expires_at > $2)",
+    )
+    .bind(sha256_hex(key))
+    .bind(now_ms)
+    .fetch_optional(&db.pool)
+    .await
+}
+
+/// An API key as a list shows it (never the key itself: only its last characters).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyRow {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub value_hint: Option<String>,
+}
+
+const KEY_COLUMNS: &str = "id, organization_id, name, created_at, expires_at, value_hint";
+
+/// The organization's keys that are not revoked (expired ones included), oldest first.
+pub async fn list_keys(db: &Db, org: &str) -> Result<Vec<KeyRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = $1 AND revoked_at IS NULL ORDER BY created_at, id"
+    )))
+    .bind(org)
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// One key by id (revoked or not).
+pub async fn key_by_id(db: &Db, id: &str) -> Result<Option<KeyRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await
+}
+
+/// Revokes the organization's unrevoked keys named `name`; how many were.
+pub async fn revoke_keys_named(db: &Db, org: &str, name: &str, now_ms: i64) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE api_keys SET revoked_at = $1 WHERE organization_id = $2 AND name = $3 AND revoked_at IS NULL",
+    )
+    .bind(now_ms)
+    .bind(org)
+    .bind(name)
+    .execute(&db.pool)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// Locks the organization's row on PostgreSQL, so concurrent requests of one organization cannot both slip under
