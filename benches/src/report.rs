@@ -360,19 +360,55 @@ pub fn rows() -> Vec<RowSpec> {
         Target::RatioAtMost(0.9),
     ));
     rows.push(one(
-        "scp 1 GiB through the gateway",
+        "scp upload through the gateway",
         "MiB/s",
         "gateway",
-        m("scp_mib_s", "gateway"),
+        m("scp_gateway_mib_s", "gateway"),
         "sshd",
-        Some(m("scp_mib_s", "sshd")),
+        Some(m("scp_up_mib_s", "sshd")),
         Target::RatioAtLeast(1.0),
     ));
     rows.push(one(
-        "SSH connection setup",
+        "scp upload, direct to the daemon's SSH",
+        "MiB/s",
+        "daemon",
+        m("scp_up_mib_s", "daemon"),
+        "sshd",
+        Some(m("scp_up_mib_s", "sshd")),
+        Target::None,
+    ));
+    rows.push(one(
+        "scp download, direct from the daemon's SSH",
+        "MiB/s",
+        "daemon",
+        m("scp_down_mib_s", "daemon"),
+        "sshd",
+        Some(m("scp_down_mib_s", "sshd")),
+        Target::None,
+    ));
+    rows.push(one(
+        "SSH connection setup (`ssh host true`), daemon",
+        "ms",
+        "daemon",
+        m("ssh_setup_ms", "daemon"),
+        "sshd",
+        Some(m("ssh_setup_ms", "sshd")),
+        Target::RatioAtMost(0.5),
+    ));
+    rows.push(one(
+        "SSH keystroke echo p50 (`ssh -tt`), daemon",
+        "µs",
+        "daemon",
+        m("ssh_echo_p50_us", "daemon"),
+        "sshd",
+        Some(m("ssh_echo_p50_us", "sshd")),
+        Target::None,
+    ));
+    rows.push(one(
+        "SSH connection setup, through the gateway",
         "ms",
         "gateway",
-        m("ssh_setup_ms", "gateway"),
+        m("ssh_gateway_setup_ms", "gateway"),
         "sshd",
         Some(m("ssh_setup_ms", "sshd")),
         Target::RatioAtMost(0.5),
@@ -638,8 +674,8 @@ mod tests {
             r#"{"metric":"http_p99_us_c8","subject":"sandbar-proxy","value":900}"#,
             r#"{"metric":"http_p99_us_c8","subject":"nginx","value":300}"#,
         ]);
-        let rows = table(&rows(), &s);
-        let nginx = rows.iter().find(|r| r.metric.starts_with("proxy added p99") && r.peer_name == "nginx").unwrap();
+        let noisy = table(&super::rows(), &s);
+        let nginx = noisy.iter().find(|r| r.metric.starts_with("proxy added p99") && r.peer_name == "nginx").unwrap();
         assert_eq!((nginx.peer, nginx.ratio), (Some(-100.0), None));
     }
 
