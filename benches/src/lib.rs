@@ -1,6 +1,8 @@
 //! Benchmark helpers: start the static daemon on loopback, read its ready line, sample its memory, and summarise
 //! latencies. Benchmarks print figures; they assert nothing about time.
 
+pub mod report;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

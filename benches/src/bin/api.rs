@@ -4,6 +4,9 @@
 //!
 //! `cargo run --release -p sandbar-benches --bin api [-- CREATES]`; PostgreSQL from `SANDBAR_BENCH_DATABASE_URL`
 //! (an admin URL; a fresh database is created), default postgres://sandbar:sandbar@127.0.0.1:5432/sandbar_test.
+//! For `benches/run`: `SANDBAR_BENCH_SAMPLES=FILE` appends the figures there as samples (see
+//! `sandbar_benches::report`), `SANDBAR_BENCH_LIST=0` leaves out the listing of 10,000, and
+//! `SANDBAR_BENCH_GETS` sets the number of GETs (default 5000).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +31,22 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "postgres://sandbar:sandbar@127.0.0.1:5432/sandbar_test".into());
     match fresh_pg(&admin).await {
         Ok(url) => run("postgres", &url, creates).await?,
-        Err(e) => println!("postgres: skipped ({admin} not reachable: {e})"),
+        Err(e) => {
+            println!("postgres: skipped ({admin} not reachable: {e})");
+            for m in ["api_create_rps_pg", "api_get_p50_us_pg", "api_get_p99_us_pg"] {
+                sample(&serde_json::json!({"skip": m, "reason": format!("PostgreSQL not reachable: {e}")}))?;
+            }
+        }
     }
+    Ok(())
+}
+
+/// Appends one sample to `SANDBAR_BENCH_SAMPLES`, when set.
+fn sample(v: &Value) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let Ok(path) = std::env::var("SANDBAR_BENCH_SAMPLES") else { return Ok(()) };
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).context("samples file")?;
+    writeln!(f, "{v}")?;
     Ok(())
 }
 
@@ -69,9 +86,12 @@ async fn run(label: &str, url: &str, creates: usize) -> anyhow::Result<()> {
     let ids = create_many(&http, &base, &key, creates).await?;
     let secs = t0.elapsed().as_secs_f64();
     println!("{label}: create: {creates} requests, {CONCURRENCY} concurrent: {:.0} req/s", creates as f64 / secs);
+    let suffix = if label == "postgres" { "_pg" } else { "" };
+    let value = creates as f64 / secs;
+    sample(&json!({"metric": format!("api_create_rps{suffix}"), "subject": "api", "value": value}))?;
 
     // GET p50/p99.
-    let gets = 5000;
+    let gets: usize = std::env::var("SANDBAR_BENCH_GETS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
     let mut lat = Vec::with_capacity(gets);
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -104,12 +124,17 @@ async fn run(label: &str, url: &str, creates: usize) -> anyhow::Result<()> {
         pct(0.99).as_secs_f64() * 1e3,
         lat.len() as f64 / total
     );
+    for (q, p) in [("p50", 0.50), ("p99", 0.99)] {
+        let value = pct(p).as_secs_f64() * 1e6;
+        sample(&json!({"metric": format!("api_get_{q}_us{suffix}"), "subject": "api", "value": value}))?;
+    }
 
     // List of 10,000.
-    if ids.len() < LIST_TOTAL {
+    let list = !std::env::var("SANDBAR_BENCH_LIST").is_ok_and(|v| v == "0");
+    if list && ids.len() < LIST_TOTAL {
         create_many(&http, &base, &key, LIST_TOTAL - ids.len()).await?;
     }
-    for limit in [1000usize, 100] {
+    for limit in if list { &[1000usize, 100][..] } else { &[] } {
         let t0 = Instant::now();
         let mut n = 0;
         let mut pages = 0;

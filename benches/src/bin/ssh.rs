@@ -4,7 +4,8 @@
 //!
 //! Run as root: `cargo run --release -p sandbar-benches --bin ssh` (needs Debian's openssh-server for the peer;
 //! uses scripts/build-daemon's output or SANDBAR_STATIC_DAEMON). `SSH_BENCH_CIPHER` picks the cipher
-//! (default aes256-gcm@openssh.com), `SSH_BENCH_MIB` the file size (default 1024).
+//! (default aes256-gcm@openssh.com), `SSH_BENCH_MIB` the file size (default 1024). For `benches/run`:
+//! `SANDBAR_BENCH_SAMPLES=FILE` appends the figures there as samples (see `sandbar_benches::report`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -135,6 +136,14 @@ fn echo_latency(opts: &[String], port: &str) -> anyhow::Result<(f64, f64)> {
     Ok(median_p99(&mut samples))
 }
 
+/// Appends one sample to `SANDBAR_BENCH_SAMPLES`, when set.
+fn sample(metric: &str, subject: &str, value: f64) -> anyhow::Result<()> {
+    let Ok(path) = std::env::var("SANDBAR_BENCH_SAMPLES") else { return Ok(()) };
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(f, "{}", serde_json::json!({"metric": metric, "subject": subject, "value": value}))?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let bin = std::env::var("SANDBAR_STATIC_DAEMON")
         .unwrap_or_else(|_| "target/x86_64-unknown-linux-gnu/release/sandbar-daemon".into());
@@ -151,7 +160,7 @@ fn main() -> anyhow::Result<()> {
     let daemon = Daemon::start_with(Path::new(&bin), &[("SANDBAR_SSH_AUTHORIZED_KEYS", public.trim())])?;
     let (_sshd, sshd_port) = start_sshd(&dir, &authorized)?;
     let daemon_port = daemon.ssh.rsplit(':').next().unwrap_or_default().to_owned();
-    let peers = [Peer { name: "sandbar", port: daemon_port }, Peer { name: "sshd", port: sshd_port }];
+    let peers = [Peer { name: "daemon", port: daemon_port }, Peer { name: "sshd", port: sshd_port }];
 
     let src = dir.join("src.bin");
     {
@@ -198,6 +207,8 @@ fn main() -> anyhow::Result<()> {
         down_mbs.push(down);
         println!("{:8} scp upload   {:7.1} MiB/s (best of 3)", p.name, up);
         println!("{:8} scp download {:7.1} MiB/s (best of 3)", p.name, down);
+        sample("scp_up_mib_s", p.name, up)?;
+        sample("scp_down_mib_s", p.name, down)?;
 
         let mut setup = Vec::new();
         for _ in 0..30 {
@@ -212,11 +223,13 @@ fn main() -> anyhow::Result<()> {
             med / 1e3,
             p99 / 1e3
         );
+        sample("ssh_setup_ms", p.name, med / 1e3)?;
         let (med, p99) = echo_latency(&opts, &p.port)?;
         println!("{:8} keystroke echo: median {:.0} us, p99 {:.0} us (300 keystrokes)", p.name, med, p99);
+        sample("ssh_echo_p50_us", p.name, med)?;
     }
     if let ([a, b], [c, d]) = (up_mbs.as_slice(), down_mbs.as_slice()) {
-        println!("sandbar/sshd: upload {:.0}%, download {:.0}%", a / b * 100.0, c / d * 100.0);
+        println!("daemon/sshd: upload {:.0}%, download {:.0}%", a / b * 100.0, c / d * 100.0);
     }
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
