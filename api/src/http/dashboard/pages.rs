@@ -135,11 +135,9 @@ impl Filter {
         ListFilter {
             org: org.to_owned(),
             states: self.state.iter().cloned().collect(),
-            id: None,
-            name: None,
             labels: self.label.iter().cloned().collect(),
-            after: None,
             limit: PAGE_ROWS,
+            ..ListFilter::default()
         }
     }
 }
