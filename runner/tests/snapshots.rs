@@ -194,7 +194,7 @@ async fn build_jobs_stream_their_log_to_the_control_plane_before_the_result() {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use sandbar_proto::runner::{BuildSnapshot, Job, JobErrorCode, JobKind, JobOutcome, JobResult};
+    use sandbar_proto::runner::{BuildSnapshot, Job, JobErrorCode, JobKind, JobOutcome};
 
     let image = busybox_image();
     let good = format!("sandbar-test-job-{}:1", unique());
