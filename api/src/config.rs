@@ -39,6 +39,13 @@ pub struct Config {
     #[arg(long = "allowed-image", env = "SANDBAR_ALLOWED_IMAGES", value_delimiter = ',',
           default_values_t = default_allowed_images())]
     pub allowed_images: Vec<String>,
+    /// Registries an image may be pulled from (any image that is neither allowed above nor the organization's own
+    /// is pulled from the registry its name starts with, Docker Hub when none): hosts (`host:port`), prefixes
+    /// ending in `*`, or `*` for every registry except those on the local network (loopback, private and
+    /// link-local addresses, `localhost`, `.internal`), which need their own entry. Empty: nothing is pulled.
+    /// Default: `*`.
+    #[arg(long = "allowed-registry", env = "SANDBAR_ALLOWED_REGISTRIES", value_delimiter = ',', default_value = "*")]
+    pub allowed_registries: Vec<String>,
     /// `target` reported on every sandbox when the caller names none.
     #[arg(long, env = "SANDBAR_TARGET", default_value = "local")]
     pub target: String,
@@ -161,6 +168,7 @@ impl Config {
             proxy_token: None,
             default_snapshot: "sandbar-sandbox:default".into(),
             allowed_images: default_allowed_images(),
+            allowed_registries: vec!["*".into()],
             target: "local".into(),
             create_wait_ms: 0,
             runner_unreachable_secs: RUNNER_UNREACHABLE_AFTER_SECS,

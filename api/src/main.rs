@@ -31,6 +31,15 @@ enum Command {
     },
     /// Revoke an API key by its id.
     RevokeKey { id: String },
+    /// Set what an organization's Dockerfile builds may reach: `none` (the default), `open` (what a sandbox without
+    /// an egress policy reaches) or comma-separated IPv4 CIDRs. The runners' floor (host, metadata, `--deny-cidr`)
+    /// always applies. Builds queued afterwards use it.
+    OrgBuildNetwork {
+        /// The organization's name or ID.
+        #[arg(long)]
+        org: String,
+        value: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +71,18 @@ fn main() -> ExitCode {
                     Ok(())
                 } else {
                     anyhow::bail!("no active key with id {id}")
+                }
+            }
+            Command::OrgBuildNetwork { org, value } => {
+                cli.config.validate()?;
+                let policy = sandbar_api::domain::builds::parse_network(Some(&value)).map_err(anyhow::Error::msg)?;
+                let db = sandbar_api::Db::open(&cli.config.database_url()).await?;
+                let stored = policy.is_some().then_some(value.trim());
+                if sandbar_api::auth::set_build_network(&db, &org, stored).await? {
+                    println!("build network of {org}: {}", stored.unwrap_or("none"));
+                    Ok(())
+                } else {
+                    anyhow::bail!("no organization named or identified {org}")
                 }
             }
         }

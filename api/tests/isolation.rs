@@ -5,7 +5,7 @@
 //! runner credentials bound to their runner.
 
 use reqwest::{Method, StatusCode};
-use sandbar_proto::runner::{JobKind, JobOutcome, JobResult, SandboxState, SnapshotImage, fork_image};
+use sandbar_proto::runner::{JobErrorCode, JobKind, JobOutcome, JobResult, SandboxState, SnapshotImage, fork_image};
 use sandbar_testkit::api::{FakeRunner, Harness, RUNNER_TOKEN, databases, empty, started_sandbox};
 use serde_json::{Value, json};
 
@@ -51,14 +51,13 @@ async fn org2_cannot_use_or_guess_org1_images() {
         let (h, r) = Harness::start_with_runner(&db, 64, 64, 1000).await;
         let (src, fork, snap_id, build_image) = org1_images(&h, &r).await;
         r.work(&h.org).await;
-        let (_, key2) = h.new_org("org-2").await;
+        let (org2, key2) = h.new_org("org-2").await;
         let org1_names = [
             fork_image(&fork),
             format!("docker.io/library/{}", fork_image(&fork)),
             format!("sandbar-archive:{src}"),
             format!("sandbar-snapshot:{snap_id}"),
             build_image.clone(),
-            "snap-a".to_owned(),
             "sandbar-archive:x.rootfs".to_owned(),
         ];
         let guesses = ["sha256:0123abcd", "0123abcd", "abc", "busybox@sha256:0123", "SHA256:ab"];
@@ -83,6 +82,15 @@ async fn org2_cannot_use_or_guess_org1_images() {
             }
         }
         assert!(r.poll(0).await.is_empty(), "nothing of org 2 reached the runner");
+        // Org 1's snapshot name means nothing to org 2: a bare name is a Docker Hub image, pulled (with org 2's
+        // credentials) under that name, never org 1's `sandbar-snapshot:` image.
+        let (s, v) = h.req(Method::POST, "/sandbox", Some(&key2), Some(json!({"snapshot": "snap-a"}))).await;
+        assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("pulling_snapshot")), "{v}");
+        let jobs = r.poll(0).await;
+        let [job] = &jobs[..] else { panic!("{jobs:?}") };
+        let JobKind::CreateSandbox(c) = &job.kind else { panic!("{job:?}") };
+        assert_eq!((c.image.as_str(), c.pull, c.organization_id.as_str()), ("snap-a", true, org2.as_str()));
+        r.fail(job, JobErrorCode::PullFailed, "registry docker.io cannot be reached").await;
 
         // Org 1 uses its own; org 2 the operator's images.
         for body in [json!({"image": fork_image(&fork)}), json!({"snapshot": "snap-a"}), json!({"image": build_image})]
@@ -96,9 +104,9 @@ async fn org2_cannot_use_or_guess_org1_images() {
             let (s, v) = h.req(Method::POST, "/sandbox", Some(&key2), Some(body.clone())).await;
             assert_eq!(s, StatusCode::OK, "org 2 {body}: {v}");
         }
-        let (s, v) = h.req(Method::POST, "/sandbox", Some(&key2), Some(json!({"image": "debian:12"}))).await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "not an image the operator allows: {v}");
-        assert!(message(&v).contains("not allowed"), "{v}");
+        let (s, v) = h.req(Method::POST, "/sandbox", Some(&key2), Some(json!({"image": "10.1.2.3/team/x:1"}))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "not a registry the operator allows: {v}");
+        assert!(message(&v).contains("--allowed-registry"), "{v}");
         h.stop().await;
     }
 }
@@ -115,8 +123,9 @@ async fn dockerfile_rules_are_checked_before_a_build() {
             (format!("{base}\nARG U=http://169.254.169.254/\nADD $U /m\n"), "variable"),
             (format!("{base}\nRUN --network=host wget x\n"), "--network"),
             (format!("# syntax=evil/frontend\n{base}\nRUN true\n"), "directive"),
-            (format!("{base}\nCOPY --from=busybox:latest /bin/busybox /b\n"), "not allowed"),
-            ("from \\\n  debian:12\nRUN true\n".to_owned(), "not allowed"),
+            (format!("{base}\nCOPY --from=127.0.0.1:5000/busybox:latest /bin/busybox /b\n"), "--allowed-registry"),
+            ("from \\\n  10.0.0.1/debian:12\nRUN true\n".to_owned(), "--allowed-registry"),
+            (format!("{base}\nCOPY --from=sandbar-build:0123x /x /b\n"), "not allowed"),
         ] {
             let body = json!({"name": "x", "buildInfo": {"dockerfileContent": df}});
             let (s, v) = h.call(Method::POST, "/snapshots", Some(body)).await;
@@ -260,6 +269,42 @@ async fn a_runner_credential_opens_only_its_own_runner() {
         assert_ne!(old, new);
         assert_eq!(h.req(Method::GET, "/runners/ry/jobs", Some(&old), None).await.0, StatusCode::UNAUTHORIZED);
         assert_eq!(h.req(Method::GET, "/runners/ry/jobs", Some(&new), None).await.0, StatusCode::OK);
+        h.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn builds_get_the_organizations_build_network_and_none_by_default() {
+    for db in databases().await {
+        let (h, r) = Harness::start_with_runner(&db, 64, 64, 1000).await;
+        let (org2, key2) = h.new_org("org-2").await;
+        let build = |tag: &str| json!({"buildInfo": {"dockerfileContent": format!("FROM sandbar-sandbox:default\nRUN echo {tag}\n")}});
+        let network_of = |jobs: Vec<sandbar_proto::runner::Job>| match &jobs[..] {
+            [job] => match &job.kind {
+                JobKind::BuildSnapshot(b) => b.network.clone(),
+                other => panic!("{other:?}"),
+            },
+            _ => panic!("{jobs:?}"),
+        };
+        assert_eq!(h.call(Method::POST, "/sandbox", Some(build("a"))).await.0, StatusCode::OK);
+        assert_eq!(network_of(r.poll(0).await), None, "no network unless the operator set one");
+
+        assert!(
+            sandbar_api::auth::set_build_network(&h.app.db, &h.org, Some("10.9.0.0/16, 192.0.2.1/32")).await.unwrap()
+        );
+        assert_eq!(h.call(Method::POST, "/sandbox", Some(build("b"))).await.0, StatusCode::OK);
+        let list = network_of(r.poll(0).await).expect("a policy").network_allow_list;
+        assert_eq!(list, Some(vec!["10.9.0.0/16".to_owned(), "192.0.2.1/32".to_owned()]));
+        // Another organization's builds are not affected.
+        assert_eq!(h.req(Method::POST, "/sandbox", Some(&key2), Some(build("c"))).await.0, StatusCode::OK);
+        assert_eq!(network_of(r.poll(0).await), None);
+
+        assert!(sandbar_api::auth::set_build_network(&h.app.db, &org2, Some("open")).await.unwrap());
+        assert_eq!(h.req(Method::POST, "/sandbox", Some(&key2), Some(build("d"))).await.0, StatusCode::OK);
+        let open = network_of(r.poll(0).await).expect("a policy");
+        assert!(open.is_unrestricted(), "{open:?}");
+        assert!(sandbar_api::domain::builds::parse_network(Some("10.0.0.0/33")).is_err());
+        assert!(!sandbar_api::auth::set_build_network(&h.app.db, "no-such-org", None).await.unwrap());
         h.stop().await;
     }
 }

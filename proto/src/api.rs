@@ -16,6 +16,10 @@
 //! - `POST /runners/{runnerId}/jobs/{jobId}/log` body [`BuildLog`] -> 204: output lines of a running build job, in
 //!   order, as they come. A batch already stored (same `attempt` and `offset`) is accepted and ignored, so retries
 //!   are safe; lines for a job that is already completed are accepted and dropped.
+//! - `GET /runners/{runnerId}/jobs/{jobId}/registry-auth` -> 200 `[RegistryAuth]`
+//!   (see [`crate::runner::RegistryAuth`]): the credentials of the job's organization for the registries of the
+//!   images the job pulls, asked for right before a pull. Only the runner the job was handed to gets them (404
+//!   otherwise); no credential is ever part of a job itself.
 //! - `POST /runners/{runnerId}/states` body `[StateChange]` -> 204: state changes nobody asked for (a container
 //!   died, was OOM-killed).
 //! - `POST /runners/{runnerId}/sandboxes` body `[SandboxInfo]` -> 204: the runner's full picture after a restart

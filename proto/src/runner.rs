@@ -132,8 +132,14 @@ pub struct CreateSandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub organization_id: String,
-    /// A local image reference (no registry is consulted).
+    /// The image reference: a local one, or one the runner pulls first when [`pull`](Self::pull) is set.
     pub image: String,
+    /// Pull `image` from its registry before creating (with the organization's credentials for that registry,
+    /// asked for at the time: see `GET /runners/{id}/jobs/{jobId}/registry-auth`). Every create from a registry
+    /// image pulls, even when the image is on the host already: the registry, not the runner's cache, decides
+    /// whether this organization may have it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pull: bool,
     /// User the daemon (and so every process it starts) runs as; default: the image's user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -222,8 +228,9 @@ pub struct ResizeSandbox {
     pub disk: Option<u32>,
 }
 
-/// Job: build the image `image` from a Dockerfile through Docker's build API. Every `FROM` image must be on the
-/// runner (nothing is pulled). The runner streams the build output to `POST /runners/{id}/jobs/{jobId}/log`
+/// Job: build the image `image` from a Dockerfile through Docker's build API. Images in [`pull`](Self::pull) are
+/// pulled from their registries first (progress in the build log); every other `FROM` image must be on the
+/// runner. The runner streams the build output to `POST /runners/{id}/jobs/{jobId}/log`
 /// ([`crate::api::BuildLog`]) while it runs, then reports the result (`BUILD_FAILED` with Docker's reason).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -233,6 +240,54 @@ pub struct BuildSnapshot {
     /// The local image reference to tag the result with.
     pub image: String,
     pub dockerfile: String,
+    /// Registry images the Dockerfile names (`FROM`, `COPY --from`), pulled before the build with the
+    /// organization's credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull: Vec<String>,
+    /// The egress policy of the build's `RUN` steps, the organization's build network; `None` (the default): no
+    /// network at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkPolicy>,
+}
+
+/// Job: pull a registry image for a snapshot (`POST /snapshots` with an `imageName` from a registry). The snapshot
+/// is `pulling` meanwhile; the result carries the image's id and size ([`SnapshotImage`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullImage {
+    pub snapshot_id: String,
+    pub organization_id: String,
+    pub image: String,
+}
+
+/// Credentials for one registry (Daytona's docker-registry entries), as a runner gets them for a job's pull.
+/// Debug redacts the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryAuth {
+    /// The registry's host (and port): what the image reference starts with (`docker.io` for Docker Hub).
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The registry host of an image reference as Docker reads it: the first path component when it has a `.` or a
+/// `:` or is `localhost`, else Docker Hub (`docker.io`).
+pub fn registry_host(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first,
+        _ => "docker.io",
+    }
 }
 
 /// Repository of the images a fork is made from; the tag is the fork's sandbox ID (see [`fork_image`]).
@@ -345,6 +400,7 @@ pub enum JobKind {
     },
     /// Delete a volume's directory (no sandbox mounts it any more; the control plane checked).
     RemoveVolume(RemoveVolume),
+    PullImage(PullImage),
 }
 
 impl JobKind {
@@ -368,6 +424,7 @@ impl JobKind {
             Self::ResumeSandbox { .. } => "RESUME_SANDBOX",
             Self::PingSandbox { .. } => "PING_SANDBOX",
             Self::RemoveVolume(_) => "REMOVE_VOLUME",
+            Self::PullImage(_) => "PULL_IMAGE",
         }
     }
 
@@ -394,6 +451,8 @@ impl JobKind {
             Self::RemoveSnapshot(r) => &r.snapshot_id,
             // Likewise the volume's ID.
             Self::RemoveVolume(v) => &v.volume_id,
+            // And the snapshot's.
+            Self::PullImage(p) => &p.snapshot_id,
         }
     }
 }
@@ -413,8 +472,10 @@ pub struct Job {
 pub enum JobErrorCode {
     /// Bad input: an impossible resource request, an empty ID, a disk shrink.
     InvalidRequest,
-    /// The image is not on this host (there is no registry to pull from).
+    /// The image is not on this host, or its registry does not have it.
     ImageNotFound,
+    /// A registry refused or failed a pull: wrong or missing credentials, unreachable, timed out.
+    PullFailed,
     /// The sandbox is not on this runner.
     SandboxNotFound,
     /// A sandbox with that ID already exists.
@@ -707,6 +768,17 @@ mod tests {
     }
 
     #[test]
+    fn registry_hosts_as_docker_reads_them() {
+        assert_eq!(registry_host("127.0.0.1:5000/team/app:1"), "127.0.0.1:5000");
+        assert_eq!(registry_host("localhost/app"), "localhost");
+        assert_eq!(registry_host("ghcr.io/o/app"), "ghcr.io");
+        assert_eq!(registry_host("team/app:1"), "docker.io");
+        assert_eq!(registry_host("python:3.12"), "docker.io");
+        let auth = RegistryAuth { server: "r".into(), username: "u".into(), password: "pw".into() };
+        assert!(!format!("{auth:?}").contains("pw"));
+    }
+
+    #[test]
     fn build_job_wire_format() {
         let job = Job {
             id: "j".into(),
@@ -714,6 +786,8 @@ mod tests {
                 build_id: "b1".into(),
                 image: "sandbar-build:abc".into(),
                 dockerfile: "FROM x\nRUN y\n".into(),
+                pull: vec!["127.0.0.1:5000/x:1".into()],
+                network: None,
             }),
         };
         let v = serde_json::to_value(&job).unwrap();

@@ -78,6 +78,9 @@ pub struct RunnerConfig {
     /// quota; it runs only where the storage driver cannot enforce the quota itself. `None`: no watchdog.
     /// Default: 30 s.
     pub disk_watchdog_interval: Option<Duration>,
+    /// A pull from a registry that sends nothing (no progress, no error) for this long is abandoned with a "stopped
+    /// answering" error; a pull that keeps progressing has no deadline. Default: 60 s.
+    pub pull_stall_timeout: Duration,
 }
 
 /// `no-new-privileges` keeps setuid binaries and file capabilities from raising a process's privileges. `sudo` is
@@ -150,6 +153,7 @@ impl RunnerConfig {
             allow_host_root: false,
             runtimes: vec!["runc".into()],
             disk_watchdog_interval: Some(Duration::from_secs(30)),
+            pull_stall_timeout: Duration::from_secs(60),
         }
     }
 
@@ -194,6 +198,9 @@ impl RunnerConfig {
                  not {:?} and {}",
                 self.log_max_size, self.log_max_files
             ));
+        }
+        if self.pull_stall_timeout.is_zero() {
+            return Err("pull stall timeout must be positive".into());
         }
         if self.disk_watchdog_interval.is_some_and(|d| d.is_zero()) {
             return Err("disk watchdog interval must be positive".into());

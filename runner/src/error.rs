@@ -48,7 +48,7 @@ pub enum SandboxError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     /// The image is not on this host.
-    #[error("image {0:?} is not on this host (there is no registry: build or import it first)")]
+    #[error("image {0:?} is not on this host (build or import it first, or name it with its registry)")]
     ImageNotFound(String),
     /// No such sandbox on this runner.
     #[error("sandbox {0} not found on this runner")]
@@ -71,6 +71,9 @@ pub enum SandboxError {
     /// The archive store refused or failed, or holds no usable archive.
     #[error("archive store: {0}")]
     Archive(String),
+    /// Pulling the image from its registry failed.
+    #[error(transparent)]
+    Pull(#[from] PullError),
     /// The operation's task died (a bug: it panicked or the runtime shut down).
     #[error("internal: {0}")]
     Internal(String),
@@ -87,6 +90,34 @@ impl SandboxError {
             Self::DaemonNotReady { .. } => JobErrorCode::DaemonNotReady,
             Self::Daemon { .. } | Self::Internal(_) | Self::Archive(_) => JobErrorCode::Internal,
             Self::Docker(e) => docker_code(e),
+            Self::Pull(e) => e.code(),
+        }
+    }
+}
+
+/// Why a pull from a registry failed. Messages say what to do; the registry's own words follow.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("image {image:?} was not found in registry {registry}: {reason}")]
+    NotFound { image: String, registry: String, reason: String },
+    #[error(
+        "registry {registry} refused to give {image:?} (missing or wrong credentials: register them with \
+         POST /docker-registry): {reason}"
+    )]
+    Unauthorized { image: String, registry: String, reason: String },
+    #[error("registry {registry} cannot be reached for {image:?}: {reason}")]
+    Unreachable { image: String, registry: String, reason: String },
+    #[error("pulling {image:?}: registry {registry} sent nothing for {secs} s and the pull was abandoned")]
+    Stalled { image: String, registry: String, secs: u64 },
+    #[error("pulling {image:?} from registry {registry} failed: {reason}")]
+    Failed { image: String, registry: String, reason: String },
+}
+
+impl PullError {
+    pub fn code(&self) -> JobErrorCode {
+        match self {
+            Self::NotFound { .. } => JobErrorCode::ImageNotFound,
+            _ => JobErrorCode::PullFailed,
         }
     }
 }
@@ -101,7 +132,7 @@ pub enum SnapshotError {
     #[error("invalid Dockerfile: {0}")]
     InvalidDockerfile(String),
     /// A `FROM` image is not on this host.
-    #[error("base image {0:?} is not on this host (there is no registry to pull it from)")]
+    #[error("base image {0:?} is not on this host (name it with its registry to pull it)")]
     BaseImageNotFound(String),
     /// The build ran and failed.
     #[error("build failed: {0}")]
@@ -118,6 +149,9 @@ pub enum SnapshotError {
     /// Docker refused or failed.
     #[error("Docker: {0}")]
     Docker(#[from] bollard::errors::Error),
+    /// Pulling an image the job names failed.
+    #[error(transparent)]
+    Pull(#[from] PullError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -133,6 +167,7 @@ impl SnapshotError {
             Self::Sandbox(e) => e.code(),
             Self::Docker(e) => docker_code(e),
             Self::BuildFailed(_) => JobErrorCode::BuildFailed,
+            Self::Pull(e) => e.code(),
             Self::Internal(_) => JobErrorCode::Internal,
         }
     }

@@ -43,6 +43,7 @@ use crate::error::{ImageError, SandboxError, StartupError};
 use crate::firewall::Firewall;
 
 pub mod archive;
+pub mod build_net;
 pub mod cgroup;
 mod containers;
 mod daemon;
@@ -52,6 +53,7 @@ pub mod fork;
 pub mod hardening;
 pub mod image;
 mod pool;
+pub mod pull;
 pub mod snapshot;
 pub mod volumes;
 

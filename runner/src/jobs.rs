@@ -18,6 +18,7 @@ mod fork;
 mod network;
 mod pause;
 mod ping;
+mod pull;
 mod remove_snapshot;
 mod remove_volume;
 mod resize;
@@ -27,7 +28,9 @@ mod snapshot;
 mod start;
 mod stop;
 
-use sandbar_proto::runner::{Job, JobErrorCode, JobKind, JobOutcome, JobResult, SandboxInfo, SnapshotImage};
+use sandbar_proto::runner::{
+    Job, JobErrorCode, JobKind, JobOutcome, JobResult, RegistryAuth, SandboxInfo, SnapshotImage,
+};
 
 use crate::control::ControlPlane;
 use crate::error::{SandboxError, SnapshotError};
@@ -41,6 +44,18 @@ pub(crate) struct JobCtx<'a> {
     /// build output goes to the log only.
     cp: Option<&'a ControlPlane>,
     job_id: &'a str,
+}
+
+impl JobCtx<'_> {
+    /// The organization's credentials for the registries this job pulls from, asked for now (not carried in the
+    /// job). A job handed in directly pulls anonymously.
+    async fn registry_auth(&self) -> Result<Vec<RegistryAuth>, Failed> {
+        let Some(cp) = self.cp else { return Ok(Vec::new()) };
+        cp.registry_auth(self.runner.runner_id(), self.job_id).await.map_err(|e| Failed {
+            code: JobErrorCode::PullFailed,
+            message: format!("the control plane did not hand out the registry credentials for this pull: {e}"),
+        })
+    }
 }
 
 /// What a job that succeeded answers with.
@@ -65,6 +80,12 @@ pub(crate) struct Failed {
 
 impl From<SandboxError> for Failed {
     fn from(e: SandboxError) -> Self {
+        Self { code: e.code(), message: e.to_string() }
+    }
+}
+
+impl From<crate::error::PullError> for Failed {
+    fn from(e: crate::error::PullError) -> Self {
         Self { code: e.code(), message: e.to_string() }
     }
 }
@@ -97,6 +118,7 @@ pub async fn run(runner: &Runner, cp: Option<&ControlPlane>, job: Job) -> JobRes
         JobKind::ResumeSandbox { sandbox_id } => resume::run(&ctx, &sandbox_id).await,
         JobKind::PingSandbox { sandbox_id } => ping::run(&ctx, &sandbox_id).await,
         JobKind::RemoveVolume(req) => remove_volume::run(&ctx, req).await,
+        JobKind::PullImage(req) => pull::run(&ctx, req).await,
     };
     let outcome = match done {
         Ok(Done { sandbox, snapshot }) => JobOutcome::Succeeded { sandbox: sandbox.map(Box::new), snapshot },

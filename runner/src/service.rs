@@ -97,6 +97,10 @@ pub struct RunnerOptions {
     /// over its disk quota is stopped. 0: no watchdog.
     #[arg(long, env = "SANDBAR_DISK_WATCHDOG_SECS", default_value_t = 30)]
     pub disk_watchdog_secs: u64,
+    /// Seconds a registry pull may go without any progress before it is abandoned (a registry that stopped
+    /// answering); a pull that progresses has no deadline.
+    #[arg(long, env = "SANDBAR_PULL_STALL_SECS", default_value_t = 60)]
+    pub pull_stall_secs: u64,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -124,6 +128,7 @@ impl RunnerOptions {
         c.no_new_privileges = self.no_new_privileges;
         c.allow_host_root = self.allow_host_root;
         c.runtimes = self.runtimes.clone();
+        c.pull_stall_timeout = Duration::from_secs(self.pull_stall_secs);
         c.disk_watchdog_interval = (self.disk_watchdog_secs > 0).then(|| Duration::from_secs(self.disk_watchdog_secs));
         if self.warm_pool > 0 {
             c.warm_pool = Some(WarmPoolConfig {

@@ -169,7 +169,7 @@ async fn build_and_fork_jobs_report_their_image_size() {
     let (_t, runner) = TestRunner::start("sizes").await;
     // What the control plane counts against the organization's image quota: the size Docker reports.
     let dockerfile = format!("FROM {image}\nRUN head -c 300000 /dev/urandom > /big\n");
-    let build = BuildSnapshot { build_id: "b1".into(), image: built.clone(), dockerfile };
+    let build = BuildSnapshot { build_id: "b1".into(), image: built.clone(), dockerfile, pull: vec![], network: None };
     let r =
         sandbar_runner::jobs::run(&runner, None, Job { id: "j-b".into(), kind: JobKind::BuildSnapshot(build) }).await;
     let JobOutcome::Succeeded { snapshot: Some(img), .. } = r.outcome else { panic!("{r:?}") };

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use sandbar_proto::network::NetworkPolicy;
 use sandbar_proto::runner::SandboxState;
 use sandbar_runner::SnapshotError;
 
@@ -84,7 +85,7 @@ async fn build_a_snapshot_from_a_dockerfile_with_the_log_streamed() {
 
     let dockerfile = format!("FROM {image}\nRUN echo hello-from-build && echo built > /built\nENV FLAVOUR=vanilla\n");
     let mut log = Vec::new();
-    let built = runner.build_snapshot(&snap, &dockerfile, |line| log.push(line.to_owned())).await.unwrap();
+    let built = runner.build_snapshot(&snap, &dockerfile, None, |line| log.push(line.to_owned())).await.unwrap();
     assert!(log.iter().any(|l| l.starts_with("Step 1/") && l.contains(" : FROM ")), "{log:?}");
     assert!(log.iter().any(|l| l == "hello-from-build"), "{log:?}");
     assert_eq!(built.argv(), image_argv(&image), "the base image's command is inherited");
@@ -100,7 +101,7 @@ async fn build_a_snapshot_from_a_dockerfile_with_the_log_streamed() {
     // A failing step fails the build with Docker's reason, streamed like the rest.
     let mut log = Vec::new();
     let err = runner
-        .build_snapshot(&bad, &format!("FROM {image}\nRUN exit 3\n"), |l| log.push(l.to_owned()))
+        .build_snapshot(&bad, &format!("FROM {image}\nRUN exit 3\n"), None, |l| log.push(l.to_owned()))
         .await
         .unwrap_err();
     let SnapshotError::BuildFailed(msg) = &err else { panic!("{err:?}") };
@@ -109,9 +110,9 @@ async fn build_a_snapshot_from_a_dockerfile_with_the_log_streamed() {
     assert!(runner.inspect_snapshot(&bad).await.unwrap().is_none());
 
     // No registry: a base image that is not here is refused before Docker would try to pull it.
-    let err = runner.build_snapshot(&bad, "FROM sandbar-no-such-base:0\nRUN true\n", |_| {}).await.unwrap_err();
+    let err = runner.build_snapshot(&bad, "FROM sandbar-no-such-base:0\nRUN true\n", None, |_| {}).await.unwrap_err();
     assert!(matches!(err, SnapshotError::BaseImageNotFound(ref b) if b == "sandbar-no-such-base:0"), "{err:?}");
-    let err = runner.build_snapshot(&bad, "RUN true\n", |_| {}).await.unwrap_err();
+    let err = runner.build_snapshot(&bad, "RUN true\n", None, |_| {}).await.unwrap_err();
     assert!(matches!(err, SnapshotError::InvalidDockerfile(_)), "{err:?}");
 }
 
@@ -206,7 +207,13 @@ async fn build_jobs_stream_their_log_to_the_control_plane_before_the_result() {
     let base = fake_api::serve(rec.clone()).await;
     let job = |id: &str, image: &str, dockerfile: String| Job {
         id: id.into(),
-        kind: JobKind::BuildSnapshot(BuildSnapshot { build_id: format!("b-{id}"), image: image.into(), dockerfile }),
+        kind: JobKind::BuildSnapshot(BuildSnapshot {
+            build_id: format!("b-{id}"),
+            image: image.into(),
+            dockerfile,
+            pull: vec![],
+            network: None,
+        }),
     };
     rec.jobs.lock().unwrap().extend([
         job(
@@ -274,7 +281,7 @@ async fn build_jobs_stream_their_log_to_the_control_plane_before_the_result() {
 
     let JobOutcome::Failed { code, message } = by_id("nobase").outcome else { panic!("built without a base") };
     assert_eq!(code, JobErrorCode::ImageNotFound);
-    assert!(message.contains("sandbar-no-such-base:0") && message.contains("no registry"), "{message}");
+    assert!(message.contains("sandbar-no-such-base:0") && message.contains("registry"), "{message}");
     assert_eq!(text_of("nobase"), [format!("sandbar: {message}")], "the reason is the log's last line");
 }
 
@@ -286,12 +293,12 @@ async fn steps_run_as_root_on_a_base_with_a_non_root_user() {
     let _images = Images(vec![snap.clone(), base.clone()]);
     let (_t, runner) = TestRunner::start("rootsteps").await;
     // A base like the default image: it runs as an unprivileged user.
-    runner.build_snapshot(&base, &format!("FROM {image}\nUSER sandbar\n"), |_| {}).await.unwrap();
+    runner.build_snapshot(&base, &format!("FROM {image}\nUSER sandbar\n"), None, |_| {}).await.unwrap();
     assert_eq!(docker_inspect(&base, "{{.Config.User}}").unwrap(), "sandbar");
 
     let mut log = Vec::new();
     let df = format!("FROM {base}\nRUN echo hi > /built && id -u > /uid\n");
-    let built = runner.build_snapshot(&snap, &df, |l| log.push(l.to_owned())).await.unwrap();
+    let built = runner.build_snapshot(&snap, &df, None, |l| log.push(l.to_owned())).await.unwrap();
     assert_eq!(built.user.as_deref(), Some("sandbar"), "the base's user is back for the sandbox");
     assert!(log.iter().any(|l| l.contains(": USER root")), "{log:?}");
     let id = format!("rootsteps-{}", unique());
@@ -311,13 +318,15 @@ async fn builds_run_without_network_and_under_memory_and_process_caps() {
     let _images = Images(vec![net.clone(), mem.clone(), bomb.clone(), ok.clone()]);
     let (_t, runner) = TestRunner::start("limits").await;
 
-    // No interface but loopback, and no route out (the host's gateway, cloud metadata).
+    // No interface but loopback, and no route out: a listener on the host is not reached (nc exits 0 on a
+    // connect).
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let df = format!(
-        "FROM {image}\nRUN ls /sys/class/net; ip route; wget -T 3 -q -O- http://169.254.169.254/ || \
-         wget -T 3 -q -O- http://172.17.0.1/ || exit 42\n"
+        "FROM {image}\nRUN ls /sys/class/net; ip route; nc -w 3 172.17.0.1 {} </dev/null && exit 0; exit 42\n",
+        host.local_addr().unwrap().port()
     );
     let mut log = Vec::new();
-    let err = runner.build_snapshot(&net, &df, |l| log.push(l.to_owned())).await.unwrap_err();
+    let err = runner.build_snapshot(&net, &df, None, |l| log.push(l.to_owned())).await.unwrap_err();
     let SnapshotError::BuildFailed(msg) = &err else { panic!("{err:?}") };
     assert!(msg.contains("non-zero code: 42"), "{msg}\n{log:?}");
     assert!(!log.iter().any(|l| l.trim() == "eth0"), "the build container has a network interface: {log:?}");
@@ -327,7 +336,7 @@ async fn builds_run_without_network_and_under_memory_and_process_caps() {
         "FROM {image}\nRUN awk 'BEGIN {{ s = \"x\"; while (length(s) < 4294967296) s = s s; print \"allocated\" }}'\n"
     );
     let mut log = Vec::new();
-    let err = runner.build_snapshot(&mem, &df, |l| log.push(l.to_owned())).await.unwrap_err();
+    let err = runner.build_snapshot(&mem, &df, None, |l| log.push(l.to_owned())).await.unwrap_err();
     let SnapshotError::BuildFailed(msg) = &err else { panic!("{err:?}") };
     assert!(msg.contains("non-zero code: 137"), "{msg}\n{log:?}");
     assert!(!log.iter().any(|l| l == "allocated"), "{log:?}");
@@ -336,11 +345,68 @@ async fn builds_run_without_network_and_under_memory_and_process_caps() {
     let df =
         format!("FROM {image}\nRUN i=0; while [ $i -lt 2000 ]; do sleep 60 & i=$((i+1)); done; echo spawned-all\n");
     let mut log = Vec::new();
-    let err = runner.build_snapshot(&bomb, &df, |l| log.push(l.to_owned())).await.unwrap_err();
+    let err = runner.build_snapshot(&bomb, &df, None, |l| log.push(l.to_owned())).await.unwrap_err();
     assert!(matches!(err, SnapshotError::BuildFailed(_)), "{err:?}\n{log:?}");
     assert!(!log.iter().any(|l| l == "spawned-all"), "{log:?}");
     assert!(log.iter().any(|l| l.contains("fork")), "{log:?}");
 
     // And an ordinary build still works afterwards.
-    runner.build_snapshot(&ok, &format!("FROM {image}\nRUN echo fine > /fine\n"), |_| {}).await.unwrap();
+    runner.build_snapshot(&ok, &format!("FROM {image}\nRUN echo fine > /fine\n"), None, |_| {}).await.unwrap();
+}
+
+/// A build of an organization with a build network runs its `RUN` steps under that egress policy, with a sandbox's
+/// rules: an allow-listed address (a plain container on the bridge serving a file) is reached; an address off the
+/// list and the host itself (the floor) are not; and the build's network container and its rules are gone after.
+#[tokio::test]
+async fn a_build_network_follows_the_egress_policy() {
+    let image = busybox_image();
+    let (open, closed) =
+        (format!("sandbar-test-bnet-open-{}:1", unique()), format!("sandbar-test-bnet-closed-{}:1", unique()));
+    let _images = Images(vec![open.clone(), closed.clone()]);
+    let server = format!("sandbar-bnet-server-{}", unique());
+    let out = std::process::Command::new("docker")
+        .args(["run", "-d", "--name", &server, "--label"])
+        .arg(format!("{TEST_PID_LABEL}={}", std::process::id()))
+        .args([&image, "sh", "-c", "mkdir -p /www && echo served > /www/f && exec httpd -f -p 8080 -h /www"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker").args(["rm", "-f", &self.0]).output();
+        }
+    }
+    let _server = Rm(server.clone());
+    let ip = docker_inspect(&server, "{{.NetworkSettings.IPAddress}}").unwrap();
+    // Something on the host the build must not reach, whatever the policy.
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    let (t, runner) = TestRunner::start("bnet").await;
+
+    // busybox's static wget crashes on this image; nc it is. A connect that works ends nc with 0.
+    let df = format!(
+        "FROM {image}\nRUN printf 'GET /f HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {ip} 8080 > /got; grep served /got\n\
+         RUN if nc -w 3 172.17.0.1 {host_port} </dev/null; then exit 43; fi; \
+         if nc -w 3 169.254.169.254 80 </dev/null; then exit 44; fi\n"
+    );
+    let allowed = NetworkPolicy { network_block_all: false, network_allow_list: Some(vec![format!("{ip}/32")]) };
+    let mut log = Vec::new();
+    runner.build_snapshot(&open, &df, Some(("b-open", &allowed)), |l| log.push(l.to_owned())).await.unwrap();
+    assert!(log.iter().any(|l| l.trim() == "served"), "{log:?}");
+
+    let elsewhere = NetworkPolicy { network_block_all: false, network_allow_list: Some(vec!["10.99.0.0/16".into()]) };
+    let mut log = Vec::new();
+    let err = runner.build_snapshot(&closed, &df, Some(("b-closed", &elsewhere)), |l| log.push(l.to_owned())).await;
+    assert!(matches!(err, Err(SnapshotError::BuildFailed(_))), "{err:?}\n{log:?}");
+    assert!(!log.iter().any(|l| l.trim() == "served"), "{log:?}");
+
+    // Nothing of either build's network is left: no container, no chain.
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=sandbar.build-net"])
+        .args(["--filter", &format!("label=sandbar.runner={}", t.runner_id)])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "{left:?}");
+    drop(host);
 }

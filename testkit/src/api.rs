@@ -287,6 +287,19 @@ impl FakeRunner {
         c
     }
 
+    /// `GET /runners/{id}/{tail}` with its credential: status and JSON body.
+    pub async fn get(&self, tail: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .get(format!("{}/runners/{}/{tail}", self.base, self.id))
+            .bearer_auth(self.credential().await)
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn post(&self, tail: &str, body: Value) -> StatusCode {
         self.http
             .post(format!("{}/runners/{}/{tail}", self.base, self.id))
@@ -356,7 +369,7 @@ impl FakeRunner {
         let started = |id: &str| Some(Box::new(self.info(id, org, SandboxState::Started)));
         let sandbox = match &job.kind {
             // A real runner reports the sandbox's actual state after a resize; this one does not know it.
-            K::DestroySandbox { .. } | K::ResizeSandbox(_) | K::RemoveVolume(_) => None,
+            K::DestroySandbox { .. } | K::ResizeSandbox(_) | K::RemoveVolume(_) | K::PullImage(_) => None,
             K::StopSandbox(s) => Some(Box::new(self.info(&s.sandbox_id, org, SandboxState::Stopped))),
             K::ArchiveSandbox { sandbox_id } => {
                 let mut info = self.info(sandbox_id, org, SandboxState::Archived);

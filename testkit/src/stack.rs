@@ -132,7 +132,8 @@ impl Runner {
             | JobKind::RemoveSnapshot(_)
             | JobKind::PauseSandbox { .. }
             | JobKind::ResumeSandbox { .. }
-            | JobKind::PingSandbox { .. } => {
+            | JobKind::PingSandbox { .. }
+            | JobKind::PullImage(_) => {
                 let message = format!("the stack's runner does not carry out {}", job.kind.tag());
                 let outcome = JobOutcome::Failed { code: sandbar_proto::runner::JobErrorCode::InvalidRequest, message };
                 let result = JobResult { job_id: job.id.clone(), outcome };

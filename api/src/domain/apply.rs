@@ -56,7 +56,7 @@ pub async fn act(
                     if idle {
                         quota::check(&mut tx, &row.organization_id, row.cpu, row.memory, 0, 0).await?;
                     }
-                    Some(jobs::create::plan(&row))
+                    Some(jobs::create::plan(&row, super::images::pulled(&app.config, &row.snapshot)))
                 }
                 JobTag::Restore => {
                     if idle {

@@ -1,9 +1,12 @@
-//! Dockerfile builds: what `POST /snapshots` and `POST /sandbox` do with a `buildInfo` beyond `FROM image`. The
+//! Dockerfile builds: what `POST /snapshots` and `POST /sandbox` do with a `buildInfo` beyond `FROM image`. A build
+//! has no network unless its organization has a build network (`organizations.build_network`, set by the operator
+//! with `sandbar-api org-build-network`): then its `RUN` steps get that egress policy, enforced by the runner as
+//! for a sandbox. The
 //! build job itself is `crate::jobs::build`; the log endpoints are `crate::http::builds`.
 //!
 //! A build is a row (`builds`) and a `BUILD_SNAPSHOT` job for one runner, which builds the image
-//! `sandbar-build:<sha256 of the Dockerfile>` through Docker's build API from local base images (there is no
-//! registry). The image then exists on that runner only, so a sandbox or snapshot made from it is pinned there. An
+//! `sandbar-build:<sha256 of the Dockerfile>` through Docker's build API, after pulling the registry images the
+//! Dockerfile names (with the organization's credentials; see `super::images`). The image then exists on that runner only, so a sandbox or snapshot made from it is pinned there. An
 //! identical Dockerfile of the same organization reuses the earlier build (queued, running or done) instead of
 //! building again; a failed build is retried by the next request.
 //!
@@ -36,6 +39,7 @@ use crate::jobs;
 use crate::store::sandboxes::Text;
 use crate::store::snapshots::SnapshotRow;
 use crate::store::{self, sandboxes, sha256_hex};
+use sandbar_proto::network::NetworkPolicy;
 use sandbar_proto::runner::SandboxState;
 
 /// Dockerfiles larger than this are refused.
@@ -132,6 +136,41 @@ pub(crate) fn image_for(dockerfile: &str) -> String {
     format!("{BUILD_IMAGE_REPO}:{}", sha256_hex(dockerfile))
 }
 
+/// Parses an organization's build network setting (see migration 0027): `None` is no network.
+pub fn parse_network(value: Option<&str>) -> Result<Option<NetworkPolicy>, String> {
+    let Some(v) = value.map(str::trim) else { return Ok(None) };
+    let policy = match v {
+        "" | "none" => return Ok(None),
+        "open" => NetworkPolicy::default(),
+        list => NetworkPolicy {
+            network_block_all: false,
+            network_allow_list: Some(list.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()),
+        },
+    };
+    policy.allowed().map_err(|e| format!("build network {v:?}: {e} (use none, open or IPv4 CIDRs)"))?;
+    Ok(Some(policy))
+}
+
+/// The egress policy of organization `org`'s builds; a stored value that no longer parses means no network.
+async fn network_of(conn: &mut AnyConnection, org: &str) -> ApiResult<Option<NetworkPolicy>> {
+    let stored = store::orgs::build_network(conn, org).await?;
+    Ok(parse_network(stored.as_deref()).unwrap_or_else(|e| {
+        tracing::warn!(org, error = %e, "unusable build network setting; building without network");
+        None
+    }))
+}
+
+/// The registry images a (checked) Dockerfile names, each once: the runner pulls them before the build.
+fn registry_images(app: &App, dockerfile: &str) -> ApiResult<Vec<String>> {
+    let mut pull: Vec<String> = Vec::new();
+    for named in dockerfile::check(dockerfile)? {
+        if images::pulled(&app.config, &named.image) && !pull.contains(&named.image) {
+            pull.push(named.image);
+        }
+    }
+    Ok(pull)
+}
+
 /// A build something waits for.
 #[derive(Debug, Clone)]
 pub(crate) struct Attached {
@@ -165,7 +204,8 @@ pub(crate) async fn attach(
     let new =
         store::builds::NewBuild { id: &build_id, org, hash: &hash, dockerfile, image: &image, runner: &runner_id, now };
     store::builds::insert(conn, new).await?;
-    let job = jobs::build::plan(&build_id, &image, dockerfile);
+    let network = network_of(conn, org).await?;
+    let job = jobs::build::plan(&build_id, &image, dockerfile, registry_images(app, dockerfile)?, network);
     jobs::enqueue(conn, &runner_id, &job, SandboxState::PendingBuild, SandboxState::BuildingSnapshot, now).await?;
     tracing::info!(build_id = %build_id, runner_id = %runner_id, image = %image, "build queued");
     Ok(Attached { build_id, runner_id, state: "pending".into() })

@@ -1,10 +1,15 @@
-//! Which images an organization may name. Every image is local to the runners (there is no registry), and Docker
-//! resolves any name it is handed, including other tenants' forks, archives, snapshots and builds and any short
-//! prefix of an image ID. So a create, a snapshot or a build may name only:
+//! Which images an organization may name. Docker resolves any name it is handed from the host's images, including
+//! other tenants' forks, archives, snapshots, builds and pulls and any short prefix of an image ID. So a create, a
+//! snapshot or a build may name only:
 //!
-//! - an image the operator allows (`--allowed-image`, exact names or `prefix*`; the default snapshot always), or
+//! - an image the operator allows (`--allowed-image`, exact names or `prefix*`; the default snapshot always),
+//!   used as it is on the runner;
 //! - an image its own organization owns: `sandbar-fork:{id}` and `sandbar-archive:{id}` of its sandboxes,
-//!   `sandbar-snapshot:{id}` of its snapshots, `sandbar-build:{hash}` of its builds.
+//!   `sandbar-snapshot:{id}` of its snapshots, `sandbar-build:{hash}` of its builds; or
+//! - any other well-formed name, as a **registry image** ([`pulled`]) on a registry the operator allows
+//!   (`--allowed-registry`): the runner pulls it, with the organization's credentials for that registry
+//!   (`/docker-registry`), every time it is used. So a copy another organization pulled to the host is never used
+//!   unless the registry gives the image to this organization too: a public name is shared, a private one is not.
 //!
 //! Names that look like image IDs or digests (`sha256:...`, `name@sha256:...`, bare hex that Docker would take as
 //! an ID prefix) are refused outright, and so is every other name: a 400 that does not say whether the image
@@ -96,6 +101,61 @@ fn refused(name: &str) -> ApiError {
     ))
 }
 
+/// True when `name` is a registry image: neither one of sandbar's own nor one the operator allows. The runner pulls
+/// such an image before each use.
+pub fn pulled(config: &crate::Config, name: &str) -> bool {
+    let name = name.trim();
+    !looks_like_id(name)
+        && internal(&normalize(name)).is_none()
+        && !operator_allows(&config.allowed_images, &config.default_snapshot, name)
+}
+
+/// True when the operator's `--allowed-registry` list allows pulls from `host`. `*` allows every registry except
+/// the ones on this network (loopback, private, link-local and unique-local addresses, `localhost`, `.local` and
+/// `.internal` names, where the runner's own services and the cloud's metadata live): those need their own entry.
+pub fn registry_allowed(allowed: &[String], host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    allowed.iter().map(|a| a.trim().to_ascii_lowercase()).filter(|a| !a.is_empty()).any(|a| {
+        if a == "*" {
+            !local_registry(&host)
+        } else if let Some(prefix) = a.strip_suffix('*') {
+            host.starts_with(prefix)
+        } else {
+            a == host
+        }
+    })
+}
+
+/// A registry host on the runners' own network (see [`registry_allowed`]).
+fn local_registry(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        return match ip {
+            std::net::IpAddr::V4(v4) => {
+                let [a, b, ..] = v4.octets();
+                // 100.64.0.0/10 (carrier-grade NAT) included.
+                v4.is_loopback()
+                    || v4.is_private()
+                    || v4.is_link_local()
+                    || v4.is_unspecified()
+                    || (a == 100 && b & 0xc0 == 64)
+            }
+            std::net::IpAddr::V6(v6) => {
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_unique_local()
+                    || v6.is_unicast_link_local()
+                    || v6.to_ipv4_mapped().is_some()
+            }
+        };
+    }
+    name == "localhost" || name.ends_with(".localhost") || name.ends_with(".local") || name.ends_with(".internal")
+}
+
 /// Refuses with 400 an image `org` may not name (see the module doc); `what` says where it was named.
 pub async fn check(app: &App, conn: &mut AnyConnection, org: &str, name: &str, what: &str) -> ApiResult<()> {
     let name = name.trim();
@@ -111,11 +171,17 @@ pub async fn check(app: &App, conn: &mut AnyConnection, org: &str, name: &str, w
     }
     let n = normalize(name);
     let owned = match internal(&n) {
+        None if operator_allows(&app.config.allowed_images, &app.config.default_snapshot, name) => return Ok(()),
         None => {
-            return if operator_allows(&app.config.allowed_images, &app.config.default_snapshot, name) {
+            let host = sandbar_proto::runner::registry_host(name);
+            return if registry_allowed(&app.config.allowed_registries, host) {
                 Ok(())
             } else {
-                Err(refused(name))
+                Err(ApiError::bad_request(format!(
+                    "{what} {name:?} would be pulled from registry {host}, which the operator does not allow \
+                     (--allowed-registry); name an allowed registry, an image the operator allows, or a snapshot of \
+                     your organization"
+                )))
             };
         }
         Some(Owner::Sandbox(id)) => {
@@ -157,5 +223,22 @@ mod tests {
         assert_eq!(internal("sandbar-build:ab"), Some(Owner::Build("ab".into())));
         assert_eq!(internal("sandbar-sandbox:default"), None);
         assert_eq!(internal("sandbar-test-busybox:1"), None);
+    }
+
+    #[test]
+    fn registries() {
+        let star = vec!["*".to_owned()];
+        assert!(registry_allowed(&star, "docker.io"));
+        assert!(registry_allowed(&star, "ghcr.io"));
+        for local in
+            ["127.0.0.1:5000", "localhost:5000", "10.1.2.3", "169.254.169.254", "[::1]:5000", "metadata.internal"]
+        {
+            assert!(!registry_allowed(&star, local), "{local}");
+        }
+        let listed = vec!["*".to_owned(), "127.0.0.1:5000".to_owned(), "10.0.0.*".to_owned()];
+        assert!(registry_allowed(&listed, "127.0.0.1:5000"));
+        assert!(registry_allowed(&listed, "10.0.0.7:443"));
+        assert!(!registry_allowed(&listed, "127.0.0.1:5001"));
+        assert!(!registry_allowed(&[], "docker.io"));
     }
 }

@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod network;
 pub mod placement;
 pub mod quota;
+pub mod registries;
 pub mod sandboxes;
 pub mod sessions;
 pub mod snapshots;

@@ -1,6 +1,6 @@
 //! Placement: which runner a new sandbox (or build) goes to. [`place`] picks the reachable runner with the most
 //! free room that fits; [`place_on`] checks the one runner an image lives on (built images, forks and snapshots
-//! taken from a sandbox are local to a runner: there is no registry). CPU and memory are overcommitted by the
+//! taken from a sandbox are local to a runner: nothing is pushed to a registry). CPU and memory are overcommitted by the
 //! configured factors, disk is not.
 
 use sqlx::AnyConnection;

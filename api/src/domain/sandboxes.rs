@@ -287,7 +287,8 @@ pub async fn create(app: &App, org: &str, new: NewSandbox) -> ApiResult<Row> {
     let row = sandboxes::load(app.db.kind, &mut tx, None, &id, false)
         .await?
         .ok_or_else(|| ApiError::internal("create", "row vanished"))?;
-    let job = (!waits_for_build).then(|| jobs::create::plan(&row));
+    let pull = images::pulled(&app.config, &row.snapshot);
+    let job = (!waits_for_build).then(|| jobs::create::plan(&row, pull));
     let row = commit_new(app, tx, row, &runner, job, now).await?;
     tracing::info!(sandbox_id = %id, runner_id = %runner, "sandbox created");
     Ok(row)
@@ -341,7 +342,15 @@ async fn commit_new(
     now: i64,
 ) -> ApiResult<Row> {
     if let Some(job) = job {
-        jobs::enqueue(&mut tx, runner, &job, SandboxState::Creating, SandboxState::Creating, now).await?;
+        // A create that pulls its image shows `pulling_snapshot` until the runner answers.
+        let via = match &job {
+            JobKind::CreateSandbox(c) => jobs::create::creating_state(c.pull),
+            _ => SandboxState::Creating,
+        };
+        if via != SandboxState::Creating {
+            sandboxes::set_state(&mut tx, &row.id, via, None, now).await?;
+        }
+        jobs::enqueue(&mut tx, runner, &job, SandboxState::Creating, via, now).await?;
     }
     sandboxes::bump(&mut tx, &row.id, now).await?;
     let row = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
@@ -370,7 +379,8 @@ pub async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
             None => return Ok(row),
         }
         drop(conn);
-        if row.state != SandboxState::Creating.as_str() || tokio::time::Instant::now() >= deadline {
+        let creating = [SandboxState::Creating.as_str(), SandboxState::PullingSnapshot.as_str()];
+        if !creating.contains(&row.state.as_str()) || tokio::time::Instant::now() >= deadline {
             return Ok(row);
         }
         let nap = (tokio::time::Instant::now() + app.poll_interval()).min(deadline);

@@ -1,6 +1,8 @@
-//! Snapshots. A snapshot is a name for a local image plus default resources: there is no registry, so one made
-//! from `imageName` (an image the organization may name, see [`super::images`]) is recorded `active` at once, and a sandbox created from it runs that image (a missing image
-//! shows as the sandbox's `error` with the runner's reason). One with a `buildInfo` Dockerfile beyond `FROM image`
+//! Snapshots. A snapshot is a name for an image plus default resources. One made from `imageName` (an image the
+//! organization may name, see [`super::images`]) is `active` at once when the image is local (a missing image shows
+//! as the sandbox's `error` with the runner's reason); a registry image is `pulling` while a runner pulls it with
+//! the organization's credentials (`PULL_IMAGE`), then `active` with its size, or `error` with the registry's
+//! reason. Sandboxes from it pull again on whichever runner they are placed (every use pulls). One with a `buildInfo` Dockerfile beyond `FROM image`
 //! is built on a runner (`building`, then `active` or `build_failed`; see [`super::builds`]), and sandboxes from it
 //! go to that runner. One taken from a sandbox (`POST /sandbox/{id}/snapshot`) is the sandbox's filesystem
 //! committed on its runner (`pending` until the runner made it, with `sourceSandboxId` and `size`), while the
@@ -9,7 +11,7 @@
 use sandbar_proto::runner::SandboxState;
 
 use super::sandboxes::{check_name, find};
-use super::{builds, image_quota, state};
+use super::{builds, image_quota, images, placement, state};
 use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
@@ -74,11 +76,22 @@ pub async fn create(app: &App, org: &str, new: NewImageSnapshot) -> ApiResult<Sn
         let state = if b.state == "done" { "active" } else { "building" };
         snapshots::set_build(&mut tx, &id, &b.build_id, state).await?;
     }
+    let pull_on = match (&build, &source) {
+        (None, builds::Source::Image(image)) if images::pulled(&app.config, image) => {
+            let runner = placement::place(app, &mut tx, 0, 0, 0).await?;
+            snapshots::set_state(&mut tx, &id, "pulling").await?;
+            let job = jobs::pull::plan(&id, org, image);
+            let via = SandboxState::PullingSnapshot;
+            jobs::enqueue(&mut tx, &runner, &job, via, via, now).await?;
+            Some(runner)
+        }
+        _ => None,
+    };
     let row =
         snapshots::find(&mut tx, org, &id).await?.ok_or_else(|| ApiError::internal("snapshot", "row vanished"))?;
     tx.commit().await?;
-    if let Some(b) = &build {
-        app.wake_runner(&b.runner_id);
+    if let Some(runner) = build.as_ref().map(|b| &b.runner_id).or(pull_on.as_ref()) {
+        app.wake_runner(runner);
     }
     Ok(row)
 }

@@ -1,5 +1,5 @@
 //! The HTTP transport: the router under `/api`, one module per resource (Daytona's sandbox, preview/SSH access,
-//! fork/snapshot/pause, snapshots, builds and volumes, API keys; the runners' and the proxy's internal surfaces), the
+//! fork/snapshot/pause, snapshots, builds, volumes and registry credentials, API keys; the runners' and the proxy's internal surfaces), the
 //! extractors that authenticate ([`auth`]), how errors answer ([`error`]) and the OpenAPI document ([`openapi`]);
 //! beside it, the web dashboard at `/dashboard/` ([`dashboard`]). Handlers are thin: they parse and check a
 //! request, call `crate::domain` or `crate::jobs`, and shape the answer. No SQL here.
@@ -15,6 +15,7 @@ pub mod internal;
 pub mod network;
 pub mod openapi;
 pub mod preview;
+pub mod registries;
 pub mod runners;
 pub mod sandbox;
 pub mod sandbox_list;
@@ -38,6 +39,7 @@ pub fn router(app: &App) -> Router {
         .merge(snapshots::routes())
         .merge(builds::routes())
         .merge(volumes::routes())
+        .merge(registries::routes())
         .merge(runners::routes())
         .merge(internal::routes())
         .merge(openapi::routes())

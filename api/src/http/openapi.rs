@@ -20,6 +20,7 @@ use super::dto::{
 };
 use super::fork::{CreateSandboxSnapshotBody, ForkSandboxBody};
 use super::network::NetworkSettingsBody;
+use super::registries::{CreateDockerRegistryBody, DockerRegistryDto, UpdateDockerRegistryBody};
 use super::snapshots::{CreateSnapshotBody, PaginatedSnapshots, SnapshotDto};
 use super::volumes::{CreateVolumeBody, VolumeDto};
 use crate::App;
@@ -181,6 +182,28 @@ pub const OPERATIONS: &[Operation] = &[
     ("GET", "/volumes/{volumeId}", "getVolume", None, 200, Some("VolumeDto"), "volumes"),
     ("GET", "/volumes/by-name/{name}", "getVolumeByName", None, 200, Some("VolumeDto"), "volumes"),
     ("DELETE", "/volumes/{volumeId}", "deleteVolume", None, 200, None, "volumes"),
+    ("GET", "/docker-registry", "listRegistries", None, 200, Some("DockerRegistryDto"), "docker-registry"),
+    (
+        "POST",
+        "/docker-registry",
+        "createRegistry",
+        Some("CreateDockerRegistryBody"),
+        201,
+        Some("DockerRegistryDto"),
+        "docker-registry",
+    ),
+    ("GET", "/docker-registry/{id}", "getRegistry", None, 200, Some("DockerRegistryDto"), "docker-registry"),
+    (
+        "PATCH",
+        "/docker-registry/{id}",
+        "updateRegistry",
+        Some("UpdateDockerRegistryBody"),
+        200,
+        Some("DockerRegistryDto"),
+        "docker-registry",
+    ),
+    ("DELETE", "/docker-registry/{id}", "deleteRegistry", None, 204, None, "docker-registry"),
+    ("GET", "/runners/{runnerId}/jobs/{jobId}/registry-auth", "runnerRegistryAuth", None, 200, None, "runner"),
     ("POST", "/runners/{runnerId}/register", "runnerRegister", None, 200, None, "runner"),
     ("POST", "/runners/{runnerId}/heartbeat", "runnerHeartbeat", None, 200, None, "runner"),
     ("GET", "/runners/{runnerId}/jobs", "runnerPollJobs", None, 200, None, "runner"),
@@ -213,6 +236,7 @@ pub fn document() -> OpenApi {
             "GET" => HttpMethod::Get,
             "POST" => HttpMethod::Post,
             "PUT" => HttpMethod::Put,
+            "PATCH" => HttpMethod::Patch,
             _ => HttpMethod::Delete,
         };
         let mut op = OperationBuilder::new().operation_id(Some(*op_id)).tag(*audience);
@@ -260,6 +284,9 @@ pub fn document() -> OpenApi {
         .schema_from::<CreateSandboxSnapshotBody>()
         .schema_from::<VolumeDto>()
         .schema_from::<CreateVolumeBody>()
+        .schema_from::<DockerRegistryDto>()
+        .schema_from::<CreateDockerRegistryBody>()
+        .schema_from::<UpdateDockerRegistryBody>()
         .schema_from::<CreateApiKeyBody>()
         .schema_from::<ApiKeyResponse>()
         .schema_from::<ApiKeyList>()

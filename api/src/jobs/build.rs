@@ -4,6 +4,7 @@
 //! counts against the organization's image bytes: a build whose image takes it over its limit fails with the
 //! quota's reason and its image is removed again (see `crate::domain::image_quota`).
 
+use sandbar_proto::network::NetworkPolicy;
 use sandbar_proto::runner::{BuildSnapshot, JobKind, JobOutcome, SandboxState, SnapshotImage};
 
 use crate::App;
@@ -12,11 +13,20 @@ use crate::domain::image_quota::{self, Made};
 use crate::error::ApiResult;
 use crate::store::{self, sandboxes, snapshots};
 
-pub fn plan(build_id: &str, image: &str, dockerfile: &str) -> JobKind {
+/// `pull`: the registry images the Dockerfile names, pulled first; `network`: the organization's build network.
+pub fn plan(
+    build_id: &str,
+    image: &str,
+    dockerfile: &str,
+    pull: Vec<String>,
+    network: Option<NetworkPolicy>,
+) -> JobKind {
     JobKind::BuildSnapshot(BuildSnapshot {
         build_id: build_id.to_owned(),
         image: image.to_owned(),
         dockerfile: dockerfile.to_owned(),
+        pull,
+        network,
     })
 }
 
@@ -66,7 +76,8 @@ pub(super) async fn on_result(done: &mut JobDone<'_>, job: &BuildSnapshot) -> Ap
                 let Some(row) = sandboxes::load(done.app.db.kind, done.conn, None, &id, true).await? else { continue };
                 let Some(runner) = row.runner_id.clone() else { continue };
                 sandboxes::set_state(done.conn, &id, SandboxState::Creating, None, now).await?;
-                let create = super::create::plan(&row);
+                // The built image is on that runner: nothing to pull.
+                let create = super::create::plan(&row, false);
                 super::enqueue(done.conn, &runner, &create, SandboxState::Creating, SandboxState::Creating, now)
                     .await?;
             }

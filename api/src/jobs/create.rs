@@ -11,8 +11,14 @@ use crate::error::ApiResult;
 use crate::store::sandboxes::Row;
 use sandbar_proto::runner::SandboxState;
 
-pub fn plan(row: &Row) -> JobKind {
-    JobKind::CreateSandbox(spec(row))
+/// `pull`: the image is a registry image (`crate::domain::images::pulled`), which the runner pulls first.
+pub fn plan(row: &Row, pull: bool) -> JobKind {
+    JobKind::CreateSandbox(CreateSandbox { pull, ..spec(row) })
+}
+
+/// The state a sandbox shows while its create job runs: `pulling_snapshot` when the runner pulls its image first.
+pub fn creating_state(pull: bool) -> SandboxState {
+    if pull { SandboxState::PullingSnapshot } else { SandboxState::Creating }
 }
 
 /// The sandbox as the runner must build it (a create, a fork, or a restore from an archive: the runner's archive
@@ -23,6 +29,7 @@ pub fn spec(row: &Row) -> CreateSandbox {
         name: Some(row.name.clone()),
         organization_id: row.organization_id.clone(),
         image: row.snapshot.clone(),
+        pull: false,
         user: Some(row.os_user.clone()).filter(|u| !u.is_empty()),
         env: row.env_map(),
         labels: row.labels_map(),

@@ -13,6 +13,7 @@ pub mod fork;
 pub mod network;
 pub mod pause;
 pub mod ping;
+pub mod pull;
 pub mod remove_snapshot;
 pub mod remove_volume;
 pub mod resize;
@@ -92,6 +93,7 @@ pub async fn on_result(app: &App, runner_id: &str, res: &JobResult) -> ApiResult
         JobKind::ResumeSandbox { sandbox_id } => resume::on_result(&mut done, sandbox_id).await?,
         JobKind::PingSandbox { sandbox_id } => ping::on_result(&mut done, sandbox_id).await?,
         JobKind::RemoveVolume(j) => remove_volume::on_result(&mut done, j).await?,
+        JobKind::PullImage(j) => pull::on_result(&mut done, j).await?,
     }
     let wake_followers = done.wake_followers;
     tx.commit().await?;

@@ -10,6 +10,7 @@ pub mod builds;
 pub mod image_bytes;
 pub mod jobs;
 pub mod orgs;
+pub mod registries;
 pub mod routes;
 pub mod runners;
 pub mod sandboxes;

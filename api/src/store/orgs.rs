@@ -208,3 +208,22 @@ pub async fn set_image_quota(db: &Db, org: &str, bytes: Option<i64>) -> Result<(
         .await?;
     Ok(())
 }
+
+/// Organization `org`'s build network as stored (`crate::domain::builds::network_of` reads it); `None` when unset.
+pub async fn build_network(conn: &mut AnyConnection, org: &str) -> Result<Option<String>, sqlx::Error> {
+    let v: Option<Option<String>> = sqlx::query_scalar("SELECT build_network FROM organizations WHERE id = $1")
+        .bind(org)
+        .fetch_optional(conn)
+        .await?;
+    Ok(v.flatten())
+}
+
+/// Sets the build network of the organization named or identified `org`; false when there is none.
+pub async fn set_build_network(db: &Db, org: &str, value: Option<&str>) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE organizations SET build_network = $1 WHERE id = $2 OR name = $2")
+        .bind(value)
+        .bind(org)
+        .execute(&db.pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}

@@ -183,6 +183,36 @@ pub async fn end_pending(
     Ok(())
 }
 
+/// Puts a new snapshot in `state` (`pulling` while a runner pulls its registry image).
+pub async fn set_state(conn: &mut AnyConnection, id: &str, state: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE snapshots SET state = $1 WHERE id = $2").bind(state).bind(id).execute(conn).await?;
+    Ok(())
+}
+
+/// A `pulling` snapshot ends: `active` with the image's size in bytes, or `error` with the reason.
+pub async fn end_pull(
+    conn: &mut AnyConnection,
+    id: &str,
+    pulled: Result<Option<i64>, String>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let (state, size, reason) = match pulled {
+        Ok(size) => ("active", size, None),
+        Err(reason) => ("error", None, Some(reason)),
+    };
+    sqlx::query(
+        "UPDATE snapshots SET state = $1, size = $2, error_reason = $3, updated_at = $4          WHERE id = $5 AND state = 'pulling'",
+    )
+    .bind(state)
+    .bind(size)
+    .bind(reason)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The snapshots of a build that ended: `state` (`active` or `build_failed`) with the build's reason.
 pub async fn build_ended(
     conn: &mut AnyConnection,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use sandbar_proto::api::{BuildLog, HeartbeatResponse, MAX_POLL_WAIT_SECS, RunnerRegistration};
-use sandbar_proto::runner::{Job, JobResult, SandboxInfo, StateChange};
+use sandbar_proto::runner::{Job, JobResult, RegistryAuth, SandboxInfo, StateChange};
 
 use crate::Runner;
 
@@ -131,6 +131,12 @@ impl ControlPlane {
     pub async fn build_log(&self, runner_id: &str, job_id: &str, log: &BuildLog) -> Result<(), ControlPlaneError> {
         let url = self.url(runner_id, &format!("jobs/{job_id}/log"));
         self.send(runner_id, self.http.post(url).timeout(Duration::from_secs(10)).json(log)).await.map(drop)
+    }
+
+    /// The organization's registry credentials for the images job `job_id` pulls (only this runner's jobs).
+    pub async fn registry_auth(&self, runner_id: &str, job_id: &str) -> Result<Vec<RegistryAuth>, ControlPlaneError> {
+        let url = self.url(runner_id, &format!("jobs/{job_id}/registry-auth"));
+        Ok(self.send(runner_id, self.http.get(url).timeout(Duration::from_secs(10))).await?.json().await?)
     }
 
     pub async fn report_states(&self, runner_id: &str, changes: &[StateChange]) -> Result<(), ControlPlaneError> {

@@ -4,7 +4,7 @@
 //! moment of the commit when it runs) to the image [`fork_image`] of the new sandbox, and the new sandbox is created
 //! from that image with the source's spec but its own ID, name and daemon token. Memory and running processes are
 //! not copied: the fork boots its entrypoint afresh on the copied files. From then on the two diverge. The image
-//! stays on this host (there is no registry), which is why the control plane places a fork on its source's runner;
+//! stays on this host (nothing is pushed to a registry), which is why the control plane places a fork on its source's runner;
 //! it is removed when the fork is destroyed or archived and no container uses it any more.
 //!
 //! A snapshot from a sandbox is the same commit to an image the control plane names; the sandbox keeps its state.

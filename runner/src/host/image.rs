@@ -1,5 +1,5 @@
 //! Images: inspecting local images and building the default sandbox image with `scripts/build-sandbox-image`
-//! (debootstrap + `docker import`, cached by a content tag). There is no registry: nothing is ever pulled.
+//! (debootstrap + `docker import`, cached by a content tag). Pulls from registries are `super::pull`.
 
 use std::collections::VecDeque;
 use std::path::Path;

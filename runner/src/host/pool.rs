@@ -185,6 +185,7 @@ impl Inner {
             name: None,
             organization_id: String::new(),
             image: pool.image.clone(),
+            pull: false,
             user: None,
             env: BTreeMap::new(),
             labels: BTreeMap::new(),

@@ -1,7 +1,8 @@
 //! Snapshots: images made from a Dockerfile through Docker's build API (`FROM` a local image; the build log is
 //! streamed line by line as it runs) or by committing a sandbox's filesystem. Snapshots carry the label
-//! `sandbar.snapshot` and can be listed, inspected and removed. Nothing is pulled: every `FROM` image must already
-//! be on the host, which is checked before Docker sees the Dockerfile (Docker would otherwise try a registry).
+//! `sandbar.snapshot` and can be listed, inspected and removed. Docker pulls nothing here: every `FROM` image must
+//! already be on the host (registry images were pulled first by the job, `super::pull`), which is checked before
+//! Docker sees the Dockerfile.
 //!
 //! Dockerfiles for sandboxes are written for root (the SDK's `run_commands`, `apt-get install`), while the default
 //! image runs as the unprivileged `sandbar`: after each `FROM` of a base with a non-root `USER` the build switches
@@ -11,6 +12,7 @@ use std::collections::HashMap;
 
 use bollard::models::ContainerConfig;
 use bollard::query_parameters::{CommitContainerOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
+use sandbar_proto::network::NetworkPolicy;
 use sandbar_proto::runner::{SandboxState, labels};
 
 use super::image::{self, ImageInfo};
@@ -23,7 +25,8 @@ pub const SNAPSHOT_LABEL: &str = "sandbar.snapshot";
 pub const SNAPSHOT_SOURCE_LABEL: &str = "sandbar.snapshot.source";
 
 /// What every build's `RUN` steps run under: no network (dockerd would otherwise fetch and connect from the
-/// host's network namespace's view of the bridge), a memory cap without swap, one core, and a process cap
+/// host's network namespace's view of the bridge) unless the job gives an egress policy (`super::build_net`), a
+/// memory cap without swap, one core, and a process cap
 /// (`RLIMIT_NPROC`, counted per user in the build container's user namespace; Docker's build API has no pids
 /// limit, and bollard's build options have no `ulimits`, hence [`Runner::post_build`]).
 #[derive(Debug, Clone, Copy)]
@@ -38,15 +41,19 @@ pub const BUILD_LIMITS: BuildLimits =
     BuildLimits { memory_bytes: 2 << 30, cpu_period_us: 100_000, cpu_quota_us: 100_000, nproc: 512 };
 
 /// The query of Docker's `POST /build` for image `name` under `limits`.
-fn build_query(name: &str, labels_json: &str, limits: &BuildLimits) -> Vec<(&'static str, String)> {
+fn build_query(name: &str, labels_json: &str, limits: &BuildLimits, network: &str) -> Vec<(&'static str, String)> {
     let ulimits = serde_json::json!([{ "Name": "nproc", "Soft": limits.nproc, "Hard": limits.nproc }]).to_string();
     vec![
         ("dockerfile", "Dockerfile".into()),
         ("t", name.to_owned()),
         ("rm", "1".into()),
         ("forcerm", "1".into()),
+        // Docker's layer cache is shared by every build on the host: a cached `RUN` step would hand one
+        // organization what another's build made (a generated key, what its network reached). Identical
+        // Dockerfiles of one organization reuse the whole image instead (the control plane's build reuse).
+        ("nocache", "1".into()),
         ("labels", labels_json.to_owned()),
-        ("networkmode", "none".into()),
+        ("networkmode", network.to_owned()),
         ("memory", limits.memory_bytes.to_string()),
         ("memswap", limits.memory_bytes.to_string()),
         ("cpuperiod", limits.cpu_period_us.to_string()),
@@ -209,12 +216,28 @@ fn context_tar(dockerfile: &str) -> Result<Vec<u8>, std::io::Error> {
 }
 
 impl Runner {
-    /// Builds snapshot `name` from a Dockerfile whose `FROM` images are local. `on_log` receives the build output
-    /// line by line while it runs.
+    /// Builds snapshot `name` from a Dockerfile whose `FROM` images are local, with no network, or with `network`'s
+    /// egress rules (`super::build_net`). `on_log` receives the build output line by line while it runs.
     pub async fn build_snapshot(
         &self,
         name: &str,
         dockerfile: &str,
+        network: Option<(&str, &NetworkPolicy)>,
+        on_log: impl FnMut(&str) + Send,
+    ) -> Result<ImageInfo, SnapshotError> {
+        let Some((build_id, policy)) = network else { return self.build_in(name, dockerfile, "none", on_log).await };
+        let net = self.build_network(build_id, policy).await?;
+        let built = self.build_in(name, dockerfile, &net.network_mode(), on_log).await;
+        self.release_build_network(net).await;
+        built
+    }
+
+    /// The build, its `RUN` steps in network mode `network`.
+    async fn build_in(
+        &self,
+        name: &str,
+        dockerfile: &str,
+        network: &str,
         mut on_log: impl FnMut(&str) + Send,
     ) -> Result<ImageInfo, SnapshotError> {
         if !valid_reference(name) {
@@ -233,7 +256,7 @@ impl Runner {
         }
         let dockerfile = root_steps(dockerfile, &base_users);
         let context = context_tar(&dockerfile).map_err(|e| SnapshotError::Internal(e.to_string()))?;
-        let mut response = self.post_build(name, context).await?;
+        let mut response = self.post_build(name, context, network).await?;
         let mut pending = String::new();
         let mut tail: Vec<String> = Vec::new();
         let mut buf: Vec<u8> = Vec::new();
@@ -282,7 +305,12 @@ impl Runner {
 
     /// Starts Docker's build of `context` into `name` under [`BUILD_LIMITS`] and answers its streamed response.
     /// bollard's build options have no `ulimits`, so the request is made here, on the same Docker endpoint.
-    async fn post_build(&self, name: &str, context: Vec<u8>) -> Result<reqwest::Response, SnapshotError> {
+    async fn post_build(
+        &self,
+        name: &str,
+        context: Vec<u8>,
+        network: &str,
+    ) -> Result<reqwest::Response, SnapshotError> {
         let internal = |e: String| SnapshotError::Internal(e);
         let host = self.inner.config.docker_host.clone().or_else(|| std::env::var("DOCKER_HOST").ok());
         let host = host.filter(|h| !h.is_empty()).unwrap_or_else(|| "unix:///var/run/docker.sock".into());
@@ -295,7 +323,7 @@ impl Runner {
         };
         let client = client.build().map_err(|e| internal(format!("Docker client: {e}")))?;
         let labels = serde_json::json!({ SNAPSHOT_LABEL: name }).to_string();
-        let query = build_query(name, &labels, &BUILD_LIMITS);
+        let query = build_query(name, &labels, &BUILD_LIMITS, network);
         let url = format!("{base}/v{}/build", self.docker().client_version());
         let response = client
             .post(url)

@@ -1,4 +1,4 @@
-//! `BUILD_SNAPSHOT`: a Dockerfile build through [`Runner::build_snapshot`] whose output goes to the control plane
+//! `BUILD_SNAPSHOT`: the registry images the Dockerfile names pulled (progress in the log), then a Dockerfile build through [`Runner::build_snapshot`] whose output goes to the control plane
 //! line by line while it runs (`POST /runners/{id}/jobs/{jobId}/log`), so users can follow it. A job handed in
 //! without a control plane logs the output through tracing only.
 //!
@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use sandbar_proto::api::{BuildLog, MAX_BUILD_LOG_BYTES, MAX_BUILD_LOG_LINE};
-use sandbar_proto::runner::{BuildSnapshot, SnapshotImage};
+use sandbar_proto::runner::{BuildSnapshot, RegistryAuth, SnapshotImage};
 use sandbar_support::backoff::Backoff;
 use tokio::sync::mpsc;
 
@@ -64,8 +64,9 @@ impl LogBound {
 }
 
 pub(super) async fn run(ctx: &JobCtx<'_>, req: BuildSnapshot) -> Result<Done, Failed> {
+    let auth = if req.pull.is_empty() { Vec::new() } else { ctx.registry_auth().await? };
     let built = match ctx.cp {
-        Some(cp) => streamed(ctx.runner, cp, ctx.job_id, &req).await,
+        Some(cp) => streamed(ctx.runner, cp, ctx.job_id, &req, &auth).await,
         None => logged(ctx.runner, &req).await,
     };
     // The image's size goes back with the result: the control plane counts it against the organization's quota.
@@ -73,13 +74,21 @@ pub(super) async fn run(ctx: &JobCtx<'_>, req: BuildSnapshot) -> Result<Done, Fa
     Ok(Done { sandbox: None, snapshot: Some(SnapshotImage { image: img.reference, image_id: img.id, size: img.size }) })
 }
 
-/// The build, abandoned after [`BUILD_TIMEOUT`].
+/// The registry images' pulls (their progress in the log), then the build; abandoned after [`BUILD_TIMEOUT`].
 async fn timed(
     runner: &Runner,
     req: &BuildSnapshot,
-    on_log: impl FnMut(&str) + Send,
+    auth: &[RegistryAuth],
+    mut on_log: impl FnMut(&str) + Send,
 ) -> Result<ImageInfo, SnapshotError> {
-    match tokio::time::timeout(BUILD_TIMEOUT, runner.build_snapshot(&req.image, &req.dockerfile, on_log)).await {
+    let work = async move {
+        for image in &req.pull {
+            runner.pull_image(image, auth, &mut on_log).await?;
+        }
+        let network = req.network.as_ref().map(|p| (req.build_id.as_str(), p));
+        runner.build_snapshot(&req.image, &req.dockerfile, network, on_log).await
+    };
+    match tokio::time::timeout(BUILD_TIMEOUT, work).await {
         Ok(r) => r,
         Err(_) => Err(SnapshotError::BuildFailed(format!("the build ran longer than {} s", BUILD_TIMEOUT.as_secs()))),
     }
@@ -88,7 +97,7 @@ async fn timed(
 /// Builds with the output logged through tracing only.
 async fn logged(runner: &Runner, req: &BuildSnapshot) -> Result<ImageInfo, SnapshotError> {
     let build_id = req.build_id.clone();
-    timed(runner, req, move |line| tracing::debug!(build_id = %build_id, line, "build output")).await
+    timed(runner, req, &[], move |line| tracing::debug!(build_id = %build_id, line, "build output")).await
 }
 
 /// Builds with the output streamed to the control plane; returns once every line was delivered (or delivery gave
@@ -98,6 +107,7 @@ async fn streamed(
     cp: &ControlPlane,
     job_id: &str,
     req: &BuildSnapshot,
+    auth: &[RegistryAuth],
 ) -> Result<ImageInfo, SnapshotError> {
     let attempt = sandbar_support::token::hex(8).map_err(|e| SnapshotError::Internal(e.to_string()))?;
     let (tx, rx) = mpsc::unbounded_channel::<String>();
@@ -106,7 +116,7 @@ async fn streamed(
     let started = std::time::Instant::now();
     let built = {
         let tx = tx.clone();
-        timed(runner, req, move |line| {
+        timed(runner, req, auth, move |line| {
             if let Some(line) = bound.admit(line) {
                 let _ = tx.send(line);
             }
@@ -193,7 +203,7 @@ mod tests {
     fn failed_builds_map_to_codes() {
         let r = Failed::from(SnapshotError::BaseImageNotFound("x:1".into()));
         assert!(matches!(r, Failed { code: JobErrorCode::ImageNotFound, ref message }
-            if message.contains("x:1") && message.contains("no registry")));
+            if message.contains("x:1") && message.contains("registry")));
         let r = Failed::from(SnapshotError::BuildFailed("exit 3".into()));
         assert!(matches!(r, Failed { code: JobErrorCode::BuildFailed, .. }));
     }

@@ -1,5 +1,5 @@
 //! `CREATE_SANDBOX`: create and start a sandbox (claiming a warm-pool one when it matches); answers once its daemon
-//! does.
+//! does. A registry image is pulled first, every time (see `crate::host::pull`).
 
 use sandbar_proto::runner::{CreateSandbox, SandboxState};
 
@@ -11,6 +11,12 @@ pub(super) async fn run(ctx: &JobCtx<'_>, req: CreateSandbox) -> Result<Done, Fa
     {
         tracing::info!(job_id = %ctx.job_id, "create repeated after a restart: the sandbox exists");
         return Ok(Done::sandbox(existing));
+    }
+    if req.pull {
+        let auth = ctx.registry_auth().await?;
+        let id = req.id.clone();
+        let mut log = move |line: &str| tracing::debug!(sandbox_id = %id, line, "pull");
+        ctx.runner.pull_image(&req.image, &auth, &mut log).await?;
     }
     Ok(Done::sandbox(ctx.runner.create(req).await?))
 }

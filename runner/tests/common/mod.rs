@@ -23,7 +23,7 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn run(cmd: &mut Command) -> String {
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -175,6 +175,7 @@ pub fn create_req(id: &str, image: &str) -> CreateSandbox {
         name: None,
         organization_id: "org-test".into(),
         image: image.into(),
+        pull: false,
         user: None,
         env: Default::default(),
         labels: Default::default(),

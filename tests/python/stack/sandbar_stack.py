@@ -71,6 +71,8 @@ def start_stack(data_dir: Path, runner_id: str, extra: list[str] | None = None, 
     env.pop("DAYTONA_API_URL", None)
     env.pop("DAYTONA_API_KEY", None)
     env["SANDBAR_BIN_DIR"] = str(BIN_DIR)
+    # The registry tests serve registries on loopback and on the docker0 address, which `*` leaves out.
+    env.setdefault("SANDBAR_ALLOWED_REGISTRIES", "*,127.0.0.1:*,172.17.0.1:*")
     # The log sits beside the data directory: `sandbar up` owns what is inside it.
     proc = start_proc(f"sandbar-up-{data_dir.name}", args, env, data_dir.parent, "sandbar ready", timeout,
                       new_session=True)
@@ -138,3 +140,13 @@ def remove_network_rules(runner_id: str) -> None:
             subprocess.run([binary, "-w", "5", "-X", chain], capture_output=True, check=False)
 
 
+
+
+def new_org_key(stack: Stack, org: str) -> str:
+    """An API key of a new organization `org` in the stack's database (`sandbar-api bootstrap`, as `sandbar up`
+    makes the first one)."""
+    out = subprocess.run([str(BIN_DIR / "sandbar-api"), "--data-dir", str(stack.data_dir), "bootstrap", "--org", org],
+                         capture_output=True, text=True, timeout=60, check=False)
+    if out.returncode != 0:
+        pytest.fail(f"sandbar-api bootstrap --org {org} failed: {out.stderr}")
+    return next(line.split("=", 1)[1] for line in out.stdout.splitlines() if line.startswith("api_key="))
