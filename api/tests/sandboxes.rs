@@ -29,6 +29,7 @@ async fn auth_and_cross_org_isolation() {
             (Method::POST, format!("/sandbox/{id}/public/true")),
             (Method::GET, format!("/sandbox/{id}/ports/3000/preview-url")),
             (Method::POST, format!("/sandbox/{id}/ssh-access")),
+            (Method::GET, format!("/sandbox/{id}/usage")),
         ] {
             let (s, v) = h.req(m.clone(), &p, Some(&other), None).await;
             assert_eq!(s, StatusCode::NOT_FOUND, "{m} {p}: {v}");
@@ -340,6 +341,30 @@ async fn openapi_document_parses_and_lists_every_routed_path() {
     for f in ["kvm", "toolboxProxyUrl", "cpu", "labels", "networkBlockAll"] {
         assert!(sandbox["properties"].get(f).is_some(), "SandboxDto.{f}");
     }
+    // The usage endpoint names its fields.
+    let op = &paths["/api/sandbox/{sandboxIdOrName}/usage"]["get"];
+    assert_eq!(
+        op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/SandboxUsageDto"
+    );
+    for f in [
+        "sandboxId",
+        "sampledAt",
+        "cpuNanos",
+        "cpuCores",
+        "memoryBytes",
+        "memoryLimitBytes",
+        "memoryPeakBytes",
+        "oomKills",
+        "pids",
+        "netRxBytes",
+        "netTxBytes",
+        "diskBytes",
+        "history",
+    ] {
+        assert!(schemas["SandboxUsageDto"]["properties"].get(f).is_some(), "SandboxUsageDto.{f}");
+    }
+    assert!(schemas["UsagePointDto"]["properties"].get("cpuCores").is_some(), "{}", schemas["UsagePointDto"]);
     // Every documented operation is routed: no "no such endpoint" and no 405 for it.
     for (method, path, ..) in sandbar_api::http::openapi::OPERATIONS {
         let concrete: String =

@@ -650,6 +650,52 @@ pub struct RunnerStatus {
     /// Bytes held by each volume on this runner (measured every few heartbeats); absent from older runners.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeUsage>,
+    /// What each started sandbox uses, sampled for this heartbeat; absent from older runners (and when no sandbox
+    /// runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<SandboxUsage>,
+}
+
+/// What one started sandbox uses, as its runner read it from the host's cgroup tree (and the container's network
+/// namespace) for a heartbeat. Counters are cumulative since the container last started. A figure the host does
+/// not give (an older kernel, another cgroup layout) is absent rather than zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxUsage {
+    pub sandbox_id: String,
+    /// CPU time used, in nanoseconds (cgroup v1 `cpuacct.usage`, v2 `cpu.stat` `usage_usec`).
+    pub cpu_nanos: u64,
+    /// Cores in use since the runner's previous sample, in thousandths (1500: one and a half cores); absent on a
+    /// container's first sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millicores: Option<u64>,
+    /// Memory in use without the reclaimable file cache (what `docker stats` shows): the cgroup's usage minus
+    /// its inactive file pages.
+    pub memory_bytes: u64,
+    /// The cgroup's memory limit; absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// The most memory the cgroup was charged at once, file cache included (v1 `memory.max_usage_in_bytes`, v2
+    /// `memory.peak`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
+    /// Processes the kernel's OOM killer killed in the sandbox (the `oom_kill` counter of v1
+    /// `memory.oom_control`, kernel 4.13 and later, or of v2 `memory.events`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+    /// Processes (tasks) in the sandbox (`pids.current`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// Bytes received and sent on the sandbox's interfaces but loopback (`/proc/<pid>/net/dev` of one of its
+    /// processes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_rx_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_tx_bytes: Option<u64>,
+    /// Bytes written to the sandbox's writable layer, as the disk watchdog last measured them; absent where the
+    /// watchdog does not run (a storage driver that caps disk itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 #[cfg(test)]
@@ -889,5 +935,30 @@ mod tests {
         let d = format!("{info:?}");
         assert!(!d.contains("supersecret") && !d.contains("hidden-value"), "{d}");
         assert!(serde_json::to_string(&info).unwrap().contains("supersecret"));
+    }
+
+    #[test]
+    fn heartbeat_usage_is_optional_and_camel_case() {
+        let old = r#"{"runnerId":"r","version":"1","capacity":{"cpu":1,"memory":1,"disk":1},
+            "allocated":{"cpu":0,"memory":0,"disk":0},"sandboxes":0,"started":0,"storageDriver":"overlay2",
+            "diskEnforced":false,"cgroupVersion":1}"#;
+        let status: RunnerStatus = serde_json::from_str(old).unwrap();
+        assert!(status.usage.is_empty(), "a heartbeat from before usage parses with none");
+        let u = SandboxUsage {
+            sandbox_id: "s".into(),
+            cpu_nanos: 5,
+            cpu_millicores: Some(1500),
+            memory_bytes: 7,
+            oom_kills: Some(1),
+            net_tx_bytes: Some(9),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&u).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"sandboxId": "s", "cpuNanos": 5, "cpuMillicores": 1500, "memoryBytes": 7,
+                "oomKills": 1, "netTxBytes": 9})
+        );
+        assert_eq!(serde_json::from_value::<SandboxUsage>(v).unwrap(), u);
     }
 }

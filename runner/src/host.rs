@@ -13,13 +13,14 @@
 //! Docker's event stream drives unsolicited changes (a daemon that dies, an OOM kill, a container removed by hand);
 //! each event makes the runner re-inspect the container, so replayed or reordered events are harmless.
 //!
-//! Here: the sandbox table and state changes (this file), containers (`containers`: create, start, stop,
-//! destroy, resize), least privilege for each container ([`hardening`]: capabilities, user namespaces,
-//! no-new-privileges, nofile and log limits, runtimes), the disk watchdog ([`disk`]), Docker events and the rebuild after a restart (`events`), the warm pool (`pool`), archive
-//! and restore ([`archive`]), forks, pause and resume ([`fork`]), snapshots and builds ([`snapshot`]), images
-//! ([`image`]), cgroup limits and usage ([`cgroup`]) and the sandboxes' daemons (`daemon`). Not here: which job
-//! runs what (`crate::jobs`), iptables (`crate::firewall`, which the host calls when a container gets or loses its
-//! address), the control plane (`crate::control`).
+//! Here: the sandbox table and state changes (this file), containers (`containers`: create, start, stop, destroy,
+//! resize), least privilege for each container ([`hardening`]: capabilities, user namespaces, no-new-privileges, nofile
+//! and log limits, runtimes), the disk watchdog ([`disk`]), Docker events and the rebuild after a restart (`events`),
+//! the warm pool (`pool`), archive and restore ([`archive`]), forks, pause and resume ([`fork`]), snapshots and builds
+//! ([`snapshot`]), images ([`image`]), cgroup limits and usage ([`cgroup`]), each sandbox's usage for heartbeats
+//! (`usage`) and the sandboxes' daemons (`daemon`). Not here: which job runs what (`crate::jobs`), iptables
+//! (`crate::firewall`, which the host calls when a container gets or loses its address), the control plane
+//! (`crate::control`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,6 +56,7 @@ pub mod image;
 mod pool;
 pub mod pull;
 pub mod snapshot;
+mod usage;
 pub mod volumes;
 
 use cgroup::CgroupLimits;
@@ -175,6 +177,8 @@ struct Inner {
     volumes: Option<Arc<dyn volumes::VolumeDriver>>,
     /// What the volumes held when last measured (every [`VOLUME_MEASURE_EVERY`]), for heartbeats.
     volume_usage: Arc<Mutex<Vec<sandbar_proto::runner::VolumeUsage>>>,
+    /// Per-sandbox usage between heartbeats: the previous CPU readings and the disk watchdog's measures.
+    usage: Mutex<usage::UsageState>,
 }
 
 /// How often the volumes are measured for the organizations' byte quotas.
@@ -263,6 +267,7 @@ impl Runner {
             archive,
             volumes: volume_driver,
             volume_usage: Arc::new(Mutex::new(Vec::new())),
+            usage: Mutex::new(usage::UsageState::default()),
         });
         // Events from just before the rebuild on are replayed, so nothing between the two is missed; the
         // handlers re-inspect, so replays are harmless.
@@ -423,7 +428,7 @@ impl Runner {
         run_detached("operation", op(self.inner.clone())).await
     }
 
-    /// Capacity and allocation, for heartbeats.
+    /// Capacity and allocation (for heartbeats, with [`Runner::sample_usage`]).
     pub fn status(&self) -> RunnerStatus {
         let list = self.list();
         let mut allocated = Capacity::default();
@@ -449,6 +454,7 @@ impl Runner {
             disk_enforced: h.disk_enforced,
             cgroup_version: h.cgroup_version,
             volumes: lock(&self.inner.volume_usage).clone(),
+            usage: Vec::new(),
         }
     }
 

@@ -323,6 +323,7 @@ impl FakeRunner {
             disk_enforced: false,
             cgroup_version: 2,
             volumes: Vec::new(),
+            usage: Vec::new(),
         };
         let s = self.post("heartbeat", serde_json::to_value(status).expect("json")).await;
         assert_eq!(s, StatusCode::OK);

@@ -60,6 +60,7 @@ impl Runner {
             disk_enforced: false,
             cgroup_version: 2,
             volumes: Vec::new(),
+            usage: Vec::new(),
         };
         self.post("heartbeat", serde_json::to_value(status).unwrap()).await;
     }

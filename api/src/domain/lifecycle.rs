@@ -1,7 +1,7 @@
-//! Lifecycle: the timers (auto-stop after inactivity, auto-delete and auto-archive after being stopped, pruning of
-//! old route changes and jobs, collecting unused build images), and pause/resume. The timers act through the same
-//! state machine as users ([`super::apply::act`]) and read time from the app's [`crate::Clock`], so tests move time
-//! instead of sleeping.
+//! Lifecycle: the timers (auto-stop after inactivity, auto-delete and auto-archive after being stopped, pruning of old
+//! route changes, jobs and usage samples, collecting unused build images), and pause/resume. The timers act through the
+//! same state machine as users ([`super::apply::act`]) and read time from the app's [`crate::Clock`], so tests move
+//! time instead of sleeping.
 //!
 //! Pause (`POST /sandbox/{id}/pause`, `sandbox.pause()`) freezes a started sandbox's processes with their memory
 //! (`pausing`, then `paused`); a start of a paused sandbox resumes it (`resuming`, then `started`).
@@ -61,12 +61,13 @@ pub async fn run(app: App, shutdown: CancellationToken) {
     }
 }
 
-/// Drops old route changes and old finished jobs; returns how many rows went.
+/// Drops old route changes, old finished jobs and old usage samples; returns how many rows went.
 pub async fn prune(app: &App) -> Result<u64, sqlx::Error> {
     let now = app.now();
     let routes = store::routes::prune(&app.db.pool, now - KEEP_ROUTE_CHANGES_MS).await?;
     let jobs = store::jobs::prune(&app.db.pool, now - KEEP_JOBS_MS).await?;
-    Ok(routes + jobs)
+    let usage = super::usage::prune(app).await?;
+    Ok(routes + jobs + usage)
 }
 
 /// One pass: every sandbox whose timer is due gets its action (refusals, e.g. a runner that became unreachable,

@@ -3,7 +3,7 @@
 //! organization may name, [`images`], and the rules a Dockerfile must follow, [`dockerfile`]), placement on
 //! runners, quotas (sandbox resources, [`quota`]; image bytes, [`image_quota`]), network settings, who may reach
 //! which port ([`access`], which the proxy asks), the lifecycle timers with pause/resume ([`lifecycle`]), volumes
-//! ([`volumes`]), API keys ([`keys`]) and the dashboard's sign-in sessions ([`sessions`]). Runner jobs of each kind
+//! ([`volumes`]), each sandbox's usage as runners sample it ([`usage`]), API keys ([`keys`]) and the dashboard's sign-in sessions ([`sessions`]). Runner jobs of each kind
 //! are `crate::jobs`; every row is read and written through `crate::store`.
 
 pub mod access;
@@ -22,4 +22,5 @@ pub mod sandboxes;
 pub mod sessions;
 pub mod snapshots;
 pub mod state;
+pub mod usage;
 pub mod volumes;

@@ -1,8 +1,8 @@
 //! The HTTP transport: the router under `/api`, one module per resource (Daytona's sandbox, preview/SSH access,
-//! fork/snapshot/pause, snapshots, builds, volumes and registry credentials, API keys; the runners' and the proxy's internal surfaces), the
-//! extractors that authenticate ([`auth`]), how errors answer ([`error`]) and the OpenAPI document ([`openapi`]);
-//! beside it, the web dashboard at `/dashboard/` ([`dashboard`]). Handlers are thin: they parse and check a
-//! request, call `crate::domain` or `crate::jobs`, and shape the answer. No SQL here.
+//! fork/snapshot/pause, snapshots, builds, volumes and registry credentials, a sandbox's usage, API keys; the runners'
+//! and the proxy's internal surfaces), the extractors that authenticate ([`auth`]), how errors answer ([`error`]) and
+//! the OpenAPI document ([`openapi`]); beside it, the web dashboard at `/dashboard/` ([`dashboard`]). Handlers are
+//! thin: they parse and check a request, call `crate::domain` or `crate::jobs`, and shape the answer. No SQL here.
 
 pub mod api_keys;
 pub mod auth;
@@ -20,6 +20,7 @@ pub mod runners;
 pub mod sandbox;
 pub mod sandbox_list;
 pub mod snapshots;
+pub mod usage;
 pub mod volumes;
 
 use axum::Router;
@@ -40,6 +41,7 @@ pub fn router(app: &App) -> Router {
         .merge(builds::routes())
         .merge(volumes::routes())
         .merge(registries::routes())
+        .merge(usage::routes())
         .merge(runners::routes())
         .merge(internal::routes())
         .merge(openapi::routes())

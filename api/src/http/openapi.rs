@@ -22,6 +22,7 @@ use super::fork::{CreateSandboxSnapshotBody, ForkSandboxBody};
 use super::network::NetworkSettingsBody;
 use super::registries::{CreateDockerRegistryBody, DockerRegistryDto, UpdateDockerRegistryBody};
 use super::snapshots::{CreateSnapshotBody, PaginatedSnapshots, SnapshotDto};
+use super::usage::{SandboxUsageDto, UsagePointDto};
 use super::volumes::{CreateVolumeBody, VolumeDto};
 use crate::App;
 
@@ -152,6 +153,7 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     ("GET", "/sandbox/{sandboxIdOrName}/build-logs-url", "getBuildLogsUrl", None, 200, Some("BuildLogsUrl"), "sandbox"),
     ("GET", "/sandbox/{sandboxIdOrName}/build-logs", "getBuildLogs", None, 200, None, "sandbox"),
+    ("GET", "/sandbox/{sandboxIdOrName}/usage", "getSandboxUsage", None, 200, Some("SandboxUsageDto"), "sandbox"),
     (
         "GET",
         "/snapshots/{snapshotIdOrName}/build-logs-url",
@@ -287,6 +289,8 @@ pub fn document() -> OpenApi {
         .schema_from::<DockerRegistryDto>()
         .schema_from::<CreateDockerRegistryBody>()
         .schema_from::<UpdateDockerRegistryBody>()
+        .schema_from::<SandboxUsageDto>()
+        .schema_from::<UsagePointDto>()
         .schema_from::<CreateApiKeyBody>()
         .schema_from::<ApiKeyResponse>()
         .schema_from::<ApiKeyList>()

@@ -70,6 +70,7 @@ async fn heartbeat(
         let mut conn = app.db.pool.acquire().await?;
         crate::store::volumes::record_sizes(&mut conn, &runner_id, &status.volumes).await?;
     }
+    crate::domain::usage::record(&app, &runner_id, &status.usage).await?;
     // Sandboxes on this runner were shown as `unknown` while it was silent: their routes are valid again.
     app.wake_routes();
     Ok(Json(HeartbeatResponse { schedulable: true }).into_response())

@@ -17,6 +17,7 @@ pub mod sandboxes;
 pub mod sessions;
 pub mod snapshots;
 pub mod tokens;
+pub mod usage;
 pub mod volumes;
 
 use std::time::Duration;

@@ -202,6 +202,7 @@ async fn heartbeat(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
         disk_enforced: false,
         cgroup_version: 2,
         volumes: Vec::new(),
+        usage: Vec::new(),
     };
     // Registered anew each time (a credential bound to the runner id; the join token opens nothing else).
     let reg: serde_json::Value = http

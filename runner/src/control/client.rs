@@ -109,7 +109,12 @@ impl ControlPlane {
     }
 
     pub async fn heartbeat(&self, runner: &Runner) -> Result<HeartbeatResponse, ControlPlaneError> {
-        let status = runner.status();
+        let mut status = runner.status();
+        // A failed sample costs the heartbeat its usage, not the heartbeat.
+        status.usage = runner.sample_usage().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot sample the sandboxes' usage");
+            Vec::new()
+        });
         let req = self.http.post(self.url(&status.runner_id, "heartbeat")).timeout(Duration::from_secs(10));
         Ok(self.send(&status.runner_id, req.json(&status)).await?.json().await?)
     }

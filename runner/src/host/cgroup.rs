@@ -1,6 +1,8 @@
 //! cgroups: a sandbox's real limits read from inside it (cgroup v1 `cpu/cpu.cfs_quota_us`, `cpu/cpu.cfs_period_us`,
 //! `memory/memory.limit_in_bytes` or v2 `cpu.max`, `memory.max`, whichever the container sees), and its usage read
-//! from the host's cgroup tree (for metrics).
+//! from the host's cgroup tree: totals for metrics ([`usage`]), and each sandbox's figures for heartbeats
+//! ([`sample`]: CPU, memory with its limit and peak, OOM kills, processes, and network bytes from the container's
+//! network namespace). Reading a few small files per sandbox keeps a heartbeat cheap: no `docker stats`.
 
 use std::path::{Path, PathBuf};
 
@@ -67,31 +69,153 @@ pub(crate) struct Usage {
     pub cpu_nanos: u64,
 }
 
-/// Memory and CPU time of one container from the host's cgroup tree; zero where the files are not found.
-pub(crate) fn usage(root: &Path, container_id: &str) -> Usage {
-    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
-    // cgroup v1, cgroupfs driver.
-    if let Some(m) = read(root.join("memory/docker").join(container_id).join("memory.usage_in_bytes")) {
-        let cpu = read(root.join("cpuacct/docker").join(container_id).join("cpuacct.usage"));
-        return Usage {
-            memory_bytes: m.trim().parse().unwrap_or(0),
-            cpu_nanos: cpu.and_then(|c| c.trim().parse().ok()).unwrap_or(0),
-        };
+/// Where one container's cgroup files are on the host.
+#[derive(Debug, PartialEq, Eq)]
+enum Dirs {
+    /// v1: one directory per controller.
+    V1 {
+        memory: PathBuf,
+        cpuacct: PathBuf,
+        pids: PathBuf,
+    },
+    V2(PathBuf),
+}
+
+fn read(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p).ok()
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    read(p).and_then(|s| s.trim().parse().ok())
+}
+
+/// The value of `key` in a flat-keyed file (`memory.stat`, `memory.events`, `memory.oom_control`, `cpu.stat`).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Finds the container's cgroup: v1 or v2, Docker's cgroupfs (`docker/<id>`) or systemd
+/// (`system.slice/docker-<id>.scope`) layout.
+fn dirs(root: &Path, container_id: &str) -> Option<Dirs> {
+    if container_id.is_empty() || container_id.contains('/') || container_id.contains("..") {
+        return None;
     }
-    // cgroup v2: cgroupfs (`docker/<id>`) or systemd (`system.slice/docker-<id>.scope`) layout.
-    for dir in [root.join("docker").join(container_id), root.join(format!("system.slice/docker-{container_id}.scope"))]
-    {
-        if let Some(m) = read(dir.join("memory.current")) {
-            let cpu_usec = read(dir.join("cpu.stat")).and_then(|s| {
-                s.lines().find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse::<u64>().ok()))
+    let layouts = [format!("docker/{container_id}"), format!("system.slice/docker-{container_id}.scope")];
+    for rel in &layouts {
+        let memory = root.join("memory").join(rel);
+        if memory.join("memory.usage_in_bytes").exists() {
+            return Some(Dirs::V1 {
+                memory,
+                cpuacct: root.join("cpuacct").join(rel),
+                pids: root.join("pids").join(rel),
             });
-            return Usage {
-                memory_bytes: m.trim().parse().unwrap_or(0),
-                cpu_nanos: cpu_usec.unwrap_or(0).saturating_mul(1000),
-            };
         }
     }
-    Usage::default()
+    layouts.iter().map(|rel| root.join(rel)).find(|d| d.join("memory.current").exists()).map(Dirs::V2)
+}
+
+/// Memory and CPU time of one container from the host's cgroup tree; zero where the files are not found.
+pub(crate) fn usage(root: &Path, container_id: &str) -> Usage {
+    match dirs(root, container_id) {
+        Some(Dirs::V1 { memory, cpuacct, .. }) => Usage {
+            memory_bytes: read_u64(&memory.join("memory.usage_in_bytes")).unwrap_or(0),
+            cpu_nanos: read_u64(&cpuacct.join("cpuacct.usage")).unwrap_or(0),
+        },
+        Some(Dirs::V2(dir)) => Usage {
+            memory_bytes: read_u64(&dir.join("memory.current")).unwrap_or(0),
+            cpu_nanos: v2_cpu_nanos(&dir).unwrap_or(0),
+        },
+        None => Usage::default(),
+    }
+}
+
+fn v2_cpu_nanos(dir: &Path) -> Option<u64> {
+    read(&dir.join("cpu.stat")).and_then(|s| keyed(&s, "usage_usec")).map(|us| us.saturating_mul(1000))
+}
+
+/// One container's figures, read from its cgroup files and its network namespace.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Sample {
+    pub cpu_nanos: u64,
+    /// Usage minus inactive file pages (`docker stats`' figure).
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_peak_bytes: Option<u64>,
+    pub oom_kills: Option<u64>,
+    pub pids: Option<u64>,
+    pub net_rx_bytes: Option<u64>,
+    pub net_tx_bytes: Option<u64>,
+}
+
+/// Samples one container: `root` is the cgroup mount (`/sys/fs/cgroup`), `proc` the host's procfs (`/proc`).
+/// `None` when its cgroup is not found (not running, or a layout this does not know).
+pub(crate) fn sample(root: &Path, proc: &Path, container_id: &str) -> Option<Sample> {
+    let dirs = dirs(root, container_id)?;
+    let (mut s, procs) = match dirs {
+        Dirs::V1 { memory, cpuacct, pids } => {
+            let usage = read_u64(&memory.join("memory.usage_in_bytes")).unwrap_or(0);
+            let inactive = read(&memory.join("memory.stat")).and_then(|t| keyed(&t, "total_inactive_file"));
+            let s = Sample {
+                cpu_nanos: read_u64(&cpuacct.join("cpuacct.usage")).unwrap_or(0),
+                memory_bytes: usage.saturating_sub(inactive.unwrap_or(0)),
+                memory_limit_bytes: read_u64(&memory.join("memory.limit_in_bytes")).filter(|l| *l < V1_UNLIMITED_FLOOR),
+                memory_peak_bytes: read_u64(&memory.join("memory.max_usage_in_bytes")),
+                // `oom_kill` is in `memory.oom_control` since Linux 4.13; `memory.failcnt` counts hits of the limit
+                // (most reclaimed without a kill), so it is no stand-in.
+                oom_kills: read(&memory.join("memory.oom_control")).and_then(|t| keyed(&t, "oom_kill")),
+                pids: read_u64(&pids.join("pids.current")),
+                ..Sample::default()
+            };
+            (s, memory.join("cgroup.procs"))
+        }
+        Dirs::V2(dir) => {
+            let usage = read_u64(&dir.join("memory.current")).unwrap_or(0);
+            let inactive = read(&dir.join("memory.stat")).and_then(|t| keyed(&t, "inactive_file"));
+            let limit = read(&dir.join("memory.max")).and_then(|t| t.trim().parse().ok());
+            let s = Sample {
+                cpu_nanos: v2_cpu_nanos(&dir).unwrap_or(0),
+                memory_bytes: usage.saturating_sub(inactive.unwrap_or(0)),
+                memory_limit_bytes: limit,
+                memory_peak_bytes: read_u64(&dir.join("memory.peak")),
+                oom_kills: read(&dir.join("memory.events")).and_then(|t| keyed(&t, "oom_kill")),
+                pids: read_u64(&dir.join("pids.current")),
+                ..Sample::default()
+            };
+            (s, dir.join("cgroup.procs"))
+        }
+    };
+    // Every process of the container shares its network namespace (none may make its own: no CAP_SYS_ADMIN, and
+    // Docker's seccomp profile refuses new user namespaces). The lowest PID is usually its daemon.
+    let pid =
+        read(&procs).and_then(|t| t.lines().filter_map(|l| l.trim().parse::<u32>().ok()).filter(|p| *p > 0).min());
+    if let Some((rx, tx)) = pid.and_then(|p| read(&proc.join(p.to_string()).join("net/dev"))).and_then(|t| net_dev(&t))
+    {
+        (s.net_rx_bytes, s.net_tx_bytes) = (Some(rx), Some(tx));
+    }
+    Some(s)
+}
+
+/// Received and sent bytes over every interface but loopback, from a `/proc/<pid>/net/dev` table.
+fn net_dev(text: &str) -> Option<(u64, u64)> {
+    if !text.starts_with("Inter-|") {
+        return None;
+    }
+    let mut total = (0u64, 0u64);
+    // Two header lines, then `  name: rx_bytes rx_packets ... (8 receive columns) tx_bytes ...`.
+    for line in text.lines().skip(2) {
+        let Some((name, cols)) = line.split_once(':') else { continue };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let cols: Vec<u64> = cols.split_whitespace().filter_map(|c| c.parse().ok()).collect();
+        if let (Some(rx), Some(tx)) = (cols.first(), cols.get(8)) {
+            total = (total.0.saturating_add(*rx), total.1.saturating_add(*tx));
+        }
+    }
+    Some(total)
 }
 
 #[cfg(test)]
@@ -144,5 +268,85 @@ mod tests {
         std::fs::write(root.join("system.slice/docker-def.scope/cpu.stat"), "usage_usec 7\nuser_usec 5\n").unwrap();
         assert_eq!(usage(root, "def"), Usage { memory_bytes: 10, cpu_nanos: 7000 });
         assert_eq!(usage(root, "none"), Usage::default());
+        assert_eq!(usage(root, "../abc"), Usage::default(), "an id is never a path");
+    }
+
+    const NET_DEV: &str = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     500       5    0    0    0     0          0         0      500       5    0    0    0     0       0          0
+  eth0:    1000      10    0    0    0     0          0         0      300       3    0    0    0     0       0          0
+  eth1:      20       1    0    0    0     0          0         0        4       1    0    0    0     0       0          0
+";
+
+    #[test]
+    fn sums_every_interface_but_loopback() {
+        assert_eq!(net_dev(NET_DEV), Some((1020, 304)));
+        let lo_only: String = NET_DEV.lines().take(3).map(|l| format!("{l}\n")).collect();
+        assert_eq!(net_dev(&lo_only), Some((0, 0)));
+        assert_eq!(net_dev("garbage"), None);
+    }
+
+    #[test]
+    fn samples_v1_and_v2() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, proc) = (dir.path().join("cg"), dir.path().join("proc"));
+        let put = |p: &str, text: &str| {
+            let p = dir.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        put("cg/memory/docker/abc/memory.usage_in_bytes", "10000\n");
+        put("cg/memory/docker/abc/memory.stat", "cache 5000\ntotal_inactive_file 3000\n");
+        put("cg/memory/docker/abc/memory.limit_in_bytes", "1073741824\n");
+        put("cg/memory/docker/abc/memory.max_usage_in_bytes", "20000\n");
+        put("cg/memory/docker/abc/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n");
+        put("cg/memory/docker/abc/cgroup.procs", "77\n42\n");
+        put("cg/cpuacct/docker/abc/cpuacct.usage", "123456\n");
+        put("cg/pids/docker/abc/pids.current", "3\n");
+        put("proc/42/net/dev", NET_DEV);
+        let s = sample(&root, &proc, "abc").unwrap();
+        assert_eq!(
+            s,
+            Sample {
+                cpu_nanos: 123456,
+                memory_bytes: 7000,
+                memory_limit_bytes: Some(1 << 30),
+                memory_peak_bytes: Some(20000),
+                oom_kills: Some(2),
+                pids: Some(3),
+                net_rx_bytes: Some(1020),
+                net_tx_bytes: Some(304),
+            }
+        );
+        // No limit, an old kernel without `oom_kill`, a container whose processes are gone.
+        put("cg/memory/docker/abc/memory.limit_in_bytes", "9223372036854771712\n");
+        put("cg/memory/docker/abc/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\n");
+        put("cg/memory/docker/abc/cgroup.procs", "");
+        let s = sample(&root, &proc, "abc").unwrap();
+        assert_eq!((s.memory_limit_bytes, s.oom_kills, s.net_rx_bytes), (None, None, None));
+
+        put("cg/system.slice/docker-def.scope/memory.current", "9000\n");
+        put("cg/system.slice/docker-def.scope/memory.stat", "anon 1\ninactive_file 1000\n");
+        put("cg/system.slice/docker-def.scope/memory.max", "max\n");
+        put("cg/system.slice/docker-def.scope/memory.peak", "15000\n");
+        put("cg/system.slice/docker-def.scope/memory.events", "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n");
+        put("cg/system.slice/docker-def.scope/cpu.stat", "usage_usec 7\n");
+        put("cg/system.slice/docker-def.scope/pids.current", "5\n");
+        put("cg/system.slice/docker-def.scope/cgroup.procs", "42\n");
+        let s = sample(&root, &proc, "def").unwrap();
+        assert_eq!(
+            s,
+            Sample {
+                cpu_nanos: 7000,
+                memory_bytes: 8000,
+                memory_limit_bytes: None,
+                memory_peak_bytes: Some(15000),
+                oom_kills: Some(1),
+                pids: Some(5),
+                net_rx_bytes: Some(1020),
+                net_tx_bytes: Some(304),
+            }
+        );
+        assert_eq!(sample(&root, &proc, "gone"), None);
     }
 }

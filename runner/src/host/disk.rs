@@ -4,7 +4,8 @@
 //! layer (Docker's `SizeRw`, an inspect with `size`) and force-stops a sandbox whose layer is over its disk quota
 //! (`resources.disk` GiB). The stop is reported like any other (`stopped`), with the reason in the state change and
 //! the log. A sandbox started again while still over its quota is stopped again at the next measure; its user can
-//! start it, delete files within the interval, or the organization can archive or delete it.
+//! start it, delete files within the interval, or the organization can archive or delete it. Each measure is kept
+//! for the sandbox's usage in heartbeats (`super::usage`).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -47,6 +48,7 @@ impl Inner {
                     continue;
                 }
             };
+            lock(&self.usage).disk.insert(id.clone(), used);
             let quota = u64::from(disk) * GIB as u64;
             if used <= quota {
                 continue;
