@@ -2,6 +2,9 @@
 //! list filters and paging, quotas, validation errors, preview URLs, SSH access, and the OpenAPI document.
 //! Every test runs on SQLite and, when reachable, PostgreSQL.
 
+// Under `cfg(test)` so clippy's `allow-*-in-tests` covers the helpers too (see runner/tests/common).
+#![cfg(test)]
+
 use reqwest::{Method, StatusCode};
 use sandbar_testkit::api::{Harness, databases, empty, started_sandbox};
 use serde_json::{Value, json};
@@ -369,6 +372,114 @@ async fn openapi_document_parses_and_lists_every_routed_path() {
     for (method, path, ..) in sandbar_api::http::openapi::OPERATIONS {
         let concrete: String =
             path.split('/').map(|s| if s.starts_with('{') { "1" } else { s }).collect::<Vec<_>>().join("/");
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = h.http.request(m, format!("{}{concrete}", h.base)).send().await.unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        assert!(
+            status != StatusCode::METHOD_NOT_ALLOWED && !body.contains("no such endpoint"),
+            "{method} {path}: {status} {body}"
+        );
+    }
+    h.stop().await;
+}
+
+/// `(METHOD, path)` of every `.route("...", method(...)...)` call in the API's HTTP sources, path parameters
+/// written `{}`. The dashboard (`http/dashboard.rs`, `http/dashboard/`) is left out on purpose: its pages live under
+/// `/dashboard`, outside `/api`, and are HTML, not part of the REST API the document describes. Panics on a
+/// `.route(` it cannot read, or a `.nest(` other than the one that puts the API under `/api`, so that a router
+/// built another way fails here instead of escaping the check.
+fn routes_in_source() -> std::collections::BTreeSet<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    let mut files = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                files.push(p);
+            }
+        }
+    }
+    let excluded = |p: &std::path::Path| p == dir.join("dashboard.rs") || p.starts_with(dir.join("dashboard"));
+    let mut routes = std::collections::BTreeSet::new();
+    for file in files.iter().filter(|p| !excluded(p)) {
+        // Comments (`//`, `//!`, `///` lines) may name `.route(` without calling it.
+        let text: String = std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for (at, _) in text.match_indices(".nest(") {
+            assert!(
+                text[at..].starts_with(".nest(\"/api\", api)") && file.ends_with("http/mod.rs"),
+                "{}: a nested router this check does not follow",
+                file.display()
+            );
+        }
+        for (at, _) in text.match_indices(".route(") {
+            let rest = &text[at + ".route(".len()..];
+            let lit = rest.trim_start();
+            let path = lit
+                .strip_prefix('"')
+                .and_then(|l| l.split_once('"'))
+                .map(|(p, _)| p)
+                .unwrap_or_else(|| panic!("{}: a .route( without a literal path: {:.60}", file.display(), rest));
+            // The method router: up to the `)` that closes `.route(`.
+            let (mut depth, mut end) = (1, 0);
+            for (i, c) in rest.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                if depth == 0 {
+                    end = i;
+                    break;
+                }
+            }
+            let methods = &rest[..end];
+            let mut found = 0;
+            for m in ["get", "post", "put", "delete", "patch", "head", "options"] {
+                for (i, _) in methods.match_indices(&format!("{m}(")) {
+                    let before = methods[..i].chars().last();
+                    if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                        continue;
+                    }
+                    found += 1;
+                    routes.insert((m.to_uppercase(), normalise(path)));
+                }
+            }
+            assert!(found > 0, "{}: no method in .route({path:?}, {methods})", file.display());
+        }
+    }
+    routes
+}
+
+/// A path with each `{parameter}` written `{}`.
+fn normalise(path: &str) -> String {
+    path.split('/').map(|s| if s.starts_with('{') { "{}" } else { s }).collect::<Vec<_>>().join("/")
+}
+
+/// The other direction: every route the API serves under `/api` is a documented operation (with the same method).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_routed_path_is_documented() {
+    let routed = routes_in_source();
+    assert!(routed.len() > 50, "the source walk found only {routed:?}");
+    let documented: std::collections::BTreeSet<(String, String)> =
+        sandbar_api::http::openapi::OPERATIONS.iter().map(|(m, p, ..)| ((*m).to_owned(), normalise(p))).collect();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    assert!(undocumented.is_empty(), "routed but not in OPERATIONS: {undocumented:?}");
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(unrouted.is_empty(), "in OPERATIONS but no .route( found: {unrouted:?}");
+    // The walk read real routes: each answers something other than "no such endpoint" or 405.
+    let dbs = databases().await;
+    let h = Harness::start(&dbs[0]).await;
+    for (method, path) in &routed {
+        let concrete = path.replace("{}", "1");
         let m = Method::from_bytes(method.as_bytes()).unwrap();
         let resp = h.http.request(m, format!("{}{concrete}", h.base)).send().await.unwrap();
         let status = resp.status();
