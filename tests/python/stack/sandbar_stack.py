@@ -94,13 +94,15 @@ def start_stack(data_dir: Path, runner_id: str, extra: list[str] | None = None, 
 
 
 def remove_containers(runner_id: str) -> None:
+    # Rules first (as the Rust test guard does): a container's address freed while its rules remain would be
+    # blocked for the next container Docker hands it to, whichever test or stack that is.
+    remove_network_rules(runner_id)
     out = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=sandbar.runner={runner_id}"],
         capture_output=True, text=True, check=False,
     ).stdout.split()
     if out:
         subprocess.run(["docker", "rm", "-f", *out], capture_output=True, check=False)
-    remove_network_rules(runner_id)
 
 
 def chain_prefix(runner_id: str) -> str:
@@ -121,8 +123,16 @@ def iptables_rules() -> str:
     return "\n".join(out)
 
 
+def bridge_table(runner_id: str) -> str:
+    """The runner's nftables bridge table (runner/src/firewall/bridge.rs: ``sandbar_`` and 4 bytes of SHA-256)."""
+    return "sandbar_" + hashlib.sha256(runner_id.encode()).digest()[:4].hex()
+
+
 def remove_network_rules(runner_id: str) -> None:
-    """The runner's isolation chains outlive it on purpose (sandboxes keep running); a test run removes its own."""
+    """The runner's isolation chains and its bridge table outlive it on purpose (sandboxes keep running); a test run
+    removes its own. A bridge table left behind pins each of its sandboxes' addresses to a port that is gone, so the
+    next container Docker gives that address could not send anything."""
+    subprocess.run(["nft", "delete", "table", "bridge", bridge_table(runner_id)], capture_output=True, check=False)
     prefix = chain_prefix(runner_id)
     for binary in ("iptables-nft", "iptables-legacy"):
         listing = subprocess.run([binary, "-w", "5", "-S"], capture_output=True, text=True, check=False).stdout
