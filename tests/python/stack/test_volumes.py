@@ -32,15 +32,19 @@ from daytona import (
 from sandbar_stack import BIN_DIR
 
 
-def other_org(stack) -> Daytona:
-    """A second organization with a key of its own (``sandbar-api bootstrap`` on the stack's database)."""
+def other_org_key(stack) -> str:
+    """The key of a new organization (``sandbar-api bootstrap`` on the stack's database)."""
     out = subprocess.run(
         [str(BIN_DIR / "sandbar-api"), "--data-dir", str(stack.data_dir), "bootstrap", "--org",
          "other-" + uuid.uuid4().hex[:8]],
         capture_output=True, text=True, check=True,
     )
-    key = next(line.split("=", 1)[1] for line in out.stdout.splitlines() if line.startswith("api_key="))
-    return Daytona(DaytonaConfig(api_url=stack.api_url, api_key=key))
+    return next(line.split("=", 1)[1] for line in out.stdout.splitlines() if line.startswith("api_key="))
+
+
+def other_org(stack) -> Daytona:
+    """A second organization with a key of its own."""
+    return Daytona(DaytonaConfig(api_url=stack.api_url, api_key=other_org_key(stack)))
 
 
 def delete_quietly(daytona, *sandboxes) -> None:
