@@ -255,3 +255,78 @@ async fn api_keys_create_list_revoke() {
         h.stop().await;
     }
 }
+
+/// The sandbox page lays out its workbench (terminal, files, logs, ports, usage) with its scripts, and says where
+/// the proxy's dashboard is when reached on the API's own listener; the proxy's `authorize` takes a session as a
+/// credential for the toolbox of its own organization's sandboxes only, and only while it lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sandbox_workbench_and_sessions_at_the_toolbox() {
+    for db in databases().await {
+        let (h, _runner) = Harness::start_with_runner(&db, 64, 64, 1000).await;
+        let b = Browser::new(&h);
+        let id = h.create(json!({"name": "wb"})).await["id"].as_str().unwrap().to_owned();
+        let (_, cookie, _) = b.sign_in(&h.key, None, false).await;
+        let session = cookie_value(&cookie.unwrap());
+
+        let resp = b
+            .http
+            .get(format!("{}/dashboard/sandboxes/{id}", b.root))
+            .header(COOKIE, format!("sandbar_session={session}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{}", db.label);
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_owned();
+        assert!(csp.contains("script-src 'self';") && csp.contains("frame-ancestors 'none'"), "{csp}");
+        let page = resp.text().await.unwrap();
+        for part in [r#"id="terminal""#, r#"id="files-drop""#, r#"id="entry-logs""#, r#"id="ports""#, r#"id="usage""#] {
+            assert!(page.contains(part), "{part} missing");
+        }
+        assert!(page.contains("/dashboard/assets/sandbox.js") && page.contains("/dashboard/assets/xterm.js"));
+        // Straight at the API (no proxy request id): the hint to the proxy's dashboard shows.
+        assert!(page.contains(r#"data-via-proxy="false""#) && !page.contains(r#"class="hint" hidden"#));
+        let via = b
+            .http
+            .get(format!("{}/dashboard/sandboxes/{id}", b.root))
+            .header(COOKIE, format!("sandbar_session={session}"))
+            .header("x-sandbar-request-id", "r-1")
+            .send()
+            .await
+            .unwrap();
+        assert!(via.text().await.unwrap().contains(r#"data-via-proxy="true""#));
+        let js = b.http.get(format!("{}/dashboard/assets/sandbox.js", b.root)).send().await.unwrap();
+        assert_eq!(js.status(), StatusCode::OK);
+        assert!(js.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+        let xterm = b.http.get(format!("{}/dashboard/assets/xterm.js", b.root)).send().await.unwrap();
+        assert!(matches!(xterm.status(), StatusCode::OK | StatusCode::NOT_FOUND), "{}", xterm.status());
+        assert_eq!(b.http.get(format!("{}/dashboard/assets/x.js", b.root)).send().await.unwrap().status(), 404);
+
+        // The proxy's question for a toolbox request that brought the dashboard's cookie.
+        let ask = |port: u16, session: String| {
+            h.proxy_post("/internal/authorize", json!({"sandboxId": id, "port": port, "session": session}))
+        };
+        let (s, v) = ask(2280, session.clone()).await;
+        assert_eq!((s, v["organizationId"].as_str()), (StatusCode::OK, Some(h.org.as_str())), "{v}");
+        assert!(v["ttlSecs"].as_u64().unwrap() <= 30);
+        for port in [22220, 22222, 8080] {
+            assert_eq!(ask(port, session.clone()).await.0, StatusCode::UNAUTHORIZED, "port {port}");
+        }
+        assert_eq!(ask(2280, "made-up".into()).await.0, StatusCode::UNAUTHORIZED);
+        let (_, other_key) = h.new_org("org-other").await;
+        let (_, other_cookie, _) = b.sign_in(&other_key, None, false).await;
+        assert_eq!(ask(2280, cookie_value(&other_cookie.unwrap())).await.0, StatusCode::NOT_FOUND);
+        // Signed out (the key revoked ends its sessions the same way): refused.
+        let page = b.page(&session, "/dashboard/sandboxes").await.2;
+        let out = b
+            .http
+            .post(format!("{}/dashboard/logout", b.root))
+            .header(COOKIE, format!("sandbar_session={session}"))
+            .form(&[("csrf", csrf_of(&page))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.status(), StatusCode::SEE_OTHER);
+        assert_eq!(ask(2280, session.clone()).await.0, StatusCode::UNAUTHORIZED);
+        h.stop().await;
+    }
+}

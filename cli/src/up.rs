@@ -351,9 +351,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     write_private(&env_path, env_text.as_bytes()).with_context(|| format!("writing {}", env_path.display()))?;
     println!("DAYTONA_API_URL={api_url}");
     println!("DAYTONA_API_KEY={key}");
-    println!("dashboard:   http://127.0.0.1:{api_port}/dashboard/   (sign in with the key above)");
-    println!("proxy http:  {}", proxy_fields.get("http").map(|a| format!("http://{a}")).unwrap_or(proxy_http));
-    println!("proxy https: {}", proxy_fields.get("https").map(|a| format!("https://{a}")).unwrap_or(proxy_https));
+    let http_url = proxy_fields.get("http").map(|a| format!("http://{a}")).unwrap_or(proxy_http);
+    let https_url = proxy_fields.get("https").map(|a| format!("https://{a}")).unwrap_or(proxy_https);
+    // The dashboard through the proxy: pages, REST calls and the terminal's and file browser's toolbox paths on
+    // one origin (the API's own listener serves the pages too, without the terminal and files).
+    let dashboard = if args.https { &https_url } else { &http_url };
+    println!("dashboard:   {dashboard}/dashboard/   (sign in with the key above)");
+    println!("proxy http:  {http_url}");
+    println!("proxy https: {https_url}");
     println!("ssh gateway: {}", proxy_fields.get("ssh").cloned().unwrap_or_else(|| format!("{ssh_host}:{ssh_port}")));
     println!("certificate: {}", dir.join("tls").display());
     println!("terminal:    sandbar term <sandbox-id>   (or `sandbar ssh <sandbox-id>`)");

@@ -159,6 +159,11 @@ pub struct RouteChanges {
     pub sandbox_ids: Vec<String>,
 }
 
+/// The dashboard's session cookie. The API sets it (HttpOnly, SameSite=Strict); the proxy forwards it to the API on
+/// the dashboard's paths, takes it as a credential for toolbox paths asked by the dashboard's own page, and never
+/// lets it reach a sandbox.
+pub const DASHBOARD_SESSION_COOKIE: &str = "sandbar_session";
+
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizeRequest {
@@ -169,6 +174,9 @@ pub struct AuthorizeRequest {
     pub api_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_token: Option<String>,
+    /// A dashboard session (its cookie, sent by the dashboard's own page to a toolbox path through the proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl fmt::Debug for AuthorizeRequest {
@@ -178,6 +186,7 @@ impl fmt::Debug for AuthorizeRequest {
             .field("port", &self.port)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("preview_token", &self.preview_token.as_ref().map(|_| "<redacted>"))
+            .field("session", &self.session.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }

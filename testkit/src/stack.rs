@@ -239,6 +239,12 @@ impl Stack {
         Stack { app, clock, api, key: b.api_key, org: b.organization_id, runner, proxy, http, stop, _dir: dir }
     }
 
+    /// An API key of another organization, `org` (made when missing).
+    pub async fn org_key(&self, org: &str) -> String {
+        let b = sandbar_api::auth::bootstrap(&self.app.db, org, &self.app.config.limits, self.app.now()).await.unwrap();
+        b.api_key
+    }
+
     /// A user call to the API with the organization's key.
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut r = self.http.request(method, format!("{}{path}", self.api)).bearer_auth(&self.key);

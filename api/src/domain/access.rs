@@ -4,8 +4,9 @@
 //!
 //! The rule ([`authorize`]): an API key of the sandbox's organization opens every port; the sandbox's preview token
 //! or a valid signed preview token for that port opens it, unless it is one of the daemon's own ([`daemon_port`]:
-//! toolbox, SSH, web terminal), which only an API key opens; a public sandbox opens every port but the daemon's
-//! own without a credential. Preview tokens travel in URLs and 24-hour cookies and every `{port}-{id}.{domain}`
+//! toolbox, SSH, web terminal), which only an API key opens; a dashboard session of the organization opens the
+//! toolbox (the dashboard's terminal and file browser; the proxy takes the cookie only from the dashboard's own
+//! page); a public sandbox opens every port but the daemon's own without a credential. Preview tokens travel in URLs and 24-hour cookies and every `{port}-{id}.{domain}`
 //! host is same-site, so a preview token that opened the toolbox would let any page a victim visits run commands
 //! in their sandbox.
 //!
@@ -109,6 +110,20 @@ pub async fn authorize(app: &App, req: &AuthorizeRequest) -> ApiResult<Authorize
         return match tokens::preview_expiry(&app.db.pool, token, &row.id, req.port, now).await? {
             Some(exp) => granted((((exp - now) / 1000).max(1) as u64).min(AUTHORIZE_TTL_SECS)),
             None => Err(ApiError::unauthorized("invalid preview token (unknown, expired or for another port)")),
+        };
+    }
+    if let Some(token) = req.session.as_deref().filter(|t| !t.is_empty()) {
+        // The dashboard's terminal and file browser: the toolbox only (its web terminal and SSH ports are reached
+        // other ways), for the session's own organization, while the session lives.
+        if req.port != ports::TOOLBOX {
+            return Err(ApiError::unauthorized("a dashboard session opens only the sandbox's toolbox"));
+        }
+        return match super::sessions::resolve(app, token).await? {
+            Some(s) if s.organization_id == row.organization_id => {
+                granted((((s.expires_at - now) / 1000).max(1) as u64).min(AUTHORIZE_TTL_SECS))
+            }
+            Some(_) => Err(ApiError::sandbox_not_found(&req.sandbox_id)),
+            None => Err(ApiError::unauthorized("the dashboard session has ended: sign in again")),
         };
     }
     if row.public != 0 && !daemon_port(req.port) {

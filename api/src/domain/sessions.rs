@@ -10,7 +10,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::store::{orgs, sessions};
 
 /// The session cookie (HttpOnly, SameSite=Strict, Path=/, Secure over HTTPS).
-pub const SESSION_COOKIE: &str = "sandbar_session";
+pub use sandbar_proto::api::DASHBOARD_SESSION_COOKIE as SESSION_COOKIE;
 /// The header that carries a session's CSRF token on every state-changing request.
 pub const CSRF_HEADER: &str = "x-sandbar-csrf";
 /// Longest life of a session.

@@ -9,10 +9,15 @@
 //! on every state-changing request the session's CSRF token). Rules: `crate::domain::sessions`.
 //!
 //! Pages ([`pages`]): sandboxes (filtered by state and label, kept live by server-sent events, [`events`]), one
-//! sandbox, API keys, snapshots and builds.
+//! sandbox (with its terminal, files, logs, ports and usage, [`workbench`]), API keys, snapshots and builds.
+//!
+//! The proxy serves the dashboard too (its `/dashboard` and `/api` paths come here as they are), and that is the
+//! address `sandbar up` prints: there the pages, their REST calls and the toolbox paths of the terminal and file
+//! browser share one origin and the proxy's TLS.
 
 pub mod events;
 pub mod pages;
+pub mod workbench;
 
 use axum::Form;
 use axum::Router;
@@ -51,13 +56,26 @@ pub fn routes() -> Router<App> {
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// The sandbox page's: xterm.js writes its theme into `<style>` elements. Scripts stay as strict.
+const CSP_RELAXED_STYLES: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+    img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
 /// A dashboard page: never cached, never framed, scripts only from here.
 pub fn html(status: StatusCode, body: String) -> Response {
+    page(status, body, CSP)
+}
+
+/// [`html`] for a page with the terminal, whose styles may be inline.
+pub fn html_relaxed_styles(status: StatusCode, body: String) -> Response {
+    page(status, body, CSP_RELAXED_STYLES)
+}
+
+fn page(status: StatusCode, body: String, csp: &'static str) -> Response {
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.insert("content-security-policy", HeaderValue::from_static(csp));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
@@ -181,13 +199,31 @@ async fn logout(State(app): State<App>, headers: HeaderMap, form: Result<Form<Lo
 }
 
 const SCRIPT: &str = include_str!("../../assets/dashboard/dashboard.js");
+const SANDBOX_SCRIPT: &str = include_str!("../../assets/dashboard/sandbox.js");
 const STYLE: &str = include_str!("../../assets/dashboard/dashboard.css");
 
-/// The embedded script and style sheet (public: they hold nothing secret).
+/// The embedded scripts and style sheets (public: they hold nothing secret).
 async fn asset(Path(file): Path<String>) -> Response {
-    let (body, kind) = match file.as_str() {
-        "dashboard.js" => (SCRIPT, "text/javascript; charset=utf-8"),
-        "dashboard.css" => (STYLE, "text/css; charset=utf-8"),
+    use workbench::xterm;
+    const JS: &str = "text/javascript; charset=utf-8";
+    let missing =
+        || ApiError::not_found("xterm.js is not in this build: run scripts/fetch-xterm and rebuild sandbar-api");
+    let (body, kind): (&'static [u8], _) = match file.as_str() {
+        "dashboard.js" => (SCRIPT.as_bytes(), JS),
+        "sandbox.js" => (SANDBOX_SCRIPT.as_bytes(), JS),
+        "dashboard.css" => (STYLE.as_bytes(), "text/css; charset=utf-8"),
+        "xterm.js" => match xterm::XTERM_JS {
+            Some(b) => (b, JS),
+            None => return missing().into_response(),
+        },
+        "xterm-addon-fit.js" => match xterm::XTERM_FIT_JS {
+            Some(b) => (b, JS),
+            None => return missing().into_response(),
+        },
+        "xterm.css" => match xterm::XTERM_CSS {
+            Some(b) => (b, "text/css; charset=utf-8"),
+            None => return missing().into_response(),
+        },
         _ => return ApiError::not_found("no such dashboard asset").into_response(),
     };
     let mut r = body.into_response();

@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(valid_sandbox_id(sandbox_id));
                 assert!(port > 0);
             }
+            Ok(Target::Api { path: p }) => assert!(p.starts_with("/api") || p.starts_with("/dashboard")),
             Ok(Target::Other) | Err(_) => {}
         }
     }

@@ -241,6 +241,8 @@ pub enum CredentialKind {
     SignedPreview,
     /// No credential: the API says whether the port is open to anyone (the credential string is empty).
     Anonymous,
+    /// The dashboard's session cookie, on a toolbox path, from the dashboard's own page.
+    DashboardSession,
 }
 
 type Key = [u8; 32];
@@ -330,6 +332,7 @@ impl AuthCache {
             api_key: (kind == CredentialKind::ApiKey).then(|| credential.to_owned()),
             preview_token: matches!(kind, CredentialKind::PreviewToken | CredentialKind::SignedPreview)
                 .then(|| credential.to_owned()),
+            session: (kind == CredentialKind::DashboardSession).then(|| credential.to_owned()),
         };
         ask(&self.auth_flights, k, &self.store.metrics.auth_cache_hits, || async move {
             store.metrics.auth_cache_misses.fetch_add(1, Ordering::Relaxed);

@@ -2,6 +2,12 @@
 //! signed preview URL (`{port}-{token}.{domain}`, where the sandbox id would be), the `X-Daytona-Preview-Token`
 //! header, the `DAYTONA_SANDBOX_AUTH_KEY` query parameter, `Authorization: Bearer <API key>`, and on preview hosts
 //! the proxy's own cookie (set after a preview token came in the header or query, so a browser keeps access).
+//! On toolbox paths (never preview hosts), last, the dashboard's session cookie, and only from a request the
+//! browser says the dashboard's own page made (`Sec-Fetch-Site: same-origin`): the dashboard is served on the
+//! proxy's host ([`super::target::Target::Api`]) and its terminal and file browser call the toolbox there, while a
+//! page of a sandbox (`{port}-{id}.{domain}`, same-site but not same-origin) gets nothing from the cookie.
+//! Browsers send fetch metadata to secure origins only (HTTPS, and `localhost`/loopback over HTTP), so the
+//! dashboard's terminal and files need the proxy's HTTPS listener anywhere but on the machine itself.
 //!
 //! The proxy decides nothing about access: every question goes to the API's `POST /internal/authorize` through
 //! the cache, and a request with no credential asks it with none (the API opens a public sandbox's preview ports,
@@ -13,7 +19,7 @@
 //! rule, and the proxy asks. What the proxy itself guarantees is that no credential it recognises reaches a
 //! sandbox ([`strip`]), on every path: an API key (`Authorization: Bearer sbk_...`, whether or not it was the
 //! credential used, and any `Authorization` on a toolbox path or one that was used), the preview-token header, the
-//! proxy's cookie (the app's own cookies are kept) and the query-string token. A browser that brought the token in
+//! proxy's cookie and the dashboard's session cookie (the app's own cookies are kept) and the query-string token. A browser that brought the token in
 //! the query of a page load (`GET`/`HEAD`, not a WebSocket upgrade) gets a `302` to the same URL without it, with
 //! the cookie set and `Referrer-Policy: no-referrer`, so the token leaves the address bar, the history and the
 //! `Referer` of whatever the page loads.
@@ -24,7 +30,8 @@
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use sandbar_proto::api::{
-    PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY, Route, SignedPreviewResolveResponse, is_signed_preview_token,
+    DASHBOARD_SESSION_COOKIE, PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY, Route, SignedPreviewResolveResponse,
+    is_signed_preview_token,
 };
 use sandbar_proto::runner::SandboxState;
 
@@ -84,7 +91,8 @@ struct Presented {
 }
 
 impl Presented {
-    /// The credential the request carries, by precedence; the cookie counts on preview hosts only.
+    /// The credential the request carries, by precedence; the proxy's cookie counts on preview hosts only, the
+    /// dashboard's on toolbox paths from the dashboard's own page only.
     fn of(session: &Session, preview_host: bool) -> Option<Self> {
         let found = |kind, value: String, source| Some(Self { kind, value, source });
         if let Some(t) = header_str(session, PREVIEW_TOKEN_HEADER).filter(|t| !t.is_empty()) {
@@ -97,8 +105,15 @@ impl Presented {
         if let Some(t) = header_str(session, "authorization").and_then(bearer) {
             return found(CredentialKind::ApiKey, t.to_owned(), Source::Bearer);
         }
-        let cookie = header_str(session, "cookie").and_then(|c| cookie_value(c, PREVIEW_COOKIE));
-        cookie.filter(|_| preview_host).and_then(|t| found(CredentialKind::PreviewToken, t.to_owned(), Source::Cookie))
+        let cookies = header_str(session, "cookie");
+        if preview_host {
+            let t = cookies.and_then(|c| cookie_value(c, PREVIEW_COOKIE))?;
+            return found(CredentialKind::PreviewToken, t.to_owned(), Source::Cookie);
+        }
+        let same_origin = header_str(session, "sec-fetch-site").is_some_and(|v| v.eq_ignore_ascii_case("same-origin"));
+        let t =
+            cookies.and_then(|c| cookie_value(c, DASHBOARD_SESSION_COOKIE)).filter(|t| same_origin && !t.is_empty())?;
+        found(CredentialKind::DashboardSession, t.to_owned(), Source::Cookie)
     }
 }
 
@@ -111,8 +126,8 @@ fn bearer(value: &str) -> Option<&str> {
 
 /// Removes every credential the proxy recognises from `req`, the request about to reach a sandbox: `Authorization`
 /// values that carry an API key (all of them when `drop_authorization`: a toolbox path, or a request the API key
-/// admitted), the preview-token header, and the proxy's cookie from every `Cookie` header (the others are kept,
-/// joined into one header as HTTP/2 clients split them). The query token is removed from the path by the caller.
+/// admitted), the preview-token header, and the proxy's and the dashboard's cookies from every `Cookie` header (the
+/// others are kept, joined into one header as HTTP/2 clients split them). The query token is removed from the path by the caller.
 pub fn strip(req: &mut RequestHeader, drop_authorization: bool) {
     let auth: Vec<String> = req
         .headers
@@ -135,7 +150,9 @@ pub fn strip(req: &mut RequestHeader, drop_authorization: bool) {
         req.headers.get_all("cookie").iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
     if !cookies.is_empty() {
         req.remove_header("cookie");
-        if let Some(kept) = strip_cookie(&cookies.join("; "), PREVIEW_COOKIE) {
+        let kept =
+            strip_cookie(&cookies.join("; "), PREVIEW_COOKIE).and_then(|c| strip_cookie(&c, DASHBOARD_SESSION_COOKIE));
+        if let Some(kept) = kept {
             let _ = req.insert_header("cookie", kept);
         }
     }
@@ -200,10 +217,12 @@ impl EdgeProxy {
             ));
         };
         if !self.authorized(p.kind, &p.value, sandbox_id, dest.port, route).await? {
-            let message = if daemon_port(dest.port) && p.kind == CredentialKind::PreviewToken {
-                "preview tokens do not open the sandbox's toolbox, SSH or terminal ports: send an API key"
-            } else {
-                "invalid or expired API key or preview token"
+            let message = match p.kind {
+                CredentialKind::PreviewToken if daemon_port(dest.port) => {
+                    "preview tokens do not open the sandbox's toolbox, SSH or terminal ports: send an API key"
+                }
+                CredentialKind::DashboardSession => "the dashboard session has ended: sign in again",
+                _ => "invalid or expired API key or preview token",
             };
             return Err(Reject::new(401, "unauthorized", message));
         }
@@ -290,7 +309,7 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// `Cookie` without the proxy's own cookie, or `None` when nothing is left.
+/// `Cookie` without the cookie `name`, or `None` when nothing is left.
 fn strip_cookie(cookies: &str, name: &str) -> Option<String> {
     let kept: Vec<&str> = cookies
         .split(';')
@@ -361,7 +380,7 @@ mod tests {
         req.append_header("authorization", "Bearer app-token").unwrap();
         req.append_header(PREVIEW_TOKEN_HEADER, "tok").unwrap();
         req.append_header("cookie", "a=1; sandbar_preview_token=tok").unwrap();
-        req.append_header("cookie", "sandbar_preview_token=tok2; b=2").unwrap();
+        req.append_header("cookie", "sandbar_preview_token=tok2; b=2; sandbar_session=s").unwrap();
         strip(&mut req, false);
         let all = |req: &RequestHeader, n: &str| {
             req.headers.get_all(n).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>()

@@ -119,9 +119,10 @@ fn target_and_host_parsing() {
             ),
             _ => format!("{}:{}", rng.text(3), rng.pick(&["4000", "", "x", "99999999"])),
         };
-        let path = match rng.below(3) {
+        let path = match rng.below(4) {
             0 => rng.text(8),
             1 => format!("/toolbox/{}{}", rng.text(3), rng.text(4)),
+            2 => format!("/{}{}", rng.pick(&["api", "dashboard", "api/internal"]), rng.text(4)),
             _ => format!("/{}", rng.text(6)),
         };
         for domain in ["localhost", "example.com"] {
@@ -130,12 +131,16 @@ fn target_and_host_parsing() {
                     let (id, port) = match t {
                         Target::Toolbox { sandbox_id, .. } => (sandbox_id, 2280),
                         Target::Preview { sandbox_id, port, .. } => (sandbox_id, port),
-                        Target::Other => ("", 0),
+                        Target::Api { .. } | Target::Other => ("", 0),
                     };
                     assert!(valid_sandbox_id(id) && port > 0, "{host:?} {path:?}");
                     let d = Destination::of(&t).unwrap_or_else(|| panic!("no destination for {t:?}"));
                     assert!(d.path.starts_with('/'), "{host:?} {path:?} -> {d:?}");
                     assert_eq!(d.sandbox_id, id);
+                }
+                Ok(Target::Api { path: p }) => {
+                    assert!(p.starts_with("/api") || p.starts_with("/dashboard"), "{host:?} {path:?}");
+                    assert!(Destination::of(&Target::Api { path: p }).is_none());
                 }
                 Ok(Target::Other) | Err(_) => {}
             }

@@ -11,9 +11,11 @@
 //!   that closes an upgraded connection whose access is revoked ([`revoke`]), and the answer's headers
 //!   ([`rewrite`]); `response_body_filter`: the close frame of a revoked WebSocket.
 //! - `fail_to_proxy`: a daemon that did not answer ([`reject`]); `logging`: metrics and activity.
+//! - The dashboard and REST API paths skip all of that: they go to the API as they came ([`api_route`]).
 //!
 //! A new route rule is a [`target::Target`] variant, its access rule in the API, and its wiring here.
 
+pub mod api_route;
 pub mod credentials;
 #[cfg(test)]
 mod fuzz;
@@ -61,6 +63,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub activity: Arc<Activity>,
     pub request_ids: RequestIds,
+    /// The API, for the dashboard and REST paths ([`api_route`]).
+    pub api: api_route::Upstream,
 }
 
 /// One listener's proxy logic (`https` says which scheme clients used).
@@ -90,6 +94,8 @@ pub struct Ctx {
     /// An upgrade request's gate ([`upgrade`]).
     gate: Option<Arc<upgrade::Gate>>,
     upgraded: bool,
+    /// A dashboard or REST API request, going to the API ([`api_route`]).
+    to_api: bool,
     /// Counted in the in-flight gauge (so `logging` only undoes what `request_filter` did).
     counted: bool,
 }
@@ -124,12 +130,20 @@ impl EdgeProxy {
         let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let target = target::parse(&host, path_and_query, &self.shared.domain)
             .map_err(|e| Reject::new(400, "bad-request", e.to_string()))?;
+        if let target::Target::Api { path } = target {
+            if target::services_only(path) {
+                return Err(Reject::new(404, "not-found", "no such path here"));
+            }
+            ctx.to_api = true;
+            return Ok(());
+        }
         let dest = Destination::of(&target).ok_or_else(|| {
             Reject::new(
                 404,
                 "no-sandbox",
                 format!(
-                    "no sandbox in this request: use /toolbox/{{sandboxId}}/... or a {{port}}-{{sandboxId}}.{} host",
+                    "no sandbox in this request: use /toolbox/{{sandboxId}}/... or a {{port}}-{{sandboxId}}.{} host \
+                     (or /dashboard/, /api/...)",
                     self.shared.domain
                 ),
             )
@@ -194,6 +208,7 @@ impl ProxyHttp for EdgeProxy {
             watch: None,
             gate: None,
             upgraded: false,
+            to_api: false,
             counted: false,
         }
     }
@@ -238,6 +253,9 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if ctx.to_api {
+            return Ok(Box::new(self.shared.api.peer()));
+        }
         let addr = ctx
             .daemon_addr
             .as_deref()
@@ -296,6 +314,9 @@ impl ProxyHttp for EdgeProxy {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.to_api {
+            return api_route::apply(session, req, &ctx.request_id, self.https);
+        }
         let forward = ctx
             .forward
             .as_ref()
@@ -356,7 +377,12 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         let mut code = 0;
-        if let Some(r) = Reject::for_proxy_error(e, ctx.daemon_addr.as_deref()) {
+        let reject = if ctx.to_api && e.esource() == &ErrorSource::Upstream {
+            Some(Reject::new(502, "api-unreachable", format!("the API did not answer: {}", e.etype().as_str())))
+        } else {
+            Reject::for_proxy_error(e, ctx.daemon_addr.as_deref())
+        };
+        if let Some(r) = reject {
             code = r.status;
             if session.response_written().is_none()
                 && let Err(we) = r.send(session, &ctx.request_id).await

@@ -2,9 +2,9 @@
 //! path, method, timestamp}` (or a small HTML page for a browser that asks for one), always with `X-Sandbar-Error`
 //! (the machine-readable reason) and the request id, `WWW-Authenticate` on 401 and `Retry-After` on 503.
 //! Which status and message a situation gets is decided where the situation is met (400 bad host, id or path;
-//! 401 `unauthorized` or `signed-url-invalid`; 403 `cross-origin` ([`super::origin`]); 404 `no-sandbox` or `sandbox-not-found`; 409 `sandbox-stopped`,
+//! 401 `unauthorized` or `signed-url-invalid`; 403 `cross-origin` ([`super::origin`]); 404 `no-sandbox`, `sandbox-not-found` or `not-found` (a services-only API path); 409 `sandbox-stopped`,
 //! `sandbox-starting` or `sandbox-error`; 410 `sandbox-archived` or `sandbox-deleted`; 503 `sandbox-not-ready`;
-//! 502 `api-unavailable` or `daemon-unreachable`); this module only writes them.
+//! 502 `api-unavailable`, `api-unreachable` (a dashboard or REST request) or `daemon-unreachable`); this module only writes them.
 
 use std::sync::atomic::Ordering;
 

@@ -1,6 +1,8 @@
 //! Where a request goes, from its Host and path: `/toolbox/{sandboxId}/{path}` on any host, or
 //! `{port}-{sandboxId}.{domain}` for preview ports ([`parse`]), and the daemon port and path that serve it
-//! ([`Destination`]). A new kind of route is a new [`Target`] variant here, the rule for who may reach it in the
+//! ([`Destination`]); on any other host, `/dashboard` and `/api/...` go to the API ([`Target::Api`]), so the
+//! dashboard, its REST calls and the toolbox paths its terminal and file browser use share one origin and the
+//! proxy's TLS. A new kind of route is a new [`Target`] variant here, the rule for who may reach it in the
 //! API (`POST /internal/authorize`), and its wiring in the edge's phases.
 //!
 //! [`parse`] is a pure function over untrusted bytes: no allocation, no panics, no indexing (fuzzed by
@@ -21,8 +23,29 @@ pub enum Target<'a> {
     Toolbox { sandbox_id: &'a str, rest: &'a str },
     /// `{port}-{sandboxId}.{domain}`: the whole path and query go to that port.
     Preview { sandbox_id: &'a str, port: u16, path: &'a str },
-    /// Neither: the proxy's own host without a toolbox path.
+    /// The dashboard (`/dashboard`, `/dashboard/...`) or the REST API (`/api/...`) on a host that is not a preview
+    /// host: forwarded to the API as it is (but [`services_only`] paths, refused).
+    Api { path: &'a str },
+    /// None of these: the proxy's own host without a toolbox, dashboard or API path.
     Other,
+}
+
+/// The path prefixes [`Target::Api`] forwards.
+pub const API_PATHS: [&str; 2] = ["/api", "/dashboard"];
+
+/// `path` is `prefix` itself or below it (`prefix/...`, `prefix?...`).
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
+}
+
+/// An API path for sandbar's own services (the proxy's and runners' calls), never forwarded from the edge: the
+/// API checks their tokens anyway, and the edge does not even offer them. Judged on the path's segments after
+/// percent-decoding, without empty and `.` segments, so `/api//internal` or `/api/%69nternal` are the same path.
+pub fn services_only(path_and_query: &str) -> bool {
+    let path = path_and_query.split(['?', '#']).next().unwrap_or("");
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy().to_ascii_lowercase();
+    let mut segs = decoded.split('/').filter(|s| !s.is_empty() && *s != ".");
+    segs.next() == Some("api") && segs.next().is_some_and(|s| s == "internal" || s == "runners")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -125,6 +148,9 @@ pub fn parse<'a>(host: &'a str, path_and_query: &'a str, domain: &str) -> Result
         let rest = if rest.is_empty() { "/" } else { rest };
         return Ok(Target::Toolbox { sandbox_id: id, rest });
     }
+    if API_PATHS.iter().any(|p| under(path_and_query, p)) {
+        return Ok(Target::Api { path: path_and_query });
+    }
     Ok(Target::Other)
 }
 
@@ -142,7 +168,7 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// The destination of `target`; `None` for [`Target::Other`].
+    /// The destination of `target`; `None` for [`Target::Api`] and [`Target::Other`].
     pub fn of(target: &Target<'_>) -> Option<Self> {
         match *target {
             Target::Toolbox { sandbox_id, rest } => Some(Self {
@@ -157,7 +183,7 @@ impl Destination {
                 path: if port == ports::TOOLBOX { path.to_owned() } else { format!("/proxy/{port}{path}") },
                 toolbox_prefix: None,
             }),
-            Target::Other => None,
+            Target::Api { .. } | Target::Other => None,
         }
     }
 
@@ -256,5 +282,34 @@ mod tests {
         assert_eq!((preview.port, preview.path.as_str(), preview.preview_host()), (3000, "/proxy/3000/a?b", true));
         assert_eq!(d("2280-abc.localhost", "/files").unwrap().path, "/files");
         assert_eq!(d("localhost", "/"), None);
+        assert_eq!(d("localhost", "/api/sandbox"), None);
+    }
+
+    #[test]
+    fn api_paths() {
+        for p in ["/api/sandbox?x=1", "/api", "/dashboard", "/dashboard/", "/dashboard/sandboxes/x", "/dashboard?a"] {
+            assert_eq!(parse("localhost:4000", p, "localhost"), Ok(Target::Api { path: p }), "{p}");
+            assert_eq!(parse("proxy.example.com", p, "example.com"), Ok(Target::Api { path: p }), "{p}");
+        }
+        for p in ["/apix", "/dashboards", "/", "/x/api"] {
+            assert_eq!(parse("localhost", p, "localhost"), Ok(Target::Other), "{p}");
+        }
+        // On a preview host the path is the app's.
+        assert_eq!(
+            parse("3000-x.localhost", "/api/a", "localhost"),
+            Ok(Target::Preview { sandbox_id: "x", port: 3000, path: "/api/a" })
+        );
+        for p in [
+            "/api/internal/authorize",
+            "/api//internal/x",
+            "/api/./Internal",
+            "/api/%69nternal/routes/x",
+            "/api/runners",
+        ] {
+            assert!(services_only(p), "{p}");
+        }
+        for p in ["/api/sandbox", "/api/internals", "/dashboard/internal", "/api/sandbox/runners", "/api?internal"] {
+            assert!(!services_only(p), "{p}");
+        }
     }
 }

@@ -42,6 +42,11 @@ pub fn esc(s: &str) -> String {
 }
 
 fn layout(title: &str, session: Option<&Session>, active: &str, main: &str) -> String {
+    layout_with(title, session, active, main, "")
+}
+
+/// [`layout`] with more in the page's head (the sandbox page's terminal scripts).
+fn layout_with(title: &str, session: Option<&Session>, active: &str, main: &str, head: &str) -> String {
     let mut nav = String::new();
     if let Some(s) = session {
         nav.push_str(r#"<nav aria-label="Main"><ul>"#);
@@ -60,7 +65,7 @@ fn layout(title: &str, session: Option<&Session>, active: &str, main: &str) -> S
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="csrf-token" content="{csrf}"><title>{title} · sandbar</title>
-<link rel="stylesheet" href="/dashboard/assets/dashboard.css"><script src="/dashboard/assets/dashboard.js" defer></script></head>
+<link rel="stylesheet" href="/dashboard/assets/dashboard.css"><script src="/dashboard/assets/dashboard.js" defer></script>{head}</head>
 <body><header><a class="brand" href="/dashboard/sandboxes">sandbar</a>{nav}</header>
 <main id="main">{main}</main><div id="toast" role="status" aria-live="polite"></div></body></html>"#,
         title = esc(title),
@@ -245,8 +250,14 @@ const CREATE_FORM: &str = r#"<details class="create"><summary>Create a sandbox</
 </div>
 <button type="submit">Create</button></form></details>"#;
 
-/// `GET /dashboard/sandboxes/{id}`: details, SSH command and preview links.
-pub async fn sandbox(State(app): State<App>, PageSession(s): PageSession, Path(id): Path<String>) -> Response {
+/// `GET /dashboard/sandboxes/{id}`: details, SSH command and preview links, and the workbench (terminal, files,
+/// logs, ports, usage: [`super::workbench`]).
+pub async fn sandbox(
+    State(app): State<App>,
+    PageSession(s): PageSession,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let row = async {
         let mut conn = app.db.pool.acquire().await?;
         crate::domain::sandboxes::find(&app, &mut conn, &s.organization_id, &id, false).await
@@ -293,8 +304,21 @@ pub async fn sandbox(State(app): State<App>, PageSession(s): PageSession, Path(i
         archive = row.auto_archive,
         delete = if row.auto_delete < 0 { "never".to_owned() } else { format!("{} min", row.auto_delete) },
     );
-    html(StatusCode::OK, layout(&row.name, Some(&s), "sandboxes", &main))
+    let main = main
+        + &super::workbench::sections(
+            &row.id,
+            st == SandboxState::Started,
+            super::workbench::via_proxy(&headers),
+            &app.config.proxy_url,
+        );
+    let page = layout_with(&row.name, Some(&s), "sandboxes", &main, SANDBOX_HEAD);
+    super::html_relaxed_styles(StatusCode::OK, page)
 }
+
+/// The sandbox page's terminal (xterm.js and its fit add-on) and its script.
+const SANDBOX_HEAD: &str = r#"<link rel="stylesheet" href="/dashboard/assets/xterm.css">
+<script src="/dashboard/assets/xterm.js" defer></script><script src="/dashboard/assets/xterm-addon-fit.js" defer></script>
+<script src="/dashboard/assets/sandbox.js" defer></script>"#;
 
 /// `GET /dashboard/keys`.
 pub async fn keys(State(app): State<App>, PageSession(s): PageSession) -> Response {
