@@ -12,6 +12,7 @@
 //! sandbox, API keys, snapshots and builds.
 
 pub mod events;
+pub mod org_pages;
 pub mod pages;
 
 use axum::Form;
@@ -45,6 +46,9 @@ pub fn routes() -> Router<App> {
         .route("/dashboard/sandboxes/{id}", get(pages::sandbox))
         .route("/dashboard/keys", get(pages::keys))
         .route("/dashboard/snapshots", get(pages::snapshots))
+        .route("/dashboard/volumes", get(org_pages::volumes))
+        .route("/dashboard/registries", get(org_pages::registries))
+        .route("/dashboard/organization", get(org_pages::organization))
         .route("/dashboard/assets/{file}", get(asset))
 }
 
@@ -188,6 +192,7 @@ async fn asset(Path(file): Path<String>) -> Response {
     let (body, kind) = match file.as_str() {
         "dashboard.js" => (SCRIPT, "text/javascript; charset=utf-8"),
         "dashboard.css" => (STYLE, "text/css; charset=utf-8"),
+        "org.js" => (org_pages::SCRIPT, "text/javascript; charset=utf-8"),
         _ => return ApiError::not_found("no such dashboard asset").into_response(),
     };
     let mut r = body.into_response();
