@@ -2,15 +2,21 @@
 // session's CSRF token. Loaded after dashboard.js, whose api() and toast() it uses. No framework, no build step.
 "use strict";
 
-// A table row from plain values (text only, never HTML), the first as the row's header, then an actions cell with
-// a delete button.
-function orgRow(tbody, id, name, cells, what) {
+// A table row from plain values (text only, never HTML), the first as the row's header (with `sub` under it when
+// given), then an actions cell with a delete button.
+function orgRow(tbody, id, name, sub, cells, what) {
   tbody.querySelector("tr.none")?.remove();
   const row = tbody.insertRow();
   row.dataset.id = id;
   const th = document.createElement("th");
   th.scope = "row";
   th.textContent = name;
+  if (sub) {
+    const d = document.createElement("div");
+    d.className = "sub";
+    d.textContent = sub;
+    th.appendChild(d);
+  }
   row.appendChild(th);
   for (const c of cells) {
     const td = row.insertCell();
@@ -31,8 +37,8 @@ function orgRow(tbody, id, name, cells, what) {
 }
 
 // Deletes on `table`'s delete buttons, after a confirm(); a refusal (e.g. a volume still mounted) shows the API's
-// message and leaves the row.
-function orgDeletes(table, what, path, warning) {
+// message and leaves the row. The last row gone, `empty` says so.
+function orgDeletes(table, what, path, warning, empty) {
   table.addEventListener("click", async (e) => {
     const b = e.target.closest('button[data-action="delete"]');
     if (!b) return;
@@ -44,8 +50,17 @@ function orgDeletes(table, what, path, warning) {
       const row = b.closest("tr");
       // Move the focus somewhere that stays: the next row's button, else the form below.
       const next = row.nextElementSibling?.querySelector("button") || row.previousElementSibling?.querySelector("button");
+      const tbody = row.parentElement;
       row.remove();
-      next?.focus();
+      if (!tbody.rows.length) {
+        const none = tbody.insertRow();
+        none.className = "none";
+        const c = none.insertCell();
+        c.colSpan = 6;
+        c.className = "empty";
+        c.textContent = empty;
+      }
+      (next || document.querySelector("main form input"))?.focus();
       toast(`deleted ${what} ${name}`);
     } catch (err) {
       toast(`delete failed: ${err.message}`);
@@ -58,7 +73,7 @@ function orgDeletes(table, what, path, warning) {
 function volumesPage() {
   const table = document.getElementById("volumes");
   if (!table) return;
-  orgDeletes(table, "volume", "/volumes", "Its data is lost.");
+  orgDeletes(table, "volume", "/volumes", "Its data is lost.", "No volumes yet.");
   const form = document.getElementById("create-volume");
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -68,7 +83,7 @@ function volumesPage() {
       const state = document.createElement("span");
       state.className = `state state-${v.state}`;
       state.textContent = v.state;
-      orgRow(table.tBodies[0], v.id, v.name, [state, "empty (on no runner yet)", "–", "just now"], "volume");
+      orgRow(table.tBodies[0], v.id, v.name, v.id, [state, "empty (on no runner yet)", "–", "just now"], "volume");
       toast(`created volume ${v.name}`);
       form.reset();
     } catch (err) {
@@ -80,7 +95,8 @@ function volumesPage() {
 function registriesPage() {
   const table = document.getElementById("registries");
   if (!table) return;
-  orgDeletes(table, "registry", "/docker-registry", "Images from it can no longer be pulled with these credentials.");
+  orgDeletes(table, "registry", "/docker-registry", "Images from it can no longer be pulled with these credentials.",
+    "No registry credentials yet.");
   const form = document.getElementById("create-registry");
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -93,7 +109,7 @@ function registriesPage() {
       const r = await api("POST", "/docker-registry", body);
       const url = document.createElement("code");
       url.textContent = r.url;
-      orgRow(table.tBodies[0], r.id, r.name, [url, r.username, r.project || "–", "just now"], "registry");
+      orgRow(table.tBodies[0], r.id, r.name, null, [url, r.username, r.project || "–", "just now"], "registry");
       toast(`added registry ${r.name}`);
       form.reset();
     } catch (err) {
