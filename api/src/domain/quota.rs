@@ -1,10 +1,13 @@
 //! Quotas: an organization's live sandboxes may not exceed its count, CPU, memory and disk limits (CPU and memory
-//! count only for sandboxes that hold them, see `super::state::holds_compute`).
+//! count only for sandboxes that hold them, see `super::state::holds_compute`). [`overview`] reports every quota of
+//! an organization with what it uses (`GET /organizations/{id}/usage`, the dashboard's organization page).
 
 use sqlx::AnyConnection;
 
+use crate::App;
 use crate::error::{ApiError, ApiResult};
-use crate::store::orgs;
+use crate::store::orgs::{self, Quota};
+use crate::store::{Usage, image_bytes, volumes};
 
 /// Refuses with 403 when adding the given resources would exceed the organization's quotas.
 pub async fn check(
@@ -35,4 +38,54 @@ pub async fn check(
         return Err(over("disk", " GiB", quota.disk, used.disk, add_disk));
     }
     Ok(())
+}
+
+/// An organization's quotas beside what it uses.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    pub organization_id: String,
+    pub name: String,
+    /// Sandbox count, CPU (vCPU), memory and disk (GiB) limits.
+    pub quota: Quota,
+    /// Sandboxes not destroyed.
+    pub sandboxes: i64,
+    /// CPU and memory of the sandboxes that hold them, disk of all (see [`check`]).
+    pub used: Usage,
+    /// The image-bytes limit (`None`: no limit) and the bytes the organization's images hold (`super::image_quota`).
+    pub image_limit: Option<i64>,
+    pub image_bytes: i64,
+    /// Volumes: the count limit and count, the byte limit and the bytes their runners last measured.
+    pub volume_quota: i64,
+    pub volumes: i64,
+    pub volume_byte_limit: i64,
+    pub volume_bytes: i64,
+}
+
+/// The quotas and usage of organization `id`, asked for by a caller of organization `caller_org`: another
+/// organization's id is a 404, like an unknown one.
+pub async fn overview(app: &App, caller_org: &str, id: &str) -> ApiResult<Overview> {
+    let not_found = || ApiError::not_found(format!("Organization {id} not found"));
+    if id != caller_org {
+        return Err(not_found());
+    }
+    let mut conn = app.db.pool.acquire().await?;
+    let name = orgs::name(&mut conn, id).await?.ok_or_else(not_found)?;
+    let (quota, sandboxes, used) = orgs::quota_and_usage(&mut conn, id).await?;
+    let image_limit = super::image_quota::limit(app, &mut conn, id).await?;
+    let image_bytes = image_bytes::usage(&mut conn, id).await?;
+    let (volumes, volume_bytes) = volumes::usage(&mut conn, id).await?;
+    let l = &app.config.limits;
+    Ok(Overview {
+        organization_id: id.to_owned(),
+        name,
+        quota,
+        sandboxes,
+        used,
+        image_limit,
+        image_bytes,
+        volume_quota: l.quota_volumes,
+        volumes,
+        volume_byte_limit: l.quota_volume_gib.saturating_mul(1 << 30),
+        volume_bytes,
+    })
 }

@@ -16,6 +16,7 @@
 //! browser share one origin and the proxy's TLS.
 
 pub mod events;
+pub mod org_pages;
 pub mod pages;
 pub mod workbench;
 
@@ -50,6 +51,9 @@ pub fn routes() -> Router<App> {
         .route("/dashboard/sandboxes/{id}", get(pages::sandbox))
         .route("/dashboard/keys", get(pages::keys))
         .route("/dashboard/snapshots", get(pages::snapshots))
+        .route("/dashboard/volumes", get(org_pages::volumes))
+        .route("/dashboard/registries", get(org_pages::registries))
+        .route("/dashboard/organization", get(org_pages::organization))
         .route("/dashboard/assets/{file}", get(asset))
 }
 
@@ -212,6 +216,7 @@ async fn asset(Path(file): Path<String>) -> Response {
         "dashboard.js" => (SCRIPT.as_bytes(), JS),
         "sandbox.js" => (SANDBOX_SCRIPT.as_bytes(), JS),
         "dashboard.css" => (STYLE.as_bytes(), "text/css; charset=utf-8"),
+        "org.js" => (org_pages::SCRIPT.as_bytes(), JS),
         "xterm.js" => match xterm::XTERM_JS {
             Some(b) => (b, JS),
             None => return missing().into_response(),

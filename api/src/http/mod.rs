@@ -14,6 +14,7 @@ pub mod fork;
 pub mod internal;
 pub mod network;
 pub mod openapi;
+pub mod organizations;
 pub mod preview;
 pub mod registries;
 pub mod runners;
@@ -46,6 +47,7 @@ pub fn router(app: &App) -> Router {
         .merge(internal::routes())
         .merge(openapi::routes())
         .merge(api_keys::routes())
+        .merge(organizations::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")

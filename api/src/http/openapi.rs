@@ -21,6 +21,7 @@ use super::dto::{
 };
 use super::fork::{CreateSandboxSnapshotBody, ForkSandboxBody};
 use super::network::NetworkSettingsBody;
+use super::organizations::OrganizationUsageOverview;
 use super::registries::{CreateDockerRegistryBody, DockerRegistryDto, UpdateDockerRegistryBody};
 use super::snapshots::{CreateSnapshotBody, PaginatedSnapshots, SnapshotDto};
 use super::usage::{SandboxUsageDto, UsagePointDto};
@@ -230,6 +231,15 @@ pub const OPERATIONS: &[Operation] = &[
     ("GET", "/api-keys/current", "getCurrentApiKey", None, 200, Some("ApiKeyList"), "api-keys"),
     ("GET", "/api-keys/{name}", "getApiKey", None, 200, Some("ApiKeyList"), "api-keys"),
     ("DELETE", "/api-keys/{name}", "deleteApiKey", None, 204, None, "api-keys"),
+    (
+        "GET",
+        "/organizations/{organizationId}/usage",
+        "getOrganizationUsageOverview",
+        None,
+        200,
+        Some("OrganizationUsageOverview"),
+        "organizations",
+    ),
 ];
 
 fn json_ref(schema: &str) -> utoipa::openapi::Content {
@@ -306,6 +316,7 @@ pub fn document() -> OpenApi {
         .schema_from::<CreateApiKeyBody>()
         .schema_from::<ApiKeyResponse>()
         .schema_from::<ApiKeyList>()
+        .schema_from::<OrganizationUsageOverview>()
         .build();
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("sandbar API").version(env!("CARGO_PKG_VERSION")).build())

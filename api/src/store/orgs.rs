@@ -198,6 +198,11 @@ pub async fn quota_and_usage(conn: &mut AnyConnection, org: &str) -> Result<(Quo
     Ok((Quota { cpu, memory, disk, sandboxes }, count, Usage { cpu: uc, memory: um, disk: ud }))
 }
 
+/// The name of organization `org`, if there is one.
+pub async fn name(conn: &mut AnyConnection, org: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1").bind(org).fetch_optional(conn).await
+}
+
 /// Sets organization `org`'s own image-bytes limit (`None`: the API's default; `Some(0)`: no limit). For operators
 /// and tests; there is no REST endpoint for it.
 pub async fn set_image_quota(db: &Db, org: &str, bytes: Option<i64>) -> Result<(), sqlx::Error> {

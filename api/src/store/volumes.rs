@@ -162,6 +162,18 @@ pub async fn users(conn: &mut AnyConnection, volume: &str) -> Result<Vec<String>
     .await
 }
 
+/// `(volume id, sandbox id, sandbox name)` of every sandbox of `org` (not destroyed) that mounts a volume, oldest
+/// sandbox first (the dashboard's volumes page).
+pub async fn mounts_of_org(pool: &AnyPool, org: &str) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sv.volume_id, s.id, s.name FROM sandbox_volumes sv JOIN sandboxes s ON s.id = sv.sandbox_id \
+         WHERE s.organization_id = $1 AND s.state <> 'destroyed' ORDER BY s.created_at, s.id",
+    )
+    .bind(org)
+    .fetch_all(pool)
+    .await
+}
+
 /// Records the bytes `runner` measured for the volumes it holds (others' reports are ignored).
 pub async fn record_sizes(
     conn: &mut AnyConnection,

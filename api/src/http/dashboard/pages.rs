@@ -41,7 +41,7 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-fn layout(title: &str, session: Option<&Session>, active: &str, main: &str) -> String {
+pub fn layout(title: &str, session: Option<&Session>, active: &str, main: &str) -> String {
     layout_with(title, session, active, main, "")
 }
 
@@ -50,7 +50,14 @@ fn layout_with(title: &str, session: Option<&Session>, active: &str, main: &str,
     let mut nav = String::new();
     if let Some(s) = session {
         nav.push_str(r#"<nav aria-label="Main"><ul>"#);
-        for (href, label) in [("sandboxes", "Sandboxes"), ("snapshots", "Snapshots"), ("keys", "API keys")] {
+        for (href, label) in [
+            ("sandboxes", "Sandboxes"),
+            ("snapshots", "Snapshots"),
+            ("keys", "API keys"),
+            ("volumes", "Volumes"),
+            ("registries", "Registries"),
+            ("organization", "Organization"),
+        ] {
             let current = if href == active { r#" aria-current="page""# } else { "" };
             let _ = write!(nav, r#"<li><a href="/dashboard/{href}"{current}>{label}</a></li>"#);
         }
