@@ -138,12 +138,24 @@ async fn a_dashboard_session_opens_its_organizations_toolbox_from_its_own_page_o
         .await
         .unwrap();
     assert!(r.status().is_success(), "{:?}", r.text().await);
+    // A WebSocket handshake, as Chromium sends it: no fetch metadata, its page's Origin. Without an Origin (not a
+    // browser) the cookie is nothing; with another origin's, the handshake is refused.
     let url = format!("ws://{}/toolbox/{id}/process/pty/dashboard-t1/connect", stack.proxy.http);
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert("cookie", format!("sandbar_session={session}").parse().unwrap());
-    req.headers_mut().insert("sec-fetch-site", "same-origin".parse().unwrap());
-    req.headers_mut().insert("origin", origin.parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let handshake = |origin: Option<&str>| {
+        let mut req = url.clone().into_client_request().unwrap();
+        req.headers_mut().insert("cookie", format!("sandbar_session={session}").parse().unwrap());
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+    };
+    for (o, status) in [(None, 401), (Some("http://evil.example"), 403)] {
+        match handshake(o).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), status, "{o:?}"),
+            other => panic!("{o:?}: {:?}", other.map(|_| ())),
+        }
+    }
+    let (mut ws, _) = handshake(Some(&origin)).await.unwrap();
     ws.send(Message::Text("echo dash$((6*7))\n".into())).await.unwrap();
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -51,7 +51,14 @@ function sandboxes() {
     status.textContent = "live";
   });
   events.addEventListener("signedout", () => location.assign("/dashboard/login"));
-  events.onerror = () => { status.textContent = "reconnecting…"; };
+  events.onerror = () => {
+    status.textContent = "reconnecting…";
+    // The stream may end before its `signedout` event arrives (a proxy between closes it first), and a 401 ends
+    // it for good: ask whether the session lives (api() goes to sign in on a 401).
+    api("GET", "/api-keys/current").then(() => {
+      if (events.readyState === EventSource.CLOSED) location.reload();
+    }).catch(() => {});
+  };
 
   body.addEventListener("click", async (e) => {
     const b = e.target.closest("button[data-action]");

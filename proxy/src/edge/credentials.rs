@@ -3,7 +3,8 @@
 //! header, the `DAYTONA_SANDBOX_AUTH_KEY` query parameter, `Authorization: Bearer <API key>`, and on preview hosts
 //! the proxy's own cookie (set after a preview token came in the header or query, so a browser keeps access).
 //! On toolbox paths (never preview hosts), last, the dashboard's session cookie, and only from a request the
-//! browser says the dashboard's own page made (`Sec-Fetch-Site: same-origin`): the dashboard is served on the
+//! browser says the dashboard's own page made (`Sec-Fetch-Site: same-origin`, or a WebSocket handshake whose
+//! `Origin` is the request's own): the dashboard is served on the
 //! proxy's host ([`super::target::Target::Api`]) and its terminal and file browser call the toolbox there, while a
 //! page of a sandbox (`{port}-{id}.{domain}`, same-site but not same-origin) gets nothing from the cookie.
 //! Browsers send fetch metadata to secure origins only (HTTPS, and `localhost`/loopback over HTTP), so the
@@ -92,8 +93,8 @@ struct Presented {
 
 impl Presented {
     /// The credential the request carries, by precedence; the proxy's cookie counts on preview hosts only, the
-    /// dashboard's on toolbox paths from the dashboard's own page only.
-    fn of(session: &Session, preview_host: bool) -> Option<Self> {
+    /// dashboard's on toolbox paths from the dashboard's own page only (`own_page`, [`EdgeProxy::asked_by_own_page`]).
+    fn of(session: &Session, preview_host: bool, own_page: bool) -> Option<Self> {
         let found = |kind, value: String, source| Some(Self { kind, value, source });
         if let Some(t) = header_str(session, PREVIEW_TOKEN_HEADER).filter(|t| !t.is_empty()) {
             return found(CredentialKind::PreviewToken, t.to_owned(), Source::Header);
@@ -110,9 +111,8 @@ impl Presented {
             let t = cookies.and_then(|c| cookie_value(c, PREVIEW_COOKIE))?;
             return found(CredentialKind::PreviewToken, t.to_owned(), Source::Cookie);
         }
-        let same_origin = header_str(session, "sec-fetch-site").is_some_and(|v| v.eq_ignore_ascii_case("same-origin"));
         let t =
-            cookies.and_then(|c| cookie_value(c, DASHBOARD_SESSION_COOKIE)).filter(|t| same_origin && !t.is_empty())?;
+            cookies.and_then(|c| cookie_value(c, DASHBOARD_SESSION_COOKIE)).filter(|t| own_page && !t.is_empty())?;
         found(CredentialKind::DashboardSession, t.to_owned(), Source::Cookie)
     }
 }
@@ -178,6 +178,22 @@ impl EdgeProxy {
         }
     }
 
+    /// Whether the browser says a page of this very origin made the request: `Sec-Fetch-Site: same-origin`, or, on
+    /// a WebSocket handshake (which Chromium sends without fetch metadata), an `Origin` that is the request's own.
+    fn asked_by_own_page(&self, session: &Session) -> bool {
+        if header_str(session, "sec-fetch-site").is_some_and(|v| v.eq_ignore_ascii_case("same-origin")) {
+            return true;
+        }
+        let req = session.req_header();
+        let host = req.uri.authority().map(|a| a.as_str()).or_else(|| header_str(session, "host"));
+        match (req.headers.get("origin"), host) {
+            (Some(origin), Some(host)) if session.is_upgrade_req() => {
+                super::origin::check(&req.method, true, Some(origin.as_bytes()), self.https, host)
+            }
+            _ => false,
+        }
+    }
+
     /// Asks the API whether this request may reach `dest.port` of `sandbox_id` (whose route is `route`).
     pub(super) async fn access(
         &self,
@@ -196,7 +212,7 @@ impl EdgeProxy {
             let grant = Grant { signed: Some(token.to_owned()), ..Grant::default() };
             return Ok(Access { credentialed: true, grant, ..Access::default() });
         }
-        let presented = Presented::of(session, dest.preview_host());
+        let presented = Presented::of(session, dest.preview_host(), self.asked_by_own_page(session));
         let ask_anonymously = match &presented {
             None => true,
             Some(_) => route.public && route.state == SandboxState::Started,

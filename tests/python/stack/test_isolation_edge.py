@@ -265,7 +265,8 @@ def launch_chromium(extra: list[str]) -> tuple[subprocess.Popen, str, str]:
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     assert proc.stderr is not None
-    deadline = time.time() + 30
+    # Chromium's first start on a busy 2-core machine (a build beside it) can take well over 30 s.
+    deadline = time.time() + 90
     while time.time() < deadline:
         line = proc.stderr.readline()
         if line.startswith("DevTools listening on "):
