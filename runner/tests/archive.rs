@@ -215,9 +215,12 @@ impl Moto {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let moto = Self { child, port };
+        // Ready when it answers HTTP, not when something accepts a connection: a port picked by binding it and
+        // letting it go can be another process's for a moment, and moto's server may still be starting behind a
+        // listening socket.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not listen on {port}");
+        while !answers_http(port) {
+            assert!(Instant::now() < deadline, "moto_server did not answer HTTP on {port}");
             std::thread::sleep(Duration::from_millis(100));
         }
         Some(moto)
@@ -226,6 +229,18 @@ impl Moto {
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/{path}", self.port)
     }
+}
+
+/// Whether an HTTP server answers `GET /` on `port` of loopback (any status).
+fn answers_http(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    if c.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 8];
+    c.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/")
 }
 
 impl Drop for Moto {
