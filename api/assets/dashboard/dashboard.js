@@ -68,6 +68,7 @@ function sandboxes() {
     b.disabled = true;
     try {
       if (action === "delete") await api("DELETE", `/sandbox/${encodeURIComponent(id)}`);
+      else if (action === "fork") await api("POST", `/sandbox/${encodeURIComponent(id)}/fork`, {});
       else await api("POST", `/sandbox/${encodeURIComponent(id)}/${action}`);
       toast(`${action}: ${id}`);
     } catch (err) {
@@ -233,7 +234,25 @@ async function snapshots() {
       b.textContent = "Show log";
       b.setAttribute("aria-label", `Show the build log of ${s.name}`);
       b.addEventListener("click", () => followLog(s.id));
-      row.insertCell().appendChild(b);
+      const cell = row.insertCell();
+      cell.className = "actions";
+      cell.appendChild(b);
+      const d = document.createElement("button");
+      d.type = "button";
+      d.textContent = "Delete";
+      d.dataset.deleteSnapshot = s.name;
+      d.setAttribute("aria-label", `Delete the snapshot ${s.name}`);
+      d.addEventListener("click", async () => {
+        if (!confirm(`Delete the snapshot ${s.name}? Sandboxes can no longer be made from it.`)) return;
+        try {
+          await api("DELETE", `/snapshots/${encodeURIComponent(s.id)}`);
+          toast(`deleted ${s.name}`);
+          await load();
+        } catch (err) {
+          toast(`delete failed: ${err.message}`);
+        }
+      });
+      cell.appendChild(d);
     }
   }
   await load();

@@ -214,10 +214,16 @@
   // ---- Entrypoint logs, followed over the toolbox's log WebSocket (Daytona's marker-prefixed chunks) ----
   let logSocket = null;
 
-  function followLogs() {
+  async function followLogs() {
     if (logSocket) return;
     const pre = document.getElementById("entry-logs");
     pre.textContent = "";
+    try {
+      await toolbox("GET", "/process/session/entrypoint");
+    } catch (err) {
+      say("logs-status", err.message.startsWith("404") ? "this sandbox's image has no entrypoint" : err.message);
+      return;
+    }
     const ws = new WebSocket(wsUrl("/process/session/entrypoint/logs?follow=true"));
     ws.binaryType = "arraybuffer";
     logSocket = ws;
@@ -239,14 +245,19 @@
   // ---- Listening ports, each with a link through the proxy ----
   async function ports() {
     const ul = document.getElementById("ports");
+    ul.setAttribute("aria-busy", "true");
     let list;
     try {
       list = (await (await toolbox("GET", "/port")).json()).ports || [];
     } catch (err) {
       ul.textContent = `cannot list ports: ${err.message}`;
       return;
+    } finally {
+      ul.removeAttribute("aria-busy");
     }
     ul.textContent = "";
+    // The daemon's own ports (toolbox, SSH, web terminal) are not the sandbox's apps.
+    list = list.filter((p) => ![2280, 22220, 22222].includes(p));
     if (!list.length) { ul.textContent = "Nothing is listening."; return; }
     for (const port of list) {
       const li = document.createElement("li");

@@ -136,7 +136,8 @@ def workbench(page: Page, sandbox_id: str) -> None:
 
     # The listening port the terminal started, with a preview link.
     page.js("document.querySelector('#ports-refresh').click()")
-    page.wait("document.querySelector('#ports').textContent.includes('port 8123')", "port 8123 listed", 30)
+    page.wait("!document.querySelector('#ports').hasAttribute('aria-busy') && "
+              "document.querySelector('#ports').textContent.includes('port 8123')", "port 8123 listed", 30)
     page.js("[...document.querySelectorAll('#ports li')].find(l => l.textContent.includes('8123'))"
             ".querySelector('button').click()")
     page.wait("!!document.querySelector('#ports a[href*=\"8123-\"]')", "the preview link of port 8123")
@@ -210,9 +211,18 @@ def test_dashboard_in_chromium(stack):
         workbench(page, sandbox_id)
         page.shot("sandbox")
 
-        # Stop, then delete (confirmed) from the list's buttons, watching the states change live.
+        # Fork from the list: a new row appears and reaches `started`, live.
         page.go(f"{url}sandboxes")
         page.js("window.__noReload = 1; window.confirm = () => true")
+        before = page.js("[...document.querySelectorAll('#sandbox-rows tr[data-id]')].map(r => r.dataset.id)")
+        page.js(f"document.querySelector('button[data-action=fork][data-id=\"{sandbox_id}\"]').click()")
+        new_row = (f"[...document.querySelectorAll('#sandbox-rows tr[data-id]')]"
+                   f".find(r => !{json.dumps(before)}.includes(r.dataset.id))")
+        page.wait(f"{new_row}?.dataset.state === 'started'", "the fork's row reaching started", 180)
+        fork_id = page.js(f"{new_row}.dataset.id")
+        api(stack, "DELETE", f"/sandbox/{fork_id}", stack.api_key)
+
+        # Stop, then delete (confirmed) from the list's buttons, watching the states change live.
         page.js(f"document.querySelector('button[data-action=stop][data-id=\"{sandbox_id}\"]').click()")
         page.wait(f"{row_state(name)} === 'stopped'", "the sandbox to stop on the page", 120)
         page.js(f"document.querySelector('button[data-action=delete][data-id=\"{sandbox_id}\"]').click()")
@@ -253,8 +263,23 @@ def test_dashboard_in_chromium(stack):
         page.go(f"{url}sandboxes/{sandbox_id}")
         page.wait(f"document.querySelector('#entry-logs').textContent.includes('entry-{token}-7')",
                   "the entrypoint's output on the page", 60)
+        assert page.js("!document.querySelector('#ports').textContent.includes('2280')"), "the daemon's ports listed"
         api(stack, "DELETE", f"/sandbox/{sandbox_id}", stack.api_key)
+        deadline = time.time() + 120
+        while (r := api(stack, "GET", f"/sandbox/{sandbox_id}", stack.api_key))[0] != 404 \
+                and r[1]["state"] != "destroyed":
+            assert time.time() < deadline, "the snapshot's sandbox was not deleted"
+            time.sleep(0.5)
         sandbox_id = None
+        # The snapshot deleted from its row (confirmed).
+        page.go(f"{url}snapshots")
+        page.js("window.confirm = () => true")
+        button = f"document.querySelector('button[data-delete-snapshot=\"dash-build-{token}\"]')"
+        page.wait(f"!!{button}", "the snapshot's delete button")
+        page.js(f"{button}.click()")
+        page.wait(f"!{button}", "the deleted snapshot to leave the list", 60)
+        listed = api(stack, "GET", "/snapshots?limit=100", stack.api_key)[1]["items"]
+        assert all(s["name"] != f"dash-build-{token}" for s in listed), "the snapshot is still listed"
 
         # Cross-site: a page elsewhere posts forms to the dashboard's API and sign-in. Nothing happens.
         code, sb = api(stack, "POST", "/sandbox", stack.api_key, {"labels": {"dash": "csrf"}})

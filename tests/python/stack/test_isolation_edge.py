@@ -239,6 +239,12 @@ def test_the_app_never_sees_our_credentials(edge, client, victim):
                 assert ("theirs=1" in seen) == app_cookie, f"{what}: {seen}"
     finally:
         victim.set_public(False)
+    # The proxy learns of the change through the API's route feed: until it has, the sandbox is still public to it
+    # and a request with a token is answered anonymously (no redirect). Wait for an anonymous 401.
+    deadline = time.time() + 15
+    while through(edge, host, "/echo")[0] != 401:
+        assert time.time() < deadline, "the sandbox stayed public at the proxy"
+        time.sleep(0.1)
     # A page load with the token in the query: a redirect to the same URL without it, the cookie set, no referrer.
     status, h, _ = through(edge, host, f"/page?a=1&DAYTONA_SANDBOX_AUTH_KEY={urllib.parse.quote(token)}")
     assert status in (302, 303), status

@@ -179,10 +179,13 @@ pub fn sandbox_rows(app: &App, list: &[Row]) -> String {
             "start" => matches!(st, SandboxState::Stopped | SandboxState::Archived | SandboxState::Paused),
             "stop" => matches!(st, SandboxState::Started),
             "archive" => matches!(st, SandboxState::Stopped),
+            "fork" => matches!(st, SandboxState::Started | SandboxState::Stopped),
             _ => true,
         };
         let mut actions = String::new();
-        for (a, label) in [("start", "Start"), ("stop", "Stop"), ("archive", "Archive"), ("delete", "Delete")] {
+        let all =
+            [("start", "Start"), ("stop", "Stop"), ("fork", "Fork"), ("archive", "Archive"), ("delete", "Delete")];
+        for (a, label) in all {
             if can(a) {
                 let _ = write!(
                     actions,
@@ -367,7 +370,7 @@ pub async fn keys(State(app): State<App>, PageSession(s): PageSession) -> Respon
 /// `GET /dashboard/snapshots`: the script fills it from `GET /api/snapshots` and follows a build's log.
 pub async fn snapshots(PageSession(s): PageSession) -> Response {
     let main = r#"<h1>Snapshots and builds</h1>
-<div class="table-wrap"><table id="snapshots"><thead><tr><th scope="col">Name</th><th scope="col">State</th><th scope="col">Image</th><th scope="col">Resources</th><th scope="col">Created</th><th scope="col">Build log</th></tr></thead>
+<div class="table-wrap"><table id="snapshots"><thead><tr><th scope="col">Name</th><th scope="col">State</th><th scope="col">Image</th><th scope="col">Resources</th><th scope="col">Created</th><th scope="col">Actions</th></tr></thead>
 <tbody id="snapshot-rows"><tr><td colspan="6">Loading…</td></tr></tbody></table></div>
 <section aria-labelledby="build-h"><h2 id="build-h">Build a snapshot</h2>
 <form id="create-snapshot"><label>Name <input name="name" required></label>
