@@ -120,7 +120,7 @@ impl Service {
         let (attempt, failed_starts) = match self.restarts.on_exit(policy, run) {
             Decision::Restart { attempt, failed_starts } => (attempt, failed_starts),
             Decision::GiveUp { failed_starts } => anyhow::bail!(
-                "{name} failed to start {failed_starts} times in a row (last: {status}); see {}",
+                "{name} failed to start {failed_starts} times in a row (last: {status}), so the stack stopped; see {}",
                 log.display()
             ),
         };
@@ -152,7 +152,7 @@ pub async fn supervise(
             () = tokio::time::sleep(TICK) => {}
         }
         if let Err(e) = poll_all(&mut services, &launcher, &policy).await {
-            break Err(e.context("stopping the stack"));
+            break Err(e);
         }
     };
     eprintln!("sandbar: stopping");
