@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
-use tokio::sync::oneshot::error::TryRecvError;
 use tokio::time::Instant;
 
 use super::launch::{Launcher, Spawned, Spec};
@@ -89,14 +88,18 @@ impl Service {
                 self.state = State::Up { since: now };
                 None
             }
-            Err(TryRecvError::Empty) if late => {
-                if let Some(mut child) = self.child.take() {
-                    let _ = child.kill().await;
+            // Exited; or late, whether silent or hanging after closing its stdout without the line.
+            Err(_) => match self.exited() {
+                Some(status) => Some(Ended { run: Run::FailedStart, status, down }),
+                None if late => {
+                    if let Some(mut child) = self.child.take() {
+                        let _ = child.kill().await;
+                    }
+                    let status = format!("not ready within {}s", self.spec.ready_within.as_secs());
+                    Some(Ended { run: Run::FailedStart, status, down })
                 }
-                let status = format!("not ready within {}s", self.spec.ready_within.as_secs());
-                Some(Ended { run: Run::FailedStart, status, down })
-            }
-            Err(_) => self.exited().map(|status| Ended { run: Run::FailedStart, status, down }),
+                None => None,
+            },
         }
     }
 
@@ -147,6 +150,9 @@ pub async fn supervise(
     let mut int = signal(SignalKind::interrupt())?;
     let outcome = loop {
         tokio::select! {
+            // A Ctrl-C reaches the children too: a signal comes before looking at them, lest their exits look like
+            // crashes.
+            biased;
             _ = term.recv() => break Ok(()),
             _ = int.recv() => break Ok(()),
             () = tokio::time::sleep(TICK) => {}
@@ -185,5 +191,41 @@ pub async fn stop_all(services: &mut [Service], grace: Duration) {
             eprintln!("sandbar: {name} did not stop within {}s; killing it", grace.as_secs());
             let _ = child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// `sandbar-flaky`: its first run is ready and exits at once, every later run hangs without a ready line.
+    fn flaky_service(dir: &std::path::Path) -> Launcher {
+        let script = "#!/bin/sh\n\
+            n=$(cat \"$0.runs\" 2>/dev/null || echo 0); echo $((n + 1)) > \"$0.runs\"\n\
+            if [ \"$n\" = 0 ]; then echo 'sandbar-flaky ready addr=127.0.0.1:1'; exit 0; fi\n\
+            exec sleep 30\n";
+        let path = dir.join("sandbar-flaky");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Launcher { bins: dir.to_owned(), env: Vec::new(), logs: dir.to_owned() }
+    }
+
+    #[tokio::test]
+    async fn a_service_that_hangs_at_start_is_killed_until_the_policy_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let launcher = flaky_service(dir.path());
+        let spec = Spec { name: "flaky", args: Vec::new(), ready_within: Duration::from_millis(1500) };
+        let (child, ready) = launcher.start(&spec).await.unwrap();
+        let services = vec![Service::started(spec, child, &ready)];
+        let policy = Policy {
+            backoff: sandbar_support::backoff::Backoff::new(Duration::from_millis(10), Duration::from_millis(20)),
+            max_failed_starts: 2,
+            stable_after: Duration::from_secs(60),
+        };
+        let err = supervise(services, launcher, policy, Duration::from_secs(1)).await.unwrap_err().to_string();
+        assert!(err.starts_with("flaky failed to start 2 times in a row (last: not ready within 1s)"), "{err}");
+        // The first run and two restarts, each hanging one killed.
+        assert_eq!(std::fs::read_to_string(dir.path().join("sandbar-flaky.runs")).unwrap().trim(), "3");
     }
 }
