@@ -206,7 +206,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let secrets = load_secrets(&dir)?;
 
     let ports = Ports::resolve(&args)?;
-    let api_url = format!("http://127.0.0.1:{}/api", ports.api);
+    let api_url = ports.api_url();
 
     // First organization and API key, once.
     let key = first_key(&bins, &dir, &logs).await?;
@@ -265,11 +265,15 @@ impl Ports {
             ssh: resolve_port(&args.bind, args.ssh_port)?,
         })
     }
+
+    fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}/api", self.api)
+    }
 }
 
 /// The API's, the runner's and the proxy's command lines, in the order they start (the others call the API).
 fn specs(args: &UpArgs, dir: &Path, daemon: &Path, ports: &Ports) -> [Spec; 3] {
-    let api_url = format!("http://127.0.0.1:{}/api", ports.api);
+    let api_url = ports.api_url();
     // `localhost` rather than an IP: preview hosts are `{port}-{id}.localhost`, derived from this URL.
     let proxy_url = match args.https {
         true => format!("https://{}:{}", url_host(&args.bind), ports.https),
