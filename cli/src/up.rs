@@ -1,10 +1,10 @@
 //! `sandbar up`: the whole stack on one host as one supervised process tree. The API, one runner and the proxy
 //! run as child processes of `sandbar` (the proxy's pingora server wants a process of its own; children also keep
-//! a crash contained and its log in one file). They start one after the other ([`launch`]); if one cannot start
+//! a crash contained and its log in one file). They start one after the other (`up/launch.rs`); if one cannot start
 //! then, `sandbar up` stops with its message. Once the stack is up, a child that exits is started again on the
 //! addresses it had while the others keep serving (sandboxes answer through the proxy with the runner down: it is
 //! not in the data path), after a delay that grows while it keeps crashing; the stack stops only when a child keeps
-//! failing to start ([`restart`], [`supervise`]). SIGTERM or Ctrl-C drains every child within a deadline, also
+//! failing to start (`up/restart.rs`, `up/supervise.rs`). SIGTERM or Ctrl-C drains every child within a deadline, also
 //! during a restart's wait; sandboxes keep running in Docker and the next `sandbar up` finds them in the state they
 //! were in.
 
