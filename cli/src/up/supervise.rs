@@ -1,6 +1,6 @@
-//! The supervisor of `sandbar up`: watches every service, starts a crashed one again after the delay the
-//! `restart` policy answers (the others keep serving meanwhile), and stops them all on SIGTERM or
-//! Ctrl-C, or when the policy gives up on one. Signals reach only the children it owns, through their handles.
+//! The supervisor of `sandbar up`: watches every service, starts a crashed one again after the delay the `restart`
+//! policy answers (the others keep serving meanwhile), and stops them all on SIGTERM or Ctrl-C, or when the policy
+//! gives up on one. Signals reach only the children it owns, through their handles.
 
 use std::time::Duration;
 
