@@ -1,8 +1,16 @@
 //! `sandbar up`: the whole stack on one host as one supervised process tree. The API, one runner and the proxy
 //! run as child processes of `sandbar` (the proxy's pingora server wants a process of its own; children also keep
-//! a crash contained and its log in one file). A child that exits stops the whole stack with a message naming it:
-//! never a half-working stack. SIGTERM or Ctrl-C drains every child within a deadline; sandboxes keep running in
-//! Docker and the next `sandbar up` finds them in the state they were in.
+//! a crash contained and its log in one file). They start one after the other (`up/launch.rs`); if one cannot start
+//! then, `sandbar up` stops with its message. Once the stack is up, a child that exits is started again on the
+//! addresses it had while the others keep serving (sandboxes answer through the proxy with the runner down: it is
+//! not in the data path), after a delay that grows while it keeps crashing; the stack stops only when a child keeps
+//! failing to start (`up/restart.rs`, `up/supervise.rs`). SIGTERM or Ctrl-C drains every child within a deadline, also
+//! during a restart's wait; sandboxes keep running in Docker and the next `sandbar up` finds them in the state they
+//! were in.
+
+mod launch;
+mod restart;
+mod supervise;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -13,8 +21,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use sandbar_support::fs::write_private;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use launch::{Launcher, Spec, fields, flags};
+use restart::Policy;
+use supervise::{Service, stop_all, supervise};
 
 /// Flags of `sandbar up` (each also a `SANDBAR_*` environment variable).
 #[derive(Debug, Clone, clap::Args)]
@@ -159,86 +170,6 @@ fn resolve_port(host: &str, port: u16) -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// One supervised service.
-struct Service {
-    name: &'static str,
-    child: Child,
-}
-
-/// How the services are started: their binaries' directory, the environment they share, the logs directory.
-struct Launcher<'a> {
-    bins: &'a Path,
-    env: &'a [(String, String)],
-    logs: &'a Path,
-}
-
-/// `--flag value` pairs as command-line arguments.
-fn flags<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Vec<String> {
-    pairs.into_iter().flat_map(|(flag, value)| [flag.to_owned(), value]).collect()
-}
-
-impl Launcher<'_> {
-    /// Starts `sandbar-<name>` with `args`, its stderr appended to `<logs>/<name>.log`, and waits for the line
-    /// starting with `sandbar-<name> ready` on its stdout (returned). The rest of stdout goes to the log too.
-    async fn start(&self, name: &'static str, args: &[String], timeout: Duration) -> anyhow::Result<(Service, String)> {
-        let bin = self.bins.join(format!("sandbar-{name}"));
-        let ready_prefix = format!("sandbar-{name} ready");
-        let log_path = self.logs.join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let mut child = Command::new(&bin)
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log.try_clone()?)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} (build it with `cargo build --workspace --bins`)", bin.display()))?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let wait = async {
-            while let Some(line) = lines.next_line().await? {
-                if line.starts_with(&ready_prefix) {
-                    return Ok::<_, std::io::Error>(Some(line));
-                }
-            }
-            Ok(None)
-        };
-        let ready = match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(Some(line))) => line,
-            Ok(Ok(None)) | Ok(Err(_)) => {
-                let status = child.wait().await.ok();
-                bail!(
-                    "{name} exited before it was ready ({}); last lines of {}:\n{}",
-                    status.map(|s| s.to_string()).unwrap_or_default(),
-                    log_path.display(),
-                    tail(&log_path, 15)
-                );
-            }
-            Err(_) => bail!("{name} was not ready within {}s; see {}", timeout.as_secs(), log_path.display()),
-        };
-        // Keep draining stdout into the log so the child never blocks on a full pipe.
-        let mut log_writer = tokio::fs::File::from_std(log);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = log_writer.write_all(format!("{line}\n").as_bytes()).await;
-            }
-        });
-        Ok((Service { name, child }, ready))
-    }
-}
-
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<_> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The `key=value` fields of a ready line.
-fn fields(line: &str) -> BTreeMap<String, String> {
-    line.split_whitespace().filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
-}
-
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let dir = data_dir(args.data_dir.as_deref());
@@ -274,77 +205,25 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let secrets = load_secrets(&dir)?;
 
-    let api_port = resolve_port("127.0.0.1", args.api_port)?;
-    let http_port = resolve_port(&args.bind, args.http_port)?;
-    let https_port = resolve_port(&args.bind, args.https_port)?;
-    let ssh_port = resolve_port(&args.bind, args.ssh_port)?;
-    let api_url = format!("http://127.0.0.1:{api_port}/api");
-    // `localhost` rather than an IP: preview hosts are `{port}-{id}.localhost`, derived from this URL.
-    let proxy_http = format!("http://{}:{http_port}", url_host(&args.bind));
-    let proxy_https = format!("https://{}:{https_port}", url_host(&args.bind));
-    let ssh_host = display_host(&args.bind);
+    let ports = Ports::resolve(&args)?;
+    let api_url = ports.api_url();
 
     // First organization and API key, once.
     let key = first_key(&bins, &dir, &logs).await?;
 
-    let common_env = vec![
+    let env = vec![
         ("SANDBAR_RUNNER_TOKEN".to_owned(), secrets.runner_token.clone()),
         ("SANDBAR_PROXY_TOKEN".to_owned(), secrets.proxy_token.clone()),
         ("RUST_LOG".to_owned(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
     ];
-    let launcher = Launcher { bins: &bins, env: &common_env, logs: &logs };
-    let mut services = Vec::new();
-    let result = async {
-        let api_args = flags([
-            ("--listen", format!("127.0.0.1:{api_port}")),
-            ("--data-dir", dir.display().to_string()),
-            ("--proxy-url", if args.https { proxy_https.clone() } else { proxy_http.clone() }),
-            ("--ssh-gateway", format!("{ssh_host}:{ssh_port}")),
-            ("--default-snapshot", args.image.clone()),
-            // A create answers `started` when the runner finishes within this (warm claims, quick starts).
-            ("--create-wait-ms", "3000".into()),
-        ]);
-        let (api, _) = launcher.start("api", &api_args, Duration::from_secs(60)).await?;
-        services.push(api);
-
-        let runner_args = flags(
-            [
-                ("--runner-id", args.runner_id.clone()),
-                ("--api-url", api_url.clone()),
-                ("--daemon-binary", daemon.display().to_string()),
-                ("--runner-listen", "127.0.0.1:0".into()),
-                ("--default-image", args.image.clone()),
-                ("--warm-pool", args.warm_pool.to_string()),
-                ("--runner-state-dir", dir.join("runner").display().to_string()),
-            ]
-            .into_iter()
-            .chain(args.container_labels.iter().map(|l| ("--container-label", l.clone()))),
-        );
-        let (runner, _) = launcher.start("runner", &runner_args, Duration::from_secs(120)).await?;
-        services.push(runner);
-
-        let proxy_args = flags([
-            ("--api-url", api_url.clone()),
-            ("--data-dir", dir.display().to_string()),
-            ("--domain", args.domain.clone()),
-            ("--bind", args.bind.clone()),
-            ("--http-port", http_port.to_string()),
-            ("--https-port", https_port.to_string()),
-            ("--ssh-port", ssh_port.to_string()),
-            ("--metrics-addr", "127.0.0.1:0".into()),
-        ]);
-        let (proxy, ready) = launcher.start("proxy", &proxy_args, Duration::from_secs(60)).await?;
-        services.push(proxy);
-        anyhow::Ok(fields(&ready))
-    }
-    .await;
-    let proxy_fields = match result {
-        Ok(f) => f,
-        Err(e) => {
-            stop_all(&mut services, Duration::from_secs(args.shutdown_grace)).await;
-            return Err(e);
-        }
-    };
+    let launcher = Launcher { bins, env, logs: logs.clone() };
+    let grace = Duration::from_secs(args.shutdown_grace);
+    let (services, proxy_ready) = start_all(&launcher, specs(&args, &dir, &daemon, &ports), grace).await?;
+    let proxy_fields = fields(&proxy_ready);
+    let proxy_http = format!("http://{}:{}", url_host(&args.bind), ports.http);
+    let proxy_https = format!("https://{}:{}", url_host(&args.bind), ports.https);
+    let ssh_host = display_host(&args.bind);
+    let ssh_port = ports.ssh;
 
     let env_text = format!("DAYTONA_API_URL={api_url}\nDAYTONA_API_KEY={key}\n");
     let env_path = dir.join("env");
@@ -366,7 +245,95 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("started in {:.1}s", started.elapsed().as_secs_f64());
     println!("sandbar ready");
 
-    supervise(services, Duration::from_secs(args.shutdown_grace)).await
+    supervise(services, launcher, Policy::default(), grace).await
+}
+
+/// The services' ports, port 0 resolved to a free one: they need each other's addresses before they start.
+struct Ports {
+    api: u16,
+    http: u16,
+    https: u16,
+    ssh: u16,
+}
+
+impl Ports {
+    fn resolve(args: &UpArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            api: resolve_port("127.0.0.1", args.api_port)?,
+            http: resolve_port(&args.bind, args.http_port)?,
+            https: resolve_port(&args.bind, args.https_port)?,
+            ssh: resolve_port(&args.bind, args.ssh_port)?,
+        })
+    }
+
+    fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}/api", self.api)
+    }
+}
+
+/// The API's, the runner's and the proxy's command lines, in the order they start (the others call the API).
+fn specs(args: &UpArgs, dir: &Path, daemon: &Path, ports: &Ports) -> [Spec; 3] {
+    let api_url = ports.api_url();
+    // `localhost` rather than an IP: preview hosts are `{port}-{id}.localhost`, derived from this URL.
+    let proxy_url = match args.https {
+        true => format!("https://{}:{}", url_host(&args.bind), ports.https),
+        false => format!("http://{}:{}", url_host(&args.bind), ports.http),
+    };
+    let api = flags([
+        ("--listen", format!("127.0.0.1:{}", ports.api)),
+        ("--data-dir", dir.display().to_string()),
+        ("--proxy-url", proxy_url),
+        ("--ssh-gateway", format!("{}:{}", display_host(&args.bind), ports.ssh)),
+        ("--default-snapshot", args.image.clone()),
+        // A create answers `started` when the runner finishes within this (warm claims, quick starts).
+        ("--create-wait-ms", "3000".into()),
+    ]);
+    let runner = flags(
+        [
+            ("--runner-id", args.runner_id.clone()),
+            ("--api-url", api_url.clone()),
+            ("--daemon-binary", daemon.display().to_string()),
+            ("--runner-listen", "127.0.0.1:0".into()),
+            ("--default-image", args.image.clone()),
+            ("--warm-pool", args.warm_pool.to_string()),
+            ("--runner-state-dir", dir.join("runner").display().to_string()),
+        ]
+        .into_iter()
+        .chain(args.container_labels.iter().map(|l| ("--container-label", l.clone()))),
+    );
+    let proxy = flags([
+        ("--api-url", api_url),
+        ("--data-dir", dir.display().to_string()),
+        ("--domain", args.domain.clone()),
+        ("--bind", args.bind.clone()),
+        ("--http-port", ports.http.to_string()),
+        ("--https-port", ports.https.to_string()),
+        ("--ssh-port", ports.ssh.to_string()),
+        ("--metrics-addr", "127.0.0.1:0".into()),
+    ]);
+    let spec = |name, args, secs| Spec { name, args, ready_within: Duration::from_secs(secs) };
+    [spec("api", api, 60), spec("runner", runner, 120), spec("proxy", proxy, 60)]
+}
+
+/// Starts the services one after the other, each once the one before is ready, and returns them with the last
+/// one's ready line. A first start is not retried: what fails then is the set-up, and its message says what to fix;
+/// the services started so far are stopped.
+async fn start_all(launcher: &Launcher, specs: [Spec; 3], grace: Duration) -> anyhow::Result<(Vec<Service>, String)> {
+    let mut services = Vec::new();
+    let mut ready = String::new();
+    for spec in specs {
+        match launcher.start(&spec).await {
+            Ok((child, line)) => {
+                services.push(Service::started(spec, child, &line));
+                ready = line;
+            }
+            Err(e) => {
+                stop_all(&mut services, grace).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok((services, ready))
 }
 
 fn url_host(bind: &str) -> String {
@@ -419,64 +386,9 @@ async fn first_key(bins: &Path, dir: &Path, logs: &Path) -> anyhow::Result<Strin
     Ok(key)
 }
 
-/// Waits for a signal or for a service to exit; either way stops every service within the grace period.
-async fn supervise(mut services: Vec<Service>, grace: Duration) -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let exited = async {
-        loop {
-            for s in services.iter_mut() {
-                if let Ok(Some(status)) = s.child.try_wait() {
-                    return (s.name, status);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    let outcome = tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        _ = term.recv() => Ok(()),
-        (name, status) = exited => Err(anyhow::anyhow!("{name} exited ({status}): stopping the stack; see its log")),
-    };
-    eprintln!("sandbar: stopping");
-    stop_all(&mut services, grace).await;
-    eprintln!("sandbar: stopped");
-    outcome
-}
-
-/// SIGTERM to every service (proxy first, so no new traffic arrives), then SIGKILL after `grace`.
-async fn stop_all(services: &mut [Service], grace: Duration) {
-    for s in services.iter_mut().rev() {
-        if let Some(pid) = s.child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-        }
-    }
-    let deadline = tokio::time::Instant::now() + grace;
-    for s in services.iter_mut().rev() {
-        match tokio::time::timeout_at(deadline, s.child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                eprintln!("sandbar: {} did not stop within {}s; killing it", s.name, grace.as_secs());
-                let _ = s.child.kill().await;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ready_line_fields() {
-        let f = fields("sandbar-proxy ready http=127.0.0.1:1 https=127.0.0.1:2 ssh=127.0.0.1:3");
-        assert_eq!(f["http"], "127.0.0.1:1");
-        assert_eq!(f["ssh"], "127.0.0.1:3");
-    }
-
-    #[test]
-    fn flags_come_in_pairs() {
-        assert_eq!(flags([("--a", "1".into()), ("--b", "x y".into())]), ["--a", "1", "--b", "x y"]);
-    }
 
     #[test]
     fn service_tokens_are_48_lowercase_hex() {
