@@ -36,16 +36,30 @@ pub async fn execute(d: &Daemon, req: ExecuteRequest) -> Result<ExecuteResponse>
     Ok(ExecuteResponse { exit_code: exit.code(), result, exit_reason: Some(exit_reason.to_owned()), signal })
 }
 
-/// How many processes the kernel's OOM killer has killed in the daemon's cgroup (the sandbox's, in a container
-/// with its own cgroup namespace), from cgroup v2's `memory.events`; 0 where that cannot be read.
+/// How many processes the kernel's OOM killer has killed in the daemon's cgroup (the sandbox's): cgroup v2's
+/// `memory.events`, or cgroup v1's `memory.oom_control` (Docker mounts the container's own memory cgroup at
+/// `/sys/fs/cgroup/memory`); 0 where neither can be read.
 fn oom_kills() -> u64 {
-    let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else { return 0 };
-    let Some(path) = cgroups.lines().find_map(|l| l.strip_prefix("0::")) else { return 0 };
-    let file = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')).join("memory.events");
-    std::fs::read_to_string(file).map_or(0, |text| parse_oom_kills(&text))
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    oom_files(&cgroups).iter().find_map(|f| std::fs::read_to_string(f).ok()).map_or(0, |text| parse_oom_kills(&text))
 }
 
-/// The `oom_kill` counter of a `memory.events` file.
+/// Where the OOM counter may be, in order, given `/proc/self/cgroup`.
+fn oom_files(proc_cgroup: &str) -> Vec<std::path::PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut files = Vec::new();
+    if let Some(path) = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")) {
+        files.push(root.join(path.trim_start_matches('/')).join("memory.events"));
+    }
+    files.push(root.join("memory/memory.oom_control"));
+    // A private cgroup namespace shows the container's own path (usually `/`) under the memory controller.
+    if let Some(path) = proc_cgroup.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p)) {
+        files.push(root.join("memory").join(path.trim_start_matches('/')).join("memory.oom_control"));
+    }
+    files
+}
+
+/// The `oom_kill` counter of a `memory.events` (v2) or `memory.oom_control` (v1) file.
 fn parse_oom_kills(text: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok())).unwrap_or(0)
 }
@@ -230,5 +244,17 @@ mod tests {
         assert_eq!(parse_oom_kills(events), 2);
         assert_eq!(parse_oom_kills("oom 1\n"), 0);
         assert_eq!(parse_oom_kills(""), 0);
+        // cgroup v1's memory.oom_control.
+        assert_eq!(parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"), 3);
+    }
+
+    #[test]
+    fn oom_counter_files_for_cgroup_v1_and_v2() {
+        let v2 = oom_files("0::/\n");
+        assert_eq!(v2[0], Path::new("/sys/fs/cgroup/memory.events"));
+        let v1 = oom_files("12:pids:/docker/abc\n5:memory:/docker/abc\n1:name=systemd:/docker/abc\n");
+        assert_eq!(v1[0], Path::new("/sys/fs/cgroup/memory/memory.oom_control"));
+        assert_eq!(v1[1], Path::new("/sys/fs/cgroup/memory/docker/abc/memory.oom_control"));
+        assert_eq!(oom_files("").len(), 1);
     }
 }
