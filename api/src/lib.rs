@@ -25,6 +25,7 @@ pub use domain::lifecycle;
 pub use store::orgs as auth;
 
 use std::collections::HashMap;
+use std::future::IntoFuture as _;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -108,8 +109,18 @@ impl App {
     /// Serves on `listener` until `shutdown`, running the lifecycle timers every second meanwhile (`run_timers`).
     pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         let timers = self.config.run_timers.then(|| tokio::spawn(lifecycle::run(self.clone(), shutdown.clone())));
-        let result =
-            axum::serve(listener, self.router()).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+        let server = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        // Requests in flight get the grace to finish; a follow or long-poll that outlives it is cut.
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        let result = tokio::select! {
+            r = server => r,
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace over with requests still open; closing them");
+                Ok(())
+            }
+        };
         shutdown.cancel();
         if let Some(timers) = timers {
             let _ = timers.await;

@@ -274,6 +274,8 @@ impl Ports {
 /// The API's, the runner's and the proxy's command lines, in the order they start (the others call the API).
 fn specs(args: &UpArgs, dir: &Path, daemon: &Path, ports: &Ports) -> [Spec; 3] {
     let api_url = ports.api_url();
+    // Each service ends its own drain (requests, follows, jobs) before `sandbar up`'s SIGKILL at the full grace.
+    let grace = service_grace(args.shutdown_grace).to_string();
     // `localhost` rather than an IP: preview hosts are `{port}-{id}.localhost`, derived from this URL.
     let proxy_url = match args.https {
         true => format!("https://{}:{}", url_host(&args.bind), ports.https),
@@ -287,6 +289,7 @@ fn specs(args: &UpArgs, dir: &Path, daemon: &Path, ports: &Ports) -> [Spec; 3] {
         ("--default-snapshot", args.image.clone()),
         // A create answers `started` when the runner finishes within this (warm claims, quick starts).
         ("--create-wait-ms", "3000".into()),
+        ("--shutdown-grace", grace.clone()),
     ]);
     let runner = flags(
         [
@@ -297,6 +300,7 @@ fn specs(args: &UpArgs, dir: &Path, daemon: &Path, ports: &Ports) -> [Spec; 3] {
             ("--default-image", args.image.clone()),
             ("--warm-pool", args.warm_pool.to_string()),
             ("--runner-state-dir", dir.join("runner").display().to_string()),
+            ("--shutdown-grace", grace.clone()),
         ]
         .into_iter()
         .chain(args.container_labels.iter().map(|l| ("--container-label", l.clone()))),
@@ -310,9 +314,16 @@ fn specs(args: &UpArgs, dir: &Path, daemon: &Path, ports: &Ports) -> [Spec; 3] {
         ("--https-port", ports.https.to_string()),
         ("--ssh-port", ports.ssh.to_string()),
         ("--metrics-addr", "127.0.0.1:0".into()),
+        ("--shutdown-grace", grace),
     ]);
     let spec = |name, args, secs| Spec { name, args, ready_within: Duration::from_secs(secs) };
     [spec("api", api, 60), spec("runner", runner, 120), spec("proxy", proxy, 60)]
+}
+
+/// The grace each service gets to drain, in whole seconds, when `sandbar up` kills what is left after `total`:
+/// three quarters of it, so a service always ends its own drain first (at least 1 s, and 1 s short of `total`).
+fn service_grace(total: u64) -> u64 {
+    (total * 3 / 4).clamp(1, total.saturating_sub(1).max(1))
 }
 
 /// Starts the services one after the other, each once the one before is ready, and returns them with the last
@@ -389,6 +400,15 @@ async fn first_key(bins: &Path, dir: &Path, logs: &Path) -> anyhow::Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_end_their_drain_before_the_stack_kills_them() {
+        assert_eq!(service_grace(10), 7);
+        assert_eq!(service_grace(2), 1);
+        assert_eq!(service_grace(1), 1);
+        assert_eq!(service_grace(0), 1);
+        assert_eq!(service_grace(60), 45);
+    }
 
     #[test]
     fn service_tokens_are_48_lowercase_hex() {

@@ -41,6 +41,10 @@ pub struct RunnerOptions {
     /// Started sandboxes of the default image and size kept ready (0 = no warm pool).
     #[arg(long, env = "SANDBAR_WARM_POOL", default_value_t = 0)]
     pub warm_pool: usize,
+    /// Seconds the runner waits, after SIGTERM, for jobs in flight to finish and report; a job still running then
+    /// (a long build) is left to the API, which hands it out again when the runner is back. Default 10.
+    #[arg(long = "shutdown-grace", env = "SANDBAR_RUNNER_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
     /// Where the runner keeps warm-pool claims.
     #[arg(long = "runner-state-dir", env = "SANDBAR_RUNNER_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -161,7 +165,7 @@ pub async fn run(
         axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await
     });
     ready(addr);
-    control::run(runner, cp, shutdown.clone()).await;
+    control::run(runner, cp, shutdown.clone(), Duration::from_secs(opts.shutdown_grace_secs)).await;
     match tokio::time::timeout(Duration::from_secs(5), http).await {
         Ok(Ok(Ok(()))) | Err(_) => Ok(()),
         Ok(Ok(Err(e))) => Err(e).context("runner HTTP API"),

@@ -226,7 +226,12 @@ async fn build_jobs_stream_their_log_to_the_control_plane_before_the_result() {
     ]);
     let cp = sandbar_runner::control::ControlPlane::new(&base, "token").unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let agent = tokio::spawn(sandbar_runner::control::run(runner.clone(), cp, shutdown.clone()));
+    let agent = tokio::spawn(sandbar_runner::control::run(
+        runner.clone(),
+        cp,
+        shutdown.clone(),
+        std::time::Duration::from_secs(10),
+    ));
 
     let results = tokio::time::timeout(Duration::from_secs(120), async {
         loop {

@@ -29,8 +29,9 @@ async fn retry_wait(shutdown: &CancellationToken, attempt: u32) -> bool {
 }
 
 /// Runs the runner against the control plane until `shutdown`: heartbeats, job polling, state pushes. Returns when
-/// cancelled; results of jobs still running are reported before it returns (bounded by the jobs themselves).
-pub async fn run(runner: Runner, cp: ControlPlane, shutdown: CancellationToken) {
+/// cancelled, once the jobs still running have reported their results, or after `grace` (the API hands out again a
+/// job whose result it did not get; every job is idempotent).
+pub async fn run(runner: Runner, cp: ControlPlane, shutdown: CancellationToken, grace: Duration) {
     let id = runner.runner_id().to_owned();
     // Subscribe before the first full report, so nothing between the two is lost.
     let changes = runner.subscribe();
@@ -53,7 +54,12 @@ pub async fn run(runner: Runner, cp: ControlPlane, shutdown: CancellationToken) 
     tasks.spawn(push_states(runner.clone(), cp.clone(), changes, shutdown.clone()));
     poll_jobs(runner, cp, shutdown, &tasks).await;
     tasks.close();
-    tasks.wait().await;
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "shutdown grace over with jobs still running; the API hands them out again"
+        );
+    }
 }
 
 async fn heartbeats(runner: Runner, cp: ControlPlane, shutdown: CancellationToken) {
