@@ -1,5 +1,6 @@
 //! Splitting a byte stream into valid UTF-8 text without cutting a character in two: what a terminal text frame
-//! and an asciicast event need.
+//! and an asciicast event need, and what a command's log read back in pieces needs. Pieces concatenated are
+//! exactly `String::from_utf8_lossy` of the whole stream, wherever it was cut (tested below).
 
 /// Holds back an incomplete trailing sequence until the next chunk completes it; invalid bytes become U+FFFD.
 #[derive(Debug, Default)]

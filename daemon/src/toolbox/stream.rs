@@ -114,3 +114,41 @@ pub fn json_with_text<T: Serialize>(response: &T, field: &str, text: LogText) ->
         Piece::Raw(Bytes::copy_from_slice(tail)),
     ]))
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::TryStreamExt;
+    use sandbar_proto::toolbox::{Artifacts, CodeRunResponse, ExecuteResponse};
+
+    use super::*;
+    use crate::engine::session::{Log, STDERR, STDOUT, Streams};
+
+    #[tokio::test]
+    async fn a_response_gets_its_result_streamed_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::create(dir.path().join("out")).unwrap();
+        let mut all = Vec::new();
+        for (stream, data) in [(STDOUT, &b"a \"b\" \xe2\x82"[..]), (STDERR, b"\xac\n\x01"), (STDOUT, &[b'z'; 300_000])]
+        {
+            log.append(stream, data);
+            all.extend_from_slice(data);
+        }
+        let snap = log.snapshot().unwrap();
+        let result = String::from_utf8_lossy(&all).into_owned();
+
+        let exec =
+            ExecuteResponse { exit_code: 2, result: String::new(), exit_reason: Some("exited".into()), signal: None };
+        let pieces = json_with_text(&exec, "result", snap.text(Streams::Both)).unwrap();
+        let got: Vec<Bytes> = body_stream(pieces).try_collect().await.unwrap();
+        assert_eq!(got.concat(), serde_json::to_vec(&ExecuteResponse { result: result.clone(), ..exec }).unwrap());
+
+        let run = CodeRunResponse { exit_code: 0, result: String::new(), artifacts: Artifacts::default() };
+        let pieces = json_with_text(&run, "result", snap.text(Streams::Both)).unwrap();
+        let got: Vec<Bytes> = body_stream(pieces).try_collect().await.unwrap();
+        assert_eq!(got.concat(), serde_json::to_vec(&CodeRunResponse { result, ..run }).unwrap());
+
+        // A response whose field is not empty cannot be filled: an error, not a malformed body.
+        let full = ExecuteResponse { exit_code: 0, result: "x".into(), exit_reason: None, signal: None };
+        assert!(json_with_text(&full, "result", snap.text(Streams::Both)).is_err());
+    }
+}
