@@ -21,6 +21,7 @@ pub mod ports;
 pub mod process;
 pub mod pty;
 pub mod session;
+mod stream;
 
 use axum::Router;
 use axum::extract::{Request, State};

@@ -1,9 +1,17 @@
 //! One command run to completion with its output returned (`/process/execute`), and code in a language run the
 //! same way (`/process/code-run`).
+//!
+//! The answer (its status included) is known only once the command ended, so its output is kept until then: in
+//! memory up to `SPOOL_AT` bytes, beyond that in a file under the state dir (`exec-output/`), unlinked as soon as
+//! the answer starts (the open file is read on) or the request is dropped, for the transport to stream. Output
+//! past `max_exec_output` bytes (`SANDBAR_MAX_EXEC_OUTPUT`) is drained and dropped, and the answer says how many
+//! bytes were (`[sandbar: N more bytes of output were dropped]` at the end of `result`): that bounds the disk a
+//! runaway command can fill through this path; the daemon's memory is bounded either way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -11,14 +19,34 @@ use sandbar_proto::toolbox::{Artifacts, CodeRunRequest, CodeRunResponse, Execute
 use tokio::io::AsyncReadExt;
 
 use super::procs::{self, Exit};
+use super::session::{Log, LogSnapshot, STDOUT};
 use super::{Daemon, Error, ErrorKind, Result};
+
+/// Output kept in memory; more goes to a file.
+const SPOOL_AT: usize = 1 << 20;
+
+/// A command's output, as [`execute`] and [`code_run`] answer it: the response with `result` empty, and the text
+/// that belongs there.
+#[derive(Debug)]
+pub struct WithOutput<T> {
+    pub response: T,
+    pub result: Output,
+}
+
+/// The merged output of a command that ran to the end.
+#[derive(Debug)]
+pub enum Output {
+    Text(String),
+    /// Too much to hold: read it (`Streams::Both`) from the file, decoded as `String::from_utf8_lossy` would.
+    Spooled(LogSnapshot),
+}
 
 /// How long output may keep arriving after the command itself exited (a background job holding the pipe open
 /// must not hold the answer hostage).
 const OUTPUT_LINGER: Duration = Duration::from_millis(100);
 
 /// Runs `req.command` through the shell; stdout and stderr merged in `result`.
-pub async fn execute(d: &Daemon, req: ExecuteRequest) -> Result<ExecuteResponse> {
+pub async fn execute(d: &Daemon, req: ExecuteRequest) -> Result<WithOutput<ExecuteResponse>> {
     if req.command.trim().is_empty() {
         return Err(Error::bad_request("command must not be empty"));
     }
@@ -33,7 +61,13 @@ pub async fn execute(d: &Daemon, req: ExecuteRequest) -> Result<ExecuteResponse>
         Exit::Signal(s) => ("signal", Some(s)),
     };
     let signal = signal.map(|s| Signal::try_from(s).map_or_else(|_| s.to_string(), |s| s.as_str().to_owned()));
-    Ok(ExecuteResponse { exit_code: exit.code(), result, exit_reason: Some(exit_reason.to_owned()), signal })
+    let response = ExecuteResponse {
+        exit_code: exit.code(),
+        result: String::new(),
+        exit_reason: Some(exit_reason.to_owned()),
+        signal,
+    };
+    Ok(WithOutput { response, result })
 }
 
 /// How many processes the kernel's OOM killer has killed in the daemon's cgroup (the sandbox's): cgroup v2's
@@ -65,7 +99,7 @@ fn parse_oom_kills(text: &str) -> u64 {
 }
 
 /// Runs `req.code` with the language's interpreter found on the sandbox's PATH.
-pub async fn code_run(d: &Daemon, req: CodeRunRequest) -> Result<CodeRunResponse> {
+pub async fn code_run(d: &Daemon, req: CodeRunRequest) -> Result<WithOutput<CodeRunResponse>> {
     let language = req.language.as_deref().unwrap_or("python");
     let path = d.effective_env().get("PATH").cloned().unwrap_or_default();
     let mut cmd = match language {
@@ -117,7 +151,8 @@ pub async fn code_run(d: &Daemon, req: CodeRunRequest) -> Result<CodeRunResponse
     cmd.args(req.argv.iter().flatten());
     apply_cwd_env(d, &mut cmd, None, req.envs.as_ref())?;
     let (exit, result) = run_to_end(d, cmd, req.timeout, "code").await?;
-    Ok(CodeRunResponse { exit_code: exit.code(), result, artifacts: Artifacts::default() })
+    let response = CodeRunResponse { exit_code: exit.code(), result: String::new(), artifacts: Artifacts::default() };
+    Ok(WithOutput { response, result })
 }
 
 /// The first of `names` found on `path`.
@@ -158,7 +193,7 @@ fn apply_cwd_env(
 
 /// Runs `cmd` with stdout and stderr merged, up to `timeout` seconds. On timeout the whole process group is
 /// killed and the answer is 408 `PROCESS_EXECUTION_TIMEOUT`.
-async fn run_to_end(d: &Daemon, mut cmd: Command, timeout: Option<u64>, what: &str) -> Result<(Exit, String)> {
+async fn run_to_end(d: &Daemon, mut cmd: Command, timeout: Option<u64>, what: &str) -> Result<(Exit, Output)> {
     let (mut out, w1, w2) = procs::merged_output_pipe().map_err(|e| Error::internal("creating output pipe", e))?;
     cmd.stdout(w1).stderr(w2);
     let child = d.procs.spawn(&mut cmd).map_err(|e| spawn_error(&e))?;
@@ -166,6 +201,8 @@ async fn run_to_end(d: &Daemon, mut cmd: Command, timeout: Option<u64>, what: &s
     drop(cmd);
     let max = d.config.max_exec_output;
     let mut buf = Vec::new();
+    let mut spool: Option<Spool> = None;
+    let mut kept = 0usize;
     let mut dropped = 0usize;
     let mut chunk = vec![0u8; 64 * 1024];
     let mut exit = child.exit_watch();
@@ -185,9 +222,23 @@ async fn run_to_end(d: &Daemon, mut cmd: Command, timeout: Option<u64>, what: &s
             n = out.read(&mut chunk), if !eof => match n {
                 Ok(0) | Err(_) => eof = true,
                 Ok(n) => {
-                    let take = n.min(max.saturating_sub(buf.len()));
-                    buf.extend_from_slice(chunk.get(..take).unwrap_or_default());
+                    let take = n.min(max.saturating_sub(kept));
+                    let part = chunk.get(..take).unwrap_or_default();
+                    kept += take;
                     dropped += n - take;
+                    match &spool {
+                        Some(s) => s.log.append(STDOUT, part),
+                        None if buf.len() + part.len() > SPOOL_AT => {
+                            let s = Spool::create(d).map_err(|e| {
+                                child.kill_group(Signal::SIGKILL);
+                                Error::internal("creating the output spool file", e)
+                            })?;
+                            s.log.append(STDOUT, &std::mem::take(&mut buf));
+                            s.log.append(STDOUT, part);
+                            spool = Some(s);
+                        }
+                        None => buf.extend_from_slice(part),
+                    }
                 }
             },
             e = procs::wait_exit(&mut exit), if exited.is_none() => {
@@ -213,11 +264,46 @@ async fn run_to_end(d: &Daemon, mut cmd: Command, timeout: Option<u64>, what: &s
             }
         }
     }
-    let mut result = String::from_utf8_lossy(&buf).into_owned();
-    if dropped > 0 {
-        result.push_str(&format!("\n[sandbar: {dropped} more bytes of output were dropped]\n"));
-    }
+    let note = (dropped > 0).then(|| format!("\n[sandbar: {dropped} more bytes of output were dropped]\n"));
+    let result = match spool {
+        None => {
+            let mut result = String::from_utf8_lossy(&buf).into_owned();
+            result.push_str(note.as_deref().unwrap_or_default());
+            Output::Text(result)
+        }
+        Some(s) => {
+            if let Some(note) = &note {
+                s.log.append(STDOUT, note.as_bytes());
+            }
+            s.log.finish(0);
+            // `s` drops here, unlinking the file; the snapshot reads on through its open descriptor.
+            Output::Spooled(s.log.snapshot().map_err(|e| Error::internal("opening the output spool file", e))?)
+        }
+    };
     Ok((exited.unwrap_or(Exit::Code(-1)), result))
+}
+
+/// The file a large output goes to; removed when dropped, however the request ends.
+struct Spool {
+    log: Arc<Log>,
+    path: PathBuf,
+}
+
+impl Spool {
+    fn create(d: &Daemon) -> std::io::Result<Self> {
+        let dir = d.state_dir.join("exec-output");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(uuid::Uuid::new_v4().simple().to_string());
+        Ok(Self { log: Log::create(path.clone())?, path })
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(error = %e, "cannot remove an output spool file");
+        }
+    }
 }
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {

@@ -11,9 +11,10 @@
 //! a command runs goes to that command's own stdin FIFO, so input it never reads is discarded with it instead of
 //! being executed by the shell later.
 //!
-//! Logs are files of frames `[stream u8][len u32 le][bytes]` (1 = stdout, 2 = stderr), so stdout, stderr and the
-//! interleaved output all come from one file, and a live follower reads complete frames as they land and turns
-//! them into Daytona's marker-prefixed chunks.
+//! Each command's output goes to a framed log file (`session/log.rs`), which live followers read as it grows and
+//! whole-log answers stream back from: the daemon never holds a command's whole output in memory.
+
+mod log;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -25,24 +26,29 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use sandbar_proto::ENTRYPOINT_SESSION;
-use sandbar_proto::toolbox::{
-    Session as SessionDto, SessionCommand, SessionCommandLogs, SessionExecuteRequest, SessionExecuteResponse,
-};
+use sandbar_proto::toolbox::{Session as SessionDto, SessionCommand, SessionExecuteRequest};
 use sandbar_support::sync::lock;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+
+pub use self::log::{Follower, Log, LogSnapshot, LogText, STDERR, STDOUT, Streams};
 
 use super::procs::{self, Exit};
 use super::{Daemon, Error, ErrorKind, Result};
 use crate::util::shell_quote;
 
-/// Stream byte of a log frame: the command's stdout.
-pub const STDOUT: u8 = 1;
-/// Stream byte of a log frame: the command's stderr.
-pub const STDERR: u8 = 2;
 const DONE_PREFIX: &str = "__SANDBAR_DONE__ ";
 const MAX_SESSION_ID: usize = 256;
+
+/// What [`Sessions::exec`] did.
+#[derive(Debug)]
+pub enum Executed {
+    /// `runAsync`: the command is queued.
+    Queued { cmd_id: String },
+    /// The command ran; `log` is all it wrote.
+    Done { cmd_id: String, exit_code: i32, log: LogSnapshot },
+}
 
 #[derive(Debug)]
 pub struct Sessions {
@@ -69,116 +75,6 @@ struct Cmd {
     log: Arc<Log>,
     /// The running command's stdin FIFO, present while it runs.
     input: tokio::sync::Mutex<Option<pipe::Sender>>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct LogState {
-    len: u64,
-    exit: Option<i32>,
-}
-
-/// A command's framed output file and the state live followers watch.
-#[derive(Debug)]
-pub struct Log {
-    path: PathBuf,
-    state: watch::Sender<LogState>,
-    file: Mutex<Option<std::fs::File>>,
-}
-
-impl Log {
-    fn create(path: PathBuf) -> std::io::Result<Arc<Self>> {
-        let file = std::fs::File::create(&path)?;
-        Ok(Arc::new(Self { path, state: watch::channel(LogState::default()).0, file: Mutex::new(Some(file)) }))
-    }
-
-    fn append(&self, stream: u8, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
-        let mut guard = lock(&self.file);
-        let Some(file) = guard.as_mut() else { return };
-        let mut frame = Vec::with_capacity(data.len() + 5);
-        frame.push(stream);
-        frame.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_le_bytes());
-        frame.extend_from_slice(data);
-        if let Err(e) = file.write_all(&frame) {
-            tracing::warn!(error = %e, "cannot write command log");
-            return;
-        }
-        let n = frame.len() as u64;
-        self.state.send_modify(|s| s.len += n);
-    }
-
-    fn finish(&self, exit: i32) {
-        lock(&self.file).take();
-        self.state.send_modify(|s| {
-            if s.exit.is_none() {
-                s.exit = Some(exit);
-            }
-        });
-    }
-
-    fn exit_code(&self) -> Option<i32> {
-        self.state.borrow().exit
-    }
-
-    async fn wait(&self) -> i32 {
-        let mut rx = self.state.subscribe();
-        loop {
-            if let Some(e) = rx.borrow_and_update().exit {
-                return e;
-            }
-            if rx.changed().await.is_err() {
-                return -1;
-            }
-        }
-    }
-
-    /// Reads the whole log and splits it into (output, stdout, stderr).
-    pub async fn read_all(&self) -> std::io::Result<SessionCommandLogs> {
-        let len = self.state.borrow().len;
-        let path = self.path.clone();
-        let data =
-            tokio::task::spawn_blocking(move || read_range(&path, 0, len)).await.map_err(std::io::Error::other)??;
-        let (mut out, mut so, mut se) = (Vec::new(), Vec::new(), Vec::new());
-        for (stream, chunk) in frames(&data).0 {
-            out.extend_from_slice(chunk);
-            if stream == STDERR { se.extend_from_slice(chunk) } else { so.extend_from_slice(chunk) }
-        }
-        Ok(SessionCommandLogs {
-            output: String::from_utf8_lossy(&out).into_owned(),
-            stdout: String::from_utf8_lossy(&so).into_owned(),
-            stderr: String::from_utf8_lossy(&se).into_owned(),
-        })
-    }
-}
-
-fn read_range(path: &Path, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(from))?;
-    let mut buf = Vec::new();
-    f.take(to.saturating_sub(from)).read_to_end(&mut buf)?;
-    Ok(buf)
-}
-
-/// Parses complete frames; returns them and how many bytes they used.
-fn frames(data: &[u8]) -> (Vec<(u8, &[u8])>, usize) {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while let Some(head) = data.get(at..at + 5) {
-        let stream = head.first().copied().unwrap_or(STDOUT);
-        let len = u32::from_le_bytes([
-            head.get(1).copied().unwrap_or(0),
-            head.get(2).copied().unwrap_or(0),
-            head.get(3).copied().unwrap_or(0),
-            head.get(4).copied().unwrap_or(0),
-        ]) as usize;
-        let Some(chunk) = data.get(at + 5..at + 5 + len) else { break };
-        out.push((stream, chunk));
-        at += 5 + len;
-    }
-    (out, at)
 }
 
 impl Session {
@@ -363,9 +259,9 @@ impl Sessions {
         Ok(())
     }
 
-    /// Queues a command. With `runAsync` the answer has only `cmdId` (and no `exitCode`); otherwise it waits for
-    /// the command and carries its output and exit code.
-    pub async fn exec(&self, d: &Daemon, sid: &str, req: SessionExecuteRequest) -> Result<SessionExecuteResponse> {
+    /// Queues a command. With `runAsync` the answer is only its id; otherwise it waits for the command and
+    /// answers its exit code and a snapshot of its log, for the caller to stream (never read whole).
+    pub async fn exec(&self, d: &Daemon, sid: &str, req: SessionExecuteRequest) -> Result<Executed> {
         let session = self.get(sid)?;
         if req.command.trim().is_empty() {
             return Err(Error::bad_request("command must not be empty"));
@@ -392,26 +288,14 @@ impl Sessions {
             return Err(ended(sid));
         }
         if req.run_async.or(req.async_).unwrap_or(false) {
-            return Ok(SessionExecuteResponse {
-                cmd_id: id,
-                output: None,
-                stdout: None,
-                stderr: None,
-                exit_code: None,
-            });
+            return Ok(Executed::Queued { cmd_id: id });
         }
         let code = tokio::select! {
             c = log.wait() => c,
             _ = d.shutdown.cancelled() => return Err(Error::shutting_down()),
         };
-        let logs = log.read_all().await.map_err(|e| Error::internal("reading command log", e))?;
-        Ok(SessionExecuteResponse {
-            cmd_id: id,
-            output: Some(logs.output),
-            stdout: Some(logs.stdout),
-            stderr: Some(logs.stderr),
-            exit_code: Some(code),
-        })
+        let log = log.snapshot().map_err(|e| Error::internal("opening command log", e))?;
+        Ok(Executed::Done { cmd_id: id, exit_code: code, log })
     }
 
     pub fn command(&self, sid: &str, cid: &str) -> Result<SessionCommand> {
@@ -450,58 +334,6 @@ impl Sessions {
             return Err(Error::not_found(format!("session {sid} has no commands")).with_code("PROCESS_NOT_FOUND"));
         };
         Ok(cmd.log.clone())
-    }
-}
-
-/// Reads a command's log as it grows, frame by frame: what a live follower sends.
-#[derive(Debug)]
-pub struct Follower {
-    log: Arc<Log>,
-    rx: watch::Receiver<LogState>,
-    offset: u64,
-    seen: LogState,
-}
-
-impl Follower {
-    pub fn new(log: Arc<Log>) -> Self {
-        let rx = log.state.subscribe();
-        Self { log, rx, offset: 0, seen: LogState::default() }
-    }
-
-    /// The complete frames written since the last call, as (stream, bytes); empty when caught up.
-    pub async fn read(&mut self) -> std::io::Result<Vec<(u8, Vec<u8>)>> {
-        const MAX_READ: u64 = 256 * 1024;
-        self.seen = *self.rx.borrow_and_update();
-        if self.seen.len <= self.offset {
-            return Ok(Vec::new());
-        }
-        let (offset, len) = (self.offset, self.seen.len);
-        let mut data = self.read_range(offset, len.min(offset + MAX_READ)).await?;
-        if frames(&data).1 == 0 {
-            // One frame bigger than MAX_READ: read it whole.
-            data = self.read_range(offset, len).await?;
-        }
-        let (frames, used) = frames(&data);
-        if used == 0 {
-            return Err(std::io::Error::other("the command log holds a partial frame"));
-        }
-        self.offset += used as u64;
-        Ok(frames.into_iter().map(|(stream, chunk)| (stream, chunk.to_vec())).collect())
-    }
-
-    /// Whether the command has exited and everything it wrote was read.
-    pub fn finished(&self) -> bool {
-        self.seen.exit.is_some() && self.offset >= self.seen.len
-    }
-
-    /// Waits for more output or the exit; false when the log is gone.
-    pub async fn changed(&mut self) -> bool {
-        self.rx.changed().await.is_ok()
-    }
-
-    async fn read_range(&self, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
-        let path = self.log.path.clone();
-        tokio::task::spawn_blocking(move || read_range(&path, from, to)).await.map_err(std::io::Error::other)?
     }
 }
 
