@@ -172,7 +172,9 @@ class Engine:
             "dockerd", "--config-file", str(d / "daemon.json"), "--data-root", str(d / "data"),
             "--exec-root", str(d / "exec"), "--pidfile", str(d / "docker.pid"), "-H", self.docker_host,
             "--userns-remap", "default", "--storage-driver", self.storage_driver,
-            "--bip", f"10.214.{self.index}.1/24", "--cgroup-parent", self.name,
+            # Absolute: a relative parent is made under dockerd's own cgroup, which for a controller where the
+            # test runs in a cgroup of its own (memory, here) would nest the sandboxes inside the test's.
+            "--bip", f"10.214.{self.index}.1/24", "--cgroup-parent", f"/{self.name}",
         ]
         return [*argv, "--live-restore"] if self.live_restore else argv
 
