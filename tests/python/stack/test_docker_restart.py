@@ -6,7 +6,8 @@ port (busybox httpd) reached through its preview URL. Then dockerd is stopped wi
 the same arguments, as ``systemctl restart docker`` or a package upgrade does:
 
 - **live-restore off**: Docker stops every container. The sandboxes must come back to ``started`` by themselves
-  (nothing is asked of the API meanwhile: only reads), exec must work on each, a server started again answers on
+  (meanwhile the API only gets reads, and no call goes to a sandbox before Docker shows its container started
+  again, so a wake by the proxy cannot be what brings it back), exec must work on each, a server started again answers on
   its preview, and the blocked sandbox is still blocked (its container has a new bridge port, maybe a new address:
   the runner must bind its rules again). The time from the engine answering again to every sandbox usable is
   printed.
@@ -178,6 +179,15 @@ def started_at(h: Host) -> dict[str, str]:
     return out
 
 
+def running_since(h: Host, sb) -> str | None:
+    """When the sandbox's one container started, if it is running (None while Docker does not answer)."""
+    ps = h.engine.docker("ps", "-q", "--filter", f"label=sandbar.sandbox.id={sb.id}", check=False, timeout=20)
+    ids = ps.stdout.split()
+    if ps.returncode != 0 or len(ids) != 1:
+        return None
+    return h.engine.docker("inspect", "-f", "{{.State.StartedAt}}", ids[0], check=False, timeout=20).stdout.strip()
+
+
 def clock_step() -> float:
     """The wall clock minus the monotonic one: it grows by the length of a pause of the machine (a paused VM's
     monotonic clock stands still, and its wall clock is stepped forward when it runs again)."""
@@ -224,12 +234,14 @@ def test_docker_restart_without_live_restore(tmp_path, test_image):
                     s = f"error: {type(e).__name__}"
                 if not seen[sb.id] or seen[sb.id][-1][1] != s:
                     seen[sb.id].append((time.monotonic(), s))
-                if s == "started" and back.is_set():
+                # Exec only once the engine shows the container started again: the proxy wakes some stopped
+                # sandboxes on a call, and this must not be what brought it back.
+                if s == "started" and back.is_set() and running_since(h, sb) not in (None, before[sb.id]):
                     try:
                         if echo(sb, timeout=5):
                             usable[sb.id] = time.monotonic()
                             return
-                    except Exception:  # noqa: BLE001 - `started` in the API before the runner saw the stop
+                    except Exception:  # noqa: BLE001 - the daemon may not answer yet
                         pass
                 time.sleep(0.3)
 
