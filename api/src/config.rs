@@ -62,6 +62,10 @@ pub struct Config {
     /// runner removes it and the next identical Dockerfile builds again. Default 3600.
     #[arg(long, env = "SANDBAR_BUILD_GC_GRACE_SECS", default_value_t = 3600)]
     pub build_gc_grace_secs: u64,
+    /// Whether `serve` runs the lifecycle timers every second. Always on in the binary; tests that move a hand
+    /// clock turn it off and call `lifecycle::tick` themselves, so a tick never lands between their steps.
+    #[arg(skip = true)]
+    pub run_timers: bool,
     #[command(flatten)]
     pub limits: Limits,
 }
@@ -173,6 +177,7 @@ impl Config {
             create_wait_ms: 0,
             runner_unreachable_secs: RUNNER_UNREACHABLE_AFTER_SECS,
             build_gc_grace_secs: 3600,
+            run_timers: true,
             limits: Limits::default(),
         }
     }

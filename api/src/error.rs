@@ -45,8 +45,40 @@ impl ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
+    /// The database being away (unreachable, restarting, locked by another process, out of connections) is a 503
+    /// that says so, since retrying later works; anything else is a 500.
     fn from(e: sqlx::Error) -> Self {
-        Self::internal("database", e)
+        match database_unavailable(&e) {
+            Some(why) => {
+                tracing::warn!(error = %e, "database unavailable");
+                Self::unavailable(format!("the database is unavailable ({why}); try again shortly"))
+            }
+            None => Self::internal("database", e),
+        }
+    }
+}
+
+/// Why `e` means the database cannot serve now, or `None` when it is some other failure.
+pub fn database_unavailable(e: &sqlx::Error) -> Option<&'static str> {
+    match e {
+        sqlx::Error::PoolTimedOut => Some("no connection became free in time"),
+        sqlx::Error::PoolClosed => Some("shutting down"),
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Some("cannot reach it"),
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes (primary code in the low byte).
+            let sqlite_busy = code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+            if sqlite_busy || db.message().contains("database is locked") {
+                Some("locked by another process")
+            } else if code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300") {
+                // PostgreSQL: connection exceptions, shutting down, starting up, too many connections.
+                Some("not accepting connections")
+            } else {
+                None
+            }
+        }
+        _ => None,
     }
 }
 

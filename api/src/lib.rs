@@ -105,13 +105,15 @@ impl App {
         http::router(self)
     }
 
-    /// Serves on `listener` until `shutdown`, running the lifecycle timers every second meanwhile.
+    /// Serves on `listener` until `shutdown`, running the lifecycle timers every second meanwhile (`run_timers`).
     pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let timers = tokio::spawn(lifecycle::run(self.clone(), shutdown.clone()));
+        let timers = self.config.run_timers.then(|| tokio::spawn(lifecycle::run(self.clone(), shutdown.clone())));
         let result =
             axum::serve(listener, self.router()).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
         shutdown.cancel();
-        let _ = timers.await;
+        if let Some(timers) = timers {
+            let _ = timers.await;
+        }
         Ok(result?)
     }
 }

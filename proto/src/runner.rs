@@ -490,6 +490,8 @@ pub enum JobErrorCode {
     Docker,
     /// A Dockerfile build ran and failed (a step exited non-zero, a COPY source is missing...).
     BuildFailed,
+    /// No result came by the job's deadline (the API ends it so: a runner that died or hangs).
+    Timeout,
     Internal,
 }
 

@@ -25,6 +25,13 @@ pub struct TestDb {
     _dir: Option<tempfile::TempDir>,
 }
 
+impl TestDb {
+    /// The same database reached at another URL (through a test's TCP forwarder, say); `self` keeps it alive.
+    pub fn via(&self, url: String) -> TestDb {
+        TestDb { url, label: self.label, _dir: None }
+    }
+}
+
 /// The databases every test runs on: SQLite always, PostgreSQL when `SANDBAR_TEST_DATABASE_URL` is set or the
 /// fixed local URL answers. In CI (`CI` set) an unreachable PostgreSQL fails the test instead of skipping it.
 pub async fn databases() -> Vec<TestDb> {
@@ -85,7 +92,7 @@ pub struct Harness {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// An API config for tests on `db_url`: port 0, fixed service tokens, a proxy at `proxy.test`.
+/// An API config for tests on `db_url`: port 0, fixed service tokens, a proxy at `proxy.test`, no background timers.
 pub fn config(db_url: &str) -> Config {
     let mut c = Config::new("/nonexistent");
     c.database_url = Some(db_url.to_owned());
@@ -93,6 +100,8 @@ pub fn config(db_url: &str) -> Config {
     c.proxy_url = "http://proxy.test:4000".into();
     c.runner_token = Some(RUNNER_TOKEN.into());
     c.proxy_token = Some(PROXY_TOKEN.into());
+    // The clock is moved by hand, and the test ticks when it means to.
+    c.run_timers = false;
     c
 }
 

@@ -15,7 +15,8 @@
 //! the timer stops a sandbox only once it has been idle for its whole interval, so a sandbox is auto-stopped
 //! exactly when its last activity is at least `autoStopInterval` minutes before the moment it became stopped (a
 //! user's stop of an active sandbox comes sooner, and traffic after the stop makes it look user-stopped, which
-//! errs on the side of not starting anything).
+//! errs on the side of not starting anything). A sandbox the host stopped (`stop_cause` `host`: Docker restarted,
+//! its daemon died) while its user wanted it started is woken too; the lifecycle restarts it anyway.
 
 use ::http::StatusCode;
 use sandbar_proto::api::{
@@ -47,9 +48,12 @@ pub fn daemon_port(port: u16) -> bool {
 
 /// Whether an authorized request may start this sandbox again (see the module doc).
 fn wakes_on_request(row: &Row, state: SandboxState) -> bool {
-    state == SandboxState::Stopped
-        && row.auto_stop > 0
-        && row.last_activity_at.saturating_add(row.auto_stop.saturating_mul(60_000)) <= row.state_at
+    let timer_stopped =
+        row.auto_stop > 0 && row.last_activity_at.saturating_add(row.auto_stop.saturating_mul(60_000)) <= row.state_at;
+    // The host stopped it and its user never asked: a request may bring it back before the lifecycle does.
+    let host_stopped =
+        row.stop_cause.as_deref() == Some(super::state::STOP_CAUSE_HOST) && row.desired_state == "started";
+    state == SandboxState::Stopped && (timer_stopped || host_stopped)
 }
 
 /// What the proxy needs to reach a sandbox; addresses only while it is started.

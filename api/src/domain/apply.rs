@@ -247,13 +247,43 @@ async fn observe(
     {
         record_info(conn, info).await?;
     }
-    let Some(next) = state::observe(row.stored_state(), reported, busy) else { return Ok(()) };
+    let current = row.stored_state();
+    let Some(next) = state::observe(current, reported, busy) else { return Ok(()) };
     let reason = reason.as_deref().filter(|_| next != SandboxState::Started);
     sandboxes::set_state(conn, &row.id, next, reason, now).await?;
-    if next == SandboxState::Stopped {
+    if state::host_stopped(current, next, &row.desired_state) {
+        // Not the user's stop: the lifecycle starts it again (an ephemeral one too: nobody asked it to end).
+        let fresh = now.saturating_sub(row.state_at) >= state::HOST_RESTART_RESET_AFTER_MS;
+        sandboxes::mark_host_stop(conn, &row.id, fresh).await?;
+        tracing::info!(runner_id, sandbox_id, state = %next, "the host stopped a sandbox its user wants started");
+    } else if next == SandboxState::Stopped {
         delete_if_ephemeral(conn, &row, now).await?;
     }
     Ok(())
+}
+
+/// Starts again a sandbox the host stopped, when [`state::host_restart_due`] says so (re-checked under the row's
+/// lock, so two API instances do not both start it). Its desired state stays as the user left it, and the restart
+/// is counted. `Ok(false)`: not due (or no longer).
+pub async fn restart_host_stopped(app: &App, id: &str) -> ApiResult<bool> {
+    let now = app.now();
+    let mut tx = app.db.pool.begin().await?;
+    let Some(row) = sandboxes::load(app.db.kind, &mut tx, None, id, true).await? else { return Ok(false) };
+    let current = row.effective_state(app, now);
+    if !state::host_restart_due(&row, current, now) || jobs::in_flight(&mut tx, &row.id).await? {
+        return Ok(false);
+    }
+    let Some(runner) = row.runner_id.clone() else { return Ok(false) };
+    // Stopped and error sandboxes hold no compute: the restart takes it back, within the organization's quota.
+    quota::check(&mut tx, &row.organization_id, row.cpu, row.memory, 0, 0).await?;
+    jobs::enqueue(&mut tx, &runner, &jobs::start::plan(&row), current, SandboxState::Starting, now).await?;
+    sandboxes::set_state(&mut tx, &row.id, SandboxState::Starting, None, now).await?;
+    sandboxes::count_host_restart(&mut tx, &row.id).await?;
+    tx.commit().await?;
+    tracing::info!(sandbox_id = %row.id, runner_id = %runner, attempt = row.host_restarts + 1, "restarting a sandbox the host stopped");
+    app.wake_runner(&runner);
+    app.wake_routes();
+    Ok(true)
 }
 
 /// A runner's unrequested state changes (a process exited, an OOM kill).

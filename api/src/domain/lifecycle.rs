@@ -1,5 +1,6 @@
-//! Lifecycle: the timers (auto-stop after inactivity, auto-delete and auto-archive after being stopped, pruning of old
-//! route changes, jobs and usage samples, collecting unused build images), and pause/resume. The timers act through the
+//! Lifecycle: the timers (auto-stop after inactivity, auto-delete and auto-archive after being stopped, restarts of
+//! sandboxes the host stopped, job deadlines, pruning of old route changes, jobs and usage samples, collecting unused
+//! build images), and pause/resume. The timers act through the
 //! same state machine as users ([`super::apply::act`]) and read time from the app's [`crate::Clock`], so tests move
 //! time instead of sleeping.
 //!
@@ -27,6 +28,10 @@ pub struct TickReport {
     pub stopped: Vec<String>,
     pub deleted: Vec<String>,
     pub archived: Vec<String>,
+    /// Sandboxes the host had stopped, started again.
+    pub restarted: Vec<String>,
+    /// Jobs failed for having no result by their deadline.
+    pub expired: Vec<String>,
 }
 
 /// Route changes older than this are dropped (a proxy away longer than that must rebuild its cache).
@@ -74,32 +79,42 @@ pub async fn prune(app: &App) -> Result<u64, sqlx::Error> {
 /// are logged and retried on the next pass).
 pub async fn tick(app: &App) -> Result<TickReport, sqlx::Error> {
     let mut report = TickReport::default();
-    let stop = sandboxes::due(&app.db.pool, Timer::AutoStop, app.now()).await?;
+    let stop = sandboxes::due(&app.db.pool, Timer::AutoStop, app.now(), state::MAX_HOST_RESTARTS).await?;
     for id in stop {
         match act(app, None, &id, Action::Stop { force: false }, None).await {
             Ok(_) => report.stopped.push(id),
             Err(e) => tracing::debug!(sandbox_id = %id, error = %e.message, "auto-stop deferred"),
         }
     }
-    let delete = sandboxes::due(&app.db.pool, Timer::AutoDelete, app.now()).await?;
+    let delete = sandboxes::due(&app.db.pool, Timer::AutoDelete, app.now(), state::MAX_HOST_RESTARTS).await?;
     for id in delete {
         match act(app, None, &id, Action::Delete, None).await {
             Ok(_) => report.deleted.push(id),
             Err(e) => tracing::debug!(sandbox_id = %id, error = %e.message, "auto-delete deferred"),
         }
     }
-    let archive = sandboxes::due(&app.db.pool, Timer::AutoArchive, app.now()).await?;
+    let archive = sandboxes::due(&app.db.pool, Timer::AutoArchive, app.now(), state::MAX_HOST_RESTARTS).await?;
     for id in archive {
         match act(app, None, &id, Action::Archive, None).await {
             Ok(_) => report.archived.push(id),
             Err(e) => tracing::debug!(sandbox_id = %id, error = %e.message, "auto-archive deferred"),
         }
     }
-    if !(report.stopped.is_empty() && report.deleted.is_empty() && report.archived.is_empty()) {
+    for id in sandboxes::host_stopped(&app.db.pool, state::MAX_HOST_RESTARTS).await? {
+        match super::apply::restart_host_stopped(app, &id).await {
+            Ok(true) => report.restarted.push(id),
+            Ok(false) => {}
+            Err(e) => tracing::info!(sandbox_id = %id, error = %e.message, "restart after a host stop deferred"),
+        }
+    }
+    report.expired = jobs::expire(app).await?;
+    if report != TickReport::default() {
         tracing::info!(
             stopped = report.stopped.len(),
             deleted = report.deleted.len(),
             archived = report.archived.len(),
+            restarted = report.restarted.len(),
+            expired = report.expired.len(),
             "lifecycle timers"
         );
     }

@@ -225,6 +225,44 @@ pub fn plan_resume(state: SandboxState) -> Option<Plan> {
     }
 }
 
+/// Why a sandbox left `started` without being asked ([`observe`] of a stop or error): the host stopped it. Docker
+/// restarting without live-restore, the daemon dying, an operator's `docker stop`: the API, which holds the desired
+/// state, brings it back ([`host_restart_due`]). A user's or a timer's action clears it.
+pub const STOP_CAUSE_HOST: &str = "host";
+
+/// A sandbox the host stopped is started again at most this many times in a row...
+pub const MAX_HOST_RESTARTS: i64 = 10;
+/// ...the first after this long, each next one after twice the last, up to [`HOST_RESTART_MAX_DELAY_MS`] (about 18
+/// minutes in all: long enough for a Docker engine to come back from an upgrade).
+pub const HOST_RESTART_FIRST_DELAY_MS: i64 = 2_000;
+pub const HOST_RESTART_MAX_DELAY_MS: i64 = 300_000;
+/// A sandbox that ran this long before the host stopped it again starts a fresh series of restarts (a crash loop
+/// does not: its series runs out and it stays stopped, with its reason).
+pub const HOST_RESTART_RESET_AFTER_MS: i64 = 600_000;
+
+/// The wait before restart number `done + 1` of a host-stopped sandbox.
+pub fn host_restart_delay_ms(done: i64) -> i64 {
+    let shift = u32::try_from(done.clamp(0, 20)).unwrap_or(20);
+    HOST_RESTART_FIRST_DELAY_MS.saturating_mul(1 << shift).min(HOST_RESTART_MAX_DELAY_MS)
+}
+
+/// Whether the lifecycle starts this sandbox again now: the host stopped it (`stop_cause`), its user still wants it
+/// started, it is `stopped` or `error` (not unknown: its runner answers), restarts are left and the backoff since it
+/// stopped (`state_at`) has passed.
+pub fn host_restart_due(row: &Row, state: SandboxState, now_ms: i64) -> bool {
+    row.stop_cause.as_deref() == Some(STOP_CAUSE_HOST)
+        && row.desired_state == "started"
+        && matches!(state, S::Stopped | S::Error)
+        && row.host_restarts < MAX_HOST_RESTARTS
+        && now_ms.saturating_sub(row.state_at) >= host_restart_delay_ms(row.host_restarts)
+}
+
+/// Whether an unrequested report moving a sandbox from `current` to `next` is the host stopping it while its user
+/// wants it started (see [`STOP_CAUSE_HOST`]).
+pub fn host_stopped(current: SandboxState, next: SandboxState, desired: &str) -> bool {
+    matches!(current, S::Started | S::Paused) && matches!(next, S::Stopped | S::Error) && desired == "started"
+}
+
 /// States whose sandboxes hold CPU and memory (for quotas and placement).
 pub fn holds_compute(state: SandboxState) -> bool {
     !matches!(state, S::Stopped | S::Archiving | S::Archived | S::Destroyed | S::Error | S::BuildFailed)
@@ -233,6 +271,26 @@ pub fn holds_compute(state: SandboxState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_restarts_back_off_and_run_out() {
+        assert_eq!(host_restart_delay_ms(0), 2_000);
+        assert_eq!(host_restart_delay_ms(1), 4_000);
+        assert_eq!(host_restart_delay_ms(7), 256_000);
+        assert_eq!(host_restart_delay_ms(8), HOST_RESTART_MAX_DELAY_MS);
+        assert_eq!(host_restart_delay_ms(i64::MAX), HOST_RESTART_MAX_DELAY_MS);
+        let total: i64 = (0..MAX_HOST_RESTARTS).map(host_restart_delay_ms).sum();
+        assert!((15 * 60_000..25 * 60_000).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn only_what_the_host_stopped_is_restarted() {
+        assert!(host_stopped(S::Started, S::Stopped, "started"));
+        assert!(host_stopped(S::Started, S::Error, "started"));
+        assert!(!host_stopped(S::Started, S::Stopped, "stopped"), "the user asked");
+        assert!(!host_stopped(S::Creating, S::Error, "started"), "a failed create is not restarted");
+        assert!(!host_stopped(S::Stopped, S::Error, "started"));
+    }
 
     #[test]
     fn unknown_state_refuses_everything_but_delete() {

@@ -41,7 +41,12 @@ impl IntoResponse for ApiError {
             method: None,
             timestamp: Some(iso(SystemClock.now_ms())),
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 here is a part that is away for a while (the database, a runner): say when to look again.
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("2"));
+        }
+        response
     }
 }
 

@@ -23,7 +23,7 @@ pub mod snapshot;
 pub mod start;
 pub mod stop;
 
-use sandbar_proto::runner::{Job, JobKind, JobOutcome, JobResult};
+use sandbar_proto::runner::{Job, JobErrorCode, JobKind, JobOutcome, JobResult};
 
 use crate::App;
 use crate::domain::apply::JobDone;
@@ -35,6 +35,51 @@ pub use crate::store::jobs::{enqueue, in_flight, redeliver_now};
 /// A job handed out and not completed is handed out again after this long (a runner that restarted resumes it;
 /// a live runner ignores a job it is still carrying out). A full report (`POST .../sandboxes`) makes them due at once.
 pub const REDELIVER_AFTER_SECS: i64 = 10;
+
+/// How long a job may go without a result, from when it was queued, before the API fails it with
+/// `JobErrorCode::Timeout` ([`expire`]): its sandbox then leaves its transitional state the way any failure of that
+/// kind leaves it, so nothing stays `creating` or `archiving` because a runner died or hangs. A result that comes
+/// later is accepted and ignored; what the runner did meanwhile reaches the API through its state reports.
+/// Generous: a deadline cuts off real work, which is worse than waiting.
+pub fn deadline_ms(tag: &str) -> i64 {
+    const MIN: i64 = 60_000;
+    match tag {
+        "BUILD_SNAPSHOT" => 120 * MIN,
+        "ARCHIVE_SANDBOX" | "RESTORE_SANDBOX" | "FORK_SANDBOX" | "SNAPSHOT_SANDBOX" | "PULL_IMAGE" => 60 * MIN,
+        // A create may pull its image.
+        "CREATE_SANDBOX" => 30 * MIN,
+        _ => 10 * MIN,
+    }
+}
+
+/// The shortest of [`deadline_ms`].
+const SHORTEST_DEADLINE_MS: i64 = 10 * 60_000;
+
+/// Fails every unfinished job past its [`deadline_ms`] as if its runner had said `TIMEOUT`; returns their ids.
+pub async fn expire(app: &App) -> Result<Vec<String>, sqlx::Error> {
+    let now = app.now();
+    let mut expired = Vec::new();
+    for (id, runner_id, tag, created_at) in
+        store::jobs::unfinished_before(&app.db.pool, now - SHORTEST_DEADLINE_MS).await?
+    {
+        let deadline = deadline_ms(&tag);
+        if now.saturating_sub(created_at) < deadline {
+            continue;
+        }
+        let outcome = JobOutcome::Failed {
+            code: JobErrorCode::Timeout,
+            message: format!("no result from runner {runner_id} within {} minutes", deadline / 60_000),
+        };
+        match on_result(app, &runner_id, &JobResult { job_id: id.clone(), outcome }).await {
+            Ok(()) => {
+                tracing::warn!(job_id = %id, kind = %tag, runner_id = %runner_id, "job failed: no result by its deadline");
+                expired.push(id);
+            }
+            Err(e) => tracing::warn!(job_id = %id, error = %e.message, "cannot expire a job"),
+        }
+    }
+    Ok(expired)
+}
 
 /// Claims `runner_id`'s due jobs (see `store::jobs::claim`); claimed builds start `building`.
 pub async fn claim(app: &App, runner_id: &str) -> Result<Vec<Job>, sqlx::Error> {
@@ -64,7 +109,9 @@ pub async fn on_result(app: &App, runner_id: &str, res: &JobResult) -> ApiResult
         JobOutcome::Succeeded { .. } => ("done", None),
         JobOutcome::Failed { code, message } => ("failed", Some(format!("{code:?}: {message}"))),
     };
-    store::jobs::complete(&mut tx, job_id, job_state, error, now).await?;
+    if !store::jobs::complete(&mut tx, job_id, job_state, error, now).await? {
+        return Ok(());
+    }
     let kind: JobKind = serde_json::from_str(&job.payload).map_err(|e| ApiError::internal("stored job", e))?;
     let mut done = JobDone {
         app,

@@ -87,22 +87,37 @@ pub async fn find(conn: &mut AnyConnection, job_id: &str, runner_id: &str) -> Re
     .await
 }
 
-/// Marks a job `done` or `failed` (with the runner's error).
+/// Marks an unfinished job `done` or `failed` (with the runner's error). `false` when it was finished already: on
+/// PostgreSQL the row lock makes a second, concurrent completion (a retried result on another API instance, the
+/// deadline sweep) wait and then find it finished, so a result is applied once.
 pub async fn complete(
     conn: &mut AnyConnection,
     job_id: &str,
     state: &str,
     error: Option<String>,
     now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET state = $1, completed_at = $2, error = $3 WHERE id = $4")
-        .bind(state)
-        .bind(now)
-        .bind(error)
-        .bind(job_id)
-        .execute(conn)
-        .await?;
-    Ok(())
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET state = $1, completed_at = $2, error = $3 WHERE id = $4 AND state IN ('pending', 'claimed')",
+    )
+    .bind(state)
+    .bind(now)
+    .bind(error)
+    .bind(job_id)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Unfinished jobs queued before `before`: `(id, runner_id, kind tag, created_at)`, oldest first.
+pub async fn unfinished_before(pool: &AnyPool, before: i64) -> Result<Vec<(String, String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, runner_id, kind, created_at FROM jobs WHERE state IN ('pending', 'claimed') AND created_at < $1 \
+         ORDER BY created_at",
+    )
+    .bind(before)
+    .fetch_all(pool)
+    .await
 }
 
 /// Cancels a sandbox's jobs no runner has claimed yet; returns how many claimed ones are still out.

@@ -47,6 +47,9 @@ pub enum DbError {
     Migrate(sqlx::migrate::MigrateError),
 }
 
+/// How long a request waits for a database connection before it is answered 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl Db {
@@ -64,24 +67,27 @@ impl Db {
         let opts: AnyConnectOptions = url.parse().map_err(DbError::Connect)?;
         let pool = match kind {
             // SQLite has one writer: one connection avoids "database is locked" on lock upgrades, and long-polls
-            // never hold a connection while they wait.
+            // never hold a connection while they wait. Another process holding the file locked makes a statement
+            // wait its busy timeout (5 s), then fail (a 503, `crate::error::database_unavailable`); requests queued behind it
+            // give up after ACQUIRE_TIMEOUT: an answer, never a hang.
             DbKind::Sqlite => AnyPoolOptions::new()
                 .max_connections(1)
-                .acquire_timeout(Duration::from_secs(30))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
                         Ok(())
                     })
                 })
                 .connect_with(opts)
                 .await
                 .map_err(DbError::Connect)?,
+            // A server that is down fails each connection attempt at once; sqlx retries until ACQUIRE_TIMEOUT.
             DbKind::Postgres => AnyPoolOptions::new()
                 .max_connections(16)
-                .acquire_timeout(Duration::from_secs(30))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(opts)
                 .await
                 .map_err(DbError::Connect)?,

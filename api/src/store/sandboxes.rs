@@ -12,7 +12,8 @@ pub(crate) const COLUMNS: &str = "s.id, s.organization_id, s.name, s.runner_id, 
     s.error_reason, s.snapshot, s.os_user, s.env, s.labels, s.public, s.network_block_all, s.network_allow_list, \
     s.target, s.cpu, s.memory, s.disk, s.auto_stop, s.auto_archive, s.auto_delete, s.daemon_addr, s.ssh_addr, \
     s.daemon_token, s.preview_token, s.provisioned, s.created_at, s.updated_at, s.last_activity_at, s.state_at, \
-    s.version, r.last_heartbeat AS runner_seen, s.linked_sandbox_id, s.daemon_host_key, s.volumes";
+    s.version, r.last_heartbeat AS runner_seen, s.linked_sandbox_id, s.daemon_host_key, s.volumes, s.stop_cause, \
+    s.host_restarts";
 pub(crate) const FROM: &str = "FROM sandboxes s LEFT JOIN runners r ON r.id = s.runner_id";
 
 /// A sandbox row, with its runner's last heartbeat.
@@ -55,6 +56,10 @@ pub struct Row {
     pub daemon_host_key: Option<String>,
     /// The volume mounts (JSON of `[VolumeMount]`, volume ids resolved).
     pub volumes: String,
+    /// `host` when its runner reported it stopped without being asked (`crate::domain::state::STOP_CAUSE_HOST`).
+    pub stop_cause: Option<String>,
+    /// How many times in a row the lifecycle started it again after the host stopped it.
+    pub host_restarts: i64,
 }
 
 /// A stored state column; `unknown` for anything else.
@@ -153,6 +158,39 @@ pub async fn set_state(
     }
     bump(conn, sandbox_id, now).await?;
     Ok(())
+}
+
+/// Records that the host stopped a sandbox its user wants started; `fresh` (it had run long enough) starts a new
+/// series of restarts.
+pub async fn mark_host_stop(conn: &mut AnyConnection, sandbox_id: &str, fresh: bool) -> Result<(), sqlx::Error> {
+    let q = if fresh {
+        "UPDATE sandboxes SET stop_cause = 'host', host_restarts = 0 WHERE id = $1"
+    } else {
+        "UPDATE sandboxes SET stop_cause = 'host' WHERE id = $1"
+    };
+    sqlx::query(q).bind(sandbox_id).execute(conn).await?;
+    Ok(())
+}
+
+/// Counts one restart of a host-stopped sandbox.
+pub async fn count_host_restart(conn: &mut AnyConnection, sandbox_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sandboxes SET host_restarts = host_restarts + 1 WHERE id = $1")
+        .bind(sandbox_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Sandboxes the host stopped whose user still wants them started, with restarts left (the lifecycle decides
+/// which are due: `crate::domain::state::host_restart_due`).
+pub async fn host_stopped(pool: &AnyPool, max_restarts: i64) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM sandboxes WHERE stop_cause = 'host' AND desired_state = 'started' \
+         AND state IN ('stopped', 'error') AND host_restarts < $1",
+    )
+    .bind(max_restarts)
+    .fetch_all(pool)
+    .await
 }
 
 /// The id of a live sandbox of `org` named `name`.
@@ -309,7 +347,8 @@ pub enum Text {
 /// Sets one text column.
 pub async fn set_text(conn: &mut AnyConnection, id: &str, column: Text, value: &str) -> Result<(), sqlx::Error> {
     let q = match column {
-        Text::Desired => "UPDATE sandboxes SET desired_state = $1 WHERE id = $2",
+        // A user's or a timer's decision: whatever the host did before no longer matters.
+        Text::Desired => "UPDATE sandboxes SET desired_state = $1, stop_cause = NULL, host_restarts = 0 WHERE id = $2",
         Text::ErrorReason => "UPDATE sandboxes SET error_reason = $1 WHERE id = $2",
         Text::PreviewToken => "UPDATE sandboxes SET preview_token = $1 WHERE id = $2",
         Text::Build => "UPDATE sandboxes SET build_id = $1 WHERE id = $2",
@@ -671,20 +710,27 @@ pub enum Timer {
 /// Ids of the sandboxes whose `timer` is due at `now`. `since + interval * 60000 <= now` is written as
 /// `interval <= (now - since) / 60000` (with `since <= now`), which cannot overflow whatever an interval holds: one
 /// row's huge value must not fail the query, and with it every tenant's timers (PostgreSQL raises on overflow).
-pub async fn due(pool: &AnyPool, timer: Timer, now: i64) -> Result<Vec<String>, sqlx::Error> {
+/// Auto-delete and auto-archive leave out a sandbox the host stopped while it has restarts left (fewer than
+/// `max_host_restarts`): it is about to run again.
+pub async fn due(pool: &AnyPool, timer: Timer, now: i64, max_host_restarts: i64) -> Result<Vec<String>, sqlx::Error> {
     let sql = match timer {
         Timer::AutoStop => {
             "SELECT id FROM sandboxes WHERE state = 'started' AND auto_stop > 0 AND last_activity_at <= $1 \
              AND auto_stop <= ($1 - last_activity_at) / 60000"
         }
+        // A sandbox the host stopped waits for its restarts (`host_stopped`) before these timers count.
         Timer::AutoDelete => {
             "SELECT id FROM sandboxes WHERE state IN ('stopped', 'archived') AND auto_delete >= 0 \
-             AND state_at <= $1 AND auto_delete <= ($1 - state_at) / 60000"
+             AND state_at <= $1 AND auto_delete <= ($1 - state_at) / 60000 \
+             AND NOT (COALESCE(stop_cause, '') = 'host' AND desired_state = 'started' AND host_restarts < $2)"
         }
         Timer::AutoArchive => {
             "SELECT id FROM sandboxes WHERE state = 'stopped' AND auto_archive > 0 AND state_at <= $1 \
-             AND auto_archive <= ($1 - state_at) / 60000"
+             AND auto_archive <= ($1 - state_at) / 60000 \
+             AND NOT (COALESCE(stop_cause, '') = 'host' AND desired_state = 'started' AND host_restarts < $2)"
         }
     };
-    sqlx::query_scalar(sql).bind(now).fetch_all(pool).await
+    let q = sqlx::query_scalar(sql).bind(now);
+    let q = if matches!(timer, Timer::AutoStop) { q } else { q.bind(max_host_restarts) };
+    q.fetch_all(pool).await
 }
