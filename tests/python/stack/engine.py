@@ -264,21 +264,17 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - every step is tried; the failures are reported together
                 problems.append(f"{what}: {e}")
 
+        # Containers go through the engine (a live-restore engine that is down still has them running).
+        holder_alive = self.holder is not None and self.holder.poll() is None
+        if holder_alive and (self.dockerd is None or self.dockerd.poll() is not None):
+            step("starting dockerd to remove its containers", self.start)
+        if self.dockerd is not None and self.dockerd.poll() is None:
+            step("removing containers", self._remove_all_containers)
+        step("stopping dockerd", self.stop)
+        if self.dockerd is not None and self.dockerd.poll() is None:
+            problems.append("dockerd is still running")
         if self.holder is not None and self.holder.poll() is None:
-            # Containers go through the engine (a live-restore engine that is down still has them running).
-            if self.dockerd is None or self.dockerd.poll() is not None:
-                step("starting dockerd to remove its containers", self.start)
-            if self.dockerd is not None and self.dockerd.poll() is None:
-                step("removing containers", self._remove_all_containers)
-            step("stopping dockerd", self.stop)
-            if self.dockerd is not None and self.dockerd.poll() is None:
-                problems.append("dockerd is still running")
-            left = run(["ip", "netns", "pids", self.name], check=False).stdout.split()
-            left = [p for p in left if int(p) != self.holder.pid]
-            if left:
-                problems.append(f"processes left in {self.name}: {left} "
-                                f"({[_comm(int(p)) for p in left]})")
-        if self.holder is not None and self.holder.poll() is None:
+            step("listing processes left in the namespace", self._check_no_process_left)
             self.holder.kill()
             self.holder.wait(timeout=10)
         # The engine's mounts live in the holder's mount namespace, gone with it; a mount that leaked out (an
@@ -294,6 +290,13 @@ class Engine:
         with _taken_lock:
             _taken.discard(self.index)
         return problems
+
+    def _check_no_process_left(self) -> None:
+        assert self.holder is not None
+        left = [int(p) for p in run(["ip", "netns", "pids", self.name], timeout=30).stdout.split()]
+        left = [p for p in left if p != self.holder.pid]
+        if left:
+            raise RuntimeError(f"processes left in {self.name}: {[(p, _comm(p)) for p in left]}")
 
     def _remove_all_containers(self) -> None:
         ids = self.containers()
