@@ -94,6 +94,9 @@ pub(crate) struct ArchiveStore {
     store: Arc<dyn ObjectStore>,
     /// For messages: the configured location, without credentials (there are none in it).
     location: String,
+    /// The directory of a local store, whose uploads in progress are files beside their object (see
+    /// [`ArchiveStore::clear_staged`]).
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ArchiveStore {
@@ -160,7 +163,7 @@ impl ArchiveStore {
             let prefix = prefix.trim_matches('/');
             let store: Arc<dyn ObjectStore> =
                 if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
-            return Ok(Self { store, location });
+            return Ok(Self { store, location, local_dir: None });
         }
         if let Some(path) = spec.strip_prefix("file://") {
             return Self::local(std::path::Path::new(path));
@@ -182,7 +185,7 @@ impl ArchiveStore {
         let fs = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| format!("archive store {}: {e}", dir.display()))?
             .with_automatic_cleanup(true);
-        Ok(Self { store: Arc::new(fs), location: dir.display().to_string() })
+        Ok(Self { store: Arc::new(fs), location: dir.display().to_string(), local_dir: Some(dir.to_path_buf()) })
     }
 
     pub(crate) fn location(&self) -> &str {
@@ -215,6 +218,28 @@ impl ArchiveStore {
         Ok(())
     }
 
+    /// Removes what uploads of `id`'s archive left when the runner died during them (no abort ran). A local store
+    /// stages an upload as `rootfs.tar#N` beside its object: each is a whole filesystem's worth of bytes, which
+    /// nothing else would ever remove. On S3 an interrupted multipart upload is the bucket's to expire (an
+    /// `AbortIncompleteMultipartUpload` lifecycle rule; object_store cannot list them). Called before an archive
+    /// starts and when its objects are deleted; no upload of `id` runs then (the sandbox's operation lock).
+    async fn clear_staged(&self, id: &str) {
+        let Some(dir) = &self.local_dir else { return };
+        let dir = dir.join(id);
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().contains('#') {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => tracing::info!(sandbox_id = %id, file = ?name, "removed an interrupted archive upload"),
+                    Err(err) => {
+                        tracing::warn!(sandbox_id = %id, file = ?name, error = %err, "cannot remove an interrupted archive upload")
+                    }
+                }
+            }
+        }
+    }
+
     /// Deletes every object of `id`'s archive, manifest first (so a half-deleted archive never looks complete).
     /// True when there was something to delete.
     async fn remove(&self, id: &str) -> Result<bool, SandboxError> {
@@ -230,6 +255,7 @@ impl ArchiveStore {
                 Err(e) => return Err(store_err(e)),
             }
         }
+        self.clear_staged(id).await;
         Ok(found)
     }
 }
@@ -386,6 +412,7 @@ impl Inner {
         let caller_keys: HashSet<&str> = spec.env_keys.iter().map(String::as_str).collect();
         let env = image_env(config.env.as_deref().unwrap_or_default(), &caller_keys);
 
+        store.clear_staged(id).await;
         let docker = self.docker.clone().with_timeout(TRANSFER_TIMEOUT);
         let mut export = Box::pin(docker.export_container(&info.container_id));
         let upload = store.store.put_multipart(&tar_path(id)).await.map_err(store_err)?;

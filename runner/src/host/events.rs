@@ -1,6 +1,6 @@
 //! Docker as the source of truth: the sandbox table rebuilt from container labels when the runner starts
 //! (half-created containers removed, claims and network policies read back, daemons probed), and Docker's event
-//! stream (die, start, destroy, oom) followed to correct the state of sandboxes that changed outside an operation.
+//! stream (die, start, destroy, oom, unpause) followed to correct the state of sandboxes that changed outside an operation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -203,6 +203,25 @@ impl Inner {
             }
             return;
         }
+        if s.paused == Some(true) {
+            // Frozen (a user's pause, or Docker's own pause for a commit): nothing to correct until it thaws.
+            return;
+        }
+        if state == SandboxState::Paused {
+            // Thawed outside a resume: Docker's pause for a commit ended (the runner restarted during a fork or
+            // snapshot, and its table was rebuilt while the container was frozen), or a `docker unpause`. It is the
+            // started sandbox it was; a resume in progress owns the state instead.
+            let Ok(_op) = entry.op.clone().try_lock_owned() else { return };
+            if lock(&entry.info).state != SandboxState::Paused {
+                return;
+            }
+            if let Some(ip) = container_ip(&inspect) {
+                let addr = SocketAddr::new(ip, ports::TOOLBOX).to_string();
+                lock(&entry.info).daemon_addr = Some(addr);
+                self.set_state(&entry, SandboxState::Started, None, None);
+            }
+            return;
+        }
         if state == SandboxState::Started
             && let Some(ep) = endpoint(&inspect)
         {
@@ -256,7 +275,7 @@ pub(super) async fn watch_events(weak: Weak<Inner>, mut since: i64) {
         let filters = HashMap::from([
             ("type", vec!["container".to_owned()]),
             ("label", vec![format!("{}={}", labels::RUNNER, inner.config.runner_id)]),
-            ("event", ["die", "start", "destroy", "oom"].map(String::from).to_vec()),
+            ("event", ["die", "start", "destroy", "oom", "unpause"].map(String::from).to_vec()),
         ]);
         let opts = EventsOptionsBuilder::default().since(&since.to_string()).filters(&filters).build();
         let mut stream = Box::pin(inner.docker.events(Some(opts)));

@@ -9,12 +9,16 @@
 //! to root, and the image gets the base's user back at the end unless the Dockerfile names a user itself.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use bollard::models::ContainerConfig;
 use bollard::query_parameters::{CommitContainerOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
 use sandbar_proto::network::NetworkPolicy;
-use sandbar_proto::runner::{SandboxState, labels};
+use sandbar_proto::ports;
+use sandbar_proto::runner::{SandboxInfo, SandboxState, labels};
 
+use super::events::container_ip;
 use super::image::{self, ImageInfo};
 use super::{RESERVED_ENV, Runner, strip_daemon};
 use crate::error::{SandboxError, SnapshotError, docker_status};
@@ -215,6 +219,9 @@ fn context_tar(dockerfile: &str) -> Result<Vec<u8>, std::io::Error> {
     builder.into_inner()
 }
 
+/// How long a commit waits for Docker to thaw a sandbox an interrupted commit left frozen.
+const THAW_WAIT: Duration = Duration::from_secs(120);
+
 impl Runner {
     /// Builds snapshot `name` from a Dockerfile whose `FROM` images are local, with no network, or with `network`'s
     /// egress rules (`super::build_net`). `on_log` receives the build output line by line while it runs.
@@ -356,6 +363,30 @@ impl Runner {
 
     /// Commits a started or stopped sandbox's filesystem as image `name` (a started one is paused meanwhile), with
     /// the runner's identity blanked out and `extra_labels` set. Snapshots and forks are both made this way.
+    /// A sandbox the runner's table shows `paused` when a commit of it is asked for: the API never forks or
+    /// snapshots a paused sandbox, so this is Docker's own pause of an earlier commit (a runner killed during a fork
+    /// or snapshot rebuilt its table while the container was frozen, and the job came again). Waits, bounded, for
+    /// Docker to thaw it; then it is the started sandbox it was. Called under the sandbox's operation lock, which
+    /// keeps the event handler from doing the same.
+    async fn thawed_after_commit(&self, info: &SandboxInfo) -> Result<SandboxInfo, SnapshotError> {
+        let deadline = tokio::time::Instant::now() + THAW_WAIT;
+        loop {
+            let inspect = self.docker().inspect_container(&info.container_id, None).await?;
+            let st = inspect.state.clone().unwrap_or_default();
+            if st.running == Some(true) && st.paused != Some(true) {
+                let addr = container_ip(&inspect).map(|ip| SocketAddr::new(ip, ports::TOOLBOX).to_string());
+                tracing::info!(sandbox_id = %info.id, "paused by an interrupted commit; thawed, started again");
+                return Ok(self.report_state(&info.id, SandboxState::Started, addr, None)?);
+            }
+            if st.running != Some(true) || tokio::time::Instant::now() >= deadline {
+                return Err(
+                    SandboxError::InvalidState { id: info.id.clone(), state: info.state, action: "commit" }.into()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     pub(crate) async fn commit_image(
         &self,
         sandbox_id: &str,
@@ -366,7 +397,10 @@ impl Runner {
         if !valid_reference(name) {
             return Err(SnapshotError::InvalidName(name.into()));
         }
-        let info = self.get(sandbox_id).ok_or_else(|| SandboxError::NotFound(sandbox_id.into()))?;
+        let mut info = self.get(sandbox_id).ok_or_else(|| SandboxError::NotFound(sandbox_id.into()))?;
+        if info.state == SandboxState::Paused {
+            info = self.thawed_after_commit(&info).await?;
+        }
         if !matches!(info.state, SandboxState::Started | SandboxState::Stopped) {
             return Err(
                 SandboxError::InvalidState { id: sandbox_id.into(), state: info.state, action: "commit" }.into()
