@@ -7,10 +7,10 @@ the same arguments, as ``systemctl restart docker`` or a package upgrade does:
 
 - **live-restore off**: Docker stops every container. The sandboxes must come back to ``started`` by themselves
   (meanwhile the API only gets reads, and no call goes to a sandbox before Docker shows its container started
-  again, so a wake by the proxy cannot be what brings it back), exec must work on each, a server started again answers on
-  its preview, and the blocked sandbox is still blocked (its container has a new bridge port, maybe a new address:
-  the runner must bind its rules again). The time from the engine answering again to every sandbox usable is
-  printed.
+  again, so a wake by the proxy cannot be what brings it back), exec must work on each, a server started again
+  answers on its preview, and the blocked sandbox is still blocked (its container has a new bridge port, maybe a
+  new address: the runner must bind its rules again). The time from the engine answering again to every sandbox
+  usable is printed.
 - **live-restore on**: the containers keep running. Exec is polled on every sandbox through the restart and the
   longest gap printed; no sandbox leaves ``started``; the server started before the restart still answers on its
   preview; the blocked sandbox is still blocked.
@@ -285,7 +285,7 @@ def test_docker_restart_with_live_restore(tmp_path, test_image):
 
         stop = threading.Event()
         execs: dict[str, list[tuple[float, bool]]] = {sb.id: [] for sb in h.sandboxes}
-        states: list[tuple[float, str, str]] = []
+        states: list[tuple[float, str, str, float]] = []  # (when, sandbox, state, clock_step())
 
         def poll_exec(sb) -> None:
             while not stop.is_set():
@@ -329,8 +329,7 @@ def test_docker_restart_with_live_restore(tmp_path, test_image):
         paused = [x for x in states if x[2] == "unknown" and x[3] - step0 > RUNNER_UNREACHABLE_AFTER]
         if paused:
             print(f"\nexcused: `unknown` right after the machine was paused (wall clock {paused[0][3] - step0:.0f}s "
-                  f"ahead): "
-                  f"{[(round(t - r['began'], 1), sid, st) for t, sid, st, _ in paused]}")
+                  f"ahead): {[(round(t - r['began'], 1), sid, st) for t, sid, st, _ in paused]}")
         left = [(round(t - r["began"], 1), sid, st) for t, sid, st, step in states if (t, sid, st, step) not in paused]
         assert left == [], f"sandboxes left `started` during a live-restore restart (s after it began): {left}"
         gaps = {}
