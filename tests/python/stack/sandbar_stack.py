@@ -53,7 +53,11 @@ class Stack:
         return self.proc.stop(timeout)
 
 
-def start_stack(data_dir: Path, runner_id: str, extra: list[str] | None = None, timeout: float = 600) -> Stack:
+def start_stack(data_dir: Path, runner_id: str, extra: list[str] | None = None, timeout: float = 600,
+                prefix: list[str] | None = None, env: dict[str, str] | None = None, image: str | None = None) -> Stack:
+    """``sandbar up`` on port 0. ``prefix`` goes before its argv (``nsenter ...``: run it in another namespace),
+    ``env`` is added to its environment (``DOCKER_HOST``: another engine; passed on to its services), and ``image``
+    is the default image instead of ``SANDBAR_STACK_IMAGE``."""
     sandbar = BIN_DIR / "sandbar"
     if not os.access(sandbar, os.X_OK):
         pytest.fail(f"{sandbar} not found: run `cargo build --workspace --bins` or set SANDBAR_BIN_DIR")
@@ -63,19 +67,20 @@ def start_stack(data_dir: Path, runner_id: str, extra: list[str] | None = None, 
         "--runner-id", runner_id, "--container-label", "sandbar-e2e=1",
         "--shutdown-grace", "10",
     ]
-    image = os.environ.get("SANDBAR_STACK_IMAGE")
+    image = image or os.environ.get("SANDBAR_STACK_IMAGE")
     if image:
         args += ["--image", image]
     args += extra or []
-    env = dict(os.environ)
-    env.pop("DAYTONA_API_URL", None)
-    env.pop("DAYTONA_API_KEY", None)
-    env["SANDBAR_BIN_DIR"] = str(BIN_DIR)
+    proc_env = dict(os.environ)
+    proc_env.pop("DAYTONA_API_URL", None)
+    proc_env.pop("DAYTONA_API_KEY", None)
+    proc_env["SANDBAR_BIN_DIR"] = str(BIN_DIR)
     # The registry tests serve registries on loopback and on the docker0 address, which `*` leaves out.
-    env.setdefault("SANDBAR_ALLOWED_REGISTRIES", "*,127.0.0.1:*,172.17.0.1:*")
+    proc_env.setdefault("SANDBAR_ALLOWED_REGISTRIES", "*,127.0.0.1:*,172.17.0.1:*")
+    proc_env.update(env or {})
     # The log sits beside the data directory: `sandbar up` owns what is inside it.
-    proc = start_proc(f"sandbar-up-{data_dir.name}", args, env, data_dir.parent, "sandbar ready", timeout,
-                      new_session=True)
+    proc = start_proc(f"sandbar-up-{data_dir.name}", [*(prefix or []), *args], proc_env, data_dir.parent,
+                      "sandbar ready", timeout, new_session=True)
     stack = Stack(proc=proc, data_dir=data_dir, runner_id=runner_id, args=args)
     patterns = {
         "api_url": r"^DAYTONA_API_URL=(\S+)",
@@ -93,16 +98,22 @@ def start_stack(data_dir: Path, runner_id: str, extra: list[str] | None = None, 
     return stack
 
 
-def remove_containers(runner_id: str) -> None:
+def remove_containers(runner_id: str, docker_host: str | None = None, prefix: list[str] | None = None) -> None:
+    """The runner's containers (in the engine at ``docker_host``, default the local one) and its network rules (in
+    the network namespace that ``prefix``, an ``nsenter ...`` argv, enters; default this one)."""
     # Rules first (as the Rust test guard does): a container's address freed while its rules remain would be
     # blocked for the next container Docker hands it to, whichever test or stack that is.
-    remove_network_rules(runner_id)
-    out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=sandbar.runner={runner_id}"],
-        capture_output=True, text=True, check=False,
-    ).stdout.split()
-    if out:
-        subprocess.run(["docker", "rm", "-f", *out], capture_output=True, check=False)
+    remove_network_rules(runner_id, prefix)
+    docker = ["docker", *(["-H", docker_host] if docker_host else [])]
+    try:
+        out = subprocess.run(
+            [*docker, "ps", "-aq", "--filter", f"label=sandbar.runner={runner_id}"],
+            capture_output=True, text=True, check=False, timeout=60,
+        ).stdout.split()
+        if out:
+            subprocess.run([*docker, "rm", "-f", *out], capture_output=True, check=False, timeout=120)
+    except subprocess.TimeoutExpired:
+        pass  # an engine that does not answer: its own teardown (engine.py) or the next run deals with it
 
 
 def chain_prefix(runner_id: str) -> str:
@@ -114,11 +125,13 @@ def sandbox_chain(runner_id: str, sandbox_id: str) -> str:
     return chain_prefix(runner_id) + "-" + hashlib.sha256(sandbox_id.encode()).digest()[:5].hex().upper()
 
 
-def iptables_rules() -> str:
-    """Both iptables backends' filter tables (the runner uses the one holding Docker's DOCKER-USER chain)."""
+def iptables_rules(prefix: list[str] | None = None) -> str:
+    """Both iptables backends' filter tables (the runner uses the one holding Docker's DOCKER-USER chain), in the
+    network namespace ``prefix`` enters (default this one)."""
     out = []
     for binary in ("iptables-nft", "iptables-legacy"):
-        r = subprocess.run([binary, "-w", "5", "-S"], capture_output=True, text=True, check=False)
+        r = subprocess.run([*(prefix or []), binary, "-w", "5", "-S"], capture_output=True, text=True, check=False,
+                           timeout=30)
         out.append(r.stdout)
     return "\n".join(out)
 
@@ -128,26 +141,36 @@ def bridge_table(runner_id: str) -> str:
     return "sandbar_" + hashlib.sha256(runner_id.encode()).digest()[:4].hex()
 
 
-def remove_network_rules(runner_id: str) -> None:
+def remove_network_rules(runner_id: str, prefix: list[str] | None = None) -> None:
     """The runner's isolation chains and its bridge table outlive it on purpose (sandboxes keep running); a test run
-    removes its own. A bridge table left behind pins each of its sandboxes' addresses to a port that is gone, so the
-    next container Docker gives that address could not send anything."""
-    subprocess.run(["nft", "delete", "table", "bridge", bridge_table(runner_id)], capture_output=True, check=False)
-    prefix = chain_prefix(runner_id)
+    removes its own (in the network namespace ``prefix`` enters, default this one). A bridge table left behind pins
+    each of its sandboxes' addresses to a port that is gone, so the next container Docker gives that address could
+    not send anything."""
+    ns = prefix or []
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run([*ns, *argv], capture_output=True, text=True, check=False, timeout=30)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(argv, 124, "", "timed out")
+
+    run("nft", "delete", "table", "bridge", bridge_table(runner_id))
+    top = chain_prefix(runner_id)
     for binary in ("iptables-nft", "iptables-legacy"):
-        listing = subprocess.run([binary, "-w", "5", "-S"], capture_output=True, text=True, check=False).stdout
+        listing = run(binary, "-w", "5", "-S").stdout
         chains = [line[3:] for line in listing.splitlines()
-                  if line.startswith("-N ") and (line[3:] == prefix or line[3:].startswith(prefix + "-"))]
+                  if line.startswith("-N ") and (line[3:] == top or line[3:].startswith(top + "-"))]
         if not chains:
             continue
         for hook in ("DOCKER-USER", "INPUT"):
-            while subprocess.run([binary, "-w", "5", "-D", hook, "-j", prefix], capture_output=True,
-                                 check=False).returncode == 0:
-                pass
+            # Bounded: each pass deletes one jump, and there are never many.
+            for _ in range(100):
+                if run(binary, "-w", "5", "-D", hook, "-j", top).returncode != 0:
+                    break
         for chain in chains:
-            subprocess.run([binary, "-w", "5", "-F", chain], capture_output=True, check=False)
+            run(binary, "-w", "5", "-F", chain)
         for chain in chains:
-            subprocess.run([binary, "-w", "5", "-X", chain], capture_output=True, check=False)
+            run(binary, "-w", "5", "-X", chain)
 
 
 
