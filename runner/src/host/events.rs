@@ -198,7 +198,7 @@ impl Inner {
             if died {
                 self.firewall.detach(&container).await;
                 let new = if oom || code != 0 { SandboxState::Error } else { SandboxState::Stopped };
-                let reason = format!("sandbox daemon exited unexpectedly: {}", exit_reason(code, oom));
+                let reason = format!("the sandbox's container stopped: {}", exit_reason(code, oom));
                 self.set_state(&entry, new, Some(reason), Some((code, oom)));
             }
             return;
@@ -357,7 +357,9 @@ pub(super) fn exit_reason(code: i64, oom: bool) -> String {
         return format!("killed for running out of memory (OOM), exit code {code}");
     }
     match code {
-        0 => "exited with code 0".into(),
+        // The daemon exits 0 only after draining on SIGTERM: Docker stopped the container (`docker stop`, the
+        // engine shutting down), not the sandbox's own doing.
+        0 => "stopped from outside the runner (the daemon drained on SIGTERM and exited with code 0)".into(),
         129..=192 => {
             let sig = code - 128;
             let name = match sig {
@@ -443,6 +445,7 @@ mod tests {
         assert_eq!(exit_reason(137, false), "killed by signal 9 (SIGKILL), exit code 137");
         assert!(exit_reason(137, true).contains("OOM"));
         assert_eq!(exit_reason(3, false), "exited with code 3");
+        assert!(exit_reason(0, false).contains("stopped from outside the runner"));
     }
 
     /// One host key for every container of these tests.
