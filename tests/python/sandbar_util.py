@@ -37,6 +37,19 @@ def wait_until(predicate, timeout: float = 10, interval: float = 0.05, what: str
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value {last!r}")
 
 
+def read_until(handle, needle: bytes, timeout: float = 20) -> bytes:
+    """A PTY's output through the SDK's public ``wait(on_data, timeout)`` until ``needle`` shows up; fails if the
+    shell exits first."""
+    seen = bytearray()
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"waiting for {needle!r}; seen {bytes(seen)!r}"
+        result = handle.wait(on_data=seen.extend, timeout=min(remaining, 0.5))
+        assert result.exit_code is None or needle in seen, f"shell exited early: {result}; seen {bytes(seen)!r}"
+    return bytes(seen)
+
+
 def stop_process(popen: subprocess.Popen, timeout: float = 15) -> int | None:
     """SIGTERM, then wait; SIGKILL if it does not drain in time. Returns the exit code (None if it had to be killed)."""
     if popen.poll() is not None:

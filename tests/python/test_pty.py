@@ -4,24 +4,11 @@ envs subprotocols), input and output, resize, reconnect with connect_pty_session
 from __future__ import annotations
 
 import secrets
-import time
 
 import pytest
 from daytona import PtySize
 
-from sandbar_util import wait_until
-
-
-def read_until(handle, needle: bytes, timeout: float = 20) -> bytes:
-    """Collects output through the SDK's public ``wait(on_data, timeout)`` until ``needle`` shows up."""
-    seen = bytearray()
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"waiting for {needle!r}; seen {bytes(seen)!r}"
-        result = handle.wait(on_data=seen.extend, timeout=min(remaining, 0.5))
-        assert result.exit_code is None or needle in seen, f"shell exited early: {result}; seen {bytes(seen)!r}"
-    return bytes(seen)
+from sandbar_util import read_until, wait_until
 
 
 def new_pty(sandbox, prompt_input: str, expect: bytes):

@@ -98,13 +98,29 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 }
 
 /// Finds the container's cgroup: v1 or v2, Docker's cgroupfs (`docker/<id>`) or systemd
-/// (`system.slice/docker-<id>.scope`) layout.
+/// (`system.slice/docker-<id>.scope`) layout, or an engine started with its own `--cgroup-parent` (`<parent>/<id>`,
+/// one level down: found by looking through the first level of the tree, only when the usual places miss).
 fn dirs(root: &Path, container_id: &str) -> Option<Dirs> {
     if container_id.is_empty() || container_id.contains('/') || container_id.contains("..") {
         return None;
     }
-    let layouts = [format!("docker/{container_id}"), format!("system.slice/docker-{container_id}.scope")];
-    for rel in &layouts {
+    let mut layouts = vec![format!("docker/{container_id}"), format!("system.slice/docker-{container_id}.scope")];
+    if let Some(found) = dirs_in(root, &layouts) {
+        return Some(found);
+    }
+    // Another parent: the v1 memory hierarchy (or the v2 root) names them.
+    let top = if root.join("memory").is_dir() { root.join("memory") } else { root.to_path_buf() };
+    let parents = std::fs::read_dir(top).into_iter().flatten().flatten().filter(|e| e.path().is_dir());
+    layouts = parents
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .flat_map(|p| [format!("{p}/{container_id}"), format!("{p}/docker-{container_id}.scope")])
+        .collect();
+    dirs_in(root, &layouts)
+}
+
+/// The first of `layouts` (paths relative to a hierarchy) where the container's cgroup files are.
+fn dirs_in(root: &Path, layouts: &[String]) -> Option<Dirs> {
+    for rel in layouts {
         let memory = root.join("memory").join(rel);
         if memory.join("memory.usage_in_bytes").exists() {
             return Some(Dirs::V1 {
@@ -277,6 +293,23 @@ mod tests {
   eth0:    1000      10    0    0    0     0          0         0      300       3    0    0    0     0       0          0
   eth1:      20       1    0    0    0     0          0         0        4       1    0    0    0     0       0          0
 ";
+
+    #[test]
+    fn finds_a_container_under_another_cgroup_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("memory/sbr-1/abc")).unwrap();
+        std::fs::create_dir_all(root.join("cpuacct/sbr-1/abc")).unwrap();
+        std::fs::write(root.join("memory/sbr-1/abc/memory.usage_in_bytes"), "4096\n").unwrap();
+        std::fs::write(root.join("cpuacct/sbr-1/abc/cpuacct.usage"), "5000\n").unwrap();
+        assert_eq!(usage(root, "abc"), Usage { memory_bytes: 4096, cpu_nanos: 5000 });
+        assert_eq!(usage(root, "other"), Usage::default());
+
+        let v2 = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(v2.path().join("engines.slice/docker-def.scope")).unwrap();
+        std::fs::write(v2.path().join("engines.slice/docker-def.scope/memory.current"), "10\n").unwrap();
+        assert_eq!(usage(v2.path(), "def").memory_bytes, 10);
+    }
 
     #[test]
     fn sums_every_interface_but_loopback() {

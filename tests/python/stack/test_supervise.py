@@ -21,7 +21,7 @@ import pytest
 from daytona import Daytona, DaytonaConfig
 
 from sandbar_stack import Stack, remove_containers, start_stack
-from sandbar_util import wait_until
+from sandbar_util import read_until, wait_until
 
 
 def child_pid(stack: Stack, name: str) -> int | None:
@@ -143,17 +143,6 @@ def test_killed_services_come_back_and_sandboxes_keep_answering(tmp_path_factory
     finally:
         stack.stop()
         remove_containers(runner_id)
-
-
-def read_until(handle, needle: bytes, timeout: float = 20) -> bytes:
-    """A PTY's output through the SDK's ``wait(on_data, timeout)`` until ``needle`` shows up."""
-    seen = bytearray()
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"waiting for {needle!r}; seen {bytes(seen)!r}"
-        handle.wait(on_data=seen.extend, timeout=min(remaining, 0.5))
-    return bytes(seen)
 
 
 def _quietly(fn) -> None:
