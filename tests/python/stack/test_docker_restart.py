@@ -30,11 +30,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
 from engine import Engine, engine, stack_on
 from sandbar_stack import REPO, Stack, chain_prefix, iptables_rules, sandbox_chain
+from sandbar_util import wait_until
 
 PREVIEW_PORT = 8080
 RUNNER_UNREACHABLE_AFTER = 20  # proto::api::RUNNER_UNREACHABLE_AFTER_SECS
@@ -169,6 +171,22 @@ def check_usable(h: Host) -> None:
         assert f"-A {hook} -j {chain_prefix(h.stack.runner_id)}" in rules, f"no {hook} hook:\n{rules}"
 
 
+def usage_sampled(h: Host, sb) -> dict:
+    """The sandbox's usage once the runner sampled it: its cgroup sits under the private engine's own parent."""
+    seen: list = []
+
+    def sampled():
+        r = httpx.get(f"{h.stack.api_url}/sandbox/{sb.id}/usage",
+                      headers={"Authorization": f"Bearer {h.stack.api_key}"}, timeout=10)
+        seen[:] = [r.status_code, r.text]
+        u = r.json() if r.status_code == 200 else {}
+        return u if u.get("sampledAt") and u.get("memoryBytes", 0) > 0 and u.get("pids") else None
+    try:
+        return wait_until(sampled, timeout=30, interval=1, what=f"a usage sample of {sb.id}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last answer {seen}") from None
+
+
 def started_at(h: Host) -> dict[str, str]:
     """Each sandbox's container start time, from the engine."""
     out = {}
@@ -281,6 +299,7 @@ def test_docker_restart_with_live_restore(tmp_path, test_image):
         serve(h.open[0])
         assert preview(h, h.open[0]) == (200, MARK + "\n")
         check_usable(h)
+        usage_sampled(h, h.open[0])
         before = started_at(h)
 
         stop = threading.Event()
