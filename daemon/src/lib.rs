@@ -15,6 +15,8 @@
 
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ssh;
 pub mod terminal;
 pub mod toolbox;

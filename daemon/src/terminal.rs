@@ -80,12 +80,14 @@ async fn end(s: &PtySession) {
 }
 
 #[derive(serde::Deserialize)]
-struct Resize {
-    rows: u16,
-    cols: u16,
+pub(crate) struct Resize {
+    pub(crate) rows: u16,
+    pub(crate) cols: u16,
 }
 
-fn parse_resize(t: &str) -> Option<Result<Resize, ()>> {
+/// `Some` when `t` is a resize message (a JSON object of exactly `rows` and `cols`), `Err` when its sizes are not
+/// numbers a terminal can have; `None` when it is input.
+pub(crate) fn parse_resize(t: &str) -> Option<Result<Resize, ()>> {
     let v: serde_json::Value = serde_json::from_str(t).ok()?;
     let obj = v.as_object()?;
     if obj.len() != 2 || !obj.contains_key("rows") || !obj.contains_key("cols") {

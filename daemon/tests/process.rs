@@ -80,6 +80,18 @@ async fn execute_timeout_answers_408_and_kills_the_process_group() {
     assert!(left.is_empty(), "children left: {left:?}");
 }
 
+/// Found writing the fuzz targets: `Instant::now() + u64::MAX seconds` panicked inside the handler, and the
+/// client saw a dropped connection. A timeout past what the clock can hold is no timeout.
+#[tokio::test]
+async fn execute_with_a_timeout_past_the_clock_runs_without_one() {
+    let d = TestDaemon::start();
+    for timeout in [u64::MAX, u64::MAX / 1000, 1 << 62] {
+        let (s, b) = d.post("/process/execute", json!({"command": "echo hi", "timeout": timeout})).await;
+        assert_eq!(s, 200, "{timeout}: {b}");
+        assert_eq!(b["result"], "hi\n", "{timeout}: {b}");
+    }
+}
+
 #[tokio::test]
 async fn execute_does_not_wait_for_background_jobs_holding_the_pipe() {
     let d = TestDaemon::start();

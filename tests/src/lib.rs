@@ -1,6 +1,8 @@
 //! End-to-end test helpers: the static daemon and the test image the scripts build, a guard that removes a
 //! test's containers even when the test panics (printing their logs first), and the static daemon as PID 1 of such
-//! a container with a client that speaks to it.
+//! a container with a client that speaks to it. [`fuzzing`]: the Dockerfile parsers' fuzz target.
+
+pub mod fuzzing;
 
 use std::path::PathBuf;
 use std::process::Command;

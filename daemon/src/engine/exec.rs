@@ -206,7 +206,7 @@ async fn run_to_end(d: &Daemon, mut cmd: Command, timeout: Option<u64>, what: &s
     let mut dropped = 0usize;
     let mut chunk = vec![0u8; 64 * 1024];
     let mut exit = child.exit_watch();
-    let deadline = timeout.filter(|t| *t > 0).map(|t| tokio::time::Instant::now() + Duration::from_secs(t));
+    let deadline = timeout.filter(|t| *t > 0).and_then(|t| crate::util::deadline_after(Duration::from_secs(t)));
     let mut exited: Option<Exit> = None;
     let mut eof = false;
     let mut linger_until: Option<tokio::time::Instant> = None;

@@ -82,6 +82,26 @@ struct Worker {
     pending: Vec<u8>,
 }
 
+/// A run's environment: names a shell could set, values without NUL.
+pub(crate) fn check_envs(envs: &BTreeMap<String, String>) -> Result<()> {
+    if let Some(k) = envs.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        return Err(Error::bad_request(format!("invalid environment variable name {k:?}")));
+    }
+    if envs.values().any(|v| v.contains('\0')) {
+        return Err(Error::bad_request("environment variable values must not contain NUL"));
+    }
+    Ok(())
+}
+
+/// A run's timeout: 0 is none, absent is [`DEFAULT_TIMEOUT`].
+pub(crate) fn run_timeout(secs: Option<u64>) -> Option<Duration> {
+    match secs {
+        Some(0) => None,
+        Some(secs) => Some(Duration::from_secs(secs)),
+        None => Some(DEFAULT_TIMEOUT),
+    }
+}
+
 impl Interpreters {
     pub fn new(max_contexts: usize) -> Self {
         Self { contexts: Mutex::new(HashMap::new()), max_contexts }
@@ -154,21 +174,12 @@ impl Interpreters {
         client_gone: CancellationToken,
     ) -> Result<RunEnd> {
         let envs = req.envs.unwrap_or_default();
-        if let Some(k) = envs.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
-            return Err(Error::bad_request(format!("invalid environment variable name {k:?}")));
-        }
-        if envs.values().any(|v| v.contains('\0')) {
-            return Err(Error::bad_request("environment variable values must not contain NUL"));
-        }
+        check_envs(&envs)?;
         let ctx = match req.context_id.as_deref().filter(|c| !c.is_empty()) {
             Some(id) => lock(&self.contexts).get(id).cloned().ok_or_else(|| unknown_context(id))?,
             None => self.default_context(d),
         };
-        let timeout = match req.timeout {
-            Some(0) => None,
-            Some(secs) => Some(Duration::from_secs(secs)),
-            None => Some(DEFAULT_TIMEOUT),
-        };
+        let timeout = run_timeout(req.timeout);
         let mut worker = ctx.worker.lock().await;
         if ctx.deleted.is_cancelled() {
             return Err(unknown_context(&ctx.id));
@@ -349,7 +360,7 @@ impl Run<'_> {
             *slot = None;
             return Err(Error::internal("sending code to the interpreter", e));
         }
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = timeout.and_then(crate::util::deadline_after);
         let mut timed_out = false;
         let mut interrupted = false;
         let mut kill_at: Option<tokio::time::Instant> = None;

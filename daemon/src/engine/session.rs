@@ -14,7 +14,7 @@
 //! Each command's output goes to a framed log file (`session/log.rs`), which live followers read as it grows and
 //! whole-log answers stream back from: the daemon never holds a command's whole output in memory.
 
-mod log;
+pub(crate) mod log;
 
 use std::collections::HashMap;
 use std::io::Write;

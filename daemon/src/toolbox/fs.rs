@@ -75,7 +75,7 @@ async fn download(State(d): State<AppState>, ApiQuery(q): ApiQuery<PathQuery>) -
         .into_response())
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+pub(crate) fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::new(e.status(), format!("malformed multipart body: {}", e.body_text()))
 }
 
@@ -117,7 +117,7 @@ async fn upload(
 }
 
 /// `files[3].path` -> (3, "path").
-fn indexed_field(name: &str) -> Option<(usize, &str)> {
+pub(crate) fn indexed_field(name: &str) -> Option<(usize, &str)> {
     let rest = name.strip_prefix("files[")?;
     let (index, rest) = rest.split_once("].")?;
     Some((index.parse().ok()?, rest))

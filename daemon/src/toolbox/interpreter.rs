@@ -129,8 +129,13 @@ async fn read_request(socket: &mut WebSocket) -> Result<InterpreterRunRequest, S
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             _ => return Err("the connection closed before a request arrived".into()),
         };
-        return serde_json::from_slice(&bytes).map_err(|e| format!("invalid request: {e}"));
+        return parse_request(&bytes);
     }
+}
+
+/// The run request of one client frame, or the reason the socket closes with 4400.
+pub(crate) fn parse_request(bytes: &[u8]) -> Result<InterpreterRunRequest, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("invalid request: {e}"))
 }
 
 async fn send_frame(socket: &mut WebSocket, frame: &InterpreterFrame) -> Result<(), axum::Error> {
@@ -138,12 +143,17 @@ async fn send_frame(socket: &mut WebSocket, frame: &InterpreterFrame) -> Result<
     socket.send(Message::Text(text.into())).await
 }
 
-/// Closes with `code` and `reason` (cut to the 123 bytes a close frame can carry).
-async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+/// `reason` cut to the 123 bytes a close frame can carry, on a character boundary.
+pub(crate) fn close_reason(reason: &str) -> &str {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    let reason = reason.get(..end).unwrap_or_default();
+    reason.get(..end).unwrap_or_default()
+}
+
+/// Closes with `code` and `reason` (cut to the 123 bytes a close frame can carry).
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let reason = close_reason(reason);
     let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
 }

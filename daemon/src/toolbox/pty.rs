@@ -122,17 +122,7 @@ async fn create_connect(
     ws: WsUpgrade,
 ) -> ApiResult<Response> {
     let ws = ws.map_err(|_| ApiError::bad_request("this endpoint needs a WebSocket upgrade"))?;
-    let mut envs = BTreeMap::new();
-    for p in offered_protocols(&headers) {
-        if let Some(encoded) = p.strip_prefix(ENVS_PROTOCOL_PREFIX) {
-            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(encoded.trim_end_matches('='))
-                .map_err(|_| ApiError::bad_request("X-Daytona-Pty-Envs is not base64url"))?;
-            envs = serde_json::from_slice(&raw)
-                .map_err(|_| ApiError::bad_request("X-Daytona-Pty-Envs is not a JSON object of strings"))?;
-        }
-    }
-    pty::check_envs(&envs)?;
+    let envs = envs_from_protocols(&headers)?;
     let opts = PtyOptions {
         id: q.id,
         cwd: q.cwd.or_else(|| Some(d.work_dir.to_string_lossy().into_owned())),
@@ -144,6 +134,23 @@ async fn create_connect(
     };
     let s = d.ptys.create(&d, opts, false)?;
     Ok(upgrade(d, ws, s, &headers))
+}
+
+/// The environment a `create-connect` client sends in its `X-Daytona-Pty-Envs~<base64url JSON>` subprotocol (the
+/// last one wins), checked as a PTY's environment must be.
+pub(crate) fn envs_from_protocols(headers: &HeaderMap) -> ApiResult<BTreeMap<String, String>> {
+    let mut envs = BTreeMap::new();
+    for p in offered_protocols(headers) {
+        if let Some(encoded) = p.strip_prefix(ENVS_PROTOCOL_PREFIX) {
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(encoded.trim_end_matches('='))
+                .map_err(|_| ApiError::bad_request("X-Daytona-Pty-Envs is not base64url"))?;
+            envs = serde_json::from_slice(&raw)
+                .map_err(|_| ApiError::bad_request("X-Daytona-Pty-Envs is not a JSON object of strings"))?;
+        }
+    }
+    pty::check_envs(&envs)?;
+    Ok(envs)
 }
 
 fn upgrade(d: AppState, ws: WebSocketUpgrade, s: Arc<PtySession>, headers: &HeaderMap) -> Response {

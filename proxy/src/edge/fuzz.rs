@@ -3,7 +3,8 @@
 //! structured and random inputs from a fixed seed. Each must answer without panicking, and what it promises must
 //! hold: a parsed sandbox id is valid, a stripped request carries none of the proxy's credentials, a stripped
 //! query has no token left. `SANDBAR_FUZZ_ITERS` runs it longer (default 20 000 inputs per target, a few seconds);
-//! the cargo-fuzz crate in `proxy/fuzz` covers [`super::target::parse`] with coverage guidance on nightly.
+//! the cargo-fuzz crate `fuzz/` (target `proxy_target`, run by `scripts/fuzz`) covers [`super::target::parse`]
+//! with coverage guidance.
 
 use pingora::http::RequestHeader;
 use sandbar_proto::api::{PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY};

@@ -82,7 +82,7 @@ struct ErrorDetail {
 }
 
 /// `name` or `name:tag`, lowercase, as Docker accepts for local references.
-pub(crate) fn valid_reference(name: &str) -> bool {
+pub fn valid_reference(name: &str) -> bool {
     let (repo, tag) = match name.rsplit_once(':') {
         Some((r, t)) if !t.contains('/') => (r, Some(t)),
         _ => (name, None),
@@ -99,7 +99,7 @@ pub(crate) fn valid_reference(name: &str) -> bool {
 }
 
 /// The images a Dockerfile's `FROM` lines name, leaving out earlier stages referred to by name and `scratch`.
-pub(crate) fn base_images(dockerfile: &str) -> Result<Vec<String>, SnapshotError> {
+pub fn base_images(dockerfile: &str) -> Result<Vec<String>, SnapshotError> {
     let mut stages: Vec<String> = Vec::new();
     let mut bases = Vec::new();
     // Line continuations do not matter for FROM lines in practice; join them anyway.
@@ -165,7 +165,7 @@ fn is_root(user: &str) -> bool {
 
 /// The Dockerfile with `USER root` after each `FROM` of an image in `base_users` (bases with a non-root user), and
 /// that base's user restored at the end when the last stage sets none.
-fn root_steps(dockerfile: &str, base_users: &HashMap<String, String>) -> String {
+pub fn root_steps(dockerfile: &str, base_users: &HashMap<String, String>) -> String {
     let mut out = String::with_capacity(dockerfile.len() + 64);
     let mut restore: Option<&str> = None;
     for line in dockerfile.split_inclusive('\n') {

@@ -232,7 +232,7 @@ impl LogText {
 /// Parses frames from a log read in arbitrary pieces, handing out each frame's payload as it arrives (a frame
 /// split across pieces comes out in parts).
 #[derive(Debug, Default)]
-struct Deframer {
+pub(crate) struct Deframer {
     head: [u8; HEADER],
     have: usize,
     stream: u8,
@@ -240,7 +240,7 @@ struct Deframer {
 }
 
 impl Deframer {
-    fn feed(&mut self, mut data: &[u8], mut payload: impl FnMut(u8, &[u8])) {
+    pub(crate) fn feed(&mut self, mut data: &[u8], mut payload: impl FnMut(u8, &[u8])) {
         while !data.is_empty() {
             if self.left > 0 {
                 let (part, rest) = data.split_at(self.left.min(data.len()));

@@ -1,4 +1,4 @@
-//! Fuzzes `target::parse`: any Host and path must give a target or an error, never a panic, and a parsed
+//! Fuzzes the proxy's `target::parse`: any Host and path must give a target or an error, never a panic, and a parsed
 //! sandbox id is always valid.
 #![no_main]
 
