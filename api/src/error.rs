@@ -34,6 +34,14 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
+    /// 507: the database has no room left to write. Reads still work; writes work again once space is freed.
+    pub fn storage_full() -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "the database has no space left to write (its disk is full); reads still work, and writes work again \
+             once the operator frees space",
+        )
+    }
     /// A 500 whose detail is logged, not sent.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "{context}");
@@ -48,6 +56,10 @@ impl From<sqlx::Error> for ApiError {
     /// The database being away (unreachable, restarting, locked by another process, out of connections) is a 503
     /// that says so, since retrying later works; anything else is a 500.
     fn from(e: sqlx::Error) -> Self {
+        if database_full(&e) {
+            tracing::error!(error = %e, "the database's disk is full");
+            return Self::storage_full();
+        }
         match database_unavailable(&e) {
             Some(why) => {
                 tracing::warn!(error = %e, "database unavailable");
@@ -55,6 +67,23 @@ impl From<sqlx::Error> for ApiError {
             }
             None => Self::internal("database", e),
         }
+    }
+}
+
+/// Whether `e` says the database's storage is full: SQLite's `SQLITE_FULL` (13) or an I/O error from a write that
+/// found no space (`ENOSPC` surfaces as `SQLITE_IOERR_WRITE` and friends with "disk is full" or "No space" in the
+/// message), PostgreSQL's `disk_full` (53100).
+pub fn database_full(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            let sqlite_full = code.parse::<i64>().is_ok_and(|c| c & 0xff == 13);
+            let msg = db.message();
+            sqlite_full || code == "53100" || msg.contains("disk is full") || msg.contains("No space left")
+        }
+        sqlx::Error::Io(io) => io.raw_os_error() == Some(28),
+        _ => false,
     }
 }
 

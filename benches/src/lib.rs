@@ -2,6 +2,7 @@
 //! latencies. Benchmarks print figures; they assert nothing about time.
 
 pub mod report;
+pub mod soak;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

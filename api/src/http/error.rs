@@ -26,6 +26,7 @@ fn code_for(status: StatusCode) -> &'static str {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
         StatusCode::UNPROCESSABLE_ENTITY => "UNPROCESSABLE_ENTITY",
         StatusCode::SERVICE_UNAVAILABLE => "SERVICE_UNAVAILABLE",
+        StatusCode::INSUFFICIENT_STORAGE => "INSUFFICIENT_STORAGE",
         _ => "INTERNAL_ERROR",
     }
 }

@@ -348,8 +348,10 @@ def _mounts_under(d: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def engine(log_dir: Path, live_restore: bool = False, storage_driver: str | None = None):
-    """A started private engine (see the module doc), removed when the block ends."""
+def engine(log_dir: Path, live_restore: bool = False, storage_driver: str | None = None, data_size: str | None = None):
+    """A started private engine (see the module doc), removed when the block ends. ``data_size`` (``"1g"``) puts
+    its data root on a tmpfs of that size, mounted in the engine's mount namespace (gone with it): a disk that a
+    test may fill without touching the machine's."""
     name = "sbr-" + secrets.token_hex(3)
     e = Engine(name=name, index=_pick_index(), run_dir=Path("/tmp") / name, log_dir=log_dir,
                live_restore=live_restore,
@@ -362,6 +364,9 @@ def engine(log_dir: Path, live_restore: bool = False, storage_driver: str | None
         (e.run_dir / "daemon.json").write_text(json.dumps(
             {"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "2"}}))
         e._make_namespaces()
+        if data_size:
+            run([*e.prefix, "mount", "-t", "tmpfs", "-o", f"size={data_size},mode=0711", "sandbar-engine-data",
+                 str(e.run_dir / "data")])
         e.start()
         yield e
     finally:
