@@ -1,5 +1,6 @@
 //! Archive and restore through the API: both are runner jobs (`archiving` -> `archived`, `restoring` ->
-//! `started`), the restore job carries the sandbox's whole spec, failures keep the data reachable, a runner's full
+//! `started`), the restore job carries the sandbox's whole spec, failures (and jobs past their deadline) keep the
+//! data reachable and the sandbox in `stopped` or `archived` with the reason, a runner's full
 //! report does not turn an archived sandbox (which has no container) into an error, and delete reaches the runner
 //! so it deletes the archive. SQLite and PostgreSQL.
 
@@ -82,21 +83,31 @@ async fn archive_then_restore_with_the_whole_spec() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn failed_archive_is_an_error_and_failed_restore_stays_archived() {
+async fn failed_archive_stays_stopped_and_failed_restore_stays_archived() {
     for db in databases().await {
         let (h, r) = Harness::start_with_runner(&db, 64, 64, 1000).await;
 
+        // The store failed past the runner's retries: the container is intact and stopped.
         let id = stopped(&h, &r, json!({})).await;
         post(&h, &id, "archive").await;
         let job = one_job(&r).await;
-        r.fail(&job, JobErrorCode::Internal, "archive store: disk full").await;
+        r.fail(&job, JobErrorCode::Internal, "archive store: Generic S3 error: Error performing PUT ... 500").await;
         let v = h.get_sandbox(&id).await;
-        assert_eq!((v["state"].as_str(), v["recoverable"].as_bool()), (Some("error"), Some(true)), "{v}");
-        assert!(v["errorReason"].as_str().unwrap().contains("disk full"), "{v}");
-        // The container is intact on the runner: recover starts it.
-        let (s, v) = post(&h, &id, "recover").await;
-        assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("starting")), "{v}");
-        assert!(matches!(one_job(&r).await.kind, JobKind::StartSandbox { .. }));
+        assert_eq!((v["state"].as_str(), v["desiredState"].as_str()), (Some("stopped"), Some("archived")), "{v}");
+        let reason = v["errorReason"].as_str().unwrap();
+        assert!(reason.contains("archive failed") && reason.contains("archive store: Generic S3 error"), "{reason}");
+        // A stale report of the runner's own picture (stopped, with the same reason) changes nothing.
+        let report = json!([{"sandboxId": id, "state": "stopped", "reason": "archive failed: archive store: 500"}]);
+        assert_eq!(r.post("states", report).await, StatusCode::NO_CONTENT);
+        assert_eq!(h.state(&id).await, "stopped");
+        // Archived again once the store is back; the reason goes with the success.
+        let (s, v) = post(&h, &id, "archive").await;
+        assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("archiving")), "{v}");
+        let job = one_job(&r).await;
+        assert_eq!(job.kind, JobKind::ArchiveSandbox { sandbox_id: id.clone() });
+        r.succeed(&job, &h.org).await;
+        let v = h.get_sandbox(&id).await;
+        assert_eq!((v["state"].as_str(), v["errorReason"].as_null()), (Some("archived"), Some(())), "{v}");
 
         let id = archived(&h, &r, json!({})).await;
         post(&h, &id, "start").await;
@@ -112,6 +123,40 @@ async fn failed_archive_is_an_error_and_failed_restore_stays_archived() {
         assert!(matches!(job.kind, JobKind::RestoreSandbox(_)), "a second start restores again: {job:?}");
         r.succeed(&job, &h.org).await;
         assert_eq!(h.state(&id).await, "started");
+        h.stop().await;
+    }
+}
+
+/// An archive or a restore whose runner never answers (it hangs on a store that never answers, or died) fails at
+/// the job's deadline and lands where a failure of its kind does, with the reason: never stuck in `archiving` or
+/// `restoring`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn archive_and_restore_without_a_result_end_at_their_deadline() {
+    for db in databases().await {
+        let (h, r) = Harness::start_with_runner(&db, 64, 64, 1000).await;
+        let a = stopped(&h, &r, json!({})).await;
+        let b = archived(&h, &r, json!({})).await;
+        post(&h, &a, "archive").await;
+        post(&h, &b, "start").await;
+        let jobs = r.poll(0).await;
+        assert_eq!(jobs.len(), 2, "{jobs:?}");
+
+        h.clock.advance_secs(59 * 60);
+        r.heartbeat(64, 64, 1000).await;
+        assert!(h.tick().await.expired.is_empty(), "archive and restore have 60 minutes");
+        assert_eq!((h.state(&a).await, h.state(&b).await), ("archiving".into(), "restoring".into()));
+        h.clock.advance_secs(2 * 60);
+        r.heartbeat(64, 64, 1000).await;
+        assert_eq!(h.tick().await.expired.len(), 2, "{}", db.label);
+        for (id, state, what) in [(&a, "stopped", "archive failed"), (&b, "archived", "restore failed")] {
+            let v = h.get_sandbox(id).await;
+            assert_eq!(v["state"], state, "{v}");
+            let reason = v["errorReason"].as_str().unwrap_or_default();
+            assert!(reason.contains(what) && reason.contains("Timeout"), "{reason}");
+        }
+        // Both can be asked again.
+        assert_eq!(post(&h, &a, "archive").await.1["state"], "archiving");
+        assert_eq!(post(&h, &b, "start").await.1["state"], "restoring");
         h.stop().await;
     }
 }

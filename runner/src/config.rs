@@ -56,7 +56,8 @@ pub struct RunnerConfig {
     /// Default: 5 s.
     pub firewall_recheck: Duration,
     /// Where archived sandboxes go (see [`crate::host::archive`]): `s3://bucket/prefix` (credentials, region and endpoint from
-    /// the usual `AWS_*` environment, so any S3-compatible store works), `file:///path` or a plain path.
+    /// the usual `AWS_*` environment, so any S3-compatible store works; timeouts and retries in the URL's options),
+    /// `file:///path` or a plain path.
     /// Default: `<state_dir>/archives`; with neither, archive jobs fail with a clear reason.
     pub archive_store: Option<String>,
     /// Open files per process in a sandbox (`nofile`, soft and hard). Under user namespaces it cannot exceed the

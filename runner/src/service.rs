@@ -49,7 +49,8 @@ pub struct RunnerOptions {
     #[arg(long = "runner-state-dir", env = "SANDBAR_RUNNER_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Where archived sandboxes go: `s3://bucket/prefix` (with the usual AWS_* environment; AWS_ENDPOINT for an
-    /// S3-compatible store), `file:///path` or a path. Default: `<runner-state-dir>/archives`.
+    /// S3-compatible store; `?timeout=60s&max_retries=10&...` sets the timeouts and retries, see the runner's
+    /// `host::archive::store`), `file:///path` or a path. Default: `<runner-state-dir>/archives`.
     #[arg(long, env = "SANDBAR_ARCHIVE_STORE")]
     pub archive_store: Option<String>,
     /// Disk the runner advertises for placement, GiB.

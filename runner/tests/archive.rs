@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::s3::Moto;
 use common::*;
 use sandbar_proto::runner::{CreateSandbox, JobErrorCode, SandboxState, StopSandbox};
 use sandbar_proto::toolbox::ExecuteRequest;
@@ -192,71 +193,9 @@ async fn a_corrupt_archive_is_refused_and_kept() {
     runner.destroy(&id).await.unwrap();
 }
 
-/// `moto_server` (S3-compatible, from PyPI's moto) on a free loopback port, killed on drop.
-struct Moto {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Moto {
-    /// `SANDBAR_MOTO_SERVER`, else the repository's `.venv/bin/moto_server` (scripts/setup installs it).
-    fn start() -> Option<Self> {
-        let bin = std::env::var_os("SANDBAR_MOTO_SERVER")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join(".venv/bin/moto_server"));
-        if !bin.exists() {
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let moto = Self { child, port };
-        // Ready when it answers HTTP, not when something accepts a connection: a port picked by binding it and
-        // letting it go can be another process's for a moment, and moto's server may still be starting behind a
-        // listening socket.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !answers_http(port) {
-            assert!(Instant::now() < deadline, "moto_server did not answer HTTP on {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(moto)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{path}", self.port)
-    }
-}
-
-/// Whether an HTTP server answers `GET /` on `port` of loopback (any status).
-fn answers_http(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-    if c.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut head = [0u8; 8];
-    c.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/")
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_and_restore_through_an_s3_compatible_store() {
-    let Some(moto) = Moto::start() else {
-        assert!(std::env::var_os("CI").is_none(), "no moto_server: run scripts/setup");
-        eprintln!("\n!!!!! SKIPPING the S3 archive test: no .venv/bin/moto_server (run scripts/setup)\n");
-        return;
-    };
+    let Some(moto) = Moto::start_or_skip("the S3 archive test") else { return };
     let http = reqwest::Client::new();
     assert!(http.put(moto.url("sandbar-archives")).send().await.unwrap().status().is_success());
     let t = TestRunner::new("archive-s3");

@@ -20,6 +20,14 @@
 //! Both jobs are idempotent, as the API re-delivers a job whose result it did not get: an archive whose container
 //! is already gone succeeds when its manifest is there; a restore of a sandbox that already runs answers with it;
 //! leftovers of an interrupted restore (images, the never-started container) are removed before it starts over.
+//!
+//! A store that fails (5xx, stalls, down): each request is retried with jittered backoff within its timeouts
+//! ([`store`] has the rules, the defaults and the `s3://` URL options that change them), and when its retries are
+//! spent the job fails with the store's own words, never a hang. A failed archive leaves the container as it was,
+//! stopped, so it can be archived again once the store is back: an archive first deletes an out-of-date manifest
+//! of the sandbox (one a restore could not delete), so a half-written upload never sits under a manifest, and an
+//! upload that failed is aborted (never completed, so no `rootfs.tar` of it appears). A failed restore removes
+//! what it made (the import, the restore image, the container) and leaves the archive untouched.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -31,11 +39,6 @@ use bollard::query_parameters::{
     CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::local::LocalFileSystem;
-use object_store::path::Path as ObjectPath;
-use object_store::prefix::PrefixStore;
-use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sandbar_proto::runner::{CreateSandbox, SandboxInfo, SandboxSpecLabel, SandboxState, labels};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -44,8 +47,12 @@ use sandbar_support::sync::lock;
 
 use super::daemon::new_token;
 use super::{Entry, Inner, RESERVED_ENV, Runner, container_name, strip_daemon, unix_now};
-use crate::config::{DAEMON_MOUNT_PATH, RunnerConfig};
+use crate::config::DAEMON_MOUNT_PATH;
 use crate::error::{SandboxError, docker_status};
+
+mod store;
+pub(crate) use store::ArchiveStore;
+use store::TarBody;
 
 /// Repository of the images restores make: `sandbar-archive:{id}` (and `{id}.rootfs`, the bare import, while a
 /// restore runs).
@@ -53,10 +60,6 @@ pub const ARCHIVE_REPO: &str = "sandbar-archive";
 /// Label on restore images and their helper container; its value is the sandbox ID.
 pub const ARCHIVE_LABEL: &str = "sandbar.archive";
 const MANIFEST_VERSION: u32 = 1;
-/// Parts of the multipart upload (S3 needs at least 5 MiB), and how many may be in flight: memory stays under
-/// 64 MiB whatever the sandbox's size.
-const PART_SIZE: usize = 16 << 20;
-const PARTS_IN_FLIGHT: usize = 4;
 /// Export and import stream for as long as the filesystem takes; Docker's per-request timeout is for answers.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// A tar stream ends with two zero blocks: an export without them was cut short.
@@ -89,34 +92,6 @@ pub struct ArchiveManifest {
     pub archived_at: i64,
 }
 
-/// Where archives live: a directory on this host or an S3-compatible bucket.
-pub(crate) struct ArchiveStore {
-    store: Arc<dyn ObjectStore>,
-    /// For messages: the configured location, without credentials (there are none in it).
-    location: String,
-    /// The directory of a local store, whose uploads in progress are files beside their object (see
-    /// [`ArchiveStore::clear_staged`]).
-    local_dir: Option<std::path::PathBuf>,
-}
-
-impl std::fmt::Debug for ArchiveStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArchiveStore").field("location", &self.location).finish_non_exhaustive()
-    }
-}
-
-fn store_err(e: object_store::Error) -> SandboxError {
-    SandboxError::Archive(e.to_string())
-}
-
-fn tar_path(id: &str) -> ObjectPath {
-    ObjectPath::from_iter([id, "rootfs.tar"])
-}
-
-fn manifest_path(id: &str) -> ObjectPath {
-    ObjectPath::from_iter([id, "manifest.json"])
-}
-
 pub(crate) fn image_ref(id: &str) -> String {
     format!("{ARCHIVE_REPO}:{id}")
 }
@@ -127,137 +102,6 @@ fn rootfs_ref(id: &str) -> String {
 
 fn helper_name(id: &str) -> String {
     format!("sandbar-{id}-restore")
-}
-
-impl ArchiveStore {
-    /// The store a runner with `config` uses: `archive_store` when set (`s3://bucket/prefix`, `file:///path` or a
-    /// path), else `<state_dir>/archives`, else none.
-    pub(crate) fn from_config(config: &RunnerConfig) -> Result<Option<Self>, String> {
-        match (&config.archive_store, &config.state_dir) {
-            (Some(spec), _) => Self::open(spec.trim()).map(Some),
-            (None, Some(dir)) => Self::local(&dir.join("archives")).map(Some),
-            (None, None) => Ok(None),
-        }
-    }
-
-    /// `s3://bucket/prefix[?option=value&...]`: options are object_store's S3 keys (`endpoint`, `region`,
-    /// `allow_http`, ...), taken literally, over the `AWS_*` environment.
-    pub(crate) fn open(spec: &str) -> Result<Self, String> {
-        if let Some(rest) = spec.strip_prefix("s3://") {
-            let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-            // Never logged with its options: they may hold credentials.
-            let location = format!("s3://{rest}");
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(format!("archive store {location:?}: no bucket"));
-            }
-            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                let key = key
-                    .parse::<AmazonS3ConfigKey>()
-                    .map_err(|_| format!("archive store {location:?}: unknown S3 option {key:?}"))?;
-                builder = builder.with_config(key, value);
-            }
-            let s3 = builder.build().map_err(|e| format!("archive store {location:?}: {e}"))?;
-            let prefix = prefix.trim_matches('/');
-            let store: Arc<dyn ObjectStore> =
-                if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
-            return Ok(Self { store, location, local_dir: None });
-        }
-        if let Some(path) = spec.strip_prefix("file://") {
-            return Self::local(std::path::Path::new(path));
-        }
-        if spec.contains("://") {
-            return Err(format!("archive store {spec:?}: use s3://bucket/prefix, file:///path or a path"));
-        }
-        Self::local(std::path::Path::new(spec))
-    }
-
-    fn local(dir: &std::path::Path) -> Result<Self, String> {
-        use std::os::unix::fs::DirBuilderExt;
-        // Archives are whole sandbox filesystems: only the runner's user may read them.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("archive store {}: {e}", dir.display()))?;
-        let fs = LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| format!("archive store {}: {e}", dir.display()))?
-            .with_automatic_cleanup(true);
-        Ok(Self { store: Arc::new(fs), location: dir.display().to_string(), local_dir: Some(dir.to_path_buf()) })
-    }
-
-    pub(crate) fn location(&self) -> &str {
-        &self.location
-    }
-
-    /// The manifest of a complete archive of `id`, if there is one.
-    async fn manifest(&self, id: &str) -> Result<Option<ArchiveManifest>, SandboxError> {
-        let got = match self.store.get(&manifest_path(id)).await {
-            Ok(g) => g,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(store_err(e)),
-        };
-        let bytes = got.bytes().await.map_err(store_err)?;
-        let m: ArchiveManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| SandboxError::Archive(format!("manifest of sandbox {id} is unreadable: {e}")))?;
-        if m.version != MANIFEST_VERSION || m.sandbox_id != id {
-            return Err(SandboxError::Archive(format!(
-                "manifest of sandbox {id} is version {} for sandbox {:?}; this runner reads version \
-                 {MANIFEST_VERSION}",
-                m.version, m.sandbox_id
-            )));
-        }
-        Ok(Some(m))
-    }
-
-    async fn put_manifest(&self, m: &ArchiveManifest) -> Result<(), SandboxError> {
-        let json = serde_json::to_vec_pretty(m).map_err(|e| SandboxError::Internal(e.to_string()))?;
-        self.store.put(&manifest_path(&m.sandbox_id), PutPayload::from(json)).await.map_err(store_err)?;
-        Ok(())
-    }
-
-    /// Removes what uploads of `id`'s archive left when the runner died during them (no abort ran). A local store
-    /// stages an upload as `rootfs.tar#N` beside its object: each is a whole filesystem's worth of bytes, which
-    /// nothing else would ever remove. On S3 an interrupted multipart upload is the bucket's to expire (an
-    /// `AbortIncompleteMultipartUpload` lifecycle rule; object_store cannot list them). Called before an archive
-    /// starts and when its objects are deleted; no upload of `id` runs then (the sandbox's operation lock).
-    async fn clear_staged(&self, id: &str) {
-        let Some(dir) = &self.local_dir else { return };
-        let dir = dir.join(id);
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            if name.to_string_lossy().contains('#') {
-                match std::fs::remove_file(e.path()) {
-                    Ok(()) => tracing::info!(sandbox_id = %id, file = ?name, "removed an interrupted archive upload"),
-                    Err(err) => {
-                        tracing::warn!(sandbox_id = %id, file = ?name, error = %err, "cannot remove an interrupted archive upload")
-                    }
-                }
-            }
-        }
-    }
-
-    /// Deletes every object of `id`'s archive, manifest first (so a half-deleted archive never looks complete).
-    /// True when there was something to delete.
-    async fn remove(&self, id: &str) -> Result<bool, SandboxError> {
-        let mut found = false;
-        let mut paths = vec![manifest_path(id), tar_path(id)];
-        let prefix = ObjectPath::from(id);
-        let listed: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(store_err)?;
-        paths.extend(listed.into_iter().map(|m| m.location).filter(|p| *p != manifest_path(id) && *p != tar_path(id)));
-        for path in paths {
-            match self.store.delete(&path).await {
-                Ok(()) => found = true,
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_err(e)),
-            }
-        }
-        self.clear_staged(id).await;
-        Ok(found)
-    }
 }
 
 /// The environment the image gave a container: its env without the runner's variables and the caller's.
@@ -344,19 +188,30 @@ impl Inner {
         }
         self.set_state(&entry, SandboxState::Archiving, None, None);
         let started = Instant::now();
-        let done = match self.export(store, &info).await {
-            Ok(m) => self.remove_archived_container(&entry, &info).await.map(|()| m),
-            Err(e) => Err(e),
+        let m = match self.export(store, &info).await {
+            Ok(m) => m,
+            Err(e) => {
+                // The export only read the container: it is intact and stopped, and can be archived again (unless
+                // Docker says it runs, which nothing here explains).
+                let next = match e {
+                    SandboxError::InvalidState { .. } => SandboxState::Error,
+                    _ => SandboxState::Stopped,
+                };
+                tracing::warn!(sandbox_id = %id, error = %e, ms = started.elapsed().as_millis() as u64,
+                    store = %store.location(), state = %next, "archive failed");
+                self.set_state(&entry, next, Some(format!("archive failed: {e}")), None);
+                return Err(e);
+            }
         };
-        match done {
-            Ok(m) => {
+        match self.remove_archived_container(&entry, &info).await {
+            Ok(()) => {
                 tracing::info!(sandbox_id = %id, bytes = m.size, ms = started.elapsed().as_millis() as u64,
                     store = %store.location(), "sandbox archived");
                 self.set_state(&entry, SandboxState::Archived, None, None);
                 Ok(self.archived_info(&m, Some(info)))
             }
             Err(e) => {
-                // The container (if still there) is intact; the control plane shows the sandbox in error too.
+                // The archive is complete but Docker kept the container in some state: an error until looked at.
                 self.set_state(&entry, SandboxState::Error, Some(format!("archive failed: {e}")), None);
                 Err(e)
             }
@@ -413,10 +268,10 @@ impl Inner {
         let env = image_env(config.env.as_deref().unwrap_or_default(), &caller_keys);
 
         store.clear_staged(id).await;
+        store.remove_stale_manifest(id).await?;
         let docker = self.docker.clone().with_timeout(TRANSFER_TIMEOUT);
         let mut export = Box::pin(docker.export_container(&info.container_id));
-        let upload = store.store.put_multipart(&tar_path(id)).await.map_err(store_err)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut upload = store.upload(id).await?;
         let mut hash = Sha256::new();
         let mut size = 0u64;
         let mut tail = Vec::with_capacity(TAR_END);
@@ -426,25 +281,22 @@ impl Inner {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => break Some(SandboxError::from(e)),
             };
-            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                break Some(store_err(e));
-            }
             hash.update(&chunk);
             keep_tail(&mut tail, &chunk);
             size += chunk.len() as u64;
-            writer.write(&chunk);
+            if let Err(e) = upload.write(chunk).await {
+                break Some(e);
+            }
         };
         let failure = failure.or_else(|| {
             (tail.len() < TAR_END || tail.iter().any(|b| *b != 0))
                 .then(|| SandboxError::Archive(format!("Docker's export of sandbox {id} ended early ({size} bytes)")))
         });
         if let Some(e) = failure {
-            if let Err(abort) = writer.abort().await {
-                tracing::warn!(sandbox_id = %id, error = %abort, "cannot abort the archive upload");
-            }
+            upload.abort().await;
             return Err(e);
         }
-        writer.finish().await.map_err(store_err)?;
+        upload.finish().await?;
         let manifest = ArchiveManifest {
             version: MANIFEST_VERSION,
             sandbox_id: id.to_owned(),
@@ -553,20 +405,7 @@ impl Inner {
         self.remove_image_quietly(&image_ref(id)).await;
         self.remove_image_quietly(&rootfs_ref(id)).await;
 
-        let got = store.store.get(&tar_path(id)).await.map_err(store_err)?;
-        if got.meta.size != m.size {
-            return Err(SandboxError::Archive(format!(
-                "the archive of sandbox {id} is {} bytes but its manifest says {}",
-                got.meta.size, m.size
-            )));
-        }
-        let body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>> = match got.payload {
-            // A local file: read in large blocks (object_store's own stream reads 8 KiB at a time).
-            GetResultPayload::File(file, _) => {
-                tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20).boxed()
-            }
-            GetResultPayload::Stream(s) => s.map_err(std::io::Error::other).boxed(),
-        };
+        let TarBody { stream: body, failure } = store.read_tar(id, m.size).await?;
         let hash = Arc::new(Mutex::new(Sha256::new()));
         let hashing = hash.clone();
         let body = body.inspect_ok(move |chunk| lock(&hashing).update(chunk));
@@ -579,15 +418,31 @@ impl Inner {
             .message(&format!("sandbar archive of sandbox {id}"))
             .build();
         let mut progress = Box::pin(docker.create_image(Some(opts), Some(body_try_stream(body)), None));
+        let mut imported = Ok(());
         while let Some(p) = progress.next().await {
-            let p = p?;
-            if let Some(detail) = p.error_detail {
-                return Err(SandboxError::Archive(format!(
-                    "Docker cannot import the archive of sandbox {id}: {}",
-                    detail.message.unwrap_or_default()
-                )));
+            match p {
+                Ok(p) => {
+                    if let Some(detail) = p.error_detail {
+                        imported = Err(SandboxError::Archive(format!(
+                            "Docker cannot import the archive of sandbox {id}: {}",
+                            detail.message.unwrap_or_default()
+                        )));
+                        break;
+                    }
+                }
+                Err(e) => {
+                    imported = Err(e.into());
+                    break;
+                }
             }
         }
+        drop(progress);
+        // Docker sees only that its body broke: the reason is the store's.
+        if let Some(e) = TarBody::failed(&failure) {
+            self.remove_image_quietly(&rootfs_ref(id)).await;
+            return Err(e);
+        }
+        imported?;
         let digest = format!("{:x}", std::mem::take(&mut *lock(&hash)).finalize());
         if digest != m.sha256 {
             self.remove_image_quietly(&rootfs_ref(id)).await;
@@ -703,49 +558,5 @@ mod tests {
         assert_eq!(tail.iter().filter(|b| **b == 1).count(), 424);
         keep_tail(&mut tail, &[0; 2000]);
         assert!(tail.iter().all(|b| *b == 0));
-    }
-
-    #[test]
-    fn store_specs() {
-        let dir = tempfile::tempdir().unwrap();
-        let local = ArchiveStore::open(&dir.path().join("a").display().to_string()).unwrap();
-        assert!(local.location().ends_with("/a"));
-        assert!(dir.path().join("a").is_dir());
-        let url = format!("file://{}", dir.path().join("b").display());
-        assert!(ArchiveStore::open(&url).is_ok());
-        assert!(ArchiveStore::open("ftp://x/y").is_err());
-        assert!(ArchiveStore::open("s3:///prefix").is_err());
-        let err = ArchiveStore::open("s3://b/p?nonsense=1&secret_access_key=hidden").unwrap_err();
-        assert!(err.contains("nonsense") && !err.contains("hidden"), "{err}");
-        let s3 = ArchiveStore::open("s3://b/p/?region=eu-west-1&secret_access_key=hidden&access_key_id=k").unwrap();
-        assert_eq!(s3.location(), "s3://b/p/");
-    }
-
-    #[tokio::test]
-    async fn local_store_round_trip_and_remove() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ArchiveStore::open(&dir.path().display().to_string()).unwrap();
-        assert_eq!(store.manifest("s1").await.unwrap(), None);
-        let m = ArchiveManifest {
-            version: MANIFEST_VERSION,
-            sandbox_id: "s1".into(),
-            organization_id: "o".into(),
-            runner_id: "r".into(),
-            source_image: "img".into(),
-            argv: vec!["sh".into()],
-            env: vec!["PATH=/bin".into()],
-            working_dir: None,
-            user: Some("sandbar".into()),
-            size: 3,
-            sha256: "x".into(),
-            archived_at: 1,
-        };
-        store.store.put(&tar_path("s1"), PutPayload::from_static(b"abc")).await.unwrap();
-        store.put_manifest(&m).await.unwrap();
-        assert_eq!(store.manifest("s1").await.unwrap(), Some(m));
-        assert!(store.manifest("s2").await.unwrap().is_none());
-        assert!(store.remove("s1").await.unwrap());
-        assert!(!store.remove("s1").await.unwrap());
-        assert!(!dir.path().join("s1").exists(), "empty directories are cleaned up");
     }
 }

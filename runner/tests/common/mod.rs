@@ -17,6 +17,8 @@ use sandbar_proto::toolbox::ExecuteRequest;
 use sandbar_runner::{Runner, RunnerConfig};
 use tokio::sync::broadcast;
 
+pub mod s3;
+
 pub const TEST_PID_LABEL: &str = "sandbar-test.pid";
 
 pub fn workspace_root() -> PathBuf {
