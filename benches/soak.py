@@ -230,8 +230,10 @@ class Soak:
             for f in [pool.submit(self.create) for _ in range(a.sandboxes)]:
                 try:
                     f.result()
-                except Exception as e:  # noqa: BLE001 - reported; the soak runs with those it has
+                except Exception as e:  # noqa: BLE001 - reported, and the soak does not start
                     self.error(f"create: {e}")
+        if self.errors:
+            raise RuntimeError(f"{len(self.errors)} of {a.sandboxes} creates failed; first: {self.errors[0]}")
         self.started = time.monotonic()
         threading.Thread(target=self.measure_docker_disk, daemon=True).start()
         print(f"soak: {len(self.sandboxes)} sandboxes, {a.clients} clients, {a.minutes} minutes", flush=True)
@@ -285,7 +287,12 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     data = Path(tempfile.mkdtemp(prefix="sandbar-soak-"))
     runner = "soak-" + secrets.token_hex(3)
-    stack = start_stack(data, runner, image=a.image)
+    # One host holding --sandboxes sandboxes of the default size (1 vCPU, 1 GiB, 3 GiB): the operator's settings
+    # that let it (quotas, memory overcommit, the disk the runner advertises); idle sandboxes use a few MiB each.
+    n = max(a.sandboxes, 10)
+    room = {"SANDBAR_QUOTA_SANDBOXES": n * 2, "SANDBAR_QUOTA_CPU": n * 2, "SANDBAR_QUOTA_MEMORY": n * 2,
+            "SANDBAR_QUOTA_DISK": n * 8, "SANDBAR_MEMORY_OVERCOMMIT": max(2, n // 10), "SANDBAR_CPU_OVERCOMMIT": max(8, n // 2), "SANDBAR_DISK_CAPACITY": n * 8}
+    stack = start_stack(data, runner, image=a.image, env={k: str(v) for k, v in room.items()})
     soak = None
     try:
         soak = Soak(a, stack, Daytona(DaytonaConfig(api_url=stack.api_url, api_key=stack.api_key)))
