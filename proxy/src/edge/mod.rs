@@ -263,10 +263,12 @@ impl ProxyHttp for EdgeProxy {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         peer.options.total_connection_timeout = Some(Duration::from_secs(10));
-        // Long calls (process/execute with a timeout, logs follow, PTY) may be silent for a long time.
+        // Long calls (process/execute with a timeout, logs follow, PTY) may be silent for a long time, so no read
+        // timeout: a daemon that stopped answering is found by TCP instead (see [`upgrade::daemon_keepalive`]).
         peer.options.read_timeout = None;
         peer.options.write_timeout = None;
         peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.options.tcp_keepalive = Some(upgrade::daemon_keepalive());
         if session.is_upgrade_req() {
             let gate = Arc::new(upgrade::Gate::default());
             ctx.gate = Some(gate.clone());
@@ -375,6 +377,15 @@ impl ProxyHttp for EdgeProxy {
                 // The daemon may have moved: look the route up again next time.
                 self.shared.routes.invalidate(std::slice::from_ref(id));
             }
+        }
+        if ctx.upgraded && e.esource() == &ErrorSource::Upstream {
+            // The tunnel's daemon side failed (a black-holed daemon is found by TCP keepalive): the client gets a
+            // close frame saying so rather than a bare end of its connection.
+            let close = revoke::close_frame(revoke::CLOSE_DAEMON_LOST, revoke::DAEMON_LOST_REASON);
+            if let Err(we) = session.write_response_body(Some(close), true).await {
+                tracing::debug!(error = %we, "could not send the close frame");
+            }
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
         }
         let mut code = 0;
         let reject = if ctx.to_api && e.esource() == &ErrorSource::Upstream {
