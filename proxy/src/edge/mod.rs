@@ -4,13 +4,16 @@
 //!   ([`origin`]), the sandbox's route, what the request's credential opens ([`credentials`], asked of the API),
 //!   the redirect that takes a query-string token out of a page's URL, waking an auto-stopped sandbox and the answer
 //!   for every other state ([`wake`]); any refusal is answered here ([`reject`]).
-//! - `upstream_peer`: the daemon the route names; an upgrade request gets a gated connection of its own
-//!   ([`upgrade`], which `request_body_filter` opens). `connected_to_upstream`: an upgrade keeps a handle on the
+//! - `upstream_peer`: the daemon the route names (also while its sandbox reads `unknown`: the runner fell silent,
+//!   not the daemon); connect timeout 5 s, no read timeout (long calls are quiet), TCP keepalive with a 10 s user
+//!   timeout so a black-holed daemon fails its connection ([`upgrade::daemon_keepalive`]); an upgrade request gets
+//!   a gated connection of its own ([`upgrade`], which `request_body_filter` opens). `connected_to_upstream`: an upgrade keeps a handle on the
 //!   daemon's side ([`revoke`]). `upstream_request_filter`: the request as the daemon gets it, every credential the proxy
 //!   recognised removed ([`rewrite`], [`credentials::strip`]). `response_filter`: WebSocket accounting, the watch
 //!   that closes an upgraded connection whose access is revoked ([`revoke`]), and the answer's headers
 //!   ([`rewrite`]); `response_body_filter`: the close frame of a revoked WebSocket.
-//! - `fail_to_proxy`: a daemon that did not answer ([`reject`]); `logging`: metrics and activity.
+//! - `fail_to_proxy`: a daemon that did not answer ([`reject`]: 504 when in time, else 502), or a WebSocket whose
+//!   daemon side failed (close frame 1014); `logging`: metrics and activity.
 //! - The dashboard and REST API paths skip all of that: they go to the API as they came ([`api_route`]).
 //!
 //! A new route rule is a [`target::Target`] variant, its access rule in the API, and its wiring here.

@@ -70,9 +70,10 @@ def relayed_stack(tmp_path_factory, tag: str, env: dict[str, str] | None = None)
         wait_until(lambda: heartbeat(stack) >= started, timeout=30, interval=0.1, what="the runner's first heartbeat")
         yield stack, relay
     finally:
-        relay.close()
+        # The stack first: the runner reports the deletes of the test's cleanup through the relay.
         if stack is not None:
             stack.stop()
+        relay.close()
         remove_containers(runner_id)
 
 
