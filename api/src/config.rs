@@ -58,6 +58,9 @@ pub struct Config {
     /// passes it over. More than the runners' heartbeat interval (5 s); default 20.
     #[arg(long, env = "SANDBAR_RUNNER_UNREACHABLE_SECS", default_value_t = RUNNER_UNREACHABLE_AFTER_SECS)]
     pub runner_unreachable_secs: u64,
+    /// How long a runner job may go without a result before it fails with `TIMEOUT` (`crate::jobs::deadline_ms`).
+    #[command(flatten)]
+    pub job_deadlines: JobDeadlines,
     /// Seconds a Dockerfile build's image stays on its runner once no snapshot and no sandbox uses it; then the
     /// runner removes it and the next identical Dockerfile builds again. Default 3600.
     #[arg(long, env = "SANDBAR_BUILD_GC_GRACE_SECS", default_value_t = 3600)]
@@ -79,6 +82,42 @@ pub struct Config {
 pub fn default_allowed_images() -> Vec<String> {
     vec!["sandbar-sandbox:*".to_owned(), "sandbar-test-busybox:*".to_owned()]
 }
+
+/// Seconds from when a job is queued until the API fails it for want of a result (`crate::jobs::expire`), by
+/// class of job. Generous by default: a deadline cuts off real work, which is worse than waiting. Tests of long
+/// faults scale them down so that a fault outlasts them without waiting an hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct JobDeadlines {
+    /// Start, stop, destroy, resize, pause, resume, ping, network and removal jobs. Default 600 (10 min).
+    #[arg(long = "job-deadline-secs", env = "SANDBAR_JOB_DEADLINE_SECS", default_value_t = 600)]
+    pub short: u64,
+    /// Creates (a create may pull its image). Default 1800 (30 min).
+    #[arg(long = "create-job-deadline-secs", env = "SANDBAR_CREATE_JOB_DEADLINE_SECS", default_value_t = 1800)]
+    pub create: u64,
+    /// Archive, restore, fork, snapshot and image pulls. Default 3600 (60 min).
+    #[arg(long = "long-job-deadline-secs", env = "SANDBAR_LONG_JOB_DEADLINE_SECS", default_value_t = 3600)]
+    pub long: u64,
+    /// Dockerfile builds. Default 7200 (120 min).
+    #[arg(long = "build-job-deadline-secs", env = "SANDBAR_BUILD_JOB_DEADLINE_SECS", default_value_t = 7200)]
+    pub build: u64,
+}
+
+impl Default for JobDeadlines {
+    fn default() -> Self {
+        Self { short: 600, create: 1800, long: 3600, build: 7200 }
+    }
+}
+
+impl JobDeadlines {
+    /// Every deadline, for validation and for the shortest.
+    pub fn all(&self) -> [u64; 4] {
+        [self.short, self.create, self.long, self.build]
+    }
+}
+
+/// The shortest job deadline accepted: a job is handed out again after `crate::jobs::REDELIVER_AFTER_SECS` (10 s),
+/// so a deadline must leave room for a second delivery.
+pub const MIN_JOB_DEADLINE_SECS: u64 = 15;
 
 /// Per-sandbox defaults and maxima (Daytona's: 1 vCPU, 1 GiB, 3 GiB; at most 4, 8, 10), the quotas a new
 /// organization gets, and how far placement may overcommit a runner.
@@ -157,6 +196,8 @@ pub enum ConfigError {
     SshGateway(String),
     #[error("--runner-unreachable-secs must be more than the runners' heartbeat interval ({interval} s) and at most a day, got {0}", interval = HEARTBEAT_INTERVAL_SECS)]
     RunnerUnreachable(u64),
+    #[error("job deadlines must be between {MIN_JOB_DEADLINE_SECS} s and 7 days, got {0} s")]
+    JobDeadline(u64),
     #[error("limits: {0}")]
     Limits(String),
     #[error("DATABASE_URL must start with sqlite: or postgres://, got a URL with scheme {0:?}")]
@@ -180,6 +221,7 @@ impl Config {
             target: "local".into(),
             create_wait_ms: 0,
             runner_unreachable_secs: RUNNER_UNREACHABLE_AFTER_SECS,
+            job_deadlines: JobDeadlines::default(),
             build_gc_grace_secs: 3600,
             shutdown_grace_secs: 10,
             run_timers: true,
@@ -192,6 +234,11 @@ impl Config {
         self.ssh_gateway_parts()?;
         if self.runner_unreachable_secs <= HEARTBEAT_INTERVAL_SECS || self.runner_unreachable_secs > 86_400 {
             return Err(ConfigError::RunnerUnreachable(self.runner_unreachable_secs));
+        }
+        if let Some(d) =
+            self.job_deadlines.all().into_iter().find(|d| !(MIN_JOB_DEADLINE_SECS..=7 * 86_400).contains(d))
+        {
+            return Err(ConfigError::JobDeadline(d));
         }
         let l = &self.limits;
         let positive = [
@@ -293,6 +340,15 @@ mod tests {
         c.runner_unreachable_secs = 5;
         assert!(matches!(c.validate(), Err(ConfigError::RunnerUnreachable(5))));
         c.runner_unreachable_secs = 8;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn job_deadlines_leave_room_for_a_redelivery() {
+        let mut c = Config::new("/tmp");
+        c.job_deadlines.short = 5;
+        assert!(matches!(c.validate(), Err(ConfigError::JobDeadline(5))));
+        c.job_deadlines.short = 20;
         assert!(c.validate().is_ok());
     }
 

@@ -2,7 +2,8 @@
 //! lifecycle timers driven by a hand-moved clock (no sleeps).
 
 use reqwest::{Method, StatusCode};
-use sandbar_proto::runner::{JobErrorCode, JobKind};
+use sandbar_proto::api::Route;
+use sandbar_proto::runner::{JobErrorCode, JobKind, SandboxState};
 use sandbar_testkit::api::{FakeRunner, Harness, databases, empty, started_sandbox};
 use serde_json::{Value, json};
 
@@ -170,6 +171,11 @@ async fn every_transition_allowed_and_refused() {
         let (s, v) = post(&h, &s1, "stop", None).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert!(v["message"].as_str().unwrap().contains("unreachable"));
+        // The proxy keeps its way to the daemon: the runner is not in the data path.
+        let (_, route) = h.proxy_get::<Route>(&format!("/internal/routes/{s1}")).await;
+        let route = route.expect("route");
+        assert_eq!(route.state, SandboxState::Unknown);
+        assert!(route.serves().is_some(), "{route:?}");
         r.heartbeat(64, 64, 1000).await;
         assert_eq!(h.state(&s1).await, "started", "back when the runner is");
         h.stop().await;

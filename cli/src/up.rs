@@ -60,6 +60,11 @@ pub struct UpArgs {
     /// The runner's id.
     #[arg(long, env = "SANDBAR_RUNNER_ID", default_value = "local")]
     pub runner_id: String,
+    /// The API URL the runner calls (with its `/api` path), when it must reach the API another way than the API's
+    /// own address (a relay, a load balancer; the network fault tests put a relay they can cut here). Default: the
+    /// API's address.
+    #[arg(long, env = "SANDBAR_RUNNER_API_URL")]
+    pub runner_api_url: Option<String>,
     /// Extra `key=value` label on every container of this stack (tests mark theirs).
     #[arg(long = "container-label")]
     pub container_labels: Vec<String>,
@@ -294,7 +299,7 @@ fn specs(args: &UpArgs, dir: &Path, daemon: &Path, ports: &Ports) -> [Spec; 3] {
     let runner = flags(
         [
             ("--runner-id", args.runner_id.clone()),
-            ("--api-url", api_url.clone()),
+            ("--api-url", args.runner_api_url.clone().unwrap_or_else(|| api_url.clone())),
             ("--daemon-binary", daemon.display().to_string()),
             ("--runner-listen", "127.0.0.1:0".into()),
             ("--default-image", args.image.clone()),

@@ -112,7 +112,8 @@ pub struct Route {
     pub sandbox_id: String,
     pub organization_id: String,
     pub state: SandboxState,
-    /// `ip:port` of the daemon's toolbox API; absent unless the sandbox is started.
+    /// `ip:port` of the daemon's toolbox API; absent unless the sandbox is started (or was when its runner fell
+    /// silent: see [`Route::serves`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_addr: Option<String>,
     /// `ip:port` of the daemon's SSH server; absent unless the sandbox is started.
@@ -132,6 +133,18 @@ pub struct Route {
     pub wake_on_request: bool,
     /// Monotonic version of this route; bumped on every change.
     pub version: i64,
+}
+
+impl Route {
+    /// The daemon address requests go to: that of a started sandbox, or of one whose runner fell silent while it
+    /// was started (`unknown` with an address: the API cannot vouch for it, but the runner is not in the data path
+    /// and the daemon authenticates every request).
+    pub fn serves(&self) -> Option<&str> {
+        match self.state {
+            SandboxState::Started | SandboxState::Unknown => self.daemon_addr.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for Route {

@@ -56,10 +56,14 @@ fn wakes_on_request(row: &Row, state: SandboxState) -> bool {
     state == SandboxState::Stopped && (timer_stopped || host_stopped)
 }
 
-/// What the proxy needs to reach a sandbox; addresses only while it is started.
+/// What the proxy needs to reach a sandbox; addresses only while it is started, or was started when its runner
+/// fell silent (`unknown`): the runner is not in the data path, so a cut between it and the API leaves the daemon
+/// reachable, and the daemon checks every request's signature with its own token, so an address that went stale
+/// meanwhile can never open another sandbox.
 pub fn route(app: &App, row: &Row) -> Route {
     let state = row.effective_state(app, app.now());
-    let started = state == SandboxState::Started;
+    let started = state == SandboxState::Started
+        || (state == SandboxState::Unknown && row.stored_state() == SandboxState::Started);
     let daemon_addr = row.daemon_addr.clone().filter(|_| started);
     Route {
         sandbox_id: row.id.clone(),
@@ -152,7 +156,9 @@ pub async fn resolve_ssh(app: &App, token: &str, recheck: bool) -> ApiResult<Ssh
     };
     let row = live(app, &sandbox_id).await?;
     let r = route(app, &row);
-    let Some(ssh_addr) = r.ssh_addr.filter(|_| r.state == SandboxState::Started) else {
+    // `unknown` with an address: its runner fell silent while it was started, and SSH does not go through it.
+    let serves = r.serves().is_some();
+    let Some(ssh_addr) = r.ssh_addr.filter(|_| serves) else {
         return Err(ApiError::conflict(format!("sandbox {sandbox_id} is {}, not started; start it first", r.state)));
     };
     if !recheck {

@@ -326,6 +326,11 @@ pub async fn reconcile(app: &App, runner_id: &str, list: Vec<SandboxInfo>) -> Ap
             // An archived sandbox has no container by design: its filesystem is in the archive store.
             continue;
         }
+        if st == "error" {
+            // Already failed, with the reason why (a create that timed out while the runner was cut off), which says
+            // more than a missing container would.
+            continue;
+        }
         if st == "destroying" {
             sandboxes::set_state(&mut tx, &id, SandboxState::Destroyed, None, now).await?;
         } else {

@@ -26,6 +26,7 @@ pub mod stop;
 use sandbar_proto::runner::{Job, JobErrorCode, JobKind, JobOutcome, JobResult};
 
 use crate::App;
+use crate::config::JobDeadlines;
 use crate::domain::apply::JobDone;
 use crate::domain::state;
 use crate::error::{ApiError, ApiResult};
@@ -38,37 +39,39 @@ pub const REDELIVER_AFTER_SECS: i64 = 10;
 
 /// How long a job may go without a result, from when it was queued, before the API fails it with
 /// `JobErrorCode::Timeout` ([`expire`]): its sandbox then leaves its transitional state the way any failure of that
-/// kind leaves it, so nothing stays `creating` or `archiving` because a runner died or hangs. A result that comes
-/// later is accepted and ignored; what the runner did meanwhile reaches the API through its state reports.
-/// Generous: a deadline cuts off real work, which is worse than waiting.
-pub fn deadline_ms(tag: &str) -> i64 {
-    const MIN: i64 = 60_000;
-    match tag {
-        "BUILD_SNAPSHOT" => 120 * MIN,
-        "ARCHIVE_SANDBOX" | "RESTORE_SANDBOX" | "FORK_SANDBOX" | "SNAPSHOT_SANDBOX" | "PULL_IMAGE" => 60 * MIN,
+/// kind leaves it, so nothing stays `creating` or `archiving` because a runner died, hangs or cannot reach the API.
+/// A job failed so is never handed out again (a claim takes only `pending` and `claimed` jobs), so a runner that
+/// comes back after a long network cut does not carry out work its user was told had failed; a result that comes
+/// later (the runner had it running) is accepted and ignored, and what the runner did meanwhile reaches the API
+/// through its full report when it regains contact. The deadlines are `--job-deadline-secs` and its siblings
+/// (`crate::config::JobDeadlines`; defaults 10 min, 30 for a create, 60 for archive, restore, fork, snapshot and
+/// pulls, 120 for builds).
+pub fn deadline_ms(deadlines: &JobDeadlines, tag: &str) -> i64 {
+    let secs = match tag {
+        "BUILD_SNAPSHOT" => deadlines.build,
+        "ARCHIVE_SANDBOX" | "RESTORE_SANDBOX" | "FORK_SANDBOX" | "SNAPSHOT_SANDBOX" | "PULL_IMAGE" => deadlines.long,
         // A create may pull its image.
-        "CREATE_SANDBOX" => 30 * MIN,
-        _ => 10 * MIN,
-    }
+        "CREATE_SANDBOX" => deadlines.create,
+        _ => deadlines.short,
+    };
+    i64::try_from(secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
 }
-
-/// The shortest of [`deadline_ms`].
-const SHORTEST_DEADLINE_MS: i64 = 10 * 60_000;
 
 /// Fails every unfinished job past its [`deadline_ms`] as if its runner had said `TIMEOUT`; returns their ids.
 pub async fn expire(app: &App) -> Result<Vec<String>, sqlx::Error> {
     let now = app.now();
+    let deadlines = &app.config.job_deadlines;
+    let shortest = deadlines.all().into_iter().min().unwrap_or_default();
+    let shortest_ms = i64::try_from(shortest).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
     let mut expired = Vec::new();
-    for (id, runner_id, tag, created_at) in
-        store::jobs::unfinished_before(&app.db.pool, now - SHORTEST_DEADLINE_MS).await?
-    {
-        let deadline = deadline_ms(&tag);
+    for (id, runner_id, tag, created_at) in store::jobs::unfinished_before(&app.db.pool, now - shortest_ms).await? {
+        let deadline = deadline_ms(deadlines, &tag);
         if now.saturating_sub(created_at) < deadline {
             continue;
         }
         let outcome = JobOutcome::Failed {
             code: JobErrorCode::Timeout,
-            message: format!("no result from runner {runner_id} within {} minutes", deadline / 60_000),
+            message: format!("no result from runner {runner_id} within {}", human(deadline)),
         };
         match on_result(app, &runner_id, &JobResult { job_id: id.clone(), outcome }).await {
             Ok(()) => {
@@ -79,6 +82,11 @@ pub async fn expire(app: &App) -> Result<Vec<String>, sqlx::Error> {
         }
     }
     Ok(expired)
+}
+
+/// `30 minutes`, or `45 s` for a deadline of no whole minutes.
+fn human(ms: i64) -> String {
+    if ms % 60_000 == 0 { format!("{} minutes", ms / 60_000) } else { format!("{} s", ms / 1000) }
 }
 
 /// Claims `runner_id`'s due jobs (see `store::jobs::claim`); claimed builds start `building`.

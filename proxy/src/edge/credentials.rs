@@ -34,7 +34,6 @@ use sandbar_proto::api::{
     DASHBOARD_SESSION_COOKIE, PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY, Route, SignedPreviewResolveResponse,
     is_signed_preview_token,
 };
-use sandbar_proto::runner::SandboxState;
 
 use super::EdgeProxy;
 use super::origin::daemon_port;
@@ -215,7 +214,7 @@ impl EdgeProxy {
         let presented = Presented::of(session, dest.preview_host(), self.asked_by_own_page(session));
         let ask_anonymously = match &presented {
             None => true,
-            Some(_) => route.public && route.state == SandboxState::Started,
+            Some(_) => route.public && route.serves().is_some(),
         };
         let grant = Grant {
             anonymous: ask_anonymously,

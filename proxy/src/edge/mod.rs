@@ -4,13 +4,16 @@
 //!   ([`origin`]), the sandbox's route, what the request's credential opens ([`credentials`], asked of the API),
 //!   the redirect that takes a query-string token out of a page's URL, waking an auto-stopped sandbox and the answer
 //!   for every other state ([`wake`]); any refusal is answered here ([`reject`]).
-//! - `upstream_peer`: the daemon the route names; an upgrade request gets a gated connection of its own
-//!   ([`upgrade`], which `request_body_filter` opens). `connected_to_upstream`: an upgrade keeps a handle on the
+//! - `upstream_peer`: the daemon the route names (also while its sandbox reads `unknown`: the runner fell silent,
+//!   not the daemon); connect timeout 5 s, no read timeout (long calls are quiet), TCP keepalive with a 10 s user
+//!   timeout so a black-holed daemon fails its connection ([`upgrade::daemon_keepalive`]); an upgrade request gets
+//!   a gated connection of its own ([`upgrade`], which `request_body_filter` opens). `connected_to_upstream`: an upgrade keeps a handle on the
 //!   daemon's side ([`revoke`]). `upstream_request_filter`: the request as the daemon gets it, every credential the proxy
 //!   recognised removed ([`rewrite`], [`credentials::strip`]). `response_filter`: WebSocket accounting, the watch
 //!   that closes an upgraded connection whose access is revoked ([`revoke`]), and the answer's headers
 //!   ([`rewrite`]); `response_body_filter`: the close frame of a revoked WebSocket.
-//! - `fail_to_proxy`: a daemon that did not answer ([`reject`]); `logging`: metrics and activity.
+//! - `fail_to_proxy`: a daemon that did not answer ([`reject`]: 504 when in time, else 502), or a WebSocket whose
+//!   daemon side failed (close frame 1014); `logging`: metrics and activity.
 //! - The dashboard and REST API paths skip all of that: they go to the API as they came ([`api_route`]).
 //!
 //! A new route rule is a [`target::Target`] variant, its access rule in the API, and its wiring here.
@@ -263,10 +266,12 @@ impl ProxyHttp for EdgeProxy {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         peer.options.total_connection_timeout = Some(Duration::from_secs(10));
-        // Long calls (process/execute with a timeout, logs follow, PTY) may be silent for a long time.
+        // Long calls (process/execute with a timeout, logs follow, PTY) may be silent for a long time, so no read
+        // timeout: a daemon that stopped answering is found by TCP instead (see [`upgrade::daemon_keepalive`]).
         peer.options.read_timeout = None;
         peer.options.write_timeout = None;
         peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.options.tcp_keepalive = Some(upgrade::daemon_keepalive());
         if session.is_upgrade_req() {
             let gate = Arc::new(upgrade::Gate::default());
             ctx.gate = Some(gate.clone());
@@ -375,6 +380,15 @@ impl ProxyHttp for EdgeProxy {
                 // The daemon may have moved: look the route up again next time.
                 self.shared.routes.invalidate(std::slice::from_ref(id));
             }
+        }
+        if ctx.upgraded && e.esource() == &ErrorSource::Upstream {
+            // The tunnel's daemon side failed (a black-holed daemon is found by TCP keepalive): the client gets a
+            // close frame saying so rather than a bare end of its connection.
+            let close = revoke::close_frame(revoke::CLOSE_DAEMON_LOST, revoke::DAEMON_LOST_REASON);
+            if let Err(we) = session.write_response_body(Some(close), true).await {
+                tracing::debug!(error = %we, "could not send the close frame");
+            }
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
         }
         let mut code = 0;
         let reject = if ctx.to_api && e.esource() == &ErrorSource::Upstream {

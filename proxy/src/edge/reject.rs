@@ -4,7 +4,8 @@
 //! Which status and message a situation gets is decided where the situation is met (400 bad host, id or path;
 //! 401 `unauthorized` or `signed-url-invalid`; 403 `cross-origin` ([`super::origin`]); 404 `no-sandbox`, `sandbox-not-found` or `not-found` (a services-only API path); 409 `sandbox-stopped`,
 //! `sandbox-starting` or `sandbox-error`; 410 `sandbox-archived` or `sandbox-deleted`; 503 `sandbox-not-ready`;
-//! 502 `api-unavailable`, `api-unreachable` (a dashboard or REST request) or `daemon-unreachable`); this module only writes them.
+//! 502 `api-unavailable`, `api-unreachable` (a dashboard or REST request) or `daemon-unreachable` (504 when the
+//! daemon did not answer in time)); this module only writes them.
 
 use std::sync::atomic::Ordering;
 
@@ -53,7 +54,11 @@ impl Reject {
     pub fn for_proxy_error(e: &Error, daemon_addr: Option<&str>) -> Option<Self> {
         match e.esource() {
             ErrorSource::Upstream => Some(Self::new(
-                502,
+                // A daemon that did not answer in time (a black-holed network) is a timeout, anything else a 502.
+                match e.etype() {
+                    ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+                    _ => 502,
+                },
                 "daemon-unreachable",
                 format!(
                     "the sandbox's daemon{} did not answer: {}",

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use sandbar_proto::runner::SandboxState;
 
 use super::credentials::Grant;
 use super::{EdgeProxy, Shared};
@@ -31,6 +30,11 @@ pub const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
 pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 /// The close frame's reason.
 pub const REVOKED_REASON: &str = "access revoked";
+/// WebSocket close code sent when the daemon side of an upgraded connection failed (a daemon that stopped
+/// answering, found by TCP keepalive; RFC 6455's registry: 1014, bad gateway).
+pub const CLOSE_DAEMON_LOST: u16 = 1014;
+/// Its reason.
+pub const DAEMON_LOST_REASON: &str = "the sandbox stopped answering";
 
 /// A duplicate of the upstream socket `fd`, which pingora passes to `connected_to_upstream` while it is open.
 #[allow(unsafe_code)]
@@ -100,10 +104,9 @@ async fn refused(shared: &Shared, s: &Session) -> Option<&'static str> {
         Ok(None) => return Some("sandbox deleted"),
         Err(_) => return None,
     };
-    if route.state != SandboxState::Started {
-        return Some("sandbox not running");
-    }
-    if route.daemon_addr.as_deref() != Some(s.daemon_addr.as_str()) {
+    // `unknown` (the runner fell silent, the daemon did not) keeps its connections.
+    let Some(addr) = route.serves() else { return Some("sandbox not running") };
+    if addr != s.daemon_addr {
         return Some("sandbox moved");
     }
     match EdgeProxy::still_granted(shared, &s.grant, &s.sandbox_id, s.port, &route).await {

@@ -30,12 +30,27 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::connectors::L4Connect;
 use pingora::prelude::HttpPeer;
+use pingora::protocols::l4::ext::{TcpKeepalive, set_tcp_keepalive};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::l4::stream::Stream;
 use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora::{Error, ErrorType, OrErr, Result};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// TCP keepalive on every daemon connection (pooled ones and tunnels): probes after 10 s of silence, every 5 s, 3
+/// of them, and at most 10 s for sent data to be acknowledged (`TCP_USER_TIMEOUT`). A daemon whose network is
+/// black-holed then fails its connection within about 10 s of a request sent on it (25 s for an idle tunnel)
+/// instead of after the kernel's retransmissions (about 15 minutes), while a long call the daemon is merely
+/// quiet about lives on: its kernel answers the probes.
+pub fn daemon_keepalive() -> TcpKeepalive {
+    TcpKeepalive {
+        idle: Duration::from_secs(10),
+        interval: Duration::from_secs(5),
+        count: 3,
+        user_timeout: Duration::from_secs(10),
+    }
+}
 
 /// What the request side tells the daemon side of one upgrade request.
 #[derive(Debug, Default)]
@@ -98,6 +113,10 @@ impl L4Connect for Connector {
             Err(_) => return Error::e_explain(ErrorType::ConnectTimedout, format!("connecting to {inet}")),
         };
         let _ = tcp.set_nodelay(true);
+        // A tunnel never goes back to the pool, but its daemon can stop answering all the same.
+        if let Err(e) = set_tcp_keepalive(&tcp, &daemon_keepalive()) {
+            tracing::debug!(error = %e, "cannot set TCP keepalive on a tunnel");
+        }
         if let Ok(dup) = tcp.as_fd().try_clone_to_owned() {
             *self.gate.socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(dup);
         }
@@ -170,7 +189,7 @@ impl VirtualSocket for GatedSocket {
     fn set_socket_option(&self, opt: VirtualSockOpt) -> io::Result<()> {
         match opt {
             VirtualSockOpt::NoDelay => self.tcp.set_nodelay(true),
-            // Keepalive is the pool's business; this connection never goes back to it.
+            // Keepalive is set at connect ([`daemon_keepalive`]).
             _ => Ok(()),
         }
     }

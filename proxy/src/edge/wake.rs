@@ -49,8 +49,11 @@ impl EdgeProxy {
             route = self.wake_and_wait(id, route).await?;
         }
         let state = route.state.as_str();
+        if let Some(addr) = route.serves() {
+            // Started, or `unknown` with the address it had: its runner's silence does not stop its daemon.
+            return Ok((route.clone(), addr.to_owned()));
+        }
         match (route.state, route.daemon_addr.as_deref()) {
-            (SandboxState::Started, Some(addr)) => Ok((route.clone(), addr.to_owned())),
             (SandboxState::Stopped, _) if route.wake_on_request && !credentialed => Err(Reject::new(
                 409,
                 "sandbox-stopped",

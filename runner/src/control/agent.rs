@@ -1,9 +1,18 @@
 //! The agent loop: post the full picture first (`POST /runners/{id}/sandboxes`, so the API reconciles after a
 //! restart), then heartbeat every [`HEARTBEAT_INTERVAL_SECS`], long-poll `GET /runners/{id}/jobs?wait=` and carry
-//! each job out once through [`crate::jobs`] (a job already in flight is not started again), post results with
-//! retries, and push the state changes Docker caused, batched over 50 ms.
+//! each job out once through [`crate::jobs`] (a job already in flight, or finished in the last
+//! [`FINISHED_REMEMBERED`] jobs, is not started again), post results with retries, and push the state changes
+//! Docker caused, batched over 50 ms.
+//!
+//! A network cut between the runner and the API: every call has a timeout (a black-holed connection fails like a
+//! refused one), sandboxes keep running, results and state changes are retried until the API has them. A claim
+//! answered while the connection was cut may reach the runner late, after the job was handed out again and even
+//! after its result was acknowledged: the finished-jobs memory keeps such a late copy from running twice. Once a
+//! heartbeat gets through after failing, the runner posts its full picture again, so the API reconciles what
+//! changed meanwhile (a job it failed by its deadline while the runner could not report, a sandbox that stopped)
+//! and hands out at once the jobs whose claims were lost on the cut connections.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +28,36 @@ use crate::Runner;
 
 /// Backoff between failed calls: 200 ms doubling to 5 s, with jitter.
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+
+/// How many finished jobs' ids the runner remembers, to ignore a late copy of one (see the module doc).
+const FINISHED_REMEMBERED: usize = 4096;
+
+/// The jobs this runner is carrying out or has finished lately.
+#[derive(Default)]
+struct Seen {
+    /// Being carried out, or their result not yet acknowledged: a re-delivery is ignored.
+    in_flight: HashSet<String>,
+    /// Acknowledged (or refused) results, newest last; a copy that arrives late is ignored.
+    finished: VecDeque<String>,
+}
+
+impl Seen {
+    /// True when `job_id` is new: it is then in flight.
+    fn start(&mut self, job_id: &str) -> bool {
+        if self.finished.iter().any(|f| f == job_id) {
+            return false;
+        }
+        self.in_flight.insert(job_id.to_owned())
+    }
+
+    fn finish(&mut self, job_id: &str) {
+        self.in_flight.remove(job_id);
+        if self.finished.len() >= FINISHED_REMEMBERED {
+            self.finished.pop_front();
+        }
+        self.finished.push_back(job_id.to_owned());
+    }
+}
 
 /// Waits before retry `attempt`; false when `shutdown` came first.
 async fn retry_wait(shutdown: &CancellationToken, attempt: u32) -> bool {
@@ -66,18 +105,33 @@ async fn heartbeats(runner: Runner, cp: ControlPlane, shutdown: CancellationToke
     let mut tick = tokio::time::interval(Duration::from_secs(HEARTBEAT_INTERVAL_SECS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut schedulable = true;
+    // Set by a failed heartbeat: the API may have failed jobs by their deadline or missed state changes meanwhile.
+    let mut out_of_touch = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         match cp.heartbeat(&runner).await {
-            Ok(r) if r.schedulable != schedulable => {
-                schedulable = r.schedulable;
-                tracing::info!(schedulable, "control plane changed this runner's schedulability");
+            Ok(r) => {
+                if r.schedulable != schedulable {
+                    schedulable = r.schedulable;
+                    tracing::info!(schedulable, "control plane changed this runner's schedulability");
+                }
+                if out_of_touch {
+                    match cp.report_sandboxes(runner.runner_id(), &runner.list()).await {
+                        Ok(()) => {
+                            out_of_touch = false;
+                            tracing::info!("control plane reachable again; sent it the full picture");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "full report after a lost contact failed; retrying"),
+                    }
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                out_of_touch = true;
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
         }
     }
 }
@@ -139,8 +193,7 @@ async fn poll_jobs(
     tasks: &tokio_util::task::TaskTracker,
 ) {
     let id = runner.runner_id().to_owned();
-    // Jobs being carried out or whose result is not yet acknowledged: a re-delivery of one of them is ignored.
-    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let mut attempt = 0;
     loop {
         let polled = tokio::select! {
@@ -162,20 +215,26 @@ async fn poll_jobs(
             }
         };
         for job in jobs {
-            if !lock(&in_flight).insert(job.id.clone()) {
+            if !lock(&seen).start(&job.id) {
+                tracing::debug!(job_id = %job.id, "job already in flight or finished; this copy is ignored");
                 continue;
             }
             tracing::info!(job_id = %job.id, sandbox_id = %job.kind.sandbox_id(), kind = job.kind.tag(), "job");
-            let (runner, cp, in_flight, shutdown) = (runner.clone(), cp.clone(), in_flight.clone(), shutdown.clone());
+            let (runner, cp, seen, shutdown) = (runner.clone(), cp.clone(), seen.clone(), shutdown.clone());
             tasks.spawn(async move {
                 let job_id = job.id.clone();
                 let result = crate::jobs::run(&runner, Some(&cp), job).await;
                 let mut attempt = 0;
+                let mut acknowledged = false;
                 loop {
                     match cp.report(runner.runner_id(), &result).await {
-                        Ok(()) => break,
+                        Ok(()) => {
+                            acknowledged = true;
+                            break;
+                        }
                         Err(ControlPlaneError::Status { status, message }) if (400..500).contains(&status) => {
                             tracing::warn!(job_id = %job_id, status, %message, "control plane refused a job result");
+                            acknowledged = true;
                             break;
                         }
                         Err(e) => {
@@ -189,7 +248,13 @@ async fn poll_jobs(
                         }
                     }
                 }
-                lock(&in_flight).remove(&job_id);
+                let mut jobs = lock(&seen);
+                if acknowledged {
+                    jobs.finish(&job_id);
+                } else {
+                    // Given up at shutdown: the API hands it out again after the restart.
+                    jobs.in_flight.remove(&job_id);
+                }
             });
         }
     }
@@ -198,6 +263,20 @@ async fn poll_jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_finished_job_is_not_started_again() {
+        let mut seen = Seen::default();
+        assert!(seen.start("a"));
+        assert!(!seen.start("a"), "in flight");
+        seen.finish("a");
+        assert!(!seen.start("a"), "a late copy of a finished job");
+        for i in 0..FINISHED_REMEMBERED {
+            seen.finish(&i.to_string());
+        }
+        assert_eq!(seen.finished.len(), FINISHED_REMEMBERED);
+        assert!(seen.start("a"), "forgotten after FINISHED_REMEMBERED newer ones");
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

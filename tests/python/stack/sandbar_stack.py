@@ -54,16 +54,18 @@ class Stack:
 
 
 def start_stack(data_dir: Path, runner_id: str, extra: list[str] | None = None, timeout: float = 600,
-                prefix: list[str] | None = None, env: dict[str, str] | None = None, image: str | None = None) -> Stack:
-    """``sandbar up`` on port 0. ``prefix`` goes before its argv (``nsenter ...``: run it in another namespace),
-    ``env`` is added to its environment (``DOCKER_HOST``: another engine; passed on to its services), and ``image``
-    is the default image instead of ``SANDBAR_STACK_IMAGE``."""
+                prefix: list[str] | None = None, env: dict[str, str] | None = None, image: str | None = None,
+                api_port: int = 0) -> Stack:
+    """``sandbar up`` on port 0 (the API on ``api_port`` when given: a relay in front of it needs it first).
+    ``prefix`` goes before its argv (``nsenter ...``: run it in another namespace), ``env`` is added to its
+    environment (``DOCKER_HOST``: another engine; passed on to its services), and ``image`` is the default image
+    instead of ``SANDBAR_STACK_IMAGE``."""
     sandbar = BIN_DIR / "sandbar"
     if not os.access(sandbar, os.X_OK):
         pytest.fail(f"{sandbar} not found: run `cargo build --workspace --bins` or set SANDBAR_BIN_DIR")
     args = [
         str(sandbar), "up", "--data-dir", str(data_dir),
-        "--api-port", "0", "--http-port", "0", "--https-port", "0", "--ssh-port", "0",
+        "--api-port", str(api_port), "--http-port", "0", "--https-port", "0", "--ssh-port", "0",
         "--runner-id", runner_id, "--container-label", "sandbar-e2e=1",
         "--shutdown-grace", "10",
     ]
