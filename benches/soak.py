@@ -291,7 +291,7 @@ def main() -> int:
     # that let it (quotas, memory overcommit, the disk the runner advertises); idle sandboxes use a few MiB each.
     n = max(a.sandboxes, 10)
     room = {"SANDBAR_QUOTA_SANDBOXES": n * 2, "SANDBAR_QUOTA_CPU": n * 2, "SANDBAR_QUOTA_MEMORY": n * 2,
-            "SANDBAR_QUOTA_DISK": n * 8, "SANDBAR_MEMORY_OVERCOMMIT": max(2, n // 10), "SANDBAR_CPU_OVERCOMMIT": max(8, n // 2), "SANDBAR_DISK_CAPACITY": n * 8}
+            "SANDBAR_QUOTA_DISK": n * 8, "SANDBAR_MEMORY_OVERCOMMIT": max(2, n // 10), "SANDBAR_CPU_OVERCOMMIT": max(8, n), "SANDBAR_DISK_CAPACITY": n * 8}
     stack = start_stack(data, runner, image=a.image, env={k: str(v) for k, v in room.items()})
     soak = None
     try:

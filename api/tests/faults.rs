@@ -186,3 +186,35 @@ async fn a_result_sent_many_times_at_once_is_applied_once() {
         h.stop().await;
     }
 }
+
+/// `/healthz` and `/readyz` answer without a credential and say only whether the API serves and can place a
+/// sandbox; they live beside `/api`, not under it, so the proxy (which forwards `/api/...`) never exposes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_and_readiness_answer_anyone_and_say_nothing_more() {
+    for db in databases().await {
+        let h = Harness::start(&db).await;
+        let root = h.base.trim_end_matches("/api").to_owned();
+        let get = |path: &str| h.http.get(format!("{root}{path}")).send();
+        let r = get("/healthz").await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", db.label);
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"status": "ok"}));
+        // No runner yet: not ready, with the reason and when to look again.
+        let r = get("/readyz").await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{}", db.label);
+        assert!(r.headers().contains_key("retry-after"));
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains("no runner"), "{body}");
+        let r1 = h.runner("r1");
+        r1.heartbeat(4, 8, 100).await;
+        let r = get("/readyz").await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", db.label);
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"status": "ready"}));
+        // The runner falls silent past the deadline: not ready again.
+        h.clock.advance_secs(60);
+        assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE, "{}", db.label);
+        // Not under /api (where the proxy forwards), and not a way to probe anything else.
+        assert_eq!(get("/api/healthz").await.unwrap().status(), StatusCode::NOT_FOUND);
+        assert_eq!(get("/api/readyz").await.unwrap().status(), StatusCode::NOT_FOUND);
+        h.stop().await;
+    }
+}

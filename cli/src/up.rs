@@ -224,6 +224,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let launcher = Launcher { bins, env, logs: logs.clone() };
     let grace = Duration::from_secs(args.shutdown_grace);
     let (services, proxy_ready) = start_all(&launcher, specs(&args, &dir, &daemon, &ports), grace).await?;
+    // Ready means a create is placed: the runner's first heartbeat has reached the API.
+    if let Err(last) = api_ready(ports.api, Duration::from_secs(60)).await {
+        eprintln!("sandbar up: the API is not ready after 60 s ({last}); creates fail until a runner heartbeats");
+    }
     let proxy_fields = fields(&proxy_ready);
     let proxy_http = format!("http://{}:{}", url_host(&args.bind), ports.http);
     let proxy_https = format!("https://{}:{}", url_host(&args.bind), ports.https);
@@ -273,6 +277,25 @@ impl Ports {
 
     fn api_url(&self) -> String {
         format!("http://127.0.0.1:{}/api", self.api)
+    }
+}
+
+/// Waits until the API's `/readyz` answers 200 (it reaches its database and a runner heartbeats), at most `within`;
+/// the last answer or error when it never did.
+async fn api_ready(api_port: u16, within: Duration) -> Result<(), String> {
+    let url = format!("http://127.0.0.1:{api_port}/readyz");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let last = match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -123,3 +123,8 @@ pub async fn of_credential(pool: &AnyPool, hash: &str) -> Result<Option<String>,
         .fetch_optional(pool)
         .await
 }
+
+/// How many runners sent a heartbeat at or after `since` (ms).
+pub async fn count_seen_since(pool: &AnyPool, since: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM runners WHERE last_heartbeat >= $1").bind(since).fetch_one(pool).await
+}
