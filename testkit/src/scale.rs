@@ -30,7 +30,7 @@ pub const ADVANCE_SECS: i64 = 20 * 60;
 
 /// The kind of the `i`-th seeded sandbox: one in 40 due to stop, one in 100 due to archive, some stopped for good.
 pub fn kind_of(i: usize) -> Kind {
-    if i % 40 == 0 {
+    if i.is_multiple_of(40) {
         Kind::StopDue
     } else if i % 100 == 5 {
         Kind::ArchiveDue
