@@ -13,6 +13,10 @@
    while the output is still coming: each must see the whole output, byte for byte, and its end (close 1000, or
    the end of the chunked body).
 
+Host limits met on the way: every container of Docker's remapped user takes a kernel session keyring (runc), and
+``kernel.keys.maxkeys`` (200 by default) caps them per user, so a host needs it raised (and ``maxbytes``) to run
+more than about 200 sandboxes; creates past it fail with runc's "unable to join session keyring" (the report says so).
+
 Everything goes through the proxy: the SDK's API URL is the proxy's ``/api``, its toolbox calls the proxy's
 ``/toolbox``. No figure is asserted: ``Report.problems()`` lists errors, lost requests, output that differs and
 memory that grew; the timings are printed (``Report.markdown()``). ``scripts/load`` runs it and prints the table;
