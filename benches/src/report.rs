@@ -498,6 +498,28 @@ pub fn rows() -> Vec<RowSpec> {
         rows.push(api(format!("API GET /api/sandbox/{{id}} p50, {store}"), "µs", m(p50, "api"), Target::Below(1000.0)));
         rows.push(api(format!("API GET /api/sandbox/{{id}} p99, {store}"), "µs", m(p99, "api"), Target::Below(5000.0)));
     }
+    // The lifecycle at scale (benches/src/bin/lifecycle.rs): the longest a GET waited while the work ran.
+    let lifecycle: [(&str, &str, &'static str, &'static str); 6] = [
+        ("a lifecycle tick", "sqlite", "lifecycle_tick_get_max_ms", "lifecycle_tick_took_ms"),
+        ("a runner reconcile", "sqlite", "lifecycle_reconcile_get_max_ms", "lifecycle_reconcile_took_ms"),
+        ("a heartbeat with usage", "sqlite", "lifecycle_heartbeat_get_max_ms", "lifecycle_heartbeat_took_ms"),
+        ("a lifecycle tick", "postgres", "lifecycle_tick_get_max_ms_pg", "lifecycle_tick_took_ms_pg"),
+        ("a runner reconcile", "postgres", "lifecycle_reconcile_get_max_ms_pg", "lifecycle_reconcile_took_ms_pg"),
+        ("a heartbeat with usage", "postgres", "lifecycle_heartbeat_get_max_ms_pg", "lifecycle_heartbeat_took_ms_pg"),
+    ];
+    for (what, store, max, took) in lifecycle {
+        let api = |metric: String, src, target| RowSpec {
+            metric,
+            unit: "ms",
+            sandbar_name: "sandbar-api",
+            sandbar: src,
+            peer_name: "-",
+            peer: None,
+            target,
+        };
+        rows.push(api(format!("{what} over 10k sandboxes (2k in --quick), {store}"), m(took, "api"), Target::None));
+        rows.push(api(format!("longest GET wait during {what}, {store}"), m(max, "api"), Target::Below(100.0)));
+    }
     rows
 }
 

@@ -4,6 +4,8 @@
 //! - [`daemon`]: the real `sandbar-daemon` process on loopback with its own HOME, work and state dirs.
 //! - [`api`] (feature `api`): the API in-process on port 0 over SQLite and PostgreSQL, with a hand-moved clock and a
 //!   fake runner.
+//! - [`scale`] (feature `api`): 10,000 sandboxes seeded into the API's database, and GETs that time other requests
+//!   meanwhile.
 //! - [`api_standin`] (feature `proxy`): the API's internal surface faked from data the test sets.
 //! - [`proxy`] (feature `proxy`): the proxy in-process on 127.0.0.1:0, and an app to reach through it.
 //! - [`stack`] (feature `stack`): the real API in-process, a runner of daemon processes, and the proxy.
@@ -20,5 +22,7 @@ pub mod daemon;
 pub mod fuzz;
 #[cfg(feature = "proxy")]
 pub mod proxy;
+#[cfg(feature = "api")]
+pub mod scale;
 #[cfg(feature = "stack")]
 pub mod stack;

@@ -1,6 +1,10 @@
 //! Carrying out the state machine's decisions on rows: a user's (or a timer's) action ([`act`]), a job's result
 //! (the shared part, [`settle`]; each kind's own part is in `crate::jobs`), and a runner's unrequested reports
-//! ([`observe`], [`reconcile`]). Everything runs inside one transaction per request and bumps the sandbox's route.
+//! ([`observe`], [`reconcile`]). Everything runs inside one transaction per request and bumps the sandbox's route,
+//! but for a runner's reports about many sandboxes at once: those go in transactions of [`BATCH`] sandboxes, so a
+//! runner with thousands of them never holds the database (SQLite's one connection, PostgreSQL's row locks) for all
+//! of them while other requests wait. Each sandbox's report is applied on its own terms (a conditional move), so a
+//! report cut between two batches is simply sent again.
 
 use std::collections::HashSet;
 
@@ -207,6 +211,15 @@ pub(crate) async fn record_info(conn: &mut AnyConnection, info: &SandboxInfo) ->
     sandboxes::record_info(conn, info, ssh).await
 }
 
+/// Whether `row` already holds what `info` says of the sandbox's daemon (so [`record_info`] would change nothing).
+fn knows_daemon(row: &Row, info: &SandboxInfo) -> bool {
+    row.provisioned != 0
+        && row.daemon_addr == info.daemon_addr
+        && row.ssh_addr == info.daemon_addr.as_deref().and_then(ssh_addr)
+        && row.daemon_token == info.daemon_token
+        && row.daemon_host_key == info.daemon_host_key
+}
+
 /// After a sandbox stopped: destroy it at once when its auto-delete interval is 0 (ephemeral). The caller wakes
 /// the runner after committing.
 async fn delete_if_ephemeral(conn: &mut AnyConnection, row: &Row, now: i64) -> Result<(), sqlx::Error> {
@@ -241,9 +254,11 @@ async fn observe(
         return Ok(());
     }
     let busy = jobs::in_flight(conn, &row.id).await?;
+    // A runner's full report mostly repeats what the row holds: written only when something changed.
     if let Some(info) = info
         && !busy
         && row.stored_state() != SandboxState::Destroyed
+        && !knows_daemon(&row, info)
     {
         record_info(conn, info).await?;
     }
@@ -286,59 +301,77 @@ pub async fn restart_host_stopped(app: &App, id: &str) -> ApiResult<bool> {
     Ok(true)
 }
 
-/// A runner's unrequested state changes (a process exited, an OOM kill).
+/// How many sandboxes one transaction of a runner's report handles ([`state_changes`], [`reconcile`], the usage
+/// samples of a heartbeat).
+pub const BATCH: usize = 64;
+
+/// A runner's unrequested state changes (a process exited, an OOM kill), [`BATCH`] sandboxes a transaction.
 pub async fn state_changes(app: &App, runner_id: &str, changes: Vec<StateChange>) -> ApiResult<()> {
-    let mut tx = app.db.pool.begin().await?;
-    for c in changes {
-        let mut reason = c.reason.clone();
-        if c.oom_killed {
-            reason = Some(format!("{} (out of memory)", reason.unwrap_or_else(|| "killed".into())));
-        } else if let Some(code) = c.exit_code {
-            reason = Some(format!("{} (exit code {code})", reason.unwrap_or_else(|| "exited".into())));
+    for batch in changes.chunks(BATCH) {
+        let mut tx = app.db.pool.begin().await?;
+        for c in batch {
+            let mut reason = c.reason.clone();
+            if c.oom_killed {
+                reason = Some(format!("{} (out of memory)", reason.unwrap_or_else(|| "killed".into())));
+            } else if let Some(code) = c.exit_code {
+                reason = Some(format!("{} (exit code {code})", reason.unwrap_or_else(|| "exited".into())));
+            }
+            observe(app, &mut tx, runner_id, &c.sandbox_id, c.state, reason, None).await?;
         }
-        observe(app, &mut tx, runner_id, &c.sandbox_id, c.state, reason, None).await?;
+        tx.commit().await?;
     }
-    tx.commit().await?;
     app.wake_routes();
     app.wake_runner(runner_id);
     Ok(())
 }
 
 /// A runner's full picture (what it sends when it (re)starts): apply the states it knows, and mark the sandboxes
-/// it no longer has.
+/// it no longer has. [`BATCH`] sandboxes a transaction: a sandbox missing from the picture is read again (locked)
+/// in its batch, so one that moved meanwhile is judged as it is now.
 pub async fn reconcile(app: &App, runner_id: &str, list: Vec<SandboxInfo>) -> ApiResult<()> {
     let now = app.now();
-    let mut tx = app.db.pool.begin().await?;
     // Jobs it had claimed and not finished are handed out again on its next poll instead of after the redelivery
     // delay (it ignores those it is still running).
-    jobs::redeliver_now(&mut tx, runner_id).await?;
-    let mut seen = HashSet::new();
-    for info in &list {
-        seen.insert(info.id.clone());
-        observe(app, &mut tx, runner_id, &info.id, info.state, info.error_reason.clone(), Some(info)).await?;
+    jobs::redeliver_now(&mut *app.db.pool.acquire().await?, runner_id).await?;
+    for batch in list.chunks(BATCH) {
+        let mut tx = app.db.pool.begin().await?;
+        for info in batch {
+            observe(app, &mut tx, runner_id, &info.id, info.state, info.error_reason.clone(), Some(info)).await?;
+        }
+        tx.commit().await?;
     }
-    for (id, st) in sandboxes::on_runner(&mut tx, runner_id).await? {
-        // A sandbox waiting for its image build has no container yet.
-        if seen.contains(&id) || super::builds::waits_for_build(&st) || jobs::in_flight(&mut tx, &id).await? {
-            continue;
+    let seen: HashSet<&str> = list.iter().map(|i| i.id.as_str()).collect();
+    let placed = sandboxes::on_runner(&mut *app.db.pool.acquire().await?, runner_id).await?;
+    // A sandbox waiting for its image build has no container yet; an archived one has none by design (its
+    // filesystem is in the archive store).
+    let missing: Vec<String> = placed
+        .into_iter()
+        .filter(|(id, st)| !seen.contains(id.as_str()) && !super::builds::waits_for_build(st) && st != "archived")
+        .map(|(id, _)| id)
+        .collect();
+    for batch in missing.chunks(BATCH) {
+        let mut tx = app.db.pool.begin().await?;
+        for id in batch {
+            let Some(row) = sandboxes::load(app.db.kind, &mut tx, None, id, true).await? else { continue };
+            let st = row.state.as_str();
+            if row.runner_id.as_deref() != Some(runner_id)
+                // Already failed, with the reason why (a create that timed out while the runner was cut off), which
+                // says more than a missing container would.
+                || matches!(st, "destroyed" | "archived" | "error")
+                || super::builds::waits_for_build(st)
+                || jobs::in_flight(&mut tx, id).await?
+            {
+                continue;
+            }
+            if st == "destroying" {
+                sandboxes::set_state(&mut tx, id, SandboxState::Destroyed, None, now).await?;
+            } else {
+                let reason = format!("runner {runner_id} no longer has this sandbox's container");
+                sandboxes::set_state(&mut tx, id, SandboxState::Error, Some(&reason), now).await?;
+            }
         }
-        if st == "archived" {
-            // An archived sandbox has no container by design: its filesystem is in the archive store.
-            continue;
-        }
-        if st == "error" {
-            // Already failed, with the reason why (a create that timed out while the runner was cut off), which says
-            // more than a missing container would.
-            continue;
-        }
-        if st == "destroying" {
-            sandboxes::set_state(&mut tx, &id, SandboxState::Destroyed, None, now).await?;
-        } else {
-            let reason = format!("runner {runner_id} no longer has this sandbox's container");
-            sandboxes::set_state(&mut tx, &id, SandboxState::Error, Some(&reason), now).await?;
-        }
+        tx.commit().await?;
     }
-    tx.commit().await?;
     app.wake_routes();
     app.wake_runner(runner_id);
     Ok(())

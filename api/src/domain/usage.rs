@@ -17,20 +17,20 @@ pub const KEEP_HISTORY_MS: i64 = 3600 * 1000;
 /// A latest sample older than this goes (the sandbox stopped long ago, or was deleted).
 pub const KEEP_LATEST_MS: i64 = 24 * 3600 * 1000;
 
-/// Stores a heartbeat's samples of `runner`'s sandboxes in one transaction. A sample of a sandbox that is not on
+/// Stores a heartbeat's samples of `runner`'s sandboxes, [`super::apply::BATCH`] a transaction (a runner with
+/// thousands of sandboxes must not hold the database for all of them). A sample of a sandbox that is not on
 /// `runner` is ignored: a runner speaks only for its own.
 pub async fn record(app: &App, runner: &str, samples: &[SandboxUsage]) -> ApiResult<()> {
-    if samples.is_empty() {
-        return Ok(());
-    }
     let now = app.now();
-    let mut tx = app.db.pool.begin().await?;
-    for u in samples {
-        if !usage::record(&mut tx, runner, now, now - HISTORY_STEP_MS, u).await? {
-            tracing::debug!(runner_id = %runner, sandbox_id = %u.sandbox_id, "usage of a sandbox not on this runner");
+    for batch in samples.chunks(super::apply::BATCH) {
+        let mut tx = app.db.pool.begin().await?;
+        for u in batch {
+            if !usage::record(&mut tx, runner, now, now - HISTORY_STEP_MS, u).await? {
+                tracing::debug!(runner_id = %runner, sandbox_id = %u.sandbox_id, "usage of a sandbox not on this runner");
+            }
         }
+        tx.commit().await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +19,11 @@ use crate::domain::apply;
 use crate::jobs;
 use crate::store::runners;
 
+/// The largest body a runner may send: its full report lists every sandbox it holds (about 600 bytes each), and a
+/// host with 10,000 of them must still be heard (axum's default of 2 MiB stops at about 3,000). Only runners, with
+/// their credential, reach these routes.
+pub const MAX_RUNNER_BODY: usize = 64 << 20;
+
 pub fn routes() -> Router<App> {
     Router::new()
         .route("/runners/{runner_id}/register", post(register))
@@ -27,6 +32,7 @@ pub fn routes() -> Router<App> {
         .route("/runners/{runner_id}/jobs/{job_id}/result", post(result))
         .route("/runners/{runner_id}/states", post(states))
         .route("/runners/{runner_id}/sandboxes", post(reconcile))
+        .layer(DefaultBodyLimit::max(MAX_RUNNER_BODY))
 }
 
 fn valid_id(id: &str) -> ApiResult<()> {

@@ -150,7 +150,10 @@ impl ControlPlane {
     }
 
     pub async fn report_sandboxes(&self, runner_id: &str, list: &[SandboxInfo]) -> Result<(), ControlPlaneError> {
-        let req = self.http.post(self.url(runner_id, "sandboxes")).timeout(Duration::from_secs(30));
+        // The API applies a full report a batch of sandboxes at a time (a few ms a sandbox on a busy PostgreSQL):
+        // a host with thousands of them must not time out, and retry, forever.
+        let wait = Duration::from_secs(30).max(Duration::from_millis(10).saturating_mul(list.len() as u32));
+        let req = self.http.post(self.url(runner_id, "sandboxes")).timeout(wait);
         self.send(runner_id, req.json(list)).await.map(drop)
     }
 }
