@@ -479,7 +479,9 @@ impl Firewall {
             Some(w) if s.clean && *w == now => return Ok(false),
             Some(_) if s.clean => tracing::warn!(chain = %self.prefix, table = %self.table,
                 "network rules changed outside the runner; rewriting them"),
-            _ => tracing::debug!("network rules not read back since the last full write (or it failed); rewriting them"),
+            _ => {
+                tracing::debug!("network rules not read back since the last full write (or it failed); rewriting them")
+            }
         }
         s.installed = self.installed_in(&listing);
         s.hooked = false;

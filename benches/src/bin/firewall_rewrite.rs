@@ -82,7 +82,13 @@ async fn measure(runner_id: &str, state: &std::path::Path, count: usize) -> anyh
     for round in 0..ROUNDS {
         attach.push(timed(async { Ok(fw.attach(&c, &s, ip, &port, &mac).await?) }).await?);
         settle().await?;
-        detach.push(timed(async { Ok(fw.detach(&c).await) }).await?);
+        detach.push(
+            timed(async {
+                fw.detach(&c).await;
+                Ok(())
+            })
+            .await?,
+        );
         settle().await?;
         let p = if round % 2 == 0 { blocked.clone() } else { NetworkPolicy::default() };
         let (_, s0, ..) = endpoint(0);
@@ -91,7 +97,15 @@ async fn measure(runner_id: &str, state: &std::path::Path, count: usize) -> anyh
         full.push(timed(async { Ok(fw.rewrite_all().await?) }).await?);
         settle().await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        check.push(timed(async { if fw.reconcile().await? { bail!("the rules drifted") } Ok(()) }).await?);
+        check.push(
+            timed(async {
+                if fw.reconcile().await? {
+                    bail!("the rules drifted")
+                }
+                Ok(())
+            })
+            .await?,
+        );
     }
     Ok([median(attach), median(detach), median(policy), median(full), median(check)])
 }

@@ -289,7 +289,10 @@ mod tests {
         let [port, mac, ip] = element_items(&p);
         assert!(it.contains_key(&port.replace(&port_chain("vetha"), "p_aa")), "{it:#?}");
         assert!(it.contains_key(&mac) && !it.contains_key(&ip), "{it:#?}");
-        assert_eq!(it.get("rule p_aa 2").map(String::as_str), Some(r#"{"chain":"p_aa","expr":[{"accept":null}],"family":"bridge","table":"t"}"#));
+        assert_eq!(
+            it.get("rule p_aa 2").map(String::as_str),
+            Some(r#"{"chain":"p_aa","expr":[{"accept":null}],"family":"bridge","table":"t"}"#)
+        );
         assert!(!it.values().any(|v| v.contains("handle")), "{it:#?}");
         remove_chain(&mut it, "p_aa");
         assert!(!it.keys().any(|k| k.contains("rule") || k == "chain p_aa"), "{it:#?}");

@@ -18,7 +18,7 @@ from churn import run  # noqa: E402
 
 @pytest.mark.parametrize("pool", [0, 2])
 def test_churn_leaves_nothing_behind(tmp_path, pool):
-    res = run(n=10, seconds=20, pool=pool, lifetime=(1.0, 4.0), data=tmp_path)
+    res = run(n=16, seconds=20, pool=pool, lifetime=(1.0, 4.0), data=tmp_path)
     print(res.summary())
     assert not res.errors, res.summary()
     assert len(res.create_ms) == res.n, res.summary()
