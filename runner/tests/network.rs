@@ -155,9 +155,7 @@ async fn egress_policies_hold_change_live_and_survive_restarts() {
     let image = busybox_image();
     let t = TestRunner::new("netegress");
     let state = tempfile::tempdir().unwrap();
-    // No container: the static daemon is never needed.
-    let mut config = sandbar_runner::RunnerConfig::new("/nonexistent");
-    config.runner_id = t.runner_id.clone();
+    let mut config = t.config();
     config.state_dir = Some(state.path().to_owned());
     let mut targets = Targets(Vec::new());
     let (t1, t2) = (targets.start(&image), targets.start(&image));
