@@ -182,8 +182,8 @@ def churn(stack: Stack, n: int, seconds: float, lifetime: tuple[float, float], p
     return res
 
 
-def check_leaks(stack: Stack, pool: int, created: int, images_before: set[str]) -> list[str]:
-    """What the run left behind, once the API and the runner had time to settle."""
+def check_leaks(stack: Stack, pool: int, created: int, images_before: set[str], patience: float = 120) -> list[str]:
+    """What the run left behind, once the API and the runner had up to `patience` seconds to settle."""
     leaks: list[str] = []
     runner = stack.runner_id
 
@@ -195,7 +195,7 @@ def check_leaks(stack: Stack, pool: int, created: int, images_before: set[str]) 
                             "--filter", "label=sandbar.pool=1")
 
     # The pool refills after the last claims: wait for it to be whole, and for every other container to go.
-    wait_until(lambda: set(containers()) == set(pool_members()) and len(pool_members()) == pool, timeout=120)
+    wait_until(lambda: set(containers()) == set(pool_members()) and len(pool_members()) == pool, timeout=patience)
     others = set(containers()) - set(pool_members())
     if others:
         leaks.append(f"{len(others)} container(s) of runner {runner} that are no pool member: {sorted(others)[:5]}")
@@ -210,7 +210,7 @@ def check_leaks(stack: Stack, pool: int, created: int, images_before: set[str]) 
                 and not line[3:].endswith(("-ISO", "-DENY"))]
 
     # Two chains (egress, inbound) per sandbox with rules: the pool members' only.
-    wait_until(lambda: len(sandbox_chains()) == 2 * members, timeout=30)
+    wait_until(lambda: len(sandbox_chains()) == 2 * members, timeout=patience / 4)
     if (c := len(sandbox_chains())) != 2 * members:
         leaks.append(f"{c} sandbox chain(s) of {top}, expected {2 * members} (the pool members')")
     nft = subprocess.run(["nft", "-j", "list", "table", "bridge", bridge_table(runner)], capture_output=True,
@@ -236,7 +236,7 @@ def check_leaks(stack: Stack, pool: int, created: int, images_before: set[str]) 
     def unfinished() -> list[tuple]:
         return db_rows(stack, "SELECT kind, state, sandbox_id FROM jobs WHERE state IN ('pending', 'claimed')")
 
-    wait_until(lambda: not unfinished(), timeout=60)
+    wait_until(lambda: not unfinished(), timeout=patience / 2)
     if rows := unfinished():
         leaks.append(f"{len(rows)} unfinished job(s): {rows[:5]}")
     not_gone = db_rows(stack, "SELECT id, state FROM sandboxes WHERE state NOT IN ('destroyed')")

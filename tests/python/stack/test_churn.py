@@ -26,3 +26,29 @@ def test_churn_leaves_nothing_behind(tmp_path, pool):
     # The runner wrote each change as a difference: every write after the first (the start's full one) was one.
     assert res.writes and any(m == "change" for m, _, _ in res.writes), res.writes[:5]
     assert [m for m, _, _ in res.writes[1:]].count("full") == 0, res.writes
+
+
+def test_the_leak_check_sees_a_sandbox_left_behind(tmp_path):
+    """The check above is not vacuous: a sandbox still up is a container, two chains, a bridge port and a row."""
+    import secrets
+
+    from daytona import Daytona, DaytonaConfig
+
+    from churn import check_leaks, image_ids
+    from sandbar_stack import remove_containers, start_stack
+
+    runner = "churnleak-" + secrets.token_hex(3)
+    before = image_ids()
+    stack = start_stack(tmp_path / "stack", runner)
+    try:
+        d = Daytona(DaytonaConfig(api_url=stack.api_url, api_key=stack.api_key))
+        sb = d.create(timeout=180)
+        leaks = check_leaks(stack, 0, 1, before, patience=2)
+        text = "\n".join(leaks)
+        assert "container(s) of runner" in text and "sandbox chain(s)" in text, leaks
+        assert "port chain(s) in bridge table" in text and "not destroyed" in text, leaks
+        d.delete(sb, timeout=180)
+        assert check_leaks(stack, 0, 1, before, patience=60) == []
+    finally:
+        stack.stop()
+        remove_containers(runner)
