@@ -48,6 +48,7 @@ from sandbar_stack import (  # noqa: E402
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 WRITE = re.compile(r'network rules written.*?mode="?(\w+)"?.*?sandboxes=(\d+).*?micros=(\d+)')
 ORGS = 3
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -157,7 +158,15 @@ def churn(stack: Stack, n: int, seconds: float, lifetime: tuple[float, float], p
             time.sleep(lifetimes[i])
         except Exception as e:  # noqa: BLE001 - every failure is a figure of the run
             with lock:
-                res.errors.append(f"sandbox {i} (org {i % ORGS}): {type(e).__name__}: {e}"[:300])
+                res.errors.append(f"sandbox {i} (org {i % ORGS}): {type(e).__name__}: {e}"[:400])
+            # A create that failed leaves its sandbox in `error` (holding its share of the runner) until the client
+            # deletes it, as a client would.
+            if sb is None and (m := UUID.search(str(e))):
+                try:
+                    d.delete(d.get(m.group(0)), timeout=180)
+                except Exception as e2:  # noqa: BLE001
+                    with lock:
+                        res.errors.append(f"delete of failed {m.group(0)}: {type(e2).__name__}: {e2}"[:300])
         finally:
             if sb is not None:
                 try:
