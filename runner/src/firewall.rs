@@ -3,7 +3,7 @@
 //! ranges the operator denies, and beyond that its egress is unrestricted, blocked, or limited to an allow list of
 //! IPv4 CIDRs.
 //!
-//! Two layers, each written whole in one transaction per change:
+//! Two layers, each changed in one transaction per change:
 //!
 //! - **The bridge** (`bridge`: one nftables table of family `bridge` per runner, `sandbar_<runner hex>`): at
 //!   prerouting, before the bridge learns a MAC or decides where a frame goes, a frame from a sandbox's port must
@@ -56,13 +56,17 @@
 //! pre-assign addresses, the veth (which the bridge rules need) exists only after start anyway, and the gate works
 //! on every network, runtime and restart path.
 //!
-//! Every change rewrites this runner's chains in one `iptables-restore --noflush` transaction and its bridge table
-//! (only when it changed: a policy change or a warm-pool claim keeps it) in one `nft -f` transaction, so the kernel
-//! never sees half a policy, a failed change leaves the previous rules whole, and a sandbox whose address or port
-//! changed (a restart) is re-bound by the same rewrite. Right after each write, in a task of its own so the change
-//! does not wait, the runner reads both back (`iptables -S`, `nft list table`) and keeps what it read; a
-//! **reconciler** compares them every `--firewall-recheck-secs` (5 s) and rewrites everything, hooks included, when
-//! anything differs or is gone (an `iptables -F`, a firewall reload, a deleted table). It checks that the hooks are
+//! A change (attach, detach, claim, policy) touches only the sandboxes it concerns (and the other ends of their
+//! links): one `iptables-restore --noflush` transaction that rewrites their chains whole, deletes their old lines
+//! from the top and isolation chains and appends their new ones, and one `nft -f` transaction for their bridge
+//! chains and elements, so its cost does not grow with the number of sandboxes, the kernel never sees half a
+//! policy, and a failed change leaves the previous rules whole. A line that should be there and is not fails the
+//! transaction; the change is then made by rewriting everything (every chain of the runner, the bridge table
+//! replaced), as at start. Right after each write, in a task of its own so the change does not wait, the runner
+//! reads back what it touched (`iptables -S <chain>`, `nft list table`) and keeps it; a **reconciler** compares
+//! the whole of it with the kernel every `--firewall-recheck-secs` (5 s) and rewrites everything, hooks included,
+//! when anything differs or is gone (an `iptables -F`, a firewall reload, a deleted table). Each write is logged
+//! (`network rules written`, with `mode`, `sandboxes` and `micros`). It checks that the hooks are
 //! there, not that they come first in `DOCKER-USER`/`INPUT`. Policies live in memory, in the container's spec label (the policy
 //! at creation) and in `<state_dir>/network.json` (changes since), so a restarted runner rebuilds the same rules and
 //! removes chains of sandboxes that are gone. Sandboxes get no IPv6 address (a network with IPv6 is refused); the
@@ -83,7 +87,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sandbar_proto::network::{Ipv4Cidr, NetworkPolicy};
 use serde::{Deserialize, Serialize};
@@ -93,7 +97,7 @@ use crate::error::SandboxError;
 pub use bridge::bridge_table;
 pub use iptables::purge_blocking;
 use iptables::{BRIDGE_NF, HOOKS, Iptables, ensure_bridge_filtering};
-use rules::{Floor, deny_chain, isolation_chain, render};
+use rules::{Floor, Fragment, deny_chain, fragment, isolation_chain, members, render, render_change};
 pub use rules::{chain_prefix, sandbox_chain};
 
 /// Why network rules could not be set up or changed.
@@ -158,11 +162,15 @@ struct Attached {
     mac: String,
 }
 
-/// What the kernel held right after the last write, as read back: the reconciler's reference.
+/// What the kernel held right after the last write, as read back: the reconciler's reference. `iptables` is this
+/// runner's lines of `iptables -S` by chain (hooks under the hook's name), `bridge` the bridge table's items
+/// (`bridge::items`). A change updates it in place: the lines and elements it removed and added in the shared
+/// chains and sets are known, the chains it wrote whole are read back. Nothing else is re-read, so a change never
+/// takes in what someone else did to the rest (the reconciler finds that).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Written {
-    iptables: String,
-    bridge: String,
+    iptables: BTreeMap<String, String>,
+    bridge: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -172,12 +180,16 @@ struct State {
     attached: BTreeMap<String, Attached>,
     /// Sandbox chains in the kernel (besides the top and isolation chains).
     installed: BTreeSet<String>,
-    /// `None` from a write until it has been read back.
+    /// `None` from a full rewrite until it has been read back.
     written: Option<Written>,
+    /// Sandbox chains and bridge port chains a change wrote whole since the last read-back.
+    stale: BTreeSet<String>,
+    stale_ports: BTreeSet<String>,
     /// The hooks were seen in place since the runner started (or the reconciler last rewrote everything).
     hooked: bool,
-    /// The bridge table as last written (rewritten only when it changes: a policy change or a claim keeps it).
-    bridge_text: String,
+    /// The kernel holds what the state says, as far as the runner knows: a change may be written as a difference.
+    /// False at start, after a failed write and when the reconciler found a difference.
+    clean: bool,
 }
 
 /// This runner's rules. Every change goes through one lock, so rewrites never interleave.
@@ -320,7 +332,11 @@ impl Firewall {
             Some(_) => self.locate(sandbox_id, &endpoint).await?,
             None => (String::new(), String::new()),
         };
-        let new = Attached { sandbox_id: sandbox_id.to_owned(), ip, port, mac };
+        self.attach_at(container_id, Attached { sandbox_id: sandbox_id.to_owned(), ip, port, mac }).await
+    }
+
+    async fn attach_at(&self, container_id: &str, new: Attached) -> Result<(), NetworkError> {
+        let ip = new.ip;
         let mut s = self.state.lock().await;
         if s.attached.get(container_id) == Some(&new) {
             return Ok(());
@@ -428,6 +444,7 @@ impl Firewall {
         let mut s = self.state.lock().await;
         s.installed = self.installed_in(&listing);
         s.hooked = false;
+        s.clean = false;
         let policies = s.policies.clone();
         self.sync(&mut s, policies, attached).await
     }
@@ -451,25 +468,33 @@ impl Firewall {
     pub(crate) async fn reconcile(&self) -> Result<bool, NetworkError> {
         let Some(ipt) = &self.ipt else { return Ok(false) };
         let mut s = self.state.lock().await;
+        if s.clean && s.written.is_some() {
+            // The chains the last changes wrote, if the task that reads them back has not run yet (after a full
+            // rewrite nothing is taken from the kernel here: that read-back may not be late by a whole recheck).
+            read_back(ipt, &mut s, &self.prefix, &self.table).await;
+        }
         let listing = ipt.run(&["-S"]).await?;
         let now = Written { iptables: ours(&self.prefix, &listing), bridge: bridge_listing(&self.table).await };
         match &s.written {
-            Some(w) if *w == now => return Ok(false),
-            Some(_) => tracing::warn!(chain = %self.prefix, table = %self.table,
+            Some(w) if s.clean && *w == now => return Ok(false),
+            Some(_) if s.clean => tracing::warn!(chain = %self.prefix, table = %self.table,
                 "network rules changed outside the runner; rewriting them"),
-            None => tracing::debug!("network rules not read back since the last write; rewriting them"),
+            _ => {
+                tracing::debug!("network rules not read back since the last full write (or it failed); rewriting them")
+            }
         }
         s.installed = self.installed_in(&listing);
         s.hooked = false;
-        s.bridge_text.clear();
+        s.clean = false;
         let (policies, attached) = (s.policies.clone(), s.attached.clone());
         self.sync(&mut s, policies, attached).await?;
         Ok(true)
     }
 
-    /// Rewrites every chain of this runner and its bridge table (when it changed) for `attached` and `policies`,
-    /// puts the hooks back if they are gone; on success they become the state. What was written is read back
-    /// right after, off the caller's path (a claim does not wait for it).
+    /// Makes the kernel's rules those of `attached` and `policies`: as a change when the state is clean (only what
+    /// differs), else (or when the change fails) by rewriting every chain of this runner and its bridge table; puts
+    /// the hooks back if they are gone; on success they become the state. What was written is read back right after,
+    /// off the caller's path (a claim does not wait for it).
     async fn sync(
         &self,
         s: &mut State,
@@ -481,20 +506,16 @@ impl Firewall {
             s.attached = attached;
             return Ok(());
         };
-        let (text, chains) = render(&self.prefix, &policies, &attached, &s.installed, &self.floor)?;
-        // One port per sandbox, the same one the iptables rules use (a sandbox ID is served by one container).
-        let by_sandbox: BTreeMap<&str, &Attached> = attached.values().map(|a| (a.sandbox_id.as_str(), a)).collect();
-        let ports: Vec<bridge::Port<'_>> =
-            by_sandbox.values().map(|a| bridge::Port { port: &a.port, ip: a.ip, mac: &a.mac }).collect();
-        let table = bridge::render(&self.table, &ports);
-        s.written = None;
-        ipt.restore(&text).await?;
-        if table != s.bridge_text {
-            s.bridge_text.clear();
-            bridge::nft(&["-f", "-"], Some(&table)).await?;
-            s.bridge_text = table;
+        let started = Instant::now();
+        let mut mode = "change";
+        if !(s.clean && s.hooked) {
+            mode = "full";
+            self.write_all(ipt, s, &policies, &attached).await?;
+        } else if let Err(e) = self.write_change(ipt, s, &policies, &attached).await {
+            tracing::warn!(chain = %self.prefix, error = %e, "network rules differ from what was written; rewriting them");
+            mode = "full";
+            self.write_all(ipt, s, &policies, &attached).await?;
         }
-        s.installed = chains;
         s.policies = policies;
         s.attached = attached;
         if !s.hooked {
@@ -507,24 +528,151 @@ impl Firewall {
             }
             s.hooked = true;
         }
+        s.clean = true;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        tracing::info!(mode, sandboxes = s.attached.len(), micros, "network rules written");
         self.read_back_soon();
         Ok(())
     }
 
+    /// Every chain of this runner and the whole bridge table.
+    async fn write_all(
+        &self,
+        ipt: &Iptables,
+        s: &mut State,
+        policies: &BTreeMap<String, Stored>,
+        attached: &BTreeMap<String, Attached>,
+    ) -> Result<(), NetworkError> {
+        s.clean = false;
+        s.written = None;
+        let (text, chains) = render(&self.prefix, policies, attached, &s.installed, &self.floor)?;
+        ipt.restore(&text).await?;
+        let ports: Vec<bridge::Port<'_>> = members(attached).values().map(|a| port_of(a)).collect();
+        bridge::nft(&["-f", "-"], Some(&bridge::render(&self.table, &ports))).await?;
+        s.installed = chains;
+        Ok(())
+    }
+
+    /// Only what differs between the state and `attached`/`policies`: the sandboxes whose address, port or policy
+    /// changed, and the other ends of their links (whose chains name their addresses).
+    async fn write_change(
+        &self,
+        ipt: &Iptables,
+        s: &mut State,
+        policies: &BTreeMap<String, Stored>,
+        attached: &BTreeMap<String, Attached>,
+    ) -> Result<(), NetworkError> {
+        let (old_m, new_m) = (members(&s.attached), members(attached));
+        let changed: BTreeSet<&str> = old_m
+            .keys()
+            .chain(new_m.keys())
+            .copied()
+            .filter(|sb| old_m.get(sb) != new_m.get(sb) || s.policies.get(*sb) != policies.get(*sb))
+            .collect();
+        let mut affected: BTreeSet<&str> = changed.clone();
+        for pol in [&s.policies, policies] {
+            for (sb, stored) in pol {
+                if let Some(link) = stored.linked_sandbox.as_deref() {
+                    if changed.contains(sb.as_str()) {
+                        affected.insert(link);
+                    }
+                    if changed.contains(link) {
+                        affected.insert(sb.as_str());
+                    }
+                }
+            }
+        }
+        let old_f = fragments(&self.prefix, &affected, &old_m, &s.policies)?;
+        let new_f = fragments(&self.prefix, &affected, &new_m, policies)?;
+        let chains_of = |f: &BTreeMap<String, Fragment>| -> Vec<String> {
+            f.values().flat_map(|f| f.chains.iter().map(|(n, _)| n.clone())).collect()
+        };
+        let (old_chains, new_chains) = (chains_of(&old_f), chains_of(&new_f));
+        let mut installed = s.installed.clone();
+        for c in &old_chains {
+            installed.remove(c);
+        }
+        for c in &new_chains {
+            if !installed.insert(c.clone()) {
+                return Err(NetworkError::Invalid(format!("chain name collision: {c}")));
+            }
+        }
+        let old_ports: BTreeSet<bridge::Port<'_>> =
+            changed.iter().filter_map(|sb| old_m.get(sb)).map(|a| port_of(a)).collect();
+        let new_ports: BTreeSet<bridge::Port<'_>> =
+            changed.iter().filter_map(|sb| new_m.get(sb)).map(|a| port_of(a)).collect();
+        if let Some(text) = render_change(&self.prefix, &old_f, &new_f) {
+            s.clean = false;
+            ipt.restore(&text).await?;
+            if let Some(w) = s.written.as_mut() {
+                self.note_change(w, &old_f, &new_f);
+            }
+            let old_lines: BTreeMap<&String, &Vec<String>> =
+                old_f.values().flat_map(|f| f.chains.iter().map(|(c, l)| (c, l))).collect();
+            let rewritten = new_f.values().flat_map(|f| f.chains.iter()).filter(|(c, l)| old_lines.get(c) != Some(&l));
+            s.stale.extend(rewritten.map(|(c, _)| c.clone()));
+        }
+        if let Some(text) = bridge::render_change(&self.table, &old_ports, &new_ports) {
+            s.clean = false;
+            bridge::nft(&["-f", "-"], Some(&text)).await?;
+            let kept: BTreeSet<&str> = new_ports.iter().map(|p| p.port).collect();
+            if let Some(w) = s.written.as_mut() {
+                for p in old_ports.difference(&new_ports) {
+                    for e in bridge::element_items(p) {
+                        w.bridge.remove(&e);
+                    }
+                    if !kept.contains(p.port) {
+                        bridge::remove_chain(&mut w.bridge, &bridge::port_chain(p.port));
+                    }
+                }
+                for p in new_ports.difference(&old_ports) {
+                    w.bridge.extend(bridge::element_items(p).map(|e| (e, String::new())));
+                }
+            }
+            s.stale_ports.extend(new_ports.difference(&old_ports).map(|p| bridge::port_chain(p.port)));
+        }
+        s.installed = installed;
+        Ok(())
+    }
+
+    /// The reference after a change written by `render_change`: the shared chains' lines it deleted and appended
+    /// (`iptables -S` shows them as they were written), the chains it removed gone; the chains it wrote are read
+    /// back later.
+    fn note_change(&self, w: &mut Written, old: &BTreeMap<String, Fragment>, new: &BTreeMap<String, Fragment>) {
+        let iso = isolation_chain(&self.prefix);
+        let shared_same = |a: &Fragment, b: Option<&Fragment>| b.is_some_and(|b| a.top == b.top && a.iso == b.iso);
+        for (sb, f) in old {
+            if !shared_same(f, new.get(sb)) {
+                for l in &f.top {
+                    remove_line(w.iptables.entry(self.prefix.clone()).or_default(), &format!("-A {} {l}", self.prefix));
+                }
+                remove_line(w.iptables.entry(iso.clone()).or_default(), &format!("-A {iso} {}", f.iso));
+            }
+            for (chain, _) in &f.chains {
+                if !new.values().any(|n| n.chains.iter().any(|(c, _)| c == chain)) {
+                    w.iptables.remove(chain);
+                }
+            }
+        }
+        for (sb, f) in new {
+            if !shared_same(f, old.get(sb)) {
+                let top = w.iptables.entry(self.prefix.clone()).or_default();
+                for l in &f.top {
+                    top.push_str(&format!("-A {} {l}\n", self.prefix));
+                }
+                w.iptables.entry(iso.clone()).or_default().push_str(&format!("-A {iso} {}\n", f.iso));
+            }
+        }
+    }
+
     /// Reads this runner's rules back into `written` in a task of its own, as soon as the current change lets go
-    /// of the state. Hooks found missing leave `written` empty, so the reconciler rewrites everything.
+    /// of the state.
     fn read_back_soon(&self) {
         let Some(ipt) = self.ipt.clone() else { return };
         let (state, prefix, table) = (self.state.clone(), self.prefix.clone(), self.table.clone());
         tokio::spawn(async move {
             let mut s = state.lock().await;
-            if s.written.is_some() {
-                return;
-            }
-            let Ok(listing) = ipt.run(&["-S"]).await else { return };
-            if HOOKS.iter().all(|h| has_hook(&listing, h, &prefix)) {
-                s.written = Some(Written { iptables: ours(&prefix, &listing), bridge: bridge_listing(&table).await });
-            }
+            read_back(&ipt, &mut s, &prefix, &table).await;
         });
     }
 
@@ -537,34 +685,182 @@ impl Firewall {
     }
 }
 
+/// This runner's firewall driven directly, with bridge ports the caller names instead of containers found through
+/// Docker: for the rewrite benchmark (`benches/src/bin/firewall_rewrite.rs`) and the tests that compare a series of
+/// changes with a full rewrite. It writes the host's real rules under the runner's prefix; remove them with
+/// [`purge_blocking`].
+#[derive(Debug)]
+pub struct Standalone(Firewall);
+
+impl Standalone {
+    /// The firewall of `config` (`network_rules` must be on for anything to be written).
+    pub async fn new(config: &RunnerConfig) -> Result<Self, NetworkError> {
+        let fw = Firewall::new(config).await?;
+        fw.reset(Vec::new(), &HashSet::new()).await?;
+        Ok(Self(fw))
+    }
+
+    /// Binds `sandbox_id`'s rules to `port` (a bridge port; it need not exist), `ip` and `mac`.
+    pub async fn attach(
+        &self,
+        container_id: &str,
+        sandbox_id: &str,
+        ip: Ipv4Addr,
+        port: &str,
+        mac: &str,
+    ) -> Result<(), NetworkError> {
+        if !bridge::valid_port(port) || !bridge::valid_mac(mac) {
+            return Err(NetworkError::Invalid(format!("unexpected interface {port:?} or MAC {mac:?}")));
+        }
+        let a = Attached { sandbox_id: sandbox_id.to_owned(), ip, port: port.to_owned(), mac: mac.to_owned() };
+        self.0.attach_at(container_id, a).await
+    }
+
+    /// Records a sandbox's policy and link before it is attached.
+    pub async fn set_policy(
+        &self,
+        sandbox_id: &str,
+        policy: NetworkPolicy,
+        linked_sandbox: Option<String>,
+    ) -> Result<(), NetworkError> {
+        self.0.set_policy(sandbox_id, policy, linked_sandbox).await
+    }
+
+    /// Changes an attached sandbox's policy.
+    pub async fn update_policy(&self, sandbox_id: &str, policy: NetworkPolicy) -> Result<(), NetworkError> {
+        self.0.update_policy(sandbox_id, policy).await
+    }
+
+    /// Hands an attached container's rules to another sandbox (a warm-pool claim).
+    pub async fn reassign(&self, container_id: &str, sandbox_id: &str) -> Result<(), NetworkError> {
+        self.0.reassign(container_id, sandbox_id).await
+    }
+
+    /// Removes a container's rules.
+    pub async fn detach(&self, container_id: &str) {
+        self.0.detach(container_id).await;
+    }
+
+    /// The reconciler's check: whether it had to rewrite everything.
+    pub async fn reconcile(&self) -> Result<bool, NetworkError> {
+        self.0.reconcile().await
+    }
+
+    /// What the reconciler does when the kernel drifted: every chain and the bridge table rewritten, for the
+    /// attached sandboxes as they are (what every change cost before changes were written as differences).
+    pub async fn rewrite_all(&self) -> Result<(), NetworkError> {
+        let mut s = self.0.state.lock().await;
+        s.clean = false;
+        let (policies, attached) = (s.policies.clone(), s.attached.clone());
+        self.0.sync(&mut s, policies, attached).await
+    }
+}
+
 /// Whether an `iptables -S` listing has `hook` jumping to `prefix`.
 fn has_hook(listing: &str, hook: &str, prefix: &str) -> bool {
     listing.lines().any(|l| l.strip_prefix("-A ").and_then(|l| l.strip_prefix(hook)) == Some(&format!(" -j {prefix}")))
 }
 
-/// This runner's lines of an `iptables -S` listing: its chains, their rules and the hooks that jump to them.
-fn ours(top: &str, listing: &str) -> String {
-    let mine = |w: &str| w == top || w.starts_with(&format!("{top}-"));
-    listing
+/// The fragments of the `affected` sandboxes that are among `members`.
+fn fragments(
+    prefix: &str,
+    affected: &BTreeSet<&str>,
+    members: &BTreeMap<&str, &Attached>,
+    policies: &BTreeMap<String, Stored>,
+) -> Result<BTreeMap<String, Fragment>, NetworkError> {
+    let mut out = BTreeMap::new();
+    for sb in affected {
+        if let Some(a) = members.get(sb) {
+            out.insert((*sb).to_owned(), fragment(prefix, sb, a, members, policies)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A sandbox's entry in the bridge table.
+fn port_of<'a>(a: &'a Attached) -> bridge::Port<'a> {
+    bridge::Port { port: &a.port, ip: a.ip, mac: &a.mac }
+}
+
+/// Brings `written` up to date with the kernel after a write: everything after a full rewrite (left empty when a
+/// hook is missing, so the reconciler rewrites everything), else the chains and the bridge table a change touched.
+async fn read_back(ipt: &Iptables, s: &mut State, prefix: &str, table: &str) {
+    if s.written.is_none() {
+        let Ok(listing) = ipt.run(&["-S"]).await else { return };
+        if HOOKS.iter().all(|h| has_hook(&listing, h, prefix)) {
+            s.written = Some(Written { iptables: ours(prefix, &listing), bridge: bridge_listing(table).await });
+        }
+        s.stale.clear();
+        s.stale_ports.clear();
+        return;
+    }
+    // Chains removed since they were written are gone from the reference already.
+    for chain in std::mem::take(&mut s.stale) {
+        if !s.installed.contains(&chain) {
+            continue;
+        }
+        let Ok(listing) = ipt.run(&["-S", &chain]).await else {
+            tracing::debug!(chain, "cannot read a chain back; the reconciler rewrites everything");
+            s.written = None;
+            return;
+        };
+        if let Some(w) = s.written.as_mut() {
+            w.iptables.remove(&chain);
+            w.iptables.extend(ours(prefix, &listing));
+        }
+    }
+    for chain in std::mem::take(&mut s.stale_ports) {
+        let Ok(listing) = bridge::nft(&["-j", "list", "chain", "bridge", table, &chain], None).await else {
+            // Removed by a later change, or the table is gone: either way the reconciler compares the whole.
+            continue;
+        };
+        if let Some(w) = s.written.as_mut() {
+            bridge::remove_chain(&mut w.bridge, &chain);
+            w.bridge.extend(bridge::items(&listing).into_iter().filter(|(k, _)| k != "table"));
+        }
+    }
+}
+
+/// Removes the line `line` (without its newline) from `text`, once.
+fn remove_line(text: &mut String, line: &str) {
+    let mut found = false;
+    let kept: String = text
         .lines()
         .filter(|l| {
-            let mut words = l.split_whitespace();
-            match (words.next(), words.next()) {
-                (Some("-N" | "-A"), Some(chain)) if mine(chain) => true,
-                (Some("-A"), Some(hook)) if HOOKS.contains(&hook) => l.split_whitespace().any(mine),
-                _ => false,
-            }
+            let drop = !found && *l == line;
+            found |= drop;
+            !drop
         })
         .fold(String::new(), |mut out, l| {
             out.push_str(l);
             out.push('\n');
             out
-        })
+        });
+    *text = kept;
 }
 
-/// A bridge table as nft lists it; empty when it is gone.
-async fn bridge_listing(table: &str) -> String {
-    bridge::nft(&["list", "table", "bridge", table], None).await.unwrap_or_default()
+/// This runner's lines of an `iptables -S` listing by chain: its chains and their rules, and the hooks that jump to
+/// them (under the hook's name).
+fn ours(top: &str, listing: &str) -> BTreeMap<String, String> {
+    let mine = |w: &str| w == top || w.starts_with(&format!("{top}-"));
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for l in listing.lines() {
+        let mut words = l.split_whitespace();
+        let chain = match (words.next(), words.next()) {
+            (Some("-N" | "-A"), Some(chain)) if mine(chain) => chain,
+            (Some("-A"), Some(hook)) if HOOKS.contains(&hook) && l.split_whitespace().any(mine) => hook,
+            _ => continue,
+        };
+        let text = out.entry(chain.to_owned()).or_default();
+        text.push_str(l);
+        text.push('\n');
+    }
+    out
+}
+
+/// A bridge table's items as nft lists them; empty when it is gone.
+async fn bridge_listing(table: &str) -> BTreeMap<String, String> {
+    bridge::items(&bridge::nft(&["-j", "list", "table", "bridge", table], None).await.unwrap_or_default())
 }
 
 /// The IPv4 resolvers Docker hands containers on the default bridge: the host's, minus loopback ones; when the host

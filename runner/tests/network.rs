@@ -301,3 +301,87 @@ async fn bad_policies_fail_with_a_reason_and_leave_nothing() {
     assert!(matches!(err, SandboxError::NotFound(_)), "{err}");
     runner.destroy(&ok).await.unwrap();
 }
+
+/// This runner's lines of `iptables -S` (its chains, their rules, the hooks) and of its bridge table, sorted, with
+/// the elements of sets and maps one per line: what a change and a full rewrite must agree on (the order of the top
+/// chain's lines is not a verdict, see `firewall.rs`).
+fn kernel_rules(runner_id: &str) -> Vec<String> {
+    let prefix = chain_prefix(runner_id);
+    let mut lines: Vec<String> = rules()
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == prefix || w.starts_with(&format!("{prefix}-"))))
+        .map(str::to_owned)
+        .collect();
+    let table = sandbar_runner::firewall::bridge_table(runner_id);
+    let out = Command::new("nft").args(["list", "table", "bridge", &table]).output().unwrap();
+    assert!(out.status.success(), "nft list table: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).replace("elements = {", "elements = {\n");
+    for l in text.lines() {
+        for part in l.split(", ") {
+            let part = part.trim().trim_end_matches('}').trim();
+            if !part.is_empty() {
+                lines.push(part.to_owned());
+            }
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// Changes are written as differences (only the sandbox concerned and its links); a series of them leaves exactly
+/// the rules one full rewrite of the same state writes, the reconciler sees nothing to do, and a line removed
+/// behind the runner's back is caught: by the next change touching it (which then rewrites everything) or by the
+/// reconciler. Ports here do not exist and the addresses are in 198.18.0.0/15, so no traffic matches.
+#[tokio::test]
+async fn changes_leave_what_a_full_rewrite_writes() {
+    use sandbar_runner::firewall::Standalone;
+    let t = TestRunner::new("fwdiff");
+    let state = tempfile::tempdir().unwrap();
+    // No container: the static daemon is never needed.
+    let mut config = sandbar_runner::RunnerConfig::new("/nonexistent");
+    config.runner_id = t.runner_id.clone();
+    config.state_dir = Some(state.path().to_owned());
+    config.firewall_recheck = Duration::from_secs(3600);
+    let fw = Standalone::new(&config).await.unwrap();
+    let fw_ref = &fw;
+    let attach = move |c: &'static str, s: &'static str, i: u8| async move {
+        let ip: std::net::Ipv4Addr = format!("198.18.9.{i}").parse().unwrap();
+        fw_ref.attach(c, s, ip, &format!("sbtest{i}"), &format!("02:00:c6:12:09:{i:02x}")).await.unwrap();
+    };
+    fw.set_policy("child", NetworkPolicy::default(), Some("parent".into())).await.unwrap();
+    attach("c1", "parent", 1).await;
+    attach("c2", "child", 2).await;
+    attach("c3", "other", 3).await;
+    attach("c4", "pool-member", 4).await;
+    fw.update_policy("other", policy(false, Some(&["10.1.0.0/16"]))).await.unwrap();
+    fw.reassign("c4", "claimed").await.unwrap();
+    attach("c1", "parent", 5).await; // a restart: a new address and port
+    fw.detach("c3").await;
+    attach("c3", "other", 6).await;
+    let changed = kernel_rules(&t.runner_id);
+    // The read-back after a write runs in a task of its own: let it run before the reconciler looks.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!fw.reconcile().await.unwrap(), "the reconciler found a difference after the changes");
+    fw.rewrite_all().await.unwrap();
+    assert_eq!(changed, kernel_rules(&t.runner_id), "changes and a full rewrite disagree");
+    let child = sandbox_chain(&t.runner_id, "child");
+    assert!(changed.iter().any(|l| *l == format!("-A {child} -d 198.18.9.5/32 -j RETURN")), "{changed:#?}");
+
+    // A line gone behind the runner's back: the change that would delete it rewrites everything instead.
+    let iso = format!("{}-ISO", chain_prefix(&t.runner_id));
+    let deny = format!("{}-DENY", chain_prefix(&t.runner_id));
+    let out = Command::new("iptables").args(["-w", "5", "-D", &iso, "-d", "198.18.9.6/32", "-j", &deny]).output();
+    assert!(out.unwrap().status.success());
+    fw.detach("c3").await;
+    let after = kernel_rules(&t.runner_id);
+    assert!(!after.iter().any(|l| l.contains("198.18.9.6")), "{after:#?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!fw.reconcile().await.unwrap());
+    fw.rewrite_all().await.unwrap();
+    assert_eq!(after, kernel_rules(&t.runner_id));
+    // And one the reconciler finds.
+    let out = Command::new("iptables").args(["-w", "5", "-D", &iso, "-d", "198.18.9.2/32", "-j", &deny]).output();
+    assert!(out.unwrap().status.success());
+    assert!(fw.reconcile().await.unwrap(), "the reconciler missed a deleted line");
+    assert_eq!(after, kernel_rules(&t.runner_id));
+}

@@ -4,21 +4,28 @@
 //!
 //! ```text
 //! table bridge sandbar_<runner hex>
+//!   map ports { ifname : verdict }     "<port>" : jump p_<port hex>, one element per sandbox
+//!   set macs { ether_addr }            every sandbox's MAC
+//!   set ips { ipv4_addr }              every sandbox's address
 //!   chain pre  (hook prerouting, priority -300: before the bridge learns a MAC or forwards/delivers a frame)
-//!     iifname <port> jump p_<port hex> ; accept           one pair per sandbox
-//!     ether saddr <sandbox MAC> drop                          its MAC, IP or ARP address from any other port
-//!     ip saddr <sandbox IP> drop ; arp saddr ip <sandbox IP> drop
+//!     iifname vmap @ports                                     a sandbox's port: its chain, which accepts
+//!     ether saddr @macs drop                                  its MAC, IP or ARP address from any other port
+//!     ip saddr @ips drop ; arp saddr ip @ips drop
 //!   chain p_<port hex>
 //!     ether type != { ip, arp } drop                          IPv6 (link-local included), VLAN tags, everything else
 //!     ether saddr != <MAC> drop ; arp saddr ether != <MAC> drop ; arp saddr ip != <IP> drop ; ip saddr != <IP> drop
+//!     accept
 //! ```
 //!
-//! Why here and not ebtables' shared chains: our own table is replaced whole in one transaction, nothing another
-//! program owns is touched, and `nft list table` is the reconciler's read-back. The kernel objects are the ones the
-//! nf_tables backend of `ebtables` makes. Prerouting rather than FORWARD/INPUT because learning happens between them:
-//! a frame dropped in FORWARD has already taught the bridge its source MAC, which is how a forged MAC steals a
-//! neighbour's frames.
+//! A sandbox is a chain and three elements, so one sandbox's change is one small transaction ([`render_change`])
+//! whatever the number of sandboxes; a deleted element that is not there fails it whole, which is how a table that
+//! drifted is caught (the caller then replaces it with [`render`]). Why here and not ebtables' shared chains: our own
+//! table, nothing another program owns is touched, and `nft list table` is the reconciler's read-back. The kernel
+//! objects are the ones the nf_tables backend of `ebtables` makes. Prerouting rather than FORWARD/INPUT because
+//! learning happens between them: a frame dropped in FORWARD has already taught the bridge its source MAC, which is
+//! how a forged MAC steals a neighbour's frames.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Stdio;
 
@@ -33,6 +40,7 @@ pub fn bridge_table(runner_id: &str) -> String {
 }
 
 /// One sandbox's port, address and MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Port<'a> {
     pub port: &'a str,
     pub ip: std::net::Ipv4Addr,
@@ -43,30 +51,108 @@ pub(super) struct Port<'a> {
 /// fails).
 pub(super) fn render(table: &str, ports: &[Port<'_>]) -> String {
     let mut out = format!("table bridge {table} {{}}\ndelete table bridge {table}\ntable bridge {table} {{\n");
-    // Port chains first: a jump names a chain already declared.
-    for p in ports {
-        out.push_str(&format!("  chain p_{} {{\n", chain_hex(p.port)));
-        out.push_str("    ether type != { ip, arp } drop\n");
-        out.push_str(&format!("    ether saddr != {} drop\n", p.mac));
-        out.push_str(&format!("    arp saddr ether != {} drop\n", p.mac));
-        out.push_str(&format!("    arp saddr ip != {} drop\n", p.ip));
-        out.push_str(&format!("    ip saddr != {} drop\n", p.ip));
-        out.push_str("  }\n");
-    }
+    out.push_str("  map ports { type ifname : verdict; }\n");
+    out.push_str("  set macs { type ether_addr; }\n  set ips { type ipv4_addr; }\n");
     out.push_str("  chain pre {\n    type filter hook prerouting priority -300; policy accept;\n");
-    for p in ports {
-        out.push_str(&format!("    iifname \"{}\" jump p_{}\n", p.port, chain_hex(p.port)));
-        out.push_str(&format!("    iifname \"{}\" accept\n", p.port));
-    }
-    for p in ports {
-        out.push_str(&format!(
-            "    ether saddr {} drop\n    ip saddr {} drop\n    arp saddr ip {} drop\n",
-            p.mac, p.ip, p.ip
-        ));
-    }
-    out.push_str("  }\n");
-    out.push_str("}\n");
+    out.push_str("    iifname vmap @ports\n    ether saddr @macs drop\n    ip saddr @ips drop\n");
+    out.push_str("    arp saddr ip @ips drop\n  }\n}\n");
+    let none = BTreeSet::new();
+    out.push_str(&render_change(table, &none, &ports.iter().copied().collect()).unwrap_or_default());
     out
+}
+
+/// The `nft -f` input that turns the table's `old` ports into `new`, touching only the ports that differ; `None`
+/// when none does.
+pub(super) fn render_change(table: &str, old: &BTreeSet<Port<'_>>, new: &BTreeSet<Port<'_>>) -> Option<String> {
+    let mut out = String::new();
+    let kept: BTreeSet<&str> = new.iter().map(|p| p.port).collect();
+    for p in old.difference(new) {
+        let chain = port_chain(p.port);
+        out.push_str(&format!("delete element bridge {table} ports {{ \"{}\" }}\n", p.port));
+        out.push_str(&format!("delete element bridge {table} macs {{ {} }}\n", p.mac));
+        out.push_str(&format!("delete element bridge {table} ips {{ {} }}\n", p.ip));
+        if !kept.contains(p.port) {
+            out.push_str(&format!("flush chain bridge {table} {chain}\ndelete chain bridge {table} {chain}\n"));
+        }
+    }
+    for p in new.difference(old) {
+        let chain = port_chain(p.port);
+        let rule = |r: &str| format!("add rule bridge {table} {chain} {r}\n");
+        out.push_str(&format!("add chain bridge {table} {chain}\nflush chain bridge {table} {chain}\n"));
+        out.push_str(&rule("ether type != { ip, arp } drop"));
+        out.push_str(&rule(&format!("ether saddr != {} drop", p.mac)));
+        out.push_str(&rule(&format!("arp saddr ether != {} drop", p.mac)));
+        out.push_str(&rule(&format!("arp saddr ip != {} drop", p.ip)));
+        out.push_str(&rule(&format!("ip saddr != {} drop", p.ip)));
+        out.push_str(&rule("accept"));
+        out.push_str(&format!("add element bridge {table} ports {{ \"{}\" : jump {chain} }}\n", p.port));
+        out.push_str(&format!("add element bridge {table} macs {{ {} }}\n", p.mac));
+        out.push_str(&format!("add element bridge {table} ips {{ {} }}\n", p.ip));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The chain of a port.
+pub(super) fn port_chain(port: &str) -> String {
+    format!("p_{}", chain_hex(port))
+}
+
+/// A bridge table as `nft -j list` shows it, by item, handles left out (they change at every rewrite): `table`,
+/// `chain <name>`, `rule <chain> <position>`, `set <name>` (a set or map without its elements) and
+/// `elem <set> <element>`, each with its JSON. Empty when the listing is not a table.
+pub(super) fn items(listing: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(serde_json::Value::Object(mut doc)) = serde_json::from_str::<serde_json::Value>(listing) else {
+        return out;
+    };
+    let Some(serde_json::Value::Array(objects)) = doc.remove("nftables") else { return out };
+    let mut positions: BTreeMap<String, usize> = BTreeMap::new();
+    for o in objects {
+        let serde_json::Value::Object(o) = o else { continue };
+        for (kind, v) in o {
+            let serde_json::Value::Object(mut v) = v else { continue };
+            v.remove("handle");
+            let name = v.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_owned();
+            let key = match kind.as_str() {
+                "table" => "table".to_owned(),
+                "chain" => format!("chain {name}"),
+                "rule" => {
+                    let chain = v.get("chain").and_then(|n| n.as_str()).unwrap_or_default().to_owned();
+                    let n = positions.entry(chain.clone()).or_default();
+                    *n += 1;
+                    format!("rule {chain} {n}")
+                }
+                "set" | "map" => {
+                    if let Some(serde_json::Value::Array(elems)) = v.remove("elem") {
+                        for e in elems {
+                            out.insert(format!("elem {name} {e}"), String::new());
+                        }
+                    }
+                    format!("set {name}")
+                }
+                _ => continue,
+            };
+            out.insert(key, serde_json::Value::Object(v).to_string());
+        }
+    }
+    out
+}
+
+/// The items of a port's elements (as [`items`] names them): in `ports`, `macs` and `ips`.
+pub(super) fn element_items(p: &Port<'_>) -> [String; 3] {
+    let jump = serde_json::json!([p.port, {"jump": {"target": port_chain(p.port)}}]);
+    [
+        format!("elem ports {jump}"),
+        format!("elem macs {}", serde_json::Value::from(p.mac)),
+        format!("elem ips {}", serde_json::Value::from(p.ip.to_string())),
+    ]
+}
+
+/// Removes a chain and its rules from `items`.
+pub(super) fn remove_chain(items: &mut BTreeMap<String, String>, chain: &str) {
+    items.remove(&format!("chain {chain}"));
+    let rules = format!("rule {chain} ");
+    items.retain(|k, _| !k.starts_with(&rules));
 }
 
 /// Port chains are named after the port, so a claim (same port, another sandbox) leaves the table as it is.
@@ -180,10 +266,59 @@ mod tests {
         let t = render("sandbar_abcd", &ports);
         assert!(t.starts_with("table bridge sandbar_abcd {}\ndelete table bridge sandbar_abcd\n"), "{t}");
         let c = chain_hex("veth1234");
-        assert!(t.contains(&format!("iifname \"veth1234\" jump p_{c}\n    iifname \"veth1234\" accept\n")), "{t}");
-        assert!(t.contains("ether saddr 02:42:ac:11:00:02 drop\n    ip saddr 172.17.0.2 drop\n"), "{t}");
-        assert!(t.contains("ip saddr != 172.17.0.2 drop") && t.contains("ether type != { ip, arp } drop"), "{t}");
+        assert!(t.contains("iifname vmap @ports\n    ether saddr @macs drop\n    ip saddr @ips drop\n"), "{t}");
+        assert!(t.contains(&format!("add element bridge sandbar_abcd ports {{ \"veth1234\" : jump p_{c} }}\n")), "{t}");
+        assert!(t.contains("macs { 02:42:ac:11:00:02 }\n") && t.contains("ips { 172.17.0.2 }\n"), "{t}");
+        assert!(t.contains(&format!("add rule bridge sandbar_abcd p_{c} ip saddr != 172.17.0.2 drop\n")), "{t}");
+        assert!(t.contains("ether type != { ip, arp } drop") && t.contains(&format!("p_{c} accept\n")), "{t}");
         assert!(valid_mac("02:42:ac:11:00:02") && !valid_mac("02:42:ac:11:00:0g") && !valid_mac("02:42"));
         assert!(valid_port("veth1234") && !valid_port("a\"b") && !valid_port(""));
+    }
+
+    #[test]
+    fn items_leave_out_handles_and_split_elements() {
+        let listing = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "bridge", "name": "t", "handle": 6}},
+            {"map": {"family": "bridge", "name": "ports", "table": "t", "type": "ifname", "handle": 3, "map": "verdict",
+              "elem": [["vetha", {"jump": {"target": "p_aa"}}]]}},
+            {"set": {"family": "bridge", "name": "macs", "table": "t", "type": "ether_addr", "handle": 4, "elem": ["02:42:ac:11:00:02"]}},
+            {"chain": {"family": "bridge", "table": "t", "name": "p_aa", "handle": 1}},
+            {"rule": {"family": "bridge", "table": "t", "chain": "p_aa", "handle": 7, "expr": [{"drop": null}]}},
+            {"rule": {"family": "bridge", "table": "t", "chain": "p_aa", "handle": 8, "expr": [{"accept": null}]}}]}"#;
+        let mut it = items(listing);
+        let p = Port { port: "vetha", ip: "172.17.0.2".parse().unwrap(), mac: "02:42:ac:11:00:02" };
+        let [port, mac, ip] = element_items(&p);
+        assert!(it.contains_key(&port.replace(&port_chain("vetha"), "p_aa")), "{it:#?}");
+        assert!(it.contains_key(&mac) && !it.contains_key(&ip), "{it:#?}");
+        assert_eq!(
+            it.get("rule p_aa 2").map(String::as_str),
+            Some(r#"{"chain":"p_aa","expr":[{"accept":null}],"family":"bridge","table":"t"}"#)
+        );
+        assert!(!it.values().any(|v| v.contains("handle")), "{it:#?}");
+        remove_chain(&mut it, "p_aa");
+        assert!(!it.keys().any(|k| k.contains("rule") || k == "chain p_aa"), "{it:#?}");
+        assert!(items("").is_empty());
+    }
+
+    #[test]
+    fn a_change_touches_only_the_ports_that_differ() {
+        let a = Port { port: "vetha", ip: "172.17.0.2".parse().unwrap(), mac: "02:42:ac:11:00:02" };
+        let b = Port { port: "vethb", ip: "172.17.0.3".parse().unwrap(), mac: "02:42:ac:11:00:03" };
+        let b2 = Port { ip: "172.17.0.4".parse().unwrap(), ..b };
+        let old = BTreeSet::from([a, b]);
+        assert_eq!(render_change("t", &old, &old), None);
+        let gone = render_change("t", &old, &BTreeSet::from([a])).unwrap();
+        let cb = chain_hex("vethb");
+        assert_eq!(
+            gone,
+            format!(
+                "delete element bridge t ports {{ \"vethb\" }}\ndelete element bridge t macs {{ 02:42:ac:11:00:03 }}\n\
+                 delete element bridge t ips {{ 172.17.0.3 }}\nflush chain bridge t p_{cb}\ndelete chain bridge t p_{cb}\n"
+            )
+        );
+        // The same port with a new address: its chain is rewritten, not deleted.
+        let moved = render_change("t", &old, &BTreeSet::from([a, b2])).unwrap();
+        assert!(!moved.contains("delete chain") && !moved.contains("vetha"), "{moved}");
+        assert!(moved.contains("delete element bridge t ips { 172.17.0.3 }\n"), "{moved}");
+        assert!(moved.contains(&format!("p_{cb} ip saddr != 172.17.0.4 drop\n")), "{moved}");
     }
 }

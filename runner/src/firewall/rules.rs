@@ -1,6 +1,7 @@
-//! The iptables rules: chain names and the `iptables-restore` input that rewrites every chain of a runner for the
-//! running sandboxes, their ports and their policies, with the floor every sandbox has. Pure functions, no process
-//! is run here.
+//! The iptables rules: chain names, each sandbox's share of the rules (a [`Fragment`]), the `iptables-restore` input
+//! that rewrites every chain of a runner for the running sandboxes, their ports and their policies, with the floor
+//! every sandbox has ([`render`]), and the input that changes only some sandboxes' shares ([`render_change`]). Pure
+//! functions, no process is run here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -52,7 +53,91 @@ pub(super) struct Floor {
     pub resolvers: Vec<Ipv4Addr>,
 }
 
-/// The `iptables-restore` input for this runner's chains, and the sandbox chains it leaves in the kernel.
+/// One sandbox's share of this runner's rules: its lines in the top chain (egress jump by port, its address from
+/// any other port dropped, inbound jump by address), its line in the isolation chain, and its two chains whole.
+/// Lines are the arguments after `-A <chain> `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Fragment {
+    pub top: [String; 3],
+    pub iso: String,
+    /// The egress chain, then the inbound chain: (name, rules).
+    pub chains: [(String, Vec<String>); 2],
+}
+
+/// The sandboxes with rules, one entry each (a sandbox ID is served by one container at a time).
+pub(super) fn members(attached: &BTreeMap<String, Attached>) -> BTreeMap<&str, &Attached> {
+    let mut members: BTreeMap<&str, &Attached> = BTreeMap::new();
+    for a in attached.values() {
+        if let Some(old) = members.insert(&a.sandbox_id, a) {
+            tracing::warn!(sandbox_id = %a.sandbox_id, old = %old.ip, new = %a.ip, "two containers for one sandbox");
+        }
+    }
+    members
+}
+
+/// The fragment of `sandbox` (one of `members`): its links are to members only, both ways (its own link, and every
+/// member linked to it).
+pub(super) fn fragment(
+    prefix: &str,
+    sandbox: &str,
+    a: &Attached,
+    members: &BTreeMap<&str, &Attached>,
+    policies: &BTreeMap<String, Stored>,
+) -> Result<Fragment, NetworkError> {
+    let iso = isolation_chain(prefix);
+    let deny = deny_chain(prefix);
+    let chain = format!("{prefix}-{}", hex(sandbox, 5));
+    let inbound = inbound_chain(prefix, sandbox);
+    let ip = format!("{}/32", a.ip);
+    let line = |args: &[&str]| args.join(" ");
+    let comment = format!("\"sandbar {}\"", comment_safe(sandbox));
+    let top = [
+        // Egress, by the port a packet came in on (never by its source address alone, which the sender chooses).
+        line(&["-m", "physdev", "--physdev-in", &a.port, "-m", "comment", "--comment", &comment, "-j", &chain]),
+        // Its address from anywhere but its port is forged.
+        line(&["-s", &ip, "-m", "physdev", "!", "--physdev-in", &a.port, "-j", "DROP"]),
+        line(&["-d", &ip, "-j", &inbound]),
+    ];
+    let stored = policies.get(sandbox).cloned().unwrap_or_default();
+    let mut out = vec![
+        line(&["!", "-s", &ip, "-j", "DROP"]),
+        line(&["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "--ctdir", "REPLY", "-j", "RETURN"]),
+    ];
+    let peers: Vec<Ipv4Addr> = members
+        .iter()
+        .filter(|(other, _)| {
+            **other != sandbox
+                && (stored.linked_sandbox.as_deref() == Some(**other)
+                    || policies.get(**other).is_some_and(|p| p.linked_sandbox.as_deref() == Some(sandbox)))
+        })
+        .map(|(_, p)| p.ip)
+        .collect();
+    for peer_ip in &peers {
+        out.push(line(&["-d", &format!("{peer_ip}/32"), "-j", "RETURN"]));
+    }
+    out.push(line(&["-j", &iso]));
+    let policy = &stored.policy;
+    if policy.network_block_all {
+        out.push(line(&["-j", &deny]));
+    } else if policy.network_allow_list.is_some() {
+        let allowed: Vec<Ipv4Cidr> = policy.allowed().map_err(NetworkError::Invalid)?;
+        for cidr in allowed {
+            out.push(line(&["-d", &cidr.to_string(), "-j", "RETURN"]));
+        }
+        out.push(line(&["-j", &deny]));
+    }
+    // In: replies to its own connections, and its linked sandboxes (whose sources are bound to their ports).
+    let mut inb =
+        vec![line(&["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "--ctdir", "REPLY", "-j", "RETURN"])];
+    for peer_ip in &peers {
+        inb.push(line(&["-s", &format!("{peer_ip}/32"), "-j", "RETURN"]));
+    }
+    inb.push(line(&["-j", &deny]));
+    Ok(Fragment { top, iso: line(&["-d", &ip, "-j", &deny]), chains: [(chain, out), (inbound, inb)] })
+}
+
+/// The `iptables-restore` input that rewrites every chain of this runner, and the sandbox chains it leaves in the
+/// kernel: `installed` chains no sandbox has any more are removed.
 pub(super) fn render(
     prefix: &str,
     policies: &BTreeMap<String, Stored>,
@@ -62,19 +147,17 @@ pub(super) fn render(
 ) -> Result<(String, BTreeSet<String>), NetworkError> {
     let iso = isolation_chain(prefix);
     let deny = deny_chain(prefix);
-    let chain_of = |sandbox: &str| format!("{prefix}-{}", hex(sandbox, 5));
-    // One entry per sandbox (a sandbox ID is served by one container at a time).
-    let mut members: BTreeMap<&str, &Attached> = BTreeMap::new();
-    for a in attached.values() {
-        if let Some(old) = members.insert(&a.sandbox_id, a) {
-            tracing::warn!(sandbox_id = %a.sandbox_id, old = %old.ip, new = %a.ip, "two containers for one sandbox");
-        }
-    }
+    let members = members(attached);
+    let mut frags = Vec::with_capacity(members.len());
     let mut chains = BTreeSet::new();
-    for sandbox in members.keys() {
-        if !chains.insert(chain_of(sandbox)) || !chains.insert(inbound_chain(prefix, sandbox)) {
-            return Err(NetworkError::Invalid(format!("chain name collision for sandbox {sandbox}")));
+    for (sandbox, a) in &members {
+        let f = fragment(prefix, sandbox, a, &members, policies)?;
+        for (name, _) in &f.chains {
+            if !chains.insert(name.clone()) {
+                return Err(NetworkError::Invalid(format!("chain name collision for sandbox {sandbox}")));
+            }
         }
+        frags.push(f);
     }
     let mut out = String::from("*filter\n");
     for c in [prefix, iso.as_str(), deny.as_str()].into_iter().chain(chains.iter().map(String::as_str)) {
@@ -84,86 +167,107 @@ pub(super) fn render(
     for c in &stale {
         out.push_str(&format!(":{c} - [0:0]\n"));
     }
-    let mut rule = |chain: &str, args: &[&str]| {
-        out.push_str(&format!("-A {chain} {}\n", args.join(" ")));
+    let mut rule = |chain: &str, args: &str| {
+        out.push_str(&format!("-A {chain} {args}\n"));
     };
-    rule(&deny, &["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]);
-    rule(&deny, &["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]);
-    // Egress, by the port a packet came in on (never by its source address alone, which the sender chooses).
-    for (sandbox, a) in &members {
-        let comment = format!("\"sandbar {}\"", comment_safe(sandbox));
-        let port = a.port.as_str();
-        rule(
-            prefix,
-            &["-m", "physdev", "--physdev-in", port, "-m", "comment", "--comment", &comment, "-j", &chain_of(sandbox)],
-        );
-    }
-    // A sandbox's address from anywhere but its port is forged.
-    for a in members.values() {
-        rule(prefix, &["-s", &format!("{}/32", a.ip), "-m", "physdev", "!", "--physdev-in", &a.port, "-j", "DROP"]);
-    }
-    for (sandbox, a) in &members {
-        rule(prefix, &["-d", &format!("{}/32", a.ip), "-j", &inbound_chain(prefix, sandbox)]);
+    rule(&deny, "-p tcp -j REJECT --reject-with tcp-reset");
+    rule(&deny, "-j REJECT --reject-with icmp-admin-prohibited");
+    // The egress jumps first, then the anti-spoofing drops, then the inbound jumps: the order of the top chain
+    // does not change a verdict (every rule there drops or jumps to a chain that drops or returns), so a change
+    // appends a sandbox's three lines at the end and the chain is grouped again at the next full rewrite.
+    for i in 0..3 {
+        for f in &frags {
+            if let Some(l) = f.top.get(i) {
+                rule(prefix, l);
+            }
+        }
     }
     // The floor, then the other sandboxes.
     for ns in &floor.resolvers {
         for proto in ["udp", "tcp"] {
-            rule(&iso, &["-d", &format!("{ns}/32"), "-p", proto, "-m", proto, "--dport", "53", "-j", "RETURN"]);
+            rule(&iso, &format!("-d {ns}/32 -p {proto} -m {proto} --dport 53 -j RETURN"));
         }
     }
-    rule(&iso, &["-d", "169.254.0.0/16", "-j", &deny]);
-    rule(&iso, &["-d", "127.0.0.0/8", "-j", &deny]);
+    rule(&iso, &format!("-d 169.254.0.0/16 -j {deny}"));
+    rule(&iso, &format!("-d 127.0.0.0/8 -j {deny}"));
     for t in ["LOCAL", "BROADCAST", "MULTICAST"] {
-        rule(&iso, &["-m", "addrtype", "--dst-type", t, "-j", &deny]);
+        rule(&iso, &format!("-m addrtype --dst-type {t} -j {deny}"));
     }
     for cidr in &floor.deny {
-        rule(&iso, &["-d", &cidr.to_string(), "-j", &deny]);
+        rule(&iso, &format!("-d {cidr} -j {deny}"));
     }
-    for a in members.values() {
-        rule(&iso, &["-d", &format!("{}/32", a.ip), "-j", &deny]);
+    for f in &frags {
+        rule(&iso, &f.iso);
     }
-    for (sandbox, a) in &members {
-        let chain = chain_of(sandbox);
-        let stored = policies.get(*sandbox).cloned().unwrap_or_default();
-        rule(&chain, &["!", "-s", &format!("{}/32", a.ip), "-j", "DROP"]);
-        rule(&chain, &["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "--ctdir", "REPLY", "-j", "RETURN"]);
-        // Links go both ways: the linked sandbox's own link, and every sandbox linked to this one.
-        let peers: Vec<Ipv4Addr> = members
-            .iter()
-            .filter(|(other, _)| {
-                *other != sandbox
-                    && (stored.linked_sandbox.as_deref() == Some(**other)
-                        || policies.get(**other).is_some_and(|p| p.linked_sandbox.as_deref() == Some(*sandbox)))
-            })
-            .map(|(_, p)| p.ip)
-            .collect();
-        for peer_ip in &peers {
-            rule(&chain, &["-d", &format!("{peer_ip}/32"), "-j", "RETURN"]);
-        }
-        rule(&chain, &["-j", &iso]);
-        let policy = &stored.policy;
-        if policy.network_block_all {
-            rule(&chain, &["-j", &deny]);
-        } else if policy.network_allow_list.is_some() {
-            let allowed: Vec<Ipv4Cidr> = policy.allowed().map_err(NetworkError::Invalid)?;
-            for cidr in allowed {
-                rule(&chain, &["-d", &cidr.to_string(), "-j", "RETURN"]);
+    for f in &frags {
+        for (name, lines) in &f.chains {
+            for l in lines {
+                rule(name, l);
             }
-            rule(&chain, &["-j", &deny]);
         }
-        // In: replies to its own connections, and its linked sandboxes (whose sources are bound to their ports).
-        let inbound = inbound_chain(prefix, sandbox);
-        rule(&inbound, &["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "--ctdir", "REPLY", "-j", "RETURN"]);
-        for peer_ip in &peers {
-            rule(&inbound, &["-s", &format!("{peer_ip}/32"), "-j", "RETURN"]);
-        }
-        rule(&inbound, &["-j", &deny]);
     }
     for c in stale {
         out.push_str(&format!("-X {c}\n"));
     }
     out.push_str("COMMIT\n");
     Ok((out, chains))
+}
+
+/// The `iptables-restore --noflush` input that turns the fragments `old` into `new` (keyed by sandbox; a sandbox
+/// missing on one side is added or removed) and touches nothing else: the shared chains lose the old lines
+/// (`-D`, which fails the whole transaction when a line is not there, so a kernel that drifted is caught) and get
+/// the new ones appended, the sandbox chains that differ are rewritten whole, those no sandbox has are removed.
+/// `None` when nothing differs. The floor and the hooks are the full rewrite's.
+pub(super) fn render_change(
+    prefix: &str,
+    old: &BTreeMap<String, Fragment>,
+    new: &BTreeMap<String, Fragment>,
+) -> Option<String> {
+    let iso = isolation_chain(prefix);
+    let old_chains: BTreeMap<&str, &Vec<String>> =
+        old.values().flat_map(|f| f.chains.iter().map(|(n, l)| (n.as_str(), l))).collect();
+    let new_chains: BTreeMap<&str, &Vec<String>> =
+        new.values().flat_map(|f| f.chains.iter().map(|(n, l)| (n.as_str(), l))).collect();
+    let mut decl = String::new();
+    let mut body = String::new();
+    let mut tail = String::new();
+    for (name, lines) in &new_chains {
+        if old_chains.get(name) != Some(lines) {
+            decl.push_str(&format!(":{name} - [0:0]\n"));
+            for l in *lines {
+                body.push_str(&format!("-A {name} {l}\n"));
+            }
+        }
+    }
+    for name in old_chains.keys().filter(|n| !new_chains.contains_key(*n)) {
+        decl.push_str(&format!(":{name} - [0:0]\n"));
+        tail.push_str(&format!("-X {name}\n"));
+    }
+    let mut shared = String::new();
+    for (sandbox, f) in old {
+        let same = new.get(sandbox).is_some_and(|n| n.top == f.top && n.iso == f.iso);
+        if !same {
+            for l in &f.top {
+                shared.push_str(&format!("-D {prefix} {l}\n"));
+            }
+            shared.push_str(&format!("-D {iso} {}\n", f.iso));
+        }
+    }
+    // Declared (so created) chains come before the lines that jump to them.
+    let mut appended = String::new();
+    for (sandbox, f) in new {
+        let same = old.get(sandbox).is_some_and(|o| o.top == f.top && o.iso == f.iso);
+        if !same {
+            for l in &f.top {
+                appended.push_str(&format!("-A {prefix} {l}\n"));
+            }
+            appended.push_str(&format!("-A {iso} {}\n", f.iso));
+        }
+    }
+    if decl.is_empty() && shared.is_empty() && appended.is_empty() {
+        return None;
+    }
+    Some(format!("*filter\n{decl}{shared}{body}{appended}{tail}COMMIT\n"))
 }
 
 /// Rule comments hold sandbox IDs for people reading `iptables -S`; only harmless characters go in.
