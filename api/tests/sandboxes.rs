@@ -403,7 +403,10 @@ fn routes_in_source() -> std::collections::BTreeSet<(String, String)> {
             }
         }
     }
-    let excluded = |p: &std::path::Path| p == dir.join("dashboard.rs") || p.starts_with(dir.join("dashboard"));
+    // The dashboard and `/healthz`, `/readyz` are served beside `/api`, not under it.
+    let excluded = |p: &std::path::Path| {
+        p == dir.join("dashboard.rs") || p.starts_with(dir.join("dashboard")) || p == dir.join("health.rs")
+    };
     let mut routes = std::collections::BTreeSet::new();
     for file in files.iter().filter(|p| !excluded(p)) {
         // Comments (`//`, `//!`, `///` lines) may name `.route(` without calling it.
