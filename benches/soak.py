@@ -90,8 +90,11 @@ UNITS = {"B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
 
 def docker_disk_gib() -> float | None:
     """Images, containers' writable layers and volumes, as ``docker system df`` counts them."""
-    r = subprocess.run(["docker", "system", "df", "--format", "{{.Size}}"], capture_output=True, text=True,
-                       timeout=120, check=False)
+    try:
+        r = subprocess.run(["docker", "system", "df", "--format", "{{.Size}}"], capture_output=True, text=True,
+                           timeout=600, check=False)
+    except subprocess.TimeoutExpired:
+        return None
     if r.returncode != 0:
         return None
     total = 0.0
@@ -159,6 +162,7 @@ class Soak:
 
     def measure_docker_disk(self) -> None:
         while not self.stop.is_set():
+            # With 200 containers `docker system df` took over two minutes here: a slow answer is a missing point.
             self.docker_disk = docker_disk_gib()
             self.stop.wait(self.args.sample_secs)
 
