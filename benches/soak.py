@@ -37,6 +37,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests" / "python"
 sys.path[:0] = [str(TESTS / "stack"), str(TESTS)]  # sandbar_stack, and the sandbar_util it uses
 
 from daytona import Daytona, DaytonaConfig, SessionExecuteRequest  # noqa: E402
+from loadgen import rss_mib  # noqa: E402 - VmRSS from /proc, as the load test reads it
 from sandbar_stack import remove_containers, start_stack  # noqa: E402
 
 SERVICES = ("sandbar-api", "sandbar-runner", "sandbar-proxy", "sandbar")
@@ -65,16 +66,6 @@ def comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def fds(pid: int) -> int | None:

@@ -280,6 +280,67 @@ async fn timers_stop_archive_and_delete_with_a_fake_clock() {
     }
 }
 
+/// Rows in every table that names `id` as its sandbox (the sandbox's own row included).
+async fn rows_naming(h: &Harness, id: &str) -> i64 {
+    let mut n = 0;
+    for q in [
+        "SELECT COUNT(*) FROM sandbox_labels WHERE sandbox_id = $1",
+        "SELECT COUNT(*) FROM ssh_access WHERE sandbox_id = $1",
+        "SELECT COUNT(*) FROM preview_tokens WHERE sandbox_id = $1",
+        "SELECT COUNT(*) FROM sandbox_usage WHERE sandbox_id = $1",
+        "SELECT COUNT(*) FROM sandbox_usage_history WHERE sandbox_id = $1",
+        "SELECT COUNT(*) FROM sandboxes WHERE id = $1",
+    ] {
+        n += sqlx::query_scalar::<_, i64>(q).bind(id).fetch_one(&h.app.db.pool).await.unwrap();
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sandboxes_destroyed_long_ago_and_expired_tokens_are_pruned() {
+    for db in databases().await {
+        let (h, r) = Harness::start_with_runner(&db, 8, 16, 100).await;
+        let kept = started_sandbox(&h, &r, json!({"labels": {"team": "a"}})).await;
+        let gone = started_sandbox(&h, &r, json!({"labels": {"team": "b"}})).await;
+        for id in [&kept, &gone] {
+            let (s, v) = h.call(Method::POST, &format!("/sandbox/{id}/ssh-access?expiresInMinutes=60"), None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let (s, v) = h.call(Method::GET, &format!("/sandbox/{id}/ports/3000/signed-preview-url"), None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+        assert!(rows_naming(&h, &gone).await >= 4, "labels, two tokens and the row itself");
+        assert_eq!(h.call(Method::DELETE, &format!("/sandbox/{gone}"), None).await.0, StatusCode::OK);
+        r.work(&h.org).await;
+        assert_eq!(h.state(&gone).await, "destroyed");
+
+        // Six days on: the destroyed sandbox still answers as destroyed; only the expired tokens went.
+        h.clock.advance_secs(6 * 24 * 3600);
+        r.heartbeat(8, 16, 100).await;
+        sandbar_api::lifecycle::prune(&h.app).await.unwrap();
+        let (s, v) = h.call(Method::GET, &format!("/sandbox/{gone}"), None).await;
+        assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("destroyed")), "{v}");
+        let tokens: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM ssh_access").fetch_one(&h.app.db.pool).await.unwrap();
+        assert_eq!(tokens, 0, "SSH tokens that expired five days ago are gone");
+
+        // Eight days on: its row and everything naming it are gone, and it is a 404; the live sandbox is whole.
+        h.clock.advance_secs(2 * 24 * 3600);
+        r.heartbeat(8, 16, 100).await;
+        assert!(sandbar_api::lifecycle::prune(&h.app).await.unwrap() >= 1);
+        assert_eq!(rows_naming(&h, &gone).await, 0);
+        let (s, v) = h.call(Method::GET, &format!("/sandbox/{gone}"), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        assert!(v["message"].is_string(), "{v}");
+        let (s, v) = h.call(Method::GET, &format!("/sandbox/{kept}"), None).await;
+        assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("started")), "{v}");
+        assert_eq!(v["labels"]["team"], "a", "{v}");
+        let (s, v) = h.call(Method::GET, "/sandbox", None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v}");
+        h.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn old_route_changes_and_finished_jobs_are_pruned() {
     for db in databases().await {

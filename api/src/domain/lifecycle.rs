@@ -1,7 +1,7 @@
 //! Lifecycle: the timers (auto-stop after inactivity, auto-delete and auto-archive after being stopped, restarts of
-//! sandboxes the host stopped, job deadlines, pruning of old route changes, jobs and usage samples, collecting unused
-//! build images), and pause/resume. The timers act through the
-//! same state machine as users ([`super::apply::act`]) and read time from the app's [`crate::Clock`], so tests move
+//! sandboxes the host stopped, job deadlines, pruning of old route changes, jobs, usage samples, expired tokens and
+//! long-destroyed sandboxes, collecting unused build images), and pause/resume. The timers act through the same state
+//! machine as users ([`super::apply::act`]) and read time from the app's [`crate::Clock`], so tests move
 //! time instead of sleeping.
 //!
 //! Pause (`POST /sandbox/{id}/pause`, `sandbox.pause()`) freezes a started sandbox's processes with their memory
@@ -38,6 +38,13 @@ pub struct TickReport {
 pub const KEEP_ROUTE_CHANGES_MS: i64 = 24 * 3600 * 1000;
 /// Completed, failed and cancelled jobs are kept this long for inspection.
 pub const KEEP_JOBS_MS: i64 = 7 * 24 * 3600 * 1000;
+/// A destroyed sandbox answers `GET /sandbox/{id}` as `destroyed` this long, then its row goes (404).
+pub const KEEP_DESTROYED_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Preview and SSH access tokens are kept this long past their expiry (a late use is refused as expired).
+pub const KEEP_EXPIRED_TOKENS_MS: i64 = 24 * 3600 * 1000;
+/// At most this many destroyed sandboxes go in one pruning (once a minute), [`super::apply::BATCH`] a transaction,
+/// so a first pruning of a large backlog does not hold the database.
+const PRUNE_DESTROYED_PER_PASS: i64 = 1024;
 
 /// Runs the timers once a second and pruning once a minute until `shutdown`.
 pub async fn run(app: App, shutdown: CancellationToken) {
@@ -66,13 +73,25 @@ pub async fn run(app: App, shutdown: CancellationToken) {
     }
 }
 
-/// Drops old route changes, old finished jobs and old usage samples; returns how many rows went.
+/// Drops old route changes, old finished jobs, old usage samples, long-expired tokens and sandboxes destroyed
+/// long ago (with every row that names them); returns how many rows went. Without this a host under constant churn
+/// grows its database without bound (docs/reliability.md, the soak).
 pub async fn prune(app: &App) -> Result<u64, sqlx::Error> {
     let now = app.now();
     let routes = store::routes::prune(&app.db.pool, now - KEEP_ROUTE_CHANGES_MS).await?;
     let jobs = store::jobs::prune(&app.db.pool, now - KEEP_JOBS_MS).await?;
     let usage = super::usage::prune(app).await?;
-    Ok(routes + jobs + usage)
+    let tokens = store::tokens::prune_expired(&app.db.pool, now - KEEP_EXPIRED_TOKENS_MS).await?;
+    let gone = sandboxes::destroyed_before(&app.db.pool, now - KEEP_DESTROYED_MS, PRUNE_DESTROYED_PER_PASS).await?;
+    let mut removed = 0;
+    for batch in gone.chunks(super::apply::BATCH) {
+        let mut tx = app.db.pool.begin().await?;
+        for id in batch {
+            removed += u64::from(sandboxes::remove_destroyed(&mut tx, id).await?);
+        }
+        tx.commit().await?;
+    }
+    Ok(routes + jobs + usage + tokens + removed)
 }
 
 /// One pass: every sandbox whose timer is due gets its action (refusals, e.g. a runner that became unreachable,

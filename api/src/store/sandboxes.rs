@@ -734,3 +734,34 @@ pub async fn due(pool: &AnyPool, timer: Timer, now: i64, max_host_restarts: i64)
     let q = if matches!(timer, Timer::AutoStop) { q } else { q.bind(max_host_restarts) };
     q.fetch_all(pool).await
 }
+
+/// Ids of at most `limit` sandboxes destroyed before `before` with no unfinished job left: what
+/// [`remove_destroyed`] may drop.
+pub async fn destroyed_before(pool: &AnyPool, before: i64, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT s.id FROM sandboxes s WHERE s.state = 'destroyed' AND s.state_at < $1 \
+         AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.sandbox_id = s.id AND j.state IN ('pending', 'claimed')) \
+         ORDER BY s.state_at LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Drops a destroyed sandbox's row with every row that names it (labels, access tokens, usage, volume mounts).
+/// Jobs and route changes stay until their own retention ends; nothing else refers to a sandbox by key.
+pub async fn remove_destroyed(conn: &mut AnyConnection, id: &str) -> Result<bool, sqlx::Error> {
+    for q in [
+        "DELETE FROM sandbox_labels WHERE sandbox_id = $1",
+        "DELETE FROM ssh_access WHERE sandbox_id = $1",
+        "DELETE FROM preview_tokens WHERE sandbox_id = $1",
+        "DELETE FROM sandbox_usage WHERE sandbox_id = $1",
+        "DELETE FROM sandbox_usage_history WHERE sandbox_id = $1",
+        "DELETE FROM sandbox_volumes WHERE sandbox_id = $1",
+    ] {
+        sqlx::query(q).bind(id).execute(&mut *conn).await?;
+    }
+    let r = sqlx::query("DELETE FROM sandboxes WHERE id = $1 AND state = 'destroyed'").bind(id).execute(conn).await?;
+    Ok(r.rows_affected() == 1)
+}

@@ -157,3 +157,11 @@ pub async fn find_ssh(
         }
     }
 }
+
+/// Drops preview and SSH access tokens that expired before `before` (no lookup accepts them any more); returns
+/// how many.
+pub async fn prune_expired(pool: &AnyPool, before: i64) -> Result<u64, sqlx::Error> {
+    let p = sqlx::query("DELETE FROM preview_tokens WHERE expires_at < $1").bind(before).execute(pool).await?;
+    let s = sqlx::query("DELETE FROM ssh_access WHERE expires_at < $1").bind(before).execute(pool).await?;
+    Ok(p.rows_affected() + s.rows_affected())
+}

@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbar_stack import Stack, remove_containers, start_stack
+from sandbar_stack import REPO, Stack, remove_containers, start_stack
 
 # Subnets: 10.213.N.0/30 for the veth pair, 10.214.N.0/24 for the engine's bridge, N picked at random among those
 # that clash with no route here and no other engine of this process.
@@ -50,6 +50,18 @@ VETH_NET = "10.213.{n}.0/30"
 BRIDGE_NET = "10.214.{n}.0/24"
 _taken: set[int] = set()
 _taken_lock = threading.Lock()
+
+
+def built_test_image() -> str:
+    """The test image's tag: ``SANDBAR_TEST_IMAGE`` (scripts/test sets it), else what scripts/build-test-image
+    builds or finds cached."""
+    image = os.environ.get("SANDBAR_TEST_IMAGE")
+    if image:
+        return image
+    out = subprocess.run([str(REPO / "scripts" / "build-test-image")], capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()[-1]
 
 
 def run(argv: list[str], timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:

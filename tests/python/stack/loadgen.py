@@ -30,7 +30,6 @@ import concurrent.futures
 import os
 import re
 import secrets
-import statistics
 import threading
 import time
 import uuid

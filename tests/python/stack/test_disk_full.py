@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import secrets
 import sqlite3
 import subprocess
@@ -25,8 +24,8 @@ import httpx
 import pytest
 from daytona import Daytona, DaytonaConfig
 
-from engine import engine, stack_on
-from sandbar_stack import REPO, new_org_key, start_stack
+from engine import built_test_image, engine, stack_on
+from sandbar_stack import new_org_key, start_stack
 from sandbar_util import wait_until
 
 ENGINE_DISK = "600m"  # the private engine's data root: the test image and a few sandboxes fit, with room to fill
@@ -35,13 +34,7 @@ API_DISK = "48m"  # the stack's data directory: the database, the runner's state
 
 @pytest.fixture(scope="module")
 def test_image() -> str:
-    image = os.environ.get("SANDBAR_TEST_IMAGE")
-    if not image:
-        out = subprocess.run([str(REPO / "scripts" / "build-test-image")], capture_output=True, text=True,
-                             timeout=300, check=False)
-        assert out.returncode == 0, out.stderr
-        image = out.stdout.split()[-1]
-    return image
+    return built_test_image()
 
 
 def echo(sb) -> bool:

@@ -21,9 +21,7 @@ Every sandbox is deleted at the end and the private engine must be empty. ``-s``
 from __future__ import annotations
 
 import http.client
-import os
 import secrets
-import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -34,8 +32,8 @@ import httpx
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
-from engine import Engine, engine, stack_on
-from sandbar_stack import REPO, Stack, chain_prefix, iptables_rules, sandbox_chain
+from engine import Engine, built_test_image, engine, stack_on
+from sandbar_stack import Stack, chain_prefix, iptables_rules, sandbox_chain
 from sandbar_util import wait_until
 
 PREVIEW_PORT = 8080
@@ -46,13 +44,7 @@ MARK = "sandbar-restart-" + secrets.token_hex(4)
 
 @pytest.fixture(scope="module")
 def test_image() -> str:
-    image = os.environ.get("SANDBAR_TEST_IMAGE")
-    if not image:
-        out = subprocess.run([str(REPO / "scripts" / "build-test-image")], capture_output=True, text=True,
-                             timeout=300, check=False)
-        assert out.returncode == 0, out.stderr
-        image = out.stdout.split()[-1]
-    return image
+    return built_test_image()
 
 
 class _Egress(BaseHTTPRequestHandler):

@@ -22,7 +22,6 @@ removes its containers, its relay and its iptables rule, also after a failure.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets

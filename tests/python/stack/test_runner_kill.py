@@ -13,7 +13,6 @@ import subprocess
 import threading
 import time
 
-import pytest
 from daytona import Daytona, DaytonaConfig
 
 from sandbar_stack import Stack, remove_containers, start_stack
