@@ -734,3 +734,10 @@ pub async fn due(pool: &AnyPool, timer: Timer, now: i64, max_host_restarts: i64)
     let q = if matches!(timer, Timer::AutoStop) { q } else { q.bind(max_host_restarts) };
     q.fetch_all(pool).await
 }
+
+/// Sandboxes that are not destroyed, counted by stored state (the metrics scrape's one query of this table).
+pub async fn count_by_state(pool: &AnyPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT state, COUNT(*) FROM sandboxes WHERE state <> 'destroyed' GROUP BY state")
+        .fetch_all(pool)
+        .await
+}
