@@ -36,7 +36,7 @@ async fn serve_api(addr: SocketAddr) -> (SocketAddr, tokio::sync::oneshot::Sende
     (addr, tx, task)
 }
 
-async fn get(url: &str) -> (StatusCode, String) {
+async fn fetch(url: &str) -> (StatusCode, String) {
     let resp = reqwest::get(url).await.unwrap();
     (resp.status(), resp.text().await.unwrap())
 }
@@ -45,7 +45,7 @@ async fn get(url: &str) -> (StatusCode, String) {
 async fn becomes(url: &str, want: StatusCode) -> String {
     let mut last = String::new();
     for _ in 0..300 {
-        let (s, body) = get(url).await;
+        let (s, body) = fetch(url).await;
         if s == want {
             return body;
         }
@@ -61,7 +61,7 @@ async fn readiness_follows_the_route_feed_and_metrics_stay_on_the_admin_listener
     let proxy = Proxy::start_with(&format!("http://{api}/api"), |c| c.changes_wait_secs = 1).await;
     let admin = |p: &str| format!("http://{}{p}", proxy.metrics);
 
-    let (s, body) = get(&admin("/healthz")).await;
+    let (s, body) = fetch(&admin("/healthz")).await;
     assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"status":"ok"}"#));
     let body = becomes(&admin("/readyz"), StatusCode::OK).await;
     assert_eq!(body, r#"{"status":"ready"}"#);
@@ -69,7 +69,7 @@ async fn readiness_follows_the_route_feed_and_metrics_stay_on_the_admin_listener
 
     // The edge does not serve the metrics (nor the admin's health), whatever the host.
     for path in ["/metrics", "/readyz"] {
-        let (s, body) = get(&proxy.http_url(path)).await;
+        let (s, body) = fetch(&proxy.http_url(path)).await;
         assert_ne!(s, StatusCode::OK, "{path}: {body}");
         assert!(!body.contains("sandbar_proxy_"), "{body}");
     }
@@ -80,13 +80,13 @@ async fn readiness_follows_the_route_feed_and_metrics_stay_on_the_admin_listener
     let body = becomes(&admin("/readyz"), StatusCode::SERVICE_UNAVAILABLE).await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(v["message"].as_str().unwrap().contains("route feed from the API is down"), "{v}");
-    assert_eq!(get(&admin("/healthz")).await.0, StatusCode::OK);
+    assert_eq!(fetch(&admin("/healthz")).await.0, StatusCode::OK);
     assert!(proxy.metrics_text().await.contains("sandbar_proxy_route_feed_up 0"));
 
     // Back on the same address: ready again.
     let (_api, stop, task) = serve_api(api).await;
     becomes(&admin("/readyz"), StatusCode::OK).await;
-    let (s, body) = get(&admin("/nothing")).await;
+    let (s, body) = fetch(&admin("/nothing")).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
     assert!(body.contains("\"message\""), "{body}");
     stop.send(()).unwrap();
