@@ -77,6 +77,18 @@ async fn metrics_need_the_metrics_token_and_count_routes_jobs_and_states() {
             ),
             "{text}"
         );
+        // A made-up method on a made-up path counts under bounded labels.
+        let odd = reqwest::Method::from_bytes(b"PROBE123").unwrap();
+        h.http.request(odd, format!("{}/x/{}", h.base, started)).send().await.unwrap();
+        let (_, text) = scrape(&h, Some(METRICS_TOKEN)).await;
+        assert!(!text.contains("PROBE123") && !text.contains(&format!("/x/{started}")), "{text}");
+        assert!(
+            value(&text, "sandbar_api_http_requests_total{method=\"OTHER\",route=\"unmatched\",status=\"404\"}") >= 1.0
+                || value(&text, "sandbar_api_http_requests_total{method=\"OTHER\",route=\"unmatched\",status=\"405\"}")
+                    >= 1.0,
+            "{text}"
+        );
+        let get = |series: &str| value(&text, series);
         // Jobs: one create claimed and succeeded, one queued.
         assert_eq!(get("sandbar_api_jobs_claimed_total{kind=\"CREATE_SANDBOX\"}"), 1.0, "{label}: {text}");
         assert_eq!(

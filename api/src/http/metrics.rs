@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,13 +24,24 @@ pub fn routes() -> Router<App> {
     Router::new().route("/metrics", get(metrics))
 }
 
-/// Counts and times a request under its matched route template (`unmatched` when no route took it).
+/// Counts and times a request under its matched route template (`unmatched` when no route took it), so ids and
+/// probes of random paths never make new series.
 pub async fn track(State(app): State<App>, path: Option<MatchedPath>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().clone();
+    // A client may send any token as a method: only the standard ones become label values, so series stay bounded.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    };
     let resp = next.run(req).await;
     let route = path.as_ref().map_or("unmatched", MatchedPath::as_str);
-    app.metrics.request(method.as_str(), route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    app.metrics.request(method, route, resp.status().as_u16(), started.elapsed().as_secs_f64());
     resp
 }
 
