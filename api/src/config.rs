@@ -30,6 +30,9 @@ pub struct Config {
     /// Service token the proxy (and its SSH gateway) presents.
     #[arg(long, env = PROXY_TOKEN_ENV, hide_env_values = true)]
     pub proxy_token: Option<String>,
+    /// Bearer token the operator's Prometheus presents to read `GET /metrics`; without one, metrics are off.
+    #[arg(long, env = "SANDBAR_API_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Image used when a create names neither a snapshot nor an image.
     #[arg(long, env = "SANDBAR_DEFAULT_SNAPSHOT", default_value = "sandbar-sandbox:default")]
     pub default_snapshot: String,
@@ -215,6 +218,7 @@ impl Config {
             ssh_gateway: None,
             runner_token: None,
             proxy_token: None,
+            metrics_token: None,
             default_snapshot: "sandbar-sandbox:default".into(),
             allowed_images: default_allowed_images(),
             allowed_registries: vec!["*".into()],

@@ -17,6 +17,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod store;
 
 /// The lifecycle timers, under the path embedders and tests use.
@@ -50,6 +51,8 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     job_notify: Mutex<HashMap<String, Arc<Notify>>>,
     route_notify: Notify,
+    /// Counters and histograms of this instance (`GET /metrics`).
+    pub metrics: metrics::Metrics,
 }
 
 impl std::fmt::Debug for App {
@@ -70,7 +73,14 @@ impl App {
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         config.validate()?;
         let db = Db::open(&config.database_url()).await?;
-        Ok(Self(Arc::new(Inner { db, config, clock, job_notify: Mutex::default(), route_notify: Notify::new() })))
+        Ok(Self(Arc::new(Inner {
+            db,
+            config,
+            clock,
+            job_notify: Mutex::default(),
+            route_notify: Notify::new(),
+            metrics: metrics::Metrics::default(),
+        })))
     }
 
     pub fn now(&self) -> i64 {

@@ -403,9 +403,12 @@ fn routes_in_source() -> std::collections::BTreeSet<(String, String)> {
             }
         }
     }
-    // The dashboard and `/healthz`, `/readyz` are served beside `/api`, not under it.
+    // The dashboard, `/healthz`, `/readyz` and `/metrics` are served beside `/api`, not under it.
     let excluded = |p: &std::path::Path| {
-        p == dir.join("dashboard.rs") || p.starts_with(dir.join("dashboard")) || p == dir.join("health.rs")
+        p == dir.join("dashboard.rs")
+            || p.starts_with(dir.join("dashboard"))
+            || p == dir.join("health.rs")
+            || p == dir.join("metrics.rs")
     };
     let mut routes = std::collections::BTreeSet::new();
     for file in files.iter().filter(|p| !excluded(p)) {

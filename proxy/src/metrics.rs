@@ -1,14 +1,22 @@
 //! Prometheus metrics, kept in atomics and written in the text exposition format on the admin listener's
-//! `GET /metrics` ([`MetricsApp`], which also answers `GET /healthz`).
+//! `GET /metrics` ([`MetricsApp`], which also answers `GET /healthz` and `GET /readyz`).
+//!
+//! The admin listener is the operator's (`--metrics-addr`, loopback by default): it is never the edge, so nothing
+//! a client sends to the edge reaches it. `/healthz` says the process serves; `/readyz` that the route-change feed
+//! from the API answers (without it cached routes could be stale and new ones unknown), else 503 with the reason.
+//! Both answer as the API's do (`{"status": ...}`, or `{"statusCode", "message"}`). Names follow Prometheus'
+//! conventions: the `sandbar_proxy_` prefix, units in the name, counters end in `_total`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use sandbar_support::sync::lock;
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -35,9 +43,30 @@ pub struct Metrics {
     pub wake_timeouts: AtomicU64,
     /// HTTP/1 connections cut because the request head did not arrive in time (slowloris).
     pub header_timeouts: AtomicU64,
+    /// 1 while the last poll of the API's route-change feed got an answer.
+    route_feed_up: AtomicI64,
+    /// Why the last poll of the route-change feed failed (`None` before any poll, or once one succeeded).
+    route_feed_failure: Mutex<Option<String>>,
 }
 
 impl Metrics {
+    /// The outcome of one poll of the API's route-change feed: `None` when it answered, else why not.
+    pub fn route_feed(&self, failure: Option<String>) {
+        self.route_feed_up.store(i64::from(failure.is_none()), Ordering::Relaxed);
+        *lock(&self.route_feed_failure) = failure;
+    }
+
+    /// Why the proxy is not ready, or `None` when it is.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.route_feed_up.load(Ordering::Relaxed) == 1 {
+            return None;
+        }
+        Some(match lock(&self.route_feed_failure).clone() {
+            Some(e) => format!("not ready: the route feed from the API is down: {e}"),
+            None => "not ready: the route feed from the API has not answered yet".to_owned(),
+        })
+    }
+
     pub fn record(&self, status: u16, elapsed: Duration) {
         let class = usize::from(status / 100);
         if let Some(c) = self.responses.get(if (1..=5).contains(&class) { class } else { 0 }) {
@@ -84,6 +113,11 @@ impl Metrics {
                 self.open_websockets.load(Ordering::Relaxed),
             ),
             ("sandbar_proxy_requests_in_flight", "Requests being proxied now.", self.in_flight.load(Ordering::Relaxed)),
+            (
+                "sandbar_proxy_route_feed_up",
+                "1 while the route-change feed from the API answers.",
+                self.route_feed_up.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -122,23 +156,40 @@ impl Metrics {
     }
 }
 
-/// The admin listener: `GET /metrics` (Prometheus text) and `GET /healthz`.
+/// The admin listener: `GET /metrics` (Prometheus text), `GET /healthz` and `GET /readyz`.
 pub struct MetricsApp {
     pub metrics: Arc<Metrics>,
+}
+
+impl MetricsApp {
+    /// `(status, content type, body)` of a request for `path`.
+    pub fn answer(&self, path: &str) -> (u16, &'static str, Vec<u8>) {
+        const JSON: &str = "application/json";
+        let error = |status: u16, message: &str| {
+            (status, JSON, serde_json::json!({"statusCode": status, "message": message}).to_string().into_bytes())
+        };
+        match path {
+            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render().into_bytes()),
+            "/healthz" => (200, JSON, br#"{"status":"ok"}"#.to_vec()),
+            "/readyz" => match self.metrics.not_ready() {
+                None => (200, JSON, br#"{"status":"ready"}"#.to_vec()),
+                Some(why) => error(503, &why),
+            },
+            _ => error(404, "no such endpoint: /metrics, /healthz and /readyz are served here"),
+        }
+    }
 }
 
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        let path = session.req_header().uri.path();
-        let (status, ctype, body) = match path {
-            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render().into_bytes()),
-            "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
-            _ => (404, "text/plain", b"not found: try /metrics\n".to_vec()),
-        };
+        let (status, ctype, body) = self.answer(session.req_header().uri.path());
         let mut resp = http::Response::new(body);
         *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
         resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+        if status == 503 {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+        }
         resp
     }
 }
@@ -162,5 +213,34 @@ mod tests {
         assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"0.05\"} 2"));
         assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"10\"} 2"), "{text}");
         assert!(text.contains("sandbar_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 3"));
+    }
+
+    #[test]
+    fn readiness_follows_the_route_feed() {
+        let app = MetricsApp { metrics: Arc::new(Metrics::default()) };
+        let (status, _, body) = app.answer("/readyz");
+        assert_eq!(status, 503);
+        assert!(String::from_utf8_lossy(&body).contains("has not answered yet"));
+        app.metrics.route_feed(None);
+        assert_eq!(app.answer("/readyz"), (200, "application/json", br#"{"status":"ready"}"#.to_vec()));
+        assert!(app.metrics.render().contains("sandbar_proxy_route_feed_up 1"));
+        app.metrics.route_feed(Some("connection refused".into()));
+        let (status, _, body) = app.answer("/readyz");
+        assert_eq!(status, 503);
+        assert!(String::from_utf8_lossy(&body).contains("connection refused"));
+        assert!(app.metrics.render().contains("sandbar_proxy_route_feed_up 0"));
+        assert_eq!(app.answer("/healthz").0, 200);
+    }
+
+    /// Every `sandbar_proxy_*` metric the sample Grafana dashboard queries is one this proxy exposes.
+    #[test]
+    fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+        let dashboard = include_str!("../../deploy/grafana/sandbar.json");
+        let text = Metrics::default().render();
+        let used = sandbar_support::prom::queried(dashboard, "sandbar_proxy_");
+        assert!(used.len() >= 3, "{used:?}");
+        for name in used {
+            assert!(sandbar_support::prom::exposes(&text, &name), "the dashboard queries {name}, not in\n{text}");
+        }
     }
 }

@@ -11,4 +11,4 @@ mod agent;
 mod client;
 
 pub use agent::run;
-pub use client::{ControlPlane, ControlPlaneError};
+pub use client::{Contact, ControlPlane, ControlPlaneError};

@@ -29,7 +29,8 @@ pub struct RunnerOptions {
     /// The static `sandbar-daemon` to mount into every sandbox.
     #[arg(long, env = "SANDBAR_STATIC_DAEMON")]
     pub daemon_binary: PathBuf,
-    /// Address of the runner's HTTP API (health, info, metrics); port 0 picks a free one.
+    /// Address of the runner's HTTP API (`/healthz` and `/readyz` for anyone; health, info, metrics with the runner
+    /// token); port 0 picks a free one.
     #[arg(long = "runner-listen", env = "SANDBAR_RUNNER_ADDR", default_value = "127.0.0.1:3003")]
     pub listen: SocketAddr,
     /// Image of sandboxes created without one.
@@ -160,7 +161,7 @@ pub async fn run(
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;
-    let app = crate::http::router(runner.clone(), &opts.runner_token);
+    let app = crate::http::router(runner.clone(), &opts.runner_token, cp.contact());
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await

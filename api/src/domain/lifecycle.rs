@@ -95,8 +95,15 @@ pub async fn prune(app: &App) -> Result<u64, sqlx::Error> {
 }
 
 /// One pass: every sandbox whose timer is due gets its action (refusals, e.g. a runner that became unreachable,
-/// are logged and retried on the next pass).
+/// are logged and retried on the next pass). Counted and timed in the API's metrics.
 pub async fn tick(app: &App) -> Result<TickReport, sqlx::Error> {
+    let started = std::time::Instant::now();
+    let result = pass(app).await;
+    app.metrics.lifecycle_run(result.is_ok(), started.elapsed().as_secs_f64());
+    result
+}
+
+async fn pass(app: &App) -> Result<TickReport, sqlx::Error> {
     let mut report = TickReport::default();
     let stop = sandboxes::due(&app.db.pool, Timer::AutoStop, app.now(), state::MAX_HOST_RESTARTS).await?;
     for id in stop {

@@ -1,9 +1,9 @@
 //! The HTTP transport: the router under `/api`, one module per resource (Daytona's sandbox, preview/SSH access,
 //! fork/snapshot/pause, snapshots, builds, volumes and registry credentials, a sandbox's usage, API keys; the runners'
 //! and the proxy's internal surfaces), the extractors that authenticate ([`auth`]), how errors answer ([`error`]) and
-//! the OpenAPI document ([`openapi`]); beside it, `/healthz` and `/readyz` ([`health`]) and the web dashboard at
-//! `/dashboard/` ([`dashboard`]). Handlers are thin: they parse and check a request, call `crate::domain` or
-//! `crate::jobs`, and shape the answer. No SQL here.
+//! the OpenAPI document ([`openapi`]); beside it, `/healthz` and `/readyz` ([`health`]), `/metrics` and the layer
+//! that counts every request ([`metrics`]), and the web dashboard at `/dashboard/` ([`dashboard`]). Handlers are
+//! thin: they parse and check a request, call `crate::domain` or `crate::jobs`, and shape the answer. No SQL here.
 
 pub mod api_keys;
 pub mod auth;
@@ -14,6 +14,7 @@ pub mod error;
 pub mod fork;
 pub mod health;
 pub mod internal;
+pub mod metrics;
 pub mod network;
 pub mod openapi;
 pub mod organizations;
@@ -57,8 +58,10 @@ pub fn router(app: &App) -> Router {
     Router::new()
         .nest("/api", api)
         .merge(health::routes())
+        .merge(metrics::routes())
         .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint (the API lives under /api)") })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app.clone())
 }

@@ -98,6 +98,9 @@ pub async fn claim(app: &App, runner_id: &str) -> Result<Vec<Job>, sqlx::Error> 
         .filter_map(|j| if let JobKind::BuildSnapshot(b) = &j.kind { Some(b.build_id.clone()) } else { None })
         .collect();
     build::claimed(app, &builds).await?;
+    for j in &jobs {
+        app.metrics.job_claimed(j.kind.tag());
+    }
     Ok(jobs)
 }
 
@@ -152,6 +155,7 @@ pub async fn on_result(app: &App, runner_id: &str, res: &JobResult) -> ApiResult
     }
     let wake_followers = done.wake_followers;
     tx.commit().await?;
+    app.metrics.job_completed(kind.tag(), job_state == "done");
     if wake_followers {
         crate::domain::builds::wake_followers();
     }

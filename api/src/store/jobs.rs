@@ -174,3 +174,8 @@ pub async fn prune(pool: &AnyPool, before: i64) -> Result<u64, sqlx::Error> {
         .await?;
     Ok(r.rows_affected())
 }
+
+/// Jobs no runner has claimed yet, counted by kind (for the metrics scrape).
+pub async fn count_pending_by_kind(pool: &AnyPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT kind, COUNT(*) FROM jobs WHERE state = 'pending' GROUP BY kind").fetch_all(pool).await
+}

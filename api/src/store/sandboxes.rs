@@ -765,3 +765,10 @@ pub async fn remove_destroyed(conn: &mut AnyConnection, id: &str) -> Result<bool
     let r = sqlx::query("DELETE FROM sandboxes WHERE id = $1 AND state = 'destroyed'").bind(id).execute(conn).await?;
     Ok(r.rows_affected() == 1)
 }
+
+/// Sandboxes that are not destroyed, counted by stored state (the metrics scrape's one query of this table).
+pub async fn count_by_state(pool: &AnyPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT state, COUNT(*) FROM sandboxes WHERE state <> 'destroyed' GROUP BY state")
+        .fetch_all(pool)
+        .await
+}

@@ -221,9 +221,11 @@ impl RouteCache {
                     }
                     first = false;
                     since = changes.seq;
+                    self.store.metrics.route_feed(None);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "route changes long-poll failed; retrying");
+                    self.store.metrics.route_feed(Some(e.to_string()));
                     self.clear();
                     first = true;
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -3,10 +3,15 @@
 //! (`POST /runners/{id}/register`), which answers a credential bound to this runner's id; every other call carries
 //! that credential, kept in memory only (a restarted runner registers again). A 401 (the API forgot it, or another
 //! registration under this id replaced it) registers once more and retries the call.
+//!
+//! Every call also records whether the API answered ([`Contact`]), for the runner's `GET /readyz`.
 
 use std::time::Duration;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sandbar_support::sync::lock;
 
 use sandbar_proto::api::{BuildLog, HeartbeatResponse, MAX_POLL_WAIT_SECS, RunnerRegistration};
 use sandbar_proto::runner::{Job, JobResult, RegistryAuth, SandboxInfo, StateChange};
@@ -23,6 +28,34 @@ pub struct ControlPlane {
     token: String,
     /// `(runner id, credential)` from the last registration.
     credential: Arc<tokio::sync::Mutex<Option<(String, String)>>>,
+    contact: Arc<Contact>,
+}
+
+/// What the runner last heard from the API: whether it took this runner's full picture once (registered), and
+/// whether the last call got an answer (any status below 500) or why not.
+#[derive(Debug, Default)]
+pub struct Contact {
+    registered: AtomicBool,
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Contact {
+    /// Why the runner is not in touch with the API, or `None` when it is.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.registered.load(Ordering::Relaxed) {
+            let why = lock(&self.failure).clone().unwrap_or_else(|| "no answer yet".into());
+            return Some(format!("not registered with the control plane yet: {why}"));
+        }
+        lock(&self.failure).clone().map(|e| format!("the last call to the control plane failed: {e}"))
+    }
+
+    fn record<T>(&self, result: &Result<T, ControlPlaneError>) {
+        let failure = match result {
+            Ok(_) | Err(ControlPlaneError::Status { status: 0..500, .. }) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        *lock(&self.failure) = failure;
+    }
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -52,7 +85,13 @@ impl ControlPlane {
             base: api_url.trim_end_matches('/').to_owned(),
             token: token.into(),
             credential: Arc::default(),
+            contact: Arc::default(),
         })
+    }
+
+    /// What the runner last heard from the API (shared with every clone of this client).
+    pub fn contact(&self) -> Arc<Contact> {
+        self.contact.clone()
     }
 
     /// This runner's credential: the one held, or a new registration's when none is held or the held one is
@@ -75,6 +114,16 @@ impl ControlPlane {
 
     /// Sends `req` as runner `runner_id`, registering first when needed and once more on a 401.
     async fn send(
+        &self,
+        runner_id: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ControlPlaneError> {
+        let result = self.send_once(runner_id, req).await;
+        self.contact.record(&result);
+        result
+    }
+
+    async fn send_once(
         &self,
         runner_id: &str,
         req: reqwest::RequestBuilder,
@@ -154,6 +203,8 @@ impl ControlPlane {
         // a host with thousands of them must not time out, and retry, forever.
         let wait = Duration::from_secs(30).max(Duration::from_millis(10).saturating_mul(list.len() as u32));
         let req = self.http.post(self.url(runner_id, "sandboxes")).timeout(wait);
-        self.send(runner_id, req.json(list)).await.map(drop)
+        self.send(runner_id, req.json(list)).await?;
+        self.contact.registered.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
