@@ -24,8 +24,7 @@ struct StandIn {
     seen: Arc<Mutex<Vec<String>>>,
 }
 
-fn stand_in(route: impl Fn(&str, &str) -> Reply + Send + 'static) -> StandIn {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+fn stand_in(listener: TcpListener, route: impl Fn(&str, &str) -> Reply + Send + 'static) -> StandIn {
     let url = format!("http://{}/api", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -67,19 +66,26 @@ fn stand_in(route: impl Fn(&str, &str) -> Reply + Send + 'static) -> StandIn {
     StandIn { url, seen }
 }
 
-fn sandbox(id: &str, state: &str) -> Value {
+fn sandbox(id: &str, state: &str, toolbox: &str) -> Value {
     json!({"id": id, "name": id, "state": state, "cpu": 1, "memory": 1, "disk": 3, "snapshot": "img",
-           "toolboxProxyUrl": "http://127.0.0.1:9/toolbox"})
+           "toolboxProxyUrl": toolbox})
 }
 
 /// The canned API: sandbox `sb1` exists (started), everything else is a 404 with Daytona's `{"message"}`.
+/// Its toolbox (`toolboxProxyUrl`) is the same stand-in, under `/toolbox`.
 fn api(ssh_command: &'static str) -> StandIn {
-    stand_in(move |method, path| {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let toolbox = format!("http://{}/toolbox", listener.local_addr().unwrap());
+    stand_in(listener, move |method, path| {
         let path = path.split('?').next().unwrap_or(path);
+        let sandbox = |id: &str, state: &str| sandbox(id, state, &toolbox);
         match (method, path) {
             ("GET", "/sandbox") => (200, json!({"items": [sandbox("sb1", "started")], "nextCursor": null})),
             ("POST", "/sandbox") => (200, sandbox("sb2", "creating")),
             ("GET", "/sandbox/sb1") => (200, sandbox("sb1", "started")),
+            ("GET", "/toolbox/sb1/process/session/entrypoint/logs") => {
+                (200, json!({"output": "o\ne\n", "stdout": "o\n", "stderr": "e\n"}))
+            }
             ("GET", "/sandbox/sb1/ports/8080/preview-url") => {
                 (200, json!({"sandboxId": "sb1", "url": "http://8080-sb1.localhost", "token": "pt"}))
             }
@@ -268,7 +274,8 @@ fn parse(o: &Output) -> Value {
 fn json_output_parses_with_stable_fields() {
     let a = api("ssh -p 2222 tok1@127.0.0.1");
     let list = parse(&sandbar(&a.url, &["list", "-o", "json"]));
-    assert_eq!(list, json!([sandbox("sb1", "started")]));
+    assert_eq!(list[0]["id"], "sb1");
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
     assert_eq!(parse(&sandbar(&a.url, &["list", "--json"])), list);
     assert_eq!(parse(&sandbar(&a.url, &["--output", "json", "list"])), list);
     let text = stdout(&sandbar(&a.url, &["list"]));
@@ -282,6 +289,10 @@ fn json_output_parses_with_stable_fields() {
     assert_eq!(preview, json!({"sandboxId": "sb1", "url": "http://8080-sb1.localhost", "token": "pt"}));
     let snap = parse(&sandbar(&a.url, &["snapshot", "sb1", "nightly", "-o", "json"]));
     assert_eq!(snap, json!({"name": "nightly", "sandboxId": "sb1"}));
+    let logs = parse(&sandbar(&a.url, &["logs", "sb1", "-o", "json"]));
+    assert_eq!(logs, json!({"stdout": "o\n", "stderr": "e\n"}));
+    let text = sandbar(&a.url, &["logs", "sb1"]);
+    assert_eq!((stdout(&text).as_str(), stderr(&text).as_str()), ("o\n", "e\n"));
     let cfg = parse(&sandbar(&a.url, &["ssh-config", "sb1", "-o", "json"]));
     assert_eq!(
         cfg,
