@@ -1,10 +1,9 @@
 //! `sandbar ssh` and `sandbar ssh-config`: the `ssh` argv, and an OpenSSH `Host` block, made from an SSH access the
-//! API granted. The API (Daytona's shape) answers with the access `token` and an `sshCommand` string
-//! (`ssh -p PORT TOKEN@HOST`); that string is never run, nor handed to a shell or to `ssh` as words. [`Target`] takes
-//! only its port and host, each checked to be a number or a plain host name, and the user must be the `token` field
-//! itself; anything else (`-o ProxyCommand=...`, a `;`, a second command, a user that is not the token) is refused.
-//! The argv and the config are then built here from those three fields, so a hostile answer cannot put options or a
-//! command on the local `ssh` command line, nor a line into a config file.
+//! API granted: its `token` (the user), and the gateway's `sshHost` and `sshPort`. Nothing the API sends is run, or
+//! handed to a shell or to `ssh` as words: each part is checked to be a plain token, host name or address and port,
+//! so a hostile answer cannot put options (`-oProxyCommand=...`) or a command on the local `ssh` command line, nor a
+//! line into a config file. An API with only Daytona's `sshCommand` string (`ssh -p PORT TOKEN@HOST`) has it parsed
+//! to exactly that shape, with the token as its user, and anything else refused.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -35,10 +34,33 @@ pub struct Target {
 }
 
 impl Target {
-    /// The parts of an SSH access answer (`POST /sandbox/{id}/ssh-access`), checked.
+    /// The parts of an SSH access answer (`POST /sandbox/{id}/ssh-access`), checked: sandbar's API gives the
+    /// gateway as `sshHost` and `sshPort`; an API with only Daytona's `sshCommand` has it parsed instead.
     pub fn from_access(access: &Value) -> anyhow::Result<Self> {
-        let cmd = access["sshCommand"].as_str().context("ssh-access answered without sshCommand")?;
         let token = access["token"].as_str().context("ssh-access answered without token")?;
+        let (host, port) = match (&access["sshHost"], &access["sshPort"]) {
+            (Value::String(host), port) if !port.is_null() => {
+                let bad = || format!("bad sshPort {port} in the ssh-access answer");
+                let port = port.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
+                (host.as_str(), port.with_context(bad)?)
+            }
+            _ => Self::parse_command(access, token)?,
+        };
+        if !plain(token, b"") {
+            bail!("the ssh access token {token:?} is not a plain token");
+        }
+        if !plain(host, b":[]") {
+            bail!("bad SSH gateway host {host:?} in the ssh-access answer");
+        }
+        let sandbox_id = access["sandboxId"].as_str().filter(|s| plain(s, b"")).map(str::to_owned);
+        // Only used in a comment line, but a newline there would still start a new config line.
+        let expires_at = access["expiresAt"].as_str().filter(|s| plain(s, b":+")).map(str::to_owned);
+        Ok(Self { host: host.to_owned(), port, user: token.to_owned(), sandbox_id, expires_at })
+    }
+
+    /// Host and port from Daytona's `sshCommand`, which must be exactly `ssh -p PORT TOKEN@HOST` with this token.
+    fn parse_command<'a>(access: &'a Value, token: &str) -> anyhow::Result<(&'a str, u16)> {
+        let cmd = access["sshCommand"].as_str().context("ssh-access answered without sshHost or sshCommand")?;
         let words: Vec<&str> = cmd.split_whitespace().collect();
         let (port, target) = match words.as_slice() {
             ["ssh", "-p", port, target] => (*port, *target),
@@ -47,16 +69,13 @@ impl Target {
         let port: u16 =
             port.parse().ok().filter(|p| *p != 0).with_context(|| format!("bad port in sshCommand {cmd:?}"))?;
         let (user, host) = target.split_once('@').with_context(|| format!("no user@host in sshCommand {cmd:?}"))?;
-        if user != token || !plain(user, b"") {
+        if user != token {
             bail!("the user in sshCommand {cmd:?} is not the access token");
         }
         if !plain(host, b":[]") {
             bail!("bad host in sshCommand {cmd:?}");
         }
-        let sandbox_id = access["sandboxId"].as_str().filter(|s| plain(s, b"")).map(str::to_owned);
-        // Only used in a comment line, but a newline there would still start a new config line.
-        let expires_at = access["expiresAt"].as_str().filter(|s| plain(s, b":+")).map(str::to_owned);
-        Ok(Self { host: host.to_owned(), port, user: user.to_owned(), sandbox_id, expires_at })
+        Ok((host, port))
     }
 
     /// The arguments for `ssh` (without the program name): our options, `-p PORT -l USER HOST`, then `extra` (the
@@ -152,6 +171,25 @@ mod tests {
         }
         let a = json!({"token": "-oProxyCommand=sh", "sshCommand": "ssh -p 2222 -oProxyCommand=sh@h"});
         assert!(argv(&a, &[]).is_err());
+        for (host, port) in [
+            (json!("-oProxyCommand=sh"), json!(22)),
+            (json!("h;sh"), json!(22)),
+            (json!("h\nProxyCommand sh"), json!(22)),
+            (json!("h"), json!("22 -oProxyCommand=sh")),
+            (json!("h"), json!(70000)),
+            (json!("h"), json!(0)),
+        ] {
+            let a = json!({"token": "t", "sshHost": host, "sshPort": port, "sshCommand": "ssh -p 22 t@h"});
+            assert!(argv(&a, &[]).is_err(), "{a}");
+        }
+        let a = json!({"token": "-oProxyCommand=sh", "sshHost": "h", "sshPort": 22});
+        assert!(argv(&a, &[]).is_err());
+    }
+
+    #[test]
+    fn the_fields_come_before_the_command() {
+        let a = json!({"token": "t", "sshHost": "gw.example.com", "sshPort": 2022, "sshCommand": "anything at all"});
+        assert_eq!(argv(&a, &[]).unwrap()[2..], ["-p", "2022", "-l", "t", "gw.example.com"]);
     }
 
     #[test]

@@ -73,7 +73,13 @@ fn sandbox(id: &str, state: &str, toolbox: &str) -> Value {
 
 /// The canned API: sandbox `sb1` exists (started), everything else is a 404 with Daytona's `{"message"}`.
 /// Its toolbox (`toolboxProxyUrl`) is the same stand-in, under `/toolbox`.
-fn api(ssh_command: &'static str) -> StandIn {
+fn api(ssh_command: &str) -> StandIn {
+    api_access(json!({"id": "a1", "sandboxId": "sb1", "token": "tok1", "expiresAt": "2026-12-04T21:00:00.000Z",
+                      "sshCommand": ssh_command}))
+}
+
+/// As [`api`], with `access` as the answer to `POST /sandbox/sb1/ssh-access`.
+fn api_access(access: Value) -> StandIn {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let toolbox = format!("http://{}/toolbox", listener.local_addr().unwrap());
     stand_in(listener, move |method, path| {
@@ -90,11 +96,7 @@ fn api(ssh_command: &'static str) -> StandIn {
                 (200, json!({"sandboxId": "sb1", "url": "http://8080-sb1.localhost", "token": "pt"}))
             }
             ("POST", "/sandbox/sb1/snapshot") => (200, sandbox("sb1", "snapshotting")),
-            ("POST", "/sandbox/sb1/ssh-access") => (
-                200,
-                json!({"id": "a1", "sandboxId": "sb1", "token": "tok1",
-                "expiresAt": "2026-12-04T21:00:00.000Z", "sshCommand": ssh_command}),
-            ),
+            ("POST", "/sandbox/sb1/ssh-access") => (200, access.clone()),
             ("GET", "/sandbox/broken") => (500, json!({"message": "the database is on fire"})),
             _ => (404, json!({"message": format!("Sandbox with ID or name {path} not found")})),
         }
@@ -356,8 +358,7 @@ fn a_hostile_ssh_command_is_never_run() {
         "ssh -p 2222 tok1@127.0.0.1;touch${IFS}PWNED",
         "ssh -p 2222 tok1@$(touch${IFS}PWNED)",
     ] {
-        let cmd: &'static str = Box::leak(hostile.replace("PWNED", pwned.to_str().unwrap()).into_boxed_str());
-        let a = api(cmd);
+        let a = api(&hostile.replace("PWNED", pwned.to_str().unwrap()));
         for args in [&["ssh", "sb1"][..], &["ssh-config", "sb1"]] {
             let o = sandbar_env(&a.url, args, &[("PATH", &path)]);
             assert_eq!(o.status.code(), Some(125), "{hostile}: {}", stderr(&o));
@@ -367,4 +368,25 @@ fn a_hostile_ssh_command_is_never_run() {
         assert!(!dir.path().join("argv").exists(), "ssh ran for {hostile}");
         assert!(!pwned.exists(), "{hostile} was executed");
     }
+}
+
+#[test]
+fn the_gateway_fields_are_used_and_the_command_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fake_ssh(dir.path());
+    let pwned = dir.path().join("pwned");
+    let hostile = format!("touch {}", pwned.display());
+    let a = api_access(json!({"sandboxId": "sb1", "token": "tok1", "sshHost": "127.0.0.1", "sshPort": 2022,
+                              "sshCommand": hostile}));
+    let o = sandbar_env(&a.url, &["ssh", "sb1"], &[("PATH", &path)]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let argv = std::fs::read_to_string(dir.path().join("argv")).unwrap();
+    assert_eq!(argv.lines().collect::<Vec<_>>()[2..], ["-p", "2022", "-l", "tok1", "127.0.0.1"]);
+    assert!(!pwned.exists());
+    // A hostile field is refused as the command is.
+    let a = api_access(json!({"sandboxId": "sb1", "token": "tok1", "sshHost": "-oProxyCommand=sh", "sshPort": 22}));
+    std::fs::remove_file(dir.path().join("argv")).unwrap();
+    let o = sandbar_env(&a.url, &["ssh", "sb1"], &[("PATH", &path)]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(!dir.path().join("argv").exists());
 }
