@@ -293,6 +293,7 @@ async fn preview_urls_ssh_access_and_settings() {
         assert_eq!(s, StatusCode::OK, "{v}");
         let token = v["token"].as_str().unwrap().to_owned();
         assert_eq!(v["sshCommand"], format!("ssh -p 2222 {token}@proxy.test"));
+        assert_eq!((&v["sshHost"], &v["sshPort"]), (&json!("proxy.test"), &json!(2222)));
         for k in ["id", "sandboxId", "expiresAt", "createdAt", "updatedAt"] {
             assert!(v[k].is_string(), "{k}: {v}");
         }

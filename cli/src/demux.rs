@@ -22,13 +22,18 @@ pub fn stdio() -> Stdio {
 
 /// Copies a followed session-log WebSocket to this process's stdout and stderr until it closes.
 pub async fn follow(socket: &mut crate::ws::Ws) -> anyhow::Result<()> {
+    follow_into(socket, &mut stdio()).await
+}
+
+/// Copies a followed session-log WebSocket into `sink` until it closes.
+pub async fn follow_into(socket: &mut crate::ws::Ws, sink: &mut impl Sink) -> anyhow::Result<()> {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     let mut d = Demux::default();
     while let Some(msg) = socket.next().await {
         match msg? {
-            Message::Binary(b) => d.feed(&b, &mut stdio()),
-            Message::Text(t) => d.feed(t.as_bytes(), &mut stdio()),
+            Message::Binary(b) => d.feed(&b, sink),
+            Message::Text(t) => d.feed(t.as_bytes(), sink),
             Message::Close(_) => break,
             _ => {}
         }

@@ -1,20 +1,26 @@
 //! `sandbar`: starts the whole stack on one host as child processes (`sandbar up`) and drives it (create, list,
-//! exec, term, ssh, ...).
+//! exec, term, ssh, ...). Exit status: 125 for sandbar's own failures (as `docker run`), 2 for bad usage (clap's),
+//! the remote command's status for `exec`, `term` and `ssh`; see [`EXIT_HELP`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use reqwest::Method;
 use sandbar_cli::client::{self, Client, enc};
-use sandbar_cli::{demux, ssh, term, tls, up};
+use sandbar_cli::output::{self, Output};
+use sandbar_cli::{FAILURE, demux, ssh, term, tls, up};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
-#[command(name = "sandbar", version, about = "Sandboxes for AI agents and the people beside them")]
+#[command(name = "sandbar", version, about = "Sandboxes for AI agents and the people beside them", after_help = EXIT_HELP)]
 struct Cli {
+    /// Output of the commands that print data (create, list, info, preview, start, stop, snapshot, logs,
+    /// ssh-config): `text` for people, `json` for scripts (stable field names: a sandbox is the API's object).
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
     /// Data directory of `sandbar up` (where the client finds the API URL and key when the environment has none).
     #[arg(long, global = true, env = "SANDBAR_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -26,6 +32,16 @@ struct Cli {
     command: Cmd,
 }
 
+/// The exit statuses, shown after `--help`.
+const EXIT_HELP: &str = "\
+Exit status:
+  0    success
+  2    bad usage: an unknown command, flag or value (nothing was sent)
+  125  sandbar itself failed: the API or proxy unreachable or answering with an error (4xx/5xx), a sandbox that
+       does not exist or failed to start, a bad answer
+  exec, term and ssh exit with the remote command's status (0-255) once it ran (ssh's own failures are 255, as
+  ssh's); a remote command that exits 125 is told apart only by what it printed, as with `docker run`.";
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
@@ -34,7 +50,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 enum Cmd {
     /// Run the API, a runner and the proxy on this host (builds what is missing on first run).
     Up(up::UpArgs),
-    /// Create a sandbox and wait until it is started; prints its id.
+    /// Create a sandbox and wait until it is started; prints its id (-o json: the sandbox).
     Create {
         /// Image (a local image or snapshot name); default: the stack's default image.
         #[arg(long)]
@@ -71,13 +87,14 @@ enum Cmd {
         /// Only sandboxes with this label, KEY=VALUE (repeatable).
         #[arg(long = "label", value_parser = parse_kv)]
         labels: Vec<(String, String)>,
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table (the same as `-o json`): an array of sandboxes.
         #[arg(long)]
         json: bool,
     },
-    /// Show one sandbox as JSON.
+    /// Show one sandbox as JSON (the API's object, with either --output).
     Info { id: String },
-    /// Run a command in a sandbox, streaming its output; exits with its exit code.
+    /// Run a command in a sandbox, streaming its output; exits with its exit code (0-255), or 125 when sandbar
+    /// cannot run it (see "Exit status" in `sandbar --help`).
     Exec {
         id: String,
         /// Working directory inside the sandbox.
@@ -104,26 +121,54 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Print the preview URL (and token) of a port of the sandbox.
+    /// Print an OpenSSH `Host` block for a sandbox with a fresh access token (for ~/.ssh/config, `ssh -F`, VS Code
+    /// Remote-SSH); -o json: {host, hostName, port, user, sandboxId, expiresAt}.
+    SshConfig {
+        id: String,
+        /// Minutes the token (the block's `User`) stays valid, up to 10080 (a week).
+        #[arg(long, default_value_t = 60)]
+        expires: u32,
+        /// The block's `Host` name; default: sandbar-<sandbox id>.
+        #[arg(long)]
+        alias: Option<String>,
+        /// A `UserKnownHostsFile` for the gateway's host key (default: ssh's own).
+        #[arg(long)]
+        known_hosts: Option<PathBuf>,
+    },
+    /// Print the preview URL (and token) of a port of the sandbox (-o json: {sandboxId, url, token}).
     Preview { id: String, port: u16 },
-    /// Stop a sandbox.
+    /// Stop a sandbox and wait until it is stopped (-o json: the sandbox).
     Stop {
         id: String,
         #[arg(long)]
         force: bool,
     },
-    /// Start a stopped sandbox and wait until it is started.
+    /// Start a stopped sandbox and wait until it is started (-o json: the sandbox).
     Start { id: String },
     /// Delete a sandbox.
     Rm { id: String },
-    /// Snapshot a sandbox's filesystem under a name.
+    /// Snapshot a sandbox's filesystem under a name; prints the name (-o json: {name, sandboxId}).
     Snapshot { id: String, name: String },
-    /// Print the output of the sandbox's entrypoint.
+    /// Print the output of the sandbox's entrypoint (-o json: {stdout, stderr}; with --follow one
+    /// {stream, data} object per line).
     Logs {
         id: String,
         /// Keep following the output.
         #[arg(short, long)]
         follow: bool,
+    },
+    /// Print a completion script for a shell: `source <(sandbar completions bash)`, or write it where the shell
+    /// looks (e.g. ~/.local/share/bash-completion/completions/sandbar, a directory of $fpath as _sandbar,
+    /// ~/.config/fish/completions/sandbar.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) of sandbar: `sandbar man | man -l -`; with --dir, write one page per command
+    /// there (sandbar.1, sandbar-create.1, ...).
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -137,12 +182,26 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sandbar: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(FAILURE)
         }
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = cli.output;
+    match cli.command {
+        Cmd::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "sandbar", &mut script);
+            write_stdout(&script)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Man { dir } => {
+            man(dir.as_deref())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let dir = up::data_dir(cli.data_dir.as_deref());
     if let Cmd::Up(mut args) = cli.command {
         args.data_dir = Some(dir);
@@ -155,7 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let wait = Duration::from_secs(120);
     match cli.command {
         // Handled above.
-        Cmd::Up(_) => {}
+        Cmd::Up(_) | Cmd::Completions { .. } | Cmd::Man { .. } => {}
         Cmd::Create { image, snapshot, name, cpu, memory, disk, env, labels, public, no_wait } => {
             let body = client::create_body(
                 image.as_deref(),
@@ -168,12 +227,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &labels,
                 public,
             );
-            let sb = c.api(Method::POST, "/sandbox", Some(body)).await?;
+            let mut sb = c.api(Method::POST, "/sandbox", Some(body)).await?;
             let id = sb["id"].as_str().context("create answered without an id")?.to_owned();
             if !no_wait {
-                c.wait_for(&id, &["started"], wait).await?;
+                sb = c.wait_for(&id, &["started"], wait).await?;
             }
-            println!("{id}");
+            if out.is_json() {
+                output::json(&sb)?;
+            } else {
+                println!("{id}");
+            }
         }
         Cmd::List { labels, json } => {
             let mut all = Vec::new();
@@ -197,8 +260,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     _ => break,
                 }
             }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
+            if json || out.is_json() {
+                output::json(&Value::Array(all))?;
             } else {
                 println!(
                     "{:<38} {:<20} {:<10} {:>4} {:>7} {:>5}  IMAGE",
@@ -218,7 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Cmd::Info { id } => println!("{}", serde_json::to_string_pretty(&c.sandbox(&id).await?)?),
+        Cmd::Info { id } => output::json(&c.sandbox(&id).await?)?,
         Cmd::Exec { id, cwd, command } => return exec(&c, &id, cwd.as_deref(), &command).await,
         Cmd::Term { id, session } => {
             let sb = c.sandbox(&id).await?;
@@ -230,15 +293,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .api(Method::POST, &format!("/sandbox/{}/ssh-access?expiresInMinutes={expires}", enc(&id)), None)
                 .await?;
             // Built from the access's parts, never the API's words (see `sandbar_cli::ssh`).
-            let argv = ssh::argv(&v, &args)?;
+            let argv = ssh::Target::from_access(&v)?.argv(&args);
             let status = std::process::Command::new("ssh")
                 .args(&argv)
                 .status()
                 .context("running ssh (install openssh-client)")?;
             return Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(255)).unwrap_or(255)));
         }
+        Cmd::SshConfig { id, expires, alias, known_hosts } => {
+            let v = c
+                .api(Method::POST, &format!("/sandbox/{}/ssh-access?expiresInMinutes={expires}", enc(&id)), None)
+                .await?;
+            let target = ssh::Target::from_access(&v)?;
+            let alias = alias.unwrap_or_else(|| format!("sandbar-{}", target.sandbox_id.as_deref().unwrap_or(&id)));
+            if out.is_json() {
+                output::json(&target.json(&alias))?;
+            } else {
+                print!("{}", target.config(&alias, known_hosts.as_deref())?);
+            }
+        }
         Cmd::Preview { id, port } => {
             let v = c.api(Method::GET, &format!("/sandbox/{}/ports/{port}/preview-url", enc(&id)), None).await?;
+            if out.is_json() {
+                output::json(&v)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("{}", v["url"].as_str().unwrap_or(""));
             if let Some(t) = v["token"].as_str().filter(|t| !t.is_empty()) {
                 println!("token: {t}  (header X-Daytona-Preview-Token, or ?DAYTONA_SANDBOX_AUTH_KEY={t})");
@@ -246,33 +325,80 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Stop { id, force } => {
             c.api(Method::POST, &format!("/sandbox/{}/stop?force={force}", enc(&id)), None).await?;
-            c.wait_for(&id, &["stopped", "destroyed", "archived"], wait).await?;
+            let sb = c.wait_for(&id, &["stopped", "destroyed", "archived"], wait).await?;
+            if out.is_json() {
+                output::json(&sb)?;
+            }
         }
         Cmd::Start { id } => {
             c.api(Method::POST, &format!("/sandbox/{}/start", enc(&id)), None).await?;
-            c.wait_for(&id, &["started"], wait).await?;
+            let sb = c.wait_for(&id, &["started"], wait).await?;
+            if out.is_json() {
+                output::json(&sb)?;
+            }
         }
         Cmd::Rm { id } => {
             c.api(Method::DELETE, &format!("/sandbox/{}", enc(&id)), None).await?;
         }
         Cmd::Snapshot { id, name } => {
-            c.api(Method::POST, &format!("/sandbox/{}/snapshot", enc(&id)), Some(json!({"name": name}))).await?;
-            println!("{name}");
+            let sb =
+                c.api(Method::POST, &format!("/sandbox/{}/snapshot", enc(&id)), Some(json!({"name": name}))).await?;
+            if out.is_json() {
+                output::json(&json!({"name": name, "sandboxId": sb["id"].as_str().unwrap_or(&id)}))?;
+            } else {
+                println!("{name}");
+            }
         }
         Cmd::Logs { id, follow } => {
             let sb = c.sandbox(&id).await?;
             let base = c.toolbox_base(&sb).await?;
             if follow {
                 let mut socket = c.ws(&format!("{base}/process/session/entrypoint/logs?follow=true"), &[]).await?;
-                demux::follow(&mut socket).await?;
+                if out.is_json() {
+                    demux::follow_into(&mut socket, &mut output::JsonLines::default()).await?;
+                } else {
+                    demux::follow(&mut socket).await?;
+                }
             } else {
                 let v = c.toolbox(&base, Method::GET, "/process/session/entrypoint/logs", None).await?;
+                if out.is_json() {
+                    let stream = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+                    output::json(&json!({"stdout": stream("stdout"), "stderr": stream("stderr")}))?;
+                    return Ok(ExitCode::SUCCESS);
+                }
                 print!("{}", v["stdout"].as_str().unwrap_or(""));
                 eprint!("{}", v["stderr"].as_str().unwrap_or(""));
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the manual: the top page (which lists every command) on stdout, or every page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir).with_context(|| format!("writing the pages into {}", dir.display()))?;
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            write_stdout(&page)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes generated text to stdout; a reader that stopped early (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(bytes).and_then(|()| o.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Runs `argv` in a session of its own and streams its stdout and stderr as they come.

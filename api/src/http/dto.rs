@@ -201,6 +201,10 @@ pub struct SshAccessDto {
     pub created_at: String,
     pub updated_at: String,
     pub ssh_command: String,
+    /// sandbar's addition: the SSH gateway's host and port as fields, so a client builds its `ssh` argv from them
+    /// (with `token` as the user) instead of parsing `sshCommand`.
+    pub ssh_host: String,
+    pub ssh_port: u16,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]

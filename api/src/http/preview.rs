@@ -120,6 +120,8 @@ async fn create_ssh_access(
         id: access_id,
         sandbox_id: row.id,
         ssh_command: format!("ssh -p {port} {token}@{host}"),
+        ssh_host: host,
+        ssh_port: port,
         token,
         expires_at: iso(expires),
         created_at: iso(now),
