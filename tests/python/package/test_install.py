@@ -35,6 +35,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 SECTION = "## Install on a server"
 LABEL = "sandbar.test=package"
+# The test process that made a container: a later run removes the containers of runs that died without cleaning up.
+OWNER = "sandbar.test.owner"
 UNITS = ["sandbar-api", "sandbar-proxy", "sandbar-runner", "sandbar-image"]
 
 pytestmark = pytest.mark.skipif(shutil.which("docker") is None or os.geteuid() != 0,
@@ -65,6 +67,7 @@ class Server:
         # The engine's storage is a tmpfs (vfs: no overlay on a container's own root); the cgroup namespace is the
         # container's, so systemd and the engine inside manage a subtree of their own.
         run(["docker", "run", "-d", "--name", self.name, "--hostname", self.name, "--label", LABEL,
+             "--label", f"{OWNER}={os.getpid()}",
              "--userns=host", "--cgroupns=private", "--cap-add=ALL", "--cap-drop=SYS_RESOURCE",
              "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
              "--security-opt", "systempaths=unconfined", "--device-cgroup-rule", "a *:* rwm",
@@ -103,6 +106,17 @@ class Server:
         subprocess.run(["docker", "rm", "-f", "-v", self.name], capture_output=True, timeout=120, check=False)
 
 
+def remove_orphans() -> None:
+    """Containers of earlier runs whose test process is gone (killed before its cleanup)."""
+    out = subprocess.run(["docker", "ps", "-a", "--filter", f"label={LABEL}", "--format",
+                          f'{{{{.ID}}}} {{{{.Label "{OWNER}"}}}}'],
+                         capture_output=True, text=True, timeout=60, check=False).stdout
+    for line in out.splitlines():
+        cid, _, pid = line.partition(" ")
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            subprocess.run(["docker", "rm", "-f", "-v", cid], capture_output=True, timeout=120, check=False)
+
+
 def use_test_image(server: Server, image: str) -> None:
     """The test's one change of its own: the small test image as the default image of the API and the runner."""
     server.sh(f"sed -i 's|^SANDBAR_DEFAULT_SNAPSHOT=.*|SANDBAR_DEFAULT_SNAPSHOT={image}|' /etc/sandbar/api.env\n"
@@ -115,7 +129,21 @@ def wait_ready(server: Server, timeout: float = 90) -> None:
               timeout=timeout + 10)
 
 
+class Phases:
+    """Prints how long each phase took (figures for the log, never asserted)."""
+
+    def __init__(self):
+        self.t = time.monotonic()
+
+    def __call__(self, what: str) -> None:
+        now = time.monotonic()
+        print(f"package test: {what}: {now - self.t:.1f}s", flush=True)
+        self.t = now
+
+
 def test_install_run_join_and_purge(tmp_path):
+    phase = Phases()
+    remove_orphans()
     blocks = readme_blocks()
     assert len(blocks) == 6, blocks
     build, install, configure, start, open_api, join_block = blocks
@@ -128,11 +156,13 @@ def test_install_run_join_and_purge(tmp_path):
     deb = Path(run([*build.split(), "--profile", "debug", "--out", str(tmp_path)], cwd=REPO, timeout=300)
                .stdout.strip().splitlines()[-1])
     assert deb.is_file(), deb
+    phase("images and package built")
 
     server = Server(host_image, "server")
     second = None
     try:
         server.boot(test_image, deb)
+        phase("server booted (systemd, Docker, test image loaded)")
         # The README's blocks, as written.
         server.sh(install)
         server.sh(configure, env={"HOST": server.ip})
@@ -142,7 +172,9 @@ def test_install_run_join_and_purge(tmp_path):
         assert key, out
         check_units(server)
         wait_ready(server)
+        phase("installed, configured, started and ready")
         smoke(server, key.group(1))
+        phase("SDK smoke test")
 
         # A second runner joins the API on another host, as the README says.
         token_out = server.sh(open_api)
@@ -152,12 +184,15 @@ def test_install_run_join_and_purge(tmp_path):
         second = Server(host_image, "runner")
         second.boot(test_image, deb)
         second.sh(join[0])
+        installed_sandbar_up(second, test_image)
         use_test_image(second, test_image)
         second.sh("\n".join(join[1:]), env={"RUNNER_TOKEN": token, "API_HOST": server.ip})
         placed_on_second(server, second, key.group(1))
+        phase("second host: sandbar up checked, runner joined and took a create")
 
         purge_leaves_nothing(server)
         purge_leaves_nothing(second)
+        phase("both purged")
     except BaseException:
         for s in (server, second):
             if s is not None:
@@ -212,6 +247,32 @@ def placed_on_second(server: Server, second: Server, key: str) -> None:
     sb = d.create(timeout=120)
     on_second = second.sh(f"docker ps -q --filter label=sandbar.sandbox.id={sb.id}").strip()
     assert on_second, f"sandbox {sb.id} is not on the joined runner\n{second.journal()}"
+
+
+def installed_sandbar_up(server: Server, test_image: str) -> None:
+    """`sandbar up` from the package, on a host without a source tree: it finds the static daemon in
+    /usr/lib/sandbar and runs the recipe in /usr/share/sandbar (whose content tag is the test image here, so the
+    recipe only points the default alias at it), starts the stack and serves; SIGTERM stops it."""
+    out = server.sh(f"""
+tag=$(/usr/share/sandbar/build-sandbox-image --print-tag)
+docker tag {test_image} "$tag"
+cd /
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \\
+  sandbar up --api-port 0 --http-port 0 --https-port 0 --ssh-port 0 --runner-id up-check >/root/up.log 2>&1 &
+pid=$!
+timeout 90 sh -c 'until grep -q "^sandbar ready" /root/up.log; do sleep 0.2; done' || {{ cat /root/up.log; exit 1; }}
+kill -TERM $pid
+wait $pid || true
+cat /root/up.log
+docker image inspect -f '{{{{.Id}}}}' sandbar-sandbox:default {test_image}
+""", timeout=150)
+    assert "sandbar ready" in out, out
+    assert "data directory /root/.local/share/sandbar" in out, out
+    assert "building the default sandbox image" in out and "building the static daemon" not in out, out
+    ids = out.strip().splitlines()[-2:]
+    assert ids[0] == ids[1], f"the default alias points at the recipe's content tag: {ids}"
+    assert server.sh("pgrep -a sandbar || true").strip() == "", "sandbar up stopped its services"
+    server.sh("rm -rf /root/.local/share/sandbar /root/up.log")
 
 
 def purge_leaves_nothing(server: Server) -> None:
