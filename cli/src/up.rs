@@ -9,6 +9,7 @@
 //! were in.
 
 mod launch;
+pub mod paths;
 mod restart;
 mod supervise;
 
@@ -51,9 +52,17 @@ pub struct UpArgs {
     /// Domain of preview URLs (`{port}-{sandboxId}.{domain}`).
     #[arg(long, env = "SANDBAR_DOMAIN", default_value = "localhost")]
     pub domain: String,
-    /// Image of sandboxes created without one (built from scripts/build-sandbox-image when it is the default).
+    /// Image of sandboxes created without one (built by its recipe, `build-sandbox-image`, when it is the default).
     #[arg(long, env = "SANDBAR_DEFAULT_IMAGE", default_value = "sandbar-sandbox:default")]
     pub image: String,
+    /// The static `sandbar-daemon` mounted into every sandbox. Default: beside `sandbar`, its prefix's
+    /// `lib/sandbar/`, the checkout's build when run from one, `/usr/lib/sandbar/` (see `up/paths.rs`).
+    #[arg(long, env = "SANDBAR_STATIC_DAEMON")]
+    pub daemon_binary: Option<PathBuf>,
+    /// The default image's recipe. Default: beside `sandbar`, its prefix's `share/sandbar/`, the checkout's
+    /// `scripts/` when run from one, `/usr/share/sandbar/`.
+    #[arg(long, env = "SANDBAR_IMAGE_RECIPE")]
+    pub image_recipe: Option<PathBuf>,
     /// Started sandboxes of the default image kept ready.
     #[arg(long, env = "SANDBAR_WARM_POOL", default_value_t = 0)]
     pub warm_pool: usize,
@@ -77,18 +86,10 @@ pub struct UpArgs {
     pub shutdown_grace: u64,
 }
 
-/// The data directory: the flag, else `~/.local/share/sandbar`.
+/// The data directory: the flag, else `$XDG_DATA_HOME/sandbar`, else `~/.local/share/sandbar`.
 pub fn data_dir(flag: Option<&Path>) -> PathBuf {
-    if let Some(d) = flag {
-        return d.to_owned();
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".local/share/sandbar")
-}
-
-/// The source tree `sandbar` was built from (its scripts build the daemon and the image).
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let var = |k| std::env::var(k).ok();
+    paths::data_dir(flag, var("XDG_DATA_HOME").as_deref(), var("HOME").as_deref())
 }
 
 /// Directory of the service binaries: beside `sandbar` itself (cargo builds them into one directory).
@@ -186,27 +187,27 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(&dir)?;
     let logs = dir.join("logs");
     let bins = bin_dir()?;
-    let repo = repo_root();
     eprintln!("sandbar: data directory {}", dir.display());
 
     check_docker().await?;
 
     // What is missing is made, with progress shown; a second run finds everything and starts in seconds.
-    let daemon = match std::env::var("SANDBAR_STATIC_DAEMON").ok().filter(|s| !s.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(
-            run_step("building the static daemon", &repo.join("scripts/build-daemon"), &[], &logs.join("build.log"))
-                .await?,
+    let places = paths::Places::current().context("locating the sandbar executable")?;
+    let explicit = args.daemon_binary.as_deref().filter(|p| !p.as_os_str().is_empty());
+    let daemon = match places.daemon(explicit) {
+        Some(paths::Found::File(p)) => p,
+        Some(paths::Found::Script(s)) => {
+            PathBuf::from(run_step("building the static daemon", &s, &[], &logs.join("build.log")).await?)
+        }
+        None => bail!(
+            "no static {} found beside {} or in {}; install the sandbar package or pass --daemon-binary",
+            paths::DAEMON,
+            places.exe.display(),
+            paths::SYSTEM_DAEMON
         ),
     };
     if args.image == "sandbar-sandbox:default" {
-        run_step(
-            "building the default sandbox image (Debian root, first time about 90 s)",
-            &repo.join("scripts/build-sandbox-image"),
-            &[],
-            &logs.join("build.log"),
-        )
-        .await?;
+        default_image(&places, &args, &logs).await?;
     }
     let secrets = load_secrets(&dir)?;
 
@@ -381,6 +382,27 @@ fn url_host(bind: &str) -> String {
 
 fn display_host(bind: &str) -> String {
     if bind == "0.0.0.0" || bind == "::" { "127.0.0.1".into() } else { bind.to_owned() }
+}
+
+/// Builds the default image with its recipe (seconds when its content tag exists already). Without a recipe, an
+/// image already in Docker under that name is used as it is.
+async fn default_image(places: &paths::Places, args: &UpArgs, logs: &Path) -> anyhow::Result<()> {
+    let explicit = args.image_recipe.as_deref().filter(|p| !p.as_os_str().is_empty());
+    if let Some(recipe) = places.recipe(explicit) {
+        let what = "building the default sandbox image (Debian root, first time about 90 s)";
+        run_step(what, &recipe, &[], &logs.join("build.log")).await?;
+        return Ok(());
+    }
+    if bollard_connect()?.inspect_image(&args.image).await.is_ok() {
+        return Ok(());
+    }
+    bail!(
+        "{} is not in Docker and no {} was found beside {} or in {}; pass --image-recipe or --image",
+        args.image,
+        paths::RECIPE,
+        places.exe.display(),
+        paths::SYSTEM_RECIPE
+    )
 }
 
 async fn check_docker() -> anyhow::Result<()> {
