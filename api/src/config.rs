@@ -25,7 +25,9 @@ pub struct Config {
     /// Directory for the embedded SQLite database (`<data-dir>/sandbar.db`).
     #[arg(long, env = "SANDBAR_DATA_DIR", default_value = ".")]
     pub data_dir: PathBuf,
-    /// `sqlite://...` or `postgres://...`; default: the SQLite file in the data directory.
+    /// `sqlite://...` or `postgres://...`; default: the SQLite file in the data directory. A managed PostgreSQL
+    /// speaks TLS (rustls): `?sslmode=require`, or `?sslmode=verify-full&sslrootcert=/path/ca.pem` to check the
+    /// server's certificate against its CA (the system's roots without `sslrootcert`).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Public base URL of the proxy: toolboxProxyUrl = this + `/toolbox`; preview URLs use its scheme and host.

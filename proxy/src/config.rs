@@ -164,7 +164,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), String> {
         if self.token.trim().is_empty() {
-            return Err("SANDBAR_PROXY_TOKEN must not be empty".into());
+            return Err("the proxy needs its service token (token, --proxy-token, SANDBAR_PROXY_TOKEN)".into());
         }
         if !self.api_url.starts_with("http://") && !self.api_url.starts_with("https://") {
             return Err(format!("--api-url {:?} must be an http:// or https:// URL", self.api_url));
