@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         Err(e) => return bad_config(e),
     };
     if let Err(e) = cli.config.validate() {
-        return bad_config(e);
+        return bad_config(sandbar_support::config::invalid(e, file.as_deref()));
     }
     if cli.file.print_config {
         return match sandbar_support::config::to_toml(&cli.config, SECRETS) {

@@ -96,7 +96,8 @@ fn a_bad_value_in_the_file_exits_2_naming_the_file_and_the_key() {
     let file = write(dir.path(), "bad.toml", "runner_unreachable = \"2s\"\n");
     let out = run(BIN, &["--print-config", "--config", &file], &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("runner_unreachable"), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("runner_unreachable") && err.contains(&file), "{err}");
     let out = run(BIN, &["--print-config"], &[("SANDBAR_CONFIG", "/nonexistent/api.toml")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("/nonexistent/api.toml"), "{}", text(&out.stderr));

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         eprintln!("sandbar-daemon: cannot make the daemon undumpable ({e}); its memory is readable by its user");
     }
     if let Err(e) = config.validate() {
-        eprintln!("sandbar-daemon: {e}");
+        eprintln!("sandbar-daemon: {}", sandbar_support::config::invalid(e, file.as_deref()));
         return ExitCode::from(2);
     }
     if cli.file.print_config {

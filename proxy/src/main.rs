@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     };
     let config = match config.finish() {
         Ok(config) => config,
-        Err(e) => return bad_config(e),
+        Err(e) => return bad_config(sandbar_support::config::invalid(e, file.as_deref())),
     };
     if cli.file.print_config {
         return match sandbar_support::config::to_toml(&config, &["token"]) {

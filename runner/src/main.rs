@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         Err(e) => return bad_config(e),
     };
     if let Err(e) = cli.runner.validate() {
-        return bad_config(e);
+        return bad_config(sandbar_support::config::invalid(e, file.as_deref()));
     }
     if cli.file.print_config {
         return match sandbar_support::config::to_toml(&cli.runner, SECRETS) {

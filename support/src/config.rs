@@ -112,6 +112,15 @@ fn explicit(matches: &ArgMatches, id: &str) -> bool {
         && matches!(matches.value_source(id), Some(ValueSource::EnvVariable | ValueSource::CommandLine))
 }
 
+/// A value of the right type that `validate` refused (out of range, inconsistent): its message, with the file the
+/// settings came from when there was one (the message names the key).
+pub fn invalid(e: impl std::fmt::Display, file: Option<&Path>) -> String {
+    match file {
+        Some(f) => format!("{e} (settings from config file {}, the environment and flags)", f.display()),
+        None => e.to_string(),
+    }
+}
+
 /// What `--print-config` prints: `config` as TOML, with the values of the keys named in `secrets` masked (a URL
 /// keeps its scheme, user, host and path; its password and its secret-looking query values go). Unset optional
 /// keys are left out.
