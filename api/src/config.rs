@@ -1,13 +1,23 @@
-//! Configuration: flags and `SANDBAR_*` environment, validated once at start.
+//! Configuration, in the model every service shares (`sandbar_support::config`): defaults < a TOML file
+//! (`--config`, `SANDBAR_API_CONFIG` or `SANDBAR_CONFIG`; e.g. `/etc/sandbar/api.toml`) < `SANDBAR_*` environment <
+//! flags, then [`Config::validate`] once at start. The file's keys are the field names below (`[job_deadlines]` and
+//! `[limits]` are tables), as `sandbar-api --print-config` prints them with the tokens and the database password
+//! masked; durations are written `"30s"`, `"10m"`. The flags that took seconds or milliseconds before
+//! (`--create-wait-ms`, `--job-deadline-secs`, ...) still take them, and a duration too.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use sandbar_support::config::{duration, millis_or_duration, secs_or_duration};
+use serde::{Deserialize, Serialize};
 
 use sandbar_proto::api::{HEARTBEAT_INTERVAL_SECS, PROXY_TOKEN_ENV, RUNNER_TOKEN_ENV, RUNNER_UNREACHABLE_AFTER_SECS};
 
 /// Everything `sandbar-api` needs (`sandbar up` passes it as flags to the `sandbar-api` child it starts). Every
 /// field documents its default.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long = "listen", env = "SANDBAR_API_ADDR", default_value = "127.0.0.1:3000")]
@@ -15,7 +25,9 @@ pub struct Config {
     /// Directory for the embedded SQLite database (`<data-dir>/sandbar.db`).
     #[arg(long, env = "SANDBAR_DATA_DIR", default_value = ".")]
     pub data_dir: PathBuf,
-    /// `sqlite://...` or `postgres://...`; default: the SQLite file in the data directory.
+    /// `sqlite://...` or `postgres://...`; default: the SQLite file in the data directory. A managed PostgreSQL
+    /// speaks TLS (rustls): `?sslmode=require`, or `?sslmode=verify-full&sslrootcert=/path/ca.pem` to check the
+    /// server's certificate against its CA (the system's roots without `sslrootcert`).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Public base URL of the proxy: toolboxProxyUrl = this + `/toolbox`; preview URLs use its scheme and host.
@@ -52,32 +64,44 @@ pub struct Config {
     /// `target` reported on every sandbox when the caller names none.
     #[arg(long, env = "SANDBAR_TARGET", default_value = "local")]
     pub target: String,
-    /// How long `POST /sandbox` may wait for the runner to finish the create before answering `creating`, in
-    /// milliseconds. A create that completes in time (a warm-pool claim, a quick cold start) answers `started`, and
-    /// the SDK skips its polling, which steps at 1 s. 0 answers at once.
-    #[arg(long, env = "SANDBAR_CREATE_WAIT_MS", default_value_t = 0)]
-    pub create_wait_ms: u64,
-    /// Seconds without a heartbeat after which a runner is unreachable: its sandboxes read `unknown` and placement
-    /// passes it over. More than the runners' heartbeat interval (5 s); default 20.
-    #[arg(long, env = "SANDBAR_RUNNER_UNREACHABLE_SECS", default_value_t = RUNNER_UNREACHABLE_AFTER_SECS)]
-    pub runner_unreachable_secs: u64,
+    /// How long `POST /sandbox` may wait for the runner to finish the create before answering `creating` (a bare
+    /// number is milliseconds, as `--create-wait-ms` took). A create that completes in time (a warm-pool claim, a
+    /// quick cold start) answers `started`, and the SDK skips its polling, which steps at 1 s. 0 answers at once.
+    #[arg(long, alias = "create-wait-ms", env = "SANDBAR_CREATE_WAIT_MS", default_value = "0s",
+          value_parser = millis_or_duration)]
+    #[serde(with = "duration")]
+    pub create_wait: Duration,
+    /// Time without a heartbeat after which a runner is unreachable: its sandboxes read `unknown` and placement
+    /// passes it over. More than the runners' heartbeat interval (5 s); default 20 s.
+    #[arg(long, alias = "runner-unreachable-secs", env = "SANDBAR_RUNNER_UNREACHABLE_SECS",
+          default_value = "20s", value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub runner_unreachable: Duration,
     /// How long a runner job may go without a result before it fails with `TIMEOUT` (`crate::jobs::deadline_ms`).
     #[command(flatten)]
     pub job_deadlines: JobDeadlines,
-    /// Seconds a Dockerfile build's image stays on its runner once no snapshot and no sandbox uses it; then the
-    /// runner removes it and the next identical Dockerfile builds again. Default 3600.
-    #[arg(long, env = "SANDBAR_BUILD_GC_GRACE_SECS", default_value_t = 3600)]
-    pub build_gc_grace_secs: u64,
-    /// Seconds `serve` waits, after SIGTERM, for requests in flight (long-polls, log follows) before it closes them
-    /// and returns. Default 10.
-    #[arg(long = "shutdown-grace", env = "SANDBAR_API_SHUTDOWN_GRACE", default_value_t = 10)]
-    pub shutdown_grace_secs: u64,
+    /// How long a Dockerfile build's image stays on its runner once no snapshot and no sandbox uses it; then the
+    /// runner removes it and the next identical Dockerfile builds again. Default 1 h.
+    #[arg(long, alias = "build-gc-grace-secs", env = "SANDBAR_BUILD_GC_GRACE_SECS", default_value = "1h",
+          value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub build_gc_grace: Duration,
+    /// How long `serve` waits, after SIGTERM, for requests in flight (long-polls, log follows) before it closes them
+    /// and returns (a bare number is seconds). Default 10 s.
+    #[arg(long, env = "SANDBAR_API_SHUTDOWN_GRACE", default_value = "10s", value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
     /// Whether `serve` runs the lifecycle timers every second. Always on in the binary; tests that move a hand
     /// clock turn it off and call `lifecycle::tick` themselves, so a tick never lands between their steps.
     #[arg(skip = true)]
+    #[serde(skip, default = "always")]
     pub run_timers: bool,
     #[command(flatten)]
     pub limits: Limits,
+}
+
+fn always() -> bool {
+    true
 }
 
 /// The default `--allowed-image` list: the default image's repository (every recipe of it) and the busybox test
@@ -86,45 +110,57 @@ pub fn default_allowed_images() -> Vec<String> {
     vec!["sandbar-sandbox:*".to_owned(), "sandbar-test-busybox:*".to_owned()]
 }
 
-/// Seconds from when a job is queued until the API fails it for want of a result (`crate::jobs::expire`), by
-/// class of job. Generous by default: a deadline cuts off real work, which is worse than waiting. Tests of long
-/// faults scale them down so that a fault outlasts them without waiting an hour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+/// How long from when a job is queued until the API fails it for want of a result (`crate::jobs::expire`), by
+/// class of job (a bare number is seconds, as the `-secs` flags took). Generous by default: a deadline cuts off real
+/// work, which is worse than waiting. Tests of long faults scale them down so that a fault outlasts them without
+/// waiting an hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JobDeadlines {
-    /// Start, stop, destroy, resize, pause, resume, ping, network and removal jobs. Default 600 (10 min).
-    #[arg(long = "job-deadline-secs", env = "SANDBAR_JOB_DEADLINE_SECS", default_value_t = 600)]
-    pub short: u64,
-    /// Creates (a create may pull its image). Default 1800 (30 min).
-    #[arg(long = "create-job-deadline-secs", env = "SANDBAR_CREATE_JOB_DEADLINE_SECS", default_value_t = 1800)]
-    pub create: u64,
-    /// Archive, restore, fork, snapshot and image pulls. Default 3600 (60 min).
-    #[arg(long = "long-job-deadline-secs", env = "SANDBAR_LONG_JOB_DEADLINE_SECS", default_value_t = 3600)]
-    pub long: u64,
-    /// Dockerfile builds. Default 7200 (120 min).
-    #[arg(long = "build-job-deadline-secs", env = "SANDBAR_BUILD_JOB_DEADLINE_SECS", default_value_t = 7200)]
-    pub build: u64,
+    /// Start, stop, destroy, resize, pause, resume, ping, network and removal jobs. Default 10 min.
+    #[arg(long = "job-deadline", alias = "job-deadline-secs", env = "SANDBAR_JOB_DEADLINE_SECS",
+          default_value = "10m", value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub short: Duration,
+    /// Creates (a create may pull its image). Default 30 min.
+    #[arg(long = "create-job-deadline", alias = "create-job-deadline-secs", env = "SANDBAR_CREATE_JOB_DEADLINE_SECS",
+          default_value = "30m", value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub create: Duration,
+    /// Archive, restore, fork, snapshot and image pulls. Default 60 min.
+    #[arg(long = "long-job-deadline", alias = "long-job-deadline-secs", env = "SANDBAR_LONG_JOB_DEADLINE_SECS",
+          default_value = "1h", value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub long: Duration,
+    /// Dockerfile builds. Default 120 min.
+    #[arg(long = "build-job-deadline", alias = "build-job-deadline-secs", env = "SANDBAR_BUILD_JOB_DEADLINE_SECS",
+          default_value = "2h", value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub build: Duration,
 }
 
 impl Default for JobDeadlines {
     fn default() -> Self {
-        Self { short: 600, create: 1800, long: 3600, build: 7200 }
+        let min = |m: u64| Duration::from_secs(m * 60);
+        Self { short: min(10), create: min(30), long: min(60), build: min(120) }
     }
 }
 
 impl JobDeadlines {
     /// Every deadline, for validation and for the shortest.
-    pub fn all(&self) -> [u64; 4] {
+    pub fn all(&self) -> [Duration; 4] {
         [self.short, self.create, self.long, self.build]
     }
 }
 
 /// The shortest job deadline accepted: a job is handed out again after `crate::jobs::REDELIVER_AFTER_SECS` (10 s),
 /// so a deadline must leave room for a second delivery.
-pub const MIN_JOB_DEADLINE_SECS: u64 = 15;
+pub const MIN_JOB_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Per-sandbox defaults and maxima (Daytona's: 1 vCPU, 1 GiB, 3 GiB; at most 4, 8, 10), the quotas a new
 /// organization gets, and how far placement may overcommit a runner.
-#[derive(Debug, Clone, Copy, clap::Args)]
+#[derive(Debug, Clone, Copy, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     #[arg(long, env = "SANDBAR_DEFAULT_CPU", default_value_t = 1)]
     pub default_cpu: i64,
@@ -197,10 +233,12 @@ pub enum ConfigError {
     ProxyUrl(String),
     #[error("--ssh-gateway must be host:port, got {0:?}")]
     SshGateway(String),
-    #[error("--runner-unreachable-secs must be more than the runners' heartbeat interval ({interval} s) and at most a day, got {0}", interval = HEARTBEAT_INTERVAL_SECS)]
-    RunnerUnreachable(u64),
-    #[error("job deadlines must be between {MIN_JOB_DEADLINE_SECS} s and 7 days, got {0} s")]
-    JobDeadline(u64),
+    #[error("runner_unreachable (--runner-unreachable) must be more than the runners' heartbeat interval ({interval} s) and at most a day, got {0:?}", interval = HEARTBEAT_INTERVAL_SECS)]
+    RunnerUnreachable(Duration),
+    #[error(
+        "job deadlines ([job_deadlines], --job-deadline and its siblings) must be between 15 s and 7 days, got {0:?}"
+    )]
+    JobDeadline(Duration),
     #[error("limits: {0}")]
     Limits(String),
     #[error("DATABASE_URL must start with sqlite: or postgres://, got a URL with scheme {0:?}")]
@@ -223,11 +261,11 @@ impl Config {
             allowed_images: default_allowed_images(),
             allowed_registries: vec!["*".into()],
             target: "local".into(),
-            create_wait_ms: 0,
-            runner_unreachable_secs: RUNNER_UNREACHABLE_AFTER_SECS,
+            create_wait: Duration::ZERO,
+            runner_unreachable: Duration::from_secs(RUNNER_UNREACHABLE_AFTER_SECS),
             job_deadlines: JobDeadlines::default(),
-            build_gc_grace_secs: 3600,
-            shutdown_grace_secs: 10,
+            build_gc_grace: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(10),
             run_timers: true,
             limits: Limits::default(),
         }
@@ -236,12 +274,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.proxy_parts()?;
         self.ssh_gateway_parts()?;
-        if self.runner_unreachable_secs <= HEARTBEAT_INTERVAL_SECS || self.runner_unreachable_secs > 86_400 {
-            return Err(ConfigError::RunnerUnreachable(self.runner_unreachable_secs));
-        }
-        if let Some(d) =
-            self.job_deadlines.all().into_iter().find(|d| !(MIN_JOB_DEADLINE_SECS..=7 * 86_400).contains(d))
+        if self.runner_unreachable <= Duration::from_secs(HEARTBEAT_INTERVAL_SECS)
+            || self.runner_unreachable > Duration::from_secs(86_400)
         {
+            return Err(ConfigError::RunnerUnreachable(self.runner_unreachable));
+        }
+        let deadlines = MIN_JOB_DEADLINE..=Duration::from_secs(7 * 86_400);
+        if let Some(d) = self.job_deadlines.all().into_iter().find(|d| !deadlines.contains(d)) {
             return Err(ConfigError::JobDeadline(d));
         }
         let l = &self.limits;
@@ -341,18 +380,18 @@ mod tests {
     #[test]
     fn runner_deadline_must_outlast_a_heartbeat() {
         let mut c = Config::new("/tmp");
-        c.runner_unreachable_secs = 5;
-        assert!(matches!(c.validate(), Err(ConfigError::RunnerUnreachable(5))));
-        c.runner_unreachable_secs = 8;
+        c.runner_unreachable = Duration::from_secs(5);
+        assert!(matches!(c.validate(), Err(ConfigError::RunnerUnreachable(_))));
+        c.runner_unreachable = Duration::from_secs(8);
         assert!(c.validate().is_ok());
     }
 
     #[test]
     fn job_deadlines_leave_room_for_a_redelivery() {
         let mut c = Config::new("/tmp");
-        c.job_deadlines.short = 5;
-        assert!(matches!(c.validate(), Err(ConfigError::JobDeadline(5))));
-        c.job_deadlines.short = 20;
+        c.job_deadlines.short = Duration::from_secs(5);
+        assert!(matches!(c.validate(), Err(ConfigError::JobDeadline(_))));
+        c.job_deadlines.short = Duration::from_secs(20);
         assert!(c.validate().is_ok());
     }
 

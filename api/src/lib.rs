@@ -123,7 +123,7 @@ impl App {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
         // Requests in flight get the grace to finish; a follow or long-poll that outlives it is cut.
-        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        let grace = self.config.shutdown_grace;
         let result = tokio::select! {
             r = server => r,
             () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {

@@ -1,18 +1,22 @@
-//! `sandbar-api`: parse flags, install tracing, bind, serve until SIGTERM/SIGINT; or `bootstrap` the first
-//! organization and API key.
+//! `sandbar-api`: read the configuration (defaults < `--config` file < environment < flags; `--print-config` shows
+//! it), install tracing, bind, serve until SIGTERM/SIGINT; or `bootstrap` the first organization and API key. A bad
+//! setting exits 2 with the key (and the file) that holds it.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sandbar_api::Config;
+use sandbar_support::config::ConfigArgs;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "sandbar-api", about = "sandbar control plane (Daytona-compatible REST API)")]
+#[command(name = "sandbar-api", version, about = "sandbar control plane (Daytona-compatible REST API)")]
 struct Cli {
     #[command(flatten)]
     config: Config,
+    #[command(flatten)]
+    file: ConfigArgs,
     /// Log as JSON lines.
     #[arg(long, env = "SANDBAR_LOG_JSON", global = true)]
     log_json: bool,
@@ -42,8 +46,32 @@ enum Command {
     },
 }
 
+/// What masks in `--print-config`.
+const SECRETS: &[&str] = &["runner_token", "proxy_token", "database_url"];
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let file = cli.file.path(&["SANDBAR_API_CONFIG", "SANDBAR_CONFIG"]);
+    cli.config = match sandbar_support::config::load(cli.config, &matches, file.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return bad_config(e),
+    };
+    if let Err(e) = cli.config.validate() {
+        return bad_config(sandbar_support::config::invalid(e, file.as_deref()));
+    }
+    if cli.file.print_config {
+        return match sandbar_support::config::to_toml(&cli.config, SECRETS) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => bad_config(e),
+        };
+    }
     init_tracing(cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -63,7 +91,6 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::RevokeKey { id } => {
-                cli.config.validate()?;
                 let db = sandbar_api::Db::open(&cli.config.database_url()).await?;
                 let now = sandbar_api::Clock::now_ms(&sandbar_api::SystemClock);
                 if sandbar_api::revoke_api_key(&db, &id, now).await? {
@@ -74,7 +101,6 @@ fn main() -> ExitCode {
                 }
             }
             Command::OrgBuildNetwork { org, value } => {
-                cli.config.validate()?;
                 let policy = sandbar_api::domain::builds::parse_network(Some(&value)).map_err(anyhow::Error::msg)?;
                 let db = sandbar_api::Db::open(&cli.config.database_url()).await?;
                 let stored = policy.is_some().then_some(value.trim());
@@ -94,6 +120,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A configuration that cannot be used: the message, and exit 2 (as clap does for a bad flag).
+fn bad_config(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sandbar-api: {e}");
+    ExitCode::from(2)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

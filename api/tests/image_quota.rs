@@ -180,7 +180,7 @@ async fn the_image_quota_refuses_before_and_removes_what_goes_over() {
 async fn unused_build_images_are_collected_after_the_grace_period() {
     for db in databases().await {
         let mut c = config(&db.url);
-        c.build_gc_grace_secs = 60;
+        c.build_gc_grace = std::time::Duration::from_secs(60);
         let h = Harness::start_with(&db, c, Arc::new(ManualClock::default())).await;
         let r = h.runner("r1");
         r.heartbeat(16, 32, 1000).await;

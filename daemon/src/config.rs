@@ -1,14 +1,17 @@
-//! Daemon configuration: flags and `SANDBAR_*` environment variables (their names are a contract with the runner
-//! and the CLI: never rename one).
+//! Daemon configuration, in the model every service shares (`sandbar_support::config`): defaults < a TOML file
+//! (`--config`, `SANDBAR_DAEMON_CONFIG` or `SANDBAR_CONFIG`; keys as the field names below, durations as `"30s"`) <
+//! `SANDBAR_*` environment < flags. The environment variables' names are a contract with the runner and the CLI:
+//! never rename one. `sandbar-daemon --print-config` prints the result with the token and host key masked.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use sandbar_support::config::{duration, secs_or_duration};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Parser)]
-#[command(name = "sandbar-daemon", version, about = "sandbar's in-sandbox daemon (PID 1, toolbox API)")]
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Per-sandbox token (required, never logged): the key of the credential every request must carry in
     /// `X-Sandbar-Daemon-Auth` (`sandbar_support::daemon_auth`), and the SSH password. (The daemon re-executes
@@ -56,9 +59,12 @@ pub struct Config {
     #[arg(long, env = "SANDBAR_SHELL")]
     pub shell: Option<PathBuf>,
 
-    /// Seconds to drain requests and stop child processes after SIGTERM/SIGINT (keep it below `docker stop -t`).
-    #[arg(long, env = "SANDBAR_SHUTDOWN_GRACE", default_value_t = 5)]
-    pub shutdown_grace_secs: u64,
+    /// How long to drain requests and stop child processes after SIGTERM/SIGINT (keep it below `docker stop -t`);
+    /// a bare number is seconds. Default 5 s.
+    #[arg(long, alias = "shutdown-grace-secs", env = "SANDBAR_SHUTDOWN_GRACE", default_value = "5s",
+          value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
 
     /// Largest `result` `process/execute` returns, in bytes; output beyond it is drained and dropped.
     #[arg(long, env = "SANDBAR_MAX_EXEC_OUTPUT", default_value_t = 64 << 20)]
@@ -74,26 +80,30 @@ pub struct Config {
     #[arg(long, env = "SANDBAR_LSP_SERVERS")]
     pub lsp_servers: Option<String>,
 
-    /// Seconds the daemon waits for a language server's answer (`initialize` included).
-    #[arg(long, env = "SANDBAR_LSP_TIMEOUT", default_value_t = 30)]
-    pub lsp_timeout_secs: u64,
+    /// How long the daemon waits for a language server's answer (`initialize` included); a bare number is
+    /// seconds. Default 30 s.
+    #[arg(long, alias = "lsp-timeout-secs", env = "SANDBAR_LSP_TIMEOUT", default_value = "30s",
+          value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub lsp_timeout: Duration,
 
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SANDBAR_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
 
-    /// The image's entrypoint and arguments, run in the reserved session `entrypoint`.
+    /// The image's entrypoint and arguments, run in the reserved session `entrypoint` (never from the file).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    #[serde(skip)]
     pub entrypoint: Vec<String>,
 }
 
 impl Config {
     pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_secs)
+        self.shutdown_grace
     }
 
     pub fn lsp_timeout(&self) -> Duration {
-        Duration::from_secs(self.lsp_timeout_secs.max(1))
+        self.lsp_timeout.max(Duration::from_secs(1))
     }
 
     /// Checks what clap cannot.

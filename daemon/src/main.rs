@@ -7,10 +7,20 @@ use std::io::Write;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use sandbar_daemon::engine::procs::ProcessTable;
 use sandbar_daemon::{Config, Daemon};
+use sandbar_support::config::ConfigArgs;
 use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(name = "sandbar-daemon", version, about = "sandbar's in-sandbox daemon (PID 1, toolbox API)")]
+struct Cli {
+    #[command(flatten)]
+    file: ConfigArgs,
+    #[command(flatten)]
+    config: Config,
+}
 
 /// The secrets the runner hands over in the environment, and the variables naming the pipes that carry them
 /// across the re-exec: the daemon token and the SSH host key.
@@ -29,7 +39,21 @@ fn main() -> ExitCode {
         let err = reexec_without_secrets();
         eprintln!("sandbar-daemon: cannot hide the secrets from the environment ({err}); going on with them there");
     }
-    let mut config = Config::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The defaults < file < environment < flags model (`sandbar_support::config`); the secrets that came through
+    // pipes are environment, so they go over the file below.
+    let file = cli.file.path(&["SANDBAR_DAEMON_CONFIG", "SANDBAR_CONFIG"]);
+    let mut config = match sandbar_support::config::load(cli.config, &matches, file.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sandbar-daemon: {e}");
+            return ExitCode::from(2);
+        }
+    };
     for (env, fd_env) in SECRETS {
         let Some(fd) = std::env::var(fd_env).ok().and_then(|v| v.parse::<i32>().ok()) else { continue };
         match std::fs::read_to_string(format!("/proc/self/fd/{fd}")) {
@@ -46,11 +70,23 @@ fn main() -> ExitCode {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("sandbar-daemon: cannot make the daemon undumpable ({e}); its memory is readable by its user");
     }
-    init_tracing(config.log_json);
     if let Err(e) = config.validate() {
-        eprintln!("sandbar-daemon: {e}");
+        eprintln!("sandbar-daemon: {}", sandbar_support::config::invalid(e, file.as_deref()));
         return ExitCode::from(2);
     }
+    if cli.file.print_config {
+        return match sandbar_support::config::to_toml(&config, &["token", "ssh_host_key"]) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sandbar-daemon: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    init_tracing(config.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)

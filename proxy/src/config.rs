@@ -1,31 +1,34 @@
-//! Configuration: flags and `SANDBAR_*` environment variables (clap), then [`Config::validate`].
+//! Configuration, in the model every service shares (`sandbar_support::config`): defaults < a TOML file
+//! (`--config`, `SANDBAR_PROXY_CONFIG` or `SANDBAR_CONFIG`; e.g. `/etc/sandbar/proxy.toml`, keys as the field names
+//! below, durations as `"30s"`) < `SANDBAR_*` environment < flags, then [`Config::finish`]. `sandbar-proxy
+//! --print-config` prints the result with the token masked. The flags that took milliseconds or seconds before
+//! (`--route-ttl-ms`, `--header-timeout-ms`, ...) still do, and a duration too.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use sandbar_support::config::{duration, millis_or_duration, secs_or_duration};
+use serde::{Deserialize, Serialize};
 
 fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp")).join(".local/share/sandbar")
 }
 
-fn parse_millis(s: &str) -> Result<Duration, String> {
-    s.parse::<u64>().map(Duration::from_millis).map_err(|e| format!("{s:?}: {e}"))
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<u64>().map(Duration::from_secs).map_err(|e| format!("{s:?}: {e}"))
-}
-
-#[derive(Clone, Parser)]
-#[command(name = "sandbar-proxy", version, about = "sandbar's edge proxy (pingora): TLS, routing by sandbox id, auth")]
+#[derive(Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Base URL of the API (with or without the `/api` prefix).
     #[arg(long, env = "SANDBAR_API_URL", default_value = "http://127.0.0.1:3000")]
     pub api_url: String,
-    /// Service token presented to the API's internal endpoints.
-    #[arg(long = "proxy-token", env = "SANDBAR_PROXY_TOKEN", hide_env_values = true)]
+    /// Service token presented to the API's internal endpoints (required).
+    #[arg(
+        long = "proxy-token",
+        env = "SANDBAR_PROXY_TOKEN",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     pub token: String,
     /// Domain of preview hosts: `{port}-{sandboxId}.{domain}`.
     #[arg(long, env = "SANDBAR_DOMAIN", default_value = "localhost")]
@@ -54,26 +57,36 @@ pub struct Config {
     /// PEM private key of the --tls-cert at the same position.
     #[arg(long = "tls-key", env = "SANDBAR_PROXY_TLS_KEY")]
     pub tls_keys: Vec<PathBuf>,
-    /// How long a route is cached, in milliseconds (changes announced by the API drop it earlier).
-    #[arg(long = "route-ttl-ms", env = "SANDBAR_PROXY_ROUTE_TTL_MS", default_value = "5000", value_parser = parse_millis)]
+    /// How long a route is cached (changes announced by the API drop it earlier); a bare number is milliseconds.
+    #[arg(long, alias = "route-ttl-ms", env = "SANDBAR_PROXY_ROUTE_TTL_MS", default_value = "5s",
+          value_parser = millis_or_duration)]
+    #[serde(with = "duration")]
     pub route_ttl: Duration,
-    /// Seconds to let requests and WebSockets finish after SIGTERM.
-    #[arg(long = "shutdown-grace", env = "SANDBAR_PROXY_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_secs)]
+    /// How long requests and WebSockets may finish after SIGTERM; a bare number is seconds.
+    #[arg(long, env = "SANDBAR_PROXY_SHUTDOWN_GRACE", default_value = "10s", value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
     pub shutdown_grace: Duration,
-    /// How often activity is reported to the API, in milliseconds.
-    #[arg(long = "activity-interval-ms", env = "SANDBAR_PROXY_ACTIVITY_MS", default_value = "1000", value_parser = parse_millis)]
+    /// How often activity is reported to the API; a bare number is milliseconds.
+    #[arg(long, alias = "activity-interval-ms", env = "SANDBAR_PROXY_ACTIVITY_MS", default_value = "1s",
+          value_parser = millis_or_duration)]
+    #[serde(with = "duration")]
     pub activity_interval: Duration,
-    /// `wait` of the route-changes long-poll, in seconds.
-    #[arg(long = "changes-wait", env = "SANDBAR_PROXY_CHANGES_WAIT", default_value_t = 25)]
-    pub changes_wait_secs: u64,
-    /// How long an HTTP/1 request head may take to arrive, in milliseconds: a client that sends it slower
-    /// (slowloris) is disconnected. On a kept-alive connection the idle wait before the next request (60 s at most)
-    /// comes on top.
-    #[arg(long = "header-timeout-ms", env = "SANDBAR_PROXY_HEADER_TIMEOUT_MS", default_value = "15000", value_parser = parse_millis)]
+    /// `wait` of the route-changes long-poll (whole seconds; a bare number is seconds).
+    #[arg(long, env = "SANDBAR_PROXY_CHANGES_WAIT", default_value = "25s", value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub changes_wait: Duration,
+    /// How long an HTTP/1 request head may take to arrive: a client that sends it slower (slowloris) is
+    /// disconnected. On a kept-alive connection the idle wait before the next request (60 s at most) comes on top.
+    /// A bare number is milliseconds.
+    #[arg(long, alias = "header-timeout-ms", env = "SANDBAR_PROXY_HEADER_TIMEOUT_MS", default_value = "15s",
+          value_parser = millis_or_duration)]
+    #[serde(with = "duration")]
     pub header_timeout: Duration,
-    /// How long a request for an auto-stopped sandbox waits for it to start, in milliseconds (0 = never start one:
-    /// answer 409 at once).
-    #[arg(long = "wake-timeout-ms", env = "SANDBAR_PROXY_WAKE_TIMEOUT_MS", default_value = "60000", value_parser = parse_millis)]
+    /// How long a request for an auto-stopped sandbox waits for it to start (0 = never start one: answer 409 at
+    /// once). A bare number is milliseconds.
+    #[arg(long, alias = "wake-timeout-ms", env = "SANDBAR_PROXY_WAKE_TIMEOUT_MS", default_value = "60s",
+          value_parser = millis_or_duration)]
+    #[serde(with = "duration")]
     pub wake_timeout: Duration,
     /// Runtime worker threads: 1 is a single-threaded runtime (no cross-thread wake-ups), more a work-stealing
     /// one; 0 picks half the cores, at least one (the proxy shares its host with the sandboxes it serves).
@@ -84,6 +97,7 @@ pub struct Config {
     pub log_json: bool,
     /// Certificate/key pairs, filled from `tls_certs`/`tls_keys` by `validate`.
     #[arg(skip)]
+    #[serde(skip)]
     pub tls: Vec<(PathBuf, PathBuf)>,
 }
 
@@ -131,7 +145,7 @@ impl Config {
             route_ttl: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             activity_interval: Duration::from_secs(1),
-            changes_wait_secs: 25,
+            changes_wait: Duration::from_secs(25),
             header_timeout: Duration::from_secs(15),
             wake_timeout: Duration::from_secs(60),
             threads: 0,
@@ -150,7 +164,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), String> {
         if self.token.trim().is_empty() {
-            return Err("SANDBAR_PROXY_TOKEN must not be empty".into());
+            return Err("the proxy needs its service token (token, --proxy-token, SANDBAR_PROXY_TOKEN)".into());
         }
         if !self.api_url.starts_with("http://") && !self.api_url.starts_with("https://") {
             return Err(format!("--api-url {:?} must be an http:// or https:// URL", self.api_url));
@@ -162,14 +176,18 @@ impl Config {
         if self.tls_certs.len() != self.tls_keys.len() && self.tls.is_empty() {
             return Err("every --tls-cert needs a --tls-key (same order)".into());
         }
-        if self.changes_wait_secs == 0 || self.changes_wait_secs > sandbar_proto::api::MAX_POLL_WAIT_SECS {
-            return Err(format!("--changes-wait must be 1..={}", sandbar_proto::api::MAX_POLL_WAIT_SECS));
+        let changes_wait = self.changes_wait.as_secs();
+        if changes_wait == 0 || changes_wait > sandbar_proto::api::MAX_POLL_WAIT_SECS {
+            return Err(format!(
+                "changes_wait (--changes-wait) must be 1s..={}s",
+                sandbar_proto::api::MAX_POLL_WAIT_SECS
+            ));
         }
         if self.header_timeout < Duration::from_millis(100) {
-            return Err("--header-timeout-ms must be at least 100".into());
+            return Err("header_timeout (--header-timeout) must be at least 100ms".into());
         }
         if self.activity_interval.is_zero() {
-            return Err("--activity-interval-ms must be positive".into());
+            return Err("activity_interval (--activity-interval) must be positive".into());
         }
         Ok(())
     }

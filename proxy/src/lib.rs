@@ -183,7 +183,7 @@ pub async fn run_with_activity(
         Service::new("sandbar-proxy metrics".to_owned(), metrics::MetricsApp { metrics: metrics.clone() });
     metrics_svc.add_tcp(&metrics_addr);
 
-    let poller = tokio::spawn(routes.clone().follow_changes(config.changes_wait_secs));
+    let poller = tokio::spawn(routes.clone().follow_changes(config.changes_wait.as_secs()));
     let reporter = tokio::spawn(activity.clone().report(api.clone(), config.activity_interval));
 
     let tasks = [

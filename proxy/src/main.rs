@@ -1,11 +1,15 @@
-//! `sandbar-proxy`: parse the configuration, bind (HTTP, HTTPS, metrics and the SSH gateway), print the ready line
+//! `sandbar-proxy`: read the configuration (defaults < `--config` file < environment < flags; `--print-config` shows
+//! it, a bad value exits 2 naming it), bind (HTTP, HTTPS, metrics and the SSH gateway), print the ready line
 //! `sandbar-proxy ready http=ADDR https=ADDR metrics=ADDR ssh=ADDR`, serve until SIGTERM/SIGINT, drain.
 
 use std::io::Write;
 
-use anyhow::Context;
-use clap::Parser;
+use std::process::ExitCode;
 use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use sandbar_support::config::ConfigArgs;
 
 use sandbar_proxy::control::activity::Activity;
 use sandbar_proxy::control::api::ApiClient;
@@ -17,8 +21,55 @@ use sandbar_proxy::{Config, Listeners, ssh_gateway};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn main() -> anyhow::Result<()> {
-    let config = Config::parse().finish().map_err(|e| anyhow::anyhow!(e))?;
+#[derive(Parser)]
+#[command(name = "sandbar-proxy", version, about = "sandbar's edge proxy (pingora): TLS, routing by sandbox id, auth")]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(flatten)]
+    file: ConfigArgs,
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let file = cli.file.path(&["SANDBAR_PROXY_CONFIG", "SANDBAR_CONFIG"]);
+    let config = match sandbar_support::config::load(cli.config, &matches, file.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return bad_config(e),
+    };
+    let config = match config.finish() {
+        Ok(config) => config,
+        Err(e) => return bad_config(sandbar_support::config::invalid(e, file.as_deref())),
+    };
+    if cli.file.print_config {
+        return match sandbar_support::config::to_toml(&config, &["token"]) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => bad_config(e),
+        };
+    }
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sandbar-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A configuration that cannot be used: the message, and exit 2 (as clap does for a bad flag).
+fn bad_config(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sandbar-proxy: {e}");
+    ExitCode::from(2)
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
     init_tracing(config.log_json);
     // On few cores shared with the backends, one thread serves more requests, at less CPU each, than work-stealing
     // workers (measured by benches/proxy-vs-nginx).

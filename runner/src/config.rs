@@ -87,7 +87,8 @@ pub struct RunnerConfig {
 /// `no-new-privileges` keeps setuid binaries and file capabilities from raising a process's privileges. `sudo` is
 /// such a binary, and agents must be able to become root in their own sandbox (the default image's user is
 /// `sandbar` with passwordless sudo), so it cannot be on everywhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NoNewPrivileges {
     /// On for sandboxes that run as root (they have nothing to gain from setuid), off for the others, so their
     /// user can still `sudo`.

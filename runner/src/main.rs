@@ -1,8 +1,12 @@
-//! `sandbar-runner`: one Docker host working for the control plane. Prints
+//! `sandbar-runner`: one Docker host working for the control plane. Reads its options (defaults < `--config` file <
+//! environment < flags; `--print-config` shows them, a bad one exits 2 naming it), prints
 //! `sandbar-runner ready addr=ADDR` once its HTTP API listens; SIGTERM or Ctrl-C stops it (sandboxes keep running).
 
-use clap::Parser;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
 use sandbar_runner::service::{self, RunnerOptions};
+use sandbar_support::config::ConfigArgs;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -10,14 +14,39 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(flatten)]
     runner: RunnerOptions,
+    #[command(flatten)]
+    file: ConfigArgs,
     /// Log as JSON lines.
     #[arg(long, env = "SANDBAR_LOG_JSON")]
     log_json: bool,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+/// What masks in `--print-config` (the archive store's URL may carry S3 keys in its query).
+const SECRETS: &[&str] = &["runner_token", "archive_store"];
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let file = cli.file.path(&["SANDBAR_RUNNER_CONFIG", "SANDBAR_CONFIG"]);
+    cli.runner = match sandbar_support::config::load(cli.runner, &matches, file.as_deref()) {
+        Ok(runner) => runner,
+        Err(e) => return bad_config(e),
+    };
+    if let Err(e) = cli.runner.validate() {
+        return bad_config(sandbar_support::config::invalid(e, file.as_deref()));
+    }
+    if cli.file.print_config {
+        return match sandbar_support::config::to_toml(&cli.runner, SECRETS) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => bad_config(e),
+        };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -26,6 +55,17 @@ async fn main() -> std::process::ExitCode {
     } else {
         builder.init();
     }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sandbar-runner: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.runner))
+}
+
+async fn run(options: RunnerOptions) -> ExitCode {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -44,11 +84,17 @@ async fn main() -> std::process::ExitCode {
         signal.cancel();
     });
     let ready = |addr| println!("sandbar-runner ready addr={addr}");
-    match service::run(cli.runner, shutdown, ready).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match service::run(options, shutdown, ready).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sandbar-runner: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
+}
+
+/// A configuration that cannot be used: the message, and exit 2 (as clap does for a bad flag).
+fn bad_config(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sandbar-runner: {e}");
+    ExitCode::from(2)
 }

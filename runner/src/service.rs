@@ -1,6 +1,11 @@
-//! The runner as a service: its options (flags and `SANDBAR_*` environment), and [`run`], which connects to
-//! Docker, serves the runner's HTTP API, and works for the control plane until shut down. `sandbar-runner` is a
-//! thin `main` around it (`sandbar up` starts that binary as one of its children).
+//! The runner as a service: its options, and [`run`], which connects to Docker, serves the runner's HTTP API, and
+//! works for the control plane until shut down. `sandbar-runner` is a thin `main` around it (`sandbar up` starts
+//! that binary as one of its children).
+//!
+//! The options follow the model every service shares (`sandbar_support::config`): defaults < a TOML file
+//! (`--config`, `SANDBAR_RUNNER_CONFIG` or `SANDBAR_CONFIG`; e.g. `/etc/sandbar/runner.toml`, keys as the field
+//! names below, durations as `"30s"`) < `SANDBAR_*` environment (every option has a variable) < flags.
+//! `sandbar-runner --print-config` prints the result with the token and the archive store's secrets masked.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sandbar_proto::runner::Resources;
+use sandbar_support::config::{duration, secs_or_duration};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NoNewPrivileges;
@@ -15,7 +22,8 @@ use crate::control::{self, ControlPlane};
 use crate::{Runner, RunnerConfig, WarmPoolConfig};
 
 /// Options of a runner process.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunnerOptions {
     /// This runner's id (written on its containers; a runner only touches its own).
     #[arg(long, env = "SANDBAR_RUNNER_ID", default_value = "local")]
@@ -26,9 +34,9 @@ pub struct RunnerOptions {
     /// Service token presented to the API and required by the runner's own HTTP API.
     #[arg(long, env = "SANDBAR_RUNNER_TOKEN", hide_env_values = true, default_value = "")]
     pub runner_token: String,
-    /// The static `sandbar-daemon` to mount into every sandbox.
+    /// The static `sandbar-daemon` to mount into every sandbox (required).
     #[arg(long, env = "SANDBAR_STATIC_DAEMON")]
-    pub daemon_binary: PathBuf,
+    pub daemon_binary: Option<PathBuf>,
     /// Address of the runner's HTTP API (`/healthz` and `/readyz` for anyone; health, info, metrics with the runner
     /// token); port 0 picks a free one.
     #[arg(long = "runner-listen", env = "SANDBAR_RUNNER_ADDR", default_value = "127.0.0.1:3003")]
@@ -42,10 +50,12 @@ pub struct RunnerOptions {
     /// Started sandboxes of the default image and size kept ready (0 = no warm pool).
     #[arg(long, env = "SANDBAR_WARM_POOL", default_value_t = 0)]
     pub warm_pool: usize,
-    /// Seconds the runner waits, after SIGTERM, for jobs in flight to finish and report; a job still running then
-    /// (a long build) is left to the API, which hands it out again when the runner is back. Default 10.
-    #[arg(long = "shutdown-grace", env = "SANDBAR_RUNNER_SHUTDOWN_GRACE", default_value_t = 10)]
-    pub shutdown_grace_secs: u64,
+    /// How long the runner waits, after SIGTERM, for jobs in flight to finish and report (a bare number is
+    /// seconds); a job still running then (a long build) is left to the API, which hands it out again when the
+    /// runner is back. Default 10 s.
+    #[arg(long, env = "SANDBAR_RUNNER_SHUTDOWN_GRACE", default_value = "10s", value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
     /// Where the runner keeps warm-pool claims.
     #[arg(long = "runner-state-dir", env = "SANDBAR_RUNNER_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -60,9 +70,10 @@ pub struct RunnerOptions {
     /// Docker network of the sandboxes (default: Docker's default bridge).
     #[arg(long, env = "SANDBAR_DOCKER_NETWORK")]
     pub network: Option<String>,
-    /// Extra `key=value` label on every container this runner makes (tests mark theirs).
-    #[arg(long = "container-label", value_parser = parse_label)]
-    pub container_labels: Vec<(String, String)>,
+    /// Extra `key=value` label on every container this runner makes (tests mark theirs); repeatable, or
+    /// comma-separated in the environment.
+    #[arg(long = "container-label", env = "SANDBAR_CONTAINER_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub container_labels: Vec<String>,
     /// Isolate sandboxes from each other and enforce their egress policies with iptables (`false`: no rules,
     /// and creates asking for a policy or a link fail).
     #[arg(long, env = "SANDBAR_NETWORK_RULES", default_value_t = true, action = clap::ArgAction::Set)]
@@ -75,9 +86,12 @@ pub struct RunnerOptions {
     /// denied.
     #[arg(long = "deny-cidr", env = "SANDBAR_DENY_CIDRS", value_delimiter = ',')]
     pub deny_cidrs: Vec<String>,
-    /// Seconds between checks that the network rules are still in the kernel (rewritten when not).
-    #[arg(long, env = "SANDBAR_FIREWALL_RECHECK_SECS", default_value_t = 5)]
-    pub firewall_recheck_secs: u64,
+    /// Time between checks that the network rules are still in the kernel (rewritten when not); a bare number is
+    /// seconds. Default 5 s.
+    #[arg(long, alias = "firewall-recheck-secs", env = "SANDBAR_FIREWALL_RECHECK_SECS", default_value = "5s",
+          value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub firewall_recheck: Duration,
     /// Open files per process in a sandbox (soft and hard `nofile` limit).
     #[arg(long, env = "SANDBAR_NOFILE_LIMIT", default_value_t = 16384)]
     pub nofile_limit: u64,
@@ -99,23 +113,46 @@ pub struct RunnerOptions {
     /// gVisor); the first is the default.
     #[arg(long, env = "SANDBAR_RUNTIMES", value_delimiter = ',', default_value = "runc")]
     pub runtimes: Vec<String>,
-    /// Seconds between two measures of each sandbox's disk use, where the storage driver cannot cap it; a sandbox
-    /// over its disk quota is stopped. 0: no watchdog.
-    #[arg(long, env = "SANDBAR_DISK_WATCHDOG_SECS", default_value_t = 30)]
-    pub disk_watchdog_secs: u64,
-    /// Seconds a registry pull may go without any progress before it is abandoned (a registry that stopped
-    /// answering); a pull that progresses has no deadline.
-    #[arg(long, env = "SANDBAR_PULL_STALL_SECS", default_value_t = 60)]
-    pub pull_stall_secs: u64,
+    /// Time between two measures of each sandbox's disk use, where the storage driver cannot cap it; a sandbox
+    /// over its disk quota is stopped. 0: no watchdog. A bare number is seconds. Default 30 s.
+    #[arg(long, alias = "disk-watchdog-secs", env = "SANDBAR_DISK_WATCHDOG_SECS", default_value = "30s",
+          value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub disk_watchdog: Duration,
+    /// How long a registry pull may go without any progress before it is abandoned (a registry that stopped
+    /// answering); a pull that progresses has no deadline. A bare number is seconds. Default 60 s.
+    #[arg(long, alias = "pull-stall-secs", env = "SANDBAR_PULL_STALL_SECS", default_value = "60s",
+          value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub pull_stall: Duration,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not key=value"))
+fn parse_label(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_owned()),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
 }
 
 impl RunnerOptions {
+    /// Checks what the types cannot, before anything starts.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.runner_token.is_empty() {
+            return Err("the runner needs a service token (runner_token, --runner-token, SANDBAR_RUNNER_TOKEN)".into());
+        }
+        if self.daemon_binary.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
+            return Err(
+                "the runner needs the static daemon (daemon_binary, --daemon-binary, SANDBAR_STATIC_DAEMON)".into()
+            );
+        }
+        if let Some(bad) = self.container_labels.iter().find(|l| parse_label(l).is_err()) {
+            return Err(format!("container_labels: {bad:?} is not key=value"));
+        }
+        self.config().validate()
+    }
+
     pub fn config(&self) -> RunnerConfig {
-        let mut c = RunnerConfig::new(&self.daemon_binary);
+        let mut c = RunnerConfig::new(self.daemon_binary.clone().unwrap_or_default());
         c.runner_id = self.runner_id.clone();
         c.default_image = self.default_image.clone();
         c.image_script = self.image_script.clone();
@@ -123,19 +160,24 @@ impl RunnerOptions {
         c.network = self.network.clone();
         c.state_dir = self.state_dir.clone();
         c.archive_store = self.archive_store.clone();
-        c.extra_labels = self.container_labels.iter().cloned().collect();
+        c.extra_labels = self
+            .container_labels
+            .iter()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
         c.network_rules = self.network_rules;
         c.iptables = self.iptables.clone();
         c.deny_cidrs = self.deny_cidrs.clone();
-        c.firewall_recheck = Duration::from_secs(self.firewall_recheck_secs);
+        c.firewall_recheck = self.firewall_recheck;
         c.nofile_limit = self.nofile_limit;
         c.log_max_size = self.container_log_max_size.clone();
         c.log_max_files = self.container_log_max_files;
         c.no_new_privileges = self.no_new_privileges;
         c.allow_host_root = self.allow_host_root;
         c.runtimes = self.runtimes.clone();
-        c.pull_stall_timeout = Duration::from_secs(self.pull_stall_secs);
-        c.disk_watchdog_interval = (self.disk_watchdog_secs > 0).then(|| Duration::from_secs(self.disk_watchdog_secs));
+        c.pull_stall_timeout = self.pull_stall;
+        c.disk_watchdog_interval = (!self.disk_watchdog.is_zero()).then_some(self.disk_watchdog);
         if self.warm_pool > 0 {
             c.warm_pool = Some(WarmPoolConfig {
                 size: self.warm_pool,
@@ -167,7 +209,7 @@ pub async fn run(
         axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await
     });
     ready(addr);
-    control::run(runner, cp, shutdown.clone(), Duration::from_secs(opts.shutdown_grace_secs)).await;
+    control::run(runner, cp, shutdown.clone(), opts.shutdown_grace).await;
     match tokio::time::timeout(Duration::from_secs(5), http).await {
         Ok(Ok(Ok(()))) | Err(_) => Ok(()),
         Ok(Ok(Err(e))) => Err(e).context("runner HTTP API"),

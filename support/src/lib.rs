@@ -1,11 +1,15 @@
 //! Small helpers shared by every sandbar process, so each exists once: random tokens ([`token`]), constant-time
 //! compares ([`ct_eq`]), the signed per-request credential every caller sends a daemon ([`daemon_auth`]), atomic
 //! private file writes ([`fs`]), the SSH host key and server settings ([`ssh`], feature `ssh`), backoff with jitter
-//! ([`backoff`]), locks that survive a panicked holder ([`sync`]) and checks of Prometheus names ([`prom`]).
+//! ([`backoff`]), locks that survive a panicked holder ([`sync`]), checks of Prometheus names ([`prom`]) and the
+//! layered configuration of every service ([`config`], feature `config`: defaults < TOML file < `SANDBAR_*`
+//! environment < flags).
 //!
 //! No web framework and no runtime: the static daemon links this crate too.
 
 pub mod backoff;
+#[cfg(feature = "config")]
+pub mod config;
 pub mod daemon_auth;
 pub mod fs;
 pub mod prom;

@@ -1,5 +1,6 @@
 //! Test harnesses shared by sandbar's test suites. Dev-only: no shipped binary depends on this crate.
 //!
+//! - [`cli`]: a service binary run as an operator would, for the configuration tests (`--print-config`).
 //! - [`fuzz`]: seeded fuzz loops over the cargo-fuzz crate's committed inputs, for `cargo test`.
 //! - [`daemon`]: the real `sandbar-daemon` process on loopback with its own HOME, work and state dirs.
 //! - [`api`] (feature `api`): the API in-process on port 0 over SQLite and PostgreSQL, with a hand-moved clock and a
@@ -18,6 +19,7 @@
 pub mod api;
 #[cfg(feature = "proxy")]
 pub mod api_standin;
+pub mod cli;
 pub mod daemon;
 pub mod fuzz;
 #[cfg(feature = "proxy")]

@@ -280,7 +280,7 @@ pub(crate) async fn image_missing(
 /// Queues the removal of every built image nothing needs any more (see the module doc); returns how many.
 pub async fn collect(app: &App) -> Result<usize, sqlx::Error> {
     let now = app.now();
-    let grace_ms = i64::try_from(app.config.build_gc_grace_secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
+    let grace_ms = i64::try_from(app.config.build_gc_grace.as_millis()).unwrap_or(i64::MAX);
     let mut conn = app.db.pool.acquire().await?;
     let unused = store::builds::unused_images(&mut conn, now.saturating_sub(grace_ms)).await?;
     drop(conn);

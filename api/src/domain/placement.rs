@@ -9,9 +9,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::store::runners::{self, Load, Which};
 use crate::{App, Config};
 
-/// How long a runner may stay silent before it is unreachable (`--runner-unreachable-secs`).
+/// How long a runner may stay silent before it is unreachable (`--runner-unreachable`).
 pub fn unreachable_after_ms(config: &Config) -> i64 {
-    i64::try_from(config.runner_unreachable_secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
+    i64::try_from(config.runner_unreachable.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The oldest heartbeat of a reachable runner, at `now`.

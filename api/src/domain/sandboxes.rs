@@ -360,14 +360,14 @@ async fn commit_new(
     Ok(row)
 }
 
-/// Waits up to `create_wait_ms` for a new sandbox to leave `creating` (every job result wakes the route watchers;
+/// Waits up to `create_wait` for a new sandbox to leave `creating` (every job result wakes the route watchers;
 /// a result posted to another API instance is seen by rereading every poll interval), and returns the row as it
 /// then is.
 pub async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
-    if app.config.create_wait_ms == 0 {
+    if app.config.create_wait.is_zero() {
         return Ok(row);
     }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(app.config.create_wait_ms);
+    let deadline = tokio::time::Instant::now() + app.config.create_wait;
     let mut row = row;
     loop {
         let notified = app.route_notify.notified();

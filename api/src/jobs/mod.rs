@@ -47,14 +47,14 @@ pub const REDELIVER_AFTER_SECS: i64 = 10;
 /// (`crate::config::JobDeadlines`; defaults 10 min, 30 for a create, 60 for archive, restore, fork, snapshot and
 /// pulls, 120 for builds).
 pub fn deadline_ms(deadlines: &JobDeadlines, tag: &str) -> i64 {
-    let secs = match tag {
+    let deadline = match tag {
         "BUILD_SNAPSHOT" => deadlines.build,
         "ARCHIVE_SANDBOX" | "RESTORE_SANDBOX" | "FORK_SANDBOX" | "SNAPSHOT_SANDBOX" | "PULL_IMAGE" => deadlines.long,
         // A create may pull its image.
         "CREATE_SANDBOX" => deadlines.create,
         _ => deadlines.short,
     };
-    i64::try_from(secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
+    i64::try_from(deadline.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Fails every unfinished job past its [`deadline_ms`] as if its runner had said `TIMEOUT`; returns their ids.
@@ -62,7 +62,7 @@ pub async fn expire(app: &App) -> Result<Vec<String>, sqlx::Error> {
     let now = app.now();
     let deadlines = &app.config.job_deadlines;
     let shortest = deadlines.all().into_iter().min().unwrap_or_default();
-    let shortest_ms = i64::try_from(shortest).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
+    let shortest_ms = i64::try_from(shortest.as_millis()).unwrap_or(i64::MAX);
     let mut expired = Vec::new();
     for (id, runner_id, tag, created_at) in store::jobs::unfinished_before(&app.db.pool, now - shortest_ms).await? {
         let deadline = deadline_ms(deadlines, &tag);
