@@ -1,13 +1,15 @@
 //! Small helpers shared by every sandbar process, so each exists once: random tokens ([`token`]), constant-time
 //! compares ([`ct_eq`]), the signed per-request credential every caller sends a daemon ([`daemon_auth`]), atomic
 //! private file writes ([`fs`]), the SSH host key and server settings ([`ssh`], feature `ssh`), backoff with jitter
-//! ([`backoff`]) and locks that survive a panicked holder ([`sync`]).
+//! ([`backoff`]), locks that survive a panicked holder ([`sync`]) and request ids with what of a request may be
+//! logged ([`request_id`]).
 //!
 //! No web framework and no runtime: the static daemon links this crate too.
 
 pub mod backoff;
 pub mod daemon_auth;
 pub mod fs;
+pub mod request_id;
 #[cfg(feature = "ssh")]
 pub mod ssh;
 pub mod sync;

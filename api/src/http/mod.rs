@@ -3,8 +3,10 @@
 //! and the proxy's internal surfaces), the extractors that authenticate ([`auth`]), how errors answer ([`error`]) and
 //! the OpenAPI document ([`openapi`]); beside it, `/healthz` and `/readyz` ([`health`]) and the web dashboard at
 //! `/dashboard/` ([`dashboard`]). Handlers are thin: they parse and check a request, call `crate::domain` or
-//! `crate::jobs`, and shape the answer. No SQL here.
+//! `crate::jobs`, and shape the answer. No SQL here. Every request gets an id and one access line
+//! ([`access_log`]).
 
+pub mod access_log;
 pub mod api_keys;
 pub mod auth;
 pub mod builds;
@@ -59,6 +61,6 @@ pub fn router(app: &App) -> Router {
         .merge(health::routes())
         .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint (the API lives under /api)") })
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(access_log::layer))
         .with_state(app.clone())
 }
