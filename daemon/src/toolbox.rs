@@ -110,7 +110,7 @@ async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) 
 }
 
 fn ms(start: std::time::Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1000.0
+    request_id::log_millis(start.elapsed())
 }
 
 /// Checks the request's credential (`X-Sandbar-Daemon-Auth`) for its method, path and query as received; the

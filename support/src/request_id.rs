@@ -39,6 +39,12 @@ pub fn loggable_path(path_and_query: &str) -> &str {
     }
 }
 
+/// A duration as an access line writes it: milliseconds to the microsecond (`31.986`, not `31.986272000000003`).
+pub fn log_millis(d: std::time::Duration) -> f64 {
+    // Exact below 2^53 µs (285 years); the division gives the double nearest the decimal, which prints short.
+    d.as_micros() as f64 / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +61,12 @@ mod tests {
         assert_eq!(first_valid([Some("")]), None);
         let (a, b) = (fresh().unwrap(), fresh().unwrap());
         assert!(valid(&a) && a.len() == 32 && a != b);
+    }
+
+    #[test]
+    fn durations_print_short() {
+        assert_eq!(log_millis(std::time::Duration::from_nanos(31_986_272)).to_string(), "31.986");
+        assert_eq!(log_millis(std::time::Duration::from_secs(2)).to_string(), "2000");
     }
 
     #[test]

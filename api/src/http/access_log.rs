@@ -94,7 +94,7 @@ impl Drop for Line {
             method = %self.method,
             route = %self.route,
             status = self.status,
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = request_id::log_millis(self.start.elapsed()),
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out = self.bytes_out,
             organization_id = self.org.0.get().map_or("", String::as_str),

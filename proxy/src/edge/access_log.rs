@@ -66,7 +66,7 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         path = %path,
         sandbox_id = ctx.sandbox_id.as_deref().unwrap_or(""),
         status,
-        duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = request_id::log_millis(ctx.start.elapsed()),
         bytes_in = session.body_bytes_read(),
         bytes_out = session.body_bytes_sent(),
         upstream,

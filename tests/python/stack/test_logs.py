@@ -45,15 +45,20 @@ class Run:
 
     def service_logs(self) -> dict[str, str]:
         logs = self.stack.data_dir / "logs"
-        return {p.name: p.read_text(errors="replace") for p in sorted(logs.glob("*.log"))}
+        return {p.name: plain(p.read_text(errors="replace")) for p in sorted(logs.glob("*.log"))}
 
     def log(self, name: str) -> str:
-        return (self.stack.data_dir / "logs" / f"{name}.log").read_text(errors="replace")
+        return plain((self.stack.data_dir / "logs" / f"{name}.log").read_text(errors="replace"))
 
     def daemon(self) -> str:
         out = subprocess.run(["docker", "logs", self.container], capture_output=True, text=True, errors="replace",
                              timeout=60, check=False)
-        return out.stdout + out.stderr
+        return plain(out.stdout + out.stderr)
+
+
+def plain(text: str) -> str:
+    """Without the terminal colours the services' text format writes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def lines_with(text: str, needle: str) -> list[str]:
