@@ -147,6 +147,82 @@ impl HttpBody for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// Everything the subscriber writes, as text.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    async fn org_handler(req: Request) -> &'static str {
+        OrgSlot::note(req.extensions(), "org-1");
+        axum::body::to_bytes(req.into_body(), 1024).await.unwrap();
+        "hello"
+    }
+
+    #[tokio::test]
+    async fn one_line_per_request_with_its_id_and_no_query() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app = axum::Router::new()
+            .route("/api/thing/{id}", axum::routing::post(org_handler))
+            .layer(axum::middleware::from_fn(layer));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::new();
+        let send = |id: Option<&str>, proxy: Option<&str>| {
+            let mut req = http.post(format!("http://{addr}/api/thing/secret-looking-id?token=s3cret")).body("12345");
+            if let Some(id) = id {
+                req = req.header(request_id::HEADER, id);
+            }
+            if let Some(id) = proxy {
+                req = req.header(REQUEST_ID_HEADER, id);
+            }
+            req.send()
+        };
+        let r = send(Some("client-id-1"), None).await.unwrap();
+        assert_eq!(r.headers()[request_id::HEADER], "client-id-1");
+        assert_eq!(r.text().await.unwrap(), "hello");
+        let r = send(Some("client-id-2"), Some("proxy-id-2")).await.unwrap();
+        assert_eq!(r.headers()[request_id::HEADER], "proxy-id-2", "the proxy's id wins");
+        let r = send(Some("not plain"), None).await.unwrap();
+        let made = r.headers()[request_id::HEADER].to_str().unwrap().to_owned();
+        assert!(made.len() == 32 && made != "not plain");
+        let r = http.get(format!("http://{addr}/nowhere/secret-path")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        // The lines are written as the server sees the bodies end, which may be just after the client read them.
+        let text = || String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let access = |t: &str| t.lines().filter(|l| l.contains("sandbar_api::access")).count();
+        for _ in 0..500 {
+            if access(&text()) >= 4 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let text = text();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("sandbar_api::access")).collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        for (line, id) in lines.iter().zip(["client-id-1", "proxy-id-2", made.as_str()]) {
+            assert!(line.contains(&format!("request_id={id}")), "{line}");
+            assert!(line.contains("route=/api/thing/{id}") && line.contains("status=200"), "{line}");
+            assert!(line.contains("bytes_in=5") && line.contains("bytes_out=5"), "{line}");
+            assert!(line.contains("organization_id=\"org-1\""), "{line}");
+        }
+        assert!(lines[3].contains("route=-") && lines[3].contains("status=404"), "{}", lines[3]);
+        assert!(!text.contains("s3cret") && !text.contains("secret-"), "{text}");
+    }
 
     #[test]
     fn axum_catch_alls_are_not_routes() {
