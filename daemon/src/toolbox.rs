@@ -31,6 +31,7 @@ use axum::response::Response;
 use sandbar_proto::api::REQUEST_ID_HEADER;
 use sandbar_support::daemon_auth::AuthError;
 use sandbar_support::request_id;
+use sandbar_support::trace::{self, TraceParent};
 use tracing::Instrument;
 
 use crate::AppState;
@@ -82,11 +83,20 @@ async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) 
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         request_id::first_valid([header(REQUEST_ID_HEADER), header(request_id::HEADER)]).unwrap_or("").to_owned()
     };
+    // The proxy's span is this request's parent (W3C `traceparent`; no exporter yet, the trace id is logged).
+    let trace_id = req
+        .headers()
+        .get(trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .map(|t| t.trace_id)
+        .unwrap_or_default();
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
         path = %req.uri().path(),
         request_id = %request_id,
+        trace_id = %trace_id,
         sandbox_id = daemon.sandbox_id().as_deref().unwrap_or(""),
     );
     let info = RequestInfo { method: req.method().to_string(), path: req.uri().path().to_owned() };

@@ -2,7 +2,7 @@
 //! compares ([`ct_eq`]), the signed per-request credential every caller sends a daemon ([`daemon_auth`]), atomic
 //! private file writes ([`fs`]), the SSH host key and server settings ([`ssh`], feature `ssh`), backoff with jitter
 //! ([`backoff`]), locks that survive a panicked holder ([`sync`]) and request ids with what of a request may be
-//! logged ([`request_id`]).
+//! logged ([`request_id`]), and W3C `traceparent` ([`trace`]).
 //!
 //! No web framework and no runtime: the static daemon links this crate too.
 
@@ -14,6 +14,7 @@ pub mod request_id;
 pub mod ssh;
 pub mod sync;
 pub mod token;
+pub mod trace;
 
 /// Whether two secrets are equal, in time that depends on their lengths only (no timing oracle for a token).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {

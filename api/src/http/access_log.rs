@@ -9,7 +9,8 @@
 //! The line is written when the answer's body ends (or is dropped: a client gone, an event stream closed): method,
 //! route template (`/api/sandbox/{sandboxIdOrName}`, never the path itself, whose segments may be tokens; `-` for
 //! a path no route matched), status, duration, body bytes each way, the organization once an extractor resolved it
-//! ([`OrgSlot`]) and the request id. Never a header, query or body.
+//! ([`OrgSlot`]), the request id and the W3C trace id of the caller's `traceparent` (no exporter yet). Never a
+//! header, query or body.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -24,6 +25,7 @@ use axum::response::Response;
 use hyper::body::{Frame, SizeHint};
 use sandbar_proto::api::REQUEST_ID_HEADER;
 use sandbar_support::request_id;
+use sandbar_support::trace::{self, TraceParent};
 use tracing::Instrument;
 
 /// The request's id, in its extensions.
@@ -54,6 +56,12 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         Some(id) => id.into(),
         None => request_id::fresh().unwrap_or_default().into(),
     };
+    // The caller's span (the proxy's) is this request's parent; its trace id goes in the span and the line.
+    let trace_id: Arc<str> = headers
+        .get(trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .map_or_else(|| "".into(), |t| t.trace_id.into());
     let route: Arc<str> = req.extensions().get::<MatchedPath>().map_or("-", |m| loggable_route(m.as_str())).into();
     let method = req.method().to_string();
     let org = OrgSlot::default();
@@ -61,12 +69,12 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(org.clone());
     let req = req.map(|body| Body::new(Counted { inner: body, bytes: bytes_in.clone(), line: None }));
-    let span = tracing::info_span!("request", method = %method, route = %route, request_id = %id);
+    let span = tracing::info_span!("request", method = %method, route = %route, request_id = %id, trace_id = %trace_id);
     let mut resp = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(request_id::HEADER, v);
     }
-    let line = Line { start, method, route, status: resp.status().as_u16(), id, org, bytes_in, bytes_out: 0 };
+    let line = Line { start, method, route, status: resp.status().as_u16(), id, trace_id, org, bytes_in, bytes_out: 0 };
     resp.map(|body| Body::new(Counted { inner: body, bytes: Arc::new(AtomicU64::new(0)), line: Some(line) }))
 }
 
@@ -82,6 +90,7 @@ struct Line {
     route: Arc<str>,
     status: u16,
     id: Arc<str>,
+    trace_id: Arc<str>,
     org: OrgSlot,
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
@@ -99,6 +108,7 @@ impl Drop for Line {
             bytes_out = self.bytes_out,
             organization_id = self.org.0.get().map_or("", String::as_str),
             request_id = %self.id,
+            trace_id = %self.trace_id,
             "access"
         );
     }

@@ -74,6 +74,7 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         error = e.map_or("", |e| e.etype().as_str()),
         client = %client,
         request_id = %ctx.request_id,
+        trace_id = ctx.trace.as_ref().map_or("", |t| t.trace_id.as_str()),
         "access"
     );
 }

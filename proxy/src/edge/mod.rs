@@ -16,6 +16,8 @@
 //!   daemon side failed (close frame 1014); `logging`: metrics, activity and the access line ([`access_log`]).
 //! - The request id: the client's `X-Request-Id` when it is a valid one, else one the proxy makes; it goes to the
 //!   API or the daemon (`X-Request-Id` and `X-Sandbar-Request-Id`) and back to the client in both headers.
+//! - W3C `traceparent` (no exporter yet): the client's trace is continued (else one is started) with a span of the
+//!   proxy's own, sent to the API or the daemon as their parent; its trace id is in the access line.
 //! - The dashboard and REST API paths skip all of that: they go to the API as they came ([`api_route`]).
 //!
 //! A new route rule is a [`target::Target`] variant, its access rule in the API, and its wiring here.
@@ -57,6 +59,7 @@ use crate::control::cache::{AuthCache, RouteCache, Waker};
 use crate::head_deadline::{HeadRead, KeptAlive};
 use crate::metrics::Metrics;
 use sandbar_proto::api::PREVIEW_TOKEN_QUERY;
+use sandbar_support::trace::{self, TraceParent};
 
 /// What every proxy listener shares.
 pub struct Shared {
@@ -106,6 +109,8 @@ pub struct Ctx {
     counted: bool,
     /// The request's path as the access line shows it (no query), before it is rewritten for the daemon.
     log_path: Option<String>,
+    /// This request's span of its trace, the parent of what the API or the daemon does for it.
+    trace: Option<TraceParent>,
 }
 
 impl EdgeProxy {
@@ -219,6 +224,7 @@ impl ProxyHttp for EdgeProxy {
             to_api: false,
             counted: false,
             log_path: None,
+            trace: None,
         }
     }
 
@@ -228,6 +234,10 @@ impl ProxyHttp for EdgeProxy {
             ctx.request_id = id;
         }
         access_log::remember(session, ctx);
+        ctx.trace = credentials::header_str(session, trace::HEADER)
+            .and_then(TraceParent::parse)
+            .and_then(|parent| parent.child())
+            .or_else(TraceParent::fresh);
         self.shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         ctx.counted = true;
         if session.is_upgrade_req() {
@@ -329,6 +339,9 @@ impl ProxyHttp for EdgeProxy {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(t) = &ctx.trace {
+            req.insert_header(trace::HEADER, t.header())?;
+        }
         if ctx.to_api {
             return api_route::apply(session, req, &ctx.request_id, self.https);
         }

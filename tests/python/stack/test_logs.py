@@ -3,8 +3,8 @@ database, an S3 archive store with credentials in its URL and in ``AWS_*``, so t
 
 The Daytona SDK drives it through the proxy (``/api`` there): create, exec, file upload, a preview with its token
 (header, ``?DAYTONA_SANDBOX_AUTH_KEY=`` query, a signed preview URL), an SSH access token used by OpenSSH, requests
-with a bad API key. Then: one request id shows in the proxy's and the API's access lines (API traffic) or the
-proxy's and the daemon's (toolbox traffic); and none of the secrets (API key, runner and proxy tokens, the daemon
+with a bad API key. Then: one request id (and one W3C trace id) shows in the proxy's and the API's access lines
+(API traffic) or the proxy's and the daemon's (toolbox traffic); and none of the secrets (API key, runner and proxy tokens, the daemon
 token, preview and SSH tokens, the bad key, the S3 keys, the database password) appears in any log the stack wrote
 (``<data-dir>/logs/*.log``) or in the daemon's (its container's log). ``sandbar up``'s own console output is not
 checked: printing the first API key is its job.
@@ -180,7 +180,9 @@ def test_one_request_id_through_proxy_and_api(run):
     with httpx.Client(base_url=stack.proxy_http, timeout=30) as c:
         # The client's id, when valid, is the request's id everywhere; the answer carries it.
         mine = "obs-" + secrets.token_hex(8)
-        resp = c.get(f"/api/sandbox/{run.sandbox_id}?verbose=1", headers={**auth, "X-Request-Id": mine})
+        trace = secrets.token_hex(16)
+        resp = c.get(f"/api/sandbox/{run.sandbox_id}?verbose=1",
+                     headers={**auth, "X-Request-Id": mine, "traceparent": f"00-{trace}-{secrets.token_hex(8)}-01"})
         assert resp.status_code == 200 and resp.headers["x-request-id"] == mine, resp.headers
         proxy = wait_until(lambda: lines_with(run.log("proxy"), mine), timeout=10, what="the proxy's line")
         api = wait_until(lambda: lines_with(run.log("api"), mine), timeout=10, what="the API's line")
@@ -190,6 +192,8 @@ def test_one_request_id_through_proxy_and_api(run):
         assert len(access) == 1, api
         assert "/api/sandbox/{" in access[0] and "status=200" in access[0] and "organization_id=" in access[0], access
         assert run.sandbox_id not in access[0], "the route template, not the path"
+        # The client's W3C trace is continued through the proxy to the API (ids only, no exporter).
+        assert f"trace_id={trace}" in proxy[0].replace('"', "") and f"trace_id={trace}" in access[0], (proxy, access)
         assert "verbose" not in proxy[0], "no query in the proxy's line"
 
         # Without one (or with one that is not a plain short id), the proxy makes one and the API logs it too.
@@ -200,6 +204,9 @@ def test_one_request_id_through_proxy_and_api(run):
             assert resp.status_code == 200 and made != sent and re.fullmatch(r"[0-9a-f]{32}", made), made
             wait_until(lambda: lines_with(run.log("proxy"), made) and lines_with(run.log("api"), made),
                        timeout=10, what=f"the proxy's and the API's lines for {made}")
+            # A trace the proxy started: the API's line has its id too.
+            started = re.search(r'trace_id="?([0-9a-f]{32})', lines_with(run.log("proxy"), made)[0])
+            assert started and f"trace_id={started.group(1)}" in lines_with(run.log("api"), made)[-1]
 
         # A refusal is a line too, with its status.
         bad_id = "obs-bad-" + secrets.token_hex(4)
@@ -220,9 +227,11 @@ def test_one_request_id_through_proxy_and_api(run):
 def test_one_request_id_through_proxy_and_daemon(run):
     stack, key = run.stack, run.stack.api_key
     mine = "obs-tb-" + secrets.token_hex(8)
+    trace = secrets.token_hex(16)
     resp = httpx.post(f"{stack.proxy_http}/toolbox/{run.sandbox_id}/process/execute",
                       json={"command": "echo from-toolbox"}, timeout=60,
-                      headers={"Authorization": f"Bearer {key}", "X-Request-Id": mine})
+                      headers={"Authorization": f"Bearer {key}", "X-Request-Id": mine,
+                               "traceparent": f"00-{trace}-{secrets.token_hex(8)}-01"})
     assert resp.status_code == 200 and "from-toolbox" in resp.text, resp.text
     assert resp.headers["x-request-id"] == mine
     proxy = wait_until(lambda: lines_with(run.log("proxy"), mine), timeout=10, what="the proxy's line")
@@ -230,7 +239,8 @@ def test_one_request_id_through_proxy_and_daemon(run):
     assert "upstream=\"daemon\"" in proxy[0] or "upstream=daemon" in proxy[0], proxy
     assert "bytes_out=" in proxy[0] and "bytes_out=0 " not in proxy[0], proxy
     daemon = wait_until(lambda: lines_with(run.daemon(), mine), timeout=10, what="the daemon's line")
-    assert any("/process/execute" in line and "status=200" in line for line in daemon), daemon
+    assert any("/process/execute" in line and "status=200" in line and f"trace_id={trace}" in line
+               for line in daemon), daemon
 
 
 def test_no_secret_in_any_log(run):
