@@ -17,10 +17,8 @@ from __future__ import annotations
 import re
 import secrets
 import subprocess
-import time
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
