@@ -281,7 +281,7 @@ async fn timers_stop_archive_and_delete_with_a_fake_clock() {
 }
 
 /// Rows in every table that names `id` as its sandbox (the sandbox's own row included).
-async fn rows_naming(h: &Harness, id: &str) -> i64 {
+async fn rows_naming(h: &Harness, id: &str) -> Result<i64, sqlx::Error> {
     let mut n = 0;
     for q in [
         "SELECT COUNT(*) FROM sandbox_labels WHERE sandbox_id = $1",
@@ -291,9 +291,9 @@ async fn rows_naming(h: &Harness, id: &str) -> i64 {
         "SELECT COUNT(*) FROM sandbox_usage_history WHERE sandbox_id = $1",
         "SELECT COUNT(*) FROM sandboxes WHERE id = $1",
     ] {
-        n += sqlx::query_scalar::<_, i64>(q).bind(id).fetch_one(&h.app.db.pool).await.unwrap();
+        n += sqlx::query_scalar::<_, i64>(q).bind(id).fetch_one(&h.app.db.pool).await?;
     }
-    n
+    Ok(n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -308,7 +308,7 @@ async fn sandboxes_destroyed_long_ago_and_expired_tokens_are_pruned() {
             let (s, v) = h.call(Method::GET, &format!("/sandbox/{id}/ports/3000/signed-preview-url"), None).await;
             assert_eq!(s, StatusCode::OK, "{v}");
         }
-        assert!(rows_naming(&h, &gone).await >= 4, "labels, two tokens and the row itself");
+        assert!(rows_naming(&h, &gone).await.unwrap() >= 4, "labels, two tokens and the row itself");
         assert_eq!(h.call(Method::DELETE, &format!("/sandbox/{gone}"), None).await.0, StatusCode::OK);
         r.work(&h.org).await;
         assert_eq!(h.state(&gone).await, "destroyed");
@@ -327,7 +327,7 @@ async fn sandboxes_destroyed_long_ago_and_expired_tokens_are_pruned() {
         h.clock.advance_secs(2 * 24 * 3600);
         r.heartbeat(8, 16, 100).await;
         assert!(sandbar_api::lifecycle::prune(&h.app).await.unwrap() >= 1);
-        assert_eq!(rows_naming(&h, &gone).await, 0);
+        assert_eq!(rows_naming(&h, &gone).await.unwrap(), 0);
         let (s, v) = h.call(Method::GET, &format!("/sandbox/{gone}"), None).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
         assert!(v["message"].is_string(), "{v}");

@@ -28,7 +28,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use sandbar_proto::api::REQUEST_ID_HEADER;
 use sandbar_support::daemon_auth::AuthError;
+use sandbar_support::request_id;
+use sandbar_support::trace::{self, TraceParent};
 use tracing::Instrument;
 
 use crate::AppState;
@@ -71,34 +74,53 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
 }
 
 /// Every request but `GET /version` needs a valid, unused request credential ([`credential_ok`]). Also opens the
-/// request's tracing span (never with the credential or the body in it).
+/// request's tracing span (never with the credential, the query or the body in it) and writes one line when the
+/// request is answered (for a WebSocket, at its upgrade), with the request id the edge proxy sent
+/// (`X-Sandbar-Request-Id`, else `X-Request-Id`; only a [`request_id::valid`] one).
 async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) -> Response {
-    let request_id =
-        req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default();
+    let start = std::time::Instant::now();
+    let request_id = {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        request_id::first_valid([header(REQUEST_ID_HEADER), header(request_id::HEADER)]).unwrap_or("").to_owned()
+    };
+    // The proxy's span is this request's parent (W3C `traceparent`; no exporter yet, the trace id is logged).
+    let trace_id = req
+        .headers()
+        .get(trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .map(|t| t.trace_id)
+        .unwrap_or_default();
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
         path = %req.uri().path(),
         request_id = %request_id,
+        trace_id = %trace_id,
         sandbox_id = daemon.sandbox_id().as_deref().unwrap_or(""),
     );
     let info = RequestInfo { method: req.method().to_string(), path: req.uri().path().to_owned() };
     let handled = async move {
         let open = req.method() == Method::GET && req.uri().path() == "/version";
         if !open && let Err(e) = credential_ok(&daemon, &req) {
-            tracing::info!(reason = %e, "rejected: daemon credential");
             // Read (a bounded part of) what the client is sending, so it sees this answer rather than a reset.
             drain(req.into_body()).await;
-            return axum::response::IntoResponse::into_response(
+            let resp = axum::response::IntoResponse::into_response(
                 ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).with_code("UNAUTHORIZED"),
             );
+            tracing::info!(status = 401, duration_ms = ms(start), reason = %e, "rejected: daemon credential");
+            return resp;
         }
         let resp = next.run(req).await;
-        tracing::debug!(status = resp.status().as_u16(), "answered");
+        tracing::info!(status = resp.status().as_u16(), duration_ms = ms(start), "answered");
         resp
     }
     .instrument(span);
     REQUEST.scope(info, handled).await
+}
+
+fn ms(start: std::time::Instant) -> f64 {
+    request_id::log_millis(start.elapsed())
 }
 
 /// Checks the request's credential (`X-Sandbar-Daemon-Auth`) for its method, path and query as received; the

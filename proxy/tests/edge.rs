@@ -84,6 +84,33 @@ async fn toolbox_over_https_with_the_generated_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_ids_are_the_clients_when_plain_else_the_proxys() {
+    let w = world().await;
+    let url = w.proxy.http_url("/toolbox/sbx1/version");
+    let id_of = |r: &reqwest::Response| {
+        let ours = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(r.headers()["x-sandbar-request-id"], ours.as_str(), "both headers carry the one id");
+        ours
+    };
+    // Answered by the daemon, by the proxy itself (a refusal), and on the API's paths: the client's plain id back.
+    for (key, path) in [(KEY_A, "/toolbox/sbx1/version"), ("not-a-key", "/toolbox/sbx1/version"), (KEY_A, "/api/x")] {
+        let r = w.http.get(w.proxy.http_url(path)).bearer_auth(key).header("x-request-id", "client-1.a:b_c").send();
+        assert_eq!(id_of(&r.await.unwrap()), "client-1.a:b_c", "{key} {path}");
+    }
+    // Without one, or with one that is not short and plain, the proxy's own: 32 hex digits, new each time.
+    let mut seen = std::collections::HashSet::new();
+    for sent in [None, Some("two words"), Some("x=1"), Some(&*"a".repeat(129))] {
+        let mut req = w.http.get(&url).bearer_auth(KEY_A);
+        if let Some(s) = sent {
+            req = req.header("x-request-id", s);
+        }
+        let id = id_of(&req.send().await.unwrap());
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{sent:?} -> {id}");
+        assert!(seen.insert(id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn authentication_failures_are_clear() {
     let w = world().await;
     let url = w.proxy.http_url("/toolbox/sbx1/work-dir");

@@ -1,9 +1,10 @@
 //! Small helpers shared by every sandbar process, so each exists once: random tokens ([`token`]), constant-time
 //! compares ([`ct_eq`]), the signed per-request credential every caller sends a daemon ([`daemon_auth`]), atomic
 //! private file writes ([`fs`]), the SSH host key and server settings ([`ssh`], feature `ssh`), backoff with jitter
-//! ([`backoff`]), locks that survive a panicked holder ([`sync`]), checks of Prometheus names ([`prom`]) and the
-//! layered configuration of every service ([`config`], feature `config`: defaults < TOML file < `SANDBAR_*`
-//! environment < flags).
+//! ([`backoff`]), locks that survive a panicked holder ([`sync`]), checks of Prometheus names ([`prom`]), request
+//! ids with what of a request may be logged ([`request_id`]), W3C `traceparent` ([`trace`]) and the layered
+//! configuration of every service ([`config`], feature `config`: defaults < TOML file < `SANDBAR_*` environment <
+//! flags).
 //!
 //! No web framework and no runtime: the static daemon links this crate too.
 
@@ -13,10 +14,12 @@ pub mod config;
 pub mod daemon_auth;
 pub mod fs;
 pub mod prom;
+pub mod request_id;
 #[cfg(feature = "ssh")]
 pub mod ssh;
 pub mod sync;
 pub mod token;
+pub mod trace;
 
 /// Whether two secrets are equal, in time that depends on their lengths only (no timing oracle for a token).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {

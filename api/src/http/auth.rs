@@ -8,6 +8,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
+use super::access_log::OrgSlot;
 use crate::App;
 use crate::domain::sessions::{self, CSRF_HEADER, SESSION_COOKIE};
 use crate::error::ApiError;
@@ -56,12 +57,17 @@ impl FromRequestParts<App> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
         let Some(key) = bearer(parts) else {
-            return session_caller(parts, app)
+            let caller = session_caller(parts, app)
                 .await?
-                .ok_or_else(|| ApiError::unauthorized("missing API key: send Authorization: Bearer <key>"));
+                .ok_or_else(|| ApiError::unauthorized("missing API key: send Authorization: Bearer <key>"))?;
+            OrgSlot::note(&parts.extensions, &caller.organization_id);
+            return Ok(caller);
         };
         match key_of(&app.db, key, app.now()).await? {
-            Some((key_id, organization_id)) => Ok(Self { organization_id, key_id }),
+            Some((key_id, organization_id)) => {
+                OrgSlot::note(&parts.extensions, &organization_id);
+                Ok(Self { organization_id, key_id })
+            }
             None => Err(ApiError::unauthorized("invalid API key (unknown, expired or revoked)")),
         }
     }

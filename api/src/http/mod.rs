@@ -4,7 +4,9 @@
 //! the OpenAPI document ([`openapi`]); beside it, `/healthz` and `/readyz` ([`health`]), `/metrics` and the layer
 //! that counts every request ([`metrics`]), and the web dashboard at `/dashboard/` ([`dashboard`]). Handlers are
 //! thin: they parse and check a request, call `crate::domain` or `crate::jobs`, and shape the answer. No SQL here.
+//! Every request gets an id and one access line ([`access_log`]).
 
+pub mod access_log;
 pub mod api_keys;
 pub mod auth;
 pub mod builds;
@@ -62,6 +64,6 @@ pub fn router(app: &App) -> Router {
         .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint (the API lives under /api)") })
         .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(access_log::layer))
         .with_state(app.clone())
 }

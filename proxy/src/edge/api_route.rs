@@ -7,13 +7,14 @@
 //! authenticates every call itself. The paths of sandbar's own services (`/api/internal/...` for the proxy,
 //! `/api/runners/...` for runners) are refused here with 404 ([`super::target::services_only`]) whatever they
 //! carry. The proxy sets `X-Forwarded-Proto` (the API marks the session cookie `Secure` behind HTTPS) and the
-//! request id, in place of any copies the client sent.
+//! request id (`X-Sandbar-Request-Id` and `X-Request-Id`), in place of any copies the client sent.
 
 use pingora::Result;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::Session;
 use sandbar_proto::api::REQUEST_ID_HEADER;
+use sandbar_support::request_id;
 use std::time::Duration;
 
 /// Where the API listens, from the proxy's `--api-url`.
@@ -54,9 +55,17 @@ impl Upstream {
     }
 }
 
-/// Client copies of what the proxy says about the request.
-const OURS: [&str; 6] =
-    [REQUEST_ID_HEADER, "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"];
+/// Client copies of what the proxy says about the request (the client's `X-Request-Id`, when valid, is the id
+/// the proxy sends on).
+const OURS: [&str; 7] = [
+    REQUEST_ID_HEADER,
+    request_id::HEADER,
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+];
 
 /// The request as the API gets it.
 pub fn apply(session: &Session, req: &mut RequestHeader, request_id: &str, https: bool) -> Result<()> {
@@ -64,6 +73,7 @@ pub fn apply(session: &Session, req: &mut RequestHeader, request_id: &str, https
         req.remove_header(h);
     }
     req.insert_header(REQUEST_ID_HEADER, request_id)?;
+    req.insert_header(request_id::HEADER, request_id)?;
     req.insert_header("x-forwarded-proto", if https { "https" } else { "http" })?;
     if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
         req.insert_header("x-forwarded-for", ip)?;

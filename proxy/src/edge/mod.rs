@@ -13,11 +13,16 @@
 //!   that closes an upgraded connection whose access is revoked ([`revoke`]), and the answer's headers
 //!   ([`rewrite`]); `response_body_filter`: the close frame of a revoked WebSocket.
 //! - `fail_to_proxy`: a daemon that did not answer ([`reject`]: 504 when in time, else 502), or a WebSocket whose
-//!   daemon side failed (close frame 1014); `logging`: metrics and activity.
+//!   daemon side failed (close frame 1014); `logging`: metrics, activity and the access line ([`access_log`]).
+//! - The request id: the client's `X-Request-Id` when it is a valid one, else one the proxy makes; it goes to the
+//!   API or the daemon (`X-Request-Id` and `X-Sandbar-Request-Id`) and back to the client in both headers.
+//! - W3C `traceparent` (no exporter yet): the client's trace is continued (else one is started) with a span of the
+//!   proxy's own, sent to the API or the daemon as their parent; its trace id is in the access line.
 //! - The dashboard and REST API paths skip all of that: they go to the API as they came ([`api_route`]).
 //!
 //! A new route rule is a [`target::Target`] variant, its access rule in the API, and its wiring here.
 
+pub mod access_log;
 pub mod api_route;
 pub mod credentials;
 #[cfg(test)]
@@ -54,6 +59,7 @@ use crate::control::cache::{AuthCache, RouteCache, Waker};
 use crate::head_deadline::{HeadRead, KeptAlive};
 use crate::metrics::Metrics;
 use sandbar_proto::api::PREVIEW_TOKEN_QUERY;
+use sandbar_support::trace::{self, TraceParent};
 
 /// What every proxy listener shares.
 pub struct Shared {
@@ -101,6 +107,10 @@ pub struct Ctx {
     to_api: bool,
     /// Counted in the in-flight gauge (so `logging` only undoes what `request_filter` did).
     counted: bool,
+    /// The request's path as the access line shows it (no query), before it is rewritten for the daemon.
+    log_path: Option<String>,
+    /// This request's span of its trace, the parent of what the API or the daemon does for it.
+    trace: Option<TraceParent>,
 }
 
 impl EdgeProxy {
@@ -213,11 +223,21 @@ impl ProxyHttp for EdgeProxy {
             upgraded: false,
             to_api: false,
             counted: false,
+            log_path: None,
+            trace: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.start = Instant::now();
+        if let Some(id) = access_log::client_request_id(session) {
+            ctx.request_id = id;
+        }
+        access_log::remember(session, ctx);
+        ctx.trace = credentials::header_str(session, trace::HEADER)
+            .and_then(TraceParent::parse)
+            .and_then(|parent| parent.child())
+            .or_else(TraceParent::fresh);
         self.shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         ctx.counted = true;
         if session.is_upgrade_req() {
@@ -319,6 +339,9 @@ impl ProxyHttp for EdgeProxy {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(t) = &ctx.trace {
+            req.insert_header(trace::HEADER, t.header())?;
+        }
         if ctx.to_api {
             return api_route::apply(session, req, &ctx.request_id, self.https);
         }
@@ -407,7 +430,7 @@ impl ProxyHttp for EdgeProxy {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let m = &self.shared.metrics;
         if ctx.counted {
             m.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -423,5 +446,6 @@ impl ProxyHttp for EdgeProxy {
         }
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         m.record(status, ctx.start.elapsed());
+        access_log::write(session, e, ctx);
     }
 }

@@ -14,7 +14,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use sandbar_proto::ErrorBody;
-use sandbar_proto::api::{PROXY_ERROR_HEADER, REQUEST_ID_HEADER};
+use sandbar_proto::api::PROXY_ERROR_HEADER;
 
 use super::credentials::header_str;
 use crate::control::api::ApiCallError;
@@ -89,7 +89,7 @@ impl Reject {
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
         resp.insert_header(PROXY_ERROR_HEADER, self.reason)?;
-        resp.insert_header(REQUEST_ID_HEADER, request_id)?;
+        super::rewrite::set_request_id(&mut resp, request_id)?;
         if self.status == 401 {
             resp.insert_header("www-authenticate", "Bearer realm=\"sandbar\"")?;
         }
@@ -146,7 +146,7 @@ pub async fn send_redirect(
     resp.insert_header("referrer-policy", "no-referrer")?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header("content-length", "0")?;
-    resp.insert_header(REQUEST_ID_HEADER, request_id)?;
+    super::rewrite::set_request_id(&mut resp, request_id)?;
     if let Some(cookie) = cookie {
         resp.insert_header("set-cookie", cookie)?;
     }

@@ -4,7 +4,10 @@
 //! request id, `X-Forwarded-*`), and an API key never passed on. The credential is signed for this one request
 //! (`sandbar_support::daemon_auth`: method, path and query, time, nonce, keyed by the daemon token); the token itself
 //! never goes on the wire, so a request seen on the sandbox network cannot be replayed or bent to another path. Back to the client: a `Location` of a toolbox answer
-//! re-prefixed with `/toolbox/{id}`, the preview cookie, and the request id.
+//! re-prefixed with `/toolbox/{id}`, the preview cookie, and the request id ([`set_request_id`]).
+//!
+//! The request id goes to the daemon as `X-Sandbar-Request-Id` (the daemon logs it) and as `X-Request-Id` (for a
+//! preview's app too, replacing the client's copy: it is the client's own id when that one was valid).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,15 +16,17 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use sandbar_proto::api::{PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY, REQUEST_ID_HEADER};
 use sandbar_proto::{DAEMON_AUTH_HEADER, DAEMON_TOKEN_HEADER};
+use sandbar_support::request_id;
 
 use super::reject::Reject;
 use super::target::Destination;
 
 /// Headers a client must never set on what reaches a daemon: the proxy owns them.
-const INTERNAL_HEADERS: [&str; 10] = [
+const INTERNAL_HEADERS: [&str; 11] = [
     DAEMON_AUTH_HEADER,
     DAEMON_TOKEN_HEADER,
     REQUEST_ID_HEADER,
+    request_id::HEADER,
     PREVIEW_TOKEN_HEADER,
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -38,7 +43,7 @@ pub struct Forward {
     daemon_token: String,
     /// The Host the client asked for (`X-Forwarded-Host`).
     host: String,
-    /// A toolbox path (not a preview host): also gets `X-Request-Id`, and never `Authorization`.
+    /// A toolbox path (not a preview host): never gets `Authorization`.
     toolbox: bool,
     /// The request authenticated with an API key: `Authorization` stays with the proxy.
     used_bearer: bool,
@@ -76,9 +81,7 @@ impl Forward {
         let credential = sandbar_support::daemon_auth::sign(&self.daemon_token, req.method.as_str(), path);
         req.insert_header(DAEMON_AUTH_HEADER, credential)?;
         req.insert_header(REQUEST_ID_HEADER, request_id)?;
-        if self.toolbox {
-            req.insert_header("x-request-id", request_id)?;
-        }
+        req.insert_header(request_id::HEADER, request_id)?;
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
             req.insert_header("x-forwarded-for", ip)?;
         }
@@ -106,7 +109,13 @@ pub fn response(
     if let Some(cookie) = set_cookie {
         resp.append_header("set-cookie", cookie)?;
     }
+    set_request_id(resp, request_id)
+}
+
+/// The request id on an answer to the client: `X-Request-Id`, and `X-Sandbar-Request-Id` as before it.
+pub fn set_request_id(resp: &mut ResponseHeader, request_id: &str) -> Result<()> {
     resp.insert_header(REQUEST_ID_HEADER, request_id)?;
+    resp.insert_header(request_id::HEADER, request_id)?;
     Ok(())
 }
 
