@@ -25,25 +25,42 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Reads `DAYTONA_API_URL` / `DAYTONA_API_KEY` from the environment, else from `<data-dir>/env` (what `sandbar up`
-/// wrote).
-pub fn credentials(data_dir: &Path) -> anyhow::Result<(String, String)> {
-    let mut url = std::env::var("DAYTONA_API_URL").ok().filter(|v| !v.is_empty());
-    let mut key = std::env::var("DAYTONA_API_KEY").ok().filter(|v| !v.is_empty());
+/// A client setting and where it came from: `env DAYTONA_API_URL` or the path of `<data-dir>/env`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub value: String,
+    pub source: String,
+}
+
+/// `DAYTONA_API_URL` and `DAYTONA_API_KEY`, each from the environment, else from `<data-dir>/env` (what `sandbar up`
+/// wrote), else `None`.
+pub fn find_credentials(data_dir: &Path) -> (Option<Setting>, Option<Setting>) {
+    let from_env = |name: &str| {
+        std::env::var(name).ok().filter(|v| !v.is_empty()).map(|value| Setting { value, source: format!("env {name}") })
+    };
+    let mut url = from_env("DAYTONA_API_URL");
+    let mut key = from_env("DAYTONA_API_KEY");
     if url.is_none() || key.is_none() {
         let path = data_dir.join("env");
         if let Ok(text) = std::fs::read_to_string(&path) {
+            let setting = |v: &str| Some(Setting { value: v.trim().to_owned(), source: path.display().to_string() });
             for line in text.lines() {
                 match line.split_once('=') {
-                    Some(("DAYTONA_API_URL", v)) if url.is_none() => url = Some(v.trim().to_owned()),
-                    Some(("DAYTONA_API_KEY", v)) if key.is_none() => key = Some(v.trim().to_owned()),
+                    Some(("DAYTONA_API_URL", v)) if url.is_none() => url = setting(v),
+                    Some(("DAYTONA_API_KEY", v)) if key.is_none() => key = setting(v),
                     _ => {}
                 }
             }
         }
     }
-    match (url, key) {
-        (Some(u), Some(k)) => Ok((u, k)),
+    (url, key)
+}
+
+/// Reads `DAYTONA_API_URL` / `DAYTONA_API_KEY` from the environment, else from `<data-dir>/env` (what `sandbar up`
+/// wrote).
+pub fn credentials(data_dir: &Path) -> anyhow::Result<(String, String)> {
+    match find_credentials(data_dir) {
+        (Some(u), Some(k)) => Ok((u.value, k.value)),
         _ => bail!(
             "no API to talk to: set DAYTONA_API_URL and DAYTONA_API_KEY, or run `sandbar up` (which writes {})",
             data_dir.join("env").display()

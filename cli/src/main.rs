@@ -1,6 +1,8 @@
 //! `sandbar`: starts the whole stack on one host as child processes (`sandbar up`) and drives it (create, list,
 //! exec, term, ssh, ...). Exit status: 125 for sandbar's own failures (as `docker run`), 2 for bad usage (clap's),
-//! the remote command's status for `exec`, `term` and `ssh`; see [`EXIT_HELP`].
+//! the remote command's status for `exec`, `term` and `ssh`; see [`EXIT_HELP`]. `sandbar --print-config` prints the
+//! effective client configuration as TOML (the API URL and key and where each came from, the key masked, the data
+//! directory, the output format, the extra CA certificate) and exits 0, as the services' `--print-config` does.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,8 +30,46 @@ struct Cli {
     /// `sandbar up` generated in the data directory.
     #[arg(long, global = true, env = "SANDBAR_CA_CERT")]
     ca_cert: Option<PathBuf>,
+    /// Print the effective client configuration (API URL and key, each with where it came from, the key masked;
+    /// data directory; output format) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(subcommand)]
-    command: Cmd,
+    command: Option<Cmd>,
+}
+
+/// What `sandbar --print-config` prints.
+#[derive(serde::Serialize)]
+struct ClientConfig {
+    /// `DAYTONA_API_URL` (unset: left out).
+    api_url: Option<String>,
+    /// `env DAYTONA_API_URL`, the `<data-dir>/env` file it was read from, or `unset`.
+    api_url_source: String,
+    /// `DAYTONA_API_KEY`, masked.
+    api_key: Option<String>,
+    api_key_source: String,
+    data_dir: PathBuf,
+    output: String,
+    ca_cert: Option<PathBuf>,
+}
+
+/// `sandbar --print-config`.
+fn print_config(cli: &Cli) -> anyhow::Result<ExitCode> {
+    use clap::ValueEnum;
+    let data_dir = up::data_dir(cli.data_dir.as_deref());
+    let (url, key) = client::find_credentials(&data_dir);
+    let source = |s: &Option<client::Setting>| s.as_ref().map_or_else(|| "unset".to_owned(), |s| s.source.clone());
+    let config = ClientConfig {
+        api_url_source: source(&url),
+        api_key_source: source(&key),
+        api_url: url.map(|s| s.value),
+        api_key: key.map(|s| s.value),
+        data_dir,
+        output: cli.output.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default(),
+        ca_cert: cli.ca_cert.clone(),
+    };
+    write_stdout(sandbar_support::config::to_toml(&config, &["api_key"])?.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The exit statuses, shown after `--help`.
@@ -188,11 +228,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if cli.print_config {
+        return print_config(&cli);
+    }
     let out = cli.output;
-    match cli.command {
+    let Some(command) = cli.command else {
+        Cli::command().error(clap::error::ErrorKind::MissingSubcommand, "a command is needed (see --help)").exit()
+    };
+    match &command {
         Cmd::Completions { shell } => {
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "sandbar", &mut script);
+            clap_complete::generate(*shell, &mut Cli::command(), "sandbar", &mut script);
             write_stdout(&script)?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -203,7 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     let dir = up::data_dir(cli.data_dir.as_deref());
-    if let Cmd::Up(mut args) = cli.command {
+    if let Cmd::Up(mut args) = command {
         args.data_dir = Some(dir);
         up::up(args).await?;
         return Ok(ExitCode::SUCCESS);
@@ -212,7 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let trust = tls::Trust { ca_cert: cli.ca_cert.clone(), data_dir: Some(dir.clone()), system_roots: true };
     let c = Client::new(url, key, trust.client_config()?)?;
     let wait = Duration::from_secs(120);
-    match cli.command {
+    match command {
         // Handled above.
         Cmd::Up(_) | Cmd::Completions { .. } | Cmd::Man { .. } => {}
         Cmd::Create { image, snapshot, name, cpu, memory, disk, env, labels, public, no_wait } => {

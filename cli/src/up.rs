@@ -132,11 +132,16 @@ async fn run_step(what: &str, script: &Path, env: &[(&str, &str)], log: &Path) -
     Ok(last)
 }
 
-/// Secrets the services share, made on first run and kept (mode 0600).
+/// Secrets the services share, made on first run and kept in `<data-dir>/secrets.env` (mode 0600): the runner's and
+/// the proxy's service tokens, and the token of the API's `/metrics` (`SANDBAR_API_METRICS_TOKEN`, for a scraper).
 struct Secrets {
     runner_token: String,
     proxy_token: String,
+    metrics_token: String,
 }
+
+/// The keys of `secrets.env`, each the environment variable the services read it from.
+const SECRET_KEYS: [&str; 3] = ["SANDBAR_RUNNER_TOKEN", "SANDBAR_PROXY_TOKEN", "SANDBAR_API_METRICS_TOKEN"];
 
 /// A service token: 48 lowercase hex digits.
 fn random_token() -> anyhow::Result<String> {
@@ -154,7 +159,7 @@ fn load_secrets(dir: &Path) -> anyhow::Result<Secrets> {
         }
     }
     let mut changed = false;
-    for k in ["SANDBAR_RUNNER_TOKEN", "SANDBAR_PROXY_TOKEN"] {
+    for k in SECRET_KEYS {
         if !map.contains_key(k) {
             map.insert(k.to_owned(), random_token()?);
             changed = true;
@@ -164,7 +169,12 @@ fn load_secrets(dir: &Path) -> anyhow::Result<Secrets> {
         let text: String = map.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(Secrets { runner_token: map["SANDBAR_RUNNER_TOKEN"].clone(), proxy_token: map["SANDBAR_PROXY_TOKEN"].clone() })
+    let get = |k: &str| map.get(k).cloned().unwrap_or_default();
+    Ok(Secrets {
+        runner_token: get("SANDBAR_RUNNER_TOKEN"),
+        proxy_token: get("SANDBAR_PROXY_TOKEN"),
+        metrics_token: get("SANDBAR_API_METRICS_TOKEN"),
+    })
 }
 
 /// A free port for a service asked to use port 0 (the services need each other's addresses before they start).
@@ -220,16 +230,29 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let env = vec![
         ("SANDBAR_RUNNER_TOKEN".to_owned(), secrets.runner_token.clone()),
         ("SANDBAR_PROXY_TOKEN".to_owned(), secrets.proxy_token.clone()),
+        ("SANDBAR_API_METRICS_TOKEN".to_owned(), secrets.metrics_token.clone()),
         ("RUST_LOG".to_owned(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
     ];
     let launcher = Launcher { bins, env, logs: logs.clone() };
     let grace = Duration::from_secs(args.shutdown_grace);
-    let (services, proxy_ready) = start_all(&launcher, specs(&args, &dir, &daemon, &ports), grace).await?;
-    // Ready means a create is placed: the runner's first heartbeat has reached the API.
-    if let Err(last) = api_ready(ports.api, Duration::from_secs(60)).await {
-        eprintln!("sandbar up: the API is not ready after 60 s ({last}); creates fail until a runner heartbeats");
+    let (services, ready_lines) = start_all(&launcher, specs(&args, &dir, &daemon, &ports), grace).await?;
+    let ready_addr = |name: &str, field: &str| {
+        ready_lines.get(name).and_then(|line| fields(line).get(field).cloned()).unwrap_or_default()
+    };
+    // Ready means a create is placed and reaches its sandbox: the API reaches its database and has the runner's
+    // heartbeat, the runner is registered, the proxy follows the API's route changes.
+    let within = Duration::from_secs(60);
+    let readiness = tokio::join!(
+        readyz(format!("http://127.0.0.1:{}/readyz", ports.api), within),
+        readyz(format!("http://{}/readyz", ready_addr("runner", "addr")), within),
+        readyz(format!("http://{}/readyz", ready_addr("proxy", "metrics")), within),
+    );
+    for (name, r) in [("API", readiness.0), ("runner", readiness.1), ("proxy", readiness.2)] {
+        if let Err(last) = r {
+            eprintln!("sandbar up: the {name} is not ready after 60 s ({last}); creates may fail until it is");
+        }
     }
-    let proxy_fields = fields(&proxy_ready);
+    let proxy_fields = fields(ready_lines.get("proxy").map_or("", String::as_str));
     let proxy_http = format!("http://{}:{}", url_host(&args.bind), ports.http);
     let proxy_https = format!("https://{}:{}", url_host(&args.bind), ports.https);
     let ssh_host = display_host(&args.bind);
@@ -281,10 +304,9 @@ impl Ports {
     }
 }
 
-/// Waits until the API's `/readyz` answers 200 (it reaches its database and a runner heartbeats), at most `within`;
-/// the last answer or error when it never did.
-async fn api_ready(api_port: u16, within: Duration) -> Result<(), String> {
-    let url = format!("http://127.0.0.1:{api_port}/readyz");
+/// Waits until `url` (a service's `/readyz`) answers 200, at most `within`; the last answer or error when it never
+/// did.
+async fn readyz(url: String, within: Duration) -> Result<(), String> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -355,17 +377,22 @@ fn service_grace(total: u64) -> u64 {
     (total * 3 / 4).clamp(1, total.saturating_sub(1).max(1))
 }
 
-/// Starts the services one after the other, each once the one before is ready, and returns them with the last
-/// one's ready line. A first start is not retried: what fails then is the set-up, and its message says what to fix;
+/// Starts the services one after the other, each once the one before is ready, and returns them with their ready
+/// lines by name. A first start is not retried: what fails then is the set-up, and its message says what to fix;
 /// the services started so far are stopped.
-async fn start_all(launcher: &Launcher, specs: [Spec; 3], grace: Duration) -> anyhow::Result<(Vec<Service>, String)> {
+async fn start_all(
+    launcher: &Launcher,
+    specs: [Spec; 3],
+    grace: Duration,
+) -> anyhow::Result<(Vec<Service>, BTreeMap<&'static str, String>)> {
     let mut services = Vec::new();
-    let mut ready = String::new();
+    let mut ready = BTreeMap::new();
     for spec in specs {
         match launcher.start(&spec).await {
             Ok((child, line)) => {
+                let name = spec.name;
                 services.push(Service::started(spec, child, &line));
-                ready = line;
+                ready.insert(name, line);
             }
             Err(e) => {
                 stop_all(&mut services, grace).await;
@@ -473,7 +500,10 @@ mod tests {
         let a = load_secrets(d.path()).unwrap();
         let b = load_secrets(d.path()).unwrap();
         assert_eq!(a.runner_token, b.runner_token);
+        assert_eq!(a.metrics_token, b.metrics_token);
         assert_ne!(a.runner_token, a.proxy_token);
+        assert_ne!(a.metrics_token, a.proxy_token);
+        assert_eq!(a.metrics_token.len(), 48);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(d.path().join("secrets.env")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -57,6 +57,11 @@ pub struct Config {
     /// PEM private key of the --tls-cert at the same position.
     #[arg(long = "tls-key", env = "SANDBAR_PROXY_TLS_KEY")]
     pub tls_keys: Vec<PathBuf>,
+    /// How often the certificate and key files are checked for a new pair (0 = only on SIGHUP); a bare number is
+    /// seconds.
+    #[arg(long, env = "SANDBAR_PROXY_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = secs_or_duration)]
+    #[serde(with = "duration")]
+    pub tls_reload_interval: Duration,
     /// How long a route is cached (changes announced by the API drop it earlier); a bare number is milliseconds.
     #[arg(long, alias = "route-ttl-ms", env = "SANDBAR_PROXY_ROUTE_TTL_MS", default_value = "5s",
           value_parser = millis_or_duration)]
@@ -142,6 +147,7 @@ impl Config {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls_certs: Vec::new(),
             tls_keys: Vec::new(),
+            tls_reload_interval: Duration::from_secs(5),
             route_ttl: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             activity_interval: Duration::from_secs(1),

@@ -143,14 +143,12 @@ pub async fn run_with_activity(
         api: edge::api_route::Upstream::from_url(&config.api_url).map_err(ProxyError::Config)?,
     });
 
-    // Certificates: configured pairs first (chosen by SNI), the generated one as the fallback.
-    let mut pairs = Vec::new();
-    for (cert, key) in &config.tls {
-        pairs.push(tls::load_pair(cert, key)?);
-    }
-    let (gen_cert, gen_key) = tls::ensure_self_signed(&config.data_dir, &shared.domain)?;
-    pairs.push(tls::load_pair(&gen_cert, &gen_key)?);
-    let resolver = tls::SniResolver::new(pairs).ok_or_else(|| ProxyError::Config("no certificate".into()))?;
+    // Certificates: configured pairs first (chosen by SNI), the generated one as the fallback; all reloaded when
+    // their files change (`tls`).
+    let mut files = config.tls.clone();
+    files.push(tls::ensure_self_signed(&config.data_dir, &shared.domain)?);
+    let resolver = Arc::new(tls::SniResolver::load(&files)?);
+    let cert_watch = tokio::spawn(tls::watch(resolver.clone(), config.tls_reload_interval, metrics.clone()));
 
     let mut fds = Fds::new();
     let http_addr = hand_over(&mut fds, listeners.http, "the HTTP listener")?;
@@ -176,7 +174,7 @@ pub async fn run_with_activity(
     let mut https_svc = Service::new("sandbar-proxy https".to_owned(), edge(true));
     let callbacks: TlsAcceptCallbacks = Box::new(NoCallbacks);
     let mut tls_settings = TlsSettings::with_callbacks(callbacks).map_err(|e| ProxyError::Config(e.to_string()))?;
-    tls_settings.set_cert_resolver(Arc::new(resolver));
+    tls_settings.set_cert_resolver(resolver);
     tls_settings.enable_h2();
     https_svc.add_tls_with_settings(&https_addr, None, tls_settings);
     let mut metrics_svc =
@@ -217,6 +215,7 @@ pub async fn run_with_activity(
     }
     poller.abort();
     reporter.abort();
+    cert_watch.abort();
     // One last report so the API sees the final activity.
     activity.flush(&api).await;
     Ok(())

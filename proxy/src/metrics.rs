@@ -43,6 +43,10 @@ pub struct Metrics {
     pub wake_timeouts: AtomicU64,
     /// HTTP/1 connections cut because the request head did not arrive in time (slowloris).
     pub header_timeouts: AtomicU64,
+    /// Certificate/key pairs replaced from their changed files.
+    pub tls_reloads: AtomicU64,
+    /// Changed certificate/key files refused (the previous pair kept serving).
+    pub tls_reload_failures: AtomicU64,
     /// 1 while the last poll of the API's route-change feed got an answer.
     route_feed_up: AtomicI64,
     /// Why the last poll of the route-change feed failed (`None` before any poll, or once one succeeded).
@@ -147,6 +151,12 @@ impl Metrics {
                 "sandbar_proxy_header_timeouts_total",
                 "Connections cut because the request head was too slow.",
                 &self.header_timeouts,
+            ),
+            ("sandbar_proxy_tls_reloads_total", "Certificates replaced from their changed files.", &self.tls_reloads),
+            (
+                "sandbar_proxy_tls_reload_failures_total",
+                "Changed certificate files refused; the previous certificate kept serving.",
+                &self.tls_reload_failures,
             ),
         ];
         for (name, help, c) in counters {

@@ -15,7 +15,9 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 
 import pytest
 from daytona import Daytona, DaytonaConfig
@@ -121,6 +123,11 @@ def test_killed_services_come_back_and_sandboxes_keep_answering(tmp_path_factory
         log_line(stack, start, r"^sandbar: api restarted \(restart 1\)")
         timings.append(f"api: ready {time.monotonic() - killed:.1f}s after kill")
         assert d.get(sb.id).state.value == "started"
+        # The restarted API still serves /metrics with the token `sandbar up` keeps in the data dir, and only with it.
+        token = api_metrics_token(stack)
+        assert metrics_status(stack, token) == 200
+        assert metrics_status(stack, None) == 401
+        assert metrics_status(stack, stack.api_key) == 401
         assert echo(sb) == "hi"
         for t in inflight:
             t.join(200)
@@ -143,6 +150,26 @@ def test_killed_services_come_back_and_sandboxes_keep_answering(tmp_path_factory
     finally:
         stack.stop()
         remove_containers(runner_id)
+
+
+def api_metrics_token(stack: Stack) -> str:
+    """The API's metrics token, from ``<data-dir>/secrets.env`` where ``sandbar up`` keeps its tokens."""
+    text = (stack.data_dir / "secrets.env").read_text()
+    m = re.search(r"^SANDBAR_API_METRICS_TOKEN=([0-9a-f]{48})$", text, re.M)
+    assert m, "no metrics token in secrets.env"
+    return m.group(1)
+
+
+def metrics_status(stack: Stack, token: str | None) -> int:
+    """The status of the API's ``GET /metrics`` with ``token`` as bearer (none when ``None``)."""
+    url = stack.api_url.removesuffix("/api") + "/metrics"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert b"sandbar_api_" in r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def _quietly(fn) -> None:
