@@ -58,7 +58,8 @@ async fn becomes(url: &str, want: StatusCode) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_route_feed_and_metrics_stay_on_the_admin_listener() {
     let (api, stop, task) = serve_api("127.0.0.1:0".parse().unwrap()).await;
-    let proxy = Proxy::start_with(&format!("http://{api}/api"), |c| c.changes_wait = std::time::Duration::from_secs(1)).await;
+    let proxy =
+        Proxy::start_with(&format!("http://{api}/api"), |c| c.changes_wait = std::time::Duration::from_secs(1)).await;
     let admin = |p: &str| format!("http://{}{p}", proxy.metrics);
 
     let (s, body) = fetch(&admin("/healthz")).await;
