@@ -93,6 +93,9 @@ pub fn database_unavailable(e: &sqlx::Error) -> Option<&'static str> {
         sqlx::Error::PoolTimedOut => Some("no connection became free in time"),
         sqlx::Error::PoolClosed => Some("shutting down"),
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Some("cannot reach it"),
+        // A connection closed before the server answered TLS negotiation (sslmode=prefer, the default, asks
+        // first): sqlx reads the missing answer as a zero byte.
+        sqlx::Error::Protocol(m) if m.contains("SSLRequest") => Some("cannot reach it"),
         sqlx::Error::Database(db) => {
             let code = db.code();
             let code = code.as_deref().unwrap_or("");
