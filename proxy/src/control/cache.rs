@@ -336,14 +336,21 @@ impl AuthCache {
                 .then(|| credential.to_owned()),
             session: (kind == CredentialKind::DashboardSession).then(|| credential.to_owned()),
         };
+        let again = k.clone();
         ask(&self.auth_flights, k, &self.store.metrics.auth_cache_hits, || async move {
+            // A caller that missed the cache just before another flight for this key stored its answer and ended
+            // starts a flight of its own: the answer is there now, so it need not ask the API again.
+            if let Some(hit) = lookup(&store.auth, &again) {
+                store.metrics.auth_cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit);
+            }
             store.metrics.auth_cache_misses.fetch_add(1, Ordering::Relaxed);
             let answer = store.api.authorize(&req).await?;
             let ttl = match &answer {
                 Authorization::Allowed(AuthorizeResponse { ttl_secs, .. }) => Duration::from_secs(*ttl_secs),
                 Authorization::Unauthorized | Authorization::NotFound => REFUSAL_TTL,
             };
-            remember(&store.auth, k, answer.clone(), ttl);
+            remember(&store.auth, again, answer.clone(), ttl);
             Ok(answer)
         })
         .await
