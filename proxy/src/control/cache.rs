@@ -336,7 +336,7 @@ impl AuthCache {
                 .then(|| credential.to_owned()),
             session: (kind == CredentialKind::DashboardSession).then(|| credential.to_owned()),
         };
-        let again = k.clone();
+        let again = k;
         ask(&self.auth_flights, k, &self.store.metrics.auth_cache_hits, || async move {
             // A caller that missed the cache just before another flight for this key stored its answer and ended
             // starts a flight of its own: the answer is there now, so it need not ask the API again.
