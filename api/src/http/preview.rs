@@ -111,7 +111,13 @@ async fn create_ssh_access(
     if row.stored_state() == SandboxState::Destroyed {
         return Err(ApiError::bad_request("Sandbox is destroyed: no SSH access can be created"));
     }
-    let token = new_token(24)?;
+    // The token is the SSH user name (`ssh TOKEN@host`): one starting with `-` would be read as an option.
+    let token = loop {
+        let t = new_token(24)?;
+        if !t.starts_with('-') {
+            break t;
+        }
+    };
     let access_id = uuid::Uuid::new_v4().to_string();
     let expires = now + minutes * 60_000;
     tokens::insert_ssh(&mut conn, &access_id, &row.id, &token, now, expires).await?;
