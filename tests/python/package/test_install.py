@@ -22,6 +22,7 @@ Env: ``SANDBAR_STATIC_DAEMON`` (the static daemon to pack), ``SANDBAR_TEST_IMAGE
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -275,8 +276,23 @@ docker image inspect -f '{{{{.Id}}}}' sandbar-sandbox:default {test_image}
     server.sh("rm -rf /root/.local/share/sandbar /root/up.log")
 
 
+def runner_chains(server: Server) -> int:
+    """How many iptables chains the installed runner (its id is the host name, as the unit sets it) has, on either
+    backend: ``SANDBAR-`` and the first 8 hex digits of the id's SHA-256, as runner/src/firewall/rules.rs names them
+    (the README's ``sandbar up`` run earlier left its own runner's chains, under another id)."""
+    prefix = "SANDBAR-" + hashlib.sha256(server.sh("hostname").strip().encode()).hexdigest()[:8].upper()
+    saved = server.sh("for b in iptables-nft iptables-legacy; do command -v $b-save >/dev/null && $b-save 2>/dev/null;"
+                      " done || true")
+    chains = [line.split()[0][1:] for line in saved.splitlines() if line.startswith(":")]  # ":NAME POLICY [n:n]"
+    return sum(1 for c in chains if c == prefix or c.startswith(f"{prefix}-"))
+
+
 def purge_leaves_nothing(server: Server) -> None:
+    assert runner_chains(server) > 0, "the runner installed no firewall chains to purge"
     server.sh("dpkg --purge sandbar", timeout=120)
+    assert runner_chains(server) == 0, "purge leaves the runner's firewall chains"
+    assert server.sh("nft list tables 2>/dev/null | grep -c sandbar_ || true").strip() in ("", "0"), \
+        "purge leaves the runner's bridge table"
     assert server.sh("pgrep -a sandbar || true").strip() == ""
     assert server.sh("docker ps -aq").strip() == "", "purge removes the runner's sandboxes"
     assert server.sh("ss -Hltn '( sport = :3000 or sport = :4000 or sport = :4443 or sport = :2222 )'").strip() == ""

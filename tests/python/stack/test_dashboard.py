@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from test_browser import SCREEN, Cdp, find_cert, spki_hash
+from test_browser import SCREEN, Cdp, CdpError, find_cert, spki_hash
 from test_isolation_edge import launch_chromium
 
 BASE = os.environ.get("SANDBAR_STACK_IMAGE", "sandbar-sandbox:default")
@@ -53,8 +53,14 @@ class Page:
         self.cdp = cdp
 
     def go(self, url: str) -> None:
+        """Navigates and waits for the new document: the page it leaves is marked first, since Chromium may answer
+        the first evaluations after ``Page.navigate`` from the old document, whose readyState is already complete."""
+        try:
+            self.js("window.__leaving = true")
+        except CdpError:
+            pass  # no document yet (about:blank before its first navigation)
         self.cdp.call("Page.navigate", {"url": url})
-        self.ready()
+        self.cdp.wait_for("window.__leaving !== true && document.readyState === 'complete'", f"{url} to load")
 
     def ready(self) -> None:
         self.cdp.wait_for("document.readyState === 'complete'", "the page to load")
@@ -307,7 +313,11 @@ def test_dashboard_in_chromium(stack):
         page.cdp.call("Emulation.setDeviceMetricsOverride",
                       {"width": 390, "height": 800, "deviceScaleFactor": 1, "mobile": True})
         page.go(f"{url}sandboxes")
-        assert page.js("document.documentElement.scrollWidth <= 400"), "the page overflows a phone's width"
+        # The override reaches the renderer on its own time: wait until the page is laid out at the phone's width.
+        page.wait("document.documentElement.clientWidth <= 400", "the phone's width to apply")
+        wide = page.js("[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 400"
+                       " && !e.closest('.table-wrap')).map(e => e.tagName + '#' + e.id + '.' + e.className).slice(0, 8)")
+        assert page.js("document.documentElement.scrollWidth <= 400"), f"the page overflows a phone's width: {wide}"
         page.shot("sandboxes-phone")
         page.cdp.call("Emulation.setDeviceMetricsOverride",
                       {"width": 1100, "height": 760, "deviceScaleFactor": 1, "mobile": False})
