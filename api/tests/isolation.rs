@@ -1,8 +1,8 @@
 //! Tenant isolation at the API, with two organizations and fake runners (SQLite and PostgreSQL): images belong to
 //! organizations (org 2 cannot create, snapshot or build from org 1's forks, archives, snapshots or builds, nor
 //! name an image by ID, ID prefix or digest), Dockerfile rules, reserved environment names, interval limits and
-//! timers that a huge value cannot stop, snapshot deletion that names no other organization's sandboxes, and
-//! runner credentials bound to their runner.
+//! timers that a huge value cannot stop, snapshot deletion that names no other organization's sandboxes, runner
+//! credentials bound to their runner, and daemon addresses only inside the networks their runner registered.
 
 use reqwest::{Method, StatusCode};
 use sandbar_proto::runner::{JobErrorCode, JobKind, JobOutcome, JobResult, SandboxState, SnapshotImage, fork_image};
@@ -269,6 +269,91 @@ async fn a_runner_credential_opens_only_its_own_runner() {
         assert_ne!(old, new);
         assert_eq!(h.req(Method::GET, "/runners/ry/jobs", Some(&old), None).await.0, StatusCode::UNAUTHORIZED);
         assert_eq!(h.req(Method::GET, "/runners/ry/jobs", Some(&new), None).await.0, StatusCode::OK);
+        h.stop().await;
+    }
+}
+
+/// Registers `r` declaring `networks` as its daemon networks; its credential is kept for its later calls.
+async fn register_with(h: &Harness, r: &FakeRunner, networks: Value) -> (StatusCode, Value) {
+    let path = format!("/runners/{}/register", r.id);
+    let (s, v) = h.req(Method::POST, &path, Some(RUNNER_TOKEN), Some(json!({"daemonNetworks": networks}))).await;
+    if s == StatusCode::OK {
+        *r.credential.lock().unwrap() = Some(v["credential"].as_str().unwrap().to_owned());
+    }
+    (s, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_reports_only_daemon_addresses_in_the_networks_it_registered() {
+    for db in databases().await {
+        let h = Harness::start(&db).await;
+        let (x, y) = (h.runner("rx"), h.runner("ry"));
+        // Each advertises one host address (issue #21: daemons published on it); a bad network is refused.
+        let (s, v) = register_with(&h, &y, json!(["192.0.2.7/33"])).await;
+        assert_eq!((s, message(&v).contains("192.0.2.7/33")), (StatusCode::BAD_REQUEST, true), "{v}");
+        assert_eq!(register_with(&h, &x, json!(["198.51.100.7/32"])).await.0, StatusCode::OK);
+        assert_eq!(register_with(&h, &y, json!(["192.0.2.7/32"])).await.0, StatusCode::OK);
+        x.heartbeat(1, 1, 1).await;
+        y.heartbeat(64, 64, 1000).await;
+        let id = h.create(empty()).await["id"].as_str().unwrap().to_owned();
+        assert_eq!(h.get_sandbox(&id).await["runnerId"], "ry");
+        let jobs = y.poll(0).await;
+        let [job] = &jobs[..] else { panic!("{jobs:?}") };
+        let result = |daemon: &str, ssh: Option<&str>| {
+            let mut info = y.info(&id, &h.org, SandboxState::Started);
+            info.daemon_addr = Some(daemon.to_owned());
+            info.ssh_addr = ssh.map(str::to_owned);
+            JobResult {
+                job_id: job.id.clone(),
+                outcome: JobOutcome::Succeeded { sandbox: Some(Box::new(info)), snapshot: None },
+            }
+        };
+        // Y pointing its sandbox at X's host (or at its bridge, which it did not declare) is refused, with why.
+        for (daemon, ssh) in
+            [("198.51.100.7:40001", None), ("172.17.0.9:2280", None), ("192.0.2.7:40001", Some("198.51.100.7:40002"))]
+        {
+            let r = result(daemon, ssh);
+            let (s, v) = h
+                .req(
+                    Method::POST,
+                    &format!("/runners/ry/jobs/{}/result", job.id),
+                    Some(&y.credential().await),
+                    Some(serde_json::to_value(&r).unwrap()),
+                )
+                .await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{daemon} {ssh:?}: {v}");
+            assert!(message(&v).contains("outside the networks it registered (192.0.2.7/32)"), "{v}");
+            assert_eq!(h.state(&id).await, "creating", "a refused result moves nothing");
+        }
+        // Its own published ports are taken, and are what the proxy and the SSH gateway get.
+        assert_eq!(y.result(result("192.0.2.7:40001", Some("192.0.2.7:40002"))).await, StatusCode::NO_CONTENT);
+        assert_eq!(h.state(&id).await, "started");
+        let (_, route) = h.proxy_get::<sandbar_proto::api::Route>(&format!("/internal/routes/{id}")).await;
+        let route = route.unwrap();
+        assert_eq!(route.daemon_addr.as_deref(), Some("192.0.2.7:40001"));
+        assert_eq!(route.ssh_addr.as_deref(), Some("192.0.2.7:40002"));
+        // Its full picture naming another address is refused whole, and the route stays.
+        let mut moved = y.info(&id, &h.org, SandboxState::Started);
+        moved.daemon_addr = Some("198.51.100.7:40009".into());
+        let (s, v) = h
+            .req(
+                Method::POST,
+                "/runners/ry/sandboxes",
+                Some(&y.credential().await),
+                Some(serde_json::to_value(vec![moved]).unwrap()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        let (_, route) = h.proxy_get::<sandbar_proto::api::Route>(&format!("/internal/routes/{id}")).await;
+        assert_eq!(route.unwrap().daemon_addr.as_deref(), Some("192.0.2.7:40001"));
+        // A runner that declared nothing may report no address at all.
+        let z = h.runner("rz");
+        let (s, v) = h.req(Method::POST, "/runners/rz/register", Some(RUNNER_TOKEN), None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        *z.credential.lock().unwrap() = Some(v["credential"].as_str().unwrap().to_owned());
+        let status =
+            z.post("sandboxes", serde_json::to_value(vec![z.info(&id, &h.org, SandboxState::Started)]).unwrap()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
         h.stop().await;
     }
 }

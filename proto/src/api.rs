@@ -56,6 +56,16 @@ pub const MAX_POLL_WAIT_SECS: u64 = 30;
 
 /// Environment variable with the service token runners present (`sandbar-runner`) and the API accepts.
 pub const RUNNER_TOKEN_ENV: &str = "SANDBAR_RUNNER_TOKEN";
+/// The body of `POST /runners/{id}/register` (optional: none is an empty list): the IPv4 networks the runner's
+/// daemon addresses lie in (its sandboxes' bridge subnet, or its `--advertise-addr` as a `/32`). The API refuses a
+/// report of that runner naming a daemon or SSH address outside them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerRegistrationRequest {
+    #[serde(default)]
+    pub daemon_networks: Vec<String>,
+}
+
 /// What `POST /runners/{id}/register` (with the join token, [`RUNNER_TOKEN_ENV`]) answers: the credential bound to
 /// that runner id which every later call of the runner carries instead of the join token.
 #[derive(Clone, Serialize, Deserialize)]

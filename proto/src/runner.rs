@@ -543,9 +543,14 @@ pub struct SandboxInfo {
     /// False where the storage driver cannot cap a container's disk (overlay on anything but xfs with pquota,
     /// fuse-overlayfs): `resources.disk` is then recorded, not enforced.
     pub disk_enforced: bool,
-    /// `ip:port` of the daemon's toolbox API while the sandbox runs.
+    /// `ip:port` of the daemon's toolbox API while the sandbox runs: its bridge address, or with the runner's
+    /// `--advertise-addr` the port Docker published for it on that address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_addr: Option<String>,
+    /// `ip:port` of the daemon's SSH server when it is not `daemon_addr`'s IP on the SSH port (a published port);
+    /// absent, the API derives it from `daemon_addr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_addr: Option<String>,
     /// The per-sandbox secret: the key of the daemon's request credential (`X-Sandbar-Daemon-Auth`) and its SSH
     /// password. Never logged (Debug redacts it).
     pub daemon_token: String,
@@ -577,6 +582,7 @@ impl fmt::Debug for SandboxInfo {
             .field("resources", &self.resources)
             .field("disk_enforced", &self.disk_enforced)
             .field("daemon_addr", &self.daemon_addr)
+            .field("ssh_addr", &self.ssh_addr)
             .field("daemon_token", &"<redacted>")
             .field("daemon_host_key", &self.daemon_host_key)
             .field("user", &self.user)
@@ -927,6 +933,7 @@ mod tests {
             resources: Resources::default(),
             disk_enforced: false,
             daemon_addr: None,
+            ssh_addr: None,
             daemon_token: "supersecret".into(),
             daemon_host_key: None,
             user: None,

@@ -45,6 +45,11 @@ pub struct RunnerConfig {
     /// Isolate sandboxes from each other and enforce their egress policies with iptables rules (see
     /// [`crate::firewall`]). Off: no rules, and creates that ask for a policy or a link fail. Default: on.
     pub network_rules: bool,
+    /// The host address other hosts reach this runner's sandboxes at (`--advertise-addr`): each sandbox's daemon
+    /// ports (toolbox, SSH) are published on it, on ports Docker picks, and those are the addresses reported to the
+    /// API, so a proxy on another host reaches the daemon without a route to the bridge. Default: none, the
+    /// bridge address is reported (the proxy must be on this host, or route to the bridge).
+    pub advertise_addr: Option<std::net::Ipv4Addr>,
     /// The iptables binary (`iptables-nft`, `iptables-legacy`, ...). Default: whichever of `iptables`,
     /// `iptables-nft`, `iptables-legacy` holds Docker's `DOCKER-USER` chain.
     pub iptables: Option<String>,
@@ -144,6 +149,7 @@ impl RunnerConfig {
             warm_pool: None,
             state_dir: None,
             network_rules: true,
+            advertise_addr: None,
             iptables: None,
             deny_cidrs: Vec::new(),
             firewall_recheck: Duration::from_secs(5),
@@ -183,6 +189,12 @@ impl RunnerConfig {
         }
         for c in &self.deny_cidrs {
             c.parse::<sandbar_proto::network::Ipv4Cidr>().map_err(|e| format!("--deny-cidr: {e}"))?;
+        }
+        // 0.0.0.0 would publish every daemon port on every address of the host, the LAN's included.
+        if let Some(a) = self.advertise_addr
+            && (a.is_unspecified() || a.is_broadcast() || a.is_multicast())
+        {
+            return Err(format!("advertise address {a} must be one unicast address of this host"));
         }
         if self.firewall_recheck.is_zero() {
             return Err("the firewall recheck interval must be positive".into());

@@ -27,8 +27,10 @@
 //!     -d <linked sandbox ip>                  -> RETURN   links, both ways
 //!     -> SANDBAR-<runner>-ISO                             the floor, then every running sandbox of this runner
 //!     policy: nothing (unrestricted) | -d <cidr> -> RETURN ... then DENY | DENY
-//! SANDBAR-<runner>-<in:sandbox>: replies -> RETURN, linked sandboxes -> RETURN, else DENY (other runners' sandboxes
-//!     and plain containers cannot open connections to it)
+//! SANDBAR-<runner>-<in:sandbox>: replies -> RETURN, linked sandboxes -> RETURN, with `--advertise-addr` the
+//!     daemon's toolbox and SSH ports forwarded from that address by a published port and not from a bridge port
+//!     (a proxy on another host) -> RETURN, else DENY (other runners' sandboxes and plain containers cannot open
+//!     connections to it)
 //! SANDBAR-<runner>-ISO (the floor): DNS to Docker's resolvers -> RETURN; 169.254.0.0/16, 127.0.0.0/8, addrtype
 //!     LOCAL/BROADCAST/MULTICAST (every address of the host: API, runner, proxy metrics, PostgreSQL, whatever
 //!     listens), `--deny-cidr` ranges -> DENY; then each running sandbox of this runner -> DENY
@@ -233,7 +235,7 @@ impl Firewall {
             ipt,
             prefix: chain_prefix(&config.runner_id),
             table: bridge_table(&config.runner_id),
-            floor: Floor { deny, resolvers: docker_resolvers() },
+            floor: Floor { deny, resolvers: docker_resolvers(), published: config.advertise_addr },
             recheck: config.firewall_recheck,
             state_file,
             state: Arc::new(tokio::sync::Mutex::new(State { policies, ..Default::default() })),
@@ -582,8 +584,8 @@ impl Firewall {
                 }
             }
         }
-        let old_f = fragments(&self.prefix, &affected, &old_m, &s.policies)?;
-        let new_f = fragments(&self.prefix, &affected, &new_m, policies)?;
+        let old_f = fragments(&self.prefix, &affected, &old_m, &s.policies, &self.floor)?;
+        let new_f = fragments(&self.prefix, &affected, &new_m, policies, &self.floor)?;
         let chains_of = |f: &BTreeMap<String, Fragment>| -> Vec<String> {
             f.values().flat_map(|f| f.chains.iter().map(|(n, _)| n.clone())).collect()
         };
@@ -767,11 +769,12 @@ fn fragments(
     affected: &BTreeSet<&str>,
     members: &BTreeMap<&str, &Attached>,
     policies: &BTreeMap<String, Stored>,
+    floor: &Floor,
 ) -> Result<BTreeMap<String, Fragment>, NetworkError> {
     let mut out = BTreeMap::new();
     for sb in affected {
         if let Some(a) = members.get(sb) {
-            out.insert((*sb).to_owned(), fragment(prefix, sb, a, members, policies)?);
+            out.insert((*sb).to_owned(), fragment(prefix, sb, a, members, policies, floor)?);
         }
     }
     Ok(out)

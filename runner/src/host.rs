@@ -308,6 +308,28 @@ impl Runner {
         &self.inner.docker
     }
 
+    /// The IPv4 networks this runner's daemon addresses lie in, which it declares when it registers (the API
+    /// refuses others): its advertise address, else the subnets of the sandboxes' Docker network.
+    pub async fn daemon_networks(&self) -> Result<Vec<String>, StartupError> {
+        if let Some(adv) = self.inner.config.advertise_addr {
+            return Ok(vec![format!("{adv}/32")]);
+        }
+        let name = self.inner.config.network.as_deref().unwrap_or("bridge");
+        let net = self.inner.docker.inspect_network(name, None).await?;
+        let subnets: Vec<String> = net
+            .ipam
+            .and_then(|i| i.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.subnet)
+            .filter(|s| s.parse::<sandbar_proto::network::Ipv4Cidr>().is_ok())
+            .collect();
+        if subnets.is_empty() {
+            return Err(StartupError::Config(format!("Docker network {name:?} has no IPv4 subnet")));
+        }
+        Ok(subnets)
+    }
+
     /// Whether Docker answers (the runner's health).
     pub async fn ping(&self) -> Result<(), bollard::errors::Error> {
         self.inner.docker.ping().await.map(drop)
@@ -379,17 +401,19 @@ impl Runner {
     }
 
     /// Moves sandbox `id` to `state` and tells subscribers, like the runner's own operations do (fork.rs: pause and
-    /// resume). `daemon_addr` is recorded for `started`.
+    /// resume). `addrs` (the daemon's toolbox and SSH addresses, [`host::events::daemon_addrs`]) are recorded for
+    /// `started`.
     pub(crate) fn report_state(
         &self,
         id: &str,
         state: SandboxState,
-        daemon_addr: Option<String>,
+        addrs: Option<(String, Option<String>)>,
         reason: Option<String>,
     ) -> Result<SandboxInfo, SandboxError> {
         let entry = self.inner.entry(id)?;
-        if daemon_addr.is_some() {
-            lock(&entry.info).daemon_addr = daemon_addr;
+        if let Some((addr, ssh)) = addrs {
+            let mut info = lock(&entry.info);
+            (info.daemon_addr, info.ssh_addr) = (Some(addr), ssh);
         }
         self.inner.set_state(&entry, state, reason, None);
         Ok(lock(&entry.info).clone())
@@ -537,7 +561,7 @@ impl Inner {
             info.state = state;
             info.error_reason = reason.clone();
             if state != SandboxState::Started {
-                info.daemon_addr = None;
+                (info.daemon_addr, info.ssh_addr) = (None, None);
             }
             StateChange {
                 sandbox_id: info.id.clone(),

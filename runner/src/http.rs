@@ -303,6 +303,7 @@ mod tests {
             resources: Default::default(),
             disk_enforced: false,
             daemon_addr: None,
+            ssh_addr: None,
             daemon_token: String::new(),
             daemon_host_key: None,
             user: None,

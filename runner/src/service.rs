@@ -78,6 +78,11 @@ pub struct RunnerOptions {
     /// and creates asking for a policy or a link fail).
     #[arg(long, env = "SANDBAR_NETWORK_RULES", default_value_t = true, action = clap::ArgAction::Set)]
     pub network_rules: bool,
+    /// The host address a proxy on another host reaches this runner's sandboxes at: their daemon ports are
+    /// published on it (ports chosen by Docker) and reported to the API instead of their bridge addresses (which
+    /// only this host reaches). Unset: bridge addresses, the single-host path.
+    #[arg(long, env = "SANDBAR_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<std::net::Ipv4Addr>,
     /// The iptables binary (default: whichever of iptables, iptables-nft, iptables-legacy holds DOCKER-USER).
     #[arg(long, env = "SANDBAR_IPTABLES")]
     pub iptables: Option<String>,
@@ -167,6 +172,7 @@ impl RunnerOptions {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         c.network_rules = self.network_rules;
+        c.advertise_addr = self.advertise_addr;
         c.iptables = self.iptables.clone();
         c.deny_cidrs = self.deny_cidrs.clone();
         c.firewall_recheck = self.firewall_recheck;
@@ -198,8 +204,11 @@ pub async fn run(
     if opts.runner_token.is_empty() {
         anyhow::bail!("the runner needs a service token (SANDBAR_RUNNER_TOKEN)");
     }
-    let cp = ControlPlane::new(&opts.api_url, opts.runner_token.clone()).context("control plane client")?;
     let runner = Runner::new(opts.config()).await.context("starting the runner")?;
+    let networks = runner.daemon_networks().await.context("reading the sandboxes' network")?;
+    let cp = ControlPlane::new(&opts.api_url, opts.runner_token.clone())
+        .context("control plane client")?
+        .with_daemon_networks(networks);
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;

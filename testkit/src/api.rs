@@ -274,6 +274,8 @@ pub async fn register_runner(http: &reqwest::Client, base: &str, runner_id: &str
     let resp = http
         .post(format!("{base}/runners/{runner_id}/register"))
         .bearer_auth(join_token)
+        // The fake runner reports daemons at 172.17.0.9; the in-process stack's are on loopback.
+        .json(&serde_json::json!({"daemonNetworks": ["172.17.0.0/16", "127.0.0.0/8"]}))
         .send()
         .await
         .expect("register");
@@ -364,6 +366,7 @@ impl FakeRunner {
             resources: Resources::default(),
             disk_enforced: false,
             daemon_addr: Some("172.17.0.9:2280".into()),
+            ssh_addr: None,
             daemon_token: format!("daemon-token-{sandbox_id}"),
             daemon_host_key: Some(fake_host_key(sandbox_id)),
             user: None,

@@ -78,6 +78,7 @@ impl Runner {
             resources: Resources::default(),
             disk_enforced: false,
             daemon_addr: daemon.map(|d| d.addr.clone()),
+            ssh_addr: None,
             daemon_token: daemon.map(|d| d.token.clone()).unwrap_or_else(|| format!("token-{id}")),
             daemon_host_key: daemon.map(crate::proxy::daemon_host_key),
             user: None,

@@ -207,15 +207,20 @@ fn ssh_addr(daemon_addr: &str) -> Option<String> {
 
 /// Records what a runner says about a sandbox's daemon.
 pub(crate) async fn record_info(conn: &mut AnyConnection, info: &SandboxInfo) -> Result<(), sqlx::Error> {
-    let ssh = info.daemon_addr.as_deref().and_then(ssh_addr);
-    sandboxes::record_info(conn, info, ssh).await
+    sandboxes::record_info(conn, info, reported_ssh(info)).await
+}
+
+/// The SSH address a runner reported (a published port), else the one derived from its daemon address.
+fn reported_ssh(info: &SandboxInfo) -> Option<String> {
+    info.daemon_addr.as_ref()?;
+    info.ssh_addr.clone().or_else(|| info.daemon_addr.as_deref().and_then(ssh_addr))
 }
 
 /// Whether `row` already holds what `info` says of the sandbox's daemon (so [`record_info`] would change nothing).
 fn knows_daemon(row: &Row, info: &SandboxInfo) -> bool {
     row.provisioned != 0
         && row.daemon_addr == info.daemon_addr
-        && row.ssh_addr == info.daemon_addr.as_deref().and_then(ssh_addr)
+        && row.ssh_addr == reported_ssh(info)
         && row.daemon_token == info.daemon_token
         && row.daemon_host_key == info.daemon_host_key
 }

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod apply;
 pub mod builds;
+pub mod daemon_addrs;
 pub mod dockerfile;
 pub mod image_quota;
 pub mod images;

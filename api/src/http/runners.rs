@@ -9,13 +9,13 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sandbar_proto::api::{HeartbeatResponse, MAX_POLL_WAIT_SECS, RunnerRegistration};
-use sandbar_proto::runner::{JobResult, RunnerStatus, SandboxInfo, StateChange};
+use sandbar_proto::api::{HeartbeatResponse, MAX_POLL_WAIT_SECS, RunnerRegistration, RunnerRegistrationRequest};
+use sandbar_proto::runner::{JobOutcome, JobResult, RunnerStatus, SandboxInfo, StateChange};
 
 use super::auth::{RunnerAuth, RunnerJoin};
 use super::error::{ApiError, ApiResult, Json, Path, QueryPairs};
 use crate::App;
-use crate::domain::apply;
+use crate::domain::{apply, daemon_addrs};
 use crate::jobs;
 use crate::store::runners;
 
@@ -53,13 +53,26 @@ fn same_id(what: &str, body: &str, path: &str) -> ApiResult<()> {
     Err(ApiError::bad_request(format!("{what} {body:?} in the body does not match {path:?} in the path")))
 }
 
-/// `POST /runners/{id}/register` with the join token: a fresh credential for runner `id` (the previous one stops
-/// working), stored hashed. A runner registers at start and keeps the credential in memory.
-async fn register(State(app): State<App>, _: RunnerJoin, Path(runner_id): Path<String>) -> ApiResult<Response> {
+/// `POST /runners/{id}/register` with the join token, and optionally a [`RunnerRegistrationRequest`] body (the
+/// networks its daemon addresses lie in; none: it may report no address): a fresh credential for runner `id` (the
+/// previous one stops working), stored hashed. A runner registers at start and keeps the credential in memory.
+async fn register(
+    State(app): State<App>,
+    _: RunnerJoin,
+    Path(runner_id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
     valid_id(&runner_id)?;
+    let req: RunnerRegistrationRequest = match body.is_empty() {
+        true => RunnerRegistrationRequest::default(),
+        false => serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid registration body: {e}")))?,
+    };
+    let networks = daemon_addrs::parse_networks(&req.daemon_networks)?;
     let credential = crate::error::new_token(32)?;
-    runners::set_credential(&app.db.pool, &runner_id, &crate::store::sha256_hex(&credential), app.now()).await?;
-    tracing::info!(runner_id = %runner_id, "runner registered");
+    let hash = crate::store::sha256_hex(&credential);
+    runners::set_credential(&app.db.pool, &runner_id, &hash, &networks, app.now()).await?;
+    tracing::info!(runner_id = %runner_id, daemon_networks = %networks, "runner registered");
     Ok(Json(RunnerRegistration { credential }).into_response())
 }
 
@@ -121,6 +134,9 @@ async fn result(
     Json(res): Json<JobResult>,
 ) -> ApiResult<Response> {
     same_id("jobId", &res.job_id, &job_id)?;
+    if let JobOutcome::Succeeded { sandbox: Some(info), .. } = &res.outcome {
+        daemon_addrs::check(&app, &runner_id, &[info.as_ref()]).await?;
+    }
     jobs::on_result(&app, &runner_id, &res).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -142,6 +158,7 @@ async fn reconcile(
     Path(runner_id): Path<String>,
     Json(list): Json<Vec<SandboxInfo>>,
 ) -> ApiResult<Response> {
+    daemon_addrs::check(&app, &runner_id, &list.iter().collect::<Vec<_>>()).await?;
     apply::reconcile(&app, &runner_id, list).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

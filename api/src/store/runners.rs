@@ -103,17 +103,34 @@ pub async fn of_build(conn: &mut AnyConnection, build_id: &str) -> Result<Option
 }
 
 /// Records `hash` as runner `runner_id`'s credential, replacing any earlier one.
-pub async fn set_credential(pool: &AnyPool, runner_id: &str, hash: &str, now: i64) -> Result<(), sqlx::Error> {
+pub async fn set_credential(
+    pool: &AnyPool,
+    runner_id: &str,
+    hash: &str,
+    daemon_networks: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO runner_credentials (runner_id, credential_hash, issued_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (runner_id) DO UPDATE SET credential_hash = excluded.credential_hash, issued_at = excluded.issued_at",
+        "INSERT INTO runner_credentials (runner_id, credential_hash, issued_at, daemon_networks) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (runner_id) DO UPDATE SET credential_hash = excluded.credential_hash, \
+         issued_at = excluded.issued_at, daemon_networks = excluded.daemon_networks",
     )
     .bind(runner_id)
     .bind(hash)
     .bind(now)
+    .bind(daemon_networks)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// The networks (comma-separated CIDRs) runner `runner_id` declared at its last registration; `None` when it never
+/// registered.
+pub async fn daemon_networks(pool: &AnyPool, runner_id: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT daemon_networks FROM runner_credentials WHERE runner_id = $1")
+        .bind(runner_id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// The runner a credential (by its hash) was issued to.

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sandbar_support::sync::lock;
 
-use sandbar_proto::api::{BuildLog, HeartbeatResponse, MAX_POLL_WAIT_SECS, RunnerRegistration};
+use sandbar_proto::api::{
+    BuildLog, HeartbeatResponse, MAX_POLL_WAIT_SECS, RunnerRegistration, RunnerRegistrationRequest,
+};
 use sandbar_proto::runner::{Job, JobResult, RegistryAuth, SandboxInfo, StateChange};
 
 use crate::Runner;
@@ -29,6 +31,8 @@ pub struct ControlPlane {
     /// `(runner id, credential)` from the last registration.
     credential: Arc<tokio::sync::Mutex<Option<(String, String)>>>,
     contact: Arc<Contact>,
+    /// What each registration declares (the networks of this runner's daemon addresses).
+    registration: Arc<RunnerRegistrationRequest>,
 }
 
 /// What the runner last heard from the API: whether it took this runner's full picture once (registered), and
@@ -86,7 +90,15 @@ impl ControlPlane {
             token: token.into(),
             credential: Arc::default(),
             contact: Arc::default(),
+            registration: Arc::default(),
         })
+    }
+
+    /// Declares, at every registration, the IPv4 networks (CIDRs) this runner's daemon addresses lie in
+    /// ([`Runner::daemon_networks`]); the API refuses reports of addresses outside them.
+    pub fn with_daemon_networks(mut self, networks: Vec<String>) -> Self {
+        self.registration = Arc::new(RunnerRegistrationRequest { daemon_networks: networks });
+        self
     }
 
     /// What the runner last heard from the API (shared with every clone of this client).
@@ -104,7 +116,11 @@ impl ControlPlane {
         {
             return Ok(c.clone());
         }
-        let req = self.http.post(self.url(runner_id, "register")).timeout(Duration::from_secs(10));
+        let req = self
+            .http
+            .post(self.url(runner_id, "register"))
+            .json(self.registration.as_ref())
+            .timeout(Duration::from_secs(10));
         let resp = Self::checked(req.bearer_auth(&self.token).send().await?).await?;
         let reg: RunnerRegistration = resp.json().await?;
         tracing::info!(runner_id, "registered with the control plane");

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use sandbar_proto::network::Ipv4Cidr;
+use sandbar_proto::ports;
 use sha2::{Digest, Sha256};
 
 use super::{Attached, NetworkError, Stored};
@@ -51,6 +52,10 @@ pub(super) fn hex(s: &str, bytes: usize) -> String {
 pub(super) struct Floor {
     pub deny: Vec<Ipv4Cidr>,
     pub resolvers: Vec<Ipv4Addr>,
+    /// The runner's advertise address, where each sandbox's daemon ports are published: connections Docker
+    /// forwarded from it to those ports that did not come from a bridge port (a proxy on another host) may open
+    /// connections to the sandbox. Sandboxes reaching it are stopped earlier, by their own egress chain.
+    pub published: Option<Ipv4Addr>,
 }
 
 /// One sandbox's share of this runner's rules: its lines in the top chain (egress jump by port, its address from
@@ -83,6 +88,7 @@ pub(super) fn fragment(
     a: &Attached,
     members: &BTreeMap<&str, &Attached>,
     policies: &BTreeMap<String, Stored>,
+    floor: &Floor,
 ) -> Result<Fragment, NetworkError> {
     let iso = isolation_chain(prefix);
     let deny = deny_chain(prefix);
@@ -132,6 +138,33 @@ pub(super) fn fragment(
     for peer_ip in &peers {
         inb.push(line(&["-s", &format!("{peer_ip}/32"), "-j", "RETURN"]));
     }
+    if let Some(adv) = floor.published {
+        // The daemon's published ports, reached through the advertise address from outside this host's bridges
+        // (the daemon authenticates every request itself). A sandbox's hairpin to the same address comes in
+        // through a bridge port and is refused here too, besides by its egress chain.
+        let ports = format!("{},{}", ports::TOOLBOX, ports::SSH);
+        let orig = format!("{adv}/32");
+        inb.push(line(&[
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            &ports,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "DNAT",
+            "--ctorigdst",
+            &orig,
+            "-m",
+            "physdev",
+            "!",
+            "--physdev-is-in",
+            "-j",
+            "RETURN",
+        ]));
+    }
     inb.push(line(&["-j", &deny]));
     Ok(Fragment { top, iso: line(&["-d", &ip, "-j", &deny]), chains: [(chain, out), (inbound, inb)] })
 }
@@ -151,7 +184,7 @@ pub(super) fn render(
     let mut frags = Vec::with_capacity(members.len());
     let mut chains = BTreeSet::new();
     for (sandbox, a) in &members {
-        let f = fragment(prefix, sandbox, a, &members, policies)?;
+        let f = fragment(prefix, sandbox, a, &members, policies, floor)?;
         for (name, _) in &f.chains {
             if !chains.insert(name.clone()) {
                 return Err(NetworkError::Invalid(format!("chain name collision for sandbox {sandbox}")));
@@ -326,8 +359,11 @@ mod tests {
             ("c4".to_owned(), att("child", "172.17.0.5")),
         ]);
         let stale = BTreeSet::from([format!("{p}-DEADBEEF00")]);
-        let floor =
-            Floor { deny: vec!["192.168.0.0/16".parse().unwrap()], resolvers: vec!["10.0.0.53".parse().unwrap()] };
+        let floor = Floor {
+            deny: vec!["192.168.0.0/16".parse().unwrap()],
+            resolvers: vec!["10.0.0.53".parse().unwrap()],
+            published: None,
+        };
         let (text, chains) = render(&p, &policies, &attached, &stale, &floor).unwrap();
         assert_eq!(chains.len(), 8, "an egress and an inbound chain per sandbox");
         let ch = |s: &str| sandbox_chain("r", s);
@@ -361,6 +397,26 @@ mod tests {
         has(format!(":{p}-DEADBEEF00 - [0:0]\n"));
         assert!(text.ends_with(&format!("-X {p}-DEADBEEF00\nCOMMIT\n")), "{text}");
         assert!(!chains.contains(&format!("{p}-DEADBEEF00")));
+    }
+
+    #[test]
+    fn published_daemon_ports_open_only_from_outside_the_bridges() {
+        let p = chain_prefix("r");
+        let attached = BTreeMap::from([("c".to_owned(), att("s", "10.214.3.2"))]);
+        let inp = inbound_chain(&p, "s");
+        let (plain, _) = render(&p, &BTreeMap::new(), &attached, &BTreeSet::new(), &Floor::default()).unwrap();
+        assert!(!plain.contains("--ctorigdst"), "{plain}");
+        let floor = Floor { published: Some("10.213.3.2".parse().unwrap()), ..Floor::default() };
+        let (text, _) = render(&p, &BTreeMap::new(), &attached, &BTreeSet::new(), &floor).unwrap();
+        // Only the daemon's toolbox and SSH ports, only forwarded from the advertise address, never from a bridge
+        // port (another sandbox's hairpin), and before the inbound chain's refusal.
+        let open = format!(
+            "-A {inp} -p tcp -m multiport --dports 2280,22220 -m conntrack --ctstate DNAT --ctorigdst 10.213.3.2/32 \
+             -m physdev ! --physdev-is-in -j RETURN\n-A {inp} -j {p}-DENY\n"
+        );
+        assert!(text.contains(&open), "missing {open:?} in\n{text}");
+        // A sandbox's egress still meets the floor (the host's own addresses, the advertise address among them).
+        assert!(text.contains(&format!("-A {p}-ISO -m addrtype --dst-type LOCAL -j {p}-DENY\n")), "{text}");
     }
 
     #[test]

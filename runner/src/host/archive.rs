@@ -234,6 +234,7 @@ impl Inner {
                 resources: Default::default(),
                 disk_enforced: self.host.disk_enforced,
                 daemon_addr: None,
+                ssh_addr: None,
                 daemon_token: String::new(),
                 daemon_host_key: None,
                 user: m.user.clone(),
@@ -245,6 +246,7 @@ impl Inner {
         info.state = SandboxState::Archived;
         info.container_id.clear();
         info.daemon_addr = None;
+        info.ssh_addr = None;
         info.daemon_host_key = None;
         info.error_reason = None;
         info

@@ -122,6 +122,7 @@ impl Inner {
             resources: req.resources,
             disk_enforced: self.host.disk_enforced,
             daemon_addr: None,
+            ssh_addr: None,
             daemon_token,
             daemon_host_key: None,
             user: req.user.clone(),
@@ -248,6 +249,7 @@ impl Inner {
             pids_limit: self.config.pids_limit,
             network_mode: self.config.network.clone(),
             storage_opt: self.host.disk_enforced.then(|| HashMap::from([("size".to_owned(), format!("{}G", r.disk))])),
+            port_bindings: self.config.advertise_addr.map(published_daemon_ports),
             ..self.hardening(req, image.user.as_deref())
         };
         let body = ContainerCreateBody {
@@ -257,6 +259,10 @@ impl Inner {
             labels: Some(container_labels),
             user: req.user.clone(),
             stop_timeout: i64::try_from(self.config.stop_timeout.as_secs()).ok(),
+            exposed_ports: self
+                .config
+                .advertise_addr
+                .map(|_| DAEMON_PUBLISHED.iter().map(|p| format!("{p}/tcp")).collect()),
             host_config: Some(host_config),
             ..Default::default()
         };
@@ -272,21 +278,22 @@ impl Inner {
             })?;
         lock(&entry.info).container_id = created.id.clone();
 
-        let (addr, user) = self.start_and_wait(&req.id, &created.id).await?;
+        let (_, (addr, ssh), user) = self.start_and_wait(&req.id, &created.id).await?;
         {
             let mut info = lock(&entry.info);
             info.user = user;
-            info.daemon_addr = Some(addr.to_string());
+            (info.daemon_addr, info.ssh_addr) = (Some(addr), ssh);
         }
         Ok(())
     }
 
-    /// Starts the container and waits for its daemon. Returns the daemon address and the container's user.
+    /// Starts the container and waits for its daemon. Returns the daemon's bridge address (which this host
+    /// reaches), the addresses reported to the API ([`super::events::daemon_addrs`]) and the container's user.
     pub(super) async fn start_and_wait(
         &self,
         id: &str,
         container: &str,
-    ) -> Result<(SocketAddr, Option<String>), SandboxError> {
+    ) -> Result<(SocketAddr, (String, Option<String>), Option<String>), SandboxError> {
         self.docker.start_container(container, None).await?;
         let inspect = self.docker.inspect_container(container, None).await?;
         let ep = endpoint(&inspect).ok_or_else(|| SandboxError::DaemonNotReady {
@@ -302,11 +309,17 @@ impl Inner {
         // Before the daemon answers, so no request reaches a sandbox whose rules are not in place, and before the
         // entrypoint runs (the daemon holds it until released).
         let addr = SocketAddr::new(ep.ip, ports::TOOLBOX);
+        let reported = super::events::daemon_addrs(&inspect, self.config.advertise_addr).ok_or_else(|| {
+            SandboxError::DaemonNotReady {
+                id: id.into(),
+                reason: "Docker published no port for the daemon on the advertise address".into(),
+            }
+        })?;
         self.firewall.attach(container, id, ep).await?;
         self.wait_daemon(id, container, addr).await?;
         self.release_entrypoint(container).await;
         let user = inspect.config.and_then(|c| c.user).filter(|u| !u.is_empty());
-        Ok((addr, user))
+        Ok((addr, reported, user))
     }
 
     /// Lets the daemon start the image's entrypoint, which it holds (`SANDBAR_ENTRYPOINT_GATE`) until the sandbox's
@@ -398,13 +411,16 @@ impl Inner {
         self.set_state(&entry, SandboxState::Starting, None, None);
         let started = match self.start_and_wait(id, &container).await {
             // A restarted daemon has forgotten the identity a claim gave it.
-            Ok((addr, _)) if entry.is_claimed() => self.init_claimed(&entry, addr).await.map(|()| addr),
-            Ok((addr, _)) => Ok(addr),
+            Ok((addr, reported, _)) if entry.is_claimed() => self.init_claimed(&entry, addr).await.map(|()| reported),
+            Ok((_, reported, _)) => Ok(reported),
             Err(e) => Err(e),
         };
         match started {
-            Ok(addr) => {
-                lock(&entry.info).daemon_addr = Some(addr.to_string());
+            Ok((addr, ssh)) => {
+                {
+                    let mut info = lock(&entry.info);
+                    (info.daemon_addr, info.ssh_addr) = (Some(addr), ssh);
+                }
                 self.set_state(&entry, SandboxState::Started, None, None);
                 Ok(lock(&entry.info).clone())
             }
@@ -563,4 +579,20 @@ impl Inner {
         lock(&entry.info).resources = wanted;
         Ok(lock(&entry.info).clone())
     }
+}
+
+/// The daemon's ports published on the advertise address: toolbox and SSH (the web terminal is reached through
+/// the toolbox).
+const DAEMON_PUBLISHED: [u16; 2] = [ports::TOOLBOX, ports::SSH];
+
+/// Docker's port bindings that publish [`DAEMON_PUBLISHED`] on `advertise`, each on a free port Docker picks.
+fn published_daemon_ports(advertise: std::net::Ipv4Addr) -> bollard::models::PortMap {
+    DAEMON_PUBLISHED
+        .iter()
+        .map(|p| {
+            let binding =
+                bollard::models::PortBinding { host_ip: Some(advertise.to_string()), host_port: Some(String::new()) };
+            (format!("{p}/tcp"), Some(vec![binding]))
+        })
+        .collect()
 }

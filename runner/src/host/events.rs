@@ -51,7 +51,12 @@ impl Inner {
                     release.push(cid.clone());
                 }
             }
-            let Some(mut info) = info_from_container(&inspect, &self.config.runner_id, self.host.disk_enforced) else {
+            let Some(mut info) = info_from_container(
+                &inspect,
+                &self.config.runner_id,
+                self.host.disk_enforced,
+                self.config.advertise_addr,
+            ) else {
                 tracing::warn!(container = %cid, "container has our runner label but no usable sandbox labels; ignored");
                 continue;
             };
@@ -71,6 +76,7 @@ impl Inner {
                             state: info.state,
                             error_reason: info.error_reason,
                             daemon_addr: info.daemon_addr,
+                            ssh_addr: info.ssh_addr,
                             daemon_token: info.daemon_token,
                             daemon_host_key: info.daemon_host_key,
                             user: info.user,
@@ -215,9 +221,11 @@ impl Inner {
             if lock(&entry.info).state != SandboxState::Paused {
                 return;
             }
-            if let Some(ip) = container_ip(&inspect) {
-                let addr = SocketAddr::new(ip, ports::TOOLBOX).to_string();
-                lock(&entry.info).daemon_addr = Some(addr);
+            if let Some((addr, ssh)) = daemon_addrs(&inspect, self.config.advertise_addr) {
+                {
+                    let mut info = lock(&entry.info);
+                    (info.daemon_addr, info.ssh_addr) = (Some(addr), ssh);
+                }
                 self.set_state(&entry, SandboxState::Started, None, None);
             }
             return;
@@ -227,10 +235,13 @@ impl Inner {
         {
             // Restarted from outside faster than the events were handled: the address and the bridge port may
             // have changed (a no-op for the firewall when neither did), and the daemon holds the entrypoint.
-            let addr = SocketAddr::new(ep.ip, ports::TOOLBOX).to_string();
+            let addrs = daemon_addrs(&inspect, self.config.advertise_addr);
             match self.firewall.attach(&container, id, ep).await {
                 Ok(()) => {
-                    lock(&entry.info).daemon_addr = Some(addr);
+                    {
+                        let mut info = lock(&entry.info);
+                        (info.daemon_addr, info.ssh_addr) = addrs.map_or((None, None), |(a, s)| (Some(a), s));
+                    }
                     self.release_entrypoint(&container).await;
                 }
                 Err(e) => tracing::error!(sandbox_id = %id, error = %e, "cannot re-hook network rules"),
@@ -253,7 +264,11 @@ impl Inner {
                 && (!entry.is_claimed() || self.init_claimed(&entry, addr).await.is_ok());
             if ready {
                 self.release_entrypoint(&container).await;
-                lock(&entry.info).daemon_addr = Some(addr.to_string());
+                let addrs = daemon_addrs(&inspect, self.config.advertise_addr);
+                {
+                    let mut info = lock(&entry.info);
+                    (info.daemon_addr, info.ssh_addr) = addrs.map_or((None, None), |(a, s)| (Some(a), s));
+                }
                 self.set_state(&entry, SandboxState::Started, Some("started outside the runner".into()), None);
             }
         }
@@ -326,6 +341,28 @@ pub(crate) fn endpoint(inspect: &ContainerInspectResponse) -> Option<firewall::E
     Some(firewall::Endpoint { ip, mac, pid })
 }
 
+/// Where the API is told a running container's daemon answers: `(toolbox, ssh)`. Without an advertise address,
+/// its bridge address on the toolbox port, and no SSH address (the API derives it). With one, the ports Docker
+/// published for the daemon's toolbox and SSH ports on that address; `None` when either is missing (a container
+/// made before the runner had the option: only its own host reaches it, so it is reported unreachable).
+pub(crate) fn daemon_addrs(
+    inspect: &ContainerInspectResponse,
+    advertise: Option<std::net::Ipv4Addr>,
+) -> Option<(String, Option<String>)> {
+    let Some(adv) = advertise else {
+        return container_ip(inspect).map(|ip| (SocketAddr::new(ip, ports::TOOLBOX).to_string(), None));
+    };
+    let published = inspect.network_settings.as_ref()?.ports.as_ref()?;
+    let port = |container_port: u16| {
+        published.get(&format!("{container_port}/tcp"))?.as_ref()?.iter().find_map(|b| {
+            let on: std::net::Ipv4Addr = b.host_ip.as_deref()?.parse().ok()?;
+            let port: u16 = b.host_port.as_deref()?.parse().ok()?;
+            (on == adv && port != 0).then(|| SocketAddr::new(IpAddr::V4(adv), port).to_string())
+        })
+    };
+    Some((port(ports::TOOLBOX)?, Some(port(ports::SSH)?)))
+}
+
 pub(crate) fn container_ip(inspect: &ContainerInspectResponse) -> Option<IpAddr> {
     let networks = inspect.network_settings.as_ref()?.networks.as_ref()?;
     let mut names: Vec<_> = networks.keys().collect();
@@ -377,7 +414,12 @@ pub(super) fn exit_reason(code: i64, oom: bool) -> String {
 }
 
 /// A sandbox as its container describes it (for a restarted runner).
-fn info_from_container(c: &ContainerInspectResponse, runner_id: &str, disk_enforced: bool) -> Option<SandboxInfo> {
+fn info_from_container(
+    c: &ContainerInspectResponse,
+    runner_id: &str,
+    disk_enforced: bool,
+    advertise: Option<std::net::Ipv4Addr>,
+) -> Option<SandboxInfo> {
     let config = c.config.as_ref()?;
     let container_labels = config.labels.as_ref()?;
     let id = container_labels.get(labels::SANDBOX_ID)?.clone();
@@ -407,8 +449,10 @@ fn info_from_container(c: &ContainerInspectResponse, runner_id: &str, disk_enfor
         _ if code != 0 => (SandboxState::Stopped, Some(exit_reason(code, false))),
         _ => (SandboxState::Stopped, None),
     };
-    let daemon_addr =
-        if running { container_ip(c).map(|ip| SocketAddr::new(ip, ports::TOOLBOX).to_string()) } else { None };
+    let (daemon_addr, ssh_addr) = match daemon_addrs(c, advertise).filter(|_| running) {
+        Some((toolbox, ssh)) => (Some(toolbox), ssh),
+        None => (None, None),
+    };
     Some(SandboxInfo {
         id,
         name: container_labels.get(labels::NAME).filter(|n| !n.is_empty()).cloned(),
@@ -425,6 +469,7 @@ fn info_from_container(c: &ContainerInspectResponse, runner_id: &str, disk_enfor
         },
         disk_enforced,
         daemon_addr,
+        ssh_addr,
         daemon_token,
         daemon_host_key,
         user: config.user.clone().filter(|u| !u.is_empty()),
@@ -508,7 +553,7 @@ mod tests {
 
     #[test]
     fn rebuilds_info_from_a_container() {
-        let info = info_from_container(&container(true, 0, false), "r1", false).unwrap();
+        let info = info_from_container(&container(true, 0, false), "r1", false, None).unwrap();
         assert_eq!(info.id, "s1");
         assert_eq!(info.name.as_deref(), Some("nice"));
         assert_eq!(info.organization_id, "org");
@@ -520,10 +565,36 @@ mod tests {
         assert_eq!(info.daemon_addr.as_deref(), Some("172.17.0.9:2280"));
         assert_eq!(info.labels.get("team").map(String::as_str), Some("a"));
 
-        let stopped = info_from_container(&container(false, 0, false), "r1", false).unwrap();
+        let stopped = info_from_container(&container(false, 0, false), "r1", false, None).unwrap();
         assert_eq!((stopped.state, stopped.daemon_addr, stopped.error_reason), (SandboxState::Stopped, None, None));
-        let oom = info_from_container(&container(false, 137, true), "r1", false).unwrap();
+        let oom = info_from_container(&container(false, 137, true), "r1", false, None).unwrap();
         assert_eq!(oom.state, SandboxState::Error);
+    }
+
+    #[test]
+    fn an_advertised_runner_reports_the_published_ports() {
+        use bollard::models::PortBinding;
+        let adv: std::net::Ipv4Addr = "192.0.2.7".parse().unwrap();
+        let mut c = container(true, 0, false);
+        // Not published yet (a container made before --advertise-addr): no address the API could use.
+        assert_eq!(daemon_addrs(&c, Some(adv)), None);
+        let bind = |ip: &str, port: &str| PortBinding { host_ip: Some(ip.into()), host_port: Some(port.into()) };
+        if let Some(n) = c.network_settings.as_mut() {
+            n.ports = Some(HashMap::from([
+                ("2280/tcp".into(), Some(vec![bind("0.0.0.0", "1"), bind("192.0.2.7", "49153")])),
+                ("22220/tcp".into(), Some(vec![bind("192.0.2.7", "49154")])),
+            ]));
+        }
+        assert_eq!(daemon_addrs(&c, Some(adv)), Some(("192.0.2.7:49153".into(), Some("192.0.2.7:49154".into()))));
+        let info = info_from_container(&c, "r1", false, Some(adv)).unwrap();
+        assert_eq!(
+            (info.daemon_addr.as_deref(), info.ssh_addr.as_deref()),
+            (Some("192.0.2.7:49153"), Some("192.0.2.7:49154"))
+        );
+        // Without the option, the bridge address, as on one host.
+        assert_eq!(daemon_addrs(&c, None), Some(("172.17.0.9:2280".into(), None)));
+        // Published on another address only: not reachable where the runner said.
+        assert_eq!(daemon_addrs(&c, Some("192.0.2.8".parse().unwrap())), None);
     }
 
     #[test]
@@ -532,6 +603,6 @@ mod tests {
         if let Some(cfg) = c.config.as_mut() {
             cfg.env = Some(vec![]);
         }
-        assert!(info_from_container(&c, "r1", false).is_none());
+        assert!(info_from_container(&c, "r1", false, None).is_none());
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::image::{self, ImageInfo};
 use super::snapshot::{SNAPSHOT_SOURCE_LABEL, valid_reference};
-use super::{Runner, events::container_ip, run_detached};
+use super::{Runner, events::daemon_addrs, run_detached};
 use crate::error::{SandboxError, SnapshotError, docker_status};
 
 /// Label on a fork's image naming the fork it was made for.
@@ -173,7 +173,8 @@ impl Runner {
             Ok(()) => self.report_state(id, SandboxState::Paused, None, None),
             Err(e) => {
                 // Not paused after all: it is still the started sandbox it was.
-                self.report_state(id, SandboxState::Started, info.daemon_addr.clone(), None)?;
+                let addrs = info.daemon_addr.clone().map(|a| (a, info.ssh_addr.clone()));
+                self.report_state(id, SandboxState::Started, addrs, None)?;
                 Err(e.into())
             }
         }
@@ -200,11 +201,11 @@ impl Runner {
             }
             let inspect = self.docker().inspect_container(&info.container_id, None).await?;
             let running = inspect.state.as_ref().and_then(|s| s.running) == Some(true);
-            let ip = container_ip(&inspect).filter(|_| running).ok_or_else(|| SandboxError::DaemonNotReady {
+            let advertise = self.inner.config.advertise_addr;
+            daemon_addrs(&inspect, advertise).filter(|_| running).ok_or_else(|| SandboxError::DaemonNotReady {
                 id: id.into(),
                 reason: "the container is not running after unpause".into(),
-            })?;
-            Ok(std::net::SocketAddr::new(ip, sandbar_proto::ports::TOOLBOX).to_string())
+            })
         };
         match resumed.await {
             Ok(addr) => self.report_state(id, SandboxState::Started, Some(addr), None),

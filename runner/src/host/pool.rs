@@ -26,6 +26,8 @@ pub(super) struct PoolMember {
     /// The public half of the host key the member's daemon was given.
     host_key: Option<String>,
     addr: SocketAddr,
+    /// Its SSH address when it is published ([`super::events::daemon_addrs`]).
+    ssh: Option<String>,
     user: Option<String>,
 }
 
@@ -148,7 +150,10 @@ impl Inner {
             // The new sandbox's rules replace the pool member's before its daemon takes the new identity.
             self.firewall.reassign(&member.container_id, &req.id).await?;
             self.init_claimed(entry, member.addr).await?;
-            lock(&entry.info).daemon_addr = Some(member.addr.to_string());
+            {
+                let mut info = lock(&entry.info);
+                (info.daemon_addr, info.ssh_addr) = (Some(member.addr.to_string()), member.ssh.clone());
+            }
             self.save_claims()
         }
         .await;
@@ -214,6 +219,7 @@ impl Inner {
             token: info.daemon_token,
             host_key: info.daemon_host_key,
             addr,
+            ssh: info.ssh_addr,
             user: info.user,
         })
     }
@@ -236,6 +242,7 @@ impl Inner {
                     token: info.daemon_token,
                     host_key: info.daemon_host_key,
                     addr,
+                    ssh: info.ssh_addr,
                     user: info.user,
                 }),
                 _ => self.remove_container_quietly(&info.container_id).await,

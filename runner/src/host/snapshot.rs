@@ -9,16 +9,13 @@
 //! to root, and the image gets the base's user back at the end unless the Dockerfile names a user itself.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bollard::models::ContainerConfig;
 use bollard::query_parameters::{CommitContainerOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
 use sandbar_proto::network::NetworkPolicy;
-use sandbar_proto::ports;
 use sandbar_proto::runner::{SandboxInfo, SandboxState, labels};
 
-use super::events::container_ip;
 use super::image::{self, ImageInfo};
 use super::{RESERVED_ENV, Runner, strip_daemon};
 use crate::error::{SandboxError, SnapshotError, docker_status};
@@ -374,7 +371,7 @@ impl Runner {
             let inspect = self.docker().inspect_container(&info.container_id, None).await?;
             let st = inspect.state.clone().unwrap_or_default();
             if st.running == Some(true) && st.paused != Some(true) {
-                let addr = container_ip(&inspect).map(|ip| SocketAddr::new(ip, ports::TOOLBOX).to_string());
+                let addr = super::events::daemon_addrs(&inspect, self.inner.config.advertise_addr);
                 tracing::info!(sandbox_id = %info.id, "paused by an interrupted commit; thawed, started again");
                 return Ok(self.report_state(&info.id, SandboxState::Started, addr, None)?);
             }
