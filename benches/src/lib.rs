@@ -3,6 +3,7 @@
 
 pub mod report;
 pub mod soak;
+pub mod sshd;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -92,4 +93,36 @@ pub fn client() -> anyhow::Result<sandbar_testkit::daemon::SignedClient> {
 /// The request credential (`x-sandbar-daemon-auth`) for one request of `method` to `path_and_query`.
 pub fn auth(method: &str, path_and_query: &str) -> String {
     sandbar_support::daemon_auth::sign(TOKEN, method, path_and_query)
+}
+
+/// Appends one sample (`{"metric", "subject", "value"}`, see [`report`]) to the file `SANDBAR_BENCH_SAMPLES`
+/// names, when it is set: how a benchmark binary hands its figures to `benches/run`.
+pub fn sample(metric: &str, subject: &str, value: f64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let Ok(path) = std::env::var("SANDBAR_BENCH_SAMPLES") else { return Ok(()) };
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(f, "{}", serde_json::json!({"metric": metric, "subject": subject, "value": value}))?;
+    Ok(())
+}
+
+/// An environment variable as a number, `default` when unset or not a number.
+pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The subjects in turn, starting at position `round % len`: interleaved rounds, the order turning each round (as
+/// `benches/run`'s `rotate`), so that no subject always runs first or last.
+pub fn rotate<T: Copy>(items: &[T], round: usize) -> Vec<T> {
+    (0..items.len()).map(|i| items[(i + round) % items.len()]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rotate_turns_the_order_each_round() {
+        let s = ["a", "b", "c"];
+        assert_eq!(super::rotate(&s, 0), ["a", "b", "c"]);
+        assert_eq!(super::rotate(&s, 1), ["b", "c", "a"]);
+        assert_eq!(super::rotate(&s, 5), ["c", "a", "b"]);
+    }
 }

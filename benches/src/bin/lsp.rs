@@ -1,24 +1,27 @@
 //! LSP figures: completion latency (median, p99) through the daemon's `POST /lsp/completions` versus the same
 //! request sent to pylsp directly over stdio, and the daemon's memory per IDE WebSocket bridge.
 //! Run: `cargo run --release -p sandbar-benches --bin lsp` (needs pylsp on PATH; uses scripts/build-daemon's
-//! output, or SANDBAR_STATIC_DAEMON).
+//! output, or SANDBAR_STATIC_DAEMON). `LSP_BENCH_SAMPLES` (300, after `LSP_BENCH_WARMUP`, 20, unrecorded) and
+//! `LSP_BENCH_BRIDGES` (10; 0 leaves the memory figure out) size it; `SANDBAR_BENCH_SAMPLES=FILE` appends the
+//! latencies there for `benches/run` (metrics `lsp_completion_ms` and `lsp_completion_p99_ms`, subjects `daemon`
+//! and `pylsp`).
 
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use sandbar_benches::{Daemon, auth, client, median_p99};
+use sandbar_benches::{Daemon, auth, client, env_num, median_p99, sample};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SOURCE: &str = "import os\nos.pa\n\n\ndef greet(name):\n    return \"hi \" + name\n";
-const WARMUP: usize = 20;
-const SAMPLES: usize = 300;
-const BRIDGES: usize = 10;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let samples: usize = env_num("LSP_BENCH_SAMPLES", 300);
+    let warmup: usize = env_num("LSP_BENCH_WARMUP", 20);
+    let bridges: usize = env_num("LSP_BENCH_BRIDGES", 10);
     let bin = std::env::var("SANDBAR_STATIC_DAEMON")
         .unwrap_or_else(|_| "target/x86_64-unknown-linux-gnu/release/sandbar-daemon".into());
     let d = Daemon::start(std::path::Path::new(&bin))?;
@@ -50,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let mut req = docreq.clone();
     req["position"] = json!({"line": 1, "character": 5});
     let (mut direct_samples, mut http_samples) = (Vec::new(), Vec::new());
-    for i in 0..WARMUP + SAMPLES {
+    for i in 0..warmup + samples {
         let t = Instant::now();
         let r = direct.request("textDocument/completion", params.clone()).await?;
         let direct_time = t.elapsed();
@@ -59,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         let body = c.post(format!("{base}/lsp/completions")).json(&req).send().await?.text().await?;
         let http_time = t.elapsed();
         anyhow::ensure!(body.contains("\"path\""), "daemon completion without `path`: {body}");
-        if i >= WARMUP {
+        if i >= warmup {
             direct_samples.push(direct_time);
             http_samples.push(http_time);
         }
@@ -68,24 +71,31 @@ async fn main() -> anyhow::Result<()> {
     let (dm, dp) = median_p99(&mut direct_samples);
     let (hm, hp) = median_p99(&mut http_samples);
     println!(
-        "completion `os.pa`, pylsp over stdio directly: median {:.1} ms, p99 {:.1} ms ({SAMPLES} requests)",
+        "completion `os.pa`, pylsp over stdio directly: median {:.1} ms, p99 {:.1} ms ({samples} requests)",
         dm / 1e3,
         dp / 1e3
     );
     println!(
-        "completion `os.pa`, through POST /lsp/completions: median {:.1} ms, p99 {:.1} ms ({SAMPLES} requests)",
+        "completion `os.pa`, through POST /lsp/completions: median {:.1} ms, p99 {:.1} ms ({samples} requests)",
         hm / 1e3,
         hp / 1e3
     );
     println!("daemon overhead: median {:+.2} ms, p99 {:+.2} ms", (hm - dm) / 1e3, (hp - dp) / 1e3);
+    for (subject, med, p99) in [("pylsp", dm, dp), ("daemon", hm, hp)] {
+        sample("lsp_completion_ms", subject, med / 1e3)?;
+        sample("lsp_completion_p99_ms", subject, p99 / 1e3)?;
+    }
     c.post(format!("{base}/lsp/stop")).json(&server).send().await?.error_for_status()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if bridges == 0 {
+        return Ok(());
+    }
 
-    // Memory: the daemon's RSS with BRIDGES initialized IDE connections (each has its own pylsp process, whose
+    // Memory: the daemon's RSS with `bridges` initialized IDE connections (each has its own pylsp process, whose
     // memory is the server's, not the bridge's).
     let before = d.rss_kib();
     let mut sockets = Vec::new();
-    for n in 0..BRIDGES {
+    for n in 0..bridges {
         let mut r = format!("ws://{}/lsp/ws?languageId=python&pathToProject={}", d.toolbox, project.display())
             .into_client_request()?;
         let signed = auth("GET", r.uri().path_and_query().map_or("/", |p| p.as_str()));
@@ -105,10 +115,10 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = d.rss_kib();
     println!(
-        "daemon RSS: {:.1} MiB before, {:.1} MiB with {BRIDGES} initialized bridges: {:.0} KiB per bridge",
+        "daemon RSS: {:.1} MiB before, {:.1} MiB with {bridges} initialized bridges: {:.0} KiB per bridge",
         before as f64 / 1024.0,
         after as f64 / 1024.0,
-        after.saturating_sub(before) as f64 / BRIDGES as f64
+        after.saturating_sub(before) as f64 / bridges as f64
     );
     for mut ws in sockets {
         let _ = ws.close(None).await;

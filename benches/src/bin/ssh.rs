@@ -9,82 +9,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
-use sandbar_benches::{Daemon, median_p99};
+use sandbar_benches::sshd::{Sshd, client_opts, run};
+use sandbar_benches::{Daemon, median_p99, sample};
 
 struct Peer {
     name: &'static str,
     port: String,
-}
-
-struct Sshd(Child);
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.stdin(Stdio::null()).output()?;
-    anyhow::ensure!(out.status.success(), "{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-
-fn client_opts(dir: &Path, key: &Path, cipher: &str) -> Vec<String> {
-    vec![
-        "-F".into(),
-        "/dev/null".into(),
-        "-i".into(),
-        key.display().to_string(),
-        "-o".into(),
-        "IdentitiesOnly=yes".into(),
-        "-o".into(),
-        "BatchMode=yes".into(),
-        "-o".into(),
-        "StrictHostKeyChecking=no".into(),
-        "-o".into(),
-        format!("UserKnownHostsFile={}", dir.join("known_hosts").display()),
-        "-o".into(),
-        "LogLevel=ERROR".into(),
-        "-c".into(),
-        cipher.into(),
-    ]
-}
-
-fn start_sshd(dir: &Path, authorized: &Path) -> anyhow::Result<(Sshd, String)> {
-    let sshd = ["/usr/sbin/sshd", "/sbin/sshd"].into_iter().find(|p| Path::new(p).exists());
-    let sshd = sshd.ok_or_else(|| anyhow::anyhow!("no sshd: apt-get install -y openssh-server"))?;
-    let host_key = dir.join("sshd_host_key");
-    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&host_key))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
-    let sftp = ["/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("internal-sftp");
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\n\
-             StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-             PermitRootLogin yes\nSubsystem sftp {sftp}\nUseDNS no\n",
-            host_key.display(),
-            authorized.display()
-        ),
-    )?;
-    std::fs::create_dir_all("/run/sshd")?;
-    let child = Command::new(sshd).args(["-D", "-e", "-f"]).arg(&config).stderr(Stdio::null()).spawn()?;
-    let guard = Sshd(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "sshd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((guard, port))
 }
 
 fn scp_secs(opts: &[String], port: &str, from: &str, to: &str) -> anyhow::Result<f64> {
@@ -136,14 +69,6 @@ fn echo_latency(opts: &[String], port: &str) -> anyhow::Result<(f64, f64)> {
     Ok(median_p99(&mut samples))
 }
 
-/// Appends one sample to `SANDBAR_BENCH_SAMPLES`, when set.
-fn sample(metric: &str, subject: &str, value: f64) -> anyhow::Result<()> {
-    let Ok(path) = std::env::var("SANDBAR_BENCH_SAMPLES") else { return Ok(()) };
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    writeln!(f, "{}", serde_json::json!({"metric": metric, "subject": subject, "value": value}))?;
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     let bin = std::env::var("SANDBAR_STATIC_DAEMON")
         .unwrap_or_else(|_| "target/x86_64-unknown-linux-gnu/release/sandbar-daemon".into());
@@ -158,7 +83,8 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&authorized, &public)?;
 
     let daemon = Daemon::start_with(Path::new(&bin), &[("SANDBAR_SSH_AUTHORIZED_KEYS", public.trim())])?;
-    let (_sshd, sshd_port) = start_sshd(&dir, &authorized)?;
+    let sshd = Sshd::start(&dir, &authorized)?;
+    let sshd_port = sshd.port.clone();
     let daemon_port = daemon.ssh.rsplit(':').next().unwrap_or_default().to_owned();
     let peers = [Peer { name: "daemon", port: daemon_port }, Peer { name: "sshd", port: sshd_port }];
 
