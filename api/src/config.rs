@@ -91,6 +91,25 @@ pub struct Config {
     #[arg(long, env = "SANDBAR_API_SHUTDOWN_GRACE", default_value = "10s", value_parser = secs_or_duration)]
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// How often a wait (a runner's job long-poll, the proxy's route-change long-poll, a create held by
+    /// `create_wait`, a dashboard feed, a build log follow) rereads the database when nothing woke it and no change
+    /// feed is connected: on PostgreSQL while the feed is down (another instance's changes show this late), always
+    /// on SQLite (at least 1 s there: one process owns the file, and its writes wake its waiters at once). Default
+    /// 200 ms.
+    #[arg(long, env = "SANDBAR_API_POLL_INTERVAL", default_value = "200ms", value_parser = millis_or_duration)]
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// The same while the change feed (PostgreSQL `LISTEN`, see `crate::feed`) is connected. Every change is
+    /// notified then, so this is only a safety net. Default 30 s.
+    #[arg(long, env = "SANDBAR_API_FEED_POLL_INTERVAL", default_value = "30s", value_parser = millis_or_duration)]
+    #[serde(with = "duration")]
+    pub feed_poll_interval: Duration,
+    /// How long the change feed waits before its first reconnect after losing its connection; later attempts
+    /// double it (with jitter) up to 30 s or this, whichever is more. Waits poll every `poll_interval` meanwhile.
+    /// Default 250 ms.
+    #[arg(long, env = "SANDBAR_API_FEED_RECONNECT", default_value = "250ms", value_parser = millis_or_duration)]
+    #[serde(with = "duration")]
+    pub feed_reconnect: Duration,
     /// Whether `serve` runs the lifecycle timers every second. Always on in the binary; tests that move a hand
     /// clock turn it off and call `lifecycle::tick` themselves, so a tick never lands between their steps.
     #[arg(skip = true)]
@@ -239,6 +258,8 @@ pub enum ConfigError {
         "job deadlines ([job_deadlines], --job-deadline and its siblings) must be between 15 s and 7 days, got {0:?}"
     )]
     JobDeadline(Duration),
+    #[error("{0} must be between 10 ms and a day, got {1:?}")]
+    Interval(&'static str, Duration),
     #[error("limits: {0}")]
     Limits(String),
     #[error("DATABASE_URL must start with sqlite: or postgres://, got a URL with scheme {0:?}")]
@@ -266,6 +287,9 @@ impl Config {
             job_deadlines: JobDeadlines::default(),
             build_gc_grace: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(200),
+            feed_poll_interval: Duration::from_secs(30),
+            feed_reconnect: Duration::from_millis(250),
             run_timers: true,
             limits: Limits::default(),
         }
@@ -282,6 +306,16 @@ impl Config {
         let deadlines = MIN_JOB_DEADLINE..=Duration::from_secs(7 * 86_400);
         if let Some(d) = self.job_deadlines.all().into_iter().find(|d| !deadlines.contains(d)) {
             return Err(ConfigError::JobDeadline(d));
+        }
+        let intervals = Duration::from_millis(10)..=Duration::from_secs(86_400);
+        for (name, value) in [
+            ("poll_interval (--poll-interval)", self.poll_interval),
+            ("feed_poll_interval (--feed-poll-interval)", self.feed_poll_interval),
+            ("feed_reconnect (--feed-reconnect)", self.feed_reconnect),
+        ] {
+            if !intervals.contains(&value) {
+                return Err(ConfigError::Interval(name, value));
+            }
         }
         let l = &self.limits;
         let positive = [

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod feed;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
@@ -28,6 +29,7 @@ pub use store::orgs as auth;
 use std::collections::HashMap;
 use std::future::IntoFuture as _;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +53,8 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     job_notify: Mutex<HashMap<String, Arc<Notify>>>,
     route_notify: Notify,
+    /// Whether [`feed`] is listening now (PostgreSQL): waits then poll only as a safety net.
+    feed_connected: AtomicBool,
     /// Counters and histograms of this instance (`GET /metrics`).
     pub metrics: metrics::Metrics,
 }
@@ -79,6 +83,7 @@ impl App {
             clock,
             job_notify: Mutex::default(),
             route_notify: Notify::new(),
+            feed_connected: AtomicBool::new(false),
             metrics: metrics::Metrics::default(),
         })))
     }
@@ -98,27 +103,44 @@ impl App {
         self.job_notify(runner_id).notify_waiters();
     }
 
+    /// Wakes every runner's long-polls (they reread, and pick up the poll interval that now applies).
+    pub(crate) fn wake_all_runners(&self) {
+        let notifies: Vec<Arc<Notify>> = sandbar_support::sync::lock(&self.job_notify).values().cloned().collect();
+        for n in notifies {
+            n.notify_waiters();
+        }
+    }
+
     /// Wakes route-change long-polls and everything that waits for a sandbox to change.
     pub(crate) fn wake_routes(&self) {
         self.route_notify.notify_waiters();
     }
 
-    /// How often a long-poll rereads the database besides being woken: other API instances (PostgreSQL) write
-    /// without waking us.
+    /// How often a wait rereads the database besides being woken: `poll_interval` while another instance's
+    /// change could go unnoticed (PostgreSQL with the change feed down), `feed_poll_interval` (a safety net) while
+    /// the feed is connected; on SQLite, where every writer is this process, at least a second.
     pub(crate) fn poll_interval(&self) -> Duration {
         match self.db.kind {
-            DbKind::Postgres => Duration::from_millis(200),
-            DbKind::Sqlite => Duration::from_secs(1),
+            DbKind::Postgres if self.change_feed_connected() => self.config.feed_poll_interval,
+            DbKind::Postgres => self.config.poll_interval,
+            DbKind::Sqlite => self.config.poll_interval.max(Duration::from_secs(1)),
         }
+    }
+
+    /// Whether this instance hears other instances' changes through PostgreSQL `LISTEN` now ([`feed`]).
+    pub fn change_feed_connected(&self) -> bool {
+        self.feed_connected.load(Ordering::Relaxed)
     }
 
     pub fn router(&self) -> Router {
         http::router(self)
     }
 
-    /// Serves on `listener` until `shutdown`, running the lifecycle timers every second meanwhile (`run_timers`).
+    /// Serves on `listener` until `shutdown`, running the lifecycle timers every second meanwhile (`run_timers`)
+    /// and, on PostgreSQL, the change feed.
     pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         let timers = self.config.run_timers.then(|| tokio::spawn(lifecycle::run(self.clone(), shutdown.clone())));
+        let feed = tokio::spawn(feed::run(self.clone(), shutdown.clone()));
         let server = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
@@ -135,6 +157,7 @@ impl App {
         if let Some(timers) = timers {
             let _ = timers.await;
         }
+        let _ = feed.await;
         Ok(result?)
     }
 }

@@ -72,6 +72,10 @@ pub struct Metrics {
     pub sandboxes: Family<StateLabel, Gauge>,
     pub lifecycle_runs: Family<OutcomeLabel, Counter>,
     pub lifecycle_duration: Histogram,
+    /// 1 while this instance's change feed (PostgreSQL `LISTEN`, `crate::feed`) is connected.
+    pub change_feed_connected: Gauge,
+    pub change_feed_connects: Counter,
+    pub change_feed_notifications: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,6 +132,24 @@ impl Default for Metrics {
             "Time one pass of the lifecycle timers took",
             lifecycle_duration.clone(),
         );
+        let change_feed_connected = Gauge::default();
+        registry.register(
+            "change_feed_connected",
+            "1 while the PostgreSQL change feed (LISTEN) is connected; 0 while waits poll instead (always 0 on SQLite)",
+            change_feed_connected.clone(),
+        );
+        let change_feed_connects = Counter::default();
+        registry.register(
+            "change_feed_connects",
+            "Connections of the change feed made (the first and every reconnect)",
+            change_feed_connects.clone(),
+        );
+        let change_feed_notifications = Counter::default();
+        registry.register(
+            "change_feed_notifications",
+            "Change notifications received from PostgreSQL (this instance's own included)",
+            change_feed_notifications.clone(),
+        );
         Self {
             registry,
             requests,
@@ -138,6 +160,9 @@ impl Default for Metrics {
             sandboxes,
             lifecycle_runs,
             lifecycle_duration,
+            change_feed_connected,
+            change_feed_connects,
+            change_feed_notifications,
         }
     }
 }
@@ -209,6 +234,9 @@ mod tests {
             "sandbar_api_sandboxes{state=\"started\"} 2",
             "sandbar_api_lifecycle_runs_total{outcome=\"ok\"} 1",
             "sandbar_api_lifecycle_run_duration_seconds_count 1",
+            "sandbar_api_change_feed_connected 0",
+            "sandbar_api_change_feed_connects_total 0",
+            "sandbar_api_change_feed_notifications_total 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -534,6 +534,21 @@ pub fn rows() -> Vec<RowSpec> {
         rows.push(api(format!("API GET /api/sandbox/{{id}} p50, {store}"), "µs", m(p50, "api"), Target::Below(1000.0)));
         rows.push(api(format!("API GET /api/sandbox/{{id}} p99, {store}"), "µs", m(p99, "api"), Target::Below(5000.0)));
     }
+    // The change feed between two API instances on PostgreSQL (benches/src/bin/api.rs, `feed`).
+    for (q, metric, target) in [
+        ("p50", "api_feed_result_to_create_p50_us_pg", 5000.0),
+        ("p99", "api_feed_result_to_create_p99_us_pg", 10000.0),
+    ] {
+        rows.push(RowSpec {
+            metric: format!("API result on instance A to the create held on B, {q}, postgres"),
+            unit: "µs",
+            sandbar_name: "sandbar-api",
+            sandbar: m(metric, "api"),
+            peer_name: "-",
+            peer: None,
+            target: Target::Below(target),
+        });
+    }
     // The lifecycle at scale (benches/src/bin/lifecycle.rs): the longest a GET waited while the work ran.
     let lifecycle: [(&str, &str, &'static str, &'static str); 6] = [
         ("a lifecycle tick", "sqlite", "lifecycle_tick_get_max_ms", "lifecycle_tick_took_ms"),

@@ -361,8 +361,7 @@ async fn commit_new(
 }
 
 /// Waits up to `create_wait` for a new sandbox to leave `creating` (every job result wakes the route watchers;
-/// a result posted to another API instance is seen by rereading every poll interval), and returns the row as it
-/// then is.
+/// a result posted to another API instance wakes them through `crate::feed`), and returns the row as it then is.
 pub async fn wait_while_creating(app: &App, row: Row) -> ApiResult<Row> {
     if app.config.create_wait.is_zero() {
         return Ok(row);

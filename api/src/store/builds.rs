@@ -253,8 +253,9 @@ pub async fn append_log(
         .bind(text.len() as i64)
         .bind(attempt)
         .bind(id)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    super::notify::logs(conn).await?;
     Ok(true)
 }
 

@@ -19,6 +19,7 @@ pub async fn enqueue(
     let id = uuid::Uuid::new_v4().to_string();
     let seq = next_seq(&mut *conn).await?;
     let payload = serde_json::to_string(kind).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    super::notify::jobs(&mut *conn, runner_id).await?;
     sqlx::query(
         "INSERT INTO jobs (id, seq, runner_id, sandbox_id, kind, payload, prev_state, via_state, state, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9)",
@@ -104,9 +105,13 @@ pub async fn complete(
     .bind(now)
     .bind(error)
     .bind(job_id)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(r.rows_affected() == 1)
+    if r.rows_affected() != 1 {
+        return Ok(false);
+    }
+    super::notify::job_done(conn, job_id).await?;
+    Ok(true)
 }
 
 /// Unfinished jobs queued before `before`: `(id, runner_id, kind tag, created_at)`, oldest first.
@@ -161,9 +166,9 @@ pub async fn payload(pool: &AnyPool, job_id: &str, runner_id: &str) -> Result<Op
 pub async fn redeliver_now(conn: &mut AnyConnection, runner_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE jobs SET handed_at = 0 WHERE runner_id = $1 AND state = 'claimed'")
         .bind(runner_id)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
-    Ok(())
+    super::notify::jobs(conn, runner_id).await
 }
 
 /// Drops jobs completed before `before`; returns how many.

@@ -9,6 +9,7 @@
 pub mod builds;
 pub mod image_bytes;
 pub mod jobs;
+pub mod notify;
 pub mod orgs;
 pub mod registries;
 pub mod routes;

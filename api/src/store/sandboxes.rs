@@ -131,6 +131,7 @@ pub async fn bump(conn: &mut AnyConnection, sandbox_id: &str, now: i64) -> Resul
         .bind(now)
         .execute(&mut *conn)
         .await?;
+    super::notify::routes(conn).await?;
     Ok(seq)
 }
 

@@ -7,6 +7,11 @@
 //! For `benches/run`: `SANDBAR_BENCH_SAMPLES=FILE` appends the figures there as samples (see
 //! `sandbar_benches::report`), `SANDBAR_BENCH_LIST=0` leaves out the listing of 10,000, and
 //! `SANDBAR_BENCH_GETS` sets the number of GETs (default 5000).
+//!
+//! On PostgreSQL it also times the change feed (`sandbar_api::feed`): two API instances on one fresh database, a
+//! create held open on B (`create_wait`) while a fake runner long-polls A and posts the result there; the figure
+//! is the time from posting the result to A until B answers the create, p50/p99 (`SANDBAR_BENCH_FEED` rounds,
+//! default 200).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,10 +35,14 @@ async fn main() -> anyhow::Result<()> {
     let admin = std::env::var("SANDBAR_BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://sandbar:sandbar@127.0.0.1:5432/sandbar_test".into());
     match fresh_pg(&admin).await {
-        Ok(url) => run("postgres", &url, creates).await?,
+        Ok(url) => {
+            run("postgres", &url, creates).await?;
+            let rounds = std::env::var("SANDBAR_BENCH_FEED").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+            feed(&fresh_pg(&admin).await?, rounds).await?;
+        }
         Err(e) => {
             println!("postgres: skipped ({admin} not reachable: {e})");
-            for m in ["api_create_rps_pg", "api_get_p50_us_pg", "api_get_p99_us_pg"] {
+            for m in ["api_create_rps_pg", "api_get_p50_us_pg", "api_get_p99_us_pg", FEED_P50, FEED_P99] {
                 sample(&serde_json::json!({"skip": m, "reason": format!("PostgreSQL not reachable: {e}")}))?;
             }
         }
@@ -162,6 +171,91 @@ async fn run(label: &str, url: &str, creates: usize) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = beat.await;
     server.await??;
+    Ok(())
+}
+
+const FEED_P50: &str = "api_feed_result_to_create_p50_us_pg";
+const FEED_P99: &str = "api_feed_result_to_create_p99_us_pg";
+
+/// One API instance on `url` serving on 127.0.0.1:0: the app, its base URL and its server task.
+async fn instance(
+    url: &str,
+    create_wait: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(App, String, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let mut config = Config::new("/nonexistent");
+    config.database_url = Some(url.to_owned());
+    config.runner_token = Some(sandbar_testkit::api::RUNNER_TOKEN.into());
+    config.create_wait = create_wait;
+    config.limits.quota_sandboxes = 1 << 40;
+    config.limits.quota_cpu = 1 << 40;
+    config.limits.quota_memory = 1 << 40;
+    config.limits.quota_disk = 1 << 40;
+    let app = App::open(config, Arc::new(SystemClock)).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}/api", listener.local_addr()?);
+    let server = tokio::spawn({
+        let (app, s) = (app.clone(), shutdown.clone());
+        async move { app.serve(listener, s).await }
+    });
+    // Measured with the feed listening: a result must not be found by a poll.
+    let t0 = Instant::now();
+    while !app.change_feed_connected() {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "the change feed did not connect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok((app, base, server))
+}
+
+/// The change feed's figure: a result posted to instance A, until the create held open on instance B answers.
+async fn feed(url: &str, rounds: usize) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let (a, base_a, server_a) = instance(url, Duration::ZERO, &shutdown).await?;
+    let (_b, base_b, server_b) = instance(url, Duration::from_secs(60), &shutdown).await?;
+    let boot = sandbar_api::auth::bootstrap(&a.db, "bench", &a.config.limits, a.now()).await?;
+    let http = reqwest::Client::new();
+    let runner = sandbar_testkit::api::FakeRunner {
+        id: "feed".into(),
+        base: base_a,
+        http: http.clone(),
+        credential: Arc::default(),
+    };
+    let mut lat = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        if i % 100 == 0 {
+            runner.heartbeat(1 << 16, 1 << 16, 1 << 20).await;
+        }
+        let create = tokio::spawn({
+            let (http, url, key) = (http.clone(), format!("{base_b}/sandbox"), boot.api_key.clone());
+            async move {
+                let body = json!({"env": {}, "labels": {}, "volumes": []});
+                let r = http.post(url).bearer_auth(key).json(&body).send().await?;
+                let v: Value = r.error_for_status()?.json().await?;
+                Ok::<_, anyhow::Error>((Instant::now(), v))
+            }
+        });
+        let jobs = runner.poll(10).await;
+        let [job] = &jobs[..] else { anyhow::bail!("round {i}: one job expected, got {}", jobs.len()) };
+        let t0 = Instant::now();
+        anyhow::ensure!(runner.succeed(job, &boot.organization_id).await.is_success(), "result refused");
+        let (answered, v) = create.await??;
+        anyhow::ensure!(v["state"] == "started", "round {i}: the held create answered {}", v["state"]);
+        lat.push(answered.saturating_duration_since(t0));
+    }
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "postgres: change feed, result posted to instance A until the create held on B answers: {} rounds: p50 {:.2} ms, p99 {:.2} ms",
+        lat.len(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3
+    );
+    for (metric, p) in [(FEED_P50, 0.50), (FEED_P99, 0.99)] {
+        sample(&json!({"metric": metric, "subject": "api", "value": pct(p).as_secs_f64() * 1e6}))?;
+    }
+    shutdown.cancel();
+    server_a.await??;
+    server_b.await??;
     Ok(())
 }
 

@@ -60,7 +60,7 @@ impl Feed {
                     return Some((Ok(Event::default().event("rows").data(data)), self));
                 }
             }
-            let nap = app.poll_interval();
+            let nap = app.poll_interval().min(REFRESH);
             let _ = tokio::time::timeout(nap, notified).await;
             waited += nap;
         }
