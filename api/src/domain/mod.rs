@@ -10,6 +10,7 @@ pub mod access;
 pub mod apply;
 pub mod builds;
 pub mod dockerfile;
+pub mod drain;
 pub mod image_quota;
 pub mod images;
 pub mod keys;
