@@ -45,6 +45,11 @@ pub struct Config {
     /// Bearer token the operator's Prometheus presents to read `GET /metrics`; without one, metrics are off.
     #[arg(long, env = "SANDBAR_API_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Bearer token of the operator's runner administration (`/api/admin/runners`: list, cordon, uncordon, drain;
+    /// the `sandbar runner` commands); without one, those endpoints are off. An organization's API key never opens
+    /// them.
+    #[arg(long, env = "SANDBAR_API_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Image used when a create names neither a snapshot nor an image.
     #[arg(long, env = "SANDBAR_DEFAULT_SNAPSHOT", default_value = "sandbar-sandbox:default")]
     pub default_snapshot: String,
@@ -278,6 +283,7 @@ impl Config {
             runner_token: None,
             proxy_token: None,
             metrics_token: None,
+            admin_token: None,
             default_snapshot: "sandbar-sandbox:default".into(),
             allowed_images: default_allowed_images(),
             allowed_registries: vec!["*".into()],

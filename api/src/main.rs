@@ -47,7 +47,7 @@ enum Command {
 }
 
 /// What masks in `--print-config`.
-const SECRETS: &[&str] = &["runner_token", "proxy_token", "metrics_token", "database_url"];
+const SECRETS: &[&str] = &["runner_token", "proxy_token", "metrics_token", "admin_token", "database_url"];
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();

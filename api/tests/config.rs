@@ -39,6 +39,7 @@ max_cpu = 6
         ("DATABASE_URL", "postgres://sandbar:db-password-1234@db.example:5432/sandbar?sslmode=require"),
         ("SANDBAR_CREATE_JOB_DEADLINE_SECS", "1200"),
         ("SANDBAR_API_METRICS_TOKEN", "env-metrics-secret-2718"),
+        ("SANDBAR_API_ADMIN_TOKEN", "env-admin-secret-3141"),
     ];
     // The old millisecond flag beats the file; a flag beats the environment.
     let args = ["--proxy-url", "https://flag.example", "--create-wait-ms", "1500"];
@@ -64,9 +65,16 @@ max_cpu = 6
         r#"runner_token = "********""#,
         r#"proxy_token = "********""#,
         r#"metrics_token = "********""#,
+        r#"admin_token = "********""#,
         r#"database_url = "postgres://sandbar:********@db.example:5432/sandbar?sslmode=require""#,
     ];
-    let secrets = ["file-runner-secret-4711", "env-proxy-secret-0815", "env-metrics-secret-2718", "db-password-1234"];
+    let secrets = [
+        "file-runner-secret-4711",
+        "env-proxy-secret-0815",
+        "env-metrics-secret-2718",
+        "env-admin-secret-3141",
+        "db-password-1234",
+    ];
     let printed = print_config(BIN, &args, &env, &lines, &secrets);
 
     // What it prints is a configuration file that gives the same configuration.

@@ -13,7 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use reqwest::Method;
 use sandbar_cli::client::{self, Client, enc};
 use sandbar_cli::output::{self, Output};
-use sandbar_cli::{FAILURE, demux, ssh, term, tls, up};
+use sandbar_cli::{FAILURE, demux, runners, ssh, term, tls, up};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -197,6 +197,12 @@ enum Cmd {
         #[arg(short, long)]
         follow: bool,
     },
+    /// The operator's runner commands (ls, cordon, uncordon, drain [--move]), with the admin token
+    /// (SANDBAR_ADMIN_TOKEN, or `sandbar up`'s secrets.env).
+    Runner {
+        #[command(subcommand)]
+        cmd: runners::RunnerCmd,
+    },
     /// Print a completion script for a shell: `source <(sandbar completions bash)`, or write it where the shell
     /// looks (e.g. ~/.local/share/bash-completion/completions/sandbar, a directory of $fpath as _sandbar,
     /// ~/.config/fish/completions/sandbar.fish).
@@ -254,13 +260,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         up::up(args).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (url, key) = client::credentials(&dir)?;
     let trust = tls::Trust { ca_cert: cli.ca_cert.clone(), data_dir: Some(dir.clone()), system_roots: true };
+    if let Cmd::Runner { cmd } = command {
+        runners::run(cmd, &dir, trust.client_config()?, out).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (url, key) = client::credentials(&dir)?;
     let c = Client::new(url, key, trust.client_config()?)?;
     let wait = Duration::from_secs(120);
     match command {
         // Handled above.
-        Cmd::Up(_) | Cmd::Completions { .. } | Cmd::Man { .. } => {}
+        Cmd::Up(_) | Cmd::Completions { .. } | Cmd::Man { .. } | Cmd::Runner { .. } => {}
         Cmd::Create { image, snapshot, name, cpu, memory, disk, env, labels, public, no_wait } => {
             let body = client::create_body(
                 image.as_deref(),

@@ -133,15 +133,18 @@ async fn run_step(what: &str, script: &Path, env: &[(&str, &str)], log: &Path) -
 }
 
 /// Secrets the services share, made on first run and kept in `<data-dir>/secrets.env` (mode 0600): the runner's and
-/// the proxy's service tokens, and the token of the API's `/metrics` (`SANDBAR_API_METRICS_TOKEN`, for a scraper).
+/// the proxy's service tokens, the token of the API's `/metrics` (`SANDBAR_API_METRICS_TOKEN`, for a scraper) and
+/// the operator's admin token (`SANDBAR_API_ADMIN_TOKEN`, which `sandbar runner` reads).
 struct Secrets {
     runner_token: String,
     proxy_token: String,
     metrics_token: String,
+    admin_token: String,
 }
 
 /// The keys of `secrets.env`, each the environment variable the services read it from.
-const SECRET_KEYS: [&str; 3] = ["SANDBAR_RUNNER_TOKEN", "SANDBAR_PROXY_TOKEN", "SANDBAR_API_METRICS_TOKEN"];
+const SECRET_KEYS: [&str; 4] =
+    ["SANDBAR_RUNNER_TOKEN", "SANDBAR_PROXY_TOKEN", "SANDBAR_API_METRICS_TOKEN", "SANDBAR_API_ADMIN_TOKEN"];
 
 /// A service token: 48 lowercase hex digits.
 fn random_token() -> anyhow::Result<String> {
@@ -174,6 +177,7 @@ fn load_secrets(dir: &Path) -> anyhow::Result<Secrets> {
         runner_token: get("SANDBAR_RUNNER_TOKEN"),
         proxy_token: get("SANDBAR_PROXY_TOKEN"),
         metrics_token: get("SANDBAR_API_METRICS_TOKEN"),
+        admin_token: get("SANDBAR_API_ADMIN_TOKEN"),
     })
 }
 
@@ -231,6 +235,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         ("SANDBAR_RUNNER_TOKEN".to_owned(), secrets.runner_token.clone()),
         ("SANDBAR_PROXY_TOKEN".to_owned(), secrets.proxy_token.clone()),
         ("SANDBAR_API_METRICS_TOKEN".to_owned(), secrets.metrics_token.clone()),
+        ("SANDBAR_API_ADMIN_TOKEN".to_owned(), secrets.admin_token.clone()),
         ("RUST_LOG".to_owned(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
     ];
     let launcher = Launcher { bins, env, logs: logs.clone() };

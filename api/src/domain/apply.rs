@@ -42,6 +42,8 @@ pub async fn act(
         Action::Resize { .. } => "resized",
     };
     let mut wake = None;
+    // Where the job goes: the sandbox's runner, but for a restore, which may go to another one.
+    let mut runner = row.runner_id.clone();
     match plan {
         Plan::Noop => {}
         Plan::Set(next) => sandboxes::set_state(&mut tx, &row.id, next, None, now).await?,
@@ -66,6 +68,7 @@ pub async fn act(
                     if idle {
                         quota::check(&mut tx, &row.organization_id, row.cpu, row.memory, 0, 0).await?;
                     }
+                    runner = super::drain::restore_target(app, &mut tx, &row).await?;
                     Some(jobs::restore::plan(&row))
                 }
                 JobTag::Archive => Some(jobs::archive::plan(&row)),
@@ -75,7 +78,7 @@ pub async fn act(
                     Some(resize::plan(app, &mut tx, &row, current, ask).await?)
                 }
             };
-            match (job, row.runner_id.clone()) {
+            match (job, runner) {
                 (None, _) => sandboxes::set_state(&mut tx, &row.id, SandboxState::Destroyed, None, now).await?,
                 (Some(job), Some(runner)) => {
                     jobs::enqueue(&mut tx, &runner, &job, row.stored_state(), next, now).await?;

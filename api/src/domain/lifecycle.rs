@@ -32,6 +32,8 @@ pub struct TickReport {
     pub restarted: Vec<String>,
     /// Jobs failed for having no result by their deadline.
     pub expired: Vec<String>,
+    /// Sandboxes that took a step off a draining runner (stop, archive, restore elsewhere: `super::drain`).
+    pub moved: Vec<String>,
 }
 
 /// Route changes older than this are dropped (a proxy away longer than that must rebuild its cache).
@@ -133,6 +135,7 @@ async fn pass(app: &App) -> Result<TickReport, sqlx::Error> {
             Err(e) => tracing::info!(sandbox_id = %id, error = %e.message, "restart after a host stop deferred"),
         }
     }
+    report.moved = super::drain::move_out(app).await?;
     report.expired = jobs::expire(app).await?;
     if report != TickReport::default() {
         tracing::info!(
@@ -141,6 +144,7 @@ async fn pass(app: &App) -> Result<TickReport, sqlx::Error> {
             archived = report.archived.len(),
             restarted = report.restarted.len(),
             expired = report.expired.len(),
+            moved = report.moved.len(),
             "lifecycle timers"
         );
     }

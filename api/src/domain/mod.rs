@@ -11,6 +11,7 @@ pub mod apply;
 pub mod builds;
 pub mod daemon_addrs;
 pub mod dockerfile;
+pub mod drain;
 pub mod image_quota;
 pub mod images;
 pub mod keys;

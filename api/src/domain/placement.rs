@@ -1,7 +1,7 @@
 //! Placement: which runner a new sandbox (or build) goes to. [`place`] picks the reachable runner with the most
 //! free room that fits; [`place_on`] checks the one runner an image lives on (built images, forks and snapshots
 //! taken from a sandbox are local to a runner: nothing is pushed to a registry). CPU and memory are overcommitted by the
-//! configured factors, disk is not.
+//! configured factors, disk is not. Neither puts anything on a cordoned or draining runner (`super::drain`).
 
 use sqlx::AnyConnection;
 
@@ -32,7 +32,17 @@ fn fits(app: &App, r: &Load, cpu: i64, memory: i64, disk: i64) -> bool {
 
 /// Picks the reachable runner with the most free room that fits the request.
 pub async fn place(app: &App, conn: &mut AnyConnection, cpu: i64, memory: i64, disk: i64) -> ApiResult<String> {
-    let rows = runners::loads(conn, Which::SeenSince(reachable_since(app, app.now()))).await?;
+    let mut rows = runners::loads(conn, Which::SeenSince(reachable_since(app, app.now()))).await?;
+    // Cordoned and draining runners take nothing new (`super::drain`).
+    let closed = crate::store::drain::unschedulable(conn).await?;
+    let reachable = rows.len();
+    rows.retain(|r| !closed.contains(&r.id));
+    if rows.is_empty() && reachable > 0 {
+        return Err(ApiError::unavailable(format!(
+            "no runner takes new sandboxes: the {reachable} reachable runner(s) are cordoned or draining; \
+             uncordon one or add a runner"
+        )));
+    }
     if rows.is_empty() {
         return Err(ApiError::unavailable("no runner is available: start a runner (sandbar-runner) and retry"));
     }
@@ -72,6 +82,12 @@ pub async fn place_on(
     if r.last_heartbeat < reachable_since(app, app.now()) {
         return Err(ApiError::unavailable(format!(
             "runner {runner}, which holds the image (images are local to a runner), is unreachable; retry when it is back"
+        )));
+    }
+    if let Some(schedule) = crate::store::drain::schedule_of(conn, runner).await?.filter(|s| s != "active") {
+        return Err(ApiError::unavailable(format!(
+            "runner {runner}, which holds the image (images are local to a runner), is {schedule} and takes no new \
+             sandboxes; uncordon it, or create from another image"
         )));
     }
     if !fits(app, &r, cpu, memory, disk) {

@@ -7,6 +7,7 @@
 //! Every request gets an id and one access line ([`access_log`]).
 
 pub mod access_log;
+pub mod admin;
 pub mod api_keys;
 pub mod auth;
 pub mod builds;
@@ -53,6 +54,7 @@ pub fn router(app: &App) -> Router {
         .merge(openapi::routes())
         .merge(api_keys::routes())
         .merge(organizations::routes())
+        .merge(admin::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")

@@ -240,6 +240,10 @@ pub const OPERATIONS: &[Operation] = &[
         Some("OrganizationUsageOverview"),
         "organizations",
     ),
+    ("GET", "/admin/runners", "adminListRunners", None, 200, None, "admin"),
+    ("POST", "/admin/runners/{runnerId}/cordon", "adminCordonRunner", None, 200, Some("RunnerView"), "admin"),
+    ("POST", "/admin/runners/{runnerId}/uncordon", "adminUncordonRunner", None, 200, Some("RunnerView"), "admin"),
+    ("POST", "/admin/runners/{runnerId}/drain", "adminDrainRunner", None, 200, Some("RunnerView"), "admin"),
 ];
 
 fn json_ref(schema: &str) -> utoipa::openapi::Content {
@@ -317,6 +321,7 @@ pub fn document() -> OpenApi {
         .schema_from::<ApiKeyResponse>()
         .schema_from::<ApiKeyList>()
         .schema_from::<OrganizationUsageOverview>()
+        .schema_from::<crate::domain::drain::RunnerView>()
         .build();
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("sandbar API").version(env!("CARGO_PKG_VERSION")).build())

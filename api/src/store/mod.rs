@@ -7,6 +7,7 @@
 //! and build logs are rows, so an API restart (or a second instance on PostgreSQL) loses nothing.
 
 pub mod builds;
+pub mod drain;
 pub mod image_bytes;
 pub mod jobs;
 pub mod notify;

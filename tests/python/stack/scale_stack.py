@@ -14,6 +14,9 @@ by runner label, the ``DOCKER-USER`` rules deleted, the namespaces deleted (whic
 dropped. Leftovers of a run that was itself killed are swept at the next start: namespaces are named after the pid
 of the pytest that made them, and rules naming a veth that no longer exists are dropped.
 
+``shared_archive``: both runners archive to one directory (as an S3 bucket would be shared between hosts). The
+APIs get an admin token (``SANDBAR_API_ADMIN_TOKEN`` in ``env``) for ``/api/admin/runners``.
+
 Env: ``SANDBAR_BIN_DIR``, ``SANDBAR_STATIC_DAEMON`` (else scripts/build-daemon), ``SANDBAR_STACK_IMAGE`` (default:
 the default image, built by scripts/build-sandbox-image when missing), ``SANDBAR_TEST_DATABASE_URL`` (an existing
 database of a role that may create databases; default the one scripts/setup makes).
@@ -193,6 +196,8 @@ def free_port() -> int:
 class ScaleStack:
     work: Path
     unreachable_secs: int = 10
+    # One archive store (a directory) both runners use, so a sandbox archived on one restores on the other.
+    shared_archive: bool = False
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
     db: Database = field(default_factory=Database)
     namespaces: list[NetNs] = field(default_factory=list)
@@ -243,6 +248,7 @@ class ScaleStack:
             "DATABASE_URL": self.db.url,
             "SANDBAR_RUNNER_TOKEN": secrets.token_hex(16),
             "SANDBAR_PROXY_TOKEN": secrets.token_hex(16),
+            "SANDBAR_API_ADMIN_TOKEN": secrets.token_hex(16),
             "RUST_LOG": "info",
             "NO_COLOR": "1",
         })
@@ -288,6 +294,7 @@ class ScaleStack:
             # A runner in its own network namespace sees that namespace's iptables, not the host's DOCKER-USER
             # chain where sandbox rules must go; this test is about placement and failover, not isolation.
             "--network-rules", "false",
+            *(["--archive-store", str(self.work / "archives")] if self.shared_archive else []),
         ])
         since = int(time.time() * 1000)
         proc = start_proc(f"runner-{rid}", argv, self.env, self.logs, "sandbar-runner ready", timeout=120)
