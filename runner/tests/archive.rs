@@ -338,7 +338,7 @@ async fn default_image_archive_figures() {
         &runner,
         &id,
         "echo kept > /tmp/file.txt && head -c 5000000 /dev/urandom > /tmp/random.bin \
-         && seq 1 740000 > /tmp/text.txt && rm -rf /usr/share/doc && du -sh /tmp",
+         && seq 1 740000 > /tmp/text.txt && sudo rm -rf /usr/share/doc && du -sh /tmp",
     )
     .await;
     for round in 1..=3 {
