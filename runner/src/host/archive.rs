@@ -9,7 +9,10 @@
 //! (`{id}/layer.tar.zst`), plus the base: the image's ID in the manifest, and a tag `sandbar-archive:{id}` on it so
 //! that removing the image the sandbox was made from (a deleted snapshot) cannot take the base away while the
 //! archive needs it. A default-image sandbox with 10 MB of changes archives about 10 MB instead of Docker's export
-//! of its whole file system (271 MiB), and neither side walks the image.
+//! of its whole file system (271 MiB), and neither side walks the image. Measured on this repository's CI machine
+//! (`tests/archive.rs`, `default_image_archive_figures`: 5 MB random and 5 MB text written, `/usr/share/doc` deleted,
+//! under other builds' load): archive 0.16-0.26 s (5.0 MiB) against 38-56 s (278.5 MiB) for the export; restore to
+//! daemon ready 0.55-0.75 s against 13-16.5 s; fork of the running sandbox 0.54-0.75 s against 12.4-15.4 s.
 //!
 //! Restore creates the container from the pinned base, **created but not started**, writes the layer into its
 //! upper directory, then starts it. Writing the upper directory rather than `PUT /containers/{id}/archive`,
