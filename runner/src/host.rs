@@ -173,6 +173,8 @@ struct Inner {
     firewall: Firewall,
     /// Where archived sandboxes go; `None`: archiving is not configured.
     archive: Option<archive::ArchiveStore>,
+    /// How container ids map to host ids in upper dirs (`userns-remap`; identity without it).
+    ids: archive::IdMap,
     /// Where volumes live; `None` without a state dir (creates that mount one fail with the reason).
     volumes: Option<Arc<dyn volumes::VolumeDriver>>,
     /// What the volumes held when last measured (every [`VOLUME_MEASURE_EVERY`]), for heartbeats.
@@ -229,6 +231,11 @@ impl Runner {
             _ => 1,
         };
         let userns = hardening::has_userns(&info);
+        let ids = if userns {
+            archive::IdMap::from_docker_root(info.docker_root_dir.as_deref().unwrap_or_default())
+        } else {
+            archive::IdMap::default()
+        };
         hardening::check_userns(userns, config.allow_host_root)?;
         let gvisor_runtimes = hardening::check_runtimes(&info, &config.runtimes)?;
         let host = HostFacts {
@@ -265,6 +272,7 @@ impl Runner {
             refill: Arc::new(tokio::sync::Notify::new()),
             firewall,
             archive,
+            ids,
             volumes: volume_driver,
             volume_usage: Arc::new(Mutex::new(Vec::new())),
             usage: Mutex::new(usage::UsageState::default()),
@@ -361,7 +369,7 @@ impl Runner {
 
     /// Creates and starts a sandbox; returns once its daemon answers `GET /version`.
     pub async fn create(&self, req: CreateSandbox) -> Result<SandboxInfo, SandboxError> {
-        self.detached(|inner| async move { inner.create(req).await }).await
+        self.detached(|inner| async move { inner.create(req, None).await }).await
     }
 
     pub async fn start(&self, id: &str) -> Result<SandboxInfo, SandboxError> {

@@ -28,7 +28,7 @@ pub mod service;
 
 pub use config::{DAEMON_MOUNT_PATH, RunnerConfig, WarmPoolConfig};
 pub use error::{ImageError, SandboxError, SnapshotError, StartupError};
-pub use host::archive::{ARCHIVE_LABEL, ARCHIVE_REPO, ArchiveManifest};
+pub use host::archive::{ARCHIVE_LABEL, ARCHIVE_REPO, ArchiveKind, ArchiveManifest};
 pub use host::cgroup::CgroupLimits;
 pub use host::image::ImageInfo;
 pub use host::{HostFacts, Runner};

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::s3::Moto;
 use common::*;
-use sandbar_proto::runner::{CreateSandbox, JobErrorCode, SandboxState, StopSandbox};
+use sandbar_proto::runner::{CreateSandbox, ForkSandbox, JobErrorCode, SandboxState, StopSandbox, fork_image};
 use sandbar_proto::toolbox::ExecuteRequest;
-use sandbar_runner::{ARCHIVE_REPO, Runner, RunnerConfig, SandboxError};
+use sandbar_runner::{ARCHIVE_REPO, ArchiveKind, Runner, RunnerConfig, SandboxError};
 
 /// Removes the images restores make for `id`, even when the test fails half way.
 struct ImageGuard(String);
@@ -89,8 +89,10 @@ async fn archive_restore_keeps_files_and_destroy_deletes_the_archive() {
     wait_for_state(&mut changes, &id, SandboxState::Archived, Duration::from_secs(1)).await;
     assert!(runner.get(&id).is_none(), "the runner forgets an archived sandbox");
     assert!(t.containers().is_empty(), "the container is gone: {:?}", t.containers());
-    let tar = store.path().join(&id).join("rootfs.tar");
     let manifest = runner.archive_manifest(&id).await.unwrap().expect("a complete archive");
+    assert_eq!(manifest.kind, ArchiveKind::Layer, "the sandbox's own layer, over its image");
+    assert!(image_exists(&format!("{ARCHIVE_REPO}:{id}")), "the base is pinned while the archive needs it");
+    let tar = store.path().join(&id).join("layer.tar.zst");
     assert_eq!(manifest.size, std::fs::metadata(&tar).unwrap().len());
     assert!(manifest.size > 3_000_000, "the export holds the files: {} bytes", manifest.size);
     assert_eq!(manifest.sha256.len(), 64);
@@ -131,7 +133,7 @@ async fn archive_restore_keeps_files_and_destroy_deletes_the_archive() {
     // between: nothing about the archive lives in the runner.
     stop(&runner, &id).await;
     runner.archive(&id).await.unwrap();
-    assert!(!image_exists(&format!("{ARCHIVE_REPO}:{id}")), "the restore image goes with the container");
+    assert!(image_exists(&format!("{ARCHIVE_REPO}:{id}")), "the pinned base stays with the archive");
     drop(runner);
     let runner = Runner::new(config(&t, store.path())).await.unwrap();
     assert!(runner.get(&id).is_none());
@@ -149,6 +151,80 @@ async fn archive_restore_keeps_files_and_destroy_deletes_the_archive() {
     assert!(matches!(runner.destroy(&id).await, Err(SandboxError::NotFound(_))));
     assert!(t.containers().is_empty());
     assert!(!image_exists(&format!("{ARCHIVE_REPO}:{id}")));
+}
+
+/// Everything under the changed trees as the sandbox sees it: path, type, mode, owner, size, link count, link
+/// target, content hash; and whether the two names of the hard link are one file.
+const TREE: &str = "for p in $(find /data /home /usr /bin | sort); do stat -c '%n|%F|%a|%u|%g|%s|%h' \"$p\"; \
+    if [ -L \"$p\" ]; then readlink \"$p\"; elif [ -f \"$p\" ]; then md5sum < \"$p\"; fi; done; \
+    [ /data/file -ef /data/dir/hard ] && echo one-inode";
+
+/// The host path of `rel` in the writable layer of sandbox `id`'s container.
+fn in_upper_dir(id: &str, rel: &str) -> std::path::PathBuf {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", &format!("sandbar-{id}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Path::new(String::from_utf8_lossy(&out.stdout).trim()).join(rel)
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    let n = rustix::fs::lgetxattr(path, name, &mut buf[..]).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_restore_and_fork_keep_the_layer_tree() {
+    let t = TestRunner::new("archive-tree");
+    let store = tempfile::tempdir().unwrap();
+    let id = format!("at-{}", unique());
+    let fork_id = format!("atf-{}", unique());
+    let _images = ImageGuard(id.clone());
+    let _fork_image = Images(vec![fork_image(&fork_id)]);
+    let runner = Runner::new(config(&t, store.path())).await.unwrap();
+    let req = spec(&id);
+    runner.create(req.clone()).await.unwrap();
+    sh(
+        &runner,
+        &id,
+        "mkdir -p /data/dir/deeper /data/empty && echo hello > /data/file && chmod 640 /data/file \
+        && chown 1000:1000 /data/file && ln /data/file /data/dir/hard && ln -s ../file /data/dir/sym \
+        && ln -s /nowhere /data/dangling && echo '#!/bin/sh' > /data/suid && chmod 4755 /data/suid \
+        && chown 1234:5678 /data/dir/deeper && mkfifo /data/fifo && chmod 600 /data/fifo \
+        && head -c 2000000 /dev/urandom > /data/dir/deeper/random.bin \
+        && rm /bin/vi && rmdir /usr/sbin && rm -rf /home && mkdir -p /home/new && echo x > /home/new/file",
+    )
+    .await;
+    // busybox has no setfattr: the attribute goes where the sandbox's own write of it would land.
+    rustix::fs::lsetxattr(in_upper_dir(&id, "data/file"), "user.note", b"kept", rustix::fs::XattrFlags::empty())
+        .unwrap();
+    let before = sh(&runner, &id, TREE).await;
+    for (what, missing) in [("deleted", "/bin/vi"), ("deleted dir", "/usr/sbin"), ("hidden", "/home/sandbar")] {
+        assert!(!before.contains(&format!("{missing}|")), "{what} {missing} shows: {before}");
+    }
+    assert!(before.contains("/data/suid|regular file|4755|0|0|") && before.contains("one-inode"), "{before}");
+
+    // A fork of the running sandbox: the same tree, the attribute too.
+    let mut fork = create_req(&fork_id, &fork_image(&fork_id));
+    fork.entrypoint = req.entrypoint.clone();
+    runner.fork(ForkSandbox { source_sandbox_id: id.clone(), fork }).await.unwrap();
+    assert_eq!(sh(&runner, &fork_id, TREE).await, before, "the fork's tree");
+    assert_eq!(xattr(&in_upper_dir(&fork_id, "data/file"), "user.note").as_deref(), Some(&b"kept"[..]));
+    runner.destroy(&fork_id).await.unwrap();
+
+    stop(&runner, &id).await;
+    runner.archive(&id).await.unwrap();
+    let manifest = runner.archive_manifest(&id).await.unwrap().expect("a complete archive");
+    assert_eq!(manifest.kind, ArchiveKind::Layer);
+    assert!(manifest.base_image_id.as_deref().is_some_and(|b| b.starts_with("sha256:")), "{manifest:?}");
+    runner.restore(req).await.unwrap();
+    assert_eq!(sh(&runner, &id, TREE).await, before, "the restored tree");
+    assert_eq!(xattr(&in_upper_dir(&id, "data/file"), "user.note").as_deref(), Some(&b"kept"[..]));
+    runner.destroy(&id).await.unwrap();
+    assert!(!image_exists(&format!("{ARCHIVE_REPO}:{id}")), "the pin goes with the sandbox");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +246,8 @@ async fn a_corrupt_archive_is_refused_and_kept() {
     runner.archive(&id).await.unwrap();
 
     // Flip one byte in the middle of the tarball: same size, other content.
-    let tar = store.path().join(&id).join("rootfs.tar");
+    let kind = runner.archive_manifest(&id).await.unwrap().unwrap().kind;
+    let tar = store.path().join(&id).join(kind.object());
     let mut bytes = std::fs::read(&tar).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -182,7 +259,8 @@ async fn a_corrupt_archive_is_refused_and_kept() {
     let back = wait_for_state(&mut changes, &id, SandboxState::Archived, Duration::from_secs(1)).await;
     assert!(back.reason.unwrap().contains("restore failed"));
     assert!(runner.get(&id).is_none() && t.containers().is_empty(), "nothing half-restored is left");
-    assert!(!image_exists(&format!("{ARCHIVE_REPO}:{id}")) && !image_exists(&format!("{ARCHIVE_REPO}:{id}.rootfs")));
+    assert!(!image_exists(&format!("{ARCHIVE_REPO}:{id}.rootfs")));
+    assert!(image_exists(&format!("{ARCHIVE_REPO}:{id}")), "a layer's pinned base stays for the next attempt");
     assert!(runner.archive_manifest(&id).await.unwrap().is_some(), "a failed restore keeps the archive");
 
     // Repaired, it restores.
@@ -218,7 +296,7 @@ async fn archive_and_restore_through_an_s3_compatible_store() {
     runner.archive(&id).await.unwrap();
     assert!(t.containers().is_empty());
     let manifest = runner.archive_manifest(&id).await.unwrap().expect("archive in the bucket");
-    let object = moto.url(&format!("sandbar-archives/runner-a/{id}/rootfs.tar"));
+    let object = moto.url(&format!("sandbar-archives/runner-a/{id}/{}", manifest.kind.object()));
     let head = http.head(&object).send().await.unwrap();
     assert_eq!(head.status(), reqwest::StatusCode::OK);
     let length = head.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -243,7 +321,8 @@ async fn without_a_store_archive_is_refused_with_the_reason() {
     assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
 }
 
-/// Archive and restore of the default image, three rounds: time and size. Not a pass/fail check.
+/// Archive, restore and fork of a default-image sandbox with 10 MB of changes (5 MB random, 5 MB text, a deleted
+/// directory), three rounds: time and size. Not a pass/fail check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "figures: run with --ignored --nocapture"]
 async fn default_image_archive_figures() {
@@ -255,8 +334,22 @@ async fn default_image_archive_figures() {
     let image = runner.ensure_default_image().await.unwrap();
     let req = create_req(&id, &image.reference);
     runner.create(req.clone()).await.unwrap();
-    sh(&runner, &id, "echo kept > /home/sandbar/file.txt").await;
+    sh(
+        &runner,
+        &id,
+        "echo kept > /tmp/file.txt && head -c 5000000 /dev/urandom > /tmp/random.bin \
+         && seq 1 740000 > /tmp/text.txt && sudo rm -rf /usr/share/doc && du -sh /tmp",
+    )
+    .await;
     for round in 1..=3 {
+        let fork_id = format!("{id}-f{round}");
+        let mut fork = create_req(&fork_id, &fork_image(&fork_id));
+        fork.entrypoint = req.entrypoint.clone();
+        let t0 = Instant::now();
+        runner.fork(ForkSandbox { source_sandbox_id: id.clone(), fork }).await.unwrap();
+        let forked = t0.elapsed();
+        assert_eq!(sh(&runner, &fork_id, "cat /tmp/file.txt").await, "kept");
+        runner.destroy(&fork_id).await.unwrap();
         stop(&runner, &id).await;
         let t0 = Instant::now();
         runner.archive(&id).await.unwrap();
@@ -265,11 +358,13 @@ async fn default_image_archive_figures() {
         let t0 = Instant::now();
         runner.restore(req.clone()).await.unwrap();
         let restore = t0.elapsed();
-        assert_eq!(sh(&runner, &id, "cat /home/sandbar/file.txt").await, "kept");
+        assert_eq!(sh(&runner, &id, "cat /tmp/file.txt").await, "kept");
         println!(
-            "round {round}: image {} ({} MiB), archive {:.2} s, archive size {:.1} MiB, restore to daemon ready {:.2} s",
+            "round {round}: image {} ({} MiB), fork of the running sandbox to daemon ready {:.2} s, archive {:.2} s, \
+             archive size {:.1} MiB, restore to daemon ready {:.2} s",
             image.reference,
             image.size >> 20,
+            forked.as_secs_f64(),
             archive.as_secs_f64(),
             size as f64 / (1 << 20) as f64,
             restore.as_secs_f64()

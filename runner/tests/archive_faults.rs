@@ -123,7 +123,7 @@ impl Store {
 
     /// Checks through moto that `m` describes the tarball the store holds.
     async fn assert_intact(&self, m: &ArchiveManifest) {
-        let tar = self.object(&m.sandbox_id, "rootfs.tar").await.expect("the tarball is there");
+        let tar = self.object(&m.sandbox_id, m.kind.object()).await.expect("the tarball is there");
         assert_eq!(tar.len() as u64, m.size);
         assert_eq!(format!("{:x}", Sha256::digest(&tar)), m.sha256, "the tarball is the one its manifest names");
     }
@@ -223,7 +223,7 @@ async fn a_store_down_past_the_retry_budget_fails_the_job_with_its_reason() {
     assert!(err.to_string().starts_with("archive store: ") && err.to_string().contains("500"), "{err}");
     assert_eq!(counts.failed, 5, "the first attempt and 4 retries: {counts:?}");
     assert!(runner.get(&id).is_none() && t.containers().is_empty(), "no container is left");
-    assert!(!image_exists(&format!("{ARCHIVE_REPO}:{id}")) && !image_exists(&format!("{ARCHIVE_REPO}:{id}.rootfs")));
+    assert!(!image_exists(&format!("{ARCHIVE_REPO}:{id}.rootfs")), "no import is left");
     store.relay.set(Faults::pass());
     assert_eq!(runner.archive_manifest(&id).await.unwrap().as_ref(), Some(&first), "the archive is intact");
     store.assert_intact(&first).await;
@@ -231,13 +231,13 @@ async fn a_store_down_past_the_retry_budget_fails_the_job_with_its_reason() {
     // What a restore whose clean-up failed (the store went away right then) leaves: the archive's objects while
     // the sandbox runs again. Kept aside, restored for real, then put back.
     let stale_manifest = store.object(&id, "manifest.json").await.unwrap();
-    let stale_tar = store.object(&id, "rootfs.tar").await.unwrap();
+    let stale_tar = store.object(&id, first.kind.object()).await.unwrap();
     runner.restore(spec(&id)).await.unwrap();
     assert_eq!(sh(&runner, &id, "cat /version").await, "one");
     sh(&runner, &id, "echo two > /version && md5sum /big.bin /version > /sums").await;
     stop(&runner, &id).await;
     store.put_object(&id, "manifest.json", stale_manifest).await;
-    store.put_object(&id, "rootfs.tar", stale_tar).await;
+    store.put_object(&id, first.kind.object(), stale_tar).await;
 
     // Archive while the store stalls: the look for a stale manifest, its delete, the upload's start and one part
     // get through, then nothing is answered. The stalled part is tried 3 times (3 s each, no retry after 7 s),

@@ -1,20 +1,54 @@
 //! Archive and restore: a stopped sandbox's filesystem goes to an object store and its container goes away;
-//! starting it again brings the filesystem back as an image and creates the container from it exactly as a
-//! create would.
+//! starting it again brings the filesystem back and creates the container exactly as a create would.
 //!
-//! Store layout, per sandbox: `{id}/rootfs.tar`, Docker's export of the container (streamed straight into a
-//! multipart upload, never held in memory) and `{id}/manifest.json`, written last, so an archive is complete
-//! exactly when its manifest exists. The manifest keeps what the export loses and the restore needs: what the
-//! image gave the container (entrypoint, environment, work dir, user), the tarball's size and SHA-256. It keeps no
-//! secret: the caller's environment, labels, resources and intervals come back with the restore job (the control
-//! plane is their source of truth), and a restored sandbox gets a fresh daemon token, as a create does. Nothing
-//! about an archived sandbox lives only in the runner: it forgets the sandbox once the container is gone, and a
-//! restarted runner needs nothing but the store.
+//! ## What is archived: the sandbox's own layer
+//! A sandbox's image is shared and stays on the runner; what is the sandbox's own is its container's writable
+//! layer, the upper directory of the storage driver (`GraphDriver.Data.UpperDir`). An archive is that layer
+//! ([`layer`]: a tar stream with deletions as `.wh.` entries, opaque directories, owners as the container sees
+//! them, extended attributes, symlinks, hard links and devices), zstd-compressed as it streams
+//! (`{id}/layer.tar.zst`), plus the base: the image's ID in the manifest, and a tag `sandbar-archive:{id}` on it so
+//! that removing the image the sandbox was made from (a deleted snapshot) cannot take the base away while the
+//! archive needs it. A default-image sandbox with 10 MB of changes archives about 10 MB instead of Docker's export
+//! of its whole file system (271 MiB), and neither side walks the image. Measured on this repository's CI machine
+//! (`tests/archive.rs`, `default_image_archive_figures`: 5 MB random and 5 MB text written, `/usr/share/doc` deleted,
+//! under other builds' load): archive 0.16-0.26 s (5.0 MiB) against 38-56 s (278.5 MiB) for the export; restore to
+//! daemon ready 0.55-0.75 s against 13-16.5 s; fork of the running sandbox 0.54-0.75 s against 12.4-15.4 s.
 //!
-//! Restore: the tarball is imported as an image (checked against the manifest's size and digest while it
-//! streams), a container that never runs carries the manifest's image config and is committed as
+//! Restore creates the container from the pinned base, **created but not started**, writes the layer into its
+//! upper directory, then starts it. Writing the upper directory rather than `PUT /containers/{id}/archive`,
+//! because only the driver's own form can say what the layer says: Docker's archive upload extracts a tar into the
+//! merged view, where a `.wh.` entry would become a file named `.wh.x` instead of deleting `x`, an opaque
+//! directory cannot be expressed at all, and ownership is whatever the tar says without the user-namespace shift;
+//! it also mounts the fuse-overlayfs view and pushes every byte through FUSE. The upper directory of a container
+//! that never ran is empty and used by nobody, so writing it needs no lock and no mount; the runner, which is
+//! root on the Docker host, writes host ids (container id + the `userns-remap` base, [`IdMap`]) and the
+//! driver's whiteout form (a 0/0 character device; fuse-overlayfs reads that and `.wh.` files both).
+//!
+//! A fork is the same copy from one upper directory into another ([`Inner::copy_layer`]), the source frozen
+//! (docker pause, its mount flushed) for the moment of the copy when it runs; the fork's image is a tag of the
+//! source's base (`sandbar-fork:{fork}`), not a commit, so nothing compares the image's files.
+//!
+//! The full export stays as the fallback: when the upper directory is out of reach (a remote Docker, a driver
+//! without one) or the base image is gone, the archive is Docker's export (`{id}/rootfs.tar`), and its restore
+//! imports it as an image as before; a fork falls back to the commit. Manifests of version 1 (always a full
+//! export) still restore. A layer archive whose base has gone from the runner (both the tag and the image removed
+//! by hand) cannot be restored, and says so.
+//!
+//! ## The store
+//! Per sandbox: the tarball (streamed straight into a multipart upload, never held in memory) and
+//! `{id}/manifest.json`, written last, so an archive is complete exactly when its manifest exists. The manifest
+//! keeps what the export loses and the restore needs: what the image gave the container (entrypoint, environment,
+//! work dir, user), the tarball's kind, size and SHA-256. It keeps no secret: the caller's environment, labels,
+//! resources and intervals come back with the restore job (the control plane is their source of truth), and a
+//! restored sandbox gets a fresh daemon token, as a create does. Nothing about an archived sandbox lives only in
+//! the runner: it forgets the sandbox once the container is gone, and a restarted runner needs nothing but the
+//! store and the pinned base.
+//!
+//! Restore of a full export: the tarball is imported as an image (checked against the manifest's size and digest
+//! while it streams), a container that never runs carries the manifest's image config and is committed as
 //! `sandbar-archive:{id}` (commit takes the config as JSON, so no environment value has to survive Dockerfile
-//! quoting), and `create_container` makes the sandbox from that image. The objects are deleted once the sandbox
+//! quoting), and `create_container` makes the sandbox from that image. A layer is checked the same way while it
+//! is applied; a mismatch removes the container it was written into. The objects are deleted once the sandbox
 //! runs again; a failed restore leaves them, so a later start retries.
 //!
 //! Both jobs are idempotent, as the API re-delivers a job whose result it did not get: an archive whose container
@@ -50,20 +84,46 @@ use super::{Entry, Inner, RESERVED_ENV, Runner, container_name, strip_daemon, un
 use crate::config::DAEMON_MOUNT_PATH;
 use crate::error::{SandboxError, docker_status};
 
+mod layer;
 mod store;
+mod stream;
+pub(crate) use layer::IdMap;
 pub(crate) use store::ArchiveStore;
 use store::TarBody;
+pub(crate) use stream::LayerSource;
 
 /// Repository of the images restores make: `sandbar-archive:{id}` (and `{id}.rootfs`, the bare import, while a
 /// restore runs).
 pub const ARCHIVE_REPO: &str = "sandbar-archive";
 /// Label on restore images and their helper container; its value is the sandbox ID.
 pub const ARCHIVE_LABEL: &str = "sandbar.archive";
-const MANIFEST_VERSION: u32 = 1;
+/// 2 added `kind` and `baseImageId`; a version 1 manifest is a full export and still restores.
+const MANIFEST_VERSION: u32 = 2;
 /// Export and import stream for as long as the filesystem takes; Docker's per-request timeout is for answers.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// A tar stream ends with two zero blocks: an export without them was cut short.
 const TAR_END: usize = 1024;
+
+/// What an archive's tarball holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ArchiveKind {
+    /// `rootfs.tar`: Docker's export of the whole file system.
+    #[default]
+    Rootfs,
+    /// `layer.tar.zst`: the container's own layer, applied over its base image (see the module doc).
+    Layer,
+}
+
+impl ArchiveKind {
+    /// The tarball's object name in the sandbox's folder.
+    pub fn object(self) -> &'static str {
+        match self {
+            Self::Rootfs => "rootfs.tar",
+            Self::Layer => "layer.tar.zst",
+        }
+    }
+}
 
 /// What an archive keeps beside the filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,9 +144,15 @@ pub struct ArchiveManifest {
     /// The container's user (the create's, else the image's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Bytes of `rootfs.tar`.
+    /// What the tarball holds (version 1: always `rootfs`).
+    #[serde(default)]
+    pub kind: ArchiveKind,
+    /// A layer's base: the ID of the image the container ran, kept on this runner as `sandbar-archive:{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image_id: Option<String>,
+    /// Bytes of the tarball (`kind.object()`).
     pub size: u64,
-    /// Hex SHA-256 of `rootfs.tar`.
+    /// Hex SHA-256 of the tarball.
     pub sha256: String,
     /// Unix seconds.
     pub archived_at: i64,
@@ -203,7 +269,7 @@ impl Inner {
                 return Err(e);
             }
         };
-        match self.remove_archived_container(&entry, &info).await {
+        match self.remove_archived_container(&entry, &info, m.kind).await {
             Ok(()) => {
                 tracing::info!(sandbox_id = %id, bytes = m.size, ms = started.elapsed().as_millis() as u64,
                     store = %store.location(), "sandbox archived");
@@ -259,7 +325,7 @@ impl Inner {
         if inspect.state.as_ref().and_then(|s| s.running) == Some(true) {
             return Err(SandboxError::InvalidState { id: id.into(), state: SandboxState::Started, action: "archive" });
         }
-        let config = inspect.config.unwrap_or_default();
+        let config = inspect.config.clone().unwrap_or_default();
         let spec: SandboxSpecLabel = config
             .labels
             .as_ref()
@@ -271,9 +337,52 @@ impl Inner {
 
         store.clear_staged(id).await;
         store.remove_stale_manifest(id).await?;
+        let started = Instant::now();
+        // The layer when it can be read and its base pinned; else (a remote Docker, another driver, a base image
+        // gone) the full export.
+        let layer = match self.layer_source(&inspect) {
+            Some(src) if self.pin_base(&src.image_id, ARCHIVE_REPO, id).await? => Some(src),
+            _ => None,
+        };
+        let (kind, base_image_id, size, sha256) = match layer {
+            Some(src) => {
+                let (size, sha256, stats) = self.export_layer(store, id, &src).await?;
+                tracing::info!(sandbox_id = %id, entries = stats.entries, file_bytes = stats.file_bytes,
+                    whiteouts = stats.whiteouts, bytes = size, ms = started.elapsed().as_millis() as u64,
+                    "layer archived");
+                (ArchiveKind::Layer, Some(src.image_id), size, sha256)
+            }
+            None => {
+                let (size, sha256) = self.export_rootfs(store, info).await?;
+                (ArchiveKind::Rootfs, None, size, sha256)
+            }
+        };
+        let manifest = ArchiveManifest {
+            version: MANIFEST_VERSION,
+            sandbox_id: id.to_owned(),
+            organization_id: info.organization_id.clone(),
+            runner_id: self.config.runner_id.clone(),
+            source_image: config.image.clone().unwrap_or_else(|| info.image.clone()),
+            argv: strip_daemon(config.entrypoint.clone().unwrap_or_default()),
+            env,
+            working_dir: config.working_dir.clone().filter(|w| !w.is_empty()),
+            user: config.user.clone().filter(|u| !u.is_empty()),
+            kind,
+            base_image_id,
+            size,
+            sha256,
+            archived_at: unix_now(),
+        };
+        store.put_manifest(&manifest).await?;
+        Ok(manifest)
+    }
+
+    /// Streams Docker's export of the whole file system into the store: its size and SHA-256.
+    async fn export_rootfs(&self, store: &ArchiveStore, info: &SandboxInfo) -> Result<(u64, String), SandboxError> {
+        let id = info.id.as_str();
         let docker = self.docker.clone().with_timeout(TRANSFER_TIMEOUT);
         let mut export = Box::pin(docker.export_container(&info.container_id));
-        let mut upload = store.upload(id).await?;
+        let mut upload = store.upload(id, ArchiveKind::Rootfs).await?;
         let mut hash = Sha256::new();
         let mut size = 0u64;
         let mut tail = Vec::with_capacity(TAR_END);
@@ -299,33 +408,26 @@ impl Inner {
             return Err(e);
         }
         upload.finish().await?;
-        let manifest = ArchiveManifest {
-            version: MANIFEST_VERSION,
-            sandbox_id: id.to_owned(),
-            organization_id: info.organization_id.clone(),
-            runner_id: self.config.runner_id.clone(),
-            source_image: config.image.clone().unwrap_or_else(|| info.image.clone()),
-            argv: strip_daemon(config.entrypoint.clone().unwrap_or_default()),
-            env,
-            working_dir: config.working_dir.clone().filter(|w| !w.is_empty()),
-            user: config.user.clone().filter(|u| !u.is_empty()),
-            size,
-            sha256: format!("{:x}", hash.finalize()),
-            archived_at: unix_now(),
-        };
-        store.put_manifest(&manifest).await?;
-        Ok(manifest)
+        Ok((size, format!("{:x}", hash.finalize())))
     }
 
-    /// After a complete export: the container goes, with the restore image it may have run from, and a fork's own
-    /// image (the archive holds its files now; a restore never uses that image).
-    async fn remove_archived_container(&self, entry: &Entry, info: &SandboxInfo) -> Result<(), SandboxError> {
+    /// After a complete export: the container goes, with a fork's own image (the archive holds its files now; a
+    /// restore never uses that image), and, after a full export, the restore image it may have run from. After a
+    /// layer, `sandbar-archive:{id}` is the pinned base the restore needs, and stays.
+    async fn remove_archived_container(
+        &self,
+        entry: &Entry,
+        info: &SandboxInfo,
+        kind: ArchiveKind,
+    ) -> Result<(), SandboxError> {
         self.remove_container(&info.container_id).await?;
         lock(&self.sandboxes).remove(&info.id);
         if entry.is_claimed() {
             self.save_claims()?;
         }
-        self.remove_image_quietly(&image_ref(&info.id)).await;
+        if kind == ArchiveKind::Rootfs {
+            self.remove_image_quietly(&image_ref(&info.id)).await;
+        }
         super::fork::release_fork_image(&self.docker, &info.image).await;
         Ok(())
     }
@@ -373,9 +475,13 @@ impl Inner {
         let _op = entry.op.lock().await;
         self.set_state(&entry, SandboxState::Restoring, None, None);
         let started = Instant::now();
-        let result = match self.import(store, &manifest).await {
-            Ok(()) => self.create_container(&entry, &CreateSandbox { image: image_ref(&id), ..req }, false).await,
-            Err(e) => Err(e),
+        let req = CreateSandbox { image: image_ref(&id), ..req };
+        let result = match manifest.kind {
+            ArchiveKind::Rootfs => match self.import(store, &manifest).await {
+                Ok(()) => self.create_container(&entry, &req, false).await,
+                Err(e) => Err(e),
+            },
+            ArchiveKind::Layer => self.restore_layer(store, &manifest, &entry, &req).await,
         };
         match result {
             Ok(()) => {
@@ -389,13 +495,50 @@ impl Inner {
                 tracing::warn!(sandbox_id = %id, error = %e, "restore failed; the archive stays");
                 self.remove_container_quietly(&container_name(&id)).await;
                 self.remove_container_quietly(&helper_name(&id)).await;
-                self.remove_image_quietly(&image_ref(&id)).await;
+                // A layer's pinned base stays for the next attempt; a full export's restore image is remade.
+                if manifest.kind == ArchiveKind::Rootfs {
+                    self.remove_image_quietly(&image_ref(&id)).await;
+                }
                 self.remove_image_quietly(&rootfs_ref(&id)).await;
                 lock(&self.sandboxes).remove(&id);
                 self.set_state(&entry, SandboxState::Archived, Some(format!("restore failed: {e}")), None);
                 Err(e)
             }
         }
+    }
+
+    /// A layer's restore: a container of the pinned base, created but not started, gets the layer in its upper
+    /// directory, then starts as a create's would.
+    async fn restore_layer(
+        &self,
+        store: &ArchiveStore,
+        m: &ArchiveManifest,
+        entry: &Entry,
+        req: &CreateSandbox,
+    ) -> Result<(), SandboxError> {
+        let id = m.sandbox_id.as_str();
+        // What an interrupted attempt may have left.
+        self.remove_container_quietly(&container_name(id)).await;
+        if super::image::inspect(&self.docker, &req.image).await?.is_none() {
+            // The pin went (removed by hand): the base itself may still be here.
+            let base = m.base_image_id.as_deref().unwrap_or_default();
+            if base.is_empty() || !self.pin_base(base, ARCHIVE_REPO, id).await? {
+                return Err(SandboxError::Archive(format!(
+                    "the archive of sandbox {id} is its layer over image {} ({base}), which is gone from this                      runner",
+                    m.source_image
+                )));
+            }
+        }
+        // What the container ran (a fork's argv is its source's, which the base image does not say).
+        let mut req = req.clone();
+        if req.entrypoint.is_none() && !m.argv.is_empty() {
+            req.entrypoint = Some(m.argv.clone());
+        }
+        let container = self.make_container(entry, &req, false).await?;
+        let stats = self.import_layer(store, m, &container).await?;
+        tracing::debug!(sandbox_id = %id, entries = stats.entries, file_bytes = stats.file_bytes,
+            whiteouts = stats.whiteouts, "layer applied");
+        self.run_container(entry, id, &container).await
     }
 
     /// Makes `sandbar-archive:{id}` from the archive: the filesystem imported (and checked against the manifest
@@ -407,7 +550,7 @@ impl Inner {
         self.remove_image_quietly(&image_ref(id)).await;
         self.remove_image_quietly(&rootfs_ref(id)).await;
 
-        let TarBody { stream: body, failure } = store.read_tar(id, m.size).await?;
+        let TarBody { stream: body, failure } = store.read_tar(id, ArchiveKind::Rootfs, m.size).await?;
         let hash = Arc::new(Mutex::new(Sha256::new()));
         let hashing = hash.clone();
         let body = body.inspect_ok(move |chunk| lock(&hashing).update(chunk));

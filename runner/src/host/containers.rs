@@ -132,7 +132,13 @@ impl Inner {
         }
     }
 
-    pub(super) async fn create(self: &Arc<Self>, req: CreateSandbox) -> Result<SandboxInfo, SandboxError> {
+    /// Creates sandbox `req`; with `copy`, a fork: its container gets the source's layer before it starts (never
+    /// a warm pool member, which runs already).
+    pub(super) async fn create(
+        self: &Arc<Self>,
+        req: CreateSandbox,
+        copy: Option<super::archive::LayerSource>,
+    ) -> Result<SandboxInfo, SandboxError> {
         self.validate_create(&req)?;
         let info = self.new_info(&req, SandboxState::Creating, new_token()?);
         let entry = Entry::new(info, false);
@@ -164,7 +170,7 @@ impl Inner {
             lock(&self.sandboxes).remove(&req.id);
             return Err(e.into());
         }
-        if let Some(member) = self.take_pool_member(&req) {
+        if let Some(member) = copy.is_none().then(|| self.take_pool_member(&req)).flatten() {
             match self.claim(&entry, &req, member).await {
                 Ok(()) => {
                     self.set_state(&entry, SandboxState::Started, None, None);
@@ -173,7 +179,18 @@ impl Inner {
                 Err(e) => tracing::warn!(sandbox_id = %req.id, error = %e, "warm pool claim failed; creating cold"),
             }
         }
-        match self.create_container(&entry, &req, false).await {
+        let made = match copy {
+            None => self.create_container(&entry, &req, false).await,
+            Some(source) => {
+                async {
+                    let container = self.make_container(&entry, &req, false).await?;
+                    self.copy_layer(&source, &container).await?;
+                    self.run_container(&entry, &req.id, &container).await
+                }
+                .await
+            }
+        };
+        match made {
             Ok(()) => {
                 self.set_state(&entry, SandboxState::Started, None, None);
                 Ok(lock(&entry.info).clone())
@@ -197,6 +214,28 @@ impl Inner {
         req: &CreateSandbox,
         pool: bool,
     ) -> Result<(), SandboxError> {
+        let container = self.make_container(entry, req, pool).await?;
+        self.run_container(entry, &req.id, &container).await
+    }
+
+    /// Starts a container [`make_container`](Self::make_container) made and waits for its daemon; fills in the
+    /// entry's user and daemon address.
+    pub(super) async fn run_container(&self, entry: &Entry, id: &str, container: &str) -> Result<(), SandboxError> {
+        let (_, (addr, ssh), user) = self.start_and_wait(id, container).await?;
+        let mut info = lock(&entry.info);
+        info.user = user;
+        (info.daemon_addr, info.ssh_addr) = (Some(addr), ssh);
+        Ok(())
+    }
+
+    /// Creates (never starts) the container for `req`; fills in the entry's container ID and returns it. Between
+    /// this and [`run_container`](Self::run_container) a restore or a fork writes the sandbox's layer into it.
+    pub(super) async fn make_container(
+        &self,
+        entry: &Entry,
+        req: &CreateSandbox,
+        pool: bool,
+    ) -> Result<String, SandboxError> {
         let image = image::inspect(&self.docker, &req.image)
             .await?
             .ok_or_else(|| SandboxError::ImageNotFound(req.image.clone()))?;
@@ -277,14 +316,7 @@ impl Inner {
                 _ => SandboxError::Docker(e),
             })?;
         lock(&entry.info).container_id = created.id.clone();
-
-        let (_, (addr, ssh), user) = self.start_and_wait(&req.id, &created.id).await?;
-        {
-            let mut info = lock(&entry.info);
-            info.user = user;
-            (info.daemon_addr, info.ssh_addr) = (Some(addr), ssh);
-        }
-        Ok(())
+        Ok(created.id)
     }
 
     /// Starts the container and waits for its daemon. Returns the daemon's bridge address (which this host

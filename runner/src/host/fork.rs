@@ -1,11 +1,15 @@
 //! Forks and snapshots of sandboxes, as runner jobs.
 //!
-//! A fork is a filesystem copy: the source (started or stopped) is committed with `docker commit` (paused for the
-//! moment of the commit when it runs) to the image [`fork_image`] of the new sandbox, and the new sandbox is created
-//! from that image with the source's spec but its own ID, name and daemon token. Memory and running processes are
-//! not copied: the fork boots its entrypoint afresh on the copied files. From then on the two diverge. The image
-//! stays on this host (nothing is pushed to a registry), which is why the control plane places a fork on its source's runner;
-//! it is removed when the fork is destroyed or archived and no container uses it any more.
+//! A fork is a filesystem copy: the fork's container is created (not started) from the source's base image, tagged
+//! [`fork_image`] for the new sandbox, and the source's writable layer is copied into its upper directory (the
+//! source paused for the moment of the copy when it runs; see the archive module doc for the layer and why the
+//! upper directory is written directly); then it starts with the source's spec but its own ID, name and daemon
+//! token. Where the layer is out of reach (a remote Docker, a driver without an upper directory) the source is
+//! committed to [`fork_image`] instead (`docker commit`, which compares every file of the image). Memory and running
+//! processes are not copied: the fork boots its entrypoint afresh on the copied files. From then on the two
+//! diverge. The image stays on this host (nothing is pushed to a registry), which is why the control plane places a
+//! fork on its source's runner; its tag is removed when the fork is destroyed or archived and no container uses it
+//! any more.
 //!
 //! A snapshot from a sandbox is the same commit to an image the control plane names; the sandbox keeps its state.
 //!
@@ -72,20 +76,38 @@ impl Runner {
             return Err(SandboxError::Conflict(format!("sandbox {fork_id} already exists")));
         }
         let started = std::time::Instant::now();
-        {
-            // The source's operation lock: no stop, start or destroy of the source runs during the commit.
-            let op = self.op_lock(&req.source_sandbox_id)?;
-            let _op = op.lock().await;
-            // A leftover of an interrupted attempt at this very fork: the source may have changed since.
-            release_fork_image(self.docker(), &image).await;
+        // The source's operation lock: no stop, start or destroy of the source runs during the copy.
+        let op = self.op_lock(&req.source_sandbox_id)?;
+        let _op = op.lock().await;
+        // A leftover of an interrupted attempt at this very fork: the source may have changed since.
+        release_fork_image(self.docker(), &image).await;
+        let source =
+            self.get(&req.source_sandbox_id).ok_or_else(|| SandboxError::NotFound(req.source_sandbox_id.clone()))?;
+        // The API refuses it too: a paused source's daemon cannot drain, and the commit never could.
+        if source.state == SandboxState::Paused {
+            return Err(SandboxError::InvalidState { id: source.id, state: source.state, action: "fork" });
+        }
+        let inspect = self.docker().inspect_container(&source.container_id, None).await?;
+        let layer = match self.inner.layer_source(&inspect) {
+            Some(src) if self.inner.pin_base(&src.image_id, FORK_IMAGE_REPO, &fork_id).await? => Some(src),
+            _ => None,
+        };
+        let copied = layer.is_some();
+        let mut fork = req.fork;
+        if copied && fork.entrypoint.is_none() {
+            // What a commit would have carried: the source's own argv (the API sends none).
+            let argv = super::strip_daemon(inspect.config.and_then(|c| c.entrypoint).unwrap_or_default());
+            fork.entrypoint = (!argv.is_empty()).then_some(argv);
+        }
+        if !copied {
             let comment = format!("sandbar fork of sandbox {} into {fork_id}", req.source_sandbox_id);
             let labels = [(FORK_LABEL, fork_id.as_str()), (FORK_SOURCE_LABEL, req.source_sandbox_id.as_str())];
             self.commit_image(&req.source_sandbox_id, &image, &comment, &labels).await.map_err(commit_failed)?;
         }
         let committed_ms = started.elapsed().as_millis();
-        match self.create(req.fork).await {
+        match self.detached(|inner| async move { inner.create(fork, layer).await }).await {
             Ok(info) => {
-                tracing::info!(sandbox_id = %fork_id, source = %req.source_sandbox_id, committed_ms,
+                tracing::info!(sandbox_id = %fork_id, source = %req.source_sandbox_id, copied, committed_ms,
                     total_ms = started.elapsed().as_millis(), "sandbox forked");
                 Ok(info)
             }

@@ -5,6 +5,7 @@ archive. Prints the archive and restore times and the archive's size."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -46,9 +47,12 @@ def test_archive_then_start_keeps_files(daytona, stack):
         wait_for(sb, "archived", 600)
         archive_secs = time.monotonic() - t0
         assert containers_of(sb.id) == [], "an archived sandbox has no container"
-        tarball = archives / sb.id / "rootfs.tar"
-        assert (archives / sb.id / "manifest.json").is_file()
+        manifest = json.loads((archives / sb.id / "manifest.json").read_text())
+        # The sandbox's own layer over its image, not the image's whole file system.
+        assert manifest["kind"] == "layer", manifest
+        tarball = archives / sb.id / "layer.tar.zst"
         size = tarball.stat().st_size
+        assert size == manifest["size"]
 
         t0 = time.monotonic()
         sb.start(timeout=600)

@@ -124,7 +124,7 @@ def test_runner_killed_mid_job_each_job_ends_once(tmp_path_factory):
         assert containers_of(sb.id) == []
         archives = stack.data_dir / "runner" / "archives" / sb.id
         assert (archives / "manifest.json").is_file()
-        leftovers = [p.name for p in archives.iterdir() if p.name not in ("manifest.json", "rootfs.tar")]
+        leftovers = [p.name for p in archives.iterdir() if p.name not in ("manifest.json", "layer.tar.zst", "rootfs.tar")]
         assert leftovers == [], f"half-written files left in {archives}: {leftovers}"
 
         took = kill_during(stack, "RESTORE_SANDBOX", lambda: sb.start(timeout=600), after=1.0)

@@ -60,7 +60,7 @@ use tokio::task::JoinSet;
 
 use sandbar_support::sync::lock;
 
-use super::{ArchiveManifest, MANIFEST_VERSION};
+use super::{ArchiveKind, ArchiveManifest, MANIFEST_VERSION};
 use crate::config::RunnerConfig;
 use crate::error::SandboxError;
 
@@ -105,8 +105,9 @@ pub(super) fn store_err(e: object_store::Error) -> SandboxError {
     SandboxError::Archive(message)
 }
 
-pub(super) fn tar_path(id: &str) -> ObjectPath {
-    ObjectPath::from_iter([id, "rootfs.tar"])
+/// The object of `id`'s archive of `kind`: `rootfs.tar` or `layer.tar.zst`.
+pub(super) fn tar_path(id: &str, kind: ArchiveKind) -> ObjectPath {
+    ObjectPath::from_iter([id, kind.object()])
 }
 
 pub(super) fn manifest_path(id: &str) -> ObjectPath {
@@ -385,7 +386,8 @@ impl ArchiveStore {
         let bytes = got.bytes().await.map_err(store_err)?;
         let m: ArchiveManifest = serde_json::from_slice(&bytes)
             .map_err(|e| SandboxError::Archive(format!("manifest of sandbox {id} is unreadable: {e}")))?;
-        if m.version != MANIFEST_VERSION || m.sandbox_id != id {
+        // Version 1 is a full export, as version 2's `rootfs` kind.
+        if !(1..=MANIFEST_VERSION).contains(&m.version) || m.sandbox_id != id {
             return Err(SandboxError::Archive(format!(
                 "manifest of sandbox {id} is version {} for sandbox {:?}; this runner reads version \
                  {MANIFEST_VERSION}",
@@ -420,15 +422,15 @@ impl ArchiveStore {
     }
 
     /// A multipart upload of `id`'s tarball.
-    pub(super) async fn upload(&self, id: &str) -> Result<Upload<'_>, SandboxError> {
-        let upload = self.store.put_multipart(&tar_path(id)).await.map_err(store_err)?;
+    pub(super) async fn upload(&self, id: &str, kind: ArchiveKind) -> Result<Upload<'_>, SandboxError> {
+        let upload = self.store.put_multipart(&tar_path(id, kind)).await.map_err(store_err)?;
         Ok(Upload { store: self, id: id.to_owned(), upload, buffer: PutPayloadMut::new(), parts: JoinSet::new() })
     }
 
     /// The tarball of `id`'s archive as a stream of `size` bytes (the manifest's), and where the store's own error
     /// goes when the stream fails (a reader like Docker's import sees only that its body broke).
-    pub(super) async fn read_tar(&self, id: &str, size: u64) -> Result<TarBody, SandboxError> {
-        let path = tar_path(id);
+    pub(super) async fn read_tar(&self, id: &str, kind: ArchiveKind, size: u64) -> Result<TarBody, SandboxError> {
+        let path = tar_path(id, kind);
         let failure: Arc<Mutex<Option<String>>> = Arc::default();
         if self.local_dir.is_some() {
             let got = self.store.get(&path).await.map_err(store_err)?;
@@ -493,10 +495,11 @@ impl ArchiveStore {
     /// True when there was something to delete.
     pub(super) async fn remove(&self, id: &str) -> Result<bool, SandboxError> {
         let mut found = false;
-        let mut paths = vec![manifest_path(id), tar_path(id)];
+        let mut paths = vec![manifest_path(id), tar_path(id, ArchiveKind::Rootfs), tar_path(id, ArchiveKind::Layer)];
         let prefix = ObjectPath::from(id);
         let listed: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(store_err)?;
-        paths.extend(listed.into_iter().map(|m| m.location).filter(|p| *p != manifest_path(id) && *p != tar_path(id)));
+        let listed = listed.into_iter().map(|m| m.location).filter(|p| !paths.contains(p)).collect::<Vec<_>>();
+        paths.extend(listed);
         for path in paths {
             match self.store.delete(&path).await {
                 Ok(()) => found = true,
@@ -615,18 +618,20 @@ mod tests {
             env: vec!["PATH=/bin".into()],
             working_dir: None,
             user: Some("sandbar".into()),
+            kind: ArchiveKind::Rootfs,
+            base_image_id: None,
             size: 3,
             sha256: "x".into(),
             archived_at: 1,
         };
-        store.store.put(&tar_path("s1"), PutPayload::from_static(b"abc")).await.unwrap();
+        store.store.put(&tar_path("s1", ArchiveKind::Rootfs), PutPayload::from_static(b"abc")).await.unwrap();
         store.put_manifest(&m).await.unwrap();
         assert_eq!(store.manifest("s1").await.unwrap(), Some(m));
         assert!(store.manifest("s2").await.unwrap().is_none());
-        let body = store.read_tar("s1", 3).await.unwrap();
+        let body = store.read_tar("s1", ArchiveKind::Rootfs, 3).await.unwrap();
         let read: Vec<bytes::Bytes> = body.stream.try_collect().await.unwrap();
         assert_eq!(read.concat(), b"abc");
-        let err = store.read_tar("s1", 4).await.err().unwrap();
+        let err = store.read_tar("s1", ArchiveKind::Rootfs, 4).await.err().unwrap();
         assert!(err.to_string().contains("is 3 bytes but its manifest says 4"), "{err}");
 
         // A stale manifest goes (and its absence is no error); the tarball stays for the upload to replace.
