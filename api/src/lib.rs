@@ -77,6 +77,12 @@ impl App {
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         config.validate()?;
         let db = Db::open(&config.database_url()).await?;
+        // The per-organization and per-runner totals are kept with every change; a start makes them exact again
+        // should anything have moved them wrongly (a bug, a hand edit of the database).
+        let drifted = store::totals::reconcile(&db.pool).await?;
+        if !drifted.is_empty() {
+            tracing::warn!(drifted = drifted.len(), first = ?drifted.first(), "usage totals were recomputed");
+        }
         Ok(Self(Arc::new(Inner {
             db,
             config,

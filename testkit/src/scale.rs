@@ -107,6 +107,8 @@ pub async fn seed(h: &Harness, runner: &str, n: usize) -> Vec<(String, Kind)> {
         }
     }
     tx.commit().await.expect("commit");
+    // The rows were written behind the API's back: its per-organization and per-runner totals count them now.
+    sandbar_api::store::totals::reconcile(&h.app.db.pool).await.expect("reconcile totals");
     out
 }
 

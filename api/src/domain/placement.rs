@@ -1,4 +1,5 @@
-//! Placement: which runner a new sandbox (or build) goes to. [`place`] picks the reachable runner with the most
+//! Placement: which runner a new sandbox (or build) goes to (runners' use is their totals, `crate::store::totals`;
+//! [`reserve`] adds a new sandbox to them). [`place`] picks the reachable runner with the most
 //! free room that fits; [`place_on`] checks the one runner an image lives on (built images, forks and snapshots
 //! taken from a sandbox are local to a runner: nothing is pushed to a registry). CPU and memory are overcommitted by the
 //! configured factors, disk is not. Neither puts anything on a cordoned or draining runner (`super::drain`).
@@ -7,6 +8,7 @@ use sqlx::AnyConnection;
 
 use crate::error::{ApiError, ApiResult};
 use crate::store::runners::{self, Load, Which};
+use crate::store::totals::{self, Delta};
 use crate::{App, Config};
 
 /// How long a runner may stay silent before it is unreachable (`--runner-unreachable`).
@@ -64,6 +66,27 @@ pub async fn place(app: &App, conn: &mut AnyConnection, cpu: i64, memory: i64, d
             rows.len()
         ))),
     }
+}
+
+/// Adds a new sandbox to runner `runner`'s totals; with `fit`, only when it still has room (the same overcommit
+/// as [`place`], checked and added in one statement: two concurrent creates cannot both take the last room), else
+/// 503. Call it after the sequence row is taken (`crate::store::totals`).
+pub async fn reserve(app: &App, conn: &mut AnyConnection, runner: &str, add: Delta, fit: bool) -> ApiResult<()> {
+    if !fit {
+        return Ok(totals::shift_runner(conn, runner, add).await?);
+    }
+    let l = &app.config.limits;
+    for _ in 0..2 {
+        if totals::add_within_capacity(conn, runner, add, l.cpu_overcommit, l.memory_overcommit).await? {
+            return Ok(());
+        }
+        totals::ensure_runner(conn, runner).await?;
+    }
+    Err(ApiError::unavailable(format!(
+        "runner {runner} has no room left for {} vCPU, {} GiB memory and {} GiB disk (taken meanwhile); retry, or \
+         stop or delete sandboxes",
+        add.cpu, add.memory, add.disk
+    )))
 }
 
 /// Refuses unless `runner` heartbeats and has room for the request (the same overcommit as [`place`]): copies

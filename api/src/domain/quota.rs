@@ -1,5 +1,6 @@
 //! Quotas: an organization's live sandboxes may not exceed its count, CPU, memory and disk limits (CPU and memory
-//! count only for sandboxes that hold them, see `super::state::holds_compute`). [`overview`] reports every quota of
+//! count only for sandboxes that hold them, see `super::state::holds_compute`). What they use is read from the
+//! organization's totals (`crate::store::totals`), one row; a new sandbox is added to them by [`reserve`]. [`overview`] reports every quota of
 //! an organization with what it uses (`GET /organizations/{id}/usage`, the dashboard's organization page).
 
 use sqlx::AnyConnection;
@@ -7,6 +8,7 @@ use sqlx::AnyConnection;
 use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::store::orgs::{self, Quota};
+use crate::store::totals::{self, Delta};
 use crate::store::{Usage, image_bytes, volumes};
 
 /// Refuses with 403 when adding the given resources would exceed the organization's quotas.
@@ -38,6 +40,22 @@ pub async fn check(
         return Err(over("disk", " GiB", quota.disk, used.disk, add_disk));
     }
     Ok(())
+}
+
+/// Adds a new sandbox (`count` of them, with these resources) to organization `org`'s totals, or refuses with 403
+/// like [`check`] when that would exceed a quota. Exact under concurrency: the check and the addition are one
+/// statement (`store::totals::add_within_quota`); call it after the sequence row is taken (`store::totals`).
+pub async fn reserve(conn: &mut AnyConnection, org: &str, add: Delta) -> ApiResult<()> {
+    for _ in 0..2 {
+        if totals::add_within_quota(conn, org, add).await? {
+            return Ok(());
+        }
+        // Refused: say which quota (the totals do not move while this transaction holds the sequence row).
+        check(conn, org, add.cpu, add.memory, add.disk, add.sandboxes).await?;
+        // Nothing is over, so the organization had no totals row yet (made before `store::totals` existed).
+        totals::ensure_org(conn, org).await?;
+    }
+    Err(ApiError::internal("quota", format!("the totals of organization {org} could not be updated")))
 }
 
 /// An organization's quotas beside what it uses.

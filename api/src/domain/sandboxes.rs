@@ -10,9 +10,10 @@ use super::{builds, image_quota, images, network, placement, quota, state, volum
 use crate::App;
 use crate::error::{ApiError, ApiResult, new_token};
 use crate::jobs;
-use crate::store::orgs;
 use crate::store::sandboxes::{self, NewRow, Row, Setting, Text};
 use crate::store::snapshots;
+use crate::store::totals::Delta;
+use crate::store::{self, orgs};
 
 /// Daytona's defaults: stop after 15 idle minutes, archive after 7 stopped days, never delete.
 pub const DEFAULT_AUTO_STOP: i64 = 15;
@@ -226,10 +227,20 @@ pub async fn create(app: &App, org: &str, new: NewSandbox) -> ApiResult<Row> {
     let now = app.now();
 
     let mut tx = app.db.pool.begin().await?;
-    orgs::lock_org(app.db.kind, &mut tx, org).await?;
+    // Builds, volumes and links check more of the organization (image bytes, volume mounts): those creates take
+    // its row lock as before. A plain one does not: its quota is checked again, exactly, where it is added to the
+    // organization's totals (`commit_new`); this first read only answers early, in the usual order of errors.
+    let linked = new.linked_sandbox.as_deref().map(str::trim).filter(|l| !l.is_empty());
+    if resolved.dockerfile.is_some() || !new.volumes.is_empty() || linked.is_some() {
+        orgs::lock_org(app.db.kind, &mut tx, org).await?;
+    }
     quota::check(&mut tx, org, cpu, memory, disk, 1).await?;
-    ensure_name_free(&mut tx, org, &name).await?;
-    let link = match new.linked_sandbox.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+    // A name the caller chose may be taken (under concurrency the unique index on live names decides, see
+    // `name_taken`); the default name is the new id.
+    if name != id {
+        ensure_name_free(&mut tx, org, &name).await?;
+    }
+    let link = match linked {
         // A linked sandbox goes where its parent is, so the two share a network.
         Some(l) => Some(network::resolve_link(app, &mut tx, org, l, new.auto_delete).await?),
         None => None,
@@ -274,8 +285,8 @@ pub async fn create(app: &App, org: &str, new: NewSandbox) -> ApiResult<Row> {
         preview_token: new_token(24)?,
         now,
     };
-    sandboxes::insert(&mut tx, row).await?;
-    sandboxes::write_labels(&mut tx, &id, &new.labels).await?;
+    sandboxes::insert(&mut tx, row).await.map_err(|e| name_taken(e, &name))?;
+    sandboxes::insert_labels(&mut tx, &id, &new.labels).await?;
     volumes::attach(&mut tx, &id, &mounts.mounts, &runner, now).await?;
     if let Some((parent, _)) = &link {
         sandboxes::set_text(&mut tx, &id, Text::Linked, parent).await?;
@@ -289,7 +300,8 @@ pub async fn create(app: &App, org: &str, new: NewSandbox) -> ApiResult<Row> {
         .ok_or_else(|| ApiError::internal("create", "row vanished"))?;
     let pull = images::pulled(&app.config, &row.snapshot);
     let job = (!waits_for_build).then(|| jobs::create::plan(&row, pull));
-    let row = commit_new(app, tx, row, &runner, job, now).await?;
+    // A linked sandbox goes where its parent is, room or not (as it always did); others only where room is left.
+    let row = commit_new(app, tx, row, &runner, job, link.is_none(), now).await?;
     tracing::info!(sandbox_id = %id, runner_id = %runner, "sandbox created");
     Ok(row)
 }
@@ -326,21 +338,33 @@ pub async fn fork(app: &App, org: &str, id: &str, name: Option<&str>) -> ApiResu
         .await?
         .ok_or_else(|| ApiError::internal("fork", "row vanished"))?;
     let job = jobs::fork::plan(&src, &row);
-    let row = commit_new(app, tx, row, &runner, Some(job), now).await?;
+    let row = commit_new(app, tx, row, &runner, Some(job), true, now).await?;
     tracing::info!(sandbox_id = %fork_id, source = %src.id, runner_id = %runner, "sandbox fork requested");
     Ok(row)
 }
 
-/// The end of a create or a fork, in its transaction: queues `job` on `runner` (none while the new sandbox waits
-/// for its image build), bumps the sandbox's route, commits, and wakes the runner and the proxies.
+/// The end of a create or a fork, in its transaction: adds the new sandbox to its organization's totals within its
+/// quotas and to its runner's (within its room when `fit`), queues `job` on `runner` (none while the new sandbox
+/// waits for its image build), bumps the sandbox's route, commits, and wakes the runner and the proxies.
+///
+/// From the sequence number to the commit this transaction holds the sequence row, which every create, fork and
+/// state change takes: that is where concurrent creates queue, so it is kept to a few statements, and the quota
+/// is exact there (`crate::store::totals`).
 async fn commit_new(
     app: &App,
     mut tx: sqlx::Transaction<'static, sqlx::Any>,
-    row: Row,
+    mut row: Row,
     runner: &str,
     job: Option<JobKind>,
+    fit: bool,
     now: i64,
 ) -> ApiResult<Row> {
+    let seq = store::next_seq(&mut tx).await?;
+    // Every state a new sandbox starts in holds its CPU and memory.
+    let add = Delta { sandboxes: 1, cpu: row.cpu, memory: row.memory, disk: row.disk };
+    quota::reserve(&mut tx, &row.organization_id, add).await?;
+    placement::reserve(app, &mut tx, runner, add, fit).await?;
+    let mut reload = false;
     if let Some(job) = job {
         // A create that pulls its image shows `pulling_snapshot` until the runner answers.
         let via = match &job {
@@ -349,15 +373,31 @@ async fn commit_new(
         };
         if via != SandboxState::Creating {
             sandboxes::set_state(&mut tx, &row.id, via, None, now).await?;
+            reload = true;
         }
-        jobs::enqueue(&mut tx, runner, &job, SandboxState::Creating, via, now).await?;
+        store::jobs::enqueue_at(&mut tx, seq, runner, &job, SandboxState::Creating, via, now).await?;
     }
-    sandboxes::bump(&mut tx, &row.id, now).await?;
-    let row = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
+    sandboxes::bump_at(&mut tx, &row.id, seq, now).await?;
+    if reload {
+        row = sandboxes::load(app.db.kind, &mut tx, None, &row.id, false).await?.unwrap_or(row);
+    } else {
+        // What `bump_at` changed; the rest of the row is as loaded.
+        (row.version, row.updated_at) = (seq, now);
+    }
     tx.commit().await?;
     app.wake_runner(runner);
     app.wake_routes();
     Ok(row)
+}
+
+/// A unique-index violation on insert is a live sandbox of the organization that took `name` meanwhile: 409.
+fn name_taken(e: sqlx::Error, name: &str) -> ApiError {
+    match &e {
+        sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+            ApiError::conflict(format!("Sandbox with name {name} already exists"))
+        }
+        _ => e.into(),
+    }
 }
 
 /// Waits up to `create_wait` for a new sandbox to leave `creating` (every job result wakes the route watchers;

@@ -76,7 +76,7 @@ pub(super) async fn on_result(done: &mut JobDone<'_>, job: &ResizeSandbox) -> Ap
             Ok(())
         }
         JobOutcome::Succeeded { .. } if step.in_step => {
-            sandboxes::set_resources(done.conn, &step.row.id, job.cpu, job.memory, job.disk).await?;
+            sandboxes::set_resources(done.conn, &step.row.id, job.cpu, job.memory, job.disk, done.now).await?;
             // A real runner reports the sandbox's state after the resize; without one it is where it was.
             settle(done, &step, Next::Reported { or: done.prev }, Failure::Error).await
         }

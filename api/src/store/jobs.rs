@@ -16,8 +16,21 @@ pub async fn enqueue(
     via: SandboxState,
     now: i64,
 ) -> Result<String, sqlx::Error> {
-    let id = uuid::Uuid::new_v4().to_string();
     let seq = next_seq(&mut *conn).await?;
+    enqueue_at(conn, seq, runner_id, kind, prev, via, now).await
+}
+
+/// [`enqueue`] with a sequence number the caller took (`super::next_seq`) in this transaction.
+pub async fn enqueue_at(
+    conn: &mut AnyConnection,
+    seq: i64,
+    runner_id: &str,
+    kind: &JobKind,
+    prev: SandboxState,
+    via: SandboxState,
+    now: i64,
+) -> Result<String, sqlx::Error> {
+    let id = uuid::Uuid::new_v4().to_string();
     let payload = serde_json::to_string(kind).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     super::notify::jobs(&mut *conn, runner_id).await?;
     sqlx::query(

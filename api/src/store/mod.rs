@@ -6,6 +6,29 @@
 //! Nothing lives only in memory: sandboxes, jobs, keys (SHA-256 hashes), SSH and preview tokens, route changes
 //! and build logs are rows, so an API restart (or a second instance on PostgreSQL) loses nothing.
 
+/// The states whose sandboxes hold no CPU and memory, as an SQL list (a macro, so `used!` can include it).
+macro_rules! idle_states {
+    () => {
+        "('stopped','archiving','archived','destroyed','error','build_failed')"
+    };
+}
+
+/// The resources sandboxes `s` use: running ones count CPU and memory, every live one counts disk. The one usage
+/// expression behind quotas (per organization) and placement (per runner): [`totals`] keeps it per organization
+/// and per runner, and recomputes it with this (a macro, so the SQL stays one literal).
+macro_rules! used {
+    () => {
+        concat!(
+            "CAST(COALESCE(SUM(CASE WHEN s.state NOT IN ",
+            idle_states!(),
+            " THEN s.cpu ELSE 0 END), 0) AS BIGINT) AS used_cpu, CAST(COALESCE(SUM(CASE WHEN s.state NOT IN ",
+            idle_states!(),
+            " THEN s.memory ELSE 0 END), 0) AS BIGINT) AS used_memory, \
+             CAST(COALESCE(SUM(s.disk), 0) AS BIGINT) AS used_disk"
+        )
+    };
+}
+
 pub mod builds;
 pub mod drain;
 pub mod image_bytes;
@@ -19,6 +42,7 @@ pub mod sandboxes;
 pub mod sessions;
 pub mod snapshots;
 pub mod tokens;
+pub mod totals;
 pub mod usage;
 pub mod volumes;
 
@@ -116,31 +140,26 @@ pub fn sha256_hex(s: &str) -> String {
     sandbar_support::token::to_hex(&sha2::Sha256::digest(s.as_bytes()))
 }
 
-/// The states whose sandboxes hold no CPU and memory, as an SQL list (a macro, so [`USED`] can include it).
-macro_rules! idle_states {
-    () => {
-        "('stopped','archiving','archived','destroyed','error','build_failed')"
-    };
-}
-
 /// SQL list of the states whose sandboxes hold no CPU and memory: the complement of
 /// `crate::domain::state::holds_compute`, which a test keeps in step.
 pub const IDLE_STATES_SQL: &str = idle_states!();
 
-/// The resources sandboxes `s` use: running ones count CPU and memory, every live one counts disk. The one usage
-/// expression behind quotas (per organization) and placement (per runner).
-const USED: &str = concat!(
-    "CAST(COALESCE(SUM(CASE WHEN s.state NOT IN ",
-    idle_states!(),
-    " THEN s.cpu ELSE 0 END), 0) AS BIGINT) AS used_cpu, CAST(COALESCE(SUM(CASE WHEN s.state NOT IN ",
-    idle_states!(),
-    " THEN s.memory ELSE 0 END), 0) AS BIGINT) AS used_memory, CAST(COALESCE(SUM(s.disk), 0) AS BIGINT) AS used_disk"
-);
+/// The states of [`IDLE_STATES_SQL`], for code that decides per row (`totals::Delta::of`).
+pub const IDLE_STATES: [&str; 6] = ["stopped", "archiving", "archived", "destroyed", "error", "build_failed"];
 
-/// CPU, memory and disk in use (see [`USED`]).
+/// CPU, memory and disk in use (see `used!`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub cpu: i64,
     pub memory: i64,
     pub disk: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn idle_list_and_sql_agree() {
+        let sql: Vec<String> = super::IDLE_STATES.iter().map(|s| format!("'{s}'")).collect();
+        assert_eq!(super::IDLE_STATES_SQL, format!("({})", sql.join(",")));
+    }
 }

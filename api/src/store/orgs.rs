@@ -3,7 +3,7 @@
 
 use sqlx::AnyConnection;
 
-use super::{Db, DbKind, USED, Usage, sha256_hex};
+use super::{Db, DbKind, Usage, sha256_hex};
 use crate::config::Limits;
 
 /// Prefix of every user API key, so a leaked one is recognisable.
@@ -41,6 +41,8 @@ pub async fn create_organization(db: &Db, name: &str, limits: &Limits, now_ms: i
     .bind(now_ms)
     .execute(&db.pool)
     .await?;
+    let mut conn = db.pool.acquire().await?;
+    super::totals::ensure_org(&mut conn, &id).await?;
     Ok(id)
 }
 
@@ -182,16 +184,14 @@ pub struct Quota {
     pub sandboxes: i64,
 }
 
-/// An organization's quotas, and its live sandboxes' count and usage.
+/// An organization's quotas, and its live sandboxes' count and usage (its totals, `super::totals`).
 pub async fn quota_and_usage(conn: &mut AnyConnection, org: &str) -> Result<(Quota, i64, Usage), sqlx::Error> {
-    let (cpu, memory, disk, sandboxes): (i64, i64, i64, i64) =
-        sqlx::query_as("SELECT quota_cpu, quota_memory, quota_disk, quota_sandboxes FROM organizations WHERE id = $1")
-            .bind(org)
-            .fetch_one(&mut *conn)
-            .await?;
-    let (count, uc, um, ud): (i64, i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*), {USED} FROM sandboxes s WHERE s.organization_id = $1 AND s.state <> 'destroyed'"
-    )))
+    type QuotaRow = (i64, i64, i64, i64, i64, i64, i64, i64);
+    let (cpu, memory, disk, sandboxes, count, uc, um, ud): QuotaRow = sqlx::query_as(
+        "SELECT o.quota_cpu, o.quota_memory, o.quota_disk, o.quota_sandboxes, COALESCE(t.sandboxes, 0), \
+         COALESCE(t.cpu, 0), COALESCE(t.memory, 0), COALESCE(t.disk, 0) \
+         FROM organizations o LEFT JOIN organization_totals t ON t.organization_id = o.id WHERE o.id = $1",
+    )
     .bind(org)
     .fetch_one(&mut *conn)
     .await?;

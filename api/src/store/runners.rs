@@ -4,7 +4,7 @@
 use sandbar_proto::runner::RunnerStatus;
 use sqlx::{AnyConnection, AnyPool};
 
-use super::{USED, Usage, b};
+use super::{Usage, b};
 
 /// Registers a runner or updates it from a heartbeat.
 pub async fn heartbeat(pool: &AnyPool, status: &RunnerStatus, now: i64) -> Result<(), sqlx::Error> {
@@ -27,7 +27,8 @@ pub async fn heartbeat(pool: &AnyPool, status: &RunnerStatus, now: i64) -> Resul
     .bind(now)
     .execute(pool)
     .await?;
-    Ok(())
+    let mut conn = pool.acquire().await?;
+    super::totals::ensure_runner(&mut conn, &status.runner_id).await
 }
 
 /// A runner's capacity and what its live sandboxes use.
@@ -56,10 +57,12 @@ pub async fn loads(conn: &mut AnyConnection, which: Which<'_>) -> Result<Vec<Loa
         Which::SeenSince(_) => "r.last_heartbeat >= $1",
         Which::Id(_) => "r.id = $1",
     };
+    // What they use is their totals (`super::totals`), one row each.
     let q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT r.id, r.last_heartbeat, r.cpu, r.memory, r.disk, {USED} \
-         FROM runners r LEFT JOIN sandboxes s ON s.runner_id = r.id AND s.state <> 'destroyed' \
-         WHERE {filter} GROUP BY r.id, r.last_heartbeat, r.cpu, r.memory, r.disk"
+        "SELECT r.id, r.last_heartbeat, r.cpu, r.memory, r.disk, COALESCE(t.cpu, 0) AS used_cpu, \
+         COALESCE(t.memory, 0) AS used_memory, COALESCE(t.disk, 0) AS used_disk \
+         FROM runners r LEFT JOIN runner_totals t ON t.runner_id = r.id \
+         WHERE {filter}"
     )));
     let q = match which {
         Which::SeenSince(t) => q.bind(t),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use sandbar_proto::runner::{SandboxInfo, SandboxState};
 use sqlx::{AnyConnection, AnyPool};
 
+use super::totals::{self, Delta};
 use super::{DbKind, next_seq};
 
 pub(crate) const COLUMNS: &str = "s.id, s.organization_id, s.name, s.runner_id, s.state, s.desired_state, \
@@ -99,6 +100,19 @@ pub async fn load(
     let order = "ORDER BY CASE WHEN s.state = 'destroyed' THEN 1 ELSE 0 END, s.created_at DESC LIMIT 1";
     match org {
         Some(org) => {
+            // Most callers name a sandbox by its id: a primary-key read. A live row found so is the answer the
+            // query below would give too (live rows first; a live sandbox's name is unique, and no other row
+            // is both live and named this id unless its user chose another sandbox's id as its name).
+            let by_id: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} {FROM} WHERE s.id = $1 AND s.organization_id = $2{lock}"
+            )))
+            .bind(id_or_name)
+            .bind(org)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = by_id.filter(|r| r.state != "destroyed") {
+                return Ok(Some(row));
+            }
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} {FROM} WHERE s.organization_id = $1 AND (s.id = $2 OR s.name = $2) {order}{lock}"
             )))
@@ -119,6 +133,11 @@ pub async fn load(
 /// Gives `sandbox_id` a new route version and records the change for the proxy's long-poll.
 pub async fn bump(conn: &mut AnyConnection, sandbox_id: &str, now: i64) -> Result<i64, sqlx::Error> {
     let seq = next_seq(&mut *conn).await?;
+    bump_at(conn, sandbox_id, seq, now).await
+}
+
+/// [`bump`] with a sequence number the caller took (`super::next_seq`) in this transaction.
+pub async fn bump_at(conn: &mut AnyConnection, sandbox_id: &str, seq: i64, now: i64) -> Result<i64, sqlx::Error> {
     sqlx::query("UPDATE sandboxes SET version = $1, updated_at = $2 WHERE id = $3")
         .bind(seq)
         .bind(now)
@@ -135,8 +154,18 @@ pub async fn bump(conn: &mut AnyConnection, sandbox_id: &str, now: i64) -> Resul
     Ok(seq)
 }
 
-/// Moves a sandbox to `next` (recording why, for `error`), then bumps its route. A destroyed sandbox loses its
-/// addresses and labels.
+/// What the totals need of a sandbox: `(state, organization, runner, cpu, memory, disk)`.
+type Counted = (String, String, Option<String>, i64, i64, i64);
+
+async fn counted(conn: &mut AnyConnection, sandbox_id: &str) -> Result<Option<Counted>, sqlx::Error> {
+    sqlx::query_as("SELECT state, organization_id, runner_id, cpu, memory, disk FROM sandboxes WHERE id = $1")
+        .bind(sandbox_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Moves a sandbox to `next` (recording why, for `error`), then bumps its route and moves its organization's and
+/// runner's totals. A destroyed sandbox loses its addresses and labels.
 pub async fn set_state(
     conn: &mut AnyConnection,
     sandbox_id: &str,
@@ -145,11 +174,29 @@ pub async fn set_state(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     let q = if next == SandboxState::Started {
-        "UPDATE sandboxes SET state = $1, error_reason = $2, state_at = $3, last_activity_at = $3 WHERE id = $4"
+        "UPDATE sandboxes SET state = $1, error_reason = $2, state_at = $3, last_activity_at = $3 WHERE id = $4 \
+         AND state = $5"
     } else {
-        "UPDATE sandboxes SET state = $1, error_reason = $2, state_at = $3 WHERE id = $4"
+        "UPDATE sandboxes SET state = $1, error_reason = $2, state_at = $3 WHERE id = $4 AND state = $5"
     };
-    sqlx::query(q).bind(next.as_str()).bind(error_reason).bind(now).bind(sandbox_id).execute(&mut *conn).await?;
+    // Conditional on the state read, so the totals move by exactly what changed even if another transaction
+    // moved the sandbox in between (read again, then).
+    let mut before = None;
+    for _ in 0..8 {
+        let Some(c) = counted(&mut *conn, sandbox_id).await? else { break };
+        let done = sqlx::query(q)
+            .bind(next.as_str())
+            .bind(error_reason)
+            .bind(now)
+            .bind(sandbox_id)
+            .bind(&c.0)
+            .execute(&mut *conn)
+            .await?;
+        if done.rows_affected() == 1 {
+            before = Some(c);
+            break;
+        }
+    }
     if next == SandboxState::Destroyed {
         sqlx::query("UPDATE sandboxes SET daemon_addr = NULL, ssh_addr = NULL WHERE id = $1")
             .bind(sandbox_id)
@@ -157,7 +204,11 @@ pub async fn set_state(
             .await?;
         sqlx::query("DELETE FROM sandbox_labels WHERE sandbox_id = $1").bind(sandbox_id).execute(&mut *conn).await?;
     }
-    bump(conn, sandbox_id, now).await?;
+    bump(&mut *conn, sandbox_id, now).await?;
+    if let Some((state, org, runner, cpu, memory, disk)) = before {
+        let d = Delta::of(next.as_str(), cpu, memory, disk).since(Delta::of(&state, cpu, memory, disk));
+        totals::shift(conn, &org, runner.as_deref(), d).await?;
+    }
     Ok(())
 }
 
@@ -319,6 +370,15 @@ pub async fn write_labels(
     labels: &BTreeMap<String, String>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM sandbox_labels WHERE sandbox_id = $1").bind(id).execute(&mut *conn).await?;
+    insert_labels(conn, id, labels).await
+}
+
+/// Adds the label rows of a new sandbox (which has none yet).
+pub async fn insert_labels(
+    conn: &mut AnyConnection,
+    id: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), sqlx::Error> {
     for (k, v) in labels {
         sqlx::query("INSERT INTO sandbox_labels (sandbox_id, key, value) VALUES ($1, $2, $3)")
             .bind(id)
@@ -396,24 +456,47 @@ pub async fn set_network(
     Ok(())
 }
 
-/// Records new resources after a resize (`None` keeps the value).
+/// Records new resources after a resize (`None` keeps the value), bumps the sandbox's route and moves its
+/// organization's and runner's totals.
 pub async fn set_resources(
     conn: &mut AnyConnection,
     id: &str,
     cpu: Option<u32>,
     memory: Option<u32>,
     disk: Option<u32>,
+    now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE sandboxes SET cpu = COALESCE($1, cpu), memory = COALESCE($2, memory), disk = COALESCE($3, disk) \
-         WHERE id = $4",
-    )
-    .bind(cpu.map(i64::from))
-    .bind(memory.map(i64::from))
-    .bind(disk.map(i64::from))
-    .bind(id)
-    .execute(conn)
-    .await?;
+    // Conditional on what was read, like `set_state`.
+    let mut moved = None;
+    for _ in 0..8 {
+        let Some((state, org, runner, old_cpu, old_memory, old_disk)) = counted(&mut *conn, id).await? else { break };
+        let new =
+            (cpu.map_or(old_cpu, i64::from), memory.map_or(old_memory, i64::from), disk.map_or(old_disk, i64::from));
+        let done = sqlx::query(
+            "UPDATE sandboxes SET cpu = $1, memory = $2, disk = $3 WHERE id = $4 AND state = $5 AND cpu = $6 \
+             AND memory = $7 AND disk = $8",
+        )
+        .bind(new.0)
+        .bind(new.1)
+        .bind(new.2)
+        .bind(id)
+        .bind(&state)
+        .bind(old_cpu)
+        .bind(old_memory)
+        .bind(old_disk)
+        .execute(&mut *conn)
+        .await?;
+        if done.rows_affected() == 1 {
+            let d = Delta::of(&state, new.0, new.1, new.2).since(Delta::of(&state, old_cpu, old_memory, old_disk));
+            moved = Some((org, runner, d));
+            break;
+        }
+    }
+    // The route's version orders the totals after the sequence row (see `totals`' lock order).
+    bump(&mut *conn, id, now).await?;
+    if let Some((org, runner, d)) = moved {
+        totals::shift(conn, &org, runner.as_deref(), d).await?;
+    }
     Ok(())
 }
 
