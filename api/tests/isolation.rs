@@ -277,8 +277,10 @@ async fn a_runner_credential_opens_only_its_own_runner() {
 async fn register_with(h: &Harness, r: &FakeRunner, networks: Value) -> (StatusCode, Value) {
     let path = format!("/runners/{}/register", r.id);
     let (s, v) = h.req(Method::POST, &path, Some(RUNNER_TOKEN), Some(json!({"daemonNetworks": networks}))).await;
-    if s == StatusCode::OK {
-        *r.credential.lock().unwrap() = Some(v["credential"].as_str().unwrap().to_owned());
+    if s == StatusCode::OK
+        && let (Ok(mut kept), Some(credential)) = (r.credential.lock(), v["credential"].as_str())
+    {
+        *kept = Some(credential.to_owned());
     }
     (s, v)
 }
