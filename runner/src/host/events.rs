@@ -21,6 +21,7 @@ use crate::firewall;
 impl Inner {
     /// Rebuilds the sandbox table from the containers labelled with this runner's ID.
     pub(super) async fn rebuild(self: &Arc<Self>) -> Result<(), StartupError> {
+        self.thaw_fork_sources().await;
         let filters = HashMap::from([("label", vec![format!("{}={}", labels::RUNNER, self.config.runner_id)])]);
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let containers = self.docker.list_containers(Some(opts)).await?;

@@ -237,8 +237,19 @@ impl Inner {
         let target = self.layer_source(&inspect).ok_or_else(|| {
             SandboxError::Internal(format!("container {container} has no upper directory this runner can write"))
         })?;
+        // Marked before the pause so that a runner killed during the copy thaws the source when it starts again
+        // ([`Inner::thaw_fork_sources`]); a user's pause carries no mark.
+        let mark = self.fork_pause_mark(&src.container);
         if src.running {
-            self.docker.pause_container(&src.container).await?;
+            if let Some(mark) = &mark {
+                write_mark(mark).map_err(|e| {
+                    SandboxError::Internal(format!("cannot mark {} paused for a fork: {e}", mark.display()))
+                })?;
+            }
+            if let Err(e) = self.docker.pause_container(&src.container).await {
+                remove_mark(mark.as_deref());
+                return Err(e.into());
+            }
         }
         let (from, to) = (src.clone(), target.clone());
         let copied = tokio::task::spawn_blocking(move || -> io::Result<LayerStats> {
@@ -267,13 +278,59 @@ impl Inner {
             })
         })
         .await;
-        if src.running
-            && let Err(e) = self.docker.unpause_container(&src.container).await
-        {
-            tracing::warn!(container = %src.container, error = %e, "cannot unpause a fork's source");
+        if src.running {
+            match self.docker.unpause_container(&src.container).await {
+                Ok(()) => remove_mark(mark.as_deref()),
+                Err(e) => tracing::warn!(container = %src.container, error = %e, "cannot unpause a fork's source"),
+            }
         }
         let stats = joined(copied, &format!("copying the layer of container {}", src.container))?;
         tracing::debug!(container, entries = stats.entries, bytes = stats.file_bytes, "layer copied");
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Where a fork's pause of `container` is marked: `<state dir>/fork-pauses/<container>` (`None` without a state
+    /// dir: then a runner killed during a fork's copy leaves the source paused until a resume).
+    fn fork_pause_mark(&self, container: &str) -> Option<PathBuf> {
+        let dir = self.config.state_dir.as_ref()?.join(FORK_PAUSES);
+        (!container.is_empty() && container.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| dir.join(container))
+    }
+
+    /// Thaws the sources of forks a killed runner left frozen (their marks), at start, before the table is read
+    /// back from Docker: they are the started sandboxes they were.
+    pub(crate) async fn thaw_fork_sources(&self) {
+        let Some(dir) = self.config.state_dir.as_ref().map(|d| d.join(FORK_PAUSES)) else { return };
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        for entry in entries.flatten() {
+            let container = entry.file_name().to_string_lossy().into_owned();
+            match self.docker.unpause_container(&container).await {
+                Ok(()) => {
+                    tracing::info!(container, "thawed the source of a fork the runner was copying when it stopped")
+                }
+                // Not paused any more (a stop, a destroy) or gone: nothing left to thaw.
+                Err(e) => tracing::debug!(container, error = %e, "fork source not thawed"),
+            }
+            remove_mark(Some(&entry.path()));
+        }
+    }
+}
+
+const FORK_PAUSES: &str = "fork-pauses";
+
+fn write_mark(mark: &std::path::Path) -> io::Result<()> {
+    if let Some(dir) = mark.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(mark, b"")
+}
+
+fn remove_mark(mark: Option<&std::path::Path>) {
+    if let Some(mark) = mark
+        && let Err(e) = std::fs::remove_file(mark)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(mark = %mark.display(), error = %e, "cannot remove a fork's pause mark");
     }
 }
