@@ -67,8 +67,10 @@ class Cdp:
                     return
             except CdpError as e:
                 # The target is listed as soon as its navigation starts, before its document has a JavaScript
-                # context: until then Chromium answers "Cannot find default execution context".
-                if "execution context" not in str(e.error.get("message", "")):
+                # context: until then Chromium answers "Cannot find default execution context"; an evaluation
+                # that a navigation overtakes gets "Inspected target navigated or closed".
+                message = str(e.error.get("message", ""))
+                if "execution context" not in message and "navigated or closed" not in message:
                     raise
             time.sleep(0.1)
         pytest.fail(f"timed out waiting for {what}; page shows:\n{self.eval(SCREEN)}\n{self.eval('document.body.innerText')}")

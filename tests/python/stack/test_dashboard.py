@@ -141,9 +141,17 @@ def workbench(page: Page, sandbox_id: str) -> None:
     page.wait(f"document.querySelector('#file-view-body').textContent === {json.dumps(content)}", "the file shown")
 
     # The listening port the terminal started, with a preview link.
-    page.js("document.querySelector('#ports-refresh').click()")
-    page.wait("!document.querySelector('#ports').hasAttribute('aria-busy') && "
-              "document.querySelector('#ports').textContent.includes('port 8123')", "port 8123 listed", 30)
+    # The server started in the background may not listen yet: refresh, as a person would, until it is listed.
+    listed = False
+    deadline = time.time() + 60
+    while not listed and time.time() < deadline:
+        page.js("document.querySelector('#ports-refresh').click()")
+        page.wait("!document.querySelector('#ports').hasAttribute('aria-busy')", "the port list to load", 30)
+        listed = page.js("document.querySelector('#ports').textContent.includes('port 8123')")
+        if not listed:
+            time.sleep(1)
+    shown = page.js("document.querySelector('#ports').textContent")
+    assert listed, f"port 8123 never listed: {shown}"
     page.js("[...document.querySelectorAll('#ports li')].find(l => l.textContent.includes('8123'))"
             ".querySelector('button').click()")
     page.wait("!!document.querySelector('#ports a[href*=\"8123-\"]')", "the preview link of port 8123")
@@ -322,8 +330,10 @@ def test_dashboard_in_chromium(stack):
         page.cdp.call("Emulation.setDeviceMetricsOverride",
                       {"width": 1100, "height": 760, "deviceScaleFactor": 1, "mobile": False})
 
-        # Sign out, then a session whose key expires: the open page goes back to sign in by itself.
-        page.js("document.querySelector('form[action=\"/dashboard/logout\"]').requestSubmit()")
+        # Sign out, then a session whose key expires: the open page goes back to sign in by itself. Signed out
+        # from the keys page: on the list, a reload its live stream may start can overtake the form's navigation.
+        page.go(f"{url}keys")
+        page.js("document.querySelector('form[action=\"/dashboard/logout\"] button').click()")
         page.wait("location.pathname === '/dashboard/login'", "the sign-in page after signing out")
         expires = (datetime.now(timezone.utc) + timedelta(seconds=10)).isoformat().replace("+00:00", "Z")
         code, short = api(stack, "POST", "/api-keys", stack.api_key,
