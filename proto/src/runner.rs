@@ -140,6 +140,12 @@ pub struct CreateSandbox {
     /// whether this organization may have it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pull: bool,
+    /// A copy of `image` (one of sandbar's own: a snapshot's or a build's) in the operator's internal registry,
+    /// where the runner that made it pushed it: a runner without `image` pulls this with its own registry
+    /// credentials and tags it `image` first, so a sandbox of a pushed image may be placed on any runner. `None`:
+    /// `image` is local to the runner the control plane chose (or a registry image, see [`pull`](Self::pull)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_from: Option<String>,
     /// User the daemon (and so every process it starts) runs as; default: the image's user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -336,11 +342,15 @@ pub struct SnapshotSandbox {
 pub struct RemoveSnapshot {
     pub snapshot_id: String,
     pub image: String,
+    /// The image's copy in the internal registry ([`SnapshotImage::pushed`]), deleted there too (by digest; a
+    /// registry that refuses deletes keeps it, which the runner logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<String>,
 }
 
 /// The image a [`SnapshotSandbox`], [`BuildSnapshot`] or [`ForkSandbox`] job made: what the control plane counts
 /// against the organization's image-bytes quota.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotImage {
     pub image: String,
@@ -348,6 +358,13 @@ pub struct SnapshotImage {
     pub image_id: String,
     /// Bytes, as Docker reports the image's size (its base layers included).
     pub size: u64,
+    /// Where the runner pushed the image in the operator's internal registry (`host[:port]/prefix/repo:tag`),
+    /// so that other runners can pull it; `None` when no registry is configured or the push failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<String>,
+    /// Why the push failed (the image stays on its runner only, as without a registry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_error: Option<String>,
 }
 
 /// What a runner is asked to do.
@@ -464,6 +481,10 @@ pub struct Job {
     pub id: String,
     #[serde(flatten)]
     pub kind: JobKind,
+    /// The W3C `traceparent` of the request that queued the job (the API's span), which the runner's job span
+    /// continues; absent for jobs no request queued and from an API without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Why a job failed, as a stable code the API can branch on; the message is for people.
@@ -732,6 +753,7 @@ mod tests {
         let job = Job {
             id: "j1".into(),
             kind: JobKind::StopSandbox(StopSandbox { sandbox_id: "s1".into(), force: true, timeout_secs: None }),
+            traceparent: None,
         };
         let v = serde_json::to_value(&job).unwrap();
         assert_eq!(v, serde_json::json!({"id": "j1", "type": "STOP_SANDBOX", "sandboxId": "s1", "force": true}));
@@ -776,7 +798,7 @@ mod tests {
     #[test]
     fn create_job_round_trips() {
         let c: CreateSandbox = serde_json::from_str(r#"{"sandboxId":"s","organizationId":"o","image":"i"}"#).unwrap();
-        let job = Job { id: "j".into(), kind: JobKind::CreateSandbox(c) };
+        let job = Job { id: "j".into(), kind: JobKind::CreateSandbox(c), traceparent: None };
         let v = serde_json::to_value(&job).unwrap();
         assert_eq!((v["id"].as_str(), v["sandboxId"].as_str()), (Some("j"), Some("s")));
         assert_eq!(serde_json::from_value::<Job>(v).unwrap(), job);
@@ -843,6 +865,7 @@ mod tests {
                 pull: vec!["127.0.0.1:5000/x:1".into()],
                 network: None,
             }),
+            traceparent: None,
         };
         let v = serde_json::to_value(&job).unwrap();
         assert_eq!((v["type"].as_str(), v["buildId"].as_str()), (Some("BUILD_SNAPSHOT"), Some("b1")));
@@ -858,6 +881,7 @@ mod tests {
         let job = Job {
             id: "j".into(),
             kind: JobKind::ForkSandbox(ForkSandbox { source_sandbox_id: "s1".into(), fork: fork.clone() }),
+            traceparent: None,
         };
         let v = serde_json::to_value(&job).unwrap();
         assert_eq!(v["type"], "FORK_SANDBOX");
@@ -887,7 +911,7 @@ mod tests {
 
     #[test]
     fn pause_and_resume_wire_format() {
-        let job = Job { id: "j".into(), kind: JobKind::PauseSandbox { sandbox_id: "s".into() } };
+        let job = Job { id: "j".into(), kind: JobKind::PauseSandbox { sandbox_id: "s".into() }, traceparent: None };
         let v = serde_json::to_value(&job).unwrap();
         assert_eq!(v, serde_json::json!({"id": "j", "type": "PAUSE_SANDBOX", "sandboxId": "s"}));
         let resume: Job = serde_json::from_str(r#"{"id":"k","type":"RESUME_SANDBOX","sandboxId":"t"}"#).unwrap();
@@ -901,7 +925,12 @@ mod tests {
         let old: JobResult = serde_json::from_str(r#"{"jobId":"j","status":"SUCCEEDED"}"#).unwrap();
         assert_eq!(old.outcome, JobOutcome::Succeeded { sandbox: None, snapshot: None });
         assert_eq!(serde_json::to_value(&old).unwrap(), serde_json::json!({"jobId": "j", "status": "SUCCEEDED"}));
-        let img = SnapshotImage { image: "sandbar-snapshot:x".into(), image_id: "sha256:ab".into(), size: 42 };
+        let img = SnapshotImage {
+            image: "sandbar-snapshot:x".into(),
+            image_id: "sha256:ab".into(),
+            size: 42,
+            ..Default::default()
+        };
         let r = JobResult { job_id: "j".into(), outcome: JobOutcome::Succeeded { sandbox: None, snapshot: Some(img) } };
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(

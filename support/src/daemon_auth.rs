@@ -58,27 +58,71 @@ pub enum AuthError {
 /// The string the MAC covers. Lines cannot be confused with each other: a method has no newline and the path and
 /// query of an HTTP request cannot hold one.
 pub fn canonical(method: &str, path_and_query: &str, ts_ms: u64, nonce: &str) -> String {
-    format!("sandbar-daemon-auth-{VERSION}\n{method}\n{path_and_query}\n{ts_ms}\n{nonce}")
+    format!("{CANONICAL_PREFIX}{VERSION}\n{method}\n{path_and_query}\n{ts_ms}\n{nonce}")
 }
 
+const CANONICAL_PREFIX: &str = "sandbar-daemon-auth-";
+
 fn mac(token: &str, method: &str, path_and_query: &str, ts_ms: u64, nonce: &str) -> HmacSha256 {
-    // HMAC takes a key of any length: new_from_slice cannot fail for it.
-    let mut m = <HmacSha256 as KeyInit>::new_from_slice(token.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
-    m.update(canonical(method, path_and_query, ts_ms, nonce).as_bytes());
-    m
+    Signer::new(token).mac(method, path_and_query, &ts_ms.to_string(), nonce)
 }
 
 /// The header value for one request signed at `ts_ms` with `nonce` (32 hex digits).
 pub fn sign_at(token: &str, method: &str, path_and_query: &str, ts_ms: u64, nonce: &str) -> String {
-    let sig = mac(token, method, path_and_query, ts_ms, nonce).finalize().into_bytes();
-    format!("{VERSION}.{ts_ms}.{nonce}.{}", crate::token::to_hex(&sig))
+    Signer::new(token).sign_at(method, path_and_query, ts_ms, nonce)
+}
+
+/// One token's key, ready to sign many requests: the HMAC's key schedule (two SHA-256 blocks) is done once here
+/// instead of per request (the edge proxy keeps one per daemon token and signs every request it forwards).
+#[derive(Clone)]
+pub struct Signer(HmacSha256);
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer { key: <redacted> }")
+    }
+}
+
+impl Signer {
+    pub fn new(token: &str) -> Self {
+        // HMAC takes a key of any length: new_from_slice cannot fail for it.
+        Self(
+            <HmacSha256 as KeyInit>::new_from_slice(token.as_bytes())
+                .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length")),
+        )
+    }
+
+    /// The MAC over [`canonical`] (`ts` is `ts_ms` in decimal), fed in pieces rather than built as a string first.
+    fn mac(&self, method: &str, path_and_query: &str, ts: &str, nonce: &str) -> HmacSha256 {
+        let mut m = self.0.clone();
+        for part in [CANONICAL_PREFIX, VERSION, "\n", method, "\n", path_and_query, "\n", ts, "\n", nonce] {
+            m.update(part.as_bytes());
+        }
+        m
+    }
+
+    /// The header value for one request signed at `ts_ms` with `nonce` (32 hex digits).
+    pub fn sign_at(&self, method: &str, path_and_query: &str, ts_ms: u64, nonce: &str) -> String {
+        let ts = ts_ms.to_string();
+        let sig = self.mac(method, path_and_query, &ts, nonce).finalize().into_bytes();
+        let mut out = String::with_capacity(VERSION.len() + ts.len() + nonce.len() + 3 + 2 * sig.len());
+        for part in [VERSION, ".", &ts, ".", nonce, "."] {
+            out.push_str(part);
+        }
+        crate::token::push_hex(&mut out, &sig);
+        out
+    }
+
+    /// [`sign`] with this key.
+    pub fn sign(&self, method: &str, path_and_query: &str) -> String {
+        self.sign_at(method, path_and_query, now_ms(), &next_nonce())
+    }
 }
 
 /// The header value for one request (`method`, and its path and query exactly as sent), signed now with a fresh
 /// nonce. Sign each request (each retry too) just before sending it: a credential is good once, for a minute.
 pub fn sign(token: &str, method: &str, path_and_query: &str) -> String {
-    sign_at(token, method, path_and_query, now_ms(), &next_nonce())
+    Signer::new(token).sign(method, path_and_query)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -99,7 +143,10 @@ fn next_nonce() -> String {
             Err(_) => now_ms().rotate_left(20) ^ u64::from(std::process::id()),
         }
     });
-    format!("{prefix:016x}{:016x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    let mut nonce = String::with_capacity(32);
+    crate::token::push_hex(&mut nonce, &prefix.to_be_bytes());
+    crate::token::push_hex(&mut nonce, &COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    nonce
 }
 
 /// A parsed credential.
@@ -240,6 +287,18 @@ mod tests {
         assert!(h.starts_with("v1.1800000000000.0123456789abcdef0123456789abcdef."), "{h}");
         assert_eq!(check(&v, &h, "GET", "/files?path=/a", NOW + 5), Ok(()));
         assert_eq!(check(&v, &h, "GET", "/files?path=/a", NOW + 6), Err(AuthError::Replayed));
+    }
+
+    #[test]
+    fn a_kept_signer_signs_the_canonical_string() {
+        let mut m = <HmacSha256 as KeyInit>::new_from_slice(T.as_bytes()).unwrap();
+        m.update(canonical("PUT", "/x?y=1", NOW, NONCE).as_bytes());
+        let expected = format!("v1.{NOW}.{NONCE}.{}", crate::token::to_hex(&m.finalize().into_bytes()));
+        let signer = Signer::new(T);
+        assert_eq!(signer.sign_at("PUT", "/x?y=1", NOW, NONCE), expected);
+        assert_eq!(signer.sign_at("PUT", "/x?y=1", NOW, NONCE), expected, "the kept key is not consumed");
+        assert_eq!(sign_at(T, "PUT", "/x?y=1", NOW, NONCE), expected);
+        assert_eq!(format!("{signer:?}"), "Signer { key: <redacted> }");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! compares ([`ct_eq`]), the signed per-request credential every caller sends a daemon ([`daemon_auth`]), atomic
 //! private file writes ([`fs`]), the SSH host key and server settings ([`ssh`], feature `ssh`), backoff with jitter
 //! ([`backoff`]), locks that survive a panicked holder ([`sync`]), checks of Prometheus names ([`prom`]), request
-//! ids with what of a request may be logged ([`request_id`]), W3C `traceparent` ([`trace`]) and the layered
+//! ids with what of a request may be logged ([`request_id`]), W3C `traceparent` ([`trace`]), spans exported over
+//! OTLP/HTTP with a hand-written protobuf encoder ([`otlp`]) and the layered
 //! configuration of every service ([`config`], feature `config`: defaults < TOML file < `SANDBAR_*` environment <
 //! flags).
 //!
@@ -13,6 +14,7 @@ pub mod backoff;
 pub mod config;
 pub mod daemon_auth;
 pub mod fs;
+pub mod otlp;
 pub mod prom;
 pub mod request_id;
 #[cfg(feature = "ssh")]
