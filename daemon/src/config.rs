@@ -91,6 +91,19 @@ pub struct Config {
     #[arg(long, env = "SANDBAR_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
 
+    /// Keep spans (this daemon's start, the entrypoint's spawn, each request that carries a `traceparent`) for the
+    /// runner to collect with `POST /trace/spans`: a sandbox cannot reach a collector itself. The runner sets it
+    /// when it exports spans. Kept out of every child's environment.
+    /// (`1`, `true`, ...; empty, as a snapshot's image leaves it, is off.)
+    #[arg(long, env = "SANDBAR_TRACE_SPANS", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub trace_spans: bool,
+
+    /// The trace context (W3C `traceparent`) this daemon's start belongs to: the runner's create job. Kept out of
+    /// every child's environment.
+    #[arg(long, env = "SANDBAR_TRACEPARENT")]
+    pub traceparent: Option<String>,
+
     /// The image's entrypoint and arguments, run in the reserved session `entrypoint` (never from the file).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
     #[serde(skip)]

@@ -87,12 +87,10 @@ fn main() -> ExitCode {
         };
     }
     init_tracing(config.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(64)
-        .enable_all()
-        .build()
-    {
+    // One thread runs everything (blocking work goes to the blocking pool, whose threads end when idle): every
+    // worker thread more is a stack, a kernel task and a malloc arena in each idle sandbox (160 KiB of its memory
+    // cgroup for the two workers there were), and a sandbox gets one CPU by default anyway.
+    let runtime = match tokio::runtime::Builder::new_current_thread().max_blocking_threads(64).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sandbar-daemon: cannot start the runtime: {e}");
@@ -110,6 +108,15 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
+    use sandbar_support::otlp;
+    // Spans wait in memory for the runner (`POST /trace/spans`): no collector is reachable from a sandbox.
+    let parent = config.traceparent.as_deref().and_then(sandbar_support::trace::TraceParent::parse);
+    if config.trace_spans
+        && let Err(e) = otlp::install_buffer("sandbar-daemon")
+    {
+        tracing::warn!(error = %e, "cannot keep spans");
+    }
+    let mut start_span = parent.as_ref().and_then(|p| otlp::Span::start("daemon start", otlp::Kind::Internal, Some(p)));
     // Outside a container (not PID 1) become the subreaper, so orphans of our children still come to us.
     if nix::unistd::getpid().as_raw() != 1
         && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
@@ -157,22 +164,44 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         out.flush()?;
     }
     tracing::info!(%toolbox_addr, %ssh_addr, %terminal_addr, sandbox_id = daemon.sandbox_id().as_deref().unwrap_or(""), "listening");
+    if let Some(s) = &mut start_span {
+        s.attr("sandbar.toolbox_addr", toolbox_addr);
+    }
+    drop(start_span);
 
-    if !entrypoint.is_empty() {
+    if !entrypoint.is_empty() || gate.is_some() {
         let d = daemon.clone();
+        if gate.is_some() && otlp::enabled() {
+            sandbar_daemon::toolbox::spans::entrypoint_held();
+        }
         let start = async move {
             if let Some(mut go) = gate {
                 go.recv().await;
                 tracing::info!("released by the runner: starting the entrypoint");
             }
-            if d.shutdown.is_cancelled() {
-                return;
+            // The spawn of the image's entrypoint, in the create's trace.
+            let mut span = parent.as_ref().and_then(|p| otlp::Span::start("entrypoint", otlp::Kind::Internal, Some(p)));
+            if let Some(s) = &mut span {
+                s.attr("process.executable.name", entrypoint.first().map_or("(none)", String::as_str));
             }
-            if let Err(e) = d.sessions.start_entrypoint(&d, &entrypoint) {
+            if !d.shutdown.is_cancelled()
+                && !entrypoint.is_empty()
+                && let Err(e) = d.sessions.start_entrypoint(&d, &entrypoint)
+            {
                 tracing::error!(error = %e.message, "cannot start the entrypoint");
+                if let Some(s) = &mut span {
+                    s.fail(&e.message);
+                }
             }
+            drop(span);
+            sandbar_daemon::toolbox::spans::entrypoint_spawned();
+            // Start-up is over.
+            sandbar_daemon::util::release_free_memory();
         };
         tokio::spawn(start);
+    } else {
+        // Start-up is over once the servers' tasks (spawned before this one) have built their routers.
+        tokio::spawn(async { sandbar_daemon::util::release_free_memory() });
     }
 
     let forwarded = tokio::select! {

@@ -21,6 +21,7 @@ pub mod ports;
 pub mod process;
 pub mod pty;
 pub mod session;
+pub mod spans;
 mod stream;
 
 use axum::Router;
@@ -30,6 +31,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use sandbar_proto::api::REQUEST_ID_HEADER;
 use sandbar_support::daemon_auth::AuthError;
+use sandbar_support::otlp;
 use sandbar_support::request_id;
 use sandbar_support::trace::{self, TraceParent};
 use tracing::Instrument;
@@ -50,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .merge(lsp::routes())
         .merge(port_proxy::routes())
         .merge(ports::routes())
+        .merge(spans::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -83,14 +86,18 @@ async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) 
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         request_id::first_valid([header(REQUEST_ID_HEADER), header(request_id::HEADER)]).unwrap_or("").to_owned()
     };
-    // The proxy's span is this request's parent (W3C `traceparent`; no exporter yet, the trace id is logged).
-    let trace_id = req
-        .headers()
-        .get(trace::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map(|t| t.trace_id)
-        .unwrap_or_default();
+    // The caller's span (the proxy's or the runner's) is this request's parent: its trace id is logged, and with
+    // `--trace-spans` the request's own span is kept for the runner to collect (`spans`).
+    let parent = req.headers().get(trace::HEADER).and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
+    let trace_id = parent.as_ref().map(|t| t.trace_id.clone()).unwrap_or_default();
+    // (Not the collection itself: its span would only wait for the next one.)
+    let traced = otlp::enabled() && req.uri().path() != "/trace/spans";
+    let mut otlp_span = parent.as_ref().filter(|_| traced).and_then(|p| {
+        let mut s = otlp::Span::start(format!("{} {}", req.method(), req.uri().path()), otlp::Kind::Server, Some(p))?;
+        s.attr("http.request.method", req.method());
+        s.attr("url.path", req.uri().path());
+        Some(s)
+    });
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
@@ -109,10 +116,20 @@ async fn authenticate(State(daemon): State<AppState>, req: Request, next: Next) 
                 ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).with_code("UNAUTHORIZED"),
             );
             tracing::info!(status = 401, duration_ms = ms(start), reason = %e, "rejected: daemon credential");
+            if let Some(s) = &mut otlp_span {
+                s.attr("http.response.status_code", 401);
+                s.fail("daemon credential refused");
+            }
             return resp;
         }
         let resp = next.run(req).await;
         tracing::info!(status = resp.status().as_u16(), duration_ms = ms(start), "answered");
+        if let Some(s) = &mut otlp_span {
+            s.attr("http.response.status_code", resp.status().as_u16());
+            if resp.status().is_server_error() {
+                s.fail(format!("answered {}", resp.status()));
+            }
+        }
         resp
     }
     .instrument(span);

@@ -47,6 +47,8 @@ pub const PRIVATE_ENV: &[&str] = &[
     "SANDBAR_SSH_HOST_KEY",
     "SANDBAR_SSH_HOST_KEY_FD",
     "SANDBAR_SSH_AUTHORIZED_KEYS",
+    "SANDBAR_TRACE_SPANS",
+    "SANDBAR_TRACEPARENT",
 ];
 
 impl Daemon {

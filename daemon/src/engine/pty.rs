@@ -363,7 +363,8 @@ impl PtySession {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
                     Err(mpsc::error::TrySendError::Full(c)) => {
-                        // Backpressure: wait for this client, but not forever.
+                        // Backpressure: wait for this client, but not forever. (The daemon's runtime has one
+                        // thread, which drives the timer from its own `block_on`: this one only waits.)
                         runtime.block_on(async {
                             matches!(tokio::time::timeout(CLIENT_STALL, client.send(c)).await, Ok(Ok(())))
                         })

@@ -341,7 +341,8 @@ async fn drive_entrypoint(session: Arc<Session>, mut child: procs::Child, log: A
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
     let mut exit = child.exit_watch();
-    let (mut obuf, mut ebuf) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+    // Small: they live as long as the entrypoint, in every sandbox (the pipe holds 64 KiB between reads).
+    let (mut obuf, mut ebuf) = (vec![0u8; 8 * 1024], vec![0u8; 8 * 1024]);
     let mut status: Option<Exit> = None;
     let mut linger: Option<tokio::time::Instant> = None;
     while out.is_some() || err.is_some() || status.is_none() {
@@ -367,6 +368,9 @@ async fn drive_entrypoint(session: Arc<Session>, mut child: procs::Child, log: A
     tracing::info!(exit_code = code, "entrypoint exited");
     log.finish(code);
     session.end();
+    drop((obuf, ebuf));
+    // An entrypoint that ends (a shell without input) often ends right after start-up, whose holes it reused.
+    crate::util::release_free_memory();
 }
 
 /// Appends the `n` bytes just read into `buf` to the log as `stream` and copies them to our own `sink` (the
