@@ -50,6 +50,10 @@ pub struct Config {
     /// them.
     #[arg(long, env = "SANDBAR_API_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// OTLP/HTTP collector for traces (`http://host:port`; spans go to `POST {endpoint}/v1/traces`,
+    /// `sandbar_support::otlp`). Unset: no spans are exported.
+    #[arg(long, env = "SANDBAR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Image used when a create names neither a snapshot nor an image.
     #[arg(long, env = "SANDBAR_DEFAULT_SNAPSHOT", default_value = "sandbar-sandbox:default")]
     pub default_snapshot: String,
@@ -267,6 +271,8 @@ pub enum ConfigError {
     Interval(&'static str, Duration),
     #[error("limits: {0}")]
     Limits(String),
+    #[error("otlp_endpoint (--otlp-endpoint): {0}")]
+    OtlpEndpoint(String),
     #[error("DATABASE_URL must start with sqlite: or postgres://, got a URL with scheme {0:?}")]
     DatabaseUrl(String),
 }
@@ -284,6 +290,7 @@ impl Config {
             proxy_token: None,
             metrics_token: None,
             admin_token: None,
+            otlp_endpoint: None,
             default_snapshot: "sandbar-sandbox:default".into(),
             allowed_images: default_allowed_images(),
             allowed_registries: vec!["*".into()],
@@ -304,6 +311,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.proxy_parts()?;
         self.ssh_gateway_parts()?;
+        if let Some(e) = &self.otlp_endpoint {
+            sandbar_support::otlp::Endpoint::parse(e).map_err(ConfigError::OtlpEndpoint)?;
+        }
         if self.runner_unreachable <= Duration::from_secs(HEARTBEAT_INTERVAL_SECS)
             || self.runner_unreachable > Duration::from_secs(86_400)
         {

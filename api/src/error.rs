@@ -8,13 +8,16 @@ use ::http::StatusCode;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// The database gave up on a lock (a lock wait timed out, a deadlock, a serialization failure): the same
+    /// request in a transaction of its own may well succeed (`crate::domain::group_commit` retries it so).
+    pub transient: bool,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self { status, message: message.into(), transient: false }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -60,6 +63,13 @@ impl From<sqlx::Error> for ApiError {
             tracing::error!(error = %e, "the database's disk is full");
             return Self::storage_full();
         }
+        if lock_conflict(&e) {
+            tracing::warn!(error = %e, "database lock conflict");
+            return Self {
+                transient: true,
+                ..Self::unavailable("the database was busy with a conflicting change; try again")
+            };
+        }
         match database_unavailable(&e) {
             Some(why) => {
                 tracing::warn!(error = %e, "database unavailable");
@@ -83,6 +93,15 @@ pub fn database_full(e: &sqlx::Error) -> bool {
             sqlite_full || code == "53100" || msg.contains("disk is full") || msg.contains("No space left")
         }
         sqlx::Error::Io(io) => io.raw_os_error() == Some(28),
+        _ => false,
+    }
+}
+
+/// Whether `e` is PostgreSQL giving up on a lock: `lock_not_available` (55P03, a `lock_timeout`),
+/// `deadlock_detected` (40P01) or `serialization_failure` (40001). Nothing was written; retrying can succeed.
+pub fn lock_conflict(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("55P03" | "40P01" | "40001")),
         _ => false,
     }
 }

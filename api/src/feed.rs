@@ -76,11 +76,12 @@ async fn deliver(app: &App, listener: &mut Listener) -> String {
     loop {
         match listener.recv().await {
             Ok(Some(change)) => {
-                app.metrics.change_feed_notifications.inc();
                 match change {
                     Some(change) => wake(app, &change),
                     None => tracing::debug!("change notification of an unknown kind ignored"),
                 }
+                // Counted once acted on (a test waits for the count, then expects the effect).
+                app.metrics.change_feed_notifications.inc();
             }
             Ok(None) => return "connection closed".to_owned(),
             Err(e) => return e.to_string(),
@@ -99,6 +100,7 @@ fn wake(app: &App, change: &Change) {
             crate::domain::builds::wake_followers();
         }
         Change::Logs => crate::domain::builds::wake_followers(),
+        Change::Keys => app.db.keys.clear(),
     }
 }
 
@@ -111,5 +113,7 @@ fn wake_all(app: &App) {
 
 fn set_connected(app: &App, connected: bool) {
     app.feed_connected.store(connected, Ordering::Relaxed);
+    // A revoke made through another instance while we were not listening was never notified to us.
+    app.db.keys.trust(connected);
     app.metrics.change_feed_connected.set(i64::from(connected));
 }

@@ -20,6 +20,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod store;
+pub mod trace;
 
 /// The lifecycle timers, under the path embedders and tests use.
 pub use domain::lifecycle;
@@ -57,6 +58,8 @@ pub struct Inner {
     feed_connected: AtomicBool,
     /// Counters and histograms of this instance (`GET /metrics`).
     pub metrics: metrics::Metrics,
+    /// Where creates and forks queue to commit together on PostgreSQL ([`domain::group_commit`]).
+    pub(crate) creates: domain::group_commit::CommitGroup,
 }
 
 impl std::fmt::Debug for App {
@@ -83,7 +86,9 @@ impl App {
         if !drifted.is_empty() {
             tracing::warn!(drifted = drifted.len(), first = ?drifted.first(), "usage totals were recomputed");
         }
+        let creates = domain::group_commit::CommitGroup::start(db.kind, &db.pool);
         Ok(Self(Arc::new(Inner {
+            creates,
             db,
             config,
             clock,

@@ -51,7 +51,7 @@ pub struct StateLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// `ok` or `error`.
+    /// `ok` or `error` (lifecycle passes); `committed`, `refused` or `alone` (members of a group commit).
     pub outcome: &'static str,
 }
 
@@ -76,6 +76,9 @@ pub struct Metrics {
     pub change_feed_connected: Gauge,
     pub change_feed_connects: Counter,
     pub change_feed_notifications: Counter,
+    /// Group commits of new sandboxes on PostgreSQL (`crate::domain::group_commit`), and what became of each member.
+    pub create_groups: Counter,
+    pub create_group_members: Family<OutcomeLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -150,6 +153,19 @@ impl Default for Metrics {
             "Change notifications received from PostgreSQL (this instance's own included)",
             change_feed_notifications.clone(),
         );
+        let create_groups = Counter::default();
+        registry.register(
+            "create_groups",
+            "Transactions that committed several creates and forks at once (PostgreSQL; none on SQLite)",
+            create_groups.clone(),
+        );
+        let create_group_members = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "create_group_members",
+            "Creates and forks that went through a group commit, by outcome: committed in the group, refused with \
+             their own error, or run again alone (a limit or a lock conflict, or the group's transaction failed)",
+            create_group_members.clone(),
+        );
         Self {
             registry,
             requests,
@@ -163,6 +179,8 @@ impl Default for Metrics {
             change_feed_connected,
             change_feed_connects,
             change_feed_notifications,
+            create_groups,
+            create_group_members,
         }
     }
 }

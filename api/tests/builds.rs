@@ -2,11 +2,13 @@
 //! lines stored once and followed as they come, reuse of an identical build, failures with the build's reason,
 //! pinning to the build's runner, and the 400s. SQLite and PostgreSQL.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use sandbar_api::ManualClock;
 use sandbar_proto::runner::{BuildSnapshot, Job, JobErrorCode, JobKind, JobOutcome, JobResult};
-use sandbar_testkit::api::{FakeRunner, Harness, databases};
+use sandbar_testkit::api::{FakeRunner, Harness, config, databases};
 use serde_json::{Value, json};
 
 /// Reads a build log URL to its end.
@@ -124,6 +126,36 @@ async fn snapshot_build_with_its_log_followed() {
         let (s, v) = h.call(Method::POST, "/sandbox", Some(json!({"snapshot": "built"}))).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
         assert!(v["message"].as_str().unwrap().contains("r1"), "{v}");
+        h.stop().await;
+    }
+}
+
+/// A create that waits for its build answers `pending_build` even when a runner, already long-polling, claims the
+/// build before the create's answer is read: the SDK follows the build's log only after a `pending_build` answer (CI
+/// once got `building_snapshot` back, and with it an empty log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_answers_pending_build_when_its_build_is_claimed_at_once() {
+    for db in databases().await {
+        let mut c = config(&db.url);
+        c.create_wait = Duration::from_secs(10);
+        let h = Harness::start_with(&db, c, Arc::new(ManualClock::default())).await;
+        let r = h.runner("r1");
+        r.heartbeat(64, 256, 1000).await;
+        for i in 0..5 {
+            let df = format!("FROM sandbar-test-busybox:base1\nRUN echo {i}\n");
+            let poll = async {
+                let jobs = r.poll(10).await;
+                assert!(matches!(&jobs[..], [j] if matches!(j.kind, JobKind::BuildSnapshot(_))), "{jobs:?}");
+            };
+            let create = async {
+                // The runner's long-poll is waiting before the build is queued.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                h.create(json!({"buildInfo": {"dockerfileContent": df}})).await
+            };
+            let ((), v) = tokio::join!(poll, create);
+            assert_eq!(v["state"], "pending_build", "{} {v}", db.label);
+            assert_eq!(h.state(v["id"].as_str().unwrap()).await, "building_snapshot");
+        }
         h.stop().await;
     }
 }

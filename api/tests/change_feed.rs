@@ -1,9 +1,9 @@
 //! The change feed between API instances (PostgreSQL `LISTEN/NOTIFY`, `sandbar_api::feed`): two instances on one
 //! database, each with its poll interval set to an hour, so that only a notification can explain a wait ending
 //! before its generous bound: a job result posted to A ends a create held on B, a route change made through A
-//! reaches a route-feed long-poll on B, a wake asked of A reaches the runner long-polling B. Then the listener's
-//! connection is killed (`pg_terminate_backend`): it reconnects and delivers again, and while it stays down the
-//! waits poll. PostgreSQL only: SQLite has no feed (its one process wakes its own waiters; every other test covers
+//! reaches a route-feed long-poll on B, a wake asked of A reaches the runner long-polling B, a key revoked through A
+//! stops working on B. Then the listener's connection is killed (`pg_terminate_backend`): it reconnects and
+//! delivers again, and while it stays down the waits poll. PostgreSQL only: SQLite has no feed (its one process wakes its own waiters; every other test covers
 //! that path).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -56,6 +56,16 @@ async fn settle() {
 }
 
 /// Waits (bounded) until `h`'s feed has connected `n` times and is connected.
+/// Two instances on `db` with hour-long polls (so only the feed can deliver), both listening.
+async fn listening_pair(db: &TestDb) -> (Harness, Harness) {
+    let clock = Arc::new(ManualClock::default());
+    let a = instance(db, &clock, HOUR, Duration::from_millis(50)).await;
+    let b = instance(db, &clock, HOUR, Duration::from_millis(50)).await;
+    connected(&a, 1).await;
+    connected(&b, 1).await;
+    (a, b)
+}
+
 async fn connected(h: &Harness, n: u64) {
     tokio::time::timeout(BOUND, async {
         while !(h.app.change_feed_connected() && h.app.metrics.change_feed_connects.get() >= n) {
@@ -171,11 +181,7 @@ async fn results_route_changes_and_wakes_reach_the_other_instance_by_notificatio
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_listener_reconnects_and_delivers_again() {
     for db in databases().await.into_iter().filter(|d| d.label == "postgres") {
-        let clock = Arc::new(ManualClock::default());
-        let a = instance(&db, &clock, HOUR, Duration::from_millis(50)).await;
-        let b = instance(&db, &clock, HOUR, Duration::from_millis(50)).await;
-        connected(&a, 1).await;
-        connected(&b, 1).await;
+        let (a, b) = listening_pair(&db).await;
         let r = a.runner("r1");
         r.heartbeat(8, 16, 100).await;
         let id = started_sandbox(&a, &r, empty()).await;
@@ -237,6 +243,37 @@ async fn waits_poll_while_the_listener_is_down() {
         let changed = tokio::time::timeout(POLL_BOUND, waiter).await.expect("the poll found the change").unwrap();
         assert_eq!(changed, vec![id]);
         assert!(!b.app.change_feed_connected(), "B's listener stays down for the hour");
+        a.stop().await;
+        b.stop().await;
+    }
+}
+
+/// A key revoked through one instance stops working on the other at once: the revoke's notification empties the
+/// other instance's memory of keys (`sandbar_api::store::key_cache`), which would otherwise answer for the key a
+/// little longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_revoked_through_one_instance_stops_working_on_the_other() {
+    for db in databases().await.into_iter().filter(|d| d.label == "postgres") {
+        let (a, b) = listening_pair(&db).await;
+
+        // A key made through A and used on B, which now remembers it.
+        let (s, v) = a.call(Method::POST, "/api-keys", Some(json!({"name": "short-lived"}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let key = v["value"].as_str().unwrap().to_owned();
+        assert_eq!(b.req(Method::GET, "/sandbox", Some(&key), None).await.0, StatusCode::OK);
+        assert_eq!(b.req(Method::GET, "/sandbox", Some(&key), None).await.0, StatusCode::OK);
+
+        let heard = b.app.metrics.change_feed_notifications.get();
+        assert_eq!(a.call(Method::DELETE, "/api-keys/short-lived", None).await.0, StatusCode::NO_CONTENT);
+        tokio::time::timeout(BOUND, async {
+            while b.app.metrics.change_feed_notifications.get() == heard {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("B heard of the revoke");
+        assert_eq!(b.req(Method::GET, "/sandbox", Some(&key), None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(a.req(Method::GET, "/sandbox", Some(&key), None).await.0, StatusCode::UNAUTHORIZED);
         a.stop().await;
         b.stop().await;
     }

@@ -154,7 +154,12 @@ fn snapshot_done(job: &Job, info: sandbar_proto::runner::SandboxInfo, size: u64)
         job_id: job.id.clone(),
         outcome: JobOutcome::Succeeded {
             sandbox: Some(Box::new(info)),
-            snapshot: Some(SnapshotImage { image: s.image.clone(), image_id: "sha256:abc".into(), size }),
+            snapshot: Some(SnapshotImage {
+                image: s.image.clone(),
+                image_id: "sha256:abc".into(),
+                size,
+                ..Default::default()
+            }),
         },
     }
 }

@@ -19,7 +19,8 @@ async fn made(r: &FakeRunner, job: &Job, org: &str, image: &str, size: u64) -> S
         JobKind::BuildSnapshot(_) | JobKind::RemoveSnapshot(_) => None,
         kind => Some(Box::new(r.info(kind.sandbox_id(), org, SandboxState::Started))),
     };
-    let snapshot = Some(SnapshotImage { image: image.to_owned(), image_id: "sha256:0123".into(), size });
+    let snapshot =
+        Some(SnapshotImage { image: image.to_owned(), image_id: "sha256:0123".into(), size, ..Default::default() });
     r.result(JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox, snapshot } }).await
 }
 

@@ -28,7 +28,12 @@ async fn org1_images(h: &Harness, r: &FakeRunner) -> (String, String, String, St
     let [job] = &jobs[..] else { panic!("{jobs:?}") };
     let JobKind::SnapshotSandbox(sj) = &job.kind else { panic!("{job:?}") };
     let info = r.info(&src, &h.org, SandboxState::Started);
-    let snapshot = Some(SnapshotImage { image: sj.image.clone(), image_id: "sha256:abc".into(), size: 1 << 20 });
+    let snapshot = Some(SnapshotImage {
+        image: sj.image.clone(),
+        image_id: "sha256:abc".into(),
+        size: 1 << 20,
+        ..Default::default()
+    });
     let done = JobResult {
         job_id: job.id.clone(),
         outcome: JobOutcome::Succeeded { sandbox: Some(Box::new(info)), snapshot },

@@ -239,9 +239,16 @@ async fn service_tokens_are_distinct_from_user_keys() {
         // not the join token, which only registers.
         assert_eq!(h.req(Method::GET, "/runners/r1/jobs", Some(PROXY_TOKEN), None).await.0, StatusCode::UNAUTHORIZED);
         assert_eq!(h.req(Method::GET, "/runners/r1/jobs", Some(RUNNER_TOKEN), None).await.0, StatusCode::UNAUTHORIZED);
-        let (s, _) = h.req(Method::POST, "/runners/r1/register", Some(PROXY_TOKEN), None).await;
-        assert_eq!(s, StatusCode::FORBIDDEN);
-        assert_eq!(h.req(Method::GET, "/internal/routes/x", Some(RUNNER_TOKEN), None).await.0, StatusCode::FORBIDDEN);
+        // Each service's token opens its own endpoints only, and another's reads as unknown (the same 401 and
+        // message as a wrong string), so an answer never tells that a token is valid elsewhere.
+        for (method, path, other) in
+            [(Method::POST, "/runners/r1/register", PROXY_TOKEN), (Method::GET, "/internal/routes/x", RUNNER_TOKEN)]
+        {
+            let (s, wrong) = h.req(method.clone(), path, Some("not-a-token"), None).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED);
+            let (s, body) = h.req(method, path, Some(other), None).await;
+            assert_eq!((s, &body["message"]), (StatusCode::UNAUTHORIZED, &wrong["message"]), "{path}");
+        }
         assert_eq!(h.req(Method::GET, "/sandbox", Some(RUNNER_TOKEN), None).await.0, StatusCode::UNAUTHORIZED);
         h.stop().await;
     }
@@ -461,6 +468,39 @@ async fn ping_jobs_reach_the_runner_and_change_nothing() {
         let e = sandbar_api::jobs::ping::enqueue(&h.app, &h.org, &id).await.unwrap_err();
         assert_eq!(e.status.as_u16(), 400, "{e:?}");
         assert!(r.poll(0).await.is_empty());
+        h.stop().await;
+    }
+}
+
+/// A create's job carries the `traceparent` of the API's request span: the caller's trace, a span of the API's own
+/// as parent. A create without one starts a trace of its own; the runner continues either.
+#[tokio::test]
+async fn a_create_job_continues_the_callers_trace() {
+    for db in databases().await {
+        let (h, r) = Harness::start_with_runner(&db, 64, 64, 1000).await;
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let caller = format!("00-{trace}-00f067aa0ba902b7-01");
+        let resp = h
+            .http
+            .post(format!("{}/sandbox", h.base))
+            .bearer_auth(&h.key)
+            .header("traceparent", &caller)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let jobs: Vec<Job> = r.poll(5).await;
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        let stored = sandbar_support::trace::TraceParent::parse(jobs[0].traceparent.as_deref().unwrap()).unwrap();
+        assert_eq!(stored.trace_id, trace);
+        assert_ne!(stored.span_id, "00f067aa0ba902b7", "the parent is the API's span, not the caller's");
+
+        h.create(json!({})).await;
+        let jobs: Vec<Job> = r.poll(5).await;
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        let own = sandbar_support::trace::TraceParent::parse(jobs[0].traceparent.as_deref().unwrap()).unwrap();
+        assert_ne!(own.trace_id, trace);
         h.stop().await;
     }
 }

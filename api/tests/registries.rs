@@ -153,7 +153,12 @@ async fn registry_images_are_pulled_with_the_jobs_own_credentials() {
         let JobKind::PullImage(p) = &job.kind else { panic!("{job:?}") };
         assert_eq!((p.image.as_str(), p.organization_id.as_str()), (image.as_str(), h.org.as_str()));
         assert_eq!(r.get(&format!("jobs/{}/registry-auth", job.id)).await.1[0]["username"], "u2");
-        let snapshot = Some(SnapshotImage { image: image.clone(), image_id: "sha256:01".into(), size: 3 << 30 });
+        let snapshot = Some(SnapshotImage {
+            image: image.clone(),
+            image_id: "sha256:01".into(),
+            size: 3 << 30,
+            ..Default::default()
+        });
         let done = JobResult { job_id: job.id.clone(), outcome: JobOutcome::Succeeded { sandbox: None, snapshot } };
         assert_eq!(r.result(done).await, StatusCode::NO_CONTENT);
         let v = h.call(Method::GET, "/snapshots/app", None).await.1;

@@ -100,6 +100,19 @@ async fn heartbeat_usage_is_served_with_history() {
         assert_eq!(usage(&h, &id).await["cpuNanos"], 9_000_000_000i64);
         // Nor does a sample of an unknown sandbox fail the heartbeat.
         assert_eq!(heartbeat(&r1, json!([sample("nope", 1, None, 1, 1)])).await, StatusCode::OK);
+        // A heartbeat naming a sandbox twice is stored in order: the later sample is the latest.
+        let twice = json!([
+            sample(&id, 5, None, 1, 1),
+            sample("nope", 1, None, 1, 1),
+            sample(&id, 9_000_000_000, Some(1500), 70 << 20, 900)
+        ]);
+        assert_eq!(heartbeat(&r1, twice).await, StatusCode::OK);
+        let v = usage(&h, &id).await;
+        assert_eq!(
+            (v["cpuNanos"].as_i64(), v["history"].as_array().map(Vec::len)),
+            (Some(9_000_000_000), Some(2)),
+            "{v}"
+        );
 
         // Another organization cannot see it (404 like an unknown sandbox), nor can a caller without a key.
         let (_, other_key) = h.new_org("other").await;

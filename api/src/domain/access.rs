@@ -85,7 +85,7 @@ pub fn route(app: &App, row: &Row) -> Route {
 
 /// A sandbox that is not destroyed, by id.
 pub async fn live(app: &App, id: &str) -> ApiResult<Row> {
-    let mut conn = app.db.pool.acquire().await?;
+    let mut conn = app.db.read.acquire().await?;
     sandboxes::load(app.db.kind, &mut conn, None, id, false)
         .await?
         .filter(|r| r.stored_state() != SandboxState::Destroyed)

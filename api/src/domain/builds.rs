@@ -178,6 +178,18 @@ pub(crate) struct Attached {
     pub runner_id: String,
     /// `pending`, `building` or `done`.
     pub state: String,
+    /// A done build's image copy in the internal registry: sandboxes of it may go to any runner.
+    pub pushed: Option<String>,
+}
+
+impl Attached {
+    /// The one runner a sandbox of this build must go to: none once its image is done and pushed.
+    pub fn pinned(&self) -> Option<String> {
+        match (&self.pushed, self.state.as_str()) {
+            (Some(_), "done") => None,
+            _ => Some(self.runner_id.clone()),
+        }
+    }
 }
 
 /// The organization's build of `dockerfile` to use: an earlier identical one (not failed, on a reachable runner),
@@ -192,11 +204,11 @@ pub(crate) async fn attach(
     let now = app.now();
     let hash = sha256_hex(dockerfile);
     let image = image_for(dockerfile);
-    if let Some((build_id, runner_id, state)) =
+    if let Some((build_id, runner_id, state, pushed)) =
         store::builds::reusable(conn, org, &hash, placement::reachable_since(app, now)).await?
     {
         tracing::info!(build_id = %build_id, state = %state, "reusing an identical build");
-        return Ok(Attached { build_id, runner_id, state });
+        return Ok(Attached { build_id, runner_id, state, pushed });
     }
     image_quota::check(app, conn, org, "build").await?;
     let runner_id = placement::place(app, conn, cpu, memory, disk).await?;
@@ -208,7 +220,7 @@ pub(crate) async fn attach(
     let job = jobs::build::plan(&build_id, &image, dockerfile, registry_images(app, dockerfile)?, network);
     jobs::enqueue(conn, &runner_id, &job, SandboxState::PendingBuild, SandboxState::BuildingSnapshot, now).await?;
     tracing::info!(build_id = %build_id, runner_id = %runner_id, image = %image, "build queued");
-    Ok(Attached { build_id, runner_id, state: "pending".into() })
+    Ok(Attached { build_id, runner_id, state: "pending".into(), pushed: None })
 }
 
 /// Ties a new sandbox to its build; true when it must wait for it (then it is `pending_build` or
@@ -229,12 +241,39 @@ pub(crate) async fn link_sandbox(
     Ok(true)
 }
 
+/// Where a snapshot's image is: the one runner it lives on, or its copy in the internal registry that any runner
+/// pulls, or neither (an image every runner has, or pulls from a registry).
+#[derive(Debug, Default)]
+pub(crate) struct ImageHome {
+    pub pinned: Option<String>,
+    pub source: Option<String>,
+}
+
+/// Where an active snapshot's image is ([`ImageHome`]): a pushed copy (of a snapshot taken from a sandbox or of a
+/// build) frees it from its runner. Refuses a snapshot that is not active, or whose runner is unreachable when
+/// nothing was pushed.
+pub(crate) async fn snapshot_home(app: &App, conn: &mut AnyConnection, snap: &SnapshotRow) -> ApiResult<ImageHome> {
+    if let Some(pushed) = &snap.pushed_image {
+        snapshot_runner(app, conn, snap, true).await?;
+        return Ok(ImageHome { pinned: None, source: Some(pushed.clone()) });
+    }
+    if let Some(build_id) = snap.build_id.as_deref()
+        && let Some(pushed) = store::builds::pushed(conn, build_id).await?
+    {
+        snapshot_runner(app, conn, snap, true).await?;
+        return Ok(ImageHome { pinned: None, source: Some(pushed) });
+    }
+    let built_on = snapshot_runner(app, conn, snap, false).await?;
+    Ok(ImageHome { pinned: built_on.or(snap.runner_id.clone()), source: None })
+}
+
 /// The runner a built snapshot's image lives on (`None` for a snapshot of an image every runner has). Refuses a
-/// snapshot that is not active, or whose runner is unreachable.
+/// snapshot that is not active, or (unless `pushed`, when only the state is checked) whose runner is unreachable.
 pub(crate) async fn snapshot_runner(
     app: &App,
     conn: &mut AnyConnection,
     snap: &SnapshotRow,
+    pushed: bool,
 ) -> ApiResult<Option<String>> {
     match snap.state.as_str() {
         "active" => {}
@@ -249,7 +288,7 @@ pub(crate) async fn snapshot_runner(
             return Err(ApiError::bad_request(format!("Snapshot {} is {other}; wait until it is active", snap.name)));
         }
     }
-    let Some(build_id) = snap.build_id.as_deref() else { return Ok(None) };
+    let Some(build_id) = snap.build_id.as_deref().filter(|_| !pushed) else { return Ok(None) };
     match store::runners::of_build(conn, build_id).await? {
         Some((runner, seen)) if seen >= placement::reachable_since(app, app.now()) => Ok(Some(runner)),
         Some((runner, _)) => Err(ApiError::unavailable(format!(

@@ -12,6 +12,7 @@ pub mod builds;
 pub mod daemon_addrs;
 pub mod dockerfile;
 pub mod drain;
+pub mod group_commit;
 pub mod image_quota;
 pub mod images;
 pub mod keys;

@@ -1,8 +1,17 @@
 //! Placement: which runner a new sandbox (or build) goes to (runners' use is their totals, `crate::store::totals`;
 //! [`reserve`] adds a new sandbox to them). [`place`] picks the reachable runner with the most
 //! free room that fits; [`place_on`] checks the one runner an image lives on (built images, forks and snapshots
-//! taken from a sandbox are local to a runner: nothing is pushed to a registry). CPU and memory are overcommitted by the
+//! taken from a sandbox are local to the runner that made them). CPU and memory are overcommitted by the
 //! configured factors, disk is not. Neither puts anything on a cordoned or draining runner (`super::drain`).
+//!
+//! **Images that travel.** A runner given an internal registry (`image_registry`, `runner/src/host/registry.rs`)
+//! pushes the snapshots and builds it makes and reports the pushed reference; the API keeps it with the snapshot
+//! or build (`pushed_image`, or `push_error` when the push failed) and a sandbox of a pushed image is placed by
+//! [`place`] like one of the default image, its create job carrying the reference (`pull_from`) for a runner that
+//! lacks the image. The sandbox keeps it (`image_source`), so a restore elsewhere (and a fork's, whose image is its
+//! source's base) can pull its base too. Without a registry, or when the push failed, nothing changes: the image is
+//! pinned to its runner and [`place_on`] decides. A fork itself stays on its source's runner: its files are the
+//! source's container layer, copied there.
 
 use sqlx::AnyConnection;
 
@@ -48,23 +57,52 @@ pub async fn place(app: &App, conn: &mut AnyConnection, cpu: i64, memory: i64, d
     if rows.is_empty() {
         return Err(ApiError::unavailable("no runner is available: start a runner (sandbar-runner) and retry"));
     }
-    let best = rows
+    let scored: Vec<(Room, &String)> = rows
         .iter()
         .filter(|r| fits(app, r, cpu, memory, disk))
         .map(|r| {
             let (c, m, d) = capacity(app, r);
-            // Room left after placing this sandbox, as fractions of each resource.
+            // Room left after placing this sandbox, as fractions of each resource, then in vCPU and GiB.
             let frac = |used: i64, cap: i64| if cap > 0 { (cap - used) as f64 / cap as f64 } else { 0.0 };
-            (frac(r.used.cpu + cpu, c) + frac(r.used.memory + memory, m) + frac(r.used.disk + disk, d), &r.id)
+            let share = frac(r.used.cpu + cpu, c) + frac(r.used.memory + memory, m) + frac(r.used.disk + disk, d);
+            ((share, (c - r.used.cpu - cpu).saturating_add(m - r.used.memory - memory)), &r.id)
         })
-        .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)));
-    match best {
-        Some((_, id)) => Ok(id.clone()),
+        .collect();
+    match most_room(&scored, random_index) {
+        Some(id) => Ok(id.clone()),
         None => Err(ApiError::unavailable(format!(
             "no runner has room for {cpu} vCPU, {memory} GiB memory and {disk} GiB disk ({} reachable runner(s)); \
              stop or delete sandboxes, or add a runner",
             rows.len()
         ))),
+    }
+}
+
+/// A runner's room after placing a sandbox: the fractions of each resource left, summed, then vCPU plus GiB of
+/// memory left (which decides between runners left equally full, a bigger one taking more).
+type Room = (f64, i64);
+
+/// The runner with the most room; among runners with exactly as much, a random one (`pick(n)` picks among `n`).
+///
+/// Why random: a plain create places before its transaction (`super::sandboxes::create`), so a burst of creates
+/// reads the same totals. With a fixed tie-break every one of them would pick the same runner (until it refused
+/// for room) instead of spreading over runners that are equally free.
+fn most_room<'a>(scored: &[(Room, &'a String)], pick: impl FnOnce(usize) -> usize) -> Option<&'a String> {
+    let cmp = |a: &Room, b: &Room| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    let best = scored.iter().map(|s| s.0).max_by(cmp)?;
+    let tied: Vec<&'a String> = scored.iter().filter(|s| cmp(&s.0, &best).is_eq()).map(|s| s.1).collect();
+    tied.get(pick(tied.len()) % tied.len().max(1)).copied()
+}
+
+/// A random index below `n` (0 when `n` is 0 or 1, or when the system has no randomness to give).
+fn random_index(n: usize) -> usize {
+    if n < 2 {
+        return 0;
+    }
+    let mut b = [0u8; 8];
+    match getrandom::fill(&mut b) {
+        Ok(()) => (u64::from_le_bytes(b) % n as u64) as usize,
+        Err(_) => 0,
     }
 }
 
@@ -120,4 +158,28 @@ pub async fn place_on(
         )));
     }
     Ok(runner.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::most_room;
+
+    #[test]
+    fn the_most_room_wins_and_ties_are_spread() {
+        let (a, b, c) = ("a".to_owned(), "b".to_owned(), "c".to_owned());
+        assert_eq!(most_room(&[], |_| 0), None);
+        assert_eq!(most_room(&[((1.0, 9), &a), ((2.5, 1), &b), ((2.0, 5), &c)], |_| 0), Some(&b));
+        // Equally full: the bigger one.
+        assert_eq!(most_room(&[((3.0, 120), &a), ((3.0, 14), &b)], |_| 1), Some(&a));
+        // A tie: the pick decides, among the tied runners only.
+        let tied = [((2.0, 8), &a), ((1.0, 8), &b), ((2.0, 8), &c)];
+        assert_eq!(
+            most_room(&tied, |n| {
+                assert_eq!(n, 2);
+                0
+            }),
+            Some(&a)
+        );
+        assert_eq!(most_room(&tied, |_| 1), Some(&c));
+    }
 }

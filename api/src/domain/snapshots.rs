@@ -6,7 +6,10 @@
 //! is built on a runner (`building`, then `active` or `build_failed`; see [`super::builds`]), and sandboxes from it
 //! go to that runner. One taken from a sandbox (`POST /sandbox/{id}/snapshot`) is the sandbox's filesystem
 //! committed on its runner (`pending` until the runner made it, with `sourceSandboxId` and `size`), while the
-//! sandbox shows `snapshotting` and then returns to its previous state.
+//! sandbox shows `snapshotting` and then returns to its previous state. Either image, built or taken, pins its
+//! sandboxes to its runner unless that runner pushed it to the operator's internal registry (then any runner,
+//! which pulls it: see [`super::placement`]); deleting such a snapshot removes its image from its runner, from the
+//! registry and from the other reachable runners (which may have pulled it).
 
 use sandbar_proto::runner::SandboxState;
 
@@ -172,11 +175,26 @@ pub async fn delete(app: &App, snap: &SnapshotRow) -> ApiResult<()> {
         )));
     }
     snapshots::delete(&mut tx, &snap.id).await?;
+    let mut woken = vec![runner.clone()];
     if snap.state == "active" {
         let job = jobs::remove_snapshot::plan(snap);
         jobs::enqueue(&mut tx, &runner, &job, SandboxState::Destroying, SandboxState::Destroying, now).await?;
+        // A pushed image may have been pulled by any runner its sandboxes went to (a restore too): every reachable
+        // runner drops its copy (none there is success); the registry's goes with its own runner's job, above. A
+        // runner away now keeps its copy, unused (nothing names the deleted snapshot any more).
+        if snap.pushed_image.is_some() {
+            let since = placement::reachable_since(app, now);
+            let others = crate::store::runners::loads(&mut tx, crate::store::runners::Which::SeenSince(since)).await?;
+            for other in others.into_iter().map(|r| r.id).filter(|r| *r != runner) {
+                let job = jobs::remove_snapshot::image(&snap.id, &snap.image_name);
+                jobs::enqueue(&mut tx, &other, &job, SandboxState::Destroying, SandboxState::Destroying, now).await?;
+                woken.push(other);
+            }
+        }
     }
     tx.commit().await?;
-    app.wake_runner(&runner);
+    for r in &woken {
+        app.wake_runner(r);
+    }
     Ok(())
 }

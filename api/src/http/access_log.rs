@@ -9,8 +9,11 @@
 //! The line is written when the answer's body ends (or is dropped: a client gone, an event stream closed): method,
 //! route template (`/api/sandbox/{sandboxIdOrName}`, never the path itself, whose segments may be tokens; `-` for
 //! a path no route matched), status, duration, body bytes each way, the organization once an extractor resolved it
-//! ([`OrgSlot`]), the request id and the W3C trace id of the caller's `traceparent` (no exporter yet). Never a
-//! header, query or body.
+//! ([`OrgSlot`]), the request id and the W3C trace id. Never a header, query or body.
+//!
+//! The request's server span is a child of the caller's `traceparent` (else the root of a new trace); the handler
+//! runs with it as the current context ([`crate::trace`]), and it ends, recorded with the route and status when an
+//! exporter is installed, with the line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -24,6 +27,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use hyper::body::{Frame, SizeHint};
 use sandbar_proto::api::REQUEST_ID_HEADER;
+use sandbar_support::otlp::{Kind, Span};
 use sandbar_support::request_id;
 use sandbar_support::trace::{self, TraceParent};
 use tracing::Instrument;
@@ -57,24 +61,33 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         None => request_id::fresh().unwrap_or_default().into(),
     };
     // The caller's span (the proxy's) is this request's parent; its trace id goes in the span and the line.
-    let trace_id: Arc<str> = headers
-        .get(trace::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map_or_else(|| "".into(), |t| t.trace_id.into());
+    let parent = headers.get(trace::HEADER).and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
     let route: Arc<str> = req.extensions().get::<MatchedPath>().map_or("-", |m| loggable_route(m.as_str())).into();
     let method = req.method().to_string();
+    let span = Span::start(format!("{method} {route}"), Kind::Server, parent.as_ref());
+    let trace_id: Arc<str> = span
+        .as_ref()
+        .map(|s| s.context().trace_id.as_str())
+        .or(parent.as_ref().map(|p| p.trace_id.as_str()))
+        .unwrap_or("")
+        .into();
     let org = OrgSlot::default();
     let bytes_in = Arc::new(AtomicU64::new(0));
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(org.clone());
     let req = req.map(|body| Body::new(Counted { inner: body, bytes: bytes_in.clone(), line: None }));
-    let span = tracing::info_span!("request", method = %method, route = %route, request_id = %id, trace_id = %trace_id);
-    let mut resp = next.run(req).instrument(span).await;
+    let log_span =
+        tracing::info_span!("request", method = %method, route = %route, request_id = %id, trace_id = %trace_id);
+    let handled = next.run(req).instrument(log_span);
+    let mut resp = match span.as_ref().map(|s| s.context().clone()) {
+        Some(context) => crate::trace::scope(context, handled).await,
+        None => handled.await,
+    };
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(request_id::HEADER, v);
     }
-    let line = Line { start, method, route, status: resp.status().as_u16(), id, trace_id, org, bytes_in, bytes_out: 0 };
+    let status = resp.status().as_u16();
+    let line = Line { start, method, route, status, id, trace_id, org, bytes_in, bytes_out: 0, span };
     resp.map(|body| Body::new(Counted { inner: body, bytes: Arc::new(AtomicU64::new(0)), line: Some(line) }))
 }
 
@@ -94,10 +107,24 @@ struct Line {
     org: OrgSlot,
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
+    /// The request's server span, ended with the line.
+    span: Option<Span>,
 }
 
 impl Drop for Line {
     fn drop(&mut self) {
+        if let Some(span) = self.span.as_mut().filter(|s| s.recording()) {
+            span.attr("http.request.method", &self.method);
+            span.attr("http.route", &self.route);
+            span.attr("http.response.status_code", self.status);
+            span.attr("sandbar.request_id", &self.id);
+            if let Some(org) = self.org.0.get() {
+                span.attr("sandbar.organization_id", org);
+            }
+            if self.status >= 500 {
+                span.fail(format!("answered {}", self.status));
+            }
+        }
         tracing::info!(
             target: "sandbar_api::access",
             method = %self.method,

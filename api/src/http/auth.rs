@@ -56,6 +56,21 @@ impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let mut span = crate::trace::child("authorize");
+        let caller = Self::authorize(parts, app).await;
+        if let Some(span) = &mut span {
+            match &caller {
+                Ok(c) => span.attr("sandbar.organization_id", &c.organization_id),
+                Err(e) => span.fail(&e.message),
+            }
+        }
+        caller
+    }
+}
+
+impl Caller {
+    /// The key (or session) check itself, in the `authorize` span.
+    async fn authorize(parts: &Parts, app: &App) -> Result<Self, ApiError> {
         let Some(key) = bearer(parts) else {
             let caller = session_caller(parts, app)
                 .await?
@@ -79,23 +94,18 @@ enum Service {
     Proxy,
 }
 
+/// Checks the bearer token against `want`'s token only. Another service's token is as unknown here as any other
+/// string (401, the same answer): an endpoint never says that what it was sent opens something else.
 fn service(parts: &Parts, app: &App, want: Service) -> Result<(), ApiError> {
-    let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("missing service token"))?;
-    let is = |t: &Option<String>| t.as_deref().is_some_and(|t| sandbar_support::ct_eq(t.as_bytes(), token.as_bytes()));
-    let kind = if is(&app.config.runner_token) {
-        Service::Runner
-    } else if is(&app.config.proxy_token) {
-        Service::Proxy
-    } else {
-        return Err(ApiError::unauthorized("invalid service token"));
+    let (expected, what) = match want {
+        Service::Runner => (&app.config.runner_token, "runner join token"),
+        Service::Proxy => (&app.config.proxy_token, "proxy service token"),
     };
-    if kind != want {
-        return Err(ApiError::forbidden(match want {
-            Service::Runner => "this endpoint is for runners; the proxy token is not accepted",
-            Service::Proxy => "this endpoint is for the proxy; the runner token is not accepted",
-        }));
+    let token = bearer(parts).ok_or_else(|| ApiError::unauthorized(format!("missing {what}")))?;
+    match expected.as_deref() {
+        Some(t) if sandbar_support::ct_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
+        _ => Err(ApiError::unauthorized(format!("invalid {what}"))),
     }
-    Ok(())
 }
 
 /// A runner's registration: the shared join token (`--runner-token`), accepted on `POST /runners/{id}/register`

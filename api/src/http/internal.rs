@@ -49,13 +49,13 @@ async fn changes(State(app): State<App>, _: ProxyAuth, q: QueryPairs) -> ApiResu
         let notified = app.route_notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let rows = changes_table::changes(&app.db.pool, since, MAX_CHANGES).await?;
+        let rows = changes_table::changes(&app.db.read, since, MAX_CHANGES).await?;
         let now = tokio::time::Instant::now();
         if !rows.is_empty() || now >= deadline {
             let seq = match rows.last() {
                 Some((s, _)) => *s,
                 // Nothing new: answer the current head (lower than `since` only if the database was replaced).
-                None => changes_table::head(&app.db.pool).await?.unwrap_or(0).min(since.max(0)),
+                None => changes_table::head(&app.db.read).await?.unwrap_or(0).min(since.max(0)),
             };
             let mut ids: Vec<String> = Vec::with_capacity(rows.len());
             for (_, id) in rows {

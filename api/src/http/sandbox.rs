@@ -164,7 +164,7 @@ async fn create(State(app): State<App>, caller: Caller, Json(body): Json<CreateS
 }
 
 async fn get_one(State(app): State<App>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
-    let mut conn = app.db.pool.acquire().await?;
+    let mut conn = app.db.read.acquire().await?;
     let row = sandboxes::find(&app, &mut conn, &caller.organization_id, &id, false).await?;
     Ok(ok(&app, &row))
 }

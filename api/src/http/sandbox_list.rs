@@ -219,7 +219,7 @@ pub async fn list(State(app): State<App>, caller: Caller, q: QueryPairs) -> ApiR
     }
     let f = filter(caller.organization_id, &q, limit)?;
     let sort = f.sort;
-    let mut rows = rows::list(&app.db.pool, f).await?;
+    let mut rows = rows::list(&app.db.read, f).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(usize::try_from(limit).unwrap_or(0));
         rows.last().map(|r| encode_cursor(&sort.value(r), &r.id))

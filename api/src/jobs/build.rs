@@ -67,6 +67,15 @@ pub(super) async fn on_result(done: &mut JobDone<'_>, job: &BuildSnapshot) -> Ap
     if !store::builds::finish(done.conn, &job.build_id, state, reason.as_deref(), now).await? {
         return Ok(());
     }
+    if let JobOutcome::Succeeded { snapshot: Some(img), .. } = done.outcome
+        && reason.is_none()
+        && (img.pushed.is_some() || img.push_error.is_some())
+    {
+        if let Some(why) = &img.push_error {
+            tracing::warn!(build_id = %job.build_id, reason = %why, "build not pushed to the image registry; it stays on its runner");
+        }
+        store::builds::set_pushed(done.conn, &job.build_id, img.pushed.as_deref(), img.push_error.as_deref()).await?;
+    }
     tracing::info!(build_id = %job.build_id, state, reason = reason.as_deref().unwrap_or(""), "build finished");
     let snapshot_state = if reason.is_none() { "active" } else { "build_failed" };
     snapshots::build_ended(done.conn, &job.build_id, snapshot_state, reason.as_deref(), now).await?;

@@ -30,6 +30,7 @@ pub fn spec(row: &Row) -> CreateSandbox {
         organization_id: row.organization_id.clone(),
         image: row.snapshot.clone(),
         pull: false,
+        pull_from: row.image_source.clone(),
         user: Some(row.os_user.clone()).filter(|u| !u.is_empty()),
         env: row.env_map(),
         labels: row.labels_map(),

@@ -12,13 +12,19 @@ use crate::error::ApiResult;
 use crate::store;
 use crate::store::snapshots::SnapshotRow;
 
+/// The removal of a deleted snapshot's image from its runner, and of its copy in the internal registry.
 pub fn plan(snap: &SnapshotRow) -> JobKind {
-    image(&snap.id, &snap.image_name)
+    pushed(&snap.id, &snap.image_name, snap.pushed_image.clone())
 }
 
 /// The removal of `image`, keyed (for the job queue's ordering) by `owner_id`, the snapshot or build it belongs to.
 pub fn image(owner_id: &str, image: &str) -> JobKind {
-    JobKind::RemoveSnapshot(RemoveSnapshot { snapshot_id: owner_id.to_owned(), image: image.to_owned() })
+    pushed(owner_id, image, None)
+}
+
+/// [`image`], and its copy `pushed` in the internal registry (deleted there by the runner).
+pub fn pushed(owner_id: &str, image: &str, pushed: Option<String>) -> JobKind {
+    JobKind::RemoveSnapshot(RemoveSnapshot { snapshot_id: owner_id.to_owned(), image: image.to_owned(), pushed })
 }
 
 pub(super) async fn on_result(done: &mut JobDone<'_>, job: &RemoveSnapshot) -> ApiResult<()> {

@@ -2,7 +2,8 @@
 //! snapshot row is `pending`, then `active` with its size (or `error`); the sandbox shows `snapshotting` and goes
 //! back to where it was, also when only the snapshot failed. The image's size counts against the organization's
 //! image bytes: one that takes it over its limit is removed again and the snapshot is `error` with the quota's
-//! reason (see `crate::domain::image_quota`).
+//! reason (see `crate::domain::image_quota`). Where the runner pushed the image (the internal registry) is recorded
+//! with the snapshot, and frees its sandboxes from the runner; a failed push is recorded as its reason.
 
 use sandbar_proto::runner::{JobKind, JobOutcome, SandboxState, SnapshotSandbox};
 
@@ -33,7 +34,7 @@ pub(super) async fn on_result(done: &mut JobDone<'_>, job: &SnapshotSandbox) -> 
                     match image_quota::charge(done.app, done.conn, made, done.now).await? {
                         None => Ok(size),
                         Some(reason) => {
-                            let remove = super::remove_snapshot::image(&id, &job.image);
+                            let remove = super::remove_snapshot::pushed(&id, &job.image, img.pushed.clone());
                             super::enqueue(
                                 done.conn,
                                 done.runner_id,
@@ -53,7 +54,18 @@ pub(super) async fn on_result(done: &mut JobDone<'_>, job: &SnapshotSandbox) -> 
         JobOutcome::Succeeded { snapshot: None, .. } => Ok(None),
         JobOutcome::Failed { code, message } => Err(format!("{message} ({code:?})")),
     };
+    let kept = made.is_ok();
     snapshots::end_pending(done.conn, &job.image, made, done.now).await?;
+    // Where the runner pushed it: sandboxes of the snapshot may then go to any runner (see `crate::domain::placement`).
+    if let JobOutcome::Succeeded { snapshot: Some(img), .. } = done.outcome
+        && kept
+        && (img.pushed.is_some() || img.push_error.is_some())
+    {
+        if let Some(reason) = &img.push_error {
+            tracing::warn!(image = %job.image, %reason, "snapshot not pushed to the image registry; it stays on its runner");
+        }
+        snapshots::set_pushed(done.conn, &job.image, img.pushed.as_deref(), img.push_error.as_deref()).await?;
+    }
     let Some(step) = done.sandbox(&job.sandbox_id).await? else { return Ok(()) };
     settle(done, &step, Next::Reported { or: SandboxState::Started }, Failure::Previous).await
 }

@@ -2,16 +2,16 @@
 
 use sqlx::AnyConnection;
 
-/// `(id, runner_id, state)` of `org`'s newest build of the Dockerfile `hash` that is not failed, on a runner that
-/// heartbeat at or after `seen_since`.
+/// `(id, runner_id, state, pushed_image)` of `org`'s newest build of the Dockerfile `hash` that is not failed, on
+/// a runner that heartbeat at or after `seen_since`.
 pub async fn reusable(
     conn: &mut AnyConnection,
     org: &str,
     hash: &str,
     seen_since: i64,
-) -> Result<Option<(String, String, String)>, sqlx::Error> {
+) -> Result<Option<(String, String, String, Option<String>)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT b.id, b.runner_id, b.state FROM builds b JOIN runners r ON r.id = b.runner_id \
+        "SELECT b.id, b.runner_id, b.state, b.pushed_image FROM builds b JOIN runners r ON r.id = b.runner_id \
          WHERE b.organization_id = $1 AND b.dockerfile_hash = $2 AND b.state IN ('pending', 'building', 'done') \
          AND r.last_heartbeat >= $3 ORDER BY b.created_at DESC LIMIT 1",
     )
@@ -266,4 +266,27 @@ pub async fn read_log(conn: &mut AnyConnection, id: &str, after_seq: i64) -> Res
         .bind(after_seq)
         .fetch_all(conn)
         .await
+}
+
+/// Records where the runner pushed a build's image (or why it could not).
+pub async fn set_pushed(
+    conn: &mut AnyConnection,
+    id: &str,
+    pushed: Option<&str>,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE builds SET pushed_image = $1, push_error = $2 WHERE id = $3")
+        .bind(pushed)
+        .bind(error)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The copy of build `id`'s image in the internal registry, if it was pushed.
+pub async fn pushed(conn: &mut AnyConnection, id: &str) -> Result<Option<String>, sqlx::Error> {
+    let v: Option<Option<String>> =
+        sqlx::query_scalar("SELECT pushed_image FROM builds WHERE id = $1").bind(id).fetch_optional(conn).await?;
+    Ok(v.flatten())
 }

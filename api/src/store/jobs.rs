@@ -1,5 +1,6 @@
 //! The `jobs` table: the queue runners long-poll. A job is a row keyed by id, ordered by the global sequence,
-//! with the kind's wire name (`JobKind::tag`) and its JSON payload.
+//! with the kind's wire name (`JobKind::tag`) and its JSON payload, and the `traceparent` of the request that queued
+//! it (`crate::trace::current`), which the runner continues.
 
 use sandbar_proto::runner::{Job, JobKind, SandboxState};
 use sqlx::{AnyConnection, AnyPool};
@@ -32,10 +33,11 @@ pub async fn enqueue_at(
 ) -> Result<String, sqlx::Error> {
     let id = uuid::Uuid::new_v4().to_string();
     let payload = serde_json::to_string(kind).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let traceparent = crate::trace::current().map(|t| t.header());
     super::notify::jobs(&mut *conn, runner_id).await?;
     sqlx::query(
-        "INSERT INTO jobs (id, seq, runner_id, sandbox_id, kind, payload, prev_state, via_state, state, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9)",
+        "INSERT INTO jobs (id, seq, runner_id, sandbox_id, kind, payload, prev_state, via_state, state, created_at, \
+         traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10)",
     )
     .bind(&id)
     .bind(seq)
@@ -46,6 +48,7 @@ pub async fn enqueue_at(
     .bind(prev.as_str())
     .bind(via.as_str())
     .bind(now)
+    .bind(traceparent)
     .execute(conn)
     .await?;
     Ok(id)
@@ -56,12 +59,12 @@ pub async fn enqueue_at(
 /// concurrent claimer re-checks `state`/`handed_at` on the locked row and skips it, on SQLite writers are serial,
 /// so no job is handed out twice at once.
 pub async fn claim(pool: &AnyPool, runner_id: &str, now: i64, redeliver_before: i64) -> Result<Vec<Job>, sqlx::Error> {
-    let mut rows: Vec<(String, String, i64)> = sqlx::query_as(
+    let mut rows: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(
         "UPDATE jobs SET state = 'claimed', handed_at = $1 WHERE runner_id = $2 \
          AND (state = 'pending' OR (state = 'claimed' AND handed_at < $3)) \
          AND NOT EXISTS (SELECT 1 FROM jobs j2 WHERE j2.sandbox_id = jobs.sandbox_id \
              AND j2.state IN ('pending', 'claimed') AND j2.seq < jobs.seq) \
-         RETURNING id, payload, seq",
+         RETURNING id, payload, seq, traceparent",
     )
     .bind(now)
     .bind(runner_id)
@@ -70,9 +73,9 @@ pub async fn claim(pool: &AnyPool, runner_id: &str, now: i64, redeliver_before: 
     .await?;
     rows.sort_by_key(|r| r.2);
     let mut jobs = Vec::with_capacity(rows.len());
-    for (id, payload, _) in rows {
+    for (id, payload, _, traceparent) in rows {
         match serde_json::from_str::<JobKind>(&payload) {
-            Ok(kind) => jobs.push(Job { id, kind }),
+            Ok(kind) => jobs.push(Job { id, kind, traceparent }),
             Err(e) => tracing::error!(job_id = %id, error = %e, "stored job does not parse"),
         }
     }

@@ -30,9 +30,11 @@ macro_rules! used {
 }
 
 pub mod builds;
+pub mod creates;
 pub mod drain;
 pub mod image_bytes;
 pub mod jobs;
+pub mod key_cache;
 pub mod notify;
 pub mod orgs;
 pub mod registries;
@@ -49,7 +51,7 @@ pub mod volumes;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection as _, Executor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbKind {
@@ -59,8 +61,15 @@ pub enum DbKind {
 
 #[derive(Debug, Clone)]
 pub struct Db {
+    /// Every write, and every read inside a transaction.
     pub pool: AnyPool,
+    /// Reads outside a transaction on the hot paths (API keys, `GET /sandbox/{id}`, the proxy's route and
+    /// authorize lookups, lists): today the same pool as writes on both databases (see [`Db::open`]); kept apart so
+    /// a read pool can come back without touching the callers.
+    pub read: AnyPool,
     pub kind: DbKind,
+    /// Valid API keys looked up lately ([`key_cache`]).
+    pub keys: std::sync::Arc<key_cache::KeyCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +84,17 @@ pub enum DbError {
 
 /// How long a request waits for a database connection before it is answered 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most connections a PostgreSQL pool opens (see [`Db::open`]); every one is kept once open.
+const PG_CONNECTIONS: u32 = 16;
+
+/// How many of them are opened at start. Not all: an instance would hold 16 of PostgreSQL's 100 (its default
+/// `max_connections`) from its first second, and a machine running several instances (tests, a scale-out) would
+/// run out.
+const PG_WARM_CONNECTIONS: u32 = 8;
+
+/// A PostgreSQL connection idle longer than this is pinged before it is handed out.
+const PING_IDLE: Duration = Duration::from_secs(1);
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -110,16 +130,44 @@ impl Db {
                 .connect_with(opts)
                 .await
                 .map_err(DbError::Connect)?,
-            // A server that is down fails each connection attempt at once; sqlx retries until ACQUIRE_TIMEOUT.
-            DbKind::Postgres => AnyPoolOptions::new()
-                .max_connections(16)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(opts)
-                .await
-                .map_err(DbError::Connect)?,
+            // PG_WARM_CONNECTIONS are opened at start, in the background, and every connection is kept: a request
+            // that finds no idle one opens its own, and a new connection (a backend forked, SCRAM, the first
+            // statements prepared) took ~100 ms here, the longest waits GETs had (`benches/src/bin/lifecycle.rs`).
+            // sqlx's defaults opened connections on demand, closed them after 10 idle minutes and every 30 minutes,
+            // so requests kept paying that. A connection broken meanwhile (the server restarted) is found by a ping before it is
+            // used, once idle past PING_IDLE: one in constant use is not pinged, which saves a round trip a query.
+            // The first connection is checked here; a server that is down fails each attempt at once, and sqlx
+            // retries until ACQUIRE_TIMEOUT.
+            DbKind::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(PG_CONNECTIONS)
+                    .min_connections(PG_WARM_CONNECTIONS)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for > PING_IDLE {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with(opts);
+                drop(pool.acquire().await.map_err(DbError::Connect)?);
+                pool
+            }
         };
         MIGRATOR.run(&pool).await.map_err(DbError::Migrate)?;
-        Ok(Self { pool, kind })
+        // Reads share the writer's pool. A pool of SQLite read-only connections beside the one writer was tried
+        // (2026-12): after the data directory filled up and was freed, its connections kept answering from before
+        // (a sandbox created afterwards read as 404; `tests/python/stack/test_disk_full.py`), so it is not used
+        // until that is understood.
+        let read = pool.clone();
+        // On PostgreSQL other instances revoke keys too: the memory is trusted while the change feed is connected.
+        let keys = std::sync::Arc::new(key_cache::KeyCache::new(kind == DbKind::Sqlite));
+        Ok(Self { pool, read, kind, keys })
     }
 }
 

@@ -12,7 +12,9 @@
 //!   job long-polls (a wake through the proxy queues a start this way);
 //! - `done:RUNNER`: a job of `RUNNER` finished (`jobs::complete`): everything `routes` and `jobs:RUNNER` wake,
 //!   and build-log followers;
-//! - `logs`: a build log grew (`builds::append_log`).
+//! - `logs`: a build log grew (`builds::append_log`);
+//! - `keys`: an API key was revoked (`orgs::revoke_api_key`, `orgs::revoke_keys_named`): every instance forgets
+//!   the keys it remembered (`super::key_cache`).
 
 use sqlx::AnyConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -30,6 +32,7 @@ pub enum Change {
     Jobs(String),
     Done(String),
     Logs,
+    Keys,
 }
 
 impl Change {
@@ -38,6 +41,7 @@ impl Change {
         match payload.split_once(':') {
             None if payload == "routes" => Some(Self::Routes),
             None if payload == "logs" => Some(Self::Logs),
+            None if payload == "keys" => Some(Self::Keys),
             Some(("jobs", runner)) if !runner.is_empty() => Some(Self::Jobs(runner.to_owned())),
             Some(("done", runner)) if !runner.is_empty() => Some(Self::Done(runner.to_owned())),
             _ => None,
@@ -70,6 +74,11 @@ pub async fn routes(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
 /// A job for `runner_id` was queued or is due again.
 pub async fn jobs(conn: &mut AnyConnection, runner_id: &str) -> Result<(), sqlx::Error> {
     send(conn, &format!("jobs:{runner_id}")).await
+}
+
+/// An API key was revoked.
+pub async fn keys(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    send(conn, "keys").await
 }
 
 /// A build log grew.
@@ -127,6 +136,7 @@ mod tests {
     fn payloads_parse() {
         assert_eq!(Change::parse("routes"), Some(Change::Routes));
         assert_eq!(Change::parse("logs"), Some(Change::Logs));
+        assert_eq!(Change::parse("keys"), Some(Change::Keys));
         assert_eq!(Change::parse("jobs:r1"), Some(Change::Jobs("r1".into())));
         assert_eq!(Change::parse("done:r-2:x"), Some(Change::Done("r-2:x".into())));
         for unknown in ["", "jobs:", "done:", "route", "sandbox:x", "ROUTES"] {

@@ -75,11 +75,15 @@ pub async fn create_api_key(
 
 /// Revokes a key by id; false when there is no such key.
 pub async fn revoke_api_key(db: &Db, key_id: &str, now_ms: i64) -> Result<bool, sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
     let r = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
         .bind(now_ms)
         .bind(key_id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
+    super::notify::keys(&mut tx).await?;
+    tx.commit().await?;
+    db.keys.clear();
     Ok(r.rows_affected() == 1)
 }
 
@@ -100,26 +104,28 @@ pub async fn bootstrap(db: &Db, org_name: &str, limits: &Limits, now_ms: i64) ->
 
 /// The organization of a valid (known, unexpired, unrevoked) key.
 pub async fn organization_of_key(db: &Db, key: &str, now_ms: i64) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT organization_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL \
-         AND (expires_at IS NULL OR expires_at > $2)",
-    )
-    .bind(sha256_hex(key))
-    .bind(now_ms)
-    .fetch_optional(&db.pool)
-    .await
+    Ok(key_of(db, key, now_ms).await?.map(|(_, org)| org))
 }
 
-/// `(key id, organization)` of a valid key.
+/// `(key id, organization)` of a valid key: from [`Db::keys`] when it was looked up lately, else one indexed read.
 pub async fn key_of(db: &Db, key: &str, now_ms: i64) -> Result<Option<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, organization_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL \
+    let hash = sha256_hex(key);
+    if let Some(hit) = db.keys.get(&hash, now_ms) {
+        return Ok(Some(hit));
+    }
+    let since = std::time::Instant::now();
+    let row: Option<(String, String, Option<i64>)> = sqlx::query_as(
+        "SELECT id, organization_id, expires_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL \
          AND (expires_at IS NULL OR expires_at > $2)",
     )
-    .bind(sha256_hex(key))
+    .bind(&hash)
     .bind(now_ms)
-    .fetch_optional(&db.pool)
-    .await
+    .fetch_optional(&db.read)
+    .await?;
+    Ok(row.map(|(id, org, expires_at)| {
+        db.keys.put(&hash, &id, &org, expires_at, since);
+        (id, org)
+    }))
 }
 
 /// An API key as a list shows it (never the key itself: only its last characters).
@@ -155,14 +161,18 @@ pub async fn key_by_id(db: &Db, id: &str) -> Result<Option<KeyRow>, sqlx::Error>
 
 /// Revokes the organization's unrevoked keys named `name`; how many were.
 pub async fn revoke_keys_named(db: &Db, org: &str, name: &str, now_ms: i64) -> Result<u64, sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
     let r = sqlx::query(
         "UPDATE api_keys SET revoked_at = $1 WHERE organization_id = $2 AND name = $3 AND revoked_at IS NULL",
     )
     .bind(now_ms)
     .bind(org)
     .bind(name)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await?;
+    super::notify::keys(&mut tx).await?;
+    tx.commit().await?;
+    db.keys.clear();
     Ok(r.rows_affected())
 }
 

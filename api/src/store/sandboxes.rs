@@ -14,7 +14,7 @@ pub(crate) const COLUMNS: &str = "s.id, s.organization_id, s.name, s.runner_id, 
     s.target, s.cpu, s.memory, s.disk, s.auto_stop, s.auto_archive, s.auto_delete, s.daemon_addr, s.ssh_addr, \
     s.daemon_token, s.preview_token, s.provisioned, s.created_at, s.updated_at, s.last_activity_at, s.state_at, \
     s.version, r.last_heartbeat AS runner_seen, s.linked_sandbox_id, s.daemon_host_key, s.volumes, s.stop_cause, \
-    s.host_restarts";
+    s.host_restarts, s.image_source";
 pub(crate) const FROM: &str = "FROM sandboxes s LEFT JOIN runners r ON r.id = s.runner_id";
 
 /// A sandbox row, with its runner's last heartbeat.
@@ -61,6 +61,9 @@ pub struct Row {
     pub stop_cause: Option<String>,
     /// How many times in a row the lifecycle started it again after the host stopped it.
     pub host_restarts: i64,
+    /// The copy of its image in the internal registry (a snapshot or build pushed there), which a runner without
+    /// the image pulls (`CreateSandbox::pull_from`).
+    pub image_source: Option<String>,
 }
 
 /// A stored state column; `unknown` for anything else.
@@ -328,10 +331,10 @@ pub async fn insert_fork(
         "INSERT INTO sandboxes (id, organization_id, name, runner_id, state, desired_state, snapshot, os_user, env, \
          labels, public, network_block_all, network_allow_list, target, cpu, memory, disk, auto_stop, auto_archive, \
          auto_delete, daemon_token, preview_token, provisioned, created_at, updated_at, last_activity_at, state_at, \
-         version, volumes) \
+         version, volumes, image_source) \
          SELECT $1, organization_id, $2, runner_id, 'creating', 'started', $3, os_user, env, labels, public, \
          network_block_all, network_allow_list, target, cpu, memory, disk, auto_stop, auto_archive, auto_delete, '', \
-         $4, 0, $5, $5, $5, $5, 0, volumes FROM sandboxes WHERE id = $6",
+         $4, 0, $5, $5, $5, $5, 0, volumes, image_source FROM sandboxes WHERE id = $6",
     )
     .bind(fork_id)
     .bind(name)
@@ -373,6 +376,19 @@ pub async fn write_labels(
     insert_labels(conn, id, labels).await
 }
 
+/// Deletes new sandbox `id` written in this transaction, with its labels and volume mounts (nothing else refers to
+/// a sandbox before its end is written: `crate::domain::group_commit` takes back a create a limit refused).
+pub async fn forget_new(conn: &mut AnyConnection, id: &str) -> Result<(), sqlx::Error> {
+    for sql in [
+        "DELETE FROM sandbox_volumes WHERE sandbox_id = $1",
+        "DELETE FROM sandbox_labels WHERE sandbox_id = $1",
+        "DELETE FROM sandboxes WHERE id = $1",
+    ] {
+        sqlx::query(sql).bind(id).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Adds the label rows of a new sandbox (which has none yet).
 pub async fn insert_labels(
     conn: &mut AnyConnection,
@@ -403,6 +419,8 @@ pub enum Text {
     Build,
     /// The sandbox a new one is linked to.
     Linked,
+    /// The copy of its image in the internal registry.
+    ImageSource,
 }
 
 /// Sets one text column.
@@ -413,6 +431,7 @@ pub async fn set_text(conn: &mut AnyConnection, id: &str, column: Text, value: &
         Text::ErrorReason => "UPDATE sandboxes SET error_reason = $1 WHERE id = $2",
         Text::PreviewToken => "UPDATE sandboxes SET preview_token = $1 WHERE id = $2",
         Text::Build => "UPDATE sandboxes SET build_id = $1 WHERE id = $2",
+        Text::ImageSource => "UPDATE sandboxes SET image_source = $1 WHERE id = $2",
         Text::Linked => "UPDATE sandboxes SET linked_sandbox_id = $1 WHERE id = $2",
     };
     sqlx::query(q).bind(value).bind(id).execute(conn).await?;

@@ -28,10 +28,15 @@ pub struct SnapshotRow {
     pub runner_id: Option<String>,
     /// Bytes of the committed image.
     pub size: Option<i64>,
+    /// Its image's copy in the internal registry (a snapshot taken from a sandbox): sandboxes of it may then go to
+    /// any runner, which pulls it.
+    pub pushed_image: Option<String>,
+    /// Why the push to the internal registry failed (the image stays on its runner only).
+    pub push_error: Option<String>,
 }
 
 const COLUMNS: &str = "id, organization_id, name, image_name, entrypoint, cpu, memory, disk, created_at, updated_at, \
-    last_used_at, build_id, state, error_reason, source_sandbox_id, runner_id, size";
+    last_used_at, build_id, state, error_reason, source_sandbox_id, runner_id, size, pushed_image, push_error";
 
 /// The snapshot `id_or_name` of `org`, if any.
 pub async fn find(conn: &mut AnyConnection, org: &str, id_or_name: &str) -> Result<Option<SnapshotRow>, sqlx::Error> {
@@ -231,5 +236,21 @@ pub async fn build_ended(
     .bind(build_id)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Records where the runner pushed a new snapshot's image (or why it could not).
+pub async fn set_pushed(
+    conn: &mut AnyConnection,
+    image: &str,
+    pushed: Option<&str>,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE snapshots SET pushed_image = $1, push_error = $2 WHERE image_name = $3")
+        .bind(pushed)
+        .bind(error)
+        .bind(image)
+        .execute(conn)
+        .await?;
     Ok(())
 }

@@ -30,60 +30,116 @@ fn opt(v: Option<u64>) -> Option<i64> {
     v.map(n)
 }
 
-/// Stores `sample` as the latest of its sandbox, and in the history unless the sandbox has a history row newer
-/// than `history_after`. Only a sandbox placed on `runner` is touched (a runner reports only its own); returns
-/// whether it was.
+/// What a sample stores in `sandbox_usage`, after `sandbox_id` and `sampled_at`, in the order of [`record`]'s SQL.
+fn latest_values(u: &SandboxUsage) -> [Option<i64>; 10] {
+    [
+        Some(n(u.cpu_nanos)),
+        opt(u.cpu_millicores),
+        Some(n(u.memory_bytes)),
+        opt(u.memory_limit_bytes),
+        opt(u.memory_peak_bytes),
+        opt(u.oom_kills),
+        opt(u.pids),
+        opt(u.net_rx_bytes),
+        opt(u.net_tx_bytes),
+        opt(u.disk_bytes),
+    ]
+}
+
+/// What a sample stores in `sandbox_usage_history` (no memory limit or peak there).
+fn history_values(u: &SandboxUsage) -> [Option<i64>; 8] {
+    [
+        Some(n(u.cpu_nanos)),
+        opt(u.cpu_millicores),
+        Some(n(u.memory_bytes)),
+        opt(u.oom_kills),
+        opt(u.pids),
+        opt(u.net_rx_bytes),
+        opt(u.net_tx_bytes),
+        opt(u.disk_bytes),
+    ]
+}
+
+/// `VALUES` rows of parameters from `$first` on: a sandbox id, then `numbers` BIGINTs, a row each of `rows`.
+/// `CAST` gives PostgreSQL the parameters' types (a NULL has none of its own); both databases name the columns
+/// `column1`, `column2`...
+fn values(first: usize, rows: usize, numbers: usize) -> String {
+    let rows: Vec<String> = (0..rows)
+        .map(|r| {
+            let base = first + r * (1 + numbers);
+            let numbers: Vec<String> = (1..=numbers).map(|c| format!("CAST(${} AS BIGINT)", base + c)).collect();
+            format!("(${base}, {})", numbers.join(", "))
+        })
+        .collect();
+    rows.join(", ")
+}
+
+/// Stores each of `samples` as the latest of its sandbox, and in the history unless the sandbox has a history row
+/// newer than `history_after`: two statements whatever their number. Only sandboxes placed on `runner` are touched
+/// (a runner reports only its own); returns the ids that were. The ids must be distinct (one statement cannot
+/// write a row twice: the caller, `crate::domain::usage`, splits a report that names a sandbox twice).
+///
+/// Each sample's sandbox and history are looked up by key through a subquery per row, never joined: a join lets
+/// the planner scan all of a runner's sandboxes, or the whole recent history, for every batch (it did, on
+/// PostgreSQL, with the statistics of a freshly filled table).
 pub async fn record(
     conn: &mut AnyConnection,
     runner: &str,
     now: i64,
     history_after: i64,
-    u: &SandboxUsage,
-) -> Result<bool, sqlx::Error> {
-    // `CAST` gives PostgreSQL the parameters' types in a SELECT list (a NULL has none of its own).
-    let r = sqlx::query(
+    samples: &[&SandboxUsage],
+) -> Result<Vec<String>, sqlx::Error> {
+    if samples.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
         "INSERT INTO sandbox_usage (sandbox_id, sampled_at, cpu_nanos, cpu_millicores, memory_bytes, \
          memory_limit_bytes, memory_peak_bytes, oom_kills, pids, net_rx_bytes, net_tx_bytes, disk_bytes) \
-         SELECT id, CAST($3 AS BIGINT), CAST($4 AS BIGINT), CAST($5 AS BIGINT), CAST($6 AS BIGINT), \
-         CAST($7 AS BIGINT), CAST($8 AS BIGINT), CAST($9 AS BIGINT), CAST($10 AS BIGINT), CAST($11 AS BIGINT), \
-         CAST($12 AS BIGINT), CAST($13 AS BIGINT) FROM sandboxes WHERE id = $1 AND runner_id = $2 \
+         SELECT v.column1, CAST($2 AS BIGINT), v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, \
+         v.column8, v.column9, v.column10, v.column11 FROM (VALUES {}) AS v \
+         WHERE (SELECT s.runner_id FROM sandboxes s WHERE s.id = v.column1) = $1 \
          ON CONFLICT (sandbox_id) DO UPDATE SET sampled_at = excluded.sampled_at, cpu_nanos = excluded.cpu_nanos, \
          cpu_millicores = excluded.cpu_millicores, memory_bytes = excluded.memory_bytes, \
          memory_limit_bytes = excluded.memory_limit_bytes, memory_peak_bytes = excluded.memory_peak_bytes, \
          oom_kills = excluded.oom_kills, pids = excluded.pids, net_rx_bytes = excluded.net_rx_bytes, \
-         net_tx_bytes = excluded.net_tx_bytes, disk_bytes = excluded.disk_bytes",
-    )
-    .bind(&u.sandbox_id)
-    .bind(runner)
-    .bind(now)
-    .bind(n(u.cpu_nanos))
-    .bind(opt(u.cpu_millicores))
-    .bind(n(u.memory_bytes))
-    .bind(opt(u.memory_limit_bytes))
-    .bind(opt(u.memory_peak_bytes))
-    .bind(opt(u.oom_kills))
-    .bind(opt(u.pids))
-    .bind(opt(u.net_rx_bytes))
-    .bind(opt(u.net_tx_bytes))
-    .bind(opt(u.disk_bytes))
-    .execute(&mut *conn)
-    .await?;
-    if r.rows_affected() == 0 {
-        return Ok(false);
+         net_tx_bytes = excluded.net_tx_bytes, disk_bytes = excluded.disk_bytes \
+         RETURNING sandbox_id",
+        values(3, samples.len(), 10)
+    );
+    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).bind(runner).bind(now);
+    for u in samples {
+        q = q.bind(u.sandbox_id.as_str());
+        for v in latest_values(u) {
+            q = q.bind(v);
+        }
     }
-    sqlx::query(
+    let recorded = q.fetch_all(&mut *conn).await?;
+    let recorded_set: std::collections::HashSet<&str> = recorded.iter().map(String::as_str).collect();
+    let history: Vec<&&SandboxUsage> =
+        samples.iter().filter(|u| recorded_set.contains(u.sandbox_id.as_str())).collect();
+    if history.is_empty() {
+        return Ok(recorded);
+    }
+    // The sample as just stored as the latest (its values, at `now`), unless the history has one newer than
+    // `history_after`.
+    let sql = format!(
         "INSERT INTO sandbox_usage_history (sandbox_id, sampled_at, cpu_nanos, cpu_millicores, memory_bytes, \
          oom_kills, pids, net_rx_bytes, net_tx_bytes, disk_bytes) \
-         SELECT sandbox_id, sampled_at, cpu_nanos, cpu_millicores, memory_bytes, oom_kills, pids, net_rx_bytes, \
-         net_tx_bytes, disk_bytes FROM sandbox_usage WHERE sandbox_id = $1 AND NOT EXISTS \
-         (SELECT 1 FROM sandbox_usage_history h WHERE h.sandbox_id = $1 AND h.sampled_at > $2) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&u.sandbox_id)
-    .bind(history_after)
-    .execute(&mut *conn)
-    .await?;
-    Ok(true)
+         SELECT v.column1, CAST($2 AS BIGINT), v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, \
+         v.column8, v.column9 FROM (VALUES {}) AS v \
+         WHERE COALESCE((SELECT MAX(h.sampled_at) FROM sandbox_usage_history h WHERE h.sandbox_id = v.column1), $1) \
+         <= $1 ON CONFLICT DO NOTHING",
+        values(3, history.len(), 8)
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(history_after).bind(now);
+    for u in history {
+        q = q.bind(u.sandbox_id.as_str());
+        for v in history_values(u) {
+            q = q.bind(v);
+        }
+    }
+    q.execute(&mut *conn).await?;
+    Ok(recorded)
 }
 
 const LATEST: &str = "sampled_at, cpu_nanos, cpu_millicores, memory_bytes, memory_limit_bytes, memory_peak_bytes, \
