@@ -87,6 +87,10 @@ pub struct RunnerConfig {
     /// A pull from a registry that sends nothing (no progress, no error) for this long is abandoned with a "stopped
     /// answering" error; a pull that keeps progressing has no deadline. Default: 60 s.
     pub pull_stall_timeout: Duration,
+    /// The operator's internal registry for the images this runner makes (snapshots of sandboxes, Dockerfile
+    /// builds): pushed there so any runner can pull them (see [`crate::host::registry`]). Default: none, the
+    /// images stay on this runner and sandboxes of them are placed here.
+    pub image_registry: Option<crate::host::registry::ImageRegistry>,
 }
 
 /// `no-new-privileges` keeps setuid binaries and file capabilities from raising a process's privileges. `sudo` is
@@ -162,6 +166,7 @@ impl RunnerConfig {
             runtimes: vec!["runc".into()],
             disk_watchdog_interval: Some(Duration::from_secs(30)),
             pull_stall_timeout: Duration::from_secs(60),
+            image_registry: None,
         }
     }
 

@@ -68,11 +68,23 @@
 //! reads back what it touched (`iptables -S <chain>`, `nft list table`) and keeps it; a **reconciler** compares
 //! the whole of it with the kernel every `--firewall-recheck-secs` (5 s) and rewrites everything, hooks included,
 //! when anything differs or is gone (an `iptables -F`, a firewall reload, a deleted table). Each write is logged
-//! (`network rules written`, with `mode`, `sandboxes` and `micros`). It checks that the hooks are
-//! there, not that they come first in `DOCKER-USER`/`INPUT`. Policies live in memory, in the container's spec label (the policy
-//! at creation) and in `<state_dir>/network.json` (changes since), so a restarted runner rebuilds the same rules and
+//! (`network rules written`, with `mode`, `sandboxes` and `micros`). The reconciler checks that the hooks are
+//! there, not that they come first in `DOCKER-USER`/`INPUT`. A warm-pool claim whose sandbox and pool member both
+//! have the default policy changes nothing but names, so that rewrite is made after the claim answers, under the
+//! same lock (`Firewall::reassign`). Policies live in memory, in the container's spec label (the policy at
+//! creation) and in `<state_dir>/network.json` (changes since), so a restarted runner rebuilds the same rules and
 //! removes chains of sandboxes that are gone. Sandboxes get no IPv6 address (a network with IPv6 is refused); the
 //! bridge layer drops every IPv6 frame from their ports.
+//!
+//! **Stale claims.** A runner's bridge table drops a sandbox's address and MAC from any port but the sandbox's
+//! own, and Docker hands a freed address to the next container on the bridge. A table whose runner is gone (killed
+//! without its rules removed, never restarted) or that has not yet taken in a container's death still claims the
+//! address, and the next container given it (any runner's sandbox, or a plain container) can send nothing: its
+//! daemon never answers. Docker never gives out an address in use on a bridge, so a claim on a port that no longer
+//! exists is stale by construction. When a new sandbox's daemon is silent for a second, the runner lists the other
+//! `sandbar_*` bridge tables and deletes, in one `nft` transaction per table, the claims on its address or MAC
+//! whose port is gone (`Firewall::clear_stale_claims`, logged as `removed a stale claim`); claims on live ports
+//! are never touched. The fast path costs nothing: a daemon that answers is not sending into a stale claim.
 //!
 //! Here: the firewall's state and its changes (this file), the iptables rules (`rules`), the bridge rules and port
 //! lookup (`bridge`), the iptables binaries (`iptables`). Nothing else in the runner runs iptables or nft; the host
@@ -194,8 +206,8 @@ struct State {
     clean: bool,
 }
 
-/// This runner's rules. Every change goes through one lock, so rewrites never interleave.
-#[derive(Debug)]
+/// This runner's rules. Every change goes through one lock, so rewrites never interleave. A clone shares the state.
+#[derive(Debug, Clone)]
 pub(crate) struct Firewall {
     ipt: Option<Iptables>,
     prefix: String,
@@ -351,15 +363,36 @@ impl Firewall {
     }
 
     /// Gives an attached container (a claimed warm-pool member) the rules of another sandbox, on the same port.
+    ///
+    /// When both have the default policy (unrestricted, unlinked; a sandbox nobody could link to yet), the rules in
+    /// the kernel already do what the sandbox's will, and only their names and comments differ. The rewrite then
+    /// runs in a task that holds the rules' lock from before this returns, so every later change (a policy update,
+    /// the delete, a link to it, the reconciler) waits for it, and the claim does not: it was most of a warm
+    /// create's time. A failed rewrite leaves the state to be rewritten whole by the next change or the reconciler.
+    /// Any other policy is in the kernel before this returns.
     pub(crate) async fn reassign(&self, container_id: &str, sandbox_id: &str) -> Result<(), NetworkError> {
-        let mut s = self.state.lock().await;
+        let mut s = self.state.clone().lock_owned().await;
         let mut attached = s.attached.clone();
         let Some(a) = attached.get_mut(container_id) else {
             return Err(NetworkError::Invalid(format!("container {container_id} has no network rules to hand over")));
         };
+        let default = |id: &str| s.policies.get(id).is_none_or(Stored::is_default);
+        let same_rules = default(&a.sandbox_id) && default(sandbox_id);
         a.sandbox_id = sandbox_id.to_owned();
         let policies = s.policies.clone();
-        self.sync(&mut s, policies, attached).await
+        if !same_rules || self.ipt.is_none() {
+            return self.sync(&mut s, policies, attached).await;
+        }
+        let (fw, sandbox_id) = (self.clone(), sandbox_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = fw.sync(&mut s, policies.clone(), attached.clone()).await {
+                tracing::warn!(sandbox_id, error = %e, "renaming a claimed pool sandbox's rules failed; they are rewritten whole");
+                s.policies = policies;
+                s.attached = attached;
+                s.clean = false;
+            }
+        });
+        Ok(())
     }
 
     /// The bridge port and MAC of a container.
@@ -374,6 +407,42 @@ impl Firewall {
             return Err(unavailable(format!("unexpected interface {port:?} or MAC {mac:?}")));
         }
         Ok((port, mac))
+    }
+
+    /// Takes `ip` (and the MAC this runner bound to it) back from other runners' bridge tables where the port that
+    /// held it is gone: see "Stale claims" in the module doc. Returns what was removed (`table port ip`), logged
+    /// by the caller; failures are logged here and change nothing.
+    pub(crate) async fn clear_stale_claims(&self, ip: Ipv4Addr) -> Vec<String> {
+        if self.ipt.is_none() {
+            return Vec::new();
+        }
+        let mac = {
+            let s = self.state.lock().await;
+            s.attached.values().find(|a| a.ip == ip).map(|a| a.mac.clone())
+        };
+        let tables = match bridge::nft(&["-j", "list", "tables", "bridge"], None).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the bridge tables to look for stale claims");
+                return Vec::new();
+            }
+        };
+        let mut removed = Vec::new();
+        for table in bridge::table_names(&tables).into_iter().filter(|t| t.starts_with("sandbar_") && *t != self.table)
+        {
+            let Ok(listing) = bridge::nft(&["-j", "list", "table", "bridge", &table], None).await else { continue };
+            let stale: BTreeSet<bridge::Claim> = bridge::claims(&listing)
+                .into_iter()
+                .filter(|c| c.ip == ip || mac.as_deref() == Some(c.mac.as_str()))
+                .filter(|c| !Path::new("/sys/class/net").join(&c.port).exists())
+                .collect();
+            let Some(text) = bridge::render_release(&table, &stale) else { continue };
+            match bridge::nft(&["-f", "-"], Some(&text)).await {
+                Ok(_) => removed.extend(stale.iter().map(|c| format!("{table} {} {}", c.port, c.ip))),
+                Err(e) => tracing::warn!(table, error = %e, "cannot remove a stale claim"),
+            }
+        }
+        removed
     }
 
     /// Removes the rules of a container that stopped or is gone. Failures are logged: the next change retries.

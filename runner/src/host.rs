@@ -55,6 +55,7 @@ pub mod hardening;
 pub mod image;
 mod pool;
 pub mod pull;
+pub mod registry;
 pub mod snapshot;
 mod usage;
 pub mod volumes;
@@ -74,8 +75,19 @@ const ENV_SSH_HOST_KEY: &str = "SANDBAR_SSH_HOST_KEY";
 const ENV_TOOLBOX_ADDR: &str = "SANDBAR_TOOLBOX_ADDR";
 /// `1`: the daemon holds the entrypoint until SIGUSR2 (sent once the sandbox's network rules are in place).
 const ENV_ENTRYPOINT_GATE: &str = "SANDBAR_ENTRYPOINT_GATE";
-pub(crate) const RESERVED_ENV: [&str; 5] =
-    [ENV_SANDBOX_ID, ENV_TOKEN, ENV_SSH_HOST_KEY, ENV_TOOLBOX_ADDR, ENV_ENTRYPOINT_GATE];
+/// `1`: the daemon keeps its spans for the runner to collect (`crate::trace`); set when the runner exports spans.
+const ENV_TRACE_SPANS: &str = "SANDBAR_TRACE_SPANS";
+/// The trace context the daemon's start belongs to (the create job's span).
+const ENV_TRACEPARENT: &str = "SANDBAR_TRACEPARENT";
+pub(crate) const RESERVED_ENV: [&str; 7] = [
+    ENV_SANDBOX_ID,
+    ENV_TOKEN,
+    ENV_SSH_HOST_KEY,
+    ENV_TOOLBOX_ADDR,
+    ENV_ENTRYPOINT_GATE,
+    ENV_TRACE_SPANS,
+    ENV_TRACEPARENT,
+];
 
 /// An image made from a sandbox (a snapshot) may carry `[daemon, --, argv...]` as its entrypoint: what the daemon
 /// should run is `argv`.
@@ -517,6 +529,8 @@ async fn run_detached<T: Send + 'static, E: From<SandboxError> + Send + 'static>
     what: &str,
     fut: impl Future<Output = Result<T, E>> + Send + 'static,
 ) -> Result<T, E> {
+    // The caller's trace goes with the work into its task.
+    let fut = crate::trace::scope(crate::trace::current(), fut);
     tokio::spawn(fut).await.map_err(|e| SandboxError::Internal(format!("{what} task failed: {e}")))?
 }
 

@@ -32,6 +32,8 @@ use sandbar_proto::runner::{
     Job, JobErrorCode, JobKind, JobOutcome, JobResult, RegistryAuth, SandboxInfo, SnapshotImage,
 };
 
+use sandbar_support::otlp::{Kind, Span};
+
 use crate::control::ControlPlane;
 use crate::error::{SandboxError, SnapshotError};
 use crate::host::Runner;
@@ -98,10 +100,35 @@ impl From<SnapshotError> for Failed {
 
 /// Carries out one job. `cp` is the control plane it came from, if any (see `JobCtx`).
 pub async fn run(runner: &Runner, cp: Option<&ControlPlane>, job: Job) -> JobResult {
-    let Job { id, kind } = job;
-    let ctx = JobCtx { runner, cp, job_id: &id };
+    let Job { id, kind, traceparent } = job;
     let tag = kind.tag();
-    let done = match kind {
+    // The job's span continues the trace of the request that queued it (a new trace without one).
+    let parent = traceparent.as_deref().and_then(sandbar_support::trace::TraceParent::parse);
+    tracing::debug!(job_id = %id, kind = tag, traceparent = traceparent.as_deref().unwrap_or(""), "job");
+    let mut span = Span::start(format!("job {tag}"), Kind::Consumer, parent.as_ref());
+    if let Some(span) = &mut span {
+        span.attr("sandbar.job_id", &id);
+        span.attr("sandbar.sandbox_id", kind.sandbox_id());
+    }
+    let context = span.as_ref().map(|s| s.context().clone());
+    let done = crate::trace::scope(context, dispatch(runner, cp, &id, kind)).await;
+    let outcome = match done {
+        Ok(Done { sandbox, snapshot }) => JobOutcome::Succeeded { sandbox: sandbox.map(Box::new), snapshot },
+        Err(Failed { code, message }) => {
+            tracing::warn!(job_id = %id, kind = tag, error = %message, "job failed");
+            if let Some(span) = &mut span {
+                span.fail(&message);
+            }
+            JobOutcome::Failed { code, message }
+        }
+    };
+    JobResult { job_id: id, outcome }
+}
+
+/// The one dispatch over the kinds.
+async fn dispatch(runner: &Runner, cp: Option<&ControlPlane>, id: &str, kind: JobKind) -> Result<Done, Failed> {
+    let ctx = JobCtx { runner, cp, job_id: id };
+    match kind {
         JobKind::CreateSandbox(req) => create::run(&ctx, req).await,
         JobKind::StartSandbox { sandbox_id } => start::run(&ctx, &sandbox_id).await,
         JobKind::StopSandbox(req) => stop::run(&ctx, req).await,
@@ -119,13 +146,5 @@ pub async fn run(runner: &Runner, cp: Option<&ControlPlane>, job: Job) -> JobRes
         JobKind::PingSandbox { sandbox_id } => ping::run(&ctx, &sandbox_id).await,
         JobKind::RemoveVolume(req) => remove_volume::run(&ctx, req).await,
         JobKind::PullImage(req) => pull::run(&ctx, req).await,
-    };
-    let outcome = match done {
-        Ok(Done { sandbox, snapshot }) => JobOutcome::Succeeded { sandbox: sandbox.map(Box::new), snapshot },
-        Err(Failed { code, message }) => {
-            tracing::warn!(job_id = %id, kind = tag, error = %message, "job failed");
-            JobOutcome::Failed { code, message }
-        }
-    };
-    JobResult { job_id: id, outcome }
+    }
 }

@@ -25,6 +25,7 @@ pub mod host;
 pub mod http;
 pub mod jobs;
 pub mod service;
+pub mod trace;
 
 pub use config::{DAEMON_MOUNT_PATH, RunnerConfig, WarmPoolConfig};
 pub use error::{ImageError, SandboxError, SnapshotError, StartupError};

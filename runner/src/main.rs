@@ -22,7 +22,7 @@ struct Cli {
 }
 
 /// What masks in `--print-config` (the archive store's URL may carry S3 keys in its query).
-const SECRETS: &[&str] = &["runner_token", "archive_store"];
+const SECRETS: &[&str] = &["runner_token", "archive_store", "image_registry_password"];
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
@@ -87,7 +87,13 @@ async fn run(options: RunnerOptions) -> ExitCode {
         signal.cancel();
     });
     let ready = |addr| println!("sandbar-runner ready addr={addr}");
-    match service::run(options, shutdown, ready).await {
+    if let Err(e) = sandbar_support::otlp::install_configured(options.otlp_endpoint.as_deref(), "sandbar-runner") {
+        eprintln!("sandbar-runner: {e}");
+        return ExitCode::FAILURE;
+    }
+    let ran = service::run(options, shutdown, ready).await;
+    sandbar_support::otlp::flush(std::time::Duration::from_secs(2));
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sandbar-runner: {e:#}");

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NoNewPrivileges;
 use crate::control::{self, ControlPlane};
+use crate::host::registry::ImageRegistry;
 use crate::{Runner, RunnerConfig, WarmPoolConfig};
 
 /// Options of a runner process.
@@ -130,6 +131,22 @@ pub struct RunnerOptions {
           value_parser = secs_or_duration)]
     #[serde(with = "duration")]
     pub pull_stall: Duration,
+    /// OTLP/HTTP collector for traces (`http://host:port`; `POST {endpoint}/v1/traces`, `sandbar_support::otlp`):
+    /// the runner's job and Docker spans, and the spans it collects from the daemons it starts. Unset: none.
+    #[arg(long, env = "SANDBAR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The internal registry the images this runner makes (snapshots, Dockerfile builds) are pushed to, so that
+    /// sandboxes of them may be placed on any runner: `host[:port][/prefix]`, with `http://` when the runner's own
+    /// calls to it (deletes) are plain HTTP (Docker's pushes and pulls follow its `insecure-registries`). Give
+    /// every runner the same one. Unset: images stay on the runner that made them.
+    #[arg(long, env = "SANDBAR_IMAGE_REGISTRY")]
+    pub image_registry: Option<String>,
+    /// User name for the internal registry (with the password; none: anonymous).
+    #[arg(long, env = "SANDBAR_IMAGE_REGISTRY_USERNAME")]
+    pub image_registry_username: Option<String>,
+    /// Password for the internal registry.
+    #[arg(long, env = "SANDBAR_IMAGE_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub image_registry_password: Option<String>,
 }
 
 fn parse_label(s: &str) -> Result<String, String> {
@@ -150,10 +167,22 @@ impl RunnerOptions {
                 "the runner needs the static daemon (daemon_binary, --daemon-binary, SANDBAR_STATIC_DAEMON)".into()
             );
         }
+        if let Some(e) = &self.otlp_endpoint {
+            sandbar_support::otlp::Endpoint::parse(e).map_err(|e| format!("otlp_endpoint (--otlp-endpoint): {e}"))?;
+        }
         if let Some(bad) = self.container_labels.iter().find(|l| parse_label(l).is_err()) {
             return Err(format!("container_labels: {bad:?} is not key=value"));
         }
+        self.registry().map_err(|e| format!("image_registry: {e}"))?;
         self.config().validate()
+    }
+
+    /// The internal registry setting, parsed (`None` when unset).
+    fn registry(&self) -> Result<Option<ImageRegistry>, String> {
+        let Some(value) = self.image_registry.as_deref().filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+        let user = self.image_registry_username.clone().filter(|u| !u.is_empty());
+        let password = self.image_registry_password.clone().filter(|p| !p.is_empty());
+        ImageRegistry::parse(value, user, password).map(Some)
     }
 
     pub fn config(&self) -> RunnerConfig {
@@ -183,6 +212,8 @@ impl RunnerOptions {
         c.allow_host_root = self.allow_host_root;
         c.runtimes = self.runtimes.clone();
         c.pull_stall_timeout = self.pull_stall;
+        // `validate` refused a bad value before anything starts.
+        c.image_registry = self.registry().unwrap_or_default();
         c.disk_watchdog_interval = (!self.disk_watchdog.is_zero()).then_some(self.disk_watchdog);
         if self.warm_pool > 0 {
             c.warm_pool = Some(WarmPoolConfig {

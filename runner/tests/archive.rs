@@ -2,8 +2,10 @@
 //! come back, the container is gone while archived, jobs are idempotent across a runner restart, a corrupt archive
 //! is refused without losing it, and destroying an archived sandbox deletes its archive.
 //!
-//! Figures (archive and restore time, archive size of the default image):
-//! `cargo test -p sandbar-runner --test archive -- --ignored --nocapture`.
+//! Figures (archive, restore and fork time, archive size of the default image, beside `docker export`,
+//! `docker import` and `docker commit` of the same container):
+//! `cargo test --test archive -- --ignored --nocapture default_image_archive_figures`; with
+//! `SANDBAR_BENCH_SAMPLES=FILE` it also appends them there as samples (`benches/run`'s full run does).
 #![cfg(test)]
 
 mod common;
@@ -321,8 +323,41 @@ async fn without_a_store_archive_is_refused_with_the_reason() {
     assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
 }
 
+/// The repository of the images the figures' peers (`docker commit`, `docker import`) make.
+const PEER_REPO: &str = "sandbar-bench-peer";
+
+/// Removes the peers' images of `id`, even when the figures fail half way.
+struct PeerImages(String);
+
+impl Drop for PeerImages {
+    fn drop(&mut self) {
+        let refs = [format!("{PEER_REPO}:{}-commit", self.0), format!("{PEER_REPO}:{}-import", self.0)];
+        let _ = Command::new("docker").args(["rmi", "-f"]).args(&refs).output();
+    }
+}
+
+/// Runs `docker ARGS`, which must succeed, and returns how long it took.
+fn docker_timed(args: &[&str]) -> Duration {
+    let t0 = Instant::now();
+    let out = Command::new("docker").args(args).output().unwrap();
+    let took = t0.elapsed();
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    took
+}
+
+/// Appends one sample (`{"metric", "subject", "value"}`, what `benches/run`'s report reads) to the file
+/// `SANDBAR_BENCH_SAMPLES` names, when it is set.
+fn bench_sample(metric: &str, subject: &str, value: f64) {
+    use std::io::Write as _;
+    let Ok(path) = std::env::var("SANDBAR_BENCH_SAMPLES") else { return };
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    writeln!(f, "{}", serde_json::json!({"metric": metric, "subject": subject, "value": value})).unwrap();
+}
+
 /// Archive, restore and fork of a default-image sandbox with 10 MB of changes (5 MB random, 5 MB text, a deleted
-/// directory), three rounds: time and size. Not a pass/fail check.
+/// directory), three rounds: time and size, each beside its Docker peer on the same container in the same round
+/// (`docker commit` of the running container, `docker export` of the stopped one, `docker import` of that export).
+/// Not a pass/fail check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "figures: run with --ignored --nocapture"]
 async fn default_image_archive_figures() {
@@ -341,6 +376,9 @@ async fn default_image_archive_figures() {
          && seq 1 740000 > /tmp/text.txt && sudo rm -rf /usr/share/doc && du -sh /tmp",
     )
     .await;
+    let _peer_images = PeerImages(id.clone());
+    let container = format!("sandbar-{id}");
+    let export = store.path().join("export.tar");
     for round in 1..=3 {
         let fork_id = format!("{id}-f{round}");
         let mut fork = create_req(&fork_id, &fork_image(&fork_id));
@@ -350,25 +388,45 @@ async fn default_image_archive_figures() {
         let forked = t0.elapsed();
         assert_eq!(sh(&runner, &fork_id, "cat /tmp/file.txt").await, "kept");
         runner.destroy(&fork_id).await.unwrap();
+        // The peer of a fork: `docker commit` of the same running container.
+        let commit = docker_timed(&["commit", &container, &format!("{PEER_REPO}:{id}-commit")]);
         stop(&runner, &id).await;
+        // The peer of an archive: `docker export` of the same stopped container, before the archive removes it.
+        let exported = docker_timed(&["export", "-o", &export.display().to_string(), &container]);
         let t0 = Instant::now();
         runner.archive(&id).await.unwrap();
         let archive = t0.elapsed();
         let size = runner.archive_manifest(&id).await.unwrap().unwrap().size;
+        // The peer of a restore: `docker import` of that export.
+        let imported = docker_timed(&["import", &export.display().to_string(), &format!("{PEER_REPO}:{id}-import")]);
         let t0 = Instant::now();
         runner.restore(req.clone()).await.unwrap();
         let restore = t0.elapsed();
         assert_eq!(sh(&runner, &id, "cat /tmp/file.txt").await, "kept");
         println!(
-            "round {round}: image {} ({} MiB), fork of the running sandbox to daemon ready {:.2} s, archive {:.2} s, \
-             archive size {:.1} MiB, restore to daemon ready {:.2} s",
+            "round {round}: image {} ({} MiB), fork of the running sandbox to daemon ready {:.2} s (docker commit \
+             {:.2} s), archive {:.2} s (docker export {:.2} s), archive size {:.1} MiB, restore to daemon ready \
+             {:.2} s (docker import {:.2} s)",
             image.reference,
             image.size >> 20,
             forked.as_secs_f64(),
+            commit.as_secs_f64(),
             archive.as_secs_f64(),
+            exported.as_secs_f64(),
             size as f64 / (1 << 20) as f64,
-            restore.as_secs_f64()
+            restore.as_secs_f64(),
+            imported.as_secs_f64(),
         );
+        for (metric, subject, took) in [
+            ("fork_s", "runner", forked),
+            ("fork_s", "docker-commit", commit),
+            ("archive_s", "runner", archive),
+            ("archive_s", "docker-export", exported),
+            ("restore_s", "runner", restore),
+            ("restore_s", "docker-import", imported),
+        ] {
+            bench_sample(metric, subject, took.as_secs_f64());
+        }
     }
     runner.destroy(&id).await.unwrap();
 }

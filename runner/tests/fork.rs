@@ -92,7 +92,8 @@ async fn fork_failures_leave_nothing_behind() {
     runner.create(create_req(&src, &image)).await.unwrap();
 
     // Unknown source: the job fails with SandboxNotFound and no image is made.
-    let job = Job { id: "j1".into(), kind: JobKind::ForkSandbox(fork_req("no-such-sandbox", &f, &image)) };
+    let job =
+        Job { id: "j1".into(), kind: JobKind::ForkSandbox(fork_req("no-such-sandbox", &f, &image)), traceparent: None };
     let result = sandbar_runner::jobs::run(&runner, None, job).await;
     assert!(
         matches!(result.outcome, JobOutcome::Failed { code: JobErrorCode::SandboxNotFound, .. }),
@@ -131,6 +132,7 @@ async fn a_snapshot_job_commits_and_a_new_sandbox_has_the_files() {
     let job = Job {
         id: "j-snap".into(),
         kind: JobKind::SnapshotSandbox(SnapshotSandbox { sandbox_id: src.clone(), image: snap.clone() }),
+        traceparent: None,
     };
     let result = sandbar_runner::jobs::run(&runner, None, job.clone()).await;
     let JobOutcome::Succeeded { sandbox: Some(info), snapshot: Some(img) } = result.outcome else {
@@ -149,6 +151,7 @@ async fn a_snapshot_job_commits_and_a_new_sandbox_has_the_files() {
     let clash = Job {
         id: "j-clash".into(),
         kind: JobKind::SnapshotSandbox(SnapshotSandbox { sandbox_id: other.clone(), image: snap.clone() }),
+        traceparent: None,
     };
     let r = sandbar_runner::jobs::run(&runner, None, clash).await;
     assert!(matches!(r.outcome, JobOutcome::Failed { code: JobErrorCode::Conflict, .. }), "{r:?}");
@@ -170,14 +173,18 @@ async fn build_and_fork_jobs_report_their_image_size() {
     // What the control plane counts against the organization's image quota: the size Docker reports.
     let dockerfile = format!("FROM {image}\nRUN head -c 300000 /dev/urandom > /big\n");
     let build = BuildSnapshot { build_id: "b1".into(), image: built.clone(), dockerfile, pull: vec![], network: None };
-    let r =
-        sandbar_runner::jobs::run(&runner, None, Job { id: "j-b".into(), kind: JobKind::BuildSnapshot(build) }).await;
+    let r = sandbar_runner::jobs::run(
+        &runner,
+        None,
+        Job { id: "j-b".into(), kind: JobKind::BuildSnapshot(build), traceparent: None },
+    )
+    .await;
     let JobOutcome::Succeeded { snapshot: Some(img), .. } = r.outcome else { panic!("{r:?}") };
     assert_eq!(img.image, built);
     assert!(img.image_id.starts_with("sha256:") && img.size > 300_000, "{img:?}");
 
     runner.create(create_req(&src, &image)).await.unwrap();
-    let job = Job { id: "j-f".into(), kind: JobKind::ForkSandbox(fork_req(&src, &fork, &image)) };
+    let job = Job { id: "j-f".into(), kind: JobKind::ForkSandbox(fork_req(&src, &fork, &image)), traceparent: None };
     let r = sandbar_runner::jobs::run(&runner, None, job).await;
     let JobOutcome::Succeeded { sandbox: Some(info), snapshot: Some(img) } = r.outcome else { panic!("{r:?}") };
     assert_eq!((info.id.as_str(), img.image.as_str()), (fork.as_str(), fork_image(&fork).as_str()));

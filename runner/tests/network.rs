@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::*;
 use sandbar_proto::network::NetworkPolicy;
-use sandbar_proto::runner::{SandboxState, UpdateSandboxNetwork};
+use sandbar_proto::runner::{Resources, SandboxState, UpdateSandboxNetwork};
 use sandbar_proto::toolbox::ExecuteRequest;
+use sandbar_runner::config::WarmPoolConfig;
 use sandbar_runner::firewall::{chain_prefix, sandbox_chain};
 use sandbar_runner::{Runner, SandboxError};
 
@@ -384,4 +385,141 @@ async fn changes_leave_what_a_full_rewrite_writes() {
     assert!(out.unwrap().status.success());
     assert!(fw.reconcile().await.unwrap(), "the reconciler missed a deleted line");
     assert_eq!(after, kernel_rules(&t.runner_id));
+}
+
+/// A bridge table left by a runner that is gone (here written by hand, as a runner writes it): it claims the first
+/// addresses of Docker's default bridge (with Docker's MACs for them) on ports that no longer exist, and one far
+/// address. Deleted on drop.
+struct DeadRunnerTable(String);
+
+impl DeadRunnerTable {
+    fn write(claimed: &[std::net::Ipv4Addr]) -> Self {
+        let table = format!("sandbar_gone{}", std::process::id());
+        let mut text = format!(
+            "table bridge {table} {{\n  map ports {{ type ifname : verdict; }}\n  set macs {{ type ether_addr; }}\n  \
+             set ips {{ type ipv4_addr; }}\n  chain pre {{\n    type filter hook prerouting priority -300; policy \
+             accept;\n    iifname vmap @ports\n    ether saddr @macs drop\n    ip saddr @ips drop\n    arp saddr ip \
+             @ips drop\n  }}\n}}\n"
+        );
+        for (i, ip) in claimed.iter().enumerate() {
+            let o = ip.octets();
+            let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+            let (chain, port) = (format!("p_gone{i}"), format!("sbgone{i}"));
+            text.push_str(&format!("add chain bridge {table} {chain}\n"));
+            for rule in [format!("ether saddr != {mac} drop"), format!("ip saddr != {ip} drop"), "accept".to_owned()] {
+                text.push_str(&format!("add rule bridge {table} {chain} {rule}\n"));
+            }
+            text.push_str(&format!("add element bridge {table} ports {{ \"{port}\" : jump {chain} }}\n"));
+            text.push_str(&format!(
+                "add element bridge {table} macs {{ {mac} }}\nadd element bridge {table} ips {{ {ip} }}\n"
+            ));
+        }
+        let mut child = Command::new("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success(), "nft -f of the dead runner's table");
+        Self(table)
+    }
+
+    fn listing(&self) -> String {
+        let out = Command::new("nft").args(["list", "table", "bridge", &self.0]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for DeadRunnerTable {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "bridge", &self.0]).output();
+    }
+}
+
+#[tokio::test]
+async fn a_gone_runners_claim_on_an_address_is_taken_back() {
+    // Docker's default bridge, where the test runner's sandboxes go.
+    let subnet =
+        run(Command::new("docker").args(["network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Subnet}}"]));
+    let base: std::net::Ipv4Addr = subnet.trim().split('/').next().unwrap().parse().unwrap();
+    let at = |n: u32| std::net::Ipv4Addr::from(u32::from(base) + n);
+    // Every address the next container can get while other tests run beside this one, and one none gets.
+    let far = at(250);
+    let claimed: Vec<_> = (2..=60).map(at).chain([far]).collect();
+    let dead = DeadRunnerTable::write(&claimed);
+
+    let (_t, runner) = TestRunner::start("stale-claim").await;
+    let id = format!("sc-{}", unique());
+    runner.create(create_req(&id, &busybox_image())).await.expect("the daemon answers once the stale claim is gone");
+    let out = runner.exec(&id, &exec_req("echo reached")).await.unwrap();
+    assert_eq!(out.result.trim(), "reached");
+    let ip = ip_of(&runner, &id);
+    let listing = dead.listing();
+    assert!(
+        !listing.contains(&format!("{ip} ")) && !listing.contains(&format!("{ip}\n")),
+        "{ip} still claimed:\n{listing}"
+    );
+    assert!(listing.contains(&far.to_string()), "a claim on an address nobody got was removed:\n{listing}");
+}
+
+/// Waits (30 s at most) until the warm pool has a member ready.
+async fn pool_filled(runner: &Runner) {
+    for _ in 0..300 {
+        if runner.pool_ready() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the warm pool did not fill");
+}
+
+/// A warm-pool claim with the default policy keeps the member's rules (the same but for their names) and renames
+/// them after it answers: a policy change made the moment the claim answers still holds, and the rules end up
+/// named for the sandbox. A claim with a policy of its own has it before it answers.
+#[tokio::test]
+async fn claimed_pool_sandboxes_get_their_own_rules() {
+    const POOL: Resources = Resources { cpu: 1, memory: 1, disk: 3 };
+    let image = busybox_image();
+    let t = TestRunner::new("netpool");
+    let mut targets = Targets(Vec::new());
+    let target = targets.start(&image);
+    let state = tempfile::tempdir().unwrap();
+    let mut config = t.config();
+    config.state_dir = Some(state.path().to_owned());
+    config.warm_pool = Some(WarmPoolConfig { size: 1, image: image.clone(), resources: POOL });
+    let runner = Runner::new(config).await.unwrap();
+    let claim = |id: &str, p: NetworkPolicy| {
+        let mut req = create_req(id, &image);
+        req.resources = POOL;
+        req.network = p;
+        req
+    };
+
+    pool_filled(&runner).await;
+    let open = format!("open-{}", unique());
+    let info = runner.create(claim(&open, NetworkPolicy::default())).await.unwrap();
+    let member = docker_inspect(&info.container_id, "{{.Name}}").unwrap();
+    let member = member.trim().trim_start_matches("/sandbar-").to_owned();
+    assert_ne!(member, open, "the create did not claim the pool's container");
+    set(&runner, &open, policy(true, None)).await;
+    assert!(!reaches(&runner, &open, &target).await, "a block-all made right after a claim did not hold");
+    wait_until("the claimed sandbox's rules carry its name", || {
+        let r = rules();
+        r.contains(&format!("-N {}\n", sandbox_chain(&t.runner_id, &open)))
+            && !r.contains(&format!("-N {}\n", sandbox_chain(&t.runner_id, &member)))
+    })
+    .await;
+    set(&runner, &open, NetworkPolicy::default()).await;
+    assert!(reaches(&runner, &open, &target).await, "lifting the block did not hold");
+
+    pool_filled(&runner).await;
+    let closed = format!("closed-{}", unique());
+    let info = runner.create(claim(&closed, policy(true, None))).await.unwrap();
+    assert!(!docker_inspect(&info.container_id, "{{.Name}}").unwrap().contains(&closed), "not a claim");
+    assert!(!reaches(&runner, &closed, &target).await, "a claim with block-all could reach out");
+
+    for id in [&open, &closed] {
+        runner.destroy(id).await.unwrap();
+    }
+    let r = rules();
+    for id in [&open, &closed] {
+        assert!(!r.contains(&sandbox_chain(&t.runner_id, id)), "chain of a destroyed sandbox left:\n{r}");
+    }
 }

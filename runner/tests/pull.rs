@@ -167,7 +167,7 @@ async fn create_and_build_jobs_pull_first() {
     let id = format!("pulled-{}", unique());
     let mut req = create_req(&id, &app);
     req.pull = true;
-    let job = Job { id: "j1".into(), kind: JobKind::CreateSandbox(req) };
+    let job = Job { id: "j1".into(), kind: JobKind::CreateSandbox(req), traceparent: None };
     let result = sandbar_runner::jobs::run(&runner, None, job).await;
     let JobOutcome::Succeeded { sandbox: Some(info), .. } = result.outcome else { panic!("{result:?}") };
     assert_eq!(info.state, SandboxState::Started);
@@ -184,16 +184,24 @@ async fn create_and_build_jobs_pull_first() {
         pull: vec![app.clone()],
         network: None,
     };
-    let result =
-        sandbar_runner::jobs::run(&runner, None, Job { id: "j2".into(), kind: JobKind::BuildSnapshot(build) }).await;
+    let result = sandbar_runner::jobs::run(
+        &runner,
+        None,
+        Job { id: "j2".into(), kind: JobKind::BuildSnapshot(build), traceparent: None },
+    )
+    .await;
     assert!(matches!(result.outcome, JobOutcome::Succeeded { snapshot: Some(_), .. }), "{result:?}");
     assert!(image_exists(&built));
 
     // A create of an image the registry does not have fails with ImageNotFound and the registry's reason.
     let mut req = create_req(&format!("missing-{}", unique()), &format!("{}/team/none:1", open.host()));
     req.pull = true;
-    let result =
-        sandbar_runner::jobs::run(&runner, None, Job { id: "j3".into(), kind: JobKind::CreateSandbox(req) }).await;
+    let result = sandbar_runner::jobs::run(
+        &runner,
+        None,
+        Job { id: "j3".into(), kind: JobKind::CreateSandbox(req), traceparent: None },
+    )
+    .await;
     let JobOutcome::Failed { code, message } = result.outcome else { panic!("{result:?}") };
     assert_eq!(code, JobErrorCode::ImageNotFound, "{message}");
     assert!(message.contains("team/none:1"), "{message}");

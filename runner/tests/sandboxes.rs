@@ -94,7 +94,11 @@ async fn busybox_create_exec_stop_start_destroy() {
     assert!(env.contains("SANDBAR_SANDBOX_ID="), "environ was readable: {env}");
 
     // PING_SANDBOX: the daemon answers an authenticated call; nothing changes.
-    let ping = |n: u32| Job { id: format!("ping-{n}"), kind: JobKind::PingSandbox { sandbox_id: id.clone() } };
+    let ping = |n: u32| Job {
+        id: format!("ping-{n}"),
+        kind: JobKind::PingSandbox { sandbox_id: id.clone() },
+        traceparent: None,
+    };
     match sandbar_runner::jobs::run(&runner, None, ping(1)).await.outcome {
         JobOutcome::Succeeded { sandbox: Some(s), .. } => {
             assert_eq!((s.id.as_str(), s.state), (id.as_str(), SandboxState::Started))
@@ -341,13 +345,14 @@ async fn bad_requests_fail_clearly_and_leave_nothing_behind() {
     let result = sandbar_runner::jobs::run(
         &runner,
         None,
-        Job { id: "j1".into(), kind: JobKind::DestroySandbox { sandbox_id: "nope".into() } },
+        Job { id: "j1".into(), kind: JobKind::DestroySandbox { sandbox_id: "nope".into() }, traceparent: None },
     )
     .await;
     assert!(matches!(result.outcome, JobOutcome::Failed { code: JobErrorCode::SandboxNotFound, .. }), "{result:?}");
     let stop = Job {
         id: "j2".into(),
         kind: JobKind::StopSandbox(StopSandbox { sandbox_id: id.clone(), force: true, timeout_secs: None }),
+        traceparent: None,
     };
     let result = sandbar_runner::jobs::run(&runner, None, stop).await;
     let JobOutcome::Succeeded { sandbox: Some(s), .. } = result.outcome else { panic!("{result:?}") };
@@ -358,7 +363,7 @@ async fn bad_requests_fail_clearly_and_leave_nothing_behind() {
     let result = sandbar_runner::jobs::run(
         &runner,
         None,
-        Job { id: "j3".into(), kind: JobKind::DestroySandbox { sandbox_id: id.clone() } },
+        Job { id: "j3".into(), kind: JobKind::DestroySandbox { sandbox_id: id.clone() }, traceparent: None },
     )
     .await;
     assert_eq!(result.outcome, JobOutcome::Succeeded { sandbox: None, snapshot: None });

@@ -214,6 +214,7 @@ async fn build_jobs_stream_their_log_to_the_control_plane_before_the_result() {
             pull: vec![],
             network: None,
         }),
+        traceparent: None,
     };
     rec.jobs.lock().unwrap().extend([
         job(

@@ -138,6 +138,83 @@ pub(super) fn items(listing: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// A port a bridge table binds, with the address and MAC its chain allows (as [`render_change`] writes it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Claim {
+    pub port: String,
+    pub ip: std::net::Ipv4Addr,
+    pub mac: String,
+    /// The chain the port's element jumps to.
+    pub chain: String,
+}
+
+/// The `nft -f` input that takes `claims` out of `table`: their elements and their chains.
+pub(super) fn render_release(table: &str, claims: &BTreeSet<Claim>) -> Option<String> {
+    let mut out = String::new();
+    for c in claims {
+        out.push_str(&format!("delete element bridge {table} ports {{ \"{}\" }}\n", c.port));
+        out.push_str(&format!("delete element bridge {table} macs {{ {} }}\n", c.mac));
+        out.push_str(&format!("delete element bridge {table} ips {{ {} }}\n", c.ip));
+        out.push_str(&format!("flush chain bridge {table} {0}\ndelete chain bridge {table} {0}\n", c.chain));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The ports a bridge table (`nft -j list table` output) binds: each element of its `ports` map with the address
+/// and MAC its chain's `!=` rules name. A port whose chain names no address or no MAC is left out.
+pub(super) fn claims(listing: &str) -> Vec<Claim> {
+    use serde_json::Value;
+    let Ok(doc) = serde_json::from_str::<Value>(listing) else { return Vec::new() };
+    let Some(objects) = doc.get("nftables").and_then(Value::as_array) else { return Vec::new() };
+    let mut chains: BTreeMap<String, (Option<std::net::Ipv4Addr>, Option<String>)> = BTreeMap::new();
+    let mut ports: Vec<(String, String)> = Vec::new();
+    for o in objects {
+        if let Some(map) = o.get("map").filter(|m| m.get("name").and_then(Value::as_str) == Some("ports")) {
+            for e in map.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                let port = e.get(0).and_then(Value::as_str);
+                let chain = e.get(1).and_then(|v| v.pointer("/jump/target")).and_then(Value::as_str);
+                if let (Some(port), Some(chain)) = (port, chain) {
+                    ports.push((port.to_owned(), chain.to_owned()));
+                }
+            }
+        }
+        let Some(rule) = o.get("rule") else { continue };
+        let Some(chain) = rule.get("chain").and_then(Value::as_str) else { continue };
+        for m in rule.get("expr").and_then(Value::as_array).into_iter().flatten().filter_map(|x| x.get("match")) {
+            if m.get("op").and_then(Value::as_str) != Some("!=")
+                || m.pointer("/left/payload/field").and_then(Value::as_str) != Some("saddr")
+            {
+                continue;
+            }
+            let right = m.get("right").and_then(Value::as_str);
+            let entry = chains.entry(chain.to_owned()).or_default();
+            match m.pointer("/left/payload/protocol").and_then(Value::as_str) {
+                Some("ip") => entry.0 = right.and_then(|r| r.parse().ok()),
+                Some("ether") => entry.1 = right.map(str::to_owned),
+                _ => {}
+            }
+        }
+    }
+    ports
+        .into_iter()
+        .filter_map(|(port, chain)| match chains.get(&chain) {
+            Some((Some(ip), Some(mac))) => Some(Claim { port, ip: *ip, mac: mac.clone(), chain }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The names of the tables in `nft -j list tables` output.
+pub(super) fn table_names(listing: &str) -> Vec<String> {
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(listing) else { return Vec::new() };
+    doc.get("nftables")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.pointer("/table/name").and_then(serde_json::Value::as_str).map(str::to_owned))
+        .collect()
+}
+
 /// The items of a port's elements (as [`items`] names them): in `ports`, `macs` and `ips`.
 pub(super) fn element_items(p: &Port<'_>) -> [String; 3] {
     let jump = serde_json::json!([p.port, {"jump": {"target": port_chain(p.port)}}]);
@@ -250,6 +327,46 @@ fn port_with_index(class_net: &Path, index: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claims_read_back_what_render_writes() {
+        // The JSON `nft -j list table` gives for a table `render` wrote (handles and metainfo left out).
+        let c = chain_hex("vethgone");
+        let listing = serde_json::json!({"nftables": [
+            {"table": {"family": "bridge", "name": "t"}},
+            {"map": {"family": "bridge", "name": "ports", "table": "t", "type": "ifname", "map": "verdict",
+                     "elem": [["vethgone", {"jump": {"target": format!("p_{c}")}}], ["vethhalf", {"jump": {"target": "p_x"}}]]}},
+            {"set": {"family": "bridge", "name": "ips", "table": "t", "type": "ipv4_addr", "elem": ["172.17.0.3"]}},
+            {"rule": {"family": "bridge", "table": "t", "chain": format!("p_{c}"), "expr": [
+                {"match": {"op": "!=", "left": {"payload": {"protocol": "ether", "field": "saddr"}}, "right": "02:42:ac:11:00:03"}},
+                {"drop": null}]}},
+            {"rule": {"family": "bridge", "table": "t", "chain": format!("p_{c}"), "expr": [
+                {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "172.17.0.3"}},
+                {"drop": null}]}},
+            // A chain with an address but no MAC rule is not a claim this module wrote.
+            {"rule": {"family": "bridge", "table": "t", "chain": "p_x", "expr": [
+                {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "172.17.0.4"}},
+                {"drop": null}]}}
+        ]})
+        .to_string();
+        let got = claims(&listing);
+        let want = Claim {
+            port: "vethgone".into(),
+            ip: "172.17.0.3".parse().unwrap(),
+            mac: "02:42:ac:11:00:03".into(),
+            chain: format!("p_{c}"),
+        };
+        assert_eq!(got, vec![want]);
+        assert!(claims("not json").is_empty() && claims("{}").is_empty());
+        let tables = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "bridge", "name": "sandbar_ab", "handle": 3}}]}"#;
+        assert_eq!(table_names(tables), vec!["sandbar_ab".to_owned()]);
+        // Releasing it takes its elements and its chain out.
+        let text = render_release("t", &got.into_iter().collect()).unwrap();
+        assert!(text.contains("delete element bridge t ips { 172.17.0.3 }\n"), "{text}");
+        assert!(text.contains("delete element bridge t macs { 02:42:ac:11:00:03 }\n"), "{text}");
+        assert!(text.contains(&format!("delete chain bridge t p_{c}\n")), "{text}");
+        assert_eq!(render_release("t", &BTreeSet::new()), None);
+    }
 
     #[test]
     fn finds_the_peer_by_mac_or_eth0() {

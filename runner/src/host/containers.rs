@@ -18,13 +18,14 @@ use sandbar_proto::runner::{
     CreateSandbox, ResizeSandbox, Resources, SandboxInfo, SandboxSpecLabel, SandboxState, StopSandbox,
     UpdateSandboxNetwork, labels,
 };
+use sandbar_support::otlp::Kind;
 use sandbar_support::sync::lock;
 
 use super::daemon::{new_host_key, new_token};
 use super::events::{endpoint, exit_reason, has_ipv6};
 use super::{
-    ENV_ENTRYPOINT_GATE, ENV_SANDBOX_ID, ENV_SSH_HOST_KEY, ENV_TOKEN, ENV_TOOLBOX_ADDR, Entry, GIB, Inner, NANO,
-    RESERVED_ENV, container_name, image, strip_daemon,
+    ENV_ENTRYPOINT_GATE, ENV_SANDBOX_ID, ENV_SSH_HOST_KEY, ENV_TOKEN, ENV_TOOLBOX_ADDR, ENV_TRACE_SPANS,
+    ENV_TRACEPARENT, Entry, GIB, Inner, NANO, RESERVED_ENV, container_name, image, strip_daemon,
 };
 use crate::config::{DAEMON_MOUNT_PATH, valid_name};
 use crate::error::{SandboxError, docker_status};
@@ -221,11 +222,28 @@ impl Inner {
     /// Starts a container [`make_container`](Self::make_container) made and waits for its daemon; fills in the
     /// entry's user and daemon address.
     pub(super) async fn run_container(&self, entry: &Entry, id: &str, container: &str) -> Result<(), SandboxError> {
-        let (_, (addr, ssh), user) = self.start_and_wait(id, container).await?;
-        let mut info = lock(&entry.info);
-        info.user = user;
-        (info.daemon_addr, info.ssh_addr) = (Some(addr), ssh);
+        let (bridge, (addr, ssh), user) = self.start_and_wait(id, container).await?;
+        let token = {
+            let mut info = lock(&entry.info);
+            info.user = user;
+            (info.daemon_addr, info.ssh_addr) = (Some(addr), ssh);
+            info.daemon_token.clone()
+        };
+        self.collect_daemon_spans(id, bridge, &token).await;
         Ok(())
+    }
+
+    /// Passes the spans the daemon at `addr` kept (its start, the entrypoint's spawn, requests the runner made) on
+    /// to the collector, when this runner exports spans (`crate::trace`). Best effort: a failure is logged only.
+    pub(super) async fn collect_daemon_spans(&self, id: &str, addr: SocketAddr, token: &str) {
+        if !crate::trace::daemons_record() {
+            return;
+        }
+        match self.daemon.spans(addr, token).await {
+            Ok(Some(encoded)) => crate::trace::forward_daemon_spans(id, encoded),
+            Ok(None) => tracing::debug!(sandbox_id = %id, "the daemon had no spans"),
+            Err(e) => tracing::warn!(sandbox_id = %id, error = %e, "cannot collect the daemon's spans"),
+        }
     }
 
     /// Creates (never starts) the container for `req`; fills in the entry's container ID and returns it. Between
@@ -255,6 +273,12 @@ impl Inner {
         env.push(format!("{ENV_TOOLBOX_ADDR}=0.0.0.0:{}", ports::TOOLBOX));
         // The daemon holds the entrypoint until the network rules are in (`release_entrypoint`).
         env.push(format!("{ENV_ENTRYPOINT_GATE}=1"));
+        if crate::trace::daemons_record() {
+            env.push(format!("{ENV_TRACE_SPANS}=1"));
+            if let Some(t) = crate::trace::current() {
+                env.push(format!("{ENV_TRACEPARENT}={}", t.header()));
+            }
+        }
 
         let spec = SandboxSpecLabel {
             labels: req.labels.clone(),
@@ -306,6 +330,7 @@ impl Inner {
             ..Default::default()
         };
         let name = container_name(&req.id);
+        let _span = crate::trace::child("docker create container", Kind::Client);
         let created = self
             .docker
             .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
@@ -326,8 +351,12 @@ impl Inner {
         id: &str,
         container: &str,
     ) -> Result<(SocketAddr, (String, Option<String>), Option<String>), SandboxError> {
+        let span = crate::trace::child("docker start container", Kind::Client);
         self.docker.start_container(container, None).await?;
+        drop(span);
+        let span = crate::trace::child("docker inspect container", Kind::Client);
         let inspect = self.docker.inspect_container(container, None).await?;
+        drop(span);
         let ep = endpoint(&inspect).ok_or_else(|| SandboxError::DaemonNotReady {
             id: id.into(),
             reason: "the container has no IP address (network mode none?)".into(),
@@ -347,8 +376,12 @@ impl Inner {
                 reason: "Docker published no port for the daemon on the advertise address".into(),
             }
         })?;
+        let span = crate::trace::child("firewall attach", Kind::Internal);
         self.firewall.attach(container, id, ep).await?;
+        drop(span);
+        let span = crate::trace::child("wait for the daemon", Kind::Internal);
         self.wait_daemon(id, container, addr).await?;
+        drop(span);
         self.release_entrypoint(container).await;
         let user = inspect.config.and_then(|c| c.user).filter(|u| !u.is_empty());
         Ok((addr, reported, user))
@@ -359,8 +392,12 @@ impl Inner {
     /// logged (the container is then gone or stopping).
     pub(super) async fn release_entrypoint(&self, container: &str) {
         let opts = KillContainerOptionsBuilder::default().signal("SIGUSR2").build();
+        let mut span = crate::trace::child("docker kill container SIGUSR2 (release the entrypoint)", Kind::Client);
         if let Err(e) = self.docker.kill_container(container, Some(opts)).await {
             tracing::warn!(container, error = %e, "cannot release the entrypoint");
+            if let Some(span) = &mut span {
+                span.fail(&e);
+            }
         }
     }
 
@@ -370,12 +407,24 @@ impl Inner {
         let started = Instant::now();
         let deadline = started + self.config.daemon_ready_timeout;
         let mut next_check = started + Duration::from_millis(200);
+        let mut swept = false;
         loop {
             if self.daemon.version(addr, Duration::from_millis(500)).await.is_ok() {
                 tracing::debug!(sandbox_id = %id, ms = started.elapsed().as_millis(), "daemon ready");
                 return Ok(());
             }
             let now = Instant::now();
+            // A daemon that does not answer within a second may be answering into a stale claim on its address
+            // (another runner's bridge table, `crate::firewall`'s "Stale claims"): taken back once.
+            if !swept
+                && now >= started + STALE_CLAIM_SWEEP_AFTER
+                && let std::net::IpAddr::V4(ip) = addr.ip()
+            {
+                swept = true;
+                for claim in self.firewall.clear_stale_claims(ip).await {
+                    tracing::warn!(sandbox_id = %id, claim, "removed a stale claim on the sandbox's address");
+                }
+            }
             if now >= next_check {
                 next_check = now + Duration::from_millis(200);
                 let inspect = self.docker.inspect_container(container, None).await?;
@@ -392,10 +441,11 @@ impl Inner {
                 }
             }
             if now >= deadline {
+                let logs = self.logs_tail(container, 20).await;
                 return Err(SandboxError::DaemonNotReady {
                     id: id.into(),
                     reason: format!(
-                        "no answer from GET /version at {addr} within {:?}",
+                        "no answer from GET /version at {addr} within {:?} (the container runs); last output:\n{logs}",
                         self.config.daemon_ready_timeout
                     ),
                 });
@@ -615,6 +665,10 @@ impl Inner {
 
 /// The daemon's ports published on the advertise address: toolbox and SSH (the web terminal is reached through
 /// the toolbox).
+/// How long a daemon may stay silent before [`Inner::wait_daemon`] looks for stale claims on its address (a daemon
+/// answers within a few milliseconds of its start here; a second is far beyond a slow start).
+const STALE_CLAIM_SWEEP_AFTER: Duration = Duration::from_secs(1);
+
 const DAEMON_PUBLISHED: [u16; 2] = [ports::TOOLBOX, ports::SSH];
 
 /// Docker's port bindings that publish [`DAEMON_PUBLISHED`] on `advertise`, each on a free port Docker picks.

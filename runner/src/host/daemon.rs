@@ -1,7 +1,8 @@
 //! Talking to a sandbox's daemon: readiness (`GET /version`, the one route without a credential), `POST /init` (a
 //! claimed warm-pool sandbox's identity) and `POST /process/execute`, both signed with the per-sandbox token
-//! (`sandbar_support::daemon_auth`: the token itself never goes on the wire). Also the per-sandbox secrets the
-//! runner makes: the token and the daemon's SSH host key.
+//! (`sandbar_support::daemon_auth`: the token itself never goes on the wire), and `POST /trace/spans` (the spans
+//! the daemon kept, `crate::trace`). Calls made inside a job carry its `traceparent`. Also the per-sandbox secrets
+//! the runner makes: the token and the daemon's SSH host key.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -70,6 +71,25 @@ impl DaemonClient {
         self.post(addr, "/init", token, req, Duration::from_secs(5)).await.map(drop)
     }
 
+    /// `POST /trace/spans`: the daemon's finished spans, encoded for the collector, and its buffer emptied; `None`
+    /// when it had none.
+    pub(crate) async fn spans(&self, addr: SocketAddr, token: &str) -> Result<Option<Vec<u8>>, String> {
+        let resp = self.post(addr, "/trace/spans", token, &serde_json::json!({}), Duration::from_secs(5)).await?;
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        // Read within the bound: what the sandbox's side of the bridge sends is not trusted to be small.
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > sandbar_support::otlp::MAX_FORWARD_BYTES {
+                return Err("more spans than a daemon keeps".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body))
+    }
+
     /// A JSON `POST` signed with the daemon token; a status other than 2xx is an error that quotes the body's start.
     async fn post(
         &self,
@@ -79,15 +99,14 @@ impl DaemonClient {
         body: &impl Serialize,
         timeout: Duration,
     ) -> Result<reqwest::Response, String> {
-        let resp = self
+        let mut req = self
             .http
             .post(format!("http://{addr}{path}"))
-            .header(DAEMON_AUTH_HEADER, sandbar_support::daemon_auth::sign(token, "POST", path))
-            .json(body)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .header(DAEMON_AUTH_HEADER, sandbar_support::daemon_auth::sign(token, "POST", path));
+        if let Some(t) = crate::trace::current() {
+            req = req.header(sandbar_support::trace::HEADER, t.header());
+        }
+        let resp = req.json(body).timeout(timeout).send().await.map_err(|e| e.to_string())?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();

@@ -80,7 +80,9 @@ pub async fn ensure_default(docker: &Docker, reference: &str, script: Option<&Pa
 /// Runs the build script; returns the tag it printed last on stdout.
 async fn run_script(script: &Path) -> Result<String, ImageError> {
     let fail = |reason: String| ImageError::Script { path: script.to_owned(), reason };
+    // The operator's script needs no credential of the runner's.
     let mut child = tokio::process::Command::new(script)
+        .env_remove("SANDBAR_RUNNER_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -154,6 +154,7 @@ impl Inner {
                 let mut info = lock(&entry.info);
                 (info.daemon_addr, info.ssh_addr) = (Some(member.addr.to_string()), member.ssh.clone());
             }
+            self.collect_daemon_spans(&req.id, member.addr, &member.token).await;
             self.save_claims()
         }
         .await;
@@ -191,6 +192,7 @@ impl Inner {
             organization_id: String::new(),
             image: pool.image.clone(),
             pull: false,
+            pull_from: None,
             user: None,
             env: BTreeMap::new(),
             labels: BTreeMap::new(),

@@ -71,7 +71,10 @@ pub(super) async fn run(ctx: &JobCtx<'_>, req: BuildSnapshot) -> Result<Done, Fa
     };
     // The image's size goes back with the result: the control plane counts it against the organization's quota.
     let img = built.map_err(Failed::from)?;
-    Ok(Done { sandbox: None, snapshot: Some(SnapshotImage { image: img.reference, image_id: img.id, size: img.size }) })
+    // Pushed to the internal registry when there is one, so sandboxes of it may go to any runner.
+    let (pushed, push_error) = super::snapshot::pushed(ctx, &img.reference, Some(&req.build_id)).await;
+    let snapshot = SnapshotImage { image: img.reference, image_id: img.id, size: img.size, pushed, push_error };
+    Ok(Done { sandbox: None, snapshot: Some(snapshot) })
 }
 
 /// The registry images' pulls (their progress in the log), then the build; abandoned after [`BUILD_TIMEOUT`].

@@ -11,7 +11,9 @@ pub(super) async fn run(ctx: &JobCtx<'_>, req: ForkSandbox) -> Result<Done, Fail
     let info = ctx.runner.fork(req).await?;
     // The fork runs, so its image is there; an inspect that fails only leaves the size out.
     let snapshot = match ctx.runner.fork_image_info(&fork_id).await {
-        Ok(img) => img.map(|i| SnapshotImage { image: i.reference, image_id: i.id, size: i.size }),
+        Ok(img) => {
+            img.map(|i| SnapshotImage { image: i.reference, image_id: i.id, size: i.size, ..Default::default() })
+        }
         Err(e) => {
             tracing::warn!(sandbox_id = %fork_id, error = %e, "cannot inspect the fork's image");
             None

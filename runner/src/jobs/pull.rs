@@ -10,5 +10,8 @@ pub(super) async fn run(ctx: &JobCtx<'_>, req: PullImage) -> Result<Done, Failed
     let snapshot_id = req.snapshot_id.clone();
     let mut log = move |line: &str| tracing::info!(snapshot_id = %snapshot_id, line, "pull");
     let img = ctx.runner.pull_image(&req.image, &auth, &mut log).await?;
-    Ok(Done { sandbox: None, snapshot: Some(SnapshotImage { image: img.reference, image_id: img.id, size: img.size }) })
+    Ok(Done {
+        sandbox: None,
+        snapshot: Some(SnapshotImage { image: img.reference, image_id: img.id, size: img.size, ..Default::default() }),
+    })
 }

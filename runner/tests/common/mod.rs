@@ -178,6 +178,7 @@ pub fn create_req(id: &str, image: &str) -> CreateSandbox {
         organization_id: "org-test".into(),
         image: image.into(),
         pull: false,
+        pull_from: None,
         user: None,
         env: Default::default(),
         labels: Default::default(),
