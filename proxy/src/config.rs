@@ -100,6 +100,10 @@ pub struct Config {
     /// Log as JSON lines.
     #[arg(long, env = "SANDBAR_LOG_JSON")]
     pub log_json: bool,
+    /// OTLP/HTTP collector for traces (`http://host:port`; `POST {endpoint}/v1/traces`, `sandbar_support::otlp`):
+    /// a server span per request. Unset: none (`traceparent` is still continued and sent on).
+    #[arg(long, env = "SANDBAR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Certificate/key pairs, filled from `tls_certs`/`tls_keys` by `validate`.
     #[arg(skip)]
     #[serde(skip)]
@@ -156,6 +160,7 @@ impl Config {
             wake_timeout: Duration::from_secs(60),
             threads: 0,
             log_json: false,
+            otlp_endpoint: None,
             tls: Vec::new(),
         }
     }
@@ -194,6 +199,9 @@ impl Config {
         }
         if self.activity_interval.is_zero() {
             return Err("activity_interval (--activity-interval) must be positive".into());
+        }
+        if let Some(e) = &self.otlp_endpoint {
+            sandbar_support::otlp::Endpoint::parse(e).map_err(|e| format!("otlp_endpoint (--otlp-endpoint): {e}"))?;
         }
         Ok(())
     }

@@ -140,6 +140,7 @@ pub async fn run_with_activity(
         metrics: metrics.clone(),
         activity: activity.clone(),
         request_ids: Default::default(),
+        signers: Default::default(),
         api: edge::api_route::Upstream::from_url(&config.api_url).map_err(ProxyError::Config)?,
     });
 

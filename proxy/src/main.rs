@@ -71,6 +71,14 @@ fn bad_config(e: impl std::fmt::Display) -> ExitCode {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     init_tracing(config.log_json);
+    sandbar_support::otlp::install_configured(config.otlp_endpoint.as_deref(), "sandbar-proxy")
+        .map_err(anyhow::Error::msg)?;
+    let served = serve_traced(config);
+    sandbar_support::otlp::flush(std::time::Duration::from_secs(2));
+    served
+}
+
+fn serve_traced(config: Config) -> anyhow::Result<()> {
     // On few cores shared with the backends, one thread serves more requests, at less CPU each, than work-stealing
     // workers (measured by benches/proxy-vs-nginx).
     let runtime = match config.worker_threads() {

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use sandbar_proto::api::{AuthorizeRequest, AuthorizeResponse, Route, SignedPreviewResolveResponse};
+use sandbar_support::daemon_auth::Signer;
 use sandbar_support::sync::{lock, read, write};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -432,5 +433,23 @@ impl Waker {
             .await
             .map_err(lost)?;
         answer.map(Some)
+    }
+}
+
+/// Each daemon token's request signer ([`Signer`]: the HMAC keyed once), so that signing a forwarded request costs
+/// the MAC over that request alone rather than the key schedule too. Keyed by the token, so a sandbox that
+/// restarted with a new one gets a new signer; bounded like the other caches.
+#[derive(Default)]
+pub struct Signers(RwLock<HashMap<String, Signer>>);
+
+impl Signers {
+    /// The signer of `daemon_token`.
+    pub fn get(&self, daemon_token: &str) -> Signer {
+        if let Some(s) = read(&self.0).get(daemon_token) {
+            return s.clone();
+        }
+        let signer = Signer::new(daemon_token);
+        bounded_insert(&mut *write(&self.0), daemon_token.to_owned(), signer.clone(), |_| false);
+        signer
     }
 }

@@ -42,22 +42,54 @@ pub fn loggable_host(host: &str) -> String {
     }
 }
 
-/// Writes the access line of the request `session` served.
-pub fn write(session: &Session, e: Option<&Error>, ctx: &Ctx) {
-    let req = session.req_header();
-    let host = req.uri.authority().map(|a| a.as_str()).or_else(|| header_str(session, "host")).unwrap_or("");
-    let path = match &ctx.log_path {
+/// The path as logged: what admission kept of it, else the request's without a token.
+fn log_path<'a>(session: &'a Session, ctx: &'a Ctx) -> &'a str {
+    match &ctx.log_path {
         Some(p) => p.as_str(),
-        None => loggable_path(req.uri.path_and_query().map_or("/", |p| p.as_str())),
-    };
-    let status = session.response_written().map_or(0, |r| r.status.as_u16());
-    let upstream = if ctx.to_api {
+        None => loggable_path(session.req_header().uri.path_and_query().map_or("/", |p| p.as_str())),
+    }
+}
+
+/// Where the request went.
+fn upstream(ctx: &Ctx) -> &'static str {
+    if ctx.to_api {
         "api"
     } else if ctx.daemon_addr.is_some() && ctx.redirect.is_none() {
         "daemon"
     } else {
         "proxy"
-    };
+    }
+}
+
+/// The request's span gets what its access line says (never a host, query or header).
+pub fn describe(span: &mut sandbar_support::otlp::Span, session: &Session, e: Option<&Error>, ctx: &Ctx) {
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    span.attr("http.request.method", &session.req_header().method);
+    span.attr("url.path", log_path(session, ctx));
+    span.attr("http.response.status_code", status);
+    span.attr("sandbar.upstream", upstream(ctx));
+    span.attr("sandbar.request_id", &ctx.request_id);
+    if let Some(id) = &ctx.sandbox_id {
+        span.attr("sandbar.sandbox_id", id);
+    }
+    if let Some(e) = e {
+        span.fail(e.etype().as_str());
+    } else if status >= 500 {
+        span.fail(format!("answered {status}"));
+    }
+}
+
+/// Writes the access line of the request `session` served.
+pub fn write(session: &Session, e: Option<&Error>, ctx: &Ctx) {
+    // What the line needs (the client's address as text, the host) is only worked out when it is written.
+    if !tracing::enabled!(target: "sandbar_proxy::access", tracing::Level::INFO) {
+        return;
+    }
+    let req = session.req_header();
+    let host = req.uri.authority().map(|a| a.as_str()).or_else(|| header_str(session, "host")).unwrap_or("");
+    let path = log_path(session, ctx);
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let upstream = upstream(ctx);
     let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
     tracing::info!(
         target: "sandbar_proxy::access",

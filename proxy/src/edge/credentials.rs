@@ -128,6 +128,9 @@ fn bearer(value: &str) -> Option<&str> {
 /// admitted), the preview-token header, and the proxy's and the dashboard's cookies from every `Cookie` header (the
 /// others are kept, joined into one header as HTTP/2 clients split them). The query token is removed from the path by the caller.
 pub fn strip(req: &mut RequestHeader, drop_authorization: bool) {
+    if drop_authorization {
+        req.remove_header("authorization");
+    }
     let auth: Vec<String> = req
         .headers
         .get_all("authorization")

@@ -16,8 +16,9 @@
 //!   daemon side failed (close frame 1014); `logging`: metrics, activity and the access line ([`access_log`]).
 //! - The request id: the client's `X-Request-Id` when it is a valid one, else one the proxy makes; it goes to the
 //!   API or the daemon (`X-Request-Id` and `X-Sandbar-Request-Id`) and back to the client in both headers.
-//! - W3C `traceparent` (no exporter yet): the client's trace is continued (else one is started) with a span of the
-//!   proxy's own, sent to the API or the daemon as their parent; its trace id is in the access line.
+//! - W3C `traceparent`: the client's trace is continued (else one is started) with a server span of the proxy's
+//!   own, sent to the API or the daemon as their parent; its trace id is in the access line, and with an
+//!   `otlp_endpoint` the span is exported when the request is logged (`sandbar_support::otlp`).
 //! - The dashboard and REST API paths skip all of that: they go to the API as they came ([`api_route`]).
 //!
 //! A new route rule is a [`target::Target`] variant, its access rule in the API, and its wiring here.
@@ -55,10 +56,11 @@ use self::reject::Reject;
 use self::rewrite::{Forward, RequestIds};
 use self::target::Destination;
 use crate::control::activity::Activity;
-use crate::control::cache::{AuthCache, RouteCache, Waker};
+use crate::control::cache::{AuthCache, RouteCache, Signers, Waker};
 use crate::head_deadline::{HeadRead, KeptAlive};
 use crate::metrics::Metrics;
 use sandbar_proto::api::PREVIEW_TOKEN_QUERY;
+use sandbar_support::otlp;
 use sandbar_support::trace::{self, TraceParent};
 
 /// What every proxy listener shares.
@@ -72,6 +74,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub activity: Arc<Activity>,
     pub request_ids: RequestIds,
+    /// The request signer of each daemon token.
+    pub signers: Signers,
     /// The API, for the dashboard and REST paths ([`api_route`]).
     pub api: api_route::Upstream,
 }
@@ -111,6 +115,8 @@ pub struct Ctx {
     log_path: Option<String>,
     /// This request's span of its trace, the parent of what the API or the daemon does for it.
     trace: Option<TraceParent>,
+    /// The same span's timing, recorded at `logging` (when an exporter is installed).
+    span: Option<otlp::Span>,
 }
 
 impl EdgeProxy {
@@ -188,7 +194,8 @@ impl EdgeProxy {
         }
         let (route, daemon_addr) = self.ready(&sandbox_id, route, access.credentialed).await?;
         self.shared.activity.touch(&sandbox_id);
-        ctx.forward = Some(Forward::new(&dest, host, route.daemon_token.clone(), access.used_bearer)?);
+        let signer = self.shared.signers.get(&route.daemon_token);
+        ctx.forward = Some(Forward::new(&dest, host, signer, access.used_bearer)?);
         if session.is_upgrade_req() {
             ctx.session = Some(revoke::Session {
                 sandbox_id,
@@ -225,6 +232,7 @@ impl ProxyHttp for EdgeProxy {
             counted: false,
             log_path: None,
             trace: None,
+            span: None,
         }
     }
 
@@ -234,10 +242,11 @@ impl ProxyHttp for EdgeProxy {
             ctx.request_id = id;
         }
         access_log::remember(session, ctx);
-        ctx.trace = credentials::header_str(session, trace::HEADER)
-            .and_then(TraceParent::parse)
-            .and_then(|parent| parent.child())
-            .or_else(TraceParent::fresh);
+        let parent = credentials::header_str(session, trace::HEADER).and_then(TraceParent::parse);
+        // The name is only read when spans are exported: no string is built for it otherwise.
+        let name = if otlp::enabled() { format!("{} (proxy)", session.req_header().method) } else { String::new() };
+        ctx.span = otlp::Span::start(name, otlp::Kind::Server, parent.as_ref());
+        ctx.trace = ctx.span.as_ref().map(|s| s.context().clone());
         self.shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         ctx.counted = true;
         if session.is_upgrade_req() {
@@ -447,5 +456,10 @@ impl ProxyHttp for EdgeProxy {
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         m.record(status, ctx.start.elapsed());
         access_log::write(session, e, ctx);
+        if let Some(mut span) = ctx.span.take()
+            && span.recording()
+        {
+            access_log::describe(&mut span, session, e, ctx);
+        }
     }
 }

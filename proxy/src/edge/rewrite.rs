@@ -16,6 +16,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use sandbar_proto::api::{PREVIEW_TOKEN_HEADER, PREVIEW_TOKEN_QUERY, REQUEST_ID_HEADER};
 use sandbar_proto::{DAEMON_AUTH_HEADER, DAEMON_TOKEN_HEADER};
+use sandbar_support::daemon_auth::Signer;
 use sandbar_support::request_id;
 
 use super::reject::Reject;
@@ -40,7 +41,8 @@ const INTERNAL_HEADERS: [&str; 11] = [
 #[derive(Debug)]
 pub struct Forward {
     uri: http::Uri,
-    daemon_token: String,
+    /// Signs the request with the sandbox's daemon token.
+    signer: Signer,
     /// The Host the client asked for (`X-Forwarded-Host`).
     host: String,
     /// A toolbox path (not a preview host): never gets `Authorization`.
@@ -50,10 +52,10 @@ pub struct Forward {
 }
 
 impl Forward {
-    pub fn new(dest: &Destination, host: String, daemon_token: String, used_bearer: bool) -> Result<Self, Reject> {
+    pub fn new(dest: &Destination, host: String, signer: Signer, used_bearer: bool) -> Result<Self, Reject> {
         let path = strip_query_param(&dest.path, PREVIEW_TOKEN_QUERY);
         let uri = path.parse().map_err(|_| Reject::new(400, "bad-request", "malformed request path"))?;
-        Ok(Self { uri, daemon_token, host, toolbox: !dest.preview_host(), used_bearer })
+        Ok(Self { uri, signer, host, toolbox: !dest.preview_host(), used_bearer })
     }
 
     /// Puts the daemon's path in place of the client's, at the end of `request_filter`. This stays on the
@@ -78,7 +80,7 @@ impl Forward {
         super::credentials::strip(req, self.used_bearer || self.toolbox);
         // Signed last thing before sending, over the method and the path the daemon will see.
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let credential = sandbar_support::daemon_auth::sign(&self.daemon_token, req.method.as_str(), path);
+        let credential = self.signer.sign(req.method.as_str(), path);
         req.insert_header(DAEMON_AUTH_HEADER, credential)?;
         req.insert_header(REQUEST_ID_HEADER, request_id)?;
         req.insert_header(request_id::HEADER, request_id)?;
@@ -157,7 +159,10 @@ impl Default for RequestIds {
 
 impl RequestIds {
     pub fn next(&self) -> String {
-        format!("{:016x}{:016x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        let mut id = String::with_capacity(32);
+        sandbar_support::token::push_hex(&mut id, &self.prefix.to_be_bytes());
+        sandbar_support::token::push_hex(&mut id, &self.next.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        id
     }
 }
 
