@@ -257,6 +257,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = up::data_dir(cli.data_dir.as_deref());
     if let Cmd::Up(mut args) = command {
         args.data_dir = Some(dir);
+        if args.print_config {
+            write_stdout(up::print_config(&args)?.as_bytes())?;
+            return Ok(ExitCode::SUCCESS);
+        }
         up::up(args).await?;
         return Ok(ExitCode::SUCCESS);
     }

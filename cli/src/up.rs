@@ -6,11 +6,14 @@
 //! not in the data path), after a delay that grows while it keeps crashing; the stack stops only when a child keeps
 //! failing to start (`up/restart.rs`, `up/supervise.rs`). SIGTERM or Ctrl-C drains every child within a deadline, also
 //! during a restart's wait; sandboxes keep running in Docker and the next `sandbar up` finds them in the state they
-//! were in.
+//! were in. Each child gets only the secrets it presents or checks, in its environment (`up/secrets.rs`).
+//! `--advertise-addr` goes to the runner, which publishes its sandboxes' daemon ports on that address and registers
+//! it as the network of the addresses it reports; the API and the proxy need nothing more.
 
 mod launch;
 pub mod paths;
 mod restart;
+mod secrets;
 mod supervise;
 
 use std::collections::BTreeMap;
@@ -26,10 +29,12 @@ use tokio::process::Command;
 
 use launch::{Launcher, Spec, fields, flags};
 use restart::Policy;
+use secrets::Secrets;
 use supervise::{Service, stop_all, supervise};
 
-/// Flags of `sandbar up` (each also a `SANDBAR_*` environment variable).
-#[derive(Debug, Clone, clap::Args)]
+/// Flags of `sandbar up` (each also a `SANDBAR_*` environment variable). `--print-config` prints them, as TOML
+/// with these names as keys.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct UpArgs {
     /// Where the database, keys, certificates, logs and secrets live.
     #[arg(long, env = "SANDBAR_DATA_DIR")]
@@ -74,6 +79,11 @@ pub struct UpArgs {
     /// API's address.
     #[arg(long, env = "SANDBAR_RUNNER_API_URL")]
     pub runner_api_url: Option<String>,
+    /// The host address a proxy on another host reaches this host's sandboxes at: the runner publishes each
+    /// sandbox's toolbox and SSH ports on it and reports `ADDR:port` to the API (the runner's `--advertise-addr`).
+    /// Unset: their Docker bridge addresses, which only this host reaches.
+    #[arg(long, env = "SANDBAR_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<std::net::Ipv4Addr>,
     /// Extra `key=value` label on every container of this stack (tests mark theirs).
     #[arg(long = "container-label")]
     pub container_labels: Vec<String>,
@@ -84,6 +94,10 @@ pub struct UpArgs {
     /// Seconds the services get to drain on shutdown before they are killed.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace: u64,
+    /// Print these settings as TOML (the data directory resolved; no secret is among them) and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
 }
 
 /// The data directory: the flag, else `$XDG_DATA_HOME/sandbar`, else `~/.local/share/sandbar`.
@@ -132,55 +146,6 @@ async fn run_step(what: &str, script: &Path, env: &[(&str, &str)], log: &Path) -
     Ok(last)
 }
 
-/// Secrets the services share, made on first run and kept in `<data-dir>/secrets.env` (mode 0600): the runner's and
-/// the proxy's service tokens, the token of the API's `/metrics` (`SANDBAR_API_METRICS_TOKEN`, for a scraper) and
-/// the operator's admin token (`SANDBAR_API_ADMIN_TOKEN`, which `sandbar runner` reads).
-struct Secrets {
-    runner_token: String,
-    proxy_token: String,
-    metrics_token: String,
-    admin_token: String,
-}
-
-/// The keys of `secrets.env`, each the environment variable the services read it from.
-const SECRET_KEYS: [&str; 4] =
-    ["SANDBAR_RUNNER_TOKEN", "SANDBAR_PROXY_TOKEN", "SANDBAR_API_METRICS_TOKEN", "SANDBAR_API_ADMIN_TOKEN"];
-
-/// A service token: 48 lowercase hex digits.
-fn random_token() -> anyhow::Result<String> {
-    sandbar_support::token::hex(24).map_err(|e| anyhow::anyhow!("no randomness: {e}"))
-}
-
-fn load_secrets(dir: &Path) -> anyhow::Result<Secrets> {
-    let path = dir.join("secrets.env");
-    let mut map = BTreeMap::new();
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        for line in text.lines() {
-            if let Some((k, v)) = line.split_once('=') {
-                map.insert(k.to_owned(), v.to_owned());
-            }
-        }
-    }
-    let mut changed = false;
-    for k in SECRET_KEYS {
-        if !map.contains_key(k) {
-            map.insert(k.to_owned(), random_token()?);
-            changed = true;
-        }
-    }
-    if changed {
-        let text: String = map.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    }
-    let get = |k: &str| map.get(k).cloned().unwrap_or_default();
-    Ok(Secrets {
-        runner_token: get("SANDBAR_RUNNER_TOKEN"),
-        proxy_token: get("SANDBAR_PROXY_TOKEN"),
-        metrics_token: get("SANDBAR_API_METRICS_TOKEN"),
-        admin_token: get("SANDBAR_API_ADMIN_TOKEN"),
-    })
-}
-
 /// A free port for a service asked to use port 0 (the services need each other's addresses before they start).
 fn resolve_port(host: &str, port: u16) -> anyhow::Result<u16> {
     if port != 0 {
@@ -188,6 +153,13 @@ fn resolve_port(host: &str, port: u16) -> anyhow::Result<u16> {
     }
     let l = TcpListener::bind((host, 0)).with_context(|| format!("finding a free port on {host}"))?;
     Ok(l.local_addr()?.port())
+}
+
+/// `sandbar up --print-config`: what this `sandbar up` would run with.
+pub fn print_config(args: &UpArgs) -> anyhow::Result<String> {
+    let mut args = args.clone();
+    args.data_dir = Some(data_dir(args.data_dir.as_deref()));
+    Ok(sandbar_support::config::to_toml(&args, &[])?)
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -223,7 +195,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.image == "sandbar-sandbox:default" {
         default_image(&places, &args, &logs).await?;
     }
-    let secrets = load_secrets(&dir)?;
+    let secrets = secrets::load(&dir)?;
 
     let ports = Ports::resolve(&args)?;
     let api_url = ports.api_url();
@@ -231,16 +203,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // First organization and API key, once.
     let key = first_key(&bins, &dir, &logs).await?;
 
-    let env = vec![
-        ("SANDBAR_RUNNER_TOKEN".to_owned(), secrets.runner_token.clone()),
-        ("SANDBAR_PROXY_TOKEN".to_owned(), secrets.proxy_token.clone()),
-        ("SANDBAR_API_METRICS_TOKEN".to_owned(), secrets.metrics_token.clone()),
-        ("SANDBAR_API_ADMIN_TOKEN".to_owned(), secrets.admin_token.clone()),
-        ("RUST_LOG".to_owned(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
-    ];
+    // Each service's secrets go in its own environment (`up/secrets.rs`); only this is shared.
+    let env = vec![("RUST_LOG".to_owned(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))];
     let launcher = Launcher { bins, env, logs: logs.clone() };
     let grace = Duration::from_secs(args.shutdown_grace);
-    let (services, ready_lines) = start_all(&launcher, specs(&args, &dir, &daemon, &ports), grace).await?;
+    let (services, ready_lines) = start_all(&launcher, specs(&args, &dir, &daemon, &ports, &secrets), grace).await?;
     let ready_addr = |name: &str, field: &str| {
         ready_lines.get(name).and_then(|line| fields(line).get(field).cloned()).unwrap_or_default()
     };
@@ -327,8 +294,9 @@ async fn readyz(url: String, within: Duration) -> Result<(), String> {
     }
 }
 
-/// The API's, the runner's and the proxy's command lines, in the order they start (the others call the API).
-fn specs(args: &UpArgs, dir: &Path, daemon: &Path, ports: &Ports) -> [Spec; 3] {
+/// The API's, the runner's and the proxy's command lines and secrets, in the order they start (the others call the
+/// API).
+fn specs(args: &UpArgs, dir: &Path, daemon: &Path, ports: &Ports, secrets: &Secrets) -> [Spec; 3] {
     let api_url = ports.api_url();
     // Each service ends its own drain (requests, follows, jobs) before `sandbar up`'s SIGKILL at the full grace.
     let grace = service_grace(args.shutdown_grace).to_string();
@@ -359,6 +327,7 @@ fn specs(args: &UpArgs, dir: &Path, daemon: &Path, ports: &Ports) -> [Spec; 3] {
             ("--shutdown-grace", grace.clone()),
         ]
         .into_iter()
+        .chain(args.advertise_addr.map(|a| ("--advertise-addr", a.to_string())))
         .chain(args.container_labels.iter().map(|l| ("--container-label", l.clone()))),
     );
     let proxy = flags([
@@ -372,7 +341,11 @@ fn specs(args: &UpArgs, dir: &Path, daemon: &Path, ports: &Ports) -> [Spec; 3] {
         ("--metrics-addr", "127.0.0.1:0".into()),
         ("--shutdown-grace", grace),
     ]);
-    let spec = |name, args, secs| Spec { name, args, ready_within: Duration::from_secs(secs) };
+    let spec = |name, args, secs| Spec {
+        env: secrets.env_of(name),
+        env_remove: secrets::foreign_to(name),
+        ..Spec::new(name, args, Duration::from_secs(secs))
+    };
     [spec("api", api, 60), spec("runner", runner, 120), spec("proxy", proxy, 60)]
 }
 
@@ -490,27 +463,5 @@ mod tests {
         assert_eq!(service_grace(1), 1);
         assert_eq!(service_grace(0), 1);
         assert_eq!(service_grace(60), 45);
-    }
-
-    #[test]
-    fn service_tokens_are_48_lowercase_hex() {
-        let t = random_token().unwrap();
-        assert_eq!(t.len(), 48);
-        assert!(t.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{t}");
-    }
-
-    #[test]
-    fn secrets_are_made_once() {
-        let d = tempfile::tempdir().unwrap();
-        let a = load_secrets(d.path()).unwrap();
-        let b = load_secrets(d.path()).unwrap();
-        assert_eq!(a.runner_token, b.runner_token);
-        assert_eq!(a.metrics_token, b.metrics_token);
-        assert_ne!(a.runner_token, a.proxy_token);
-        assert_ne!(a.metrics_token, a.proxy_token);
-        assert_eq!(a.metrics_token.len(), 48);
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.path().join("secrets.env")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
     }
 }

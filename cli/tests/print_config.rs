@@ -1,6 +1,7 @@
 //! `sandbar --print-config`: the effective client configuration as TOML, exit 0, the API key masked: the URL and
 //! key from the environment or from `<data-dir>/env` (each saying which), the data directory, the output format;
-//! nothing configured still prints (the sources say `unset`). Without a command and without it: exit 2.
+//! nothing configured still prints (the sources say `unset`). Without a command and without it: exit 2. `sandbar up
+//! --print-config`: the settings of `sandbar up` (its flags' names as keys), the advertise address among them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -81,4 +82,28 @@ fn prints_the_client_configuration_with_sources_and_the_key_masked() {
 fn no_command_is_still_bad_usage() {
     let out = sandbar(&[], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn up_prints_its_settings_with_the_advertise_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    // The services' tokens are no setting of `sandbar up`'s and never printed.
+    let token = "0123456789abcdef0123456789abcdef0123456789abcdef";
+    std::fs::write(dir.path().join("secrets.env"), format!("SANDBAR_PROXY_TOKEN={token}\n")).unwrap();
+    let t = printed(&["up", "--print-config", "--data-dir", &data, "--advertise-addr", "10.0.0.5"], &[], token);
+    assert_eq!(s(&t, "advertise_addr"), "10.0.0.5");
+    assert_eq!(s(&t, "data_dir"), data);
+    assert_eq!(s(&t, "runner_id"), "local");
+    assert_eq!(t.get("api_port").and_then(|v| v.as_integer()), Some(3000));
+    assert!(!t.contains_key("print_config"), "{t:?}");
+    // From the environment, as the runner's own variable; unset, the key is left out (bridge addresses).
+    let t = printed(&["up", "--print-config", "--data-dir", &data], &[("SANDBAR_ADVERTISE_ADDR", "192.0.2.7")], token);
+    assert_eq!(s(&t, "advertise_addr"), "192.0.2.7");
+    let t = printed(&["up", "--print-config", "--data-dir", &data], &[], token);
+    assert!(!t.contains_key("advertise_addr"), "{t:?}");
+    // Not an IPv4 address: bad usage, named.
+    let out = sandbar(&["up", "--print-config", "--advertise-addr", "host.example"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--advertise-addr"));
 }

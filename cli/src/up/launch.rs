@@ -12,15 +12,39 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::oneshot;
 
-/// How to start one service: `sandbar-<name> <args>`, ready within `ready_within`.
-#[derive(Debug, Clone)]
+/// How to start one service: `sandbar-<name> <args>`, ready within `ready_within`. Its environment is
+/// `sandbar up`'s without `env_remove`, with the launcher's shared variables and its own `env` (its secrets, which
+/// never go on the command line: `ps` shows that to every user). The `Debug` form names the variables only.
+#[derive(Clone)]
 pub struct Spec {
     pub name: &'static str,
     pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub env_remove: Vec<String>,
     pub ready_within: Duration,
 }
 
-/// How the services are started: their binaries' directory, the environment they share, the logs directory.
+impl Spec {
+    /// A service started with `args` and nothing but the shared environment added.
+    pub fn new(name: &'static str, args: Vec<String>, ready_within: Duration) -> Self {
+        Self { name, args, env: Vec::new(), env_remove: Vec::new(), ready_within }
+    }
+}
+
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spec")
+            .field("name", &self.name)
+            .field("args", &self.args)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("env_remove", &self.env_remove)
+            .field("ready_within", &self.ready_within)
+            .finish()
+    }
+}
+
+/// How the services are started: their binaries' directory, the environment they share (no secret), the logs
+/// directory.
 pub struct Launcher {
     pub bins: PathBuf,
     pub env: Vec<(String, String)>,
@@ -42,9 +66,13 @@ impl Launcher {
     pub fn spawn(&self, spec: &Spec) -> anyhow::Result<Spawned> {
         let bin = self.bins.join(format!("sandbar-{}", spec.name));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(spec.name))?;
-        let mut child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        for k in &spec.env_remove {
+            cmd.env_remove(k);
+        }
+        let mut child = cmd
             .args(&spec.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.env.iter().chain(&spec.env).map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log.try_clone()?)
@@ -175,7 +203,7 @@ mod tests {
             ("--https-port", "0".into()),
             ("--metrics-addr", "127.0.0.1:0".into()),
         ]);
-        let mut spec = Spec { name: "proxy", args, ready_within: Duration::from_secs(1) };
+        let mut spec = Spec::new("proxy", args, Duration::from_secs(1));
         spec.pin("sandbar-proxy ready http=0.0.0.0:4100 https=0.0.0.0:4101 metrics=127.0.0.1:9500 ssh=[::]:2300");
         let want = [
             "--api-url",
@@ -194,5 +222,35 @@ mod tests {
         let mut runner = Spec { name: "runner", args: flags([("--runner-listen", "127.0.0.1:0".into())]), ..spec };
         runner.pin("sandbar-runner ready addr=127.0.0.1:45001");
         assert_eq!(runner.args, ["--runner-listen", "127.0.0.1:45001"]);
+    }
+
+    #[tokio::test]
+    async fn a_service_gets_its_own_environment_and_never_on_its_command_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = "#!/bin/sh\nenv > \"$0.env\"; echo \"$@\" > \"$0.args\"\n\
+            echo 'sandbar-envdump ready addr=127.0.0.1:1'; exec sleep 30\n";
+        let path = dir.path().join("sandbar-envdump");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A variable of this process's own environment stands for a secret `sandbar up` was started with.
+        let (inherited, _) = std::env::vars().find(|(k, v)| !v.is_empty() && k != "PATH").unwrap();
+        let launcher = Launcher {
+            bins: dir.path().to_owned(),
+            env: vec![("RUST_LOG".into(), "info".into())],
+            logs: dir.path().to_owned(),
+        };
+        let mut spec = Spec::new("envdump", flags([("--listen", "127.0.0.1:0".into())]), Duration::from_secs(10));
+        spec.env = vec![("SANDBAR_PROXY_TOKEN".into(), "s3cr3t".into())];
+        spec.env_remove = vec![inherited.clone()];
+        assert!(!format!("{spec:?}").contains("s3cr3t"));
+        let (mut child, _) = launcher.start(&spec).await.unwrap();
+        child.kill().await.unwrap();
+        let env = std::fs::read_to_string(dir.path().join("sandbar-envdump.env")).unwrap();
+        let env: Vec<_> = env.lines().collect();
+        assert!(env.contains(&"SANDBAR_PROXY_TOKEN=s3cr3t") && env.contains(&"RUST_LOG=info"), "{env:?}");
+        assert!(!env.iter().any(|l| l.starts_with(&format!("{inherited}="))), "{inherited} inherited: {env:?}");
+        let args = std::fs::read_to_string(dir.path().join("sandbar-envdump.args")).unwrap();
+        assert_eq!(args.trim(), "--listen 127.0.0.1:0");
     }
 }

@@ -215,7 +215,7 @@ mod tests {
     async fn a_service_that_hangs_at_start_is_killed_until_the_policy_gives_up() {
         let dir = tempfile::tempdir().unwrap();
         let launcher = flaky_service(dir.path());
-        let spec = Spec { name: "flaky", args: Vec::new(), ready_within: Duration::from_millis(1500) };
+        let spec = Spec::new("flaky", Vec::new(), Duration::from_millis(1500));
         let (child, ready) = launcher.start(&spec).await.unwrap();
         let services = vec![Service::started(spec, child, &ready)];
         let policy = Policy {
