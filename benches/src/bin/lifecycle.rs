@@ -7,7 +7,8 @@
 //!
 //! `cargo run --release --bin lifecycle [-- SANDBOXES]`; PostgreSQL from `SANDBAR_TEST_DATABASE_URL` (as the
 //! tests). For `benches/run`: `SANDBAR_BENCH_SAMPLES=FILE` appends the figures there as samples
-//! (`sandbar_benches::report`).
+//! (`sandbar_benches::report`); `LIFECYCLE_BASELINE_MS` (1000) is how long the baseline row probes while nothing
+//! else runs (`benches/run --quick` shortens it).
 
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ const PROBES: usize = 4;
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    // The baseline's window (GETs while nothing else runs; printed, not recorded as a sample).
+    let baseline = Duration::from_millis(sandbar_benches::env_num("LIFECYCLE_BASELINE_MS", 1000));
     let dbs = databases().await;
     if !dbs.iter().any(|d| d.label == "postgres") {
         for m in ["tick", "reconcile", "heartbeat"] {
@@ -36,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
         let (h, r) = Harness::start_with_runner(&db, 1 << 16, 1 << 16, 1 << 20).await;
         let seeded = scale::seed(&h, "r1", n).await;
         let ids: Vec<String> = seeded.iter().map(|(id, _)| id.clone()).collect();
-        let (_, took, idle) = scale::probed(&h, &ids, PROBES, tokio::time::sleep(Duration::from_secs(1))).await;
+        let (_, took, idle) = scale::probed(&h, &ids, PROBES, tokio::time::sleep(baseline)).await;
         row(db.label, "nothing (baseline)", took, &idle)?;
 
         h.clock.advance_secs(scale::ADVANCE_SECS);
