@@ -187,3 +187,37 @@ async def next_diagnostics(queue: asyncio.Queue, uri: str, timeout: float):
         params = await asyncio.wait_for(queue.get(), timeout)
         if params.uri == uri and params.diagnostics:
             return params
+
+
+def check_pylsp(sandbox, api_key: str, project: str) -> None:
+    """Drives the sandbox's pylsp over the daemon's /lsp/ws WebSocket through the proxy of its
+    ``toolbox_proxy_url`` with only the API key: initialize answered by pylsp, diagnostics for a broken file,
+    completions for ``os.pa``."""
+    from lsprotocol import types as t
+
+    sandbox.process.exec(f"mkdir -p {project}")
+    broken_text = "def f(:\n    return 1\n"
+    main_text = "import os\nos.pa\n"
+
+    async def session():
+        base = sandbox.toolbox_proxy_url.replace("http", "ws", 1)
+        url = f"{base}/{sandbox.id}/lsp/ws?languageId=python&pathToProject={project}"
+        headers = {"Authorization": f"Bearer {api_key}"}
+        async with lsp_client(url, headers, f"file://{project}", 60) as (client, result, diagnostics):
+            assert result.server_info is not None and result.server_info.name == "pylsp"
+
+            uri = f"file://{project}/broken.py"
+            client.text_document_did_open(t.DidOpenTextDocumentParams(
+                text_document=t.TextDocumentItem(uri=uri, language_id="python", version=1, text=broken_text)))
+            params = await next_diagnostics(diagnostics, uri, 60)
+            assert any(d.severity == t.DiagnosticSeverity.Error for d in params.diagnostics), params.diagnostics
+
+            main_uri = f"file://{project}/main.py"
+            client.text_document_did_open(t.DidOpenTextDocumentParams(
+                text_document=t.TextDocumentItem(uri=main_uri, language_id="python", version=1, text=main_text)))
+            completion = await asyncio.wait_for(client.text_document_completion_async(t.CompletionParams(
+                text_document=t.TextDocumentIdentifier(uri=main_uri), position=t.Position(line=1, character=5))), 60)
+            items = completion.items if hasattr(completion, "items") else completion
+            assert "path" in [i.label for i in items]
+
+    asyncio.run(session())

@@ -360,10 +360,12 @@ def _mounts_under(d: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def engine(log_dir: Path, live_restore: bool = False, storage_driver: str | None = None, data_size: str | None = None):
+def engine(log_dir: Path, live_restore: bool = False, storage_driver: str | None = None, data_size: str | None = None,
+           insecure_registries: list[str] | None = None):
     """A started private engine (see the module doc), removed when the block ends. ``data_size`` (``"1g"``) puts
     its data root on a tmpfs of that size, mounted in the engine's mount namespace (gone with it): a disk that a
-    test may fill without touching the machine's."""
+    test may fill without touching the machine's. ``insecure_registries`` (addresses or CIDRs) are the registries
+    it speaks plain HTTP to (its ``insecure-registries``)."""
     name = "sbr-" + secrets.token_hex(3)
     e = Engine(name=name, index=_pick_index(), run_dir=Path("/tmp") / name, log_dir=log_dir,
                live_restore=live_restore,
@@ -373,8 +375,10 @@ def engine(log_dir: Path, live_restore: bool = False, storage_driver: str | None
         (e.run_dir / "data").mkdir(parents=True)
         (e.run_dir / "exec").mkdir()
         # Its own config: every setting this engine has is on its command line or here.
-        (e.run_dir / "daemon.json").write_text(json.dumps(
-            {"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "2"}}))
+        settings: dict[str, object] = {"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "2"}}
+        if insecure_registries:
+            settings["insecure-registries"] = insecure_registries
+        (e.run_dir / "daemon.json").write_text(json.dumps(settings))
         e._make_namespaces()
         if data_size:
             run([*e.prefix, "mount", "-t", "tmpfs", "-o", f"size={data_size},mode=0711", "sandbar-engine-data",

@@ -31,6 +31,7 @@ import secrets
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -306,6 +307,13 @@ class ScaleStack:
     def heartbeat(self, runner_id: str) -> int:
         rows = self.db.query(f"SELECT last_heartbeat FROM runners WHERE id = '{runner_id}'")
         return int(rows[0][0]) if rows else 0
+
+    def admin(self, runner_id: str, action: str) -> None:
+        """``cordon`` or ``uncordon`` a runner through the first API's admin endpoint (the operator's token)."""
+        req = urllib.request.Request(f"{self.api_urls[0]}/admin/runners/{runner_id}/{action}", method="POST",
+                                     headers={"Authorization": f"Bearer {self.env['SANDBAR_API_ADMIN_TOKEN']}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200, r.read()
 
     def runner_of(self, sandbox_id: str) -> str:
         rows = self.db.query(f"SELECT runner_id FROM sandboxes WHERE id = '{sandbox_id}'")

@@ -323,6 +323,11 @@ def test_dashboard_in_chromium(stack):
         page.go(f"{url}sandboxes")
         # The override reaches the renderer on its own time: wait until the page is laid out at the phone's width.
         page.wait("document.documentElement.clientWidth <= 400", "the phone's width to apply")
+        # The list is rebuilt from the API on its own schedule and laid out after that: a page that fits settles
+        # to fit within a few seconds (CI once read an overflow while no element was wider than the phone).
+        deadline = time.time() + 15
+        while not page.js("document.documentElement.scrollWidth <= 400") and time.time() < deadline:
+            time.sleep(0.2)
         wide = page.js("[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 400"
                        " && !e.closest('.table-wrap')).map(e => e.tagName + '#' + e.id + '.' + e.className).slice(0, 8)")
         assert page.js("document.documentElement.scrollWidth <= 400"), f"the page overflows a phone's width: {wide}"

@@ -13,9 +13,14 @@ inside B's namespace (the same host as B's daemons) for the same-host figures; t
   while the edge can.
 - Host A dies (its runner and its engine are killed, its link goes down): its sandboxes read ``unknown`` after the
   API's deadline, and new creates go to B and work.
+- Images travel (a fleet with an internal registry, Debian's ``docker-registry`` on A's far end that both engines
+  reach, plain HTTP through their ``insecure-registries``, and one archive store): a snapshot taken on A and an
+  image built on A start sandboxes on B (A cordoned through the admin API), which pulls them; a fork made on B,
+  archived, restores on A; deleting the snapshot deletes its registry copy.
+- LSP (a fleet with the real default image in both engines): pylsp answers through the edge on both hosts.
 
 Figures (``-s``): create-to-first-exec and exec p50 across hosts and on the same host, and the time from host A's
-death to ``unknown``. Cleanup (also after a failure): processes stopped, sandboxes' containers and rules removed
+death to ``unknown``; the push of a snapshot's image, and a create on B that pulls it against one that finds it. Cleanup (also after a failure): processes stopped, sandboxes' containers and rules removed
 with their engines and namespaces (engine.py), the database dropped.
 
 Env: as scale_stack.py (``SANDBAR_BIN_DIR``, ``SANDBAR_STATIC_DAEMON``, ``SANDBAR_TEST_DATABASE_URL``) and
@@ -24,27 +29,37 @@ Env: as scale_stack.py (``SANDBAR_BIN_DIR``, ``SANDBAR_STATIC_DAEMON``, ``SANDBA
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import http.client
 import json
 import os
+import re
 import secrets
 import socket
 import statistics
 import subprocess
 import time
+import urllib.request
 import uuid
 
 import pytest
-from daytona import Daytona, DaytonaConfig
+from daytona import (CreateSandboxFromSnapshotParams, CreateSnapshotParams, Daytona, DaytonaConfig, DaytonaError,
+                     Image)
 from daytona.common.pty import PtySize
 
 from engine import Engine, built_test_image, engine, run
+from registry import Registry
 from sandbar_stack import BIN_DIR, REPO, remove_containers
-from sandbar_util import Proc, start_proc
+from sandbar_util import Proc, check_pylsp, start_proc
 from scale_stack import Database, free_port, wait_until
 
 UNREACHABLE_SECS = 10
+ADMIN_TOKEN = secrets.token_hex(16)
+# The real default image (pylsp inside), for LSP.
+SANDBOX_IMAGE = os.environ.get("SANDBAR_STACK_IMAGE", "sandbar-sandbox:default")
+# Every engine's veth pair lies in it (engine.py).
+VETH_SPACE = "10.213.0.0/16"
 PREVIEW_PORT = 8080
 SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"]
@@ -53,8 +68,11 @@ SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnow
 class Fleet:
     """The two hosts, the APIs, the proxies and the runners; see the module doc."""
 
-    def __init__(self, work, engines: list[Engine], image: str):
+    def __init__(self, work, engines: list[Engine], image: str, runner_args: list[str] | None = None,
+                 api_args: list[str] | None = None):
         self.work = work
+        self.runner_args = runner_args or []
+        self.api_args = api_args or []
         self.engines = engines
         self.image = image
         self.tag = secrets.token_hex(3)
@@ -69,6 +87,7 @@ class Fleet:
         self.local_proxy: Proc | None = None
         self.env: dict[str, str] = {}
         self.api_key = ""
+        self.registry: Registry | None = None
 
     def describe(self) -> str:
         procs = [*self.apis, *self.runners.values(), *(p for p in (self.proxy, self.local_proxy) if p)]
@@ -84,7 +103,8 @@ class Fleet:
         self.db.create()
         self.env = {k: v for k, v in os.environ.items() if k not in ("DAYTONA_API_URL", "DAYTONA_API_KEY")}
         self.env.update({"DATABASE_URL": self.db.url, "SANDBAR_RUNNER_TOKEN": secrets.token_hex(16),
-                         "SANDBAR_PROXY_TOKEN": secrets.token_hex(16), "RUST_LOG": "info", "NO_COLOR": "1"})
+                         "SANDBAR_PROXY_TOKEN": secrets.token_hex(16), "RUST_LOG": "info", "NO_COLOR": "1",
+                         "SANDBAR_API_ADMIN_TOKEN": ADMIN_TOKEN})
         out = subprocess.run([str(BIN_DIR / "sandbar-api"), "--data-dir", str(self.work), "bootstrap"],
                              capture_output=True, text=True, env=self.env, check=False, timeout=120)
         if out.returncode != 0:
@@ -98,7 +118,7 @@ class Fleet:
             self.apis.append(start_proc(f"api{i + 1}", [
                 str(BIN_DIR / "sandbar-api"), "--listen", f"{e.host_addr}:0", "--data-dir", str(self.work),
                 "--proxy-url", proxy_urls[i], "--default-snapshot", self.image, "--create-wait-ms", "3000",
-                "--runner-unreachable-secs", str(UNREACHABLE_SECS),
+                "--runner-unreachable-secs", str(UNREACHABLE_SECS), *self.api_args,
             ], self.env, self.logs, "sandbar-api ready", timeout=60))
             self.api_urls.append(f"http://{self.apis[-1].fields()['addr']}/api")
         self.proxy = start_proc("proxy", [
@@ -117,10 +137,17 @@ class Fleet:
                 str(BIN_DIR / "sandbar-runner"), "--runner-id", rid, "--api-url", self.api_urls[i],
                 "--daemon-binary", daemon, "--runner-listen", "127.0.0.1:0", "--default-image", self.image,
                 "--warm-pool", "0", "--runner-state-dir", str(self.work / f"runner-{rid}"),
-                "--container-label", "sandbar-e2e=1", "--advertise-addr", e.addr,
+                "--container-label", "sandbar-e2e=1", "--advertise-addr", e.addr, *self.runner_args,
             ], {**self.env, "DOCKER_HOST": e.docker_host}, self.logs, "sandbar-runner ready", timeout=120)
             wait_until(f"a heartbeat from {rid}", lambda r=rid, t=since: self.heartbeat(r) >= t, 30,
                        detail=self.describe)
+
+    def admin(self, runner_id: str, action: str) -> None:
+        """``cordon``, ``uncordon`` or ``drain`` a runner through the operator's admin API."""
+        req = urllib.request.Request(f"{self.api_urls[0]}/admin/runners/{runner_id}/{action}", method="POST",
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200, r.read()
 
     def heartbeat(self, runner_id: str) -> int:
         rows = self.db.query(f"SELECT last_heartbeat FROM runners WHERE id = '{runner_id}'")
@@ -152,25 +179,64 @@ class Fleet:
         return errors
 
 
+@contextlib.contextmanager
+def _fleet(tmp_path, with_registry: bool = False, extra_images: tuple[str, ...] = ()):
+    """The fleet of the module doc; ``with_registry``: and an internal registry (registry.py, deletes allowed) on
+    host A's far end, which B's namespace routes to through this one, given to both runners (``--image-registry``),
+    with one archive store both runners use; ``extra_images``: loaded into both engines and allowed by the APIs."""
+    image = built_test_image()
+    # Plain HTTP to the registry on a 10.213.N.1 address: each engine's insecure-registries.
+    insecure = [VETH_SPACE] if with_registry else None
+    with engine(tmp_path, insecure_registries=insecure) as a, engine(tmp_path, insecure_registries=insecure) as b:
+        # Both engines load at once (the default image takes most of a minute each: every file is chowned for
+        # the engine's userns-remap).
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for f in [pool.submit(lambda e=e: [e.load_image(i) for i in (image, *extra_images)]) for e in (a, b)]:
+                f.result()
+        registry = None
+        runner_args: list[str] = []
+        try:
+            if with_registry:
+                registry = Registry(host=a.host_addr, delete=True)
+                run([*b.prefix, "ip", "route", "add", f"{a.host_addr}/32", "via", b.host_addr])
+                runner_args = ["--image-registry", f"http://{registry.addr}/sandbar",
+                               "--archive-store", str(tmp_path / "archives")]
+            api_args = [f"--allowed-image={i}" for i in extra_images]
+            f = Fleet(tmp_path, [a, b], image, runner_args, api_args)
+            f.registry = registry
+            try:
+                f.start()
+                yield f
+            except BaseException:
+                print(f.describe())
+                raise
+            finally:
+                errors = f.close()
+                # The rules live in each namespace, gone with it; the link of a dead host comes back for the teardown.
+                with contextlib.suppress(RuntimeError):
+                    run(["ip", "link", "set", f"{a.name}h", "up"])
+                assert not errors, errors
+        finally:
+            if registry is not None:
+                registry.stop()
+
+
 @pytest.fixture
 def fleet(tmp_path):
-    image = built_test_image()
-    with engine(tmp_path) as a, engine(tmp_path) as b:
-        for e in (a, b):
-            e.load_image(image)
-        f = Fleet(tmp_path, [a, b], image)
-        try:
-            f.start()
-            yield f
-        except BaseException:
-            print(f.describe())
-            raise
-        finally:
-            errors = f.close()
-            # The rules live in each namespace, gone with it; the link of a dead host comes back for the teardown.
-            with contextlib.suppress(RuntimeError):
-                run(["ip", "link", "set", f"{a.name}h", "up"])
-            assert not errors, errors
+    with _fleet(tmp_path) as f:
+        yield f
+
+
+@pytest.fixture
+def fleet_with_registry(tmp_path):
+    with _fleet(tmp_path, with_registry=True) as f:
+        yield f
+
+
+@pytest.fixture
+def fleet_with_sandbox_image(tmp_path):
+    with _fleet(tmp_path, extra_images=(SANDBOX_IMAGE,)) as f:
+        yield f
 
 
 def exec_ms(sb, word: str) -> float:
@@ -319,3 +385,142 @@ def test_sandboxes_on_two_hosts_through_their_advertised_addresses(fleet):
     for sb in [*on_b, *after]:
         d.delete(sb, timeout=60)
     print(f"\nhosts figures: {json.dumps(figures)}")
+
+
+def _runner_log_secs(f: Fleet, runner_id: str, message: str, needle: str) -> float:
+    """The ``secs=`` field of the runner's last log line with ``message`` and ``needle``."""
+    lines = [ln for ln in f.runners[runner_id].log_path.read_text(errors="replace").splitlines()
+             if message in ln and needle in ln]
+    assert lines, f"no {message!r} line about {needle} in {runner_id}'s log"
+    m = re.search(r"secs=([0-9.]+)", lines[-1])
+    assert m, lines[-1]
+    return round(float(m.group(1)), 3)
+
+
+def test_images_travel_between_hosts_through_the_registry(fleet_with_registry):
+    """A snapshot taken on host A, and an image built there, start sandboxes on host B (A cordoned), which pulls
+    them from the internal registry; a fork made on B, archived, restores on A; deleting the snapshot deletes its
+    registry copy. Figures: the push of the snapshot's image, a create on B that pulls it against one that finds
+    it local."""
+    f = fleet_with_registry
+    assert f.registry is not None
+    a, b = f.runner_ids
+    d = Daytona(DaytonaConfig(api_url=f.api_urls[0], api_key=f.api_key))
+    figures: dict[str, object] = {}
+    made = []
+    token = secrets.token_hex(3)
+    try:
+        # 1. A snapshot of a sandbox on A, pushed by A's runner.
+        f.admin(b, "cordon")
+        src = d.create(timeout=120)
+        made.append(src)
+        assert f.row(src.id)["runner"] == a
+        src.fs.upload_file(b"made on A\n", "/tmp/travel/file.txt")
+        name = f"travel-{token}"
+        t = time.perf_counter()
+        src.create_snapshot(name, timeout=180)
+        figures["snapshot_with_push_s"] = round(time.perf_counter() - t, 3)
+        snap = d.snapshot.get(name)
+        pushed, push_error = f.db.query(f"SELECT pushed_image, push_error FROM snapshots WHERE name = '{name}'")[0]
+        assert pushed == f"{f.registry.addr}/sandbar/{snap.image_name}", (pushed, push_error)
+        tag = snap.image_name.split(":", 1)[1]
+        assert tag in f.registry.tags("sandbar/sandbar-snapshot")
+        figures["snapshot_push_s"] = _runner_log_secs(f, a, "image pushed", snap.image_name)
+
+        # 2. A cordoned, B open: a sandbox of the snapshot starts on B, which pulls the image first, and works.
+        f.admin(b, "uncordon")
+        f.admin(a, "cordon")
+        t = time.perf_counter()
+        on_b = d.create(CreateSandboxFromSnapshotParams(snapshot=name), timeout=180)
+        figures["create_on_b_with_pull_ms"] = round((time.perf_counter() - t) * 1000, 1)
+        made.append(on_b)
+        assert f.row(on_b.id)["runner"] == b
+        assert on_b.fs.download_file("/tmp/travel/file.txt") == b"made on A\n"
+        exec_ms(on_b, "travelled")
+        figures["pull_on_b_s"] = _runner_log_secs(f, b, "pushed image pulled", snap.image_name)
+        # The image is on B now: the next create there is a local one.
+        t = time.perf_counter()
+        again = d.create(CreateSandboxFromSnapshotParams(snapshot=name), timeout=180)
+        figures["create_on_b_local_ms"] = round((time.perf_counter() - t) * 1000, 1)
+        made.append(again)
+        assert f.row(again.id)["runner"] == b
+        exec_ms(again, "local")
+
+        # 3. An image built on A (a Dockerfile snapshot) starts on B.
+        f.admin(a, "uncordon")
+        f.admin(b, "cordon")
+        built = f"built-{token}"
+        image = Image.base(f.image).run_commands(f"echo built-on-a-{token} > /built.txt")
+        d.snapshot.create(CreateSnapshotParams(name=built, image=image), timeout=300)
+        build_runner = f.db.query(
+            f"SELECT b.runner_id, b.pushed_image FROM builds b JOIN snapshots s ON s.build_id = b.id "
+            f"WHERE s.name = '{built}'")[0]
+        assert build_runner[0] == a and build_runner[1], build_runner
+        f.admin(b, "uncordon")
+        f.admin(a, "cordon")
+        from_build = d.create(CreateSandboxFromSnapshotParams(snapshot=built), timeout=180)
+        made.append(from_build)
+        assert f.row(from_build.id)["runner"] == b
+        r = from_build.process.exec("cat /built.txt", timeout=30)
+        assert (r.exit_code, r.result.strip()) == (0, f"built-on-a-{token}"), r.result
+
+        # 4. A fork of the snapshot's sandbox on B, archived, restores on A (one archive store): its base, the
+        # snapshot's image, is there (or pulled from the registry through the sandbox's image source).
+        fork = on_b.fork(timeout=120)
+        made.append(fork)
+        assert f.row(fork.id)["runner"] == b
+        fork.fs.upload_file(b"forked on B\n", "/tmp/travel/fork.txt")
+        fork.stop(timeout=60)
+        fork.archive()
+        wait_until("the fork to be archived", lambda: d.get(fork.id).state.value == "archived", 120, detail=f.describe)
+        f.admin(a, "uncordon")
+        f.admin(b, "cordon")
+        fork.start(timeout=180)
+        assert f.row(fork.id)["runner"] == a
+        assert fork.fs.download_file("/tmp/travel/fork.txt") == b"forked on B\n"
+        assert fork.fs.download_file("/tmp/travel/file.txt") == b"made on A\n"
+        f.admin(b, "uncordon")
+
+        # 5. Deleting the snapshot (its sandboxes first) deletes its copy from the registry.
+        for sb in (on_b, again, fork):
+            d.delete(sb, timeout=60)
+            made.remove(sb)
+
+        def deleted() -> bool:
+            # Refused (409) while a deleted sandbox is still being destroyed.
+            try:
+                d.snapshot.delete(d.snapshot.get(name))
+                return True
+            except DaytonaError as e:
+                assert "in use" in str(e) or "used by" in str(e), e
+                return False
+
+        wait_until("the snapshot's delete", deleted, 60, detail=f.describe)
+        wait_until("the registry copy to go", lambda: tag not in f.registry.tags("sandbar/sandbar-snapshot"), 60,
+                   detail=f.describe)
+    finally:
+        for sb in made:
+            with contextlib.suppress(Exception):
+                d.delete(sb, timeout=60)
+    print(f"\nimages travel figures: {json.dumps(figures)}")
+
+
+def test_lsp_to_both_hosts(fleet_with_sandbox_image):
+    """pylsp in a sandbox of the real default image on each host, driven over the daemon's LSP WebSocket through
+    the edge in this namespace (``check_pylsp``)."""
+    f = fleet_with_sandbox_image
+    a, b = f.runner_ids
+    d = Daytona(DaytonaConfig(api_url=f.api_urls[0], api_key=f.api_key))
+    made = []
+    try:
+        for here, other in ((a, b), (b, a)):
+            f.admin(other, "cordon")
+            f.admin(here, "uncordon")
+            sb = d.create(CreateSandboxFromSnapshotParams(snapshot=SANDBOX_IMAGE), timeout=180)
+            made.append(sb)
+            assert f.row(sb.id)["runner"] == here
+            check_pylsp(sb, f.api_key, f"/tmp/lsp-{here}")
+    finally:
+        for sb in made:
+            with contextlib.suppress(Exception):
+                d.delete(sb, timeout=60)

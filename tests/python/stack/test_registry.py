@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -31,75 +28,10 @@ from daytona import (
     DaytonaError,
     Image,
 )
+from registry import Registry
 
 BASE = os.environ.get("SANDBAR_TEST_IMAGE") or os.environ.get("SANDBAR_STACK_IMAGE", "sandbar-sandbox:default")
 DOCKER0 = "172.17.0.1"
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _run(*args: str, stdin: str | None = None) -> str:
-    out = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=300, check=False)
-    assert out.returncode == 0, f"{args}: {out.stdout}{out.stderr}"
-    return out.stdout
-
-
-class Registry:
-    """A ``docker-registry`` on ``host:port`` until stopped; optionally htpasswd auth and a TLS certificate."""
-
-    def __init__(self, host: str = "127.0.0.1", auth: tuple[str, str] | None = None, tls: bool = False):
-        self.dir = Path(tempfile.mkdtemp(prefix="sandbar-registry-"))
-        self.port = _free_port(host)
-        self.addr = f"{host}:{self.port}"
-        config = [
-            "version: 0.1", "log:", "  level: warn", "storage:", "  filesystem:",
-            f"    rootdirectory: {self.dir / 'data'}", "http:", f"  addr: {self.addr}",
-        ]
-        if tls:
-            self.cert = self.dir / "cert.pem"
-            _run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={host}",
-                 "-addext", f"subjectAltName=IP:{host}", "-keyout", str(self.dir / "key.pem"), "-out", str(self.cert))
-            config += ["  tls:", f"    certificate: {self.cert}", f"    key: {self.dir / 'key.pem'}"]
-        if auth:
-            (self.dir / "htpasswd").write_text(_run("htpasswd", "-Bbn", *auth))
-            config += ["auth:", "  htpasswd:", "    realm: sandbar-test", f"    path: {self.dir / 'htpasswd'}"]
-        (self.dir / "config.yml").write_text("\n".join(config) + "\n")
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(self.dir / "config.yml")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                socket.create_connection((host, self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"docker-registry did not listen on {self.addr}")
-
-    def push(self, image: str, name: str, auth: tuple[str, str] | None = None) -> str:
-        """Pushes local ``image`` as ``addr/name`` (logging in through a throwaway CLI config); drops the tag."""
-        target = f"{self.addr}/{name}"
-        _run("docker", "tag", image, target)
-        cli = tempfile.mkdtemp(prefix="sandbar-docker-cli-")
-        try:
-            if auth:
-                _run("docker", "--config", cli, "login", "-u", auth[0], "--password-stdin", self.addr, stdin=auth[1])
-            _run("docker", "--config", cli, "push", target)
-        finally:
-            shutil.rmtree(cli, ignore_errors=True)
-            subprocess.run(["docker", "rmi", target], capture_output=True, check=False)
-        return target
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

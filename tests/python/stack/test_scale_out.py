@@ -117,7 +117,7 @@ def test_two_apis_two_runners_and_a_killed_runner(scale):
 
     d = [Daytona(DaytonaConfig(api_url=u, api_key=s.api_key)) for u in s.api_urls]
 
-    # 1. Creates alternate between the APIs; placement (most free room, then the smaller id) alternates runners.
+    # 1. Creates alternate between the APIs; placement (most free room; equal room: either) alternates runners.
     t = time.monotonic()
     first = [d[i % 2].create(timeout=180) for i in range(4)]
     figures["create_s_each"] = round((time.monotonic() - t) / 4, 2)
@@ -131,6 +131,8 @@ def test_two_apis_two_runners_and_a_killed_runner(scale):
     on_b = [sb for sb in first if placed[sb.id] == b]
 
     # 2. kill -9 of runner A right after one of its heartbeats: the deadline is then the whole configured time.
+    # B is cordoned first, so the late create below has A as its only choice (equal room is broken at random).
+    s.admin(b, "cordon")
     hb = s.heartbeat(a)
     wait_until("a heartbeat of runner A", lambda: s.heartbeat(a) > hb, 15, step=0.05, detail=s.describe)
     s.runners[a].kill9()
@@ -138,13 +140,14 @@ def test_two_apis_two_runners_and_a_killed_runner(scale):
     killed_at_ms = int(time.time() * 1000)
     last_heartbeat_ms = s.heartbeat(a)
 
-    # A create in the moment before the deadline passes is placed on A (fresh heartbeat, equal room, smaller id):
-    # its job must wait for A, not vanish. The SDK keeps polling through `creating` and `unknown`.
+    # A create in the moment before the deadline passes is placed on A (fresh heartbeat, B cordoned): its job must
+    # wait for A, not vanish. The SDK keeps polling through `creating` and `unknown`.
     late_create = Background(d[0].create, timeout=300)
     late_id = wait_until("the late create's row", lambda: next(iter(
         r[0] for r in s.db.query(f"SELECT id FROM sandboxes WHERE created_at >= {killed_at_ms}")), None), 30,
         detail=s.describe)
     assert s.runner_of(late_id) == a, s.describe()
+    s.admin(b, "uncordon")
 
     # 3. Both APIs report A's sandboxes unreachable after the deadline; B's stay started and keep answering.
     def a_unknown_everywhere() -> bool:
