@@ -87,10 +87,15 @@ fn main() -> ExitCode {
         };
     }
     init_tracing(config.log_json);
-    // One thread runs everything (blocking work goes to the blocking pool, whose threads end when idle): every
-    // worker thread more is a stack, a kernel task and a malloc arena in each idle sandbox (160 KiB of its memory
-    // cgroup for the two workers there were), and a sandbox gets one CPU by default anyway.
-    let runtime = match tokio::runtime::Builder::new_current_thread().max_blocking_threads(64).enable_all().build() {
+    // Two workers, not one: a current-thread runtime (tried 2026-12 to save ~160 KiB per idle sandbox) lets any
+    // call that blocks the thread (a slow fork, a stuck syscall) stop every listener at once. With it, a CI run saw
+    // every sandbox's daemon print its ready line and then answer nothing (not reproduced here; reverted).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sandbar-daemon: cannot start the runtime: {e}");

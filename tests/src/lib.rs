@@ -127,15 +127,21 @@ impl DaemonContainer {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         let client = sandbar_testkit::daemon::SignedClient::new(http, token);
         let d = Self { container, base, client };
-        for _ in 0..200 {
-            if let Ok(r) = d.client.get(d.url("/version")).send().await
-                && r.status() == 200
-            {
-                return Ok(d);
+        // Bounded as a whole: a daemon that accepts connections but never answers fails here in 20 s, not after
+        // each poll's own timeout.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut last = String::from("no try finished");
+        while tokio::time::Instant::now() < deadline {
+            let poll = d.client.get(d.url("/version")).timeout(Duration::from_secs(2)).send();
+            match tokio::time::timeout_at(deadline, poll).await {
+                Ok(Ok(r)) if r.status() == 200 => return Ok(d),
+                Ok(Ok(r)) => last = format!("answered {}", r.status()),
+                Ok(Err(e)) => last = format!("{e:?}"),
+                Err(_) => last = "no answer by the deadline".into(),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        anyhow::bail!("the daemon in container {} did not answer; logs:\n{}", d.container.id, d.container.logs())
+        anyhow::bail!("the daemon in container {} did not answer ({last}); logs:\n{}", d.container.id, d.container.logs())
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -85,13 +85,9 @@ pub enum DbError {
 /// How long a request waits for a database connection before it is answered 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The most connections a PostgreSQL pool opens (see [`Db::open`]); every one is kept once open.
-const PG_CONNECTIONS: u32 = 16;
-
-/// How many of them are opened at start. Not all: an instance would hold 16 of PostgreSQL's 100 (its default
-/// `max_connections`) from its first second, and a machine running several instances (tests, a scale-out) would
-/// run out.
-const PG_WARM_CONNECTIONS: u32 = 8;
+/// The connections a PostgreSQL pool holds (see [`Db::open`]): all opened at start and kept. 12 of PostgreSQL's
+/// default 100 `max_connections` leaves room for several instances on one server (tests, a scale-out).
+const PG_CONNECTIONS: u32 = 12;
 
 /// A PostgreSQL connection idle longer than this is pinged before it is handed out.
 const PING_IDLE: Duration = Duration::from_secs(1);
@@ -130,9 +126,10 @@ impl Db {
                 .connect_with(opts)
                 .await
                 .map_err(DbError::Connect)?,
-            // PG_WARM_CONNECTIONS are opened at start, in the background, and every connection is kept: a request
-            // that finds no idle one opens its own, and a new connection (a backend forked, SCRAM, the first
-            // statements prepared) took ~100 ms here, the longest waits GETs had (`benches/src/bin/lifecycle.rs`).
+            // All PG_CONNECTIONS are opened at start, in the background, and kept: a pool below its maximum opens a
+            // connection for a request that finds none idle, and a new connection (a backend forked, SCRAM, the first
+            // statements prepared) took ~100 ms here, the longest waits GETs had (`benches/src/bin/lifecycle.rs`;
+            // with 8 of 16 opened at start a runner's reconcile still made GETs wait 115 ms).
             // sqlx's defaults opened connections on demand, closed them after 10 idle minutes and every 30 minutes,
             // so requests kept paying that. A connection broken meanwhile (the server restarted) is found by a ping before it is
             // used, once idle past PING_IDLE: one in constant use is not pinged, which saves a round trip a query.
@@ -141,7 +138,7 @@ impl Db {
             DbKind::Postgres => {
                 let pool = AnyPoolOptions::new()
                     .max_connections(PG_CONNECTIONS)
-                    .min_connections(PG_WARM_CONNECTIONS)
+                    .min_connections(PG_CONNECTIONS)
                     .idle_timeout(None)
                     .max_lifetime(None)
                     .test_before_acquire(false)

@@ -363,8 +363,7 @@ impl PtySession {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
                     Err(mpsc::error::TrySendError::Full(c)) => {
-                        // Backpressure: wait for this client, but not forever. (The daemon's runtime has one
-                        // thread, which drives the timer from its own `block_on`: this one only waits.)
+                        // Backpressure: wait for this client, but not forever.
                         runtime.block_on(async {
                             matches!(tokio::time::timeout(CLIENT_STALL, client.send(c)).await, Ok(Ok(())))
                         })

@@ -408,10 +408,14 @@ impl Inner {
         let deadline = started + self.config.daemon_ready_timeout;
         let mut next_check = started + Duration::from_millis(200);
         let mut swept = false;
+        let mut last_error: String;
         loop {
-            if self.daemon.version(addr, Duration::from_millis(500)).await.is_ok() {
-                tracing::debug!(sandbox_id = %id, ms = started.elapsed().as_millis(), "daemon ready");
-                return Ok(());
+            match self.daemon.version(addr, Duration::from_millis(500)).await {
+                Ok(_) => {
+                    tracing::debug!(sandbox_id = %id, ms = started.elapsed().as_millis(), "daemon ready");
+                    return Ok(());
+                }
+                Err(e) => last_error = e,
             }
             let now = Instant::now();
             // A daemon that does not answer within a second may be answering into a stale claim on its address
@@ -445,7 +449,8 @@ impl Inner {
                 return Err(SandboxError::DaemonNotReady {
                     id: id.into(),
                     reason: format!(
-                        "no answer from GET /version at {addr} within {:?} (the container runs); last output:\n{logs}",
+                        "no answer from GET /version at {addr} within {:?} (the container runs; the last try: {last_error}); \
+                         last output:\n{logs}",
                         self.config.daemon_ready_timeout
                     ),
                 });

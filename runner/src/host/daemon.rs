@@ -45,8 +45,17 @@ impl DaemonClient {
 
     /// One `GET /version` with a short timeout.
     pub(crate) async fn version(&self, addr: SocketAddr, timeout: Duration) -> Result<String, String> {
-        let resp =
-            self.http.get(format!("http://{addr}/version")).timeout(timeout).send().await.map_err(|e| e.to_string())?;
+        let resp = self.http.get(format!("http://{addr}/version")).timeout(timeout).send().await.map_err(|e| {
+            // The causes say which it was (refused, a connect timeout, no answer in time).
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        })?;
         if !resp.status().is_success() {
             return Err(format!("GET /version answered {}", resp.status()));
         }
