@@ -141,7 +141,11 @@ impl DaemonContainer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        anyhow::bail!("the daemon in container {} did not answer ({last}); logs:\n{}", d.container.id, d.container.logs())
+        anyhow::bail!(
+            "the daemon in container {} did not answer ({last}); logs:\n{}",
+            d.container.id,
+            d.container.logs()
+        )
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,15 +1,16 @@
 //! PTY sessions: a shell on a pseudo-terminal (portable-pty) that outlives the WebSockets attached to it.
 //!
-//! One reader thread per session copies output into a bounded scrollback ring, the optional asciicast recording
+//! One reader task per session copies output into a bounded scrollback ring, the optional asciicast recording
 //! and one bounded channel per attached client. Attaching snapshots the ring and registers the client under the
 //! same lock the reader appends under, so a reattaching client sees every byte exactly once. A client whose
 //! channel is full holds the reader back (so `cat` of a big file through a healthy connection loses nothing and
 //! simply runs at the client's pace), but only for `CLIENT_STALL`: then that client is dropped (close 1008) and
-//! the others go on. Memory stays bounded either way. Input goes through a bounded channel to a writer thread,
-//! since the PTY's file descriptors are blocking.
+//! the others go on. Memory stays bounded either way. Input goes through a bounded channel to a writer task. Both
+//! tasks use a non-blocking duplicate of the master on the runtime, so a keystroke's echo crosses no thread.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ use bytes::Bytes;
 use portable_pty::{CommandBuilder, MasterPty, PtySize, native_pty_system};
 use sandbar_proto::toolbox::{PtyRecording, PtySessionInfo};
 use sandbar_support::sync::lock;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
 use super::{Daemon, Error, ErrorKind};
@@ -290,8 +293,10 @@ impl PtySession {
             .map_err(|e| PtyError::Spawn(e.to_string()))?;
         // Reads end with EIO once the last holder of the slave side is gone: that must not be us.
         drop(slave);
-        let reader = pair.master.try_clone_reader().map_err(|e| PtyError::Spawn(e.to_string()))?;
-        let writer = pair.master.take_writer().map_err(|e| PtyError::Spawn(e.to_string()))?;
+        // The master is read and written on the runtime (non-blocking, through epoll), not by threads of its own:
+        // a keystroke's echo then crosses no thread, as in sshd (two thread hand-offs cost the p99 of the echo).
+        let master_fd = pair.master.as_raw_fd().ok_or_else(|| PtyError::Spawn("the PTY has no master fd".into()))?;
+        let io = async_master(master_fd).map_err(|e| PtyError::Spawn(e.to_string()))?;
         let (input_tx, input_rx) = mpsc::channel::<Bytes>(256);
         *lock(&self.running) = Some(Running { master: pair.master, input: input_tx, pid });
         if let Some(path) = &self.recording {
@@ -302,20 +307,14 @@ impl PtySession {
         }
         tracing::info!(pty = %self.id, pid, "PTY shell started");
 
-        std::thread::Builder::new()
-            .name("pty-writer".into())
-            .spawn(move || write_input(writer, input_rx))
-            .map_err(|e| PtyError::Spawn(e.to_string()))?;
+        let io = Arc::new(io);
+        tokio::spawn(write_input(io.clone(), input_rx));
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let me = self.clone();
-        let runtime = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("pty-reader".into())
-            .spawn(move || {
-                me.read_output(reader, &runtime);
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| PtyError::Spawn(e.to_string()))?;
+        tokio::spawn(async move {
+            me.read_output(&io).await;
+            let _ = done_tx.send(());
+        });
         let me = self.clone();
         tokio::spawn(async move {
             let status = procs::wait_exit(&mut exit).await;
@@ -339,10 +338,11 @@ impl PtySession {
         Ok(())
     }
 
-    fn read_output(&self, mut reader: Box<dyn Read + Send>, runtime: &tokio::runtime::Handle) {
+    async fn read_output(&self, master: &AsyncFd<OwnedFd>) {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let n = match reader.read(&mut buf) {
+            // EIO once the last holder of the slave side is gone: the end.
+            let n = match master.async_io(Interest::READABLE, |fd| Ok(nix::unistd::read(fd, &mut buf)?)).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
@@ -364,9 +364,7 @@ impl PtySession {
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
                     Err(mpsc::error::TrySendError::Full(c)) => {
                         // Backpressure: wait for this client, but not forever.
-                        runtime.block_on(async {
-                            matches!(tokio::time::timeout(CLIENT_STALL, client.send(c)).await, Ok(Ok(())))
-                        })
+                        matches!(tokio::time::timeout(CLIENT_STALL, client.send(c)).await, Ok(Ok(())))
                     }
                 };
                 if !sent {
@@ -381,10 +379,29 @@ impl PtySession {
     }
 }
 
-fn write_input(mut writer: Box<dyn Write + Send>, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(data) = rx.blocking_recv() {
-        if writer.write_all(&data).and_then(|()| writer.flush()).is_err() {
-            return;
+/// A non-blocking duplicate of the PTY master, registered with the runtime. (`O_NONBLOCK` is a flag of the open
+/// file, which portable-pty's own handle shares; nothing else reads or writes through it.)
+#[allow(unsafe_code)]
+fn async_master(fd: std::os::fd::RawFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    // SAFETY: `fd` is the master's descriptor, open while the caller holds the master; it is borrowed only to
+    // duplicate it.
+    let owned = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let flags = OFlag::from_bits_truncate(fcntl(&owned, FcntlArg::F_GETFL)?);
+    fcntl(&owned, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    // SAFETY: the AsyncFd owns the duplicate, so it stays open and the same until the AsyncFd is dropped.
+    Ok(unsafe { AsyncFd::register(owned) }?)
+}
+
+/// Writes each chunk of input whole, waiting while the terminal's input queue is full.
+async fn write_input(master: Arc<AsyncFd<OwnedFd>>, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(data) = rx.recv().await {
+        let mut rest = data.as_ref();
+        while !rest.is_empty() {
+            match master.async_io(Interest::WRITABLE, |fd| Ok(nix::unistd::write(fd, rest)?)).await {
+                Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+                Err(_) => return,
+            }
         }
     }
 }
