@@ -327,7 +327,7 @@ impl PtySession {
                 let rest = rec.text.finish();
                 rec.event("o", &rest);
             }
-            // Dropping the input sender ends the writer thread.
+            // Dropping the input sender ends the writer task.
             if let Some(r) = lock(&me.running).as_mut() {
                 let (closed, _) = mpsc::channel(1);
                 r.input = closed;
@@ -339,13 +339,33 @@ impl PtySession {
     }
 
     async fn read_output(&self, master: &AsyncFd<OwnedFd>) {
+        use nix::errno::Errno;
         let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            // EIO once the last holder of the slave side is gone: the end.
-            let n = match master.async_io(Interest::READABLE, |fd| Ok(nix::unistd::read(fd, &mut buf)?)).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
+        let mut ended = false;
+        while !ended {
+            let Ok(mut ready) = master.readable().await else { return };
+            // Everything the terminal holds, up to a buffer, in one chunk: a thread blocked in read(2) took a
+            // fast writer's output in large pieces by itself; reading only once per wake-up here sent 20% less of
+            // a `cat` through.
+            let mut n = 0;
+            while let Some(free) = buf.get_mut(n..).filter(|b| !b.is_empty()) {
+                match nix::unistd::read(master.get_ref(), free) {
+                    Ok(0) => ended = true,
+                    Ok(k) => {
+                        n += k;
+                        continue;
+                    }
+                    Err(Errno::EAGAIN) => ready.clear_ready(),
+                    Err(Errno::EINTR) => continue,
+                    // EIO once the last holder of the slave side is gone: the end.
+                    Err(_) => ended = true,
+                }
+                break;
+            }
+            drop(ready);
+            if n == 0 {
+                continue;
+            }
             let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
             let clients = {
                 let mut out = self.lock_out();
