@@ -69,14 +69,26 @@ def test_a_fork_bomb_stops_at_the_pids_limit(daytona: Daytona, stack, sandbox):
         other = sandbox.process.exec("echo unaffected")
         assert other.exit_code == 0 and other.result.strip() == "unaffected", other.result
         # The bombed sandbox's daemon answers: a command either runs or fails with a clear error (no fork left),
-        # never hangs.
+        # never hangs. A try may instead get the proxy's clear 502 (`did not answer`): CI saw one ReadError at the
+        # moment the sandbox's memory cgroup, full of bash processes, ran its OOM killer. Then the daemon must still
+        # answer a later try within the minute.
         started = time.monotonic()
-        try:
-            r = sb.process.exec("echo still", timeout=30)
-            assert (r.exit_code == 0 and "still" in r.result) or (r.exit_code != 0 and r.result.strip()), r
-        except Exception as e:  # noqa: BLE001 - the SDK raises DaytonaError with the daemon's message
-            assert "fork" in str(e).lower() or "resource" in str(e).lower() or "spawn" in str(e).lower(), e
-        assert time.monotonic() - started < 60, "the daemon did not answer under the fork bomb"
+        answered, lost = False, []
+        while not answered and time.monotonic() - started < 60:
+            try:
+                r = sb.process.exec("echo still", timeout=30)
+            except Exception as e:  # noqa: BLE001 - the SDK raises DaytonaError with the daemon's message
+                text = str(e).lower()
+                if "fork" in text or "resource" in text or "spawn" in text:
+                    answered = True
+                else:
+                    assert "did not answer" in text, e
+                    lost.append(str(e))
+                    time.sleep(1)
+            else:
+                assert (r.exit_code == 0 and "still" in r.result) or (r.exit_code != 0 and r.result.strip()), r
+                answered = True
+        assert answered, f"the daemon did not answer under the fork bomb: {lost}"
         # And it can be deleted: the runner removes the container with all its processes.
         sb.delete(timeout=120)
         sb = None
