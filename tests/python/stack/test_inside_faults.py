@@ -49,13 +49,16 @@ def test_a_memory_hog_is_killed_and_the_daemon_answers(daytona: Daytona, stack):
 def test_a_fork_bomb_stops_at_the_pids_limit(daytona: Daytona, stack, sandbox):
     sb = daytona.create(timeout=180)
     try:
-        # Started in the background through a session, so the call itself returns at once.
+        # Started in the background through a session, so the call itself returns at once. With `sh` (dash), not
+        # bash: 4096 bash processes peak at 991 of the sandbox's 1024 MiB, and under CI's load the memory cgroup's
+        # OOM killer then took the daemon, the largest process by its resident binary pages (the fault this test is
+        # not about; a memory hog is the test above). Dash peaks at 660 MiB.
         sid = "bomb"
         from daytona import SessionExecuteRequest
 
         sb.process.create_session(sid)
         sb.process.execute_session_command(
-            sid, SessionExecuteRequest(command="bash -c 'b(){ b|b& }; b' >/dev/null 2>&1", run_async=True))
+            sid, SessionExecuteRequest(command="sh -c 'b(){ b|b& }; b' >/dev/null 2>&1", run_async=True))
         # The number of processes grows to the limit and no further.
         deadline = time.monotonic() + 90
         peak = 0
