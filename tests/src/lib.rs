@@ -78,13 +78,17 @@ impl Drop for Container {
     }
 }
 
-/// Removes containers that earlier, crashed test runs left behind.
+/// Removes containers that earlier, crashed test runs left behind: once per test process, before its first
+/// container, so that a test starting later never removes the container of a test running beside it.
 pub fn remove_stale_containers() {
-    if let Ok(ids) = docker(&["ps", "-aq", "--filter", &format!("label={TEST_LABEL}")]) {
-        for id in ids.split_whitespace() {
-            let _ = docker(&["rm", "-f", id]);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(ids) = docker(&["ps", "-aq", "--filter", &format!("label={TEST_LABEL}")]) {
+            for id in ids.split_whitespace() {
+                let _ = docker(&["rm", "-f", id]);
+            }
         }
-    }
+    });
 }
 
 /// The static daemon as PID 1 of a container of the test image, and a client that sends its token.
@@ -101,13 +105,19 @@ impl DaemonContainer {
     /// Starts the container with the daemon as its entrypoint (`token`, sandbox id `sandbox_id`, the image command
     /// `cmd`) and waits until the daemon answers `GET /version`.
     pub async fn start(token: &str, sandbox_id: &str, cmd: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(&[], token, sandbox_id, cmd).await
+    }
+
+    /// [`Self::start`] with more `docker run` options (limits, say) before the image.
+    pub async fn start_with(docker_args: &[&str], token: &str, sandbox_id: &str, cmd: &[&str]) -> anyhow::Result<Self> {
         remove_stale_containers();
         let daemon = static_daemon()?;
         let image = test_image()?;
         let mount = format!("{}:/usr/local/bin/sandbar-daemon:ro", daemon.display());
         let token_env = format!("SANDBAR_DAEMON_TOKEN={token}");
         let id_env = format!("SANDBAR_SANDBOX_ID={sandbox_id}");
-        let mut args = vec![
+        let mut args = docker_args.to_vec();
+        args.extend_from_slice(&[
             "-v",
             &mount,
             "-e",
@@ -117,7 +127,7 @@ impl DaemonContainer {
             "--entrypoint",
             "/usr/local/bin/sandbar-daemon",
             &image,
-        ];
+        ]);
         if !cmd.is_empty() {
             args.push("--");
             args.extend_from_slice(cmd);

@@ -105,18 +105,56 @@ async fn ssh_into_the_container() {
     let mut parts = public.split_whitespace();
     let (alg, key) = (parts.next().unwrap(), parts.next().unwrap());
     std::fs::write(&known_hosts, format!("[{ip}]:22220 {alg} {key}\n")).unwrap();
-    let out = std::process::Command::new("sshpass")
-        .env("SSHPASS", TOKEN)
-        .args(["-e", "ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-        .args(["-o", "PubkeyAuthentication=no", "-o", "ConnectTimeout=10", "-p", "22220"])
-        .arg(format!("root@{ip}"))
-        .arg("echo hi; exit 3")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let ssh = |extra: &[&str], command: &str| {
+        std::process::Command::new("sshpass")
+            .env("SSHPASS", TOKEN)
+            .args(["-e", "ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", "PubkeyAuthentication=no", "-o", "ConnectTimeout=10", "-p", "22220"])
+            .args(extra)
+            .arg(format!("root@{ip}"))
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = ssh(&[], "echo hi; exit 3");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "ssh into the container: {stderr}\nlogs:\n{}", c.logs());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    // A terminal's shell (spawned by the PTY library, not through `Command`) is behind the daemon for the OOM
+    // killer too.
+    let out = ssh(&["-tt"], "cat /proc/self/oom_score_adj");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "500", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Memory filled by processes each smaller than the daemon: the sandbox's OOM killer takes them, never PID 1,
+/// which outranks every one of them only by `oom_score_adj` (`daemon/src/engine/procs.rs`). Without that, the
+/// daemon (the largest process by its resident binary) is the first one killed and the container ends with it.
+#[tokio::test]
+async fn small_processes_filling_memory_are_killed_before_the_daemon() {
+    let limit = ["--memory", "96m", "--memory-swap", "96m"];
+    let d = DaemonContainer::start_with(&limit, TOKEN, SANDBOX_ID, &ENTRY).await.unwrap();
+    assert_eq!(d.exec("cat /proc/1/oom_score_adj /proc/self/oom_score_adj").await.unwrap(), (0, "0\n500\n".into()));
+    // 50 processes of 3 MiB each (a `dd` holding its block while the pipe to a sleeper is full): 150 MiB in 96.
+    let fill = "for i in $(seq 50); do setsid sh -c 'dd if=/dev/zero bs=3M count=1 | sleep 600' >/dev/null 2>&1 & \
+                done; echo started";
+    assert_eq!(d.exec(fill).await.unwrap(), (0, "started\n".into()));
+    // The kernel has killed some of them by the time the cgroup's count shows it; the daemon answers throughout.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let kills = loop {
+        let (_, out) =
+            d.exec("cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events").await.unwrap();
+        let kills = out.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse::<u64>().ok());
+        if kills.is_some_and(|k| k > 0) {
+            break kills;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no OOM kill in the container: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (code, comm) = d.exec("cat /proc/1/comm").await.unwrap();
+    assert_eq!((code, comm.trim()), (0, "sandbar-daemon"), "after {kills:?} OOM kills; logs:\n{}", d.container.logs());
+    let state = docker(&["inspect", "-f", "{{.State.Running}} {{.State.OOMKilled}}", &d.container.id]).unwrap();
+    assert_eq!(state, "true false", "the container's PID 1 was OOM-killed");
 }

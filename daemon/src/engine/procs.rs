@@ -7,6 +7,14 @@
 //! same lock the reaper takes before it looks a pid up, so a child that dies at once is never mistaken for an
 //! orphan. Consequence: nothing in the daemon may use `std::process::Command::{output,status}` or
 //! `tokio::process`, which wait on their own.
+//!
+//! Every child also starts with [`CHILD_OOM_SCORE_ADJ`]: when the sandbox's processes fill its memory, the
+//! kernel's OOM killer takes one of them, not the daemon. Among thousands of small processes (a fork bomb of 2 MB
+//! shells) the daemon is the largest, and at equal `oom_score_adj` it would be the one killed, taking the sandbox's
+//! toolbox, terminals and SSH with it. Raising a score needs no privilege (a child may lower its own back to the
+//! daemon's, which only hurts its own sandbox); it also makes sandbox processes the first victims of a host-wide
+//! OOM rather than the host's services. A `Command` child writes it itself between fork and exec, so nothing it
+//! starts escapes it; a child a library spawns (a PTY's shell) gets it written just after the spawn returns.
 
 use std::collections::HashMap;
 use std::io;
@@ -22,6 +30,41 @@ use nix::unistd::Pid;
 use sandbar_support::sync::lock;
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
+
+/// The `oom_score_adj` of every child (the daemon keeps the container's, 0): with it, any child's OOM score is
+/// above the daemon's, whatever their sizes (the score is memory in thousandths of the limit plus this).
+pub const CHILD_OOM_SCORE_ADJ: &str = "500";
+const OOM_SCORE_ADJ_SELF: &std::ffi::CStr = c"/proc/self/oom_score_adj";
+
+/// Puts `pid` ahead of the daemon for the OOM killer (a child the daemon did not fork itself). A child already
+/// gone, or a `/proc` that refuses, is logged and otherwise ignored: the child runs either way.
+fn set_oom_score_adj(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), CHILD_OOM_SCORE_ADJ) {
+        tracing::debug!(pid, error = %e, "could not raise the child's oom_score_adj");
+    }
+}
+
+/// Makes `cmd`'s child raise its own `oom_score_adj` between fork and exec.
+#[allow(unsafe_code)]
+fn raise_oom_score_before_exec(cmd: &mut Command) {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are allowed: it makes three
+    // system calls (open, write, close) on a path that is a static C string, and allocates nothing. A failure is
+    // ignored (the child runs either way), as in `set_oom_score_adj`.
+    unsafe {
+        cmd.pre_exec(|| {
+            if let Ok(fd) = open(OOM_SCORE_ADJ_SELF, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()) {
+                let _ = nix::unistd::write(&fd, CHILD_OOM_SCORE_ADJ.as_bytes());
+            }
+            Ok(())
+        });
+    }
+}
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +162,7 @@ impl ProcessTable {
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Child> {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
+        raise_oom_score_before_exec(cmd);
         let (tx, rx) = watch::channel(None);
         let mut std_child = {
             let mut children = self.lock();
@@ -155,6 +199,8 @@ impl ProcessTable {
         let mut children = self.lock();
         let (value, pid) = spawn()?;
         children.insert(pid, tx);
+        // Under the lock: the pid cannot have been reaped and reused yet.
+        set_oom_score_adj(pid);
         Ok((value, pid, rx))
     }
 

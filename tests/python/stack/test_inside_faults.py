@@ -50,9 +50,9 @@ def test_a_fork_bomb_stops_at_the_pids_limit(daytona: Daytona, stack, sandbox):
     sb = daytona.create(timeout=180)
     try:
         # Started in the background through a session, so the call itself returns at once. With `sh` (dash), not
-        # bash: 4096 bash processes peak at 991 of the sandbox's 1024 MiB, and under CI's load the memory cgroup's
-        # OOM killer then took the daemon, the largest process by its resident binary pages (the fault this test is
-        # not about; a memory hog is the test above). Dash peaks at 660 MiB.
+        # bash: 4096 bash processes peak at 991 of the sandbox's 1024 MiB, so the memory cgroup's OOM killer runs
+        # too, which is the test above's fault, not this one's (it once took the daemon, the largest process; every
+        # child now ranks ahead of it, tests/tests/container.rs). Dash peaks at 660 MiB.
         sid = "bomb"
         from daytona import SessionExecuteRequest
 
