@@ -26,8 +26,8 @@ pub fn remember(session: &Session, ctx: &mut Ctx) {
 }
 
 /// The client's request id when it sent a [`request_id::valid`] one (`X-Request-Id`).
-pub fn client_request_id(session: &Session) -> Option<String> {
-    request_id::first_valid([header_str(session, request_id::HEADER)]).map(str::to_owned)
+pub fn client_request_id(scan: &super::headers::Scan<'_>) -> Option<String> {
+    request_id::first_valid([scan.request_id]).map(str::to_owned)
 }
 
 /// `host` as it may be logged: a signed preview host (`{port}-{token}.{domain}`) keeps its port and domain only.

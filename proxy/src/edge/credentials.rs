@@ -36,6 +36,7 @@ use sandbar_proto::api::{
 };
 
 use super::EdgeProxy;
+use super::headers::{Scan, Strip};
 use super::origin::daemon_port;
 use super::reject::Reject;
 use super::target::Destination;
@@ -93,25 +94,27 @@ struct Presented {
 impl Presented {
     /// The credential the request carries, by precedence; the proxy's cookie counts on preview hosts only, the
     /// dashboard's on toolbox paths from the dashboard's own page only (`own_page`, [`EdgeProxy::asked_by_own_page`]).
-    fn of(session: &Session, preview_host: bool, own_page: bool) -> Option<Self> {
+    fn of(session: &Session, scan: &Scan<'_>, preview_host: bool, own_page: impl FnOnce() -> bool) -> Option<Self> {
         let found = |kind, value: String, source| Some(Self { kind, value, source });
-        if let Some(t) = header_str(session, PREVIEW_TOKEN_HEADER).filter(|t| !t.is_empty()) {
+        if let Some(t) = scan.preview_token.filter(|t| !t.is_empty()) {
             return found(CredentialKind::PreviewToken, t.to_owned(), Source::Header);
         }
         let query = session.req_header().uri.query().unwrap_or("");
         if let Some(t) = query_param(query, PREVIEW_TOKEN_QUERY).map(percent_decode).filter(|t| !t.is_empty()) {
             return found(CredentialKind::PreviewToken, t, Source::Query);
         }
-        if let Some(t) = header_str(session, "authorization").and_then(bearer) {
+        if let Some(t) = scan.authorization.and_then(bearer) {
             return found(CredentialKind::ApiKey, t.to_owned(), Source::Bearer);
         }
-        let cookies = header_str(session, "cookie");
+        let cookies = scan.cookie;
         if preview_host {
             let t = cookies.and_then(|c| cookie_value(c, PREVIEW_COOKIE))?;
             return found(CredentialKind::PreviewToken, t.to_owned(), Source::Cookie);
         }
-        let t =
-            cookies.and_then(|c| cookie_value(c, DASHBOARD_SESSION_COOKIE)).filter(|t| own_page && !t.is_empty())?;
+        let t = cookies.and_then(|c| cookie_value(c, DASHBOARD_SESSION_COOKIE)).filter(|t| !t.is_empty())?;
+        if !own_page() {
+            return None;
+        }
         found(CredentialKind::DashboardSession, t.to_owned(), Source::Cookie)
     }
 }
@@ -126,10 +129,24 @@ fn bearer(value: &str) -> Option<&str> {
 /// Removes every credential the proxy recognises from `req`, the request about to reach a sandbox: `Authorization`
 /// values that carry an API key (all of them when `drop_authorization`: a toolbox path, or a request the API key
 /// admitted), the preview-token header, and the proxy's and the dashboard's cookies from every `Cookie` header (the
-/// others are kept, joined into one header as HTTP/2 clients split them). The query token is removed from the path by the caller.
-pub fn strip(req: &mut RequestHeader, drop_authorization: bool) {
+/// others are kept, joined into one header as HTTP/2 clients split them). The query token is removed from the path
+/// by the caller. `present` says which of those headers the request has ([`Scan`]): only those are looked at.
+pub fn strip(req: &mut RequestHeader, drop_authorization: bool, present: Strip) {
+    if present.authorization {
+        strip_authorization(req, drop_authorization);
+    }
+    if present.preview_token {
+        req.remove_header(PREVIEW_TOKEN_HEADER);
+    }
+    if present.cookie {
+        strip_cookies(req);
+    }
+}
+
+fn strip_authorization(req: &mut RequestHeader, drop_authorization: bool) {
     if drop_authorization {
         req.remove_header("authorization");
+        return;
     }
     let auth: Vec<String> = req
         .headers
@@ -147,7 +164,9 @@ pub fn strip(req: &mut RequestHeader, drop_authorization: bool) {
             }
         }
     }
-    req.remove_header(PREVIEW_TOKEN_HEADER);
+}
+
+fn strip_cookies(req: &mut RequestHeader) {
     let cookies: Vec<String> =
         req.headers.get_all("cookie").iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
     if !cookies.is_empty() {
@@ -182,15 +201,15 @@ impl EdgeProxy {
 
     /// Whether the browser says a page of this very origin made the request: `Sec-Fetch-Site: same-origin`, or, on
     /// a WebSocket handshake (which Chromium sends without fetch metadata), an `Origin` that is the request's own.
-    fn asked_by_own_page(&self, session: &Session) -> bool {
-        if header_str(session, "sec-fetch-site").is_some_and(|v| v.eq_ignore_ascii_case("same-origin")) {
+    fn asked_by_own_page(&self, session: &Session, scan: &Scan<'_>) -> bool {
+        if scan.sec_fetch_site.is_some_and(|v| v.eq_ignore_ascii_case("same-origin")) {
             return true;
         }
         let req = session.req_header();
-        let host = req.uri.authority().map(|a| a.as_str()).or_else(|| header_str(session, "host"));
-        match (req.headers.get("origin"), host) {
+        let host = req.uri.authority().map(|a| a.as_str()).or(scan.host);
+        match (scan.origin, host) {
             (Some(origin), Some(host)) if session.is_upgrade_req() => {
-                super::origin::check(&req.method, true, Some(origin.as_bytes()), self.https, host)
+                super::origin::check(&req.method, true, Some(origin), self.https, host)
             }
             _ => false,
         }
@@ -200,6 +219,7 @@ impl EdgeProxy {
     pub(super) async fn access(
         &self,
         session: &Session,
+        scan: &Scan<'_>,
         dest: &Destination,
         sandbox_id: &str,
         route: &Route,
@@ -214,7 +234,7 @@ impl EdgeProxy {
             let grant = Grant { signed: Some(token.to_owned()), ..Grant::default() };
             return Ok(Access { credentialed: true, grant, ..Access::default() });
         }
-        let presented = Presented::of(session, dest.preview_host(), self.asked_by_own_page(session));
+        let presented = Presented::of(session, scan, dest.preview_host(), || self.asked_by_own_page(session, scan));
         let ask_anonymously = match &presented {
             None => true,
             Some(_) => route.public && route.serves().is_some(),
@@ -399,14 +419,15 @@ mod tests {
         req.append_header(PREVIEW_TOKEN_HEADER, "tok").unwrap();
         req.append_header("cookie", "a=1; sandbar_preview_token=tok").unwrap();
         req.append_header("cookie", "sandbar_preview_token=tok2; b=2; sandbar_session=s").unwrap();
-        strip(&mut req, false);
+        let all_present = Strip { internal: true, authorization: true, preview_token: true, cookie: true };
+        strip(&mut req, false, all_present);
         let all = |req: &RequestHeader, n: &str| {
             req.headers.get_all(n).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>()
         };
         assert_eq!(all(&req, "authorization"), ["Bearer app-token"]);
         assert!(all(&req, PREVIEW_TOKEN_HEADER).is_empty());
         assert_eq!(all(&req, "cookie"), ["a=1; b=2"]);
-        strip(&mut req, true);
+        strip(&mut req, true, all_present);
         assert!(all(&req, "authorization").is_empty());
     }
 }

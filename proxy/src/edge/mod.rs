@@ -28,6 +28,7 @@ pub mod api_route;
 pub mod credentials;
 #[cfg(test)]
 mod fuzz;
+pub mod headers;
 pub mod origin;
 pub mod reject;
 pub mod revoke;
@@ -52,6 +53,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use self::credentials::PREVIEW_COOKIE;
 pub use self::reject::PROXY_ERROR_SOURCE;
+use self::headers::{Scan, Strip};
 use self::reject::Reject;
 use self::rewrite::{Forward, RequestIds};
 use self::target::Destination;
@@ -95,6 +97,8 @@ pub struct Ctx {
     toolbox_prefix: Option<String>,
     /// How the admitted request goes to the daemon.
     forward: Option<Forward>,
+    /// Which headers the request to the daemon must lose ([`headers::Scan`]).
+    strip: Strip,
     set_cookie: Option<String>,
     /// Answer with a redirect here instead of forwarding (a query-string token leaving the URL).
     redirect: Option<String>,
@@ -121,17 +125,15 @@ pub struct Ctx {
 
 impl EdgeProxy {
     /// Everything before forwarding, in order; `Err(Reject)` is answered by `request_filter`.
-    async fn admit(&self, session: &Session, ctx: &mut Ctx) -> std::result::Result<(), Reject> {
+    async fn admit(&self, session: &Session, scan: &Scan<'_>, ctx: &mut Ctx) -> std::result::Result<(), Reject> {
         let req = session.req_header();
         // One Content-Length of plain digits, or none: a list (`5, 5`) or a second header is a framing a server
         // behind might read another way than pingora did.
-        let mut lengths = req.headers.get_all("content-length").iter();
-        if let Some(first) = lengths.next()
-            && (lengths.next().is_some() || first.is_empty() || !first.as_bytes().iter().all(u8::is_ascii_digit))
-        {
+        if !scan.content_length_ok {
             return Err(Reject::new(400, "bad-request", "malformed Content-Length: one decimal number expected"));
         }
-        let host_header = credentials::header_str(session, "host");
+        ctx.strip = scan.strip;
+        let host_header = scan.host;
         // An absolute-form target (or HTTP/2's `:authority`) that names another host than `Host` is refused rather
         // than guessed at: a server behind could pick the other one.
         if let (Some(authority), Some(h)) = (req.uri.authority(), host_header)
@@ -167,9 +169,8 @@ impl EdgeProxy {
                 ),
             )
         })?;
-        let origin = req.headers.get("origin").map(|v| v.as_bytes());
         if origin::daemon_port(dest.port)
-            && !origin::check(&req.method, session.is_upgrade_req(), origin, self.https, &host)
+            && !origin::check(&req.method, session.is_upgrade_req(), scan.origin, self.https, &host)
         {
             return Err(Reject::new(
                 403,
@@ -186,7 +187,7 @@ impl EdgeProxy {
         };
         ctx.sandbox_id = Some(sandbox_id.clone());
         let route = self.route(&sandbox_id).await?;
-        let access = self.access(session, &dest, &sandbox_id, &route, signed.as_deref()).await?;
+        let access = self.access(session, scan, &dest, &sandbox_id, &route, signed.as_deref()).await?;
         ctx.set_cookie = access.set_cookie;
         if access.redirect {
             ctx.redirect = Some(rewrite::strip_query_param(path_and_query, PREVIEW_TOKEN_QUERY));
@@ -221,6 +222,7 @@ impl ProxyHttp for EdgeProxy {
             daemon_addr: None,
             toolbox_prefix: None,
             forward: None,
+            strip: Strip::default(),
             set_cookie: None,
             redirect: None,
             session: None,
@@ -238,22 +240,23 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.start = Instant::now();
-        if let Some(id) = access_log::client_request_id(session) {
+        if session.is_upgrade_req() {
+            // An upgraded connection lives as long as its two ends do; pings and traffic keep it, not a timer.
+            session.set_read_timeout(None);
+        }
+        let scan = Scan::of(&session.req_header().headers);
+        if let Some(id) = access_log::client_request_id(&scan) {
             ctx.request_id = id;
         }
         access_log::remember(session, ctx);
-        let parent = credentials::header_str(session, trace::HEADER).and_then(TraceParent::parse);
+        let parent = scan.traceparent.and_then(TraceParent::parse);
         // The name is only read when spans are exported: no string is built for it otherwise.
         let name = if otlp::enabled() { format!("{} (proxy)", session.req_header().method) } else { String::new() };
         ctx.span = otlp::Span::start(name, otlp::Kind::Server, parent.as_ref());
         ctx.trace = ctx.span.as_ref().map(|s| s.context().clone());
         self.shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         ctx.counted = true;
-        if session.is_upgrade_req() {
-            // An upgraded connection lives as long as its two ends do; pings and traffic keep it, not a timer.
-            session.set_read_timeout(None);
-        }
-        match self.admit(session, ctx).await {
+        match self.admit(session, &scan, ctx).await {
             Ok(()) => {
                 if let Some(location) = ctx.redirect.take() {
                     reject::send_redirect(session, &location, ctx.set_cookie.as_deref(), &ctx.request_id).await?;
@@ -358,7 +361,7 @@ impl ProxyHttp for EdgeProxy {
             .forward
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no forwarding plan for this request"))?;
-        forward.apply(session, req, &ctx.request_id, self.https)
+        forward.apply(session, req, &ctx.request_id, self.https, ctx.strip)
     }
 
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {

@@ -22,8 +22,9 @@ use sandbar_support::request_id;
 use super::reject::Reject;
 use super::target::Destination;
 
-/// Headers a client must never set on what reaches a daemon: the proxy owns them.
-const INTERNAL_HEADERS: [&str; 11] = [
+/// Headers a client must never set on what reaches a daemon: the proxy owns them (`super::headers::Scan` notes
+/// their presence; a name added here goes there too).
+pub(super) const INTERNAL_HEADERS: [&str; 11] = [
     DAEMON_AUTH_HEADER,
     DAEMON_TOKEN_HEADER,
     REQUEST_ID_HEADER,
@@ -67,17 +68,26 @@ impl Forward {
     }
 
     /// Rewrites `req`, the request about to go to the daemon (its path is set by [`Self::set_path`]).
-    pub fn apply(&self, session: &Session, req: &mut RequestHeader, request_id: &str, https: bool) -> Result<()> {
-        // One pass over the (few) headers the client sent finds the internal ones, which are rarely there; a lookup
-        // or removal per name costs a parse and a hash each.
-        let strip: Vec<http::HeaderName> =
-            req.headers.keys().filter(|k| INTERNAL_HEADERS.contains(&k.as_str())).cloned().collect();
-        for h in &strip {
-            req.remove_header(h);
+    /// `present` says which of the headers it removes the request has ([`super::headers::Scan`]).
+    pub fn apply(
+        &self,
+        session: &Session,
+        req: &mut RequestHeader,
+        request_id: &str,
+        https: bool,
+        present: super::headers::Strip,
+    ) -> Result<()> {
+        // The internal headers are rarely there: the scan said whether any is.
+        if present.internal {
+            let strip: Vec<http::HeaderName> =
+                req.headers.keys().filter(|k| INTERNAL_HEADERS.contains(&k.as_str())).cloned().collect();
+            for h in &strip {
+                req.remove_header(h);
+            }
         }
         // The API key is the caller's credential for us, never something a sandbox should see; nor is any other
         // credential the proxy recognises.
-        super::credentials::strip(req, self.used_bearer || self.toolbox);
+        super::credentials::strip(req, self.used_bearer || self.toolbox, present);
         // Signed last thing before sending, over the method and the path the daemon will see.
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let credential = self.signer.sign(req.method.as_str(), path);
