@@ -193,3 +193,47 @@ async fn a_sniffed_websocket_upgrade_cannot_be_replayed() {
     assert!(answer.contains("replayed"), "{answer}");
     drop(ws);
 }
+
+/// What else reaches the daemon: the request id as `X-Request-Id`, and `X-Forwarded-*` only on a request the
+/// daemon passes on to an app (`/proxy/{port}/...`, where a preview host goes), set by the proxy; whatever of these
+/// the client sent never arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarding_headers_go_to_apps_only_and_are_the_proxys() {
+    let (api, api_url, daemon) = start_with_sandbox(KEY).await;
+    let daemon_addr: SocketAddr = daemon.addr.parse().unwrap();
+    let (relay, seen) = sniffer(daemon_addr).await;
+    api.update_route("sbx1", |r| r.daemon_addr = Some(relay.to_string()));
+    let proxy = Proxy::start(&api_url).await;
+    let spoofed = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: gopher\r\n\
+                   X-Sandbar-Request-Id: spoofed-id\r\nForwarded: for=6.6.6.6";
+    let sent = |host: &str, path: &str| {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n{spoofed}\r\nConnection: close\r\n\r\n"
+        );
+        let (proxy, seen) = (proxy.http, seen.clone());
+        async move {
+            seen.lock().unwrap().clear();
+            let answer = raw(proxy, &req).await;
+            let (head, _) = first_request(&seen.lock().unwrap());
+            (answer, head.to_ascii_lowercase())
+        }
+    };
+    let header =
+        |head: &str, name: &str| head.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned));
+    for head in [sent("localhost", "/toolbox/sbx1/version").await.1, sent("2280-sbx1.localhost", "/version").await.1] {
+        assert!(head.starts_with("get /version http/1.1"), "{head}");
+        let id = header(&head, "x-request-id").unwrap_or_else(|| panic!("no request id in\n{head}"));
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "the proxy's own id: {head}");
+        for gone in ["x-forwarded-", "forwarded:", "x-sandbar-request-id", "6.6.6.6", "evil.example", "gopher"] {
+            assert!(!head.contains(gone), "{gone} reached the daemon's own API:\n{head}");
+        }
+    }
+    let (answer, head) = sent("3000-sbx1.localhost", "/app?x=1").await;
+    assert!(head.starts_with("get /proxy/3000/app?x=1 http/1.1"), "{head}\n{answer}");
+    assert_eq!(header(&head, "x-forwarded-for").as_deref(), Some("127.0.0.1"), "{head}");
+    assert_eq!(header(&head, "x-forwarded-host").as_deref(), Some("3000-sbx1.localhost"), "{head}");
+    assert_eq!(header(&head, "x-forwarded-proto").as_deref(), Some("http"), "{head}");
+    for gone in ["forwarded:", "x-sandbar-request-id", "6.6.6.6", "evil.example", "gopher"] {
+        assert!(!head.contains(gone), "{gone} reached the app:\n{head}");
+    }
+}

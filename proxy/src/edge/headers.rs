@@ -101,15 +101,10 @@ impl<'a> Scan<'a> {
                         scan.content_length_ok = false;
                     }
                 }
-                DAEMON_AUTH_HEADER
-                | DAEMON_TOKEN_HEADER
-                | REQUEST_ID_HEADER
-                | "x-forwarded-for"
-                | "x-forwarded-proto"
-                | "x-forwarded-host"
-                | "x-forwarded-port"
-                | "forwarded"
-                | "x-real-ip" => scan.strip.internal = true,
+                DAEMON_AUTH_HEADER | DAEMON_TOKEN_HEADER | REQUEST_ID_HEADER | "x-forwarded-for"
+                | "x-forwarded-proto" | "x-forwarded-host" | "x-forwarded-port" | "forwarded" | "x-real-ip" => {
+                    scan.strip.internal = true
+                }
                 _ => {}
             }
         }

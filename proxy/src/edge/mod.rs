@@ -15,7 +15,8 @@
 //! - `fail_to_proxy`: a daemon that did not answer ([`reject`]: 504 when in time, else 502), or a WebSocket whose
 //!   daemon side failed (close frame 1014); `logging`: metrics, activity and the access line ([`access_log`]).
 //! - The request id: the client's `X-Request-Id` when it is a valid one, else one the proxy makes; it goes to the
-//!   API or the daemon (`X-Request-Id` and `X-Sandbar-Request-Id`) and back to the client in both headers.
+//!   API (`X-Request-Id` and `X-Sandbar-Request-Id`) or the daemon (`X-Request-Id`) and back to the client in both
+//!   headers.
 //! - W3C `traceparent`: the client's trace is continued (else one is started) with a server span of the proxy's
 //!   own, sent to the API or the daemon as their parent; its trace id is in the access line, and with an
 //!   `otlp_endpoint` the span is exported when the request is logged (`sandbar_support::otlp`).
@@ -52,8 +53,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use self::credentials::PREVIEW_COOKIE;
-pub use self::reject::PROXY_ERROR_SOURCE;
 use self::headers::{Scan, Strip};
+pub use self::reject::PROXY_ERROR_SOURCE;
 use self::reject::Reject;
 use self::rewrite::{Forward, RequestIds};
 use self::target::Destination;

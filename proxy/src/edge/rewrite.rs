@@ -1,13 +1,14 @@
 //! What the proxy changes on the way through. To the daemon: the path it serves the request at, the
 //! `DAYTONA_SANDBOX_AUTH_KEY` query parameter and the proxy's cookie removed, every header the proxy owns
 //! ([`INTERNAL_HEADERS`]) stripped from what the client sent and set by the proxy (the request credential, the
-//! request id, `X-Forwarded-*`), and an API key never passed on. The credential is signed for this one request
+//! request id, and `X-Forwarded-*` on requests the daemon passes to an app, `/proxy/{port}/...`: the daemon's own
+//! API reads none of them), and an API key never passed on. The credential is signed for this one request
 //! (`sandbar_support::daemon_auth`: method, path and query, time, nonce, keyed by the daemon token); the token itself
 //! never goes on the wire, so a request seen on the sandbox network cannot be replayed or bent to another path. Back to the client: a `Location` of a toolbox answer
 //! re-prefixed with `/toolbox/{id}`, the preview cookie, and the request id ([`set_request_id`]).
 //!
-//! The request id goes to the daemon as `X-Sandbar-Request-Id` (the daemon logs it) and as `X-Request-Id` (for a
-//! preview's app too, replacing the client's copy: it is the client's own id when that one was valid).
+//! The request id goes to the daemon as `X-Request-Id` (the daemon logs it, and a preview's app gets it too),
+//! replacing the client's copy: it is the client's own id when that one was valid.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,6 +39,9 @@ pub(super) const INTERNAL_HEADERS: [&str; 11] = [
     "x-real-ip",
 ];
 
+/// Where the daemon's API passes a request on to a port of the sandbox.
+const APP_PREFIX: &str = "/proxy/";
+
 /// How an admitted request is sent on: decided in `request_filter`, applied in `upstream_request_filter`.
 #[derive(Debug)]
 pub struct Forward {
@@ -48,6 +52,8 @@ pub struct Forward {
     host: String,
     /// A toolbox path (not a preview host): never gets `Authorization`.
     toolbox: bool,
+    /// The daemon passes the request to an app in the sandbox (`/proxy/{port}/...`): it gets `X-Forwarded-*`.
+    to_app: bool,
     /// The request authenticated with an API key: `Authorization` stays with the proxy.
     used_bearer: bool,
 }
@@ -55,8 +61,9 @@ pub struct Forward {
 impl Forward {
     pub fn new(dest: &Destination, host: String, signer: Signer, used_bearer: bool) -> Result<Self, Reject> {
         let path = strip_query_param(&dest.path, PREVIEW_TOKEN_QUERY);
+        let to_app = path.starts_with(APP_PREFIX);
         let uri = path.parse().map_err(|_| Reject::new(400, "bad-request", "malformed request path"))?;
-        Ok(Self { uri, signer, host, toolbox: !dest.preview_host(), used_bearer })
+        Ok(Self { uri, signer, host, toolbox: !dest.preview_host(), to_app, used_bearer })
     }
 
     /// Puts the daemon's path in place of the client's, at the end of `request_filter`. This stays on the
@@ -91,14 +98,16 @@ impl Forward {
         // Signed last thing before sending, over the method and the path the daemon will see.
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let credential = self.signer.sign(req.method.as_str(), path);
-        req.insert_header(DAEMON_AUTH_HEADER, credential)?;
-        req.insert_header(REQUEST_ID_HEADER, request_id)?;
-        req.insert_header(request_id::HEADER, request_id)?;
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
-            req.insert_header("x-forwarded-for", ip)?;
+        // Each is absent now (stripped above): appending is inserting without the look for an old value.
+        req.append_header(DAEMON_AUTH_HEADER, credential)?;
+        req.append_header(request_id::HEADER, request_id)?;
+        if self.to_app {
+            if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
+                req.append_header("x-forwarded-for", ip)?;
+            }
+            req.append_header("x-forwarded-proto", if https { "https" } else { "http" })?;
+            req.append_header("x-forwarded-host", self.host.as_str())?;
         }
-        req.insert_header("x-forwarded-proto", if https { "https" } else { "http" })?;
-        req.insert_header("x-forwarded-host", self.host.as_str())?;
         Ok(())
     }
 }
