@@ -245,8 +245,9 @@ impl Sessions {
         Ok(session.dto())
     }
 
-    /// Kills the session's shell and everything it started, and removes its logs.
-    pub fn delete(&self, sid: &str) -> Result<()> {
+    /// Kills the session's shell and everything it started, and removes its logs: when it returns, their space
+    /// is free (readers still streaming a log keep their open file until they finish).
+    pub async fn delete(&self, sid: &str) -> Result<()> {
         if sid == ENTRYPOINT_SESSION {
             return Err(Error::bad_request("the entrypoint session cannot be deleted"));
         }
@@ -254,7 +255,12 @@ impl Sessions {
         session.kill(Signal::SIGKILL);
         session.end();
         let dir = session.dir.clone();
-        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
+        match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => tracing::warn!(session_id = %sid, error = %e, "cannot remove a session's logs"),
+            Err(e) => tracing::warn!(session_id = %sid, error = %e, "removing a session's logs failed"),
+        }
         tracing::info!(session_id = %sid, "session deleted");
         Ok(())
     }

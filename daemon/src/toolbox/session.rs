@@ -55,7 +55,7 @@ async fn get_session(State(d): State<AppState>, UrlPath(sid): UrlPath<String>) -
 }
 
 async fn delete(State(d): State<AppState>, UrlPath(sid): UrlPath<String>) -> ApiResult<StatusCode> {
-    d.sessions.delete(&sid)?;
+    d.sessions.delete(&sid).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
