@@ -266,6 +266,25 @@ pub fn rows() -> Vec<RowSpec> {
             Some(m(cpu, "pingora-bare")),
             Target::RatioAtMost(1.15),
         ));
+        // The floor under that target: pingora doing only the work sandbar-proxy cannot leave out, against bare
+        // pingora; and sandbar-proxy against it (what the rest of its work costs).
+        rows.push(RowSpec {
+            metric: format!("CPU per request of the mandatory work alone, {c} conns"),
+            unit: "µs",
+            sandbar_name: "pingora + sandbar's mandatory work",
+            sandbar: m(cpu, "pingora-work"),
+            peer_name: "pingora (bare)",
+            peer: Some(m(cpu, "pingora-bare")),
+            target: Target::None,
+        });
+        rows.push(row(
+            format!("proxy CPU per request over the mandatory work, {c} conns"),
+            "µs",
+            m(cpu, "sandbar-proxy"),
+            "pingora + sandbar's mandatory work",
+            Some(m(cpu, "pingora-work")),
+            Target::None,
+        ));
         for (peer, target) in [
             ("pingora-bare", Target::None),
             ("nginx", Target::None),
@@ -733,6 +752,23 @@ mod tests {
         let nginx = rows.iter().find(|r| r.metric == "proxy req/s, 64 conns" && r.peer_name == "nginx").unwrap();
         assert_eq!((nginx.sandbar, nginx.peer, nginx.holds), (Some(90.0), None, None));
         assert_eq!(nginx.not_measured.as_deref(), Some("no samples"));
+    }
+
+    #[test]
+    fn the_mandatory_work_floor_sits_between_bare_pingora_and_sandbar() {
+        let s = samples(&[
+            r#"{"metric":"http_cpu_us_c8","subject":"sandbar-proxy","value":30}"#,
+            r#"{"metric":"http_cpu_us_c8","subject":"pingora-bare","value":20}"#,
+            r#"{"metric":"http_cpu_us_c8","subject":"pingora-work","value":24}"#,
+        ]);
+        let rows = table(&rows(), &s);
+        let work = rows.iter().find(|r| r.metric == "CPU per request of the mandatory work alone, 8 conns").unwrap();
+        assert_eq!((work.sandbar, work.peer, work.holds), (Some(24.0), Some(20.0), None));
+        assert!((work.ratio.unwrap() - 1.2).abs() < 1e-9);
+        assert_eq!(work.sandbar_name, "pingora + sandbar's mandatory work");
+        let over = rows.iter().find(|r| r.metric == "proxy CPU per request over the mandatory work, 8 conns").unwrap();
+        assert!((over.ratio.unwrap() - 1.25).abs() < 1e-9);
+        assert_eq!(over.peer_name, "pingora + sandbar's mandatory work");
     }
 
     #[test]

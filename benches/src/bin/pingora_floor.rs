@@ -3,19 +3,44 @@
 //! sandbar-proxy runs pingora (its services on a current-thread tokio runtime, jemalloc). The gap between this and
 //! sandbar-proxy is our own work per request (routing, auth, header rewriting, metrics); the gap between this and
 //! nginx is pingora's.
-//! Usage: pingora_floor --upstream HOST:PORT [--header NAME:VALUE]; prints `pingora-floor ready http=ADDR`.
+//!
+//! `--sandbar-work DAEMON_TOKEN` adds, written as plainly as pingora allows, only the work sandbar-proxy cannot
+//! leave out of a request without dropping a security property or an answer the SDK reads: the request-head
+//! deadline (slowloris; `sandbar_proxy::head_deadline`, the same wrapper), `/toolbox/{id}/...` taken apart and the
+//! daemon's path put in its place, the caller's API key looked up in a map of grants keyed by its SHA-256 (no raw
+//! key held), the sandbox's route looked up, `Authorization` removed, the per-request daemon credential signed
+//! (`sandbar_support::daemon_auth`: the daemon token never crosses the network), and a request id sent to the
+//! daemon and back in both headers the SDK and our logs read. No header scan, origin check, metrics, activity,
+//! tracing or error pages: sandbar-proxy's cost above this is what those and our structure cost, and this floor's
+//! above the bare one is what the mandatory work costs (`--no-head-deadline` leaves the deadline out, to price it).
+//! Usage: pingora_floor --upstream HOST:PORT [--header NAME:VALUE] [--sandbar-work DAEMON_TOKEN
+//! [--no-head-deadline]]; prints `pingora-floor ready http=ADDR`. With `--sandbar-work` it serves
+//! `/toolbox/sbx1/...` to `Authorization: Bearer k` (what benches/peers/api_standin.py grants) and 401 to others.
 
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use pingora::apps::HttpServerApp;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Fds, ListenFds};
+use pingora::server::{Fds, ListenFds, ShutdownWatch};
 use pingora::services::Service as _;
 use pingora::services::listening::Service;
+use sandbar_proto::DAEMON_AUTH_HEADER;
+use sandbar_proto::api::REQUEST_ID_HEADER;
+use sandbar_proxy::head_deadline::{HeadDeadline, HeadRead, KeptAlive};
+use sandbar_support::daemon_auth::Signer;
+use sandbar_support::request_id;
+use sandbar_support::token::push_hex;
+use sha2::{Digest, Sha256};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -38,7 +63,7 @@ impl ProxyHttp for Bare {
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
-        req: &mut pingora::http::RequestHeader,
+        req: &mut RequestHeader,
         _ctx: &mut (),
     ) -> pingora::Result<()> {
         if let Some((name, value)) = &self.header {
@@ -48,11 +73,150 @@ impl ProxyHttp for Bare {
     }
 }
 
+/// The API key and sandbox benches/peers/api_standin.py grants.
+const BENCH_KEY: &str = "k";
+const BENCH_SANDBOX: &str = "sbx1";
+
+/// A grant's key: never the raw credential (as in sandbar-proxy's authorization cache).
+fn grant_key(credential: &str, sandbox_id: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update((credential.len() as u64).to_le_bytes());
+    h.update(credential.as_bytes());
+    h.update(sandbox_id.as_bytes());
+    h.finalize().into()
+}
+
+struct Route {
+    addr: String,
+    signer: Signer,
+}
+
+/// The floor plus what sandbar-proxy must do to every request (the module's doc says what and why).
+struct Mandatory {
+    grants: HashSet<[u8; 32]>,
+    routes: HashMap<String, Arc<Route>>,
+    id_prefix: u64,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct MandatoryCtx {
+    request_id: String,
+    route: Option<Arc<Route>>,
+}
+
+impl Mandatory {
+    fn new(upstream: String, daemon_token: &str) -> Self {
+        let (id_prefix, start) = uuid::Uuid::new_v4().as_u64_pair();
+        let route = Arc::new(Route { addr: upstream, signer: Signer::new(daemon_token) });
+        Self {
+            grants: HashSet::from([grant_key(BENCH_KEY, BENCH_SANDBOX)]),
+            routes: HashMap::from([(BENCH_SANDBOX.to_owned(), route)]),
+            id_prefix,
+            next_id: AtomicU64::new(start),
+        }
+    }
+
+    /// The route and the daemon's path of an admitted request; `Err(status)` otherwise.
+    fn admit(&self, req: &RequestHeader) -> Result<(Arc<Route>, http::Uri), u16> {
+        let rest = req.uri.path().strip_prefix("/toolbox/").ok_or(404u16)?;
+        let (id, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+        let credential = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(401u16)?;
+        if !self.grants.contains(&grant_key(credential, id)) {
+            return Err(401);
+        }
+        let route = self.routes.get(id).ok_or(404u16)?.clone();
+        let uri = match req.uri.query() {
+            Some(q) => format!("{path}?{q}").parse(),
+            None => path.parse(),
+        }
+        .map_err(|_| 400u16)?;
+        Ok((route, uri))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Mandatory {
+    type CTX = MandatoryCtx;
+
+    fn new_ctx(&self) -> MandatoryCtx {
+        let mut request_id = String::with_capacity(32);
+        push_hex(&mut request_id, &self.id_prefix.to_be_bytes());
+        push_hex(&mut request_id, &self.next_id.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        MandatoryCtx { request_id, route: None }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut MandatoryCtx) -> pingora::Result<bool> {
+        match self.admit(session.req_header()) {
+            Ok((route, uri)) => {
+                ctx.route = Some(route);
+                session.req_header_mut().set_uri(uri);
+                Ok(false)
+            }
+            Err(status) => {
+                session.respond_error(status).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn on_connection_reuse(&self, _: &mut Session, _: &mut MandatoryCtx, prev: Box<dyn Any + Send + Sync>) {
+        if let Some(head) = prev.downcast_ref::<HeadRead>() {
+            head.mark();
+        }
+    }
+
+    fn persist_connection_context(&self, _: &Session, _: &MandatoryCtx) -> Option<Box<dyn Any + Send + Sync>> {
+        Some(Box::new(KeptAlive))
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, ctx: &mut MandatoryCtx) -> pingora::Result<Box<HttpPeer>> {
+        let route = ctx.route.as_ref().ok_or_else(|| pingora::Error::new(pingora::ErrorType::InternalError))?;
+        Ok(Box::new(HttpPeer::new(route.addr.as_str(), false, String::new())))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut MandatoryCtx,
+    ) -> pingora::Result<()> {
+        let route = ctx.route.as_ref().ok_or_else(|| pingora::Error::new(pingora::ErrorType::InternalError))?;
+        req.remove_header(&http::header::AUTHORIZATION);
+        let credential = route.signer.sign(req.method.as_str(), req.uri.path_and_query().map_or("/", |p| p.as_str()));
+        req.append_header(DAEMON_AUTH_HEADER, credential)?;
+        req.append_header(request_id::HEADER, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut MandatoryCtx,
+    ) -> pingora::Result<()> {
+        resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        Ok(())
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let mut upstream = None;
     let mut header = None;
+    let mut sandbar_work = None;
+    let mut head_deadline = true;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--no-head-deadline" {
+            head_deadline = false;
+            continue;
+        }
         let v = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--upstream" => upstream = Some(v),
@@ -60,6 +224,7 @@ fn main() -> anyhow::Result<()> {
                 let (n, v) = v.split_once(':').context("--header takes NAME:VALUE")?;
                 header = Some((n.trim().to_owned(), v.trim().to_owned()));
             }
+            "--sandbar-work" => sandbar_work = Some(v),
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -73,12 +238,27 @@ fn main() -> anyhow::Result<()> {
         fds.add(addr.clone(), listener.into_raw_fd());
         let fds: ListenFds = Arc::new(fds.into());
         let conf = Arc::new(ServerConf { upstream_keepalive_pool_size: 256, ..ServerConf::default() });
-        let mut svc =
-            Service::new("pingora-floor".to_owned(), pingora::proxy::http_proxy(&conf, Bare { upstream, header }));
-        svc.add_tcp(&addr);
-        println!("pingora-floor ready http={addr}");
         let (_tx, rx) = tokio::sync::watch::channel(false);
-        svc.start_service(Some(fds), rx, 1).await;
+        let Some(token) = sandbar_work else {
+            let app = pingora::proxy::http_proxy(&conf, Bare { upstream, header });
+            serve(app, &addr, fds, rx).await;
+            return Ok(());
+        };
+        let app = pingora::proxy::http_proxy(&conf, Mandatory::new(upstream, &token));
+        if head_deadline {
+            // sandbar-proxy's default header timeout.
+            let limit = Duration::from_secs(10);
+            serve(HeadDeadline::new(app, limit, Arc::default()), &addr, fds, rx).await;
+        } else {
+            serve(app, &addr, fds, rx).await;
+        }
         Ok(())
     })
+}
+
+async fn serve<A: HttpServerApp + Send + Sync + 'static>(app: A, addr: &str, fds: ListenFds, shutdown: ShutdownWatch) {
+    let mut svc = Service::new("pingora-floor".to_owned(), app);
+    svc.add_tcp(addr);
+    println!("pingora-floor ready http={addr}");
+    svc.start_service(Some(fds), shutdown, 1).await;
 }
