@@ -330,7 +330,8 @@ fn post(endpoint: &Endpoint, body: &[u8]) -> Result<(), String> {
 /// A span being timed; recorded when it ends (dropped), if a sink is installed and its trace is sampled.
 pub struct Span {
     context: TraceParent,
-    data: Option<SpanData>,
+    /// Only while recording: boxed, so a span that records nothing (no exporter) stays small where it is kept.
+    data: Option<Box<SpanData>>,
 }
 
 fn now_nanos() -> u64 {
@@ -358,7 +359,7 @@ impl Span {
         let record = enabled() && context.sampled;
         let data = record
             .then(|| {
-                Some(SpanData {
+                Some(Box::new(SpanData {
                     trace_id: unhex(&context.trace_id)?,
                     span_id: unhex(&context.span_id)?,
                     parent_span_id: parent.and_then(|p| unhex(&p.span_id)),
@@ -368,7 +369,7 @@ impl Span {
                     end_unix_nanos: 0,
                     attributes: Vec::new(),
                     error: None,
-                })
+                }))
             })
             .flatten();
         Some(Self { context, data })
@@ -406,7 +407,7 @@ impl Drop for Span {
     fn drop(&mut self) {
         if let Some(mut d) = self.data.take() {
             d.end_unix_nanos = now_nanos().max(d.start_unix_nanos);
-            record(d);
+            record(*d);
         }
     }
 }

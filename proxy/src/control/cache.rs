@@ -268,12 +268,13 @@ struct Cached<T> {
     until: Instant,
 }
 
-type AuthAnswer = Result<Authorization, ApiCallError>;
+/// Shared, so a cache hit is a reference count rather than a copy of the answer's strings.
+type AuthAnswer = Result<Arc<Authorization>, ApiCallError>;
 type SignedAnswer = Result<SignedPreview, ApiCallError>;
 
 struct AuthStore {
     api: ApiClient,
-    auth: RwLock<HashMap<Key, Cached<Authorization>>>,
+    auth: RwLock<HashMap<Key, Cached<Arc<Authorization>>>>,
     signed: RwLock<HashMap<Key, Cached<SignedPreview>>>,
     metrics: Arc<Metrics>,
 }
@@ -346,8 +347,8 @@ impl AuthCache {
                 return Ok(hit);
             }
             store.metrics.auth_cache_misses.fetch_add(1, Ordering::Relaxed);
-            let answer = store.api.authorize(&req).await?;
-            let ttl = match &answer {
+            let answer = Arc::new(store.api.authorize(&req).await?);
+            let ttl = match &*answer {
                 Authorization::Allowed(AuthorizeResponse { ttl_secs, .. }) => Duration::from_secs(*ttl_secs),
                 Authorization::Unauthorized | Authorization::NotFound => REFUSAL_TTL,
             };
@@ -440,15 +441,15 @@ impl Waker {
 /// the MAC over that request alone rather than the key schedule too. Keyed by the token, so a sandbox that
 /// restarted with a new one gets a new signer; bounded like the other caches.
 #[derive(Default)]
-pub struct Signers(RwLock<HashMap<String, Signer>>);
+pub struct Signers(RwLock<HashMap<String, Arc<Signer>>>);
 
 impl Signers {
-    /// The signer of `daemon_token`.
-    pub fn get(&self, daemon_token: &str) -> Signer {
+    /// The signer of `daemon_token` (shared: a request holds a reference, not a copy of the HMAC state).
+    pub fn get(&self, daemon_token: &str) -> Arc<Signer> {
         if let Some(s) = read(&self.0).get(daemon_token) {
             return s.clone();
         }
-        let signer = Signer::new(daemon_token);
+        let signer = Arc::new(Signer::new(daemon_token));
         bounded_insert(&mut *write(&self.0), daemon_token.to_owned(), signer.clone(), |_| false);
         signer
     }

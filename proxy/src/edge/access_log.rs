@@ -19,8 +19,13 @@ use super::credentials::header_str;
 const MAX_HOST: usize = 256;
 
 /// What of the request an access line needs that the later phases change (the path is rewritten for the daemon).
-/// Taken at the start of `request_filter`.
+/// Taken at the start of `request_filter` (after the span starts), and only when an access line or a recorded span
+/// will show it.
 pub fn remember(session: &Session, ctx: &mut Ctx) {
+    let span_records = ctx.span.as_ref().is_some_and(sandbar_support::otlp::Span::recording);
+    if !span_records && !tracing::enabled!(target: "sandbar_proxy::access", tracing::Level::INFO) {
+        return;
+    }
     ctx.log_path =
         Some(loggable_path(session.req_header().uri.path_and_query().map_or("/", |p| p.as_str())).to_owned());
 }
@@ -106,7 +111,7 @@ pub fn write(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         error = e.map_or("", |e| e.etype().as_str()),
         client = %client,
         request_id = %ctx.request_id,
-        trace_id = ctx.trace.as_ref().map_or("", |t| t.trace_id.as_str()),
+        trace_id = ctx.trace().map_or("", |t| t.trace_id.as_str()),
         "access"
     );
 }

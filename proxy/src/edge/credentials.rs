@@ -303,7 +303,7 @@ impl EdgeProxy {
             };
         }
         let ask = |kind, credential: String| async move {
-            match shared.auth.authorize(kind, &credential, sandbox_id, port, route.version).await? {
+            match &*shared.auth.authorize(kind, &credential, sandbox_id, port, route.version).await? {
                 Authorization::Allowed(ok) => Ok(ok.organization_id == route.organization_id),
                 Authorization::NotFound | Authorization::Unauthorized => Ok(false),
             }
@@ -326,7 +326,7 @@ impl EdgeProxy {
         port: u16,
         route: &Route,
     ) -> Result<bool, Reject> {
-        match self.shared.auth.authorize(kind, credential, sandbox_id, port, route.version).await {
+        match self.shared.auth.authorize(kind, credential, sandbox_id, port, route.version).await.as_deref() {
             Ok(Authorization::Allowed(ok)) if ok.organization_id == route.organization_id => Ok(true),
             Ok(Authorization::Allowed(_) | Authorization::NotFound) => Err(Reject::not_found(sandbox_id)),
             Ok(Authorization::Unauthorized) => Ok(false),

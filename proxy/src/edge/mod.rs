@@ -94,8 +94,8 @@ pub struct Ctx {
     request_id: String,
     sandbox_id: Option<String>,
     daemon_addr: Option<String>,
-    /// `/toolbox/{id}` for toolbox requests, to re-prefix `Location`.
-    toolbox_prefix: Option<String>,
+    /// A toolbox request: a `Location` goes back under `/toolbox/{id}`.
+    toolbox: bool,
     /// How the admitted request goes to the daemon.
     forward: Option<Forward>,
     /// Which headers the request to the daemon must lose ([`headers::Scan`]).
@@ -118,10 +118,16 @@ pub struct Ctx {
     counted: bool,
     /// The request's path as the access line shows it (no query), before it is rewritten for the daemon.
     log_path: Option<String>,
-    /// This request's span of its trace, the parent of what the API or the daemon does for it.
-    trace: Option<TraceParent>,
-    /// The same span's timing, recorded at `logging` (when an exporter is installed).
+    /// This request's span of its trace ([`Ctx::trace`]: the parent of what the API or the daemon does for it);
+    /// its timing is recorded at `logging` when an exporter is installed.
     span: Option<otlp::Span>,
+}
+
+impl Ctx {
+    /// This request's span of its trace.
+    fn trace(&self) -> Option<&TraceParent> {
+        self.span.as_ref().map(otlp::Span::context)
+    }
 }
 
 impl EdgeProxy {
@@ -179,7 +185,7 @@ impl EdgeProxy {
                 "cross-origin request to the sandbox's toolbox, SSH or terminal port refused: its Origin is not this host",
             ));
         }
-        ctx.toolbox_prefix = dest.toolbox_prefix.clone();
+        ctx.toolbox = dest.toolbox;
         // A signed preview URL carries its token where the sandbox id would be; the API says which sandbox it opens.
         let signed = credentials::signed_token(&dest);
         let sandbox_id = match &signed {
@@ -221,7 +227,7 @@ impl ProxyHttp for EdgeProxy {
             request_id: self.shared.request_ids.next(),
             sandbox_id: None,
             daemon_addr: None,
-            toolbox_prefix: None,
+            toolbox: false,
             forward: None,
             strip: Strip::default(),
             set_cookie: None,
@@ -234,7 +240,6 @@ impl ProxyHttp for EdgeProxy {
             to_api: false,
             counted: false,
             log_path: None,
-            trace: None,
             span: None,
         }
     }
@@ -249,12 +254,11 @@ impl ProxyHttp for EdgeProxy {
         if let Some(id) = access_log::client_request_id(&scan) {
             ctx.request_id = id;
         }
-        access_log::remember(session, ctx);
         let parent = scan.traceparent.and_then(TraceParent::parse);
         // The name is only read when spans are exported: no string is built for it otherwise.
         let name = if otlp::enabled() { format!("{} (proxy)", session.req_header().method) } else { String::new() };
         ctx.span = otlp::Span::start(name, otlp::Kind::Server, parent.as_ref());
-        ctx.trace = ctx.span.as_ref().map(|s| s.context().clone());
+        access_log::remember(session, ctx);
         self.shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         ctx.counted = true;
         match self.admit(session, &scan, ctx).await {
@@ -352,7 +356,7 @@ impl ProxyHttp for EdgeProxy {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(t) = &ctx.trace {
+        if let Some(t) = ctx.trace() {
             req.insert_header(trace::HEADER, t.header())?;
         }
         if ctx.to_api {
@@ -376,8 +380,8 @@ impl ProxyHttp for EdgeProxy {
                 ctx.watch = Some(revoke::watch(self.shared.clone(), s, socket));
             }
         }
-        let (prefix, addr) = (ctx.toolbox_prefix.as_deref(), ctx.daemon_addr.as_deref());
-        rewrite::response(resp, prefix, addr, ctx.set_cookie.take(), &ctx.request_id)
+        let toolbox_id = ctx.sandbox_id.as_deref().filter(|_| ctx.toolbox);
+        rewrite::response(resp, toolbox_id, ctx.daemon_addr.as_deref(), ctx.set_cookie.take(), &ctx.request_id)
     }
 
     fn response_body_filter(

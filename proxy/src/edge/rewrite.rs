@@ -10,6 +10,7 @@
 //! The request id goes to the daemon as `X-Request-Id` (the daemon logs it, and a preview's app gets it too),
 //! replacing the client's copy: it is the client's own id when that one was valid.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pingora::Result;
@@ -47,7 +48,7 @@ const APP_PREFIX: &str = "/proxy/";
 pub struct Forward {
     uri: http::Uri,
     /// Signs the request with the sandbox's daemon token.
-    signer: Signer,
+    signer: Arc<Signer>,
     /// The Host the client asked for (`X-Forwarded-Host`).
     host: String,
     /// A toolbox path (not a preview host): never gets `Authorization`.
@@ -59,7 +60,7 @@ pub struct Forward {
 }
 
 impl Forward {
-    pub fn new(dest: &Destination, host: String, signer: Signer, used_bearer: bool) -> Result<Self, Reject> {
+    pub fn new(dest: &Destination, host: String, signer: Arc<Signer>, used_bearer: bool) -> Result<Self, Reject> {
         let path = strip_query_param(&dest.path, PREVIEW_TOKEN_QUERY);
         let to_app = path.starts_with(APP_PREFIX);
         let uri = path.parse().map_err(|_| Reject::new(400, "bad-request", "malformed request path"))?;
@@ -112,18 +113,19 @@ impl Forward {
     }
 }
 
-/// The daemon's answer on its way back: `Location` of a toolbox answer under `/toolbox/{id}` (`prefix`, with
-/// `daemon_addr` the daemon the request went to), the preview cookie, the request id.
+/// The daemon's answer on its way back: `Location` of a toolbox answer under `/toolbox/{id}` (`toolbox_id`, the
+/// sandbox of a toolbox request, with `daemon_addr` the daemon the request went to), the preview cookie, the
+/// request id.
 pub fn response(
     resp: &mut ResponseHeader,
-    prefix: Option<&str>,
+    toolbox_id: Option<&str>,
     daemon_addr: Option<&str>,
     set_cookie: Option<String>,
     request_id: &str,
 ) -> Result<()> {
-    if let (Some(prefix), Some(addr)) = (prefix, daemon_addr)
+    if let (Some(id), Some(addr)) = (toolbox_id, daemon_addr)
         && let Some(loc) = resp.headers.get("location").and_then(|v| v.to_str().ok())
-        && let Some(new) = toolbox_location(loc, prefix, addr)
+        && let Some(new) = toolbox_location(loc, &super::target::toolbox_prefix(id), addr)
     {
         resp.insert_header("location", new)?;
     }
@@ -204,6 +206,21 @@ mod tests {
         assert_eq!(loc("/files").as_deref(), Some("/toolbox/s1/files"));
         assert_eq!(loc("//elsewhere/x"), None);
         assert_eq!(loc("https://example.com/"), None);
+    }
+
+    #[test]
+    fn a_toolbox_answer_keeps_its_location_under_its_sandbox_and_a_preview_answer_as_it_was() {
+        let answer = |toolbox_id| {
+            let mut resp = ResponseHeader::build(302, None).unwrap();
+            resp.insert_header("location", "/files?x=1").unwrap();
+            response(&mut resp, toolbox_id, Some("127.0.0.1:9"), None, "rid").unwrap();
+            let h = |n: &str| resp.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            (h("location"), h("x-request-id"), h("x-sandbar-request-id"))
+        };
+        let (loc, rid, sandbar_rid) = answer(Some("s1"));
+        assert_eq!(loc.as_deref(), Some("/toolbox/s1/files?x=1"));
+        assert_eq!((rid.as_deref(), sandbar_rid.as_deref()), (Some("rid"), Some("rid")));
+        assert_eq!(answer(None).0.as_deref(), Some("/files?x=1"));
     }
 
     #[test]

@@ -163,8 +163,14 @@ pub struct Destination {
     pub port: u16,
     /// Path and query the daemon serves it at: the toolbox's own path, or `/proxy/{port}{path}` for other ports.
     pub path: String,
-    /// `/toolbox/{id}` for toolbox paths (to re-prefix a `Location`); `None` on preview hosts.
-    pub toolbox_prefix: Option<String>,
+    /// A toolbox path (`/toolbox/{id}/...`), not a preview host: a `Location` goes back under `/toolbox/{id}`
+    /// ([`toolbox_prefix`], built only for an answer that has one).
+    pub toolbox: bool,
+}
+
+/// `/toolbox/{id}`: where a toolbox answer's `Location` goes back under.
+pub fn toolbox_prefix(sandbox_id: &str) -> String {
+    format!("{TOOLBOX_PREFIX}/{sandbox_id}")
 }
 
 impl Destination {
@@ -175,13 +181,13 @@ impl Destination {
                 sandbox_id: sandbox_id.to_owned(),
                 port: ports::TOOLBOX,
                 path: if rest.starts_with('?') { format!("/{rest}") } else { rest.to_owned() },
-                toolbox_prefix: Some(format!("{TOOLBOX_PREFIX}/{sandbox_id}")),
+                toolbox: true,
             }),
             Target::Preview { sandbox_id, port, path } => Some(Self {
                 sandbox_id: sandbox_id.to_owned(),
                 port,
                 path: if port == ports::TOOLBOX { path.to_owned() } else { format!("/proxy/{port}{path}") },
-                toolbox_prefix: None,
+                toolbox: false,
             }),
             Target::Api { .. } | Target::Other => None,
         }
@@ -189,7 +195,7 @@ impl Destination {
 
     /// A preview host (`{port}-{id}.{domain}`), not a toolbox path.
     pub fn preview_host(&self) -> bool {
-        self.toolbox_prefix.is_none()
+        !self.toolbox
     }
 }
 
@@ -277,7 +283,8 @@ mod tests {
         let d = |host, path| parse(host, path, "localhost").ok().as_ref().and_then(Destination::of);
         let toolbox = d("localhost", "/toolbox/abc?q").unwrap();
         assert_eq!((toolbox.port, toolbox.path.as_str()), (ports::TOOLBOX, "/?q"));
-        assert_eq!(toolbox.toolbox_prefix.as_deref(), Some("/toolbox/abc"));
+        assert!(toolbox.toolbox && !toolbox.preview_host());
+        assert_eq!(toolbox_prefix(&toolbox.sandbox_id), "/toolbox/abc");
         let preview = d("3000-abc.localhost", "/a?b").unwrap();
         assert_eq!((preview.port, preview.path.as_str(), preview.preview_host()), (3000, "/proxy/3000/a?b", true));
         assert_eq!(d("2280-abc.localhost", "/files").unwrap().path, "/files");
