@@ -5,14 +5,18 @@
 //! nginx is pingora's.
 //!
 //! `--sandbar-work DAEMON_TOKEN` adds, written as plainly as pingora allows, only the work sandbar-proxy cannot
-//! leave out of a request without dropping a security property or an answer the SDK reads: the request-head
-//! deadline (slowloris; `sandbar_proxy::head_deadline`, the same wrapper), `/toolbox/{id}/...` taken apart and the
-//! daemon's path put in its place, the caller's API key looked up in a map of grants keyed by its SHA-256 (no raw
-//! key held), the sandbox's route looked up, `Authorization` removed, the per-request daemon credential signed
-//! (`sandbar_support::daemon_auth`: the daemon token never crosses the network), and a request id sent to the
-//! daemon and back in both headers the SDK and our logs read. No header scan, origin check, metrics, activity,
-//! tracing or error pages: sandbar-proxy's cost above this is what those and our structure cost, and this floor's
-//! above the bare one is what the mandatory work costs (`--no-head-deadline` leaves the deadline out, to price it).
+//! leave out of a request without dropping a security property, an answer the SDK reads or auto-stop: the
+//! request-head deadline (slowloris; `sandbar_proxy::head_deadline`, the same wrapper); sandbar-proxy's own checks
+//! of the head, called as they are (one pass over the headers for a framing-safe `Content-Length` and the
+//! credentials, `Host` against the target's authority, the Host/path parser, the cross-origin rule of the daemon's
+//! ports); the caller's API key looked up in a map of grants keyed by its SHA-256 (no raw key held); the sandbox's
+//! route looked up and its activity marked (auto-stop); the daemon's path put in place; every recognised credential
+//! stripped (sandbar-proxy's `credentials::strip`); the per-request daemon credential signed
+//! (`sandbar_support::daemon_auth`: the daemon token never crosses the network); a request id sent to the daemon
+//! and back in both headers the SDK and our logs read. Left out: tracing, metrics, the other credential kinds
+//! (preview tokens, cookies, signed URLs), sandbox states and waking, error pages. Its cost above the bare floor is
+//! what the mandatory work costs (`--no-head-deadline` leaves the deadline out, to price it); sandbar-proxy's above
+//! it is what the rest and our structure cost.
 //! Usage: pingora_floor --upstream HOST:PORT [--header NAME:VALUE] [--sandbar-work DAEMON_TOKEN
 //! [--no-head-deadline]]; prints `pingora-floor ready http=ADDR`. With `--sandbar-work` it serves
 //! `/toolbox/sbx1/...` to `Authorization: Bearer k` (what benches/peers/api_standin.py grants) and 401 to others.
@@ -36,6 +40,10 @@ use pingora::services::Service as _;
 use pingora::services::listening::Service;
 use sandbar_proto::DAEMON_AUTH_HEADER;
 use sandbar_proto::api::REQUEST_ID_HEADER;
+use sandbar_proxy::control::activity::Activity;
+use sandbar_proxy::edge::headers::{Scan, Strip};
+use sandbar_proxy::edge::target::{self, Target};
+use sandbar_proxy::edge::{credentials, origin};
 use sandbar_proxy::head_deadline::{HeadDeadline, HeadRead, KeptAlive};
 use sandbar_support::daemon_auth::Signer;
 use sandbar_support::request_id;
@@ -76,6 +84,8 @@ impl ProxyHttp for Bare {
 /// The API key and sandbox benches/peers/api_standin.py grants.
 const BENCH_KEY: &str = "k";
 const BENCH_SANDBOX: &str = "sbx1";
+/// sandbar-proxy's default domain (preview hosts are `{port}-{id}.{domain}`).
+const BENCH_DOMAIN: &str = "localhost";
 
 /// A grant's key: never the raw credential (as in sandbar-proxy's authorization cache).
 fn grant_key(credential: &str, sandbox_id: &str) -> [u8; 32] {
@@ -95,6 +105,7 @@ struct Route {
 struct Mandatory {
     grants: HashSet<[u8; 32]>,
     routes: HashMap<String, Arc<Route>>,
+    activity: Activity,
     id_prefix: u64,
     next_id: AtomicU64,
 }
@@ -103,6 +114,8 @@ struct Mandatory {
 struct MandatoryCtx {
     request_id: String,
     route: Option<Arc<Route>>,
+    /// Which credential headers the request has, to strip.
+    strip: Strip,
 }
 
 impl Mandatory {
@@ -112,31 +125,40 @@ impl Mandatory {
         Self {
             grants: HashSet::from([grant_key(BENCH_KEY, BENCH_SANDBOX)]),
             routes: HashMap::from([(BENCH_SANDBOX.to_owned(), route)]),
+            activity: Activity::default(),
             id_prefix,
             next_id: AtomicU64::new(start),
         }
     }
 
-    /// The route and the daemon's path of an admitted request; `Err(status)` otherwise.
-    fn admit(&self, req: &RequestHeader) -> Result<(Arc<Route>, http::Uri), u16> {
-        let rest = req.uri.path().strip_prefix("/toolbox/").ok_or(404u16)?;
-        let (id, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
-        let credential = req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(401u16)?;
-        if !self.grants.contains(&grant_key(credential, id)) {
+    /// The route, the daemon's path and the headers to strip of an admitted request; `Err(status)` otherwise.
+    fn admit(&self, session: &Session) -> Result<(Arc<Route>, http::Uri, Strip), u16> {
+        let req = session.req_header();
+        let scan = Scan::of(&req.headers);
+        if !scan.content_length_ok {
+            return Err(400);
+        }
+        if let (Some(authority), Some(h)) = (req.uri.authority(), scan.host)
+            && !authority.as_str().eq_ignore_ascii_case(h)
+        {
+            return Err(400);
+        }
+        let host = req.uri.authority().map(|a| a.as_str()).or(scan.host).ok_or(400u16)?;
+        let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Ok(Target::Toolbox { sandbox_id, rest }) = target::parse(host, path_and_query, BENCH_DOMAIN) else {
+            return Err(404);
+        };
+        if !origin::check(&req.method, session.is_upgrade_req(), scan.origin, false, host) {
+            return Err(403);
+        }
+        let credential = scan.authorization.and_then(|v| v.strip_prefix("Bearer ")).ok_or(401u16)?;
+        if !self.grants.contains(&grant_key(credential, sandbox_id)) {
             return Err(401);
         }
-        let route = self.routes.get(id).ok_or(404u16)?.clone();
-        let uri = match req.uri.query() {
-            Some(q) => format!("{path}?{q}").parse(),
-            None => path.parse(),
-        }
-        .map_err(|_| 400u16)?;
-        Ok((route, uri))
+        let route = self.routes.get(sandbox_id).ok_or(404u16)?.clone();
+        self.activity.touch(sandbox_id);
+        let uri = rest.parse().map_err(|_| 400u16)?;
+        Ok((route, uri, scan.strip))
     }
 }
 
@@ -148,13 +170,14 @@ impl ProxyHttp for Mandatory {
         let mut request_id = String::with_capacity(32);
         push_hex(&mut request_id, &self.id_prefix.to_be_bytes());
         push_hex(&mut request_id, &self.next_id.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-        MandatoryCtx { request_id, route: None }
+        MandatoryCtx { request_id, route: None, strip: Strip::default() }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut MandatoryCtx) -> pingora::Result<bool> {
-        match self.admit(session.req_header()) {
-            Ok((route, uri)) => {
+        match self.admit(session) {
+            Ok((route, uri, strip)) => {
                 ctx.route = Some(route);
+                ctx.strip = strip;
                 session.req_header_mut().set_uri(uri);
                 Ok(false)
             }
@@ -187,7 +210,7 @@ impl ProxyHttp for Mandatory {
         ctx: &mut MandatoryCtx,
     ) -> pingora::Result<()> {
         let route = ctx.route.as_ref().ok_or_else(|| pingora::Error::new(pingora::ErrorType::InternalError))?;
-        req.remove_header(&http::header::AUTHORIZATION);
+        credentials::strip(req, true, ctx.strip);
         let credential = route.signer.sign(req.method.as_str(), req.uri.path_and_query().map_or("/", |p| p.as_str()));
         req.append_header(DAEMON_AUTH_HEADER, credential)?;
         req.append_header(request_id::HEADER, ctx.request_id.as_str())?;
