@@ -330,7 +330,7 @@ impl EdgeProxy {
             Ok(Authorization::Allowed(ok)) if ok.organization_id == route.organization_id => Ok(true),
             Ok(Authorization::Allowed(_) | Authorization::NotFound) => Err(Reject::not_found(sandbox_id)),
             Ok(Authorization::Unauthorized) => Ok(false),
-            Err(e) => Err(Reject::api_unavailable(&self.shared.metrics, &e, "authorizing")),
+            Err(e) => Err(Reject::api_unavailable(&self.shared.metrics, e, "authorizing")),
         }
     }
 }
